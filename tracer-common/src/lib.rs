@@ -1,0 +1,214 @@
+//! Event records shared by the kernel programs (`tracer-ebpf`) and the collector (`tracer`).
+//!
+//! Every record starts with [`EventHeader`]; its `kind` says which record follows. All records
+//! are `#[repr(C)]`, padding-free (explicit `_pad` fields) and checked for size at compile time,
+//! so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Record kinds. Values are part of the ring-buffer ABI: never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`SwitchEvent`]: a context switch where the previous or the next task is a target thread.
+    Switch = 1,
+    /// [`WakeupEvent`]: a target thread was woken (by anyone, from any process or an interrupt).
+    Wakeup = 2,
+    /// [`SyscallEvent`]: a traced syscall of a target thread returned.
+    Syscall = 3,
+    /// [`ThreadEvent`]: a new thread appeared in the target.
+    ThreadNew = 4,
+    /// [`ThreadEvent`]: a target thread exited.
+    ThreadExit = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Switch,
+            2 => Self::Wakeup,
+            3 => Self::Syscall,
+            4 => Self::ThreadNew,
+            5 => Self::ThreadExit,
+            _ => return None,
+        })
+    }
+}
+
+/// First 16 bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// The target thread the event is about.
+    pub tid: u32,
+}
+
+/// `NO_SYSCALL` in [`SwitchEvent::syscall_nr`]: the thread was not inside a traced syscall.
+pub const NO_SYSCALL: u32 = u32::MAX;
+
+/// sched:sched_switch. `hdr.tid` is the previous task when it is a target thread, else 0;
+/// `next_tid` is the next task when it is a target thread, else 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchEvent {
+    pub hdr: EventHeader,
+    pub next_tid: u32,
+    /// The tracepoint's `prev_state` (0 = runnable; [`PREEMPT_STATE_BIT`] and above = preempted).
+    pub prev_state: u32,
+    /// The traced syscall the previous task is blocked in, or [`NO_SYSCALL`].
+    pub syscall_nr: u32,
+    pub cpu: u32,
+    /// That syscall's first argument (an fd, or the futex address).
+    pub syscall_arg0: u64,
+}
+
+/// In the sched_switch tracepoint, a preempted task reports `TASK_REPORT_MAX` as its state
+/// (`__trace_sched_switch_state()`, include/trace/events/sched.h, Linux 6.18), which is 0x100
+/// on every kernel since 4.14. Any state at or above it means "still runnable".
+pub const PREEMPT_STATE_BIT: u32 = 0x100;
+/// `TASK_UNINTERRUPTIBLE` as the tracepoint reports it (`D`).
+pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
+
+/// sched:sched_wakeup / sched_wakeup_new of a target thread (`hdr.tid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeupEvent {
+    pub hdr: EventHeader,
+    /// The task running when the wakeup happened (the waker; 0 from idle/interrupt context).
+    pub waker_tid: u32,
+    pub waker_pid: u32,
+    pub waker_comm: [u8; 16],
+}
+
+/// A traced syscall of `hdr.tid` returned; `hdr.ts_ns` is the return time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallEvent {
+    pub hdr: EventHeader,
+    pub nr: u32,
+    /// The futex op for futex calls, else 0.
+    pub arg1: u32,
+    /// The first argument: an fd, or the futex address.
+    pub arg0: u64,
+    /// The return value (bytes transferred, new fd, or -errno).
+    pub ret: i64,
+    /// When the syscall was entered.
+    pub enter_ns: u64,
+}
+
+/// A thread appeared in (`ThreadNew`) or left (`ThreadExit`) the target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadEvent {
+    pub hdr: EventHeader,
+}
+
+/// Reasons an event or a piece of one was lost; indexes of the `LOSSES` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// The ring buffer was full.
+    RingFull = 0,
+    /// A map insert failed (map full).
+    MapFull = 1,
+    /// Reading a tracepoint field failed.
+    ReadFailed = 2,
+}
+pub const LOSS_KINDS: u32 = 3;
+
+/// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
+pub mod nr {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const CLOSE: u32 = 3;
+    pub const POLL: u32 = 7;
+    pub const PREAD64: u32 = 17;
+    pub const PWRITE64: u32 = 18;
+    pub const READV: u32 = 19;
+    pub const WRITEV: u32 = 20;
+    pub const SELECT: u32 = 23;
+    pub const NANOSLEEP: u32 = 35;
+    pub const SENDFILE: u32 = 40;
+    pub const CONNECT: u32 = 42;
+    pub const ACCEPT: u32 = 43;
+    pub const SENDTO: u32 = 44;
+    pub const RECVFROM: u32 = 45;
+    pub const SENDMSG: u32 = 46;
+    pub const RECVMSG: u32 = 47;
+    pub const FSYNC: u32 = 74;
+    pub const FDATASYNC: u32 = 75;
+    pub const FUTEX: u32 = 202;
+    pub const EPOLL_WAIT: u32 = 232;
+    pub const CLOCK_NANOSLEEP: u32 = 230;
+    pub const PSELECT6: u32 = 270;
+    pub const PPOLL: u32 = 271;
+    pub const SYNC_FILE_RANGE: u32 = 277;
+    pub const EPOLL_PWAIT: u32 = 281;
+    pub const ACCEPT4: u32 = 288;
+    pub const PREADV: u32 = 295;
+    pub const PWRITEV: u32 = 296;
+    pub const RECVMMSG: u32 = 299;
+    pub const SENDMMSG: u32 = 307;
+    pub const PREADV2: u32 = 327;
+    pub const PWRITEV2: u32 = 328;
+    pub const EPOLL_PWAIT2: u32 = 441;
+    pub const FUTEX_WAITV: u32 = 449;
+}
+
+/// Syscalls whose return the kernel side reports as a [`SyscallEvent`]; the others are only
+/// remembered while the thread is inside them (to name why it blocked).
+pub fn reports_exit(syscall_nr: u32) -> bool {
+    use nr::*;
+    matches!(
+        syscall_nr,
+        READ | WRITE
+            | READV
+            | WRITEV
+            | PREAD64
+            | PWRITE64
+            | PREADV
+            | PWRITEV
+            | PREADV2
+            | PWRITEV2
+            | RECVFROM
+            | RECVMSG
+            | RECVMMSG
+            | SENDTO
+            | SENDMSG
+            | SENDMMSG
+            | SENDFILE
+            | ACCEPT
+            | ACCEPT4
+            | CLOSE
+            | FUTEX
+            | FUTEX_WAITV
+    )
+}
+
+/// Futex ops that wait (`op & FUTEX_CMD_MASK`; include/uapi/linux/futex.h).
+pub fn futex_op_waits(op: u32) -> bool {
+    // FUTEX_WAIT 0, FUTEX_LOCK_PI 6, FUTEX_WAIT_BITSET 9, FUTEX_WAIT_REQUEUE_PI 11, FUTEX_LOCK_PI2 13
+    matches!(op & 0x7f, 0 | 6 | 9 | 11 | 13)
+}
+
+/// Ring-buffer size in bytes (a power of two, a multiple of the page size).
+pub const RING_BYTES: u32 = 32 << 20;
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for SwitchEvent {}
+    unsafe impl aya::Pod for WakeupEvent {}
+    unsafe impl aya::Pod for SyscallEvent {}
+    unsafe impl aya::Pod for ThreadEvent {}
+}

@@ -1,0 +1,129 @@
+//! Maps, load-time globals and helpers shared by the probes.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{EventHeader, Loss, LOSS_KINDS, RING_BYTES};
+
+/// Set by the collector at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+
+/// Tracepoint field offsets, read by the collector from tracefs `format` files at load time
+/// (Rust eBPF cannot emit CO-RE relocations, so nothing here assumes a layout).
+#[unsafe(no_mangle)]
+static OFF_SWITCH_PREV_STATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SWITCH_NEXT_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_WAKEUP_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NEWTASK_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NEWTASK_CLONE_FLAGS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SYSCALL_NR: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SYSCALL_ARGS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SYSCALL_RET: u32 = 0;
+
+#[inline(always)]
+pub fn global(v: &'static u32) -> u32 {
+    // Volatile so the compiler cannot fold the zero initial value into the code.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+pub fn target_tgid() -> u32 {
+    global(&TARGET_TGID)
+}
+
+pub fn off_switch_prev_state() -> usize {
+    global(&OFF_SWITCH_PREV_STATE) as usize
+}
+pub fn off_switch_next_pid() -> usize {
+    global(&OFF_SWITCH_NEXT_PID) as usize
+}
+pub fn off_wakeup_pid() -> usize {
+    global(&OFF_WAKEUP_PID) as usize
+}
+pub fn off_newtask_pid() -> usize {
+    global(&OFF_NEWTASK_PID) as usize
+}
+pub fn off_newtask_clone_flags() -> usize {
+    global(&OFF_NEWTASK_CLONE_FLAGS) as usize
+}
+pub fn off_syscall_nr() -> usize {
+    global(&OFF_SYSCALL_NR) as usize
+}
+pub fn off_syscall_args() -> usize {
+    global(&OFF_SYSCALL_ARGS) as usize
+}
+pub fn off_syscall_ret() -> usize {
+    global(&OFF_SYSCALL_RET) as usize
+}
+
+/// Ring buffer of event records to the collector.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Thread ids of the target. Filled by the collector from /proc at attach time and kept
+/// current by the thread probes.
+#[map]
+pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// The traced syscall each target thread is inside, keyed by tid.
+#[map]
+pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(65536, 0);
+
+/// Per-CPU loss counters, indexed by [`Loss`].
+#[map]
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InSyscall {
+    pub nr: u32,
+    pub arg1: u32,
+    pub arg0: u64,
+    pub enter_ns: u64,
+}
+
+/// Submit without waking the collector: it drains the ring on a timer.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+pub fn count_loss(loss: Loss) {
+    if let Some(slot) = LOSSES.get_ptr_mut(loss as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The current task's (tgid, tid).
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+pub fn header(kind: tracer_common::EventKind, tid: u32) -> EventHeader {
+    EventHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        kind: kind as u32,
+        tid,
+    }
+}
+
+/// Copy `event` into the ring buffer, counting a loss when it is full.
+#[inline(always)]
+pub fn emit<T: 'static>(event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(BPF_RB_NO_WAKEUP);
+        }
+        None => count_loss(Loss::RingFull),
+    }
+}

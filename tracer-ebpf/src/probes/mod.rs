@@ -1,0 +1,4 @@
+//! One module per probe family.
+mod sched;
+mod syscalls;
+mod threads;

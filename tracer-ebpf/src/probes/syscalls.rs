@@ -1,0 +1,80 @@
+//! syscalls:sys_enter_* / sys_exit_*: one generic program each, attached by the collector to
+//! every syscall in its list, so syscalls the tracer does not need cost nothing.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{futex_op_waits, nr, reports_exit, EventKind, Loss, SyscallEvent};
+
+use super::sched::read;
+use crate::maps::{
+    count_loss, current_ids, emit, header, off_syscall_args, off_syscall_nr, off_syscall_ret,
+    target_tgid, InSyscall, IN_SYSCALL,
+};
+
+const EAGAIN: i64 = 11;
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if tgid != target_tgid() {
+        return Ok(());
+    }
+    let syscall_nr: i32 = read(ctx, off_syscall_nr())?;
+    let arg0: u64 = read(ctx, off_syscall_args())?;
+    let syscall_nr = syscall_nr as u32;
+    let arg1 = if syscall_nr == nr::FUTEX {
+        read::<u64>(ctx, off_syscall_args() + 8)? as u32
+    } else {
+        0
+    };
+    let inside = InSyscall {
+        nr: syscall_nr,
+        arg1,
+        arg0,
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if IN_SYSCALL.insert(&tid, &inside, 0).is_err() {
+        count_loss(Loss::MapFull);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current_ids();
+    if tgid != target_tgid() {
+        return Ok(());
+    }
+    let Some(inside) = (unsafe { IN_SYSCALL.get(&tid) }).copied() else {
+        return Ok(()); // entered before the tracer attached
+    };
+    let _ = IN_SYSCALL.remove(&tid);
+    if !reports_exit(inside.nr) {
+        return Ok(());
+    }
+    if inside.nr == nr::FUTEX && !futex_op_waits(inside.arg1) {
+        return Ok(()); // wakes and requeues are not waits
+    }
+    let ret: i64 = read(ctx, off_syscall_ret())?;
+    if ret == -EAGAIN && inside.nr != nr::FUTEX {
+        return Ok(()); // a non-blocking socket with nothing to do: no request boundary
+    }
+    emit(SyscallEvent {
+        hdr: header(EventKind::Syscall, tid),
+        nr: inside.nr,
+        arg1: inside.arg1,
+        arg0: inside.arg0,
+        ret,
+        enter_ns: inside.enter_ns,
+    });
+    Ok(())
+}

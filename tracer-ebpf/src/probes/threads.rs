@@ -1,0 +1,56 @@
+//! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{EventKind, Loss, ThreadEvent};
+
+use super::sched::read;
+use crate::maps::{
+    count_loss, current_ids, emit, header, off_newtask_clone_flags, off_newtask_pid,
+    target_tgid, IN_SYSCALL, TARGET_TIDS,
+};
+
+/// include/uapi/linux/sched.h
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// task:task_newtask fires in `copy_process()` with the parent as the current task, before
+/// the child can run (kernel/fork.c, Linux 6.18), so the new thread is in the set before its
+/// first sched_wakeup_new.
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let _ = try_task_newtask(&ctx);
+    0
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, _) = current_ids();
+    if tgid != target_tgid() {
+        return Ok(());
+    }
+    let flags: u64 = read(ctx, off_newtask_clone_flags())?;
+    if flags & CLONE_THREAD == 0 {
+        return Ok(()); // a child process, not one of the target's threads
+    }
+    let pid: i32 = read(ctx, off_newtask_pid())?;
+    if TARGET_TIDS.insert(&(pid as u32), &1, 0).is_err() {
+        count_loss(Loss::MapFull);
+    }
+    emit(ThreadEvent {
+        hdr: header(EventKind::ThreadNew, pid as u32),
+    });
+    Ok(())
+}
+
+/// sched:sched_process_exit fires in `do_exit()` for every exiting thread, as the current task.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if tgid != target_tgid() {
+        return 0;
+    }
+    let _ = TARGET_TIDS.remove(&tid);
+    let _ = IN_SYSCALL.remove(&tid);
+    emit(ThreadEvent {
+        hdr: header(EventKind::ThreadExit, tid),
+    });
+    0
+}

@@ -1,0 +1,658 @@
+//! The attribution engine: turns a time-ordered stream of scheduler and syscall events into
+//! per-request latency breakdowns. Pure logic, no kernel or /proc access (fd kinds come through
+//! [`FdResolver`]), so it is unit-tested with synthetic event sequences.
+//!
+//! Every execution context (a thread today; a goroutine later, keyed the same way) carries a
+//! cumulative breakdown: each nanosecond since the context was first seen is credited to exactly
+//! one [`Cause`]. A request's breakdown is the difference of two snapshots of its context's
+//! cumulative breakdown, so its causes always sum to its latency.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tracer_common::{nr, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
+
+/// Where a nanosecond of a request went. The names are a file-format contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    OnCpu,
+    Runqueue,
+    Lock,
+    NetIo,
+    DiskIo,
+    Sleep,
+    Other,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 7] = [
+        Cause::OnCpu,
+        Cause::Runqueue,
+        Cause::Lock,
+        Cause::NetIo,
+        Cause::DiskIo,
+        Cause::Sleep,
+        Cause::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::OnCpu => "on_cpu",
+            Cause::Runqueue => "runqueue",
+            Cause::Lock => "lock",
+            Cause::NetIo => "net_io",
+            Cause::DiskIo => "disk_io",
+            Cause::Sleep => "sleep",
+            Cause::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Nanoseconds per cause, indexed by [`Cause::index`].
+pub type Breakdown = [u64; 7];
+
+fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
+    std::array::from_fn(|i| end[i].saturating_sub(start[i]))
+}
+
+/// An execution context id: a thread id today.
+pub type ContextId = u32;
+
+/// Who woke a context.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Waker {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// The syscall a context was inside when it switched out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InSyscall {
+    pub nr: u32,
+    pub arg0: u64,
+}
+
+/// Engine input, in timestamp order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    SwitchOut {
+        ts: u64,
+        tid: ContextId,
+        /// The sched_switch `prev_state`.
+        state: u32,
+        syscall: Option<InSyscall>,
+    },
+    SwitchIn {
+        ts: u64,
+        tid: ContextId,
+    },
+    Wakeup {
+        ts: u64,
+        tid: ContextId,
+        waker: Waker,
+    },
+    Syscall {
+        ts: u64,
+        tid: ContextId,
+        nr: u32,
+        arg0: u64,
+        ret: i64,
+        enter_ts: u64,
+    },
+    ThreadNew {
+        ts: u64,
+        tid: ContextId,
+    },
+    ThreadExit {
+        ts: u64,
+        tid: ContextId,
+    },
+    /// The kernel side lost events around this time.
+    Lost {
+        ts: u64,
+    },
+}
+
+/// What an fd refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    /// A server-side connection socket: requests are delimited on it.
+    Connection,
+    /// Any other socket (a backend connection, a listener, a UDP socket).
+    Socket,
+    /// A regular file or block device.
+    File,
+    /// Anything else (pipe, eventfd, tty, unknown).
+    Other,
+}
+
+/// Finds the kind of an fd the engine has not seen opened.
+pub trait FdResolver {
+    fn resolve(&mut self, fd: u32) -> FdKind;
+}
+
+/// A per-event measurement that needs no request boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A futex wait syscall, entry to return.
+    Futex(u64),
+    /// Runnable until on a CPU (after a wakeup or a preemption).
+    Runqueue(u64),
+    /// Blocked inside a read-family syscall on a socket.
+    SocketRead(u64),
+}
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub ctx: ContextId,
+    pub fd: u32,
+    pub start_ns: u64,
+    pub latency_ns: u64,
+    pub breakdown: Breakdown,
+    /// Events were lost while it was open: the breakdown may be wrong.
+    pub incomplete: bool,
+    /// Its context served another request at the same time (an event loop): the context's
+    /// time was counted in full for each of them.
+    pub shared_context: bool,
+}
+
+/// Contention on one futex address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockStats {
+    pub wait_ns: u64,
+    pub waits: u64,
+    pub waiters: BTreeSet<u32>,
+    pub wakers: HashMap<Waker, u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Running,
+    Runnable,
+    Blocked {
+        cause: Cause,
+        syscall: Option<InSyscall>,
+    },
+}
+
+impl RunState {
+    fn cause(self) -> Cause {
+        match self {
+            RunState::Running => Cause::OnCpu,
+            RunState::Runnable => Cause::Runqueue,
+            RunState::Blocked { cause, .. } => cause,
+        }
+    }
+}
+
+struct Context {
+    state: RunState,
+    since: u64,
+    cum: Breakdown,
+    /// The wakeup that ended the last block: when, and the cumulative breakdown then. A
+    /// request whose first read blocked starts here, so its run-queue delay is counted.
+    last_wakeup: Option<(u64, Breakdown)>,
+    /// A wakeup that arrived while the context was still on a CPU.
+    pending_wakeup: bool,
+    /// How many requests are open on this context.
+    open_requests: u32,
+}
+
+impl Context {
+    fn new(ts: u64, state: RunState) -> Self {
+        Context {
+            state,
+            since: ts,
+            cum: [0; 7],
+            last_wakeup: None,
+            pending_wakeup: false,
+            open_requests: 0,
+        }
+    }
+
+    /// The cumulative breakdown at `ts` (not before the last transition).
+    fn snapshot(&self, ts: u64) -> Breakdown {
+        let mut cum = self.cum;
+        cum[self.state.cause().index()] += ts.saturating_sub(self.since);
+        cum
+    }
+
+    /// Move to `state` at `ts`; returns the state left and how long it lasted.
+    fn transition(&mut self, ts: u64, state: RunState) -> (RunState, u64) {
+        let ts = ts.max(self.since);
+        let lasted = ts - self.since;
+        self.cum[self.state.cause().index()] += lasted;
+        self.since = ts;
+        (std::mem::replace(&mut self.state, state), lasted)
+    }
+}
+
+struct OpenRequest {
+    ctx: ContextId,
+    start_ts: u64,
+    start: Breakdown,
+    /// The last response write so far: when it completed and the context's breakdown then.
+    last_write: Option<(u64, Breakdown)>,
+    incomplete: bool,
+    shared_context: bool,
+}
+
+/// The attribution engine. Feed it events in time order with [`Engine::handle`]; take finished
+/// requests and wait samples with [`Engine::take_requests`] and [`Engine::take_waits`].
+pub struct Engine<R> {
+    resolver: R,
+    contexts: HashMap<ContextId, Context>,
+    fds: HashMap<u32, FdKind>,
+    open: HashMap<u32, OpenRequest>,
+    finished: Vec<Request>,
+    waits: Vec<Wait>,
+    /// Futex contention by address.
+    pub locks: HashMap<u64, LockStats>,
+    /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
+    /// syscall).
+    pub other_by_syscall: HashMap<Option<u32>, u64>,
+    /// Requests that never got a response (connection closed, thread exited).
+    pub aborted: u64,
+    /// Requests that shared their context with another open request.
+    pub shared: u64,
+}
+
+impl<R: FdResolver> Engine<R> {
+    pub fn new(resolver: R) -> Self {
+        Engine {
+            resolver,
+            contexts: HashMap::new(),
+            fds: HashMap::new(),
+            open: HashMap::new(),
+            finished: Vec::new(),
+            waits: Vec::new(),
+            locks: HashMap::new(),
+            other_by_syscall: HashMap::new(),
+            aborted: 0,
+            shared: 0,
+        }
+    }
+
+    /// Tell the engine what an fd is (sockets found in /proc at attach time).
+    pub fn set_fd_kind(&mut self, fd: u32, kind: FdKind) {
+        self.fds.insert(fd, kind);
+    }
+
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.finished)
+    }
+
+    pub fn take_waits(&mut self) -> Vec<Wait> {
+        std::mem::take(&mut self.waits)
+    }
+
+    pub fn open_requests(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::SwitchOut {
+                ts,
+                tid,
+                state,
+                syscall,
+            } => self.switch_out(ts, tid, state, syscall),
+            Event::SwitchIn { ts, tid } => self.switch_in(ts, tid),
+            Event::Wakeup { ts, tid, waker } => self.wakeup(ts, tid, waker),
+            Event::Syscall {
+                ts,
+                tid,
+                nr,
+                arg0,
+                ret,
+                enter_ts,
+            } => self.syscall(ts, tid, nr, arg0, ret, enter_ts),
+            Event::ThreadNew { ts, tid } => {
+                let not_started = RunState::Blocked {
+                    cause: Cause::Other,
+                    syscall: None,
+                };
+                self.contexts.insert(tid, Context::new(ts, not_started));
+            }
+            Event::ThreadExit { ts, tid } => self.thread_exit(ts, tid),
+            Event::Lost { .. } => {
+                for req in self.open.values_mut() {
+                    req.incomplete = true;
+                }
+            }
+        }
+    }
+
+    /// End of trace: requests that had their response written are complete.
+    pub fn finish_all(&mut self) {
+        let fds: Vec<u32> = self.open.keys().copied().collect();
+        for fd in fds {
+            self.finish(fd);
+        }
+    }
+
+    fn context(&mut self, tid: ContextId, ts: u64, first_state: RunState) -> &mut Context {
+        self.contexts
+            .entry(tid)
+            .or_insert_with(|| Context::new(ts, first_state))
+    }
+
+    /// Move a context to `state`, keeping the per-syscall detail of `other`.
+    fn transition(&mut self, tid: ContextId, ts: u64, state: RunState) -> (RunState, u64) {
+        let Some(ctx) = self.contexts.get_mut(&tid) else {
+            return (state, 0);
+        };
+        let (left, lasted) = ctx.transition(ts, state);
+        if let RunState::Blocked {
+            cause: Cause::Other,
+            syscall,
+        } = left
+        {
+            *self
+                .other_by_syscall
+                .entry(syscall.map(|s| s.nr))
+                .or_default() += lasted;
+        }
+        (left, lasted)
+    }
+
+    fn switch_out(&mut self, ts: u64, tid: ContextId, state: u32, syscall: Option<InSyscall>) {
+        let ctx = self.context(tid, ts, RunState::Running);
+        let woken_already = std::mem::take(&mut ctx.pending_wakeup);
+        let still_runnable = state == 0 || state >= PREEMPT_STATE_BIT;
+        let next = if still_runnable || woken_already {
+            RunState::Runnable
+        } else {
+            RunState::Blocked {
+                cause: self.blocked_cause(syscall, state),
+                syscall,
+            }
+        };
+        self.transition(tid, ts, next);
+        // Back to reading a connection it has answered: that response is complete.
+        if let Some(s) = syscall.filter(|s| is_read(s.nr)) {
+            let fd = s.arg0 as u32;
+            if self.open.get(&fd).is_some_and(|r| r.last_write.is_some()) {
+                self.finish(fd);
+            }
+        }
+    }
+
+    fn switch_in(&mut self, ts: u64, tid: ContextId) {
+        let ctx = self.context(tid, ts, RunState::Runnable);
+        ctx.pending_wakeup = false;
+        let (left, lasted) = self.transition(tid, ts, RunState::Running);
+        if left == RunState::Runnable && lasted > 0 {
+            self.waits.push(Wait::Runqueue(lasted));
+        }
+    }
+
+    fn wakeup(&mut self, ts: u64, tid: ContextId, waker: Waker) {
+        let unknown = RunState::Blocked {
+            cause: Cause::Other,
+            syscall: None,
+        };
+        let ctx = self.context(tid, ts, unknown);
+        match ctx.state {
+            RunState::Running => ctx.pending_wakeup = true,
+            RunState::Runnable => {}
+            RunState::Blocked { cause, syscall } => {
+                let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
+                let ctx = self.contexts.get_mut(&tid).expect("context exists");
+                ctx.last_wakeup = Some((ts, ctx.cum));
+                self.note_block_end(cause, syscall, lasted, waker);
+            }
+        }
+    }
+
+    fn note_block_end(
+        &mut self,
+        cause: Cause,
+        syscall: Option<InSyscall>,
+        lasted: u64,
+        waker: Waker,
+    ) {
+        let Some(s) = syscall else { return };
+        if cause == Cause::NetIo && is_read(s.nr) {
+            self.waits.push(Wait::SocketRead(lasted));
+        }
+        if cause == Cause::Lock {
+            let lock = self.locks.entry(s.arg0).or_default();
+            *lock.wakers.entry(waker).or_default() += 1;
+        }
+    }
+
+    fn syscall(&mut self, ts: u64, tid: ContextId, nr: u32, arg0: u64, ret: i64, enter_ts: u64) {
+        let ctx = self.context(tid, ts, RunState::Running);
+        ctx.pending_wakeup = false;
+        if ctx.state != RunState::Running {
+            // A returning syscall runs on a CPU: a switch-in was lost.
+            self.transition(tid, ts, RunState::Running);
+        }
+        let fd = arg0 as u32;
+        match nr {
+            nr::FUTEX | nr::FUTEX_WAITV => {
+                let waited = ts.saturating_sub(enter_ts);
+                self.waits.push(Wait::Futex(waited));
+                let lock = self.locks.entry(arg0).or_default();
+                lock.wait_ns += waited;
+                lock.waits += 1;
+                lock.waiters.insert(tid);
+            }
+            nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
+                self.open.remove(&(ret as u32));
+                self.fds.insert(ret as u32, FdKind::Connection);
+            }
+            nr::CLOSE => {
+                if self.open.contains_key(&fd) {
+                    self.finish(fd);
+                }
+                self.fds.remove(&fd);
+            }
+            n if is_read(n) && self.fd_kind(fd) == FdKind::Connection => {
+                if ret > 0 {
+                    self.request_bytes(ts, tid, fd, enter_ts);
+                } else if ret == 0 && self.open.contains_key(&fd) {
+                    self.finish(fd); // the peer closed
+                }
+            }
+            n if is_write(n) && ret > 0 && self.fd_kind(fd) == FdKind::Connection => {
+                self.response_bytes(ts, fd)
+            }
+            _ => {}
+        }
+        if let Some(ctx) = self.contexts.get_mut(&tid) {
+            ctx.last_wakeup = None;
+        }
+    }
+
+    /// A read returned request bytes on a connection.
+    fn request_bytes(&mut self, ts: u64, tid: ContextId, fd: u32, enter_ts: u64) {
+        match self.open.get(&fd) {
+            Some(req) if req.last_write.is_none() => return, // more of the same request
+            Some(_) => self.finish(fd),                      // the next request
+            None => {}
+        }
+        let ctx = self.contexts.get_mut(&tid).expect("context exists");
+        let (start_ts, start) = match ctx.last_wakeup {
+            Some((woke, cum)) if woke >= enter_ts => (woke, cum),
+            _ => (ts, ctx.snapshot(ts)),
+        };
+        ctx.open_requests += 1;
+        let shared_context = ctx.open_requests > 1;
+        if shared_context {
+            for req in self.open.values_mut().filter(|r| r.ctx == tid) {
+                req.shared_context = true;
+            }
+        }
+        self.open.insert(
+            fd,
+            OpenRequest {
+                ctx: tid,
+                start_ts,
+                start,
+                last_write: None,
+                incomplete: false,
+                shared_context,
+            },
+        );
+    }
+
+    /// A write sent response bytes on a connection.
+    fn response_bytes(&mut self, ts: u64, fd: u32) {
+        let Some(req) = self.open.get_mut(&fd) else {
+            return; // a greeting or an unsolicited write: no request is open
+        };
+        if let Some(ctx) = self.contexts.get(&req.ctx) {
+            req.last_write = Some((ts, ctx.snapshot(ts)));
+        }
+    }
+
+    fn finish(&mut self, fd: u32) {
+        let Some(req) = self.open.remove(&fd) else {
+            return;
+        };
+        if let Some(ctx) = self.contexts.get_mut(&req.ctx) {
+            ctx.open_requests = ctx.open_requests.saturating_sub(1);
+        }
+        let Some((_, end)) = req.last_write else {
+            self.aborted += 1;
+            return;
+        };
+        let breakdown = diff(&end, &req.start);
+        if req.shared_context {
+            self.shared += 1;
+        }
+        self.finished.push(Request {
+            ctx: req.ctx,
+            fd,
+            start_ns: req.start_ts,
+            latency_ns: breakdown.iter().sum(),
+            breakdown,
+            incomplete: req.incomplete,
+            shared_context: req.shared_context,
+        });
+    }
+
+    fn thread_exit(&mut self, ts: u64, tid: ContextId) {
+        self.transition(tid, ts, RunState::Runnable);
+        let fds: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, r)| r.ctx == tid)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in fds {
+            self.finish(fd);
+        }
+        self.contexts.remove(&tid);
+    }
+
+    fn fd_kind(&mut self, fd: u32) -> FdKind {
+        if let Some(kind) = self.fds.get(&fd) {
+            return *kind;
+        }
+        let kind = self.resolver.resolve(fd);
+        self.fds.insert(fd, kind);
+        kind
+    }
+
+    fn blocked_cause(&mut self, syscall: Option<InSyscall>, state: u32) -> Cause {
+        let Some(s) = syscall else {
+            // Outside any traced syscall, uninterruptible sleep is (nearly always) a major
+            // page fault waiting for the disk.
+            return if state & STATE_UNINTERRUPTIBLE != 0 {
+                Cause::DiskIo
+            } else {
+                Cause::Other
+            };
+        };
+        match s.nr {
+            nr::FUTEX | nr::FUTEX_WAITV => Cause::Lock,
+            nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => Cause::Sleep,
+            nr::POLL
+            | nr::PPOLL
+            | nr::SELECT
+            | nr::PSELECT6
+            | nr::EPOLL_WAIT
+            | nr::EPOLL_PWAIT
+            | nr::EPOLL_PWAIT2
+            | nr::ACCEPT
+            | nr::ACCEPT4
+            | nr::CONNECT => Cause::NetIo,
+            nr::FSYNC | nr::FDATASYNC | nr::SYNC_FILE_RANGE => Cause::DiskIo,
+            n if is_read(n) || is_write(n) => match self.fd_kind(s.arg0 as u32) {
+                FdKind::Connection | FdKind::Socket => Cause::NetIo,
+                FdKind::File => Cause::DiskIo,
+                FdKind::Other => Cause::Other,
+            },
+            _ => Cause::Other,
+        }
+    }
+}
+
+fn is_read(syscall_nr: u32) -> bool {
+    matches!(
+        syscall_nr,
+        nr::READ
+            | nr::READV
+            | nr::PREAD64
+            | nr::PREADV
+            | nr::PREADV2
+            | nr::RECVFROM
+            | nr::RECVMSG
+            | nr::RECVMMSG
+    )
+}
+
+fn is_write(syscall_nr: u32) -> bool {
+    matches!(
+        syscall_nr,
+        nr::WRITE
+            | nr::WRITEV
+            | nr::PWRITE64
+            | nr::PWRITEV
+            | nr::PWRITEV2
+            | nr::SENDTO
+            | nr::SENDMSG
+            | nr::SENDMMSG
+            | nr::SENDFILE
+    )
+}
+
+/// Name of a syscall the engine knows, for the `other` detail.
+pub fn syscall_name(syscall_nr: Option<u32>) -> String {
+    let Some(n) = syscall_nr else {
+        return "untraced".to_string();
+    };
+    let name = match n {
+        nr::READ => "read",
+        nr::WRITE => "write",
+        nr::CLOSE => "close",
+        nr::READV => "readv",
+        nr::WRITEV => "writev",
+        nr::PREAD64 => "pread64",
+        nr::PWRITE64 => "pwrite64",
+        nr::RECVFROM => "recvfrom",
+        nr::SENDTO => "sendto",
+        nr::RECVMSG => "recvmsg",
+        nr::SENDMSG => "sendmsg",
+        nr::RECVMMSG => "recvmmsg",
+        nr::SENDMMSG => "sendmmsg",
+        nr::SENDFILE => "sendfile",
+        nr::ACCEPT => "accept",
+        nr::ACCEPT4 => "accept4",
+        nr::CONNECT => "connect",
+        _ => return format!("syscall_{n}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,463 @@
+//! Synthetic event sequences for the attribution engine.
+
+use super::*;
+
+const T: u32 = 100; // the server thread
+const CONN: u32 = 7; // an accepted connection
+const BACKEND: u32 = 8; // a socket to a backend
+const FILE: u32 = 9; // a regular file
+const S: u32 = 1; // TASK_INTERRUPTIBLE as sched_switch reports it
+const D: u32 = 2; // TASK_UNINTERRUPTIBLE
+
+struct Fds;
+impl FdResolver for Fds {
+    fn resolve(&mut self, fd: u32) -> FdKind {
+        match fd {
+            BACKEND => FdKind::Socket,
+            FILE => FdKind::File,
+            _ => FdKind::Other,
+        }
+    }
+}
+
+fn engine() -> Engine<Fds> {
+    let mut e = Engine::new(Fds);
+    e.set_fd_kind(CONN, FdKind::Connection);
+    e
+}
+
+fn waker(tid: u32) -> Waker {
+    Waker {
+        tid,
+        pid: tid,
+        comm: format!("w{tid}"),
+    }
+}
+
+fn read(ts: u64, fd: u32, ret: i64, enter_ts: u64) -> Event {
+    Event::Syscall {
+        ts,
+        tid: T,
+        nr: nr::READ,
+        arg0: fd as u64,
+        ret,
+        enter_ts,
+    }
+}
+
+fn write(ts: u64, fd: u32) -> Event {
+    Event::Syscall {
+        ts,
+        tid: T,
+        nr: nr::WRITE,
+        arg0: fd as u64,
+        ret: 10,
+        enter_ts: ts - 1,
+    }
+}
+
+fn block(ts: u64, nr: u32, arg0: u64) -> Event {
+    Event::SwitchOut {
+        ts,
+        tid: T,
+        state: S,
+        syscall: Some(InSyscall { nr, arg0 }),
+    }
+}
+
+fn wake(ts: u64) -> Event {
+    Event::Wakeup {
+        ts,
+        tid: T,
+        waker: waker(200),
+    }
+}
+
+fn run(ts: u64) -> Event {
+    Event::SwitchIn { ts, tid: T }
+}
+
+fn feed(e: &mut Engine<Fds>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
+    for ev in events {
+        e.handle(ev);
+    }
+    e.take_requests()
+}
+
+fn cause(r: &Request, c: Cause) -> u64 {
+    r.breakdown[c.index()]
+}
+
+fn assert_sums(r: &Request) {
+    assert_eq!(r.breakdown.iter().sum::<u64>(), r.latency_ns, "{r:?}");
+}
+
+#[test]
+fn causes_sum_to_latency_across_lock_runqueue_and_cpu() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(100, CONN, 50, 90),
+            block(200, nr::FUTEX, 0xabc),
+            wake(500),
+            run(600),
+            write(700, CONN),
+            block(800, nr::READ, CONN as u64), // back to reading: response complete
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!((r.start_ns, r.latency_ns), (100, 600));
+    assert_eq!(cause(r, Cause::OnCpu), 200);
+    assert_eq!(cause(r, Cause::Lock), 300);
+    assert_eq!(cause(r, Cause::Runqueue), 100);
+    assert_sums(r);
+    assert!(!r.incomplete && !r.shared_context);
+}
+
+#[test]
+fn preemption_counts_as_runqueue() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            Event::SwitchOut {
+                ts: 100,
+                tid: T,
+                state: PREEMPT_STATE_BIT,
+                syscall: None,
+            },
+            run(350),
+            write(400, CONN),
+            read(1000, CONN, 5, 900),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(cause(r, Cause::Runqueue), 250);
+    assert_eq!(cause(r, Cause::OnCpu), 150);
+    assert_sums(r);
+    assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
+}
+
+#[test]
+fn wakeup_before_switch_out_is_not_a_block() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            wake(100), // woken while still on the CPU, on its way to sleep on a futex
+            block(120, nr::FUTEX, 0xabc),
+            run(200),
+            write(300, CONN),
+            read(400, CONN, 5, 350),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(cause(r, Cause::Lock), 0);
+    assert_eq!(cause(r, Cause::Runqueue), 80);
+    assert_eq!(cause(r, Cause::OnCpu), 220);
+    assert_sums(r);
+}
+
+#[test]
+fn request_starts_at_the_wakeup_of_a_blocked_read() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            block(0, nr::READ, CONN as u64), // idle keep-alive connection
+            wake(1000),                      // request bytes arrive
+            run(1040),
+            read(1050, CONN, 80, 0),
+            write(1100, CONN),
+            block(1200, nr::READ, CONN as u64),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!((r.start_ns, r.latency_ns), (1000, 100));
+    assert_eq!(cause(r, Cause::Runqueue), 40);
+    assert_eq!(cause(r, Cause::NetIo), 0, "idle time before the request is not counted");
+    assert_sums(r);
+}
+
+#[test]
+fn thread_exit_mid_request() {
+    let mut e = engine();
+    let answered = feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            write(100, CONN),
+            Event::ThreadExit { ts: 150, tid: T },
+        ],
+    );
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].latency_ns, 100);
+
+    let unanswered = feed(
+        &mut e,
+        [
+            Event::ThreadNew { ts: 200, tid: T },
+            wake(210),
+            run(220),
+            read(300, CONN, 5, 290),
+            Event::ThreadExit { ts: 400, tid: T },
+        ],
+    );
+    assert!(unanswered.is_empty());
+    assert_eq!(e.aborted, 1);
+    assert_eq!(e.open_requests(), 0);
+}
+
+#[test]
+fn keep_alive_connection_carries_many_requests() {
+    let mut e = engine();
+    let mut events = Vec::new();
+    for i in 0..5u64 {
+        let t = i * 1000;
+        events.extend([
+            block(t, nr::READ, CONN as u64),
+            wake(t + 100),
+            run(t + 110),
+            read(t + 120, CONN, 30, t),
+            block(t + 200, nr::NANOSLEEP, 0),
+            wake(t + 500),
+            run(t + 520),
+            write(t + 600, CONN),
+        ]);
+    }
+    events.push(Event::Syscall {
+        ts: 9000,
+        tid: T,
+        nr: nr::CLOSE,
+        arg0: CONN as u64,
+        ret: 0,
+        enter_ts: 8999,
+    });
+    let reqs = feed(&mut e, events);
+    assert_eq!(reqs.len(), 5);
+    for r in &reqs {
+        assert_eq!(r.latency_ns, 500);
+        assert_eq!(cause(r, Cause::Sleep), 300);
+        assert_eq!(cause(r, Cause::Runqueue), 10 + 20);
+        assert_eq!(cause(r, Cause::OnCpu), 170);
+        assert_sums(r);
+    }
+}
+
+#[test]
+fn pipelined_requests_are_split_at_each_read_after_a_response() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 200, 0), // two requests arrived together; the server reads one
+            write(100, CONN),
+            read(110, CONN, 100, 105), // the second is already buffered: no block
+            write(300, CONN),
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "the second ends only at the next read or close");
+    e.finish_all();
+    let reqs2 = e.take_requests();
+    assert_eq!(reqs[0].latency_ns, 100);
+    assert_eq!((reqs2[0].start_ns, reqs2[0].latency_ns), (110, 190));
+}
+
+#[test]
+fn multi_write_response_ends_at_last_write() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 20, 0),
+            write(100, CONN),
+            block(150, nr::WRITE, CONN as u64), // socket buffer full
+            wake(250),
+            run(260),
+            write(300, CONN),
+            read(900, CONN, 20, 800),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(r.latency_ns, 300);
+    assert_eq!(cause(r, Cause::NetIo), 100);
+    assert_sums(r);
+}
+
+#[test]
+fn lost_events_mark_open_requests_incomplete_and_keep_the_identity() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 20, 0),
+            block(100, nr::FUTEX, 0x10),
+            Event::Lost { ts: 150 },
+            // the wakeup and switch-in were lost: the syscall return repairs the state
+            Event::Syscall {
+                ts: 400,
+                tid: T,
+                nr: nr::FUTEX,
+                arg0: 0x10,
+                ret: 0,
+                enter_ts: 90,
+            },
+            write(500, CONN),
+            read(900, CONN, 20, 800),
+        ],
+    );
+    let r = &reqs[0];
+    assert!(r.incomplete);
+    assert_eq!(r.latency_ns, 500);
+    assert_sums(r);
+    let next = feed(&mut e, [write(950, CONN), read(1000, CONN, 5, 990)]);
+    assert!(!next[0].incomplete, "only requests open during the loss are marked");
+}
+
+#[test]
+fn blocking_causes_follow_the_syscall_and_the_fd() {
+    let cases = [
+        (Some((nr::READ, BACKEND as u64)), S, Cause::NetIo),
+        (Some((nr::RECVFROM, BACKEND as u64)), S, Cause::NetIo),
+        (Some((nr::READ, FILE as u64)), D, Cause::DiskIo),
+        (Some((nr::WRITE, FILE as u64)), D, Cause::DiskIo),
+        (Some((nr::FSYNC, FILE as u64)), D, Cause::DiskIo),
+        (Some((nr::EPOLL_WAIT, 3)), S, Cause::NetIo),
+        (Some((nr::POLL, 0)), S, Cause::NetIo),
+        (Some((nr::CLOCK_NANOSLEEP, 0)), S, Cause::Sleep),
+        (Some((nr::FUTEX_WAITV, 0)), S, Cause::Lock),
+        (Some((nr::READ, 42)), S, Cause::Other), // a pipe
+        (None, D, Cause::DiskIo),                // a major page fault
+        (None, S, Cause::Other),
+    ];
+    for (syscall, state, want) in cases {
+        let mut e = engine();
+        let syscall = syscall.map(|(nr, arg0)| InSyscall { nr, arg0 });
+        let reqs = feed(
+            &mut e,
+            [
+                read(0, CONN, 5, 0),
+                Event::SwitchOut {
+                    ts: 10,
+                    tid: T,
+                    state,
+                    syscall,
+                },
+                wake(110),
+                run(110),
+                write(120, CONN),
+                read(200, CONN, 5, 150),
+            ],
+        );
+        assert_eq!(cause(&reqs[0], want), 100, "{syscall:?} state {state}");
+    }
+}
+
+#[test]
+fn other_is_detailed_by_syscall() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            block(10, nr::READ, 42),
+            wake(60),
+            block(70, nr::CONNECT, 3), // net, not other
+            wake(80),
+        ],
+    );
+    assert_eq!(e.other_by_syscall.get(&Some(nr::READ)), Some(&50));
+    assert_eq!(e.other_by_syscall.len(), 1);
+}
+
+#[test]
+fn lock_detail_names_waiters_and_wakers() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            block(0, nr::FUTEX, 0xf00),
+            wake(300),
+            run(310),
+            Event::Syscall {
+                ts: 320,
+                tid: T,
+                nr: nr::FUTEX,
+                arg0: 0xf00,
+                ret: 0,
+                enter_ts: 0,
+            },
+        ],
+    );
+    let lock = &e.locks[&0xf00];
+    assert_eq!((lock.wait_ns, lock.waits), (320, 1));
+    assert_eq!(lock.waiters.iter().copied().collect::<Vec<_>>(), vec![T]);
+    assert_eq!(lock.wakers.get(&waker(200)), Some(&1));
+    assert_eq!(
+        e.take_waits(),
+        vec![Wait::Runqueue(10), Wait::Futex(320)],
+        "runqueue delay after the wakeup, then the futex wait"
+    );
+}
+
+#[test]
+fn socket_read_blocking_is_sampled_without_requests() {
+    let mut e = engine();
+    feed(&mut e, [block(0, nr::READ, BACKEND as u64), wake(700)]);
+    assert_eq!(e.take_waits(), vec![Wait::SocketRead(700)]);
+}
+
+#[test]
+fn event_loop_requests_are_marked_shared() {
+    let mut e = engine();
+    e.set_fd_kind(11, FdKind::Connection);
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            read(10, 11, 5, 5),
+            write(50, CONN),
+            write(60, 11),
+            block(70, nr::EPOLL_WAIT, 3),
+            wake(500),
+            run(500),
+            read(510, CONN, 5, 505),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].shared_context);
+    e.finish_all();
+    assert!(e.take_requests()[0].shared_context);
+    assert_eq!(e.shared, 2);
+}
+
+#[test]
+fn accept_makes_a_connection_and_close_forgets_it() {
+    let mut e = Engine::new(Fds);
+    let accept = Event::Syscall {
+        ts: 0,
+        tid: T,
+        nr: nr::ACCEPT4,
+        arg0: 3,
+        ret: 12,
+        enter_ts: 0,
+    };
+    let close = Event::Syscall {
+        ts: 300,
+        tid: T,
+        nr: nr::CLOSE,
+        arg0: 12,
+        ret: 0,
+        enter_ts: 299,
+    };
+    let reqs = feed(&mut e, [accept, read(100, 12, 5, 50), write(200, 12), close]);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].latency_ns, 100);
+    // fd 12 reused for something that is not a connection: no request
+    let reqs = feed(&mut e, [read(400, 12, 5, 350), write(500, 12)]);
+    assert!(reqs.is_empty());
+}
