@@ -291,6 +291,7 @@ impl<R: FdResolver> Engine<R> {
         std::mem::take(&mut self.waits)
     }
 
+    #[cfg(test)]
     pub fn open_requests(&self) -> usize {
         self.open.len()
     }

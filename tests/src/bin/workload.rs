@@ -1,0 +1,828 @@
+//! `workload`: a deliberately simple thread-per-connection HTTP/1.1 server whose
+//! endpoints each spend a known time in one latency cause, the backend it talks
+//! to for `/io`, and a keep-alive load generator.
+//!
+//! ```text
+//! workload serve   [--port P] [--data-dir D]
+//! workload backend [--port P]
+//! workload load    --addr HOST:PORT --path PATH [--path PATH ...]
+//!                  [--connections C] [--duration SECS] [--requests N]
+//! ```
+//!
+//! Endpoints of `serve` (each response carries `X-Handler-Ns`, the time spent
+//! in the endpoint's characteristic work):
+//! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
+//! `/lock?ms=N` (futex wait on a mutex held by another thread),
+//! `/io?ms=N` (blocking round trip to the backend, which sleeps N ms),
+//! `/disk?kb=N` (N KiB of writes plus fsync; also `X-Fsync-Ns`).
+
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+use tracer_tests::http::{self, HttpClient, RequestLine};
+use tracer_tests::LoadResult;
+
+/// Largest `ms` any endpoint accepts.
+const MAX_MS: u64 = 60_000;
+/// Largest `kb` `/disk` accepts (1 GiB).
+const MAX_KB: u64 = 1024 * 1024;
+/// Size of each `write()` made by `/disk`.
+const DISK_CHUNK: usize = 64 * 1024;
+/// Non-zero data written by `/disk`.
+static DISK_DATA: [u8; DISK_CHUNK] = [0xa5; DISK_CHUNK];
+/// Lets the backend check that the server that started it is still alive.
+const PARENT_PID_ENV: &str = "WORKLOAD_PARENT_PID";
+/// Pause before a load connection reconnects after an error.
+const RECONNECT_DELAY: Duration = Duration::from_millis(10);
+/// Slack past the load deadline before a stuck request times out.
+const LOAD_GRACE: Duration = Duration::from_secs(2);
+
+/// The one mutex `/lock` contends on.
+static GLOBAL_LOCK: Mutex<()> = Mutex::new(());
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workload: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (command, rest) = args.split_first().context(USAGE)?;
+    match command.as_str() {
+        "serve" => serve(&Opts::parse(rest, &["port", "data-dir"])?),
+        "backend" => backend(&Opts::parse(rest, &["port"])?),
+        "load" => load(&Opts::parse(
+            rest,
+            &["addr", "path", "connections", "duration", "requests"],
+        )?),
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+const USAGE: &str = "usage: workload serve [--port P] [--data-dir D]\n       \
+    workload backend [--port P]\n       \
+    workload load --addr HOST:PORT --path PATH [--path PATH ...] \
+    [--connections C] [--duration SECS] [--requests N]";
+
+// ---------------------------------------------------------------- options --
+
+/// `--key value` / `--key=value` options in command-line order.
+struct Opts(Vec<(String, String)>);
+
+impl Opts {
+    /// Parses `args`, rejecting keys not in `known`.
+    fn parse(args: &[String], known: &[&str]) -> Result<Self> {
+        let mut opts = Vec::new();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let flag = arg
+                .strip_prefix("--")
+                .with_context(|| format!("unexpected argument {arg:?}\n{USAGE}"))?;
+            let (key, value) = match flag.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let value = iter
+                        .next()
+                        .with_context(|| format!("--{flag} needs a value"))?;
+                    (flag.to_string(), value.clone())
+                }
+            };
+            ensure!(
+                known.contains(&key.as_str()),
+                "unknown option --{key}\n{USAGE}"
+            );
+            opts.push((key, value));
+        }
+        Ok(Self(opts))
+    }
+
+    /// Last value given for `key`.
+    fn last(&self, key: &str) -> Option<&str> {
+        self.all(key).last().copied()
+    }
+
+    /// Every value given for `key`, in order.
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Last value of `key` parsed as `T`, if given.
+    fn parsed<T: FromStr>(&self, key: &str) -> Result<Option<T>>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.last(key)
+            .map(|v| v.parse().with_context(|| format!("bad --{key} {v:?}")))
+            .transpose()
+    }
+}
+
+/// Saturating `Duration` to whole nanoseconds.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Prints one line to stdout and flushes it (readiness handshakes).
+fn announce(line: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush().context("flush stdout")
+}
+
+/// Runs `f(stream)` on a new named thread, logging its error if it fails.
+fn spawn_connection(
+    name: &str,
+    stream: TcpStream,
+    f: impl FnOnce(TcpStream) -> Result<()> + Send + 'static,
+) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let thread_peer = peer.clone();
+    let spawned = thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Err(e) = f(stream) {
+                eprintln!("workload: connection from {thread_peer}: {e:#}");
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("workload: cannot spawn a thread for {peer}: {e}");
+    }
+}
+
+/// Accepts connections forever, handing each to `handle` on its own thread.
+fn accept_loop(
+    listener: &TcpListener,
+    name: &str,
+    handle: impl Fn(TcpStream) -> Result<()> + Clone + Send + 'static,
+) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => spawn_connection(name, stream, handle.clone()),
+            Err(e) => {
+                eprintln!("workload: accept: {e}");
+                thread::sleep(RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------- server --
+
+/// State shared by every connection of `serve`.
+struct Server {
+    lock_holder: mpsc::Sender<HoldRequest>,
+    backend: SocketAddr,
+    data_dir: PathBuf,
+    next_file: AtomicU64,
+}
+
+/// Asks the lock holder to take [`GLOBAL_LOCK`] for `hold`, replying once it has it.
+struct HoldRequest {
+    hold: Duration,
+    locked: mpsc::Sender<()>,
+}
+
+/// `workload serve`.
+fn serve(opts: &Opts) -> Result<()> {
+    let port = opts.parsed::<u16>("port")?.unwrap_or(0);
+    let data_dir = opts
+        .last("data-dir")
+        .map_or_else(std::env::temp_dir, PathBuf::from);
+    ensure!(
+        data_dir.is_dir(),
+        "data dir {} is not a directory",
+        data_dir.display()
+    );
+    // Spawned from the main thread, which lives as long as the process:
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits.
+    let backend = BackendChild::spawn()?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).context("bind")?;
+    let server = std::sync::Arc::new(Server {
+        lock_holder: spawn_lock_holder()?,
+        backend: backend.addr,
+        data_dir,
+        next_file: AtomicU64::new(0),
+    });
+    announce(&format!(
+        "listening {} pid {}",
+        listener.local_addr()?,
+        std::process::id()
+    ))?;
+    accept_loop(&listener, "conn", move |stream| {
+        Connection::new(&server).serve(stream)
+    });
+    drop(backend);
+    Ok(())
+}
+
+/// Starts the thread that takes [`GLOBAL_LOCK`] on behalf of `/lock`.
+fn spawn_lock_holder() -> Result<mpsc::Sender<HoldRequest>> {
+    let (tx, rx) = mpsc::channel::<HoldRequest>();
+    thread::Builder::new()
+        .name("lock-holder".into())
+        .spawn(move || {
+            for req in rx {
+                let guard = GLOBAL_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+                // A requester that went away will not contend; skip the hold.
+                if req.locked.send(()).is_ok() {
+                    thread::sleep(req.hold);
+                }
+                drop(guard);
+            }
+        })
+        .context("spawn lock holder")?;
+    Ok(tx)
+}
+
+/// The `workload backend` child process; killed when dropped.
+struct BackendChild {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BackendChild {
+    /// Starts `<this exe> backend --port 0` and reads its port.
+    fn spawn() -> Result<Self> {
+        let exe = std::env::current_exe().context("locate own executable")?;
+        let mut child = Command::new(exe)
+            .args(["backend", "--port", "0"])
+            .env(PARENT_PID_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawn backend")?;
+        let stdout = child.stdout.take().context("backend stdout")?;
+        let mut backend = Self {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        };
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("read backend port")?;
+        let port: u16 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("backend printed {line:?} instead of its port"))?;
+        backend.addr.set_port(port);
+        Ok(backend)
+    }
+}
+
+impl Drop for BackendChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a handler produced; serialised by [`Reply::to_bytes`].
+struct Reply {
+    status: u16,
+    handler_ns: u64,
+    fsync_ns: Option<u64>,
+    /// Close the connection after sending this reply.
+    close: bool,
+}
+
+impl Reply {
+    fn ok(handler: Duration) -> Self {
+        Self {
+            status: 200,
+            handler_ns: nanos(handler),
+            fsync_ns: None,
+            close: false,
+        }
+    }
+
+    fn status(status: u16) -> Self {
+        Self {
+            status,
+            handler_ns: 0,
+            fsync_ns: None,
+            close: false,
+        }
+    }
+
+    fn closing(status: u16) -> Self {
+        Self {
+            close: true,
+            ..Self::status(status)
+        }
+    }
+
+    /// Head and body in one buffer, for a single `write_all`.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut headers = vec![("X-Handler-Ns", self.handler_ns.to_string())];
+        if let Some(ns) = self.fsync_ns {
+            headers.push(("X-Fsync-Ns", ns.to_string()));
+        }
+        if self.close {
+            headers.push(("Connection", "close".to_string()));
+        }
+        let body = match self.status {
+            200 => "ok\n".to_string(),
+            s => format!("{}\n", http::reason(s).to_ascii_lowercase()),
+        };
+        http::build_response(self.status, &headers, body.as_bytes())
+    }
+}
+
+/// Per-connection state of `serve`.
+struct Connection<'a> {
+    server: &'a Server,
+    /// Lazily opened connection to the backend, kept for this connection's life.
+    backend: Option<BufReader<TcpStream>>,
+    /// Scratch file for `/disk`, unique to this connection.
+    disk_file: PathBuf,
+}
+
+impl<'a> Connection<'a> {
+    fn new(server: &'a Server) -> Self {
+        let n = server.next_file.fetch_add(1, Ordering::Relaxed);
+        let name = format!("workload-{}-{n}.dat", std::process::id());
+        Self {
+            server,
+            backend: None,
+            disk_file: server.data_dir.join(name),
+        }
+    }
+
+    /// Serves keep-alive requests on `stream` until EOF or an error.
+    fn serve(mut self, mut stream: TcpStream) -> Result<()> {
+        stream.set_nodelay(true)?;
+        let mut buf = Vec::with_capacity(1024);
+        while let Some(end) = http::read_head(&mut stream, &mut buf).context("read request")? {
+            let reply = self.respond(&buf[..end]);
+            buf.drain(..end);
+            stream
+                .write_all(&reply.to_bytes())
+                .context("write response")?;
+            if reply.close {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses one request head and runs its handler; failures become error replies.
+    fn respond(&mut self, head: &[u8]) -> Reply {
+        let Some(req) = std::str::from_utf8(head)
+            .ok()
+            .and_then(http::parse_request_line)
+        else {
+            eprintln!("workload: malformed request head, closing connection");
+            return Reply::closing(400);
+        };
+        if req.method != "GET" {
+            return Reply::closing(405);
+        }
+        self.route(&req).unwrap_or_else(|e| {
+            eprintln!("workload: {} failed: {e:#}", req.path);
+            Reply::closing(500)
+        })
+    }
+
+    fn route(&mut self, req: &RequestLine) -> Result<Reply> {
+        let ms = || {
+            http::query_param(req.query, "ms")
+                .filter(|&ms| ms <= MAX_MS)
+                .map(Duration::from_millis)
+        };
+        let reply = match (req.path, ms()) {
+            ("/", _) => Reply::ok(Duration::ZERO),
+            ("/cpu", Some(d)) => Reply::ok(spin(d)),
+            ("/sleep", Some(d)) => Reply::ok(sleep(d)),
+            ("/lock", Some(d)) => Reply::ok(self.server.lock_wait(d)?),
+            ("/io", Some(d)) => Reply::ok(self.backend_round_trip(d)?),
+            ("/disk", _) => match http::query_param(req.query, "kb").filter(|&kb| kb <= MAX_KB) {
+                Some(kb) => self.disk(kb)?,
+                None => Reply::status(400),
+            },
+            ("/cpu" | "/sleep" | "/lock" | "/io", None) => Reply::status(400),
+            _ => Reply::status(404),
+        };
+        Ok(reply)
+    }
+
+    /// `/io`: one blocking `N\n` → `ok\n` round trip to the backend.
+    fn backend_round_trip(&mut self, d: Duration) -> Result<Duration> {
+        let backend = match &mut self.backend {
+            Some(b) => b,
+            slot => {
+                let stream = TcpStream::connect(self.server.backend).context("connect backend")?;
+                stream.set_nodelay(true)?;
+                slot.insert(BufReader::new(stream))
+            }
+        };
+        let start = Instant::now();
+        let request = format!("{}\n", d.as_millis());
+        backend.get_mut().write_all(request.as_bytes())?;
+        let mut reply = String::new();
+        backend.read_line(&mut reply)?;
+        let elapsed = start.elapsed();
+        if reply != "ok\n" {
+            self.backend = None;
+            bail!("backend replied {reply:?}");
+        }
+        Ok(elapsed)
+    }
+
+    /// `/disk`: writes `kb` KiB to this connection's file, fsyncs, deletes it.
+    fn disk(&self, kb: u64) -> Result<Reply> {
+        let path = &self.disk_file;
+        let result = write_and_sync(path, kb);
+        let _ = fs::remove_file(path);
+        let (total, fsync) = result.with_context(|| format!("write {}", path.display()))?;
+        Ok(Reply {
+            fsync_ns: Some(nanos(fsync)),
+            ..Reply::ok(total)
+        })
+    }
+}
+
+impl Server {
+    /// `/lock`: has the holder take the lock for `hold`, then times our own `lock()`.
+    fn lock_wait(&self, hold: Duration) -> Result<Duration> {
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let req = HoldRequest {
+            hold,
+            locked: locked_tx,
+        };
+        self.lock_holder
+            .send(req)
+            .ok()
+            .context("lock holder is gone")?;
+        locked_rx.recv().context("lock holder is gone")?;
+        let start = Instant::now();
+        let guard = GLOBAL_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let waited = start.elapsed();
+        drop(guard);
+        Ok(waited)
+    }
+}
+
+/// `/cpu`: spins on the CPU for `d` of wall time.
+fn spin(d: Duration) -> Duration {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < d {
+        for _ in 0..1000 {
+            x = std::hint::black_box(
+                x.wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407),
+            );
+        }
+    }
+    std::hint::black_box(x);
+    start.elapsed()
+}
+
+/// `/sleep`: sleeps for `d`.
+fn sleep(d: Duration) -> Duration {
+    let start = Instant::now();
+    thread::sleep(d);
+    start.elapsed()
+}
+
+/// Truncates `path`, writes `kb` KiB in [`DISK_CHUNK`] writes and fsyncs.
+/// Returns (writes + fsync time, fsync time).
+fn write_and_sync(path: &std::path::Path, kb: u64) -> io::Result<(Duration, Duration)> {
+    let mut file = File::create(path)?;
+    let mut remaining = usize::try_from(kb * 1024).map_err(io::Error::other)?;
+    let start = Instant::now();
+    while remaining > 0 {
+        let n = remaining.min(DISK_CHUNK);
+        file.write_all(&DISK_DATA[..n])?;
+        remaining -= n;
+    }
+    let fsync_start = Instant::now();
+    file.sync_all()?;
+    Ok((start.elapsed(), fsync_start.elapsed()))
+}
+
+// ---------------------------------------------------------------- backend --
+
+/// `workload backend`: answers `N\n` with `ok\n` after sleeping N ms.
+fn backend(opts: &Opts) -> Result<()> {
+    die_with_parent()?;
+    let port = opts.parsed::<u16>("port")?.unwrap_or(0);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).context("bind")?;
+    announce(&listener.local_addr()?.port().to_string())?;
+    accept_loop(&listener, "backend-conn", backend_connection);
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL us when the parent dies.
+fn die_with_parent() -> Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG only takes a signal number; no memory is touched.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "prctl(PR_SET_PDEATHSIG): {}",
+        io::Error::last_os_error()
+    );
+    // The parent may have died before the prctl took effect.
+    let expected = std::env::var(PARENT_PID_ENV).ok();
+    if let Some(expected) = expected.and_then(|v| v.parse::<libc::pid_t>().ok()) {
+        // SAFETY: getppid has no preconditions and cannot fail.
+        let parent: libc::pid_t = unsafe { libc::getppid() };
+        ensure!(parent == expected, "parent {expected} already exited");
+    }
+    Ok(())
+}
+
+/// Serves `N\n` lines on one backend connection until EOF.
+fn backend_connection(stream: TcpStream) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let ms: u64 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("bad backend request {line:?}"))?;
+        thread::sleep(Duration::from_millis(ms.min(MAX_MS)));
+        writer.write_all(b"ok\n")?;
+    }
+}
+
+// ------------------------------------------------------------------- load --
+
+/// Settings of `workload load`.
+struct LoadConfig {
+    addr: SocketAddr,
+    paths: Vec<String>,
+    connections: usize,
+    duration: Duration,
+    max_requests: Option<u64>,
+}
+
+impl LoadConfig {
+    fn from_opts(opts: &Opts) -> Result<Self> {
+        let addr = loopback_addr(opts.last("addr").context("--addr is required")?)?;
+        let paths: Vec<String> = opts.all("path").into_iter().map(String::from).collect();
+        ensure!(!paths.is_empty(), "at least one --path is required");
+        if let Some(bad) = paths
+            .iter()
+            .find(|p| !p.starts_with('/') || p.contains(' '))
+        {
+            bail!("bad --path {bad:?}: must start with '/' and contain no spaces");
+        }
+        let connections = opts.parsed::<usize>("connections")?.unwrap_or(4);
+        ensure!(connections > 0, "--connections must be at least 1");
+        let secs = opts.parsed::<f64>("duration")?.unwrap_or(10.0);
+        let duration = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("bad --duration {secs}"))?;
+        Ok(Self {
+            addr,
+            paths,
+            connections,
+            duration,
+            max_requests: opts.parsed("requests")?,
+        })
+    }
+}
+
+/// Parses `HOST:PORT`, accepting only loopback IPs (127.0.0.0/8, ::1) or `localhost`.
+fn loopback_addr(s: &str) -> Result<SocketAddr> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let port = s
+                .strip_prefix("localhost:")
+                .with_context(|| format!("bad --addr {s:?}: want IP:PORT or localhost:PORT"))?;
+            let port: u16 = port.parse().with_context(|| format!("bad port in {s:?}"))?;
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+        }
+    };
+    ensure!(
+        addr.ip().is_loopback(),
+        "refusing non-loopback address {addr}: load is only generated against 127.0.0.0/8 or ::1"
+    );
+    Ok(addr)
+}
+
+/// Latencies and errors seen by one load connection.
+#[derive(Default)]
+struct WorkerStats {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+}
+
+/// `workload load`: prints one JSON [`LoadResult`] line.
+fn load(opts: &Opts) -> Result<()> {
+    let cfg = LoadConfig::from_opts(opts)?;
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let issued = AtomicU64::new(0);
+    let stats: Vec<WorkerStats> = thread::scope(|s| {
+        let workers: Vec<_> = (0..cfg.connections)
+            .map(|i| {
+                let (cfg, issued) = (&cfg, &issued);
+                s.spawn(move || load_worker(cfg, i, deadline, issued))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("load worker panicked"))
+            .collect()
+    });
+    let result = summarize(stats, start.elapsed());
+    announce(&serde_json::to_string(&result)?)
+}
+
+/// Reserves one request slot; false once `--requests` is used up.
+fn take_request(issued: &AtomicU64, max: Option<u64>) -> bool {
+    let n = issued.fetch_add(1, Ordering::Relaxed);
+    max.is_none_or(|max| n < max)
+}
+
+/// One load connection: requests back to back, cycling through the paths.
+fn load_worker(
+    cfg: &LoadConfig,
+    index: usize,
+    deadline: Instant,
+    issued: &AtomicU64,
+) -> WorkerStats {
+    let mut stats = WorkerStats::default();
+    let mut client: Option<HttpClient> = None;
+    let mut next_path = index;
+    while Instant::now() < deadline {
+        let Some(conn) = load_connection(&mut client, cfg.addr, deadline) else {
+            stats.errors += 1;
+            thread::sleep(RECONNECT_DELAY);
+            continue;
+        };
+        if !take_request(issued, cfg.max_requests) {
+            break;
+        }
+        let path = &cfg.paths[next_path % cfg.paths.len()];
+        next_path += 1;
+        let start = Instant::now();
+        match conn.get(path) {
+            Ok(resp) => {
+                if (200..300).contains(&resp.status) {
+                    stats.latencies_ns.push(nanos(start.elapsed()));
+                } else {
+                    stats.errors += 1;
+                }
+                if resp.header("Connection") == Some("close") {
+                    client = None;
+                }
+            }
+            Err(_) => {
+                stats.errors += 1;
+                client = None;
+                thread::sleep(RECONNECT_DELAY);
+            }
+        }
+    }
+    stats
+}
+
+/// The worker's open connection, connecting first if needed (`None` on failure).
+fn load_connection(
+    slot: &mut Option<HttpClient>,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Option<&mut HttpClient> {
+    if slot.is_none() {
+        let timeout = deadline.saturating_duration_since(Instant::now()) + LOAD_GRACE;
+        let client = HttpClient::connect_timeout(&addr, timeout).ok()?;
+        client.set_timeout(Some(timeout)).ok()?;
+        *slot = Some(client);
+    }
+    slot.as_mut()
+}
+
+/// Nearest-rank percentile `p` (0..=1) of sorted `values`; 0 when empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summarize(stats: Vec<WorkerStats>, elapsed: Duration) -> LoadResult {
+    let errors = stats.iter().map(|s| s.errors).sum();
+    let mut latencies: Vec<u64> = stats.into_iter().flat_map(|s| s.latencies_ns).collect();
+    latencies.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let duration_s = elapsed.as_secs_f64();
+    LoadResult {
+        requests: latencies.len() as u64,
+        errors,
+        duration_s,
+        rps: latencies.len() as f64 / duration_s.max(f64::MIN_POSITIVE),
+        p50_us: us(percentile(&latencies, 0.50)),
+        p99_us: us(percentile(&latencies, 0.99)),
+        max_us: us(latencies.last().copied().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let args = strings(&["--path", "/a", "--path=/b", "--connections", "3"]);
+        let opts = Opts::parse(&args, &["path", "connections"]).unwrap();
+        assert_eq!(opts.all("path"), ["/a", "/b"]);
+        assert_eq!(opts.parsed::<usize>("connections").unwrap(), Some(3));
+        assert_eq!(opts.parsed::<usize>("duration").unwrap(), None);
+        assert!(Opts::parse(&strings(&["--bogus", "1"]), &["path"]).is_err());
+        assert!(Opts::parse(&strings(&["--path"]), &["path"]).is_err());
+        assert!(Opts::parse(&strings(&["stray"]), &["path"]).is_err());
+        let bad = Opts::parse(&strings(&["--port", "x"]), &["port"]).unwrap();
+        assert!(bad.parsed::<u16>("port").is_err());
+    }
+
+    #[test]
+    fn loopback_only() {
+        assert_eq!(
+            loopback_addr("127.0.0.1:80").unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert!(loopback_addr("127.3.4.5:80").is_ok());
+        assert!(loopback_addr("[::1]:80").is_ok());
+        assert_eq!(loopback_addr("localhost:9").unwrap().port(), 9);
+        assert!(loopback_addr("10.0.0.1:80").is_err());
+        assert!(loopback_addr("[::ffff:127.0.0.1]:80").is_err());
+        assert!(loopback_addr("example.com:80").is_err());
+        assert!(loopback_addr("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.5), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn request_cap() {
+        let issued = AtomicU64::new(0);
+        assert!(take_request(&issued, Some(2)));
+        assert!(take_request(&issued, Some(2)));
+        assert!(!take_request(&issued, Some(2)));
+        assert!(take_request(&issued, None));
+    }
+
+    #[test]
+    fn reply_format() {
+        let reply = Reply {
+            fsync_ns: Some(7),
+            ..Reply::ok(Duration::from_nanos(1500))
+        };
+        assert_eq!(
+            reply.to_bytes(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 1500\r\nX-Fsync-Ns: 7\r\n\r\nok\n"
+        );
+        let not_found = String::from_utf8(Reply::status(404).to_bytes()).unwrap();
+        assert!(not_found.starts_with("HTTP/1.1 404 Not Found\r\n"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The collector: drains the ring buffer, orders events, feeds the attribution engine and
+//! keeps the aggregates, the interval log and the slow-request log current.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    attribution::{Engine, Event},
+    decode::{decode, Reorder},
+    export::{HlogWriter, SlowRequests},
+    fds::ProcFds,
+    probes::Probes,
+    stats::{RequestHistograms, Totals},
+};
+
+/// Events are held this long so records from other CPUs can be put in order.
+const REORDER_WINDOW_NS: u64 = 5_000_000;
+
+pub struct Collector {
+    pub engine: Engine<ProcFds>,
+    reorder: Reorder,
+    pub totals: Totals,
+    /// This interval's requests, for the live table and latency.hlog.
+    pub interval: RequestHistograms,
+    pub interval_breakdown: [u64; 7],
+    pub interval_events: u64,
+    pub received: u64,
+    pub malformed: u64,
+    lost_seen: u64,
+    pub lost_by_reason: [u64; 3],
+    pub lost_by_cpu: Vec<u64>,
+    hlog: HlogWriter,
+    pub slow: SlowRequests,
+    pub started: Instant,
+    stopped: Option<Instant>,
+    interval_started: Instant,
+    boot_to_unix_ns: i128,
+    decoded: Vec<Event>,
+    /// Thread names, for the lock detail.
+    pub comms: HashMap<u32, String>,
+    pid: u32,
+}
+
+impl Collector {
+    pub fn new(pid: u32, engine: Engine<ProcFds>, hlog: HlogWriter, slow: SlowRequests) -> Self {
+        let now = Instant::now();
+        Collector {
+            engine,
+            reorder: Reorder::new(REORDER_WINDOW_NS),
+            totals: Totals::new(),
+            interval: RequestHistograms::new(),
+            interval_breakdown: [0; 7],
+            interval_events: 0,
+            received: 0,
+            malformed: 0,
+            lost_seen: 0,
+            lost_by_reason: [0; 3],
+            lost_by_cpu: Vec::new(),
+            hlog,
+            slow,
+            started: now,
+            stopped: None,
+            interval_started: now,
+            boot_to_unix_ns: boot_to_unix_ns(),
+            decoded: Vec::new(),
+            comms: HashMap::new(),
+            pid,
+        }
+    }
+
+    /// Read everything in the ring buffer, and process what the reorder window releases.
+    pub fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        probes: Option<&Probes>,
+        all: bool,
+    ) -> Result<()> {
+        while let Some(item) = ring.next() {
+            self.received += 1;
+            self.interval_events += 1;
+            if decode(&item, &mut self.decoded).is_none() {
+                self.malformed += 1;
+            }
+        }
+        for event in self.decoded.drain(..) {
+            self.reorder.push(event);
+        }
+        if let Some(probes) = probes {
+            self.check_losses(probes);
+        }
+        let engine = &mut self.engine;
+        self.reorder.release(all, |e| engine.handle(e));
+        self.collect()
+    }
+
+    /// Read the kernel's loss counters; a new loss marks the requests open now incomplete.
+    fn check_losses(&mut self, probes: &Probes) {
+        let (by_reason, by_cpu) = probes.losses();
+        let lost: u64 = by_reason.iter().sum();
+        if lost > self.lost_seen {
+            self.reorder.push(Event::Lost {
+                ts: self.reorder.newest(),
+            });
+            self.lost_seen = lost;
+        }
+        self.lost_by_reason = by_reason;
+        self.lost_by_cpu = by_cpu;
+    }
+
+    /// Take finished requests and wait samples from the engine into the aggregates.
+    fn collect(&mut self) -> Result<()> {
+        for r in self.engine.take_requests() {
+            self.totals.record_request(&r);
+            self.interval.record(&r);
+            for (sum, ns) in self.interval_breakdown.iter_mut().zip(r.breakdown) {
+                *sum += ns;
+            }
+            self.slow.offer(&r, self.boot_to_unix_ns)?;
+        }
+        for w in self.engine.take_waits() {
+            self.totals.record_wait(w);
+        }
+        Ok(())
+    }
+
+    /// Close the current interval: write it to latency.hlog and start the next one.
+    pub fn end_interval(&mut self) -> Result<()> {
+        let offset = self.interval_started.duration_since(self.started);
+        let length = self.interval_started.elapsed();
+        self.hlog.write_interval(&self.interval, offset, length)?;
+        self.slow.flush()?;
+        self.name_threads();
+        self.interval.reset();
+        self.interval_breakdown = [0; 7];
+        self.interval_events = 0;
+        self.interval_started = Instant::now();
+        Ok(())
+    }
+
+    /// End of trace: everything still held is processed; answered requests are complete.
+    pub fn finish(&mut self) -> Result<()> {
+        let engine = &mut self.engine;
+        self.reorder.release(true, |e| engine.handle(e));
+        self.engine.finish_all();
+        self.collect()?;
+        self.end_interval()
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost_by_reason.iter().sum()
+    }
+
+    /// Time traced: from attach to the stop (or to now while running).
+    pub fn elapsed(&self) -> Duration {
+        self.stopped.unwrap_or_else(Instant::now) - self.started
+    }
+
+    pub fn stop(&mut self) {
+        self.stopped = Some(Instant::now());
+    }
+
+    /// Remember the names of threads that show up in the lock detail.
+    fn name_threads(&mut self) {
+        let pid = self.pid;
+        for lock in self.engine.locks.values() {
+            for tid in &lock.waiters {
+                self.comms.entry(*tid).or_insert_with(|| {
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "?".to_string())
+                });
+            }
+        }
+    }
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC: turns `bpf_ktime_get_ns()` stamps into Unix time.
+fn boot_to_unix_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and a valid out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}

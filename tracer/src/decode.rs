@@ -1,0 +1,235 @@
+//! Ring-buffer records to engine events, and a small reorder window: the ring buffer is shared
+//! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
+
+use std::{cmp::Reverse, collections::BinaryHeap};
+
+use tracer_common::{
+    EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, WakeupEvent, NO_SYSCALL,
+};
+
+use crate::attribution::{Event, InSyscall, Waker};
+
+/// Decode one record into zero, one or two engine events (a switch between two target threads
+/// is a switch-out and a switch-in). `None` when the record is malformed.
+pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
+    let hdr: EventHeader = read(bytes)?;
+    let ts = hdr.ts_ns;
+    match EventKind::from_u32(hdr.kind)? {
+        EventKind::Switch => {
+            let e: SwitchEvent = read(bytes)?;
+            if e.hdr.tid != 0 {
+                out.push(Event::SwitchOut {
+                    ts,
+                    tid: e.hdr.tid,
+                    state: e.prev_state,
+                    syscall: (e.syscall_nr != NO_SYSCALL).then_some(InSyscall {
+                        nr: e.syscall_nr,
+                        arg0: e.syscall_arg0,
+                    }),
+                });
+            }
+            if e.next_tid != 0 {
+                out.push(Event::SwitchIn {
+                    ts,
+                    tid: e.next_tid,
+                });
+            }
+        }
+        EventKind::Wakeup => {
+            let e: WakeupEvent = read(bytes)?;
+            out.push(Event::Wakeup {
+                ts,
+                tid: e.hdr.tid,
+                waker: Waker {
+                    tid: e.waker_tid,
+                    pid: e.waker_pid,
+                    comm: comm(&e.waker_comm),
+                },
+            });
+        }
+        EventKind::Syscall => {
+            let e: SyscallEvent = read(bytes)?;
+            out.push(Event::Syscall {
+                ts,
+                tid: e.hdr.tid,
+                nr: e.nr,
+                arg0: e.arg0,
+                ret: e.ret,
+                enter_ts: e.enter_ns,
+            });
+        }
+        EventKind::ThreadNew => {
+            let e: ThreadEvent = read(bytes)?;
+            out.push(Event::ThreadNew { ts, tid: e.hdr.tid });
+        }
+        EventKind::ThreadExit => {
+            let e: ThreadEvent = read(bytes)?;
+            out.push(Event::ThreadExit { ts, tid: e.hdr.tid });
+        }
+    }
+    Some(())
+}
+
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is a plain-old-data record and `bytes` holds at least size_of::<T>() bytes.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn event_ts(e: &Event) -> u64 {
+    match e {
+        Event::SwitchOut { ts, .. }
+        | Event::SwitchIn { ts, .. }
+        | Event::Wakeup { ts, .. }
+        | Event::Syscall { ts, .. }
+        | Event::ThreadNew { ts, .. }
+        | Event::ThreadExit { ts, .. }
+        | Event::Lost { ts } => *ts,
+    }
+}
+
+/// Holds events back until no earlier one can still arrive, then releases them in
+/// timestamp order (ties in arrival order).
+pub struct Reorder {
+    window_ns: u64,
+    heap: BinaryHeap<Reverse<Pending>>,
+    newest: u64,
+    seq: u64,
+}
+
+struct Pending {
+    ts: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ts, self.seq) == (other.ts, other.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ts, self.seq).cmp(&(other.ts, other.seq))
+    }
+}
+
+impl Reorder {
+    pub fn new(window_ns: u64) -> Self {
+        Reorder {
+            window_ns,
+            heap: BinaryHeap::new(),
+            newest: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn push(&mut self, event: Event) {
+        let ts = event_ts(&event);
+        self.newest = self.newest.max(ts);
+        self.seq += 1;
+        self.heap.push(Reverse(Pending {
+            ts,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Release the events older than the window (all of them with `all`).
+    pub fn release(&mut self, all: bool, mut sink: impl FnMut(Event)) {
+        let horizon = self.newest.saturating_sub(self.window_ns);
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if !all && top.ts > horizon {
+                break;
+            }
+            let Reverse(p) = self.heap.pop().expect("peeked");
+            sink(p.event);
+        }
+    }
+
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        let p = (v as *const T).cast::<u8>();
+        unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn switch_between_two_target_threads_is_two_events() {
+        let rec = SwitchEvent {
+            hdr: EventHeader {
+                ts_ns: 5,
+                kind: EventKind::Switch as u32,
+                tid: 10,
+            },
+            next_tid: 11,
+            prev_state: 1,
+            syscall_nr: 202,
+            cpu: 0,
+            syscall_arg0: 0xabc,
+        };
+        let mut out = Vec::new();
+        decode(&bytes(&rec), &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Event::SwitchOut {
+                    ts: 5,
+                    tid: 10,
+                    state: 1,
+                    syscall: Some(InSyscall {
+                        nr: 202,
+                        arg0: 0xabc
+                    })
+                },
+                Event::SwitchIn { ts: 5, tid: 11 },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_unknown_records_are_rejected() {
+        let mut out = Vec::new();
+        assert!(decode(&[0; 8], &mut out).is_none());
+        let hdr = EventHeader {
+            ts_ns: 1,
+            kind: 99,
+            tid: 1,
+        };
+        assert!(decode(&bytes(&hdr), &mut out).is_none());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn reorder_releases_in_timestamp_order_after_the_window() {
+        let mut r = Reorder::new(100);
+        for ts in [50, 10, 30, 200] {
+            r.push(Event::Lost { ts });
+        }
+        let mut got = Vec::new();
+        r.release(false, |e| got.push(event_ts(&e)));
+        assert_eq!(got, vec![10, 30, 50], "200 is inside the window");
+        r.release(true, |e| got.push(event_ts(&e)));
+        assert_eq!(got, vec![10, 30, 50, 200]);
+    }
+}

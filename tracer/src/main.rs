@@ -1,0 +1,150 @@
+//! `tracer --pid PID`: attach kernel programs to a running process and attribute each
+//! request's latency to on_cpu, runqueue, lock, net_io, disk_io, sleep or other.
+//!
+//! Data flow: kernel tracepoints (tracer-ebpf) -> ring buffer -> [`decode`] -> reorder window
+//! -> [`attribution::Engine`] -> [`stats`] aggregates -> live table, [`export`] files.
+
+mod attribution;
+mod cli;
+mod collector;
+mod decode;
+mod export;
+mod fds;
+mod preflight;
+mod probes;
+mod report;
+mod stats;
+mod tracefs;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    attribution::{Engine, FdKind},
+    cli::Args,
+    collector::Collector,
+    export::{write_json, HlogWriter, SlowRequests},
+    fds::ProcFds,
+    preflight::Target,
+    probes::Probes,
+};
+
+/// How often the ring buffer is drained (programs submit without waking us).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often the target is checked for exit.
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    preflight::check_privileges()?;
+    let target = preflight::check_target(args.pid)?;
+    preflight::prepare_output(&args.output)?;
+    if tracefs::ensure_mounted()? {
+        eprintln!("tracer: tracefs was not mounted; mounted it at {}", tracefs::TRACEFS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(trace(args, target))
+}
+
+async fn trace(args: Args, target: Target) -> Result<()> {
+    // Signals are caught before anything is attached, so a Ctrl-C at any point detaches.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let start_wall = std::time::SystemTime::now();
+    let hlog = HlogWriter::create(&args.output.join("latency.hlog"), start_wall)?;
+    let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
+    let slow = SlowRequests::create(&args.output.join("requests.jsonl"), slow_ns)?;
+
+    let fds = ProcFds::new(target.pid);
+    let connections = fds.open_connections();
+    let mut engine = Engine::new(fds);
+    for fd in &connections {
+        engine.set_fd_kind(*fd, FdKind::Connection);
+    }
+
+    let (probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
+    eprintln!(
+        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} tracepoints{}",
+        target.pid,
+        target.comm,
+        probes.threads,
+        connections.len(),
+        probes.attached(),
+        if probes.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" (this kernel lacks: {})", probes.missing.join(", "))
+        }
+    );
+    let mut collector = Collector::new(target.pid, engine, hlog, slow);
+
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut report = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let stop = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+
+    println!("{}", report::live_header());
+    let stopped_by = loop {
+        tokio::select! {
+            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false)?,
+            _ = report.tick() => {
+                collector.drain(&mut ring, Some(&probes), false)?;
+                println!("{}", report::live_row(&collector, args.interval));
+                collector.end_interval()?;
+            }
+            _ = liveness.tick() => {
+                if !preflight::target_alive(target.pid) {
+                    break "target_exit";
+                }
+            }
+            _ = &mut stop => break "duration",
+            _ = sigint.recv() => break "signal",
+            _ = sigterm.recv() => break "signal",
+        }
+    };
+
+    collector.stop();
+    eprintln!("tracer: stopping ({stopped_by}): detaching and writing {}", args.output.display());
+    // Final read of the kernel side, then detach everything before writing the files.
+    collector.drain(&mut ring, Some(&probes), true)?;
+    let programs = probes.program_stats();
+    collector.drain(&mut ring, Some(&probes), true)?;
+    probes.detach();
+    collector.drain(&mut ring, None, true)?;
+    collector.finish()?;
+
+    let summary = report::summary_json(&collector, &target, stopped_by, &programs);
+    write_json(&args.output.join("summary.json"), &summary)?;
+    collector.slow.flush()?;
+    print!("{}", report::final_summary(&collector, &target, stopped_by));
+    println!(
+        "files: {}/summary.json, latency.hlog, requests.jsonl",
+        args.output.display()
+    );
+    Ok(())
+}

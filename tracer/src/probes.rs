@@ -1,0 +1,200 @@
+//! Loading the kernel programs, attaching them to the target, and reading what the kernel side
+//! counts (losses, per-program run time). Dropping [`Probes`] detaches and unloads everything.
+
+use std::{fs, os::fd::OwnedFd};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{trace_point::TracePointLink, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::LOSS_KINDS;
+
+use crate::tracefs;
+
+/// Syscalls whose entry and exit are traced: the ones that name why a thread blocked, or that
+/// delimit requests. Everything else costs the target nothing.
+pub const SYSCALLS: &[&str] = &[
+    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg",
+    "write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg",
+    "sendfile64", "accept", "accept4", "connect", "close", "futex", "futex_waitv", "poll",
+    "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2", "fsync",
+    "fdatasync", "sync_file_range", "nanosleep", "clock_nanosleep",
+];
+
+/// Threads used to detach the links in parallel.
+const DETACH_THREADS: usize = 16;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+pub struct Probes {
+    ebpf: Ebpf,
+    _stats: Option<OwnedFd>,
+    losses: PerCpuArray<MapData, u64>,
+    links: Vec<TracePointLink>,
+    pub threads: usize,
+    /// Syscall tracepoints this kernel lacks.
+    pub missing: Vec<String>,
+}
+
+/// Run time of one kernel program, from the kernel's BPF stats.
+pub struct ProgramStat {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Tracepoint field offsets the programs read, from tracefs format files.
+fn offsets() -> Result<[(&'static str, u32); 8]> {
+    use tracefs::field_offset as off;
+    // All syscalls:sys_enter_*/sys_exit_* events share one layout (`__syscall_nr`, then the
+    // arguments as 8-byte fields, or `ret`): include/trace/syscall.h, kernel/trace/trace_syscalls.c.
+    Ok([
+        ("OFF_SWITCH_PREV_STATE", off("sched", "sched_switch", "prev_state")?),
+        ("OFF_SWITCH_NEXT_PID", off("sched", "sched_switch", "next_pid")?),
+        ("OFF_WAKEUP_PID", off("sched", "sched_wakeup", "pid")?),
+        ("OFF_NEWTASK_PID", off("task", "task_newtask", "pid")?),
+        ("OFF_NEWTASK_CLONE_FLAGS", off("task", "task_newtask", "clone_flags")?),
+        ("OFF_SYSCALL_NR", off("syscalls", "sys_enter_read", "__syscall_nr")?),
+        ("OFF_SYSCALL_ARGS", off("syscalls", "sys_enter_read", "fd")?),
+        ("OFF_SYSCALL_RET", off("syscalls", "sys_exit_read", "ret")?),
+    ])
+}
+
+impl Probes {
+    /// Load the programs for `pid` and attach them. Thread tracking is attached first and the
+    /// thread set filled from /proc after, so no thread created meanwhile is missed.
+    pub fn attach(pid: u32, bpf_stats: bool) -> Result<(Probes, RingBuf<MapData>)> {
+        if EBPF_OBJECT.is_empty() {
+            anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+        }
+        let stats = if bpf_stats {
+            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?)
+        } else {
+            None
+        };
+        let offsets = offsets()?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("TARGET_TGID", &pid, true);
+        for (name, value) in &offsets {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the kernel programs (is BPF supported and are you root?)")?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
+        let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
+        let mut probes = Probes {
+            ebpf,
+            _stats: stats,
+            losses,
+            links: Vec::new(),
+            threads: 0,
+            missing: Vec::new(),
+        };
+        probes.attach_tp("task_newtask", "task", "task_newtask")?;
+        probes.attach_tp("sched_process_exit", "sched", "sched_process_exit")?;
+        probes.threads = probes.add_threads(pid)?;
+        probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
+        probes.attach_tp("sched_wakeup", "sched", "sched_wakeup_new")?;
+        probes.attach_tp("sched_switch", "sched", "sched_switch")?;
+        for syscall in SYSCALLS {
+            let (enter, exit) = (format!("sys_enter_{syscall}"), format!("sys_exit_{syscall}"));
+            if !tracefs::exists("syscalls", &enter) {
+                probes.missing.push(syscall.to_string());
+                continue;
+            }
+            probes.attach_tp("sys_exit", "syscalls", &exit)?;
+            probes.attach_tp("sys_enter", "syscalls", &enter)?;
+        }
+        Ok((probes, ring))
+    }
+
+    fn attach_tp(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {program} (the verifier refused it?)"))?;
+        }
+        let id = prog
+            .attach(category, name)
+            .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
+        self.links.push(prog.take_link(id)?);
+        Ok(())
+    }
+
+    /// Put the target's current threads into the thread-id set; returns how many.
+    fn add_threads(&mut self, pid: u32) -> Result<usize> {
+        let mut tids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+            self.ebpf.map_mut("TARGET_TIDS").context("map TARGET_TIDS")?,
+        )?;
+        let dir = fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of PID {pid}"))?;
+        let mut count = 0;
+        for entry in dir.flatten() {
+            if let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                tids.insert(tid, 1, 0).context("adding a thread to TARGET_TIDS")?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
+    /// kernel (tens of ms here), so the links are dropped from several threads at once; the
+    /// programs and maps are unloaded when `self` drops.
+    pub fn detach(mut self) {
+        let links = std::mem::take(&mut self.links);
+        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+        let mut chunks: Vec<Vec<TracePointLink>> = Vec::new();
+        let mut links = links.into_iter().peekable();
+        while links.peek().is_some() {
+            chunks.push(links.by_ref().take(per_thread).collect());
+        }
+        std::thread::scope(|s| {
+            for chunk in chunks {
+                s.spawn(move || drop(chunk));
+            }
+        });
+    }
+
+    /// Events lost in the kernel so far: per reason, summed over CPUs; and per CPU.
+    pub fn losses(&self) -> ([u64; LOSS_KINDS as usize], Vec<u64>) {
+        let mut by_reason = [0; LOSS_KINDS as usize];
+        let mut by_cpu = Vec::new();
+        for (reason, slot) in by_reason.iter_mut().enumerate() {
+            if let Ok(values) = self.losses.get(&(reason as u32), 0) {
+                by_cpu.resize(by_cpu.len().max(values.len()), 0);
+                for (cpu, v) in values.iter().enumerate() {
+                    *slot += v;
+                    by_cpu[cpu] += v;
+                }
+            }
+        }
+        (by_reason, by_cpu)
+    }
+
+    /// Per-program run counts and times (non-zero only with `--bpf-stats`).
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStat {
+                    name: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,279 @@
+//! What the operator reads: the live table each interval, the final console summary, and the
+//! summary.json document.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::{
+    attribution::{syscall_name, Cause},
+    collector::Collector,
+    export::{latency_json, wait_json},
+    preflight::Target,
+    probes::ProgramStat,
+};
+
+/// How many futex addresses the lock detail lists.
+const TOP_LOCKS: usize = 10;
+
+pub fn live_header() -> String {
+    let mut s = format!(
+        "{:>8} {:>8} {:>9} {:>9} {:>9} |",
+        "time", "reqs", "req/s", "p50", "p99"
+    );
+    for c in Cause::ALL {
+        let _ = write!(s, " {:>8}", c.name());
+    }
+    s + " | events   lost"
+}
+
+/// One row: this interval's requests, and each cause's share of their total time.
+pub fn live_row(c: &Collector, interval_s: f64) -> String {
+    let h = &c.interval.latency;
+    let reqs = h.len();
+    let mut s = format!(
+        "{:>7.0}s {:>8} {:>9.1} {:>9} {:>9} |",
+        c.elapsed().as_secs_f64(),
+        reqs,
+        reqs as f64 / interval_s,
+        human_ns(h.value_at_quantile(0.5)),
+        human_ns(h.value_at_quantile(0.99)),
+    );
+    let total: u64 = c.interval_breakdown.iter().sum();
+    for ns in c.interval_breakdown {
+        let _ = write!(s, " {:>7.1}%", percent(ns, total));
+    }
+    let _ = write!(s, " | {:>6} {:>6}", c.interval_events, c.lost());
+    s
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    percent(part, whole) / 100.0
+}
+
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns}ns"),
+        10_000..=9_999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.1}s", ns as f64 / 1e9),
+    }
+}
+
+/// The end-of-trace console summary, with bcc-style log2 histograms.
+pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String {
+    let t = &c.totals;
+    let lat = &t.requests.latency;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n=== tracer: PID {} ({}), {:.1}s, stopped by {stopped_by} ===",
+        target.pid,
+        target.comm,
+        c.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "requests: {}  p50 {}  p90 {}  p99 {}  max {}",
+        lat.len(),
+        human_ns(lat.value_at_quantile(0.5)),
+        human_ns(lat.value_at_quantile(0.9)),
+        human_ns(lat.value_at_quantile(0.99)),
+        human_ns(lat.max())
+    );
+    let total: u64 = t.breakdown.iter().sum();
+    let _ = writeln!(
+        s,
+        "\n{:<10} {:>12} {:>7} {:>10} {:>10} {:>10}",
+        "cause", "total", "share", "p50/req", "p99/req", "max/req"
+    );
+    for cause in Cause::ALL {
+        let h = &t.requests.causes[cause.index()];
+        let _ = writeln!(
+            s,
+            "{:<10} {:>12} {:>6.1}% {:>10} {:>10} {:>10}",
+            cause.name(),
+            human_ns(t.breakdown[cause.index()]),
+            percent(t.breakdown[cause.index()], total),
+            human_ns(h.value_at_quantile(0.5)),
+            human_ns(h.value_at_quantile(0.99)),
+            human_ns(h.max()),
+        );
+    }
+    let _ = writeln!(s, "\nrequest latency\n{}", t.request_log2_us.render("usecs"));
+    let _ = writeln!(s, "futex wait\n{}", t.futex.log2_us.render("usecs"));
+    let _ = writeln!(s, "run-queue delay\n{}", t.runqueue.log2_us.render("usecs"));
+    let _ = writeln!(s, "socket read blocked\n{}", t.socket_read.log2_us.render("usecs"));
+    let locks = top_locks(c);
+    if !locks.is_empty() {
+        let _ = writeln!(s, "most contended futexes");
+        for l in &locks {
+            let _ = writeln!(
+                s,
+                "  {}  waited {} in {} waits; waiters {}; woken by {}",
+                l["address"].as_str().unwrap_or("?"),
+                human_ns(l["wait_ns"].as_u64().unwrap_or(0)),
+                l["waits"],
+                names(&l["waiters"]),
+                names(&l["wakers"]),
+            );
+        }
+    }
+    let other = other_detail(c);
+    if !other.is_empty() {
+        let _ = writeln!(s, "other (blocked, by syscall): {other}");
+    }
+    let _ = writeln!(
+        s,
+        "events: {} received, {} lost{}",
+        c.received,
+        c.lost(),
+        if c.lost() > 0 { " (requests open during a loss are marked incomplete)" } else { "" }
+    );
+    if c.engine.shared > 0 {
+        let _ = writeln!(s, "note: {} requests shared their thread with another open request (event loop): their breakdown counts the thread's whole time", c.engine.shared);
+    }
+    if t.incomplete > 0 {
+        let _ = writeln!(s, "note: {} requests were open while events were lost", t.incomplete);
+    }
+    s
+}
+
+fn names(list: &Value) -> String {
+    let items: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| format!("{}/{}", v["tid"], v["comm"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    items.join(", ")
+}
+
+fn other_detail(c: &Collector) -> String {
+    let mut v: Vec<_> = c.engine.other_by_syscall.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    v.iter()
+        .map(|(nr, ns)| format!("{} {}", syscall_name(**nr), human_ns(**ns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn top_locks(c: &Collector) -> Vec<Value> {
+    let mut locks: Vec<_> = c.engine.locks.iter().collect();
+    locks.sort_by(|a, b| b.1.wait_ns.cmp(&a.1.wait_ns));
+    locks
+        .into_iter()
+        .take(TOP_LOCKS)
+        .map(|(addr, l)| {
+            let mut wakers: Vec<_> = l.wakers.iter().collect();
+            wakers.sort_by(|a, b| b.1.cmp(a.1));
+            json!({
+                "address": format!("{addr:#x}"),
+                "wait_ns": l.wait_ns,
+                "waits": l.waits,
+                "waiters": l.waiters.iter().map(|tid| json!({
+                    "tid": tid,
+                    "comm": c.comms.get(tid).map(String::as_str).unwrap_or("?"),
+                })).collect::<Vec<_>>(),
+                "wakers": wakers.iter().map(|(w, n)| json!({
+                    "tid": w.tid, "pid": w.pid, "comm": w.comm, "count": n,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The summary.json document (a contract; see the README).
+pub fn summary_json(
+    c: &Collector,
+    target: &Target,
+    stopped_by: &str,
+    programs: &[ProgramStat],
+) -> Value {
+    let t = &c.totals;
+    let total: u64 = t.breakdown.iter().sum();
+    let breakdown: serde_json::Map<String, Value> = Cause::ALL
+        .iter()
+        .map(|cause| {
+            let h = &t.requests.causes[cause.index()];
+            let ns = t.breakdown[cause.index()];
+            let v = json!({
+                "total_ns": ns,
+                "share": share(ns, total),
+                "per_request_ns": {
+                    "p50": h.value_at_quantile(0.5),
+                    "p99": h.value_at_quantile(0.99),
+                    "max": h.max(),
+                },
+            });
+            (cause.name().to_string(), v)
+        })
+        .collect();
+    let other: serde_json::Map<String, Value> = c
+        .engine
+        .other_by_syscall
+        .iter()
+        .map(|(nr, ns)| (syscall_name(*nr), json!(ns)))
+        .collect();
+    let (user_s, sys_s, max_rss_kb) = own_usage();
+    json!({
+        "target": { "pid": target.pid, "comm": target.comm },
+        "duration_s": c.elapsed().as_secs_f64(),
+        "stopped_by": stopped_by,
+        "requests": {
+            "count": t.requests.latency.len(),
+            "latency_ns": latency_json(&t.requests.latency),
+            "incomplete": t.incomplete,
+            "aborted": c.engine.aborted,
+            "shared_context": c.engine.shared,
+            "slow_logged": c.slow.written,
+        },
+        "breakdown": breakdown,
+        "other_by_syscall_ns": other,
+        "waits": {
+            "futex_ns": wait_json(&t.futex.hdr),
+            "runqueue_ns": wait_json(&t.runqueue.hdr),
+            "socket_read_ns": wait_json(&t.socket_read.hdr),
+        },
+        "locks": top_locks(c),
+        "events": {
+            "received": c.received,
+            "lost": c.lost(),
+            "lost_by_reason": {
+                "ring_full": c.lost_by_reason[0],
+                "map_full": c.lost_by_reason[1],
+                "read_failed": c.lost_by_reason[2],
+            },
+            "lost_per_cpu": c.lost_by_cpu,
+            "malformed": c.malformed,
+        },
+        "attribution": {
+            "context": "thread",
+            "note": "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)",
+        },
+        "collector": { "cpu_s": user_s + sys_s, "user_s": user_s, "sys_s": sys_s, "max_rss_kb": max_rss_kb },
+        "programs": programs.iter().map(|p| json!({
+            "name": p.name, "run_count": p.run_count, "run_time_ns": p.run_time_ns,
+            "ns_per_run": if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The collector's own CPU seconds (user, system) and peak RSS in KiB.
+fn own_usage() -> (f64, f64, i64) {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss)
+}

@@ -1,0 +1,159 @@
+//! Aggregates: HdrHistograms of request latency and per-cause time (per interval and in
+//! total), per-event wait histograms, and bcc-style log2 histograms for the console.
+
+use hdrhistogram::Histogram;
+
+use crate::attribution::{Breakdown, Cause, Request, Wait};
+
+fn histogram() -> Histogram<u64> {
+    // 3 significant digits, auto-resizing: nanoseconds up to hours.
+    let mut h = Histogram::new(3).expect("3 significant digits is valid");
+    h.auto(true);
+    h
+}
+
+/// A request-latency histogram and one per cause (ns of that cause in each request).
+pub struct RequestHistograms {
+    pub latency: Histogram<u64>,
+    pub causes: [Histogram<u64>; 7],
+}
+
+impl RequestHistograms {
+    pub fn new() -> Self {
+        RequestHistograms {
+            latency: histogram(),
+            causes: std::array::from_fn(|_| histogram()),
+        }
+    }
+
+    pub fn record(&mut self, r: &Request) {
+        let _ = self.latency.record(r.latency_ns);
+        for (h, ns) in self.causes.iter_mut().zip(r.breakdown) {
+            let _ = h.record(ns);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.latency.reset();
+        self.causes.iter_mut().for_each(Histogram::reset);
+    }
+}
+
+/// bcc-style power-of-two histogram (`print_log2_hist` in libbpf-tools' trace_helpers.c).
+#[derive(Clone)]
+pub struct Log2Hist {
+    slots: [u64; 64],
+}
+
+impl Default for Log2Hist {
+    fn default() -> Self {
+        Log2Hist { slots: [0; 64] }
+    }
+}
+
+impl Log2Hist {
+    pub fn record(&mut self, value: u64) {
+        // floor(log2(value)), with 0 and 1 both in slot 0, as bcc's log2l().
+        let slot = if value < 2 { 0 } else { 63 - value.leading_zeros() as usize };
+        self.slots[slot] += 1;
+    }
+
+    /// Render as bcc does: `low -> high : count |****|`.
+    pub fn render(&self, unit: &str) -> String {
+        let Some(last) = self.slots.iter().rposition(|&c| c > 0) else {
+            return format!("{:>16} : count    distribution\n  (no samples)\n", unit);
+        };
+        let max = *self.slots.iter().max().unwrap_or(&1);
+        let mut out = format!("{unit:>24} : count    distribution\n");
+        for (i, &count) in self.slots.iter().enumerate().take(last + 1) {
+            let high = (1u128 << (i + 1)) - 1;
+            let low = if i == 0 { 0 } else { 1u128 << i };
+            let stars = (count * 40).div_ceil(max.max(1)) as usize;
+            out.push_str(&format!(
+                "{low:>10} -> {high:<10} : {count:<8} |{:<40}|\n",
+                "*".repeat(stars.min(40))
+            ));
+        }
+        out
+    }
+}
+
+/// A per-event wait: HdrHistogram for percentiles, log2 for the console.
+pub struct WaitHist {
+    pub hdr: Histogram<u64>,
+    pub log2_us: Log2Hist,
+}
+
+impl WaitHist {
+    fn new() -> Self {
+        WaitHist {
+            hdr: histogram(),
+            log2_us: Log2Hist::default(),
+        }
+    }
+
+    fn record(&mut self, ns: u64) {
+        let _ = self.hdr.record(ns);
+        self.log2_us.record(ns / 1000);
+    }
+}
+
+/// Everything aggregated over the whole trace.
+pub struct Totals {
+    pub requests: RequestHistograms,
+    pub request_log2_us: Log2Hist,
+    pub breakdown: Breakdown,
+    pub incomplete: u64,
+    pub futex: WaitHist,
+    pub runqueue: WaitHist,
+    pub socket_read: WaitHist,
+}
+
+impl Totals {
+    pub fn new() -> Self {
+        Totals {
+            requests: RequestHistograms::new(),
+            request_log2_us: Log2Hist::default(),
+            breakdown: [0; 7],
+            incomplete: 0,
+            futex: WaitHist::new(),
+            runqueue: WaitHist::new(),
+            socket_read: WaitHist::new(),
+        }
+    }
+
+    pub fn record_request(&mut self, r: &Request) {
+        self.requests.record(r);
+        self.request_log2_us.record(r.latency_ns / 1000);
+        for c in Cause::ALL {
+            self.breakdown[c.index()] += r.breakdown[c.index()];
+        }
+        self.incomplete += r.incomplete as u64;
+    }
+
+    pub fn record_wait(&mut self, w: Wait) {
+        match w {
+            Wait::Futex(ns) => self.futex.record(ns),
+            Wait::Runqueue(ns) => self.runqueue.record(ns),
+            Wait::SocketRead(ns) => self.socket_read.record(ns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_slots_follow_bcc() {
+        let mut h = Log2Hist::default();
+        for v in [0, 1, 2, 3, 4, 7, 8, 1000] {
+            h.record(v);
+        }
+        let text = h.render("usecs");
+        assert!(text.contains("         0 -> 1          : 2 "), "{text}");
+        assert!(text.contains("         2 -> 3          : 2 "), "{text}");
+        assert!(text.contains("         4 -> 7          : 2 "), "{text}");
+        assert!(text.contains("       512 -> 1023       : 1 "), "{text}");
+    }
+}
