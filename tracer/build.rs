@@ -7,7 +7,7 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
-        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("tracer");
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("tracer-ebpf");
         if !out.exists() {
             std::fs::write(out, [])?;
         }

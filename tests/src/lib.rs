@@ -2,6 +2,7 @@
 //! running the `workload` server and load generator, and a tiny HTTP client.
 
 pub mod http;
+pub mod session;
 
 pub use http::{HttpClient, Response};
 

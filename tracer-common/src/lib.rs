@@ -104,6 +104,20 @@ pub struct SyscallEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadEvent {
     pub hdr: EventHeader,
+    /// The exiting thread's name (`ThreadExit`); the creating thread's (`ThreadNew`).
+    pub comm: [u8; 16],
+}
+
+/// The traced syscall a target thread is inside (the `IN_SYSCALL` map's value, keyed by tid).
+/// The collector also writes it, for threads already inside a syscall when it attaches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InSyscall {
+    pub nr: u32,
+    /// The futex op for futex calls, else 0.
+    pub arg1: u32,
+    pub arg0: u64,
+    pub enter_ns: u64,
 }
 
 /// Reasons an event or a piece of one was lost; indexes of the `LOSSES` per-CPU array.
@@ -158,6 +172,49 @@ pub mod nr {
     pub const FUTEX_WAITV: u32 = 449;
 }
 
+/// Every traced syscall: (tracepoint name suffix, x86-64 number). The collector attaches
+/// `syscalls:sys_enter_<name>` and `sys_exit_<name>` for each.
+pub const TRACED_SYSCALLS: &[(&str, u32)] = {
+    use nr::*;
+    &[
+        ("read", READ),
+        ("readv", READV),
+        ("pread64", PREAD64),
+        ("preadv", PREADV),
+        ("preadv2", PREADV2),
+        ("recvfrom", RECVFROM),
+        ("recvmsg", RECVMSG),
+        ("recvmmsg", RECVMMSG),
+        ("write", WRITE),
+        ("writev", WRITEV),
+        ("pwrite64", PWRITE64),
+        ("pwritev", PWRITEV),
+        ("pwritev2", PWRITEV2),
+        ("sendto", SENDTO),
+        ("sendmsg", SENDMSG),
+        ("sendmmsg", SENDMMSG),
+        ("sendfile64", SENDFILE),
+        ("accept", ACCEPT),
+        ("accept4", ACCEPT4),
+        ("connect", CONNECT),
+        ("close", CLOSE),
+        ("futex", FUTEX),
+        ("futex_waitv", FUTEX_WAITV),
+        ("poll", POLL),
+        ("ppoll", PPOLL),
+        ("select", SELECT),
+        ("pselect6", PSELECT6),
+        ("epoll_wait", EPOLL_WAIT),
+        ("epoll_pwait", EPOLL_PWAIT),
+        ("epoll_pwait2", EPOLL_PWAIT2),
+        ("fsync", FSYNC),
+        ("fdatasync", FDATASYNC),
+        ("sync_file_range", SYNC_FILE_RANGE),
+        ("nanosleep", NANOSLEEP),
+        ("clock_nanosleep", CLOCK_NANOSLEEP),
+    ]
+};
+
 /// Syscalls whose return the kernel side reports as a [`SyscallEvent`]; the others are only
 /// remembered while the thread is inside them (to name why it blocked).
 pub fn reports_exit(syscall_nr: u32) -> bool {
@@ -201,7 +258,8 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<InSyscall>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -211,4 +269,5 @@ mod pod {
     unsafe impl aya::Pod for WakeupEvent {}
     unsafe impl aya::Pod for SyscallEvent {}
     unsafe impl aya::Pod for ThreadEvent {}
+    unsafe impl aya::Pod for InSyscall {}
 }

@@ -3,13 +3,15 @@
 //!
 //! Every program filters to the target first thing: either the current task belongs to the
 //! target's thread group (`TARGET_TGID`), or the task the event is about is in `TARGET_TIDS`.
-#![no_std]
-#![no_main]
+// Built for the BPF target by aya-build; a host build (`cargo build --workspace`) compiles the
+// same code as an empty program.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod maps;
 mod probes;
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
@@ -18,3 +20,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

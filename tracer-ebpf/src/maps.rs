@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{EventHeader, Loss, LOSS_KINDS, RING_BYTES};
+use tracer_common::{EventHeader, InSyscall, Loss, LOSS_KINDS, RING_BYTES};
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -82,15 +82,6 @@ pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(65536
 /// Per-CPU loss counters, indexed by [`Loss`].
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct InSyscall {
-    pub nr: u32,
-    pub arg1: u32,
-    pub arg0: u64,
-    pub enter_ns: u64,
-}
 
 /// Submit without waking the collector: it drains the ring on a timer.
 const BPF_RB_NO_WAKEUP: u64 = 1;

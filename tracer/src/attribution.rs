@@ -110,6 +110,8 @@ pub enum Event {
     ThreadExit {
         ts: u64,
         tid: ContextId,
+        /// The thread's name as it exited (kept for the lock detail).
+        comm: String,
     },
     /// The kernel side lost events around this time.
     Lost {
@@ -321,7 +323,7 @@ impl<R: FdResolver> Engine<R> {
                 };
                 self.contexts.insert(tid, Context::new(ts, not_started));
             }
-            Event::ThreadExit { ts, tid } => self.thread_exit(ts, tid),
+            Event::ThreadExit { ts, tid, .. } => self.thread_exit(ts, tid),
             Event::Lost { .. } => {
                 for req in self.open.values_mut() {
                     req.incomplete = true;
@@ -627,32 +629,16 @@ fn is_write(syscall_nr: u32) -> bool {
     )
 }
 
-/// Name of a syscall the engine knows, for the `other` detail.
+/// Name of a traced syscall, for the `other` detail (`untraced`: blocked outside the traced
+/// syscalls).
 pub fn syscall_name(syscall_nr: Option<u32>) -> String {
     let Some(n) = syscall_nr else {
         return "untraced".to_string();
     };
-    let name = match n {
-        nr::READ => "read",
-        nr::WRITE => "write",
-        nr::CLOSE => "close",
-        nr::READV => "readv",
-        nr::WRITEV => "writev",
-        nr::PREAD64 => "pread64",
-        nr::PWRITE64 => "pwrite64",
-        nr::RECVFROM => "recvfrom",
-        nr::SENDTO => "sendto",
-        nr::RECVMSG => "recvmsg",
-        nr::SENDMSG => "sendmsg",
-        nr::RECVMMSG => "recvmmsg",
-        nr::SENDMMSG => "sendmmsg",
-        nr::SENDFILE => "sendfile",
-        nr::ACCEPT => "accept",
-        nr::ACCEPT4 => "accept4",
-        nr::CONNECT => "connect",
-        _ => return format!("syscall_{n}"),
-    };
-    name.to_string()
+    tracer_common::TRACED_SYSCALLS
+        .iter()
+        .find(|(_, nr)| *nr == n)
+        .map_or_else(|| format!("syscall_{n}"), |(name, _)| name.to_string())
 }
 
 #[cfg(test)]

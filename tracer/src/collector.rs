@@ -88,6 +88,9 @@ impl Collector {
             }
         }
         for event in self.decoded.drain(..) {
+            if let Event::ThreadExit { tid, comm, .. } = &event {
+                self.comms.insert(*tid, comm.clone());
+            }
             self.reorder.push(event);
         }
         if let Some(probes) = probes {

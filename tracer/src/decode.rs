@@ -64,7 +64,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
         }
         EventKind::ThreadExit => {
             let e: ThreadEvent = read(bytes)?;
-            out.push(Event::ThreadExit { ts, tid: e.hdr.tid });
+            out.push(Event::ThreadExit {
+                ts,
+                tid: e.hdr.tid,
+                comm: comm(&e.comm),
+            });
         }
     }
     Some(())

@@ -19,16 +19,21 @@ impl ProcFds {
         PathBuf::from(format!("/proc/{}/fd/{fd}", self.pid))
     }
 
-    /// Server-side TCP connections open now: established sockets whose local port is one the
-    /// process (or its network namespace) listens on.
-    pub fn open_connections(&self) -> Vec<u32> {
+    /// Inodes of the server-side TCP connections open now: established sockets whose local
+    /// port is one that is listened on in the process's network namespace.
+    fn server_side_inodes(&self) -> HashSet<u64> {
         let mut sockets = Vec::new();
         for table in ["tcp", "tcp6"] {
             if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
                 sockets.extend(parse_tcp_table(&text));
             }
         }
-        let inodes = server_side_inodes(&sockets);
+        server_side_inodes(&sockets)
+    }
+
+    /// Server-side TCP connections open now, by fd.
+    pub fn open_connections(&self) -> Vec<u32> {
+        let inodes = self.server_side_inodes();
         let Ok(dir) = fs::read_dir(format!("/proc/{}/fd", self.pid)) else {
             return Vec::new();
         };
@@ -50,8 +55,13 @@ impl FdResolver for ProcFds {
             return FdKind::Other;
         };
         let link = link.to_string_lossy();
-        if link.starts_with("socket:") {
-            return FdKind::Socket;
+        if let Some(inode) = socket_inode(&link) {
+            // Accepted before the tracer saw the accept (or by a path it does not trace).
+            return if self.server_side_inodes().contains(&inode) {
+                FdKind::Connection
+            } else {
+                FdKind::Socket
+            };
         }
         if !link.starts_with('/') {
             return FdKind::Other; // pipe:, anon_inode:

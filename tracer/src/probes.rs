@@ -9,24 +9,18 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::LOSS_KINDS;
+use tracer_common::{InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
 
 use crate::tracefs;
 
-/// Syscalls whose entry and exit are traced: the ones that name why a thread blocked, or that
-/// delimit requests. Everything else costs the target nothing.
-pub const SYSCALLS: &[&str] = &[
-    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg",
-    "write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg",
-    "sendfile64", "accept", "accept4", "connect", "close", "futex", "futex_waitv", "poll",
-    "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2", "fsync",
-    "fdatasync", "sync_file_range", "nanosleep", "clock_nanosleep",
-];
+
+/// `BPF_NOEXIST` map update flag (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
 
 /// Threads used to detach the links in parallel.
 const DETACH_THREADS: usize = 16;
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -99,7 +93,7 @@ impl Probes {
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup_new")?;
         probes.attach_tp("sched_switch", "sched", "sched_switch")?;
-        for syscall in SYSCALLS {
+        for (syscall, _) in TRACED_SYSCALLS {
             let (enter, exit) = (format!("sys_enter_{syscall}"), format!("sys_exit_{syscall}"));
             if !tracefs::exists("syscalls", &enter) {
                 probes.missing.push(syscall.to_string());
@@ -108,7 +102,33 @@ impl Probes {
             probes.attach_tp("sys_exit", "syscalls", &exit)?;
             probes.attach_tp("sys_enter", "syscalls", &enter)?;
         }
+        probes.seed_in_syscall(pid);
         Ok((probes, ring))
+    }
+
+    /// Threads already blocked in a traced syscall when the tracer attached (an idle
+    /// keep-alive read, a pending accept) entered it unseen. Their syscall is read from
+    /// /proc/PID/task/TID/syscall and entered into `IN_SYSCALL` unless the kernel side has
+    /// seen a newer entry (BPF_NOEXIST). A thread that leaves the syscall between the read and
+    /// the insert leaves a stale entry until its next traced syscall.
+    fn seed_in_syscall(&mut self, pid: u32) {
+        let Some(map) = self.ebpf.map_mut("IN_SYSCALL") else { return };
+        let Ok(mut in_syscall) = BpfHashMap::<&mut MapData, u32, InSyscall>::try_from(map) else {
+            return;
+        };
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return };
+        let now = monotonic_ns();
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(entry.path().join("syscall")) else { continue };
+            let Some((nr, arg0, arg1)) = parse_proc_syscall(&text) else { continue };
+            if TRACED_SYSCALLS.iter().any(|(_, n)| *n == nr) {
+                let inside = InSyscall { nr, arg1: arg1 as u32, arg0, enter_ns: now };
+                let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
+            }
+        }
     }
 
     fn attach_tp(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
@@ -196,5 +216,39 @@ impl Probes {
                 })
             })
             .collect()
+    }
+}
+
+/// Parse /proc/PID/task/TID/syscall: `NR ARG1 .. ARG6 SP PC` (hex args) while in a syscall,
+/// `running`, or `-1 SP PC` when blocked outside one (fs/proc/base.c `proc_pid_syscall`).
+/// Returns the number and the first two arguments.
+pub fn parse_proc_syscall(text: &str) -> Option<(u32, u64, u64)> {
+    let mut words = text.split_whitespace();
+    let nr: i64 = words.next()?.parse().ok()?;
+    let hex = |w: Option<&str>| u64::from_str_radix(w?.trim_start_matches("0x"), 16).ok();
+    let (arg0, arg1) = (hex(words.next())?, hex(words.next())?);
+    u32::try_from(nr).ok().map(|nr| (nr, arg0, arg1))
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_syscall_lines() {
+        assert_eq!(
+            parse_proc_syscall("0 0x5 0x7ffd1000 0x2000 0x0 0x0 0x0 0x7ffd0f00 0x7f00aa\n"),
+            Some((0, 5, 0x7ffd1000))
+        );
+        assert_eq!(parse_proc_syscall("running\n"), None);
+        assert_eq!(parse_proc_syscall("-1 0x7ffd0f00 0x7f00aa\n"), None);
     }
 }

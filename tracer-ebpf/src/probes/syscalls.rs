@@ -2,12 +2,12 @@
 //! every syscall in its list, so syscalls the tracer does not need cost nothing.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{futex_op_waits, nr, reports_exit, EventKind, Loss, SyscallEvent};
+use tracer_common::{futex_op_waits, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent};
 
 use super::sched::read;
 use crate::maps::{
     count_loss, current_ids, emit, header, off_syscall_args, off_syscall_nr, off_syscall_ret,
-    target_tgid, InSyscall, IN_SYSCALL,
+    target_tgid, IN_SYSCALL,
 };
 
 const EAGAIN: i64 = 11;

@@ -1,6 +1,6 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{EventKind, Loss, ThreadEvent};
 
 use super::sched::read;
@@ -36,6 +36,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     }
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadNew, pid as u32),
+        comm: bpf_get_current_comm().unwrap_or_default(),
     });
     Ok(())
 }
@@ -51,6 +52,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = IN_SYSCALL.remove(&tid);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
+        comm: bpf_get_current_comm().unwrap_or_default(),
     });
     0
 }

@@ -191,7 +191,7 @@ fn thread_exit_mid_request() {
         [
             read(0, CONN, 5, 0),
             write(100, CONN),
-            Event::ThreadExit { ts: 150, tid: T },
+            Event::ThreadExit { ts: 150, tid: T, comm: String::new() },
         ],
     );
     assert_eq!(answered.len(), 1);
@@ -204,7 +204,7 @@ fn thread_exit_mid_request() {
             wake(210),
             run(220),
             read(300, CONN, 5, 290),
-            Event::ThreadExit { ts: 400, tid: T },
+            Event::ThreadExit { ts: 400, tid: T, comm: String::new() },
         ],
     );
     assert!(unanswered.is_empty());
