@@ -1,0 +1,499 @@
+//! `cargo xtask bench`: the tracer's overhead, measured as ratios within one run.
+//!
+//! For each scenario one workload server runs while load phases alternate: baseline (no
+//! tracer), traced (tracer attached with `--bpf-stats`), baseline, traced, ... The traced phases
+//! also yield the tracer's own summary: events received and lost, collector CPU and memory, and
+//! the kernel programs' run counts and times.
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    bin_dir, build_workspace, cmdline, setup,
+    workload::{load_command, signal, Proc, Server},
+};
+
+/// Targets the verdict is judged against.
+const MAX_THROUGHPUT_LOSS_PCT: f64 = 5.0;
+/// How long a traced phase waits for the tracer to report `attached` before starting load.
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
+/// How long the tracer gets to write its summary after SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+/// Quiet time between phases.
+const SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Length of each load phase, in seconds
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: u32,
+    /// Phases per mode (baseline and traced alternate)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
+struct Scenario {
+    name: &'static str,
+    about: &'static str,
+    connections: u32,
+    paths: &'static [&'static str],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "A",
+        about: "saturating keep-alive load on /",
+        connections: 8,
+        paths: &["/"],
+    },
+    Scenario {
+        name: "B",
+        about: "mixed load, /cpu?ms=1",
+        connections: 4,
+        paths: &["/cpu?ms=1"],
+    },
+];
+
+/// The JSON line `workload load` prints at the end.
+struct Load {
+    rps: Option<f64>,
+    p99_us: Option<f64>,
+    errors: Option<f64>,
+}
+
+struct Traced {
+    load: Load,
+    /// The tracer's `summary.json`, if it wrote one.
+    summary: Option<Value>,
+}
+
+/// Everything measured for one scenario.
+struct Measured {
+    baseline: Vec<Load>,
+    traced: Vec<Traced>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::run()?;
+    build_workspace(true)?;
+    let bins = bin_dir(true);
+    let workload = bins.join("workload");
+    let tracer = bins.join("tracer");
+    let tmp = env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+
+    println!(
+        "== bench: {} s phases, {} per mode, baseline and traced alternating",
+        args.seconds, args.rounds
+    );
+    let mut failures = Vec::new();
+    let mut results = Vec::new();
+    for scenario in SCENARIOS {
+        let measured = measure(scenario, args, &workload, &tracer, &tmp, &mut failures)
+            .with_context(|| format!("bench: scenario {} ({})", scenario.name, scenario.about))?;
+        results.push((scenario, measured));
+    }
+
+    let mut misses = Vec::new();
+    for (scenario, measured) in &results {
+        misses.extend(report(scenario, args, measured));
+    }
+    println!();
+    println!("tracer output of the traced phases: {}", tmp.display());
+    let targets =
+        format!("targets: throughput loss <= {MAX_THROUGHPUT_LOSS_PCT}%, zero lost events");
+    if misses.is_empty() {
+        println!("verdict: PASS ({targets})");
+    } else {
+        println!("verdict: MISS ({targets}): {}", misses.join("; "));
+    }
+    if !failures.is_empty() {
+        bail!(
+            "bench: the tracer did not run cleanly:\n  {}",
+            failures.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn measure(
+    scenario: &Scenario,
+    args: &Args,
+    workload: &Path,
+    tracer: &Path,
+    tmp: &Path,
+    failures: &mut Vec<String>,
+) -> Result<Measured> {
+    println!();
+    println!(
+        "== scenario {}: {}, {} connections",
+        scenario.name, scenario.about, scenario.connections
+    );
+    let server = Server::start(workload)?;
+    let load = || {
+        load_command(
+            workload,
+            &server.addr,
+            scenario.connections,
+            args.seconds,
+            scenario.paths,
+        )
+    };
+    let mut measured = Measured {
+        baseline: Vec::new(),
+        traced: Vec::new(),
+    };
+    for round in 1..=args.rounds {
+        let phase = format!("{} baseline {round}", scenario.name);
+        let baseline = run_load(&mut load()).with_context(|| phase.clone())?;
+        println!("{phase}: {}", describe(&baseline));
+        measured.baseline.push(baseline);
+        thread::sleep(SETTLE);
+
+        let phase = format!("{} traced {round}", scenario.name);
+        let out_dir = tmp.join(format!("{}-{round}", scenario.name));
+        let traced = traced_phase(
+            tracer,
+            server.pid,
+            args.seconds,
+            &out_dir,
+            &mut load(),
+            &phase,
+            failures,
+        )
+        .with_context(|| phase.clone())?;
+        println!("{phase}: {}", describe(&traced.load));
+        measured.traced.push(traced);
+        thread::sleep(SETTLE);
+    }
+    server.stop();
+    Ok(measured)
+}
+
+/// Run `workload load` to completion and parse its JSON line.
+fn run_load(cmd: &mut Command) -> Result<Load> {
+    let line = cmdline(cmd);
+    println!("$ {line}");
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    crate::check(out.status, &line)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("`{line}` printed no JSON line: {:?}", stdout.trim()))?;
+    let value: Value = serde_json::from_str(json)
+        .with_context(|| format!("`{line}` printed malformed JSON: {json}"))?;
+    Ok(Load {
+        rps: number(&value, "/rps"),
+        p99_us: number(&value, "/p99_us"),
+        errors: number(&value, "/errors"),
+    })
+}
+
+/// One traced phase: start the tracer, wait until it has attached (or [`ATTACH_WAIT`]), run
+/// the load, then stop the tracer with SIGTERM and read its summary.
+fn traced_phase(
+    tracer: &Path,
+    pid: u32,
+    seconds: u32,
+    out_dir: &Path,
+    load: &mut Command,
+    phase: &str,
+    failures: &mut Vec<String>,
+) -> Result<Traced> {
+    if out_dir.exists() {
+        fs::remove_dir_all(out_dir).with_context(|| format!("removing {}", out_dir.display()))?;
+    }
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let mut cmd = Command::new(tracer);
+    cmd.args(["--pid", &pid.to_string(), "--bpf-stats"])
+        .args(["--duration", &(seconds + 1).to_string()])
+        .arg("--output")
+        .arg(out_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd)?;
+    let stderr = proc
+        .child()
+        .stderr
+        .take()
+        .context("tracer stderr is not piped")?;
+
+    // Echo the tracer's stderr and report when it says it has attached.
+    let (attached_tx, attached_rx) = mpsc::channel();
+    let echo = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("  {line}");
+            if line.contains("attached") {
+                let _ = attached_tx.send(());
+            }
+        }
+    });
+    match attached_rx.recv_timeout(ATTACH_WAIT) {
+        Ok(()) => {}
+        Err(RecvTimeoutError::Timeout) => println!(
+            "{phase}: no `attached` from the tracer within {} s; starting the load anyway",
+            ATTACH_WAIT.as_secs()
+        ),
+        // Its stderr closed: it is exiting.
+        Err(RecvTimeoutError::Disconnected) => {
+            let _ = echo.join();
+            let status = proc.wait_timeout(Duration::from_secs(5))?;
+            bail!(
+                "`{}` stopped before the load started ({})",
+                proc.cmdline(),
+                status.map_or("closed its stderr".to_string(), |s| s.to_string())
+            );
+        }
+    }
+    if let Some(status) = proc.child().try_wait().context("checking on the tracer")? {
+        // Even a clean exit is a failure: it ended before there was anything to trace.
+        let _ = echo.join();
+        bail!(
+            "`{}` exited before the load started ({status})",
+            proc.cmdline()
+        );
+    }
+
+    let load = run_load(load)?;
+
+    // It may already have stopped by itself (its --duration has passed).
+    if proc
+        .child()
+        .try_wait()
+        .context("checking on the tracer")?
+        .is_none()
+    {
+        signal(proc.id(), "TERM").context("stopping the tracer")?;
+    }
+    match proc.wait_timeout(STOP_WAIT)? {
+        Some(status) if status.success() => {}
+        Some(status) => failures.push(format!("{phase}: `{}` failed ({status})", proc.cmdline())),
+        None => failures.push(format!(
+            "{phase}: `{}` did not exit within {} s of SIGTERM and was killed",
+            proc.cmdline(),
+            STOP_WAIT.as_secs()
+        )),
+    }
+    let _ = echo.join();
+
+    let summary = read_summary(&out_dir.join("summary.json"));
+    if summary.is_none() {
+        println!("{phase}: no readable summary.json in {}", out_dir.display());
+    }
+    Ok(Traced { load, summary })
+}
+
+fn read_summary(path: &Path) -> Option<Value> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// A number at a JSON pointer; `None` when missing or not a number.
+fn number(value: &Value, pointer: &str) -> Option<f64> {
+    value.pointer(pointer)?.as_f64()
+}
+
+fn describe(load: &Load) -> String {
+    format!(
+        "{} req/s, p99 {} us, {} errors",
+        fmt(load.rps, 0),
+        fmt(load.p99_us, 0),
+        fmt(load.errors, 0)
+    )
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "n/a".to_string(),
+    }
+}
+
+/// Mean of the values that are present; `None` when none is.
+fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = values.into_iter().flatten().collect();
+    (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
+}
+
+fn sum(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    values.into_iter().flatten().reduce(|a, b| a + b)
+}
+
+fn max(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    values.into_iter().flatten().reduce(f64::max)
+}
+
+fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d != 0.0 => Some(n / d),
+        _ => None,
+    }
+}
+
+/// Per kernel program, summed over the traced phases.
+#[derive(Default)]
+struct ProgramTotals {
+    run_count: f64,
+    run_time_ns: f64,
+    /// Sum of the phases' `duration_s`; `None` once a phase lacked it.
+    duration_s: Option<f64>,
+}
+
+/// Print a scenario's table; returns the targets it missed.
+fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> {
+    let summaries: Vec<Option<&Value>> =
+        measured.traced.iter().map(|t| t.summary.as_ref()).collect();
+    let field = |pointer: &str| -> Vec<Option<f64>> {
+        summaries
+            .iter()
+            .map(|summary| number((*summary)?, pointer))
+            .collect()
+    };
+    let durations = field("/duration_s");
+    let per_second = |values: Vec<Option<f64>>| {
+        mean(
+            values
+                .into_iter()
+                .zip(&durations)
+                .map(|(value, duration)| ratio(value, *duration)),
+        )
+    };
+
+    let base_rps = mean(measured.baseline.iter().map(|l| l.rps));
+    let traced_rps = mean(measured.traced.iter().map(|t| t.load.rps));
+    let rps_ratio = ratio(traced_rps, base_rps);
+    let loss_pct = rps_ratio.map(|r| (1.0 - r) * 100.0);
+    let base_p99 = mean(measured.baseline.iter().map(|l| l.p99_us));
+    let traced_p99 = mean(measured.traced.iter().map(|t| t.load.p99_us));
+    let base_errors = sum(measured.baseline.iter().map(|l| l.errors));
+    let traced_errors = sum(measured.traced.iter().map(|t| t.load.errors));
+    let events_per_s = per_second(field("/events/received"));
+    let lost = sum(field("/events/lost"));
+    let cpu_pct = per_second(field("/collector/cpu_s")).map(|share| share * 100.0);
+    let rss_mib = max(field("/collector/max_rss_kb")).map(|kb| kb / 1024.0);
+
+    let mut programs: BTreeMap<String, ProgramTotals> = BTreeMap::new();
+    for (summary, duration) in summaries.iter().zip(&durations) {
+        let Some(list) = summary.and_then(|s| s.get("programs")?.as_array()) else {
+            continue;
+        };
+        for program in list {
+            let Some(name) = program.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let totals = programs
+                .entry(name.to_string())
+                .or_insert_with(|| ProgramTotals {
+                    duration_s: Some(0.0),
+                    ..ProgramTotals::default()
+                });
+            totals.run_count += number(program, "/run_count").unwrap_or(0.0);
+            totals.run_time_ns += number(program, "/run_time_ns").unwrap_or(0.0);
+            totals.duration_s = totals.duration_s.zip(*duration).map(|(a, b)| a + b);
+        }
+    }
+
+    println!();
+    println!(
+        "== scenario {}: {}, {} connections ({} x {} s per mode)",
+        scenario.name, scenario.about, scenario.connections, args.rounds, args.seconds
+    );
+    let row = |label: &str, baseline: String, traced: String, ratio: String| {
+        println!("  {label:<30} {baseline:>12} {traced:>12} {ratio:>10}");
+    };
+    row("", "baseline".into(), "traced".into(), "ratio".into());
+    row(
+        "throughput (req/s)",
+        fmt(base_rps, 0),
+        fmt(traced_rps, 0),
+        fmt(rps_ratio, 3),
+    );
+    row(
+        "throughput loss (%)",
+        String::new(),
+        fmt(loss_pct, 1),
+        String::new(),
+    );
+    row(
+        "p99 latency (us)",
+        fmt(base_p99, 0),
+        fmt(traced_p99, 0),
+        fmt(ratio(traced_p99, base_p99), 3),
+    );
+    row(
+        "load errors",
+        fmt(base_errors, 0),
+        fmt(traced_errors, 0),
+        String::new(),
+    );
+    row(
+        "events/s",
+        String::new(),
+        fmt(events_per_s, 0),
+        String::new(),
+    );
+    row("lost events", String::new(), fmt(lost, 0), String::new());
+    row(
+        "collector CPU (% of one core)",
+        String::new(),
+        fmt(cpu_pct, 1),
+        String::new(),
+    );
+    row(
+        "collector max RSS (MiB)",
+        String::new(),
+        fmt(rss_mib, 1),
+        String::new(),
+    );
+    if programs.is_empty() {
+        println!("  kernel programs: n/a");
+    } else {
+        println!(
+            "  {:<30} {:>12} {:>12}",
+            "kernel program", "ns/run", "runs/s"
+        );
+        for (name, totals) in &programs {
+            let ns_per_run = ratio(Some(totals.run_time_ns), Some(totals.run_count));
+            let runs_per_s = ratio(Some(totals.run_count), totals.duration_s);
+            println!(
+                "  {:<30} {:>12} {:>12}",
+                name,
+                fmt(ns_per_run, 0),
+                fmt(runs_per_s, 0)
+            );
+        }
+    }
+
+    let mut misses = Vec::new();
+    match loss_pct {
+        Some(loss) if loss <= MAX_THROUGHPUT_LOSS_PCT => {}
+        Some(loss) => misses.push(format!(
+            "{}: throughput loss {loss:.1}% > {MAX_THROUGHPUT_LOSS_PCT}%",
+            scenario.name
+        )),
+        None => misses.push(format!("{}: throughput loss n/a", scenario.name)),
+    }
+    match lost {
+        Some(0.0) => {}
+        Some(lost) => misses.push(format!("{}: {lost:.0} lost events", scenario.name)),
+        None => misses.push(format!("{}: lost events n/a", scenario.name)),
+    }
+    misses
+}

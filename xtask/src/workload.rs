@@ -1,0 +1,206 @@
+//! Driving the `workload` binary (an HTTP server to trace, and its load generator) and the
+//! child processes of `demo` and `bench`.
+
+use std::{
+    io::{self, BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmdline;
+
+/// How long `workload serve` may take to print its address.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that no error path
+/// leaves a server or load generator running.
+pub struct Proc {
+    child: Child,
+    line: String,
+}
+
+impl Proc {
+    /// Print the command and start it.
+    pub fn spawn(cmd: &mut Command) -> Result<Proc> {
+        let line = cmdline(cmd);
+        println!("$ {line}");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?;
+        Ok(Proc { child, line })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub fn cmdline(&self) -> &str {
+        &self.line
+    }
+
+    /// Kill it (if still running) and reap it.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    /// Wait up to `timeout` for it to exit; then kill it. `None` when it had to be killed.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.line))?
+            {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Send a signal by name (e.g. `TERM`) with `kill(1)`.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let mut cmd = Command::new("kill");
+    cmd.arg(format!("-{name}")).arg(pid.to_string());
+    crate::check(
+        cmd.status()
+            .with_context(|| format!("could not start `{}`", cmdline(&cmd)))?,
+        &cmdline(&cmd),
+    )
+}
+
+/// A running `workload serve --port 0`.
+pub struct Server {
+    /// `127.0.0.1:<port>`, as printed by the server.
+    pub addr: String,
+    /// The server's pid, as printed by the server (the tracer's target).
+    pub pid: u32,
+    proc: Proc,
+}
+
+impl Server {
+    pub fn start(workload: &Path) -> Result<Server> {
+        let mut cmd = Command::new(workload);
+        cmd.args(["serve", "--port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn(&mut cmd)?;
+        let stdout = proc
+            .child()
+            .stdout
+            .take()
+            .context("workload stdout is not piped")?;
+
+        // Read the first line on a thread (so a silent server cannot hang us), then keep
+        // draining stdout so the server never blocks on a full pipe.
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut first = String::new();
+            let read = reader.read_line(&mut first).map(|_| first);
+            let _ = tx.send(read);
+            let _ = io::copy(&mut reader, &mut io::sink());
+        });
+        let line = match rx.recv_timeout(SERVE_TIMEOUT) {
+            Ok(read) => {
+                read.with_context(|| format!("reading the output of `{}`", proc.cmdline()))?
+            }
+            Err(_) => bail!(
+                "`{}` printed no address within {} s",
+                proc.cmdline(),
+                SERVE_TIMEOUT.as_secs()
+            ),
+        };
+        let (addr, pid) = parse_listening(&line).with_context(|| {
+            format!(
+                "`{}` printed {:?}, expected `listening 127.0.0.1:<port> pid <pid>`",
+                proc.cmdline(),
+                line.trim()
+            )
+        })?;
+        println!("workload serving on {addr} (pid {pid})");
+        Ok(Server { addr, pid, proc })
+    }
+
+    /// Kill and reap the server.
+    pub fn stop(self) {
+        self.proc.stop();
+    }
+}
+
+/// `listening 127.0.0.1:<port> pid <pid>` -> (`127.0.0.1:<port>`, pid).
+fn parse_listening(line: &str) -> Option<(String, u32)> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "listening" {
+        return None;
+    }
+    let addr = words.next()?;
+    let (_, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    if words.next()? != "pid" {
+        return None;
+    }
+    let pid = words.next()?.parse().ok()?;
+    Some((addr.to_string(), pid))
+}
+
+/// `workload load --addr <addr> --connections <n> --duration <s> --path <p>...`
+pub fn load_command(
+    workload: &Path,
+    addr: &str,
+    connections: u32,
+    duration_s: u32,
+    paths: &[&str],
+) -> Command {
+    let mut cmd = Command::new(workload);
+    cmd.args(["load", "--addr", addr])
+        .args(["--connections", &connections.to_string()])
+        .args(["--duration", &duration_s.to_string()])
+        .stdin(Stdio::null());
+    for path in paths {
+        cmd.args(["--path", path]);
+    }
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listening;
+
+    #[test]
+    fn parses_listening_line() {
+        assert_eq!(
+            parse_listening("listening 127.0.0.1:40123 pid 777\n"),
+            Some(("127.0.0.1:40123".to_string(), 777))
+        );
+        assert_eq!(parse_listening("listening 127.0.0.1 pid 777"), None);
+        assert_eq!(parse_listening("hello"), None);
+    }
+}
