@@ -18,7 +18,9 @@ struct Sent {
 }
 
 fn cause(req: &Value, name: &str) -> u64 {
-    req["breakdown"][name].as_u64().unwrap_or_else(|| panic!("no {name} in {req}"))
+    req["breakdown"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {req}"))
 }
 
 fn dominant(req: &Value) -> String {
@@ -50,11 +52,21 @@ fn each_endpoint_is_attributed_to_its_cause() {
     let data_dir = std::env::temp_dir().join("tracer-test-disk");
     std::fs::create_dir_all(&data_dir).unwrap();
     // /tmp may be tmpfs, where fsync is free; /var/tmp is on a disk.
-    let disk_dir = if std::path::Path::new("/var/tmp").is_dir() { "/var/tmp".into() } else { data_dir };
+    let disk_dir = if std::path::Path::new("/var/tmp").is_dir() {
+        "/var/tmp".into()
+    } else {
+        data_dir
+    };
     let workload = Workload::spawn_with_args(&["--data-dir", disk_dir.to_str().unwrap()]);
     let tracer = TracerSession::start(workload.pid, "endpoints", &["--slow", "0", "-i", "1"]);
 
-    let plan: [&'static str; 5] = ["/cpu?ms=20", "/sleep?ms=20", "/lock?ms=25", "/io?ms=20", "/disk?kb=1024"];
+    let plan: [&'static str; 5] = [
+        "/cpu?ms=20",
+        "/sleep?ms=20",
+        "/lock?ms=25",
+        "/io?ms=20",
+        "/disk?kb=1024",
+    ];
     let mut sent = Vec::new();
     let mut client = workload.client();
     for _ in 0..ROUNDS {
@@ -65,7 +77,7 @@ fn each_endpoint_is_attributed_to_its_cause() {
         }
     }
     drop(client); // the close ends the last request
-    // The server thread sees the close and closes its fd; give it a moment to do so, bounded.
+                  // The server thread sees the close and closes its fd; give it a moment to do so, bounded.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
@@ -83,7 +95,12 @@ fn each_endpoint_is_attributed_to_its_cause() {
     for (s, r) in sent.iter().zip(&traced) {
         assert_eq!(
             r["latency_ns"].as_u64().unwrap(),
-            r["breakdown"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            r["breakdown"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>(),
             "causes sum to the latency: {r}"
         );
         assert_eq!(r["incomplete"], false, "no events lost: {r}");
@@ -92,7 +109,11 @@ fn each_endpoint_is_attributed_to_its_cause() {
 
     // Each endpoint: its dominant cause, and that cause's median against the server's own
     // measurement of the same work.
-    let check = |path: &str, want: &str, measured: &dyn Fn(&Sent, &Value) -> (u64, u64), rel: f64, abs: u64| {
+    let check = |path: &str,
+                 want: &str,
+                 measured: &dyn Fn(&Sent, &Value) -> (u64, u64),
+                 rel: f64,
+                 abs: u64| {
         let rows = &by_path[path];
         for (_, r) in rows {
             assert_eq!(dominant(r), want, "{path}: dominant cause of {r}");
@@ -105,38 +126,104 @@ fn each_endpoint_is_attributed_to_its_cause() {
         );
     };
     // cpu: the spin is on a CPU or, when the other core is busy, waiting for one.
-    check("/cpu?ms=20", "on_cpu", &|s, r| (cause(r, "on_cpu") + cause(r, "runqueue"), s.response.handler_ns()), 0.15, 2 * MS);
-    check("/sleep?ms=20", "sleep", &|s, r| (cause(r, "sleep"), s.response.handler_ns()), 0.10, MS);
-    check("/lock?ms=25", "lock", &|s, r| (cause(r, "lock"), s.response.handler_ns()), 0.15, 2 * MS);
-    check("/io?ms=20", "net_io", &|s, r| (cause(r, "net_io"), s.response.handler_ns()), 0.15, 2 * MS);
+    check(
+        "/cpu?ms=20",
+        "on_cpu",
+        &|s, r| {
+            (
+                cause(r, "on_cpu") + cause(r, "runqueue"),
+                s.response.handler_ns(),
+            )
+        },
+        0.15,
+        2 * MS,
+    );
+    check(
+        "/sleep?ms=20",
+        "sleep",
+        &|s, r| (cause(r, "sleep"), s.response.handler_ns()),
+        0.10,
+        MS,
+    );
+    check(
+        "/lock?ms=25",
+        "lock",
+        &|s, r| (cause(r, "lock"), s.response.handler_ns()),
+        0.15,
+        2 * MS,
+    );
+    check(
+        "/io?ms=20",
+        "net_io",
+        &|s, r| (cause(r, "net_io"), s.response.handler_ns()),
+        0.15,
+        2 * MS,
+    );
     // disk: the fsync blocks in the kernel; disk_io holds at least most of it and no more
     // than the whole handler.
     for (s, r) in &by_path["/disk?kb=1024"] {
         let disk = cause(r, "disk_io");
         let fsync: u64 = s.response.header("X-Fsync-Ns").unwrap().parse().unwrap();
-        assert!(disk >= fsync / 2, "/disk: disk_io {disk} ns < half the fsync {fsync} ns: {r}");
-        assert!(disk <= s.response.handler_ns() + MS, "/disk: disk_io {disk} ns > handler {} ns", s.response.handler_ns());
+        assert!(
+            disk >= fsync / 2,
+            "/disk: disk_io {disk} ns < half the fsync {fsync} ns: {r}"
+        );
+        assert!(
+            disk <= s.response.handler_ns() + MS,
+            "/disk: disk_io {disk} ns > handler {} ns",
+            s.response.handler_ns()
+        );
         for blocked in ["lock", "net_io", "sleep", "other"] {
-            assert!(cause(r, blocked) < disk, "/disk: {blocked} > disk_io in {r}");
+            assert!(
+                cause(r, blocked) < disk,
+                "/disk: {blocked} > disk_io in {r}"
+            );
         }
     }
 
     // Files and per-event histograms.
     let summary = &done.summary;
-    assert_eq!(summary["requests"]["count"].as_u64(), Some(sent.len() as u64));
-    for name in ["on_cpu", "runqueue", "lock", "net_io", "disk_io", "sleep", "other"] {
+    assert_eq!(
+        summary["requests"]["count"].as_u64(),
+        Some(sent.len() as u64)
+    );
+    for name in [
+        "on_cpu", "runqueue", "lock", "net_io", "disk_io", "sleep", "other",
+    ] {
         let c = &summary["breakdown"][name];
-        assert!(c["total_ns"].is_u64() && c["share"].is_f64() && c["per_request_ns"]["p99"].is_u64(), "{name}: {c}");
+        assert!(
+            c["total_ns"].is_u64() && c["share"].is_f64() && c["per_request_ns"]["p99"].is_u64(),
+            "{name}: {c}"
+        );
     }
-    let shares: f64 = summary["breakdown"].as_object().unwrap().values().map(|c| c["share"].as_f64().unwrap()).sum();
+    let shares: f64 = summary["breakdown"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["share"].as_f64().unwrap())
+        .sum();
     assert!((shares - 1.0).abs() < 1e-6, "shares sum to 1, got {shares}");
     let futex = &summary["waits"]["futex_ns"];
-    assert!(futex["count"].as_u64().unwrap() >= ROUNDS as u64, "futex waits: {futex}");
-    assert!(futex["max"].as_u64().unwrap() >= 20 * MS, "a 25 ms lock wait: {futex}");
+    assert!(
+        futex["count"].as_u64().unwrap() >= ROUNDS as u64,
+        "futex waits: {futex}"
+    );
+    assert!(
+        futex["max"].as_u64().unwrap() >= 20 * MS,
+        "a 25 ms lock wait: {futex}"
+    );
     let socket = &summary["waits"]["socket_read_ns"];
-    assert!(socket["count"].as_u64().unwrap() >= ROUNDS as u64, "socket reads: {socket}");
+    assert!(
+        socket["count"].as_u64().unwrap() >= ROUNDS as u64,
+        "socket reads: {socket}"
+    );
     assert!(summary["waits"]["runqueue_ns"]["count"].as_u64().unwrap() > 0);
-    assert_eq!(summary["events"]["lost"].as_u64(), Some(0), "{}", summary["events"]);
+    assert_eq!(
+        summary["events"]["lost"].as_u64(),
+        Some(0),
+        "{}",
+        summary["events"]
+    );
     assert_eq!(summary["target"]["pid"].as_u64(), Some(workload.pid as u64));
 
     // Lock detail: the contended mutex, its waiter (the connection thread) and its waker (the
@@ -145,9 +232,30 @@ fn each_endpoint_is_attributed_to_its_cause() {
     let conn_tid = traced[0]["tid"].as_u64().unwrap();
     let mutex = locks
         .iter()
-        .find(|l| l["waiters"].as_array().unwrap().iter().any(|w| w["tid"].as_u64() == Some(conn_tid)))
-        .unwrap_or_else(|| panic!("no lock waited on by the connection thread {conn_tid}: {locks:?}"));
-    assert!(mutex["wait_ns"].as_u64().unwrap() >= ROUNDS as u64 * 20 * MS, "{mutex}");
-    assert!(mutex["waiters"][0]["comm"] == "conn", "waiter named: {mutex}");
-    assert!(mutex["wakers"].as_array().unwrap().iter().any(|w| w["comm"] == "lock-holder"), "{mutex}");
+        .find(|l| {
+            l["waiters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["tid"].as_u64() == Some(conn_tid))
+        })
+        .unwrap_or_else(|| {
+            panic!("no lock waited on by the connection thread {conn_tid}: {locks:?}")
+        });
+    assert!(
+        mutex["wait_ns"].as_u64().unwrap() >= ROUNDS as u64 * 20 * MS,
+        "{mutex}"
+    );
+    assert!(
+        mutex["waiters"][0]["comm"] == "conn",
+        "waiter named: {mutex}"
+    );
+    assert!(
+        mutex["wakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["comm"] == "lock-holder"),
+        "{mutex}"
+    );
 }

@@ -67,8 +67,14 @@ mod tests {
 
     #[test]
     fn flags_parse_like_bcc_tools() {
-        let a = Args::try_parse_from(["tracer", "-p", "42", "-d", "1.5", "-i", "2", "-o", "x", "--slow", "10"]).unwrap();
-        assert_eq!((a.pid, a.duration, a.interval, a.slow), (42, Some(1.5), 2.0, Some(10.0)));
+        let a = Args::try_parse_from([
+            "tracer", "-p", "42", "-d", "1.5", "-i", "2", "-o", "x", "--slow", "10",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.pid, a.duration, a.interval, a.slow),
+            (42, Some(1.5), 2.0, Some(10.0))
+        );
         assert_eq!(a.output, PathBuf::from("x"));
         let a = Args::try_parse_from(["tracer", "--pid", "7"]).unwrap();
         assert_eq!((a.duration, a.interval, a.slow), (None, 5.0, None));
@@ -76,7 +82,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Args::try_parse_from(["tracer"]).is_err(), "--pid is required");
+        assert!(
+            Args::try_parse_from(["tracer"]).is_err(),
+            "--pid is required"
+        );
         assert!(Args::try_parse_from(["tracer", "-p", "x"]).is_err());
         assert!(Args::try_parse_from(["tracer", "-p", "1", "-i", "0"]).is_err());
         assert!(Args::try_parse_from(["tracer", "-p", "1", "-d", "-3"]).is_err());

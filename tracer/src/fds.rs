@@ -118,7 +118,10 @@ fn server_side_inodes(sockets: &[TcpSocket]) -> HashSet<u64> {
 }
 
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -143,7 +146,11 @@ mod tests {
             }
         );
         let inodes = server_side_inodes(&sockets);
-        assert_eq!(inodes, HashSet::from([1002]), "not the listener, not the outgoing one");
+        assert_eq!(
+            inodes,
+            HashSet::from([1002]),
+            "not the listener, not the outgoing one"
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ fn run(args: Args) -> Result<()> {
     let target = preflight::check_target(args.pid)?;
     preflight::prepare_output(&args.output)?;
     if tracefs::ensure_mounted()? {
-        eprintln!("tracer: tracefs was not mounted; mounted it at {}", tracefs::TRACEFS);
+        eprintln!(
+            "tracer: tracefs was not mounted; mounted it at {}",
+            tracefs::TRACEFS
+        );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,7 +132,10 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     };
 
     collector.stop();
-    eprintln!("tracer: stopping ({stopped_by}): detaching and writing {}", args.output.display());
+    eprintln!(
+        "tracer: stopping ({stopped_by}): detaching and writing {}",
+        args.output.display()
+    );
     // Final read of the kernel side, then detach everything before writing the files.
     collector.drain(&mut ring, Some(&probes), true)?;
     let programs = probes.program_stats();

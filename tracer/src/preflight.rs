@@ -43,8 +43,9 @@ pub fn check_target(pid: u32) -> Result<Target> {
     if pid == 0 || pid == std::process::id() {
         bail!("PID {pid} cannot be traced: pass the PID of another process");
     }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|_| anyhow::anyhow!("no process with PID {pid}: check the PID (e.g. `pgrep -f NAME`)"))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| {
+        anyhow::anyhow!("no process with PID {pid}: check the PID (e.g. `pgrep -f NAME`)")
+    })?;
     if !is_alive(&stat) {
         bail!("process {pid} has exited (it is a zombie): nothing to trace");
     }
@@ -61,7 +62,9 @@ pub fn target_alive(pid: u32) -> bool {
 
 /// The state letter follows the parenthesised comm, which may itself contain ") ".
 fn is_alive(stat: &str) -> bool {
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     !matches!(state, None | Some('Z') | Some('X') | Some('x'))
 }
 
@@ -105,7 +108,10 @@ mod tests {
 
     #[test]
     fn unwritable_output_is_a_clear_error() {
-        let err = prepare_output(Path::new("/proc/version/x")).err().unwrap().to_string();
+        let err = prepare_output(Path::new("/proc/version/x"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--output"), "{err}");
     }
 }

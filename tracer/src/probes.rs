@@ -13,7 +13,6 @@ use tracer_common::{InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
 
 use crate::tracefs;
 
-
 /// `BPF_NOEXIST` map update flag (include/uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 
@@ -45,12 +44,24 @@ fn offsets() -> Result<[(&'static str, u32); 8]> {
     // All syscalls:sys_enter_*/sys_exit_* events share one layout (`__syscall_nr`, then the
     // arguments as 8-byte fields, or `ret`): include/trace/syscall.h, kernel/trace/trace_syscalls.c.
     Ok([
-        ("OFF_SWITCH_PREV_STATE", off("sched", "sched_switch", "prev_state")?),
-        ("OFF_SWITCH_NEXT_PID", off("sched", "sched_switch", "next_pid")?),
+        (
+            "OFF_SWITCH_PREV_STATE",
+            off("sched", "sched_switch", "prev_state")?,
+        ),
+        (
+            "OFF_SWITCH_NEXT_PID",
+            off("sched", "sched_switch", "next_pid")?,
+        ),
         ("OFF_WAKEUP_PID", off("sched", "sched_wakeup", "pid")?),
         ("OFF_NEWTASK_PID", off("task", "task_newtask", "pid")?),
-        ("OFF_NEWTASK_CLONE_FLAGS", off("task", "task_newtask", "clone_flags")?),
-        ("OFF_SYSCALL_NR", off("syscalls", "sys_enter_read", "__syscall_nr")?),
+        (
+            "OFF_NEWTASK_CLONE_FLAGS",
+            off("task", "task_newtask", "clone_flags")?,
+        ),
+        (
+            "OFF_SYSCALL_NR",
+            off("syscalls", "sys_enter_read", "__syscall_nr")?,
+        ),
         ("OFF_SYSCALL_ARGS", off("syscalls", "sys_enter_read", "fd")?),
         ("OFF_SYSCALL_RET", off("syscalls", "sys_exit_read", "ret")?),
     ])
@@ -64,7 +75,10 @@ impl Probes {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
         }
         let stats = if bpf_stats {
-            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?)
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .context("enabling BPF run-time stats")?,
+            )
         } else {
             None
         };
@@ -94,7 +108,10 @@ impl Probes {
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup_new")?;
         probes.attach_tp("sched_switch", "sched", "sched_switch")?;
         for (syscall, _) in TRACED_SYSCALLS {
-            let (enter, exit) = (format!("sys_enter_{syscall}"), format!("sys_exit_{syscall}"));
+            let (enter, exit) = (
+                format!("sys_enter_{syscall}"),
+                format!("sys_exit_{syscall}"),
+            );
             if !tracefs::exists("syscalls", &enter) {
                 probes.missing.push(syscall.to_string());
                 continue;
@@ -112,20 +129,37 @@ impl Probes {
     /// seen a newer entry (BPF_NOEXIST). A thread that leaves the syscall between the read and
     /// the insert leaves a stale entry until its next traced syscall.
     fn seed_in_syscall(&mut self, pid: u32) {
-        let Some(map) = self.ebpf.map_mut("IN_SYSCALL") else { return };
+        let Some(map) = self.ebpf.map_mut("IN_SYSCALL") else {
+            return;
+        };
         let Ok(mut in_syscall) = BpfHashMap::<&mut MapData, u32, InSyscall>::try_from(map) else {
             return;
         };
-        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return };
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
         let now = monotonic_ns();
         for entry in dir.flatten() {
-            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
-            let Ok(text) = fs::read_to_string(entry.path().join("syscall")) else { continue };
-            let Some((nr, arg0, arg1)) = parse_proc_syscall(&text) else { continue };
+            let Ok(text) = fs::read_to_string(entry.path().join("syscall")) else {
+                continue;
+            };
+            let Some((nr, arg0, arg1)) = parse_proc_syscall(&text) else {
+                continue;
+            };
             if TRACED_SYSCALLS.iter().any(|(_, n)| *n == nr) {
-                let inside = InSyscall { nr, arg1: arg1 as u32, arg0, enter_ns: now };
+                let inside = InSyscall {
+                    nr,
+                    arg1: arg1 as u32,
+                    arg0,
+                    enter_ns: now,
+                };
                 let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
             }
         }
@@ -151,14 +185,21 @@ impl Probes {
     /// Put the target's current threads into the thread-id set; returns how many.
     fn add_threads(&mut self, pid: u32) -> Result<usize> {
         let mut tids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-            self.ebpf.map_mut("TARGET_TIDS").context("map TARGET_TIDS")?,
+            self.ebpf
+                .map_mut("TARGET_TIDS")
+                .context("map TARGET_TIDS")?,
         )?;
         let dir = fs::read_dir(format!("/proc/{pid}/task"))
             .with_context(|| format!("listing the threads of PID {pid}"))?;
         let mut count = 0;
         for entry in dir.flatten() {
-            if let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                tids.insert(tid, 1, 0).context("adding a thread to TARGET_TIDS")?;
+            if let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                tids.insert(tid, 1, 0)
+                    .context("adding a thread to TARGET_TIDS")?;
                 count += 1;
             }
         }
@@ -232,7 +273,10 @@ pub fn parse_proc_syscall(text: &str) -> Option<(u32, u64, u64)> {
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -108,10 +108,18 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
             human_ns(h.max()),
         );
     }
-    let _ = writeln!(s, "\nrequest latency\n{}", t.request_log2_us.render("usecs"));
+    let _ = writeln!(
+        s,
+        "\nrequest latency\n{}",
+        t.request_log2_us.render("usecs")
+    );
     let _ = writeln!(s, "futex wait\n{}", t.futex.log2_us.render("usecs"));
     let _ = writeln!(s, "run-queue delay\n{}", t.runqueue.log2_us.render("usecs"));
-    let _ = writeln!(s, "socket read blocked\n{}", t.socket_read.log2_us.render("usecs"));
+    let _ = writeln!(
+        s,
+        "socket read blocked\n{}",
+        t.socket_read.log2_us.render("usecs")
+    );
     let locks = top_locks(c);
     if !locks.is_empty() {
         let _ = writeln!(s, "most contended futexes");
@@ -136,13 +144,21 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
         "events: {} received, {} lost{}",
         c.received,
         c.lost(),
-        if c.lost() > 0 { " (requests open during a loss are marked incomplete)" } else { "" }
+        if c.lost() > 0 {
+            " (requests open during a loss are marked incomplete)"
+        } else {
+            ""
+        }
     );
     if c.engine.shared > 0 {
         let _ = writeln!(s, "note: {} requests shared their thread with another open request (event loop): their breakdown counts the thread's whole time", c.engine.shared);
     }
     if t.incomplete > 0 {
-        let _ = writeln!(s, "note: {} requests were open while events were lost", t.incomplete);
+        let _ = writeln!(
+            s,
+            "note: {} requests were open while events were lost",
+            t.incomplete
+        );
     }
     s
 }

@@ -54,7 +54,11 @@ impl Default for Log2Hist {
 impl Log2Hist {
     pub fn record(&mut self, value: u64) {
         // floor(log2(value)), with 0 and 1 both in slot 0, as bcc's log2l().
-        let slot = if value < 2 { 0 } else { 63 - value.leading_zeros() as usize };
+        let slot = if value < 2 {
+            0
+        } else {
+            63 - value.leading_zeros() as usize
+        };
         self.slots[slot] += 1;
     }
 

@@ -42,10 +42,18 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
         .join(category)
         .join(name)
         .join("format");
-    let text = fs::read_to_string(&path)
-        .with_context(|| format!("reading {}: is the tracepoint {category}:{name} missing from this kernel?", path.display()))?;
-    parse_offset(&text, field)
-        .with_context(|| format!("tracepoint {category}:{name} has no field `{field}` in {}", path.display()))
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {}: is the tracepoint {category}:{name} missing from this kernel?",
+            path.display()
+        )
+    })?;
+    parse_offset(&text, field).with_context(|| {
+        format!(
+            "tracepoint {category}:{name} has no field `{field}` in {}",
+            path.display()
+        )
+    })
 }
 
 /// Does the tracepoint exist on this kernel?

@@ -26,8 +26,9 @@ use crate::{
 
 /// Targets the verdict is judged against.
 const MAX_THROUGHPUT_LOSS_PCT: f64 = 5.0;
-/// How long a traced phase waits for the tracer to report `attached` before starting load.
-const ATTACH_WAIT: Duration = Duration::from_secs(2);
+/// How long a traced phase waits for the tracer to report `attached` before starting load
+/// (attaching ~75 tracepoints takes seconds on a saturated 2-core machine).
+const ATTACH_WAIT: Duration = Duration::from_secs(120);
 /// How long the tracer gets to write its summary after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 /// Quiet time between phases.
@@ -241,7 +242,7 @@ fn traced_phase(
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             eprintln!("  {line}");
-            if line.contains("attached") {
+            if line.contains("attached to PID") {
                 let _ = attached_tx.send(());
             }
         }

@@ -38,7 +38,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
         let state: u64 = read(ctx, off_switch_prev_state())?;
         event.prev_state = state as u32;
         if let Some(inside) = unsafe { IN_SYSCALL.get(&prev_tid) } {
-            event.syscall_nr = inside.nr;
+            event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
             event.syscall_arg0 = inside.arg0;
         }
     }

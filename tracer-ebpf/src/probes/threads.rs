@@ -5,8 +5,8 @@ use tracer_common::{EventKind, Loss, ThreadEvent};
 
 use super::sched::read;
 use crate::maps::{
-    count_loss, current_ids, emit, header, off_newtask_clone_flags, off_newtask_pid,
-    target_tgid, IN_SYSCALL, TARGET_TIDS,
+    count_loss, current_ids, emit, header, off_newtask_clone_flags, off_newtask_pid, target_tgid,
+    IN_SYSCALL, TARGET_TIDS,
 };
 
 /// include/uapi/linux/sched.h

@@ -179,7 +179,11 @@ fn request_starts_at_the_wakeup_of_a_blocked_read() {
     let r = &reqs[0];
     assert_eq!((r.start_ns, r.latency_ns), (1000, 100));
     assert_eq!(cause(r, Cause::Runqueue), 40);
-    assert_eq!(cause(r, Cause::NetIo), 0, "idle time before the request is not counted");
+    assert_eq!(
+        cause(r, Cause::NetIo),
+        0,
+        "idle time before the request is not counted"
+    );
     assert_sums(r);
 }
 
@@ -191,7 +195,11 @@ fn thread_exit_mid_request() {
         [
             read(0, CONN, 5, 0),
             write(100, CONN),
-            Event::ThreadExit { ts: 150, tid: T, comm: String::new() },
+            Event::ThreadExit {
+                ts: 150,
+                tid: T,
+                comm: String::new(),
+            },
         ],
     );
     assert_eq!(answered.len(), 1);
@@ -204,7 +212,11 @@ fn thread_exit_mid_request() {
             wake(210),
             run(220),
             read(300, CONN, 5, 290),
-            Event::ThreadExit { ts: 400, tid: T, comm: String::new() },
+            Event::ThreadExit {
+                ts: 400,
+                tid: T,
+                comm: String::new(),
+            },
         ],
     );
     assert!(unanswered.is_empty());
@@ -260,7 +272,11 @@ fn pipelined_requests_are_split_at_each_read_after_a_response() {
             write(300, CONN),
         ],
     );
-    assert_eq!(reqs.len(), 1, "the second ends only at the next read or close");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the second ends only at the next read or close"
+    );
     e.finish_all();
     let reqs2 = e.take_requests();
     assert_eq!(reqs[0].latency_ns, 100);
@@ -315,7 +331,10 @@ fn lost_events_mark_open_requests_incomplete_and_keep_the_identity() {
     assert_eq!(r.latency_ns, 500);
     assert_sums(r);
     let next = feed(&mut e, [write(950, CONN), read(1000, CONN, 5, 990)]);
-    assert!(!next[0].incomplete, "only requests open during the loss are marked");
+    assert!(
+        !next[0].incomplete,
+        "only requests open during the loss are marked"
+    );
 }
 
 #[test]
@@ -454,7 +473,10 @@ fn accept_makes_a_connection_and_close_forgets_it() {
         ret: 0,
         enter_ts: 299,
     };
-    let reqs = feed(&mut e, [accept, read(100, 12, 5, 50), write(200, 12), close]);
+    let reqs = feed(
+        &mut e,
+        [accept, read(100, 12, 5, 50), write(200, 12), close],
+    );
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].latency_ns, 100);
     // fd 12 reused for something that is not a connection: no request

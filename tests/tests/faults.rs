@@ -1,0 +1,1009 @@
+//! Fault handling of the `tracer` binary, end to end: real processes, real kernel programs.
+//!
+//! - refusals before anything is attached (no such PID, unwritable output, not root);
+//! - clean stops (SIGTERM, SIGINT, the target exiting) that detach, write every output file
+//!   and leave the traced process serving;
+//! - nothing stays loaded in the kernel once the tracer has exited;
+//! - `latency.hlog` loads in another HdrHistogram implementation (Python's `hdrh`).
+//!
+//! Every wait is a poll with a deadline that panics with what it saw; nothing here measures
+//! speed. Run with `--test-threads=1` (as `cargo xtask test` does) to keep the machine quiet,
+//! though the tests do not depend on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tracer_tests::{bin_path, is_root, Workload};
+
+/// Attaching takes about a second; this only bounds a hang.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Detaching waits for an RCU grace period per tracepoint (seconds in total).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A run refused by the preflight checks exits before attaching anything.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+/// For the client to complete the requests a test waits for.
+const REQUESTS_TIMEOUT: Duration = Duration::from_secs(30);
+/// For the kernel to drop programs and links whose last reference was closed.
+const UNLOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// For helper commands (bpftool, python3).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The tracer's kernel programs, by function name.
+const PROGRAM_NAMES: [&str; 6] = [
+    "sched_switch",
+    "sched_wakeup",
+    "sys_enter",
+    "sys_exit",
+    "task_newtask",
+    "sched_process_exit",
+];
+const CAUSES: [&str; 7] = [
+    "on_cpu", "runqueue", "lock", "net_io", "disk_io", "sleep", "other",
+];
+/// The kernel keeps at most this many characters of a program's name (BPF_OBJ_NAME_LEN - 1).
+const KERNEL_NAME_LEN: usize = 15;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A unique path under the temp dir, not created here (the tracer creates its output dir);
+/// removed with its contents when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "tracer-faults-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        assert!(!path.exists(), "{} already exists", path.display());
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// How a child process ended, with everything it printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn describe(&self) -> String {
+        format!(
+            "status: {}\n--- stderr ---\n{}--- stdout ---\n{}",
+            self.status, self.stderr, self.stdout
+        )
+    }
+
+    /// The single line a refused run prints on stderr.
+    fn only_stderr_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one line on stderr\n{}",
+            self.describe()
+        );
+        lines[0]
+    }
+}
+
+/// A child process whose stdout is drained and whose stderr is read line by line in threads,
+/// so it never blocks on a full pipe and its lines can be waited for. Killed when dropped.
+struct Proc {
+    child: Child,
+    what: String,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_text: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+    stdout_thread: Option<JoinHandle<String>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout_thread = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stdout.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
+        let (tx, stderr_lines) = mpsc::channel();
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let text = Arc::clone(&stderr_text);
+        let stderr_thread = std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        text.lock().unwrap().push_str(&line);
+                        let _ = tx.send(line.trim_end().to_string());
+                    }
+                }
+            }
+        });
+        Proc {
+            child,
+            what,
+            stderr_lines,
+            stderr_text,
+            stderr_thread: Some(stderr_thread),
+            stdout_thread: Some(stdout_thread),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr_text.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{} printed no line containing {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let finished = self.wait_exit(PREFLIGHT_TIMEOUT);
+                    panic!(
+                        "{} closed stderr without a line containing {needle:?}\n{}",
+                        self.what,
+                        finished.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The tracer's "attached to PID" line.
+    fn wait_attached(&mut self) -> String {
+        self.wait_stderr_line("attached to PID", ATTACH_TIMEOUT)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with the PID of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Waits for the process to exit (killing it and panicking after `timeout`).
+    fn wait_exit(&mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} (PID {}) did not exit within {timeout:?}; stderr so far:\n{}",
+                    self.what,
+                    self.pid(),
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(POLL);
+        };
+        // The pipes close with the process (none of these commands leaves children behind).
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let stdout = self
+            .stdout_thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        Finished {
+            status,
+            stdout,
+            stderr: self.stderr_so_far(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tracer_cmd<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin_path("tracer"));
+    cmd.args(args);
+    cmd
+}
+
+/// Runs a command to completion within `timeout`.
+fn run(cmd: Command, timeout: Duration) -> Finished {
+    Proc::spawn(cmd).wait_exit(timeout)
+}
+
+/// Keep-alive client in a thread issuing `GET path` until stopped, counting 200 responses.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Load {
+    fn start(workload: &Workload, path: &'static str) -> Load {
+        let mut client = workload.client();
+        client
+            .set_timeout(Some(Duration::from_secs(10)))
+            .expect("set client timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (s, d) = (Arc::clone(&stop), Arc::clone(&done));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match client.get(path) {
+                    Ok(r) if r.status == 200 => {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => return Err(format!("GET {path} answered {}", r.status)),
+                    Err(e) => return Err(format!("GET {path} failed: {e}")),
+                }
+            }
+            Ok(())
+        });
+        Load {
+            stop,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn completed(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have completed.
+    fn wait_for_more(&mut self, n: u64) {
+        let target = self.completed() + n;
+        let deadline = Instant::now() + REQUESTS_TIMEOUT;
+        while self.completed() < target {
+            if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self.thread.take().unwrap().join();
+                panic!(
+                    "the client stopped after {} requests: {result:?}",
+                    self.completed()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {target} requests completed within {REQUESTS_TIMEOUT:?}",
+                self.completed()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the client; returns how many requests completed, or its first error.
+    fn finish(mut self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let result = self
+            .thread
+            .take()
+            .expect("client thread")
+            .join()
+            .map_err(|_| "client thread panicked".to_string())?;
+        result.map(|()| self.completed())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // The thread ends after its current request (bounded by the client timeout).
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Running, not a zombie (as the tracer itself judges it).
+fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, None | Some('Z' | 'X' | 'x'))
+    })
+}
+
+/// A PID no process or thread has.
+fn unused_pid() -> u32 {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (2..pid_max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("some PID below pid_max is free")
+}
+
+fn read_summary(dir: &Path) -> Value {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
+}
+
+fn u64_at(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("summary.json has no unsigned integer at {pointer}:\n{v:#}"))
+}
+
+/// The fields of summary.json these tests rely on, present and typed.
+fn check_summary_shape(s: &Value) {
+    for cause in CAUSES {
+        let base = format!("/breakdown/{cause}");
+        u64_at(s, &format!("{base}/total_ns"));
+        let share = s
+            .pointer(&format!("{base}/share"))
+            .and_then(Value::as_f64)
+            .unwrap_or_else(|| panic!("no numeric {base}/share:\n{s:#}"));
+        assert!((0.0..=1.0).contains(&share), "{base}/share = {share}");
+        for q in ["p50", "p99", "max"] {
+            u64_at(s, &format!("{base}/per_request_ns/{q}"));
+        }
+    }
+    assert!(
+        u64_at(s, "/events/received") > 0,
+        "no events received:\n{s:#}"
+    );
+    u64_at(s, "/events/lost");
+}
+
+/// latency.hlog has request and sleep histograms; requests.jsonl exists.
+fn check_output_files(dir: &Path) {
+    let hlog_path = dir.join("latency.hlog");
+    let hlog = std::fs::read_to_string(&hlog_path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", hlog_path.display()));
+    for tag in ["Tag=request,", "Tag=sleep,"] {
+        assert!(
+            hlog.lines().any(|l| l.starts_with(tag)),
+            "no line starting with {tag:?} in latency.hlog:\n{hlog}"
+        );
+    }
+    assert!(
+        dir.join("requests.jsonl").is_file(),
+        "requests.jsonl missing in {}",
+        dir.display()
+    );
+}
+
+/// The target is unharmed: running, and answering on a new connection.
+fn assert_serving(workload: &Workload) {
+    assert!(
+        process_running(workload.pid),
+        "the traced workload (PID {}) is no longer running",
+        workload.pid
+    );
+    let response = workload
+        .client()
+        .get("/")
+        .unwrap_or_else(|e| panic!("the traced workload no longer answers: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
+// --- kernel objects --------------------------------------------------------------------------
+
+/// An executable called `name` on PATH, else in one of `extra` directories.
+fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `bpftool`, also in the sbin directories a non-login root shell may lack on PATH.
+fn bpftool() -> Option<PathBuf> {
+    find_on_path("bpftool", &["/usr/sbin", "/sbin", "/usr/local/sbin"])
+}
+
+fn bpftool_json(bpftool: &Path, object: &str) -> Value {
+    let mut cmd = Command::new(bpftool);
+    cmd.args(["--json", object, "show"]);
+    let out = run(cmd, HELPER_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "bpftool {object} show failed\n{}",
+        out.describe()
+    );
+    // No objects at all prints nothing on some versions.
+    if out.stdout.trim().is_empty() {
+        return Value::Array(Vec::new());
+    }
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool {object} show: bad JSON ({e}): {}", out.stdout))
+}
+
+/// Whether a loaded program's name is one of ours (possibly cut by the kernel).
+fn is_our_program(name: &str) -> bool {
+    PROGRAM_NAMES
+        .iter()
+        .any(|n| *n == name || (name.len() >= KERNEL_NAME_LEN && n.starts_with(name)))
+}
+
+/// Loaded programs named like ours: id -> name.
+fn our_named_programs(bpftool: &Path) -> BTreeMap<u32, String> {
+    let list = bpftool_json(bpftool, "prog");
+    list.as_array()
+        .expect("bpftool prog show --json prints an array")
+        .iter()
+        .filter_map(|p| {
+            let id = u32::try_from(p["id"].as_u64()?).ok()?;
+            let name = p["name"].as_str()?;
+            is_our_program(name).then(|| (id, name.to_string()))
+        })
+        .collect()
+}
+
+fn link_ids(bpftool: &Path) -> BTreeSet<u32> {
+    bpftool_json(bpftool, "link")
+        .as_array()
+        .expect("bpftool link show --json prints an array")
+        .iter()
+        .filter_map(|l| u32::try_from(l["id"].as_u64()?).ok())
+        .collect()
+}
+
+/// The values of `key:` lines in the fdinfo of every fd of `pid` (all processes if `None`):
+/// `prog_id` names the program a prog or link fd holds, `link_id` the link.
+fn fdinfo_ids(pid: Option<u32>, key: &str) -> BTreeSet<u32> {
+    let pids: Vec<String> = match pid {
+        Some(pid) => vec![pid.to_string()],
+        None => std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let prefix = format!("{key}:");
+    let mut ids = BTreeSet::new();
+    for pid in pids {
+        // Processes come and go while we look: unreadable entries are skipped.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix(&prefix))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids
+}
+
+/// Programs named like ours that were not loaded at `before`, are still loaded, and that no
+/// running process holds (by a program or link fd): leaked ones. Another tracer running at
+/// the same time (another test binary) holds its programs, so it is not counted.
+fn orphaned_programs(bpftool: &Path, before: &BTreeMap<u32, String>) -> BTreeMap<u32, String> {
+    let mut new: BTreeMap<u32, String> = our_named_programs(bpftool)
+        .into_iter()
+        .filter(|(id, _)| !before.contains_key(id))
+        .collect();
+    if new.is_empty() {
+        return new;
+    }
+    let held = fdinfo_ids(None, "prog_id");
+    new.retain(|id, _| !held.contains(id));
+    new
+}
+
+/// Waits (bounded) until no program loaded since `before` is left without an owner.
+fn assert_no_orphaned_programs(bpftool: &Path, before: &BTreeMap<u32, String>) {
+    let deadline = Instant::now() + UNLOAD_TIMEOUT;
+    loop {
+        let orphans = orphaned_programs(bpftool, before);
+        if orphans.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs still loaded {UNLOAD_TIMEOUT:?} after the tracer exited, held by no \
+             running process: {orphans:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+// --- Python hdrh -----------------------------------------------------------------------------
+
+/// Reads every interval histogram of an HdrHistogram log with Python's `hdrh` and prints
+/// `{"intervals", "total_count", "max", "by_tag": {tag: {"intervals", "count", "max"}}}`.
+const HDRH_READER: &str = r#"
+import json
+import sys
+
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+
+# The reference histogram is only used by add_next_interval_histogram; decoded intervals
+# take their parameters from their own payloads.
+reader = HistogramLogReader(sys.argv[1], HdrHistogram(1, 3600 * 10**9, 3))
+intervals, total, largest, by_tag = 0, 0, 0, {}
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    tag = h.get_tag() or ""
+    count, top = h.get_total_count(), h.get_max_value()
+    intervals += 1
+    total += count
+    largest = max(largest, top)
+    t = by_tag.setdefault(tag, {"intervals": 0, "count": 0, "max": 0})
+    t["intervals"] += 1
+    t["count"] += count
+    t["max"] = max(t["max"], top)
+reader.close()
+print(json.dumps({"intervals": intervals, "total_count": total, "max": largest, "by_tag": by_tag}))
+"#;
+
+fn require_python_hdrh() {
+    let Some(python) = find_on_path("python3", &[]) else {
+        panic!("python3 is needed to load latency.hlog with hdrh: run `cargo xtask setup`");
+    };
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", "import hdrh"]);
+    let out = run(cmd, HELPER_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "Python module `hdrh` is missing: run `cargo xtask setup` (or `python3 -m pip install \
+         hdrhistogram`)\n{}",
+        out.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bad_pid_fails_before_attaching() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let out_dir = TempDir::new("bad-pid");
+    let pid = unused_pid();
+    let pid_arg = pid.to_string();
+    let out = run(
+        tracer_cmd([
+            OsStr::new("--pid"),
+            OsStr::new(&pid_arg),
+            OsStr::new("--output"),
+            out_dir.path().as_os_str(),
+        ]),
+        PREFLIGHT_TIMEOUT,
+    );
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "expected a failing exit code\n{}",
+        out.describe()
+    );
+    let line = out.only_stderr_line();
+    assert!(
+        line.starts_with(&format!("tracer: error: no process with PID {pid}")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out_dir.path().exists(),
+        "the output directory {} was created although the PID check failed first",
+        out_dir.path().display()
+    );
+}
+
+#[test]
+fn unwritable_output_fails_before_attaching() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let bpftool = bpftool();
+    let before = bpftool.as_deref().map(our_named_programs);
+    let workload = Workload::spawn();
+    let pid_arg = workload.pid.to_string();
+    let out = run(
+        tracer_cmd(["--pid", &pid_arg, "--output", "/proc/version/x"]),
+        PREFLIGHT_TIMEOUT,
+    );
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "expected a failing exit code\n{}",
+        out.describe()
+    );
+    let line = out.only_stderr_line();
+    assert!(
+        line.starts_with("tracer: error:") && line.contains("--output"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("attached"), "{}", out.describe());
+    match (bpftool, before) {
+        (Some(bpftool), Some(before)) => assert_no_orphaned_programs(&bpftool, &before),
+        _ => eprintln!(
+            "note: bpftool not found (`cargo xtask setup` installs it): not checking that \
+             nothing stayed loaded"
+        ),
+    }
+    assert_serving(&workload);
+}
+
+#[test]
+fn not_root_is_a_clear_error() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to drop to an unprivileged user)");
+        return;
+    }
+    let find = |tool: &str| find_on_path(tool, &["/usr/bin", "/bin", "/usr/sbin", "/sbin"]);
+    let mut cmd = if let Some(setpriv) = find("setpriv") {
+        let mut cmd = Command::new(setpriv);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        cmd
+    } else if let Some(runuser) = find("runuser") {
+        let mut cmd = Command::new(runuser);
+        cmd.args(["-u", "nobody", "--"]);
+        cmd
+    } else {
+        eprintln!("skipped: neither setpriv nor runuser (util-linux) is installed");
+        return;
+    };
+    let workload = Workload::spawn();
+    let out_dir = TempDir::new("not-root");
+    cmd.arg(bin_path("tracer"))
+        .args(["--pid", &workload.pid.to_string(), "--output"])
+        .arg(out_dir.path());
+    let out = run(cmd, PREFLIGHT_TIMEOUT);
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "expected a failing exit code\n{}",
+        out.describe()
+    );
+    let line = out.only_stderr_line();
+    assert!(
+        line.starts_with("tracer: error:") && line.contains("CAP_BPF") && line.contains("root"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out_dir.path().exists(),
+        "output directory created by a refused run"
+    );
+    assert_serving(&workload);
+}
+
+/// Trace under load without a duration, stop with `sig` once `requests` more requests have
+/// completed, and check the stop was clean.
+fn signal_detaches_and_writes_files(sig: libc::c_int, name: &str, requests: u64) {
+    let workload = Workload::spawn();
+    let mut load = Load::start(&workload, "/sleep?ms=2");
+    let out_dir = TempDir::new(name);
+    let pid_arg = workload.pid.to_string();
+    let mut tracer = Proc::spawn(tracer_cmd([
+        OsStr::new("--pid"),
+        OsStr::new(&pid_arg),
+        OsStr::new("-i"),
+        OsStr::new("1"),
+        OsStr::new("-o"),
+        out_dir.path().as_os_str(),
+    ]));
+    tracer.wait_attached();
+    load.wait_for_more(requests);
+    tracer.signal(sig);
+    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "tracer did not exit 0\n{}",
+        out.describe()
+    );
+
+    // The target was never disturbed: the keep-alive client saw no error during the whole
+    // trace, including the detach, and keeps being served after it.
+    load.wait_for_more(5);
+    let sent = load
+        .finish()
+        .unwrap_or_else(|e| panic!("the client failed while traced: {e}"));
+    assert_serving(&workload);
+
+    let s = read_summary(out_dir.path());
+    assert_eq!(s["stopped_by"], "signal", "{s:#}");
+    let count = u64_at(&s, "/requests/count");
+    assert!(count > 0, "no requests counted:\n{s:#}");
+    assert!(
+        count <= sent + 1,
+        "{count} requests counted but the client completed only {sent}:\n{s:#}"
+    );
+    check_summary_shape(&s);
+    check_output_files(out_dir.path());
+}
+
+#[test]
+fn sigterm_detaches_and_writes_files() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    signal_detaches_and_writes_files(libc::SIGTERM, "sigterm", 40);
+}
+
+#[test]
+fn sigint_detaches_and_writes_files() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    signal_detaches_and_writes_files(libc::SIGINT, "sigint", 10);
+}
+
+#[test]
+fn target_exit_mid_trace_finishes_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let mut workload = Workload::spawn();
+    let mut load = Load::start(&workload, "/sleep?ms=2");
+    let out_dir = TempDir::new("target-exit");
+    let pid_arg = workload.pid.to_string();
+    let mut tracer = Proc::spawn(tracer_cmd([
+        OsStr::new("--pid"),
+        OsStr::new(&pid_arg),
+        OsStr::new("-i"),
+        OsStr::new("1"),
+        OsStr::new("-o"),
+        out_dir.path().as_os_str(),
+    ]));
+    tracer.wait_attached();
+    load.wait_for_more(20);
+
+    // Reaped at once, so it is gone rather than a zombie (both count as exited).
+    workload.child.kill().expect("kill the workload");
+    workload.child.wait().expect("reap the workload");
+    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "tracer did not exit 0 after its target exited\n{}",
+        out.describe()
+    );
+    // The client loses its server, so its error is expected.
+    let _ = load.finish();
+
+    let s = read_summary(out_dir.path());
+    assert_eq!(s["stopped_by"], "target_exit", "{s:#}");
+    assert!(
+        u64_at(&s, "/requests/count") > 0,
+        "no requests counted:\n{s:#}"
+    );
+    check_summary_shape(&s);
+}
+
+#[test]
+fn nothing_stays_loaded_after_exit() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let Some(bpftool) = bpftool() else {
+        eprintln!(
+            "skipped: bpftool not found on PATH (`cargo xtask setup` installs it); it lists \
+             the kernel's BPF programs"
+        );
+        return;
+    };
+    let before = our_named_programs(&bpftool);
+    let workload = Workload::spawn();
+    let mut load = Load::start(&workload, "/sleep?ms=2");
+    let out_dir = TempDir::new("unload");
+    let pid_arg = workload.pid.to_string();
+    let mut tracer = Proc::spawn(tracer_cmd([
+        OsStr::new("--pid"),
+        OsStr::new(&pid_arg),
+        OsStr::new("--duration"),
+        OsStr::new("2"),
+        OsStr::new("-o"),
+        out_dir.path().as_os_str(),
+    ]));
+    tracer.wait_attached();
+
+    // What this tracer holds, read from its own fds while it runs (the duration starts after
+    // the attached line): exact even if other tracers run on the machine at the same time.
+    let progs = fdinfo_ids(Some(tracer.pid()), "prog_id");
+    let links = fdinfo_ids(Some(tracer.pid()), "link_id");
+    let loaded = our_named_programs(&bpftool);
+    let names: BTreeSet<&str> = progs
+        .iter()
+        .map(|id| {
+            loaded.get(id).map(String::as_str).unwrap_or_else(|| {
+                panic!(
+                    "the tracer holds program {id}, not listed under one of our names: {loaded:?}"
+                )
+            })
+        })
+        .collect();
+    for name in PROGRAM_NAMES {
+        assert!(
+            names.iter().any(|n| name.starts_with(n)),
+            "program {name} not loaded by the tracer; it holds {progs:?} = {names:?}"
+        );
+    }
+    assert!(!links.is_empty(), "the tracer holds no BPF links");
+    load.wait_for_more(10);
+
+    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert_eq!(read_summary(out_dir.path())["stopped_by"], "duration");
+
+    // Its programs and links are gone from the kernel...
+    let deadline = Instant::now() + UNLOAD_TIMEOUT;
+    loop {
+        let still_progs: Vec<u32> = our_named_programs(&bpftool)
+            .into_keys()
+            .filter(|id| progs.contains(id))
+            .collect();
+        let still_links: Vec<u32> = link_ids(&bpftool).intersection(&links).copied().collect();
+        if still_progs.is_empty() && still_links.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{UNLOAD_TIMEOUT:?} after the tracer exited, still loaded: programs \
+             {still_progs:?}, links {still_links:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    // ...and no program named like ours appeared without an owner.
+    assert_no_orphaned_programs(&bpftool, &before);
+    let _ = load.finish();
+    assert_serving(&workload);
+}
+
+#[test]
+fn hlog_loads_in_another_hdrhistogram_implementation() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    require_python_hdrh();
+    let workload = Workload::spawn();
+    let mut load = Load::start(&workload, "/sleep?ms=2");
+    let out_dir = TempDir::new("hlog");
+    let pid_arg = workload.pid.to_string();
+    let mut tracer = Proc::spawn(tracer_cmd([
+        OsStr::new("--pid"),
+        OsStr::new(&pid_arg),
+        OsStr::new("-d"),
+        OsStr::new("2"),
+        OsStr::new("-i"),
+        OsStr::new("1"),
+        OsStr::new("-o"),
+        out_dir.path().as_os_str(),
+    ]));
+    tracer.wait_attached();
+    load.wait_for_more(20);
+    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    let _ = load.finish();
+
+    let summary = read_summary(out_dir.path());
+    let count = u64_at(&summary, "/requests/count");
+    let max = u64_at(&summary, "/requests/latency_ns/max");
+    assert!(count > 0, "no requests counted:\n{summary:#}");
+
+    let script_dir = TempDir::new("hdrh-script");
+    std::fs::create_dir(script_dir.path()).expect("create script dir");
+    let script = script_dir.path().join("read_hlog.py");
+    std::fs::write(&script, HDRH_READER).expect("write the Python script");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(out_dir.path().join("latency.hlog"));
+    let py = run(cmd, HELPER_TIMEOUT);
+    assert!(
+        py.status.success(),
+        "Python hdrh could not read latency.hlog\n{}",
+        py.describe()
+    );
+    let decoded: Value = serde_json::from_str(py.stdout.trim())
+        .unwrap_or_else(|e| panic!("bad output from the Python reader ({e})\n{}", py.describe()));
+
+    let intervals = decoded["intervals"].as_u64().unwrap_or(0);
+    assert!(intervals > 0, "hdrh read no interval: {decoded:#}");
+    let by_tag = decoded["by_tag"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{decoded:#}"));
+    let mut expected_tags: Vec<&str> = CAUSES.to_vec();
+    expected_tags.push("request");
+    expected_tags.sort_unstable();
+    let tags: Vec<&str> = by_tag.keys().map(String::as_str).collect();
+    assert_eq!(tags, expected_tags, "tags read by hdrh: {decoded:#}");
+    // Every request is recorded once in the request histogram and once per cause.
+    for (tag, t) in by_tag {
+        assert_eq!(
+            t["count"].as_u64(),
+            Some(count),
+            "hdrh counts {tag} values {}, summary.json has {count} requests: {decoded:#}",
+            t["count"]
+        );
+        assert_eq!(
+            t["intervals"], by_tag["request"]["intervals"],
+            "tag {tag} has another number of intervals: {decoded:#}"
+        );
+    }
+    assert_eq!(
+        decoded["total_count"].as_u64(),
+        Some(8 * count),
+        "{decoded:#}"
+    );
+    assert_eq!(
+        by_tag["request"]["max"].as_u64(),
+        Some(max),
+        "request max decoded by hdrh differs from summary.json latency_ns.max: {decoded:#}"
+    );
+}
