@@ -133,6 +133,45 @@ pub enum Loss {
 }
 pub const LOSS_KINDS: u32 = 3;
 
+/// Tracepoint field offsets the kernel programs read directly from their context (a direct
+/// load with a constant offset costs nothing; a helper call per field does). The collector
+/// checks every one against the tracefs `format` file before loading and refuses to run on a
+/// kernel whose layout differs. These layouts have not changed since Linux 4.x: see
+/// include/trace/events/sched.h, include/trace/events/task.h and kernel/trace/trace_syscalls.c
+/// (Linux 6.18).
+pub mod layout {
+    /// (category, event, field, offset) for every field read.
+    pub const FIELDS: &[(&str, &str, &str, usize)] = &[
+        ("sched", "sched_switch", "prev_state", SWITCH_PREV_STATE),
+        ("sched", "sched_switch", "next_pid", SWITCH_NEXT_PID),
+        ("sched", "sched_wakeup", "pid", WAKEUP_PID),
+        ("sched", "sched_wakeup_new", "pid", WAKEUP_PID),
+        ("task", "task_newtask", "pid", NEWTASK_PID),
+        ("task", "task_newtask", "clone_flags", NEWTASK_CLONE_FLAGS),
+        ("syscalls", "sys_enter_read", "__syscall_nr", SYSCALL_NR),
+        ("syscalls", "sys_enter_read", "fd", SYSCALL_ARG0),
+        ("syscalls", "sys_enter_futex", "op", SYSCALL_ARG1),
+        ("syscalls", "sys_exit_read", "ret", SYSCALL_RET),
+    ];
+    /// `long prev_state`
+    pub const SWITCH_PREV_STATE: usize = 32;
+    /// `pid_t next_pid`
+    pub const SWITCH_NEXT_PID: usize = 56;
+    /// `pid_t pid` of sched_wakeup and sched_wakeup_new
+    pub const WAKEUP_PID: usize = 24;
+    /// `pid_t pid`
+    pub const NEWTASK_PID: usize = 8;
+    /// `u64 clone_flags`
+    pub const NEWTASK_CLONE_FLAGS: usize = 32;
+    /// `int __syscall_nr`, in every sys_enter_* and sys_exit_* event
+    pub const SYSCALL_NR: usize = 8;
+    /// The first argument of every sys_enter_* event (each argument is 8 bytes)
+    pub const SYSCALL_ARG0: usize = 16;
+    pub const SYSCALL_ARG1: usize = 24;
+    /// `long ret`, in every sys_exit_* event
+    pub const SYSCALL_RET: usize = 16;
+}
+
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
 pub mod nr {
     pub const READ: u32 = 0;

@@ -11,25 +11,6 @@ use tracer_common::{EventHeader, InSyscall, Loss, LOSS_KINDS, RING_BYTES};
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
 
-/// Tracepoint field offsets, read by the collector from tracefs `format` files at load time
-/// (Rust eBPF cannot emit CO-RE relocations, so nothing here assumes a layout).
-#[unsafe(no_mangle)]
-static OFF_SWITCH_PREV_STATE: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SWITCH_NEXT_PID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_WAKEUP_PID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_NEWTASK_PID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_NEWTASK_CLONE_FLAGS: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SYSCALL_NR: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SYSCALL_ARGS: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SYSCALL_RET: u32 = 0;
-
 #[inline(always)]
 pub fn global(v: &'static u32) -> u32 {
     // Volatile so the compiler cannot fold the zero initial value into the code.
@@ -39,31 +20,6 @@ pub fn global(v: &'static u32) -> u32 {
 #[inline(always)]
 pub fn target_tgid() -> u32 {
     global(&TARGET_TGID)
-}
-
-pub fn off_switch_prev_state() -> usize {
-    global(&OFF_SWITCH_PREV_STATE) as usize
-}
-pub fn off_switch_next_pid() -> usize {
-    global(&OFF_SWITCH_NEXT_PID) as usize
-}
-pub fn off_wakeup_pid() -> usize {
-    global(&OFF_WAKEUP_PID) as usize
-}
-pub fn off_newtask_pid() -> usize {
-    global(&OFF_NEWTASK_PID) as usize
-}
-pub fn off_newtask_clone_flags() -> usize {
-    global(&OFF_NEWTASK_CLONE_FLAGS) as usize
-}
-pub fn off_syscall_nr() -> usize {
-    global(&OFF_SYSCALL_NR) as usize
-}
-pub fn off_syscall_args() -> usize {
-    global(&OFF_SYSCALL_ARGS) as usize
-}
-pub fn off_syscall_ret() -> usize {
-    global(&OFF_SYSCALL_RET) as usize
 }
 
 /// Ring buffer of event records to the collector.

@@ -61,12 +61,13 @@ fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
 /// An execution context id: a thread id today.
 pub type ContextId = u32;
 
-/// Who woke a context.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Who woke a context. The name is kept as the kernel's fixed 16 bytes: wakeups are among the
+/// most frequent events, and they must not allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Waker {
     pub tid: u32,
     pub pid: u32,
-    pub comm: String,
+    pub comm: [u8; 16],
 }
 
 /// The syscall a context was inside when it switched out.

@@ -43,7 +43,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                 waker: Waker {
                     tid: e.waker_tid,
                     pid: e.waker_pid,
-                    comm: comm(&e.waker_comm),
+                    comm: e.waker_comm,
                 },
             });
         }

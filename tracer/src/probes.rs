@@ -9,7 +9,7 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
+use tracer_common::{layout, InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
 
 use crate::tracefs;
 
@@ -38,33 +38,18 @@ pub struct ProgramStat {
     pub run_time_ns: u64,
 }
 
-/// Tracepoint field offsets the programs read, from tracefs format files.
-fn offsets() -> Result<[(&'static str, u32); 8]> {
-    use tracefs::field_offset as off;
-    // All syscalls:sys_enter_*/sys_exit_* events share one layout (`__syscall_nr`, then the
-    // arguments as 8-byte fields, or `ret`): include/trace/syscall.h, kernel/trace/trace_syscalls.c.
-    Ok([
-        (
-            "OFF_SWITCH_PREV_STATE",
-            off("sched", "sched_switch", "prev_state")?,
-        ),
-        (
-            "OFF_SWITCH_NEXT_PID",
-            off("sched", "sched_switch", "next_pid")?,
-        ),
-        ("OFF_WAKEUP_PID", off("sched", "sched_wakeup", "pid")?),
-        ("OFF_NEWTASK_PID", off("task", "task_newtask", "pid")?),
-        (
-            "OFF_NEWTASK_CLONE_FLAGS",
-            off("task", "task_newtask", "clone_flags")?,
-        ),
-        (
-            "OFF_SYSCALL_NR",
-            off("syscalls", "sys_enter_read", "__syscall_nr")?,
-        ),
-        ("OFF_SYSCALL_ARGS", off("syscalls", "sys_enter_read", "fd")?),
-        ("OFF_SYSCALL_RET", off("syscalls", "sys_exit_read", "ret")?),
-    ])
+/// The programs read tracepoint fields at fixed offsets (`tracer_common::layout`); refuse to
+/// load them on a kernel whose tracefs format files say otherwise.
+fn check_layout() -> Result<()> {
+    for (category, event, field, expected) in layout::FIELDS {
+        let actual = tracefs::field_offset(category, event, field)?;
+        if actual as usize != *expected {
+            anyhow::bail!(
+                "unsupported kernel: tracepoint {category}:{event} has `{field}` at offset {actual}, the programs expect {expected}"
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Probes {
@@ -82,12 +67,9 @@ impl Probes {
         } else {
             None
         };
-        let offsets = offsets()?;
+        check_layout()?;
         let mut loader = EbpfLoader::new();
         loader.override_global("TARGET_TGID", &pid, true);
-        for (name, value) in &offsets {
-            loader.override_global(name, value, true);
-        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
@@ -117,7 +99,12 @@ impl Probes {
                 continue;
             }
             probes.attach_tp("sys_exit", "syscalls", &exit)?;
-            probes.attach_tp("sys_enter", "syscalls", &enter)?;
+            let program = if *syscall == "futex" {
+                "sys_enter_futex"
+            } else {
+                "sys_enter"
+            };
+            probes.attach_tp(program, "syscalls", &enter)?;
         }
         probes.seed_in_syscall(pid);
         Ok((probes, ring))

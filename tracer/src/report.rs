@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::{
     attribution::{syscall_name, Cause},
     collector::Collector,
+    decode::comm,
     export::{latency_json, wait_json},
     preflight::Target,
     probes::ProgramStat,
@@ -202,7 +203,7 @@ fn top_locks(c: &Collector) -> Vec<Value> {
                     "comm": c.comms.get(tid).map(String::as_str).unwrap_or("?"),
                 })).collect::<Vec<_>>(),
                 "wakers": wakers.iter().map(|(w, n)| json!({
-                    "tid": w.tid, "pid": w.pid, "comm": w.comm, "count": n,
+                    "tid": w.tid, "pid": w.pid, "comm": comm(&w.comm), "count": n,
                 })).collect::<Vec<_>>(),
             })
         })

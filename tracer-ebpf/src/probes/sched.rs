@@ -1,12 +1,12 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, Loss, SwitchEvent, WakeupEvent, NO_SYSCALL};
-
-use crate::maps::{
-    count_loss, current_ids, emit, header, off_switch_next_pid, off_switch_prev_state,
-    off_wakeup_pid, target_tgid, IN_SYSCALL, TARGET_TIDS,
+use aya_ebpf::{
+    helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
+    EbpfContext as _,
 };
+use tracer_common::{layout, EventKind, SwitchEvent, WakeupEvent, NO_SYSCALL};
+
+use crate::maps::{current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS};
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
 /// before `context_switch()`, kernel/sched/core.c, Linux 6.18), so a target `prev` is
@@ -20,7 +20,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, prev_tid) = current_ids();
     let prev_is_target = tgid == target_tgid() && prev_tid != 0;
-    let next_pid: i32 = read(ctx, off_switch_next_pid())?;
+    let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
     let next_is_target = unsafe { TARGET_TIDS.get(&(next_pid as u32)) }.is_some();
     if !prev_is_target && !next_is_target {
         return Ok(());
@@ -35,7 +35,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
     if prev_is_target {
         event.hdr.tid = prev_tid;
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
-        let state: u64 = read(ctx, off_switch_prev_state())?;
+        let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
         event.prev_state = state as u32;
         if let Some(inside) = unsafe { IN_SYSCALL.get(&prev_tid) } {
             event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
@@ -56,7 +56,7 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid: i32 = read(ctx, off_wakeup_pid())?;
+    let pid: i32 = field(ctx, layout::WAKEUP_PID);
     if unsafe { TARGET_TIDS.get(&(pid as u32)) }.is_none() {
         return Ok(());
     }
@@ -70,11 +70,11 @@ fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Read a tracepoint field at an offset the collector found in the format file.
+/// Read a tracepoint field with a direct context load. `OFFSET` must be one of the
+/// [`layout`] constants, which the collector checks against tracefs before loading.
 #[inline(always)]
-pub fn read<T>(ctx: &TracePointContext, offset: usize) -> Result<T, i64> {
-    unsafe { ctx.read_at::<T>(offset) }.map_err(|_| {
-        count_loss(Loss::ReadFailed);
-        -1
-    })
+pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the offset lies inside the event record (checked against the format file), and
+    // the verifier checks every context access.
+    unsafe { *(ctx.as_ptr().add(offset) as *const T) }
 }

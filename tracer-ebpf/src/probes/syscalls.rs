@@ -3,36 +3,40 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    futex_op_waits, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent, NO_SYSCALL,
+    futex_op_waits, layout, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent, NO_SYSCALL,
 };
 
-use super::sched::read;
-use crate::maps::{
-    count_loss, current_ids, emit, header, off_syscall_args, off_syscall_nr, off_syscall_ret,
-    target_tgid, IN_SYSCALL,
-};
+use super::sched::field;
+use crate::maps::{count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL};
 
 const EAGAIN: i64 = 11;
 
+/// Every traced syscall but futex. It reads no further than the first argument: the kernel
+/// refuses to attach a program that reads past the end of a tracepoint's record, and some
+/// traced syscalls (close) have one argument.
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter(&ctx);
+    let (tgid, tid) = current_ids();
+    if tgid == target_tgid() {
+        let syscall_nr = field::<i32>(&ctx, layout::SYSCALL_NR) as u32;
+        enter(tid, syscall_nr, field(&ctx, layout::SYSCALL_ARG0), 0);
+    }
     0
 }
 
-fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+/// sys_enter_futex: also keeps the op, to tell waits from wakes at exit.
+#[tracepoint]
+pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    if tgid != target_tgid() {
-        return Ok(());
+    if tgid == target_tgid() {
+        let op = field::<u64>(&ctx, layout::SYSCALL_ARG1) as u32;
+        enter(tid, nr::FUTEX, field(&ctx, layout::SYSCALL_ARG0), op);
     }
-    let syscall_nr: i32 = read(ctx, off_syscall_nr())?;
-    let arg0: u64 = read(ctx, off_syscall_args())?;
-    let syscall_nr = syscall_nr as u32;
-    let arg1 = if syscall_nr == nr::FUTEX {
-        read::<u64>(ctx, off_syscall_args() + 8)? as u32
-    } else {
-        0
-    };
+    0
+}
+
+#[inline(always)]
+fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32) {
     let inside = InSyscall {
         nr: syscall_nr,
         arg1,
@@ -49,7 +53,6 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
     }
-    Ok(())
 }
 
 #[tracepoint]
@@ -78,7 +81,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if inside.nr == nr::FUTEX && !futex_op_waits(inside.arg1) {
         return Ok(()); // wakes and requeues are not waits
     }
-    let ret: i64 = read(ctx, off_syscall_ret())?;
+    let ret: i64 = field(ctx, layout::SYSCALL_RET);
     if ret == -EAGAIN && inside.nr != nr::FUTEX {
         return Ok(()); // a non-blocking socket with nothing to do: no request boundary
     }

@@ -1,13 +1,10 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
 use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, Loss, ThreadEvent};
+use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
-use super::sched::read;
-use crate::maps::{
-    count_loss, current_ids, emit, header, off_newtask_clone_flags, off_newtask_pid, target_tgid,
-    IN_SYSCALL, TARGET_TIDS,
-};
+use super::sched::field;
+use crate::maps::{count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS};
 
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -26,11 +23,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     if tgid != target_tgid() {
         return Ok(());
     }
-    let flags: u64 = read(ctx, off_newtask_clone_flags())?;
+    let flags: u64 = field(ctx, layout::NEWTASK_CLONE_FLAGS);
     if flags & CLONE_THREAD == 0 {
         return Ok(()); // a child process, not one of the target's threads
     }
-    let pid: i32 = read(ctx, off_newtask_pid())?;
+    let pid: i32 = field(ctx, layout::NEWTASK_PID);
     if TARGET_TIDS.insert(&(pid as u32), &1, 0).is_err() {
         count_loss(Loss::MapFull);
     }

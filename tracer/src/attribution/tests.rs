@@ -27,10 +27,12 @@ fn engine() -> Engine<Fds> {
 }
 
 fn waker(tid: u32) -> Waker {
+    let mut comm = [0; 16];
+    comm[..4].copy_from_slice(&tid.to_le_bytes());
     Waker {
         tid,
         pid: tid,
-        comm: format!("w{tid}"),
+        comm,
     }
 }
 
