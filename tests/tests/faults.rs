@@ -38,11 +38,10 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The tracer's kernel programs, by function name.
-const PROGRAM_NAMES: [&str; 7] = [
+const PROGRAM_NAMES: [&str; 6] = [
     "sched_switch",
     "sched_wakeup",
     "sys_enter",
-    "sys_enter_futex",
     "sys_exit",
     "task_newtask",
     "sched_process_exit",

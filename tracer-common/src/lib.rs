@@ -148,10 +148,6 @@ pub mod layout {
         ("sched", "sched_wakeup_new", "pid", WAKEUP_PID),
         ("task", "task_newtask", "pid", NEWTASK_PID),
         ("task", "task_newtask", "clone_flags", NEWTASK_CLONE_FLAGS),
-        ("syscalls", "sys_enter_read", "__syscall_nr", SYSCALL_NR),
-        ("syscalls", "sys_enter_read", "fd", SYSCALL_ARG0),
-        ("syscalls", "sys_enter_futex", "op", SYSCALL_ARG1),
-        ("syscalls", "sys_exit_read", "ret", SYSCALL_RET),
     ];
     /// `long prev_state`
     pub const SWITCH_PREV_STATE: usize = 32;
@@ -163,13 +159,11 @@ pub mod layout {
     pub const NEWTASK_PID: usize = 8;
     /// `u64 clone_flags`
     pub const NEWTASK_CLONE_FLAGS: usize = 32;
-    /// `int __syscall_nr`, in every sys_enter_* and sys_exit_* event
-    pub const SYSCALL_NR: usize = 8;
-    /// The first argument of every sys_enter_* event (each argument is 8 bytes)
-    pub const SYSCALL_ARG0: usize = 16;
-    pub const SYSCALL_ARG1: usize = 24;
-    /// `long ret`, in every sys_exit_* event
-    pub const SYSCALL_RET: usize = 16;
+    /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h; the ptrace ABI, it
+    /// never changes) of the registers holding a syscall's first two arguments. The
+    /// raw_syscalls tracepoints pass the entry registers.
+    pub const PT_REGS_DI: usize = 112;
+    pub const PT_REGS_SI: usize = 104;
 }
 
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -211,8 +205,8 @@ pub mod nr {
     pub const FUTEX_WAITV: u32 = 449;
 }
 
-/// Every traced syscall: (tracepoint name suffix, x86-64 number). The collector attaches
-/// `syscalls:sys_enter_<name>` and `sys_exit_<name>` for each.
+/// Every traced syscall: (name, x86-64 number). The raw_syscalls programs keep only these
+/// ([`is_traced`]); the names are for output.
 pub const TRACED_SYSCALLS: &[(&str, u32)] = {
     use nr::*;
     &[
@@ -232,7 +226,7 @@ pub const TRACED_SYSCALLS: &[(&str, u32)] = {
         ("sendto", SENDTO),
         ("sendmsg", SENDMSG),
         ("sendmmsg", SENDMMSG),
-        ("sendfile64", SENDFILE),
+        ("sendfile", SENDFILE),
         ("accept", ACCEPT),
         ("accept4", ACCEPT4),
         ("connect", CONNECT),
@@ -253,6 +247,49 @@ pub const TRACED_SYSCALLS: &[(&str, u32)] = {
         ("clock_nanosleep", CLOCK_NANOSLEEP),
     ]
 };
+
+/// Is this one of [`TRACED_SYSCALLS`]? (A `match`, so the kernel side can afford it on every
+/// syscall of the target.)
+pub fn is_traced(syscall_nr: u32) -> bool {
+    use nr::*;
+    matches!(
+        syscall_nr,
+        READ | READV
+            | PREAD64
+            | PREADV
+            | PREADV2
+            | RECVFROM
+            | RECVMSG
+            | RECVMMSG
+            | WRITE
+            | WRITEV
+            | PWRITE64
+            | PWRITEV
+            | PWRITEV2
+            | SENDTO
+            | SENDMSG
+            | SENDMMSG
+            | SENDFILE
+            | ACCEPT
+            | ACCEPT4
+            | CONNECT
+            | CLOSE
+            | FUTEX
+            | FUTEX_WAITV
+            | POLL
+            | PPOLL
+            | SELECT
+            | PSELECT6
+            | EPOLL_WAIT
+            | EPOLL_PWAIT
+            | EPOLL_PWAIT2
+            | FSYNC
+            | FDATASYNC
+            | SYNC_FILE_RANGE
+            | NANOSLEEP
+            | CLOCK_NANOSLEEP
+    )
+}
 
 /// Syscalls whose return the kernel side reports as a [`SyscallEvent`]; the others are only
 /// remembered while the thread is inside them (to name why it blocked).
@@ -309,4 +346,17 @@ mod pod {
     unsafe impl aya::Pod for SyscallEvent {}
     unsafe impl aya::Pod for ThreadEvent {}
     unsafe impl aya::Pod for InSyscall {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_traced_matches_the_table() {
+        for n in 0..600 {
+            let in_table = TRACED_SYSCALLS.iter().any(|(_, nr)| *nr == n);
+            assert_eq!(is_traced(n), in_table, "syscall {n}");
+        }
+    }
 }

@@ -84,17 +84,12 @@ async fn trace(args: Args, target: Target) -> Result<()> {
 
     let (probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
     eprintln!(
-        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} tracepoints{}",
+        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} tracepoints",
         target.pid,
         target.comm,
         probes.threads,
         connections.len(),
         probes.attached(),
-        if probes.missing.is_empty() {
-            String::new()
-        } else {
-            format!(" (this kernel lacks: {})", probes.missing.join(", "))
-        }
     );
     let mut collector = Collector::new(target.pid, engine, hlog, slow);
 

@@ -6,7 +6,9 @@ use std::{fs, os::fd::OwnedFd};
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{trace_point::TracePointLink, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{layout, InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
@@ -26,9 +28,8 @@ pub struct Probes {
     _stats: Option<OwnedFd>,
     losses: PerCpuArray<MapData, u64>,
     links: Vec<TracePointLink>,
+    raw_links: Vec<RawTracePointLink>,
     pub threads: usize,
-    /// Syscall tracepoints this kernel lacks.
-    pub missing: Vec<String>,
 }
 
 /// Run time of one kernel program, from the kernel's BPF stats.
@@ -80,8 +81,8 @@ impl Probes {
             _stats: stats,
             losses,
             links: Vec::new(),
+            raw_links: Vec::new(),
             threads: 0,
-            missing: Vec::new(),
         };
         probes.attach_tp("task_newtask", "task", "task_newtask")?;
         probes.attach_tp("sched_process_exit", "sched", "sched_process_exit")?;
@@ -89,23 +90,8 @@ impl Probes {
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup_new")?;
         probes.attach_tp("sched_switch", "sched", "sched_switch")?;
-        for (syscall, _) in TRACED_SYSCALLS {
-            let (enter, exit) = (
-                format!("sys_enter_{syscall}"),
-                format!("sys_exit_{syscall}"),
-            );
-            if !tracefs::exists("syscalls", &enter) {
-                probes.missing.push(syscall.to_string());
-                continue;
-            }
-            probes.attach_tp("sys_exit", "syscalls", &exit)?;
-            let program = if *syscall == "futex" {
-                "sys_enter_futex"
-            } else {
-                "sys_enter"
-            };
-            probes.attach_tp(program, "syscalls", &enter)?;
-        }
+        probes.attach_raw("sys_exit")?;
+        probes.attach_raw("sys_enter")?;
         probes.seed_in_syscall(pid);
         Ok((probes, ring))
     }
@@ -169,6 +155,21 @@ impl Probes {
         Ok(())
     }
 
+    fn attach_raw(&mut self, name: &str) -> Result<()> {
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {name} (the verifier refused it?)"))?;
+        let id = prog
+            .attach(name)
+            .with_context(|| format!("attaching {name} to raw tracepoint {name}"))?;
+        self.raw_links.push(prog.take_link(id)?);
+        Ok(())
+    }
+
     /// Put the target's current threads into the thread-id set; returns how many.
     fn add_threads(&mut self, pid: u32) -> Result<usize> {
         let mut tids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
@@ -194,13 +195,14 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len()
+        self.links.len() + self.raw_links.len()
     }
 
     /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
     /// kernel (tens of ms here), so the links are dropped from several threads at once; the
     /// programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
+        drop(std::mem::take(&mut self.raw_links));
         let links = std::mem::take(&mut self.links);
         let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
         let mut chunks: Vec<Vec<TracePointLink>> = Vec::new();

@@ -56,15 +56,6 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
     })
 }
 
-/// Does the tracepoint exist on this kernel?
-pub fn exists(category: &str, name: &str) -> bool {
-    Path::new(TRACEFS)
-        .join("events")
-        .join(category)
-        .join(name)
-        .is_dir()
-}
-
 /// Parse `offset:N;` of the field named `field` out of a format file's text. Field lines look
 /// like `\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;`.
 pub fn parse_offset(format: &str, field: &str) -> Option<u32> {

@@ -1,38 +1,55 @@
-//! syscalls:sys_enter_* / sys_exit_*: one generic program each, attached by the collector to
-//! every syscall in its list, so syscalls the tracer does not need cost nothing.
+//! raw_syscalls:sys_enter / sys_exit as raw tracepoints: two attachments in all, no tracefs,
+//! no per-event record built by the kernel. They run for every syscall on the machine, so the
+//! target filter (one helper call and a compare) comes first, then the syscall filter.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
 use tracer_common::{
-    futex_op_waits, layout, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent, NO_SYSCALL,
+    futex_op_waits, is_traced, layout, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent,
+    NO_SYSCALL,
 };
 
-use super::sched::field;
 use crate::maps::{count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL};
 
 const EAGAIN: i64 = 11;
 
-/// Every traced syscall but futex. It reads no further than the first argument: the kernel
-/// refuses to attach a program that reads past the end of a tracepoint's record, and some
-/// traced syscalls (close) have one argument.
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
+/// `TP_PROTO(struct pt_regs *regs, long id)` (include/trace/events/syscalls.h, Linux 6.18).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let (tgid, tid) = current_ids();
-    if tgid == target_tgid() {
-        let syscall_nr = field::<i32>(&ctx, layout::SYSCALL_NR) as u32;
-        enter(tid, syscall_nr, field(&ctx, layout::SYSCALL_ARG0), 0);
+    if tgid != target_tgid() {
+        return 0;
     }
+    let syscall_nr = ctx.arg::<u64>(1) as u32;
+    if !is_traced(syscall_nr) {
+        return 0;
+    }
+    let regs = ctx.arg::<u64>(0) as *const u8;
+    let Some(arg0) = reg(regs, layout::PT_REGS_DI) else {
+        return 0;
+    };
+    let arg1 = if syscall_nr == nr::FUTEX {
+        reg(regs, layout::PT_REGS_SI).unwrap_or(0) as u32
+    } else {
+        0
+    };
+    enter(tid, syscall_nr, arg0, arg1);
     0
 }
 
-/// sys_enter_futex: also keeps the op, to tell waits from wakes at exit.
-#[tracepoint]
-pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if tgid == target_tgid() {
-        let op = field::<u64>(&ctx, layout::SYSCALL_ARG1) as u32;
-        enter(tid, nr::FUTEX, field(&ctx, layout::SYSCALL_ARG0), op);
+/// A saved user register of the syscall's entry.
+#[inline(always)]
+fn reg(regs: *const u8, offset: usize) -> Option<u64> {
+    match unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count_loss(Loss::ReadFailed);
+            None
+        }
     }
-    0
 }
 
 #[inline(always)]
@@ -55,35 +72,31 @@ fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32) {
     }
 }
 
-#[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit(&ctx);
-    0
-}
-
-fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// `TP_PROTO(struct pt_regs *regs, long ret)`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let (tgid, tid) = current_ids();
     if tgid != target_tgid() {
-        return Ok(());
+        return 0;
     }
     let Some(slot) = IN_SYSCALL.get_ptr_mut(&tid) else {
-        return Ok(()); // entered before the tracer attached
+        return 0; // no traced syscall since the tracer attached
     };
     // SAFETY: a valid map value pointer; only this thread's own programs write its slot.
     let inside = unsafe { *slot };
     if inside.nr == NO_SYSCALL {
-        return Ok(());
+        return 0;
     }
     unsafe { (*slot).nr = NO_SYSCALL };
     if !reports_exit(inside.nr) {
-        return Ok(());
+        return 0;
     }
     if inside.nr == nr::FUTEX && !futex_op_waits(inside.arg1) {
-        return Ok(()); // wakes and requeues are not waits
+        return 0; // wakes and requeues are not waits
     }
-    let ret: i64 = field(ctx, layout::SYSCALL_RET);
+    let ret = ctx.arg::<u64>(1) as i64;
     if ret == -EAGAIN && inside.nr != nr::FUTEX {
-        return Ok(()); // a non-blocking socket with nothing to do: no request boundary
+        return 0; // a non-blocking socket with nothing to do: no request boundary
     }
     emit(SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
@@ -93,5 +106,5 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         ret,
         enter_ns: inside.enter_ns,
     });
-    Ok(())
+    0
 }
