@@ -7,7 +7,9 @@
 //! one [`Cause`]. A request's breakdown is the difference of two snapshots of its context's
 //! cumulative breakdown, so its causes always sum to its latency.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use tracer_common::{nr, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
 
@@ -269,13 +271,13 @@ impl<R: FdResolver> Engine<R> {
     pub fn new(resolver: R) -> Self {
         Engine {
             resolver,
-            contexts: HashMap::new(),
-            fds: HashMap::new(),
-            open: HashMap::new(),
+            contexts: HashMap::default(),
+            fds: HashMap::default(),
+            open: HashMap::default(),
             finished: Vec::new(),
             waits: Vec::new(),
-            locks: HashMap::new(),
-            other_by_syscall: HashMap::new(),
+            locks: HashMap::default(),
+            other_by_syscall: HashMap::default(),
             aborted: 0,
             shared: 0,
         }

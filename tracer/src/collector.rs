@@ -136,6 +136,7 @@ impl Collector {
         let offset = self.interval_started.duration_since(self.started);
         let length = self.interval_started.elapsed();
         self.hlog.write_interval(&self.interval, offset, length)?;
+        self.totals.requests.add(&self.interval);
         self.slow.flush()?;
         self.name_threads();
         self.interval.reset();

@@ -1,8 +1,6 @@
 //! Ring-buffer records to engine events, and a small reorder window: the ring buffer is shared
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
-use std::{cmp::Reverse, collections::BinaryHeap};
-
 use tracer_common::{
     EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, WakeupEvent, NO_SYSCALL,
 };
@@ -100,68 +98,38 @@ pub fn event_ts(e: &Event) -> u64 {
 }
 
 /// Holds events back until no earlier one can still arrive, then releases them in
-/// timestamp order (ties in arrival order).
+/// timestamp order (ties in arrival order). Records arrive nearly sorted, so a stable sort of
+/// the held events on each release costs about one pass.
 pub struct Reorder {
     window_ns: u64,
-    heap: BinaryHeap<Reverse<Pending>>,
+    pending: Vec<Event>,
     newest: u64,
-    seq: u64,
-}
-
-struct Pending {
-    ts: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        (self.ts, self.seq) == (other.ts, other.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.ts, self.seq).cmp(&(other.ts, other.seq))
-    }
 }
 
 impl Reorder {
     pub fn new(window_ns: u64) -> Self {
         Reorder {
             window_ns,
-            heap: BinaryHeap::new(),
+            pending: Vec::new(),
             newest: 0,
-            seq: 0,
         }
     }
 
     pub fn push(&mut self, event: Event) {
-        let ts = event_ts(&event);
-        self.newest = self.newest.max(ts);
-        self.seq += 1;
-        self.heap.push(Reverse(Pending {
-            ts,
-            seq: self.seq,
-            event,
-        }));
+        self.newest = self.newest.max(event_ts(&event));
+        self.pending.push(event);
     }
 
     /// Release the events older than the window (all of them with `all`).
-    pub fn release(&mut self, all: bool, mut sink: impl FnMut(Event)) {
+    pub fn release(&mut self, all: bool, sink: impl FnMut(Event)) {
+        self.pending.sort_by_key(event_ts);
         let horizon = self.newest.saturating_sub(self.window_ns);
-        while let Some(Reverse(top)) = self.heap.peek() {
-            if !all && top.ts > horizon {
-                break;
-            }
-            let Reverse(p) = self.heap.pop().expect("peeked");
-            sink(p.event);
-        }
+        let ready = if all {
+            self.pending.len()
+        } else {
+            self.pending.partition_point(|e| event_ts(e) <= horizon)
+        };
+        self.pending.drain(..ready).for_each(sink);
     }
 
     pub fn newest(&self) -> u64 {
@@ -230,10 +198,16 @@ mod tests {
         for ts in [50, 10, 30, 200] {
             r.push(Event::Lost { ts });
         }
+        r.push(Event::SwitchIn { ts: 30, tid: 9 }); // a tie keeps arrival order
         let mut got = Vec::new();
-        r.release(false, |e| got.push(event_ts(&e)));
-        assert_eq!(got, vec![10, 30, 50], "200 is inside the window");
-        r.release(true, |e| got.push(event_ts(&e)));
-        assert_eq!(got, vec![10, 30, 50, 200]);
+        r.release(false, |e| got.push(e));
+        assert_eq!(
+            got.iter().map(event_ts).collect::<Vec<_>>(),
+            vec![10, 30, 30, 50],
+            "200 is inside the window"
+        );
+        assert_eq!(got[2], Event::SwitchIn { ts: 30, tid: 9 });
+        r.release(true, |e| got.push(e));
+        assert_eq!(event_ts(&got[4]), 200);
     }
 }

@@ -33,6 +33,14 @@ impl RequestHistograms {
         }
     }
 
+    /// Add another set (an interval's) into this one.
+    pub fn add(&mut self, other: &RequestHistograms) {
+        let _ = self.latency.add(&other.latency);
+        for (h, o) in self.causes.iter_mut().zip(&other.causes) {
+            let _ = h.add(o);
+        }
+    }
+
     pub fn reset(&mut self) {
         self.latency.reset();
         self.causes.iter_mut().for_each(Histogram::reset);
@@ -126,8 +134,8 @@ impl Totals {
         }
     }
 
+    /// Count a request; its histograms are added per interval ([`RequestHistograms::add`]).
     pub fn record_request(&mut self, r: &Request) {
-        self.requests.record(r);
         self.request_log2_us.record(r.latency_ns / 1000);
         for c in Cause::ALL {
             self.breakdown[c.index()] += r.breakdown[c.index()];

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the tracer's overhead, measured as ratios within one run.
 //!
 //! For each scenario one workload server runs while load phases alternate: baseline (no
-//! tracer), traced (tracer attached with `--bpf-stats`), baseline, traced, ... The traced phases
+//! tracer), traced, baseline, traced, ..., then one traced phase with `--bpf-stats` for the
+//! kernel programs' costs (the statistics cost time themselves). The traced phases
 //! also yield the tracer's own summary: events received and lost, collector CPU and memory, and
 //! the kernel programs' run counts and times.
 
@@ -83,6 +84,9 @@ struct Traced {
 struct Measured {
     baseline: Vec<Load>,
     traced: Vec<Traced>,
+    /// One more traced phase with `--bpf-stats`, for the per-program costs only: the kernel's
+    /// run-time statistics cost time themselves, so throughput is compared without them.
+    stats: Option<Traced>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -153,6 +157,7 @@ fn measure(
     let mut measured = Measured {
         baseline: Vec::new(),
         traced: Vec::new(),
+        stats: None,
     };
     for round in 1..=args.rounds {
         let phase = format!("{} baseline {round}", scenario.name);
@@ -164,9 +169,12 @@ fn measure(
         let phase = format!("{} traced {round}", scenario.name);
         let out_dir = tmp.join(format!("{}-{round}", scenario.name));
         let traced = traced_phase(
-            tracer,
-            server.pid,
-            args.seconds,
+            TracerSpec {
+                tracer,
+                pid: server.pid,
+                seconds: args.seconds,
+                bpf_stats: false,
+            },
             &out_dir,
             &mut load(),
             &phase,
@@ -177,6 +185,23 @@ fn measure(
         measured.traced.push(traced);
         thread::sleep(SETTLE);
     }
+    let phase = format!("{} traced with --bpf-stats", scenario.name);
+    let out_dir = tmp.join(format!("{}-stats", scenario.name));
+    let stats = traced_phase(
+        TracerSpec {
+            tracer,
+            pid: server.pid,
+            seconds: args.seconds,
+            bpf_stats: true,
+        },
+        &out_dir,
+        &mut load(),
+        &phase,
+        failures,
+    )
+    .with_context(|| phase.clone())?;
+    println!("{phase}: {}", describe(&stats.load));
+    measured.stats = Some(stats);
     server.stop();
     Ok(measured)
 }
@@ -207,22 +232,35 @@ fn run_load(cmd: &mut Command) -> Result<Load> {
 
 /// One traced phase: start the tracer, wait until it has attached (or [`ATTACH_WAIT`]), run
 /// the load, then stop the tracer with SIGTERM and read its summary.
-fn traced_phase(
-    tracer: &Path,
+/// What a traced phase runs: which tracer, on which PID, for how long, with BPF stats or not.
+struct TracerSpec<'a> {
+    tracer: &'a Path,
     pid: u32,
     seconds: u32,
+    bpf_stats: bool,
+}
+
+fn traced_phase(
+    spec: TracerSpec,
     out_dir: &Path,
     load: &mut Command,
     phase: &str,
     failures: &mut Vec<String>,
 ) -> Result<Traced> {
+    let TracerSpec {
+        tracer,
+        pid,
+        seconds,
+        bpf_stats,
+    } = spec;
     if out_dir.exists() {
         fs::remove_dir_all(out_dir).with_context(|| format!("removing {}", out_dir.display()))?;
     }
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
     let mut cmd = Command::new(tracer);
-    cmd.args(["--pid", &pid.to_string(), "--bpf-stats"])
+    cmd.args(["--pid", &pid.to_string()])
+        .args(bpf_stats.then_some("--bpf-stats"))
         .args(["--duration", &(seconds + 1).to_string()])
         .arg("--output")
         .arg(out_dir)
@@ -391,7 +429,9 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
     let rss_mib = max(field("/collector/max_rss_kb")).map(|kb| kb / 1024.0);
 
     let mut programs: BTreeMap<String, ProgramTotals> = BTreeMap::new();
-    for (summary, duration) in summaries.iter().zip(&durations) {
+    let stats_summary = measured.stats.as_ref().and_then(|t| t.summary.as_ref());
+    let stats_duration = stats_summary.and_then(|s| number(s, "/duration_s"));
+    for (summary, duration) in [(stats_summary, stats_duration)].iter() {
         let Some(list) = summary.and_then(|s| s.get("programs")?.as_array()) else {
             continue;
         };
