@@ -187,7 +187,7 @@ fn other_detail(c: &Collector) -> String {
 
 fn top_locks(c: &Collector) -> Vec<Value> {
     let mut locks: Vec<_> = c.engine.locks.iter().collect();
-    locks.sort_by(|a, b| b.1.wait_ns.cmp(&a.1.wait_ns));
+    locks.sort_by_key(|(_, l)| std::cmp::Reverse(l.wait_ns));
     locks
         .into_iter()
         .take(TOP_LOCKS)
@@ -281,7 +281,7 @@ pub fn summary_json(
         "collector": { "cpu_s": user_s + sys_s, "user_s": user_s, "sys_s": sys_s, "max_rss_kb": max_rss_kb },
         "programs": programs.iter().map(|p| json!({
             "name": p.name, "run_count": p.run_count, "run_time_ns": p.run_time_ns,
-            "ns_per_run": if p.run_count > 0 { p.run_time_ns / p.run_count } else { 0 },
+            "ns_per_run": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
         })).collect::<Vec<_>>(),
     })
 }

@@ -21,7 +21,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, prev_tid) = current_ids();
     let prev_is_target = tgid == target_tgid() && prev_tid != 0;
     let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
-    let next_is_target = unsafe { TARGET_TIDS.get(&(next_pid as u32)) }.is_some();
+    let next_is_target = unsafe { TARGET_TIDS.get(next_pid as u32) }.is_some();
     if !prev_is_target && !next_is_target {
         return Ok(());
     }
@@ -37,7 +37,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
         let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
         event.prev_state = state as u32;
-        if let Some(inside) = unsafe { IN_SYSCALL.get(&prev_tid) } {
+        if let Some(inside) = unsafe { IN_SYSCALL.get(prev_tid) } {
             event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
             event.syscall_arg0 = inside.arg0;
         }
@@ -57,7 +57,7 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 
 fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), i64> {
     let pid: i32 = field(ctx, layout::WAKEUP_PID);
-    if unsafe { TARGET_TIDS.get(&(pid as u32)) }.is_none() {
+    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
         return Ok(());
     }
     let (waker_pid, waker_tid) = current_ids();

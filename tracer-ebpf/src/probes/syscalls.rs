@@ -62,10 +62,10 @@ fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32) {
     };
     // Overwrite the thread's slot in place when it has one: cheaper than a hash insert
     // (no bucket lock, no allocation). Slots are freed when the thread exits.
-    match IN_SYSCALL.get_ptr_mut(&tid) {
+    match IN_SYSCALL.get_ptr_mut(tid) {
         Some(slot) => unsafe { *slot = inside },
         None => {
-            if IN_SYSCALL.insert(&tid, &inside, 0).is_err() {
+            if IN_SYSCALL.insert(tid, inside, 0).is_err() {
                 count_loss(Loss::MapFull);
             }
         }
@@ -79,7 +79,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if tgid != target_tgid() {
         return 0;
     }
-    let Some(slot) = IN_SYSCALL.get_ptr_mut(&tid) else {
+    let Some(slot) = IN_SYSCALL.get_ptr_mut(tid) else {
         return 0; // no traced syscall since the tracer attached
     };
     // SAFETY: a valid map value pointer; only this thread's own programs write its slot.

@@ -28,7 +28,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(()); // a child process, not one of the target's threads
     }
     let pid: i32 = field(ctx, layout::NEWTASK_PID);
-    if TARGET_TIDS.insert(&(pid as u32), &1, 0).is_err() {
+    if TARGET_TIDS.insert(pid as u32, 1, 0).is_err() {
         count_loss(Loss::MapFull);
     }
     emit(ThreadEvent {
@@ -45,8 +45,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != target_tgid() {
         return 0;
     }
-    let _ = TARGET_TIDS.remove(&tid);
-    let _ = IN_SYSCALL.remove(&tid);
+    let _ = TARGET_TIDS.remove(tid);
+    let _ = IN_SYSCALL.remove(tid);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
         comm: bpf_get_current_comm().unwrap_or_default(),
