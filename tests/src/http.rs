@@ -134,6 +134,13 @@ impl Response {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+
+    /// `X-Cpu-Ns`: CPU time the server thread used in the handler (0 if absent).
+    pub fn cpu_ns(&self) -> u64 {
+        self.header("X-Cpu-Ns")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// Parses a response status line and header lines.

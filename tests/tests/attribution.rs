@@ -125,18 +125,26 @@ fn each_endpoint_is_attributed_to_its_cause() {
             "{path}: traced {want} median {got} ns, server measured {expected} ns (tolerance {rel} + {abs} ns)"
         );
     };
-    // cpu: the spin is on a CPU or, when the other core is busy, waiting for one.
-    check(
-        "/cpu?ms=20",
-        "on_cpu",
-        &|s, r| {
-            (
-                cause(r, "on_cpu") + cause(r, "runqueue"),
-                s.response.handler_ns(),
-            )
-        },
-        0.15,
-        2 * MS,
+    // cpu: the spin is on a CPU or, when the other core is busy, waiting for one (on a loaded
+    // machine the run queue can even dominate: that is the right answer then).
+    for (_, r) in &by_path["/cpu?ms=20"] {
+        let (cpu, rq) = (cause(r, "on_cpu"), cause(r, "runqueue"));
+        let latency = r["latency_ns"].as_u64().unwrap();
+        assert!(
+            cpu + rq >= latency * 9 / 10,
+            "/cpu: on_cpu + runqueue under 90% of {r}"
+        );
+    }
+    let rows = &by_path["/cpu?ms=20"];
+    let spun = median(
+        rows.iter()
+            .map(|(_, r)| cause(r, "on_cpu") + cause(r, "runqueue"))
+            .collect(),
+    );
+    let measured = median(rows.iter().map(|(s, _)| s.response.handler_ns()).collect());
+    assert!(
+        near(spun, measured, 0.15, 2 * MS),
+        "/cpu: on_cpu + runqueue median {spun} ns, server measured {measured} ns"
     );
     check(
         "/sleep?ms=20",
@@ -159,26 +167,46 @@ fn each_endpoint_is_attributed_to_its_cause() {
         0.15,
         2 * MS,
     );
-    // disk: the fsync blocks in the kernel; disk_io holds at least most of it and no more
-    // than the whole handler.
-    for (s, r) in &by_path["/disk?kb=1024"] {
-        let disk = cause(r, "disk_io");
-        let fsync: u64 = s.response.header("X-Fsync-Ns").unwrap().parse().unwrap();
-        assert!(
-            disk >= fsync / 2,
-            "/disk: disk_io {disk} ns < half the fsync {fsync} ns: {r}"
-        );
-        assert!(
-            disk <= s.response.handler_ns() + MS,
-            "/disk: disk_io {disk} ns > handler {} ns",
-            s.response.handler_ns()
-        );
-        for blocked in ["lock", "net_io", "sleep", "other"] {
-            assert!(
-                cause(r, blocked) < disk,
-                "/disk: {blocked} > disk_io in {r}"
-            );
+    // disk: the writes and the fsync are on a CPU or blocked on the disk. How the two split
+    // depends on the disk (a fast virtual disk makes fsync mostly CPU work), so the check is
+    // against what the server measured of its own thread: its off-CPU time in the handler
+    // must show up as disk_io (plus the run-queue wait after each I/O completion), and none
+    // of it as another blocked cause.
+    let rows = &by_path["/disk?kb=1024"];
+    for (_, r) in rows {
+        for other in ["lock", "net_io", "sleep", "other"] {
+            assert!(cause(r, other) < MS / 2, "/disk: {other} in {r}");
         }
+    }
+    let off_cpu = median(
+        rows.iter()
+            .map(|(_, r)| cause(r, "disk_io") + cause(r, "runqueue"))
+            .collect(),
+    );
+    let measured = median(
+        rows.iter()
+            .map(|(s, _)| s.response.handler_ns().saturating_sub(s.response.cpu_ns()))
+            .collect(),
+    );
+    assert!(
+        near(off_cpu, measured, 0.25, MS),
+        "/disk: traced disk_io + runqueue median {off_cpu} ns, server off-CPU {measured} ns"
+    );
+    assert!(
+        rows.iter().filter(|(_, r)| cause(r, "disk_io") > 0).count() * 2 >= rows.len(),
+        "/disk: most requests block on the disk at least once: {rows:?}",
+        rows = rows.iter().map(|(_, r)| r).collect::<Vec<_>>()
+    );
+
+    // Every request: the time the tracer saw the thread on a CPU covers the CPU time the
+    // server's thread clock counted in the handler (plus parsing and the response write).
+    for (s, r) in sent.iter().zip(&traced) {
+        let (traced_cpu, thread_cpu) = (cause(r, "on_cpu"), s.response.cpu_ns());
+        assert!(
+            traced_cpu + MS / 10 >= thread_cpu * 9 / 10 && traced_cpu <= thread_cpu + 2 * MS,
+            "{}: traced on_cpu {traced_cpu} ns, thread CPU clock {thread_cpu} ns: {r}",
+            s.path
+        );
     }
 
     // Files and per-event histograms.

@@ -632,16 +632,13 @@ fn is_write(syscall_nr: u32) -> bool {
     )
 }
 
-/// Name of a traced syscall, for the `other` detail (`untraced`: blocked outside the traced
-/// syscalls).
+/// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).
 pub fn syscall_name(syscall_nr: Option<u32>) -> String {
     let Some(n) = syscall_nr else {
-        return "untraced".to_string();
+        return "none".to_string();
     };
-    tracer_common::TRACED_SYSCALLS
-        .iter()
-        .find(|(_, nr)| *nr == n)
-        .map_or_else(|| format!("syscall_{n}"), |(name, _)| name.to_string())
+    syscalls::x86_64::Sysno::new(n as usize)
+        .map_or_else(|| format!("syscall_{n}"), |s| s.name().to_string())
 }
 
 #[cfg(test)]

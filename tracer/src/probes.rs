@@ -11,7 +11,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{layout, InSyscall, LOSS_KINDS, TRACED_SYSCALLS};
+use tracer_common::{layout, InSyscall, LOSS_KINDS};
 
 use crate::tracefs;
 
@@ -96,7 +96,7 @@ impl Probes {
         Ok((probes, ring))
     }
 
-    /// Threads already blocked in a traced syscall when the tracer attached (an idle
+    /// Threads already blocked in a syscall when the tracer attached (an idle
     /// keep-alive read, a pending accept) entered it unseen. Their syscall is read from
     /// /proc/PID/task/TID/syscall and entered into `IN_SYSCALL` unless the kernel side has
     /// seen a newer entry (BPF_NOEXIST). A thread that leaves the syscall between the read and
@@ -126,15 +126,13 @@ impl Probes {
             let Some((nr, arg0, arg1)) = parse_proc_syscall(&text) else {
                 continue;
             };
-            if TRACED_SYSCALLS.iter().any(|(_, n)| *n == nr) {
-                let inside = InSyscall {
-                    nr,
-                    arg1: arg1 as u32,
-                    arg0,
-                    enter_ns: now,
-                };
-                let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
-            }
+            let inside = InSyscall {
+                nr,
+                arg1: arg1 as u32,
+                arg0,
+                enter_ns: now,
+            };
+            let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
         }
     }
 

@@ -9,7 +9,8 @@
 //!                  [--connections C] [--duration SECS] [--requests N]
 //! ```
 //!
-//! Endpoints of `serve` (each response carries `X-Handler-Ns`, the time spent
+//! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
+//! used, and `X-Handler-Ns`, the time spent
 //! in the endpoint's characteristic work):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
@@ -18,7 +19,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -300,6 +301,8 @@ struct Reply {
     status: u16,
     handler_ns: u64,
     fsync_ns: Option<u64>,
+    /// CPU time this thread used in the handler (CLOCK_THREAD_CPUTIME_ID), for `X-Cpu-Ns`.
+    cpu_ns: u64,
     /// Close the connection after sending this reply.
     close: bool,
 }
@@ -310,6 +313,7 @@ impl Reply {
             status: 200,
             handler_ns: nanos(handler),
             fsync_ns: None,
+            cpu_ns: 0,
             close: false,
         }
     }
@@ -319,6 +323,7 @@ impl Reply {
             status,
             handler_ns: 0,
             fsync_ns: None,
+            cpu_ns: 0,
             close: false,
         }
     }
@@ -332,7 +337,10 @@ impl Reply {
 
     /// Head and body in one buffer, for a single `write_all`.
     fn to_bytes(&self) -> Vec<u8> {
-        let mut headers = vec![("X-Handler-Ns", self.handler_ns.to_string())];
+        let mut headers = vec![
+            ("X-Handler-Ns", self.handler_ns.to_string()),
+            ("X-Cpu-Ns", self.cpu_ns.to_string()),
+        ];
         if let Some(ns) = self.fsync_ns {
             headers.push(("X-Fsync-Ns", ns.to_string()));
         }
@@ -352,8 +360,19 @@ struct Connection<'a> {
     server: &'a Server,
     /// Lazily opened connection to the backend, kept for this connection's life.
     backend: Option<BufReader<TcpStream>>,
-    /// Scratch file for `/disk`, unique to this connection.
+    /// Scratch file for `/disk`, unique to this connection; created by the first `/disk` and
+    /// overwritten in place by the next ones (no truncate or unlink inside a request: those
+    /// would block in syscalls that are not disk writes), removed with the connection.
     disk_file: PathBuf,
+    disk: Option<File>,
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        if self.disk.take().is_some() {
+            let _ = fs::remove_file(&self.disk_file);
+        }
+    }
 }
 
 impl<'a> Connection<'a> {
@@ -364,6 +383,7 @@ impl<'a> Connection<'a> {
             server,
             backend: None,
             disk_file: server.data_dir.join(name),
+            disk: None,
         }
     }
 
@@ -396,10 +416,13 @@ impl<'a> Connection<'a> {
         if req.method != "GET" {
             return Reply::closing(405);
         }
-        self.route(&req).unwrap_or_else(|e| {
+        let cpu_start = thread_cpu_ns();
+        let mut reply = self.route(&req).unwrap_or_else(|e| {
             eprintln!("workload: {} failed: {e:#}", req.path);
             Reply::closing(500)
-        })
+        });
+        reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
+        reply
     }
 
     fn route(&mut self, req: &RequestLine) -> Result<Reply> {
@@ -447,12 +470,21 @@ impl<'a> Connection<'a> {
         Ok(elapsed)
     }
 
-    /// `/disk`: writes `kb` KiB to this connection's file, fsyncs, deletes it.
-    fn disk(&self, kb: u64) -> Result<Reply> {
-        let path = &self.disk_file;
-        let result = write_and_sync(path, kb);
-        let _ = fs::remove_file(path);
-        let (total, fsync) = result.with_context(|| format!("write {}", path.display()))?;
+    /// `/disk`: writes `kb` KiB at the start of this connection's file, then fsyncs.
+    fn disk(&mut self, kb: u64) -> Result<Reply> {
+        let path = self.disk_file.clone();
+        if self.disk.is_none() {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("open {}", path.display()))?;
+            self.disk = Some(file);
+        }
+        let file = self.disk.as_mut().expect("opened above");
+        let (total, fsync) =
+            write_and_sync(file, kb).with_context(|| format!("write {}", path.display()))?;
         Ok(Reply {
             fsync_ns: Some(nanos(fsync)),
             ..Reply::ok(total)
@@ -481,6 +513,17 @@ impl Server {
     }
 }
 
+/// CPU time used so far by the calling thread.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `/cpu`: spins on the CPU for `d` of wall time.
 fn spin(d: Duration) -> Duration {
     let start = Instant::now();
@@ -506,8 +549,8 @@ fn sleep(d: Duration) -> Duration {
 
 /// Truncates `path`, writes `kb` KiB in [`DISK_CHUNK`] writes and fsyncs.
 /// Returns (writes + fsync time, fsync time).
-fn write_and_sync(path: &std::path::Path, kb: u64) -> io::Result<(Duration, Duration)> {
-    let mut file = File::create(path)?;
+fn write_and_sync(file: &mut File, kb: u64) -> io::Result<(Duration, Duration)> {
+    file.seek(io::SeekFrom::Start(0))?;
     let mut remaining = usize::try_from(kb * 1024).map_err(io::Error::other)?;
     let start = Instant::now();
     while remaining > 0 {
@@ -820,7 +863,7 @@ mod tests {
         };
         assert_eq!(
             reply.to_bytes(),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 1500\r\nX-Fsync-Ns: 7\r\n\r\nok\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 1500\r\nX-Cpu-Ns: 0\r\nX-Fsync-Ns: 7\r\n\r\nok\n"
         );
         let not_found = String::from_utf8(Reply::status(404).to_bytes()).unwrap();
         assert!(not_found.starts_with("HTTP/1.1 404 Not Found\r\n"));

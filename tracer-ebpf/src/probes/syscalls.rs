@@ -1,6 +1,8 @@
 //! raw_syscalls:sys_enter / sys_exit as raw tracepoints: two attachments in all, no tracefs,
 //! no per-event record built by the kernel. They run for every syscall on the machine, so the
-//! target filter (one helper call and a compare) comes first, then the syscall filter.
+//! target filter (one helper call and a compare) comes first. Every syscall of the target is
+//! remembered while the thread is inside it (so a block in any syscall is named); only the
+//! traced ones have their arguments read, and only some report their return.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
@@ -25,6 +27,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }
     let syscall_nr = ctx.arg::<u64>(1) as u32;
     if !is_traced(syscall_nr) {
+        // Only the number: if the thread blocks in it, the switch-out names it (`other`).
+        enter(tid, syscall_nr, 0, 0);
         return 0;
     }
     let regs = ctx.arg::<u64>(0) as *const u8;

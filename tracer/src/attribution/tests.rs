@@ -485,3 +485,11 @@ fn accept_makes_a_connection_and_close_forgets_it() {
     let reqs = feed(&mut e, [read(400, 12, 5, 350), write(500, 12)]);
     assert!(reqs.is_empty());
 }
+
+#[test]
+fn syscalls_are_named_for_the_other_detail() {
+    assert_eq!(syscall_name(Some(61)), "wait4");
+    assert_eq!(syscall_name(Some(nr::FUTEX)), "futex");
+    assert_eq!(syscall_name(None), "none");
+    assert_eq!(syscall_name(Some(100_000)), "syscall_100000");
+}
