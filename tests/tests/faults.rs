@@ -1007,3 +1007,51 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
         "request max decoded by hdrh differs from summary.json latency_ns.max: {decoded:#}"
     );
 }
+
+/// tracefs is not mounted on a fresh machine: the tracer mounts it and says so.
+#[test]
+fn mounts_tracefs_when_missing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs, unmounts tracefs)");
+        return;
+    }
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").is_dir() {
+        let out = Command::new("umount")
+            .arg(tracefs)
+            .output()
+            .expect("run umount");
+        if !out.status.success() {
+            eprintln!(
+                "skipped: tracefs is mounted and busy (umount: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+    }
+    assert!(!tracefs.join("events").is_dir(), "tracefs still mounted");
+    let workload = Workload::spawn();
+    let out_dir = TempDir::new("tracefs");
+    let pid_arg = workload.pid.to_string();
+    let finished = run(
+        tracer_cmd([
+            OsStr::new("--pid"),
+            OsStr::new(&pid_arg),
+            OsStr::new("--duration"),
+            OsStr::new("1"),
+            OsStr::new("-o"),
+            out_dir.path().as_os_str(),
+        ]),
+        EXIT_TIMEOUT,
+    );
+    assert!(finished.status.success(), "{}", finished.describe());
+    assert!(
+        finished
+            .stderr
+            .contains("tracefs was not mounted; mounted it"),
+        "the tracer says it mounted tracefs\n{}",
+        finished.describe()
+    );
+    assert!(tracefs.join("events").is_dir(), "tracefs is mounted now");
+    check_output_files(out_dir.path());
+}

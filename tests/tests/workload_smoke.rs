@@ -60,16 +60,28 @@ fn endpoints_on_one_keep_alive_connection() {
     // Everything above went over the same connection.
     assert_eq!(client.stream().local_addr().unwrap().port(), local_port);
     assert_eq!(client.get("/").unwrap().status, 200);
-    let leftovers = std::fs::read_dir(&data_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            name.to_string_lossy()
-                .starts_with(&format!("workload-{}-", workload.pid))
-        })
-        .count();
-    assert_eq!(leftovers, 0, "/disk left its file behind");
+    // The connection's /disk file goes with the connection.
+    drop(client);
+    let leftovers = || {
+        std::fs::read_dir(&data_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                name.to_string_lossy()
+                    .starts_with(&format!("workload-{}-", workload.pid))
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while leftovers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        leftovers(),
+        0,
+        "/disk left its file behind after the connection closed"
+    );
 }
 
 #[test]
