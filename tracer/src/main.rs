@@ -84,7 +84,7 @@ async fn trace(args: Args, target: Target) -> Result<()> {
 
     let (probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
     eprintln!(
-        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} tracepoints",
+        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} kernel hooks",
         target.pid,
         target.comm,
         probes.threads,

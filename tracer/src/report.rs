@@ -177,7 +177,12 @@ fn names(list: &Value) -> String {
 }
 
 fn other_detail(c: &Collector) -> String {
-    let mut v: Vec<_> = c.engine.other_by_syscall.iter().collect();
+    let mut v: Vec<_> = c
+        .engine
+        .other_by_syscall
+        .iter()
+        .filter(|(_, ns)| **ns > 0)
+        .collect();
     v.sort_by(|a, b| b.1.cmp(a.1));
     v.iter()
         .map(|(nr, ns)| format!("{} {}", syscall_name(**nr), human_ns(**ns)))
@@ -240,6 +245,7 @@ pub fn summary_json(
         .engine
         .other_by_syscall
         .iter()
+        .filter(|(_, ns)| **ns > 0)
         .map(|(nr, ns)| (syscall_name(*nr), json!(ns)))
         .collect();
     let (user_s, sys_s, max_rss_kb) = own_usage();
