@@ -205,78 +205,54 @@ pub mod nr {
     pub const FUTEX_WAITV: u32 = 449;
 }
 
-/// The syscalls whose arguments the kernel side reads: the ones that name why a thread
-/// blocked and those that delimit requests. A `match`, cheap enough for every syscall of the
-/// target.
-pub fn is_traced(syscall_nr: u32) -> bool {
+/// Read-family syscalls: their first argument is the fd read from.
+pub fn is_read(syscall_nr: u32) -> bool {
     use nr::*;
     matches!(
         syscall_nr,
-        READ | READV
-            | PREAD64
-            | PREADV
-            | PREADV2
-            | RECVFROM
-            | RECVMSG
-            | RECVMMSG
-            | WRITE
-            | WRITEV
-            | PWRITE64
-            | PWRITEV
-            | PWRITEV2
-            | SENDTO
-            | SENDMSG
-            | SENDMMSG
-            | SENDFILE
-            | ACCEPT
-            | ACCEPT4
-            | CONNECT
-            | CLOSE
-            | FUTEX
-            | FUTEX_WAITV
-            | POLL
-            | PPOLL
-            | SELECT
-            | PSELECT6
-            | EPOLL_WAIT
-            | EPOLL_PWAIT
-            | EPOLL_PWAIT2
-            | FSYNC
-            | FDATASYNC
-            | SYNC_FILE_RANGE
-            | NANOSLEEP
-            | CLOCK_NANOSLEEP
+        READ | READV | PREAD64 | PREADV | PREADV2 | RECVFROM | RECVMSG | RECVMMSG
     )
 }
 
-/// Syscalls whose return the kernel side reports as a [`SyscallEvent`]; the others are only
-/// remembered while the thread is inside them (to name why it blocked).
-pub fn reports_exit(syscall_nr: u32) -> bool {
+/// Write-family syscalls: their first argument is the fd written to (sendfile's `out_fd`).
+pub fn is_write(syscall_nr: u32) -> bool {
     use nr::*;
     matches!(
         syscall_nr,
-        READ | WRITE
-            | READV
-            | WRITEV
-            | PREAD64
-            | PWRITE64
-            | PREADV
-            | PWRITEV
-            | PREADV2
-            | PWRITEV2
-            | RECVFROM
-            | RECVMSG
-            | RECVMMSG
-            | SENDTO
-            | SENDMSG
-            | SENDMMSG
-            | SENDFILE
-            | ACCEPT
-            | ACCEPT4
-            | CLOSE
-            | FUTEX
-            | FUTEX_WAITV
+        WRITE | WRITEV | PWRITE64 | PWRITEV | PWRITEV2 | SENDTO | SENDMSG | SENDMMSG | SENDFILE
     )
+}
+
+/// Syscalls whose return the kernel side reports as a [`SyscallEvent`]: the ones that
+/// delimit requests, make connections, or wait on a futex.
+pub fn reports_exit(syscall_nr: u32) -> bool {
+    use nr::*;
+    is_read(syscall_nr)
+        || is_write(syscall_nr)
+        || matches!(syscall_nr, ACCEPT | ACCEPT4 | CLOSE | FUTEX | FUTEX_WAITV)
+}
+
+/// The syscalls whose arguments the kernel side reads: those reported at exit, and those that
+/// name why a thread blocked. Cheap enough for every syscall of the target.
+pub fn is_traced(syscall_nr: u32) -> bool {
+    use nr::*;
+    reports_exit(syscall_nr)
+        || matches!(
+            syscall_nr,
+            CONNECT
+                | POLL
+                | PPOLL
+                | SELECT
+                | PSELECT6
+                | EPOLL_WAIT
+                | EPOLL_PWAIT
+                | EPOLL_PWAIT2
+                | FSYNC
+                | FDATASYNC
+                | SYNC_FILE_RANGE
+                | NANOSLEEP
+                | CLOCK_NANOSLEEP
+        )
 }
 
 /// Futex ops that wait (`op & FUTEX_CMD_MASK`; include/uapi/linux/futex.h).

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use tracer_common::{nr, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
+use tracer_common::{is_read, is_write, nr, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
 
 /// Where a nanosecond of a request went. The names are a file-format contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -601,35 +601,6 @@ impl<R: FdResolver> Engine<R> {
             _ => Cause::Other,
         }
     }
-}
-
-fn is_read(syscall_nr: u32) -> bool {
-    matches!(
-        syscall_nr,
-        nr::READ
-            | nr::READV
-            | nr::PREAD64
-            | nr::PREADV
-            | nr::PREADV2
-            | nr::RECVFROM
-            | nr::RECVMSG
-            | nr::RECVMMSG
-    )
-}
-
-fn is_write(syscall_nr: u32) -> bool {
-    matches!(
-        syscall_nr,
-        nr::WRITE
-            | nr::WRITEV
-            | nr::PWRITE64
-            | nr::PWRITEV
-            | nr::PWRITEV2
-            | nr::SENDTO
-            | nr::SENDMSG
-            | nr::SENDMMSG
-            | nr::SENDFILE
-    )
 }
 
 /// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).
