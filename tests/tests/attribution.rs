@@ -174,9 +174,11 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // of it as another blocked cause.
     let rows = &by_path["/disk?kb=1024"];
     for (_, r) in rows {
-        for other in ["lock", "net_io", "sleep", "other"] {
+        for other in ["lock", "net_io", "sleep"] {
             assert!(cause(r, other) < MS / 2, "/disk: {other} in {r}");
         }
+        // The first /disk of a connection creates its file: openat may wait on the journal.
+        assert!(cause(r, "other") < 2 * MS, "/disk: other in {r}");
     }
     let off_cpu = median(
         rows.iter()

@@ -19,6 +19,9 @@ pub enum EventKind {
     ThreadNew = 4,
     /// [`ThreadEvent`]: a target thread exited.
     ThreadExit = 5,
+    /// [`TlsEvent`]: a TLS library call on a connection still in its handshake began or
+    /// returned.
+    Tls = 6,
 }
 
 impl EventKind {
@@ -29,6 +32,7 @@ impl EventKind {
             3 => Self::Syscall,
             4 => Self::ThreadNew,
             5 => Self::ThreadExit,
+            6 => Self::Tls,
             _ => return None,
         })
     }
@@ -106,6 +110,35 @@ pub struct ThreadEvent {
     pub hdr: EventHeader,
     /// The exiting thread's name (`ThreadExit`); the creating thread's (`ThreadNew`).
     pub comm: [u8; 16],
+}
+
+/// What a [`TlsEvent`] reports.
+pub mod tls {
+    /// A handshake function (`SSL_do_handshake`, `SSL_accept`, `SSL_connect`) was entered.
+    pub const HANDSHAKE_ENTER: u32 = 1;
+    /// A data function (`SSL_read`, `SSL_read_ex`, `SSL_peek`, `SSL_write`, `SSL_write_ex`)
+    /// was entered on a connection whose handshake has not completed: it will drive the
+    /// handshake first.
+    pub const READ_ENTER: u32 = 2;
+    pub const WRITE_ENTER: u32 = 3;
+    /// The call returned; `ret > 0` means the handshake is complete (and, for a read, that
+    /// application data was returned).
+    pub const RETURN: u32 = 4;
+}
+
+/// A TLS library call on a connection that has not finished its handshake. Only the `SSL*`
+/// (an opaque key) and the return value are read: never a buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsEvent {
+    pub hdr: EventHeader,
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// One of the [`tls`] constants.
+    pub what: u32,
+    pub _pad: u32,
+    /// The return value (for [`tls::RETURN`]).
+    pub ret: i64,
 }
 
 /// The traced syscall a target thread is inside (the `IN_SYSCALL` map's value, keyed by tid).
@@ -270,6 +303,7 @@ const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<InSyscall>() == 24);
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -280,6 +314,7 @@ mod pod {
     unsafe impl aya::Pod for SyscallEvent {}
     unsafe impl aya::Pod for ThreadEvent {}
     unsafe impl aya::Pod for InSyscall {}
+    unsafe impl aya::Pod for TlsEvent {}
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use tracer_common::{is_read, is_write, nr, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
+use tracer_common::{is_read, is_write, nr, tls, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
 
 /// Where a nanosecond of a request went. The names are a file-format contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,10 +23,15 @@ pub enum Cause {
     DiskIo,
     Sleep,
     Other,
+    /// Time of the connection's TLS handshake, carried by its first request.
+    TlsHandshake,
 }
 
+/// How many causes there are.
+pub const CAUSES: usize = 8;
+
 impl Cause {
-    pub const ALL: [Cause; 7] = [
+    pub const ALL: [Cause; CAUSES] = [
         Cause::OnCpu,
         Cause::Runqueue,
         Cause::Lock,
@@ -34,6 +39,7 @@ impl Cause {
         Cause::DiskIo,
         Cause::Sleep,
         Cause::Other,
+        Cause::TlsHandshake,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,7 @@ impl Cause {
             Cause::DiskIo => "disk_io",
             Cause::Sleep => "sleep",
             Cause::Other => "other",
+            Cause::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -54,7 +61,7 @@ impl Cause {
 }
 
 /// Nanoseconds per cause, indexed by [`Cause::index`].
-pub type Breakdown = [u64; 7];
+pub type Breakdown = [u64; CAUSES];
 
 fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
     std::array::from_fn(|i| end[i].saturating_sub(start[i]))
@@ -116,6 +123,15 @@ pub enum Event {
         /// The thread's name as it exited (kept for the lock detail).
         comm: String,
     },
+    /// A TLS library call on a connection still in its handshake began (`what` is a
+    /// `tracer_common::tls` entry kind) or returned (`tls::RETURN`, with `ret`).
+    Tls {
+        ts: u64,
+        tid: ContextId,
+        ssl: u64,
+        what: u32,
+        ret: i64,
+    },
     /// The kernel side lost events around this time.
     Lost {
         ts: u64,
@@ -175,6 +191,52 @@ pub struct LockStats {
     pub wakers: HashMap<Waker, u64>,
 }
 
+/// Phases of a TLS handshake: the thread ran (key exchange, signatures), waited for the
+/// peer's next flight, waited for a CPU, or anything else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsPhases {
+    pub cpu: u64,
+    pub peer_wait: u64,
+    pub runqueue: u64,
+    pub other: u64,
+}
+
+impl TlsPhases {
+    fn from_breakdown(b: &Breakdown) -> Self {
+        let cpu = b[Cause::OnCpu.index()];
+        let peer_wait = b[Cause::NetIo.index()];
+        let runqueue = b[Cause::Runqueue.index()];
+        TlsPhases {
+            cpu,
+            peer_wait,
+            runqueue,
+            other: b.iter().sum::<u64>() - cpu - peer_wait - runqueue,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.cpu + self.peer_wait + self.runqueue + self.other
+    }
+}
+
+/// A completed TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub ctx: ContextId,
+    pub fd: Option<u32>,
+    pub start_ns: u64,
+    pub phases: TlsPhases,
+}
+
+/// A handshake in progress, keyed by its `SSL*`.
+struct OpenHandshake {
+    ctx: ContextId,
+    start_ts: u64,
+    start: Breakdown,
+    /// The connection its socket traffic went to.
+    fd: Option<u32>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RunState {
     Running,
@@ -206,6 +268,9 @@ struct Context {
     pending_wakeup: bool,
     /// How many requests are open on this context.
     open_requests: u32,
+    /// The TLS call (`SSL*`, entry kind) the context is inside, on a connection still in its
+    /// handshake: its socket reads and writes are handshake flights, not requests.
+    tls_call: Option<(u64, u32)>,
 }
 
 impl Context {
@@ -213,10 +278,11 @@ impl Context {
         Context {
             state,
             since: ts,
-            cum: [0; 7],
+            cum: [0; CAUSES],
             last_wakeup: None,
             pending_wakeup: false,
             open_requests: 0,
+            tls_call: None,
         }
     }
 
@@ -245,6 +311,9 @@ struct OpenRequest {
     last_write: Option<(u64, Breakdown)>,
     incomplete: bool,
     shared_context: bool,
+    /// The connection's handshake, carried by its first request: when it started, and its
+    /// duration.
+    tls: Option<(u64, u64)>,
 }
 
 /// The attribution engine. Feed it events in time order with [`Engine::handle`]; take finished
@@ -256,6 +325,10 @@ pub struct Engine<R> {
     open: HashMap<u32, OpenRequest>,
     finished: Vec<Request>,
     waits: Vec<Wait>,
+    handshakes: HashMap<u64, OpenHandshake>,
+    /// Completed handshakes waiting for their connection's first request: (start, duration).
+    tls_pending: HashMap<u32, (u64, u64)>,
+    handshakes_done: Vec<Handshake>,
     /// Futex contention by address.
     pub locks: HashMap<u64, LockStats>,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
@@ -276,6 +349,9 @@ impl<R: FdResolver> Engine<R> {
             open: HashMap::default(),
             finished: Vec::new(),
             waits: Vec::new(),
+            handshakes: HashMap::default(),
+            tls_pending: HashMap::default(),
+            handshakes_done: Vec::new(),
             locks: HashMap::default(),
             other_by_syscall: HashMap::default(),
             aborted: 0,
@@ -294,6 +370,10 @@ impl<R: FdResolver> Engine<R> {
 
     pub fn take_waits(&mut self) -> Vec<Wait> {
         std::mem::take(&mut self.waits)
+    }
+
+    pub fn take_handshakes(&mut self) -> Vec<Handshake> {
+        std::mem::take(&mut self.handshakes_done)
     }
 
     #[cfg(test)]
@@ -327,6 +407,13 @@ impl<R: FdResolver> Engine<R> {
                 self.contexts.insert(tid, Context::new(ts, not_started));
             }
             Event::ThreadExit { ts, tid, .. } => self.thread_exit(ts, tid),
+            Event::Tls {
+                ts,
+                tid,
+                ssl,
+                what,
+                ret,
+            } => self.tls(ts, tid, ssl, what, ret),
             Event::Lost { .. } => {
                 for req in self.open.values_mut() {
                     req.incomplete = true;
@@ -442,6 +529,16 @@ impl<R: FdResolver> Engine<R> {
             self.transition(tid, ts, RunState::Running);
         }
         let fd = arg0 as u32;
+        let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
+        if let Some((ssl, _)) = in_tls_call {
+            if (is_read(nr) || is_write(nr)) && self.fd_kind(fd) == FdKind::Connection {
+                // A handshake flight: it belongs to the handshake, not to a request.
+                if let Some(h) = self.handshakes.get_mut(&ssl) {
+                    h.fd.get_or_insert(fd);
+                }
+                return;
+            }
+        }
         match nr {
             nr::FUTEX | nr::FUTEX_WAITV => {
                 let waited = ts.saturating_sub(enter_ts);
@@ -453,6 +550,7 @@ impl<R: FdResolver> Engine<R> {
             }
             nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
                 self.open.remove(&(ret as u32));
+                self.tls_pending.remove(&(ret as u32));
                 self.fds.insert(ret as u32, FdKind::Connection);
             }
             nr::CLOSE => {
@@ -460,6 +558,8 @@ impl<R: FdResolver> Engine<R> {
                     self.finish(fd);
                 }
                 self.fds.remove(&fd);
+                self.tls_pending.remove(&fd);
+                self.handshakes.retain(|_, h| h.fd != Some(fd));
             }
             n if is_read(n) && self.fd_kind(fd) == FdKind::Connection => {
                 if ret > 0 {
@@ -506,6 +606,7 @@ impl<R: FdResolver> Engine<R> {
                 last_write: None,
                 incomplete: false,
                 shared_context,
+                tls: self.tls_pending.remove(&fd),
             },
         );
     }
@@ -531,19 +632,62 @@ impl<R: FdResolver> Engine<R> {
             self.aborted += 1;
             return;
         };
-        let breakdown = diff(&end, &req.start);
+        let mut breakdown = diff(&end, &req.start);
+        let mut start_ns = req.start_ts;
+        if let Some((tls_start, tls_ns)) = req.tls {
+            breakdown[Cause::TlsHandshake.index()] = tls_ns;
+            start_ns = tls_start;
+        }
         if req.shared_context {
             self.shared += 1;
         }
         self.finished.push(Request {
             ctx: req.ctx,
             fd,
-            start_ns: req.start_ts,
+            start_ns,
             latency_ns: breakdown.iter().sum(),
             breakdown,
             incomplete: req.incomplete,
             shared_context: req.shared_context,
         });
+    }
+
+    fn tls(&mut self, ts: u64, tid: ContextId, ssl: u64, what: u32, ret: i64) {
+        let ctx = self.context(tid, ts, RunState::Running);
+        if what != tls::RETURN {
+            ctx.tls_call = Some((ssl, what));
+            let start = ctx.snapshot(ts);
+            self.handshakes.entry(ssl).or_insert(OpenHandshake {
+                ctx: tid,
+                start_ts: ts,
+                start,
+                fd: None,
+            });
+            return;
+        }
+        let call = ctx.tls_call.take();
+        if ret <= 0 {
+            return; // a step of a handshake that goes on (WANT_READ / WANT_WRITE) or failed
+        }
+        let Some(h) = self.handshakes.remove(&ssl) else {
+            return;
+        };
+        let Some(hctx) = self.contexts.get(&h.ctx) else {
+            return;
+        };
+        let phases = TlsPhases::from_breakdown(&diff(&hctx.snapshot(ts), &h.start));
+        self.handshakes_done.push(Handshake {
+            ctx: h.ctx,
+            fd: h.fd,
+            start_ns: h.start_ts,
+            phases,
+        });
+        let Some(fd) = h.fd else { return };
+        self.tls_pending.insert(fd, (h.start_ts, phases.total()));
+        // A read that finished the handshake went on to return the first request's bytes.
+        if matches!(call, Some((_, tls::READ_ENTER))) && self.fd_kind(fd) == FdKind::Connection {
+            self.request_bytes(ts, tid, fd, ts);
+        }
     }
 
     fn thread_exit(&mut self, ts: u64, tid: ContextId) {

@@ -10,7 +10,7 @@ Examples:
   tracer -p 1234 -d 30 -i 1      30 seconds, live breakdown every second
   tracer -p 1234 --slow 100      also log each request slower than 100 ms
 
-Causes: on_cpu, runqueue, lock, net_io, disk_io, sleep, other.
+Causes: on_cpu, runqueue, lock, net_io, disk_io, sleep, other, tls_handshake.
 Files in the output directory: summary.json, latency.hlog, requests.jsonl.
 Needs root (or CAP_BPF + CAP_PERFMON, and CAP_SYS_ADMIN if tracefs must be mounted).";
 
@@ -39,10 +39,20 @@ pub struct Args {
     #[arg(long, value_name = "MS", value_parser = non_negative_ms)]
     pub slow: Option<f64>,
 
+    /// Time TLS handshakes (OpenSSL, shared or static) with uprobes: `tls_handshake`
+    #[arg(long, value_enum, default_value_t = Tls::On)]
+    pub tls: Tls,
+
     /// Turn on the kernel's BPF run-time statistics while tracing and report each kernel
     /// program's runs and ns per run in summary.json (costs some ns per program run)
     #[arg(long)]
     pub bpf_stats: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    On,
+    Off,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {

@@ -10,7 +10,7 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
-    attribution::{Engine, Event},
+    attribution::{Breakdown, Engine, Event, CAUSES},
     decode::{decode, Reorder},
     export::{HlogWriter, SlowRequests},
     fds::ProcFds,
@@ -27,7 +27,7 @@ pub struct Collector {
     pub totals: Totals,
     /// This interval's requests, for the live table and latency.hlog.
     pub interval: RequestHistograms,
-    pub interval_breakdown: [u64; 7],
+    pub interval_breakdown: Breakdown,
     pub interval_events: u64,
     pub received: u64,
     pub malformed: u64,
@@ -54,7 +54,7 @@ impl Collector {
             reorder: Reorder::new(REORDER_WINDOW_NS),
             totals: Totals::new(),
             interval: RequestHistograms::new(),
-            interval_breakdown: [0; 7],
+            interval_breakdown: [0; CAUSES],
             interval_events: 0,
             received: 0,
             malformed: 0,
@@ -128,6 +128,9 @@ impl Collector {
         for w in self.engine.take_waits() {
             self.totals.record_wait(w);
         }
+        for h in self.engine.take_handshakes() {
+            self.totals.tls.record(&h);
+        }
         Ok(())
     }
 
@@ -140,7 +143,7 @@ impl Collector {
         self.slow.flush()?;
         self.name_threads();
         self.interval.reset();
-        self.interval_breakdown = [0; 7];
+        self.interval_breakdown = [0; CAUSES];
         self.interval_events = 0;
         self.interval_started = Instant::now();
         Ok(())

@@ -2,7 +2,8 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, WakeupEvent, NO_SYSCALL,
+    EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, TlsEvent, WakeupEvent,
+    NO_SYSCALL,
 };
 
 use crate::attribution::{Event, InSyscall, Waker};
@@ -60,6 +61,16 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
             let e: ThreadEvent = read(bytes)?;
             out.push(Event::ThreadNew { ts, tid: e.hdr.tid });
         }
+        EventKind::Tls => {
+            let e: TlsEvent = read(bytes)?;
+            out.push(Event::Tls {
+                ts,
+                tid: e.hdr.tid,
+                ssl: e.ssl,
+                what: e.what,
+                ret: e.ret,
+            });
+        }
         EventKind::ThreadExit => {
             let e: ThreadEvent = read(bytes)?;
             out.push(Event::ThreadExit {
@@ -93,6 +104,7 @@ pub fn event_ts(e: &Event) -> u64 {
         | Event::Syscall { ts, .. }
         | Event::ThreadNew { ts, .. }
         | Event::ThreadExit { ts, .. }
+        | Event::Tls { ts, .. }
         | Event::Lost { ts } => *ts,
     }
 }

@@ -19,7 +19,7 @@ use hdrhistogram::{
 use serde_json::{json, Map, Value};
 
 use crate::{
-    attribution::{Cause, Request},
+    attribution::{Breakdown, Cause, Request},
     stats::RequestHistograms,
 };
 
@@ -104,7 +104,7 @@ impl SlowRequests {
     }
 }
 
-pub fn breakdown_json(breakdown: &[u64; 7]) -> Value {
+pub fn breakdown_json(breakdown: &Breakdown) -> Value {
     let map: Map<String, Value> = Cause::ALL
         .iter()
         .map(|c| (c.name().to_string(), json!(breakdown[c.index()])))

@@ -14,6 +14,7 @@ mod preflight;
 mod probes;
 mod report;
 mod stats;
+mod tls;
 mod tracefs;
 
 use std::{process::ExitCode, time::Duration};
@@ -82,7 +83,14 @@ async fn trace(args: Args, target: Target) -> Result<()> {
         engine.set_fd_kind(*fd, FdKind::Connection);
     }
 
-    let (probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
+    let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
+    let tls_status = match args.tls {
+        cli::Tls::On => probes.attach_tls(target.pid),
+        cli::Tls::Off => tls::TlsStatus {
+            reason: Some("turned off (--tls off)".into()),
+            ..Default::default()
+        },
+    };
     eprintln!(
         "tracer: attached to PID {} ({}): {} threads, {} open connections, {} kernel hooks",
         target.pid,
@@ -91,6 +99,7 @@ async fn trace(args: Args, target: Target) -> Result<()> {
         connections.len(),
         probes.attached(),
     );
+    eprintln!("tracer: {}", tls_status.line());
     let mut collector = Collector::new(target.pid, engine, hlog, slow);
 
     let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -139,7 +148,7 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     collector.drain(&mut ring, None, true)?;
     collector.finish()?;
 
-    let summary = report::summary_json(&collector, &target, stopped_by, &programs);
+    let summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
     write_json(&args.output.join("summary.json"), &summary)?;
     collector.slow.flush()?;
     print!("{}", report::final_summary(&collector, &target, stopped_by));

@@ -13,7 +13,10 @@ use aya::{
 };
 use tracer_common::{layout, InSyscall, LOSS_KINDS};
 
-use crate::tracefs;
+use crate::{
+    tls::{self, TlsStatus},
+    tracefs,
+};
 
 /// `BPF_NOEXIST` map update flag (include/uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
@@ -29,6 +32,7 @@ pub struct Probes {
     losses: PerCpuArray<MapData, u64>,
     links: Vec<TracePointLink>,
     raw_links: Vec<RawTracePointLink>,
+    tls_links: Vec<aya::programs::uprobe::UProbeLink>,
     pub threads: usize,
 }
 
@@ -82,6 +86,7 @@ impl Probes {
             losses,
             links: Vec::new(),
             raw_links: Vec::new(),
+            tls_links: Vec::new(),
             threads: 0,
         };
         probes.attach_tp("task_newtask", "task", "task_newtask")?;
@@ -193,7 +198,40 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len() + self.raw_links.len()
+        self.links.len() + self.raw_links.len() + self.tls_links.len()
+    }
+
+    /// Find the target's OpenSSL and hook its handshake, read and write functions.
+    pub fn attach_tls(&mut self, pid: u32) -> TlsStatus {
+        let Some(ssl) = tls::find_openssl(pid) else {
+            return TlsStatus {
+                reason: Some("no OpenSSL in the target (no libssl mapped, no SSL_* symbols in its executable)".into()),
+                ..TlsStatus::default()
+            };
+        };
+        match tls::attach(&mut self.ebpf, pid, &ssl) {
+            Ok((links, hooked)) if !hooked.is_empty() => {
+                self.tls_links = links;
+                TlsStatus {
+                    library: Some(ssl.library),
+                    hooked,
+                    reason: None,
+                }
+            }
+            Ok(_) => TlsStatus {
+                library: Some(ssl.library.clone()),
+                reason: Some(format!(
+                    "none of the SSL_* functions found in {}",
+                    ssl.path.display()
+                )),
+                ..TlsStatus::default()
+            },
+            Err(e) => TlsStatus {
+                library: Some(ssl.library),
+                reason: Some(format!("{e:#}")),
+                ..TlsStatus::default()
+            },
+        }
     }
 
     /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
@@ -201,6 +239,7 @@ impl Probes {
     /// programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
         drop(std::mem::take(&mut self.raw_links));
+        drop(std::mem::take(&mut self.tls_links));
         let links = std::mem::take(&mut self.links);
         let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
         let mut chunks: Vec<Vec<TracePointLink>> = Vec::new();

@@ -12,6 +12,7 @@ use crate::{
     export::{latency_json, wait_json},
     preflight::Target,
     probes::ProgramStat,
+    tls::TlsStatus,
 };
 
 /// How many futex addresses the lock detail lists.
@@ -23,7 +24,7 @@ pub fn live_header() -> String {
         "time", "reqs", "req/s", "p50", "p99"
     );
     for c in Cause::ALL {
-        let _ = write!(s, " {:>8}", c.name());
+        let _ = write!(s, " {:>w$}", c.name(), w = column_width(c));
     }
     s + " | events   lost"
 }
@@ -41,11 +42,17 @@ pub fn live_row(c: &Collector, interval_s: f64) -> String {
         human_ns(h.value_at_quantile(0.99)),
     );
     let total: u64 = c.interval_breakdown.iter().sum();
-    for ns in c.interval_breakdown {
-        let _ = write!(s, " {:>7.1}%", percent(ns, total));
+    for cause in Cause::ALL {
+        let share = percent(c.interval_breakdown[cause.index()], total);
+        let _ = write!(s, " {:>w$.1}%", share, w = column_width(cause) - 1);
     }
     let _ = write!(s, " | {:>6} {:>6}", c.interval_events, c.lost());
     s
+}
+
+/// A live-table column: wide enough for the cause's name and a percentage.
+fn column_width(cause: Cause) -> usize {
+    cause.name().len().max(8)
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -93,14 +100,14 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
     let total: u64 = t.breakdown.iter().sum();
     let _ = writeln!(
         s,
-        "\n{:<10} {:>12} {:>7} {:>10} {:>10} {:>10}",
+        "\n{:<13} {:>12} {:>7} {:>10} {:>10} {:>10}",
         "cause", "total", "share", "p50/req", "p99/req", "max/req"
     );
     for cause in Cause::ALL {
         let h = &t.requests.causes[cause.index()];
         let _ = writeln!(
             s,
-            "{:<10} {:>12} {:>6.1}% {:>10} {:>10} {:>10}",
+            "{:<13} {:>12} {:>6.1}% {:>10} {:>10} {:>10}",
             cause.name(),
             human_ns(t.breakdown[cause.index()]),
             percent(t.breakdown[cause.index()], total),
@@ -135,6 +142,22 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
                 names(&l["wakers"]),
             );
         }
+    }
+    let hs = &t.tls.durations;
+    if !hs.is_empty() {
+        let p = &t.tls.phases;
+        let _ = writeln!(
+            s,
+            "TLS handshakes: {}  p50 {}  p99 {}  max {}; phases: cpu {}, peer_wait {}, runqueue {}, other {}",
+            hs.len(),
+            human_ns(hs.value_at_quantile(0.5)),
+            human_ns(hs.value_at_quantile(0.99)),
+            human_ns(hs.max()),
+            human_ns(p.cpu),
+            human_ns(p.peer_wait),
+            human_ns(p.runqueue),
+            human_ns(p.other),
+        );
     }
     let other = other_detail(c);
     if !other.is_empty() {
@@ -221,6 +244,7 @@ pub fn summary_json(
     target: &Target,
     stopped_by: &str,
     programs: &[ProgramStat],
+    tls: &TlsStatus,
 ) -> Value {
     let t = &c.totals;
     let total: u64 = t.breakdown.iter().sum();
@@ -269,6 +293,18 @@ pub fn summary_json(
             "socket_read_ns": wait_json(&t.socket_read.hdr),
         },
         "locks": top_locks(c),
+        "tls": {
+            "library": tls.library,
+            "hooked": tls.hooked,
+            "not_hooked_because": tls.reason,
+            "handshakes": wait_json(&t.tls.durations),
+            "phases": {
+                "cpu": { "total_ns": t.tls.phases.cpu },
+                "peer_wait": { "total_ns": t.tls.phases.peer_wait },
+                "runqueue": { "total_ns": t.tls.phases.runqueue },
+                "other": { "total_ns": t.tls.phases.other },
+            },
+        },
         "events": {
             "received": c.received,
             "lost": c.lost(),

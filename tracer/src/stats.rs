@@ -3,7 +3,7 @@
 
 use hdrhistogram::Histogram;
 
-use crate::attribution::{Breakdown, Cause, Request, Wait};
+use crate::attribution::{Breakdown, Cause, Handshake, Request, TlsPhases, Wait, CAUSES};
 
 fn histogram() -> Histogram<u64> {
     // 3 significant digits, auto-resizing: nanoseconds up to hours.
@@ -15,7 +15,7 @@ fn histogram() -> Histogram<u64> {
 /// A request-latency histogram and one per cause (ns of that cause in each request).
 pub struct RequestHistograms {
     pub latency: Histogram<u64>,
-    pub causes: [Histogram<u64>; 7],
+    pub causes: [Histogram<u64>; CAUSES],
 }
 
 impl RequestHistograms {
@@ -110,6 +110,29 @@ impl WaitHist {
     }
 }
 
+/// TLS handshakes: durations and phase totals.
+pub struct TlsStats {
+    pub durations: Histogram<u64>,
+    pub phases: TlsPhases,
+}
+
+impl TlsStats {
+    fn new() -> Self {
+        TlsStats {
+            durations: histogram(),
+            phases: TlsPhases::default(),
+        }
+    }
+
+    pub fn record(&mut self, h: &Handshake) {
+        let _ = self.durations.record(h.phases.total());
+        self.phases.cpu += h.phases.cpu;
+        self.phases.peer_wait += h.phases.peer_wait;
+        self.phases.runqueue += h.phases.runqueue;
+        self.phases.other += h.phases.other;
+    }
+}
+
 /// Everything aggregated over the whole trace.
 pub struct Totals {
     pub requests: RequestHistograms,
@@ -119,6 +142,7 @@ pub struct Totals {
     pub futex: WaitHist,
     pub runqueue: WaitHist,
     pub socket_read: WaitHist,
+    pub tls: TlsStats,
 }
 
 impl Totals {
@@ -126,11 +150,12 @@ impl Totals {
         Totals {
             requests: RequestHistograms::new(),
             request_log2_us: Log2Hist::default(),
-            breakdown: [0; 7],
+            breakdown: [0; CAUSES],
             incomplete: 0,
             futex: WaitHist::new(),
             runqueue: WaitHist::new(),
             socket_read: WaitHist::new(),
+            tls: TlsStats::new(),
         }
     }
 

@@ -23,7 +23,12 @@ use crate::{capture, cargo_home, cmdline, home, is_root, probe, run_cmd};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests use, and whether a test merely skips without them.
-const DEBIAN_PACKAGES: &[(&str, bool)] = &[("bpftool", true), ("python3-pip", false)];
+const DEBIAN_PACKAGES: &[(&str, bool)] = &[
+    ("bpftool", true),
+    ("python3-pip", false),
+    // A real TLS peer: `openssl s_server` is a traced target, `s_client` its client.
+    ("openssl", false),
+];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the
 /// PyPI package that provides it.

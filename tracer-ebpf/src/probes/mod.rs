@@ -2,3 +2,4 @@
 mod sched;
 mod syscalls;
 mod threads;
+mod tls;

@@ -493,3 +493,117 @@ fn syscalls_are_named_for_the_other_detail() {
     assert_eq!(syscall_name(None), "none");
     assert_eq!(syscall_name(Some(100_000)), "syscall_100000");
 }
+
+const SSL: u64 = 0x5000;
+
+fn tls_call(ts: u64, what: u32) -> Event {
+    Event::Tls {
+        ts,
+        tid: T,
+        ssl: SSL,
+        what,
+        ret: 0,
+    }
+}
+
+fn tls_return(ts: u64, ret: i64) -> Event {
+    Event::Tls {
+        ts,
+        tid: T,
+        ssl: SSL,
+        what: tls::RETURN,
+        ret,
+    }
+}
+
+#[test]
+fn explicit_handshake_is_carried_by_the_first_request_only() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_call(100, tls::HANDSHAKE_ENTER), // SSL_accept
+            read(110, CONN, 300, 100),           // ClientHello: a flight, not a request
+            write(200, CONN),                    // ServerHello .. Finished
+            block(210, nr::READ, CONN as u64),   // waiting for the client's Finished
+            wake(710),
+            run(720),
+            read(730, CONN, 80, 210),
+            tls_return(800, 1),
+            read(900, CONN, 100, 850), // the request (an established connection: no TLS events)
+            write(1000, CONN),
+            read(2000, CONN, 100, 1500), // the next request
+            write(2100, CONN),
+            block(2200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 2);
+    let (first, second) = (&reqs[0], &reqs[1]);
+    assert_eq!(cause(first, Cause::TlsHandshake), 700);
+    assert_eq!(first.start_ns, 100, "starts with the handshake");
+    assert_eq!(first.latency_ns, 700 + 100);
+    assert_sums(first);
+    assert_eq!(cause(second, Cause::TlsHandshake), 0);
+    assert_eq!(second.latency_ns, 100);
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(
+        hs[0].phases,
+        TlsPhases {
+            cpu: 700 - 500 - 10,
+            peer_wait: 500,
+            runqueue: 10,
+            other: 0
+        }
+    );
+    assert_eq!(hs[0].fd, Some(CONN));
+}
+
+#[test]
+fn implicit_handshake_in_ssl_read_starts_the_request() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_call(0, tls::READ_ENTER),
+            read(10, CONN, 300, 0),
+            write(50, CONN),
+            read(300, CONN, 200, 60), // client Finished + the request, in one read
+            tls_return(320, 90),      // SSL_read returned request bytes
+            write(400, CONN),
+            block(500, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 320);
+    assert_eq!(reqs[0].latency_ns, 320 + 80);
+    assert_sums(&reqs[0]);
+}
+
+#[test]
+fn non_blocking_handshake_spans_several_calls() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            tls_call(0, tls::HANDSHAKE_ENTER),
+            read(10, CONN, 300, 0),
+            write(20, CONN),
+            tls_return(30, -1), // WANT_READ: back to the event loop
+            block(40, nr::EPOLL_WAIT, 3),
+            wake(540),
+            run(540),
+            tls_call(550, tls::HANDSHAKE_ENTER),
+            read(560, CONN, 80, 555),
+            tls_return(600, 1),
+        ],
+    );
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(
+        hs[0].phases.total(),
+        600,
+        "from the first step to completion"
+    );
+    assert_eq!(hs[0].phases.peer_wait, 500);
+}

@@ -1,0 +1,288 @@
+//! TLS handshakes of a real OpenSSL server (Debian's `openssl s_server`, libssl.so.3, in its
+//! plain mode, which calls `SSL_accept`), driven by real `openssl s_client` processes.
+//!
+//! A small proxy in the test can hold the client's second flight back for a known time: the
+//! server is then blocked waiting for the peer, and that wait must land in `peer_wait`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer_tests::{is_root, session::TracerSession};
+
+const MS: u64 = 1_000_000;
+
+/// `openssl s_server` on an ephemeral port with a throw-away certificate; killed on drop.
+struct SServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl SServer {
+    fn start(name: &str) -> SServer {
+        let dir = std::env::temp_dir().join(format!("tracer-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-subj", "/CN=localhost", "-days", "1"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl req (the openssl package)");
+        assert!(status.success(), "openssl req failed");
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(dir.join("cert.pem"))
+            .arg("-key")
+            .arg(dir.join("key.pem"))
+            // Its stdin stays open (piped, never written): on EOF it would stop serving.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        wait_listening(port);
+        SServer { child, port, dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "s_server did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // That probe connection was a (failed) handshake of its own; let s_server drop it.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// One full handshake with `openssl s_client`, which then sees EOF on stdin and closes.
+fn s_client(port: u16) {
+    let out = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("BEGIN CERTIFICATE"),
+        "s_client did not complete a handshake: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP proxy to `upstream` that forwards the client's first flight at once and holds each
+/// later client chunk back by `delay`. Serves connections one at a time until dropped.
+struct DelayProxy {
+    port: u16,
+}
+
+impl DelayProxy {
+    fn start(upstream: u16, delay: Duration) -> DelayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                relay(client, server, delay);
+            }
+        });
+        DelayProxy { port }
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, delay: Duration) {
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let upstream = std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        let mut chunks = 0;
+        while let Ok(n @ 1..) = c_read.read(&mut buf) {
+            if chunks > 0 {
+                std::thread::sleep(delay);
+            }
+            chunks += 1;
+            if s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+    let (mut s_read, mut c_write) = (server, client);
+    let mut buf = [0u8; 16384];
+    while let Ok(n @ 1..) = s_read.read(&mut buf) {
+        if c_write.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = c_write.shutdown(Shutdown::Write);
+    let _ = upstream.join();
+}
+
+fn tls(summary: &Value) -> &Value {
+    &summary["tls"]
+}
+
+fn skip_unless_ready() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return true;
+    }
+    assert!(
+        Path::new("/usr/bin/openssl").exists(),
+        "openssl is missing: run `cargo xtask setup` (it installs Debian's openssl)"
+    );
+    false
+}
+
+#[test]
+fn openssl_handshakes_are_counted_and_timed() {
+    if skip_unless_ready() {
+        return;
+    }
+    let mut server = SServer::start("count");
+    let tracer = TracerSession::start(server.pid(), "tls-count", &["-i", "1"]);
+    const CONNECTIONS: u64 = 5;
+    for _ in 0..CONNECTIONS {
+        s_client(server.port);
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    assert!(
+        done.stderr.contains("TLS: OpenSSL libssl.so"),
+        "the tracer says what it hooked: {}",
+        done.stderr
+    );
+    let t = tls(&done.summary);
+    assert!(
+        t["library"].as_str().unwrap().starts_with("libssl.so"),
+        "{t}"
+    );
+    assert!(
+        t["hooked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "SSL_accept"),
+        "{t}"
+    );
+    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    let phases: u64 = ["cpu", "peer_wait", "runqueue", "other"]
+        .iter()
+        .map(|p| t["phases"][p]["total_ns"].as_u64().unwrap())
+        .sum();
+    assert!(phases > 0, "{t}");
+    assert!(
+        phases <= CONNECTIONS * t["handshakes"]["max"].as_u64().unwrap(),
+        "{t}"
+    );
+    assert!(
+        server.alive(),
+        "the server keeps running after the tracer detached"
+    );
+    s_client(server.port);
+}
+
+#[test]
+fn a_delayed_client_flight_is_peer_wait() {
+    if skip_unless_ready() {
+        return;
+    }
+    const DELAY_MS: u64 = 150;
+    const CONNECTIONS: u64 = 4;
+    let mut server = SServer::start("delay");
+    let proxy = DelayProxy::start(server.port, Duration::from_millis(DELAY_MS));
+    let tracer = TracerSession::start(server.pid(), "tls-delay", &["-i", "1"]);
+    for _ in 0..CONNECTIONS {
+        s_client(proxy.port);
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    let t = tls(&done.summary);
+    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    // Each handshake waits DELAY_MS for the client's Finished, plus the rest of the
+    // handshake (a few ms of ECDHE and signatures here).
+    let p50 = t["handshakes"]["p50"].as_u64().unwrap();
+    assert!(
+        (DELAY_MS * MS..DELAY_MS * MS + 100 * MS).contains(&p50),
+        "handshake p50 {p50} ns for a {DELAY_MS} ms delay: {t}"
+    );
+    let peer_wait = t["phases"]["peer_wait"]["total_ns"].as_u64().unwrap();
+    assert!(
+        peer_wait >= CONNECTIONS * DELAY_MS * MS * 9 / 10,
+        "peer_wait {peer_wait} ns for {CONNECTIONS} handshakes delayed {DELAY_MS} ms: {t}"
+    );
+    let cpu = t["phases"]["cpu"]["total_ns"].as_u64().unwrap();
+    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t}");
+    assert!(server.alive());
+}
+
+#[test]
+fn tls_off_hooks_nothing() {
+    if skip_unless_ready() {
+        return;
+    }
+    let server = SServer::start("off");
+    let tracer = TracerSession::start(server.pid(), "tls-off", &["--tls", "off"]);
+    s_client(server.port);
+    let done = tracer.stop();
+    let t = tls(&done.summary);
+    assert_eq!(t["handshakes"]["count"].as_u64(), Some(0), "{t}");
+    assert!(
+        t["not_hooked_because"]
+            .as_str()
+            .unwrap()
+            .contains("--tls off"),
+        "{t}"
+    );
+}

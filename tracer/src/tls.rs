@@ -1,0 +1,164 @@
+//! Finding the TLS library a target uses and hooking it: OpenSSL as a shared `libssl`
+//! (through `/proc/PID/maps`, opened through `/proc/PID/root` so containers work) or linked
+//! into the executable (its symbol table has `SSL_do_handshake`).
+
+use std::{
+    fs,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{
+        uprobe::{UProbeLink, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+use object::{Object as _, ObjectSymbol as _};
+
+/// Functions hooked, by kernel program: entry probes, and one return probe on all of them.
+const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake", "SSL_accept", "SSL_connect"];
+const READ_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_peek"];
+const WRITE_FNS: &[&str] = &["SSL_write", "SSL_write_ex"];
+
+/// The OpenSSL a target uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSsl {
+    /// What to call it in the output: `libssl.so.3`, or `static (/usr/bin/app)`.
+    pub library: String,
+    /// The file to probe, as this process can open it.
+    pub path: PathBuf,
+}
+
+/// What TLS hooking found and did, for the start-up line and summary.json.
+#[derive(Debug, Default, Clone)]
+pub struct TlsStatus {
+    pub library: Option<String>,
+    pub hooked: Vec<String>,
+    /// Why nothing is hooked, when nothing is.
+    pub reason: Option<String>,
+}
+
+impl TlsStatus {
+    pub fn line(&self) -> String {
+        match (&self.library, &self.reason) {
+            (Some(lib), _) if !self.hooked.is_empty() => {
+                format!("TLS: OpenSSL {lib}; hooked {}", self.hooked.join(", "))
+            }
+            (_, Some(reason)) => format!("TLS: not hooked: {reason}"),
+            _ => "TLS: not hooked".to_string(),
+        }
+    }
+}
+
+/// Find OpenSSL in the target: a mapped `libssl.so*`, else the executable's own symbols.
+pub fn find_openssl(pid: u32) -> Option<OpenSsl> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if let Some(lib) = mapped_libssl(&maps) {
+        let name = Path::new(lib).file_name()?.to_string_lossy().into_owned();
+        return Some(OpenSsl {
+            library: name,
+            path: root.join(lib.trim_start_matches('/')),
+        });
+    }
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    has_symbol(&exe, "SSL_do_handshake").then(|| OpenSsl {
+        library: format!(
+            "static ({})",
+            fs::read_link(&exe)
+                .unwrap_or_else(|_| exe.clone())
+                .display()
+        ),
+        path: exe,
+    })
+}
+
+/// The path of a mapped `libssl.so*` in /proc/PID/maps text.
+pub fn mapped_libssl(maps: &str) -> Option<&str> {
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
+        })
+}
+
+fn has_symbol(path: &Path, name: &str) -> bool {
+    let Ok(data) = fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .any(|s| s.is_definition() && s.name() == Ok(name))
+}
+
+/// Load the TLS programs and attach them to `ssl` in process `pid`. Functions the library
+/// lacks (`SSL_read_ex` before OpenSSL 1.1.1) are skipped.
+pub fn attach(ebpf: &mut Ebpf, pid: u32, ssl: &OpenSsl) -> Result<(Vec<UProbeLink>, Vec<String>)> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+    let mut links = Vec::new();
+    let mut hooked = Vec::new();
+    let all: Vec<&str> = [HANDSHAKE_FNS, READ_FNS, WRITE_FNS].concat();
+    let plan: [(&str, &[&str]); 5] = [
+        ("ssl_handshake_enter", HANDSHAKE_FNS),
+        ("ssl_read_enter", READ_FNS),
+        ("ssl_write_enter", WRITE_FNS),
+        ("ssl_return", &all),
+        ("ssl_free", &["SSL_free"]),
+    ];
+    for (program, functions) in plan {
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {program}"))?;
+        for function in functions {
+            let Ok(id) = prog.attach(*function, &ssl.path, scope) else {
+                continue; // not in this OpenSSL
+            };
+            links.push(prog.take_link(id)?);
+            if program != "ssl_return" && program != "ssl_free" {
+                hooked.push(function.to_string());
+            }
+        }
+    }
+    Ok((links, hooked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_is_found_in_maps() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 123 /usr/bin/openssl
+7f1e2c000000-7f1e2c020000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1e2c100000-7f1e2c300000 r--p 00000000 fe:00 789 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            mapped_libssl(maps),
+            Some("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+        );
+        assert_eq!(
+            mapped_libssl("7f00-7f01 r--p 0 fe:00 1 /lib/libc.so.6\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn symbols_are_read_from_elf_files() {
+        let me = std::env::current_exe().unwrap();
+        assert!(!has_symbol(&me, "SSL_do_handshake"));
+        assert!(has_symbol(&me, "main"));
+    }
+}
