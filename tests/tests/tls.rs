@@ -26,6 +26,11 @@ struct SServer {
 
 impl SServer {
     fn start(name: &str) -> SServer {
+        Self::start_with(name, &[])
+    }
+
+    /// `extra`: more s_server flags, e.g. `-www`.
+    fn start_with(name: &str, extra: &[&str]) -> SServer {
         let dir = std::env::temp_dir().join(format!("tracer-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let status = Command::new("openssl")
@@ -55,6 +60,7 @@ impl SServer {
             .arg(dir.join("cert.pem"))
             .arg("-key")
             .arg(dir.join("key.pem"))
+            .args(extra)
             // Its stdin stays open (piped, never written): on EOF it would stop serving.
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -285,4 +291,52 @@ fn tls_off_hooks_nothing() {
             .contains("--tls off"),
         "{t}"
     );
+}
+
+/// `openssl s_server -www` drives OpenSSL through a BIO: no exported handshake, read or write
+/// function is called, so no uprobe sees its handshakes. The TLS record framing on the
+/// socket does: each connection's handshake is one handshake, not requests, and the
+/// connection's one request carries it.
+#[test]
+fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
+    if skip_unless_ready() {
+        return;
+    }
+    let server = SServer::start_with("www", &["-www"]);
+    let tracer = TracerSession::start(server.pid(), "tls-www", &["-i", "1", "--slow", "0"]);
+    const CONNECTIONS: u64 = 4;
+    for _ in 0..CONNECTIONS {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("https://127.0.0.1:{}/", server.port))
+            .output()
+            .expect("run curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "curl: {out:?}");
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    let t = tls(&done.summary);
+    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    assert_eq!(
+        done.summary["requests"]["count"].as_u64(),
+        Some(CONNECTIONS),
+        "one request per connection, not one per handshake flight: {:?}",
+        done.requests
+    );
+    for r in &done.requests {
+        let hs = r["breakdown"]["tls_handshake"].as_u64().unwrap();
+        assert!(
+            hs > 0,
+            "the connection's first request carries its handshake: {r}"
+        );
+        assert!(hs < r["latency_ns"].as_u64().unwrap(), "{r}");
+    }
 }

@@ -93,7 +93,8 @@ pub struct WakeupEvent {
 pub struct SyscallEvent {
     pub hdr: EventHeader,
     pub nr: u32,
-    /// The futex op for futex calls, else 0.
+    /// The futex op for futex calls. For reads and writes: [`tls_record`] of the bytes
+    /// transferred, or 0 when they do not start with a TLS record header.
     pub arg1: u32,
     /// The first argument: an fd, or the futex address.
     pub arg0: u64,
@@ -151,6 +152,9 @@ pub struct InSyscall {
     pub arg1: u32,
     pub arg0: u64,
     pub enter_ns: u64,
+    /// The buffer of read/recvfrom/write/sendto (whose first bytes may be a TLS record
+    /// header), else 0.
+    pub buf: u64,
 }
 
 /// Reasons an event or a piece of one was lost; indexes of the `LOSSES` per-CPU array.
@@ -288,6 +292,30 @@ pub fn is_traced(syscall_nr: u32) -> bool {
         )
 }
 
+/// Classify the first 5 bytes a read or write transferred: when they are a TLS record header
+/// (content type 20..=23 — change_cipher_spec, alert, handshake, application_data — and
+/// version 3.x), `content_type << 16 | length`; else 0. The kernel side reports only this
+/// classification, never the bytes, so plaintext payloads never leave the kernel.
+pub fn tls_record(header: [u8; 5]) -> u32 {
+    let [content_type, major, minor, len_hi, len_lo] = header;
+    let length = u16::from_be_bytes([len_hi, len_lo]);
+    let plausible =
+        (20..=23).contains(&content_type) && major == 3 && minor <= 4 && length <= 18432;
+    if plausible {
+        (content_type as u32) << 16 | length as u32
+    } else {
+        0
+    }
+}
+
+/// TLS record content types (RFC 8446 section 5.1).
+pub mod tls_content {
+    pub const CHANGE_CIPHER_SPEC: u32 = 20;
+    pub const ALERT: u32 = 21;
+    pub const HANDSHAKE: u32 = 22;
+    pub const APPLICATION_DATA: u32 = 23;
+}
+
 /// Futex ops that wait (`op & FUTEX_CMD_MASK`; include/uapi/linux/futex.h).
 pub fn futex_op_waits(op: u32) -> bool {
     // FUTEX_WAIT 0, FUTEX_LOCK_PI 6, FUTEX_WAIT_BITSET 9, FUTEX_WAIT_REQUEUE_PI 11, FUTEX_LOCK_PI2 13
@@ -302,7 +330,7 @@ const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<InSyscall>() == 24);
+const _: () = assert!(core::mem::size_of::<InSyscall>() == 32);
 const _: () = assert!(core::mem::size_of::<TlsEvent>() == 40);
 
 #[cfg(feature = "user")]
@@ -320,6 +348,24 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_record_headers_are_recognised_and_plaintext_is_not() {
+        assert_eq!(
+            tls_record([22, 3, 1, 0x02, 0x00]),
+            22 << 16 | 512,
+            "a ClientHello"
+        );
+        assert_eq!(tls_record([23, 3, 3, 0x00, 0x35]), 23 << 16 | 53);
+        assert_eq!(tls_record(*b"GET /"), 0);
+        assert_eq!(tls_record(*b"HTTP/"), 0);
+        assert_eq!(tls_record([22, 2, 0, 0, 1]), 0, "SSLv2-era version");
+        assert_eq!(
+            tls_record([22, 3, 3, 0xff, 0xff]),
+            0,
+            "longer than any record"
+        );
+    }
 
     #[test]
     fn traced_syscalls_cover_the_causes_and_report_a_subset() {

@@ -11,6 +11,15 @@ use tracer_common::{EventHeader, InSyscall, Loss, LOSS_KINDS, RING_BYTES};
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
 
+/// 1: report whether read/write buffers start with a TLS record header (`--tls on`).
+#[unsafe(no_mangle)]
+static TLS_RECORDS: u32 = 0;
+
+#[inline(always)]
+pub fn tls_records() -> bool {
+    global(&TLS_RECORDS) != 0
+}
+
 #[inline(always)]
 pub fn global(v: &'static u32) -> u32 {
     // Volatile so the compiler cannot fold the zero initial value into the code.

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use tracer_common::{is_read, is_write, nr, tls, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE};
+use tracer_common::{
+    is_read, is_write, nr, tls, tls_content, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE,
+};
 
 /// Where a nanosecond of a request went. The names are a file-format contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +114,8 @@ pub enum Event {
         arg0: u64,
         ret: i64,
         enter_ts: u64,
+        /// For reads and writes: `tracer_common::tls_record` of the bytes moved (0: none).
+        tls_record: u32,
     },
     ThreadNew {
         ts: u64,
@@ -228,6 +232,80 @@ pub struct Handshake {
     pub phases: TlsPhases,
 }
 
+/// What a syscall return carries, besides its thread and time.
+#[derive(Clone, Copy)]
+struct SyscallReturn {
+    nr: u32,
+    arg0: u64,
+    ret: i64,
+    enter_ts: u64,
+    tls_record: u32,
+}
+
+/// A connection's TLS state as its record framing shows it (for servers whose handshake no
+/// uprobe sees, e.g. OpenSSL driven through a BIO).
+struct TlsWire {
+    phase: WirePhase,
+    /// The record being read: its content type, and how many of its bytes are still to come
+    /// (OpenSSL reads a 5-byte header, then the body).
+    rx_type: u32,
+    rx_left: i64,
+}
+
+enum WirePhase {
+    Handshaking {
+        ctx: ContextId,
+        start_ts: u64,
+        start: Breakdown,
+        /// The server has sent its first flight.
+        server_flight: bool,
+        /// The client has sent its second flight (TLS 1.2 key exchange).
+        client_flight: bool,
+    },
+    Established,
+}
+
+impl TlsWire {
+    fn new(phase: WirePhase) -> Self {
+        TlsWire {
+            phase,
+            rx_type: 0,
+            rx_left: 0,
+        }
+    }
+
+    /// Account a read of `ret` bytes whose first 5 bytes classified as `record`; returns the
+    /// content type of the record it belongs to (0: unknown), and whether it also holds bytes
+    /// past the end of that record.
+    fn read(&mut self, ret: i64, record: u32) -> (u32, bool) {
+        if self.rx_left > 0 {
+            let overflow = ret > self.rx_left;
+            self.rx_left = (self.rx_left - ret).max(0);
+            return (self.rx_type, overflow);
+        }
+        if record == 0 {
+            return (0, false);
+        }
+        // A TLS 1.3 alert travels as application_data: classify it by its size.
+        self.rx_type = if is_encrypted_alert(record) {
+            tls_content::ALERT
+        } else {
+            record >> 16
+        };
+        let whole = 5 + (record & 0xffff) as i64;
+        self.rx_left = (whole - ret).max(0);
+        (self.rx_type, ret > whole)
+    }
+}
+
+/// The size of a TLS 1.3 encrypted alert record's body (2-byte alert, content type, 16-byte
+/// AEAD tag): a close_notify, not request bytes.
+const ENCRYPTED_ALERT_LEN: u32 = 19;
+
+/// The longest TLS 1.3 client Finished record (SHA-384: 48 bytes + type + 16-byte tag, plus
+/// a 5-byte header).
+const MAX_FINISHED_RECORD: i64 = 5 + 48 + 1 + 16;
+
 /// A handshake in progress, keyed by its `SSL*`.
 struct OpenHandshake {
     ctx: ContextId,
@@ -329,6 +407,8 @@ pub struct Engine<R> {
     /// Completed handshakes waiting for their connection's first request: (start, duration).
     tls_pending: HashMap<u32, (u64, u64)>,
     handshakes_done: Vec<Handshake>,
+    /// Handshakes seen only in the TLS record framing on the socket, by fd.
+    tls_wire: HashMap<u32, TlsWire>,
     /// Futex contention by address.
     pub locks: HashMap<u64, LockStats>,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
@@ -352,6 +432,7 @@ impl<R: FdResolver> Engine<R> {
             handshakes: HashMap::default(),
             tls_pending: HashMap::default(),
             handshakes_done: Vec::new(),
+            tls_wire: HashMap::default(),
             locks: HashMap::default(),
             other_by_syscall: HashMap::default(),
             aborted: 0,
@@ -398,7 +479,18 @@ impl<R: FdResolver> Engine<R> {
                 arg0,
                 ret,
                 enter_ts,
-            } => self.syscall(ts, tid, nr, arg0, ret, enter_ts),
+                tls_record,
+            } => self.syscall(
+                ts,
+                tid,
+                SyscallReturn {
+                    nr,
+                    arg0,
+                    ret,
+                    enter_ts,
+                    tls_record,
+                },
+            ),
             Event::ThreadNew { ts, tid } => {
                 let not_started = RunState::Blocked {
                     cause: Cause::Other,
@@ -521,7 +613,14 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    fn syscall(&mut self, ts: u64, tid: ContextId, nr: u32, arg0: u64, ret: i64, enter_ts: u64) {
+    fn syscall(&mut self, ts: u64, tid: ContextId, sys: SyscallReturn) {
+        let SyscallReturn {
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record,
+        } = sys;
         let ctx = self.context(tid, ts, RunState::Running);
         ctx.pending_wakeup = false;
         if ctx.state != RunState::Running {
@@ -551,6 +650,7 @@ impl<R: FdResolver> Engine<R> {
             nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
                 self.open.remove(&(ret as u32));
                 self.tls_pending.remove(&(ret as u32));
+                self.tls_wire.remove(&(ret as u32));
                 self.fds.insert(ret as u32, FdKind::Connection);
             }
             nr::CLOSE => {
@@ -559,16 +659,23 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.fds.remove(&fd);
                 self.tls_pending.remove(&fd);
+                self.tls_wire.remove(&fd);
                 self.handshakes.retain(|_, h| h.fd != Some(fd));
             }
             n if is_read(n) && self.fd_kind(fd) == FdKind::Connection => {
                 if ret > 0 {
-                    self.request_bytes(ts, tid, fd, enter_ts);
+                    if !self.tls_wire_read(ts, tid, fd, ret, tls_record) {
+                        self.request_bytes(ts, tid, fd, enter_ts);
+                    }
                 } else if ret == 0 && self.open.contains_key(&fd) {
                     self.finish(fd); // the peer closed
                 }
             }
-            n if is_write(n) && ret > 0 && self.fd_kind(fd) == FdKind::Connection => {
+            n if is_write(n)
+                && ret > 0
+                && self.fd_kind(fd) == FdKind::Connection
+                && !self.tls_wire_write(ts, fd, tls_record) =>
+            {
                 self.response_bytes(ts, fd)
             }
             _ => {}
@@ -690,6 +797,137 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
+    /// A read on a connection, seen through TLS record framing. Returns true when the bytes
+    /// were handshake or alert records, not request bytes.
+    fn tls_wire_read(&mut self, ts: u64, tid: ContextId, fd: u32, ret: i64, record: u32) -> bool {
+        let Some(wire) = self.tls_wire.get_mut(&fd) else {
+            if record >> 16 == tls_content::HANDSHAKE {
+                self.tls_wire_start(ts, tid, fd, ret, record);
+                return true;
+            }
+            if record != 0 {
+                // An established TLS connection (open before the tracer attached).
+                let mut wire = TlsWire::new(WirePhase::Established);
+                let (content, _) = wire.read(ret, record);
+                self.tls_wire.insert(fd, wire);
+                return content == tls_content::ALERT;
+            }
+            return false; // plaintext
+        };
+        let header = record;
+        let (content, overflow) = wire.read(ret, record);
+        match &mut wire.phase {
+            WirePhase::Established => {
+                content == tls_content::ALERT || content == tls_content::HANDSHAKE
+            }
+            WirePhase::Handshaking {
+                server_flight,
+                client_flight,
+                ..
+            } => {
+                if !*server_flight || content != tls_content::APPLICATION_DATA {
+                    if *server_flight && content == tls_content::HANDSHAKE {
+                        *client_flight = true; // TLS 1.2: key exchange and Finished
+                    }
+                    // A read that starts with the change_cipher_spec and goes on past it holds
+                    // the client's Finished (and maybe the request) too.
+                    let finished_inside = *server_flight
+                        && content == tls_content::CHANGE_CIPHER_SPEC
+                        && header != 0
+                        && overflow
+                        && !*client_flight;
+                    if !finished_inside {
+                        return true;
+                    }
+                    wire.rx_left = 0; // the records after it are not tracked
+                    self.tls_wire_done(ts, fd);
+                    if ret > 6 + MAX_FINISHED_RECORD {
+                        self.request_bytes(ts, tid, fd, ts); // the request came with it
+                    }
+                    return true;
+                }
+                // TLS 1.3: the client's Finished, in an application_data record.
+                if wire.rx_left > 0 {
+                    return true; // its body is still to come
+                }
+                self.tls_wire_done(ts, fd);
+                if overflow {
+                    self.request_bytes(ts, tid, fd, ts);
+                }
+                true
+            }
+        }
+    }
+
+    fn tls_wire_start(&mut self, ts: u64, tid: ContextId, fd: u32, ret: i64, record: u32) {
+        let Some(ctx) = self.contexts.get(&tid) else {
+            return;
+        };
+        let (start_ts, start) = match ctx.last_wakeup {
+            Some(woke) => woke,
+            None => (ts, ctx.snapshot(ts)),
+        };
+        let mut wire = TlsWire::new(WirePhase::Handshaking {
+            ctx: tid,
+            start_ts,
+            start,
+            server_flight: false,
+            client_flight: false,
+        });
+        wire.read(ret, record);
+        self.tls_wire.insert(fd, wire);
+    }
+
+    /// A write on a connection, seen through TLS record framing. Returns true when it was a
+    /// handshake flight or an alert, not response bytes.
+    fn tls_wire_write(&mut self, ts: u64, fd: u32, record: u32) -> bool {
+        let content = record >> 16;
+        let Some(wire) = self.tls_wire.get_mut(&fd) else {
+            return content == tls_content::ALERT;
+        };
+        match &mut wire.phase {
+            WirePhase::Established => content == tls_content::ALERT || is_encrypted_alert(record),
+            WirePhase::Handshaking {
+                server_flight,
+                client_flight,
+                ..
+            } => {
+                if *client_flight && content == tls_content::CHANGE_CIPHER_SPEC {
+                    self.tls_wire_done(ts, fd); // TLS 1.2: the server's Finished
+                } else {
+                    *server_flight = true;
+                }
+                true
+            }
+        }
+    }
+
+    fn tls_wire_done(&mut self, ts: u64, fd: u32) {
+        let Some(wire) = self.tls_wire.get_mut(&fd) else {
+            return;
+        };
+        let WirePhase::Handshaking {
+            ctx,
+            start_ts,
+            start,
+            ..
+        } = std::mem::replace(&mut wire.phase, WirePhase::Established)
+        else {
+            return;
+        };
+        let Some(c) = self.contexts.get(&ctx) else {
+            return;
+        };
+        let phases = TlsPhases::from_breakdown(&diff(&c.snapshot(ts), &start));
+        self.handshakes_done.push(Handshake {
+            ctx,
+            fd: Some(fd),
+            start_ns: start_ts,
+            phases,
+        });
+        self.tls_pending.insert(fd, (start_ts, phases.total()));
+    }
+
     fn thread_exit(&mut self, ts: u64, tid: ContextId) {
         self.transition(tid, ts, RunState::Runnable);
         let fds: Vec<u32> = self
@@ -745,6 +983,11 @@ impl<R: FdResolver> Engine<R> {
             _ => Cause::Other,
         }
     }
+}
+
+/// A TLS 1.3 alert: an application_data record of an alert's encrypted size.
+fn is_encrypted_alert(record: u32) -> bool {
+    record >> 16 == tls_content::APPLICATION_DATA && record & 0xffff == ENCRYPTED_ALERT_LEN
 }
 
 /// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).

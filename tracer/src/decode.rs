@@ -2,8 +2,8 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, TlsEvent, WakeupEvent,
-    NO_SYSCALL,
+    is_read, is_write, EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, TlsEvent,
+    WakeupEvent, NO_SYSCALL,
 };
 
 use crate::attribution::{Event, InSyscall, Waker};
@@ -55,6 +55,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                 arg0: e.arg0,
                 ret: e.ret,
                 enter_ts: e.enter_ns,
+                tls_record: if is_read(e.nr) || is_write(e.nr) {
+                    e.arg1
+                } else {
+                    0
+                },
             });
         }
         EventKind::ThreadNew => {

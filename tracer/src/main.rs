@@ -83,7 +83,8 @@ async fn trace(args: Args, target: Target) -> Result<()> {
         engine.set_fd_kind(*fd, FdKind::Connection);
     }
 
-    let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats)?;
+    let (mut probes, mut ring) =
+        Probes::attach(target.pid, args.bpf_stats, args.tls == cli::Tls::On)?;
     let tls_status = match args.tls {
         cli::Tls::On => probes.attach_tls(target.pid),
         cli::Tls::Off => tls::TlsStatus {

@@ -60,7 +60,7 @@ fn check_layout() -> Result<()> {
 impl Probes {
     /// Load the programs for `pid` and attach them. Thread tracking is attached first and the
     /// thread set filled from /proc after, so no thread created meanwhile is missed.
-    pub fn attach(pid: u32, bpf_stats: bool) -> Result<(Probes, RingBuf<MapData>)> {
+    pub fn attach(pid: u32, bpf_stats: bool, tls: bool) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
         }
@@ -73,8 +73,10 @@ impl Probes {
             None
         };
         check_layout()?;
+        let tls_records = u32::from(tls);
         let mut loader = EbpfLoader::new();
         loader.override_global("TARGET_TGID", &pid, true);
+        loader.override_global("TLS_RECORDS", &tls_records, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
@@ -136,6 +138,7 @@ impl Probes {
                 arg1: arg1 as u32,
                 arg0,
                 enter_ns: now,
+                buf: 0,
             };
             let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
         }

@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     ("python3-pip", false),
     // A real TLS peer: `openssl s_server` is a traced target, `s_client` its client.
     ("openssl", false),
+    ("curl", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the

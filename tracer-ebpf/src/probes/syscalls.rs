@@ -5,16 +5,16 @@
 //! traced ones have their arguments read, and only some report their return.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    futex_op_waits, is_traced, layout, nr, reports_exit, EventKind, InSyscall, Loss, SyscallEvent,
-    NO_SYSCALL,
+    futex_op_waits, is_traced, layout, nr, reports_exit, tls_record, EventKind, InSyscall, Loss,
+    SyscallEvent, NO_SYSCALL,
 };
 
-use crate::maps::{count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL};
+use crate::maps::{count_loss, current_ids, emit, header, target_tgid, tls_records, IN_SYSCALL};
 
 const EAGAIN: i64 = 11;
 
@@ -28,19 +28,21 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let syscall_nr = ctx.arg::<u64>(1) as u32;
     if !is_traced(syscall_nr) {
         // Only the number: if the thread blocks in it, the switch-out names it (`other`).
-        enter(tid, syscall_nr, 0, 0);
+        enter(tid, syscall_nr, 0, 0, 0);
         return 0;
     }
     let regs = ctx.arg::<u64>(0) as *const u8;
     let Some(arg0) = reg(regs, layout::PT_REGS_DI) else {
         return 0;
     };
-    let arg1 = if syscall_nr == nr::FUTEX {
-        reg(regs, layout::PT_REGS_SI).unwrap_or(0) as u32
-    } else {
-        0
+    let (arg1, buf) = match syscall_nr {
+        nr::FUTEX => (reg(regs, layout::PT_REGS_SI).unwrap_or(0) as u32, 0),
+        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO if tls_records() => {
+            (0, reg(regs, layout::PT_REGS_SI).unwrap_or(0))
+        }
+        _ => (0, 0),
     };
-    enter(tid, syscall_nr, arg0, arg1);
+    enter(tid, syscall_nr, arg0, arg1, buf);
     0
 }
 
@@ -57,12 +59,13 @@ fn reg(regs: *const u8, offset: usize) -> Option<u64> {
 }
 
 #[inline(always)]
-fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32) {
+fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32, buf: u64) {
     let inside = InSyscall {
         nr: syscall_nr,
         arg1,
         arg0,
         enter_ns: unsafe { bpf_ktime_get_ns() },
+        buf,
     };
     // Overwrite the thread's slot in place when it has one: cheaper than a hash insert
     // (no bucket lock, no allocation). Slots are freed when the thread exits.
@@ -102,13 +105,28 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if ret == -EAGAIN && inside.nr != nr::FUTEX {
         return 0; // a non-blocking socket with nothing to do: no request boundary
     }
+    let arg1 = if inside.buf != 0 && ret >= 5 {
+        record_header(inside.buf)
+    } else {
+        inside.arg1
+    };
     emit(SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: inside.nr,
-        arg1: inside.arg1,
+        arg1,
         arg0: inside.arg0,
         ret,
         enter_ns: inside.enter_ns,
     });
     0
+}
+
+/// Whether the bytes just read or written at `buf` start with a TLS record header (see
+/// `tracer_common::tls_record`): only the classification leaves the kernel, never the bytes.
+#[inline(always)]
+fn record_header(buf: u64) -> u32 {
+    match unsafe { bpf_probe_read_user::<[u8; 5]>(buf as *const [u8; 5]) } {
+        Ok(header) => tls_record(header),
+        Err(_) => 0,
+    }
 }

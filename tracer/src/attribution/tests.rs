@@ -44,6 +44,32 @@ fn read(ts: u64, fd: u32, ret: i64, enter_ts: u64) -> Event {
         arg0: fd as u64,
         ret,
         enter_ts,
+        tls_record: 0,
+    }
+}
+
+/// A read whose bytes start with a TLS record of `content` type and `len` bytes.
+fn tls_read(ts: u64, ret: i64, enter_ts: u64, content: u32, len: u32) -> Event {
+    Event::Syscall {
+        ts,
+        tid: T,
+        nr: nr::READ,
+        arg0: CONN as u64,
+        ret,
+        enter_ts,
+        tls_record: content << 16 | len,
+    }
+}
+
+fn tls_write(ts: u64, content: u32, len: u32) -> Event {
+    Event::Syscall {
+        ts,
+        tid: T,
+        nr: nr::WRITE,
+        arg0: CONN as u64,
+        ret: len as i64 + 5,
+        enter_ts: ts - 1,
+        tls_record: content << 16 | len,
     }
 }
 
@@ -55,6 +81,7 @@ fn write(ts: u64, fd: u32) -> Event {
         arg0: fd as u64,
         ret: 10,
         enter_ts: ts - 1,
+        tls_record: 0,
     }
 }
 
@@ -250,6 +277,7 @@ fn keep_alive_connection_carries_many_requests() {
         arg0: CONN as u64,
         ret: 0,
         enter_ts: 8999,
+        tls_record: 0,
     });
     let reqs = feed(&mut e, events);
     assert_eq!(reqs.len(), 5);
@@ -323,6 +351,7 @@ fn lost_events_mark_open_requests_incomplete_and_keep_the_identity() {
                 arg0: 0x10,
                 ret: 0,
                 enter_ts: 90,
+                tls_record: 0,
             },
             write(500, CONN),
             read(900, CONN, 20, 800),
@@ -411,6 +440,7 @@ fn lock_detail_names_waiters_and_wakers() {
                 arg0: 0xf00,
                 ret: 0,
                 enter_ts: 0,
+                tls_record: 0,
             },
         ],
     );
@@ -466,6 +496,7 @@ fn accept_makes_a_connection_and_close_forgets_it() {
         arg0: 3,
         ret: 12,
         enter_ts: 0,
+        tls_record: 0,
     };
     let close = Event::Syscall {
         ts: 300,
@@ -474,6 +505,7 @@ fn accept_makes_a_connection_and_close_forgets_it() {
         arg0: 12,
         ret: 0,
         enter_ts: 299,
+        tls_record: 0,
     };
     let reqs = feed(
         &mut e,
@@ -606,4 +638,152 @@ fn non_blocking_handshake_spans_several_calls() {
         "from the first step to completion"
     );
     assert_eq!(hs[0].phases.peer_wait, 500);
+}
+
+use tracer_common::tls_content::{
+    ALERT, APPLICATION_DATA as APP, CHANGE_CIPHER_SPEC as CCS, HANDSHAKE as HS,
+};
+
+#[test]
+fn tls13_handshake_seen_in_record_framing_is_not_a_request() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            block(0, nr::READ, CONN as u64),
+            wake(100),
+            run(110),
+            tls_read(120, 517, 0, HS, 512), // ClientHello
+            tls_write(200, HS, 122),        // ServerHello, CCS, encrypted flight in one write
+            block(210, nr::READ, CONN as u64),
+            wake(710), // the client's Finished arrives
+            run(710),
+            tls_read(720, 6 + 58, 210, CCS, 1), // CCS + Finished, no request yet
+            tls_write(730, APP, 200),           // NewSessionTicket: not a response
+            block(740, nr::READ, CONN as u64),
+            wake(1000),
+            run(1000),
+            tls_read(1010, 100, 740, APP, 95), // the request
+            tls_write(1100, APP, 300),         // the response
+            block(1200, nr::READ, CONN as u64),
+            wake(5000),
+            run(5000),
+            tls_read(5010, 31, 1200, ALERT, 26), // close_notify: not a request
+            Event::Syscall {
+                ts: 5020,
+                tid: T,
+                nr: nr::CLOSE,
+                arg0: CONN as u64,
+                ret: 0,
+                enter_ts: 5019,
+                tls_record: 0,
+            },
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let r = &reqs[0];
+    assert_eq!(
+        cause(r, Cause::TlsHandshake),
+        720 - 100,
+        "from the ClientHello's arrival"
+    );
+    assert_eq!(r.start_ns, 100);
+    assert_eq!(
+        r.latency_ns,
+        620 + 100,
+        "the handshake, then the request from its arrival"
+    );
+    assert_sums(r);
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].phases.peer_wait, 500);
+    assert_eq!(e.aborted, 0, "the close_notify opened no request");
+}
+
+#[test]
+fn tls13_finished_with_the_request_in_one_read_starts_it() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_read(0, 517, 0, HS, 512),
+            tls_write(100, HS, 122),
+            tls_read(500, 6 + 58 + 120, 110, CCS, 1), // CCS + Finished + the request
+            tls_write(600, APP, 300),
+            block(700, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 500);
+    assert_eq!(reqs[0].latency_ns, 500 + 100);
+}
+
+#[test]
+fn tls12_handshake_ends_with_the_servers_change_cipher_spec() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_read(0, 300, 0, HS, 295),   // ClientHello
+            tls_write(50, HS, 1200),        // ServerHello .. ServerHelloDone
+            tls_read(400, 126, 60, HS, 70), // ClientKeyExchange, CCS, Finished
+            tls_write(450, CCS, 1),         // CCS, Finished
+            tls_read(900, 100, 460, APP, 95),
+            tls_write(1000, APP, 300),
+            block(1100, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 450);
+    assert_eq!(reqs[0].latency_ns, 450 + 100);
+}
+
+#[test]
+fn plaintext_connections_are_untouched_by_tls_framing() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 50, 0),
+            write(100, CONN),
+            block(200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 0);
+    assert!(e.take_handshakes().is_empty());
+}
+
+#[test]
+fn openssl_reads_record_headers_then_bodies() {
+    // The syscalls of `openssl s_server -www` serving one curl request over TLS 1.3.
+    let mut e = engine();
+    let body = |ts: u64, ret: i64| read(ts, CONN, ret, ts - 1);
+    let reqs = feed(
+        &mut e,
+        [
+            tls_read(100, 5, 90, HS, 512), // ClientHello header, then body
+            body(110, 512),
+            tls_write(500, HS, 122),
+            tls_read(1000, 5, 510, CCS, 1),
+            body(1010, 1),
+            tls_read(1020, 5, 1015, APP, 69), // the client's Finished
+            body(1030, 69),
+            tls_write(1100, APP, 250), // two NewSessionTickets: not responses
+            tls_write(1110, APP, 250),
+            tls_read(1200, 5, 1120, APP, 96), // the request
+            body(1210, 96),
+            tls_write(1300, APP, 5195),       // the response
+            tls_write(1310, APP, 19),         // the server's close_notify
+            tls_read(1400, 5, 1320, APP, 19), // the client's close_notify
+            body(1410, 19),
+            read(1500, CONN, 0, 1420),
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let r = &reqs[0];
+    assert_eq!(cause(r, Cause::TlsHandshake), 1030 - 100);
+    assert_eq!(r.latency_ns, 930 + (1300 - 1200));
+    assert_eq!(e.aborted, 0, "the close_notify opened no request");
+    assert_eq!(e.take_handshakes().len(), 1);
 }
