@@ -340,3 +340,107 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
         assert!(hs < r["latency_ns"].as_u64().unwrap(), "{r}");
     }
 }
+
+/// `tls-server`: OpenSSL linked into the executable (no libssl.so mapped), an explicit
+/// `SSL_accept` per connection, then keep-alive HTTPS requests.
+#[test]
+fn static_openssl_handshake_is_carried_by_the_first_request_only() {
+    if skip_unless_ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tracer-tls-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut server = Command::new(tracer_tests::bin_path("tls-server"))
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tls-server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (addr, pid) = tracer_tests::parse_listening_line(&line).expect("listening line");
+
+    let tracer = TracerSession::start(pid, "tls-static", &["-i", "1", "--slow", "0"]);
+    const CONNECTIONS: usize = 3;
+    let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{addr}{p}"));
+    for _ in 0..CONNECTIONS {
+        // One curl, one connection, three keep-alive requests.
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "20",
+                "-w",
+                "%{http_code} %{num_connects}\\n",
+            ])
+            .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+            .args(&urls)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text, "200 1\n200 0\n200 0\n",
+            "curl reused one connection: {out:?}"
+        );
+    }
+    let done = tracer.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    assert!(
+        done.stderr.contains("TLS: OpenSSL static ("),
+        "the tracer says it found OpenSSL in the executable: {}",
+        done.stderr
+    );
+    let t = tls(&done.summary);
+    assert_eq!(
+        t["handshakes"]["count"].as_u64(),
+        Some(CONNECTIONS as u64),
+        "{t}"
+    );
+    assert_eq!(done.requests.len(), CONNECTIONS * 3, "{:?}", done.requests);
+    // Per connection (one server thread each), in order: the first request carries the
+    // handshake, the others none; the second one sleeps.
+    let mut by_thread: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    for r in &done.requests {
+        by_thread
+            .entry(r["tid"].as_u64().unwrap())
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(by_thread.len(), CONNECTIONS, "{:?}", done.requests);
+    for reqs in by_thread.values_mut() {
+        reqs.sort_by_key(|r| r["start_ns"].as_u64());
+        let hs: Vec<u64> = reqs
+            .iter()
+            .map(|r| r["breakdown"]["tls_handshake"].as_u64().unwrap())
+            .collect();
+        assert!(hs[0] > 0 && hs[1] == 0 && hs[2] == 0, "{reqs:?}");
+        let slept = reqs[1]["breakdown"]["sleep"].as_u64().unwrap();
+        assert!(slept >= 27 * MS, "{reqs:?}");
+    }
+}

@@ -29,6 +29,8 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     // A real TLS peer: `openssl s_server` is a traced target, `s_client` its client.
     ("openssl", false),
     ("curl", false),
+    // The static OpenSSL test target links libssl.a.
+    ("libssl-dev", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the

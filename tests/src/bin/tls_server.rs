@@ -1,0 +1,66 @@
+//! `tls-server CERT KEY`: a thread-per-connection HTTPS/1.1 server with OpenSSL linked into
+//! the executable (Debian's libssl.a; no libssl.so is mapped), for the tracer's TLS tests.
+//! Each connection does an explicit `SSL_accept`, then serves keep-alive requests with
+//! `SSL_read`/`SSL_write`: `/` answers at once, `/sleep?ms=N` sleeps first.
+//!
+//! Prints `listening 127.0.0.1:PORT pid PID` once ready.
+
+use std::{
+    io::Write as _,
+    net::{TcpListener, TcpStream},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use tracer_tests::http;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, cert, key] = args.as_slice() else {
+        anyhow::bail!("usage: tls-server CERT KEY");
+    };
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    builder.set_certificate_chain_file(cert)?;
+    builder.set_private_key_file(key, SslFiletype::PEM)?;
+    let acceptor = Arc::new(builder.build());
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
+    println!(
+        "listening {} pid {}",
+        listener.local_addr()?,
+        std::process::id()
+    );
+    std::io::stdout().flush()?;
+    for stream in listener.incoming().map_while(Result::ok) {
+        let acceptor = Arc::clone(&acceptor);
+        std::thread::spawn(move || {
+            if let Err(e) = serve(&acceptor, stream) {
+                eprintln!("tls-server: connection: {e:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve(acceptor: &SslAcceptor, stream: TcpStream) -> Result<()> {
+    let mut tls: SslStream<TcpStream> = acceptor.accept(stream).context("handshake")?;
+    let mut buf = Vec::with_capacity(1024);
+    while let Some(end) = http::read_head(&mut tls, &mut buf).context("read request")? {
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let status = match http::parse_request_line(&head) {
+            Some(req) if req.path == "/" => 200,
+            Some(req) if req.path == "/sleep" => {
+                let ms = http::query_param(req.query, "ms").unwrap_or(0).min(10_000);
+                std::thread::sleep(Duration::from_millis(ms));
+                200
+            }
+            Some(_) => 404,
+            None => 400,
+        };
+        tls.write_all(&http::build_response(status, &[], b"ok\n"))?;
+    }
+    let _ = tls.shutdown();
+    Ok(())
+}
