@@ -32,34 +32,15 @@ impl SServer {
     /// `extra`: more s_server flags, e.g. `-www`.
     fn start_with(name: &str, extra: &[&str]) -> SServer {
         let dir = std::env::temp_dir().join(format!("tracer-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-subj", "/CN=localhost", "-days", "1"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl req (the openssl package)");
-        assert!(status.success(), "openssl req failed");
+        let (cert, key) = make_cert(&dir);
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-quiet", "-accept"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("-cert")
-            .arg(dir.join("cert.pem"))
+            .arg(&cert)
             .arg("-key")
-            .arg(dir.join("key.pem"))
+            .arg(&key)
             .args(extra)
             // Its stdin stays open (piped, never written): on EOF it would stop serving.
             .stdin(Stdio::piped())
@@ -86,6 +67,31 @@ impl Drop for SServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throw-away self-signed certificate and key in `dir`: (cert, key).
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl req (the openssl package)");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
 }
 
 fn free_port() -> u16 {
@@ -349,26 +355,7 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("tracer-tls-static-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (cert, key) = make_cert(&dir);
     let mut server = Command::new(tracer_tests::bin_path("tls-server"))
         .arg(&cert)
         .arg(&key)

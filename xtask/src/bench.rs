@@ -45,6 +45,9 @@ pub struct Args {
     /// Phases per mode (baseline and traced alternate)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Run only these scenarios (A, B, C, D; repeatable) [default: all]
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
 }
 
 struct Scenario {
@@ -147,7 +150,14 @@ pub fn run(args: &Args) -> Result<()> {
     );
     let mut failures = Vec::new();
     let mut results = Vec::new();
-    for scenario in SCENARIOS {
+    let chosen = |s: &Scenario| {
+        args.scenarios.is_empty()
+            || args
+                .scenarios
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(s.name))
+    };
+    for scenario in SCENARIOS.iter().filter(|s| chosen(s)) {
         let measured = measure(scenario, args, &workload, &tracer, &tmp, &mut failures)
             .with_context(|| format!("bench: scenario {} ({})", scenario.name, scenario.about))?;
         results.push((scenario, measured));
