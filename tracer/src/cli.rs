@@ -15,7 +15,8 @@ Files in the output directory: summary.json, latency.hlog, requests.jsonl.
 Needs root (or CAP_BPF + CAP_PERFMON, and CAP_SYS_ADMIN if tracefs must be mounted).";
 
 /// Attribute every request's latency in a running process to CPU, run queue, locks, network
-/// and disk I/O and sleep, with kernel tracepoints: no restart, no instrumentation.
+/// and disk I/O, sleep and TLS handshakes, with kernel tracepoints and uprobes: no restart, no
+/// instrumentation.
 #[derive(Parser, Debug)]
 #[command(name = "tracer", version, after_help = AFTER_HELP)]
 pub struct Args {
@@ -39,7 +40,9 @@ pub struct Args {
     #[arg(long, value_name = "MS", value_parser = non_negative_ms)]
     pub slow: Option<f64>,
 
-    /// Time TLS handshakes (OpenSSL, shared or static) with uprobes: `tls_handshake`
+    /// Time TLS handshakes (cause `tls_handshake`): uprobes on OpenSSL (shared or static),
+    /// and the TLS record framing on the socket for other servers
+    /// (only record headers are classified, in the kernel; never payloads)
     #[arg(long, value_enum, default_value_t = Tls::On)]
     pub tls: Tls,
 
