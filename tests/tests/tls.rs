@@ -431,3 +431,125 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
         assert!(slept >= 27 * MS, "{reqs:?}");
     }
 }
+
+/// Build `tests/go/https_server.go` with Debian's Go into `dir`, plain or stripped.
+fn build_go_server(dir: &Path, stripped: bool) -> PathBuf {
+    let go = Path::new("/usr/bin/go");
+    assert!(
+        go.exists(),
+        "go is missing: run `cargo xtask setup` (it installs golang-go)"
+    );
+    let source = tracer_tests::workspace_root().join("tests/go/https_server.go");
+    let out = dir.join(if stripped {
+        "https_server_stripped"
+    } else {
+        "https_server"
+    });
+    let mut cmd = Command::new(go);
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    let result = cmd
+        .arg(&source)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("run go build");
+    assert!(
+        result.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// A Go crypto/tls server, plain and stripped: its handshakes are seen in the TLS record
+/// framing (Go is not hooked with uprobes yet), each connection's first request carries its
+/// handshake, and the target keeps serving after the tracer detaches.
+#[test]
+fn go_crypto_tls_handshakes_are_seen_in_the_record_framing() {
+    if skip_unless_ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tracer-tls-go-{}", std::process::id()));
+    let (cert, key) = make_cert(&dir);
+    for stripped in [false, true] {
+        let exe = build_go_server(&dir, stripped);
+        let mut server = Command::new(&exe)
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the Go server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let (addr, pid) = tracer_tests::parse_listening_line(&line).expect("listening line");
+        let name = if stripped {
+            "tls-go-stripped"
+        } else {
+            "tls-go"
+        };
+        let tracer = TracerSession::start(pid, name, &["-i", "1", "--slow", "0"]);
+        const CONNECTIONS: usize = 3;
+        let urls = ["/", "/sleep?ms=30"].map(|p| format!("https://{addr}{p}"));
+        let curl = || {
+            Command::new("curl")
+                .args([
+                    "-sk",
+                    "--http1.1",
+                    "--max-time",
+                    "20",
+                    "-w",
+                    "%{http_code} %{num_connects}\\n",
+                ])
+                .args(["-o", "/dev/null", "-o", "/dev/null"])
+                .args(&urls)
+                .output()
+                .expect("run curl")
+        };
+        for _ in 0..CONNECTIONS {
+            let out = curl();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "200 1\n200 0\n",
+                "{out:?}"
+            );
+        }
+        let done = tracer.stop();
+        let after = curl();
+        let alive = server.try_wait().unwrap().is_none();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(done.status.success(), "tracer failed: {}", done.stderr);
+        assert!(
+            alive,
+            "the Go server keeps running after the tracer detached"
+        );
+        assert_eq!(String::from_utf8_lossy(&after.stdout), "200 1\n200 0\n");
+        let t = tls(&done.summary);
+        assert_eq!(
+            t["handshakes"]["count"].as_u64(),
+            Some(CONNECTIONS as u64),
+            "{name}: {t}"
+        );
+        let mut reqs: Vec<&Value> = done.requests.iter().collect();
+        assert_eq!(reqs.len(), CONNECTIONS * 2, "{name}: {reqs:?}");
+        reqs.sort_by_key(|r| r["start_ns"].as_u64());
+        for pair in reqs.chunks(2) {
+            let hs = |r: &Value| r["breakdown"]["tls_handshake"].as_u64().unwrap();
+            assert!(hs(pair[0]) > 0 && hs(pair[1]) == 0, "{name}: {pair:?}");
+            assert!(
+                pair[1]["latency_ns"].as_u64().unwrap() >= 27 * MS,
+                "{name}: {pair:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

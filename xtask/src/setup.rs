@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     ("curl", false),
     // The static OpenSSL test target links libssl.a.
     ("libssl-dev", false),
+    // Go crypto/tls test targets are built from source during the tests.
+    ("golang-go", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the
