@@ -144,8 +144,8 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     // Final read of the kernel side, then detach everything before writing the files.
     collector.drain(&mut ring, Some(&probes), true)?;
     let programs = probes.program_stats();
-    collector.drain(&mut ring, Some(&probes), true)?;
     probes.detach();
+    // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true)?;
     collector.finish()?;
 
