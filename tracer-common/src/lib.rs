@@ -125,6 +125,8 @@ pub mod tls {
     /// The call returned; `ret > 0` means the handshake is complete (and, for a read, that
     /// application data was returned).
     pub const RETURN: u32 = 4;
+    /// `SSL_free`: the `SSL*` is gone (its address may be reused).
+    pub const FREE: u32 = 5;
 }
 
 /// A TLS library call on a connection that has not finished its handshake. Only the `SSL*`

@@ -261,6 +261,8 @@ enum WirePhase {
         server_flight: bool,
         /// The client has sent its second flight (TLS 1.2 key exchange).
         client_flight: bool,
+        /// The server's last flight: when it was written, and the context's breakdown then.
+        server_write: Option<(u64, Breakdown)>,
     },
     Established,
 }
@@ -298,6 +300,13 @@ impl TlsWire {
     }
 }
 
+/// `EXIT_DEAD | EXIT_ZOMBIE` as sched_switch reports an exiting task's state (`X`, `Z`).
+const STATE_EXITING: u32 = 0x30;
+
+/// How soon after a wakeup that came while the thread was still running its switch-out must
+/// follow to be the sleep that wakeup cancelled.
+const PENDING_WAKEUP_NS: u64 = 100_000;
+
 /// The size of a TLS 1.3 encrypted alert record's body (2-byte alert, content type, 16-byte
 /// AEAD tag): a close_notify, not request bytes.
 const ENCRYPTED_ALERT_LEN: u32 = 19;
@@ -313,6 +322,10 @@ struct OpenHandshake {
     start: Breakdown,
     /// The connection its socket traffic went to.
     fd: Option<u32>,
+    /// Started by a handshake function (not by a read or write).
+    explicit: bool,
+    /// A handshake record went over the socket during its calls.
+    saw_records: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,9 +355,9 @@ struct Context {
     /// The wakeup that ended the last block: when, and the cumulative breakdown then. A
     /// request whose first read blocked starts here, so its run-queue delay is counted.
     last_wakeup: Option<(u64, Breakdown)>,
-    /// A wakeup that arrived while the context was still on a CPU.
-    pending_wakeup: bool,
-    /// How many requests are open on this context.
+    /// A wakeup that arrived while the context was still on a CPU, and when.
+    pending_wakeup: Option<u64>,
+    /// How many requests on this context are still waiting for their response.
     open_requests: u32,
     /// The TLS call (`SSL*`, entry kind) the context is inside, on a connection still in its
     /// handshake: its socket reads and writes are handshake flights, not requests.
@@ -358,7 +371,7 @@ impl Context {
             since: ts,
             cum: [0; CAUSES],
             last_wakeup: None,
-            pending_wakeup: false,
+            pending_wakeup: None,
             open_requests: 0,
             tls_call: None,
         }
@@ -548,8 +561,20 @@ impl<R: FdResolver> Engine<R> {
     }
 
     fn switch_out(&mut self, ts: u64, tid: ContextId, state: u32, syscall: Option<InSyscall>) {
+        if state & STATE_EXITING != 0 {
+            // The last switch of an exiting thread comes after sched_process_exit: do not
+            // bring its context back.
+            self.contexts.remove(&tid);
+            return;
+        }
         let ctx = self.context(tid, ts, RunState::Running);
-        let woken_already = std::mem::take(&mut ctx.pending_wakeup);
+        // A wakeup that came while the thread was still on its way to sleep: only a switch
+        // right after it is that sleep (a stale one must not turn a later block into
+        // run-queue time).
+        let woken_already = ctx
+            .pending_wakeup
+            .take()
+            .is_some_and(|woke| ts.saturating_sub(woke) <= PENDING_WAKEUP_NS);
         let still_runnable = state == 0 || state >= PREEMPT_STATE_BIT;
         let next = if still_runnable || woken_already {
             RunState::Runnable
@@ -571,7 +596,7 @@ impl<R: FdResolver> Engine<R> {
 
     fn switch_in(&mut self, ts: u64, tid: ContextId) {
         let ctx = self.context(tid, ts, RunState::Runnable);
-        ctx.pending_wakeup = false;
+        ctx.pending_wakeup = None;
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
         if left == RunState::Runnable && lasted > 0 {
             self.waits.push(Wait::Runqueue(lasted));
@@ -585,7 +610,7 @@ impl<R: FdResolver> Engine<R> {
         };
         let ctx = self.context(tid, ts, unknown);
         match ctx.state {
-            RunState::Running => ctx.pending_wakeup = true,
+            RunState::Running => ctx.pending_wakeup = Some(ts),
             RunState::Runnable => {}
             RunState::Blocked { cause, syscall } => {
                 let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
@@ -622,7 +647,7 @@ impl<R: FdResolver> Engine<R> {
             tls_record,
         } = sys;
         let ctx = self.context(tid, ts, RunState::Running);
-        ctx.pending_wakeup = false;
+        ctx.pending_wakeup = None;
         if ctx.state != RunState::Running {
             // A returning syscall runs on a CPU: a switch-in was lost.
             self.transition(tid, ts, RunState::Running);
@@ -634,7 +659,11 @@ impl<R: FdResolver> Engine<R> {
                 // A handshake flight: it belongs to the handshake, not to a request.
                 if let Some(h) = self.handshakes.get_mut(&ssl) {
                     h.fd.get_or_insert(fd);
+                    h.saw_records |= tls_record >> 16 == tls_content::HANDSHAKE;
                 }
+                // The uprobes time this connection's handshake: the framing must not.
+                self.tls_wire
+                    .insert(fd, TlsWire::new(WirePhase::Established));
                 return;
             }
         }
@@ -648,7 +677,8 @@ impl<R: FdResolver> Engine<R> {
                 lock.waiters.insert(tid);
             }
             nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
-                self.open.remove(&(ret as u32));
+                self.finish(ret as u32); // its close was not seen
+                self.handshakes.retain(|_, h| h.fd != Some(ret as u32));
                 self.tls_pending.remove(&(ret as u32));
                 self.tls_wire.remove(&(ret as u32));
                 self.fds.insert(ret as u32, FdKind::Connection);
@@ -700,7 +730,8 @@ impl<R: FdResolver> Engine<R> {
         ctx.open_requests += 1;
         let shared_context = ctx.open_requests > 1;
         if shared_context {
-            for req in self.open.values_mut().filter(|r| r.ctx == tid) {
+            let waiting = |r: &&mut OpenRequest| r.ctx == tid && r.last_write.is_none();
+            for req in self.open.values_mut().filter(waiting) {
                 req.shared_context = true;
             }
         }
@@ -723,7 +754,10 @@ impl<R: FdResolver> Engine<R> {
         let Some(req) = self.open.get_mut(&fd) else {
             return; // a greeting or an unsolicited write: no request is open
         };
-        if let Some(ctx) = self.contexts.get(&req.ctx) {
+        if let Some(ctx) = self.contexts.get_mut(&req.ctx) {
+            if req.last_write.is_none() {
+                ctx.open_requests = ctx.open_requests.saturating_sub(1); // now answering
+            }
             req.last_write = Some((ts, ctx.snapshot(ts)));
         }
     }
@@ -732,8 +766,10 @@ impl<R: FdResolver> Engine<R> {
         let Some(req) = self.open.remove(&fd) else {
             return;
         };
-        if let Some(ctx) = self.contexts.get_mut(&req.ctx) {
-            ctx.open_requests = ctx.open_requests.saturating_sub(1);
+        if req.last_write.is_none() {
+            if let Some(ctx) = self.contexts.get_mut(&req.ctx) {
+                ctx.open_requests = ctx.open_requests.saturating_sub(1);
+            }
         }
         let Some((_, end)) = req.last_write else {
             self.aborted += 1;
@@ -761,15 +797,22 @@ impl<R: FdResolver> Engine<R> {
 
     fn tls(&mut self, ts: u64, tid: ContextId, ssl: u64, what: u32, ret: i64) {
         let ctx = self.context(tid, ts, RunState::Running);
+        if what == tls::FREE {
+            self.handshakes.remove(&ssl);
+            return;
+        }
         if what != tls::RETURN {
             ctx.tls_call = Some((ssl, what));
             let start = ctx.snapshot(ts);
-            self.handshakes.entry(ssl).or_insert(OpenHandshake {
+            let h = self.handshakes.entry(ssl).or_insert(OpenHandshake {
                 ctx: tid,
                 start_ts: ts,
                 start,
                 fd: None,
+                explicit: false,
+                saw_records: false,
             });
+            h.explicit |= what == tls::HANDSHAKE_ENTER;
             return;
         }
         let call = ctx.tls_call.take();
@@ -779,21 +822,30 @@ impl<R: FdResolver> Engine<R> {
         let Some(h) = self.handshakes.remove(&ssl) else {
             return;
         };
-        let Some(hctx) = self.contexts.get(&h.ctx) else {
-            return;
-        };
-        let phases = TlsPhases::from_breakdown(&diff(&hctx.snapshot(ts), &h.start));
-        self.handshakes_done.push(Handshake {
-            ctx: h.ctx,
-            fd: h.fd,
-            start_ns: h.start_ts,
-            phases,
-        });
-        let Some(fd) = h.fd else { return };
-        self.tls_pending.insert(fd, (h.start_ts, phases.total()));
-        // A read that finished the handshake went on to return the first request's bytes.
-        if matches!(call, Some((_, tls::READ_ENTER))) && self.fd_kind(fd) == FdKind::Connection {
-            self.request_bytes(ts, tid, fd, ts);
+        // Without a handshake record on the socket, a read or write that "completed" the
+        // handshake was the first call since the tracer attached on a connection whose
+        // handshake was over before: nothing to time.
+        if h.explicit || h.saw_records {
+            let Some(hctx) = self.contexts.get(&h.ctx) else {
+                return;
+            };
+            let phases = TlsPhases::from_breakdown(&diff(&hctx.snapshot(ts), &h.start));
+            self.handshakes_done.push(Handshake {
+                ctx: h.ctx,
+                fd: h.fd,
+                start_ns: h.start_ts,
+                phases,
+            });
+            if let Some(fd) = h.fd {
+                self.tls_pending.insert(fd, (h.start_ts, phases.total()));
+            }
+        }
+        // A read that returned data returned a request's bytes (after the handshake, if any).
+        if let Some(fd) = h.fd {
+            if matches!(call, Some((_, tls::READ_ENTER))) && self.fd_kind(fd) == FdKind::Connection
+            {
+                self.request_bytes(ts, tid, fd, ts);
+            }
         }
     }
 
@@ -823,8 +875,17 @@ impl<R: FdResolver> Engine<R> {
             WirePhase::Handshaking {
                 server_flight,
                 client_flight,
+                server_write,
                 ..
             } => {
+                if *client_flight && content == tls_content::APPLICATION_DATA {
+                    // TLS 1.2 whose last server flight did not start with change_cipher_spec
+                    // (NewSessionTicket first, or an abbreviated handshake): it ended with that
+                    // flight, and this is the first request.
+                    let end = *server_write;
+                    self.tls_wire_done_at(fd, end);
+                    return false;
+                }
                 if !*server_flight || content != tls_content::APPLICATION_DATA {
                     if *server_flight && content == tls_content::HANDSHAKE {
                         *client_flight = true; // TLS 1.2: key exchange and Finished
@@ -873,6 +934,7 @@ impl<R: FdResolver> Engine<R> {
             start,
             server_flight: false,
             client_flight: false,
+            server_write: None,
         });
         wire.read(ret, record);
         self.tls_wire.insert(fd, wire);
@@ -882,27 +944,54 @@ impl<R: FdResolver> Engine<R> {
     /// handshake flight or an alert, not response bytes.
     fn tls_wire_write(&mut self, ts: u64, fd: u32, record: u32) -> bool {
         let content = record >> 16;
-        let Some(wire) = self.tls_wire.get_mut(&fd) else {
-            return content == tls_content::ALERT;
-        };
-        match &mut wire.phase {
-            WirePhase::Established => content == tls_content::ALERT || is_encrypted_alert(record),
-            WirePhase::Handshaking {
-                server_flight,
-                client_flight,
+        let handshake_ctx = match self.tls_wire.get(&fd) {
+            None => return content == tls_content::ALERT,
+            Some(TlsWire {
+                phase: WirePhase::Handshaking { ctx, .. },
                 ..
-            } => {
-                if *client_flight && content == tls_content::CHANGE_CIPHER_SPEC {
-                    self.tls_wire_done(ts, fd); // TLS 1.2: the server's Finished
-                } else {
-                    *server_flight = true;
-                }
-                true
-            }
+            }) => *ctx,
+            Some(_) => return content == tls_content::ALERT || is_encrypted_alert(record),
+        };
+        let now = self
+            .contexts
+            .get(&handshake_ctx)
+            .map(|c| (ts, c.snapshot(ts)));
+        let Some(TlsWire {
+            phase:
+                WirePhase::Handshaking {
+                    server_flight,
+                    client_flight,
+                    server_write,
+                    ..
+                },
+            ..
+        }) = self.tls_wire.get_mut(&fd)
+        else {
+            return true;
+        };
+        if *client_flight && content == tls_content::CHANGE_CIPHER_SPEC {
+            self.tls_wire_done(ts, fd); // TLS 1.2: the server's Finished
+        } else {
+            *server_flight = true;
+            *server_write = now;
         }
+        true
     }
 
     fn tls_wire_done(&mut self, ts: u64, fd: u32) {
+        let end = self
+            .tls_wire
+            .get(&fd)
+            .and_then(|w| match &w.phase {
+                WirePhase::Handshaking { ctx, .. } => self.contexts.get(ctx),
+                WirePhase::Established => None,
+            })
+            .map(|c| (ts, c.snapshot(ts)));
+        self.tls_wire_done_at(fd, end);
+    }
+
+    /// The framing handshake on `fd` ended at `end` (time, its context's breakdown then).
+    fn tls_wire_done_at(&mut self, fd: u32, end: Option<(u64, Breakdown)>) {
         let Some(wire) = self.tls_wire.get_mut(&fd) else {
             return;
         };
@@ -915,10 +1004,10 @@ impl<R: FdResolver> Engine<R> {
         else {
             return;
         };
-        let Some(c) = self.contexts.get(&ctx) else {
+        let Some((_, end)) = end else {
             return;
         };
-        let phases = TlsPhases::from_breakdown(&diff(&c.snapshot(ts), &start));
+        let phases = TlsPhases::from_breakdown(&diff(&end, &start));
         self.handshakes_done.push(Handshake {
             ctx,
             fd: Some(fd),

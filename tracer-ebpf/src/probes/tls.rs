@@ -94,11 +94,22 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 /// Entry of SSL_free: the `SSL*` may be reused for a new connection.
 #[uprobe]
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
-    let (tgid, _) = current_ids();
-    if tgid == target_tgid() {
-        if let Some(ssl) = ctx.arg::<u64>(0) {
-            let _ = TLS_DONE.remove(ssl);
-        }
+    let (tgid, tid) = current_ids();
+    if tgid != target_tgid() {
+        return 0;
     }
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    if TLS_DONE.remove(ssl).is_ok() {
+        return 0; // a completed handshake: the collector holds nothing for it
+    }
+    emit(TlsEvent {
+        hdr: header(EventKind::Tls, tid),
+        ssl,
+        what: tls::FREE,
+        _pad: 0,
+        ret: 0,
+    });
     0
 }

@@ -598,10 +598,10 @@ fn implicit_handshake_in_ssl_read_starts_the_request() {
         &mut e,
         [
             tls_call(0, tls::READ_ENTER),
-            read(10, CONN, 300, 0),
-            write(50, CONN),
-            read(300, CONN, 200, 60), // client Finished + the request, in one read
-            tls_return(320, 90),      // SSL_read returned request bytes
+            tls_read(10, 300, 0, HS, 295),
+            tls_write(50, HS, 1200),
+            tls_read(300, 200, 60, HS, 70), // client Finished + the request, in one read
+            tls_return(320, 90),            // SSL_read returned request bytes
             write(400, CONN),
             block(500, nr::READ, CONN as u64),
         ],
@@ -786,4 +786,119 @@ fn openssl_reads_record_headers_then_bodies() {
     assert_eq!(r.latency_ns, 930 + (1300 - 1200));
     assert_eq!(e.aborted, 0, "the close_notify opened no request");
     assert_eq!(e.take_handshakes().len(), 1);
+}
+
+#[test]
+fn first_ssl_read_on_an_established_connection_is_not_a_handshake() {
+    // Attached to a server with a keep-alive TLS connection open: its next SSL_read is the
+    // first call the uprobes see on that SSL*, but no handshake record crosses the socket.
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_call(0, tls::READ_ENTER),
+            tls_read(5_000, 100, 0, APP, 95),
+            tls_return(5_010, 90),
+            tls_write(5_100, APP, 300),
+            block(5_200, nr::READ, CONN as u64),
+        ],
+    );
+    assert!(e.take_handshakes().is_empty());
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 0);
+    assert_eq!(reqs[0].latency_ns, 90);
+}
+
+#[test]
+fn a_freed_ssl_forgets_its_unfinished_handshake() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            tls_call(0, tls::HANDSHAKE_ENTER),
+            tls_return(10, -1), // WANT_READ, then the peer went away
+            Event::Tls {
+                ts: 20,
+                tid: T,
+                ssl: SSL,
+                what: tls::FREE,
+                ret: 0,
+            },
+            // The allocator hands the same address to the next connection.
+            tls_call(1_000, tls::HANDSHAKE_ENTER),
+            tls_read(1_010, 300, 1_000, HS, 295),
+            tls_return(1_100, 1),
+        ],
+    );
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].start_ns, 1_000, "not the freed connection's start");
+}
+
+#[test]
+fn exiting_threads_do_not_come_back_and_stale_wakeups_expire() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            read(0, CONN, 5, 0),
+            Event::ThreadExit {
+                ts: 10,
+                tid: T,
+                comm: String::new(),
+            },
+            Event::SwitchOut {
+                ts: 11,
+                tid: T,
+                state: 0x10, // X: the exiting task's last switch
+                syscall: None,
+            },
+        ],
+    );
+    assert!(
+        e.contexts.is_empty(),
+        "no context left for the exited thread"
+    );
+
+    // A wakeup while running, with no switch after it, must not make a much later block
+    // look runnable.
+    let reqs = feed(
+        &mut e,
+        [
+            read(100, CONN, 5, 100),
+            wake(110),
+            block(5_000_000, nr::FUTEX, 0xabc),
+            wake(5_500_000),
+            run(5_500_000),
+            write(5_600_000, CONN),
+            block(5_700_000, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(cause(&reqs[0], Cause::Lock), 500_000);
+}
+
+#[test]
+fn tls12_with_session_tickets_ends_at_the_servers_last_flight() {
+    // The server's last flight starts with NewSessionTicket (a handshake record), not with
+    // change_cipher_spec: the first application_data read is the request.
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            tls_read(0, 300, 0, HS, 295),
+            tls_write(50, HS, 1200),
+            tls_read(400, 126, 60, HS, 70),
+            tls_write(450, HS, 200), // NewSessionTicket, CCS, Finished
+            tls_read(900, 100, 460, APP, 95),
+            tls_write(1000, APP, 300),
+            block(1100, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 450);
+    assert_eq!(
+        reqs[0].latency_ns,
+        450 + 100,
+        "the request starts at its own read"
+    );
 }
