@@ -94,6 +94,25 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Start an HTTPS test server (`EXE CERT KEY`) that prints `listening ADDR pid PID`.
+fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Child, std::net::SocketAddr, u32) {
+    let mut server = Command::new(exe)
+        .arg(cert)
+        .arg(key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (addr, pid) = tracer_tests::parse_listening_line(&line)
+        .unwrap_or_else(|| panic!("{} printed {line:?}", exe.display()));
+    (server, addr, pid)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -356,19 +375,8 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
     }
     let dir = std::env::temp_dir().join(format!("tracer-tls-static-{}", std::process::id()));
     let (cert, key) = make_cert(&dir);
-    let mut server = Command::new(tracer_tests::bin_path("tls-server"))
-        .arg(&cert)
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start tls-server");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let (addr, pid) = tracer_tests::parse_listening_line(&line).expect("listening line");
+    let (mut server, addr, pid) =
+        spawn_https_server(&tracer_tests::bin_path("tls-server"), &cert, &key);
 
     let tracer = TracerSession::start(pid, "tls-static", &["-i", "1", "--slow", "0"]);
     const CONNECTIONS: usize = 3;
@@ -478,19 +486,7 @@ fn go_crypto_tls_handshakes_are_seen_in_the_record_framing() {
     let (cert, key) = make_cert(&dir);
     for stripped in [false, true] {
         let exe = build_go_server(&dir, stripped);
-        let mut server = Command::new(&exe)
-            .arg(&cert)
-            .arg(&key)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the Go server");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let (addr, pid) = tracer_tests::parse_listening_line(&line).expect("listening line");
+        let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
         let name = if stripped {
             "tls-go-stripped"
         } else {
