@@ -236,7 +236,10 @@ fn openssl_handshakes_are_counted_and_timed() {
     );
     let t = tls(&done.summary);
     assert!(
-        t["library"].as_str().unwrap().starts_with("libssl.so"),
+        t["library"]
+            .as_str()
+            .unwrap()
+            .starts_with("OpenSSL libssl.so"),
         "{t}"
     );
     assert!(

@@ -127,6 +127,13 @@ pub mod tls {
     pub const RETURN: u32 = 4;
     /// `SSL_free`: the `SSL*` is gone (its address may be reused).
     pub const FREE: u32 = 5;
+    /// Go `crypto/tls.(*Conn).serverHandshake` was entered; the event's `ssl` field holds the
+    /// goroutine's `g` pointer instead of an `SSL*`.
+    pub const GO_SERVER_ENTER: u32 = 6;
+    /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`ssl`: the goroutine's `g`).
+    pub const GO_CLIENT_ENTER: u32 = 7;
+    /// One of the Go handshake functions reached a RET instruction (`ssl`: the `g`).
+    pub const GO_RETURN: u32 = 8;
 }
 
 /// A TLS library call on a connection that has not finished its handshake. Only the `SSL*`

@@ -20,6 +20,16 @@ pub fn tls_records() -> bool {
     global(&TLS_RECORDS) != 0
 }
 
+/// 1: report reads and writes that returned EAGAIN (a Go crypto/tls target: a handshake's
+/// goroutine parks in the netpoller after one, which is where its wait for the peer starts).
+#[unsafe(no_mangle)]
+static REPORT_EAGAIN: u32 = 0;
+
+#[inline(always)]
+pub fn report_eagain() -> bool {
+    global(&REPORT_EAGAIN) != 0
+}
+
 #[inline(always)]
 pub fn global(v: &'static u32) -> u32 {
     // Volatile so the compiler cannot fold the zero initial value into the code.

@@ -7,6 +7,8 @@
 //! one [`Cause`]. A request's breakdown is the difference of two snapshots of its context's
 //! cumulative breakdown, so its causes always sum to its latency.
 
+mod go_tls;
+
 use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -221,6 +223,34 @@ impl TlsPhases {
     pub fn total(&self) -> u64 {
         self.cpu + self.peer_wait + self.runqueue + self.other
     }
+
+    fn add(&mut self, other: &TlsPhases) {
+        self.cpu += other.cpu;
+        self.peer_wait += other.peer_wait;
+        self.runqueue += other.runqueue;
+        self.other += other.other;
+    }
+
+    /// Make the phases sum to `total`: what no stretch covered is `other`; an excess (stretches
+    /// that overlapped) comes off `other`, then `runqueue`, `cpu` and `peer_wait`.
+    fn fit(&mut self, total: u64) {
+        let sum = self.total();
+        if sum <= total {
+            self.other += total - sum;
+            return;
+        }
+        let mut excess = sum - total;
+        for phase in [
+            &mut self.other,
+            &mut self.runqueue,
+            &mut self.cpu,
+            &mut self.peer_wait,
+        ] {
+            let cut = excess.min(*phase);
+            *phase -= cut;
+            excess -= cut;
+        }
+    }
 }
 
 /// A completed TLS handshake.
@@ -422,6 +452,13 @@ pub struct Engine<R> {
     handshakes_done: Vec<Handshake>,
     /// Handshakes seen only in the TLS record framing on the socket, by fd.
     tls_wire: HashMap<u32, TlsWire>,
+    /// Go handshakes in progress, by goroutine (`g`); the goroutine each thread is running
+    /// one for; the connection each is on.
+    go_handshakes: HashMap<u64, go_tls::GoHandshake>,
+    go_threads: HashMap<ContextId, u64>,
+    go_fds: HashMap<u32, u64>,
+    /// Connections whose Go handshake just ended, until their next read or write.
+    go_done: HashMap<u32, go_tls::GoDone>,
     /// Futex contention by address.
     pub locks: HashMap<u64, LockStats>,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
@@ -446,6 +483,10 @@ impl<R: FdResolver> Engine<R> {
             tls_pending: HashMap::default(),
             handshakes_done: Vec::new(),
             tls_wire: HashMap::default(),
+            go_handshakes: HashMap::default(),
+            go_threads: HashMap::default(),
+            go_fds: HashMap::default(),
+            go_done: HashMap::default(),
             locks: HashMap::default(),
             other_by_syscall: HashMap::default(),
             aborted: 0,
@@ -653,6 +694,15 @@ impl<R: FdResolver> Engine<R> {
             self.transition(tid, ts, RunState::Running);
         }
         let fd = arg0 as u32;
+        if !self.go_handshakes.is_empty()
+            && (is_read(nr) || is_write(nr))
+            && self.go_handshake_io(ts, tid, fd, enter_ts, ret)
+        {
+            return;
+        }
+        if !self.go_done.is_empty() && (is_read(nr) || is_write(nr)) {
+            self.go_after_handshake(tid, fd, nr, enter_ts);
+        }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
         if let Some((ssl, _)) = in_tls_call {
             if (is_read(nr) || is_write(nr)) && self.fd_kind(fd) == FdKind::Connection {
@@ -681,6 +731,7 @@ impl<R: FdResolver> Engine<R> {
                 self.handshakes.retain(|_, h| h.fd != Some(ret as u32));
                 self.tls_pending.remove(&(ret as u32));
                 self.tls_wire.remove(&(ret as u32));
+                self.go_forget_fd(ret as u32);
                 self.fds.insert(ret as u32, FdKind::Connection);
             }
             nr::CLOSE => {
@@ -690,6 +741,7 @@ impl<R: FdResolver> Engine<R> {
                 self.fds.remove(&fd);
                 self.tls_pending.remove(&fd);
                 self.tls_wire.remove(&fd);
+                self.go_forget_fd(fd);
                 self.handshakes.retain(|_, h| h.fd != Some(fd));
             }
             n if is_read(n) && self.fd_kind(fd) == FdKind::Connection => {
@@ -726,6 +778,15 @@ impl<R: FdResolver> Engine<R> {
         let (start_ts, start) = match ctx.last_wakeup {
             Some((woke, cum)) if woke >= enter_ts => (woke, cum),
             _ => (ts, ctx.snapshot(ts)),
+        };
+        self.open_request(tid, fd, start_ts, start);
+    }
+
+    /// Open a request on `fd`, served by `tid`, that started at `start_ts` (the context's
+    /// breakdown then: `start`).
+    fn open_request(&mut self, tid: ContextId, fd: u32, start_ts: u64, start: Breakdown) {
+        let Some(ctx) = self.contexts.get_mut(&tid) else {
+            return;
         };
         ctx.open_requests += 1;
         let shared_context = ctx.open_requests > 1;
@@ -796,6 +857,14 @@ impl<R: FdResolver> Engine<R> {
     }
 
     fn tls(&mut self, ts: u64, tid: ContextId, ssl: u64, what: u32, ret: i64) {
+        match what {
+            tls::GO_SERVER_ENTER | tls::GO_CLIENT_ENTER => {
+                self.context(tid, ts, RunState::Running);
+                return self.go_handshake_enter(ts, tid, ssl);
+            }
+            tls::GO_RETURN => return self.go_handshake_return(ts, tid, ssl),
+            _ => {}
+        }
         let ctx = self.context(tid, ts, RunState::Running);
         if what == tls::FREE {
             self.handshakes.remove(&ssl);
@@ -1029,6 +1098,7 @@ impl<R: FdResolver> Engine<R> {
             self.finish(fd);
         }
         self.contexts.remove(&tid);
+        self.go_forget_thread(tid);
     }
 
     fn fd_kind(&mut self, fd: u32) -> FdKind {

@@ -3,6 +3,8 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
+    io::{BufWriter, Write as _},
     time::{Duration, Instant},
 };
 
@@ -44,6 +46,9 @@ pub struct Collector {
     /// Thread names, for the lock detail.
     pub comms: HashMap<u32, String>,
     pid: u32,
+    /// `TRACER_EVENT_DUMP=FILE`: every event, in the order the engine sees it (for debugging
+    /// the attribution; it holds no payload, like the events themselves).
+    dump: Option<BufWriter<File>>,
 }
 
 impl Collector {
@@ -70,6 +75,9 @@ impl Collector {
             decoded: Vec::new(),
             comms: HashMap::new(),
             pid,
+            dump: std::env::var_os("TRACER_EVENT_DUMP")
+                .and_then(|path| File::create(path).ok())
+                .map(BufWriter::new),
         }
     }
 
@@ -96,9 +104,19 @@ impl Collector {
         if let Some(probes) = probes {
             self.check_losses(probes);
         }
-        let engine = &mut self.engine;
-        self.reorder.release(all, |e| engine.handle(e));
+        self.release(all);
         self.collect()
+    }
+
+    /// Hand the engine what the reorder window releases (everything, if `all`).
+    fn release(&mut self, all: bool) {
+        let (engine, dump) = (&mut self.engine, &mut self.dump);
+        self.reorder.release(all, |e| {
+            if let Some(dump) = dump {
+                let _ = writeln!(dump, "{e:?}");
+            }
+            engine.handle(e)
+        });
     }
 
     /// Read the kernel's loss counters; a new loss marks the requests open now incomplete.
@@ -151,8 +169,10 @@ impl Collector {
 
     /// End of trace: everything still held is processed; answered requests are complete.
     pub fn finish(&mut self) -> Result<()> {
-        let engine = &mut self.engine;
-        self.reorder.release(true, |e| engine.handle(e));
+        self.release(true);
+        if let Some(dump) = &mut self.dump {
+            dump.flush()?;
+        }
         self.engine.finish_all();
         self.collect()?;
         self.end_interval()

@@ -10,6 +10,8 @@ mod collector;
 mod decode;
 mod export;
 mod fds;
+mod go_tls;
+mod gopclntab;
 mod preflight;
 mod probes;
 mod report;
@@ -83,11 +85,13 @@ async fn trace(args: Args, target: Target) -> Result<()> {
         engine.set_fd_kind(*fd, FdKind::Connection);
     }
 
-    let (mut probes, mut ring) =
-        Probes::attach(target.pid, args.bpf_stats, args.tls == cli::Tls::On)?;
-    let tls_status = match args.tls {
-        cli::Tls::On => probes.attach_tls(target.pid),
-        cli::Tls::Off => tls::TlsStatus {
+    let tls_on = args.tls == cli::Tls::On;
+    let go = tls_on.then(|| go_tls::find_go_tls(target.pid));
+    let report_eagain = matches!(go, Some(Ok(Some(_))));
+    let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats, tls_on, report_eagain)?;
+    let tls_status = match go {
+        Some(go) => probes.attach_tls(target.pid, go),
+        None => tls::TlsStatus {
             reason: Some("turned off (--tls off)".into()),
             ..Default::default()
         },

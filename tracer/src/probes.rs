@@ -14,6 +14,7 @@ use aya::{
 use tracer_common::{layout, InSyscall, LOSS_KINDS};
 
 use crate::{
+    go_tls,
     tls::{self, TlsStatus},
     tracefs,
 };
@@ -60,7 +61,14 @@ fn check_layout() -> Result<()> {
 impl Probes {
     /// Load the programs for `pid` and attach them. Thread tracking is attached first and the
     /// thread set filled from /proc after, so no thread created meanwhile is missed.
-    pub fn attach(pid: u32, bpf_stats: bool, tls: bool) -> Result<(Probes, RingBuf<MapData>)> {
+    /// `tls`: classify read and write buffers as TLS records or not; `report_eagain`: report
+    /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there).
+    pub fn attach(
+        pid: u32,
+        bpf_stats: bool,
+        tls: bool,
+        report_eagain: bool,
+    ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
         }
@@ -74,9 +82,11 @@ impl Probes {
         };
         check_layout()?;
         let tls_records = u32::from(tls);
+        let report_eagain = u32::from(report_eagain);
         let mut loader = EbpfLoader::new();
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
+        loader.override_global("REPORT_EAGAIN", &report_eagain, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
@@ -204,37 +214,46 @@ impl Probes {
         self.links.len() + self.raw_links.len() + self.tls_links.len()
     }
 
-    /// Find the target's OpenSSL and hook its handshake, read and write functions.
-    pub fn attach_tls(&mut self, pid: u32) -> TlsStatus {
-        let Some(ssl) = tls::find_openssl(pid) else {
-            return TlsStatus {
-                reason: Some("no OpenSSL in the target (no libssl mapped, no SSL_* symbols in its executable)".into()),
-                ..TlsStatus::default()
-            };
-        };
-        match tls::attach(&mut self.ebpf, pid, &ssl) {
-            Ok((links, hooked)) if !hooked.is_empty() => {
-                self.tls_links = links;
-                TlsStatus {
-                    library: Some(ssl.library),
-                    hooked,
-                    reason: None,
+    /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
+    /// `go` is what [`go_tls::find_go_tls`] found in the target.
+    pub fn attach_tls(&mut self, pid: u32, go: Result<Option<go_tls::GoTls>>) -> TlsStatus {
+        let mut status = TlsStatus::default();
+        let mut not_hooked = Vec::new();
+        match tls::find_openssl(pid) {
+            None => not_hooked.push(
+                "no OpenSSL (no libssl mapped, no SSL_* symbols in the executable)".to_string(),
+            ),
+            Some(ssl) => match tls::attach(&mut self.ebpf, pid, &ssl) {
+                Ok((links, hooked)) if !hooked.is_empty() => {
+                    self.tls_links.extend(links);
+                    status.found(format!("OpenSSL {}", ssl.library), hooked);
                 }
-            }
-            Ok(_) => TlsStatus {
-                library: Some(ssl.library.clone()),
-                reason: Some(format!(
-                    "none of the SSL_* functions found in {}",
+                Ok(_) => not_hooked.push(format!(
+                    "OpenSSL {}: none of the SSL_* functions found in {}",
+                    ssl.library,
                     ssl.path.display()
                 )),
-                ..TlsStatus::default()
-            },
-            Err(e) => TlsStatus {
-                library: Some(ssl.library),
-                reason: Some(format!("{e:#}")),
-                ..TlsStatus::default()
+                Err(e) => not_hooked.push(format!("OpenSSL {}: {e:#}", ssl.library)),
             },
         }
+        match go {
+            Ok(None) => not_hooked.push("no Go crypto/tls".to_string()),
+            Ok(Some(go)) => match go_tls::attach(&mut self.ebpf, pid, &go) {
+                Ok((links, hooked)) => {
+                    self.tls_links.extend(links);
+                    status.found(
+                        format!("{} (found in its {})", go.library, go.found_in),
+                        hooked,
+                    );
+                }
+                Err(e) => not_hooked.push(format!("{}: {e:#}", go.library)),
+            },
+            Err(e) => not_hooked.push(format!("Go crypto/tls: {e:#}")),
+        }
+        if status.library.is_none() {
+            status.reason = Some(not_hooked.join("; "));
+        }
+        status
     }
 
     /// Detach every program. Each tracepoint detach waits for an RCU grace period in the

@@ -42,10 +42,19 @@ pub struct TlsStatus {
 }
 
 impl TlsStatus {
+    /// A library was found and `hooked` are its functions with probes.
+    pub fn found(&mut self, library: String, hooked: Vec<String>) {
+        self.library = Some(match self.library.take() {
+            Some(first) => format!("{first} + {library}"),
+            None => library,
+        });
+        self.hooked.extend(hooked);
+    }
+
     pub fn line(&self) -> String {
         match (&self.library, &self.reason) {
             (Some(lib), _) if !self.hooked.is_empty() => {
-                format!("TLS: OpenSSL {lib}; hooked {}", self.hooked.join(", "))
+                format!("TLS: {lib}; hooked {}", self.hooked.join(", "))
             }
             (_, Some(reason)) => format!("TLS: not hooked: {reason}"),
             _ => "TLS: not hooked".to_string(),

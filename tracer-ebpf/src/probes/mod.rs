@@ -1,4 +1,5 @@
 //! One module per probe family.
+mod go_tls;
 mod sched;
 mod syscalls;
 mod threads;

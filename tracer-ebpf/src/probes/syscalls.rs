@@ -14,7 +14,9 @@ use tracer_common::{
     SyscallEvent, NO_SYSCALL,
 };
 
-use crate::maps::{count_loss, current_ids, emit, header, target_tgid, tls_records, IN_SYSCALL};
+use crate::maps::{
+    count_loss, current_ids, emit, header, report_eagain, target_tgid, tls_records, IN_SYSCALL,
+};
 
 const EAGAIN: i64 = 11;
 
@@ -102,7 +104,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0; // wakes and requeues are not waits
     }
     let ret = ctx.arg::<u64>(1) as i64;
-    if ret == -EAGAIN && inside.nr != nr::FUTEX {
+    if ret == -EAGAIN && inside.nr != nr::FUTEX && !report_eagain() {
         return 0; // a non-blocking socket with nothing to do: no request boundary
     }
     let arg1 = if inside.buf != 0 && ret >= 5 {

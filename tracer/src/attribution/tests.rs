@@ -902,3 +902,225 @@ fn tls12_with_session_tickets_ends_at_the_servers_last_flight() {
         "the request starts at its own read"
     );
 }
+
+const G: u64 = 0xc000_0001; // a goroutine's g
+const U: u32 = 101; // a second Go runtime thread
+
+/// `event` as thread `tid` saw it.
+fn on(tid: u32, event: Event) -> Event {
+    match event {
+        Event::Syscall {
+            ts,
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record,
+            ..
+        } => Event::Syscall {
+            ts,
+            tid,
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record,
+        },
+        Event::SwitchOut {
+            ts, state, syscall, ..
+        } => Event::SwitchOut {
+            ts,
+            tid,
+            state,
+            syscall,
+        },
+        Event::SwitchIn { ts, .. } => Event::SwitchIn { ts, tid },
+        Event::Tls {
+            ts, ssl, what, ret, ..
+        } => Event::Tls {
+            ts,
+            tid,
+            ssl,
+            what,
+            ret,
+        },
+        other => other,
+    }
+}
+
+fn go_tls(ts: u64, tid: u32, what: u32) -> Event {
+    Event::Tls {
+        ts,
+        tid,
+        ssl: G,
+        what,
+        ret: 0,
+    }
+}
+
+#[test]
+fn go_handshake_follows_its_goroutine_across_threads() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_SERVER_ENTER),
+            tls_read(110, 300, 105, tls_content::HANDSHAKE, 295), // ClientHello: binds CONN
+            tls_write(200, tls_content::HANDSHAKE, 1200),         // the server's flight
+            read(210, CONN, -11, 205),                            // EAGAIN: the goroutine parks
+            read(300, FILE, 50, 290), // T runs another goroutine meanwhile: not the handshake's
+            on(U, run(600)),
+            on(U, read(715, CONN, 80, 710)), // resumed on thread U: the client's Finished
+            on(
+                U,
+                Event::SwitchOut {
+                    ts: 750,
+                    tid: U,
+                    state: 0,
+                    syscall: None,
+                },
+            ), // preempted
+            on(U, run(760)),
+            go_tls(800, U, tls::GO_RETURN),
+            on(U, read(900, CONN, 100, 850)), // the request
+            on(U, write(1000, CONN)),
+            on(U, read(2000, CONN, 100, 1500)), // the next request
+            on(U, write(2100, CONN)),
+            on(U, block(2200, nr::READ, CONN as u64)),
+        ],
+    );
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].fd, Some(CONN));
+    assert_eq!(hs[0].start_ns, 100);
+    assert_eq!(
+        hs[0].phases,
+        TlsPhases {
+            cpu: 110 + 40 + 40, // T until it parked, U before and after its preemption
+            peer_wait: 710 - 210,
+            runqueue: 10,
+            other: 0,
+        }
+    );
+    assert_eq!(reqs.len(), 2, "the handshake's flights are not requests");
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 700);
+    assert_eq!(reqs[0].start_ns, 100);
+    assert_sums(&reqs[0]);
+    assert_eq!(cause(&reqs[1], Cause::TlsHandshake), 0);
+    assert_eq!(reqs[1].latency_ns, 100);
+}
+
+#[test]
+fn go_handshake_entry_twice_is_one_handshake_and_close_forgets_it() {
+    let mut e = engine();
+    feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_SERVER_ENTER),
+            go_tls(105, T, tls::GO_SERVER_ENTER), // after morestack grew the stack
+            tls_read(110, 300, 106, tls_content::HANDSHAKE, 295),
+            go_tls(200, T, tls::GO_RETURN),
+            go_tls(300, T, tls::GO_RETURN), // a RET with no handshake open
+        ],
+    );
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].start_ns, 100);
+    assert_eq!(hs[0].phases.total(), 100);
+
+    // A connection closed mid-handshake: its goroutine's RET later reports nothing.
+    feed(
+        &mut e,
+        [
+            go_tls(1000, T, tls::GO_SERVER_ENTER),
+            tls_read(1010, 300, 1005, tls_content::HANDSHAKE, 295),
+            Event::Syscall {
+                ts: 1100,
+                tid: T,
+                nr: nr::CLOSE,
+                arg0: CONN as u64,
+                ret: 0,
+                enter_ts: 1099,
+                tls_record: 0,
+            },
+            go_tls(1200, T, tls::GO_RETURN),
+        ],
+    );
+    assert!(e.take_handshakes().is_empty());
+}
+
+#[test]
+fn go_client_handshake_is_timed_without_a_request() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_CLIENT_ENTER),
+            write(110, BACKEND), // ClientHello to a backend
+            read(120, BACKEND, -11, 115),
+            on(U, read(600, BACKEND, 900, 590)),
+            go_tls(700, U, tls::GO_RETURN),
+        ],
+    );
+    assert!(reqs.is_empty());
+    let hs = e.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].fd, Some(BACKEND));
+    assert_eq!(hs[0].phases.peer_wait, 590 - 120);
+    assert_eq!(hs[0].phases.total(), 600);
+}
+
+#[test]
+fn phases_are_fitted_to_the_handshake_duration() {
+    let mut p = TlsPhases {
+        cpu: 50,
+        peer_wait: 30,
+        runqueue: 5,
+        other: 5,
+    };
+    p.fit(100);
+    assert_eq!(p.other, 15);
+    p.fit(70);
+    assert_eq!(
+        p,
+        TlsPhases {
+            cpu: 40,
+            peer_wait: 30,
+            runqueue: 0,
+            other: 0,
+        }
+    );
+}
+
+#[test]
+fn go_request_read_with_the_clients_finished_is_answered_after_the_handshake() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_SERVER_ENTER),
+            tls_read(110, 517, 105, tls_content::HANDSHAKE, 512),
+            tls_write(200, tls_content::HANDSHAKE, 1468),
+            read(210, CONN, -11, 205),
+            // change_cipher_spec, Finished and the request in one read; Go buffers the request
+            tls_read(500, 165, 495, tls_content::CHANGE_CIPHER_SPEC, 1),
+            go_tls(520, T, tls::GO_RETURN),
+            tls_write(600, tls_content::APPLICATION_DATA, 136), // the response, no read before
+            read(700, CONN, -11, 695),
+            read(1000, CONN, 112, 995), // the next request
+            tls_write(1100, tls_content::APPLICATION_DATA, 136),
+            block(1200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].start_ns, 100);
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 420);
+    assert_eq!(
+        reqs[0].latency_ns,
+        420 + 80,
+        "the handshake, then 520..600 answering"
+    );
+    assert_sums(&reqs[0]);
+    assert_eq!(cause(&reqs[1], Cause::TlsHandshake), 0);
+    assert_eq!(reqs[1].latency_ns, 100);
+}

@@ -1,0 +1,50 @@
+//! TLS handshakes in Go's `crypto/tls`: uprobes on the entry of `(*Conn).serverHandshake` and
+//! `(*Conn).clientHandshake`, and on every RET instruction of them (the collector decodes the
+//! functions to find those). Never a uretprobe: a uretprobe rewrites the return address on
+//! the stack, and Go moves goroutine stacks, which crashes the target.
+//!
+//! A goroutine is identified by its `g` pointer, which Go's register ABI (Go 1.17+, amd64)
+//! keeps in r14 in all Go code. Nothing else is read.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::{tls, EventKind, TlsEvent};
+
+use crate::maps::{current_ids, emit, header, target_tgid};
+
+/// Entry of `crypto/tls.(*Conn).serverHandshake`.
+#[uprobe]
+pub fn go_server_handshake_enter(ctx: ProbeContext) -> u32 {
+    report(&ctx, tls::GO_SERVER_ENTER);
+    0
+}
+
+/// Entry of `crypto/tls.(*Conn).clientHandshake`.
+#[uprobe]
+pub fn go_client_handshake_enter(ctx: ProbeContext) -> u32 {
+    report(&ctx, tls::GO_CLIENT_ENTER);
+    0
+}
+
+/// A RET instruction of either function.
+#[uprobe]
+pub fn go_handshake_return(ctx: ProbeContext) -> u32 {
+    report(&ctx, tls::GO_RETURN);
+    0
+}
+
+#[inline(always)]
+fn report(ctx: &ProbeContext, what: u32) {
+    let (tgid, tid) = current_ids();
+    if tgid != target_tgid() {
+        return;
+    }
+    // A direct load from the probe context (the user registers at the probe).
+    let g = unsafe { (*ctx.regs).r14 };
+    emit(TlsEvent {
+        hdr: header(EventKind::Tls, tid),
+        ssl: g,
+        what,
+        _pad: 0,
+        ret: 0,
+    });
+}

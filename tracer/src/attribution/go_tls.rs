@@ -1,0 +1,196 @@
+//! Go `crypto/tls` handshakes, from uprobes on the handshake function's entry and RETs,
+//! keyed by the goroutine (`g`).
+//!
+//! A goroutine hops between threads: when its read finds no data (EAGAIN) it parks in Go's
+//! netpoller and its thread runs other goroutines; when the peer's flight arrives, any thread
+//! may resume it. So a handshake is a sequence of stretches, each on the thread that ran the
+//! goroutine then:
+//! - running: from the entry (or the read that resumed it) to the read that parked it (or
+//!   the RET), attributed with that thread's own kernel timeline (cpu, runqueue, other);
+//! - parked: from the EAGAIN to the read that resumed it: `peer_wait`.
+//!
+//! The handshake's connection is the first socket its goroutine reads or writes after the
+//! entry (the ClientHello read for a server); from then on every read and write on it during
+//! the handshake is a handshake flight, never a request.
+
+use tracer_common::is_write;
+
+use super::{
+    diff, Breakdown, ContextId, Engine, FdKind, FdResolver, Handshake, TlsPhases, TlsWire,
+    WirePhase,
+};
+
+/// `EAGAIN` as a syscall returns it.
+const EAGAIN: i64 = -11;
+
+/// Where a Go handshake ended, for a request that arrived together with its last flight.
+pub(super) struct GoDone {
+    ctx: ContextId,
+    ts: u64,
+    at: Breakdown,
+}
+
+/// A Go handshake in progress.
+pub(super) struct GoHandshake {
+    start_ts: u64,
+    fd: Option<u32>,
+    /// The thread running the goroutine in this stretch, and its breakdown when it began.
+    running: Option<(ContextId, Breakdown)>,
+    /// Parked in the netpoller since (a read or write returned EAGAIN).
+    parked_since: Option<u64>,
+    phases: TlsPhases,
+}
+
+impl<R: FdResolver> Engine<R> {
+    /// `serverHandshake` / `clientHandshake` was entered by goroutine `g` on thread `tid`.
+    pub(super) fn go_handshake_enter(&mut self, ts: u64, tid: ContextId, g: u64) {
+        if self.go_handshakes.contains_key(&g) {
+            return; // the entry again after Go grew the goroutine's stack (morestack)
+        }
+        let Some(start) = self.contexts.get(&tid).map(|c| c.snapshot(ts)) else {
+            return;
+        };
+        self.go_handshakes.insert(
+            g,
+            GoHandshake {
+                start_ts: ts,
+                fd: None,
+                running: Some((tid, start)),
+                parked_since: None,
+                phases: TlsPhases::default(),
+            },
+        );
+        self.go_threads.insert(tid, g);
+    }
+
+    /// A RET of the handshake function: the handshake is over (done or failed).
+    pub(super) fn go_handshake_return(&mut self, ts: u64, tid: ContextId, g: u64) {
+        let Some(mut h) = self.go_handshakes.remove(&g) else {
+            return; // it began before the tracer attached
+        };
+        self.go_stretch_end(&mut h, ts);
+        if self.go_threads.get(&tid) == Some(&g) {
+            self.go_threads.remove(&tid);
+        }
+        if let Some(fd) = h.fd {
+            self.go_fds.remove(&fd);
+        }
+        let total = ts.saturating_sub(h.start_ts);
+        h.phases.fit(total);
+        self.handshakes_done.push(Handshake {
+            ctx: tid,
+            fd: h.fd,
+            start_ns: h.start_ts,
+            phases: h.phases,
+        });
+        if let Some(fd) =
+            h.fd.filter(|fd| self.fds.get(fd) == Some(&FdKind::Connection))
+        {
+            self.tls_pending.insert(fd, (h.start_ts, total));
+            if let Some(ctx) = self.contexts.get(&tid) {
+                let at = ctx.snapshot(ts);
+                self.go_done.insert(fd, GoDone { ctx: tid, ts, at });
+            }
+        }
+    }
+
+    /// The first read or write on a connection after its Go handshake. Go reads as much as the
+    /// socket holds, so the client's Finished and its first request often arrive in one read,
+    /// inside the handshake: a response written before any read answers that request, which
+    /// started when the handshake ended.
+    pub(super) fn go_after_handshake(&mut self, tid: ContextId, fd: u32, nr: u32, enter_ts: u64) {
+        let Some(done) = self.go_done.remove(&fd) else {
+            return;
+        };
+        if !is_write(nr) || self.open.contains_key(&fd) {
+            return;
+        }
+        if done.ctx == tid {
+            self.open_request(tid, fd, done.ts, done.at);
+        } else if let Some(at) = self.contexts.get(&tid).map(|c| c.snapshot(enter_ts)) {
+            self.open_request(tid, fd, enter_ts, at); // its goroutine moved to another thread
+        }
+    }
+
+    /// A read or write returned: returns true when it was a Go handshake's flight.
+    pub(super) fn go_handshake_io(
+        &mut self,
+        ts: u64,
+        tid: ContextId,
+        fd: u32,
+        enter_ts: u64,
+        ret: i64,
+    ) -> bool {
+        let g = match self.go_fds.get(&fd) {
+            Some(g) => *g,
+            None => {
+                let Some(&g) = self.go_threads.get(&tid) else {
+                    return false;
+                };
+                if !matches!(self.fd_kind(fd), FdKind::Connection | FdKind::Socket)
+                    || self.go_handshakes.get(&g).is_none_or(|h| h.fd.is_some())
+                {
+                    return false;
+                }
+                // The goroutine's first socket I/O since the entry: its connection. The
+                // uprobes time this handshake, so the record framing must not.
+                self.go_handshakes.get_mut(&g).expect("checked").fd = Some(fd);
+                self.go_fds.insert(fd, g);
+                self.tls_wire
+                    .insert(fd, TlsWire::new(WirePhase::Established));
+                g
+            }
+        };
+        let Some(mut h) = self.go_handshakes.remove(&g) else {
+            return false;
+        };
+        if h.running.is_some_and(|(thread, _)| thread != tid) {
+            // It moved to another thread without parking (preempted, or its thread went
+            // into a blocking syscall): the old stretch ends as this syscall began.
+            self.go_stretch_end(&mut h, enter_ts);
+        }
+        if h.running.is_none() {
+            if let Some(parked) = h.parked_since.take() {
+                h.phases.peer_wait += enter_ts.saturating_sub(parked);
+            }
+            if let Some(ctx) = self.contexts.get(&tid) {
+                h.running = Some((tid, ctx.snapshot(enter_ts)));
+                self.go_threads.insert(tid, g);
+            }
+        }
+        if ret == EAGAIN {
+            self.go_stretch_end(&mut h, ts);
+            h.parked_since = Some(ts);
+        }
+        self.go_handshakes.insert(g, h);
+        true
+    }
+
+    /// End the handshake's running stretch at `ts`, adding its thread's timeline to the phases.
+    fn go_stretch_end(&mut self, h: &mut GoHandshake, ts: u64) {
+        let Some((thread, start)) = h.running.take() else {
+            if let Some(parked) = h.parked_since.take() {
+                h.phases.peer_wait += ts.saturating_sub(parked);
+            }
+            return;
+        };
+        self.go_threads.remove(&thread);
+        let Some(ctx) = self.contexts.get(&thread) else {
+            return;
+        };
+        let stretch = TlsPhases::from_breakdown(&diff(&ctx.snapshot(ts), &start));
+        h.phases.add(&stretch);
+    }
+
+    /// The connection `fd` closed, or a thread exited: forget what pointed at them.
+    pub(super) fn go_forget_fd(&mut self, fd: u32) {
+        self.go_done.remove(&fd);
+        if let Some(g) = self.go_fds.remove(&fd) {
+            self.go_handshakes.remove(&g);
+        }
+    }
+
+    pub(super) fn go_forget_thread(&mut self, tid: ContextId) {
+        self.go_threads.remove(&tid);
+    }
+}

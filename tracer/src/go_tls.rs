@@ -1,0 +1,272 @@
+//! Finding Go's `crypto/tls` in a target and hooking its handshake functions.
+//!
+//! `(*Conn).serverHandshake` and `(*Conn).clientHandshake` run once per handshake: each gets
+//! a uprobe at its entry and one at every RET instruction, found by decoding the function
+//! with iced-x86 (never a uretprobe: Go moves goroutine stacks, and a rewritten return
+//! address on a moved stack crashes the target). Functions are found in the ELF symbol
+//! table, or in `.gopclntab` when the binary is stripped.
+//!
+//! `(*Conn).handshakeContext` is not hooked: every `Read` and `Write` on a `tls.Conn` calls
+//! it (it returns at once once the handshake is done), so probes on it would cost two uprobe
+//! traps per TLS read and write for the life of every connection.
+
+use std::{
+    fs,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    programs::{
+        uprobe::{UProbeLink, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use crate::gopclntab;
+
+pub const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
+pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
+
+/// A hooked function: where its entry and RET instructions are, as offsets in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoFunction {
+    pub name: String,
+    pub entry: u64,
+    pub returns: Vec<u64>,
+}
+
+/// A Go target's `crypto/tls`.
+#[derive(Clone, Debug)]
+pub struct GoTls {
+    /// What to call it in the output: `Go crypto/tls (go1.19.8, /usr/bin/app)`.
+    pub library: String,
+    /// The executable, as this process can open it.
+    pub path: PathBuf,
+    pub functions: Vec<GoFunction>,
+    /// Where the functions were found: `symbol table` or `.gopclntab`.
+    pub found_in: &'static str,
+}
+
+/// Look at the target's executable: `Ok(None)` when it is not a Go program or does not use
+/// `crypto/tls`.
+pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let data = fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    let file = object::File::parse(&*data).context("parsing the target's executable")?;
+    let Some(pclntab) = file.section_by_name(".gopclntab") else {
+        return Ok(None); // not Go
+    };
+    let names = [SERVER_HANDSHAKE, CLIENT_HANDSHAKE];
+    let mut found_in = "symbol table";
+    let mut ranges: Vec<gopclntab::FuncRange> = file
+        .symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            names.contains(&name).then(|| gopclntab::FuncRange {
+                name: name.to_string(),
+                entry: s.address(),
+                end: s.address() + s.size(),
+            })
+        })
+        .collect();
+    if ranges.is_empty() {
+        found_in = ".gopclntab";
+        let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
+        let table = pclntab.data().context("reading .gopclntab")?;
+        ranges = gopclntab::find_functions(table, text_addr, &names)?;
+    }
+    if ranges.is_empty() {
+        return Ok(None); // Go, without crypto/tls
+    }
+    let functions = ranges
+        .iter()
+        .map(|r| locate(&file, r))
+        .collect::<Result<Vec<_>>>()?;
+    let version = file
+        .section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .and_then(go_version);
+    let target = fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
+    Ok(Some(GoTls {
+        library: format!(
+            "Go crypto/tls ({}, {})",
+            version.as_deref().unwrap_or("Go version unknown"),
+            target.display()
+        ),
+        path: exe,
+        functions,
+        found_in,
+    }))
+}
+
+/// A function's entry and RET instructions as file offsets.
+fn locate(file: &object::File, range: &gopclntab::FuncRange) -> Result<GoFunction> {
+    let section = file
+        .sections()
+        .find(|s| s.address() <= range.entry && range.entry < s.address() + s.size())
+        .with_context(|| format!("{} is in no section", range.name))?;
+    let (file_start, _) = section
+        .file_range()
+        .with_context(|| format!("{}'s section has no file data", range.name))?;
+    let data = section.data()?;
+    let start = (range.entry - section.address()) as usize;
+    let end = ((range.end - section.address()) as usize).min(data.len());
+    if start >= end {
+        bail!("{} has no code", range.name);
+    }
+    let returns = ret_offsets(&data[start..end]);
+    if returns.is_empty() {
+        bail!("no RET instruction found in {}", range.name);
+    }
+    let entry = file_start + start as u64;
+    Ok(GoFunction {
+        name: range.name.clone(),
+        entry,
+        returns: returns.into_iter().map(|off| entry + off).collect(),
+    })
+}
+
+/// Offsets of the RET instructions in a function's code (decoded from its start, so only
+/// instruction boundaries count; Go puts no data inside functions).
+pub fn ret_offsets(code: &[u8]) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut offsets = Vec::new();
+    for instruction in &mut decoder {
+        if instruction.mnemonic() == Mnemonic::Ret {
+            offsets.push(instruction.ip());
+        }
+    }
+    offsets
+}
+
+/// The Go version recorded in `.go.buildinfo` (Go 1.18+, which stores it inline): a 14-byte
+/// magic, pointer size, flags (bit 1: inline strings), then at offset 32 a varint length and
+/// the version string (`src/debug/buildinfo/buildinfo.go`).
+pub fn go_version(buildinfo: &[u8]) -> Option<String> {
+    if !buildinfo.starts_with(b"\xff Go buildinf:") || buildinfo.get(15)? & 2 == 0 {
+        return None;
+    }
+    let (len, used) = uvarint(buildinfo.get(32..)?)?;
+    let start = 32 + used;
+    let bytes = buildinfo.get(start..start + len as usize)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Attach the entry and RET probes. Returns the links and the functions hooked.
+pub fn attach(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+    let mut links = Vec::new();
+    let mut hooked = Vec::new();
+    for program in [
+        "go_server_handshake_enter",
+        "go_client_handshake_enter",
+        "go_handshake_return",
+    ] {
+        load(ebpf, program)?;
+    }
+    for f in &go.functions {
+        let enter = if f.name == SERVER_HANDSHAKE {
+            "go_server_handshake_enter"
+        } else {
+            "go_client_handshake_enter"
+        };
+        links.push(attach_at(ebpf, enter, &go.path, f.entry, scope)?);
+        for ret in &f.returns {
+            links.push(attach_at(
+                ebpf,
+                "go_handshake_return",
+                &go.path,
+                *ret,
+                scope,
+            )?);
+        }
+        hooked.push(format!(
+            "{} (entry + {} RET)",
+            f.name.trim_start_matches("crypto/tls."),
+            f.returns.len()
+        ));
+    }
+    Ok((links, hooked))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?)
+}
+
+fn load(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    program(ebpf, name)?
+        .load()
+        .with_context(|| format!("loading program {name}"))
+}
+
+fn attach_at(
+    ebpf: &mut Ebpf,
+    name: &str,
+    path: &Path,
+    file_offset: u64,
+    scope: UProbeScope,
+) -> Result<UProbeLink> {
+    let prog = program(ebpf, name)?;
+    let id = prog
+        .attach(file_offset, path, scope)
+        .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;
+    Ok(prog.take_link(id)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ret_instructions_are_found_on_instruction_boundaries() {
+        let code = [
+            0x55, // push rbp
+            0x48, 0xc7, 0xc0, 0xc3, 0x00, 0x00,
+            0x00, // mov rax, 0xc3 (a 0xc3 byte, not a RET)
+            0xc3, // ret
+            0x90, // nop
+            0xc2, 0x08, 0x00, // ret 8
+            0xcc, // int3 padding
+        ];
+        assert_eq!(ret_offsets(&code), vec![8, 10]);
+    }
+
+    #[test]
+    fn the_go_version_is_read_from_buildinfo() {
+        let mut info = b"\xff Go buildinf:".to_vec();
+        info.extend_from_slice(&[8, 2]);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend_from_slice(b"go1.19.8");
+        info.push(0x10);
+        assert_eq!(go_version(&info).as_deref(), Some("go1.19.8"));
+        info[15] = 0; // pre-1.18: pointers into the data, not read
+        assert_eq!(go_version(&info), None);
+        assert_eq!(go_version(b"not buildinfo"), None);
+    }
+
+    #[test]
+    fn a_non_go_executable_is_not_go() {
+        assert!(find_go_tls(std::process::id()).unwrap().is_none());
+    }
+}
