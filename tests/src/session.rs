@@ -46,8 +46,19 @@ pub fn temp_out(name: &str) -> PathBuf {
 impl TracerSession {
     /// Start `tracer --pid PID -o OUT ARGS...` and wait for it to report that it is attached.
     pub fn start(pid: u32, name: &str, args: &[&str]) -> TracerSession {
+        Self::start_with_env(pid, name, args, &[])
+    }
+
+    /// [`TracerSession::start`] with more environment variables for the tracer.
+    pub fn start_with_env(
+        pid: u32,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> TracerSession {
         let out = temp_out(name);
         let mut child = Command::new(bin_path("tracer"))
+            .envs(env.iter().copied())
             .arg("--pid")
             .arg(pid.to_string())
             .arg("--output")

@@ -301,6 +301,71 @@ fn a_delayed_client_flight_is_peer_wait() {
     assert!(server.alive());
 }
 
+/// Nothing the peers exchanged reaches the tracer's output, its files or even its full event
+/// stream (`TRACER_EVENT_DUMP`): not TLS plaintext sent through s_client, and not plaintext
+/// written to the socket (whose first 5 bytes the kernel side classifies).
+#[test]
+fn no_payload_bytes_reach_userspace() {
+    if skip_unless_ready() {
+        return;
+    }
+    const MARKER: &str = "PAYLOAD-MARKER-7f3a9c-do-not-record";
+    let server = SServer::start("payload");
+    let dump = std::env::temp_dir().join(format!("tracer-payload-dump-{}", std::process::id()));
+    let tracer = TracerSession::start_with_env(
+        server.pid(),
+        "tls-payload",
+        &["-i", "1", "--slow", "0"],
+        &[("TRACER_EVENT_DUMP", &dump)],
+    );
+    let mut client = Command::new("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-connect",
+        ])
+        .arg(format!("127.0.0.1:{}", server.port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(format!("{MARKER}\n").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stdin);
+    let _ = client.wait();
+    let mut plain = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    plain.write_all(MARKER.as_bytes()).unwrap();
+    drop(plain);
+    std::thread::sleep(Duration::from_millis(200));
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    assert_eq!(tls(&done.summary)["handshakes"]["count"].as_u64(), Some(1));
+    let mut outputs = vec![
+        ("stdout".to_string(), done.stdout.into_bytes()),
+        ("stderr".to_string(), done.stderr.into_bytes()),
+        ("event dump".to_string(), std::fs::read(&dump).unwrap()),
+    ];
+    for file in std::fs::read_dir(&done.out).unwrap() {
+        let path = file.unwrap().path();
+        outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+    }
+    let _ = std::fs::remove_file(&dump);
+    assert!(outputs[2].1.len() > 1000, "the event dump holds the events");
+    for (name, bytes) in outputs {
+        for needle in [MARKER, &MARKER[..5]] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{name} holds payload bytes ({needle:?})"
+            );
+        }
+    }
+}
+
 #[test]
 fn tls_off_hooks_nothing() {
     if skip_unless_ready() {
@@ -477,11 +542,11 @@ fn build_go_server(dir: &Path, stripped: bool) -> PathBuf {
     out
 }
 
-/// A Go crypto/tls server, plain and stripped: its handshakes are seen in the TLS record
-/// framing (Go is not hooked with uprobes yet), each connection's first request carries its
-/// handshake, and the target keeps serving after the tracer detaches.
+/// A Go crypto/tls server, plain and stripped: its handshake functions are found (in the
+/// symbol table, or in .gopclntab) and hooked at entry and RETs, each connection's first
+/// request carries its handshake, and the target keeps serving after the tracer detaches.
 #[test]
-fn go_crypto_tls_handshakes_are_seen_in_the_record_framing() {
+fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
     if skip_unless_ready() {
         return;
     }
@@ -533,6 +598,22 @@ fn go_crypto_tls_handshakes_are_seen_in_the_record_framing() {
         );
         assert_eq!(String::from_utf8_lossy(&after.stdout), "200 1\n200 0\n");
         let t = tls(&done.summary);
+        let found_in = if stripped {
+            ".gopclntab"
+        } else {
+            "symbol table"
+        };
+        let library = t["library"].as_str().unwrap_or_default();
+        assert!(
+            library.starts_with("Go crypto/tls (go1.") && library.contains(found_in),
+            "{name}: {t}"
+        );
+        assert!(
+            done.stderr.contains("TLS: Go crypto/tls")
+                && done.stderr.contains("(*Conn).serverHandshake (entry + "),
+            "the tracer says what it hooked: {}",
+            done.stderr
+        );
         assert_eq!(
             t["handshakes"]["count"].as_u64(),
             Some(CONNECTIONS as u64),
@@ -551,4 +632,49 @@ fn go_crypto_tls_handshakes_are_seen_in_the_record_framing() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Go server whose clients' second flight is held back: the goroutine parks in the
+/// netpoller and may resume on another thread; the wait is `peer_wait`, and the handshake's
+/// duration is right.
+#[test]
+fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
+    if skip_unless_ready() {
+        return;
+    }
+    const DELAY_MS: u64 = 150;
+    const CONNECTIONS: u64 = 4;
+    let dir = std::env::temp_dir().join(format!("tracer-tls-go-delay-{}", std::process::id()));
+    let (cert, key) = make_cert(&dir);
+    let exe = build_go_server(&dir, true);
+    let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
+    let proxy = DelayProxy::start(addr.port(), Duration::from_millis(DELAY_MS));
+    let tracer = TracerSession::start(pid, "tls-go-delay", &["-i", "1"]);
+    for _ in 0..CONNECTIONS {
+        s_client(proxy.port);
+    }
+    let done = tracer.stop();
+    let alive = server.try_wait().unwrap().is_none();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    assert!(
+        alive,
+        "the Go server keeps running after the tracer detached"
+    );
+    let t = tls(&done.summary);
+    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    let p50 = t["handshakes"]["p50"].as_u64().unwrap();
+    assert!(
+        (DELAY_MS * MS..DELAY_MS * MS + 100 * MS).contains(&p50),
+        "handshake p50 {p50} ns for a {DELAY_MS} ms delay: {t}"
+    );
+    let peer_wait = t["phases"]["peer_wait"]["total_ns"].as_u64().unwrap();
+    assert!(
+        peer_wait >= CONNECTIONS * DELAY_MS * MS * 9 / 10,
+        "peer_wait {peer_wait} ns for {CONNECTIONS} handshakes delayed {DELAY_MS} ms: {t}"
+    );
+    let cpu = t["phases"]["cpu"]["total_ns"].as_u64().unwrap();
+    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t}");
 }
