@@ -53,6 +53,8 @@ pub struct RequestLine<'a> {
     pub path: &'a str,
     /// Everything after `?` (empty when there is none).
     pub query: &'a str,
+    /// `HTTP/1.0`: the connection closes after the response.
+    pub http10: bool,
 }
 
 /// Parses the first line of a request head (`GET /p?q HTTP/1.1`).
@@ -68,6 +70,7 @@ pub fn parse_request_line(head: &str) -> Option<RequestLine<'_>> {
         method,
         path,
         query,
+        http10: version == "HTTP/1.0",
     })
 }
 

@@ -247,7 +247,7 @@ fn openssl_handshakes_are_counted_and_timed() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f == "SSL_accept"),
+            .any(|f| f == "SSL_do_handshake"),
         "{t}"
     );
     assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");

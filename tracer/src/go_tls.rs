@@ -18,16 +18,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    programs::{
-        uprobe::{UProbeLink, UProbeScope},
-        UProbe,
-    },
+    programs::uprobe::{UProbeLink, UProbeScope},
     Ebpf,
 };
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-use crate::gopclntab;
+use crate::{gopclntab, tls::program_mut};
 
 pub const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
@@ -206,15 +203,8 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>,
     Ok((links, hooked))
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?)
-}
-
 fn load(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    program(ebpf, name)?
+    program_mut(ebpf, name)?
         .load()
         .with_context(|| format!("loading program {name}"))
 }
@@ -226,7 +216,7 @@ fn attach_at(
     file_offset: u64,
     scope: UProbeScope,
 ) -> Result<UProbeLink> {
-    let prog = program(ebpf, name)?;
+    let prog = program_mut(ebpf, name)?;
     let id = prog
         .attach(file_offset, path, scope)
         .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;

@@ -19,7 +19,11 @@ use aya::{
 use object::{Object as _, ObjectSymbol as _};
 
 /// Functions hooked, by kernel program: entry probes, and one return probe on all of them.
-const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake", "SSL_accept", "SSL_connect"];
+/// `SSL_accept` and `SSL_connect` tail-call `SSL_do_handshake` (ssl/ssl_lib.c, OpenSSL 1.0.2
+/// to 3.x), so its probes see all three at the cost of one; they are probed themselves only
+/// when it cannot be.
+const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake"];
+const HANDSHAKE_FALLBACK_FNS: &[&str] = &["SSL_accept", "SSL_connect"];
 const READ_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_peek"];
 const WRITE_FNS: &[&str] = &["SSL_write", "SSL_write_ex"];
 
@@ -113,33 +117,47 @@ fn has_symbol(path: &Path, name: &str) -> bool {
 pub fn attach(ebpf: &mut Ebpf, pid: u32, ssl: &OpenSsl) -> Result<(Vec<UProbeLink>, Vec<String>)> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
     let mut links = Vec::new();
-    let mut hooked = Vec::new();
-    let all: Vec<&str> = [HANDSHAKE_FNS, READ_FNS, WRITE_FNS].concat();
-    let plan: [(&str, &[&str]); 5] = [
-        ("ssl_handshake_enter", HANDSHAKE_FNS),
-        ("ssl_read_enter", READ_FNS),
-        ("ssl_write_enter", WRITE_FNS),
-        ("ssl_return", &all),
-        ("ssl_free", &["SSL_free"]),
-    ];
-    for (program, functions) in plan {
-        let prog: &mut UProbe = ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the object"))?
-            .try_into()?;
-        prog.load()
+    let mut entered: Vec<&str> = Vec::new();
+    for program in [
+        "ssl_handshake_enter",
+        "ssl_read_enter",
+        "ssl_write_enter",
+        "ssl_return",
+        "ssl_free",
+    ] {
+        program_mut(ebpf, program)?
+            .load()
             .with_context(|| format!("loading program {program}"))?;
+    }
+    let mut hook = |program: &str, functions: &[&'static str]| -> Result<Vec<&'static str>> {
+        let prog = program_mut(ebpf, program)?;
+        let mut hooked = Vec::new();
         for function in functions {
             let Ok(id) = prog.attach(*function, &ssl.path, scope) else {
                 continue; // not in this OpenSSL
             };
             links.push(prog.take_link(id)?);
-            if program != "ssl_return" && program != "ssl_free" {
-                hooked.push(function.to_string());
-            }
+            hooked.push(*function);
         }
+        Ok(hooked)
+    };
+    let mut handshake = hook("ssl_handshake_enter", HANDSHAKE_FNS)?;
+    if handshake.is_empty() {
+        handshake = hook("ssl_handshake_enter", HANDSHAKE_FALLBACK_FNS)?;
     }
-    Ok((links, hooked))
+    entered.extend(handshake);
+    entered.extend(hook("ssl_read_enter", READ_FNS)?);
+    entered.extend(hook("ssl_write_enter", WRITE_FNS)?);
+    hook("ssl_return", &entered)?;
+    hook("ssl_free", &["SSL_free"])?;
+    Ok((links, entered.iter().map(|f| f.to_string()).collect()))
+}
+
+pub fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?)
 }
 
 #[cfg(test)]

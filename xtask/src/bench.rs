@@ -45,7 +45,7 @@ pub struct Args {
     /// Phases per mode (baseline and traced alternate)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Run only these scenarios (A, B, C, D; repeatable) [default: all]
+    /// Run only these scenarios (A, B, E, C, D; repeatable) [default: all]
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 }
@@ -64,6 +64,9 @@ enum Target {
         connections: u32,
         paths: &'static [&'static str],
     },
+    /// The workload server serving HTTPS (OpenSSL linked in), loaded by `openssl s_time`
+    /// with these flags.
+    WorkloadTls { client: &'static [&'static str] },
     /// `openssl s_server` (libssl.so.3) with these flags, loaded by `openssl s_time`: a new
     /// TLS connection per request.
     OpenSsl {
@@ -90,6 +93,14 @@ const SCENARIOS: &[Scenario] = &[
             paths: &["/cpu?ms=1"],
         },
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "E",
+        about: "HTTPS against the workload server (static OpenSSL, uprobes), a new connection per request: s_time -new -www /",
+        target: Target::WorkloadTls {
+            client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
         name: "C",
@@ -213,6 +224,29 @@ fn measure(
                         paths,
                     ))
                 }),
+            )
+        }
+        Target::WorkloadTls { client } => {
+            let (key, cert) = make_cert(tmp)?;
+            let tls_args = [
+                "--tls-cert".as_ref(),
+                cert.as_os_str(),
+                "--tls-key".as_ref(),
+                key.as_os_str(),
+            ];
+            let server = Server::start_with(workload, &tls_args)?;
+            let pid = server.pid;
+            let port: u16 = server
+                .addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .context("the workload server's port")?;
+            let seconds = args.seconds;
+            (
+                pid,
+                Box::new(move || server.stop()),
+                Box::new(move || s_time(port, client, seconds)),
             )
         }
         Target::OpenSsl { server, client } => {
@@ -594,13 +628,20 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
         }
     }
 
-    if let Target::OpenSsl { .. } = scenario.target {
+    if matches!(
+        scenario.target,
+        Target::OpenSsl { .. } | Target::WorkloadTls { .. }
+    ) {
         let handshakes = stats_summary.and_then(|s| number(s, "/tls/handshakes/count"));
         let uprobe_ns: f64 = stats_summary
             .and_then(|s| s.get("programs")?.as_array())
             .map(|list| {
                 list.iter()
-                    .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("ssl_")))
+                    .filter(|p| {
+                        p["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("ssl_") || n.starts_with("go_"))
+                    })
                     .filter_map(|p| number(p, "/run_time_ns"))
                     .sum()
             })
@@ -638,26 +679,7 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(tmp: &Path, flags: &[&str]) -> Result<TlsServer> {
-        fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let (key, cert) = (tmp.join("key.pem"), tmp.join("cert.pem"));
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running openssl req")?;
-        anyhow::ensure!(status.success(), "openssl req failed");
+        let (key, cert) = make_cert(tmp)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -693,6 +715,31 @@ impl TlsServer {
         );
         Ok(TlsServer { proc, port })
     }
+}
+
+/// A throw-away P-256 certificate in `tmp`: (key, cert).
+fn make_cert(tmp: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let (key, cert) = (tmp.join("key.pem"), tmp.join("cert.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl req")?;
+    anyhow::ensure!(status.success(), "openssl req failed");
+    Ok((key, cert))
 }
 
 /// `openssl s_time` for `seconds`: new TLS connections back to back; connections per wall

@@ -107,8 +107,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(workload: &Path) -> Result<Server> {
+        Self::start_with(workload, &[])
+    }
+
+    /// `workload serve --port 0 EXTRA...` (e.g. `--tls-cert C --tls-key K`).
+    pub fn start_with(workload: &Path, extra: &[&std::ffi::OsStr]) -> Result<Server> {
         let mut cmd = Command::new(workload);
         cmd.args(["serve", "--port", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut proc = Proc::spawn(&mut cmd)?;

@@ -3,7 +3,7 @@
 //! to for `/io`, and a keep-alive load generator.
 //!
 //! ```text
-//! workload serve   [--port P] [--data-dir D]
+//! workload serve   [--port P] [--data-dir D] [--tls-cert CERT --tls-key KEY]
 //! workload backend [--port P]
 //! workload load    --addr HOST:PORT --path PATH [--path PATH ...]
 //!                  [--connections C] [--duration SECS] [--requests N]
@@ -16,8 +16,14 @@
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
 //! `/io?ms=N` (blocking round trip to the backend, which sleeps N ms),
 //! `/disk?kb=N` (N KiB of writes plus fsync; also `X-Fsync-Ns`).
+//!
+//! With `--tls-cert`/`--tls-key` it serves HTTPS instead: each connection does an explicit
+//! `SSL_accept`, then `SSL_read`/`SSL_write`, with OpenSSL linked into the executable
+//! (Debian's libssl.a, see `.cargo/config.toml`). An `HTTP/1.0` request closes its connection
+//! after the response (what `openssl s_time -www` expects).
 
 use anyhow::{bail, ensure, Context, Result};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -63,7 +69,10 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<()> {
     let (command, rest) = args.split_first().context(USAGE)?;
     match command.as_str() {
-        "serve" => serve(&Opts::parse(rest, &["port", "data-dir"])?),
+        "serve" => serve(&Opts::parse(
+            rest,
+            &["port", "data-dir", "tls-cert", "tls-key"],
+        )?),
         "backend" => backend(&Opts::parse(rest, &["port"])?),
         "load" => load(&Opts::parse(
             rest,
@@ -73,7 +82,8 @@ fn run(args: &[String]) -> Result<()> {
     }
 }
 
-const USAGE: &str = "usage: workload serve [--port P] [--data-dir D]\n       \
+const USAGE: &str = "usage: workload serve [--port P] [--data-dir D] \
+    [--tls-cert CERT --tls-key KEY]\n       \
     workload backend [--port P]\n       \
     workload load --addr HOST:PORT --path PATH [--path PATH ...] \
     [--connections C] [--duration SECS] [--requests N]";
@@ -223,16 +233,42 @@ fn serve(opts: &Opts) -> Result<()> {
         data_dir,
         next_file: AtomicU64::new(0),
     });
+    let tls = match (opts.last("tls-cert"), opts.last("tls-key")) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls_acceptor(cert, key)?)),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
     announce(&format!(
         "listening {} pid {}",
         listener.local_addr()?,
         std::process::id()
     ))?;
     accept_loop(&listener, "conn", move |stream| {
-        Connection::new(&server).serve(stream)
+        stream.set_nodelay(true)?;
+        let conn = Connection::new(&server);
+        match &tls {
+            None => conn.serve(stream).map(drop),
+            Some(acceptor) => {
+                let tls = acceptor.accept(stream).context("TLS handshake")?;
+                let mut tls = conn.serve(tls)?;
+                let _ = tls.shutdown(); // close_notify
+                Ok(())
+            }
+        }
     });
     drop(backend);
     Ok(())
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> Result<SslAcceptor> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    builder
+        .set_certificate_chain_file(cert)
+        .with_context(|| format!("TLS certificate {cert}"))?;
+    builder
+        .set_private_key_file(key, SslFiletype::PEM)
+        .with_context(|| format!("TLS key {key}"))?;
+    Ok(builder.build())
 }
 
 /// Starts the thread that takes [`GLOBAL_LOCK`] on behalf of `/lock`.
@@ -387,9 +423,9 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Serves keep-alive requests on `stream` until EOF or an error.
-    fn serve(mut self, mut stream: TcpStream) -> Result<()> {
-        stream.set_nodelay(true)?;
+    /// Serves keep-alive requests on `stream` until EOF, a closing reply or an error; returns
+    /// the stream.
+    fn serve<S: io::Read + Write>(mut self, mut stream: S) -> Result<S> {
         let mut buf = Vec::with_capacity(1024);
         while let Some(end) = http::read_head(&mut stream, &mut buf).context("read request")? {
             let reply = self.respond(&buf[..end]);
@@ -401,7 +437,7 @@ impl<'a> Connection<'a> {
                 break;
             }
         }
-        Ok(())
+        Ok(stream)
     }
 
     /// Parses one request head and runs its handler; failures become error replies.
@@ -426,6 +462,7 @@ impl<'a> Connection<'a> {
         if measure_cpu {
             reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
         }
+        reply.close |= req.http10;
         reply
     }
 
