@@ -366,6 +366,60 @@ fn no_payload_bytes_reach_userspace() {
     }
 }
 
+/// `openssl s_client` at `version` (`-tls1_2`, `-tls1_3`), saving its session to `session`,
+/// or resuming it from there; it stays 300 ms so TLS 1.3 session tickets arrive. Returns
+/// whether it says it reused the session.
+fn s_client_session(port: u16, version: &str, session: &Path, resume: bool) -> bool {
+    let mut client = Command::new("timeout")
+        .args(["20", "openssl", "s_client", version, "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(if resume { "-sess_in" } else { "-sess_out" })
+        .arg(session)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client.stdin.take());
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Cipher is"), "no handshake: {text}");
+    text.contains("\nReused, ")
+}
+
+/// TLS 1.2 and 1.3, full and resumed, told apart from record headers alone.
+#[test]
+fn versions_and_resumption_are_reported() {
+    if skip_unless_ready() {
+        return;
+    }
+    let server = SServer::start("versions");
+    let tracer = TracerSession::start(server.pid(), "tls-versions", &["-i", "1"]);
+    for version in ["-tls1_2", "-tls1_3"] {
+        let session = server.dir.join(format!("session{version}"));
+        assert!(!s_client_session(server.port, version, &session, false));
+        assert!(
+            s_client_session(server.port, version, &session, true),
+            "s_client did not resume its {version} session"
+        );
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    let hs = &tls(&done.summary)["handshakes"];
+    assert_eq!(hs["count"].as_u64(), Some(4), "{hs}");
+    assert_eq!(hs["by_version"]["TLSv1.2"].as_u64(), Some(2), "{hs}");
+    assert_eq!(hs["by_version"]["TLSv1.3"].as_u64(), Some(2), "{hs}");
+    assert_eq!(hs["resumed"].as_u64(), Some(2), "{hs}");
+    assert_eq!(hs["full"].as_u64(), Some(2), "{hs}");
+    assert!(
+        done.stdout
+            .contains("TLSv1.3 2, TLSv1.2 2, version unknown 0; resumed 2, full 2"),
+        "{}",
+        done.stdout
+    );
+}
+
 #[test]
 fn tls_off_hooks_nothing() {
     if skip_unless_ready() {
@@ -618,6 +672,17 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             t["handshakes"]["count"].as_u64(),
             Some(CONNECTIONS as u64),
             "{name}: {t}"
+        );
+        let hs = &t["handshakes"];
+        assert_eq!(
+            hs["by_version"]["TLSv1.3"].as_u64(),
+            Some(CONNECTIONS as u64),
+            "{name}: {hs}"
+        );
+        assert_eq!(
+            hs["full"].as_u64(),
+            Some(CONNECTIONS as u64),
+            "{name}: {hs}"
         );
         let mut reqs: Vec<&Value> = done.requests.iter().collect();
         assert_eq!(reqs.len(), CONNECTIONS * 2, "{name}: {reqs:?}");

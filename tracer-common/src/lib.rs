@@ -317,6 +317,36 @@ pub fn tls_record(header: [u8; 5]) -> u32 {
     }
 }
 
+/// A [`tls_record`] classification, plus, for a change_cipher_spec record, the content type
+/// of the record after it in bits 24..31 when the same buffer holds that record's header
+/// (`next_header`). TLS 1.2 sends its Finished as a handshake record, TLS 1.3 as
+/// application_data (RFC 8446 section 5), so this tells the versions apart from record
+/// headers alone.
+pub fn tls_record_and_next(first: u32, next_header: [u8; 5]) -> u32 {
+    first | record_content(tls_record(next_header)) << 24
+}
+
+/// Whether a classification is a change_cipher_spec record (its body is one byte): the
+/// only record after which the kernel side looks at the next header.
+pub fn is_change_cipher_spec(record: u32) -> bool {
+    record == tls_content::CHANGE_CIPHER_SPEC << 16 | 1
+}
+
+/// The content type of a classified record (0: not a record).
+pub fn record_content(record: u32) -> u32 {
+    (record >> 16) & 0xff
+}
+
+/// The length of a classified record's body.
+pub fn record_len(record: u32) -> u32 {
+    record & 0xffff
+}
+
+/// The content type of the record after a change_cipher_spec (0: not seen).
+pub fn record_next_content(record: u32) -> u32 {
+    record >> 24
+}
+
 /// TLS record content types (RFC 8446 section 5.1).
 pub mod tls_content {
     pub const CHANGE_CIPHER_SPEC: u32 = 20;
@@ -357,6 +387,20 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_after_a_change_cipher_spec_is_classified() {
+        let ccs = tls_record([20, 3, 3, 0, 1]);
+        assert!(is_change_cipher_spec(ccs));
+        let tls13 = tls_record_and_next(ccs, [23, 3, 3, 0, 53]);
+        assert_eq!(record_content(tls13), tls_content::CHANGE_CIPHER_SPEC);
+        assert_eq!(record_len(tls13), 1);
+        assert_eq!(record_next_content(tls13), tls_content::APPLICATION_DATA);
+        let tls12 = tls_record_and_next(ccs, [22, 3, 3, 0, 40]);
+        assert_eq!(record_next_content(tls12), tls_content::HANDSHAKE);
+        assert_eq!(record_next_content(tls_record_and_next(ccs, *b"GET /")), 0);
+        assert!(!is_change_cipher_spec(tls_record([22, 3, 3, 0, 1])));
+    }
 
     #[test]
     fn tls_record_headers_are_recognised_and_plaintext_is_not() {

@@ -8,13 +8,17 @@
 //! cumulative breakdown, so its causes always sum to its latency.
 
 mod go_tls;
+mod tls_shape;
+
+pub use tls_shape::{TlsKind, TlsVersion};
 
 use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
 use tracer_common::{
-    is_read, is_write, nr, tls, tls_content, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE,
+    is_read, is_write, nr, record_content, record_len, tls, tls_content, PREEMPT_STATE_BIT,
+    STATE_UNINTERRUPTIBLE,
 };
 
 /// Where a nanosecond of a request went. The names are a file-format contract.
@@ -260,6 +264,7 @@ pub struct Handshake {
     pub fd: Option<u32>,
     pub start_ns: u64,
     pub phases: TlsPhases,
+    pub kind: TlsKind,
 }
 
 /// What a syscall return carries, besides its thread and time.
@@ -322,13 +327,16 @@ impl TlsWire {
         self.rx_type = if is_encrypted_alert(record) {
             tls_content::ALERT
         } else {
-            record >> 16
+            record_content(record)
         };
-        let whole = 5 + (record & 0xffff) as i64;
+        let whole = 5 + record_len(record) as i64;
         self.rx_left = (whole - ret).max(0);
         (self.rx_type, ret > whole)
     }
 }
+
+/// `-EAGAIN` as a syscall returns it (reported for Go targets only).
+const EAGAIN: i64 = -11;
 
 /// `EXIT_DEAD | EXIT_ZOMBIE` as sched_switch reports an exiting task's state (`X`, `Z`).
 const STATE_EXITING: u32 = 0x30;
@@ -457,6 +465,8 @@ pub struct Engine<R> {
     go_handshakes: HashMap<u64, go_tls::GoHandshake>,
     go_threads: HashMap<ContextId, u64>,
     go_fds: HashMap<u32, u64>,
+    /// Server-side handshakes' record headers, by fd, until the handshake completes.
+    tls_shapes: HashMap<u32, tls_shape::Shape>,
     /// Connections whose Go handshake just ended, until their next read or write.
     go_done: HashMap<u32, go_tls::GoDone>,
     /// Futex contention by address.
@@ -487,6 +497,7 @@ impl<R: FdResolver> Engine<R> {
             go_threads: HashMap::default(),
             go_fds: HashMap::default(),
             go_done: HashMap::default(),
+            tls_shapes: HashMap::default(),
             locks: HashMap::default(),
             other_by_syscall: HashMap::default(),
             aborted: 0,
@@ -694,13 +705,16 @@ impl<R: FdResolver> Engine<R> {
             self.transition(tid, ts, RunState::Running);
         }
         let fd = arg0 as u32;
+        if (tls_record != 0 || !self.tls_shapes.is_empty()) && (is_read(nr) || is_write(nr)) {
+            self.tls_shape(fd, nr, ret, tls_record);
+        }
         if !self.go_handshakes.is_empty()
             && (is_read(nr) || is_write(nr))
             && self.go_handshake_io(ts, tid, fd, enter_ts, ret)
         {
             return;
         }
-        if !self.go_done.is_empty() && (is_read(nr) || is_write(nr)) {
+        if !self.go_done.is_empty() && (is_read(nr) || is_write(nr)) && ret != EAGAIN {
             self.go_after_handshake(tid, fd, nr, enter_ts);
         }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
@@ -709,7 +723,7 @@ impl<R: FdResolver> Engine<R> {
                 // A handshake flight: it belongs to the handshake, not to a request.
                 if let Some(h) = self.handshakes.get_mut(&ssl) {
                     h.fd.get_or_insert(fd);
-                    h.saw_records |= tls_record >> 16 == tls_content::HANDSHAKE;
+                    h.saw_records |= record_content(tls_record) == tls_content::HANDSHAKE;
                 }
                 // The uprobes time this connection's handshake: the framing must not.
                 self.tls_wire
@@ -732,6 +746,7 @@ impl<R: FdResolver> Engine<R> {
                 self.tls_pending.remove(&(ret as u32));
                 self.tls_wire.remove(&(ret as u32));
                 self.go_forget_fd(ret as u32);
+                self.tls_shapes.remove(&(ret as u32));
                 self.fds.insert(ret as u32, FdKind::Connection);
             }
             nr::CLOSE => {
@@ -742,6 +757,7 @@ impl<R: FdResolver> Engine<R> {
                 self.tls_pending.remove(&fd);
                 self.tls_wire.remove(&fd);
                 self.go_forget_fd(fd);
+                self.tls_shapes.remove(&fd);
                 self.handshakes.retain(|_, h| h.fd != Some(fd));
             }
             n if is_read(n) && self.fd_kind(fd) == FdKind::Connection => {
@@ -899,12 +915,7 @@ impl<R: FdResolver> Engine<R> {
                 return;
             };
             let phases = TlsPhases::from_breakdown(&diff(&hctx.snapshot(ts), &h.start));
-            self.handshakes_done.push(Handshake {
-                ctx: h.ctx,
-                fd: h.fd,
-                start_ns: h.start_ts,
-                phases,
-            });
+            self.handshake_done(h.ctx, h.fd, h.start_ts, phases);
             if let Some(fd) = h.fd {
                 self.tls_pending.insert(fd, (h.start_ts, phases.total()));
             }
@@ -922,7 +933,7 @@ impl<R: FdResolver> Engine<R> {
     /// were handshake or alert records, not request bytes.
     fn tls_wire_read(&mut self, ts: u64, tid: ContextId, fd: u32, ret: i64, record: u32) -> bool {
         let Some(wire) = self.tls_wire.get_mut(&fd) else {
-            if record >> 16 == tls_content::HANDSHAKE {
+            if record_content(record) == tls_content::HANDSHAKE {
                 self.tls_wire_start(ts, tid, fd, ret, record);
                 return true;
             }
@@ -1012,7 +1023,7 @@ impl<R: FdResolver> Engine<R> {
     /// A write on a connection, seen through TLS record framing. Returns true when it was a
     /// handshake flight or an alert, not response bytes.
     fn tls_wire_write(&mut self, ts: u64, fd: u32, record: u32) -> bool {
-        let content = record >> 16;
+        let content = record_content(record);
         let handshake_ctx = match self.tls_wire.get(&fd) {
             None => return content == tls_content::ALERT,
             Some(TlsWire {
@@ -1077,13 +1088,50 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         let phases = TlsPhases::from_breakdown(&diff(&end, &start));
+        self.handshake_done(ctx, Some(fd), start_ts, phases);
+        self.tls_pending.insert(fd, (start_ts, phases.total()));
+    }
+
+    /// A handshake completed: keep it, with what the record framing said of it.
+    fn handshake_done(
+        &mut self,
+        ctx: ContextId,
+        fd: Option<u32>,
+        start_ns: u64,
+        phases: TlsPhases,
+    ) {
+        let kind = fd
+            .and_then(|fd| self.tls_shapes.remove(&fd))
+            .map(|shape| shape.kind())
+            .unwrap_or_default();
         self.handshakes_done.push(Handshake {
             ctx,
-            fd: Some(fd),
-            start_ns: start_ts,
+            fd,
+            start_ns,
             phases,
+            kind,
         });
-        self.tls_pending.insert(fd, (start_ts, phases.total()));
+    }
+
+    /// Follow the record headers of a server-side connection's handshake (version and
+    /// resumption, see `tls_shape`).
+    fn tls_shape(&mut self, fd: u32, nr: u32, ret: i64, record: u32) {
+        if ret <= 0 {
+            return;
+        }
+        if let Some(shape) = self.tls_shapes.get_mut(&fd) {
+            if is_read(nr) {
+                shape.read(ret, record);
+            } else {
+                shape.write(ret);
+            }
+        } else if is_read(nr)
+            && record_content(record) == tls_content::HANDSHAKE
+            && self.fd_kind(fd) == FdKind::Connection
+        {
+            self.tls_shapes
+                .insert(fd, tls_shape::Shape::start(ret, record));
+        }
     }
 
     fn thread_exit(&mut self, ts: u64, tid: ContextId) {
@@ -1146,7 +1194,8 @@ impl<R: FdResolver> Engine<R> {
 
 /// A TLS 1.3 alert: an application_data record of an alert's encrypted size.
 fn is_encrypted_alert(record: u32) -> bool {
-    record >> 16 == tls_content::APPLICATION_DATA && record & 0xffff == ENCRYPTED_ALERT_LEN
+    record_content(record) == tls_content::APPLICATION_DATA
+        && record_len(record) == ENCRYPTED_ALERT_LEN
 }
 
 /// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).

@@ -12,6 +12,7 @@ use crate::{
     export::{latency_json, wait_json},
     preflight::Target,
     probes::ProgramStat,
+    stats::TlsStats,
     tls::TlsStatus,
 };
 
@@ -148,7 +149,8 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
         let p = &t.tls.phases;
         let _ = writeln!(
             s,
-            "TLS handshakes: {}  p50 {}  p99 {}  max {}; phases: cpu {}, peer_wait {}, runqueue {}, other {}",
+            "TLS handshakes: {}  p50 {}  p99 {}  max {}; phases: cpu {}, peer_wait {}, runqueue {}, other {}; \
+             TLSv1.3 {}, TLSv1.2 {}, version unknown {}; resumed {}, full {}",
             hs.len(),
             human_ns(hs.value_at_quantile(0.5)),
             human_ns(hs.value_at_quantile(0.99)),
@@ -157,6 +159,11 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
             human_ns(p.peer_wait),
             human_ns(p.runqueue),
             human_ns(p.other),
+            t.tls.by_version[2],
+            t.tls.by_version[1],
+            t.tls.by_version[0],
+            t.tls.resumed,
+            t.tls.full,
         );
     }
     let other = other_detail(c);
@@ -297,7 +304,7 @@ pub fn summary_json(
             "library": tls.library,
             "hooked": tls.hooked,
             "not_hooked_because": tls.reason,
-            "handshakes": wait_json(&t.tls.durations),
+            "handshakes": handshakes_json(&t.tls),
             "phases": {
                 "cpu": { "total_ns": t.tls.phases.cpu },
                 "peer_wait": { "total_ns": t.tls.phases.peer_wait },
@@ -335,4 +342,19 @@ fn own_usage() -> (f64, f64, i64) {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss)
+}
+
+/// The `tls.handshakes` object: the duration summary, then versions and resumption.
+fn handshakes_json(tls: &TlsStats) -> Value {
+    let mut v = wait_json(&tls.durations);
+    let total = tls.durations.len();
+    v["by_version"] = json!({
+        "TLSv1.3": tls.by_version[2],
+        "TLSv1.2": tls.by_version[1],
+        "unknown": tls.by_version[0],
+    });
+    v["resumed"] = json!(tls.resumed);
+    v["full"] = json!(tls.full);
+    v["resumption_unknown"] = json!(total.saturating_sub(tls.resumed + tls.full));
+    v
 }

@@ -3,7 +3,9 @@
 
 use hdrhistogram::Histogram;
 
-use crate::attribution::{Breakdown, Cause, Handshake, Request, TlsPhases, Wait, CAUSES};
+use crate::attribution::{
+    Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES,
+};
 
 fn histogram() -> Histogram<u64> {
     // 3 significant digits, auto-resizing: nanoseconds up to hours.
@@ -110,10 +112,14 @@ impl WaitHist {
     }
 }
 
-/// TLS handshakes: durations and phase totals.
+/// TLS handshakes: durations, phase totals, versions and resumption.
 pub struct TlsStats {
     pub durations: Histogram<u64>,
     pub phases: TlsPhases,
+    /// Handshakes by version: unknown, TLS 1.2, TLS 1.3.
+    pub by_version: [u64; 3],
+    pub resumed: u64,
+    pub full: u64,
 }
 
 impl TlsStats {
@@ -121,10 +127,24 @@ impl TlsStats {
         TlsStats {
             durations: histogram(),
             phases: TlsPhases::default(),
+            by_version: [0; 3],
+            resumed: 0,
+            full: 0,
         }
     }
 
     pub fn record(&mut self, h: &Handshake) {
+        let version = match h.kind.version {
+            TlsVersion::Unknown => 0,
+            TlsVersion::Tls12 => 1,
+            TlsVersion::Tls13 => 2,
+        };
+        self.by_version[version] += 1;
+        match h.kind.resumed {
+            Some(true) => self.resumed += 1,
+            Some(false) => self.full += 1,
+            None => {}
+        }
         let _ = self.durations.record(h.phases.total());
         self.phases.cpu += h.phases.cpu;
         self.phases.peer_wait += h.phases.peer_wait;

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    futex_op_waits, is_traced, layout, nr, reports_exit, tls_record, EventKind, InSyscall, Loss,
-    SyscallEvent, NO_SYSCALL,
+    futex_op_waits, is_change_cipher_spec, is_traced, layout, nr, reports_exit, tls_record,
+    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, NO_SYSCALL,
 };
 
 use crate::maps::{
@@ -108,7 +108,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0; // a non-blocking socket with nothing to do: no request boundary
     }
     let arg1 = if inside.buf != 0 && ret >= 5 {
-        record_header(inside.buf)
+        record_header(inside.buf, ret)
     } else {
         inside.arg1
     };
@@ -126,9 +126,17 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 /// Whether the bytes just read or written at `buf` start with a TLS record header (see
 /// `tracer_common::tls_record`): only the classification leaves the kernel, never the bytes.
 #[inline(always)]
-fn record_header(buf: u64) -> u32 {
-    match unsafe { bpf_probe_read_user::<[u8; 5]>(buf as *const [u8; 5]) } {
+fn record_header(buf: u64, len: i64) -> u32 {
+    let first = match unsafe { bpf_probe_read_user::<[u8; 5]>(buf as *const [u8; 5]) } {
         Ok(header) => tls_record(header),
-        Err(_) => 0,
+        Err(_) => return 0,
+    };
+    // After a change_cipher_spec (6 bytes), the next record's header says TLS 1.2 or 1.3.
+    if !is_change_cipher_spec(first) || len < 11 {
+        return first;
+    }
+    match unsafe { bpf_probe_read_user::<[u8; 5]>((buf + 6) as *const [u8; 5]) } {
+        Ok(next) => tls_record_and_next(first, next),
+        Err(_) => first,
     }
 }

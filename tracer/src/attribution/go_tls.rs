@@ -16,12 +16,8 @@
 use tracer_common::is_write;
 
 use super::{
-    diff, Breakdown, ContextId, Engine, FdKind, FdResolver, Handshake, TlsPhases, TlsWire,
-    WirePhase,
+    diff, Breakdown, ContextId, Engine, FdKind, FdResolver, TlsPhases, TlsWire, WirePhase, EAGAIN,
 };
-
-/// `EAGAIN` as a syscall returns it.
-const EAGAIN: i64 = -11;
 
 /// Where a Go handshake ended, for a request that arrived together with its last flight.
 pub(super) struct GoDone {
@@ -77,12 +73,7 @@ impl<R: FdResolver> Engine<R> {
         }
         let total = ts.saturating_sub(h.start_ts);
         h.phases.fit(total);
-        self.handshakes_done.push(Handshake {
-            ctx: tid,
-            fd: h.fd,
-            start_ns: h.start_ts,
-            phases: h.phases,
-        });
+        self.handshake_done(tid, h.fd, h.start_ts, h.phases);
         if let Some(fd) =
             h.fd.filter(|fd| self.fds.get(fd) == Some(&FdKind::Connection))
         {
@@ -94,10 +85,11 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    /// The first read or write on a connection after its Go handshake. Go reads as much as the
-    /// socket holds, so the client's Finished and its first request often arrive in one read,
-    /// inside the handshake: a response written before any read answers that request, which
-    /// started when the handshake ended.
+    /// The first read or write on a connection after its Go handshake (not counting reads
+    /// that found nothing: net/http reads in the background while a request runs). Go reads
+    /// as much as the socket holds, so the client's Finished and its first request often
+    /// arrive in one read, inside the handshake: a response written before any read answers
+    /// that request, which started when the handshake ended.
     pub(super) fn go_after_handshake(&mut self, tid: ContextId, fd: u32, nr: u32, enter_ts: u64) {
         let Some(done) = self.go_done.remove(&fd) else {
             return;

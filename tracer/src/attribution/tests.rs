@@ -708,7 +708,8 @@ fn tls13_finished_with_the_request_in_one_read_starts_it() {
         [
             tls_read(0, 517, 0, HS, 512),
             tls_write(100, HS, 122),
-            tls_read(500, 6 + 58 + 120, 110, CCS, 1), // CCS + Finished + the request
+            // CCS + Finished (application_data: the kernel saw that header too) + the request
+            tls_read(500, 6 + 58 + 120, 110, CCS | APP << 8, 1),
             tls_write(600, APP, 300),
             block(700, nr::READ, CONN as u64),
         ],
@@ -716,6 +717,14 @@ fn tls13_finished_with_the_request_in_one_read_starts_it() {
     assert_eq!(reqs.len(), 1);
     assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 500);
     assert_eq!(reqs[0].latency_ns, 500 + 100);
+    let hs = e.take_handshakes();
+    assert_eq!(
+        hs[0].kind,
+        TlsKind {
+            version: TlsVersion::Tls13,
+            resumed: Some(true), // a 127-byte server flight has no certificate
+        }
+    );
 }
 
 #[test]
@@ -736,6 +745,13 @@ fn tls12_handshake_ends_with_the_servers_change_cipher_spec() {
     assert_eq!(reqs.len(), 1);
     assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 450);
     assert_eq!(reqs[0].latency_ns, 450 + 100);
+    assert_eq!(
+        e.take_handshakes()[0].kind,
+        TlsKind {
+            version: TlsVersion::Tls12,
+            resumed: Some(false),
+        }
+    );
 }
 
 #[test]
@@ -1105,6 +1121,7 @@ fn go_request_read_with_the_clients_finished_is_answered_after_the_handshake() {
             // change_cipher_spec, Finished and the request in one read; Go buffers the request
             tls_read(500, 165, 495, tls_content::CHANGE_CIPHER_SPEC, 1),
             go_tls(520, T, tls::GO_RETURN),
+            read(550, CONN, -11, 545), // net/http's background read finds nothing
             tls_write(600, tls_content::APPLICATION_DATA, 136), // the response, no read before
             read(700, CONN, -11, 695),
             read(1000, CONN, 112, 995), // the next request
