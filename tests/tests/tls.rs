@@ -95,7 +95,24 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Start an HTTPS test server (`EXE CERT KEY`) that prints `listening ADDR pid PID`.
-fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Child, std::net::SocketAddr, u32) {
+/// A test server process, killed when dropped (also when a test fails).
+struct Server(Child);
+
+impl Server {
+    /// Still running?
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Server, std::net::SocketAddr, u32) {
     let mut server = Command::new(exe)
         .arg(cert)
         .arg(key)
@@ -110,7 +127,7 @@ fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Child, std::net::
     .unwrap();
     let (addr, pid) = tracer_tests::parse_listening_line(&line)
         .unwrap_or_else(|| panic!("{} printed {line:?}", exe.display()));
-    (server, addr, pid)
+    (Server(server), addr, pid)
 }
 
 fn free_port() -> u16 {
@@ -497,7 +514,7 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
     }
     let dir = std::env::temp_dir().join(format!("tracer-tls-static-{}", std::process::id()));
     let (cert, key) = make_cert(&dir);
-    let (mut server, addr, pid) =
+    let (server, addr, pid) =
         spawn_https_server(&tracer_tests::bin_path("tls-server"), &cert, &key);
 
     let tracer = TracerSession::start(pid, "tls-static", &["-i", "1", "--slow", "0"]);
@@ -524,8 +541,7 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
         );
     }
     let done = tracer.stop();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
@@ -642,9 +658,8 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
         }
         let done = tracer.stop();
         let after = curl();
-        let alive = server.try_wait().unwrap().is_none();
-        let _ = server.kill();
-        let _ = server.wait();
+        let alive = server.alive();
+        drop(server);
         assert!(done.status.success(), "tracer failed: {}", done.stderr);
         assert!(
             alive,
@@ -719,9 +734,8 @@ fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
         s_client(proxy.port);
     }
     let done = tracer.stop();
-    let alive = server.try_wait().unwrap().is_none();
-    let _ = server.kill();
-    let _ = server.wait();
+    let alive = server.alive();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
