@@ -505,19 +505,30 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
     }
 }
 
-/// `tls-server`: OpenSSL linked into the executable (no libssl.so mapped), an explicit
-/// `SSL_accept` per connection, then keep-alive HTTPS requests.
+/// `tls-server` (the `openssl` crate against the system's libssl.so.3) and
+/// `tls-server-static` (the same server with Debian's libssl.a linked in: no libssl.so
+/// mapped, the SSL_* functions are in the executable): an explicit `SSL_accept` per
+/// connection, then keep-alive HTTPS requests. Only each connection's first request carries
+/// the handshake.
 #[test]
-fn static_openssl_handshake_is_carried_by_the_first_request_only() {
+fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_request() {
     if skip_unless_ready() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tracer-tls-static-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
-    let (server, addr, pid) =
-        spawn_https_server(&tracer_tests::bin_path("tls-server"), &cert, &key);
+    for (binary, library) in [
+        ("tls-server", "TLS: OpenSSL libssl.so.3"),
+        ("tls-server-static", "TLS: OpenSSL static ("),
+    ] {
+        rust_openssl_server(binary, library);
+    }
+}
 
-    let tracer = TracerSession::start(pid, "tls-static", &["-i", "1", "--slow", "0"]);
+fn rust_openssl_server(binary: &str, library: &str) {
+    let dir = std::env::temp_dir().join(format!("tracer-{binary}-{}", std::process::id()));
+    let (cert, key) = make_cert(&dir);
+    let (server, addr, pid) = spawn_https_server(&tracer_tests::bin_path(binary), &cert, &key);
+
+    let tracer = TracerSession::start(pid, binary, &["-i", "1", "--slow", "0"]);
     const CONNECTIONS: usize = 3;
     let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{addr}{p}"));
     for _ in 0..CONNECTIONS {
@@ -545,15 +556,15 @@ fn static_openssl_handshake_is_carried_by_the_first_request_only() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
-        done.stderr.contains("TLS: OpenSSL static ("),
-        "the tracer says it found OpenSSL in the executable: {}",
+        done.stderr.contains(library),
+        "{binary}: the tracer says which OpenSSL it found: {}",
         done.stderr
     );
     let t = tls(&done.summary);
     assert_eq!(
         t["handshakes"]["count"].as_u64(),
         Some(CONNECTIONS as u64),
-        "{t}"
+        "{binary}: {t}"
     );
     assert_eq!(done.requests.len(), CONNECTIONS * 3, "{:?}", done.requests);
     // Per connection (one server thread each), in order: the first request carries the

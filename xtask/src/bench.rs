@@ -96,7 +96,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "E",
-        about: "HTTPS against the workload server (static OpenSSL, uprobes), a new connection per request: s_time -new -www /",
+        about: "HTTPS against the workload server (libssl.so.3, uprobes), a new connection per request: s_time -new -www /",
         target: Target::WorkloadTls {
             client: &["-new", "-www", "/"],
         },

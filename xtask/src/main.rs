@@ -112,9 +112,35 @@ pub fn build_workspace(release: bool) -> Result<()> {
     run_cmd(&mut cmd).context("building the workspace")
 }
 
+/// Build `tls-server` again with Debian's libssl.a linked in (its own target directory, so
+/// the workspace's build keeps the shared libssl), as `tls-server-static` next to the
+/// workspace's binaries.
+fn build_static_tls_server() -> Result<()> {
+    let static_dir = target_dir().join("openssl-static");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .env("OPENSSL_STATIC", "1")
+        .args([
+            "build",
+            "-p",
+            "tracer-tests",
+            "--bin",
+            "tls-server",
+            "--target-dir",
+        ])
+        .arg(&static_dir);
+    run_cmd(&mut cmd).context("building tls-server with a static OpenSSL")?;
+    let built = static_dir.join("debug").join("tls-server");
+    let dest = bin_dir(false).join("tls-server-static");
+    std::fs::copy(&built, &dest)
+        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    Ok(())
+}
+
 fn test(args: &[OsString]) -> Result<()> {
     setup::run()?;
     build_workspace(false)?;
+    build_static_tls_server()?;
     let (cargo_args, test_args) = match args.iter().position(|arg| arg == "--") {
         Some(split) => (&args[..split], &args[split + 1..]),
         None => (args, &[][..]),

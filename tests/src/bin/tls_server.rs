@@ -1,5 +1,7 @@
-//! `tls-server CERT KEY`: a thread-per-connection HTTPS/1.1 server with OpenSSL linked into
-//! the executable (Debian's libssl.a; no libssl.so is mapped), for the tracer's TLS tests.
+//! `tls-server CERT KEY`: a thread-per-connection HTTPS/1.1 server on the `openssl` crate,
+//! for the tracer's TLS tests. The workspace build links the system's libssl.so.3;
+//! `cargo xtask test` also builds it with Debian's libssl.a linked in, as
+//! `tls-server-static` (no libssl.so mapped: the SSL_* functions are in the executable).
 //! Each connection does an explicit `SSL_accept`, then serves keep-alive requests with
 //! `SSL_read`/`SSL_write`: `/` answers at once, `/sleep?ms=N` sleeps first.
 //!

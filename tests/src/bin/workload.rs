@@ -18,8 +18,8 @@
 //! `/disk?kb=N` (N KiB of writes plus fsync; also `X-Fsync-Ns`).
 //!
 //! With `--tls-cert`/`--tls-key` it serves HTTPS instead: each connection does an explicit
-//! `SSL_accept`, then `SSL_read`/`SSL_write`, with OpenSSL linked into the executable
-//! (Debian's libssl.a, see `.cargo/config.toml`). An `HTTP/1.0` request closes its connection
+//! `SSL_accept`, then `SSL_read`/`SSL_write` (the system's libssl.so.3, through the
+//! `openssl` crate). An `HTTP/1.0` request closes its connection
 //! after the response (what `openssl s_time -www` expects).
 
 use anyhow::{bail, ensure, Context, Result};
