@@ -278,11 +278,12 @@ mod tests {
             RequestLine {
                 method: "GET",
                 path: "/sleep",
-                query: "ms=20"
+                query: "ms=20",
+                http10: false,
             }
         );
         let line = parse_request_line("GET / HTTP/1.0\r\n\r\n").unwrap();
-        assert_eq!((line.path, line.query), ("/", ""));
+        assert_eq!((line.path, line.query, line.http10), ("/", "", true));
         assert!(parse_request_line("GET /\r\n\r\n").is_none());
         assert!(parse_request_line("GET / HTTP/1.1 x\r\n\r\n").is_none());
         assert!(parse_request_line("GET nope HTTP/1.1\r\n\r\n").is_none());
