@@ -46,6 +46,18 @@ const PROGRAM_NAMES: [&str; 6] = [
     "task_newtask",
     "sched_process_exit",
 ];
+/// The TLS uprobe programs, loaded when the target maps an OpenSSL or is a Go program (the
+/// workload links libssl.so.3 for its HTTPS mode).
+const TLS_PROGRAM_NAMES: [&str; 8] = [
+    "ssl_handshake_enter",
+    "ssl_read_enter",
+    "ssl_write_enter",
+    "ssl_return",
+    "ssl_free",
+    "go_server_handshake_enter",
+    "go_client_handshake_enter",
+    "go_handshake_return",
+];
 const CAUSES: [&str; 8] = [
     "on_cpu",
     "runqueue",
@@ -486,6 +498,7 @@ fn bpftool_json(bpftool: &Path, object: &str) -> Value {
 fn is_our_program(name: &str) -> bool {
     PROGRAM_NAMES
         .iter()
+        .chain(&TLS_PROGRAM_NAMES)
         .any(|n| *n == name || (name.len() >= KERNEL_NAME_LEN && n.starts_with(name)))
 }
 

@@ -45,7 +45,7 @@ pub struct Args {
     /// Phases per mode (baseline and traced alternate)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Run only these scenarios (A, B, E, C, D; repeatable) [default: all]
+    /// Run only these scenarios (A, B, E, F, C, D; repeatable) [default: all]
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 }
@@ -67,6 +67,9 @@ enum Target {
     /// The workload server serving HTTPS (OpenSSL linked in), loaded by `openssl s_time`
     /// with these flags.
     WorkloadTls { client: &'static [&'static str] },
+    /// The Go HTTPS test server (`tests/go/https_server.go`, crypto/tls), built with the
+    /// system's Go, loaded by `openssl s_time` with these flags.
+    GoTls { client: &'static [&'static str] },
     /// `openssl s_server` (libssl.so.3) with these flags, loaded by `openssl s_time`: a new
     /// TLS connection per request.
     OpenSsl {
@@ -98,6 +101,14 @@ const SCENARIOS: &[Scenario] = &[
         name: "E",
         about: "HTTPS against the workload server (libssl.so.3, uprobes), a new connection per request: s_time -new -www /",
         target: Target::WorkloadTls {
+            client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "F",
+        about: "HTTPS against a Go net/http server (crypto/tls, uprobes at entry and RETs), a new connection per request: s_time -new -www /",
+        target: Target::GoTls {
             client: &["-new", "-www", "/"],
         },
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
@@ -236,12 +247,21 @@ fn measure(
             ];
             let server = Server::start_with(workload, &tls_args)?;
             let pid = server.pid;
-            let port: u16 = server
-                .addr
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .context("the workload server's port")?;
+            let port = server_port(&server)?;
+            let seconds = args.seconds;
+            (
+                pid,
+                Box::new(move || server.stop()),
+                Box::new(move || s_time(port, client, seconds)),
+            )
+        }
+        Target::GoTls { client } => {
+            let (key, cert) = make_cert(tmp)?;
+            let mut cmd = Command::new(build_go_server(tmp)?);
+            cmd.arg(&cert).arg(&key);
+            let server = Server::start_command(cmd)?;
+            let pid = server.pid;
+            let port = server_port(&server)?;
             let seconds = args.seconds;
             (
                 pid,
@@ -630,7 +650,7 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
 
     if matches!(
         scenario.target,
-        Target::OpenSsl { .. } | Target::WorkloadTls { .. }
+        Target::OpenSsl { .. } | Target::WorkloadTls { .. } | Target::GoTls { .. }
     ) {
         let handshakes = stats_summary.and_then(|s| number(s, "/tls/handshakes/count"));
         let uprobe_ns: f64 = stats_summary
@@ -715,6 +735,31 @@ impl TlsServer {
         );
         Ok(TlsServer { proc, port })
     }
+}
+
+fn server_port(server: &Server) -> Result<u16> {
+    server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in the server's address {}", server.addr))
+}
+
+/// Build `tests/go/https_server.go` with the system's Go (installed by `cargo xtask setup`)
+/// into `tmp`.
+fn build_go_server(tmp: &Path) -> Result<std::path::PathBuf> {
+    let out = tmp.join("https_server");
+    let mut cmd = Command::new("go");
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(crate::root().join("tests/go/https_server.go"))
+        .env("GOCACHE", tmp.join("gocache"))
+        .env("GOPATH", tmp.join("gopath"))
+        .env("GO111MODULE", "off");
+    crate::run_cmd(&mut cmd).context("building the Go HTTPS server")?;
+    Ok(out)
 }
 
 /// A throw-away P-256 certificate in `tmp`: (key, cert).

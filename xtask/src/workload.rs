@@ -113,10 +113,13 @@ impl Server {
     /// `workload serve --port 0 EXTRA...` (e.g. `--tls-cert C --tls-key K`).
     pub fn start_with(workload: &Path, extra: &[&std::ffi::OsStr]) -> Result<Server> {
         let mut cmd = Command::new(workload);
-        cmd.args(["serve", "--port", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        cmd.args(["serve", "--port", "0"]).args(extra);
+        Self::start_command(cmd)
+    }
+
+    /// Any server that prints `listening 127.0.0.1:<port> pid <pid>` once ready.
+    pub fn start_command(mut cmd: Command) -> Result<Server> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut proc = Proc::spawn(&mut cmd)?;
         let stdout = proc
             .child()
