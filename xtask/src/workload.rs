@@ -154,7 +154,7 @@ impl Server {
                 line.trim()
             )
         })?;
-        println!("workload serving on {addr} (pid {pid})");
+        println!("serving on {addr} (pid {pid})");
         Ok(Server { addr, pid, proc })
     }
 
