@@ -136,6 +136,9 @@ const SCENARIOS: &[Scenario] = &[
 /// Runs one load phase to completion.
 type LoadFn = Box<dyn FnMut() -> Result<Load>>;
 
+/// A scenario's running target: its pid, how to stop it, and the load to run against it.
+type Running = (u32, Box<dyn FnOnce()>, LoadFn);
+
 /// The JSON line `workload load` prints at the end.
 struct Load {
     rps: Option<f64>,
@@ -217,7 +220,7 @@ fn measure(
 ) -> Result<Measured> {
     println!();
     println!("== scenario {}: {}", scenario.name, scenario.about);
-    let (pid, stop, mut load): (u32, Box<dyn FnOnce()>, LoadFn) = match scenario.target {
+    let (pid, stop, mut load): Running = match scenario.target {
         Target::Workload { connections, paths } => {
             let server = Server::start(workload)?;
             let (pid, addr) = (server.pid, server.addr.clone());
@@ -245,29 +248,17 @@ fn measure(
                 "--tls-key".as_ref(),
                 key.as_os_str(),
             ];
-            let server = Server::start_with(workload, &tls_args)?;
-            let pid = server.pid;
-            let port = server_port(&server)?;
-            let seconds = args.seconds;
-            (
-                pid,
-                Box::new(move || server.stop()),
-                Box::new(move || s_time(port, client, seconds)),
-            )
+            s_time_against(
+                Server::start_with(workload, &tls_args)?,
+                client,
+                args.seconds,
+            )?
         }
         Target::GoTls { client } => {
             let (key, cert) = make_cert(tmp)?;
             let mut cmd = Command::new(build_go_server(tmp)?);
             cmd.arg(&cert).arg(&key);
-            let server = Server::start_command(cmd)?;
-            let pid = server.pid;
-            let port = server_port(&server)?;
-            let seconds = args.seconds;
-            (
-                pid,
-                Box::new(move || server.stop()),
-                Box::new(move || s_time(port, client, seconds)),
-            )
+            s_time_against(Server::start_command(cmd)?, client, args.seconds)?
         }
         Target::OpenSsl { server, client } => {
             let tls = TlsServer::start(tmp, server)?;
@@ -737,13 +728,23 @@ impl TlsServer {
     }
 }
 
-fn server_port(server: &Server) -> Result<u16> {
-    server
+/// A scenario's target pid, how to stop it, and its load: `openssl s_time` against `server`.
+fn s_time_against(
+    server: Server,
+    client: &'static [&'static str],
+    seconds: u32,
+) -> Result<Running> {
+    let port: u16 = server
         .addr
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no port in the server's address {}", server.addr))
+        .with_context(|| format!("no port in the server's address {}", server.addr))?;
+    Ok((
+        server.pid,
+        Box::new(move || server.stop()),
+        Box::new(move || s_time(port, client, seconds)),
+    ))
 }
 
 /// Build `tests/go/https_server.go` with the system's Go (installed by `cargo xtask setup`)
