@@ -488,6 +488,17 @@ fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
 }
 
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 fn sum(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     values.into_iter().flatten().reduce(|a, b| a + b)
 }
@@ -534,7 +545,16 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
 
     let base_rps = mean(measured.baseline.iter().map(|l| l.rps));
     let traced_rps = mean(measured.traced.iter().map(|t| t.load.rps));
-    let rps_ratio = ratio(traced_rps, base_rps);
+    // Each traced phase against the baseline phase just before it: the machine's own drift
+    // between phases (large for TLS loads on this VM) cancels out of a pair, and the median
+    // of the pairs ignores one disturbed phase.
+    let round_ratios: Vec<f64> = measured
+        .baseline
+        .iter()
+        .zip(&measured.traced)
+        .filter_map(|(b, t)| ratio(t.load.rps, b.rps))
+        .collect();
+    let rps_ratio = median(&round_ratios);
     let loss_pct = rps_ratio.map(|r| (1.0 - r) * 100.0);
     let base_p99 = mean(measured.baseline.iter().map(|l| l.p99_us));
     let traced_p99 = mean(measured.traced.iter().map(|t| t.load.p99_us));
@@ -578,16 +598,18 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
     };
     row("", "baseline".into(), "traced".into(), "ratio".into());
     row(
-        "throughput (req/s)",
+        "throughput (req/s, mean)",
         fmt(base_rps, 0),
         fmt(traced_rps, 0),
-        fmt(rps_ratio, 3),
+        fmt(ratio(traced_rps, base_rps), 3),
     );
+    let pairs: Vec<String> = round_ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!("  {:<30} {}", "traced/baseline per round", pairs.join(" "));
     row(
-        "throughput loss (%)",
+        "throughput loss (%, median pair)",
         String::new(),
         fmt(loss_pct, 1),
-        String::new(),
+        fmt(rps_ratio, 3),
     );
     row(
         "p99 latency (us)",
