@@ -513,26 +513,31 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
 /// `tls-server-static` (the same server with Debian's libssl.a linked in: no libssl.so
 /// mapped, the SSL_* functions are in the executable): an explicit `SSL_accept` per
 /// connection, then keep-alive HTTPS requests. Only each connection's first request carries
-/// the handshake.
+/// the handshake. The static run also probes SSL_read/SSL_write (`--tls-io-probes`): the same
+/// results, with the read and write functions hooked.
 #[test]
 fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_request() {
     if skip_unless_ready() {
         return;
     }
-    for (binary, library) in [
-        ("tls-server", "TLS: OpenSSL libssl.so.3"),
-        ("tls-server-static", "TLS: OpenSSL static ("),
+    for (binary, library, io_probes) in [
+        ("tls-server", "TLS: OpenSSL libssl.so.3", false),
+        ("tls-server-static", "TLS: OpenSSL static (", true),
     ] {
-        rust_openssl_server(binary, library);
+        rust_openssl_server(binary, library, io_probes);
     }
 }
 
-fn rust_openssl_server(binary: &str, library: &str) {
+fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
     let dir = std::env::temp_dir().join(format!("tracer-{binary}-{}", std::process::id()));
     let (cert, key) = make_cert(&dir);
     let (server, addr, pid) = spawn_https_server(&tracer_tests::bin_path(binary), &cert, &key);
 
-    let tracer = TracerSession::start(pid, binary, &["-i", "1", "--slow", "0"]);
+    let mut args = vec!["-i", "1", "--slow", "0"];
+    if io_probes {
+        args.push("--tls-io-probes");
+    }
+    let tracer = TracerSession::start(pid, binary, &args);
     const CONNECTIONS: usize = 3;
     let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{addr}{p}"));
     for _ in 0..CONNECTIONS {
@@ -562,6 +567,12 @@ fn rust_openssl_server(binary: &str, library: &str) {
     assert!(
         done.stderr.contains(library),
         "{binary}: the tracer says which OpenSSL it found: {}",
+        done.stderr
+    );
+    assert_eq!(
+        done.stderr.contains("SSL_read, "),
+        io_probes,
+        "{binary}: SSL_read is hooked only with --tls-io-probes: {}",
         done.stderr
     );
     let t = tls(&done.summary);

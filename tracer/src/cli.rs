@@ -40,11 +40,18 @@ pub struct Args {
     #[arg(long, value_name = "MS", value_parser = non_negative_ms)]
     pub slow: Option<f64>,
 
-    /// Time TLS handshakes (cause `tls_handshake`): uprobes on OpenSSL (shared or static),
-    /// and the TLS record framing on the socket for other servers
+    /// Time TLS handshakes (cause `tls_handshake`): uprobes on OpenSSL (shared or static)
+    /// and Go's crypto/tls, and the TLS record framing on the socket for other servers
     /// (only record headers are classified, in the kernel; never payloads)
     #[arg(long, value_enum, default_value_t = Tls::On)]
     pub tls: Tls,
+
+    /// Also probe OpenSSL's SSL_read/SSL_write family: handshakes that a first read or write
+    /// starts implicitly are then timed by uprobes instead of the record framing. Costs a
+    /// uprobe and a uretprobe on every TLS read and write (halved keep-alive HTTPS
+    /// throughput in the bench), so it is off by default
+    #[arg(long)]
+    pub tls_io_probes: bool,
 
     /// Turn on the kernel's BPF run-time statistics while tracing and report each kernel
     /// program's runs and ns per run in summary.json (costs some ns per program run)

@@ -90,7 +90,7 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     let report_eagain = matches!(go, Some(Ok(Some(_))));
     let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats, tls_on, report_eagain)?;
     let tls_status = match go {
-        Some(go) => probes.attach_tls(target.pid, go),
+        Some(go) => probes.attach_tls(target.pid, go, args.tls_io_probes),
         None => tls::TlsStatus {
             reason: Some("turned off (--tls off)".into()),
             ..Default::default()

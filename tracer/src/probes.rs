@@ -216,14 +216,20 @@ impl Probes {
 
     /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
     /// `go` is what [`go_tls::find_go_tls`] found in the target.
-    pub fn attach_tls(&mut self, pid: u32, go: Result<Option<go_tls::GoTls>>) -> TlsStatus {
+    /// `io_probes`: also probe OpenSSL's read and write functions (see `--tls-io-probes`).
+    pub fn attach_tls(
+        &mut self,
+        pid: u32,
+        go: Result<Option<go_tls::GoTls>>,
+        io_probes: bool,
+    ) -> TlsStatus {
         let mut status = TlsStatus::default();
         let mut not_hooked = Vec::new();
         match tls::find_openssl(pid) {
             None => not_hooked.push(
                 "no OpenSSL (no libssl mapped, no SSL_* symbols in the executable)".to_string(),
             ),
-            Some(ssl) => match tls::attach(&mut self.ebpf, pid, &ssl) {
+            Some(ssl) => match tls::attach(&mut self.ebpf, pid, &ssl, io_probes) {
                 Ok((links, hooked)) if !hooked.is_empty() => {
                     self.tls_links.extend(links);
                     status.found(format!("OpenSSL {}", ssl.library), hooked);

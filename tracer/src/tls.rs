@@ -112,9 +112,20 @@ fn has_symbol(path: &Path, name: &str) -> bool {
         .any(|s| s.is_definition() && s.name() == Ok(name))
 }
 
-/// Load the TLS programs and attach them to `ssl` in process `pid`. Functions the library
+/// Load the TLS programs and attach them to `ssl` in process `pid`: the handshake function
+/// and `SSL_free`, plus the read and write functions when `io_probes`. Functions the library
 /// lacks (`SSL_read_ex` before OpenSSL 1.1.1) are skipped.
-pub fn attach(ebpf: &mut Ebpf, pid: u32, ssl: &OpenSsl) -> Result<(Vec<UProbeLink>, Vec<String>)> {
+///
+/// Without `io_probes`, a handshake that a first `SSL_read`/`SSL_write` starts implicitly is
+/// timed by the TLS record framing instead: the read and write functions run on every
+/// request, and their probes (a trap at entry, two for the uretprobe) halved keep-alive
+/// HTTPS throughput in the bench.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    ssl: &OpenSsl,
+    io_probes: bool,
+) -> Result<(Vec<UProbeLink>, Vec<String>)> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
     let mut links = Vec::new();
     let mut entered: Vec<&str> = Vec::new();
@@ -146,8 +157,10 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, ssl: &OpenSsl) -> Result<(Vec<UProbeLin
         handshake = hook("ssl_handshake_enter", HANDSHAKE_FALLBACK_FNS)?;
     }
     entered.extend(handshake);
-    entered.extend(hook("ssl_read_enter", READ_FNS)?);
-    entered.extend(hook("ssl_write_enter", WRITE_FNS)?);
+    if io_probes {
+        entered.extend(hook("ssl_read_enter", READ_FNS)?);
+        entered.extend(hook("ssl_write_enter", WRITE_FNS)?);
+    }
     hook("ssl_return", &entered)?;
     hook("ssl_free", &["SSL_free"])?;
     Ok((links, entered.iter().map(|f| f.to_string()).collect()))

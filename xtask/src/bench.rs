@@ -45,7 +45,7 @@ pub struct Args {
     /// Phases per mode (baseline and traced alternate)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Run only these scenarios (A, B, E, F, C, D; repeatable) [default: all]
+    /// Run only these scenarios (A, B, E, G, F, C, D; repeatable) [default: all]
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 }
@@ -59,10 +59,12 @@ struct Scenario {
 
 /// What a scenario loads.
 enum Target {
-    /// The workload server, with `workload load` on keep-alive connections.
+    /// The workload server, with `workload load` on keep-alive connections (HTTPS when
+    /// `https`).
     Workload {
         connections: u32,
         paths: &'static [&'static str],
+        https: bool,
     },
     /// The workload server serving HTTPS (OpenSSL linked in), loaded by `openssl s_time`
     /// with these flags.
@@ -85,6 +87,7 @@ const SCENARIOS: &[Scenario] = &[
         target: Target::Workload {
             connections: 8,
             paths: &["/"],
+            https: false,
         },
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -94,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         target: Target::Workload {
             connections: 4,
             paths: &["/cpu?ms=1"],
+            https: false,
         },
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -102,6 +106,16 @@ const SCENARIOS: &[Scenario] = &[
         about: "HTTPS against the workload server (libssl.so.3, uprobes), a new connection per request: s_time -new -www /",
         target: Target::WorkloadTls {
             client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "G",
+        about: "HTTPS keep-alive against the workload server (libssl.so.3, uprobes on every SSL_read/SSL_write), 8 connections, /",
+        target: Target::Workload {
+            connections: 8,
+            paths: &["/"],
+            https: true,
         },
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -135,6 +149,16 @@ const SCENARIOS: &[Scenario] = &[
 
 /// Runs one load phase to completion.
 type LoadFn = Box<dyn FnMut() -> Result<Load>>;
+
+/// `workload serve` arguments for HTTPS with `cert` and `key`.
+fn tls_server_args<'a>(cert: &'a Path, key: &'a Path) -> [&'a std::ffi::OsStr; 4] {
+    [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]
+}
 
 /// A scenario's running target: its pid, how to stop it, and the load to run against it.
 type Running = (u32, Box<dyn FnOnce()>, LoadFn);
@@ -221,8 +245,17 @@ fn measure(
     println!();
     println!("== scenario {}: {}", scenario.name, scenario.about);
     let (pid, stop, mut load): Running = match scenario.target {
-        Target::Workload { connections, paths } => {
-            let server = Server::start(workload)?;
+        Target::Workload {
+            connections,
+            paths,
+            https,
+        } => {
+            let server = if https {
+                let (key, cert) = make_cert(tmp)?;
+                Server::start_with(workload, &tls_server_args(&cert, &key))?
+            } else {
+                Server::start(workload)?
+            };
             let (pid, addr) = (server.pid, server.addr.clone());
             let workload = workload.to_path_buf();
             let seconds = args.seconds;
@@ -230,13 +263,11 @@ fn measure(
                 pid,
                 Box::new(move || server.stop()),
                 Box::new(move || {
-                    run_load(&mut load_command(
-                        &workload,
-                        &addr,
-                        connections,
-                        seconds,
-                        paths,
-                    ))
+                    let mut cmd = load_command(&workload, &addr, connections, seconds, paths);
+                    if https {
+                        cmd.args(["--tls", "on"]);
+                    }
+                    run_load(&mut cmd)
                 }),
             )
         }
@@ -661,11 +692,15 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
         }
     }
 
-    if matches!(
-        scenario.target,
-        Target::OpenSsl { .. } | Target::WorkloadTls { .. } | Target::GoTls { .. }
-    ) {
+    let https_keep_alive = matches!(scenario.target, Target::Workload { https: true, .. });
+    if https_keep_alive
+        || matches!(
+            scenario.target,
+            Target::OpenSsl { .. } | Target::WorkloadTls { .. } | Target::GoTls { .. }
+        )
+    {
         let handshakes = stats_summary.and_then(|s| number(s, "/tls/handshakes/count"));
+        let requests = stats_summary.and_then(|s| number(s, "/requests/count"));
         let uprobe_ns: f64 = stats_summary
             .and_then(|s| s.get("programs")?.as_array())
             .map(|list| {
@@ -679,11 +714,16 @@ fn report(scenario: &Scenario, args: &Args, measured: &Measured) -> Vec<String> 
                     .sum()
             })
             .unwrap_or(0.0);
+        let (per, count) = if https_keep_alive {
+            ("request", requests)
+        } else {
+            ("handshake", handshakes)
+        };
         println!(
-            "  TLS handshakes traced (stats phase): {}; uprobe programs: {} ns per handshake \
+            "  TLS handshakes traced (stats phase): {}; uprobe programs: {} ns per {per} \
              (BPF run time only: the uprobe trap itself is not in the kernel's BPF stats)",
             fmt(handshakes, 0),
-            fmt(ratio(Some(uprobe_ns), handshakes), 0)
+            fmt(ratio(Some(uprobe_ns), count), 0)
         );
     }
 

@@ -6,7 +6,7 @@
 //! workload serve   [--port P] [--data-dir D] [--tls-cert CERT --tls-key KEY]
 //! workload backend [--port P]
 //! workload load    --addr HOST:PORT --path PATH [--path PATH ...]
-//!                  [--connections C] [--duration SECS] [--requests N]
+//!                  [--connections C] [--duration SECS] [--requests N] [--tls on|off]
 //! ```
 //!
 //! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
@@ -23,7 +23,7 @@
 //! after the response (what `openssl s_time -www` expects).
 
 use anyhow::{bail, ensure, Context, Result};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -76,7 +76,7 @@ fn run(args: &[String]) -> Result<()> {
         "backend" => backend(&Opts::parse(rest, &["port"])?),
         "load" => load(&Opts::parse(
             rest,
-            &["addr", "path", "connections", "duration", "requests"],
+            &["addr", "path", "connections", "duration", "requests", "tls"],
         )?),
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
@@ -86,7 +86,7 @@ const USAGE: &str = "usage: workload serve [--port P] [--data-dir D] \
     [--tls-cert CERT --tls-key KEY]\n       \
     workload backend [--port P]\n       \
     workload load --addr HOST:PORT --path PATH [--path PATH ...] \
-    [--connections C] [--duration SECS] [--requests N]";
+    [--connections C] [--duration SECS] [--requests N] [--tls on|off]";
 
 // ---------------------------------------------------------------- options --
 
@@ -672,6 +672,8 @@ struct LoadConfig {
     connections: usize,
     duration: Duration,
     max_requests: Option<u64>,
+    /// HTTPS (certificates not verified: the server's is a throw-away one).
+    tls: Option<SslConnector>,
 }
 
 impl LoadConfig {
@@ -692,12 +694,22 @@ impl LoadConfig {
             .ok()
             .filter(|d| !d.is_zero())
             .with_context(|| format!("bad --duration {secs}"))?;
+        let tls = match opts.last("tls").unwrap_or("off") {
+            "on" => {
+                let mut builder = SslConnector::builder(SslMethod::tls())?;
+                builder.set_verify(SslVerifyMode::NONE);
+                Some(builder.build())
+            }
+            "off" => None,
+            other => bail!("bad --tls {other:?}: on or off"),
+        };
         Ok(Self {
             addr,
             paths,
             connections,
             duration,
             max_requests: opts.parsed("requests")?,
+            tls,
         })
     }
 }
@@ -764,10 +776,10 @@ fn load_worker(
     issued: &AtomicU64,
 ) -> WorkerStats {
     let mut stats = WorkerStats::default();
-    let mut client: Option<HttpClient> = None;
+    let mut client: Option<Box<dyn LoadConnection>> = None;
     let mut next_path = index;
     while Instant::now() < deadline {
-        let Some(conn) = load_connection(&mut client, cfg.addr, deadline) else {
+        let Some(conn) = load_connection(&mut client, cfg, deadline) else {
             stats.errors += 1;
             thread::sleep(RECONNECT_DELAY);
             continue;
@@ -799,17 +811,59 @@ fn load_worker(
     stats
 }
 
-/// The worker's open connection, connecting first if needed (`None` on failure).
-fn load_connection(
-    slot: &mut Option<HttpClient>,
-    addr: SocketAddr,
+/// A keep-alive load connection, plain or HTTPS.
+trait LoadConnection {
+    fn get(&mut self, path: &str) -> io::Result<http::Response>;
+}
+
+impl LoadConnection for HttpClient {
+    fn get(&mut self, path: &str) -> io::Result<http::Response> {
+        HttpClient::get(self, path)
+    }
+}
+
+/// An HTTPS keep-alive connection.
+struct TlsClient {
+    stream: SslStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl LoadConnection for TlsClient {
+    fn get(&mut self, path: &str) -> io::Result<http::Response> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.stream.write_all(request.as_bytes())?;
+        http::read_response(&mut self.stream, &mut self.buf)
+    }
+}
+
+/// The worker's open connection, connecting (and, for HTTPS, handshaking) first if needed
+/// (`None` on failure).
+fn load_connection<'a>(
+    slot: &'a mut Option<Box<dyn LoadConnection>>,
+    cfg: &LoadConfig,
     deadline: Instant,
-) -> Option<&mut HttpClient> {
+) -> Option<&'a mut Box<dyn LoadConnection>> {
     if slot.is_none() {
         let timeout = deadline.saturating_duration_since(Instant::now()) + LOAD_GRACE;
-        let client = HttpClient::connect_timeout(&addr, timeout).ok()?;
-        client.set_timeout(Some(timeout)).ok()?;
-        *slot = Some(client);
+        let conn: Box<dyn LoadConnection> = match &cfg.tls {
+            None => {
+                let client = HttpClient::connect_timeout(&cfg.addr, timeout).ok()?;
+                client.set_timeout(Some(timeout)).ok()?;
+                Box::new(client)
+            }
+            Some(connector) => {
+                let tcp = TcpStream::connect_timeout(&cfg.addr, timeout).ok()?;
+                tcp.set_nodelay(true).ok()?;
+                tcp.set_read_timeout(Some(timeout)).ok()?;
+                tcp.set_write_timeout(Some(timeout)).ok()?;
+                let stream = connector.connect("localhost", tcp).ok()?;
+                Box::new(TlsClient {
+                    stream,
+                    buf: Vec::with_capacity(1024),
+                })
+            }
+        };
+        *slot = Some(conn);
     }
     slot.as_mut()
 }
