@@ -604,23 +604,33 @@ fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
     }
 }
 
-/// Build `tests/go/https_server.go` with Debian's Go into `dir`, plain or stripped.
-fn build_go_server(dir: &Path, stripped: bool) -> PathBuf {
+/// How a Go test server is built.
+#[derive(Clone, Copy)]
+struct GoBuild {
+    stripped: bool,
+    pie: bool,
+}
+
+/// Build `tests/go/https_server.go` with Debian's Go into `dir`.
+fn build_go_server(dir: &Path, build: GoBuild) -> PathBuf {
     let go = Path::new("/usr/bin/go");
     assert!(
         go.exists(),
         "go is missing: run `cargo xtask setup` (it installs golang-go)"
     );
     let source = tracer_tests::workspace_root().join("tests/go/https_server.go");
-    let out = dir.join(if stripped {
-        "https_server_stripped"
-    } else {
-        "https_server"
-    });
+    let out = dir.join(format!(
+        "https_server{}{}",
+        if build.stripped { "_stripped" } else { "" },
+        if build.pie { "_pie" } else { "" }
+    ));
     let mut cmd = Command::new(go);
     cmd.arg("build").arg("-o").arg(&out);
-    if stripped {
+    if build.stripped {
         cmd.arg("-ldflags=-s -w");
+    }
+    if build.pie {
+        cmd.arg("-buildmode=pie"); // .gopclntab becomes .data.rel.ro.gopclntab
     }
     let result = cmd
         .arg(&source)
@@ -638,9 +648,10 @@ fn build_go_server(dir: &Path, stripped: bool) -> PathBuf {
     out
 }
 
-/// A Go crypto/tls server, plain and stripped: its handshake functions are found (in the
-/// symbol table, or in .gopclntab) and hooked at entry and RETs, each connection's first
-/// request carries its handshake, and the target keeps serving after the tracer detaches.
+/// A Go crypto/tls server, plain, stripped, and stripped position-independent: its handshake
+/// functions are found (in the symbol table, or in .gopclntab) and hooked at entry and RETs,
+/// each connection's first request carries its handshake, and the target keeps serving after
+/// the tracer detaches.
 #[test]
 fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
     if skip_unless_ready() {
@@ -648,13 +659,13 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
     }
     let dir = std::env::temp_dir().join(format!("tracer-tls-go-{}", std::process::id()));
     let (cert, key) = make_cert(&dir);
-    for stripped in [false, true] {
-        let exe = build_go_server(&dir, stripped);
+    for (stripped, pie) in [(false, false), (true, false), (true, true)] {
+        let exe = build_go_server(&dir, GoBuild { stripped, pie });
         let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
-        let name = if stripped {
-            "tls-go-stripped"
-        } else {
-            "tls-go"
+        let name = match (stripped, pie) {
+            (false, _) => "tls-go",
+            (true, false) => "tls-go-stripped",
+            (true, true) => "tls-go-stripped-pie",
         };
         let tracer = TracerSession::start(pid, name, &["-i", "1", "--slow", "0"]);
         const CONNECTIONS: usize = 3;
@@ -752,7 +763,13 @@ fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
     const CONNECTIONS: u64 = 4;
     let dir = std::env::temp_dir().join(format!("tracer-tls-go-delay-{}", std::process::id()));
     let (cert, key) = make_cert(&dir);
-    let exe = build_go_server(&dir, true);
+    let exe = build_go_server(
+        &dir,
+        GoBuild {
+            stripped: true,
+            pie: false,
+        },
+    );
     let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
     let proxy = DelayProxy::start(addr.port(), Duration::from_millis(DELAY_MS));
     let tracer = TracerSession::start(pid, "tls-go-delay", &["-i", "1"]);

@@ -132,7 +132,8 @@ pub mod tls {
     pub const GO_SERVER_ENTER: u32 = 6;
     /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`ssl`: the goroutine's `g`).
     pub const GO_CLIENT_ENTER: u32 = 7;
-    /// One of the Go handshake functions reached a RET instruction (`ssl`: the `g`).
+    /// One of the Go handshake functions reached a RET instruction (`ssl`: the `g`; `ret`:
+    /// the returned error's type word, 0 when the handshake succeeded).
     pub const GO_RETURN: u32 = 8;
 }
 

@@ -572,6 +572,7 @@ impl<R: FdResolver> Engine<R> {
                 ret,
             } => self.tls(ts, tid, ssl, what, ret),
             Event::Lost { .. } => {
+                self.go_forget_all();
                 for req in self.open.values_mut() {
                     req.incomplete = true;
                 }
@@ -710,12 +711,12 @@ impl<R: FdResolver> Engine<R> {
         }
         if !self.go_handshakes.is_empty()
             && (is_read(nr) || is_write(nr))
-            && self.go_handshake_io(ts, tid, fd, enter_ts, ret)
+            && self.go_handshake_io(ts, tid, sys)
         {
             return;
         }
         if !self.go_done.is_empty() && (is_read(nr) || is_write(nr)) && ret != EAGAIN {
-            self.go_after_handshake(tid, fd, nr, enter_ts);
+            self.go_after_handshake(fd, nr, ret, tls_record);
         }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
         if let Some((ssl, _)) = in_tls_call {
@@ -878,7 +879,7 @@ impl<R: FdResolver> Engine<R> {
                 self.context(tid, ts, RunState::Running);
                 return self.go_handshake_enter(ts, tid, ssl);
             }
-            tls::GO_RETURN => return self.go_handshake_return(ts, tid, ssl),
+            tls::GO_RETURN => return self.go_handshake_return(ts, tid, ssl, ret),
             _ => {}
         }
         let ctx = self.context(tid, ts, RunState::Running);

@@ -16,18 +16,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use aya::{
     programs::uprobe::{UProbeLink, UProbeScope},
     Ebpf,
 };
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
 use crate::{gopclntab, tls::program_mut};
 
 pub const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
+/// An assembly function of Go's register ABI (Go 1.17+), as `.gopclntab` and the ELF symbol
+/// table name it.
+const REGISTER_ABI_MARKERS: [&str; 2] = ["runtime.spillArgs", "runtime.spillArgs.abi0"];
 
 /// A hooked function: where its entry and RET instructions are, as offsets in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,10 +58,25 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let data = fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
     let file = object::File::parse(&*data).context("parsing the target's executable")?;
-    let Some(pclntab) = file.section_by_name(".gopclntab") else {
+    // `.data.rel.ro.gopclntab` in position-independent executables.
+    let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|name| file.section_by_name(name));
+    let buildinfo = file.section_by_name(".go.buildinfo");
+    if pclntab.is_none() && buildinfo.is_none() {
         return Ok(None); // not Go
-    };
-    let names = [SERVER_HANDSHAKE, CLIENT_HANDSHAKE];
+    }
+    ensure!(
+        file.architecture() == Architecture::X86_64,
+        "only x86-64 Go binaries are supported"
+    );
+    // `runtime.spillArgs` exists only with the register ABI (Go 1.17+), where r14 is `g`.
+    let names = [
+        SERVER_HANDSHAKE,
+        CLIENT_HANDSHAKE,
+        REGISTER_ABI_MARKERS[0],
+        REGISTER_ABI_MARKERS[1],
+    ];
     let mut found_in = "symbol table";
     let mut ranges: Vec<gopclntab::FuncRange> = file
         .symbols()
@@ -68,16 +86,24 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
             names.contains(&name).then(|| gopclntab::FuncRange {
                 name: name.to_string(),
                 entry: s.address(),
-                end: s.address() + s.size(),
+                end: s.address().saturating_add(s.size()),
             })
         })
         .collect();
     if ranges.is_empty() {
+        let Some(pclntab) = pclntab else {
+            bail!("stripped, and its function table (.gopclntab) is not a section of its own (an externally linked executable)");
+        };
         found_in = ".gopclntab";
-        let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
         let table = pclntab.data().context("reading .gopclntab")?;
-        ranges = gopclntab::find_functions(table, text_addr, &names)?;
+        ranges = gopclntab::find_functions(table, text_start(&file, pclntab.address()), &names)?;
     }
+    let is_marker = |r: &gopclntab::FuncRange| REGISTER_ABI_MARKERS.contains(&r.name.as_str());
+    ensure!(
+        ranges.iter().any(is_marker),
+        "built with a Go older than 1.17 (no register ABI, so the goroutine is not in r14)"
+    );
+    ranges.retain(|r| !is_marker(r));
     if ranges.is_empty() {
         return Ok(None); // Go, without crypto/tls
     }
@@ -85,10 +111,7 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
         .iter()
         .map(|r| locate(&file, r))
         .collect::<Result<Vec<_>>>()?;
-    let version = file
-        .section_by_name(".go.buildinfo")
-        .and_then(|s| s.data().ok())
-        .and_then(go_version);
+    let version = buildinfo.and_then(|s| s.data().ok()).and_then(go_version);
     let target = fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
     Ok(Some(GoTls {
         library: format!(
@@ -102,18 +125,33 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
     }))
 }
 
+/// Where Go's code starts, for a `.gopclntab` whose own text start is zero in the file (a
+/// position-independent executable, where a relocation fills it at load time): that
+/// relocation's addend, else the `.text` section.
+fn text_start(file: &object::File, pclntab_addr: u64) -> u64 {
+    // pcHeader.textStart is the header's fourth 8-byte word (Go 1.18+).
+    let field = pclntab_addr + 24;
+    let relocated = file.dynamic_relocations().and_then(|mut relocations| {
+        relocations
+            .find(|(offset, _)| *offset == field)
+            .and_then(|(_, r)| u64::try_from(r.addend()).ok())
+    });
+    relocated.unwrap_or_else(|| file.section_by_name(".text").map_or(0, |s| s.address()))
+}
+
 /// A function's entry and RET instructions as file offsets.
 fn locate(file: &object::File, range: &gopclntab::FuncRange) -> Result<GoFunction> {
     let section = file
         .sections()
-        .find(|s| s.address() <= range.entry && range.entry < s.address() + s.size())
-        .with_context(|| format!("{} is in no section", range.name))?;
+        .filter(|s| s.kind() == SectionKind::Text)
+        .find(|s| s.address() <= range.entry && range.entry < s.address().saturating_add(s.size()))
+        .with_context(|| format!("{} is in no code section", range.name))?;
     let (file_start, _) = section
         .file_range()
         .with_context(|| format!("{}'s section has no file data", range.name))?;
     let data = section.data()?;
     let start = (range.entry - section.address()) as usize;
-    let end = ((range.end - section.address()) as usize).min(data.len());
+    let end = (range.end.saturating_sub(section.address()) as usize).min(data.len());
     if start >= end {
         bail!("{} has no code", range.name);
     }
@@ -151,7 +189,7 @@ pub fn go_version(buildinfo: &[u8]) -> Option<String> {
     }
     let (len, used) = uvarint(buildinfo.get(32..)?)?;
     let start = 32 + used;
-    let bytes = buildinfo.get(start..start + len as usize)?;
+    let bytes = buildinfo.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
     String::from_utf8(bytes.to_vec()).ok()
 }
 

@@ -71,6 +71,7 @@ pub fn find_functions(table: &[u8], text_addr: u64, names: &[&str]) -> Result<Ve
         let name = r.c_str(funcname_off.saturating_add(name_off.max(0) as usize))?;
         if names.contains(&name) {
             let (end, _) = entry_at(i + 1)?;
+            ensure!(end > entry, "{name} ends before it starts in .gopclntab");
             found.push(FuncRange {
                 name: name.to_string(),
                 entry,

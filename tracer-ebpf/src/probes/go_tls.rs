@@ -4,7 +4,8 @@
 //! the stack, and Go moves goroutine stacks, which crashes the target.
 //!
 //! A goroutine is identified by its `g` pointer, which Go's register ABI (Go 1.17+, amd64)
-//! keeps in r14 in all Go code. Nothing else is read.
+//! keeps in r14 in all Go code. At a RET, rax holds the first word of the returned `error`
+//! (its type: zero means nil, the handshake succeeded). Nothing else is read.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::{tls, EventKind, TlsEvent};
@@ -39,12 +40,17 @@ fn report(ctx: &ProbeContext, what: u32) {
         return;
     }
     // A direct load from the probe context (the user registers at the probe).
-    let g = unsafe { (*ctx.regs).r14 };
+    let (g, rax) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
     emit(TlsEvent {
         hdr: header(EventKind::Tls, tid),
         ssl: g,
         what,
         _pad: 0,
-        ret: 0,
+        // At a RET: 0 when the returned error is nil. At an entry: not meaningful.
+        ret: if what == tls::GO_RETURN {
+            rax as i64
+        } else {
+            0
+        },
     });
 }

@@ -13,10 +13,13 @@
 //! entry (the ClientHello read for a server); from then on every read and write on it during
 //! the handshake is a handshake flight, never a request.
 
-use tracer_common::is_write;
+use tracer_common::{
+    is_change_cipher_spec, is_read, is_write, record_content, record_len, tls_content,
+};
 
 use super::{
-    diff, Breakdown, ContextId, Engine, FdKind, FdResolver, TlsPhases, TlsWire, WirePhase, EAGAIN,
+    diff, is_encrypted_alert, Breakdown, ContextId, Engine, FdKind, FdResolver, SyscallReturn,
+    TlsPhases, TlsWire, WirePhase, EAGAIN, MAX_FINISHED_RECORD,
 };
 
 /// Where a Go handshake ended, for a request that arrived together with its last flight.
@@ -35,13 +38,28 @@ pub(super) struct GoHandshake {
     /// Parked in the netpoller since (a read or write returned EAGAIN).
     parked_since: Option<u64>,
     phases: TlsPhases,
+    /// The last read that returned data went past the record it started with (past the
+    /// Finished): the first request came with it.
+    read_past_finished: bool,
 }
+
+/// How long a morestack re-entry can come after the first entry.
+const REENTRY_NS: u64 = 100_000;
 
 impl<R: FdResolver> Engine<R> {
     /// `serverHandshake` / `clientHandshake` was entered by goroutine `g` on thread `tid`.
     pub(super) fn go_handshake_enter(&mut self, ts: u64, tid: ContextId, g: u64) {
-        if self.go_handshakes.contains_key(&g) {
-            return; // the entry again after Go grew the goroutine's stack (morestack)
+        if let Some(h) = self.go_handshakes.get(&g) {
+            let morestack = h.fd.is_none()
+                && h.running.is_some_and(|(thread, _)| thread == tid)
+                && ts.saturating_sub(h.start_ts) < REENTRY_NS;
+            if morestack {
+                return; // the entry again after Go grew the goroutine's stack
+            }
+            // A handshake whose RET was never seen (lost, or a panic): forget it.
+            if let Some(fd) = self.go_handshakes.remove(&g).and_then(|h| h.fd) {
+                self.go_fds.remove(&fd);
+            }
         }
         let Some(start) = self.contexts.get(&tid).map(|c| c.snapshot(ts)) else {
             return;
@@ -54,22 +72,27 @@ impl<R: FdResolver> Engine<R> {
                 running: Some((tid, start)),
                 parked_since: None,
                 phases: TlsPhases::default(),
+                read_past_finished: false,
             },
         );
         self.go_threads.insert(tid, g);
     }
 
-    /// A RET of the handshake function: the handshake is over (done or failed).
-    pub(super) fn go_handshake_return(&mut self, ts: u64, tid: ContextId, g: u64) {
+    /// A RET of the handshake function: the handshake is over. `error` is the returned
+    /// error's type word: not 0, the handshake failed, and it is not counted.
+    pub(super) fn go_handshake_return(&mut self, ts: u64, tid: ContextId, g: u64, error: i64) {
         let Some(mut h) = self.go_handshakes.remove(&g) else {
             return; // it began before the tracer attached
         };
-        self.go_stretch_end(&mut h, ts);
+        self.go_stretch_end(&mut h, g, ts);
         if self.go_threads.get(&tid) == Some(&g) {
             self.go_threads.remove(&tid);
         }
         if let Some(fd) = h.fd {
             self.go_fds.remove(&fd);
+        }
+        if error != 0 {
+            return; // a failed handshake (a scanner, a plaintext request, a bad certificate)
         }
         let total = ts.saturating_sub(h.start_ts);
         h.phases.fit(total);
@@ -78,48 +101,52 @@ impl<R: FdResolver> Engine<R> {
             h.fd.filter(|fd| self.fds.get(fd) == Some(&FdKind::Connection))
         {
             self.tls_pending.insert(fd, (h.start_ts, total));
-            if let Some(ctx) = self.contexts.get(&tid) {
+            if let Some(ctx) = self.contexts.get(&tid).filter(|_| h.read_past_finished) {
                 let at = ctx.snapshot(ts);
                 self.go_done.insert(fd, GoDone { ctx: tid, ts, at });
             }
         }
     }
 
-    /// The first read or write on a connection after its Go handshake (not counting reads
-    /// that found nothing: net/http reads in the background while a request runs). Go reads
-    /// as much as the socket holds, so the client's Finished and its first request often
-    /// arrive in one read, inside the handshake: a response written before any read answers
-    /// that request, which started when the handshake ended.
-    pub(super) fn go_after_handshake(&mut self, tid: ContextId, fd: u32, nr: u32, enter_ts: u64) {
+    /// The first read or write on a connection after a Go handshake whose last read went
+    /// past the client's Finished (not counting reads that found nothing: net/http reads in
+    /// the background while a request runs). Go reads as much as the socket holds, so the
+    /// Finished and the first request often arrive in one read, inside the handshake: a
+    /// response written before any further read answers that request, which started when
+    /// the handshake ended. It is timed on the thread that ended the handshake.
+    pub(super) fn go_after_handshake(&mut self, fd: u32, nr: u32, ret: i64, record: u32) {
         let Some(done) = self.go_done.remove(&fd) else {
             return;
         };
-        if !is_write(nr) || self.open.contains_key(&fd) {
+        let alert = record_content(record) == tls_content::ALERT || is_encrypted_alert(record);
+        if !is_write(nr) || ret <= 0 || alert || self.open.contains_key(&fd) {
             return;
         }
-        if done.ctx == tid {
-            self.open_request(tid, fd, done.ts, done.at);
-        } else if let Some(at) = self.contexts.get(&tid).map(|c| c.snapshot(enter_ts)) {
-            self.open_request(tid, fd, enter_ts, at); // its goroutine moved to another thread
-        }
+        self.open_request(done.ctx, fd, done.ts, done.at);
     }
 
     /// A read or write returned: returns true when it was a Go handshake's flight.
-    pub(super) fn go_handshake_io(
-        &mut self,
-        ts: u64,
-        tid: ContextId,
-        fd: u32,
-        enter_ts: u64,
-        ret: i64,
-    ) -> bool {
+    pub(super) fn go_handshake_io(&mut self, ts: u64, tid: ContextId, sys: SyscallReturn) -> bool {
+        let SyscallReturn {
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record: record,
+        } = sys;
+        let fd = arg0 as u32;
         let g = match self.go_fds.get(&fd) {
             Some(g) => *g,
             None => {
                 let Some(&g) = self.go_threads.get(&tid) else {
                     return false;
                 };
-                if !matches!(self.fd_kind(fd), FdKind::Connection | FdKind::Socket)
+                // A handshake's first socket I/O moves a handshake record (the ClientHello), or
+                // is a read that found nothing yet.
+                let first_flight = record_content(record) == tls_content::HANDSHAKE
+                    || (is_read(nr) && ret == EAGAIN);
+                if !first_flight
+                    || !matches!(self.fd_kind(fd), FdKind::Connection | FdKind::Socket)
                     || self.go_handshakes.get(&g).is_none_or(|h| h.fd.is_some())
                 {
                     return false;
@@ -139,7 +166,7 @@ impl<R: FdResolver> Engine<R> {
         if h.running.is_some_and(|(thread, _)| thread != tid) {
             // It moved to another thread without parking (preempted, or its thread went
             // into a blocking syscall): the old stretch ends as this syscall began.
-            self.go_stretch_end(&mut h, enter_ts);
+            self.go_stretch_end(&mut h, g, enter_ts);
         }
         if h.running.is_none() {
             if let Some(parked) = h.parked_since.take() {
@@ -151,22 +178,26 @@ impl<R: FdResolver> Engine<R> {
             }
         }
         if ret == EAGAIN {
-            self.go_stretch_end(&mut h, ts);
+            self.go_stretch_end(&mut h, g, ts);
             h.parked_since = Some(ts);
+        } else if is_read(nr) && ret > 0 {
+            h.read_past_finished = read_past_first_record(ret, record);
         }
         self.go_handshakes.insert(g, h);
         true
     }
 
     /// End the handshake's running stretch at `ts`, adding its thread's timeline to the phases.
-    fn go_stretch_end(&mut self, h: &mut GoHandshake, ts: u64) {
+    fn go_stretch_end(&mut self, h: &mut GoHandshake, g: u64, ts: u64) {
         let Some((thread, start)) = h.running.take() else {
             if let Some(parked) = h.parked_since.take() {
                 h.phases.peer_wait += ts.saturating_sub(parked);
             }
             return;
         };
-        self.go_threads.remove(&thread);
+        if self.go_threads.get(&thread) == Some(&g) {
+            self.go_threads.remove(&thread);
+        }
         let Some(ctx) = self.contexts.get(&thread) else {
             return;
         };
@@ -184,5 +215,24 @@ impl<R: FdResolver> Engine<R> {
 
     pub(super) fn go_forget_thread(&mut self, tid: ContextId) {
         self.go_threads.remove(&tid);
+    }
+
+    /// Events were lost: a RET may be among them. Forget every Go handshake rather than
+    /// keep swallowing a connection's reads and writes as handshake flights.
+    pub(super) fn go_forget_all(&mut self) {
+        self.go_handshakes.clear();
+        self.go_threads.clear();
+        self.go_fds.clear();
+        self.go_done.clear();
+    }
+}
+
+/// Whether a read of `ret` bytes starting with `record` holds more than that first record
+/// (for a change_cipher_spec: more than it and a Finished).
+fn read_past_first_record(ret: i64, record: u32) -> bool {
+    if is_change_cipher_spec(record & 0x00ff_ffff) {
+        ret > 6 + MAX_FINISHED_RECORD
+    } else {
+        record != 0 && ret > 5 + record_len(record) as i64
     }
 }

@@ -1141,3 +1141,71 @@ fn go_request_read_with_the_clients_finished_is_answered_after_the_handshake() {
     assert_eq!(cause(&reqs[1], Cause::TlsHandshake), 0);
     assert_eq!(reqs[1].latency_ns, 100);
 }
+
+#[test]
+fn failed_go_handshakes_and_server_first_writes_carry_nothing() {
+    let mut e = engine();
+    // A handshake that returns an error (here: a plaintext request on the TLS port).
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_SERVER_ENTER),
+            read(110, CONN, -11, 105),
+            read(200, CONN, 90, 195),
+            Event::Tls {
+                ts: 210,
+                tid: T,
+                ssl: G,
+                what: tls::GO_RETURN,
+                ret: 0x6a_1000, // a non-nil error
+            },
+            write(220, CONN), // "400 Bad Request" on the raw connection
+        ],
+    );
+    assert!(reqs.is_empty());
+    assert!(
+        e.take_handshakes().is_empty(),
+        "failed handshakes are not counted"
+    );
+
+    // A server that writes first after the handshake (an HTTP/2 SETTINGS frame), whose last
+    // handshake read held only the Finished: no request starts at that write.
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(1000, T, tls::GO_SERVER_ENTER),
+            tls_read(1010, 517, 1005, tls_content::HANDSHAKE, 512),
+            tls_write(1100, tls_content::HANDSHAKE, 1468),
+            tls_read(1500, 64, 1495, tls_content::CHANGE_CIPHER_SPEC, 1), // CCS + Finished only
+            go_tls(1520, T, tls::GO_RETURN),
+            tls_write(1600, tls_content::APPLICATION_DATA, 40), // the server speaks first
+            read(2000, CONN, 112, 1995),                        // the first request
+            tls_write(2100, tls_content::APPLICATION_DATA, 136),
+            block(2200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        reqs[0].start_ns, 1000,
+        "the first request carries the handshake"
+    );
+    assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 520);
+}
+
+#[test]
+fn lost_events_forget_go_handshakes() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, tls::GO_SERVER_ENTER),
+            tls_read(110, 517, 105, tls_content::HANDSHAKE, 512),
+            Event::Lost { ts: 150 }, // the RET is among the lost events
+            read(1000, CONN, 100, 995),
+            write(1100, CONN),
+            block(1200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "the connection's requests are not swallowed");
+}
