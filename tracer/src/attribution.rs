@@ -1124,7 +1124,7 @@ impl<R: FdResolver> Engine<R> {
             if is_read(nr) {
                 shape.read(ret, record);
             } else {
-                shape.write(ret);
+                shape.write(ret, record);
             }
         } else if is_read(nr)
             && record_content(record) == tls_content::HANDSHAKE
