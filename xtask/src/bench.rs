@@ -111,7 +111,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "G",
-        about: "HTTPS keep-alive against the workload server (libssl.so.3, uprobes on every SSL_read/SSL_write), 8 connections, /",
+        about: "HTTPS keep-alive against the workload server (libssl.so.3; only handshakes are probed), 8 connections, /",
         target: Target::Workload {
             connections: 8,
             paths: &["/"],
