@@ -267,16 +267,15 @@ impl Probes {
     /// programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
         drop(std::mem::take(&mut self.raw_links));
-        drop(std::mem::take(&mut self.tls_links));
-        let links = std::mem::take(&mut self.links);
-        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
-        let mut chunks: Vec<Vec<TracePointLink>> = Vec::new();
-        let mut links = links.into_iter().peekable();
-        while links.peek().is_some() {
-            chunks.push(links.by_ref().take(per_thread).collect());
-        }
+        // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
+        // parallel (the kernel serialises part of uprobe unregistration).
+        let tracepoints = chunks(std::mem::take(&mut self.links));
+        let uprobes = chunks(std::mem::take(&mut self.tls_links));
         std::thread::scope(|s| {
-            for chunk in chunks {
+            for chunk in tracepoints {
+                s.spawn(move || drop(chunk));
+            }
+            for chunk in uprobes {
                 s.spawn(move || drop(chunk));
             }
         });
@@ -349,4 +348,15 @@ mod tests {
         assert_eq!(parse_proc_syscall("running\n"), None);
         assert_eq!(parse_proc_syscall("-1 0x7ffd0f00 0x7f00aa\n"), None);
     }
+}
+
+/// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
+fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {
+    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+    let mut chunks = Vec::new();
+    let mut links = links.into_iter().peekable();
+    while links.peek().is_some() {
+        chunks.push(links.by_ref().take(per_thread).collect());
+    }
+    chunks
 }
