@@ -76,6 +76,9 @@ pub const PREEMPT_STATE_BIT: u32 = 0x100;
 /// `TASK_UNINTERRUPTIBLE` as the tracepoint reports it (`D`).
 pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
 
+/// `EAGAIN` (a syscall returns `-EAGAIN`): a non-blocking socket had nothing to move.
+pub const EAGAIN: i64 = 11;
+
 /// sched:sched_wakeup / sched_wakeup_new of a target thread (`hdr.tid`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use rustc_hash::FxHashMap as HashMap;
 
 use tracer_common::{
-    is_read, is_write, nr, record_content, record_len, tls, tls_content, PREEMPT_STATE_BIT,
-    STATE_UNINTERRUPTIBLE,
+    is_change_cipher_spec, is_read, is_write, nr, record_content, record_len, tls, tls_content,
+    EAGAIN, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE,
 };
 
 /// Where a nanosecond of a request went. The names are a file-format contract.
@@ -281,10 +281,46 @@ struct SyscallReturn {
 /// uprobe sees, e.g. OpenSSL driven through a BIO).
 struct TlsWire {
     phase: WirePhase,
-    /// The record being read: its content type, and how many of its bytes are still to come
-    /// (OpenSSL reads a 5-byte header, then the body).
-    rx_type: u32,
-    rx_left: i64,
+    rx: Records,
+}
+
+/// Where a connection's incoming bytes stand in their TLS records: the record being read (its
+/// content type) and how many of its bytes are still to come (OpenSSL reads a 5-byte header,
+/// then the body).
+#[derive(Debug, Default)]
+struct Records {
+    content: u32,
+    left: i64,
+}
+
+impl Records {
+    /// Account a read of `ret` bytes whose first 5 bytes classified as `record`; returns the
+    /// content type of the record it belongs to (0: unknown), and whether it also holds bytes
+    /// past the end of that record.
+    fn read(&mut self, ret: i64, record: u32) -> (u32, bool) {
+        if self.left > 0 {
+            let overflow = ret > self.left;
+            self.left = (self.left - ret).max(0);
+            return (self.content, overflow);
+        }
+        if record == 0 {
+            return (0, false);
+        }
+        // A TLS 1.3 alert travels as application_data: classify it by its size.
+        self.content = if is_encrypted_alert(record) {
+            tls_content::ALERT
+        } else {
+            record_content(record)
+        };
+        let whole = 5 + record_len(record) as i64;
+        self.left = (whole - ret).max(0);
+        (self.content, ret > whole)
+    }
+
+    /// The next read starts a new record.
+    fn at_record_start(&self) -> bool {
+        self.left == 0
+    }
 }
 
 enum WirePhase {
@@ -306,37 +342,25 @@ impl TlsWire {
     fn new(phase: WirePhase) -> Self {
         TlsWire {
             phase,
-            rx_type: 0,
-            rx_left: 0,
+            rx: Records::default(),
         }
     }
 
-    /// Account a read of `ret` bytes whose first 5 bytes classified as `record`; returns the
-    /// content type of the record it belongs to (0: unknown), and whether it also holds bytes
-    /// past the end of that record.
     fn read(&mut self, ret: i64, record: u32) -> (u32, bool) {
-        if self.rx_left > 0 {
-            let overflow = ret > self.rx_left;
-            self.rx_left = (self.rx_left - ret).max(0);
-            return (self.rx_type, overflow);
-        }
-        if record == 0 {
-            return (0, false);
-        }
-        // A TLS 1.3 alert travels as application_data: classify it by its size.
-        self.rx_type = if is_encrypted_alert(record) {
-            tls_content::ALERT
-        } else {
-            record_content(record)
-        };
-        let whole = 5 + record_len(record) as i64;
-        self.rx_left = (whole - ret).max(0);
-        (self.rx_type, ret > whole)
+        self.rx.read(ret, record)
     }
 }
 
-/// `-EAGAIN` as a syscall returns it (reported for Go targets only).
-const EAGAIN: i64 = -11;
+/// Whether a read of `ret` bytes starting with `record` holds more than that first record
+/// (for a change_cipher_spec: more than it and the longest Finished), i.e. request bytes
+/// that came with the end of the handshake.
+fn read_past_first_record(ret: i64, record: u32) -> bool {
+    if is_change_cipher_spec(record & 0x00ff_ffff) {
+        ret > 6 + MAX_FINISHED_RECORD
+    } else {
+        record != 0 && ret > 5 + record_len(record) as i64
+    }
+}
 
 /// `EXIT_DEAD | EXIT_ZOMBIE` as sched_switch reports an exiting task's state (`X`, `Z`).
 const STATE_EXITING: u32 = 0x30;
@@ -706,17 +730,16 @@ impl<R: FdResolver> Engine<R> {
             self.transition(tid, ts, RunState::Running);
         }
         let fd = arg0 as u32;
-        if (tls_record != 0 || !self.tls_shapes.is_empty()) && (is_read(nr) || is_write(nr)) {
-            self.tls_shape(fd, nr, ret, tls_record);
-        }
-        if !self.go_handshakes.is_empty()
-            && (is_read(nr) || is_write(nr))
-            && self.go_handshake_io(ts, tid, sys)
-        {
-            return;
-        }
-        if !self.go_done.is_empty() && (is_read(nr) || is_write(nr)) && ret != EAGAIN {
-            self.go_after_handshake(fd, nr, ret, tls_record);
+        if is_read(nr) || is_write(nr) {
+            if tls_record != 0 || !self.tls_shapes.is_empty() {
+                self.tls_shape(fd, nr, ret, tls_record);
+            }
+            if !self.go_handshakes.is_empty() && self.go_handshake_io(ts, tid, sys) {
+                return;
+            }
+            if !self.go_done.is_empty() && ret != -EAGAIN {
+                self.go_after_handshake(fd, nr, ret, tls_record);
+            }
         }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
         if let Some((ssl, _)) = in_tls_call {
@@ -981,15 +1004,15 @@ impl<R: FdResolver> Engine<R> {
                     if !finished_inside {
                         return true;
                     }
-                    wire.rx_left = 0; // the records after it are not tracked
+                    wire.rx.left = 0; // the records after it are not tracked
                     self.tls_wire_done(ts, fd);
-                    if ret > 6 + MAX_FINISHED_RECORD {
+                    if read_past_first_record(ret, header) {
                         self.request_bytes(ts, tid, fd, ts); // the request came with it
                     }
                     return true;
                 }
                 // TLS 1.3: the client's Finished, in an application_data record.
-                if wire.rx_left > 0 {
+                if !wire.rx.at_record_start() {
                     return true; // its body is still to come
                 }
                 self.tls_wire_done(ts, fd);

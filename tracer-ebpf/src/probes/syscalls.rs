@@ -11,14 +11,12 @@ use aya_ebpf::{
 };
 use tracer_common::{
     futex_op_waits, is_change_cipher_spec, is_traced, layout, nr, reports_exit, tls_record,
-    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, NO_SYSCALL,
+    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, NO_SYSCALL,
 };
 
 use crate::maps::{
     count_loss, current_ids, emit, header, report_eagain, target_tgid, tls_records, IN_SYSCALL,
 };
-
-const EAGAIN: i64 = 11;
 
 /// `TP_PROTO(struct pt_regs *regs, long id)` (include/trace/events/syscalls.h, Linux 6.18).
 #[raw_tracepoint(tracepoint = "sys_enter")]

@@ -13,13 +13,11 @@
 //! entry (the ClientHello read for a server); from then on every read and write on it during
 //! the handshake is a handshake flight, never a request.
 
-use tracer_common::{
-    is_change_cipher_spec, is_read, is_write, record_content, record_len, tls_content,
-};
+use tracer_common::{is_read, is_write, record_content, tls_content, EAGAIN};
 
 use super::{
-    diff, is_encrypted_alert, Breakdown, ContextId, Engine, FdKind, FdResolver, SyscallReturn,
-    TlsPhases, TlsWire, WirePhase, EAGAIN, MAX_FINISHED_RECORD,
+    diff, is_encrypted_alert, read_past_first_record, Breakdown, ContextId, Engine, FdKind,
+    FdResolver, SyscallReturn, TlsPhases, TlsWire, WirePhase,
 };
 
 /// Where a Go handshake ended, for a request that arrived together with its last flight.
@@ -144,7 +142,7 @@ impl<R: FdResolver> Engine<R> {
                 // A handshake's first socket I/O moves a handshake record (the ClientHello), or
                 // is a read that found nothing yet.
                 let first_flight = record_content(record) == tls_content::HANDSHAKE
-                    || (is_read(nr) && ret == EAGAIN);
+                    || (is_read(nr) && ret == -EAGAIN);
                 if !first_flight
                     || !matches!(self.fd_kind(fd), FdKind::Connection | FdKind::Socket)
                     || self.go_handshakes.get(&g).is_none_or(|h| h.fd.is_some())
@@ -177,7 +175,7 @@ impl<R: FdResolver> Engine<R> {
                 self.go_threads.insert(tid, g);
             }
         }
-        if ret == EAGAIN {
+        if ret == -EAGAIN {
             self.go_stretch_end(&mut h, g, ts);
             h.parked_since = Some(ts);
         } else if is_read(nr) && ret > 0 {
@@ -224,15 +222,5 @@ impl<R: FdResolver> Engine<R> {
         self.go_threads.clear();
         self.go_fds.clear();
         self.go_done.clear();
-    }
-}
-
-/// Whether a read of `ret` bytes starting with `record` holds more than that first record
-/// (for a change_cipher_spec: more than it and a Finished).
-fn read_past_first_record(ret: i64, record: u32) -> bool {
-    if is_change_cipher_spec(record & 0x00ff_ffff) {
-        ret > 6 + MAX_FINISHED_RECORD
-    } else {
-        record != 0 && ret > 5 + record_len(record) as i64
     }
 }

@@ -17,6 +17,8 @@
 
 use tracer_common::{record_content, record_len, record_next_content, tls_content};
 
+use super::Records;
+
 /// The largest server first flight after its ServerHello (bytes on the wire) of a TLS 1.3
 /// handshake resumed with a PSK: a change_cipher_spec, EncryptedExtensions and Finished
 /// (~100 bytes), plus session tickets in servers that send them early (Go: ~250). With the
@@ -54,8 +56,8 @@ pub struct Shape {
     server_flight: u64,
     /// Of those, the bytes after the ServerHello record.
     after_server_hello: u64,
-    /// Bytes still to come of the record being read (OpenSSL reads a header, then the body).
-    rx_left: i64,
+    /// The client's bytes, in records.
+    rx: Records,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -74,7 +76,7 @@ impl Shape {
     /// A connection whose first read was a ClientHello of `ret` bytes.
     pub fn start(ret: i64, record: u32) -> Shape {
         let mut shape = Shape::default();
-        shape.consume(ret, record);
+        shape.rx.read(ret, record);
         shape
     }
 
@@ -105,8 +107,8 @@ impl Shape {
 
     /// The server read `ret` bytes whose first 5 classified as `record`.
     pub fn read(&mut self, ret: i64, record: u32) {
-        let starts_record = self.rx_left == 0;
-        self.consume(ret, record);
+        let starts_record = self.rx.at_record_start();
+        self.rx.read(ret, record);
         if !starts_record || record == 0 {
             return;
         }
@@ -160,14 +162,6 @@ impl Shape {
     #[cfg(test)]
     pub fn done(&self) -> bool {
         matches!(self.state, State::Done(_))
-    }
-
-    fn consume(&mut self, ret: i64, record: u32) {
-        if self.rx_left > 0 {
-            self.rx_left = (self.rx_left - ret).max(0);
-        } else if record != 0 {
-            self.rx_left = (5 + record_len(record) as i64 - ret).max(0);
-        }
     }
 }
 
