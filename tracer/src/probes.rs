@@ -335,6 +335,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
+fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {
+    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+    let mut chunks = Vec::new();
+    let mut links = links.into_iter().peekable();
+    while links.peek().is_some() {
+        chunks.push(links.by_ref().take(per_thread).collect());
+    }
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,15 +359,4 @@ mod tests {
         assert_eq!(parse_proc_syscall("running\n"), None);
         assert_eq!(parse_proc_syscall("-1 0x7ffd0f00 0x7f00aa\n"), None);
     }
-}
-
-/// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
-fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {
-    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
-    let mut chunks = Vec::new();
-    let mut links = links.into_iter().peekable();
-    while links.peek().is_some() {
-        chunks.push(links.by_ref().take(per_thread).collect());
-    }
-    chunks
 }

@@ -129,13 +129,11 @@ pub fn attach(
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
     let mut links = Vec::new();
     let mut entered: Vec<&str> = Vec::new();
-    for program in [
-        "ssl_handshake_enter",
-        "ssl_read_enter",
-        "ssl_write_enter",
-        "ssl_return",
-        "ssl_free",
-    ] {
+    let mut programs = vec!["ssl_handshake_enter", "ssl_return", "ssl_free"];
+    if io_probes {
+        programs.extend(["ssl_read_enter", "ssl_write_enter"]);
+    }
+    for program in programs {
         program_mut(ebpf, program)?
             .load()
             .with_context(|| format!("loading program {program}"))?;
