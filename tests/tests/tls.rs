@@ -151,11 +151,19 @@ fn wait_listening(port: u16) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// `openssl s_client FLAGS... -connect 127.0.0.1:PORT`, bounded to 20 s.
+fn s_client_command(port: u16, flags: &[&str]) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "openssl", "s_client"])
+        .args(flags)
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"));
+    cmd
+}
+
 /// One full handshake with `openssl s_client`, which then sees EOF on stdin and closes.
 fn s_client(port: u16) {
-    let out = Command::new("timeout")
-        .args(["20", "openssl", "s_client", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
+    let out = s_client_command(port, &[])
         .stdin(Stdio::null())
         .output()
         .expect("run openssl s_client");
@@ -339,16 +347,7 @@ fn no_payload_bytes_reach_userspace() {
         &["-i", "1", "--slow", "0"],
         &[("TRACER_EVENT_DUMP", &dump)],
     );
-    let mut client = Command::new("timeout")
-        .args([
-            "20",
-            "openssl",
-            "s_client",
-            "-quiet",
-            "-no_ign_eof",
-            "-connect",
-        ])
-        .arg(format!("127.0.0.1:{}", server.port))
+    let mut client = s_client_command(server.port, &["-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -391,9 +390,7 @@ fn no_payload_bytes_reach_userspace() {
 /// or resuming it from there; it stays 300 ms so TLS 1.3 session tickets arrive. Returns
 /// whether it says it reused the session.
 fn s_client_session(port: u16, version: &str, session: &Path, resume: bool) -> bool {
-    let mut client = Command::new("timeout")
-        .args(["20", "openssl", "s_client", version, "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
+    let mut client = s_client_command(port, &[version])
         .arg(if resume { "-sess_in" } else { "-sess_out" })
         .arg(session)
         .stdin(Stdio::piped())
