@@ -138,6 +138,14 @@ impl Response {
             .unwrap_or(0)
     }
 
+    /// `X-Runqueue-Ns`: of the handler time, what the server thread spent waiting for a CPU
+    /// (0 if absent).
+    pub fn runqueue_ns(&self) -> u64 {
+        self.header("X-Runqueue-Ns")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `X-Cpu-Ns`: CPU time the server thread used in the handler (0 if absent).
     pub fn cpu_ns(&self) -> u64 {
         self.header("X-Cpu-Ns")

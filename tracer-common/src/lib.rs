@@ -79,15 +79,68 @@ pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
 /// `EAGAIN` (a syscall returns `-EAGAIN`): a non-blocking socket had nothing to move.
 pub const EAGAIN: i64 = 11;
 
-/// sched:sched_wakeup / sched_wakeup_new of a target thread (`hdr.tid`).
+/// Who woke a thread: the task that called `try_to_wake_up()`, or the interrupt it ran in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakerId {
+    /// The waking task (`waker_context::TASK` only; 0 otherwise).
+    pub tid: u32,
+    pub pid: u32,
+    /// A [`waker_context`] value.
+    pub context: u32,
+    /// The IRQ number (`HARDIRQ`) or softirq vector (`SOFTIRQ`); else 0.
+    pub detail: u32,
+    pub comm: [u8; 16],
+}
+
+/// Where a wakeup was done: `current` in `sched:sched_waking` is the waker only in task
+/// context. Inside an interrupt it is whatever task the interrupt hit, so the kernel side
+/// tracks interrupt nesting per CPU and reports the interrupt instead.
+pub mod waker_context {
+    /// A task's own context (a futex wake, a write to a pipe...): `tid`/`pid`/`comm` name it.
+    pub const TASK: u32 = 0;
+    /// A hardware interrupt handler (`detail`: the IRQ number).
+    pub const HARDIRQ: u32 = 1;
+    /// A softirq (`detail`: the vector, e.g. 3 = NET_RX, 1 = TIMER), in irq exit, in
+    /// `local_bh_enable()` or in ksoftirqd.
+    pub const SOFTIRQ: u32 = 2;
+    /// An hrtimer callback: a sleep or a timeout expired.
+    pub const TIMER: u32 = 3;
+    /// The wakeup's `sched_waking` was not seen (it happened before the programs attached).
+    pub const UNKNOWN: u32 = 4;
+}
+
+/// sched:sched_wakeup / sched_wakeup_new of a target thread (`hdr.tid`): the moment it became
+/// runnable, with the waker recorded by sched:sched_waking.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WakeupEvent {
     pub hdr: EventHeader,
-    /// The task running when the wakeup happened (the waker; 0 from idle/interrupt context).
-    pub waker_tid: u32,
-    pub waker_pid: u32,
-    pub waker_comm: [u8; 16],
+    pub waker: WakerId,
+}
+
+/// The interrupt nesting of one CPU (the `IRQ_NESTING` per-CPU array's value), kept by the
+/// irq/softirq/hrtimer entry and exit tracepoints: `levels[depth - 1]` is the innermost one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqNesting {
+    pub depth: u32,
+    pub _pad: u32,
+    pub levels: [IrqLevel; IRQ_LEVELS],
+}
+/// Interrupt levels remembered per CPU (a hardirq in an hrtimer in a softirq is three).
+pub const IRQ_LEVELS: usize = 6;
+
+/// One interrupt a CPU is in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqLevel {
+    /// A [`waker_context`] value.
+    pub context: u32,
+    /// The IRQ number or softirq vector (0 for a timer).
+    pub detail: u32,
+    /// What its exit names: the IRQ number, the softirq vector or the `struct hrtimer *`.
+    pub key: u64,
 }
 
 /// A traced syscall of `hdr.tid` returned; `hdr.ts_ns` is the return time.
@@ -196,6 +249,7 @@ pub mod layout {
         ("sched", "sched_switch", "next_pid", SWITCH_NEXT_PID),
         ("sched", "sched_wakeup", "pid", WAKEUP_PID),
         ("sched", "sched_wakeup_new", "pid", WAKEUP_PID),
+        ("sched", "sched_waking", "pid", WAKEUP_PID),
         ("task", "task_newtask", "pid", NEWTASK_PID),
         ("task", "task_newtask", "clone_flags", NEWTASK_CLONE_FLAGS),
     ];
@@ -203,7 +257,7 @@ pub mod layout {
     pub const SWITCH_PREV_STATE: usize = 32;
     /// `pid_t next_pid`
     pub const SWITCH_NEXT_PID: usize = 56;
-    /// `pid_t pid` of sched_wakeup and sched_wakeup_new
+    /// `pid_t pid` of sched_wakeup, sched_wakeup_new and sched_waking (one event class)
     pub const WAKEUP_PID: usize = 24;
     /// `pid_t pid`
     pub const NEWTASK_PID: usize = 8;
@@ -370,7 +424,9 @@ pub const RING_BYTES: u32 = 32 << 20;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<WakerId>() == 32);
+const _: () = assert!(core::mem::size_of::<IrqNesting>() == 8 + 16 * IRQ_LEVELS);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<InSyscall>() == 32);
@@ -382,6 +438,9 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for SwitchEvent {}
     unsafe impl aya::Pod for WakeupEvent {}
+    unsafe impl aya::Pod for WakerId {}
+    unsafe impl aya::Pod for IrqNesting {}
+    unsafe impl aya::Pod for IrqLevel {}
     unsafe impl aya::Pod for SyscallEvent {}
     unsafe impl aya::Pod for ThreadEvent {}
     unsafe impl aya::Pod for InSyscall {}

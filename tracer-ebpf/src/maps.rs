@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{EventHeader, InSyscall, Loss, LOSS_KINDS, RING_BYTES};
+use tracer_common::{EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, RING_BYTES};
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -53,6 +53,15 @@ pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 /// The traced syscall each target thread is inside, keyed by tid.
 #[map]
 pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(65536, 0);
+
+/// The waker of each target thread's pending wakeup, noted by sched_waking in the waker's
+/// context and reported by sched_wakeup; keyed by the wakee's tid.
+#[map]
+pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(65536, 0);
+
+/// Each CPU's interrupt nesting (one entry per CPU), kept by `probes::interrupts`.
+#[map]
+pub static IRQ_NESTING: PerCpuArray<IrqNesting> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU loss counters, indexed by [`Loss`].
 #[map]

@@ -8,11 +8,12 @@
 //! cumulative breakdown, so its causes always sum to its latency.
 
 mod go_tls;
+mod locks;
+mod tally;
 mod tls_shape;
 
+pub use locks::Locks;
 pub use tls_shape::{TlsKind, TlsVersion};
-
-use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -78,13 +79,46 @@ fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
 /// An execution context id: a thread id today.
 pub type ContextId = u32;
 
-/// Who woke a context. The name is kept as the kernel's fixed 16 bytes: wakeups are among the
-/// most frequent events, and they must not allocate.
+/// Who woke a context. A thread's name is kept as the kernel's fixed 16 bytes: wakeups are
+/// among the most frequent events, and they must not allocate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Waker {
-    pub tid: u32,
-    pub pid: u32,
-    pub comm: [u8; 16],
+pub enum Waker {
+    /// A thread (of any process), in its own context: a futex wake, a write to a pipe.
+    Thread { tid: u32, pid: u32, comm: [u8; 16] },
+    /// An interrupt: the task it happened to hit is not the waker.
+    Interrupt(Interrupt),
+    /// The wakeup began before the programs attached.
+    Unknown,
+}
+
+/// The interrupt a wakeup was done from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Interrupt {
+    /// A device interrupt handler, by IRQ number.
+    Hardirq(u32),
+    /// A softirq, by vector (NET_RX: a packet arrived).
+    Softirq(u32),
+    /// An hrtimer callback: a sleep or a timeout expired.
+    Timer,
+}
+
+impl Interrupt {
+    /// `timer`, `softirq net_rx`, `hardirq 24`.
+    pub fn name(self) -> String {
+        // kernel/softirq.c `softirq_to_name` (Linux 6.18).
+        const SOFTIRQS: [&str; 10] = [
+            "hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched", "hrtimer",
+            "rcu",
+        ];
+        match self {
+            Interrupt::Hardirq(irq) => format!("hardirq {irq}"),
+            Interrupt::Softirq(vec) => match SOFTIRQS.get(vec as usize) {
+                Some(name) => format!("softirq {name}"),
+                None => format!("softirq {vec}"),
+            },
+            Interrupt::Timer => "timer".to_string(),
+        }
+    }
 }
 
 /// The syscall a context was inside when it switched out.
@@ -190,15 +224,6 @@ pub struct Request {
     /// Its context served another request at the same time (an event loop): the context's
     /// time was counted in full for each of them.
     pub shared_context: bool,
-}
-
-/// Contention on one futex address.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LockStats {
-    pub wait_ns: u64,
-    pub waits: u64,
-    pub waiters: BTreeSet<u32>,
-    pub wakers: HashMap<Waker, u64>,
 }
 
 /// Phases of a TLS handshake: the thread ran (key exchange, signatures), waited for the
@@ -494,7 +519,7 @@ pub struct Engine<R> {
     /// Connections whose Go handshake just ended, until their next read or write.
     go_done: HashMap<u32, go_tls::GoDone>,
     /// Futex contention by address.
-    pub locks: HashMap<u64, LockStats>,
+    pub locks: Locks,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
     /// syscall).
     pub other_by_syscall: HashMap<Option<u32>, u64>,
@@ -522,7 +547,7 @@ impl<R: FdResolver> Engine<R> {
             go_fds: HashMap::default(),
             go_done: HashMap::default(),
             tls_shapes: HashMap::default(),
-            locks: HashMap::default(),
+            locks: Locks::default(),
             other_by_syscall: HashMap::default(),
             aborted: 0,
             shared: 0,
@@ -710,8 +735,7 @@ impl<R: FdResolver> Engine<R> {
             self.waits.push(Wait::SocketRead(lasted));
         }
         if cause == Cause::Lock {
-            let lock = self.locks.entry(s.arg0).or_default();
-            *lock.wakers.entry(waker).or_default() += 1;
+            self.locks.woken(s.arg0, waker);
         }
     }
 
@@ -759,10 +783,7 @@ impl<R: FdResolver> Engine<R> {
             nr::FUTEX | nr::FUTEX_WAITV => {
                 let waited = ts.saturating_sub(enter_ts);
                 self.waits.push(Wait::Futex(waited));
-                let lock = self.locks.entry(arg0).or_default();
-                lock.wait_ns += waited;
-                lock.waits += 1;
-                lock.waiters.insert(tid);
+                self.locks.wait(arg0, tid, waited);
             }
             nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
                 self.finish(ret as u32); // its close was not seen

@@ -2,7 +2,7 @@
 //! keeps the aggregates, the interval log and the slow-request log current.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufWriter, Write as _},
     time::{Duration, Instant},
@@ -19,6 +19,9 @@ use crate::{
     probes::Probes,
     stats::{RequestHistograms, Totals},
 };
+
+/// Thread names held before the ones no lock detail needs are forgotten.
+const MAX_NAMES: usize = 16_384;
 
 /// Events are held this long so records from other CPUs can be put in order.
 const REORDER_WINDOW_NS: u64 = 5_000_000;
@@ -100,6 +103,9 @@ impl Collector {
                 self.comms.insert(*tid, comm.clone());
             }
             self.reorder.push(event);
+        }
+        if self.comms.len() > MAX_NAMES {
+            self.forget_names_of_non_waiters();
         }
         if let Some(probes) = probes {
             self.check_losses(probes);
@@ -191,11 +197,12 @@ impl Collector {
         self.stopped = Some(Instant::now());
     }
 
-    /// Remember the names of threads that show up in the lock detail.
+    /// Remember the names of threads that show up in the lock detail (while they are alive:
+    /// an exited thread's name comes with its exit), and forget the others.
     fn name_threads(&mut self) {
         let pid = self.pid;
-        for lock in self.engine.locks.values() {
-            for tid in &lock.waiters {
+        for (_, lock) in self.engine.locks.iter() {
+            for tid in lock.waiters.keys() {
                 self.comms.entry(*tid).or_insert_with(|| {
                     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
                         .map(|s| s.trim().to_string())
@@ -203,6 +210,19 @@ impl Collector {
                 });
             }
         }
+        self.forget_names_of_non_waiters();
+    }
+
+    /// Names are kept only for the waiters the lock detail can list: a target that creates
+    /// threads by the hundred thousand must not grow the collector.
+    fn forget_names_of_non_waiters(&mut self) {
+        let waiters: HashSet<u32> = self
+            .engine
+            .locks
+            .iter()
+            .flat_map(|(_, lock)| lock.waiters.keys().copied())
+            .collect();
+        self.comms.retain(|tid, _| waiters.contains(tid));
     }
 }
 

@@ -2,11 +2,25 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    is_read, is_write, EventHeader, EventKind, SwitchEvent, SyscallEvent, ThreadEvent, TlsEvent,
-    WakeupEvent, NO_SYSCALL,
+    is_read, is_write, waker_context, EventHeader, EventKind, SwitchEvent, SyscallEvent,
+    ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
-use crate::attribution::{Event, InSyscall, Waker};
+use crate::attribution::{Event, InSyscall, Interrupt, Waker};
+
+fn waker(w: &WakerId) -> Waker {
+    match w.context {
+        waker_context::TASK => Waker::Thread {
+            tid: w.tid,
+            pid: w.pid,
+            comm: w.comm,
+        },
+        waker_context::HARDIRQ => Waker::Interrupt(Interrupt::Hardirq(w.detail)),
+        waker_context::SOFTIRQ => Waker::Interrupt(Interrupt::Softirq(w.detail)),
+        waker_context::TIMER => Waker::Interrupt(Interrupt::Timer),
+        _ => Waker::Unknown,
+    }
+}
 
 /// Decode one record into zero, one or two engine events (a switch between two target threads
 /// is a switch-out and a switch-in). `None` when the record is malformed.
@@ -39,11 +53,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
             out.push(Event::Wakeup {
                 ts,
                 tid: e.hdr.tid,
-                waker: Waker {
-                    tid: e.waker_tid,
-                    pid: e.waker_pid,
-                    comm: e.waker_comm,
-                },
+                waker: waker(&e.waker),
             });
         }
         EventKind::Syscall => {

@@ -104,11 +104,14 @@ impl Probes {
         probes.attach_tp("task_newtask", "task", "task_newtask")?;
         probes.attach_tp("sched_process_exit", "sched", "sched_process_exit")?;
         probes.threads = probes.add_threads(pid)?;
+        probes.attach_interrupt_nesting()?;
+        // sched_waking notes the waker that sched_wakeup reports, so it goes first.
+        probes.attach_tp("sched_waking", "sched", "sched_waking")?;
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
-        probes.attach_tp("sched_wakeup", "sched", "sched_wakeup_new")?;
+        probes.attach_tp("sched_wakeup_new", "sched", "sched_wakeup_new")?;
         probes.attach_tp("sched_switch", "sched", "sched_switch")?;
-        probes.attach_raw("sys_exit")?;
-        probes.attach_raw("sys_enter")?;
+        probes.attach_raw("sys_exit", "sys_exit")?;
+        probes.attach_raw("sys_enter", "sys_enter")?;
         probes.seed_in_syscall(pid);
         Ok((probes, ring))
     }
@@ -171,18 +174,37 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_raw(&mut self, name: &str) -> Result<()> {
+    fn attach_raw(&mut self, program: &str, tracepoint: &str) -> Result<()> {
         let prog: &mut RawTracePoint = self
             .ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the object"))?
             .try_into()?;
-        prog.load()
-            .with_context(|| format!("loading program {name} (the verifier refused it?)"))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {program} (the verifier refused it?)"))?;
+        }
         let id = prog
-            .attach(name)
-            .with_context(|| format!("attaching {name} to raw tracepoint {name}"))?;
+            .attach(tracepoint)
+            .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
         self.raw_links.push(prog.take_link(id)?);
+        Ok(())
+    }
+
+    /// The per-CPU interrupt nesting that tells a wakeup from an interrupt (a timer, a packet)
+    /// from a task's own (see tracer-ebpf `probes/interrupts.rs`). Exits are attached before
+    /// entries, so no entry is ever counted without its exit.
+    fn attach_interrupt_nesting(&mut self) -> Result<()> {
+        for tracepoint in [
+            "irq_handler_exit",
+            "softirq_exit",
+            "hrtimer_expire_exit",
+            "irq_handler_entry",
+            "softirq_entry",
+            "hrtimer_expire_entry",
+        ] {
+            self.attach_raw(tracepoint, tracepoint)?;
+        }
         Ok(())
     }
 
@@ -266,7 +288,10 @@ impl Probes {
     /// kernel (tens of ms here), so the links are dropped from several threads at once; the
     /// programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
-        drop(std::mem::take(&mut self.raw_links));
+        // Last attached, first detached: interrupt entries go before their exits.
+        while let Some(link) = self.raw_links.pop() {
+            drop(link);
+        }
         // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
         // parallel (the kernel serialises part of uprobe unregistration).
         let tracepoints = chunks(std::mem::take(&mut self.links));

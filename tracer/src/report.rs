@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use crate::{
-    attribution::{syscall_name, Cause},
+    attribution::{syscall_name, Cause, Waker},
     collector::Collector,
     decode::comm,
     export::{latency_json, wait_json},
@@ -18,6 +18,8 @@ use crate::{
 
 /// How many futex addresses the lock detail lists.
 const TOP_LOCKS: usize = 10;
+/// How many waiters and wakers it lists per address (the others are counted).
+const TOP_PER_LOCK: usize = 10;
 
 pub fn live_header() -> String {
     let mut s = format!(
@@ -139,8 +141,14 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
                 l["address"].as_str().unwrap_or("?"),
                 human_ns(l["wait_ns"].as_u64().unwrap_or(0)),
                 l["waits"],
-                names(&l["waiters"]),
-                names(&l["wakers"]),
+                names(
+                    &l["waiters"],
+                    l["waiters_not_listed"]["threads"].as_u64().unwrap_or(0)
+                ),
+                names(
+                    &l["wakers"],
+                    l["wakers_not_listed"]["wakers"].as_u64().unwrap_or(0)
+                ),
             );
         }
     }
@@ -194,15 +202,33 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
     s
 }
 
-fn names(list: &Value) -> String {
-    let items: Vec<String> = list
+/// `tid/comm` for threads, `(timer)` for interrupts, with a count when the entries have one,
+/// and how many more were not listed.
+fn names(list: &Value, not_listed: u64) -> String {
+    let mut items: Vec<String> = list
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|v| format!("{}/{}", v["tid"], v["comm"].as_str().unwrap_or("?")))
+                .map(|v| {
+                    let comm = v["comm"].as_str().unwrap_or("?");
+                    let name = match v["tid"].as_u64() {
+                        Some(tid) => format!("{tid}/{comm}"),
+                        None => comm.to_string(),
+                    };
+                    match v["count"].as_u64() {
+                        Some(n) => format!("{name} x{n}"),
+                        None => name,
+                    }
+                })
                 .collect()
         })
         .unwrap_or_default();
+    if not_listed > 0 {
+        items.push(format!("{not_listed} more"));
+    }
+    if items.is_empty() {
+        return "none seen".to_string();
+    }
     items.join(", ")
 }
 
@@ -221,28 +247,72 @@ fn other_detail(c: &Collector) -> String {
 }
 
 fn top_locks(c: &Collector) -> Vec<Value> {
-    let mut locks: Vec<_> = c.engine.locks.iter().collect();
-    locks.sort_by_key(|(_, l)| std::cmp::Reverse(l.wait_ns));
-    locks
+    c.engine
+        .locks
+        .top(TOP_LOCKS)
         .into_iter()
-        .take(TOP_LOCKS)
         .map(|(addr, l)| {
-            let mut wakers: Vec<_> = l.wakers.iter().collect();
-            wakers.sort_by(|a, b| b.1.cmp(a.1));
+            let (waiters, other_waits, other_waiters) = l.waiters.top(TOP_PER_LOCK);
+            let (wakers, other_wakeups, other_wakers) = l.wakers.top(TOP_PER_LOCK);
             json!({
                 "address": format!("{addr:#x}"),
                 "wait_ns": l.wait_ns,
                 "waits": l.waits,
-                "waiters": l.waiters.iter().map(|tid| json!({
+                "waiters": waiters.iter().map(|(tid, t)| json!({
                     "tid": tid,
                     "comm": c.comms.get(tid).map(String::as_str).unwrap_or("?"),
+                    "wait_ns": t.ns,
+                    "waits": t.count,
                 })).collect::<Vec<_>>(),
-                "wakers": wakers.iter().map(|(w, n)| json!({
-                    "tid": w.tid, "pid": w.pid, "comm": comm(&w.comm), "count": n,
-                })).collect::<Vec<_>>(),
+                "waiters_not_listed": {
+                    "threads": other_waiters,
+                    "wait_ns": other_waits.ns,
+                    "waits": other_waits.count,
+                },
+                "wakers": wakers.iter().map(|(w, t)| waker_json(w, t.count)).collect::<Vec<_>>(),
+                "wakers_not_listed": { "wakers": other_wakers, "count": other_wakeups.count },
             })
         })
         .collect()
+}
+
+/// A thread waker has its `tid`, `pid` and `comm`; an interrupt has `interrupt` (`timer`,
+/// `softirq net_rx`, `hardirq N`) and a `comm` in parentheses, never a thread's name.
+fn waker_json(w: &Waker, count: u64) -> Value {
+    match w {
+        Waker::Thread {
+            tid,
+            pid,
+            comm: name,
+        } => json!({
+            "context": "thread", "tid": tid, "pid": pid, "comm": comm(name), "count": count,
+        }),
+        Waker::Interrupt(i) => json!({
+            "context": "interrupt", "tid": null, "pid": null, "interrupt": i.name(),
+            "comm": format!("({})", i.name()), "count": count,
+        }),
+        Waker::Unknown => json!({
+            "context": "unknown", "tid": null, "pid": null, "comm": "(unknown)", "count": count,
+        }),
+    }
+}
+
+/// Addresses the lock detail does not list: beyond the top ones, and those folded to keep the
+/// collector bounded.
+fn locks_not_listed(c: &Collector) -> Value {
+    let locks = &c.engine.locks;
+    let listed: Vec<_> = locks.top(TOP_LOCKS);
+    let (kept_waits, kept_ns) = locks
+        .iter()
+        .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
+    let (listed_waits, listed_ns) = listed
+        .iter()
+        .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
+    json!({
+        "addresses": (locks.len() - listed.len()) as u64 + locks.folded_addresses,
+        "waits": kept_waits - listed_waits + locks.folded.count,
+        "wait_ns": kept_ns - listed_ns + locks.folded.ns,
+    })
 }
 
 /// The summary.json document (a contract; see the README).
@@ -300,6 +370,7 @@ pub fn summary_json(
             "socket_read_ns": wait_json(&t.socket_read.hdr),
         },
         "locks": top_locks(c),
+        "locks_not_listed": locks_not_listed(c),
         "tls": {
             "library": tls.library,
             "hooked": tls.hooked,

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
-//! used, and `X-Handler-Ns`, the time spent
-//! in the endpoint's characteristic work):
+//! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/sleep`,
+//! `/lock` and `/io` also carry `X-Runqueue-Ns`, the part of that time the thread spent
+//! waiting for a CPU, from the kernel's own account):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
 //! `/io?ms=N` (blocking round trip to the backend, which sleeps N ms),
@@ -339,6 +340,8 @@ struct Reply {
     fsync_ns: Option<u64>,
     /// CPU time this thread used in the handler (CLOCK_THREAD_CPUTIME_ID), for `X-Cpu-Ns`.
     cpu_ns: u64,
+    /// Of `handler_ns`, the time spent runnable, waiting for a CPU (`X-Runqueue-Ns`).
+    runqueue_ns: Option<u64>,
     /// Close the connection after sending this reply.
     close: bool,
 }
@@ -350,7 +353,15 @@ impl Reply {
             handler_ns: nanos(handler),
             fsync_ns: None,
             cpu_ns: 0,
+            runqueue_ns: None,
             close: false,
+        }
+    }
+
+    fn spanned(span: Span) -> Self {
+        Self {
+            runqueue_ns: Some(span.runqueue_ns),
+            ..Self::ok(span.wall)
         }
     }
 
@@ -360,6 +371,7 @@ impl Reply {
             handler_ns: 0,
             fsync_ns: None,
             cpu_ns: 0,
+            runqueue_ns: None,
             close: false,
         }
     }
@@ -379,6 +391,9 @@ impl Reply {
         ];
         if let Some(ns) = self.fsync_ns {
             headers.push(("X-Fsync-Ns", ns.to_string()));
+        }
+        if let Some(ns) = self.runqueue_ns {
+            headers.push(("X-Runqueue-Ns", ns.to_string()));
         }
         if self.close {
             headers.push(("Connection", "close".to_string()));
@@ -475,9 +490,9 @@ impl<'a> Connection<'a> {
         let reply = match (req.path, ms()) {
             ("/", _) => Reply::ok(Duration::ZERO),
             ("/cpu", Some(d)) => Reply::ok(spin(d)),
-            ("/sleep", Some(d)) => Reply::ok(sleep(d)),
-            ("/lock", Some(d)) => Reply::ok(self.server.lock_wait(d)?),
-            ("/io", Some(d)) => Reply::ok(self.backend_round_trip(d)?),
+            ("/sleep", Some(d)) => Reply::spanned(Span::measure(|| thread::sleep(d)).1),
+            ("/lock", Some(d)) => Reply::spanned(self.server.lock_wait(d)?),
+            ("/io", Some(d)) => Reply::spanned(self.backend_round_trip(d)?),
             ("/disk", _) => match http::query_param(req.query, "kb").filter(|&kb| kb <= MAX_KB) {
                 Some(kb) => self.disk(kb)?,
                 None => Reply::status(400),
@@ -489,7 +504,7 @@ impl<'a> Connection<'a> {
     }
 
     /// `/io`: one blocking `N\n` → `ok\n` round trip to the backend.
-    fn backend_round_trip(&mut self, d: Duration) -> Result<Duration> {
+    fn backend_round_trip(&mut self, d: Duration) -> Result<Span> {
         let backend = match &mut self.backend {
             Some(b) => b,
             slot => {
@@ -498,17 +513,18 @@ impl<'a> Connection<'a> {
                 slot.insert(BufReader::new(stream))
             }
         };
-        let start = Instant::now();
         let request = format!("{}\n", d.as_millis());
-        backend.get_mut().write_all(request.as_bytes())?;
         let mut reply = String::new();
-        backend.read_line(&mut reply)?;
-        let elapsed = start.elapsed();
+        let (sent, span) = Span::measure(|| {
+            backend.get_mut().write_all(request.as_bytes())?;
+            backend.read_line(&mut reply)
+        });
+        sent?;
         if reply != "ok\n" {
             self.backend = None;
             bail!("backend replied {reply:?}");
         }
-        Ok(elapsed)
+        Ok(span)
     }
 
     /// `/disk`: writes `kb` KiB at the start of this connection's file, then fsyncs.
@@ -535,7 +551,7 @@ impl<'a> Connection<'a> {
 
 impl Server {
     /// `/lock`: has the holder take the lock for `hold`, then times our own `lock()`.
-    fn lock_wait(&self, hold: Duration) -> Result<Duration> {
+    fn lock_wait(&self, hold: Duration) -> Result<Span> {
         let (locked_tx, locked_rx) = mpsc::channel();
         let req = HoldRequest {
             hold,
@@ -546,9 +562,8 @@ impl Server {
             .ok()
             .context("lock holder is gone")?;
         locked_rx.recv().context("lock holder is gone")?;
-        let start = Instant::now();
-        let guard = GLOBAL_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-        let waited = start.elapsed();
+        let (guard, waited) =
+            Span::measure(|| GLOBAL_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
         drop(guard);
         Ok(waited)
     }
@@ -582,10 +597,48 @@ fn spin(d: Duration) -> Duration {
 }
 
 /// `/sleep`: sleeps for `d`.
-fn sleep(d: Duration) -> Duration {
-    let start = Instant::now();
-    thread::sleep(d);
-    start.elapsed()
+/// A handler's own account of a stretch of its thread's time: the wall time, and how much of
+/// it the thread spent runnable, waiting for a CPU (the kernel's schedstat `run_delay`, which
+/// covers every completed wait). So what the thread spent blocked is `wall - runqueue` (less
+/// a few µs of CPU), whatever else the machine is doing.
+struct Span {
+    wall: Duration,
+    runqueue_ns: u64,
+}
+
+impl Span {
+    fn measure<T>(work: impl FnOnce() -> T) -> (T, Span) {
+        let (delay_before, start) = run_delay_at(Instant::now);
+        let out = work();
+        let (delay_after, end) = run_delay_at(Instant::now);
+        let span = Span {
+            wall: end - start,
+            runqueue_ns: delay_after.saturating_sub(delay_before),
+        };
+        (out, span)
+    }
+}
+
+/// `clock()` and the thread's run delay at that instant. `run_delay` grows when a wait for a
+/// CPU ends, so a preemption between reading it and reading the clock would put that wait
+/// on the wrong side: read it on both sides of the clock until no wait ended in between.
+fn run_delay_at(clock: impl Fn() -> Instant) -> (u64, Instant) {
+    loop {
+        let before = run_delay_ns();
+        let now = clock();
+        if run_delay_ns() == before {
+            return (before, now);
+        }
+    }
+}
+
+/// This thread's total time spent runnable, waiting for a CPU: the second field of
+/// /proc/thread-self/schedstat (`sched_info.run_delay`, fs/proc/base.c `proc_pid_schedstat`).
+fn run_delay_ns() -> u64 {
+    fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Truncates `path`, writes `kb` KiB in [`DISK_CHUNK`] writes and fsyncs.

@@ -1,5 +1,6 @@
 //! One module per probe family.
 mod go_tls;
+mod interrupts;
 mod sched;
 mod syscalls;
 mod threads;

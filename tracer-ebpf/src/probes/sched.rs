@@ -4,9 +4,14 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
     EbpfContext as _,
 };
-use tracer_common::{layout, EventKind, SwitchEvent, WakeupEvent, NO_SYSCALL};
+use tracer_common::{
+    layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_SYSCALL,
+};
 
-use crate::maps::{current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS};
+use super::interrupts::{forget_interrupts, innermost_interrupt};
+use crate::maps::{
+    count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS, WAKERS,
+};
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
 /// before `context_switch()`, kernel/sched/core.c, Linux 6.18), so a target `prev` is
@@ -18,6 +23,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
+    forget_interrupts();
     let (tgid, prev_tid) = current_ids();
     let prev_is_target = tgid == target_tgid() && prev_tid != 0;
     let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
@@ -46,28 +52,83 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// sched:sched_wakeup and sched:sched_wakeup_new (same program, attached to both). The wakee
-/// is often woken by another process or from interrupt context, so it is matched against the
-/// thread-id set, and the waker is whatever task is current.
+/// sched:sched_waking fires in `try_to_wake_up()` on the waker's CPU, in the waker's context
+/// (kernel/sched/core.c, Linux 6.18). sched_wakeup cannot name the waker: with TTWU_QUEUE
+/// (on by default) it often runs on the wakee's CPU from the wakelist IPI or the idle loop,
+/// where `current` is swapper or an unrelated task. So the waker is noted here, per wakee,
+/// and sched_wakeup, which marks the moment the wakee became runnable, reports it.
 #[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_wakeup(&ctx);
+pub fn sched_waking(ctx: TracePointContext) -> u32 {
+    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
+    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
+        return 0;
+    }
+    if WAKERS.insert(pid as u32, current_waker(), 0).is_err() {
+        count_loss(Loss::MapFull);
+    }
     0
 }
 
-fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid: i32 = field(ctx, layout::WAKEUP_PID);
+/// sched:sched_wakeup: the wakee (often woken by another process or from an interrupt) is
+/// matched against the thread-id set; the waker is the one sched_waking noted.
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
     if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
-        return Ok(());
+        return 0;
     }
-    let (waker_pid, waker_tid) = current_ids();
+    let waker = match WAKERS.get_ptr_mut(pid as u32) {
+        Some(noted) => unsafe {
+            let waker = *noted;
+            // Used once: a later wakeup whose sched_waking was missed must not reuse it.
+            (*noted).context = waker_context::UNKNOWN;
+            waker
+        },
+        None => WakerId {
+            context: waker_context::UNKNOWN,
+            ..Default::default()
+        },
+    };
     emit(WakeupEvent {
         hdr: header(EventKind::Wakeup, pid as u32),
-        waker_tid,
-        waker_pid,
-        waker_comm: bpf_get_current_comm().unwrap_or_default(),
+        waker,
     });
-    Ok(())
+    0
+}
+
+/// sched:sched_wakeup_new: a new thread's first wakeup, in `wake_up_new_task()`, called by
+/// its creator in `clone()`: the current task is the waker.
+#[tracepoint]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
+    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
+        return 0;
+    }
+    emit(WakeupEvent {
+        hdr: header(EventKind::Wakeup, pid as u32),
+        waker: current_waker(),
+    });
+    0
+}
+
+/// The current task, or the interrupt this CPU is in (see `probes::interrupts`).
+#[inline(always)]
+fn current_waker() -> WakerId {
+    if let Some(level) = innermost_interrupt() {
+        return WakerId {
+            context: level.context,
+            detail: level.detail,
+            ..Default::default()
+        };
+    }
+    let (pid, tid) = current_ids();
+    WakerId {
+        tid,
+        pid,
+        context: waker_context::TASK,
+        detail: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
 }
 
 /// Read a tracepoint field with a direct context load. `OFFSET` must be one of the

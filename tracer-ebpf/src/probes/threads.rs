@@ -4,7 +4,9 @@ use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::Trac
 use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
 use super::sched::field;
-use crate::maps::{count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS};
+use crate::maps::{
+    count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS, WAKERS,
+};
 
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -47,6 +49,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let _ = TARGET_TIDS.remove(tid);
     let _ = IN_SYSCALL.remove(tid);
+    let _ = WAKERS.remove(tid);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
         comm: bpf_get_current_comm().unwrap_or_default(),

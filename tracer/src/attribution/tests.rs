@@ -29,7 +29,7 @@ fn engine() -> Engine<Fds> {
 fn waker(tid: u32) -> Waker {
     let mut comm = [0; 16];
     comm[..4].copy_from_slice(&tid.to_le_bytes());
-    Waker {
+    Waker::Thread {
         tid,
         pid: tid,
         comm,
@@ -444,10 +444,10 @@ fn lock_detail_names_waiters_and_wakers() {
             },
         ],
     );
-    let lock = &e.locks[&0xf00];
+    let lock = e.locks.get(0xf00).expect("the futex is listed");
     assert_eq!((lock.wait_ns, lock.waits), (320, 1));
-    assert_eq!(lock.waiters.iter().copied().collect::<Vec<_>>(), vec![T]);
-    assert_eq!(lock.wakers.get(&waker(200)), Some(&1));
+    assert_eq!(lock.waiters.keys().copied().collect::<Vec<_>>(), vec![T]);
+    assert_eq!(lock.wakers.get(&waker(200)).map(|t| t.count), Some(1));
     assert_eq!(
         e.take_waits(),
         vec![Wait::Runqueue(10), Wait::Futex(320)],

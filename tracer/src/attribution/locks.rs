@@ -1,0 +1,126 @@
+//! Contention per futex address: who waited, how long, and who woke them. Bounded, so that a
+//! target creating threads (and with them futexes) by the hundred thousand keeps the
+//! collector's memory flat.
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{
+    tally::{Tally, TopTally},
+    ContextId, Waker,
+};
+
+/// Futex addresses kept at most; when full, the lighter half is folded into
+/// [`Locks::folded`].
+const MAX_LOCKS: usize = 2048;
+/// Waiter threads and wakers kept per address (the heaviest; the rest are counted).
+const MAX_PER_LOCK: usize = 64;
+
+/// Contention on one futex address.
+#[derive(Clone, Debug)]
+pub struct LockStats {
+    pub wait_ns: u64,
+    pub waits: u64,
+    /// Waiter threads by time waited.
+    pub waiters: TopTally<ContextId>,
+    /// Wakers by wakeups done (`ns` unused).
+    pub wakers: TopTally<Waker>,
+}
+
+impl Default for LockStats {
+    fn default() -> Self {
+        LockStats {
+            wait_ns: 0,
+            waits: 0,
+            waiters: TopTally::new(MAX_PER_LOCK),
+            wakers: TopTally::new(MAX_PER_LOCK),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Locks {
+    by_address: HashMap<u64, LockStats>,
+    /// Addresses dropped to stay bounded (the least waited on): how many, and their waits.
+    pub folded: Tally,
+    pub folded_addresses: u64,
+}
+
+impl Locks {
+    /// A futex wait of `tid` on `address` returned after `waited` ns.
+    pub fn wait(&mut self, address: u64, tid: ContextId, waited: u64) {
+        let lock = self.entry(address);
+        lock.wait_ns += waited;
+        lock.waits += 1;
+        lock.waiters.add(tid, 1, waited);
+    }
+
+    /// A thread blocked on `address` was woken by `waker`.
+    pub fn woken(&mut self, address: u64, waker: Waker) {
+        self.entry(address).wakers.add(waker, 1, 0);
+    }
+
+    fn entry(&mut self, address: u64) -> &mut LockStats {
+        if self.by_address.len() >= MAX_LOCKS && !self.by_address.contains_key(&address) {
+            self.fold_lighter_half();
+        }
+        self.by_address.entry(address).or_default()
+    }
+
+    fn fold_lighter_half(&mut self) {
+        let mut by_weight: Vec<(u64, u64)> = self
+            .by_address
+            .iter()
+            .map(|(a, l)| (l.wait_ns, *a))
+            .collect();
+        by_weight.sort_unstable();
+        for (_, address) in &by_weight[..by_weight.len() / 2] {
+            if let Some(l) = self.by_address.remove(address) {
+                self.folded.count += l.waits;
+                self.folded.ns += l.wait_ns;
+                self.folded_addresses += 1;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, address: u64) -> Option<&LockStats> {
+        self.by_address.get(&address)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &LockStats)> {
+        self.by_address.iter()
+    }
+
+    /// The `n` most waited-on addresses, most first.
+    pub fn top(&self, n: usize) -> Vec<(u64, &LockStats)> {
+        let mut v: Vec<(u64, &LockStats)> = self.by_address.iter().map(|(a, l)| (*a, l)).collect();
+        v.sort_by(|a, b| b.1.wait_ns.cmp(&a.1.wait_ns).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_short_lived_futexes_stay_bounded_and_the_contended_one_stays() {
+        let mut locks = Locks::default();
+        for tid in 0..200_000u32 {
+            locks.wait(0xbeef, tid, 1_000);
+            locks.wait(0x1000_0000 + u64::from(tid) * 64, tid, 10); // its own futex
+        }
+        assert!(locks.len() <= MAX_LOCKS);
+        let top = locks.top(1);
+        assert_eq!(top[0].0, 0xbeef);
+        assert_eq!(top[0].1.waits, 200_000);
+        assert!(top[0].1.waiters.len() <= MAX_PER_LOCK);
+        let kept: u64 = locks.iter().map(|(_, l)| l.waits).sum();
+        assert_eq!(kept + locks.folded.count, 400_000, "every wait is counted");
+    }
+}
