@@ -110,6 +110,11 @@ impl TracerSession {
         );
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Send `signal` (e.g. `libc::SIGTERM`) and wait for the tracer to finish.
     pub fn stop_with(mut self, signal: i32) -> Finished {
         let pid = self.child.as_ref().expect("running").id() as i32;

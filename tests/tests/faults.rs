@@ -38,9 +38,17 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The tracer's kernel programs, by function name.
-const PROGRAM_NAMES: [&str; 6] = [
+const PROGRAM_NAMES: [&str; 14] = [
     "sched_switch",
+    "sched_waking",
     "sched_wakeup",
+    "sched_wakeup_new",
+    "irq_handler_entry",
+    "irq_handler_exit",
+    "softirq_entry",
+    "softirq_exit",
+    "hrtimer_expire_entry",
+    "hrtimer_expire_exit",
     "sys_enter",
     "sys_exit",
     "task_newtask",

@@ -153,7 +153,9 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     collector.drain(&mut ring, None, true)?;
     collector.finish()?;
 
-    let summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
+    let mut summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
+    // Taken last, so the peak covers the whole run, the final summary included.
+    summary["collector"] = report::collector_usage();
     write_json(&args.output.join("summary.json"), &summary)?;
     collector.slow.flush()?;
     print!("{}", report::final_summary(&collector, &target, stopped_by));

@@ -33,6 +33,9 @@ pub struct Probes {
     losses: PerCpuArray<MapData, u64>,
     links: Vec<TracePointLink>,
     raw_links: Vec<RawTracePointLink>,
+    /// The interrupt-nesting programs: detached last, so the wakeup programs never run
+    /// without them.
+    interrupt_links: Vec<RawTracePointLink>,
     tls_links: Vec<aya::programs::uprobe::UProbeLink>,
     pub threads: usize,
 }
@@ -98,6 +101,7 @@ impl Probes {
             losses,
             links: Vec::new(),
             raw_links: Vec::new(),
+            interrupt_links: Vec::new(),
             tls_links: Vec::new(),
             threads: 0,
         };
@@ -204,6 +208,7 @@ impl Probes {
             "hrtimer_expire_entry",
         ] {
             self.attach_raw(tracepoint, tracepoint)?;
+            self.interrupt_links.extend(self.raw_links.pop());
         }
         Ok(())
     }
@@ -233,7 +238,7 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len() + self.raw_links.len() + self.tls_links.len()
+        self.links.len() + self.raw_links.len() + self.interrupt_links.len() + self.tls_links.len()
     }
 
     /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
@@ -288,10 +293,7 @@ impl Probes {
     /// kernel (tens of ms here), so the links are dropped from several threads at once; the
     /// programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
-        // Last attached, first detached: interrupt entries go before their exits.
-        while let Some(link) = self.raw_links.pop() {
-            drop(link);
-        }
+        drop(std::mem::take(&mut self.raw_links));
         // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
         // parallel (the kernel serialises part of uprobe unregistration).
         let tracepoints = chunks(std::mem::take(&mut self.links));
@@ -304,6 +306,11 @@ impl Probes {
                 s.spawn(move || drop(chunk));
             }
         });
+        // Entries before exits, and only once sched_waking is gone: a wakeup from an
+        // interrupt is never taken for the task it hit.
+        while let Some(link) = self.interrupt_links.pop() {
+            drop(link);
+        }
     }
 
     /// Events lost in the kernel so far: per reason, summed over CPUs; and per CPU.

@@ -349,7 +349,6 @@ pub fn summary_json(
         .filter(|(_, ns)| **ns > 0)
         .map(|(nr, ns)| (syscall_name(*nr), json!(ns)))
         .collect();
-    let (user_s, sys_s, max_rss_kb) = own_usage();
     json!({
         "target": { "pid": target.pid, "comm": target.comm },
         "duration_s": c.elapsed().as_secs_f64(),
@@ -398,7 +397,7 @@ pub fn summary_json(
             "context": "thread",
             "note": "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)",
         },
-        "collector": { "cpu_s": user_s + sys_s, "user_s": user_s, "sys_s": sys_s, "max_rss_kb": max_rss_kb },
+        "collector": collector_usage(),
         "programs": programs.iter().map(|p| json!({
             "name": p.name, "run_count": p.run_count, "run_time_ns": p.run_time_ns,
             "ns_per_run": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
@@ -406,13 +405,14 @@ pub fn summary_json(
     })
 }
 
-/// The collector's own CPU seconds (user, system) and peak RSS in KiB.
-fn own_usage() -> (f64, f64, i64) {
+/// The collector's own CPU seconds and peak RSS so far: `summary.json` `collector`.
+pub fn collector_usage() -> Value {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid out-pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss)
+    let (user_s, sys_s) = (secs(ru.ru_utime), secs(ru.ru_stime));
+    json!({ "cpu_s": user_s + sys_s, "user_s": user_s, "sys_s": sys_s, "max_rss_kb": ru.ru_maxrss })
 }
 
 /// The `tls.handshakes` object: the duration summary, then versions and resumption.

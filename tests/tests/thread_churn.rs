@@ -1,0 +1,116 @@
+//! A target that creates short-lived threads by the thousand every second
+//! (`tests/python/thread_churn.py`), traced for real: the tracer's memory stays flat while
+//! it traces and when it writes its files, and its output stays bounded (per-lock waiter and
+//! waker lists, the summary's size, the console's lines).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tracer_tests::{is_root, session::TracerSession, workspace_root};
+
+/// Growth allowed while tracing, between an early and a late sample of the tracer's RSS.
+const MAX_GROWTH_KB: u64 = 16 * 1024;
+/// Growth allowed from that early sample to the peak of the whole run (files written).
+const MAX_PEAK_KB: u64 = 48 * 1024;
+const MAX_SUMMARY_BYTES: u64 = 256 * 1024;
+const MAX_LINE: usize = 4096;
+/// What the lock detail lists per futex (`report.rs`).
+const LISTED: usize = 10;
+
+struct Churn(Child);
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_churn() -> (Churn, u32) {
+    let mut child = Command::new(workspace_root().join("tests/python/thread_churn.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start thread_churn.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("its first line");
+    let pid = line
+        .trim()
+        .strip_prefix("churning pid ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (Churn(child), pid)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let (_churn, pid) = spawn_churn();
+    let tracer = TracerSession::start(pid, "churn", &["-i", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let early = rss_kb(tracer.pid());
+    std::thread::sleep(Duration::from_secs(6));
+    let late = rss_kb(tracer.pid());
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+
+    assert!(
+        late <= early + MAX_GROWTH_KB,
+        "RSS grew from {early} kB to {late} kB while tracing"
+    );
+    let peak = done.summary["collector"]["max_rss_kb"].as_u64().unwrap();
+    assert!(
+        peak <= early + MAX_PEAK_KB,
+        "peak RSS {peak} kB against {early} kB while tracing"
+    );
+
+    let size = std::fs::metadata(done.out.join("summary.json"))
+        .unwrap()
+        .len();
+    assert!(size <= MAX_SUMMARY_BYTES, "summary.json is {size} bytes");
+    for line in done.stdout.lines() {
+        assert!(
+            line.len() <= MAX_LINE,
+            "a console line of {} bytes",
+            line.len()
+        );
+    }
+
+    let locks = done.summary["locks"].as_array().expect("locks");
+    for l in locks {
+        assert!(l["waiters"].as_array().unwrap().len() <= LISTED, "{l}");
+        assert!(l["wakers"].as_array().unwrap().len() <= LISTED, "{l}");
+    }
+    // The shared lock: thousands of threads waited on it; they are counted, not listed.
+    let shared = &locks[0];
+    let not_listed = shared["waiters_not_listed"]["threads"].as_u64().unwrap();
+    assert!(
+        not_listed >= 100,
+        "the most contended lock lists no more than {LISTED} waiters and counts the others: {shared}"
+    );
+    let listed_waits: u64 = shared["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["waits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        listed_waits + shared["waiters_not_listed"]["waits"].as_u64().unwrap(),
+        shared["waits"].as_u64().unwrap(),
+        "every wait is counted: {shared}"
+    );
+}

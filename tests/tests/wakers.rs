@@ -1,0 +1,99 @@
+//! Who woke a blocked thread, checked on a third-party threaded server (CPython's
+//! `threading` and `http.server`, in `tests/python/lock_server.py`), traced for real.
+//!
+//! - A lock handed between the server's threads can only be released by one of them, so every
+//!   thread named as a waker of any of its futexes belongs to the server process: a waker from
+//!   another process (`swapper`, the load generator, a kworker) means the tracer named the
+//!   task that happened to be running, not the one that woke.
+//! - The `ticker` thread waits with a timeout on a lock nobody ever releases, so only the
+//!   timer can end its waits: its wakers are all `(timer)` interrupts, never a thread.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tracer_tests::{is_root, session::TracerSession, workspace_root, Workload};
+
+const CLIENTS: usize = 4;
+const REQUESTS_PER_CLIENT: usize = 8;
+
+fn lock_server() -> PathBuf {
+    workspace_root().join("tests/python/lock_server.py")
+}
+
+fn thread_wakers(lock: &Value) -> impl Iterator<Item = &Value> {
+    lock["wakers"]
+        .as_array()
+        .expect("wakers")
+        .iter()
+        .filter(|w| w["context"] == "thread")
+}
+
+#[test]
+fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let server = Workload::spawn_exe(&lock_server(), &[]);
+    let tracer = TracerSession::start(server.pid, "wakers", &["-i", "1"]);
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut client = tracer_tests::http::HttpClient::connect(addr).expect("connect");
+                for _ in 0..REQUESTS_PER_CLIENT {
+                    let response = client.get("/lock?ms=15").expect("request");
+                    assert_eq!(response.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+    let locks = done.summary["locks"].as_array().expect("locks");
+    assert!(!locks.is_empty(), "no lock seen: {}", done.summary);
+
+    for lock in locks {
+        for w in lock["wakers"].as_array().expect("wakers") {
+            match w["context"].as_str() {
+                Some("thread") => assert_eq!(
+                    w["pid"].as_u64(),
+                    Some(u64::from(server.pid)),
+                    "a waker outside the server woke {lock}"
+                ),
+                Some("interrupt") => {
+                    assert!(w["tid"].is_null(), "an interrupt named as a thread: {w}");
+                    assert!(w["comm"].as_str().unwrap().starts_with('('), "{w}");
+                }
+                _ => panic!("unexpected waker {w} of {lock}"),
+            }
+        }
+    }
+
+    // The handed-off lock (and the GIL): woken by several of the server's threads.
+    assert!(
+        locks.iter().any(|l| {
+            let tids: std::collections::BTreeSet<u64> =
+                thread_wakers(l).filter_map(|w| w["tid"].as_u64()).collect();
+            tids.len() >= 2
+        }),
+        "no lock woken by two server threads: {locks:?}"
+    );
+
+    // The ticker's lock: only ever woken by its timeout.
+    let ticker = locks
+        .iter()
+        .find(|l| l["waiters"][0]["comm"] == "ticker")
+        .unwrap_or_else(|| panic!("the ticker's lock is not listed: {locks:?}"));
+    assert!(ticker["waits"].as_u64().unwrap() >= 10, "{ticker}");
+    let wakers = ticker["wakers"].as_array().unwrap();
+    assert!(!wakers.is_empty(), "{ticker}");
+    for w in wakers {
+        assert_eq!(w["context"], "interrupt", "the ticker was woken by {w}");
+        assert_eq!(w["interrupt"], "timer", "{ticker}");
+    }
+}
