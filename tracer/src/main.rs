@@ -22,7 +22,6 @@ mod tracefs;
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -41,7 +40,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = cli::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
