@@ -53,6 +53,12 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<()> {
     preflight::check_privileges()?;
     let target = preflight::check_target(args.pid)?;
+    if let Some(tid) = target.thread {
+        eprintln!(
+            "tracer: {tid} is a thread of process {} ({}): tracing the process, all of its threads",
+            target.pid, target.comm
+        );
+    }
     preflight::prepare_output(&args.output)?;
     if tracefs::ensure_mounted()? {
         eprintln!(

@@ -8,6 +8,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// Loading tracepoint programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which implies
 /// both on kernels before 5.8).
 pub fn check_privileges() -> Result<()> {
@@ -29,30 +32,69 @@ pub fn check_privileges() -> Result<()> {
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
+    let hex = status_field(status, "CapEff")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The value of `Name:` in /proc/PID/status text, e.g. `Tgid`.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key == name).then_some(value.trim())
+    })
 }
 
 /// The target process as found in /proc.
 pub struct Target {
     pub pid: u32,
     pub comm: String,
+    /// The thread ID given as `--pid`, when it was one of the process's other threads.
+    pub thread: Option<u32>,
 }
 
+fn read_comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Find the process to trace. A thread ID is resolved to its process (the thread's `Tgid`);
+/// kernel threads and zombies are refused.
 pub fn check_target(pid: u32) -> Result<Target> {
-    if pid == 0 || pid == std::process::id() {
-        bail!("PID {pid} cannot be traced: pass the PID of another process");
+    if pid == 0 {
+        bail!("PID 0 cannot be traced: pass the PID of another process");
     }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| {
+    let no_such = || {
         anyhow::anyhow!("no process with PID {pid}: check the PID (e.g. `pgrep -f NAME`)")
-    })?;
+    };
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| no_such())?;
+    let tgid = status_field(&status, "Tgid")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(pid);
+    let (pid, thread) = if tgid != pid && tgid != 0 {
+        (tgid, Some(pid))
+    } else {
+        (pid, None)
+    };
+    if pid == std::process::id() {
+        bail!("PID {pid} is the tracer itself: pass the PID of another process");
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| no_such())?;
     if !is_alive(&stat) {
         bail!("process {pid} has exited (it is a zombie): nothing to trace");
     }
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    Ok(Target { pid, comm })
+    let comm = read_comm(pid).unwrap_or_default();
+    if is_kernel_thread(&stat) {
+        bail!(
+            "PID {pid} ({comm}) is a kernel thread, not a process: it serves no requests and \
+             nothing was attached; pass the PID of a user-space process (e.g. `pgrep -f NAME`)"
+        );
+    }
+    Ok(Target {
+        pid,
+        comm,
+        thread,
+    })
 }
 
 /// Is the process still running (not gone, not a zombie)?
@@ -60,12 +102,22 @@ pub fn target_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| is_alive(&s))
 }
 
-/// The state letter follows the parenthesised comm, which may itself contain ") ".
+/// The fields of /proc/PID/stat after the parenthesised comm, which may itself contain ") ":
+/// state, ppid, pgrp, session, tty_nr, tpgid, flags, ...
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    stat.rsplit_once(") ").map(|(_, rest)| rest.split_whitespace())
+}
+
 fn is_alive(stat: &str) -> bool {
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, None | Some('Z') | Some('X') | Some('x'))
+    let state = stat_fields(stat).and_then(|mut f| f.next());
+    !matches!(state, None | Some("Z") | Some("X") | Some("x"))
+}
+
+fn is_kernel_thread(stat: &str) -> bool {
+    stat_fields(stat)
+        .and_then(|mut f| f.nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// Create the output directory and prove it is writable, before attaching anything.
@@ -91,6 +143,41 @@ mod tests {
     fn capability_mask_is_read_from_status() {
         let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+    }
+
+    #[test]
+    fn status_fields_are_read_by_name() {
+        let status = "Name:\tworker\nTgid:\t1234\nPid:\t1240\nPPid:\t1\n";
+        assert_eq!(status_field(status, "Tgid"), Some("1234"));
+        assert_eq!(status_field(status, "Pid"), Some("1240"));
+        assert_eq!(status_field(status, "Uid"), None);
+    }
+
+    #[test]
+    fn kernel_threads_are_told_by_their_flags() {
+        // /proc/2/stat and a user process's, flags being the 9th field.
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7";
+        let bash = "900 (bash) S 1 900 900 34816 900 4194304 1 2 3 4";
+        assert!(is_kernel_thread(kthreadd));
+        assert!(!is_kernel_thread(bash));
+        assert!(!is_kernel_thread("garbage"));
+    }
+
+    #[test]
+    fn a_thread_id_is_resolved_to_its_process() {
+        // A thread of this test process: /proc/TID exists though /proc does not list it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = wait.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let err = check_target(tid).err().unwrap().to_string();
+        drop(done);
+        t.join().unwrap();
+        assert!(err.contains("is the tracer itself"), "{err}");
     }
 
     #[test]
