@@ -239,7 +239,7 @@ impl Probes {
                     ssl.library,
                     ssl.path.display()
                 )),
-                Err(e) => not_hooked.push(format!("OpenSSL {}: {e:#}", ssl.library)),
+                Err(e) => not_hooked.push(format!("OpenSSL {}: {}", ssl.library, why(&e))),
             },
         }
         match go {
@@ -252,7 +252,7 @@ impl Probes {
                         hooked,
                     );
                 }
-                Err(e) => not_hooked.push(format!("{}: {e:#}", go.library)),
+                Err(e) => not_hooked.push(format!("{}: {}", go.library, why(&e))),
             },
             Err(e) => not_hooked.push(format!("Go crypto/tls: {e:#}")),
         }
@@ -310,6 +310,15 @@ impl Probes {
                 })
             })
             .collect()
+    }
+}
+
+/// Why a TLS library was not hooked: the privilege the kernel asked for, or the error.
+fn why(e: &anyhow::Error) -> String {
+    if tls::uprobe_refused(e) {
+        tls::UPROBES_REFUSED.to_string()
+    } else {
+        format!("{e:#}")
     }
 }
 
