@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    preflight::check_privileges()?;
+    preflight::check_privileges(args.bpf_stats)?;
     let target = preflight::check_target(args.pid)?;
     if let Some(tid) = target.thread {
         eprintln!(

@@ -11,24 +11,44 @@ const CAP_BPF: u32 = 39;
 /// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Loading tracepoint programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which implies
-/// both on kernels before 5.8).
-pub fn check_privileges() -> Result<()> {
+/// What each step needs, measured on Linux 6.18 with `setpriv` (see the README, Privileges):
+/// loading and attaching the tracepoint programs needs CAP_BPF and CAP_PERFMON, or
+/// CAP_SYS_ADMIN, which the kernel accepts for both; `--bpf-stats` (BPF_ENABLE_STATS) needs
+/// CAP_SYS_ADMIN. tracefs, the target's /proc files and the TLS uprobes need more in some
+/// cases, checked where they are used: [`crate::tracefs::ensure_mounted`], [`check_target`],
+/// [`crate::tls::UPROBES_REFUSED`].
+pub fn check_privileges(bpf_stats: bool) -> Result<()> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = parse_cap_eff(&status).unwrap_or(0);
-    let has = |cap: u32| caps & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
+    match missing_privileges(caps, bpf_stats) {
+        Some(message) => bail!("{message}"),
+        None => Ok(()),
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(c, _)| !has(*c))
-        .map(|(_, n)| n)
-        .collect();
-    bail!(
-        "missing {} (and not CAP_SYS_ADMIN): run tracer as root, e.g. `sudo tracer --pid PID`",
-        missing.join(" and ")
-    )
+}
+
+/// Why effective capabilities `caps` are not enough, if they are not.
+fn missing_privileges(caps: u64, bpf_stats: bool) -> Option<String> {
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if !has(CAP_SYS_ADMIN) && !(has(CAP_BPF) && has(CAP_PERFMON)) {
+        let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+            .into_iter()
+            .filter(|(c, _)| !has(*c))
+            .map(|(_, n)| n)
+            .collect();
+        return Some(format!(
+            "missing {} (and not CAP_SYS_ADMIN), needed to load the kernel programs: run tracer \
+             as root, e.g. `sudo tracer --pid PID`",
+            missing.join(" and ")
+        ));
+    }
+    if bpf_stats && !has(CAP_SYS_ADMIN) {
+        return Some(
+            "--bpf-stats needs CAP_SYS_ADMIN (the kernel's BPF_ENABLE_STATS command): run tracer \
+             as root, or leave out --bpf-stats"
+                .to_string(),
+        );
+    }
+    None
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
@@ -59,7 +79,8 @@ fn read_comm(pid: u32) -> Option<String> {
 }
 
 /// Find the process to trace. A thread ID is resolved to its process (the thread's `Tgid`);
-/// kernel threads and zombies are refused.
+/// kernel threads and zombies are refused, and so is a process whose /proc files this
+/// process may not read.
 pub fn check_target(pid: u32) -> Result<Target> {
     if pid == 0 {
         bail!("PID 0 cannot be traced: pass the PID of another process");
@@ -90,11 +111,34 @@ pub fn check_target(pid: u32) -> Result<Target> {
              nothing was attached; pass the PID of a user-space process (e.g. `pgrep -f NAME`)"
         );
     }
+    check_proc_access(pid, &comm)?;
     Ok(Target {
         pid,
         comm,
         thread,
     })
+}
+
+/// The tracer reads the target's /proc/PID/fd links (which descriptors are sockets: without
+/// them no request is recognised), exe, maps, root and task/TID/syscall. The kernel allows
+/// that when ptrace could read the target: same user, the target's capabilities a subset of
+/// the tracer's, the target dumpable; otherwise only with CAP_SYS_PTRACE. The `exe` link is
+/// checked like the fd links (`proc_fd_access_allowed`), and unlike them exists even when the
+/// target has no descriptor open.
+fn check_proc_access(pid: u32, comm: &str) -> Result<()> {
+    match fs::read_link(format!("/proc/{pid}/exe")) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let owner = fs::metadata(format!("/proc/{pid}"))
+                .map(|m| format!("uid {}", std::os::unix::fs::MetadataExt::uid(&m)))
+                .unwrap_or_else(|_| "another user".to_string());
+            bail!(
+                "may not read the /proc files (fd, exe, maps) of process {pid} ({comm}, {owner}): \
+                 tracing another user's process, or one with capabilities the tracer lacks, needs \
+                 CAP_SYS_PTRACE; nothing attached. Run tracer as root, or add CAP_SYS_PTRACE"
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Is the process still running (not gone, not a zombie)?
@@ -143,6 +187,19 @@ mod tests {
     fn capability_mask_is_read_from_status() {
         let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let bit = |cap: u32| 1u64 << cap;
+        assert_eq!(missing_privileges(bit(CAP_BPF) | bit(CAP_PERFMON), false), None);
+        assert_eq!(missing_privileges(bit(CAP_SYS_ADMIN), true), None);
+        let m = missing_privileges(bit(CAP_BPF), false).unwrap();
+        assert!(m.starts_with("missing CAP_PERFMON") && m.contains("root"), "{m}");
+        let m = missing_privileges(0, false).unwrap();
+        assert!(m.starts_with("missing CAP_BPF and CAP_PERFMON"), "{m}");
+        let m = missing_privileges(bit(CAP_BPF) | bit(CAP_PERFMON), true).unwrap();
+        assert!(m.starts_with("--bpf-stats needs CAP_SYS_ADMIN"), "{m}");
     }
 
     #[test]
