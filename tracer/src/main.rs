@@ -157,6 +157,11 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true)?;
     collector.finish()?;
+    // The last, partial interval, with the requests the final drain settled: the live rows add
+    // up to the summary's request count.
+    let last = collector.interval_length().as_secs_f64();
+    println!("{}", report::live_row(&collector, last));
+    collector.end_interval()?;
 
     let summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
     write_json(&args.output.join("summary.json"), &summary)?;

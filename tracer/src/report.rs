@@ -31,6 +31,7 @@ pub fn live_header() -> String {
 }
 
 /// One row: this interval's requests, and each cause's share of their total time.
+/// `interval_s` is the interval's length (shorter for the last one, cut by the stop).
 pub fn live_row(c: &Collector, interval_s: f64) -> String {
     let h = &c.interval.latency;
     let reqs = h.len();
@@ -38,7 +39,7 @@ pub fn live_row(c: &Collector, interval_s: f64) -> String {
         "{:>7.0}s {:>8} {:>9.1} {:>9} {:>9} |",
         c.elapsed().as_secs_f64(),
         reqs,
-        reqs as f64 / interval_s,
+        reqs as f64 / interval_s.max(1e-3),
         human_ns(h.value_at_quantile(0.5)),
         human_ns(h.value_at_quantile(0.99)),
     );
