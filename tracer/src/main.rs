@@ -73,7 +73,7 @@ fn run(args: Args) -> Result<()> {
     runtime.block_on(trace(args, target))
 }
 
-async fn trace(args: Args, target: Target) -> Result<()> {
+async fn trace(args: Args, mut target: Target) -> Result<()> {
     // Signals are caught before anything is attached, so a Ctrl-C at any point detaches.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -162,6 +162,7 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     let last = collector.interval_length().as_secs_f64();
     println!("{}", report::live_row(&collector, last));
     collector.end_interval()?;
+    target.refresh_comm(collector.comms.get(&target.pid).map(String::as_str));
 
     let summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
     write_json(&args.output.join("summary.json"), &summary)?;

@@ -67,9 +67,28 @@ fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
 /// The target process as found in /proc.
 pub struct Target {
     pub pid: u32,
+    /// Its name (comm): at the start, and at the end once [`Target::refresh_comm`] ran.
     pub comm: String,
+    /// The name at the start, when the target changed it since (it ran `exec`).
+    pub comm_at_start: Option<String>,
     /// The thread ID given as `--pid`, when it was one of the process's other threads.
     pub thread: Option<u32>,
+}
+
+impl Target {
+    /// The target's name now (it may have run `exec`), or, once it has exited, the name its
+    /// main thread exited with (`exited_as`, from the kernel's exit event).
+    pub fn refresh_comm(&mut self, exited_as: Option<&str>) {
+        let now = if target_alive(self.pid) {
+            read_comm(self.pid)
+        } else {
+            exited_as.map(str::to_string)
+        };
+        if let Some(now) = now.filter(|now| !now.is_empty() && *now != self.comm) {
+            let start = std::mem::replace(&mut self.comm, now);
+            self.comm_at_start.get_or_insert(start);
+        }
+    }
 }
 
 fn read_comm(pid: u32) -> Option<String> {
@@ -115,6 +134,7 @@ pub fn check_target(pid: u32) -> Result<Target> {
     Ok(Target {
         pid,
         comm,
+        comm_at_start: None,
         thread,
     })
 }
@@ -235,6 +255,20 @@ mod tests {
         drop(done);
         t.join().unwrap();
         assert!(err.contains("is the tracer itself"), "{err}");
+    }
+
+    #[test]
+    fn own_comm_is_refreshed() {
+        let me = std::process::id();
+        let mut t = Target {
+            pid: me,
+            comm: "old-name".into(),
+            comm_at_start: None,
+            thread: None,
+        };
+        t.refresh_comm(None);
+        assert_eq!(t.comm_at_start.as_deref(), Some("old-name"));
+        assert_eq!(Some(t.comm.clone()), read_comm(me));
     }
 
     #[test]

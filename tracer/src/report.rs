@@ -87,7 +87,7 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
         s,
         "\n=== tracer: PID {} ({}), {:.1}s, stopped by {stopped_by} ===",
         target.pid,
-        target.comm,
+        target_name(target),
         c.elapsed().as_secs_f64()
     );
     let _ = writeln!(
@@ -195,6 +195,14 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
     s
 }
 
+/// The target's name, and the one it started with if it ran `exec` since.
+fn target_name(target: &Target) -> String {
+    match &target.comm_at_start {
+        Some(start) => format!("{}, was {start} at the start", target.comm),
+        None => target.comm.clone(),
+    }
+}
+
 fn names(list: &Value) -> String {
     let items: Vec<String> = list
         .as_array()
@@ -282,7 +290,11 @@ pub fn summary_json(
         .collect();
     let (user_s, sys_s, max_rss_kb) = own_usage();
     json!({
-        "target": { "pid": target.pid, "comm": target.comm },
+        "target": {
+            "pid": target.pid,
+            "comm": target.comm,
+            "comm_at_start": target.comm_at_start.as_ref().unwrap_or(&target.comm),
+        },
         "duration_s": c.elapsed().as_secs_f64(),
         "stopped_by": stopped_by,
         "requests": {
