@@ -171,9 +171,15 @@ mod tests {
         for (args, says) in [
             (&["tracer", "--pid", "-1"][..], "`-1` is not a process ID"),
             (&["tracer", "-p", "-1"], "`-1` is not a process ID"),
-            (&["tracer", "-p", "1", "--duration", "-5"], "SECS must be from 0.1"),
+            (
+                &["tracer", "-p", "1", "--duration", "-5"],
+                "SECS must be from 0.1",
+            ),
             (&["tracer", "-p", "1", "-i", "-2"], "SECS must be from 0.1"),
-            (&["tracer", "-p", "1", "--slow", "-1"], "MS must be 0 or more"),
+            (
+                &["tracer", "-p", "1", "--slow", "-1"],
+                "MS must be 0 or more",
+            ),
         ] {
             let message = value_error(args);
             assert!(message.contains(says), "{args:?}: {message}");
@@ -216,7 +222,8 @@ mod tests {
         }
         let line = one_line(&Args::try_parse_from(["tracer"]).unwrap_err());
         assert!(line.contains("--pid <PID>"), "{line}");
-        let line = one_line(&Args::try_parse_from(["tracer", "-p", "1", "--tls", "x"]).unwrap_err());
+        let line =
+            one_line(&Args::try_parse_from(["tracer", "-p", "1", "--tls", "x"]).unwrap_err());
         assert!(line.contains("on, off"), "{line}");
     }
 }

@@ -29,7 +29,8 @@ pub fn check_privileges(bpf_stats: bool) -> Result<()> {
 /// Why effective capabilities `caps` are not enough, if they are not.
 fn missing_privileges(caps: u64, bpf_stats: bool) -> Option<String> {
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    if !has(CAP_SYS_ADMIN) && !(has(CAP_BPF) && has(CAP_PERFMON)) {
+    let can_load = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if !can_load {
         let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
             .into_iter()
             .filter(|(c, _)| !has(*c))
@@ -104,9 +105,8 @@ pub fn check_target(pid: u32) -> Result<Target> {
     if pid == 0 {
         bail!("PID 0 cannot be traced: pass the PID of another process");
     }
-    let no_such = || {
-        anyhow::anyhow!("no process with PID {pid}: check the PID (e.g. `pgrep -f NAME`)")
-    };
+    let no_such =
+        || anyhow::anyhow!("no process with PID {pid}: check the PID (e.g. `pgrep -f NAME`)");
     let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| no_such())?;
     let tgid = status_field(&status, "Tgid")
         .and_then(|v| v.parse::<u32>().ok())
@@ -141,10 +141,10 @@ pub fn check_target(pid: u32) -> Result<Target> {
 
 /// The tracer reads the target's /proc/PID/fd links (which descriptors are sockets: without
 /// them no request is recognised), exe, maps, root and task/TID/syscall. The kernel allows
-/// that when ptrace could read the target: same user, the target's capabilities a subset of
-/// the tracer's, the target dumpable; otherwise only with CAP_SYS_PTRACE. The `exe` link is
-/// checked like the fd links (`proc_fd_access_allowed`), and unlike them exists even when the
-/// target has no descriptor open.
+/// that when ptrace could read the target: same user and group, the target's capabilities a
+/// subset of the tracer's, the target dumpable; otherwise only with CAP_SYS_PTRACE. The `exe`
+/// link is checked like the fd links (`proc_fd_access_allowed`), and unlike them exists even
+/// when the target has no descriptor open.
 fn check_proc_access(pid: u32, comm: &str) -> Result<()> {
     match fs::read_link(format!("/proc/{pid}/exe")) {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -153,8 +153,9 @@ fn check_proc_access(pid: u32, comm: &str) -> Result<()> {
                 .unwrap_or_else(|_| "another user".to_string());
             bail!(
                 "may not read the /proc files (fd, exe, maps) of process {pid} ({comm}, {owner}): \
-                 tracing another user's process, or one with capabilities the tracer lacks, needs \
-                 CAP_SYS_PTRACE; nothing attached. Run tracer as root, or add CAP_SYS_PTRACE"
+                 tracing a process of another user or group, or one with capabilities the tracer \
+                 lacks, needs CAP_SYS_PTRACE; nothing attached. Run tracer as root, or add \
+                 CAP_SYS_PTRACE"
             )
         }
         _ => Ok(()),
@@ -169,7 +170,8 @@ pub fn target_alive(pid: u32) -> bool {
 /// The fields of /proc/PID/stat after the parenthesised comm, which may itself contain ") ":
 /// state, ppid, pgrp, session, tty_nr, tpgid, flags, ...
 fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
-    stat.rsplit_once(") ").map(|(_, rest)| rest.split_whitespace())
+    stat.rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace())
 }
 
 fn is_alive(stat: &str) -> bool {
@@ -212,10 +214,16 @@ mod tests {
     #[test]
     fn missing_capabilities_are_named() {
         let bit = |cap: u32| 1u64 << cap;
-        assert_eq!(missing_privileges(bit(CAP_BPF) | bit(CAP_PERFMON), false), None);
+        assert_eq!(
+            missing_privileges(bit(CAP_BPF) | bit(CAP_PERFMON), false),
+            None
+        );
         assert_eq!(missing_privileges(bit(CAP_SYS_ADMIN), true), None);
         let m = missing_privileges(bit(CAP_BPF), false).unwrap();
-        assert!(m.starts_with("missing CAP_PERFMON") && m.contains("root"), "{m}");
+        assert!(
+            m.starts_with("missing CAP_PERFMON") && m.contains("root"),
+            "{m}"
+        );
         let m = missing_privileges(0, false).unwrap();
         assert!(m.starts_with("missing CAP_BPF and CAP_PERFMON"), "{m}");
         let m = missing_privileges(bit(CAP_BPF) | bit(CAP_PERFMON), true).unwrap();

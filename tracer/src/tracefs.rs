@@ -154,7 +154,10 @@ format:
         assert!(tracefs_mounted_at(mountinfo, TRACEFS));
         assert!(!tracefs_mounted_at(mountinfo, "/sys/kernel/debug"));
         let other = "36 25 0:12 / /sys/kernel/tracing rw - tmpfs tmpfs rw\n";
-        assert!(!tracefs_mounted_at(other, TRACEFS), "another filesystem there");
+        assert!(
+            !tracefs_mounted_at(other, TRACEFS),
+            "another filesystem there"
+        );
         assert!(!tracefs_mounted_at("", TRACEFS));
     }
 
