@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     mpsc,
@@ -59,10 +59,8 @@ impl OpenDir {
 
     /// A path inside the temp dir that does not exist yet.
     fn absent(name: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "tracer-cli-{name}-{}-absent",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("tracer-cli-{name}-{}-absent", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         path
     }
@@ -97,7 +95,12 @@ impl Ran {
     fn refusal(&self, code: i32) -> &str {
         assert_eq!(self.status.code(), Some(code), "{}", self.describe());
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one stderr line expected\n{}", self.describe());
+        assert_eq!(
+            lines.len(),
+            1,
+            "one stderr line expected\n{}",
+            self.describe()
+        );
         assert!(
             lines[0].starts_with("tracer: error: "),
             "{}",
@@ -338,7 +341,10 @@ fn kernel_thread_is_refused_up_front() {
         "{line}"
     );
     assert!(line.contains("nothing was attached"), "{line}");
-    assert!(!out_dir.exists(), "output directory created by a refused run");
+    assert!(
+        !out_dir.exists(),
+        "output directory created by a refused run"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +372,10 @@ fn out_of_range_seconds_are_refused_before_attaching() {
                 && line.contains("SECS must be from 0.1 to 2592000 (30 days)"),
             "{flag} {value}: {line}"
         );
-        assert!(!out_dir.exists(), "output directory created by a refused run");
+        assert!(
+            !out_dir.exists(),
+            "output directory created by a refused run"
+        );
     }
 }
 
@@ -412,6 +421,43 @@ fn unreadable_tracefs_names_cap_dac_read_search() {
     let line = ran.refusal(1);
     assert!(line.contains("CAP_DAC_READ_SEARCH"), "{line}");
     assert!(!line.contains("not mounted"), "{line}");
+}
+
+/// tracefs not mounted, and no CAP_SYS_ADMIN to mount it: the error names CAP_SYS_ADMIN.
+/// Run in a private mount namespace without tracefs, so the machine's mount is untouched.
+#[test]
+fn unmountable_tracefs_names_cap_sys_admin() {
+    needs_root!();
+    let setpriv = needs_setpriv!();
+    let Some(unshare) = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: unshare (util-linux) is not installed");
+        return;
+    };
+    let workload = workload_as_nobody(&setpriv);
+    let out_dir = OpenDir::new("mount");
+    let traced = as_nobody(
+        &setpriv,
+        "+bpf,+perfmon,+dac_read_search",
+        &bin_path("tracer"),
+    );
+    let mut cmd = Command::new(unshare);
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/kernel/tracing 2>/dev/null; exec \"$@\"")
+        .arg("sh")
+        .arg(traced.get_program())
+        .args(traced.get_args())
+        .args(["--pid", &workload.pid.to_string(), "-d", "2", "-o"])
+        .arg(out_dir.path());
+    let ran = run(cmd);
+    let line = ran.refusal(1);
+    assert!(
+        line.contains("not mounted") && line.contains("CAP_SYS_ADMIN"),
+        "{line}"
+    );
 }
 
 /// With CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH the tracer traces a process of its own
@@ -517,18 +563,25 @@ fn name_after_exec_is_reported() {
         .expect("start sh");
     let pid = sh.id();
     let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    assert_eq!(comm().trim(), "sh");
-    let mut session = TracerSession::start(pid, "cli-exec", &["-i", "1"]);
+    let wait_comm = |name: &str| {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while comm().trim() != name {
+            assert!(
+                Instant::now() < deadline,
+                "comm is {:?}, not {name}",
+                comm()
+            );
+            std::thread::sleep(POLL);
+        }
+    };
+    wait_comm("sh"); // the fork has run exec
+    let session = TracerSession::start(pid, "cli-exec", &["-i", "1"]);
     sh.stdin
         .take()
         .expect("piped")
         .write_all(b"go\n")
         .expect("tell sh to exec");
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    while comm().trim() != "sleep" {
-        assert!(Instant::now() < deadline, "sh did not exec: {}", comm());
-        std::thread::sleep(POLL);
-    }
+    wait_comm("sleep");
     let out = session.stop();
     let _ = sh.kill();
     let _ = sh.wait();
