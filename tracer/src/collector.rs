@@ -174,14 +174,22 @@ impl Collector {
     }
 
     /// End of trace: everything still held is processed; answered requests are complete.
+    /// They join the current interval, which the caller then closes with
+    /// [`Collector::end_interval`].
     pub fn finish(&mut self) -> Result<()> {
         self.release(true);
         if let Some(dump) = &mut self.dump {
             dump.flush()?;
         }
         self.engine.finish_all();
-        self.collect()?;
-        self.end_interval()
+        self.collect()
+    }
+
+    /// How long the current interval has run (until the stop, once stopped).
+    pub fn interval_length(&self) -> Duration {
+        self.stopped
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.interval_started)
     }
 
     pub fn lost(&self) -> u64 {

@@ -22,7 +22,6 @@ mod tracefs;
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -41,7 +40,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = cli::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -52,8 +51,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    preflight::check_privileges()?;
+    preflight::check_privileges(args.bpf_stats)?;
     let target = preflight::check_target(args.pid)?;
+    if let Some(tid) = target.thread {
+        eprintln!(
+            "tracer: {tid} is a thread of process {} ({}): tracing the process, all of its threads",
+            target.pid, target.comm
+        );
+    }
     preflight::prepare_output(&args.output)?;
     if tracefs::ensure_mounted()? {
         eprintln!(
@@ -68,7 +73,7 @@ fn run(args: Args) -> Result<()> {
     runtime.block_on(trace(args, target))
 }
 
-async fn trace(args: Args, target: Target) -> Result<()> {
+async fn trace(args: Args, mut target: Target) -> Result<()> {
     // Signals are caught before anything is attached, so a Ctrl-C at any point detaches.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -152,6 +157,12 @@ async fn trace(args: Args, target: Target) -> Result<()> {
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true)?;
     collector.finish()?;
+    // The last, partial interval, with the requests the final drain settled: the live rows add
+    // up to the summary's request count.
+    let last = collector.interval_length().as_secs_f64();
+    println!("{}", report::live_row(&collector, last));
+    collector.end_interval()?;
+    target.refresh_comm(collector.comms.get(&target.pid).map(String::as_str));
 
     let mut summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
     // Taken last, so the peak covers the whole run, the final summary included.

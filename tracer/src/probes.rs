@@ -266,7 +266,7 @@ impl Probes {
                     ssl.library,
                     ssl.path.display()
                 )),
-                Err(e) => not_hooked.push(format!("OpenSSL {}: {e:#}", ssl.library)),
+                Err(e) => not_hooked.push(format!("OpenSSL {}: {}", ssl.library, why(&e))),
             },
         }
         match go {
@@ -279,7 +279,7 @@ impl Probes {
                         hooked,
                     );
                 }
-                Err(e) => not_hooked.push(format!("{}: {e:#}", go.library)),
+                Err(e) => not_hooked.push(format!("{}: {}", go.library, why(&e))),
             },
             Err(e) => not_hooked.push(format!("Go crypto/tls: {e:#}")),
         }
@@ -342,6 +342,15 @@ impl Probes {
                 })
             })
             .collect()
+    }
+}
+
+/// Why a TLS library was not hooked: the privilege the kernel asked for, or the error.
+fn why(e: &anyhow::Error) -> String {
+    if tls::uprobe_refused(e) {
+        tls::UPROBES_REFUSED.to_string()
+    } else {
+        format!("{e:#}")
     }
 }
 

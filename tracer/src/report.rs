@@ -33,6 +33,7 @@ pub fn live_header() -> String {
 }
 
 /// One row: this interval's requests, and each cause's share of their total time.
+/// `interval_s` is the interval's length (shorter for the last one, cut by the stop).
 pub fn live_row(c: &Collector, interval_s: f64) -> String {
     let h = &c.interval.latency;
     let reqs = h.len();
@@ -40,7 +41,7 @@ pub fn live_row(c: &Collector, interval_s: f64) -> String {
         "{:>7.0}s {:>8} {:>9.1} {:>9} {:>9} |",
         c.elapsed().as_secs_f64(),
         reqs,
-        reqs as f64 / interval_s,
+        reqs as f64 / interval_s.max(1e-3),
         human_ns(h.value_at_quantile(0.5)),
         human_ns(h.value_at_quantile(0.99)),
     );
@@ -88,7 +89,7 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
         s,
         "\n=== tracer: PID {} ({}), {:.1}s, stopped by {stopped_by} ===",
         target.pid,
-        target.comm,
+        target_name(target),
         c.elapsed().as_secs_f64()
     );
     let _ = writeln!(
@@ -200,6 +201,14 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
         );
     }
     s
+}
+
+/// The target's name, and the one it started with if it ran `exec` since.
+fn target_name(target: &Target) -> String {
+    match &target.comm_at_start {
+        Some(start) => format!("{}, was {start} at the start", target.comm),
+        None => target.comm.clone(),
+    }
 }
 
 /// `tid/comm` for threads, `(timer)` for interrupts, with a count when the entries have one,
@@ -350,7 +359,11 @@ pub fn summary_json(
         .map(|(nr, ns)| (syscall_name(*nr), json!(ns)))
         .collect();
     json!({
-        "target": { "pid": target.pid, "comm": target.comm },
+        "target": {
+            "pid": target.pid,
+            "comm": target.comm,
+            "comm_at_start": target.comm_at_start.as_ref().unwrap_or(&target.comm),
+        },
         "duration_s": c.elapsed().as_secs_f64(),
         "stopped_by": stopped_by,
         "requests": {

@@ -12,8 +12,9 @@ use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         uprobe::{UProbeLink, UProbeScope},
-        UProbe,
+        ProgramError, UProbe,
     },
+    sys::SyscallError,
     Ebpf,
 };
 use object::{Object as _, ObjectSymbol as _};
@@ -26,6 +27,24 @@ const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake"];
 const HANDSHAKE_FALLBACK_FNS: &[&str] = &["SSL_accept", "SSL_connect"];
 const READ_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_peek"];
 const WRITE_FNS: &[&str] = &["SSL_write", "SSL_write_ex"];
+
+/// Why nothing is hooked when the kernel refuses to create uprobes (perf_event_open on the
+/// uprobe PMU fails with EACCES). Measured on Linux 6.18: CAP_BPF + CAP_PERFMON is refused,
+/// CAP_SYS_ADMIN is needed (Linux 6.16 and the stable kernels fixed for CVE-2025-38466, e.g.
+/// 6.1.146, 6.6.99, 6.12.39, went back to requiring it; CAP_PERFMON was enough before).
+pub const UPROBES_REFUSED: &str = "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this kernel; run tracer as root or add CAP_SYS_ADMIN (handshakes are timed from the TLS record framing only)";
+
+/// Whether `e` is the kernel refusing a uprobe for lack of privilege (not, say, a symbol
+/// missing from the library).
+pub fn uprobe_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ProgramError>(),
+            Some(ProgramError::SyscallError(SyscallError { call: "perf_event_open", io_error }))
+                if io_error.kind() == std::io::ErrorKind::PermissionDenied
+        )
+    })
+}
 
 /// The OpenSSL a target uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +161,15 @@ pub fn attach(
         let prog = program_mut(ebpf, program)?;
         let mut hooked = Vec::new();
         for function in functions {
-            let Ok(id) = prog.attach(*function, &ssl.path, scope) else {
-                continue; // not in this OpenSSL
+            let id = match prog.attach(*function, &ssl.path, scope) {
+                Ok(id) => id,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if uprobe_refused(&e) {
+                        return Err(e.context(format!("attaching {program} to {function}")));
+                    }
+                    continue; // not in this OpenSSL
+                }
             };
             links.push(prog.take_link(id)?);
             hooked.push(*function);
@@ -191,6 +217,22 @@ mod tests {
             mapped_libssl("7f00-7f01 r--p 0 fe:00 1 /lib/libc.so.6\n"),
             None
         );
+    }
+
+    #[test]
+    fn a_refused_uprobe_is_told_from_a_missing_symbol() {
+        let syscall = |errno| {
+            anyhow::Error::from(ProgramError::SyscallError(SyscallError {
+                call: "perf_event_open",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(uprobe_refused(&syscall(libc::EACCES)));
+        assert!(uprobe_refused(
+            &syscall(libc::EPERM).context("attaching ssl_free to SSL_free")
+        ));
+        assert!(!uprobe_refused(&syscall(libc::ENOENT)));
+        assert!(!uprobe_refused(&anyhow::anyhow!("symbol not found")));
     }
 
     #[test]
