@@ -56,7 +56,16 @@ impl TracerSession {
         args: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> TracerSession {
-        let out = temp_out(name);
+        Self::start_in(pid, temp_out(name), args, env)
+    }
+
+    /// [`TracerSession::start_with_env`] writing into `out`, which may already exist.
+    pub fn start_in(
+        pid: u32,
+        out: PathBuf,
+        args: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> TracerSession {
         let mut child = Command::new(bin_path("tracer"))
             .envs(env.iter().copied())
             .arg("--pid")
@@ -108,6 +117,11 @@ impl TracerSession {
             "tracer did not attach (exit {:?}); stderr:\n{}",
             finished.status, finished.stderr
         );
+    }
+
+    /// The tracer's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Send `signal` (e.g. `libc::SIGTERM`) and wait for the tracer to finish.
