@@ -56,7 +56,16 @@ impl TracerSession {
         args: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> TracerSession {
-        let out = temp_out(name);
+        Self::start_in(pid, temp_out(name), args, env)
+    }
+
+    /// [`TracerSession::start_with_env`] writing into `out`, which may already exist.
+    pub fn start_in(
+        pid: u32,
+        out: PathBuf,
+        args: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> TracerSession {
         let mut child = Command::new(bin_path("tracer"))
             .envs(env.iter().copied())
             .arg("--pid")

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
@@ -39,7 +38,7 @@ pub struct Collector {
     lost_seen: u64,
     pub lost_by_reason: [u64; 3],
     pub lost_by_cpu: Vec<u64>,
-    hlog: HlogWriter,
+    pub hlog: HlogWriter,
     pub slow: SlowRequests,
     pub started: Instant,
     stopped: Option<Instant>,
@@ -85,12 +84,7 @@ impl Collector {
     }
 
     /// Read everything in the ring buffer, and process what the reorder window releases.
-    pub fn drain(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        probes: Option<&Probes>,
-        all: bool,
-    ) -> Result<()> {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: Option<&Probes>, all: bool) {
         while let Some(item) = ring.next() {
             self.received += 1;
             self.interval_events += 1;
@@ -111,7 +105,7 @@ impl Collector {
             self.check_losses(probes);
         }
         self.release(all);
-        self.collect()
+        self.collect();
     }
 
     /// Hand the engine what the reorder window releases (everything, if `all`).
@@ -139,50 +133,51 @@ impl Collector {
         self.lost_by_cpu = by_cpu;
     }
 
-    /// Take finished requests and wait samples from the engine into the aggregates.
-    fn collect(&mut self) -> Result<()> {
+    /// Take finished requests and wait samples from the engine into the aggregates, and
+    /// write the slow ones.
+    fn collect(&mut self) {
         for r in self.engine.take_requests() {
             self.totals.record_request(&r);
             self.interval.record(&r);
             for (sum, ns) in self.interval_breakdown.iter_mut().zip(r.breakdown) {
                 *sum += ns;
             }
-            self.slow.offer(&r, self.boot_to_unix_ns)?;
+            self.slow.offer(&r, self.boot_to_unix_ns);
         }
+        self.slow.write_out();
         for w in self.engine.take_waits() {
             self.totals.record_wait(w);
         }
         for h in self.engine.take_handshakes() {
             self.totals.tls.record(&h);
         }
-        Ok(())
     }
 
     /// Close the current interval: write it to latency.hlog and start the next one.
-    pub fn end_interval(&mut self) -> Result<()> {
+    pub fn end_interval(&mut self) {
         let offset = self.interval_started.duration_since(self.started);
         let length = self.interval_started.elapsed();
-        self.hlog.write_interval(&self.interval, offset, length)?;
+        self.hlog.write_interval(&self.interval, offset, length);
         self.totals.requests.add(&self.interval);
-        self.slow.flush()?;
         self.name_threads();
         self.interval.reset();
         self.interval_breakdown = [0; CAUSES];
         self.interval_events = 0;
         self.interval_started = Instant::now();
-        Ok(())
     }
 
     /// End of trace: everything still held is processed; answered requests are complete.
     /// They join the current interval, which the caller then closes with
     /// [`Collector::end_interval`].
-    pub fn finish(&mut self) -> Result<()> {
+    pub fn finish(&mut self) {
         self.release(true);
         if let Some(dump) = &mut self.dump {
-            dump.flush()?;
+            if let Err(e) = dump.flush() {
+                eprintln!("tracer: TRACER_EVENT_DUMP: {e}");
+            }
         }
         self.engine.finish_all();
-        self.collect()
+        self.collect();
     }
 
     /// How long the current interval has run (until the stop, once stopped).

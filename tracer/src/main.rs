@@ -12,6 +12,7 @@ mod export;
 mod fds;
 mod go_tls;
 mod gopclntab;
+mod output;
 mod preflight;
 mod probes;
 mod report;
@@ -19,9 +20,9 @@ mod stats;
 mod tls;
 mod tracefs;
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -30,6 +31,7 @@ use crate::{
     collector::Collector,
     export::{write_json, HlogWriter, SlowRequests},
     fds::ProcFds,
+    output::OutputDir,
     preflight::Target,
     probes::Probes,
 };
@@ -59,7 +61,7 @@ fn run(args: Args) -> Result<()> {
             target.pid, target.comm
         );
     }
-    preflight::prepare_output(&args.output)?;
+    let out = preflight::prepare_output(&args.output)?;
     if tracefs::ensure_mounted()? {
         eprintln!(
             "tracer: tracefs was not mounted; mounted it at {}",
@@ -70,18 +72,13 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(trace(args, target))
+    runtime.block_on(trace(args, target, Arc::new(out)))
 }
 
-async fn trace(args: Args, mut target: Target) -> Result<()> {
+async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()> {
     // Signals are caught before anything is attached, so a Ctrl-C at any point detaches.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-
-    let start_wall = std::time::SystemTime::now();
-    let hlog = HlogWriter::create(&args.output.join("latency.hlog"), start_wall)?;
-    let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
-    let slow = SlowRequests::create(&args.output.join("requests.jsonl"), slow_ns)?;
 
     let fds = ProcFds::new(target.pid);
     let connections = fds.open_connections();
@@ -110,6 +107,10 @@ async fn trace(args: Args, mut target: Target) -> Result<()> {
         probes.attached(),
     );
     eprintln!("tracer: {}", tls_status.line());
+    // Created once attached, so a refused attach leaves an earlier run's files alone.
+    let hlog = HlogWriter::create(&out, std::time::SystemTime::now());
+    let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
+    let slow = SlowRequests::create(&out, slow_ns);
     let mut collector = Collector::new(target.pid, engine, hlog, slow);
 
     let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -128,11 +129,11 @@ async fn trace(args: Args, mut target: Target) -> Result<()> {
     println!("{}", report::live_header());
     let stopped_by = loop {
         tokio::select! {
-            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false)?,
+            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false),
             _ = report.tick() => {
-                collector.drain(&mut ring, Some(&probes), false)?;
+                collector.drain(&mut ring, Some(&probes), false);
                 println!("{}", report::live_row(&collector, args.interval));
-                collector.end_interval()?;
+                collector.end_interval();
             }
             _ = liveness.tick() => {
                 if !preflight::target_alive(target.pid) {
@@ -151,28 +152,43 @@ async fn trace(args: Args, mut target: Target) -> Result<()> {
         args.output.display()
     );
     // Final read of the kernel side, then detach everything before writing the files.
-    collector.drain(&mut ring, Some(&probes), true)?;
+    collector.drain(&mut ring, Some(&probes), true);
     let programs = probes.program_stats();
     probes.detach();
     // Records submitted while the programs were being detached.
-    collector.drain(&mut ring, None, true)?;
-    collector.finish()?;
+    collector.drain(&mut ring, None, true);
+    collector.finish();
     // The last, partial interval, with the requests the final drain settled: the live rows add
     // up to the summary's request count.
     let last = collector.interval_length().as_secs_f64();
     println!("{}", report::live_row(&collector, last));
-    collector.end_interval()?;
+    collector.end_interval();
     target.refresh_comm(collector.comms.get(&target.pid).map(String::as_str));
 
+    // A failed write never stops the run: the summary is printed, every file is attempted,
+    // and the exit status tells that files are incomplete.
+    let hlog = collector.hlog.commit();
+    let requests = collector.slow.commit();
     let mut summary = report::summary_json(&collector, &target, stopped_by, &programs, &tls_status);
+    summary["incomplete_files"] =
+        output::incomplete_json(&[(output::HLOG, &hlog), (output::REQUESTS, &requests)]);
+    print!("{}", report::final_summary(&collector, &target, stopped_by));
     // Taken last, so the peak covers the whole run, the final summary included.
     summary["collector"] = report::collector_usage();
-    write_json(&args.output.join("summary.json"), &summary)?;
-    collector.slow.flush()?;
-    print!("{}", report::final_summary(&collector, &target, stopped_by));
-    println!(
-        "files: {}/summary.json, latency.hlog, requests.jsonl",
-        args.output.display()
-    );
-    Ok(())
+    let summary = write_json(&out, output::SUMMARY, &summary);
+    let files = [
+        (output::SUMMARY, &summary),
+        (output::HLOG, &hlog),
+        (output::REQUESTS, &requests),
+    ];
+    match output::incomplete(out.path(), &files) {
+        None => {
+            println!(
+                "files: {}/summary.json, latency.hlog, requests.jsonl",
+                out.path().display()
+            );
+            Ok(())
+        }
+        Some(incomplete) => bail!(incomplete),
+    }
 }

@@ -4,6 +4,8 @@ use std::{fs, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::output::OutputDir;
+
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -186,8 +188,10 @@ fn is_kernel_thread(stat: &str) -> bool {
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
-/// Create the output directory and prove it is writable, before attaching anything.
-pub fn prepare_output(dir: &Path) -> Result<()> {
+/// Create the output directory, open it for the run and prove files can be created in it
+/// (under a fresh name, created exclusively and removed: nothing there is followed or
+/// truncated), before attaching anything.
+pub fn prepare_output(dir: &Path) -> Result<OutputDir> {
     let unwritable = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot write to output directory {} ({e}): choose another with --output DIR",
@@ -195,10 +199,10 @@ pub fn prepare_output(dir: &Path) -> Result<()> {
         )
     };
     fs::create_dir_all(dir).map_err(unwritable)?;
-    let probe = dir.join(".tracer-write-test");
-    fs::write(&probe, b"").map_err(unwritable)?;
-    let _ = fs::remove_file(probe);
-    Ok(())
+    let out = OutputDir::open(dir).map_err(unwritable)?;
+    out.check_writable(".tracer-write-test")
+        .map_err(unwritable)?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,477 @@
+//! The tracer's output files, end to end (real tracer, real workload, as root):
+//!
+//! - symlinks planted under the output names, or under the pre-flight write-check name, are
+//!   never followed: the file they point to is unchanged and the outputs are regular files;
+//! - a rerun replaces the previous run's files with new ones (a hard link to an old file
+//!   keeps the old run's data);
+//! - on a full filesystem the trace goes on: each failing file is reported once by name, the
+//!   final summary is printed, and the exit status says the files are incomplete;
+//! - after a SIGKILL, every line of the requests log (left under its `.partial` name) is
+//!   whole JSON.
+
+use std::{
+    ffi::CString,
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{symlink, MetadataExt as _},
+    },
+    path::{Path, PathBuf},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer_tests::{
+    is_root, load_result, run_load,
+    session::{temp_out, Finished, TracerSession},
+    Workload,
+};
+
+const OUTPUTS: [&str; 3] = ["summary.json", "requests.jsonl", "latency.hlog"];
+/// The pre-flight check's name (it now adds `.PID`, and never touches this one).
+const WRITE_TEST: &str = ".tracer-write-test";
+/// How long a test waits for the tracer to write something.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The user that plants the symlinks (nobody).
+const OTHER_UID: u32 = 65534;
+
+/// A directory removed with its contents when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = temp_out(name);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small tmpfs, unmounted (and its mount point removed) when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(name: &str, size: &str) -> SmallFs {
+        let dir = temp_out(name);
+        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let c = |s: &[u8]| CString::new(s).unwrap();
+        let (target, options) = (
+            c(dir.as_os_str().as_bytes()),
+            c(format!("size={size}").as_bytes()),
+        );
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c(b"tmpfs").as_ptr(),
+                target.as_ptr(),
+                c(b"tmpfs").as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount -t tmpfs -o size={size} on {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        if let Ok(target) = CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Keep-alive load for `secs` seconds: a few thousand requests a second at most, which even
+/// a debug build of the tracer follows on a busy machine.
+fn load(workload: &Workload, secs: f64) -> Child {
+    run_load(workload.addr, &["/sleep?ms=1"], 2, secs, None)
+}
+
+/// The load saw no error and the target still answers: the tracer never disturbed it.
+fn assert_target_unharmed(workload: &Workload, load: Child) {
+    let result = load_result(load);
+    assert_eq!(result.errors, 0, "the load saw errors: {result:?}");
+    assert!(result.requests > 0, "{result:?}");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", workload.pid))
+        .expect("the workload is still there");
+    let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+    assert!(
+        !matches!(state, None | Some('Z' | 'X')),
+        "workload state {state:?}"
+    );
+    let response = workload
+        .client()
+        .get("/")
+        .unwrap_or_else(|e| panic!("the workload no longer answers: {e}"));
+    assert_eq!(response.status, 200);
+}
+
+fn describe(f: &Finished) -> String {
+    format!(
+        "status: {}\n--- stderr ---\n{}\n--- stdout ---\n{}",
+        f.status, f.stderr, f.stdout
+    )
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every line of `path` is JSON, and the file ends with a newline (or is empty).
+fn assert_whole_json_lines(path: &Path) -> usize {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} ends with a cut line: {:?}",
+        path.display(),
+        &text[text.len().saturating_sub(200)..]
+    );
+    for (i, line) in text.lines().enumerate() {
+        if let Err(e) = serde_json::from_str::<Value>(line) {
+            panic!("{} line {}: {e}: {line:?}", path.display(), i + 1);
+        }
+    }
+    text.lines().count()
+}
+
+fn assert_regular_file(path: &Path) {
+    let meta = std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{} is missing: {e}", path.display()));
+    assert!(
+        meta.file_type().is_file(),
+        "{} is not a regular file: {:?}",
+        path.display(),
+        meta.file_type()
+    );
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {WRITE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn planted_symlinks_are_not_followed() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    // An output directory other users can create files in, where one of them planted a
+    // symlink under each name the tracer writes, all pointing to a file of root's.
+    let scratch = Scratch::new("symlinks");
+    let out = scratch.0.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let victim = scratch.0.join("victim");
+    let original = "root's file: the tracer must not change it\n";
+    std::fs::write(&victim, original).unwrap();
+    for name in OUTPUTS.iter().chain(&[WRITE_TEST]) {
+        let link = out.join(name);
+        symlink(&victim, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    }
+
+    let workload = Workload::spawn();
+    let load = load(&workload, 6.0);
+    let mut tracer = TracerSession::start_in(
+        workload.pid,
+        out.clone(),
+        &["--slow", "0", "-i", "1", "-d", "2"],
+        &[],
+    );
+    let finished = tracer.wait_exit();
+    assert_eq!(finished.status.code(), Some(0), "{}", describe(&finished));
+    assert_target_unharmed(&workload, load);
+
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        original,
+        "the file the planted symlinks point to was written"
+    );
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().len() as usize,
+        original.len()
+    );
+    for name in OUTPUTS {
+        assert_regular_file(&out.join(name));
+    }
+    let requests = assert_whole_json_lines(&out.join("requests.jsonl"));
+    assert!(requests > 0, "no requests logged with --slow 0");
+    assert!(
+        finished.summary["requests"]["count"].as_u64() > Some(0),
+        "{:#}",
+        finished.summary
+    );
+    // The write check used a fresh name and removed it; the planted one is left alone.
+    assert_eq!(
+        std::fs::read_link(out.join(WRITE_TEST)).ok().as_deref(),
+        Some(victim.as_path()),
+        "the planted {WRITE_TEST} symlink was touched"
+    );
+    assert_eq!(
+        names_in(&out),
+        vec![WRITE_TEST, "latency.hlog", "requests.jsonl", "summary.json"],
+        "left-over files in {}",
+        out.display()
+    );
+}
+
+#[test]
+fn a_rerun_replaces_the_previous_files() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let scratch = Scratch::new("rerun");
+    let out = scratch.0.join("out");
+    let workload = Workload::spawn();
+
+    let load1 = load(&workload, 5.0);
+    let first = TracerSession::start_in(
+        workload.pid,
+        out.clone(),
+        &["--slow", "0", "-i", "1", "-d", "2"],
+        &[],
+    )
+    .wait_exit();
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert!(!first.requests.is_empty(), "first run logged no request");
+    let _ = load_result(load1);
+    // A user keeps the first run's files under other names, as hard links.
+    let keep = scratch.0.join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    let mut kept = Vec::new();
+    for name in OUTPUTS {
+        std::fs::hard_link(out.join(name), keep.join(name)).unwrap();
+        kept.push(std::fs::read(out.join(name)).unwrap());
+    }
+
+    // The second run logs no request (no --slow) and traces one second.
+    let load2 = load(&workload, 5.0);
+    let second = TracerSession::start_in(workload.pid, out.clone(), &["-i", "1", "-d", "1"], &[])
+        .wait_exit();
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    assert_target_unharmed(&workload, load2);
+
+    for (name, old) in OUTPUTS.iter().zip(&kept) {
+        let path = out.join(name);
+        assert_regular_file(&path);
+        assert_ne!(
+            std::fs::metadata(&path).unwrap().ino(),
+            std::fs::metadata(keep.join(name)).unwrap().ino(),
+            "{name} was rewritten in place instead of replaced"
+        );
+        assert_eq!(
+            &std::fs::read(keep.join(name)).unwrap(),
+            old,
+            "the rerun changed the previous run's {name} (through a hard link to it)"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("requests.jsonl")).unwrap(),
+        "",
+        "requests.jsonl is not the second run's"
+    );
+    let s = &second.summary;
+    assert_eq!(s["requests"]["slow_logged"], 0, "{s:#}");
+    assert_eq!(s["incomplete_files"], Value::Array(vec![]), "{s:#}");
+    assert_ne!(*s, first.summary);
+    let hlog = std::fs::read_to_string(out.join("latency.hlog")).unwrap();
+    assert!(hlog.contains("Tag=request,"), "{hlog}");
+    assert_eq!(
+        names_in(&out),
+        vec!["latency.hlog", "requests.jsonl", "summary.json"],
+        "left-over files in {}",
+        out.display()
+    );
+}
+
+#[test]
+fn a_full_filesystem_loses_only_the_files() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mounts a tmpfs, loads eBPF programs)");
+        return;
+    }
+    // 64 KiB: `--slow 0` under load fills it with requests.jsonl within a second, and
+    // latency.hlog's next interval then finds no room either.
+    let fs = SmallFs::mount("fullfs", "64k");
+    let workload = Workload::spawn();
+    let load = load(&workload, 30.0);
+    let tracer =
+        TracerSession::start_in(workload.pid, fs.0.clone(), &["--slow", "0", "-i", "1"], &[]);
+    // Until the filesystem is nearly full, then three more intervals.
+    wait_for("the tmpfs to fill up", || bytes_in(&fs.0, "") > 40 * 1024);
+    std::thread::sleep(Duration::from_secs(3));
+    let finished = tracer.stop();
+    let what = describe(&finished);
+
+    assert!(!what.contains("panicked"), "the tracer panicked\n{what}");
+    assert!(
+        !finished.stderr.contains("IoError("),
+        "a debug dump instead of a message\n{what}"
+    );
+    assert_eq!(finished.status.code(), Some(1), "{what}");
+    // Each failing file is reported on one line, once, by name, with what to do.
+    let reports: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("requests.jsonl") && l.contains("No space left on device"))
+        .filter(|l| !l.starts_with("tracer: error:"))
+        .collect();
+    assert_eq!(
+        reports.len(),
+        1,
+        "requests.jsonl's failure not reported once\n{what}"
+    );
+    let report = reports[0];
+    assert!(
+        report.starts_with("tracer: ")
+            && report.contains(&fs.0.join("requests.jsonl").display().to_string())
+            && report.contains("Free space")
+            && report.contains("tracing goes on"),
+        "{report}"
+    );
+    for name in ["latency.hlog", "summary.json"] {
+        let n = finished
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("tracer: error:") && l.contains(name))
+            .count();
+        assert!(n <= 1, "{name} reported {n} times\n{what}");
+    }
+    // Tracing went on to the end: the console summary is printed, with the whole trace.
+    assert!(
+        finished.stdout.contains("=== tracer: PID")
+            && finished.stdout.contains("stopped by signal"),
+        "no final summary\n{what}"
+    );
+    let live_rows = finished
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('|'))
+        .count();
+    assert!(
+        live_rows >= 3,
+        "tracing stopped early ({live_rows} live rows)\n{what}"
+    );
+    // The last line says the files are incomplete, and which.
+    let last = finished.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("tracer: error: the files in")
+            && last.contains("incomplete")
+            && last.contains("requests.jsonl stops early (No space left on device"),
+        "final line: {last}\n{what}"
+    );
+    assert_target_unharmed(&workload, load);
+
+    // What did reach the disk is whole lines, under the final name.
+    assert!(
+        assert_whole_json_lines(&fs.0.join("requests.jsonl")) > 0,
+        "{what}"
+    );
+    if finished.summary != Value::Null {
+        let incomplete = finished.summary["incomplete_files"].to_string();
+        assert!(incomplete.contains("requests.jsonl"), "{incomplete}");
+    } else {
+        assert!(last.contains("summary.json was not written"), "{last}");
+    }
+    assert!(
+        !names_in(&fs.0).iter().any(|n| n.ends_with(".partial")),
+        "left-over partial files: {:?}",
+        names_in(&fs.0)
+    );
+}
+
+#[test]
+fn sigkill_leaves_whole_lines_under_the_partial_name() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loads eBPF programs)");
+        return;
+    }
+    let scratch = Scratch::new("sigkill");
+    let out = scratch.0.join("out");
+    let workload = Workload::spawn();
+    let load = load(&workload, 30.0);
+    // No interval ends before the kill: the lines must reach the file whole without the
+    // interval's bookkeeping (a buffer flushed when full cuts lines).
+    let tracer = TracerSession::start_in(
+        workload.pid,
+        out.clone(),
+        &["--slow", "0", "-i", "3600"],
+        &[],
+    );
+    let tracer_pid = tracer.pid();
+    // Wherever the tracer writes, wait for many lines (many buffer-fulls), then kill it.
+    wait_for("requests logged", || {
+        bytes_in(&out, "requests.jsonl") > 200_000
+    });
+    let finished = tracer.stop_with(libc::SIGKILL);
+    assert_eq!(
+        finished.status.code(),
+        None,
+        "not killed\n{}",
+        describe(&finished)
+    );
+    assert_target_unharmed(&workload, load);
+
+    let names = names_in(&out);
+    let mut lines = 0;
+    for name in names.iter().filter(|n| n.starts_with("requests.jsonl")) {
+        lines += assert_whole_json_lines(&out.join(name));
+    }
+    assert!(lines > 100, "only {lines} lines in {names:?}");
+    // A killed run leaves its files under their partial names, for the user to find; the
+    // final names are an earlier run's (none here).
+    let partial = |name: &str| out.join(format!("{name}.{tracer_pid}.partial"));
+    assert!(
+        partial("requests.jsonl").is_file(),
+        "no requests.jsonl.{tracer_pid}.partial after SIGKILL: {names:?}"
+    );
+    let hlog = partial("latency.hlog");
+    let text = std::fs::read_to_string(&hlog)
+        .unwrap_or_else(|e| panic!("{}: {e} ({names:?})", hlog.display()));
+    assert!(text.starts_with('#') && text.ends_with('\n'), "{text}");
+    assert!(
+        !names.iter().any(|n| OUTPUTS.contains(&n.as_str())),
+        "final names written by a killed run: {names:?}"
+    );
+}
+
+/// Bytes in the files of `dir` whose names start with `prefix`.
+fn bytes_in(dir: &Path, prefix: &str) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
