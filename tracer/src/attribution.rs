@@ -373,9 +373,10 @@ const PENDING_WAKEUP_NS: u64 = 100_000;
 /// AEAD tag): a close_notify, not request bytes.
 const ENCRYPTED_ALERT_LEN: u32 = 19;
 
-/// The longest TLS 1.3 client Finished record (SHA-384: 48 bytes + type + 16-byte tag, plus
-/// a 5-byte header).
-const MAX_FINISHED_RECORD: i64 = 5 + 48 + 1 + 16;
+/// The longest TLS 1.3 client Finished record: a 5-byte record header, the Finished message
+/// (4-byte handshake header, 48-byte SHA-384 verify_data), the content type and a 16-byte
+/// AEAD tag. 74 bytes with TLS_AES_256_GCM_SHA384, 58 with the SHA-256 suites.
+const MAX_FINISHED_RECORD: i64 = 5 + 4 + 48 + 1 + 16;
 
 /// A handshake in progress, keyed by its `SSL*`.
 struct OpenHandshake {

@@ -728,6 +728,25 @@ fn tls13_finished_with_the_request_in_one_read_starts_it() {
 }
 
 #[test]
+fn a_finished_alone_is_not_read_past_whatever_its_hash() {
+    let ccs_then_app = tracer_common::tls_record_and_next(
+        tracer_common::tls_record([20, 3, 3, 0, 1]),
+        [23, 3, 3, 0, 0],
+    );
+    // change_cipher_spec (6 bytes), then the Finished: 58 bytes with SHA-256 suites, 74 with
+    // TLS_AES_256_GCM_SHA384 (what OpenSSL clients and servers pick first).
+    assert!(!read_past_first_record(6 + 58, ccs_then_app));
+    assert!(!read_past_first_record(6 + 74, ccs_then_app));
+    // The smallest request record after it: header, one byte, type, tag.
+    assert!(read_past_first_record(6 + 58 + 23, ccs_then_app));
+    assert!(read_past_first_record(6 + 74 + 23, ccs_then_app));
+    // Without the change_cipher_spec: past the Finished record's own length.
+    let finished = (APP << 16) | 69;
+    assert!(!read_past_first_record(74, finished));
+    assert!(read_past_first_record(74 + 23, finished));
+}
+
+#[test]
 fn tls12_handshake_ends_with_the_servers_change_cipher_spec() {
     let mut e = engine();
     let reqs = feed(
