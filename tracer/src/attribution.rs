@@ -389,6 +389,18 @@ struct OpenHandshake {
     explicit: bool,
     /// A handshake record went over the socket during its calls.
     saw_records: bool,
+    /// Its last read went past the record it started with (past the client's Finished):
+    /// the first request may have come with it.
+    read_past_finished: bool,
+}
+
+/// Where a handshake ended whose last read went past the client's Finished (OpenSSL with
+/// read-ahead, as nginx sets it, and Go read as much as the socket holds): the first request
+/// may be in the TLS library's buffer already, and no read of it will cross the socket.
+struct HandshakeEnd {
+    ctx: ContextId,
+    ts: u64,
+    at: Breakdown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,8 +504,9 @@ pub struct Engine<R> {
     go_fds: HashMap<u32, u64>,
     /// Server-side handshakes' record headers, by fd, until the handshake completes.
     tls_shapes: HashMap<u32, tls_shape::Shape>,
-    /// Connections whose Go handshake just ended, until their next read or write.
-    go_done: HashMap<u32, go_tls::GoDone>,
+    /// Connections whose handshake just ended with a read past the client's Finished, until
+    /// their next read or write.
+    tls_done: HashMap<u32, HandshakeEnd>,
     /// Futex contention by address.
     pub locks: HashMap<u64, LockStats>,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
@@ -521,7 +534,7 @@ impl<R: FdResolver> Engine<R> {
             go_handshakes: HashMap::default(),
             go_threads: HashMap::default(),
             go_fds: HashMap::default(),
-            go_done: HashMap::default(),
+            tls_done: HashMap::default(),
             tls_shapes: HashMap::default(),
             locks: HashMap::default(),
             other_by_syscall: HashMap::default(),
@@ -598,6 +611,7 @@ impl<R: FdResolver> Engine<R> {
             } => self.tls(ts, tid, ssl, what, ret),
             Event::Lost { .. } => {
                 self.go_forget_all();
+                self.tls_done.clear();
                 for req in self.open.values_mut() {
                     req.incomplete = true;
                 }
@@ -738,8 +752,8 @@ impl<R: FdResolver> Engine<R> {
             if !self.go_handshakes.is_empty() && self.go_handshake_io(ts, tid, sys) {
                 return;
             }
-            if !self.go_done.is_empty() && ret != -EAGAIN {
-                self.go_after_handshake(fd, nr, ret, tls_record);
+            if !self.tls_done.is_empty() && ret != -EAGAIN {
+                self.after_handshake(fd, nr, ret, tls_record);
             }
         }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
@@ -749,6 +763,9 @@ impl<R: FdResolver> Engine<R> {
                 if let Some(h) = self.handshakes.get_mut(&ssl) {
                     h.fd.get_or_insert(fd);
                     h.saw_records |= record_content(tls_record) == tls_content::HANDSHAKE;
+                    if is_read(nr) && ret > 0 && h.fd == Some(fd) {
+                        h.read_past_finished = read_past_first_record(ret, tls_record);
+                    }
                 }
                 // The uprobes time this connection's handshake: the framing must not.
                 self.tls_wire
@@ -769,6 +786,7 @@ impl<R: FdResolver> Engine<R> {
                 self.finish(ret as u32); // its close was not seen
                 self.handshakes.retain(|_, h| h.fd != Some(ret as u32));
                 self.tls_pending.remove(&(ret as u32));
+                self.tls_done.remove(&(ret as u32));
                 self.tls_wire.remove(&(ret as u32));
                 self.go_forget_fd(ret as u32);
                 self.tls_shapes.remove(&(ret as u32));
@@ -780,6 +798,7 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.fds.remove(&fd);
                 self.tls_pending.remove(&fd);
+                self.tls_done.remove(&fd);
                 self.tls_wire.remove(&fd);
                 self.go_forget_fd(fd);
                 self.tls_shapes.remove(&fd);
@@ -921,6 +940,7 @@ impl<R: FdResolver> Engine<R> {
                 fd: None,
                 explicit: false,
                 saw_records: false,
+                read_past_finished: false,
             });
             h.explicit |= what == tls::HANDSHAKE_ENTER;
             return;
@@ -943,6 +963,12 @@ impl<R: FdResolver> Engine<R> {
             self.handshake_done(h.ctx, h.fd, h.start_ts, phases);
             if let Some(fd) = h.fd {
                 self.tls_pending.insert(fd, (h.start_ts, phases.total()));
+                // A handshake function returned: the request bytes read with the Finished
+                // (if any) are still in OpenSSL's buffer.
+                let explicit_call = matches!(call, Some((_, tls::HANDSHAKE_ENTER)));
+                if explicit_call && h.read_past_finished {
+                    self.handshake_ended_past_finished(tid, fd, ts);
+                }
             }
         }
         // A read that returned data returned a request's bytes (after the handshake, if any).
@@ -952,6 +978,35 @@ impl<R: FdResolver> Engine<R> {
                 self.request_bytes(ts, tid, fd, ts);
             }
         }
+    }
+
+    /// A handshake on `fd` ended at `ts` on `tid` with a read past the client's Finished.
+    fn handshake_ended_past_finished(&mut self, tid: ContextId, fd: u32, ts: u64) {
+        if self.fd_kind(fd) != FdKind::Connection {
+            return;
+        }
+        if let Some(ctx) = self.contexts.get(&tid) {
+            let at = ctx.snapshot(ts);
+            self.tls_done.insert(fd, HandshakeEnd { ctx: tid, ts, at });
+        }
+    }
+
+    /// The first read or write on a connection after a handshake whose last read went past
+    /// the client's Finished (not counting reads that found nothing: net/http reads in the
+    /// background while a request runs, and nginx reads until EAGAIN). The TLS library read
+    /// as much as the socket held, so the Finished and the first request often arrived in
+    /// one read, inside the handshake: a response written before any further read answers
+    /// that request, which started when the handshake ended. It is timed on the thread that
+    /// ended the handshake.
+    fn after_handshake(&mut self, fd: u32, nr: u32, ret: i64, record: u32) {
+        let Some(done) = self.tls_done.remove(&fd) else {
+            return;
+        };
+        let alert = record_content(record) == tls_content::ALERT || is_encrypted_alert(record);
+        if !is_write(nr) || ret <= 0 || alert || self.open.contains_key(&fd) {
+            return;
+        }
+        self.open_request(done.ctx, fd, done.ts, done.at);
     }
 
     /// A read on a connection, seen through TLS record framing. Returns true when the bytes
