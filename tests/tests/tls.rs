@@ -670,7 +670,14 @@ impl Nginx {
                         break Some(worker);
                     }
                 }
-                assert!(Instant::now() < deadline, "nginx did not start serving");
+                if Instant::now() > deadline {
+                    let _ = master.kill();
+                    let _ = master.wait();
+                    panic!(
+                        "nginx did not start serving; its log:\n{}",
+                        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(20));
             };
             let Some(worker) = worker else {
@@ -811,8 +818,13 @@ fn curl_two_requests(port: u16, version: &[&str]) -> CurlTimes {
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let transfer = |i: usize, connects: &str| {
+        lines
+            .get(i)
+            .is_some_and(|l| l.len() == 5 && l[..2] == ["200", connects])
+    };
     assert!(
-        lines.len() == 2 && lines[0][..2] == ["200", "1"] && lines[1][..2] == ["200", "0"],
+        lines.len() == 2 && transfer(0, "1") && transfer(1, "0"),
         "curl made one connection for two requests: {out:?}"
     );
     let ns = |s: &str| (s.parse::<f64>().unwrap() * 1e6).round() as u64 * 1_000;
@@ -829,11 +841,14 @@ fn curl_two_requests(port: u16, version: &[&str]) -> CurlTimes {
 /// before its first SSL_do_handshake, and with TLS 1.3 its last handshake read often holds
 /// the request too (it sets read-ahead): neither may cost the request its handshake.
 ///
-/// The tracer's handshake time is checked against curl's own timings: the server's handshake
-/// lies between the client's TCP connect and the response's first byte, so it is at most
-/// curl's `time_starttransfer - time_connect`. Through a proxy that holds the server's first
-/// flight back 100 ms, both peers' handshakes must hold those 100 ms, so the tracer's is at
-/// least that, and the tracer's total is close to curl's own `appconnect - connect` total.
+/// The tracer's handshake time is checked against curl's own timings, with bounds that follow
+/// from the order of events rather than from tolerances: the server's handshake lies between
+/// the client's TCP connect and the response's first byte, so it is at most curl's
+/// `time_starttransfer - time_connect`. Through a proxy that holds the server's first flight
+/// back 100 ms, both peers' handshakes must hold those 100 ms, so the tracer's is at least
+/// that, and its total at least 80% of curl's own `time_appconnect - time_connect` total.
+/// (Direct handshakes get no such ratio: curl sets up its TLS context after the TCP connect,
+/// about half of its measured handshake here before its ClientHello leaves.)
 #[test]
 fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
     if skip_unless_ready() {
@@ -934,8 +949,8 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
         traced_delayed / 1000,
         curl_delayed / 1000
     );
-    // Both peers' handshakes hold the delay; the client's also holds the making of its
-    // ClientHello and the server's wake-up for it, a few ms at most.
+    // Both peers' handshakes hold the delay; the client's also holds its TLS set-up and the
+    // server's wake-up for the ClientHello, a few ms each.
     assert!(
         traced_delayed * 10 >= curl_delayed * 8,
         "tracer {traced_delayed} ns against curl's {curl_delayed} ns for the {DELAYED} \
