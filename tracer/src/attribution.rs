@@ -351,14 +351,29 @@ impl TlsWire {
     }
 }
 
-/// Whether a read of `ret` bytes starting with `record` holds more than that first record
-/// (for a change_cipher_spec: more than it and the longest Finished), i.e. request bytes
-/// that came with the end of the handshake.
-fn read_past_first_record(ret: i64, record: u32) -> bool {
+/// Whether a read of `ret` bytes that ends a client's handshake flight, starting with
+/// `record`, goes on past the client's Finished: request bytes came with the end of the
+/// handshake. The flight's first record says where its Finished ends:
+/// - a change_cipher_spec: the Finished follows it, as application_data (TLS 1.3) or as a
+///   handshake record (TLS 1.2 resumed);
+/// - a handshake record: a TLS 1.2 client's key exchange, then its change_cipher_spec and
+///   Finished (a client certificate flight is longer: it looks past, and a request that did
+///   not come is then only looked for in the next write, see `after_handshake`);
+/// - application_data: a TLS 1.3 Finished.
+fn read_past_finished(ret: i64, record: u32) -> bool {
     if is_change_cipher_spec(record & 0x00ff_ffff) {
-        ret > 6 + MAX_FINISHED_RECORD
-    } else {
-        record != 0 && ret > 5 + record_len(record) as i64
+        let finished = if tracer_common::record_next_content(record) == tls_content::HANDSHAKE {
+            MAX_TLS12_FINISHED_RECORD
+        } else {
+            MAX_FINISHED_RECORD
+        };
+        return ret > 6 + finished;
+    }
+    let first = 5 + record_len(record) as i64;
+    match record_content(record) {
+        0 => false,
+        tls_content::HANDSHAKE => ret > first + 6 + MAX_TLS12_FINISHED_RECORD,
+        _ => ret > first,
     }
 }
 
@@ -378,6 +393,11 @@ const ENCRYPTED_ALERT_LEN: u32 = 19;
 /// AEAD tag. 74 bytes with TLS_AES_256_GCM_SHA384, 58 with the SHA-256 suites.
 const MAX_FINISHED_RECORD: i64 = 5 + 4 + 48 + 1 + 16;
 
+/// The longest TLS 1.2 Finished record: a 5-byte record header, a CBC suite's 16-byte
+/// explicit IV, the Finished message (4-byte header, 12-byte verify_data) with its 48-byte
+/// HMAC-SHA384, padded to the 16-byte block. 45 bytes with AES-GCM.
+const MAX_TLS12_FINISHED_RECORD: i64 = 5 + 16 + 4 + 12 + 48 + 16;
+
 /// A handshake in progress, keyed by its `SSL*`.
 struct OpenHandshake {
     ctx: ContextId,
@@ -389,13 +409,13 @@ struct OpenHandshake {
     explicit: bool,
     /// A handshake record went over the socket during its calls.
     saw_records: bool,
-    /// Its last read went past the record it started with (past the client's Finished):
-    /// the first request may have come with it.
+    /// Its last read went past the client's Finished: the first request may have come
+    /// with it.
     read_past_finished: bool,
 }
 
-/// Where a handshake ended whose last read went past the client's Finished (OpenSSL with
-/// read-ahead, as nginx sets it, and Go read as much as the socket holds): the first request
+/// Where a handshake ended whose last read went past the client's Finished (Go, and OpenSSL
+/// with read-ahead as nginx sets it, read as much as the socket holds): the first request
 /// may be in the TLS library's buffer already, and no read of it will cross the socket.
 struct HandshakeEnd {
     ctx: ContextId,
@@ -764,7 +784,7 @@ impl<R: FdResolver> Engine<R> {
                     h.fd.get_or_insert(fd);
                     h.saw_records |= record_content(tls_record) == tls_content::HANDSHAKE;
                     if is_read(nr) && ret > 0 && h.fd == Some(fd) {
-                        h.read_past_finished = read_past_first_record(ret, tls_record);
+                        h.read_past_finished = read_past_finished(ret, tls_record);
                     }
                 }
                 // The uprobes time this connection's handshake: the framing must not.
@@ -1062,7 +1082,7 @@ impl<R: FdResolver> Engine<R> {
                     }
                     wire.rx.left = 0; // the records after it are not tracked
                     self.tls_wire_done(ts, fd);
-                    if read_past_first_record(ret, header) {
+                    if read_past_finished(ret, header) {
                         self.request_bytes(ts, tid, fd, ts); // the request came with it
                     }
                     return true;

@@ -16,7 +16,7 @@
 use tracer_common::{is_read, record_content, tls_content, EAGAIN};
 
 use super::{
-    diff, read_past_first_record, Breakdown, ContextId, Engine, FdKind, FdResolver, SyscallReturn,
+    diff, read_past_finished, Breakdown, ContextId, Engine, FdKind, FdResolver, SyscallReturn,
     TlsPhases, TlsWire, WirePhase,
 };
 
@@ -29,8 +29,8 @@ pub(super) struct GoHandshake {
     /// Parked in the netpoller since (a read or write returned EAGAIN).
     parked_since: Option<u64>,
     phases: TlsPhases,
-    /// The last read that returned data went past the record it started with (past the
-    /// Finished): the first request came with it.
+    /// The last read that returned data went past the client's Finished: the first request
+    /// came with it.
     read_past_finished: bool,
 }
 
@@ -154,7 +154,7 @@ impl<R: FdResolver> Engine<R> {
             self.go_stretch_end(&mut h, g, ts);
             h.parked_since = Some(ts);
         } else if is_read(nr) && ret > 0 {
-            h.read_past_finished = read_past_first_record(ret, record);
+            h.read_past_finished = read_past_finished(ret, record);
         }
         self.go_handshakes.insert(g, h);
         true

@@ -735,15 +735,33 @@ fn a_finished_alone_is_not_read_past_whatever_its_hash() {
     );
     // change_cipher_spec (6 bytes), then the Finished: 58 bytes with SHA-256 suites, 74 with
     // TLS_AES_256_GCM_SHA384 (what OpenSSL clients and servers pick first).
-    assert!(!read_past_first_record(6 + 58, ccs_then_app));
-    assert!(!read_past_first_record(6 + 74, ccs_then_app));
+    assert!(!read_past_finished(6 + 58, ccs_then_app));
+    assert!(!read_past_finished(6 + 74, ccs_then_app));
     // The smallest request record after it: header, one byte, type, tag.
-    assert!(read_past_first_record(6 + 58 + 23, ccs_then_app));
-    assert!(read_past_first_record(6 + 74 + 23, ccs_then_app));
+    assert!(read_past_finished(6 + 58 + 23, ccs_then_app));
+    assert!(read_past_finished(6 + 74 + 23, ccs_then_app));
     // Without the change_cipher_spec: past the Finished record's own length.
     let finished = (APP << 16) | 69;
-    assert!(!read_past_first_record(74, finished));
-    assert!(read_past_first_record(74 + 23, finished));
+    assert!(!read_past_finished(74, finished));
+    assert!(read_past_finished(74 + 23, finished));
+    // TLS 1.2: the client's key exchange (here 37 bytes), change_cipher_spec and Finished
+    // (45 bytes with AES-GCM, 101 with a CBC-SHA384 suite) in one read are not past it; a
+    // False Start request after them is.
+    let key_exchange = (HS << 16) | 37;
+    assert!(!read_past_finished(42 + 6 + 45, key_exchange));
+    assert!(!read_past_finished(42 + 6 + 101, key_exchange));
+    assert!(read_past_finished(42 + 6 + 101 + 29, key_exchange));
+    // TLS 1.2 resumed: change_cipher_spec, then the Finished as a handshake record.
+    let ccs_then_hs = tracer_common::tls_record_and_next(
+        tracer_common::tls_record([20, 3, 3, 0, 1]),
+        [22, 3, 3, 0, 0],
+    );
+    assert!(!read_past_finished(6 + 101, ccs_then_hs));
+    // After the shorter AES-GCM Finished, a request of a real size (a GET line and a Host
+    // header: over 60 bytes, and 29 of record overhead) shows.
+    assert!(read_past_finished(6 + 45 + 29 + 60, ccs_then_hs));
+    // A read in the middle of a record tells nothing.
+    assert!(!read_past_finished(500, 0));
 }
 
 #[test]
@@ -1048,6 +1066,43 @@ mod nginx {
                 resumed: Some(false),
             }
         );
+    }
+
+    /// nginx's mail proxy over implicit TLS (SMTPS) speaks first: after a TLS 1.2 handshake
+    /// whose last read held the client's whole key exchange flight, its greeting is not the
+    /// response to a request that came with the Finished (none did); the client's first
+    /// command is the first request, and carries the handshake.
+    #[test]
+    fn a_greeting_after_a_tls12_handshake_is_not_a_response() {
+        let mut e = Engine::new(Fds);
+        let mut events = vec![accept(0, CONN)];
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512),
+            io(400, nr::WRITE, CONN, 610, HS, 89),
+            ssl_return(410, SSL, -1),
+        ]);
+        events.extend(epoll(420, 1420));
+        events.extend([
+            ssl_call(1440, SSL),
+            io(1450, nr::READ, CONN, 42 + 6 + 45, HS, 37), // key exchange, CCS, Finished
+            io(1500, nr::WRITE, CONN, 51, CCS | HS << 8, 1),
+            ssl_return(1510, SSL, 1),
+            io(1550, nr::WRITE, CONN, 60, APP, 55), // "220 ... ESMTP ready"
+        ]);
+        events.extend(epoll(1560, 3000));
+        events.extend([
+            io(3020, nr::READ, CONN, 50, APP, 45), // EHLO
+            io(3100, nr::WRITE, CONN, 120, APP, 115),
+            io(3110, nr::CLOSE, CONN, 0, 0, 0),
+        ]);
+        let reqs = feed(&mut e, events);
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(reqs[0].start_ns, 120);
+        assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 1510 - 120);
+        assert_eq!(reqs[0].latency_ns, 1390 + (3100 - 3020));
+        assert_eq!(e.aborted, 0);
     }
 
     /// Two connections' handshakes interleaved in the one event loop, keyed by their `SSL*`:
