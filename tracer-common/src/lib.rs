@@ -264,10 +264,13 @@ pub mod layout {
     /// `u64 clone_flags`
     pub const NEWTASK_CLONE_FLAGS: usize = 32;
     /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h; the ptrace ABI, it
-    /// never changes) of the registers holding a syscall's first two arguments. The
-    /// raw_syscalls tracepoints pass the entry registers.
+    /// never changes) of the registers holding a syscall's arguments: the first, second,
+    /// third and fourth. The raw_syscalls tracepoints pass the entry registers, and at
+    /// sys_exit they still hold the caller's arguments (only `ax` is rewritten).
     pub const PT_REGS_DI: usize = 112;
     pub const PT_REGS_SI: usize = 104;
+    pub const PT_REGS_DX: usize = 96;
+    pub const PT_REGS_R10: usize = 56;
 }
 
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -325,6 +328,23 @@ pub fn is_write(syscall_nr: u32) -> bool {
         syscall_nr,
         WRITE | WRITEV | PWRITE64 | PWRITEV | PWRITEV2 | SENDTO | SENDMSG | SENDMMSG | SENDFILE
     )
+}
+
+/// `MSG_PEEK` (include/linux/socket.h): the receive returns the queued bytes and leaves them
+/// queued, so the next receive returns them again.
+pub const MSG_PEEK: u64 = 2;
+
+/// Where a receive syscall that takes flags has them: the `pt_regs` offset of its flags
+/// argument (recvfrom's and recvmmsg's fourth, recvmsg's third), or `None` for reads
+/// without flags. A peek moves no bytes: the kernel side does not report it, and the read
+/// that takes the bytes is the one that counts (nginx peeks at one byte of a new TLS
+/// connection to tell a ClientHello from plain HTTP).
+pub fn recv_flags_reg(syscall_nr: u32) -> Option<usize> {
+    match syscall_nr {
+        nr::RECVFROM | nr::RECVMMSG => Some(layout::PT_REGS_R10),
+        nr::RECVMSG => Some(layout::PT_REGS_DX),
+        _ => None,
+    }
 }
 
 /// Syscalls whose return the kernel side reports as a [`SyscallEvent`]: the ones that
@@ -481,6 +501,19 @@ mod tests {
             0,
             "longer than any record"
         );
+    }
+
+    #[test]
+    fn receive_flags_are_found_for_every_receive_that_has_them() {
+        assert_eq!(recv_flags_reg(nr::RECVFROM), Some(layout::PT_REGS_R10));
+        assert_eq!(recv_flags_reg(nr::RECVMSG), Some(layout::PT_REGS_DX));
+        assert_eq!(recv_flags_reg(nr::RECVMMSG), Some(layout::PT_REGS_R10));
+        for n in [nr::READ, nr::READV, nr::PREAD64, nr::WRITE, nr::SENDTO] {
+            assert_eq!(recv_flags_reg(n), None, "{n}");
+        }
+        for n in 0..600 {
+            assert!(recv_flags_reg(n).is_none() || is_read(n), "{n}");
+        }
     }
 
     #[test]

@@ -376,14 +376,29 @@ impl TlsWire {
     }
 }
 
-/// Whether a read of `ret` bytes starting with `record` holds more than that first record
-/// (for a change_cipher_spec: more than it and the longest Finished), i.e. request bytes
-/// that came with the end of the handshake.
-fn read_past_first_record(ret: i64, record: u32) -> bool {
+/// Whether a read of `ret` bytes that ends a client's handshake flight, starting with
+/// `record`, goes on past the client's Finished: request bytes came with the end of the
+/// handshake. The flight's first record says where its Finished ends:
+/// - a change_cipher_spec: the Finished follows it, as application_data (TLS 1.3) or as a
+///   handshake record (TLS 1.2 resumed);
+/// - a handshake record: a TLS 1.2 client's key exchange, then its change_cipher_spec and
+///   Finished (a client certificate flight is longer: it looks past, and a request that did
+///   not come is then only looked for in the next write, see `after_handshake`);
+/// - application_data: a TLS 1.3 Finished.
+fn read_past_finished(ret: i64, record: u32) -> bool {
     if is_change_cipher_spec(record & 0x00ff_ffff) {
-        ret > 6 + MAX_FINISHED_RECORD
-    } else {
-        record != 0 && ret > 5 + record_len(record) as i64
+        let finished = if tracer_common::record_next_content(record) == tls_content::HANDSHAKE {
+            MAX_TLS12_FINISHED_RECORD
+        } else {
+            MAX_FINISHED_RECORD
+        };
+        return ret > 6 + finished;
+    }
+    let first = 5 + record_len(record) as i64;
+    match record_content(record) {
+        0 => false,
+        tls_content::HANDSHAKE => ret > first + 6 + MAX_TLS12_FINISHED_RECORD,
+        _ => ret > first,
     }
 }
 
@@ -398,9 +413,15 @@ const PENDING_WAKEUP_NS: u64 = 100_000;
 /// AEAD tag): a close_notify, not request bytes.
 const ENCRYPTED_ALERT_LEN: u32 = 19;
 
-/// The longest TLS 1.3 client Finished record (SHA-384: 48 bytes + type + 16-byte tag, plus
-/// a 5-byte header).
-const MAX_FINISHED_RECORD: i64 = 5 + 48 + 1 + 16;
+/// The longest TLS 1.3 client Finished record: a 5-byte record header, the Finished message
+/// (4-byte handshake header, 48-byte SHA-384 verify_data), the content type and a 16-byte
+/// AEAD tag. 74 bytes with TLS_AES_256_GCM_SHA384, 58 with the SHA-256 suites.
+const MAX_FINISHED_RECORD: i64 = 5 + 4 + 48 + 1 + 16;
+
+/// The longest TLS 1.2 Finished record: a 5-byte record header, a CBC suite's 16-byte
+/// explicit IV, the Finished message (4-byte header, 12-byte verify_data) with its 48-byte
+/// HMAC-SHA384, padded to the 16-byte block. 45 bytes with AES-GCM.
+const MAX_TLS12_FINISHED_RECORD: i64 = 5 + 16 + 4 + 12 + 48 + 16;
 
 /// A handshake in progress, keyed by its `SSL*`.
 struct OpenHandshake {
@@ -413,6 +434,18 @@ struct OpenHandshake {
     explicit: bool,
     /// A handshake record went over the socket during its calls.
     saw_records: bool,
+    /// Its last read went past the client's Finished: the first request may have come
+    /// with it.
+    read_past_finished: bool,
+}
+
+/// Where a handshake ended whose last read went past the client's Finished (Go, and OpenSSL
+/// with read-ahead as nginx sets it, read as much as the socket holds): the first request
+/// may be in the TLS library's buffer already, and no read of it will cross the socket.
+struct HandshakeEnd {
+    ctx: ContextId,
+    ts: u64,
+    at: Breakdown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -516,8 +549,9 @@ pub struct Engine<R> {
     go_fds: HashMap<u32, u64>,
     /// Server-side handshakes' record headers, by fd, until the handshake completes.
     tls_shapes: HashMap<u32, tls_shape::Shape>,
-    /// Connections whose Go handshake just ended, until their next read or write.
-    go_done: HashMap<u32, go_tls::GoDone>,
+    /// Connections whose handshake just ended with a read past the client's Finished, until
+    /// their next read or write.
+    tls_done: HashMap<u32, HandshakeEnd>,
     /// Futex contention by address.
     pub locks: Locks,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
@@ -545,7 +579,7 @@ impl<R: FdResolver> Engine<R> {
             go_handshakes: HashMap::default(),
             go_threads: HashMap::default(),
             go_fds: HashMap::default(),
-            go_done: HashMap::default(),
+            tls_done: HashMap::default(),
             tls_shapes: HashMap::default(),
             locks: Locks::default(),
             other_by_syscall: HashMap::default(),
@@ -622,6 +656,7 @@ impl<R: FdResolver> Engine<R> {
             } => self.tls(ts, tid, ssl, what, ret),
             Event::Lost { .. } => {
                 self.go_forget_all();
+                self.tls_done.clear();
                 for req in self.open.values_mut() {
                     req.incomplete = true;
                 }
@@ -761,8 +796,8 @@ impl<R: FdResolver> Engine<R> {
             if !self.go_handshakes.is_empty() && self.go_handshake_io(ts, tid, sys) {
                 return;
             }
-            if !self.go_done.is_empty() && ret != -EAGAIN {
-                self.go_after_handshake(fd, nr, ret, tls_record);
+            if !self.tls_done.is_empty() && ret != -EAGAIN {
+                self.after_handshake(fd, nr, ret, tls_record);
             }
         }
         let in_tls_call = self.contexts.get(&tid).and_then(|c| c.tls_call);
@@ -772,6 +807,9 @@ impl<R: FdResolver> Engine<R> {
                 if let Some(h) = self.handshakes.get_mut(&ssl) {
                     h.fd.get_or_insert(fd);
                     h.saw_records |= record_content(tls_record) == tls_content::HANDSHAKE;
+                    if is_read(nr) && ret > 0 && h.fd == Some(fd) {
+                        h.read_past_finished = read_past_finished(ret, tls_record);
+                    }
                 }
                 // The uprobes time this connection's handshake: the framing must not.
                 self.tls_wire
@@ -789,6 +827,7 @@ impl<R: FdResolver> Engine<R> {
                 self.finish(ret as u32); // its close was not seen
                 self.handshakes.retain(|_, h| h.fd != Some(ret as u32));
                 self.tls_pending.remove(&(ret as u32));
+                self.tls_done.remove(&(ret as u32));
                 self.tls_wire.remove(&(ret as u32));
                 self.go_forget_fd(ret as u32);
                 self.tls_shapes.remove(&(ret as u32));
@@ -800,6 +839,7 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.fds.remove(&fd);
                 self.tls_pending.remove(&fd);
+                self.tls_done.remove(&fd);
                 self.tls_wire.remove(&fd);
                 self.go_forget_fd(fd);
                 self.tls_shapes.remove(&fd);
@@ -941,6 +981,7 @@ impl<R: FdResolver> Engine<R> {
                 fd: None,
                 explicit: false,
                 saw_records: false,
+                read_past_finished: false,
             });
             h.explicit |= what == tls::HANDSHAKE_ENTER;
             return;
@@ -963,6 +1004,12 @@ impl<R: FdResolver> Engine<R> {
             self.handshake_done(h.ctx, h.fd, h.start_ts, phases);
             if let Some(fd) = h.fd {
                 self.tls_pending.insert(fd, (h.start_ts, phases.total()));
+                // A handshake function returned: the request bytes read with the Finished
+                // (if any) are still in OpenSSL's buffer.
+                let explicit_call = matches!(call, Some((_, tls::HANDSHAKE_ENTER)));
+                if explicit_call && h.read_past_finished {
+                    self.handshake_ended_past_finished(tid, fd, ts);
+                }
             }
         }
         // A read that returned data returned a request's bytes (after the handshake, if any).
@@ -972,6 +1019,35 @@ impl<R: FdResolver> Engine<R> {
                 self.request_bytes(ts, tid, fd, ts);
             }
         }
+    }
+
+    /// A handshake on `fd` ended at `ts` on `tid` with a read past the client's Finished.
+    fn handshake_ended_past_finished(&mut self, tid: ContextId, fd: u32, ts: u64) {
+        if self.fd_kind(fd) != FdKind::Connection {
+            return;
+        }
+        if let Some(ctx) = self.contexts.get(&tid) {
+            let at = ctx.snapshot(ts);
+            self.tls_done.insert(fd, HandshakeEnd { ctx: tid, ts, at });
+        }
+    }
+
+    /// The first read or write on a connection after a handshake whose last read went past
+    /// the client's Finished (not counting reads that found nothing: net/http reads in the
+    /// background while a request runs, and nginx reads until EAGAIN). The TLS library read
+    /// as much as the socket held, so the Finished and the first request often arrived in
+    /// one read, inside the handshake: a response written before any further read answers
+    /// that request, which started when the handshake ended. It is timed on the thread that
+    /// ended the handshake.
+    fn after_handshake(&mut self, fd: u32, nr: u32, ret: i64, record: u32) {
+        let Some(done) = self.tls_done.remove(&fd) else {
+            return;
+        };
+        let alert = record_content(record) == tls_content::ALERT || is_encrypted_alert(record);
+        if !is_write(nr) || ret <= 0 || alert || self.open.contains_key(&fd) {
+            return;
+        }
+        self.open_request(done.ctx, fd, done.ts, done.at);
     }
 
     /// A read on a connection, seen through TLS record framing. Returns true when the bytes
@@ -1027,7 +1103,7 @@ impl<R: FdResolver> Engine<R> {
                     }
                     wire.rx.left = 0; // the records after it are not tracked
                     self.tls_wire_done(ts, fd);
-                    if read_past_first_record(ret, header) {
+                    if read_past_finished(ret, header) {
                         self.request_bytes(ts, tid, fd, ts); // the request came with it
                     }
                     return true;

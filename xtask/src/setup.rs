@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     ("libssl-dev", false),
     // Go crypto/tls test targets are built from source during the tests.
     ("golang-go", false),
+    // A real event-loop HTTPS server (non-blocking SSL_do_handshake from epoll).
+    ("nginx-light", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the

@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    futex_op_waits, is_change_cipher_spec, is_traced, layout, nr, reports_exit, tls_record,
-    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, NO_SYSCALL,
+    futex_op_waits, is_change_cipher_spec, is_traced, layout, nr, recv_flags_reg, reports_exit,
+    tls_record, tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, MSG_PEEK,
+    NO_SYSCALL,
 };
 
 use crate::maps::{
@@ -104,6 +105,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret = ctx.arg::<u64>(1) as i64;
     if ret == -EAGAIN && inside.nr != nr::FUTEX && !report_eagain() {
         return 0; // a non-blocking socket with nothing to do: no request boundary
+    }
+    if let Some(flags) = recv_flags_reg(inside.nr) {
+        // The argument registers still hold the caller's values at sys_exit.
+        let regs = ctx.arg::<u64>(0) as *const u8;
+        if reg(regs, flags).is_some_and(|f| f & MSG_PEEK != 0) {
+            return 0; // a peek moved nothing: the receive that takes the bytes reports them
+        }
     }
     let arg1 = if inside.buf != 0 && ret >= 5 {
         record_header(inside.buf, ret)

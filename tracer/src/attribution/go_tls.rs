@@ -13,19 +13,12 @@
 //! entry (the ClientHello read for a server); from then on every read and write on it during
 //! the handshake is a handshake flight, never a request.
 
-use tracer_common::{is_read, is_write, record_content, tls_content, EAGAIN};
+use tracer_common::{is_read, record_content, tls_content, EAGAIN};
 
 use super::{
-    diff, is_encrypted_alert, read_past_first_record, Breakdown, ContextId, Engine, FdKind,
-    FdResolver, SyscallReturn, TlsPhases, TlsWire, WirePhase,
+    diff, read_past_finished, Breakdown, ContextId, Engine, FdKind, FdResolver, SyscallReturn,
+    TlsPhases, TlsWire, WirePhase,
 };
-
-/// Where a Go handshake ended, for a request that arrived together with its last flight.
-pub(super) struct GoDone {
-    ctx: ContextId,
-    ts: u64,
-    at: Breakdown,
-}
 
 /// A Go handshake in progress.
 pub(super) struct GoHandshake {
@@ -36,8 +29,8 @@ pub(super) struct GoHandshake {
     /// Parked in the netpoller since (a read or write returned EAGAIN).
     parked_since: Option<u64>,
     phases: TlsPhases,
-    /// The last read that returned data went past the record it started with (past the
-    /// Finished): the first request came with it.
+    /// The last read that returned data went past the client's Finished: the first request
+    /// came with it.
     read_past_finished: bool,
 }
 
@@ -99,28 +92,10 @@ impl<R: FdResolver> Engine<R> {
             h.fd.filter(|fd| self.fds.get(fd) == Some(&FdKind::Connection))
         {
             self.tls_pending.insert(fd, (h.start_ts, total));
-            if let Some(ctx) = self.contexts.get(&tid).filter(|_| h.read_past_finished) {
-                let at = ctx.snapshot(ts);
-                self.go_done.insert(fd, GoDone { ctx: tid, ts, at });
+            if h.read_past_finished {
+                self.handshake_ended_past_finished(tid, fd, ts);
             }
         }
-    }
-
-    /// The first read or write on a connection after a Go handshake whose last read went
-    /// past the client's Finished (not counting reads that found nothing: net/http reads in
-    /// the background while a request runs). Go reads as much as the socket holds, so the
-    /// Finished and the first request often arrive in one read, inside the handshake: a
-    /// response written before any further read answers that request, which started when
-    /// the handshake ended. It is timed on the thread that ended the handshake.
-    pub(super) fn go_after_handshake(&mut self, fd: u32, nr: u32, ret: i64, record: u32) {
-        let Some(done) = self.go_done.remove(&fd) else {
-            return;
-        };
-        let alert = record_content(record) == tls_content::ALERT || is_encrypted_alert(record);
-        if !is_write(nr) || ret <= 0 || alert || self.open.contains_key(&fd) {
-            return;
-        }
-        self.open_request(done.ctx, fd, done.ts, done.at);
     }
 
     /// A read or write returned: returns true when it was a Go handshake's flight.
@@ -179,7 +154,7 @@ impl<R: FdResolver> Engine<R> {
             self.go_stretch_end(&mut h, g, ts);
             h.parked_since = Some(ts);
         } else if is_read(nr) && ret > 0 {
-            h.read_past_finished = read_past_first_record(ret, record);
+            h.read_past_finished = read_past_finished(ret, record);
         }
         self.go_handshakes.insert(g, h);
         true
@@ -205,7 +180,6 @@ impl<R: FdResolver> Engine<R> {
 
     /// The connection `fd` closed, or a thread exited: forget what pointed at them.
     pub(super) fn go_forget_fd(&mut self, fd: u32) {
-        self.go_done.remove(&fd);
         if let Some(g) = self.go_fds.remove(&fd) {
             self.go_handshakes.remove(&g);
         }
@@ -221,6 +195,5 @@ impl<R: FdResolver> Engine<R> {
         self.go_handshakes.clear();
         self.go_threads.clear();
         self.go_fds.clear();
-        self.go_done.clear();
     }
 }

@@ -728,6 +728,43 @@ fn tls13_finished_with_the_request_in_one_read_starts_it() {
 }
 
 #[test]
+fn a_finished_alone_is_not_read_past_whatever_its_hash() {
+    let ccs_then_app = tracer_common::tls_record_and_next(
+        tracer_common::tls_record([20, 3, 3, 0, 1]),
+        [23, 3, 3, 0, 0],
+    );
+    // change_cipher_spec (6 bytes), then the Finished: 58 bytes with SHA-256 suites, 74 with
+    // TLS_AES_256_GCM_SHA384 (what OpenSSL clients and servers pick first).
+    assert!(!read_past_finished(6 + 58, ccs_then_app));
+    assert!(!read_past_finished(6 + 74, ccs_then_app));
+    // The smallest request record after it: header, one byte, type, tag.
+    assert!(read_past_finished(6 + 58 + 23, ccs_then_app));
+    assert!(read_past_finished(6 + 74 + 23, ccs_then_app));
+    // Without the change_cipher_spec: past the Finished record's own length.
+    let finished = (APP << 16) | 69;
+    assert!(!read_past_finished(74, finished));
+    assert!(read_past_finished(74 + 23, finished));
+    // TLS 1.2: the client's key exchange (here 37 bytes), change_cipher_spec and Finished
+    // (45 bytes with AES-GCM, 101 with a CBC-SHA384 suite) in one read are not past it; a
+    // False Start request after them is.
+    let key_exchange = (HS << 16) | 37;
+    assert!(!read_past_finished(42 + 6 + 45, key_exchange));
+    assert!(!read_past_finished(42 + 6 + 101, key_exchange));
+    assert!(read_past_finished(42 + 6 + 101 + 29, key_exchange));
+    // TLS 1.2 resumed: change_cipher_spec, then the Finished as a handshake record.
+    let ccs_then_hs = tracer_common::tls_record_and_next(
+        tracer_common::tls_record([20, 3, 3, 0, 1]),
+        [22, 3, 3, 0, 0],
+    );
+    assert!(!read_past_finished(6 + 101, ccs_then_hs));
+    // After the shorter AES-GCM Finished, a request of a real size (a GET line and a Host
+    // header: over 60 bytes, and 29 of record overhead) shows.
+    assert!(read_past_finished(6 + 45 + 29 + 60, ccs_then_hs));
+    // A read in the middle of a record tells nothing.
+    assert!(!read_past_finished(500, 0));
+}
+
+#[test]
 fn tls12_handshake_ends_with_the_servers_change_cipher_spec() {
     let mut e = engine();
     let reqs = feed(
@@ -849,6 +886,276 @@ fn a_freed_ssl_forgets_its_unfinished_handshake() {
     let hs = e.take_handshakes();
     assert_eq!(hs.len(), 1);
     assert_eq!(hs[0].start_ns, 1_000, "not the freed connection's start");
+}
+
+/// nginx: one worker thread, an epoll event loop, non-blocking sockets.
+mod nginx {
+    use super::*;
+
+    const LISTEN: u32 = 6;
+    const EPOLL: u64 = 8;
+    const CONN2: u32 = 11;
+    const SSL2: u64 = 0x6000;
+
+    /// A syscall of the worker on `fd` that returned `ret` (entered 5 ns before), moving bytes
+    /// whose first record header was `content`/`len` (0/0: none).
+    fn io(ts: u64, nr: u32, fd: u32, ret: i64, content: u32, len: u32) -> Event {
+        Event::Syscall {
+            ts,
+            tid: T,
+            nr,
+            arg0: fd as u64,
+            ret,
+            enter_ts: ts.saturating_sub(5),
+            tls_record: content << 16 | len,
+        }
+    }
+
+    fn accept(ts: u64, fd: u32) -> Event {
+        io(ts, nr::ACCEPT4, LISTEN, fd as i64, 0, 0)
+    }
+
+    fn ssl_call(ts: u64, ssl: u64) -> Event {
+        Event::Tls {
+            ts,
+            tid: T,
+            ssl,
+            what: tls::HANDSHAKE_ENTER,
+            ret: 0,
+        }
+    }
+
+    fn ssl_return(ts: u64, ssl: u64, ret: i64) -> Event {
+        Event::Tls {
+            ts,
+            tid: T,
+            ssl,
+            what: tls::RETURN,
+            ret,
+        }
+    }
+
+    /// Back to epoll_wait until a wakeup at `woke`, on a CPU 10 ns later.
+    fn epoll(ts: u64, woke: u64) -> [Event; 3] {
+        [block(ts, nr::EPOLL_WAIT, EPOLL), wake(woke), run(woke + 10)]
+    }
+
+    /// nginx's TLS 1.3 handshake, as the kernel side reports it: accept4; when the
+    /// ClientHello arrives, a one-byte MSG_PEEK receive (not reported) and the first
+    /// SSL_do_handshake, which reads the ClientHello, writes the server's flight and returns
+    /// WANT_READ; back in epoll until the client's Finished, read by the second
+    /// SSL_do_handshake together with the request (nginx sets read-ahead), and then the
+    /// NewSessionTickets. SSL_read returns the buffered request without a read syscall (its
+    /// next read() finds EAGAIN, which is not reported), and the response goes out.
+    #[test]
+    fn tls13_request_read_with_the_finished_carries_the_handshake() {
+        let mut e = Engine::new(Fds);
+        let mut events = vec![accept(0, CONN)];
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512), // ClientHello
+            io(400, nr::WRITE, CONN, 770, HS, 122), // ServerHello, CCS, encrypted flight
+            ssl_return(410, SSL, -1),              // WANT_READ
+        ]);
+        events.extend(epoll(420, 1420));
+        events.extend([
+            ssl_call(1440, SSL),
+            // change_cipher_spec (the kernel side saw the application_data header after it),
+            // a SHA-384 Finished (74 bytes) and the request
+            io(1450, nr::READ, CONN, 6 + 74 + 101, CCS | APP << 8, 1),
+            io(1500, nr::WRITE, CONN, 287, APP, 282), // two NewSessionTickets
+            io(1510, nr::WRITE, CONN, 287, APP, 282),
+            ssl_return(1520, SSL, 1),
+            io(1600, nr::WRITE, CONN, 262, APP, 257), // the response
+        ]);
+        events.extend(epoll(1610, 3000));
+        events.extend([
+            io(3020, nr::READ, CONN, 101, APP, 96), // the next request
+            io(3100, nr::WRITE, CONN, 262, APP, 257),
+        ]);
+        events.extend(epoll(3110, 5000));
+        events.extend([
+            io(5020, nr::READ, CONN, 24, APP, 19), // close_notify
+            io(5030, nr::CLOSE, CONN, 0, 0, 0),
+        ]);
+        let reqs = feed(&mut e, events);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let (first, second) = (&reqs[0], &reqs[1]);
+        assert_eq!(first.start_ns, 120, "starts with the handshake");
+        assert_eq!(cause(first, Cause::TlsHandshake), 1520 - 120);
+        assert_eq!(first.latency_ns, 1400 + 80, "then answered 1520..1600");
+        assert_eq!(
+            cause(first, Cause::NetIo),
+            0,
+            "the handshake's waits are in it"
+        );
+        assert_sums(first);
+        assert_eq!(cause(second, Cause::TlsHandshake), 0);
+        assert_eq!(second.latency_ns, 3100 - 3020);
+        assert_eq!(e.aborted, 0);
+        let hs = e.take_handshakes();
+        assert_eq!(hs.len(), 1);
+        assert_eq!(
+            (hs[0].start_ns, hs[0].fd, hs[0].phases),
+            (
+                120,
+                Some(CONN),
+                TlsPhases {
+                    cpu: 1400 - 1000 - 10,
+                    peer_wait: 1000, // epoll_wait between the two calls
+                    runqueue: 10,
+                    other: 0,
+                }
+            )
+        );
+        assert_eq!(
+            hs[0].kind,
+            TlsKind {
+                version: TlsVersion::Tls13,
+                resumed: Some(false),
+            }
+        );
+    }
+
+    /// nginx 1.22's default protocols stop at TLS 1.2: the client's key exchange,
+    /// change_cipher_spec and Finished come in one read (past its first record, but the
+    /// request cannot come with it: the client waits for the server's Finished), and the
+    /// request comes in a later read.
+    #[test]
+    fn tls12_request_read_after_the_handshake_carries_it() {
+        let mut e = Engine::new(Fds);
+        let mut events = vec![accept(0, CONN)];
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512),
+            io(400, nr::WRITE, CONN, 610, HS, 89), // ServerHello .. ServerHelloDone
+            ssl_return(410, SSL, -1),
+        ]);
+        events.extend(epoll(420, 1420));
+        events.extend([
+            ssl_call(1440, SSL),
+            io(1450, nr::READ, CONN, 93, HS, 37), // ClientKeyExchange, CCS, Finished
+            io(1500, nr::WRITE, CONN, 51, CCS | HS << 8, 1), // CCS, Finished
+            ssl_return(1510, SSL, 1),
+        ]);
+        events.extend(epoll(1520, 2000));
+        events.extend([
+            io(2020, nr::READ, CONN, 108, APP, 103), // the request
+            io(2050, nr::PREAD64, FILE, 6, 0, 0),
+            io(2100, nr::WRITE, CONN, 269, APP, 264),
+        ]);
+        events.extend(epoll(2110, 5000));
+        events.extend([
+            io(5020, nr::READ, CONN, 31, ALERT, 26),
+            io(5030, nr::CLOSE, CONN, 0, 0, 0),
+        ]);
+        let reqs = feed(&mut e, events);
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!(r.start_ns, 120);
+        assert_eq!(cause(r, Cause::TlsHandshake), 1510 - 120);
+        assert_eq!(r.latency_ns, 1390 + (2100 - 2020));
+        assert_sums(r);
+        let hs = e.take_handshakes();
+        assert_eq!(
+            hs[0].kind,
+            TlsKind {
+                version: TlsVersion::Tls12,
+                resumed: Some(false),
+            }
+        );
+    }
+
+    /// nginx's mail proxy over implicit TLS (SMTPS) speaks first: after a TLS 1.2 handshake
+    /// whose last read held the client's whole key exchange flight, its greeting is not the
+    /// response to a request that came with the Finished (none did); the client's first
+    /// command is the first request, and carries the handshake.
+    #[test]
+    fn a_greeting_after_a_tls12_handshake_is_not_a_response() {
+        let mut e = Engine::new(Fds);
+        let mut events = vec![accept(0, CONN)];
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512),
+            io(400, nr::WRITE, CONN, 610, HS, 89),
+            ssl_return(410, SSL, -1),
+        ]);
+        events.extend(epoll(420, 1420));
+        events.extend([
+            ssl_call(1440, SSL),
+            io(1450, nr::READ, CONN, 42 + 6 + 45, HS, 37), // key exchange, CCS, Finished
+            io(1500, nr::WRITE, CONN, 51, CCS | HS << 8, 1),
+            ssl_return(1510, SSL, 1),
+            io(1550, nr::WRITE, CONN, 60, APP, 55), // "220 ... ESMTP ready"
+        ]);
+        events.extend(epoll(1560, 3000));
+        events.extend([
+            io(3020, nr::READ, CONN, 50, APP, 45), // EHLO
+            io(3100, nr::WRITE, CONN, 120, APP, 115),
+            io(3110, nr::CLOSE, CONN, 0, 0, 0),
+        ]);
+        let reqs = feed(&mut e, events);
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(reqs[0].start_ns, 120);
+        assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 1510 - 120);
+        assert_eq!(reqs[0].latency_ns, 1390 + (3100 - 3020));
+        assert_eq!(e.aborted, 0);
+    }
+
+    /// Two connections' handshakes interleaved in the one event loop, keyed by their `SSL*`:
+    /// each connection's first request carries its own handshake.
+    #[test]
+    fn interleaved_handshakes_each_go_to_their_connection() {
+        let mut e = Engine::new(Fds);
+        let mut events = vec![accept(0, CONN), accept(5, CONN2)];
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512),
+            io(200, nr::WRITE, CONN, 770, HS, 122),
+            ssl_return(210, SSL, -1),
+            ssl_call(220, SSL2),
+            io(230, nr::READ, CONN2, 517, HS, 512),
+            io(300, nr::WRITE, CONN2, 770, HS, 122),
+            ssl_return(310, SSL2, -1),
+        ]);
+        events.extend(epoll(320, 1000));
+        events.extend([
+            // The second connection's Finished and request first.
+            ssl_call(1020, SSL2),
+            io(1030, nr::READ, CONN2, 6 + 58 + 101, CCS | APP << 8, 1),
+            ssl_return(1040, SSL2, 1),
+            io(1100, nr::WRITE, CONN2, 262, APP, 257),
+            // Then the first one's Finished alone; its request comes later.
+            ssl_call(1120, SSL),
+            io(1130, nr::READ, CONN, 6 + 58, CCS | APP << 8, 1),
+            ssl_return(1140, SSL, 1),
+        ]);
+        events.extend(epoll(1150, 2000));
+        events.extend([
+            io(2020, nr::READ, CONN, 101, APP, 96),
+            io(2100, nr::WRITE, CONN, 262, APP, 257),
+            io(2200, nr::CLOSE, CONN, 0, 0, 0),
+            io(2210, nr::CLOSE, CONN2, 0, 0, 0),
+        ]);
+        let mut reqs = feed(&mut e, events);
+        reqs.sort_by_key(|r| r.fd);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let (first, second) = (&reqs[0], &reqs[1]);
+        assert_eq!((first.fd, first.start_ns), (CONN, 120));
+        assert_eq!(cause(first, Cause::TlsHandshake), 1140 - 120);
+        assert_eq!(first.latency_ns, 1020 + (2100 - 2020));
+        assert_eq!((second.fd, second.start_ns), (CONN2, 220));
+        assert_eq!(cause(second, Cause::TlsHandshake), 1040 - 220);
+        assert_eq!(second.latency_ns, 820 + (1100 - 1040));
+        assert!(reqs
+            .iter()
+            .all(|r| r.breakdown.iter().sum::<u64>() == r.latency_ns));
+        assert_eq!(e.take_handshakes().len(), 2);
+    }
 }
 
 #[test]
