@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""A target that creates short-lived threads without end, each taking a shared lock once:
-thousands of threads a second, each with its own futexes, all waiting on one. Prints
-`churning pid PID` once started. The tracer's memory and output must stay bounded."""
+"""A target that creates short-lived threads without end, each holding a shared lock for
+1 ms: hundreds of threads a second, each with its own futexes, nearly all of them waiting on
+the shared one (started 16 at a time, each batch queues on it). Prints `churning pid PID`
+once started. The tracer's memory and output must stay bounded."""
 import os
 import threading
+import time
 
 SHARED = threading.Lock()
 
 
 def work():
     with SHARED:
-        pass
+        time.sleep(0.001)
 
 
 def main():

@@ -37,11 +37,13 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-/// What the server measured of its handler's time blocked: its wall time less the time its
-/// thread waited for a CPU in it (the kernel's schedstat, which the server read itself). On a
+/// What the server measured of its handler's time off the run queue: its wall time less the
+/// time its thread waited for a CPU in it (the kernel's schedstat, which the server read
+/// itself). For a handler that blocks, that is its time blocked (and a few µs on a CPU): on a
 /// busy machine the wait for a CPU after the wakeup is part of the handler's wall time, and
-/// the tracer rightly counts it as `runqueue`.
-fn blocked_in_handler(s: &Sent) -> u64 {
+/// the tracer rightly counts it as `runqueue`. For `/cpu`, which never blocks, it is its time
+/// on a CPU.
+fn off_run_queue_in_handler(s: &Sent) -> u64 {
     s.response
         .handler_ns()
         .saturating_sub(s.response.runqueue_ns())
@@ -159,21 +161,21 @@ fn each_endpoint_is_attributed_to_its_cause() {
     check(
         "/sleep?ms=20",
         "sleep",
-        &|s, r| (cause(r, "sleep"), blocked_in_handler(s)),
+        &|s, r| (cause(r, "sleep"), off_run_queue_in_handler(s)),
         0.10,
         MS,
     );
     check(
         "/lock?ms=25",
         "lock",
-        &|s, r| (cause(r, "lock"), blocked_in_handler(s)),
+        &|s, r| (cause(r, "lock"), off_run_queue_in_handler(s)),
         0.15,
         2 * MS,
     );
     check(
         "/io?ms=20",
         "net_io",
-        &|s, r| (cause(r, "net_io"), blocked_in_handler(s)),
+        &|s, r| (cause(r, "net_io"), off_run_queue_in_handler(s)),
         0.15,
         2 * MS,
     );
@@ -215,12 +217,24 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // and not much more. One request in the run may fall short: rarely (about one run in
     // twenty, under load) a request shows a few ms less on_cpu than its thread clock, the
     // difference counted as runqueue; see the closing note of issue 2.
+    //
+    // The thread clock leaves out the time the hypervisor took the virtual CPU away (steal
+    // time: CONFIG_PARAVIRT_TIME_ACCOUNTING), during which the thread was still on its CPU
+    // as far as the guest kernel (and the tracer) can tell. So the upper bound for `/cpu`
+    // is the server's own account of its time on a CPU that includes it: the spin's wall
+    // time less its wait for a CPU (schedstat). The other handlers spend microseconds on a
+    // CPU, where steal time is lost in the 2 ms.
     let mut short = Vec::new();
     for (s, r) in sent.iter().zip(&traced) {
         let (traced_cpu, thread_cpu) = (cause(r, "on_cpu"), s.response.cpu_ns());
+        let on_a_cpu = if s.path.starts_with("/cpu") {
+            thread_cpu.max(off_run_queue_in_handler(s))
+        } else {
+            thread_cpu
+        };
         assert!(
-            traced_cpu <= thread_cpu + 2 * MS,
-            "{}: traced on_cpu {traced_cpu} ns, thread CPU clock {thread_cpu} ns: {r}",
+            traced_cpu <= on_a_cpu + 2 * MS,
+            "{}: traced on_cpu {traced_cpu} ns, server on a CPU {on_a_cpu} ns (thread CPU clock {thread_cpu} ns): {r}",
             s.path
         );
         if traced_cpu + MS / 10 < thread_cpu * 9 / 10 {

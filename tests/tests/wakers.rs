@@ -6,7 +6,12 @@
 //!   another process (`swapper`, the load generator, a kworker) means the tracer named the
 //!   task that happened to be running, not the one that woke.
 //! - The `ticker` thread waits with a timeout on a lock nobody ever releases, so only the
-//!   timer can end its waits: its wakers are all `(timer)` interrupts, never a thread.
+//!   timer can end its waits: its wakers are `(timer)` interrupts, never a thread.
+//!
+//! A waker may also be `unknown`: the kernel skips a tracepoint program while another one
+//! runs on the same CPU, so a wakeup done by a timer interrupt that arrived during another
+//! wakeup's `sched_waking` program is not seen by it. That is an honest answer, not a wrong
+//! one; it must stay rare.
 
 use std::path::PathBuf;
 
@@ -65,7 +70,7 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
                     Some(u64::from(server.pid)),
                     "a waker outside the server woke {lock}"
                 ),
-                Some("interrupt") => {
+                Some("interrupt" | "unknown") => {
                     assert!(w["tid"].is_null(), "an interrupt named as a thread: {w}");
                     assert!(w["comm"].as_str().unwrap().starts_with('('), "{w}");
                 }
@@ -91,9 +96,21 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
         .unwrap_or_else(|| panic!("the ticker's lock is not listed: {locks:?}"));
     assert!(ticker["waits"].as_u64().unwrap() >= 10, "{ticker}");
     let wakers = ticker["wakers"].as_array().unwrap();
-    assert!(!wakers.is_empty(), "{ticker}");
+    let count = |context: &str| -> u64 {
+        wakers
+            .iter()
+            .filter(|w| w["context"] == context)
+            .map(|w| w["count"].as_u64().unwrap())
+            .sum()
+    };
     for w in wakers {
-        assert_eq!(w["context"], "interrupt", "the ticker was woken by {w}");
-        assert_eq!(w["interrupt"], "timer", "{ticker}");
+        assert!(
+            w["interrupt"] == "timer" || w["context"] == "unknown",
+            "the ticker was woken by {w}: {ticker}"
+        );
     }
+    assert!(
+        count("interrupt") > 4 * count("unknown"),
+        "the timer is named for most of the ticker's wakeups: {ticker}"
+    );
 }

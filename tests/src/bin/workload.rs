@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
-//! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/sleep`,
-//! `/lock` and `/io` also carry `X-Runqueue-Ns`, the part of that time the thread spent
+//! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/cpu`,
+//! `/sleep`, `/lock` and `/io` also carry `X-Runqueue-Ns`, the part of that time the thread spent
 //! waiting for a CPU, from the kernel's own account):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
@@ -489,7 +489,7 @@ impl<'a> Connection<'a> {
         };
         let reply = match (req.path, ms()) {
             ("/", _) => Reply::ok(Duration::ZERO),
-            ("/cpu", Some(d)) => Reply::ok(spin(d)),
+            ("/cpu", Some(d)) => Reply::spanned(Span::measure(|| spin(d)).1),
             ("/sleep", Some(d)) => Reply::spanned(Span::measure(|| thread::sleep(d)).1),
             ("/lock", Some(d)) => Reply::spanned(self.server.lock_wait(d)?),
             ("/io", Some(d)) => Reply::spanned(self.backend_round_trip(d)?),
