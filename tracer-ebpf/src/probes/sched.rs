@@ -63,8 +63,15 @@ pub fn sched_waking(ctx: TracePointContext) -> u32 {
     if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
         return 0;
     }
-    if WAKERS.insert(pid as u32, current_waker(), 0).is_err() {
-        count_loss(Loss::MapFull);
+    let waker = current_waker();
+    // In place when the wakee has an entry (every wakeup after its first): no bucket lock.
+    match WAKERS.get_ptr_mut(pid as u32) {
+        Some(noted) => unsafe { *noted = waker },
+        None => {
+            if WAKERS.insert(pid as u32, waker, 0).is_err() {
+                count_loss(Loss::MapFull);
+            }
+        }
     }
     0
 }
