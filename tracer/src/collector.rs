@@ -19,6 +19,17 @@ use crate::{
     stats::{RequestHistograms, Totals},
 };
 
+/// Programs that only name wakers (tracer-ebpf `probes/sched.rs`, `probes/interrupts.rs`).
+const WAKER_ONLY_PROGRAMS: [&str; 7] = [
+    "sched_waking",
+    "irq_handler_entry",
+    "irq_handler_exit",
+    "softirq_entry",
+    "softirq_exit",
+    "hrtimer_expire_entry",
+    "hrtimer_expire_exit",
+];
+
 /// Records read from the ring per drain while attached (a 20 ms tick): about 10 M/s.
 const MAX_RECORDS_PER_DRAIN: usize = 200_000;
 
@@ -41,6 +52,8 @@ pub struct Collector {
     lost_seen: u64,
     pub lost_by_reason: [u64; 3],
     pub lost_by_cpu: Vec<u64>,
+    /// Runs the kernel skipped, per program (see `Probes::skipped_runs`).
+    pub skipped_by_program: Vec<(String, u64)>,
     pub hlog: HlogWriter,
     pub slow: SlowRequests,
     pub started: Instant,
@@ -71,6 +84,7 @@ impl Collector {
             lost_seen: 0,
             lost_by_reason: [0; 3],
             lost_by_cpu: Vec::new(),
+            skipped_by_program: Vec::new(),
             hlog,
             slow,
             started: now,
@@ -135,7 +149,8 @@ impl Collector {
     /// Read the kernel's loss counters; a new loss marks the requests open now incomplete.
     fn check_losses(&mut self, probes: &Probes) {
         let (by_reason, by_cpu) = probes.losses();
-        let lost: u64 = by_reason.iter().sum();
+        self.skipped_by_program = probes.skipped_runs();
+        let lost = by_reason.iter().sum::<u64>() + self.skipped_timeline_runs();
         if lost > self.lost_seen {
             self.reorder.push(Event::Lost {
                 ts: self.reorder.newest(),
@@ -200,8 +215,20 @@ impl Collector {
             .saturating_duration_since(self.interval_started)
     }
 
+    /// Records lost, and runs of timeline programs the kernel skipped.
     pub fn lost(&self) -> u64 {
-        self.lost_by_reason.iter().sum()
+        self.lost_by_reason.iter().sum::<u64>() + self.skipped_timeline_runs()
+    }
+
+    /// Skipped runs of the programs that build the timeline. A skipped `sched_waking` or
+    /// interrupt-nesting run costs only a waker's name (reported as unknown or as the
+    /// enclosing interrupt), so it is reported but does not make requests incomplete.
+    pub fn skipped_timeline_runs(&self) -> u64 {
+        self.skipped_by_program
+            .iter()
+            .filter(|(name, _)| !WAKER_ONLY_PROGRAMS.contains(&name.as_str()))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Time traced: from attach to the stop (or to now while running).

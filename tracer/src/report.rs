@@ -190,6 +190,19 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
             ""
         }
     );
+    if !c.skipped_by_program.is_empty() {
+        let list: Vec<String> = c
+            .skipped_by_program
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "kernel skipped program runs (another BPF program was running on that CPU): {}; \
+             a skipped sched_waking or interrupt run only loses a waker's name",
+            list.join(", ")
+        );
+    }
     if c.engine.shared > 0 {
         let _ = writeln!(s, "note: {} requests shared their thread with another open request (event loop): their breakdown counts the thread's whole time", c.engine.shared);
     }
@@ -402,8 +415,10 @@ pub fn summary_json(
                 "ring_full": c.lost_by_reason[0],
                 "map_full": c.lost_by_reason[1],
                 "read_failed": c.lost_by_reason[2],
+                "program_skipped": c.skipped_timeline_runs(),
             },
             "lost_per_cpu": c.lost_by_cpu,
+            "skipped_by_program": c.skipped_by_program.iter().map(|(name, n)| (name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "malformed": c.malformed,
         },
         "attribution": {
