@@ -76,13 +76,20 @@ impl Workload {
     ///
     /// Panics if the server does not start within 30 s.
     pub fn spawn_exe(exe: &Path, args: &[&str]) -> Workload {
-        let mut child = Command::new(exe)
+        let child = Command::new(exe)
             .args(["serve", "--port", "0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        Self::from_started(child, &exe.display().to_string())
+    }
+
+    /// A server started with its stdout piped: waits for its `listening` line.
+    ///
+    /// Panics (after killing it) if the line does not come within 30 s.
+    pub fn from_started(mut child: Child, what: &str) -> Workload {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -96,7 +103,7 @@ impl Workload {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("workload did not start; first stdout line was {line:?}");
+                panic!("{what} did not start; its first stdout line was {line:?}");
             }
         }
     }

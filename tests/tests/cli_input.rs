@@ -9,20 +9,15 @@
 //! `cargo xtask test` does).
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    mpsc,
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracer_tests::{
-    bin_path, is_root, parse_listening_line, run_load, session::TracerSession, Workload,
-};
+use tracer_tests::{bin_path, is_root, run_load, session::TracerSession, Workload};
 
 /// A run refused before attaching exits at once; a run that (wrongly) attached is stopped by
 /// the `-d` these tests pass, so this only bounds a hang.
@@ -188,28 +183,13 @@ fn as_nobody(setpriv: &Path, caps: &str, program: &Path) -> Command {
 
 /// The workload server running as `nobody`, without capabilities.
 fn workload_as_nobody(setpriv: &Path) -> Workload {
-    let mut child = as_nobody(setpriv, "", &bin_path("workload"))
+    let child = as_nobody(setpriv, "", &bin_path("workload"))
         .args(["serve", "--port", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the workload as nobody");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
-    match parse_listening_line(&line) {
-        Some((addr, pid)) => Workload { child, pid, addr },
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("workload as nobody did not start; it printed {line:?}");
-        }
-    }
+    Workload::from_started(child, "workload as nobody")
 }
 
 /// The checks below are about tracefs being mounted but unreadable: mount it if a test (or
