@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """A target that creates short-lived threads without end, each holding a shared lock for
 1 ms: hundreds of threads a second, each with its own futexes, nearly all of them waiting on
-the shared one (started 16 at a time, each batch queues on it). Prints `churning pid PID`
-once started. The tracer's memory and output must stay bounded."""
+the shared one (started 16 at a time, each batch queues on it). Prints  The tracer's memory and output must stay bounded.
+
+    thread_churn.py [serve --port P]
+
+Prints `listening 127.0.0.1:PORT pid PID` (the port of a socket it never serves, so the
+tests start it like any other target)."""
 import os
+import socket
 import threading
 import time
 
@@ -16,7 +21,11 @@ def work():
 
 
 def main():
-    print(f"churning pid {os.getpid()}", flush=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    host, port = listener.getsockname()
+    print(f"listening {host}:{port} pid {os.getpid()}", flush=True)
     while True:
         batch = [threading.Thread(target=work) for _ in range(16)]
         for t in batch:

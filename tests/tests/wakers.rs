@@ -8,10 +8,10 @@
 //! - The `ticker` thread waits with a timeout on a lock nobody ever releases, so only the
 //!   timer can end its waits: its wakers are `(timer)` interrupts, never a thread.
 //!
-//! A waker may also be `unknown`: the kernel skips a tracepoint program while another one
-//! runs on the same CPU, so a wakeup done by a timer interrupt that arrived during another
-//! wakeup's `sched_waking` program is not seen by it. That is an honest answer, not a wrong
-//! one; it must stay rare.
+//! A waker may also be `unknown`: the kernel skips a tracepoint program while another tracing
+//! program runs on the same CPU (a timer interrupt that lands while a thread is inside
+//! `task_newtask` or `sched_process_exit`, or another tool's program), and then the wakeup's
+//! `sched_waking` is not seen. That is an honest answer, not a wrong one; it must stay rare.
 
 use std::path::PathBuf;
 

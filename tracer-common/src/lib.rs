@@ -106,7 +106,9 @@ pub mod waker_context {
     pub const SOFTIRQ: u32 = 2;
     /// An hrtimer callback: a sleep or a timeout expired.
     pub const TIMER: u32 = 3;
-    /// The wakeup's `sched_waking` was not seen (it happened before the programs attached).
+    /// The wakeup's `sched_waking` was not seen: it happened before the programs attached,
+    /// the kernel skipped the program (another tracing program was running on that CPU), or
+    /// the waker map was full.
     pub const UNKNOWN: u32 = 4;
 }
 

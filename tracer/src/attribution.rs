@@ -12,7 +12,7 @@ mod locks;
 mod tally;
 mod tls_shape;
 
-pub use locks::Locks;
+pub use locks::{Locks, LISTED_LOCKS, LISTED_PER_LOCK};
 pub use tls_shape::{TlsKind, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -87,7 +87,8 @@ pub enum Waker {
     Thread { tid: u32, pid: u32, comm: [u8; 16] },
     /// An interrupt: the task it happened to hit is not the waker.
     Interrupt(Interrupt),
-    /// The wakeup began before the programs attached.
+    /// Not seen: the wakeup began before the programs attached, or the kernel skipped the
+    /// program that names wakers.
     Unknown,
 }
 

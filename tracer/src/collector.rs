@@ -15,20 +15,9 @@ use crate::{
     decode::{decode, Reorder},
     export::{HlogWriter, SlowRequests},
     fds::ProcFds,
-    probes::Probes,
+    probes::{self, Probes},
     stats::{RequestHistograms, Totals},
 };
-
-/// Programs that only name wakers (tracer-ebpf `probes/sched.rs`, `probes/interrupts.rs`).
-const WAKER_ONLY_PROGRAMS: [&str; 7] = [
-    "sched_waking",
-    "irq_handler_entry",
-    "irq_handler_exit",
-    "softirq_entry",
-    "softirq_exit",
-    "hrtimer_expire_entry",
-    "hrtimer_expire_exit",
-];
 
 /// Records read from the ring per drain while attached (a 20 ms tick): about 10 M/s.
 const MAX_RECORDS_PER_DRAIN: usize = 200_000;
@@ -54,6 +43,8 @@ pub struct Collector {
     pub lost_by_cpu: Vec<u64>,
     /// Runs the kernel skipped, per program (see `Probes::skipped_runs`).
     pub skipped_by_program: Vec<(String, u64)>,
+    /// A loss was seen while the ring still held a backlog older than it.
+    loss_in_backlog: bool,
     pub hlog: HlogWriter,
     pub slow: SlowRequests,
     pub started: Instant,
@@ -85,6 +76,7 @@ impl Collector {
             lost_by_reason: [0; 3],
             lost_by_cpu: Vec::new(),
             skipped_by_program: Vec::new(),
+            loss_in_backlog: false,
             hlog,
             slow,
             started: now,
@@ -111,8 +103,10 @@ impl Collector {
         } else {
             usize::MAX
         };
-        for _ in 0..budget {
+        let mut read = 0;
+        while read < budget {
             let Some(item) = ring.next() else { break };
+            read += 1;
             self.received += 1;
             self.interval_events += 1;
             if decode(&item, &mut self.decoded).is_none() {
@@ -128,8 +122,16 @@ impl Collector {
         if self.comms.len() > MAX_NAMES {
             self.forget_names_of_non_waiters();
         }
-        if let Some(probes) = probes {
-            self.check_losses(probes);
+        match probes {
+            Some(probes) => self.check_losses(probes, read == budget),
+            None if self.loss_in_backlog => {
+                // Detached: this drain read the rest of the backlog.
+                self.reorder.push(Event::Lost {
+                    ts: self.reorder.newest(),
+                });
+                self.loss_in_backlog = false;
+            }
+            None => {}
         }
         self.release(all);
         self.collect();
@@ -147,15 +149,19 @@ impl Collector {
     }
 
     /// Read the kernel's loss counters; a new loss marks the requests open now incomplete.
-    fn check_losses(&mut self, probes: &Probes) {
+    /// The kernel dropped its records after everything still in the ring, so while a backlog
+    /// remains (`backlog`: this drain stopped at its budget), every drain marks the requests
+    /// open then too, until one empties the ring.
+    fn check_losses(&mut self, probes: &Probes, backlog: bool) {
         let (by_reason, by_cpu) = probes.losses();
         self.skipped_by_program = probes.skipped_runs();
         let lost = by_reason.iter().sum::<u64>() + self.skipped_timeline_runs();
-        if lost > self.lost_seen {
+        if lost > self.lost_seen || self.loss_in_backlog {
             self.reorder.push(Event::Lost {
                 ts: self.reorder.newest(),
             });
             self.lost_seen = lost;
+            self.loss_in_backlog = backlog;
         }
         self.lost_by_reason = by_reason;
         self.lost_by_cpu = by_cpu;
@@ -226,7 +232,7 @@ impl Collector {
     pub fn skipped_timeline_runs(&self) -> u64 {
         self.skipped_by_program
             .iter()
-            .filter(|(name, _)| !WAKER_ONLY_PROGRAMS.contains(&name.as_str()))
+            .filter(|(name, _)| !probes::names_wakers_only(name))
             .map(|(_, n)| n)
             .sum()
     }
@@ -240,32 +246,26 @@ impl Collector {
         self.stopped = Some(Instant::now());
     }
 
-    /// Remember the names of threads that show up in the lock detail (while they are alive:
-    /// an exited thread's name comes with its exit), and forget the others.
+    /// Remember the names of the waiters the lock detail lists (while they are alive: an
+    /// exited thread's name comes with its exit), and forget the others.
     fn name_threads(&mut self) {
         let pid = self.pid;
-        for (_, lock) in self.engine.locks.iter() {
-            for tid in lock.waiters.keys() {
-                self.comms.entry(*tid).or_insert_with(|| {
-                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                        .map(|s| s.trim().to_string())
-                        .unwrap_or_else(|_| "?".to_string())
-                });
-            }
+        let listed: Vec<u32> = self.engine.locks.listed_waiters().collect();
+        for tid in listed {
+            self.comms.entry(tid).or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "?".to_string())
+            });
         }
         self.forget_names_of_non_waiters();
     }
 
-    /// Names are kept only for the waiters the lock detail can list: a target that creates
+    /// Names are kept only for the waiters the lock detail lists: a target that creates
     /// threads by the hundred thousand must not grow the collector.
     fn forget_names_of_non_waiters(&mut self) {
-        let waiters: HashSet<u32> = self
-            .engine
-            .locks
-            .iter()
-            .flat_map(|(_, lock)| lock.waiters.keys().copied())
-            .collect();
-        self.comms.retain(|tid, _| waiters.contains(tid));
+        let listed: HashSet<u32> = self.engine.locks.listed_waiters().collect();
+        self.comms.retain(|tid, _| listed.contains(tid));
     }
 }
 

@@ -152,7 +152,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         args.output.display()
     );
     // Final read of the kernel side, then detach everything before writing the files.
-    collector.drain(&mut ring, Some(&probes), true);
+    collector.drain(&mut ring, Some(&probes), false);
     let programs = probes.program_stats();
     probes.detach();
     // Records submitted while the programs were being detached.

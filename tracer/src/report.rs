@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use crate::{
-    attribution::{syscall_name, Cause, Waker},
+    attribution::{syscall_name, Cause, Waker, LISTED_LOCKS, LISTED_PER_LOCK},
     collector::Collector,
     decode::comm,
     export::{latency_json, wait_json},
@@ -15,11 +15,6 @@ use crate::{
     stats::TlsStats,
     tls::TlsStatus,
 };
-
-/// How many futex addresses the lock detail lists.
-const TOP_LOCKS: usize = 10;
-/// How many waiters and wakers it lists per address (the others are counted).
-const TOP_PER_LOCK: usize = 10;
 
 pub fn live_header() -> String {
     let mut s = format!(
@@ -144,11 +139,11 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
                 l["waits"],
                 names(
                     &l["waiters"],
-                    l["waiters_not_listed"]["threads"].as_u64().unwrap_or(0)
+                    &others(&l["waiters_not_listed"]["waits"], "waits")
                 ),
                 names(
                     &l["wakers"],
-                    l["wakers_not_listed"]["wakers"].as_u64().unwrap_or(0)
+                    &others(&l["wakers_not_listed"]["count"], "wakeups")
                 ),
             );
         }
@@ -225,8 +220,8 @@ fn target_name(target: &Target) -> String {
 }
 
 /// `tid/comm` for threads, `(timer)` for interrupts, with a count when the entries have one,
-/// and how many more were not listed.
-fn names(list: &Value, not_listed: u64) -> String {
+/// and what the others not listed did (`not_listed`: e.g. `1234 more waits`).
+fn names(list: &Value, not_listed: &str) -> String {
     let mut items: Vec<String> = list
         .as_array()
         .map(|a| {
@@ -245,13 +240,21 @@ fn names(list: &Value, not_listed: u64) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    if not_listed > 0 {
-        items.push(format!("{not_listed} more"));
+    if !not_listed.is_empty() {
+        items.push(not_listed.to_string());
     }
     if items.is_empty() {
         return "none seen".to_string();
     }
     items.join(", ")
+}
+
+/// `N more waits by others` for a non-zero count, else nothing.
+fn others(count: &Value, what: &str) -> String {
+    match count.as_u64() {
+        Some(n) if n > 0 => format!("{n} more {what} by others"),
+        _ => String::new(),
+    }
 }
 
 fn other_detail(c: &Collector) -> String {
@@ -271,11 +274,11 @@ fn other_detail(c: &Collector) -> String {
 fn top_locks(c: &Collector) -> Vec<Value> {
     c.engine
         .locks
-        .top(TOP_LOCKS)
+        .top(LISTED_LOCKS)
         .into_iter()
         .map(|(addr, l)| {
-            let (waiters, other_waits, other_waiters) = l.waiters.top(TOP_PER_LOCK);
-            let (wakers, other_wakeups, other_wakers) = l.wakers.top(TOP_PER_LOCK);
+            let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
+            let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
             json!({
                 "address": format!("{addr:#x}"),
                 "wait_ns": l.wait_ns,
@@ -286,13 +289,9 @@ fn top_locks(c: &Collector) -> Vec<Value> {
                     "wait_ns": t.ns,
                     "waits": t.count,
                 })).collect::<Vec<_>>(),
-                "waiters_not_listed": {
-                    "threads": other_waiters,
-                    "wait_ns": other_waits.ns,
-                    "waits": other_waits.count,
-                },
+                "waiters_not_listed": { "wait_ns": other_waits.ns, "waits": other_waits.count },
                 "wakers": wakers.iter().map(|(w, t)| waker_json(w, t.count)).collect::<Vec<_>>(),
-                "wakers_not_listed": { "wakers": other_wakers, "count": other_wakeups.count },
+                "wakers_not_listed": { "count": other_wakeups.count },
             })
         })
         .collect()
@@ -323,7 +322,7 @@ fn waker_json(w: &Waker, count: u64) -> Value {
 /// collector bounded.
 fn locks_not_listed(c: &Collector) -> Value {
     let locks = &c.engine.locks;
-    let listed: Vec<_> = locks.top(TOP_LOCKS);
+    let listed: Vec<_> = locks.top(LISTED_LOCKS);
     let (kept_waits, kept_ns) = locks
         .iter()
         .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
@@ -331,7 +330,6 @@ fn locks_not_listed(c: &Collector) -> Value {
         .iter()
         .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
     json!({
-        "addresses": (locks.len() - listed.len()) as u64 + locks.folded_addresses,
         "waits": kept_waits - listed_waits + locks.folded.count,
         "wait_ns": kept_ns - listed_ns + locks.folded.ns,
     })
@@ -425,7 +423,6 @@ pub fn summary_json(
             "context": "thread",
             "note": "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)",
         },
-        "collector": collector_usage(),
         "programs": programs.iter().map(|p| json!({
             "name": p.name, "run_count": p.run_count, "run_time_ns": p.run_time_ns,
             "ns_per_run": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
@@ -433,7 +430,8 @@ pub fn summary_json(
     })
 }
 
-/// The collector's own CPU seconds and peak RSS so far: `summary.json` `collector`.
+/// The collector's own CPU seconds and peak RSS so far: `summary.json` `collector`, added by
+/// the caller last, so the peak covers the whole run.
 pub fn collector_usage() -> Value {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid out-pointer.

@@ -24,10 +24,16 @@
 //!   the level it names (its IRQ, vector or hrtimer): a level left behind by a lost exit goes
 //!   with the exit of the level around it. A lost entry is harmless: its exit names no level.
 //! - No interrupt is ever in progress across a context switch (`schedule()` is never called
-//!   from interrupt context), so `sched_switch` empties this CPU's stack (see
-//!   [`forget_interrupts`]): whatever a lost exit left behind lasts at most until then.
+//!   from interrupt context; on PREEMPT_RT, where softirqs run in preemptible threads, this
+//!   does not hold), so `sched_switch` empties this CPU's stack (see [`forget_interrupts`]):
+//!   whatever a lost exit left behind lasts at most until then.
+//! - An entry program can be interrupted between its two stores; see [`enter`].
+//! - x86 system vectors (irq_work, call-function IPIs) fire none of these tracepoints: a
+//!   wakeup from an irq_work callback is still taken for the task it interrupted.
 //!
 //! The collector attaches the exit programs before the entry programs.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{waker_context, IrqLevel, IrqNesting, IRQ_LEVELS};
@@ -73,21 +79,49 @@ pub fn hrtimer_expire_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn nesting() -> Option<&'static mut IrqNesting> {
-    IRQ_NESTING.get_ptr_mut(0).map(|n| unsafe { &mut *n })
+fn nesting() -> Option<*mut IrqNesting> {
+    IRQ_NESTING.get_ptr_mut(0)
+}
+
+// An entry or exit program can itself be interrupted (softirqs and soft hrtimers run with
+// interrupts on), and the nested program updates the same per-CPU entry. Every access is
+// volatile, so the compiler neither caches nor reorders them, and a push writes its level,
+// then the depth, then its level again: a nested interrupt that lands before the depth moved
+// pushes and pops at the same index (the second write restores ours); one that lands after
+// it pushes one level further up.
+#[inline(always)]
+fn depth(n: *mut IrqNesting) -> usize {
+    unsafe { read_volatile(addr_of!((*n).depth)) as usize }
+}
+
+#[inline(always)]
+fn set_depth(n: *mut IrqNesting, depth: usize) {
+    unsafe { write_volatile(addr_of_mut!((*n).depth), depth as u32) }
+}
+
+#[inline(always)]
+fn level(n: *mut IrqNesting, i: usize) -> IrqLevel {
+    unsafe { read_volatile(addr_of!((*n).levels[i])) }
+}
+
+#[inline(always)]
+fn set_level(n: *mut IrqNesting, i: usize, level: IrqLevel) {
+    unsafe { write_volatile(addr_of_mut!((*n).levels[i]), level) }
 }
 
 #[inline(always)]
 fn enter(context: u32, detail: u32, key: u64) {
     let Some(n) = nesting() else { return };
-    let depth = n.depth as usize;
-    if depth < IRQ_LEVELS {
-        n.levels[depth] = IrqLevel {
+    let d = depth(n);
+    if d < IRQ_LEVELS {
+        let pushed = IrqLevel {
             context,
             detail,
             key,
         };
-        n.depth = depth as u32 + 1;
+        set_level(n, d, pushed);
+        set_depth(n, d + 1);
+        set_level(n, d, pushed);
     }
     // Deeper than that: the innermost level recorded stands for the ones beyond it.
 }
@@ -96,21 +130,25 @@ fn enter(context: u32, detail: u32, key: u64) {
 #[inline(always)]
 fn exit(context: u32, key: u64) {
     let Some(n) = nesting() else { return };
-    let depth = (n.depth as usize).min(IRQ_LEVELS);
+    let d = depth(n).min(IRQ_LEVELS);
     for i in (0..IRQ_LEVELS).rev() {
-        if i < depth && n.levels[i].context == context && n.levels[i].key == key {
-            n.depth = i as u32;
-            return;
+        if i < d {
+            let l = level(n, i);
+            if l.context == context && l.key == key {
+                set_depth(n, i);
+                return;
+            }
         }
     }
 }
 
-/// Called from sched_switch, which never runs inside an interrupt: this CPU is in none.
+/// Called from sched_switch, which never runs inside an interrupt on a non-RT kernel: this
+/// CPU is in none.
 #[inline(always)]
 pub fn forget_interrupts() {
     if let Some(n) = nesting() {
-        if n.depth != 0 {
-            n.depth = 0;
+        if depth(n) != 0 {
+            set_depth(n, 0);
         }
     }
 }
@@ -119,10 +157,10 @@ pub fn forget_interrupts() {
 #[inline(always)]
 pub fn innermost_interrupt() -> Option<IrqLevel> {
     let n = nesting()?;
-    let depth = (n.depth as usize).min(IRQ_LEVELS);
-    if depth == 0 {
+    let d = depth(n).min(IRQ_LEVELS);
+    if d == 0 {
         return None;
     }
-    let i = depth - 1;
-    (i < IRQ_LEVELS).then(|| n.levels[i])
+    let i = d - 1;
+    (i < IRQ_LEVELS).then(|| level(n, i))
 }

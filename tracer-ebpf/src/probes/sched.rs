@@ -59,16 +59,15 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
 /// and sched_wakeup, which marks the moment the wakee became runnable, reports it.
 #[tracepoint]
 pub fn sched_waking(ctx: TracePointContext) -> u32 {
-    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
-    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
+    let Some(pid) = target_wakee(&ctx) else {
         return 0;
-    }
+    };
     let waker = current_waker();
     // In place when the wakee has an entry (every wakeup after its first): no bucket lock.
-    match WAKERS.get_ptr_mut(pid as u32) {
+    match WAKERS.get_ptr_mut(pid) {
         Some(noted) => unsafe { *noted = waker },
         None => {
-            if WAKERS.insert(pid as u32, waker, 0).is_err() {
+            if WAKERS.insert(pid, waker, 0).is_err() {
                 count_loss(Loss::MapFull);
             }
         }
@@ -80,11 +79,10 @@ pub fn sched_waking(ctx: TracePointContext) -> u32 {
 /// matched against the thread-id set; the waker is the one sched_waking noted.
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
-    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
+    let Some(pid) = target_wakee(&ctx) else {
         return 0;
-    }
-    let waker = match WAKERS.get_ptr_mut(pid as u32) {
+    };
+    let waker = match WAKERS.get_ptr_mut(pid) {
         Some(noted) => unsafe {
             let waker = *noted;
             // Used once: a later wakeup whose sched_waking was missed must not reuse it.
@@ -97,7 +95,7 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
         },
     };
     emit(WakeupEvent {
-        hdr: header(EventKind::Wakeup, pid as u32),
+        hdr: header(EventKind::Wakeup, pid),
         waker,
     });
     0
@@ -107,15 +105,22 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 /// its creator in `clone()`: the current task is the waker.
 #[tracepoint]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    let pid: i32 = field(&ctx, layout::WAKEUP_PID);
-    if unsafe { TARGET_TIDS.get(pid as u32) }.is_none() {
+    let Some(pid) = target_wakee(&ctx) else {
         return 0;
-    }
+    };
     emit(WakeupEvent {
-        hdr: header(EventKind::Wakeup, pid as u32),
+        hdr: header(EventKind::Wakeup, pid),
         waker: current_waker(),
     });
     0
+}
+
+/// The woken task of sched_waking, sched_wakeup or sched_wakeup_new, when it is one of the
+/// target's threads.
+#[inline(always)]
+fn target_wakee(ctx: &TracePointContext) -> Option<u32> {
+    let pid: i32 = field(ctx, layout::WAKEUP_PID);
+    unsafe { TARGET_TIDS.get(pid as u32) }.map(|_| pid as u32)
 }
 
 /// The current task, or the interrupt this CPU is in (see `probes::interrupts`).

@@ -33,6 +33,8 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     if TARGET_TIDS.insert(pid as u32, 1, 0).is_err() {
         count_loss(Loss::MapFull);
     }
+    // A reused tid must not inherit a waker its previous owner left behind.
+    let _ = WAKERS.remove(pid as u32);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadNew, pid as u32),
         comm: bpf_get_current_comm().unwrap_or_default(),

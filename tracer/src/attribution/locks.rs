@@ -14,6 +14,10 @@ use super::{
 const MAX_LOCKS: usize = 2048;
 /// Waiter threads and wakers kept per address (the heaviest; the rest are counted).
 const MAX_PER_LOCK: usize = 64;
+/// How many addresses the lock detail lists.
+pub const LISTED_LOCKS: usize = 10;
+/// How many waiters and wakers it lists per address (the others are counted).
+pub const LISTED_PER_LOCK: usize = 10;
 
 /// Contention on one futex address.
 #[derive(Clone, Debug)]
@@ -40,9 +44,8 @@ impl Default for LockStats {
 #[derive(Debug, Default)]
 pub struct Locks {
     by_address: HashMap<u64, LockStats>,
-    /// Addresses dropped to stay bounded (the least waited on): how many, and their waits.
+    /// The waits on addresses dropped to stay bounded (the least waited on).
     pub folded: Tally,
-    pub folded_addresses: u64,
 }
 
 impl Locks {
@@ -77,7 +80,6 @@ impl Locks {
             if let Some(l) = self.by_address.remove(address) {
                 self.folded.count += l.waits;
                 self.folded.ns += l.wait_ns;
-                self.folded_addresses += 1;
             }
         }
     }
@@ -87,12 +89,21 @@ impl Locks {
         self.by_address.get(&address)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_address.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &LockStats)> {
         self.by_address.iter()
+    }
+
+    /// The waiter threads the lock detail lists (whose names are worth keeping).
+    pub fn listed_waiters(&self) -> impl Iterator<Item = ContextId> + '_ {
+        self.top(LISTED_LOCKS).into_iter().flat_map(|(_, lock)| {
+            let (waiters, _) = lock.waiters.top(LISTED_PER_LOCK);
+            waiters.into_iter().map(|(tid, _)| tid)
+        })
     }
 
     /// The `n` most waited-on addresses, most first.

@@ -25,16 +25,15 @@ impl Tally {
 }
 
 /// A [`Tally`] per key for at most `capacity` keys. When a new key arrives and the table is
-/// full, the lightest key (least time, then fewest events) is folded into [`Self::rest`], so
-/// the keys kept are exact and the heaviest ones stay; what was folded is still counted.
+/// full, the lightest key (least time, then fewest events) is folded into [`Self::rest`]: the
+/// heaviest keys stay, and every event stays counted, in its key's entry or in `rest`. (A
+/// key folded and seen again starts a new entry; its earlier events stay in `rest`.)
 #[derive(Clone, Debug)]
 pub struct TopTally<K> {
     capacity: usize,
     entries: HashMap<K, Tally>,
     /// The folded keys' tallies, summed.
     pub rest: Tally,
-    /// How many keys were folded into `rest` (a key folded twice counts twice).
-    pub rest_keys: u64,
 }
 
 impl<K: Copy + Eq + Hash + Ord> TopTally<K> {
@@ -43,7 +42,6 @@ impl<K: Copy + Eq + Hash + Ord> TopTally<K> {
             capacity: capacity.max(1),
             entries: HashMap::default(),
             rest: Tally::default(),
-            rest_keys: 0,
         }
     }
 
@@ -67,7 +65,6 @@ impl<K: Copy + Eq + Hash + Ord> TopTally<K> {
             .map(|(k, _)| *k);
         if let Some(t) = lightest.and_then(|k| self.entries.remove(&k)) {
             self.rest.add(t);
-            self.rest_keys += 1;
         }
     }
 
@@ -76,6 +73,7 @@ impl<K: Copy + Eq + Hash + Ord> TopTally<K> {
         self.entries.get(key)
     }
 
+    #[cfg(test)]
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.entries.keys()
     }
@@ -86,18 +84,16 @@ impl<K: Copy + Eq + Hash + Ord> TopTally<K> {
     }
 
     /// The `n` heaviest keys, heaviest first, and the tally of all the others (kept or
-    /// folded) with how many keys that is.
-    pub fn top(&self, n: usize) -> (Vec<(K, Tally)>, Tally, u64) {
+    /// folded).
+    pub fn top(&self, n: usize) -> (Vec<(K, Tally)>, Tally) {
         let mut all: Vec<(K, Tally)> = self.entries.iter().map(|(k, t)| (*k, *t)).collect();
         all.sort_by(|a, b| b.1.weight().cmp(&a.1.weight()).then(a.0.cmp(&b.0)));
         let mut others = self.rest;
-        let mut other_keys = self.rest_keys;
         for (_, t) in all.iter().skip(n) {
             others.add(*t);
-            other_keys += 1;
         }
         all.truncate(n);
-        (all, others, other_keys)
+        (all, others)
     }
 }
 
@@ -121,12 +117,11 @@ mod tests {
                 ns: 10_001_000_000
             })
         );
-        let (top, others, other_keys) = t.top(2);
+        let (top, others) = t.top(2);
         assert_eq!(top[0].0, 1);
         assert_eq!(top.len(), 2);
         // Every event is in the top or in the others.
         let counted: u64 = top.iter().map(|(_, t)| t.count).sum::<u64>() + others.count;
         assert_eq!(counted, 20_001);
-        assert_eq!(other_keys, 10_000 - 1);
     }
 }
