@@ -155,7 +155,7 @@ impl Collector {
     fn check_losses(&mut self, probes: &Probes, backlog: bool) {
         let (by_reason, by_cpu) = probes.losses();
         self.skipped_by_program = probes.skipped_runs();
-        let lost = by_reason.iter().sum::<u64>() + self.skipped_timeline_runs();
+        let lost = by_reason.iter().sum::<u64>();
         if lost > self.lost_seen || self.loss_in_backlog {
             self.reorder.push(Event::Lost {
                 ts: self.reorder.newest(),
@@ -221,20 +221,24 @@ impl Collector {
             .saturating_duration_since(self.interval_started)
     }
 
-    /// Records lost, and runs of timeline programs the kernel skipped.
     pub fn lost(&self) -> u64 {
-        self.lost_by_reason.iter().sum::<u64>() + self.skipped_timeline_runs()
+        self.lost_by_reason.iter().sum()
     }
 
-    /// Skipped runs of the programs that build the timeline. A skipped `sched_waking` or
-    /// interrupt-nesting run costs only a waker's name (reported as unknown or as the
-    /// enclosing interrupt), so it is reported but does not make requests incomplete.
-    pub fn skipped_timeline_runs(&self) -> u64 {
-        self.skipped_by_program
+    /// Skipped runs of the programs that build the timeline, and of those that only name
+    /// wakers (a skipped `sched_waking` or interrupt-nesting run costs only a waker's name,
+    /// reported as unknown or as the enclosing interrupt).
+    ///
+    /// Neither makes requests incomplete: the kernel counts a program's skipped runs for
+    /// every task on the machine, before the program could tell whether the event concerned
+    /// the target, and most concern other processes.
+    pub fn skipped_runs(&self) -> (u64, u64) {
+        let (wakers_only, timeline): (Vec<_>, Vec<_>) = self
+            .skipped_by_program
             .iter()
-            .filter(|(name, _)| !probes::names_wakers_only(name))
-            .map(|(_, n)| n)
-            .sum()
+            .partition(|(name, _)| probes::names_wakers_only(name));
+        let sum = |v: Vec<&(String, u64)>| v.iter().map(|(_, n)| n).sum();
+        (sum(timeline), sum(wakers_only))
     }
 
     /// Time traced: from attach to the stop (or to now while running).

@@ -193,8 +193,9 @@ pub fn final_summary(c: &Collector, target: &Target, stopped_by: &str) -> String
             .collect();
         let _ = writeln!(
             s,
-            "kernel skipped program runs (another BPF program was running on that CPU): {}; \
-             a skipped sched_waking or interrupt run only loses a waker's name",
+            "kernel skipped program runs (another BPF program was running on that CPU; counted \
+             for every task on the machine, most are not the target's): {}; a skipped \
+             sched_waking or interrupt run only loses a waker's name",
             list.join(", ")
         );
     }
@@ -413,10 +414,9 @@ pub fn summary_json(
                 "ring_full": c.lost_by_reason[0],
                 "map_full": c.lost_by_reason[1],
                 "read_failed": c.lost_by_reason[2],
-                "program_skipped": c.skipped_timeline_runs(),
             },
             "lost_per_cpu": c.lost_by_cpu,
-            "skipped_by_program": c.skipped_by_program.iter().map(|(name, n)| (name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "skipped_runs": skipped_runs_json(c),
             "malformed": c.malformed,
         },
         "attribution": {
@@ -428,6 +428,17 @@ pub fn summary_json(
             "ns_per_run": p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Program runs the kernel skipped: `{timeline, wakers_only, by_program}`.
+fn skipped_runs_json(c: &Collector) -> Value {
+    let (timeline, wakers_only) = c.skipped_runs();
+    let by_program: serde_json::Map<String, Value> = c
+        .skipped_by_program
+        .iter()
+        .map(|(name, n)| (name.clone(), json!(n)))
+        .collect();
+    json!({ "timeline": timeline, "wakers_only": wakers_only, "by_program": by_program })
 }
 
 /// The collector's own CPU seconds and peak RSS so far: `summary.json` `collector`, added by
