@@ -181,6 +181,14 @@ fn as_nobody(setpriv: &Path, caps: &str, program: &Path) -> Command {
     cmd
 }
 
+/// `tracer --pid PID -d 2 -o OUT` as `nobody` with exactly the capabilities `caps`.
+fn tracer_as_nobody(setpriv: &Path, caps: &str, pid: u32, out: &Path) -> Command {
+    let mut cmd = as_nobody(setpriv, caps, &bin_path("tracer"));
+    cmd.args(["--pid", &pid.to_string(), "-d", "2", "-o"])
+        .arg(out);
+    cmd
+}
+
 /// The workload server running as `nobody`, without capabilities.
 fn workload_as_nobody(setpriv: &Path) -> Workload {
     let child = as_nobody(setpriv, "", &bin_path("workload"))
@@ -394,9 +402,7 @@ fn unreadable_tracefs_names_cap_dac_read_search() {
     ensure_tracefs_mounted();
     let workload = workload_as_nobody(&setpriv);
     let out_dir = OpenDir::new("tracefs");
-    let mut cmd = as_nobody(&setpriv, "+bpf,+perfmon", &bin_path("tracer"));
-    cmd.args(["--pid", &workload.pid.to_string(), "-d", "2", "-o"])
-        .arg(out_dir.path());
+    let cmd = tracer_as_nobody(&setpriv, "+bpf,+perfmon", workload.pid, out_dir.path());
     let ran = run(cmd);
     let line = ran.refusal(1);
     assert!(line.contains("CAP_DAC_READ_SEARCH"), "{line}");
@@ -419,19 +425,18 @@ fn unmountable_tracefs_names_cap_sys_admin() {
     };
     let workload = workload_as_nobody(&setpriv);
     let out_dir = OpenDir::new("mount");
-    let traced = as_nobody(
+    let traced = tracer_as_nobody(
         &setpriv,
         "+bpf,+perfmon,+dac_read_search",
-        &bin_path("tracer"),
+        workload.pid,
+        out_dir.path(),
     );
     let mut cmd = Command::new(unshare);
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg("umount /sys/kernel/tracing 2>/dev/null; exec \"$@\"")
         .arg("sh")
         .arg(traced.get_program())
-        .args(traced.get_args())
-        .args(["--pid", &workload.pid.to_string(), "-d", "2", "-o"])
-        .arg(out_dir.path());
+        .args(traced.get_args());
     let ran = run(cmd);
     let line = ran.refusal(1);
     assert!(
@@ -451,13 +456,12 @@ fn refused_uprobes_name_cap_sys_admin() {
     let workload = workload_as_nobody(&setpriv);
     let mut load = run_load(workload.addr, &["/"], 1, 30.0, None);
     let out_dir = OpenDir::new("uprobes");
-    let mut cmd = as_nobody(
+    let cmd = tracer_as_nobody(
         &setpriv,
         "+bpf,+perfmon,+dac_read_search",
-        &bin_path("tracer"),
+        workload.pid,
+        out_dir.path(),
     );
-    cmd.args(["--pid", &workload.pid.to_string(), "-d", "2", "-o"])
-        .arg(out_dir.path());
     let ran = run(cmd);
     let _ = load.kill();
     let _ = load.wait();
@@ -488,13 +492,12 @@ fn another_users_process_names_cap_sys_ptrace() {
     ensure_tracefs_mounted();
     let workload = Workload::spawn(); // root's
     let out_dir = OpenDir::new("ptrace");
-    let mut cmd = as_nobody(
+    let cmd = tracer_as_nobody(
         &setpriv,
         "+bpf,+perfmon,+dac_read_search",
-        &bin_path("tracer"),
+        workload.pid,
+        out_dir.path(),
     );
-    cmd.args(["--pid", &workload.pid.to_string(), "-d", "2", "-o"])
-        .arg(out_dir.path());
     let ran = run(cmd);
     let line = ran.refusal(1);
     assert!(line.contains("CAP_SYS_PTRACE"), "{line}");
@@ -510,14 +513,13 @@ fn bpf_stats_without_cap_sys_admin_is_refused() {
     ensure_tracefs_mounted();
     let workload = workload_as_nobody(&setpriv);
     let out_dir = OpenDir::new("bpf-stats");
-    let mut cmd = as_nobody(
+    let mut cmd = tracer_as_nobody(
         &setpriv,
         "+bpf,+perfmon,+dac_read_search",
-        &bin_path("tracer"),
+        workload.pid,
+        out_dir.path(),
     );
-    cmd.args(["--pid", &workload.pid.to_string(), "-d", "2", "--bpf-stats"])
-        .arg("-o")
-        .arg(out_dir.path());
+    cmd.arg("--bpf-stats");
     let ran = run(cmd);
     let line = ran.refusal(1);
     assert!(
