@@ -579,6 +579,42 @@ fn name_after_exec_is_reported() {
     );
 }
 
+/// A target that runs `exec` and then exits while traced is named by the name it exited
+/// with (its main thread's exit event), not the one it started with.
+#[test]
+fn name_after_exec_and_exit_is_reported() {
+    needs_root!();
+    let mut sh = Command::new("sh")
+        .args(["-c", "read line; exec sleep 1.5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sh");
+    let pid = sh.id();
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != "sh"
+    {
+        assert!(Instant::now() < deadline, "sh did not start");
+        std::thread::sleep(POLL);
+    }
+    let mut session = TracerSession::start(pid, "cli-exec-exit", &["-i", "1"]);
+    sh.stdin
+        .take()
+        .expect("piped")
+        .write_all(b"go\n")
+        .expect("tell sh to exec");
+    let out = session.wait_exit();
+    let _ = sh.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.summary["stopped_by"], "target_exit", "{}", out.summary);
+    let target = &out.summary["target"];
+    assert_eq!(target["comm"], "sleep", "{target}");
+    assert_eq!(target["comm_at_start"], "sh", "{target}");
+}
+
 /// The live rows, including a last one for the partial interval and what the final drain
 /// settled, add up to the summary's request count.
 #[test]

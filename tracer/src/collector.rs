@@ -41,7 +41,8 @@ pub struct Collector {
     lost_seen: u64,
     pub lost_by_reason: [u64; 3],
     pub lost_by_cpu: Vec<u64>,
-    /// Runs the kernel skipped, per program (see `Probes::skipped_runs`).
+    /// Runs the kernel skipped, per program (see `Probes::skipped_runs`), read once before
+    /// detaching: they are reported, not used while tracing.
     pub skipped_by_program: Vec<(String, u64)>,
     /// A loss was seen while the ring still held a backlog older than it.
     loss_in_backlog: bool,
@@ -120,7 +121,7 @@ impl Collector {
             self.reorder.push(event);
         }
         if self.comms.len() > MAX_NAMES {
-            self.forget_names_of_non_waiters();
+            let _ = self.forget_names_of_non_waiters();
         }
         match probes {
             Some(probes) => self.check_losses(probes, read == budget),
@@ -154,7 +155,6 @@ impl Collector {
     /// open then too, until one empties the ring.
     fn check_losses(&mut self, probes: &Probes, backlog: bool) {
         let (by_reason, by_cpu) = probes.losses();
-        self.skipped_by_program = probes.skipped_runs();
         let lost = by_reason.iter().sum::<u64>();
         if lost > self.lost_seen || self.loss_in_backlog {
             self.reorder.push(Event::Lost {
@@ -254,22 +254,25 @@ impl Collector {
     /// exited thread's name comes with its exit), and forget the others.
     fn name_threads(&mut self) {
         let pid = self.pid;
-        let listed: Vec<u32> = self.engine.locks.listed_waiters().collect();
-        for tid in listed {
+        for tid in self.forget_names_of_non_waiters() {
             self.comms.entry(tid).or_insert_with(|| {
                 std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
                     .map(|s| s.trim().to_string())
                     .unwrap_or_else(|_| "?".to_string())
             });
         }
-        self.forget_names_of_non_waiters();
     }
 
-    /// Names are kept only for the waiters the lock detail lists: a target that creates
-    /// threads by the hundred thousand must not grow the collector.
-    fn forget_names_of_non_waiters(&mut self) {
+    /// Names are kept only for the waiters the lock detail lists, and for the target's main
+    /// thread (its name at exit names the target after an `exec`): a target that creates
+    /// threads by the hundred thousand must not grow the collector. Returns the listed
+    /// waiters.
+    fn forget_names_of_non_waiters(&mut self) -> HashSet<u32> {
         let listed: HashSet<u32> = self.engine.locks.listed_waiters().collect();
-        self.comms.retain(|tid, _| listed.contains(tid));
+        let pid = self.pid;
+        self.comms
+            .retain(|tid, _| *tid == pid || listed.contains(tid));
+        listed
     }
 }
 

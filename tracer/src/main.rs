@@ -154,6 +154,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Final read of the kernel side, then detach everything before writing the files.
     collector.drain(&mut ring, Some(&probes), false);
     let programs = probes.program_stats();
+    collector.skipped_by_program = probes.skipped_runs();
     probes.detach();
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true);
