@@ -10,21 +10,15 @@
 //! it (it returns at once once the handshake is done), so probes on it would cost two uprobe
 //! traps per TLS read and write for the life of every connection.
 
-use std::{
-    fs,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use aya::{
-    programs::uprobe::{UProbeLink, UProbeScope},
-    Ebpf,
-};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-use crate::{gopclntab, tls::program_mut};
+mod pclntab;
+
+use pclntab as gopclntab;
 
 pub const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
@@ -202,63 +196,6 @@ fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
         }
     }
     None
-}
-
-/// Attach the entry and RET probes. Returns the links and the functions hooked.
-pub fn attach(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
-    let mut links = Vec::new();
-    let mut hooked = Vec::new();
-    for program in [
-        "go_server_handshake_enter",
-        "go_client_handshake_enter",
-        "go_handshake_return",
-    ] {
-        load(ebpf, program)?;
-    }
-    for f in &go.functions {
-        let enter = if f.name == SERVER_HANDSHAKE {
-            "go_server_handshake_enter"
-        } else {
-            "go_client_handshake_enter"
-        };
-        links.push(attach_at(ebpf, enter, &go.path, f.entry, scope)?);
-        for ret in &f.returns {
-            links.push(attach_at(
-                ebpf,
-                "go_handshake_return",
-                &go.path,
-                *ret,
-                scope,
-            )?);
-        }
-        hooked.push(format!(
-            "{} (entry + {} RET)",
-            f.name.trim_start_matches("crypto/tls."),
-            f.returns.len()
-        ));
-    }
-    Ok((links, hooked))
-}
-
-fn load(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    program_mut(ebpf, name)?
-        .load()
-        .with_context(|| format!("loading program {name}"))
-}
-
-fn attach_at(
-    ebpf: &mut Ebpf,
-    name: &str,
-    path: &Path,
-    file_offset: u64,
-    scope: UProbeScope,
-) -> Result<UProbeLink> {
-    let prog = program_mut(ebpf, name)?;
-    let id = prog
-        .attach(file_offset, path, scope)
-        .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;
-    Ok(prog.take_link(id)?)
 }
 
 #[cfg(test)]

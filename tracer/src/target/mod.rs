@@ -1,0 +1,9 @@
+//! What the target is, read from /proc and its executable: the process and its threads,
+//! what its file descriptors are, and the TLS libraries it uses (OpenSSL, Go's crypto/tls).
+
+pub mod fds;
+pub mod go;
+pub mod openssl;
+mod process;
+
+pub use process::{check_target, read_comm, target_alive, Target};
