@@ -145,6 +145,18 @@ impl Collector {
         self.collect();
     }
 
+    /// Process synthetic events as if drained from the ring (for tests of the outputs).
+    #[cfg(test)]
+    pub fn feed(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.received += 1;
+            self.interval_events += 1;
+            self.reorder.push(event);
+        }
+        self.release(true);
+        self.collect();
+    }
+
     /// Hand the engine what the reorder window releases (everything, if `all`).
     fn release(&mut self, all: bool) {
         let (engine, dump) = (&mut self.engine, &mut self.dump);

@@ -580,3 +580,130 @@ fn tls(status: &TlsStatus, stats: &TlsStats) -> Tls {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::nr;
+
+    use super::*;
+    use crate::{
+        engine::{Engine, Event, EventKind, FdKind, InSyscall, Interrupt, SyscallReturn, Tid},
+        output::{hlog::HlogWriter, jsonl::SlowRequests},
+        target::fds::ProcFds,
+    };
+
+    /// Above the kernel's PID_MAX_LIMIT (4194304): no such process or thread exists, so the
+    /// names read from /proc are the same on every machine.
+    const PID: u32 = 4_194_400;
+    const T: Tid = Tid(PID + 1);
+    const CONN: u32 = 7;
+
+    fn syscall(ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
+        syscall_from(ts - 1, ts, nr, arg0, ret)
+    }
+
+    fn syscall_from(enter_ts: u64, ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
+        let sys = SyscallReturn {
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record: 0,
+        };
+        Event::new(ts, T, EventKind::Syscall(sys))
+    }
+
+    fn block(ts: u64, nr: u32, arg0: u64) -> Event {
+        let syscall = Some(InSyscall { nr, arg0 });
+        Event::new(ts, T, EventKind::SwitchOut { state: 1, syscall })
+    }
+
+    fn wake(ts: u64, waker: Waker) -> Event {
+        Event::new(ts, T, EventKind::Wakeup { waker })
+    }
+
+    fn run(ts: u64) -> Event {
+        Event::new(ts, T, EventKind::SwitchIn)
+    }
+
+    /// Two requests: one waits for a futex a thread releases, one blocks in an untraced
+    /// syscall until a timer fires.
+    fn synthetic_summary() -> Summary {
+        let dir = std::env::temp_dir().join(format!("tracer-summary-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let mut engine = Engine::new(ProcFds::new(std::process::id()));
+        engine.set_fd_kind(CONN, FdKind::Connection);
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let mut c = Collector::new(PID, engine, hlog, slow);
+        let mut holder = [0; 16];
+        holder[..6].copy_from_slice(b"holder");
+        let thread = Waker::Thread {
+            tid: PID + 2,
+            pid: PID,
+            comm: holder,
+        };
+        c.feed([
+            syscall(1_000, nr::READ, CONN.into(), 100),
+            block(2_000, nr::FUTEX, 0xabc0),
+            wake(5_000, thread),
+            run(6_000),
+            syscall_from(1_900, 6_100, nr::FUTEX, 0xabc0, 0),
+            syscall(7_000, nr::WRITE, CONN.into(), 10),
+            block(8_000, nr::READ, CONN.into()),
+            wake(9_000, Waker::Interrupt(Interrupt::Softirq(3))),
+            run(9_500),
+            syscall(10_000, nr::READ, CONN.into(), 100),
+            block(11_000, 61, 0), // wait4: `other`
+            wake(31_000, Waker::Interrupt(Interrupt::Timer)),
+            run(31_000),
+            syscall(32_000, nr::WRITE, CONN.into(), 10),
+            syscall(33_000, nr::CLOSE, CONN.into(), 0),
+        ]);
+        c.stop();
+        c.finish();
+        c.end_interval();
+        let target = Target {
+            pid: PID,
+            comm: "synthetic".to_string(),
+            comm_at_start: None,
+            thread: None,
+        };
+        let programs = [ProgramStat {
+            name: "sched_switch".to_string(),
+            run_count: 10,
+            run_time_ns: 3_620,
+        }];
+        let tls = TlsStatus {
+            reason: Some("turned off (--tls off)".to_string()),
+            ..Default::default()
+        };
+        let end = TraceEnd {
+            target: &target,
+            stopped_by: StoppedBy::Duration,
+            programs: &programs,
+            tls: &tls,
+        };
+        let mut summary = Summary::build(&c, &end);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+        summary.duration_s = 2.5; // wall-clock time, not the events'
+        summary
+    }
+
+    /// The contract: a change to summary.json's shape shows up here (review the snapshot,
+    /// then update the README's description of the file).
+    #[test]
+    fn summary_json_contract() {
+        let summary = synthetic_summary();
+        assert_eq!(summary.requests.count, 2);
+        insta::assert_json_snapshot!(summary);
+    }
+
+    #[test]
+    fn summary_json_reads_back_into_the_same_types() {
+        let summary = synthetic_summary();
+        let text = serde_json::to_string_pretty(&summary).unwrap();
+        assert_eq!(serde_json::from_str::<Summary>(&text).unwrap(), summary);
+    }
+}
