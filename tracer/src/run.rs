@@ -21,7 +21,7 @@ use crate::{
         live,
         summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
     },
-    target::{self, fds::ProcFds, go, Target},
+    target::{self, fds::ProcFds, go, Executable, Target},
 };
 
 /// How often the ring buffer is drained (programs submit without waking us).
@@ -66,11 +66,19 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
 
     let tls_on = args.tls == cli::Tls::On;
-    let go = tls_on.then(|| go::find_go_tls(target.pid));
+    // Read once, for Go's crypto/tls and a statically linked OpenSSL.
+    let exe = tls_on.then(|| Executable::read(target.pid));
+    let go = exe.as_ref().map(|exe| match exe {
+        Ok(exe) => go::find_go_tls(exe),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    });
     let report_eagain = matches!(go, Some(Ok(Some(_))));
     let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats, tls_on, report_eagain)?;
     let tls_status = match go {
-        Some(go) => probes.attach_tls(target.pid, go, args.tls_io_probes),
+        Some(go) => {
+            let exe = exe.as_ref().and_then(|exe| exe.as_ref().ok());
+            probes.attach_tls(target.pid, exe, go, args.tls_io_probes)
+        }
         None => TlsStatus {
             reason: Some("turned off (--tls off)".into()),
             ..Default::default()

@@ -18,6 +18,7 @@ use super::probes::Probes;
 use crate::target::{
     go::{GoTls, SERVER_HANDSHAKE},
     openssl::{self, OpenSsl},
+    Executable,
 };
 
 /// Functions hooked, by kernel program: entry probes, and one return probe on all of them.
@@ -79,17 +80,19 @@ impl TlsStatus {
 
 impl Probes {
     /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
-    /// `go` is what [`crate::target::go::find_go_tls`] found in the target.
-    /// `io_probes`: also probe OpenSSL's read and write functions (see `--tls-io-probes`).
+    /// `exe` is the target's executable (if it could be read), `go` what
+    /// [`crate::target::go::find_go_tls`] found in it. `io_probes`: also probe OpenSSL's read
+    /// and write functions (see `--tls-io-probes`).
     pub fn attach_tls(
         &mut self,
         pid: u32,
+        exe: Option<&Executable>,
         go: Result<Option<GoTls>>,
         io_probes: bool,
     ) -> TlsStatus {
         let mut status = TlsStatus::default();
         let mut not_hooked = Vec::new();
-        match openssl::find_openssl(pid) {
+        match openssl::find_openssl(pid, exe) {
             None => not_hooked.push(
                 "no OpenSSL (no libssl mapped, no SSL_* symbols in the executable)".to_string(),
             ),

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object as _, ObjectSymbol as _};
+use super::Executable;
 
 /// The OpenSSL a target uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct OpenSsl {
 }
 
 /// Find OpenSSL in the target: a mapped `libssl.so*`, else the executable's own symbols.
-pub fn find_openssl(pid: u32) -> Option<OpenSsl> {
+pub fn find_openssl(pid: u32, exe: Option<&Executable>) -> Option<OpenSsl> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     if let Some(lib) = mapped_libssl(&maps) {
@@ -29,15 +29,10 @@ pub fn find_openssl(pid: u32) -> Option<OpenSsl> {
             path: root.join(lib.trim_start_matches('/')),
         });
     }
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    has_symbol(&exe, "SSL_do_handshake").then(|| OpenSsl {
-        library: format!(
-            "static ({})",
-            fs::read_link(&exe)
-                .unwrap_or_else(|_| exe.clone())
-                .display()
-        ),
-        path: exe,
+    let exe = exe?;
+    exe.defines("SSL_do_handshake").then(|| OpenSsl {
+        library: format!("static ({})", exe.shown_as.display()),
+        path: exe.path.clone(),
     })
 }
 
@@ -50,18 +45,6 @@ pub fn mapped_libssl(maps: &str) -> Option<&str> {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
         })
-}
-
-fn has_symbol(path: &Path, name: &str) -> bool {
-    let Ok(data) = fs::read(path) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    file.symbols()
-        .chain(file.dynamic_symbols())
-        .any(|s| s.is_definition() && s.name() == Ok(name))
 }
 
 #[cfg(test)]
@@ -88,8 +71,8 @@ mod tests {
 
     #[test]
     fn symbols_are_read_from_elf_files() {
-        let me = std::env::current_exe().unwrap();
-        assert!(!has_symbol(&me, "SSL_do_handshake"));
-        assert!(has_symbol(&me, "main"));
+        let me = Executable::from_file(std::env::current_exe().unwrap());
+        assert!(!me.defines("SSL_do_handshake"));
+        assert!(me.defines("main"));
     }
 }

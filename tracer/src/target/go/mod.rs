@@ -10,7 +10,9 @@
 //! it (it returns at once once the handshake is done), so probes on it would cost two uprobe
 //! traps per TLS read and write for the life of every connection.
 
-use std::{fs, path::PathBuf};
+use std::path::PathBuf;
+
+use super::Executable;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
@@ -48,10 +50,8 @@ pub struct GoTls {
 
 /// Look at the target's executable: `Ok(None)` when it is not a Go program or does not use
 /// `crypto/tls`.
-pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let data = fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    let file = object::File::parse(&*data).context("parsing the target's executable")?;
+pub fn find_go_tls(exe: &Executable) -> Result<Option<GoTls>> {
+    let file = exe.elf()?;
     // `.data.rel.ro.gopclntab` in position-independent executables.
     let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
         .iter()
@@ -106,14 +106,13 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
         .map(|r| locate(&file, r))
         .collect::<Result<Vec<_>>>()?;
     let version = buildinfo.and_then(|s| s.data().ok()).and_then(go_version);
-    let target = fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
     Ok(Some(GoTls {
         library: format!(
             "Go crypto/tls ({}, {})",
             version.as_deref().unwrap_or("Go version unknown"),
-            target.display()
+            exe.shown_as.display()
         ),
-        path: exe,
+        path: exe.path.clone(),
         functions,
         found_in,
     }))
@@ -232,6 +231,7 @@ mod tests {
 
     #[test]
     fn a_non_go_executable_is_not_go() {
-        assert!(find_go_tls(std::process::id()).unwrap().is_none());
+        let me = Executable::from_file(std::env::current_exe().unwrap());
+        assert!(find_go_tls(&me).unwrap().is_none());
     }
 }
