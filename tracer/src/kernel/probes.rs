@@ -7,7 +7,8 @@ use anyhow::{Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, Program, ProgramError,
+        RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -125,15 +126,7 @@ impl Probes {
     }
 
     fn attach_tp(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the object"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("loading program {program} (the verifier refused it?)"))?;
-        }
+        let prog: &mut TracePoint = loaded(&mut self.ebpf, program, TracePoint::load)?;
         let id = prog
             .attach(category, name)
             .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
@@ -142,15 +135,7 @@ impl Probes {
     }
 
     fn attach_raw(&mut self, program: &str, tracepoint: &str) -> Result<()> {
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the object"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("loading program {program} (the verifier refused it?)"))?;
-        }
+        let prog: &mut RawTracePoint = loaded(&mut self.ebpf, program, RawTracePoint::load)?;
         let id = prog
             .attach(tracepoint)
             .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
@@ -197,6 +182,51 @@ impl Probes {
         }
     }
 }
+
+/// The program `name` of the object, as type `P`.
+pub(super) fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
+/// The program `name`, loaded into the kernel (once: `load` is its type's load function).
+pub(super) fn loaded<'a, P: HasFd>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    load: fn(&mut P) -> Result<(), ProgramError>,
+) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = program_mut::<P>(ebpf, name)?;
+    if !program.is_loaded() {
+        load(program)
+            .with_context(|| format!("loading program {name} (the verifier refused it?)"))?;
+    }
+    Ok(program)
+}
+
+/// What tells whether a program is loaded (its fd exists once it is).
+pub(super) trait HasFd {
+    fn is_loaded(&self) -> bool;
+}
+
+macro_rules! has_fd {
+    ($($program:ty),*) => {$(
+        impl HasFd for $program {
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
+            }
+        }
+    )*};
+}
+
+has_fd!(TracePoint, RawTracePoint, UProbe);
 
 /// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
 fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {

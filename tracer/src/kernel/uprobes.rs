@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
 };
 
-use super::probes::Probes;
+use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
     go::{GoTls, SERVER_HANDSHAKE},
     openssl::{self, OpenSsl},
@@ -161,12 +161,10 @@ fn attach_openssl(
         programs.extend(["ssl_read_enter", "ssl_write_enter"]);
     }
     for program in programs {
-        program_mut(ebpf, program)?
-            .load()
-            .with_context(|| format!("loading program {program}"))?;
+        loaded(ebpf, program, UProbe::load)?;
     }
     let mut hook = |program: &str, functions: &[&'static str]| -> Result<Vec<&'static str>> {
-        let prog = program_mut(ebpf, program)?;
+        let prog: &mut UProbe = program_mut(ebpf, program)?;
         let mut hooked = Vec::new();
         for function in functions {
             let id = match prog.attach(*function, &ssl.path, scope) {
@@ -198,13 +196,6 @@ fn attach_openssl(
     Ok((links, entered.iter().map(|f| f.to_string()).collect()))
 }
 
-pub fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?)
-}
-
 /// Attach the entry and RET probes. Returns the links and the functions hooked.
 fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
@@ -215,7 +206,7 @@ fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, 
         "go_client_handshake_enter",
         "go_handshake_return",
     ] {
-        load(ebpf, program)?;
+        loaded(ebpf, program, UProbe::load)?;
     }
     for f in &go.functions {
         let enter = if f.name == SERVER_HANDSHAKE {
@@ -242,12 +233,6 @@ fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, 
     Ok((links, hooked))
 }
 
-fn load(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    program_mut(ebpf, name)?
-        .load()
-        .with_context(|| format!("loading program {name}"))
-}
-
 fn attach_at(
     ebpf: &mut Ebpf,
     name: &str,
@@ -255,7 +240,7 @@ fn attach_at(
     file_offset: u64,
     scope: UProbeScope,
 ) -> Result<UProbeLink> {
-    let prog = program_mut(ebpf, name)?;
+    let prog: &mut UProbe = program_mut(ebpf, name)?;
     let id = prog
         .attach(file_offset, path, scope)
         .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;
