@@ -15,7 +15,7 @@ pub enum EventKind {
     Wakeup = 2,
     /// [`SyscallEvent`]: a traced syscall of a target thread returned.
     Syscall = 3,
-    /// [`ThreadEvent`]: a new thread appeared in the target.
+    /// [`EventHeader`] alone: a new thread appeared in the target (`hdr.tid`).
     ThreadNew = 4,
     /// [`ThreadEvent`]: a target thread exited.
     ThreadExit = 5,
@@ -64,7 +64,7 @@ pub struct SwitchEvent {
     pub prev_state: u32,
     /// The traced syscall the previous task is blocked in, or [`NO_SYSCALL`].
     pub syscall_nr: u32,
-    pub cpu: u32,
+    pub _pad: u32,
     /// That syscall's first argument (an fd, or the futex address).
     pub syscall_arg0: u64,
 }
@@ -162,12 +162,13 @@ pub struct SyscallEvent {
     pub enter_ns: u64,
 }
 
-/// A thread appeared in (`ThreadNew`) or left (`ThreadExit`) the target.
+/// A thread left the target (`ThreadExit`). A new thread (`ThreadNew`) is reported by an
+/// [`EventHeader`] alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadEvent {
     pub hdr: EventHeader,
-    /// The exiting thread's name (`ThreadExit`); the creating thread's (`ThreadNew`).
+    /// The exiting thread's name.
     pub comm: [u8; 16],
 }
 

@@ -72,10 +72,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                 },
             });
         }
-        EventKind::ThreadNew => {
-            let e: ThreadEvent = read(bytes)?;
-            out.push(Event::ThreadNew { ts, tid: e.hdr.tid });
-        }
+        EventKind::ThreadNew => out.push(Event::ThreadNew { ts, tid: hdr.tid }),
         EventKind::Tls => {
             let e: TlsEvent = read(bytes)?;
             out.push(Event::Tls {
@@ -184,7 +181,7 @@ mod tests {
             next_tid: 11,
             prev_state: 1,
             syscall_nr: 202,
-            cpu: 0,
+            _pad: 0,
             syscall_arg0: 0xabc,
         };
         let mut out = Vec::new();
@@ -204,6 +201,18 @@ mod tests {
                 Event::SwitchIn { ts: 5, tid: 11 },
             ]
         );
+    }
+
+    #[test]
+    fn a_new_thread_is_a_header_alone() {
+        let hdr = EventHeader {
+            ts_ns: 7,
+            kind: EventKind::ThreadNew as u32,
+            tid: 12,
+        };
+        let mut out = Vec::new();
+        decode(&bytes(&hdr), &mut out).unwrap();
+        assert_eq!(out, vec![Event::ThreadNew { ts: 7, tid: 12 }]);
     }
 
     #[test]

@@ -35,7 +35,6 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
         hdr: header(EventKind::Switch, 0),
         next_tid: if next_is_target { next_pid as u32 } else { 0 },
         syscall_nr: NO_SYSCALL,
-        cpu: unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() },
         ..Default::default()
     };
     if prev_is_target {

@@ -35,10 +35,8 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     }
     // A reused tid must not inherit a waker its previous owner left behind.
     let _ = WAKERS.remove(pid as u32);
-    emit(ThreadEvent {
-        hdr: header(EventKind::ThreadNew, pid as u32),
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    });
+    // The collector needs only the tid: a header alone, no name to copy.
+    emit(header(EventKind::ThreadNew, pid as u32));
     Ok(())
 }
 
