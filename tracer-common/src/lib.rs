@@ -186,24 +186,25 @@ pub mod tls {
     pub const RETURN: u32 = 4;
     /// `SSL_free`: the `SSL*` is gone (its address may be reused).
     pub const FREE: u32 = 5;
-    /// Go `crypto/tls.(*Conn).serverHandshake` was entered; the event's `ssl` field holds the
-    /// goroutine's `g` pointer instead of an `SSL*`.
+    /// Go `crypto/tls.(*Conn).serverHandshake` was entered; the event's `handle` is the
+    /// goroutine's `g` pointer.
     pub const GO_SERVER_ENTER: u32 = 6;
-    /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`ssl`: the goroutine's `g`).
+    /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`handle`: the goroutine's `g`).
     pub const GO_CLIENT_ENTER: u32 = 7;
-    /// One of the Go handshake functions reached a RET instruction (`ssl`: the `g`; `ret`:
-    /// the returned error's type word, 0 when the handshake succeeded).
+    /// One of the Go handshake functions reached a RET instruction (`handle`: the `g`;
+    /// `ret`: the returned error's type word, 0 when the handshake succeeded).
     pub const GO_RETURN: u32 = 8;
 }
 
-/// A TLS library call on a connection that has not finished its handshake. Only the `SSL*`
-/// (an opaque key) and the return value are read: never a buffer.
+/// A TLS library call on a connection that has not finished its handshake. Only an opaque
+/// key for the handshake and the return value are read: never a buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsEvent {
     pub hdr: EventHeader,
-    /// The `SSL*`.
-    pub ssl: u64,
+    /// What the handshake is keyed by: the `SSL*` for OpenSSL calls, the goroutine's
+    /// `runtime.g` address (Go's r14) for Go's (the `tls::GO_*` calls).
+    pub handle: u64,
     /// One of the [`tls`] constants.
     pub what: u32,
     pub _pad: u32,

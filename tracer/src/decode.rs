@@ -78,7 +78,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
             out.push(Event::Tls {
                 ts,
                 tid: e.hdr.tid,
-                ssl: e.ssl,
+                ssl: e.handle,
                 what: e.what,
                 ret: e.ret,
             });

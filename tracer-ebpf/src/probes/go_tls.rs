@@ -43,7 +43,7 @@ fn report(ctx: &ProbeContext, what: u32) {
     let (g, rax) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
     emit(TlsEvent {
         hdr: header(EventKind::Tls, tid),
-        ssl: g,
+        handle: g,
         what,
         _pad: 0,
         // At a RET: 0 when the returned error is nil. At an entry: not meaningful.

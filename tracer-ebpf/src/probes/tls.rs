@@ -59,7 +59,7 @@ fn enter(ctx: &ProbeContext, what: u32) {
     }
     emit(TlsEvent {
         hdr: header(EventKind::Tls, tid),
-        ssl,
+        handle: ssl,
         what,
         _pad: 0,
         ret: 0,
@@ -83,7 +83,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     }
     emit(TlsEvent {
         hdr: header(EventKind::Tls, tid),
-        ssl,
+        handle: ssl,
         what: tls::RETURN,
         _pad: 0,
         ret,
@@ -106,7 +106,7 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     }
     emit(TlsEvent {
         hdr: header(EventKind::Tls, tid),
-        ssl,
+        handle: ssl,
         what: tls::FREE,
         _pad: 0,
         ret: 0,
