@@ -267,14 +267,6 @@ pub mod layout {
     pub const NEWTASK_PID: usize = 8;
     /// `u64 clone_flags`
     pub const NEWTASK_CLONE_FLAGS: usize = 32;
-    /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h; the ptrace ABI, it
-    /// never changes) of the registers holding a syscall's arguments: the first, second,
-    /// third and fourth. The raw_syscalls tracepoints pass the entry registers, and at
-    /// sys_exit they still hold the caller's arguments (only `ax` is rewritten).
-    pub const PT_REGS_DI: usize = 112;
-    pub const PT_REGS_SI: usize = 104;
-    pub const PT_REGS_DX: usize = 96;
-    pub const PT_REGS_R10: usize = 56;
 }
 
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -338,15 +330,15 @@ pub fn is_write(syscall_nr: u32) -> bool {
 /// queued, so the next receive returns them again.
 pub const MSG_PEEK: u64 = 2;
 
-/// Where a receive syscall that takes flags has them: the `pt_regs` offset of its flags
-/// argument (recvfrom's and recvmmsg's fourth, recvmsg's third), or `None` for reads
+/// Where a receive syscall that takes flags has them: the index from 0 of its flags
+/// argument (recvfrom's and recvmmsg's fourth, 3; recvmsg's third, 2), or `None` for reads
 /// without flags. A peek moves no bytes: the kernel side does not report it, and the read
 /// that takes the bytes is the one that counts (nginx peeks at one byte of a new TLS
 /// connection to tell a ClientHello from plain HTTP).
-pub fn recv_flags_reg(syscall_nr: u32) -> Option<usize> {
+pub fn recv_flags_arg(syscall_nr: u32) -> Option<usize> {
     match syscall_nr {
-        nr::RECVFROM | nr::RECVMMSG => Some(layout::PT_REGS_R10),
-        nr::RECVMSG => Some(layout::PT_REGS_DX),
+        nr::RECVFROM | nr::RECVMMSG => Some(3),
+        nr::RECVMSG => Some(2),
         _ => None,
     }
 }
@@ -383,11 +375,14 @@ pub fn is_traced(syscall_nr: u32) -> bool {
         )
 }
 
+/// A TLS record header's length: content type, version, body length (RFC 8446 section 5.1).
+pub const TLS_RECORD_HEADER: usize = 5;
+
 /// Classify the first 5 bytes a read or write transferred: when they are a TLS record header
 /// (content type 20..=23 — change_cipher_spec, alert, handshake, application_data — and
 /// version 3.x), `content_type << 16 | length`; else 0. The kernel side reports only this
 /// classification, never the bytes, so plaintext payloads never leave the kernel.
-pub fn tls_record(header: [u8; 5]) -> u32 {
+pub fn tls_record(header: [u8; TLS_RECORD_HEADER]) -> u32 {
     let [content_type, major, minor, len_hi, len_lo] = header;
     let length = u16::from_be_bytes([len_hi, len_lo]);
     let plausible =
@@ -404,7 +399,7 @@ pub fn tls_record(header: [u8; 5]) -> u32 {
 /// (`next_header`). TLS 1.2 sends its Finished as a handshake record, TLS 1.3 as
 /// application_data (RFC 8446 section 5), so this tells the versions apart from record
 /// headers alone.
-pub fn tls_record_and_next(first: u32, next_header: [u8; 5]) -> u32 {
+pub fn tls_record_and_next(first: u32, next_header: [u8; TLS_RECORD_HEADER]) -> u32 {
     first | record_content(tls_record(next_header)) << 24
 }
 
@@ -509,14 +504,14 @@ mod tests {
 
     #[test]
     fn receive_flags_are_found_for_every_receive_that_has_them() {
-        assert_eq!(recv_flags_reg(nr::RECVFROM), Some(layout::PT_REGS_R10));
-        assert_eq!(recv_flags_reg(nr::RECVMSG), Some(layout::PT_REGS_DX));
-        assert_eq!(recv_flags_reg(nr::RECVMMSG), Some(layout::PT_REGS_R10));
+        assert_eq!(recv_flags_arg(nr::RECVFROM), Some(3));
+        assert_eq!(recv_flags_arg(nr::RECVMSG), Some(2));
+        assert_eq!(recv_flags_arg(nr::RECVMMSG), Some(3));
         for n in [nr::READ, nr::READV, nr::PREAD64, nr::WRITE, nr::SENDTO] {
-            assert_eq!(recv_flags_reg(n), None, "{n}");
+            assert_eq!(recv_flags_arg(n), None, "{n}");
         }
         for n in 0..600 {
-            assert!(recv_flags_reg(n).is_none() || is_read(n), "{n}");
+            assert!(recv_flags_arg(n).is_none() || is_read(n), "{n}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Maps, load-time globals and helpers shared by the probes.
 
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -67,9 +68,6 @@ pub static IRQ_NESTING: PerCpuArray<IrqNesting> = PerCpuArray::with_max_entries(
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
 
-/// Submit without waking the collector: it drains the ring on a timer.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-
 pub fn count_loss(loss: Loss) {
     if let Some(slot) = LOSSES.get_ptr_mut(loss as u32) {
         unsafe { *slot += 1 };
@@ -91,13 +89,14 @@ pub fn header(kind: tracer_common::EventKind, tid: u32) -> EventHeader {
     }
 }
 
-/// Copy `event` into the ring buffer, counting a loss when it is full.
+/// Copy `event` into the ring buffer, counting a loss when it is full. Submitted without
+/// waking the collector: it drains the ring on a timer.
 #[inline(always)]
 pub fn emit<T: 'static>(event: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(event);
-            entry.submit(BPF_RB_NO_WAKEUP);
+            entry.submit(u64::from(BPF_RB_NO_WAKEUP));
         }
         None => count_loss(Loss::RingFull),
     }

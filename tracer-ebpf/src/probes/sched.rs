@@ -1,8 +1,8 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
 use aya_ebpf::{
-    helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
-    EbpfContext as _,
+    bindings::BPF_ANY, helpers::bpf_get_current_comm, macros::tracepoint,
+    programs::TracePointContext, EbpfContext as _,
 };
 use tracer_common::{
     layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_SYSCALL,
@@ -66,7 +66,7 @@ pub fn sched_waking(ctx: TracePointContext) -> u32 {
     match WAKERS.get_ptr_mut(pid) {
         Some(noted) => unsafe { *noted = waker },
         None => {
-            if WAKERS.insert(pid, waker, 0).is_err() {
+            if WAKERS.insert(pid, waker, u64::from(BPF_ANY)).is_err() {
                 count_loss(Loss::MapFull);
             }
         }

@@ -5,14 +5,15 @@
 //! traced ones have their arguments read, and only some report their return.
 
 use aya_ebpf::{
+    bindings::{pt_regs, BPF_ANY},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    futex_op_waits, is_change_cipher_spec, is_traced, layout, nr, recv_flags_reg, reports_exit,
-    tls_record, tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, MSG_PEEK,
-    NO_SYSCALL,
+    futex_op_waits, is_change_cipher_spec, is_traced, nr, recv_flags_arg, reports_exit, tls_record,
+    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, MSG_PEEK, NO_SYSCALL,
+    TLS_RECORD_HEADER,
 };
 
 use crate::maps::{
@@ -32,14 +33,14 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         enter(tid, syscall_nr, 0, 0, 0);
         return 0;
     }
-    let regs = ctx.arg::<u64>(0) as *const u8;
-    let Some(arg0) = reg(regs, layout::PT_REGS_DI) else {
+    let regs = ctx.arg::<*const pt_regs>(0);
+    let Some(arg0) = syscall_arg(regs, 0) else {
         return 0;
     };
     let (arg1, buf) = match syscall_nr {
-        nr::FUTEX => (reg(regs, layout::PT_REGS_SI).unwrap_or(0) as u32, 0),
+        nr::FUTEX => (syscall_arg(regs, 1).unwrap_or(0) as u32, 0),
         nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO if tls_records() => {
-            (0, reg(regs, layout::PT_REGS_SI).unwrap_or(0))
+            (0, syscall_arg(regs, 1).unwrap_or(0))
         }
         _ => (0, 0),
     };
@@ -47,10 +48,22 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// A saved user register of the syscall's entry.
+/// Argument `n` (from 0; up to the fourth) of the syscall whose entry registers `regs` holds,
+/// in the x86-64 syscall ABI: rdi, rsi, rdx, r10 (arch/x86/entry/entry_64.S, Linux 6.18). The
+/// raw_syscalls tracepoints pass the entry registers, and at sys_exit they still hold the
+/// caller's values (only `rax` is rewritten).
 #[inline(always)]
-fn reg(regs: *const u8, offset: usize) -> Option<u64> {
-    match unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64) } {
+fn syscall_arg(regs: *const pt_regs, n: usize) -> Option<u64> {
+    // SAFETY: only the field's address is computed here; the helper does the read.
+    let reg = unsafe {
+        match n {
+            0 => &raw const (*regs).rdi,
+            1 => &raw const (*regs).rsi,
+            2 => &raw const (*regs).rdx,
+            _ => &raw const (*regs).r10,
+        }
+    };
+    match unsafe { bpf_probe_read_kernel(reg) } {
         Ok(v) => Some(v),
         Err(_) => {
             count_loss(Loss::ReadFailed);
@@ -73,7 +86,7 @@ fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32, buf: u64) {
     match IN_SYSCALL.get_ptr_mut(tid) {
         Some(slot) => unsafe { *slot = inside },
         None => {
-            if IN_SYSCALL.insert(tid, inside, 0).is_err() {
+            if IN_SYSCALL.insert(tid, inside, u64::from(BPF_ANY)).is_err() {
                 count_loss(Loss::MapFull);
             }
         }
@@ -106,14 +119,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if ret == -EAGAIN && inside.nr != nr::FUTEX && !report_eagain() {
         return 0; // a non-blocking socket with nothing to do: no request boundary
     }
-    if let Some(flags) = recv_flags_reg(inside.nr) {
+    if let Some(flags) = recv_flags_arg(inside.nr) {
         // The argument registers still hold the caller's values at sys_exit.
-        let regs = ctx.arg::<u64>(0) as *const u8;
-        if reg(regs, flags).is_some_and(|f| f & MSG_PEEK != 0) {
+        let regs = ctx.arg::<*const pt_regs>(0);
+        if syscall_arg(regs, flags).is_some_and(|f| f & MSG_PEEK != 0) {
             return 0; // a peek moved nothing: the receive that takes the bytes reports them
         }
     }
-    let arg1 = if inside.buf != 0 && ret >= 5 {
+    let arg1 = if inside.buf != 0 && ret >= TLS_RECORD_HEADER as i64 {
         record_header(inside.buf, ret)
     } else {
         inside.arg1
@@ -133,15 +146,18 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 /// `tracer_common::tls_record`): only the classification leaves the kernel, never the bytes.
 #[inline(always)]
 fn record_header(buf: u64, len: i64) -> u32 {
-    let first = match unsafe { bpf_probe_read_user::<[u8; 5]>(buf as *const [u8; 5]) } {
+    type Header = [u8; TLS_RECORD_HEADER];
+    let first = match unsafe { bpf_probe_read_user(buf as *const Header) } {
         Ok(header) => tls_record(header),
         Err(_) => return 0,
     };
-    // After a change_cipher_spec (6 bytes), the next record's header says TLS 1.2 or 1.3.
-    if !is_change_cipher_spec(first) || len < 11 {
+    // After a change_cipher_spec (a header and a one-byte body), the next record's header
+    // says TLS 1.2 or 1.3.
+    let next = TLS_RECORD_HEADER + 1;
+    if !is_change_cipher_spec(first) || len < (next + TLS_RECORD_HEADER) as i64 {
         return first;
     }
-    match unsafe { bpf_probe_read_user::<[u8; 5]>((buf + 6) as *const [u8; 5]) } {
+    match unsafe { bpf_probe_read_user((buf + next as u64) as *const Header) } {
         Ok(next) => tls_record_and_next(first, next),
         Err(_) => first,
     }

@@ -1,6 +1,9 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::bpf_get_current_comm, macros::tracepoint,
+    programs::TracePointContext,
+};
 use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
 use super::sched::field;
@@ -30,7 +33,10 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(()); // a child process, not one of the target's threads
     }
     let pid: i32 = field(ctx, layout::NEWTASK_PID);
-    if TARGET_TIDS.insert(pid as u32, 1, 0).is_err() {
+    if TARGET_TIDS
+        .insert(pid as u32, 1, u64::from(BPF_ANY))
+        .is_err()
+    {
         count_loss(Loss::MapFull);
     }
     // A reused tid must not inherit a waker its previous owner left behind.

@@ -4,6 +4,7 @@
 //! return values are read, never a buffer.
 
 use aya_ebpf::{
+    bindings::BPF_ANY,
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
@@ -54,7 +55,7 @@ fn enter(ctx: &ProbeContext, what: u32) {
     if unsafe { TLS_DONE.get(ssl) }.is_some() {
         return; // an established connection
     }
-    if TLS_CALL.insert(tid, ssl, 0).is_err() {
+    if TLS_CALL.insert(tid, ssl, u64::from(BPF_ANY)).is_err() {
         count_loss(Loss::MapFull);
     }
     emit(TlsEvent {
@@ -78,7 +79,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     let _ = TLS_CALL.remove(tid);
     let ret = ctx.ret::<u64>() as i32 as i64; // all of them return an int
-    if ret > 0 && TLS_DONE.insert(ssl, 1, 0).is_err() {
+    if ret > 0 && TLS_DONE.insert(ssl, 1, u64::from(BPF_ANY)).is_err() {
         count_loss(Loss::MapFull);
     }
     emit(TlsEvent {
