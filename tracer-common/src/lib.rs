@@ -240,6 +240,25 @@ pub enum Loss {
 }
 pub const LOSS_KINDS: u32 = 3;
 
+/// Threads of the target the kernel side follows at once: the size of every map keyed by a
+/// target thread's id (`TARGET_TIDS`, `IN_SYSCALL`, `WAKERS`, `TLS_CALL`), whose entries go
+/// when the thread exits. When one is full, a `map_full` loss is counted and:
+/// - `TARGET_TIDS`: a new thread is not added: its switch-ins and wakeups go unseen;
+/// - `IN_SYSCALL`: the thread's syscall entry is not kept: a block in that syscall is not
+///   named and its return is not reported;
+/// - `WAKERS`: that wakeup's waker is `unknown`;
+/// - `TLS_CALL`: that OpenSSL call's return is not reported.
+///
+/// The collector refuses a target that already has more threads than this.
+pub const MAX_TARGET_THREADS: u32 = 65536;
+
+/// OpenSSL connections (`SSL*`) whose handshake has completed, remembered so that later
+/// calls on them cost one lookup and report nothing (`TLS_DONE`, an LRU map). When full, the
+/// least recently used one is forgotten, without a loss: its next hooked call (with
+/// `--tls-io-probes`, its next `SSL_read`/`SSL_write`) is reported like a first call on a
+/// connection established before the tracer attached, and it is remembered again.
+pub const MAX_TLS_CONNECTIONS_DONE: u32 = 65536;
+
 /// Tracepoint field offsets the kernel programs read directly from their context (a direct
 /// load with a constant offset costs nothing; a helper call per field does). The collector
 /// checks every one against the tracefs `format` file before loading and refuses to run on a

@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, RING_BYTES};
+use tracer_common::{
+    EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, MAX_TARGET_THREADS, RING_BYTES,
+};
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -49,16 +51,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// Thread ids of the target. Filled by the collector from /proc at attach time and kept
 /// current by the thread probes.
 #[map]
-pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// The traced syscall each target thread is inside, keyed by tid.
 #[map]
-pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(65536, 0);
+pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// The waker of each target thread's pending wakeup, noted by sched_waking in the waker's
 /// context and reported by sched_wakeup; keyed by the wakee's tid.
 #[map]
-pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(65536, 0);
+pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// Each CPU's interrupt nesting (one entry per CPU), kept by `probes::interrupts`.
 #[map]

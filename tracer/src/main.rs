@@ -12,6 +12,7 @@ mod export;
 mod fds;
 mod go_tls;
 mod gopclntab;
+mod kernel_limits;
 mod output;
 mod preflight;
 mod probes;

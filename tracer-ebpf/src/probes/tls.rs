@@ -9,17 +9,17 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{tls, EventKind, Loss, TlsEvent};
+use tracer_common::{tls, EventKind, Loss, TlsEvent, MAX_TARGET_THREADS, MAX_TLS_CONNECTIONS_DONE};
 
 use crate::maps::{count_loss, current_ids, emit, header, target_tgid};
 
 /// `SSL*`s whose handshake has completed.
 #[map]
-static TLS_DONE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static TLS_DONE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_TLS_CONNECTIONS_DONE, 0);
 
 /// The `SSL*` of the TLS call each thread is inside (for the return probe).
 #[map]
-static TLS_CALL: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+static TLS_CALL: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// Entry of SSL_do_handshake / SSL_accept / SSL_connect.
 #[uprobe]
