@@ -227,15 +227,20 @@ pub struct InSyscall {
     pub buf: u64,
 }
 
-/// Reasons an event or a piece of one was lost; indexes of the `LOSSES` per-CPU array.
+/// Why a kernel program gave up on an event; indexes of the `LOSSES` per-CPU array. Every
+/// program returns one of these when it fails, and its entry counts it (tracer-ebpf
+/// `maps::finish`, the one place losses are counted): the event it was handling is not
+/// reported. A task or event that is not the target's is not a loss.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
     /// The ring buffer was full.
     RingFull = 0,
-    /// A map insert failed (map full).
+    /// A map insert failed: the map was full (see [`MAX_TARGET_THREADS`]).
     MapFull = 1,
-    /// Reading a tracepoint field failed.
+    /// A read failed: a probe's argument, a syscall's argument register, the first bytes of
+    /// a read or write buffer (TLS record framing), the task's name, or this CPU's
+    /// interrupt-nesting entry.
     ReadFailed = 2,
 }
 pub const LOSS_KINDS: u32 = 3;
