@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info, BPF_NOEXIST};
 use tracer_common::{layout, InSyscall, LOSS_KINDS};
 
 use crate::{
@@ -39,9 +39,6 @@ const INTERRUPT_NESTING_PROGRAMS: [&str; 6] = [
 pub fn names_wakers_only(program: &str) -> bool {
     program == "sched_waking" || INTERRUPT_NESTING_PROGRAMS.contains(&program)
 }
-
-/// `BPF_NOEXIST` map update flag (include/uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
 
 /// Threads used to detach the links in parallel.
 const DETACH_THREADS: usize = 16;
@@ -179,7 +176,7 @@ impl Probes {
                 enter_ns: now,
                 buf: 0,
             };
-            let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
+            let _ = in_syscall.insert(tid, inside, u64::from(BPF_NOEXIST));
         }
     }
 
