@@ -465,29 +465,31 @@ pub fn futex_op_waits(op: u32) -> bool {
 /// Ring-buffer size in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 32 << 20;
 
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
-const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<WakerId>() == 32);
-const _: () = assert!(core::mem::size_of::<IrqNesting>() == 8 + 16 * IRQ_LEVELS);
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<InSyscall>() == 32);
-const _: () = assert!(core::mem::size_of::<TlsEvent>() == 40);
+/// One list of the shared records: each one's size, the sum of its fields' (no implicit
+/// padding), is checked at compile time, and each is `aya::Pod` for the collector.
+macro_rules! records {
+    ($($record:ty = $size:expr,)*) => {
+        $(const _: () = assert!(core::mem::size_of::<$record>() == $size);)*
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for EventHeader {}
-    unsafe impl aya::Pod for SwitchEvent {}
-    unsafe impl aya::Pod for WakeupEvent {}
-    unsafe impl aya::Pod for WakerId {}
-    unsafe impl aya::Pod for IrqNesting {}
-    unsafe impl aya::Pod for IrqLevel {}
-    unsafe impl aya::Pod for SyscallEvent {}
-    unsafe impl aya::Pod for ThreadEvent {}
-    unsafe impl aya::Pod for InSyscall {}
-    unsafe impl aya::Pod for TlsEvent {}
+        #[cfg(feature = "user")]
+        mod pod {
+            use super::*;
+            $(unsafe impl aya::Pod for $record {})*
+        }
+    };
+}
+
+records! {
+    EventHeader = 16,
+    SwitchEvent = 40,
+    WakeupEvent = 48,
+    WakerId = 32,
+    IrqNesting = 8 + 16 * IRQ_LEVELS,
+    IrqLevel = 16,
+    SyscallEvent = 48,
+    ThreadEvent = 32,
+    InSyscall = 32,
+    TlsEvent = 40,
 }
 
 #[cfg(test)]
