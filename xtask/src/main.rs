@@ -14,12 +14,13 @@ use std::{
     env,
     ffi::OsString,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode, ExitStatus, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+pub use tracer_support::{is_root, workspace_root as root};
 
 /// The kernel-side crate. It is `no_std`/`no_main` and only builds for the BPF target (the
 /// `tracer` crate's build.rs builds it through aya-build); built for the host, it fails with
@@ -174,12 +175,6 @@ fn run_tracer(args: &[OsString]) -> Result<()> {
     Err(err).with_context(|| format!("running `{}`", cmdline(&cmd)))
 }
 
-/// The workspace root (this crate lives in `<root>/xtask`).
-pub fn root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (made absolute by [`prepare_env`]) or
 /// `<root>/target`.
 pub fn target_dir() -> PathBuf {
@@ -249,17 +244,6 @@ fn prepare_env() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether the effective user is root (from `/proc/self/status`).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-            uids.split_whitespace().nth(1).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 /// A command as it would be typed into a shell, with the environment variables it sets.
