@@ -7,7 +7,7 @@
 //! X-Fsync-Ns); the tracer's figure must agree within the tolerances below.
 
 use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession, Response, Workload};
+use tracer_tests::{is_root, session::Tracer, Response, Workload};
 
 const MS: u64 = 1_000_000;
 const ROUNDS: usize = 6;
@@ -70,7 +70,9 @@ fn each_endpoint_is_attributed_to_its_cause() {
         data_dir
     };
     let workload = Workload::spawn_with_args(&["--data-dir", disk_dir.to_str().unwrap()]);
-    let tracer = TracerSession::start(workload.pid, "endpoints", &["--slow", "0", "-i", "1"]);
+    let tracer = Tracer::attach(workload.pid)
+        .args(["--slow", "0", "-i", "1"])
+        .start();
 
     let plan: [&'static str; 5] = [
         "/cpu?ms=20",

@@ -9,23 +9,19 @@
 //! `cargo xtask test` does).
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
-use tracer_tests::{bin_path, is_root, run_load, session::TracerSession, Workload};
+use tracer_tests::{
+    is_root, run_load,
+    session::{find_program, read_summary, setpriv, Tracer},
+    wait_for, TempDir, Workload,
+};
 
-/// A run refused before attaching exits at once; a run that (wrongly) attached is stopped by
-/// the `-d` these tests pass, so this only bounds a hang.
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
-/// The unprivileged user the privilege tests run as.
-const NOBODY: &str = "65534";
 /// `PF_KTHREAD` in the flags of /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -33,171 +29,29 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory under the temp dir that every user may write (the tracer may run as
-/// `nobody`); removed when dropped.
-struct OpenDir(PathBuf);
-
-impl OpenDir {
-    fn new(name: &str) -> OpenDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tracer-cli-{name}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).expect("create the output directory");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-            .expect("open the output directory to all users");
-        OpenDir(path)
-    }
-
-    /// A path inside the temp dir that does not exist yet.
-    fn absent(name: &str) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("tracer-cli-{name}-{}-absent", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        path
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
+/// `tracer --pid PID --output OUT -d 2` as `nobody` with exactly the capabilities `caps`
+/// (OUT: a directory `nobody` may write to).
+fn tracer_as_nobody(caps: &str, pid: u32, out: &TempDir) -> Tracer {
+    Tracer::attach(pid)
+        .output(out.path())
+        .args(["-d", "2"])
+        .as_nobody(caps)
 }
 
-impl Drop for OpenDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The name of process `pid` (empty once it is gone).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
-/// A finished command and everything it printed.
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn describe(&self) -> String {
-        format!(
-            "status: {}\n--- stderr ---\n{}--- stdout ---\n{}",
-            self.status, self.stderr, self.stdout
-        )
-    }
-
-    /// A refusal: exit status `code` and exactly one stderr line, `tracer: error: ...`.
-    fn refusal(&self, code: i32) -> &str {
-        assert_eq!(self.status.code(), Some(code), "{}", self.describe());
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "one stderr line expected\n{}",
-            self.describe()
-        );
-        assert!(
-            lines[0].starts_with("tracer: error: "),
-            "{}",
-            self.describe()
-        );
-        lines[0]
-    }
-}
-
-/// Runs `cmd` to completion, killing it after [`RUN_TIMEOUT`].
-fn run(mut cmd: Command) -> Ran {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not exit within {RUN_TIMEOUT:?}; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(POLL);
-    };
-    Ran {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    }
-}
-
-fn tracer<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(bin_path("tracer"));
-    cmd.args(args);
-    cmd
-}
-
-fn setpriv() -> Option<PathBuf> {
-    ["/usr/bin/setpriv", "/bin/setpriv"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// `setpriv` running `program` as `nobody` with exactly the capabilities `caps` (e.g.
-/// `+bpf,+perfmon`; empty for none), effective through the ambient set.
-fn as_nobody(setpriv: &Path, caps: &str, program: &Path) -> Command {
-    let set = if caps.is_empty() {
-        "-all".to_string()
-    } else {
-        format!("-all,{caps}")
-    };
-    let mut cmd = Command::new(setpriv);
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(format!("--inh-caps={set}"))
-        .arg(format!("--ambient-caps={set}"))
-        .arg(format!("--bounding-set={set}"))
-        .arg(program);
-    cmd
-}
-
-/// `tracer --pid PID -d 2 -o OUT` as `nobody` with exactly the capabilities `caps`.
-fn tracer_as_nobody(setpriv: &Path, caps: &str, pid: u32, out: &Path) -> Command {
-    let mut cmd = as_nobody(setpriv, caps, &bin_path("tracer"));
-    cmd.args(["--pid", &pid.to_string(), "-d", "2", "-o"])
-        .arg(out);
-    cmd
-}
-
-/// The workload server running as `nobody`, without capabilities.
-fn workload_as_nobody(setpriv: &Path) -> Workload {
-    let child = as_nobody(setpriv, "", &bin_path("workload"))
-        .args(["serve", "--port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the workload as nobody");
-    Workload::from_started(child, "workload as nobody")
+/// Waits until process `pid` is named `name`.
+fn wait_comm(pid: u32, name: &str) {
+    wait_for(STARTUP_TIMEOUT, || match comm(pid) {
+        comm if comm == name => Ok(()),
+        comm => Err(format!("comm is {comm:?}, not {name}")),
+    });
 }
 
 /// The checks below are about tracefs being mounted but unreadable: mount it if a test (or
@@ -226,13 +80,6 @@ fn count(summary: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no requests.count in summary.json:\n{summary:#}"))
 }
 
-fn read_summary(dir: &Path) -> Value {
-    let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()))
-}
-
 macro_rules! needs_root {
     () => {
         if !is_root() {
@@ -244,12 +91,9 @@ macro_rules! needs_root {
 
 macro_rules! needs_setpriv {
     () => {
-        match setpriv() {
-            Some(setpriv) => setpriv,
-            None => {
-                eprintln!("skipped: setpriv (util-linux) is not installed");
-                return;
-            }
+        if setpriv().is_none() {
+            eprintln!("skipped: setpriv (util-linux) is not installed");
+            return;
         }
     };
 }
@@ -265,25 +109,25 @@ fn thread_id_traces_its_process() {
     let workload = Workload::spawn();
     let mut load = run_load(workload.addr, &["/sleep?ms=1"], 2, 30.0, None);
     // A connection thread: the newest thread of the process, not its main thread.
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let tid = loop {
+    let tid = wait_for(STARTUP_TIMEOUT, || {
         let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", workload.pid))
             .expect("list the workload's threads")
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
-        if tids.len() >= 3 {
-            break *tids.iter().max().unwrap();
+        match tids.iter().max() {
+            Some(&newest) if tids.len() >= 3 => Ok(newest),
+            _ => Err(format!("workload threads: {tids:?}")),
         }
-        assert!(Instant::now() < deadline, "workload threads: {tids:?}");
-        std::thread::sleep(POLL);
-    };
+    });
     assert_ne!(tid, workload.pid);
 
-    let mut session = TracerSession::start(tid, "cli-thread", &["-d", "2", "-i", "1"]);
-    let out = session.wait_exit();
+    let out = Tracer::attach(tid)
+        .args(["-d", "2", "-i", "1"])
+        .start()
+        .wait_exit();
     let _ = load.kill();
     let _ = load.wait();
-    let describe = format!("stderr:\n{}\nstdout:\n{}", out.stderr, out.stdout);
+    let describe = out.describe();
     assert_eq!(out.status.code(), Some(0), "{describe}");
     let said = format!(
         "tracer: {tid} is a thread of process {} (workload)",
@@ -314,15 +158,7 @@ fn kernel_thread_is_refused_up_front() {
         .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse().ok())
         .expect("flags in /proc/2/stat");
     assert!(flags & PF_KTHREAD != 0, "PID 2 is not a kernel thread here");
-    let out_dir = OpenDir::absent("kthread");
-    let ran = run(tracer([
-        OsStr::new("--pid"),
-        OsStr::new("2"),
-        OsStr::new("-d"),
-        OsStr::new("2"),
-        OsStr::new("-o"),
-        out_dir.as_os_str(),
-    ]));
+    let ran = Tracer::attach(2).args(["-d", "2"]).run();
     let line = ran.refusal(1);
     assert!(
         line.starts_with("tracer: error: PID 2 (") && line.contains("is a kernel thread"),
@@ -330,7 +166,7 @@ fn kernel_thread_is_refused_up_front() {
     );
     assert!(line.contains("nothing was attached"), "{line}");
     assert!(
-        !out_dir.exists(),
+        !ran.out().exists(),
         "output directory created by a refused run"
     );
 }
@@ -345,15 +181,13 @@ fn kernel_thread_is_refused_up_front() {
 fn out_of_range_seconds_are_refused_before_attaching() {
     needs_root!();
     let workload = Workload::spawn();
-    let pid = workload.pid.to_string();
     for (flag, value) in [("-d", "1e300"), ("-i", "1e300"), ("-i", "0.0001")] {
-        let out_dir = OpenDir::absent("range");
-        // `-d 3` stops a run that wrongly attached.
-        let mut args = vec!["--pid", &pid, flag, value, "-o", out_dir.to_str().unwrap()];
+        let mut tracer = Tracer::attach(workload.pid).args([flag, value]);
         if flag == "-i" {
-            args.extend(["-d", "3"]);
+            // Stops a run that wrongly attached.
+            tracer = tracer.args(["-d", "3"]);
         }
-        let ran = run(tracer(&args));
+        let ran = tracer.run();
         let line = ran.refusal(2);
         assert!(
             line.contains(&format!("invalid value '{value}'"))
@@ -361,7 +195,7 @@ fn out_of_range_seconds_are_refused_before_attaching() {
             "{flag} {value}: {line}"
         );
         assert!(
-            !out_dir.exists(),
+            !ran.out().exists(),
             "output directory created by a refused run"
         );
     }
@@ -382,7 +216,7 @@ fn negative_numbers_get_the_value_message() {
             "invalid value '-1' for '--slow <MS>'",
         ),
     ] {
-        let ran = run(tracer(args));
+        let ran = Tracer::command_line(args).run();
         let line = ran.refusal(2);
         assert!(line.contains(says), "{args:?}: {line}");
         assert!(!line.contains("unexpected argument"), "{args:?}: {line}");
@@ -398,12 +232,11 @@ fn negative_numbers_get_the_value_message() {
 #[test]
 fn unreadable_tracefs_names_cap_dac_read_search() {
     needs_root!();
-    let setpriv = needs_setpriv!();
+    needs_setpriv!();
     ensure_tracefs_mounted();
-    let workload = workload_as_nobody(&setpriv);
-    let out_dir = OpenDir::new("tracefs");
-    let cmd = tracer_as_nobody(&setpriv, "+bpf,+perfmon", workload.pid, out_dir.path());
-    let ran = run(cmd);
+    let workload = Workload::spawn_as_nobody();
+    let out_dir = TempDir::open_to_all("tracefs");
+    let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid, &out_dir).run();
     let line = ran.refusal(1);
     assert!(line.contains("CAP_DAC_READ_SEARCH"), "{line}");
     assert!(!line.contains("not mounted"), "{line}");
@@ -414,30 +247,29 @@ fn unreadable_tracefs_names_cap_dac_read_search() {
 #[test]
 fn unmountable_tracefs_names_cap_sys_admin() {
     needs_root!();
-    let setpriv = needs_setpriv!();
-    let Some(unshare) = ["/usr/bin/unshare", "/bin/unshare"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    else {
+    needs_setpriv!();
+    let Some(unshare) = find_program("unshare") else {
         eprintln!("skipped: unshare (util-linux) is not installed");
         return;
     };
-    let workload = workload_as_nobody(&setpriv);
-    let out_dir = OpenDir::new("mount");
-    let traced = tracer_as_nobody(
-        &setpriv,
-        "+bpf,+perfmon,+dac_read_search",
-        workload.pid,
-        out_dir.path(),
-    );
-    let mut cmd = Command::new(unshare);
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("umount /sys/kernel/tracing 2>/dev/null; exec \"$@\"")
-        .arg("sh")
-        .arg(traced.get_program())
-        .args(traced.get_args());
-    let ran = run(cmd);
+    let workload = Workload::spawn_as_nobody();
+    let out_dir = TempDir::open_to_all("mount");
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir)
+        .wrapped_in(
+            [unshare.as_os_str()].into_iter().chain(
+                [
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "umount /sys/kernel/tracing 2>/dev/null; exec \"$@\"",
+                    "sh",
+                ]
+                .map(OsStr::new),
+            ),
+        )
+        .run();
     let line = ran.refusal(1);
     assert!(
         line.contains("not mounted") && line.contains("CAP_SYS_ADMIN"),
@@ -451,18 +283,12 @@ fn unmountable_tracefs_names_cap_sys_admin() {
 #[test]
 fn refused_uprobes_name_cap_sys_admin() {
     needs_root!();
-    let setpriv = needs_setpriv!();
+    needs_setpriv!();
     ensure_tracefs_mounted();
-    let workload = workload_as_nobody(&setpriv);
+    let workload = Workload::spawn_as_nobody();
     let mut load = run_load(workload.addr, &["/"], 1, 30.0, None);
-    let out_dir = OpenDir::new("uprobes");
-    let cmd = tracer_as_nobody(
-        &setpriv,
-        "+bpf,+perfmon,+dac_read_search",
-        workload.pid,
-        out_dir.path(),
-    );
-    let ran = run(cmd);
+    let out_dir = TempDir::open_to_all("uprobes");
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir).run();
     let _ = load.kill();
     let _ = load.wait();
     assert_eq!(ran.status.code(), Some(0), "{}", ran.describe());
@@ -488,17 +314,11 @@ fn refused_uprobes_name_cap_sys_admin() {
 #[test]
 fn another_users_process_names_cap_sys_ptrace() {
     needs_root!();
-    let setpriv = needs_setpriv!();
+    needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn(); // root's
-    let out_dir = OpenDir::new("ptrace");
-    let cmd = tracer_as_nobody(
-        &setpriv,
-        "+bpf,+perfmon,+dac_read_search",
-        workload.pid,
-        out_dir.path(),
-    );
-    let ran = run(cmd);
+    let out_dir = TempDir::open_to_all("ptrace");
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir).run();
     let line = ran.refusal(1);
     assert!(line.contains("CAP_SYS_PTRACE"), "{line}");
     assert!(line.contains(&workload.pid.to_string()), "{line}");
@@ -509,18 +329,13 @@ fn another_users_process_names_cap_sys_ptrace() {
 #[test]
 fn bpf_stats_without_cap_sys_admin_is_refused() {
     needs_root!();
-    let setpriv = needs_setpriv!();
+    needs_setpriv!();
     ensure_tracefs_mounted();
-    let workload = workload_as_nobody(&setpriv);
-    let out_dir = OpenDir::new("bpf-stats");
-    let mut cmd = tracer_as_nobody(
-        &setpriv,
-        "+bpf,+perfmon,+dac_read_search",
-        workload.pid,
-        out_dir.path(),
-    );
-    cmd.arg("--bpf-stats");
-    let ran = run(cmd);
+    let workload = Workload::spawn_as_nobody();
+    let out_dir = TempDir::open_to_all("bpf-stats");
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir)
+        .args(["--bpf-stats"])
+        .run();
     let line = ran.refusal(1);
     assert!(
         line.contains("--bpf-stats") && line.contains("CAP_SYS_ADMIN"),
@@ -544,26 +359,14 @@ fn name_after_exec_is_reported() {
         .spawn()
         .expect("start sh");
     let pid = sh.id();
-    let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let wait_comm = |name: &str| {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while comm().trim() != name {
-            assert!(
-                Instant::now() < deadline,
-                "comm is {:?}, not {name}",
-                comm()
-            );
-            std::thread::sleep(POLL);
-        }
-    };
-    wait_comm("sh"); // the fork has run exec
-    let session = TracerSession::start(pid, "cli-exec", &["-i", "1"]);
+    wait_comm(pid, "sh"); // the fork has run exec
+    let session = Tracer::attach(pid).args(["-i", "1"]).start();
     sh.stdin
         .take()
         .expect("piped")
         .write_all(b"go\n")
         .expect("tell sh to exec");
-    wait_comm("sleep");
+    wait_comm(pid, "sleep");
     let out = session.stop();
     let _ = sh.kill();
     let _ = sh.wait();
@@ -591,16 +394,8 @@ fn name_after_exec_and_exit_is_reported() {
         .spawn()
         .expect("start sh");
     let pid = sh.id();
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        != "sh"
-    {
-        assert!(Instant::now() < deadline, "sh did not start");
-        std::thread::sleep(POLL);
-    }
-    let mut session = TracerSession::start(pid, "cli-exec-exit", &["-i", "1"]);
+    wait_comm(pid, "sh");
+    let session = Tracer::attach(pid).args(["-i", "1"]).start();
     sh.stdin
         .take()
         .expect("piped")
@@ -622,8 +417,10 @@ fn live_rows_add_up_to_the_summary() {
     needs_root!();
     let workload = Workload::spawn();
     let mut load = run_load(workload.addr, &["/sleep?ms=2"], 2, 30.0, None);
-    let mut session = TracerSession::start(workload.pid, "cli-rows", &["-d", "2.5", "-i", "1"]);
-    let out = session.wait_exit();
+    let out = Tracer::attach(workload.pid)
+        .args(["-d", "2.5", "-i", "1"])
+        .start()
+        .wait_exit();
     let _ = load.kill();
     let _ = load.wait();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);

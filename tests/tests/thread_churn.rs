@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tracer_tests::{is_root, session::TracerSession, workspace_root, Workload};
+use tracer_tests::{is_root, session::Tracer, workspace_root, Workload};
 
 /// Growth allowed while tracing, between an early and a late sample of the tracer's RSS.
 const MAX_GROWTH_KB: u64 = 16 * 1024;
@@ -32,7 +32,7 @@ fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
         return;
     }
     let churn = Workload::spawn_exe(&workspace_root().join("tests/python/thread_churn.py"), &[]);
-    let tracer = TracerSession::start(churn.pid, "churn", &["-i", "1"]);
+    let tracer = Tracer::attach(churn.pid).args(["-i", "1"]).start();
     std::thread::sleep(Duration::from_secs(2));
     let early = rss_kb(tracer.pid());
     std::thread::sleep(Duration::from_secs(6));
@@ -50,7 +50,7 @@ fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
         "peak RSS {peak} kB against {early} kB while tracing"
     );
 
-    let size = std::fs::metadata(done.out.join("summary.json"))
+    let size = std::fs::metadata(done.out().join("summary.json"))
         .unwrap()
         .len();
     assert!(size <= MAX_SUMMARY_BYTES, "summary.json is {size} bytes");

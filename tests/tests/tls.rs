@@ -13,7 +13,15 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession};
+use tracer_tests::{
+    is_root,
+    session::Tracer,
+    support::{
+        go::{build_https_server, GoBuild},
+        tls::CertKey,
+    },
+    TempDir, Workload,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -21,7 +29,7 @@ const MS: u64 = 1_000_000;
 struct SServer {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl SServer {
@@ -31,8 +39,8 @@ impl SServer {
 
     /// `extra`: more s_server flags, e.g. `-www`.
     fn start_with(name: &str, extra: &[&str]) -> SServer {
-        let dir = std::env::temp_dir().join(format!("tracer-tls-{name}-{}", std::process::id()));
-        let (cert, key) = make_cert(&dir);
+        let dir = TempDir::new(name);
+        let CertKey { cert, key } = make_cert(dir.path());
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-quiet", "-accept"])
@@ -65,69 +73,24 @@ impl Drop for SServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A throw-away self-signed certificate and key in `dir`: (cert, key).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl req (the openssl package)");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
+/// A throw-away certificate and its key in `dir`.
+fn make_cert(dir: &Path) -> CertKey {
+    tracer_tests::support::tls::make_cert(dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Start an HTTPS test server (`EXE CERT KEY`) that prints `listening ADDR pid PID`.
-/// A test server process, killed when dropped (also when a test fails).
-struct Server(Child);
-
-impl Server {
-    /// Still running?
-    fn alive(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
+/// An HTTPS test server, `EXE CERT KEY`, that prints its listening line; killed when dropped.
+fn https_server(exe: &Path, cert: &CertKey) -> Workload {
+    let mut cmd = Command::new(exe);
+    cmd.arg(&cert.cert).arg(&cert.key);
+    Workload::start(cmd)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Server, std::net::SocketAddr, u32) {
-    let mut server = Command::new(exe)
-        .arg(cert)
-        .arg(key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let (addr, pid) = tracer_tests::parse_listening_line(&line)
-        .unwrap_or_else(|| panic!("{} printed {line:?}", exe.display()));
-    (Server(server), addr, pid)
+/// The Go HTTPS server, built into `dir`.
+fn go_server(dir: &Path, build: GoBuild) -> PathBuf {
+    build_https_server(dir, build).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn free_port() -> u16 {
@@ -265,7 +228,7 @@ fn openssl_handshakes_are_counted_and_timed() {
         return;
     }
     let mut server = SServer::start("count");
-    let tracer = TracerSession::start(server.pid(), "tls-count", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     const CONNECTIONS: u64 = 5;
     for _ in 0..CONNECTIONS {
         s_client(server.port);
@@ -319,7 +282,7 @@ fn a_delayed_client_flight_is_peer_wait() {
     const CONNECTIONS: u64 = 4;
     let mut server = SServer::start("delay");
     let proxy = DelayProxy::start(server.port, Duration::from_millis(DELAY_MS));
-    let tracer = TracerSession::start(server.pid(), "tls-delay", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     for _ in 0..CONNECTIONS {
         s_client(proxy.port);
     }
@@ -358,13 +321,11 @@ fn no_payload_bytes_reach_userspace() {
     }
     const MARKER: &str = "PAYLOAD-MARKER-7f3a9c-do-not-record";
     let server = SServer::start("payload");
-    let dump = std::env::temp_dir().join(format!("tracer-payload-dump-{}", std::process::id()));
-    let tracer = TracerSession::start_with_env(
-        server.pid(),
-        "tls-payload",
-        &["-i", "1", "--slow", "0"],
-        &[("TRACER_EVENT_DUMP", &dump)],
-    );
+    let dump = TempDir::absent("payload-dump");
+    let tracer = Tracer::attach(server.pid())
+        .args(["-i", "1", "--slow", "0"])
+        .env("TRACER_EVENT_DUMP", dump.path())
+        .start();
     let mut client = s_client_command(server.port, &["-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -383,16 +344,19 @@ fn no_payload_bytes_reach_userspace() {
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert_eq!(tls(&done.summary)["handshakes"]["count"].as_u64(), Some(1));
+    let out = done.out().to_path_buf();
     let mut outputs = vec![
         ("stdout".to_string(), done.stdout.into_bytes()),
         ("stderr".to_string(), done.stderr.into_bytes()),
-        ("event dump".to_string(), std::fs::read(&dump).unwrap()),
+        (
+            "event dump".to_string(),
+            std::fs::read(dump.path()).unwrap(),
+        ),
     ];
-    for file in std::fs::read_dir(&done.out).unwrap() {
+    for file in std::fs::read_dir(&out).unwrap() {
         let path = file.unwrap().path();
         outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
     }
-    let _ = std::fs::remove_file(&dump);
     assert!(outputs[2].1.len() > 1000, "the event dump holds the events");
     for (name, bytes) in outputs {
         for needle in [MARKER, &MARKER[..5]] {
@@ -431,9 +395,9 @@ fn versions_and_resumption_are_reported() {
         return;
     }
     let server = SServer::start("versions");
-    let tracer = TracerSession::start(server.pid(), "tls-versions", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     for version in ["-tls1_2", "-tls1_3"] {
-        let session = server.dir.join(format!("session{version}"));
+        let session = server.dir.path().join(format!("session{version}"));
         assert!(!s_client_session(server.port, version, &session, false));
         assert!(
             s_client_session(server.port, version, &session, true),
@@ -462,7 +426,7 @@ fn tls_off_hooks_nothing() {
         return;
     }
     let server = SServer::start("off");
-    let tracer = TracerSession::start(server.pid(), "tls-off", &["--tls", "off"]);
+    let tracer = Tracer::attach(server.pid()).args(["--tls", "off"]).start();
     s_client(server.port);
     let done = tracer.stop();
     let t = tls(&done.summary);
@@ -486,7 +450,9 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
         return;
     }
     let server = SServer::start_with("www", &["-www"]);
-    let tracer = TracerSession::start(server.pid(), "tls-www", &["-i", "1", "--slow", "0"]);
+    let tracer = Tracer::attach(server.pid())
+        .args(["-i", "1", "--slow", "0"])
+        .start();
     const CONNECTIONS: u64 = 4;
     for _ in 0..CONNECTIONS {
         let out = Command::new("curl")
@@ -544,17 +510,16 @@ fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_reque
 }
 
 fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
-    let dir = std::env::temp_dir().join(format!("tracer-{binary}-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
-    let (server, addr, pid) = spawn_https_server(&tracer_tests::bin_path(binary), &cert, &key);
+    let dir = TempDir::new(binary);
+    let server = https_server(&tracer_tests::bin_path(binary), &make_cert(dir.path()));
 
     let mut args = vec!["-i", "1", "--slow", "0"];
     if io_probes {
         args.push("--tls-io-probes");
     }
-    let tracer = TracerSession::start(pid, binary, &args);
+    let tracer = Tracer::attach(server.pid).args(&args).start();
     const CONNECTIONS: usize = 3;
-    let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{addr}{p}"));
+    let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{}{p}", server.addr));
     for _ in 0..CONNECTIONS {
         // One curl, one connection, three keep-alive requests.
         let out = Command::new("curl")
@@ -577,7 +542,6 @@ fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
     }
     let done = tracer.stop();
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
         done.stderr.contains(library),
@@ -627,7 +591,8 @@ struct Nginx {
     master: Child,
     worker: u32,
     port: u16,
-    dir: PathBuf,
+    /// Its config, certificate and files; removed after nginx has stopped.
+    _dir: TempDir,
 }
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -638,9 +603,9 @@ impl Nginx {
             Path::new(NGINX).exists(),
             "nginx is missing: run `cargo xtask setup` (it installs Debian's nginx-light)"
         );
-        let dir = std::env::temp_dir().join(format!("tracer-nginx-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (cert, key) = make_cert(&dir);
+        let temp = TempDir::new(&format!("nginx-{name}"));
+        let dir = temp.path().to_path_buf();
+        let CertKey { cert, key } = make_cert(&dir);
         std::fs::create_dir_all(dir.join("html")).unwrap();
         std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
         // A port picked free can be taken before nginx binds it: try a few.
@@ -689,7 +654,7 @@ impl Nginx {
                 master,
                 worker,
                 port,
-                dir,
+                _dir: temp,
             };
         }
         panic!(
@@ -721,7 +686,6 @@ impl Drop for Nginx {
             // SAFETY: kill(2) on the worker our nginx started, checked by its command line.
             unsafe { libc::kill(self.worker as i32, libc::SIGKILL) };
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -865,7 +829,9 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
         Hold::ServerFirstFlight,
         Duration::from_millis(DELAY_MS),
     );
-    let tracer = TracerSession::start(nginx.worker, "tls-nginx", &["-i", "1", "--slow", "0"]);
+    let tracer = Tracer::attach(nginx.worker)
+        .args(["-i", "1", "--slow", "0"])
+        .start();
     let mut curls = Vec::new();
     for i in 0..DIRECT {
         curls.push(curl_two_requests(nginx.port, [tls12, tls13][i % 2]));
@@ -970,50 +936,6 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
     );
 }
 
-/// How a Go test server is built.
-#[derive(Clone, Copy)]
-struct GoBuild {
-    stripped: bool,
-    pie: bool,
-}
-
-/// Build `tests/go/https_server.go` with Debian's Go into `dir`.
-fn build_go_server(dir: &Path, build: GoBuild) -> PathBuf {
-    let go = Path::new("/usr/bin/go");
-    assert!(
-        go.exists(),
-        "go is missing: run `cargo xtask setup` (it installs golang-go)"
-    );
-    let source = tracer_tests::workspace_root().join("tests/go/https_server.go");
-    let out = dir.join(format!(
-        "https_server{}{}",
-        if build.stripped { "_stripped" } else { "" },
-        if build.pie { "_pie" } else { "" }
-    ));
-    let mut cmd = Command::new(go);
-    cmd.arg("build").arg("-o").arg(&out);
-    if build.stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    if build.pie {
-        cmd.arg("-buildmode=pie"); // .gopclntab becomes .data.rel.ro.gopclntab
-    }
-    let result = cmd
-        .arg(&source)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("run go build");
-    assert!(
-        result.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    out
-}
-
 /// A Go crypto/tls server, plain, stripped, and stripped position-independent: its handshake
 /// functions are found (in the symbol table, or in .gopclntab) and hooked at entry and RETs,
 /// each connection's first request carries its handshake, and the target keeps serving after
@@ -1023,19 +945,20 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
     if skip_unless_ready() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tracer-tls-go-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
+    let dir = TempDir::new("go");
+    let cert = make_cert(dir.path());
     for (stripped, pie) in [(false, false), (true, false), (true, true)] {
-        let exe = build_go_server(&dir, GoBuild { stripped, pie });
-        let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
+        let server = https_server(&go_server(dir.path(), GoBuild { stripped, pie }), &cert);
         let name = match (stripped, pie) {
             (false, _) => "tls-go",
             (true, false) => "tls-go-stripped",
             (true, true) => "tls-go-stripped-pie",
         };
-        let tracer = TracerSession::start(pid, name, &["-i", "1", "--slow", "0"]);
+        let tracer = Tracer::attach(server.pid)
+            .args(["-i", "1", "--slow", "0"])
+            .start();
         const CONNECTIONS: usize = 3;
-        let urls = ["/", "/sleep?ms=30"].map(|p| format!("https://{addr}{p}"));
+        let urls = ["/", "/sleep?ms=30"].map(|p| format!("https://{}{p}", server.addr));
         let curl = || {
             Command::new("curl")
                 .args([
@@ -1114,7 +1037,6 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Go server whose clients' second flight is held back: the goroutine parks in the
@@ -1127,25 +1049,20 @@ fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
     }
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
-    let dir = std::env::temp_dir().join(format!("tracer-tls-go-delay-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
-    let exe = build_go_server(
-        &dir,
-        GoBuild {
-            stripped: true,
-            pie: false,
-        },
-    );
-    let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
-    let proxy = DelayProxy::start(addr.port(), Duration::from_millis(DELAY_MS));
-    let tracer = TracerSession::start(pid, "tls-go-delay", &["-i", "1"]);
+    let dir = TempDir::new("go-delay");
+    let build = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    let server = https_server(&go_server(dir.path(), build), &make_cert(dir.path()));
+    let proxy = DelayProxy::start(server.addr.port(), Duration::from_millis(DELAY_MS));
+    let tracer = Tracer::attach(server.pid).args(["-i", "1"]).start();
     for _ in 0..CONNECTIONS {
         s_client(proxy.port);
     }
     let done = tracer.stop();
     let alive = server.alive();
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
         alive,

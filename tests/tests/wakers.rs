@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession, workspace_root, Workload};
+use tracer_tests::{is_root, session::Tracer, workspace_root, Workload};
 
 const CLIENTS: usize = 4;
 const REQUESTS_PER_CLIENT: usize = 8;
@@ -40,7 +40,7 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
         return;
     }
     let server = Workload::spawn_exe(&lock_server(), &[]);
-    let tracer = TracerSession::start(server.pid, "wakers", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid).args(["-i", "1"]).start();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
