@@ -10,6 +10,10 @@
 //!
 //! What xtask does too (certificates, the Go server) lives in the `tracer-support` crate,
 //! re-exported here as [`support`].
+//!
+//! The tests that need root (they load kernel programs, mount, or switch users) are
+//! `#[ignore = "needs root"]`; `cargo xtask test` runs them, as root, with
+//! `--include-ignored`.
 
 pub mod http;
 pub mod session;

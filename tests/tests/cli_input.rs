@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    is_root, run_load,
+    run_load,
     session::{find_program, read_summary, setpriv, Tracer},
     wait_for, TempDir, Workload,
 };
@@ -80,15 +80,6 @@ fn count(summary: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no requests.count in summary.json:\n{summary:#}"))
 }
 
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (loads eBPF programs)");
-            return;
-        }
-    };
-}
-
 macro_rules! needs_setpriv {
     () => {
         if setpriv().is_none() {
@@ -104,8 +95,8 @@ macro_rules! needs_setpriv {
 
 /// A thread ID is resolved to its process, said on stderr, and the process is traced.
 #[test]
+#[ignore = "needs root"]
 fn thread_id_traces_its_process() {
-    needs_root!();
     let workload = Workload::spawn();
     let mut load = run_load(workload.addr, &["/sleep?ms=1"], 2, 30.0, None);
     // A connection thread: the newest thread of the process, not its main thread.
@@ -150,8 +141,8 @@ fn thread_id_traces_its_process() {
 
 /// A kernel thread serves no requests: refused before anything is attached.
 #[test]
+#[ignore = "needs root"]
 fn kernel_thread_is_refused_up_front() {
-    needs_root!();
     let stat = std::fs::read_to_string("/proc/2/stat").expect("read /proc/2/stat");
     let flags: u64 = stat
         .rsplit_once(") ")
@@ -178,8 +169,8 @@ fn kernel_thread_is_refused_up_front() {
 /// Seconds out of range (too large for a timer, or rows too fast to read) are refused by the
 /// parser, with the range, before anything is attached.
 #[test]
+#[ignore = "needs root"]
 fn out_of_range_seconds_are_refused_before_attaching() {
-    needs_root!();
     let workload = Workload::spawn();
     for (flag, value) in [("-d", "1e300"), ("-i", "1e300"), ("-i", "0.0001")] {
         let mut tracer = Tracer::attach(workload.pid).args([flag, value]);
@@ -230,8 +221,8 @@ fn negative_numbers_get_the_value_message() {
 /// As a non-root user with CAP_BPF + CAP_PERFMON, tracefs is mounted but unreadable (mode
 /// 0700): the error names CAP_DAC_READ_SEARCH rather than saying tracefs is not mounted.
 #[test]
+#[ignore = "needs root"]
 fn unreadable_tracefs_names_cap_dac_read_search() {
-    needs_root!();
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
@@ -245,8 +236,8 @@ fn unreadable_tracefs_names_cap_dac_read_search() {
 /// tracefs not mounted, and no CAP_SYS_ADMIN to mount it: the error names CAP_SYS_ADMIN.
 /// Run in a private mount namespace without tracefs, so the machine's mount is untouched.
 #[test]
+#[ignore = "needs root"]
 fn unmountable_tracefs_names_cap_sys_admin() {
-    needs_root!();
     needs_setpriv!();
     let Some(unshare) = find_program("unshare") else {
         eprintln!("skipped: unshare (util-linux) is not installed");
@@ -281,8 +272,8 @@ fn unmountable_tracefs_names_cap_sys_admin() {
 /// user; the kernel refuses the TLS uprobes (CAP_SYS_ADMIN), and the TLS line says so rather
 /// than that the SSL functions were not found.
 #[test]
+#[ignore = "needs root"]
 fn refused_uprobes_name_cap_sys_admin() {
-    needs_root!();
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
@@ -312,8 +303,8 @@ fn refused_uprobes_name_cap_sys_admin() {
 /// Another user's process: its /proc files are closed to the tracer without CAP_SYS_PTRACE.
 /// Refused up front (it used to attach and count no request at all).
 #[test]
+#[ignore = "needs root"]
 fn another_users_process_names_cap_sys_ptrace() {
-    needs_root!();
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn(); // root's
@@ -327,8 +318,8 @@ fn another_users_process_names_cap_sys_ptrace() {
 /// `--bpf-stats` turns on BPF_ENABLE_STATS, which needs CAP_SYS_ADMIN: refused up front with
 /// that name.
 #[test]
+#[ignore = "needs root"]
 fn bpf_stats_without_cap_sys_admin_is_refused() {
-    needs_root!();
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
@@ -350,8 +341,8 @@ fn bpf_stats_without_cap_sys_admin_is_refused() {
 /// A target that runs `exec` while traced is named by its new name at the end, and its
 /// name at the start is kept.
 #[test]
+#[ignore = "needs root"]
 fn name_after_exec_is_reported() {
-    needs_root!();
     let mut sh = Command::new("sh")
         .args(["-c", "read line; exec sleep 60"])
         .stdin(Stdio::piped())
@@ -385,8 +376,8 @@ fn name_after_exec_is_reported() {
 /// A target that runs `exec` and then exits while traced is named by the name it exited
 /// with (its main thread's exit event), not the one it started with.
 #[test]
+#[ignore = "needs root"]
 fn name_after_exec_and_exit_is_reported() {
-    needs_root!();
     let mut sh = Command::new("sh")
         .args(["-c", "read line; exec sleep 1.5"])
         .stdin(Stdio::piped())
@@ -413,8 +404,8 @@ fn name_after_exec_and_exit_is_reported() {
 /// The live rows, including a last one for the partial interval and what the final drain
 /// settled, add up to the summary's request count.
 #[test]
+#[ignore = "needs root"]
 fn live_rows_add_up_to_the_summary() {
-    needs_root!();
     let workload = Workload::spawn();
     let mut load = run_load(workload.addr, &["/sleep?ms=2"], 2, 30.0, None);
     let out = Tracer::attach(workload.pid)

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    is_root,
     session::{find_program, read_summary, run, setpriv, Tracer},
     wait_for, TempDir, Workload,
 };
@@ -380,11 +379,8 @@ fn require_python_hdrh() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn bad_pid_fails_before_attaching() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let pid = unused_pid();
     let out = Tracer::attach(pid).run();
     assert!(
@@ -406,11 +402,8 @@ fn bad_pid_fails_before_attaching() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unwritable_output_fails_before_attaching() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let bpftool = find_program("bpftool");
     let before = bpftool.as_deref().map(our_named_programs);
     let workload = Workload::spawn();
@@ -438,11 +431,8 @@ fn unwritable_output_fails_before_attaching() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn not_root_is_a_clear_error() {
-    if !is_root() {
-        eprintln!("skipped: needs root (to drop to an unprivileged user)");
-        return;
-    }
     if setpriv().is_none() {
         eprintln!("skipped: setpriv (util-linux) is not installed");
         return;
@@ -503,29 +493,20 @@ fn signal_detaches_and_writes_files(sig: libc::c_int, requests: u64) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigterm_detaches_and_writes_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     signal_detaches_and_writes_files(libc::SIGTERM, 40);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_detaches_and_writes_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     signal_detaches_and_writes_files(libc::SIGINT, 10);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn target_exit_mid_trace_finishes_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let mut workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
     let tracer = Tracer::attach(workload.pid).args(["-i", "1"]).start();
@@ -554,11 +535,8 @@ fn target_exit_mid_trace_finishes_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nothing_stays_loaded_after_exit() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let Some(bpftool) = find_program("bpftool") else {
         eprintln!(
             "skipped: bpftool not found on PATH (`cargo xtask setup` installs it); it lists \
@@ -624,11 +602,8 @@ fn nothing_stays_loaded_after_exit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hlog_loads_in_another_hdrhistogram_implementation() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     require_python_hdrh();
     let workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
@@ -696,11 +671,8 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
 
 /// tracefs is not mounted on a fresh machine: the tracer mounts it and says so.
 #[test]
+#[ignore = "needs root"]
 fn mounts_tracefs_when_missing() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs, unmounts tracefs)");
-        return;
-    }
     let tracefs = Path::new("/sys/kernel/tracing");
     if tracefs.join("events").is_dir() {
         let out = Command::new("umount")

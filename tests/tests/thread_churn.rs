@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tracer_tests::{is_root, session::Tracer, workspace_root, Workload};
+use tracer_tests::{session::Tracer, workspace_root, Workload};
 
 /// Growth allowed while tracing, between an early and a late sample of the tracer's RSS.
 const MAX_GROWTH_KB: u64 = 16 * 1024;
@@ -26,11 +26,8 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let churn = Workload::spawn_exe(&workspace_root().join("tests/python/thread_churn.py"), &[]);
     let tracer = Tracer::attach(churn.pid).args(["-i", "1"]).start();
     std::thread::sleep(Duration::from_secs(2));

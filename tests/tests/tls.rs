@@ -14,7 +14,6 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    is_root,
     session::Tracer,
     support::{
         go::{build_https_server, GoBuild},
@@ -210,23 +209,17 @@ fn tls(summary: &Value) -> &Value {
     &summary["tls"]
 }
 
-fn skip_unless_ready() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return true;
-    }
+fn require_openssl() {
     assert!(
         Path::new("/usr/bin/openssl").exists(),
         "openssl is missing: run `cargo xtask setup` (it installs Debian's openssl)"
     );
-    false
 }
 
 #[test]
+#[ignore = "needs root"]
 fn openssl_handshakes_are_counted_and_timed() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let mut server = SServer::start("count");
     let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     const CONNECTIONS: u64 = 5;
@@ -274,10 +267,9 @@ fn openssl_handshakes_are_counted_and_timed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_delayed_client_flight_is_peer_wait() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
     let mut server = SServer::start("delay");
@@ -315,10 +307,9 @@ fn assert_delayed_handshakes(t: &Value, connections: u64, delay_ms: u64) {
 /// stream (`TRACER_EVENT_DUMP`): not TLS plaintext sent through s_client, and not plaintext
 /// written to the socket (whose first 5 bytes the kernel side classifies).
 #[test]
+#[ignore = "needs root"]
 fn no_payload_bytes_reach_userspace() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const MARKER: &str = "PAYLOAD-MARKER-7f3a9c-do-not-record";
     let server = SServer::start("payload");
     let dump = TempDir::absent("payload-dump");
@@ -390,10 +381,9 @@ fn s_client_session(port: u16, version: &str, session: &Path, resume: bool) -> b
 
 /// TLS 1.2 and 1.3, full and resumed, told apart from record headers alone.
 #[test]
+#[ignore = "needs root"]
 fn versions_and_resumption_are_reported() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start("versions");
     let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     for version in ["-tls1_2", "-tls1_3"] {
@@ -421,10 +411,9 @@ fn versions_and_resumption_are_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tls_off_hooks_nothing() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start("off");
     let tracer = Tracer::attach(server.pid()).args(["--tls", "off"]).start();
     s_client(server.port);
@@ -445,10 +434,9 @@ fn tls_off_hooks_nothing() {
 /// socket does: each connection's handshake is one handshake, not requests, and the
 /// connection's one request carries it.
 #[test]
+#[ignore = "needs root"]
 fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start_with("www", &["-www"]);
     let tracer = Tracer::attach(server.pid())
         .args(["-i", "1", "--slow", "0"])
@@ -497,10 +485,9 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
 /// the handshake. The static run also probes SSL_read/SSL_write (`--tls-io-probes`): the same
 /// results, with the read and write functions hooked.
 #[test]
+#[ignore = "needs root"]
 fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_request() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     for (binary, library, io_probes) in [
         ("tls-server", "TLS: OpenSSL libssl.so.3", false),
         ("tls-server-static", "TLS: OpenSSL static (", true),
@@ -814,10 +801,9 @@ fn curl_two_requests(port: u16, version: &[&str]) -> CurlTimes {
 /// (Direct handshakes get no such ratio: curl sets up its TLS context after the TCP connect,
 /// about half of its measured handshake here before its ClientHello leaves.)
 #[test]
+#[ignore = "needs root"]
 fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DIRECT: usize = 10;
     const DELAYED: usize = 4;
     const DELAY_MS: u64 = 100;
@@ -941,10 +927,9 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
 /// each connection's first request carries its handshake, and the target keeps serving after
 /// the tracer detaches.
 #[test]
+#[ignore = "needs root"]
 fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let dir = TempDir::new("go");
     let cert = make_cert(dir.path());
     for (stripped, pie) in [(false, false), (true, false), (true, true)] {
@@ -1043,10 +1028,9 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
 /// netpoller and may resume on another thread; the wait is `peer_wait`, and the handshake's
 /// duration is right.
 #[test]
+#[ignore = "needs root"]
 fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
     let dir = TempDir::new("go-delay");

@@ -49,7 +49,11 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run setup, build (debug), then run the tests one at a time
+    /// Run setup, build (debug), then run all the tests one at a time, as root
+    ///
+    /// The tests that load kernel programs are `#[ignore = "needs root"]`; this runs them too
+    /// (`--include-ignored`), and refuses to run when not root. `cargo test` as another user
+    /// runs the others.
     ///
     /// `cargo xtask test -- attribution` runs the tests whose names contain "attribution";
     /// `cargo xtask test -- --test attribution -- --nocapture` passes `--test attribution` to
@@ -139,6 +143,14 @@ fn build_static_tls_server() -> Result<()> {
 }
 
 fn test(args: &[OsString]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask test` runs every test, and most integration tests load kernel \
+             programs, which needs root (they are marked `#[ignore = \"needs root\"]`). Run \
+             it as root (e.g. `sudo -E cargo xtask test`); as this user, `cargo test` runs \
+             the tests that do not need root and lists the others as ignored"
+        );
+    }
     setup::run()?;
     build_workspace(false)?;
     build_static_tls_server()?;
@@ -146,6 +158,10 @@ fn test(args: &[OsString]) -> Result<()> {
         Some(split) => (&args[..split], &args[split + 1..]),
         None => (args, &[][..]),
     };
+    // The root-only tests too, unless the arguments pick them already (`--ignored`).
+    let include_ignored = !test_args
+        .iter()
+        .any(|arg| arg == "--ignored" || arg == "--include-ignored");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         // The integration tests run the tracer and workload binaries from here.
@@ -161,6 +177,7 @@ fn test(args: &[OsString]) -> Result<()> {
         .args(cargo_args)
         // Tests attach to processes and measure time: one at a time.
         .args(["--", "--test-threads=1"])
+        .args(include_ignored.then_some("--include-ignored"))
         .args(test_args);
     run_cmd(&mut cmd).context("running the tests")
 }
