@@ -3,12 +3,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::Result;
 
-use crate::workspace_root;
+use crate::{run_quietly, workspace_root};
 
 /// How the Go server is built.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,21 +42,14 @@ pub fn build_https_server(dir: &Path, build: GoBuild) -> Result<PathBuf> {
     if build.pie {
         cmd.arg("-buildmode=pie");
     }
-    let out = cmd
-        .arg(https_server_source())
+    cmd.arg(https_server_source())
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "off")
-        .stdin(Stdio::null())
-        .output()
-        .context("running go build (golang-go: `cargo xtask setup` installs it)")?;
-    ensure!(
-        out.status.success(),
-        "go build of {} failed ({}): {}",
-        https_server_source().display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+        .env("GO111MODULE", "off");
+    run_quietly(
+        &mut cmd,
+        "go build of tests/go/https_server.go (golang-go: `cargo xtask setup` installs it)",
+    )?;
     Ok(exe)
 }

@@ -9,7 +9,12 @@ pub mod go;
 pub mod listening;
 pub mod tls;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{ensure, Context as _, Result};
 
 pub use listening::{parse_listening_line, read_listening_line};
 
@@ -25,6 +30,22 @@ pub fn workspace_root() -> PathBuf {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd` quietly to completion; fails with its stderr unless it succeeds. `what` names
+/// it in errors (and says where it comes from).
+fn run_quietly(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
+
+use crate::run_quietly;
 
 /// A certificate and its private key, PEM files.
 #[derive(Debug, Clone)]
@@ -21,22 +23,17 @@ pub struct CertKey {
 pub fn make_cert(dir: &Path) -> Result<CertKey> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec"])
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "ec"])
         .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
         .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
         .arg(&key)
         .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl req (the openssl package: `cargo xtask setup` installs it)")?;
-    ensure!(
-        out.status.success(),
-        "openssl req failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+        .arg(&cert);
+    run_quietly(
+        &mut cmd,
+        "openssl req (the openssl package: `cargo xtask setup` installs it)",
+    )?;
     Ok(CertKey { cert, key })
 }
 

@@ -70,8 +70,14 @@ impl Finished {
         )
     }
 
-    /// The single line a refused run prints on stderr.
-    pub fn only_stderr_line(&self) -> &str {
+    /// A refusal: a failing exit status (not a signal) and exactly one stderr line,
+    /// `tracer: error: ...`, which it returns.
+    pub fn refused(&self) -> &str {
+        assert!(
+            !self.status.success() && self.status.code().is_some(),
+            "expected a failing exit code\n{}",
+            self.describe()
+        );
         let lines: Vec<&str> = self.stderr.lines().collect();
         assert_eq!(
             lines.len(),
@@ -79,15 +85,18 @@ impl Finished {
             "expected exactly one line on stderr\n{}",
             self.describe()
         );
+        assert!(
+            lines[0].starts_with("tracer: error: "),
+            "{}",
+            self.describe()
+        );
         lines[0]
     }
 
-    /// A refusal: exit status `code` and exactly one stderr line, `tracer: error: ...`.
+    /// A refusal ([`Finished::refused`]) with exit status `code`.
     pub fn refusal(&self, code: i32) -> &str {
         assert_eq!(self.status.code(), Some(code), "{}", self.describe());
-        let line = self.only_stderr_line();
-        assert!(line.starts_with("tracer: error: "), "{}", self.describe());
-        line
+        self.refused()
     }
 
     /// The tracer's output directory.
@@ -302,10 +311,7 @@ impl Tracer {
     /// `tracer --pid PID --output DIR`, where DIR is a fresh path in the temp dir (the tracer
     /// creates it), removed with the [`Finished`].
     pub fn attach(pid: u32) -> Tracer {
-        let name = std::thread::current()
-            .name()
-            .map_or_else(|| "tracer".to_string(), |name| name.replace("::", "-"));
-        let temp = TempDir::absent(&name);
+        let temp = TempDir::absent(&test_name());
         Tracer {
             pid: Some(pid),
             out: Some(temp.path().to_path_buf()),
@@ -338,6 +344,16 @@ impl Tracer {
     {
         self.args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Creates the temp output directory, writable by every user (mode 0777), for a tracer
+    /// run as another user ([`Tracer::as_nobody`]). Without it the tracer creates the
+    /// directory itself.
+    pub fn output_open_to_all(mut self) -> Tracer {
+        let dir = TempDir::open_to_all(&test_name());
+        self.out = Some(dir.path().to_path_buf());
+        self.temp = Some(dir);
         self
     }
 
@@ -420,6 +436,13 @@ impl Tracer {
         };
         session.finish(ATTACH_TIMEOUT + EXIT_TIMEOUT)
     }
+}
+
+/// The running test's name (libtest names its thread after it), for temp paths.
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .map_or_else(|| "tracer".to_string(), |name| name.replace("::", "-"))
 }
 
 /// A tracer that is attached to its target.

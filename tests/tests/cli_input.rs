@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracer_tests::{
     run_load,
     session::{find_program, read_summary, setpriv, Tracer},
-    wait_for, TempDir, Workload,
+    wait_for, Workload,
 };
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,11 +29,11 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// `tracer --pid PID --output OUT -d 2` as `nobody` with exactly the capabilities `caps`
-/// (OUT: a directory `nobody` may write to).
-fn tracer_as_nobody(caps: &str, pid: u32, out: &TempDir) -> Tracer {
+/// `tracer --pid PID -d 2` as `nobody` with exactly the capabilities `caps`, writing into a
+/// directory `nobody` may write to.
+fn tracer_as_nobody(caps: &str, pid: u32) -> Tracer {
     Tracer::attach(pid)
-        .output(out.path())
+        .output_open_to_all()
         .args(["-d", "2"])
         .as_nobody(caps)
 }
@@ -226,8 +226,7 @@ fn unreadable_tracefs_names_cap_dac_read_search() {
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
-    let out_dir = TempDir::open_to_all("tracefs");
-    let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid, &out_dir).run();
+    let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid).run();
     let line = ran.refusal(1);
     assert!(line.contains("CAP_DAC_READ_SEARCH"), "{line}");
     assert!(!line.contains("not mounted"), "{line}");
@@ -244,8 +243,7 @@ fn unmountable_tracefs_names_cap_sys_admin() {
         return;
     };
     let workload = Workload::spawn_as_nobody();
-    let out_dir = TempDir::open_to_all("mount");
-    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir)
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid)
         .wrapped_in(
             [unshare.as_os_str()].into_iter().chain(
                 [
@@ -278,8 +276,7 @@ fn refused_uprobes_name_cap_sys_admin() {
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
     let mut load = run_load(workload.addr, &["/"], 1, 30.0, None);
-    let out_dir = TempDir::open_to_all("uprobes");
-    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir).run();
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid).run();
     let _ = load.kill();
     let _ = load.wait();
     assert_eq!(ran.status.code(), Some(0), "{}", ran.describe());
@@ -294,7 +291,7 @@ fn refused_uprobes_name_cap_sys_admin() {
     );
     assert!(!tls.contains("none of the SSL_* functions found"), "{tls}");
     assert!(
-        count(&read_summary(out_dir.path())) > 0,
+        count(&read_summary(ran.out())) > 0,
         "no requests traced with CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH\n{}",
         ran.describe()
     );
@@ -308,8 +305,7 @@ fn another_users_process_names_cap_sys_ptrace() {
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn(); // root's
-    let out_dir = TempDir::open_to_all("ptrace");
-    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir).run();
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid).run();
     let line = ran.refusal(1);
     assert!(line.contains("CAP_SYS_PTRACE"), "{line}");
     assert!(line.contains(&workload.pid.to_string()), "{line}");
@@ -323,8 +319,7 @@ fn bpf_stats_without_cap_sys_admin_is_refused() {
     needs_setpriv!();
     ensure_tracefs_mounted();
     let workload = Workload::spawn_as_nobody();
-    let out_dir = TempDir::open_to_all("bpf-stats");
-    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid, &out_dir)
+    let ran = tracer_as_nobody("+bpf,+perfmon,+dac_read_search", workload.pid)
         .args(["--bpf-stats"])
         .run();
     let line = ran.refusal(1);
