@@ -1,7 +1,8 @@
 //! Running the real tracer against a process: build its command line ([`Tracer`]), start it
 //! and wait until it is attached ([`Session`]), stop it with a signal or let it end, and
-//! collect what it left ([`Finished`]: exit status, stdout, stderr, its output files). Helper
-//! commands (bpftool, python3) run through the same machinery ([`run`]).
+//! collect what it left ([`Finished`]: exit status, stdout, stderr, and its output files read
+//! into the tracer's own types, [`Summary`] and [`RequestRecord`]). Helper commands (bpftool,
+//! python3) run through the same machinery ([`run`]).
 //!
 //! Every wait is bounded, by one policy:
 //! - [`ATTACH_TIMEOUT`] from the start until the tracer says it is attached;
@@ -25,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use tracer::output::{jsonl::RequestRecord, summary::Summary};
 
 use crate::{bin_path, TempDir};
 
@@ -52,10 +53,9 @@ pub struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
-    /// `summary.json`; `Null` when there is none.
-    pub summary: Value,
     /// The lines of `requests.jsonl` (none when there is no such file).
-    pub requests: Vec<Value>,
+    pub requests: Vec<RequestRecord>,
+    summary: Option<Summary>,
     out: Option<PathBuf>,
     /// The temp output directory, removed with this.
     _temp: Option<TempDir>,
@@ -99,6 +99,18 @@ impl Finished {
         self.refused()
     }
 
+    /// `summary.json`; panics when the run wrote none.
+    pub fn summary(&self) -> &Summary {
+        self.summary
+            .as_ref()
+            .unwrap_or_else(|| panic!("no summary.json\n{}", self.describe()))
+    }
+
+    /// `summary.json`, if the run wrote one.
+    pub fn summary_if_written(&self) -> Option<&Summary> {
+        self.summary.as_ref()
+    }
+
     /// The tracer's output directory.
     pub fn out(&self) -> &Path {
         self.out
@@ -107,28 +119,24 @@ impl Finished {
     }
 }
 
-/// `summary.json` in `dir`; panics if it is missing or not JSON.
-pub fn read_summary(dir: &Path) -> Value {
+/// `summary.json` in `dir`; panics if it is missing or does not hold a [`Summary`].
+pub fn read_summary(dir: &Path) -> Summary {
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
+        .unwrap_or_else(|e| panic!("{} is not a summary ({e}):\n{text}", path.display()))
 }
 
-/// `summary.json` (`Null` when missing) and the lines of `requests.jsonl` in `dir`.
-fn read_outputs(dir: &Path) -> (Value, Vec<Value>) {
-    let summary = if dir.join("summary.json").exists() {
-        read_summary(dir)
-    } else {
-        Value::Null
-    };
+/// `summary.json` (if there is one) and the lines of `requests.jsonl` in `dir`.
+fn read_outputs(dir: &Path) -> (Option<Summary>, Vec<RequestRecord>) {
+    let summary = dir.join("summary.json").exists().then(|| read_summary(dir));
     let requests = std::fs::read_to_string(dir.join("requests.jsonl"))
         .unwrap_or_default()
         .lines()
         .map(|l| {
             serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("requests.jsonl line is not JSON ({e}): {l:?}"))
+                .unwrap_or_else(|e| panic!("requests.jsonl line is not a request ({e}): {l:?}"))
         })
         .collect();
     (summary, requests)
@@ -285,7 +293,7 @@ pub fn run(cmd: Command, timeout: Duration) -> Finished {
         status,
         stdout,
         stderr,
-        summary: Value::Null,
+        summary: None,
         requests: Vec::new(),
         out: None,
         _temp: None,
@@ -578,7 +586,7 @@ mod tests {
         assert_eq!(done.status.code(), Some(3), "{}", done.describe());
         assert_eq!(done.stdout, "out\n");
         assert_eq!(done.stderr, "one\ntwo\n");
-        assert_eq!(done.summary, Value::Null);
+        assert!(done.summary_if_written().is_none());
     }
 
     #[test]

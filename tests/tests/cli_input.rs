@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use tracer::output::summary::StoppedBy;
 use tracer_tests::{
     run_load,
     session::{find_program, read_summary, setpriv, Tracer},
@@ -73,13 +73,6 @@ fn ensure_tracefs_mounted() {
     );
 }
 
-fn count(summary: &Value) -> u64 {
-    summary
-        .pointer("/requests/count")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no requests.count in summary.json:\n{summary:#}"))
-}
-
 macro_rules! needs_setpriv {
     () => {
         if setpriv().is_none() {
@@ -126,17 +119,9 @@ fn thread_id_traces_its_process() {
     );
     let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains(&said)).collect();
     assert_eq!(lines.len(), 1, "one line saying {said:?}\n{describe}");
-    assert_eq!(
-        out.summary["target"]["pid"].as_u64(),
-        Some(u64::from(workload.pid)),
-        "{:#}",
-        out.summary
-    );
-    assert!(
-        count(&out.summary) > 0,
-        "no requests seen:\n{:#}",
-        out.summary
-    );
+    let summary = out.summary();
+    assert_eq!(summary.target.pid, workload.pid, "{summary:?}");
+    assert!(summary.requests.count > 0, "no requests seen:\n{summary:?}");
 }
 
 /// A kernel thread serves no requests: refused before anything is attached.
@@ -291,7 +276,7 @@ fn refused_uprobes_name_cap_sys_admin() {
     );
     assert!(!tls.contains("none of the SSL_* functions found"), "{tls}");
     assert!(
-        count(&read_summary(ran.out())) > 0,
+        read_summary(ran.out()).requests.count > 0,
         "no requests traced with CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH\n{}",
         ran.describe()
     );
@@ -357,9 +342,9 @@ fn name_after_exec_is_reported() {
     let _ = sh.kill();
     let _ = sh.wait();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
-    let target = &out.summary["target"];
-    assert_eq!(target["comm"], "sleep", "{target}");
-    assert_eq!(target["comm_at_start"], "sh", "{target}");
+    let target = &out.summary().target;
+    assert_eq!(target.comm, "sleep", "{target:?}");
+    assert_eq!(target.comm_at_start, "sh", "{target:?}");
     assert!(
         out.stdout
             .contains(&format!("PID {pid} (sleep, was sh at the start)")),
@@ -390,10 +375,11 @@ fn name_after_exec_and_exit_is_reported() {
     let out = session.wait_exit();
     let _ = sh.wait();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
-    assert_eq!(out.summary["stopped_by"], "target_exit", "{}", out.summary);
-    let target = &out.summary["target"];
-    assert_eq!(target["comm"], "sleep", "{target}");
-    assert_eq!(target["comm_at_start"], "sh", "{target}");
+    let summary = out.summary();
+    assert_eq!(summary.stopped_by, StoppedBy::TargetExit, "{summary:?}");
+    let target = &summary.target;
+    assert_eq!(target.comm, "sleep", "{target:?}");
+    assert_eq!(target.comm_at_start, "sh", "{target:?}");
 }
 
 /// The live rows, including a last one for the partial interval and what the final drain
@@ -429,7 +415,7 @@ fn live_rows_add_up_to_the_summary() {
         "rows at 1 s, 2 s and the last, partial one\n{}",
         out.stdout
     );
-    let total = count(&out.summary);
+    let total = out.summary().requests.count;
     assert!(total > 0, "{}", out.stdout);
     assert_eq!(
         rows.iter().sum::<u64>(),

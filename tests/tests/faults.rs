@@ -19,6 +19,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
+use tracer::{
+    engine::Cause,
+    output::summary::{StoppedBy, Summary},
+};
 use tracer_tests::{
     session::{find_program, read_summary, run, setpriv, Tracer},
     wait_for, TempDir, Workload,
@@ -59,16 +63,6 @@ const TLS_PROGRAM_NAMES: [&str; 8] = [
     "go_server_handshake_enter",
     "go_client_handshake_enter",
     "go_handshake_return",
-];
-const CAUSES: [&str; 8] = [
-    "on_cpu",
-    "runqueue",
-    "lock",
-    "net_io",
-    "disk_io",
-    "sleep",
-    "other",
-    "tls_handshake",
 ];
 /// The kernel keeps at most this many characters of a program's name (BPF_OBJ_NAME_LEN - 1).
 const KERNEL_NAME_LEN: usize = 15;
@@ -166,31 +160,18 @@ fn unused_pid() -> u32 {
         .expect("some PID below pid_max is free")
 }
 
-fn u64_at(v: &Value, pointer: &str) -> u64 {
-    v.pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("summary.json has no unsigned integer at {pointer}:\n{v:#}"))
-}
-
-/// The fields of summary.json these tests rely on, present and typed.
-fn check_summary_shape(s: &Value) {
-    for cause in CAUSES {
-        let base = format!("/breakdown/{cause}");
-        u64_at(s, &format!("{base}/total_ns"));
-        let share = s
-            .pointer(&format!("{base}/share"))
-            .and_then(Value::as_f64)
-            .unwrap_or_else(|| panic!("no numeric {base}/share:\n{s:#}"));
-        assert!((0.0..=1.0).contains(&share), "{base}/share = {share}");
-        for q in ["p50", "p99", "max"] {
-            u64_at(s, &format!("{base}/per_request_ns/{q}"));
-        }
+/// The fields of summary.json these tests rely on are present (reading it into a [`Summary`]
+/// checked their types): every cause, with a share from 0 to 1, and events received.
+fn check_summary_shape(s: &Summary) {
+    for cause in Cause::ALL {
+        let base = format!("breakdown.{}", cause.name());
+        let c = s
+            .breakdown
+            .get(&cause)
+            .unwrap_or_else(|| panic!("no {base}:\n{s:#?}"));
+        assert!((0.0..=1.0).contains(&c.share), "{base}.share = {}", c.share);
     }
-    assert!(
-        u64_at(s, "/events/received") > 0,
-        "no events received:\n{s:#}"
-    );
-    u64_at(s, "/events/lost");
+    assert!(s.events.received > 0, "no events received:\n{s:#?}");
 }
 
 /// latency.hlog has request and sleep histograms; requests.jsonl exists.
@@ -466,12 +447,12 @@ fn signal_detaches_and_writes_files(sig: libc::c_int, requests: u64) {
     workload.assert_serving();
 
     let s = read_summary(out.out());
-    assert_eq!(s["stopped_by"], "signal", "{s:#}");
-    let count = u64_at(&s, "/requests/count");
-    assert!(count > 0, "no requests counted:\n{s:#}");
+    assert_eq!(s.stopped_by, StoppedBy::Signal, "{s:#?}");
+    let count = s.requests.count;
+    assert!(count > 0, "no requests counted:\n{s:#?}");
     assert!(
         count <= sent + 1,
-        "{count} requests counted but the client completed only {sent}:\n{s:#}"
+        "{count} requests counted but the client completed only {sent}:\n{s:#?}"
     );
     check_summary_shape(&s);
     check_output_files(out.out());
@@ -511,11 +492,8 @@ fn target_exit_mid_trace_finishes_cleanly() {
     let _ = load.finish();
 
     let s = read_summary(out.out());
-    assert_eq!(s["stopped_by"], "target_exit", "{s:#}");
-    assert!(
-        u64_at(&s, "/requests/count") > 0,
-        "no requests counted:\n{s:#}"
-    );
+    assert_eq!(s.stopped_by, StoppedBy::TargetExit, "{s:#?}");
+    assert!(s.requests.count > 0, "no requests counted:\n{s:#?}");
     check_summary_shape(&s);
 }
 
@@ -562,7 +540,7 @@ fn nothing_stays_loaded_after_exit() {
 
     let out = tracer.wait_exit();
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
-    assert_eq!(read_summary(out.out())["stopped_by"], "duration");
+    assert_eq!(read_summary(out.out()).stopped_by, StoppedBy::Duration);
 
     // Its programs and links are gone from the kernel...
     wait_for(UNLOAD_TIMEOUT, || {
@@ -601,9 +579,9 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
     let _ = load.finish();
 
     let summary = read_summary(out.out());
-    let count = u64_at(&summary, "/requests/count");
-    let max = u64_at(&summary, "/requests/latency_ns/max");
-    assert!(count > 0, "no requests counted:\n{summary:#}");
+    let count = summary.requests.count;
+    let max = summary.requests.latency_ns.max;
+    assert!(count > 0, "no requests counted:\n{summary:#?}");
 
     let script_dir = TempDir::new("hdrh-script");
     let script = script_dir.path().join("read_hlog.py");
@@ -624,7 +602,7 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
     let by_tag = decoded["by_tag"]
         .as_object()
         .unwrap_or_else(|| panic!("{decoded:#}"));
-    let mut expected_tags: Vec<&str> = CAUSES.to_vec();
+    let mut expected_tags: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
     expected_tags.push("request");
     expected_tags.sort_unstable();
     let tags: Vec<&str> = by_tag.keys().map(String::as_str).collect();
@@ -644,7 +622,7 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
     }
     assert_eq!(
         decoded["total_count"].as_u64(),
-        Some((CAUSES.len() as u64 + 1) * count),
+        Some((Cause::ALL.len() as u64 + 1) * count),
         "{decoded:#}"
     );
     assert_eq!(

@@ -41,7 +41,7 @@ fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
         late <= early + MAX_GROWTH_KB,
         "RSS grew from {early} kB to {late} kB while tracing"
     );
-    let peak = done.summary["collector"]["max_rss_kb"].as_u64().unwrap();
+    let peak = u64::try_from(done.summary().collector.max_rss_kb).expect("an RSS in kB");
     assert!(
         peak <= early + MAX_PEAK_KB,
         "peak RSS {peak} kB against {early} kB while tracing"
@@ -59,28 +59,25 @@ fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
         );
     }
 
-    let locks = done.summary["locks"].as_array().expect("locks");
+    let locks = &done.summary().locks;
     for l in locks {
-        assert!(l["waiters"].as_array().unwrap().len() <= LISTED, "{l}");
-        assert!(l["wakers"].as_array().unwrap().len() <= LISTED, "{l}");
+        assert!(l.waiters.len() <= LISTED, "{l:?}");
+        assert!(l.wakers.len() <= LISTED, "{l:?}");
     }
     // The shared lock, the one with the most waits by threads it does not list: thousands
     // of threads waited on it; they are counted, not listed.
-    let not_listed = |l: &serde_json::Value| l["waiters_not_listed"]["waits"].as_u64().unwrap();
-    let shared = locks.iter().max_by_key(|l| not_listed(l)).expect("a lock");
-    assert!(
-        not_listed(shared) >= 100,
-        "the most contended lock lists no more than {LISTED} waiters and counts the others' waits: {shared}"
-    );
-    let listed_waits: u64 = shared["waiters"]
-        .as_array()
-        .unwrap()
+    let shared = locks
         .iter()
-        .map(|w| w["waits"].as_u64().unwrap())
-        .sum();
+        .max_by_key(|l| l.waiters_not_listed.waits)
+        .expect("a lock");
+    assert!(
+        shared.waiters_not_listed.waits >= 100,
+        "the most contended lock lists no more than {LISTED} waiters and counts the others' waits: {shared:?}"
+    );
+    let listed_waits: u64 = shared.waiters.iter().map(|w| w.waits).sum();
     assert_eq!(
-        listed_waits + shared["waiters_not_listed"]["waits"].as_u64().unwrap(),
-        shared["waits"].as_u64().unwrap(),
-        "every wait is counted: {shared}"
+        listed_waits + shared.waiters_not_listed.waits,
+        shared.waits,
+        "every wait is counted: {shared:?}"
     );
 }

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use tracer::{
+    engine::Cause,
+    output::{jsonl::RequestRecord, summary::Tls},
+};
 use tracer_tests::{
     session::Tracer,
     support::{
@@ -205,8 +208,15 @@ fn forward(mut from: TcpStream, mut to: TcpStream, delay: Duration, held: impl F
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn tls(summary: &Value) -> &Value {
-    &summary["tls"]
+/// The handshake time a request carries.
+fn tls_ns(r: &RequestRecord) -> u64 {
+    r.breakdown[&Cause::TlsHandshake]
+}
+
+/// All handshakes' time, by its phases.
+fn phases_total(t: &Tls) -> u64 {
+    let p = &t.phases;
+    p.cpu.total_ns + p.peer_wait.total_ns + p.runqueue.total_ns + p.other.total_ns
 }
 
 fn require_openssl() {
@@ -233,31 +243,20 @@ fn openssl_handshakes_are_counted_and_timed() {
         "the tracer says what it hooked: {}",
         done.stderr
     );
-    let t = tls(&done.summary);
+    let t = &done.summary().tls;
     assert!(
-        t["library"]
-            .as_str()
-            .unwrap()
-            .starts_with("OpenSSL libssl.so"),
-        "{t}"
+        t.library
+            .as_deref()
+            .is_some_and(|l| l.starts_with("OpenSSL libssl.so")),
+        "{t:?}"
     );
+    assert!(t.hooked.iter().any(|f| f == "SSL_do_handshake"), "{t:?}");
+    assert_eq!(t.handshakes.duration_ns.count, CONNECTIONS, "{t:?}");
+    let phases = phases_total(t);
+    assert!(phases > 0, "{t:?}");
     assert!(
-        t["hooked"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "SSL_do_handshake"),
-        "{t}"
-    );
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
-    let phases: u64 = ["cpu", "peer_wait", "runqueue", "other"]
-        .iter()
-        .map(|p| t["phases"][p]["total_ns"].as_u64().unwrap())
-        .sum();
-    assert!(phases > 0, "{t}");
-    assert!(
-        phases <= CONNECTIONS * t["handshakes"]["max"].as_u64().unwrap(),
-        "{t}"
+        phases <= CONNECTIONS * t.handshakes.duration_ns.max,
+        "{t:?}"
     );
     assert!(
         server.alive(),
@@ -280,27 +279,27 @@ fn a_delayed_client_flight_is_peer_wait() {
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    assert_delayed_handshakes(tls(&done.summary), CONNECTIONS, DELAY_MS);
+    assert_delayed_handshakes(&done.summary().tls, CONNECTIONS, DELAY_MS);
     assert!(server.alive());
 }
 
 /// `connections` handshakes whose client's second flight was held back `delay_ms`: each
 /// takes the delay plus the rest of the handshake (a few ms of ECDHE and signatures here),
 /// at least 90% of the delay is `peer_wait`, and the CPU time is below it.
-fn assert_delayed_handshakes(t: &Value, connections: u64, delay_ms: u64) {
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(connections), "{t}");
-    let p50 = t["handshakes"]["p50"].as_u64().unwrap();
+fn assert_delayed_handshakes(t: &Tls, connections: u64, delay_ms: u64) {
+    assert_eq!(t.handshakes.duration_ns.count, connections, "{t:?}");
+    let p50 = t.handshakes.duration_ns.p50;
     assert!(
         (delay_ms * MS..delay_ms * MS + 100 * MS).contains(&p50),
-        "handshake p50 {p50} ns for a {delay_ms} ms delay: {t}"
+        "handshake p50 {p50} ns for a {delay_ms} ms delay: {t:?}"
     );
-    let peer_wait = t["phases"]["peer_wait"]["total_ns"].as_u64().unwrap();
+    let peer_wait = t.phases.peer_wait.total_ns;
     assert!(
         peer_wait >= connections * delay_ms * MS * 9 / 10,
-        "peer_wait {peer_wait} ns for {connections} handshakes delayed {delay_ms} ms: {t}"
+        "peer_wait {peer_wait} ns for {connections} handshakes delayed {delay_ms} ms: {t:?}"
     );
-    let cpu = t["phases"]["cpu"]["total_ns"].as_u64().unwrap();
-    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t}");
+    let cpu = t.phases.cpu.total_ns;
+    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t:?}");
 }
 
 /// Nothing the peers exchanged reaches the tracer's output, its files or even its full event
@@ -334,7 +333,7 @@ fn no_payload_bytes_reach_userspace() {
     std::thread::sleep(Duration::from_millis(200));
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    assert_eq!(tls(&done.summary)["handshakes"]["count"].as_u64(), Some(1));
+    assert_eq!(done.summary().tls.handshakes.duration_ns.count, 1);
     let out = done.out().to_path_buf();
     let mut outputs = vec![
         ("stdout".to_string(), done.stdout.into_bytes()),
@@ -396,12 +395,12 @@ fn versions_and_resumption_are_reported() {
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    let hs = &tls(&done.summary)["handshakes"];
-    assert_eq!(hs["count"].as_u64(), Some(4), "{hs}");
-    assert_eq!(hs["by_version"]["TLSv1.2"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["by_version"]["TLSv1.3"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["resumed"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["full"].as_u64(), Some(2), "{hs}");
+    let hs = &done.summary().tls.handshakes;
+    assert_eq!(hs.duration_ns.count, 4, "{hs:?}");
+    assert_eq!(hs.by_version.tls12, 2, "{hs:?}");
+    assert_eq!(hs.by_version.tls13, 2, "{hs:?}");
+    assert_eq!(hs.resumed, 2, "{hs:?}");
+    assert_eq!(hs.full, 2, "{hs:?}");
     assert!(
         done.stdout
             .contains("TLSv1.3 2, TLSv1.2 2, version unknown 0; resumed 2, full 2"),
@@ -418,14 +417,13 @@ fn tls_off_hooks_nothing() {
     let tracer = Tracer::attach(server.pid()).args(["--tls", "off"]).start();
     s_client(server.port);
     let done = tracer.stop();
-    let t = tls(&done.summary);
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(0), "{t}");
+    let t = &done.summary().tls;
+    assert_eq!(t.handshakes.duration_ns.count, 0, "{t:?}");
     assert!(
-        t["not_hooked_because"]
-            .as_str()
-            .unwrap()
-            .contains("--tls off"),
-        "{t}"
+        t.not_hooked_because
+            .as_deref()
+            .is_some_and(|b| b.contains("--tls off")),
+        "{t:?}"
     );
 }
 
@@ -460,21 +458,21 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    let t = tls(&done.summary);
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    let t = &done.summary().tls;
+    assert_eq!(t.handshakes.duration_ns.count, CONNECTIONS, "{t:?}");
     assert_eq!(
-        done.summary["requests"]["count"].as_u64(),
-        Some(CONNECTIONS),
+        done.summary().requests.count,
+        CONNECTIONS,
         "one request per connection, not one per handshake flight: {:?}",
         done.requests
     );
     for r in &done.requests {
-        let hs = r["breakdown"]["tls_handshake"].as_u64().unwrap();
+        let hs = tls_ns(r);
         assert!(
             hs > 0,
-            "the connection's first request carries its handshake: {r}"
+            "the connection's first request carries its handshake: {r:?}"
         );
-        assert!(hs < r["latency_ns"].as_u64().unwrap(), "{r}");
+        assert!(hs < r.latency_ns, "{r:?}");
     }
 }
 
@@ -541,31 +539,24 @@ fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
         "{binary}: SSL_read is hooked only with --tls-io-probes: {}",
         done.stderr
     );
-    let t = tls(&done.summary);
+    let t = &done.summary().tls;
     assert_eq!(
-        t["handshakes"]["count"].as_u64(),
-        Some(CONNECTIONS as u64),
-        "{binary}: {t}"
+        t.handshakes.duration_ns.count, CONNECTIONS as u64,
+        "{binary}: {t:?}"
     );
     assert_eq!(done.requests.len(), CONNECTIONS * 3, "{:?}", done.requests);
     // Per connection (one server thread each), in order: the first request carries the
     // handshake, the others none; the second one sleeps.
-    let mut by_thread: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    let mut by_thread: std::collections::BTreeMap<u32, Vec<&RequestRecord>> = Default::default();
     for r in &done.requests {
-        by_thread
-            .entry(r["tid"].as_u64().unwrap())
-            .or_default()
-            .push(r);
+        by_thread.entry(r.tid).or_default().push(r);
     }
     assert_eq!(by_thread.len(), CONNECTIONS, "{:?}", done.requests);
     for reqs in by_thread.values_mut() {
-        reqs.sort_by_key(|r| r["start_ns"].as_u64());
-        let hs: Vec<u64> = reqs
-            .iter()
-            .map(|r| r["breakdown"]["tls_handshake"].as_u64().unwrap())
-            .collect();
+        reqs.sort_by_key(|r| r.start_ns);
+        let hs: Vec<u64> = reqs.iter().map(|r| tls_ns(r)).collect();
         assert!(hs[0] > 0 && hs[1] == 0 && hs[2] == 0, "{reqs:?}");
-        let slept = reqs[1]["breakdown"]["sleep"].as_u64().unwrap();
+        let slept = reqs[1].breakdown[&Cause::Sleep];
         assert!(slept >= 27 * MS, "{reqs:?}");
     }
 }
@@ -840,27 +831,18 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
     );
 
     let connections = (DIRECT + DELAYED) as u64;
-    let t = tls(&done.summary);
-    let hs = &t["handshakes"];
-    assert_eq!(hs["count"].as_u64(), Some(connections), "{t}");
-    assert_eq!(
-        hs["by_version"]["TLSv1.2"].as_u64(),
-        Some(connections / 2),
-        "{hs}"
-    );
-    assert_eq!(
-        hs["by_version"]["TLSv1.3"].as_u64(),
-        Some(connections / 2),
-        "{hs}"
-    );
-    assert_eq!(hs["full"].as_u64(), Some(connections), "{hs}");
+    let t = &done.summary().tls;
+    let hs = &t.handshakes;
+    assert_eq!(hs.duration_ns.count, connections, "{t:?}");
+    assert_eq!(hs.by_version.tls12, connections / 2, "{hs:?}");
+    assert_eq!(hs.by_version.tls13, connections / 2, "{hs:?}");
+    assert_eq!(hs.full, connections, "{hs:?}");
 
     // Two requests per connection; one connection after the other, so in start order the
     // requests pair up with the curl runs.
-    let mut reqs: Vec<&Value> = done.requests.iter().collect();
+    let mut reqs: Vec<&RequestRecord> = done.requests.iter().collect();
     assert_eq!(reqs.len(), 2 * curls.len(), "{reqs:#?}");
-    reqs.sort_by_key(|r| r["start_ns"].as_u64());
-    let tls_ns = |r: &Value| r["breakdown"]["tls_handshake"].as_u64().unwrap();
+    reqs.sort_by_key(|r| r.start_ns);
     let mut traced_delayed = 0;
     let mut curl_delayed = 0;
     for (i, (pair, curl)) in reqs.chunks(2).zip(&curls).enumerate() {
@@ -872,11 +854,8 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
             "the first request carries the handshake: {what}"
         );
         assert_eq!(tls_ns(second), 0, "the second carries none: {what}");
-        assert!(first["latency_ns"].as_u64().unwrap() > handshake, "{what}");
-        assert!(
-            !first["incomplete"].as_bool().unwrap() && !second["incomplete"].as_bool().unwrap(),
-            "{what}"
-        );
+        assert!(first.latency_ns > handshake, "{what}");
+        assert!(!first.incomplete && !second.incomplete, "{what}");
         assert!(
             handshake <= curl.server_handshake_bound(),
             "the server's handshake lies between curl's connect and its first response \
@@ -911,14 +890,10 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
 
     // Every handshake is carried by exactly one request, in full.
     let carried: u64 = reqs.iter().map(|r| tls_ns(r)).sum();
-    let phases: u64 = ["cpu", "peer_wait", "runqueue", "other"]
-        .iter()
-        .map(|p| t["phases"][p]["total_ns"].as_u64().unwrap())
-        .sum();
-    assert_eq!(carried, phases, "{t}");
+    assert_eq!(carried, phases_total(t), "{t:?}");
     assert_eq!(
-        done.summary["breakdown"]["tls_handshake"]["total_ns"].as_u64(),
-        Some(carried)
+        done.summary().breakdown[&Cause::TlsHandshake].total_ns,
+        carried
     );
 }
 
@@ -977,16 +952,16 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             "the Go server keeps running after the tracer detached"
         );
         assert_eq!(String::from_utf8_lossy(&after.stdout), "200 1\n200 0\n");
-        let t = tls(&done.summary);
+        let t = &done.summary().tls;
         let found_in = if stripped {
             ".gopclntab"
         } else {
             "symbol table"
         };
-        let library = t["library"].as_str().unwrap_or_default();
+        let library = t.library.as_deref().unwrap_or_default();
         assert!(
             library.starts_with("Go crypto/tls (go1.") && library.contains(found_in),
-            "{name}: {t}"
+            "{name}: {t:?}"
         );
         assert!(
             done.stderr.contains("TLS: Go crypto/tls")
@@ -994,32 +969,19 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             "the tracer says what it hooked: {}",
             done.stderr
         );
-        assert_eq!(
-            t["handshakes"]["count"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {t}"
-        );
-        let hs = &t["handshakes"];
-        assert_eq!(
-            hs["by_version"]["TLSv1.3"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {hs}"
-        );
-        assert_eq!(
-            hs["full"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {hs}"
-        );
-        let mut reqs: Vec<&Value> = done.requests.iter().collect();
+        let hs = &t.handshakes;
+        assert_eq!(hs.duration_ns.count, CONNECTIONS as u64, "{name}: {t:?}");
+        assert_eq!(hs.by_version.tls13, CONNECTIONS as u64, "{name}: {hs:?}");
+        assert_eq!(hs.full, CONNECTIONS as u64, "{name}: {hs:?}");
+        let mut reqs: Vec<&RequestRecord> = done.requests.iter().collect();
         assert_eq!(reqs.len(), CONNECTIONS * 2, "{name}: {reqs:?}");
-        reqs.sort_by_key(|r| r["start_ns"].as_u64());
+        reqs.sort_by_key(|r| r.start_ns);
         for pair in reqs.chunks(2) {
-            let hs = |r: &Value| r["breakdown"]["tls_handshake"].as_u64().unwrap();
-            assert!(hs(pair[0]) > 0 && hs(pair[1]) == 0, "{name}: {pair:?}");
             assert!(
-                pair[1]["latency_ns"].as_u64().unwrap() >= 27 * MS,
+                tls_ns(pair[0]) > 0 && tls_ns(pair[1]) == 0,
                 "{name}: {pair:?}"
             );
+            assert!(pair[1].latency_ns >= 27 * MS, "{name}: {pair:?}");
         }
     }
 }
@@ -1052,5 +1014,5 @@ fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
         alive,
         "the Go server keeps running after the tracer detached"
     );
-    assert_delayed_handshakes(tls(&done.summary), CONNECTIONS, DELAY_MS);
+    assert_delayed_handshakes(&done.summary().tls, CONNECTIONS, DELAY_MS);
 }
