@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::time::Duration;
-use tracer_tests::{load_result, run_load_exe, HttpClient, Workload};
+use tracer_tests::{load_result, process_running, run_load_exe, wait_for, HttpClient, Workload};
 
 const MS: u64 = 1_000_000;
 
@@ -73,15 +73,12 @@ fn endpoints_on_one_keep_alive_connection() {
             })
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while leftovers() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(
-        leftovers(),
-        0,
-        "/disk left its file behind after the connection closed"
-    );
+    wait_for(Duration::from_secs(10), || match leftovers() {
+        0 => Ok(()),
+        n => Err(format!(
+            "/disk left its file behind after the connection closed ({n} files)"
+        )),
+    });
 }
 
 #[test]
@@ -166,21 +163,9 @@ fn backend_dies_with_the_server() {
     let backend: u32 = children.trim().parse().expect("exactly one backend child");
     workload.child.kill().unwrap();
     workload.child.wait().unwrap();
-    let gone = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !gone(backend) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backend {backend} outlived the server"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(5), || {
+        (!process_running(backend))
+            .then_some(())
+            .ok_or(format!("backend {backend} outlived the server"))
+    });
 }
