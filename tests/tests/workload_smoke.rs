@@ -81,24 +81,28 @@ fn endpoints_on_one_keep_alive_connection() {
     });
 }
 
+/// Thread per connection: a request is answered while another connection's handler is still
+/// sleeping. Decided by order, not by time: the first connection's handler sleeps a minute,
+/// far longer than anything the second one can take, and its response must still be pending
+/// once the second one's has come.
 #[test]
 fn concurrent_connections_are_served() {
+    use std::io::Write;
     let workload = Workload::spawn_exe(workload_exe(), &[]);
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = workload.addr;
-            std::thread::spawn(move || {
-                let mut client = HttpClient::connect(addr).unwrap();
-                client.get("/sleep?ms=200").unwrap().status
-            })
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
-    }
-    // Thread per connection: the sleeps overlap instead of adding up.
-    assert!(start.elapsed() < Duration::from_millis(700));
+    let mut sleeping = HttpClient::connect(workload.addr).unwrap();
+    sleeping
+        .stream()
+        .write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut other = HttpClient::connect(workload.addr).unwrap();
+    assert_eq!(other.get("/cpu?ms=1").unwrap().status, 200);
+    sleeping.stream().set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = sleeping.stream().peek(&mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the sleeping request must still be pending: {pending:?}"
+    );
 }
 
 #[test]
