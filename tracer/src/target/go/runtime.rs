@@ -41,6 +41,8 @@ use crate::target::Executable;
 pub const GOPARK: &str = "runtime.gopark";
 pub const READY: &str = "runtime.ready";
 pub const EXECUTE: &str = "runtime.execute";
+/// `runtime.goexit1()`: runs on the exiting goroutine (r14 = its g).
+pub const GOEXIT1: &str = "runtime.goexit1";
 /// `func (w waitReason) String() string`, which indexes `runtime.waitReasonStrings`.
 const WAIT_REASON_STRING: &str = "runtime.waitReason.String";
 
@@ -54,6 +56,8 @@ pub struct GoRuntime {
     pub gopark: u64,
     pub ready: u64,
     pub execute: u64,
+    /// And in `runtime.goexit1`: the goroutine is done.
+    pub goexit1: u64,
     pub offsets: GOffsets,
     /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
     /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
@@ -120,6 +124,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let gopark = probe_point(GOPARK)?;
     let ready = probe_point(READY)?;
     let execute = probe_point(EXECUTE)?;
+    let goexit1 = probe_point(GOEXIT1)?;
 
     let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
     let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
@@ -137,6 +142,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         gopark,
         ready,
         execute,
+        goexit1,
         offsets,
         wait_reasons,
         found_in: FoundIn {
@@ -190,7 +196,7 @@ fn find_functions(
     file: &object::File,
     pclntab: Option<&object::Section>,
 ) -> Result<(Functions, Source)> {
-    let names = [GOPARK, READY, EXECUTE, WAIT_REASON_STRING];
+    let names = [GOPARK, READY, EXECUTE, GOEXIT1, WAIT_REASON_STRING];
     let from_symbols: Vec<FuncRange> = file
         .symbols()
         .filter(|s| s.is_definition())

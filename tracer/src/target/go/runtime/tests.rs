@@ -122,6 +122,7 @@ fn probe_points_are_the_conditional_jump_of_the_stack_check() {
             (GOPARK, runtime.gopark),
             (READY, runtime.ready),
             (EXECUTE, runtime.execute),
+            (GOEXIT1, runtime.goexit1),
         ] {
             // The file holds, 4 bytes before the probe point, the entry: CMP RSP, [R14+0x10].
             let entry = &build.bytes[offset as usize - 4..][..16];
@@ -151,8 +152,8 @@ fn functions_come_from_the_symbol_table_else_from_gopclntab() {
     assert_eq!(pie.found_in.probe_points, Source::SymbolTable);
     // Stripping keeps the code where it was.
     assert_eq!(
-        (plain.gopark, plain.ready, plain.execute),
-        (stripped.gopark, stripped.ready, stripped.execute)
+        (plain.gopark, plain.ready, plain.execute, plain.goexit1),
+        (stripped.gopark, stripped.ready, stripped.execute, stripped.goexit1)
     );
 }
 
