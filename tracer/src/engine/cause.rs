@@ -11,11 +11,18 @@ use super::{event::InSyscall, fds::FdKind};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cause {
     OnCpu,
+    /// Runnable, waiting for a CPU in the kernel's run queue.
     Runqueue,
+    /// A goroutine runnable, waiting for Go's scheduler to run it.
+    GoRunqueue,
     Lock,
+    /// A goroutine parked on a channel send, receive or select.
+    Chan,
     NetIo,
     DiskIo,
     Sleep,
+    /// A goroutine waiting for Go's garbage collector (assist, sweep, a GC cycle).
+    Gc,
     Other,
     /// Time of the connection's TLS handshake, carried by its first request.
     TlsHandshake,
@@ -26,13 +33,16 @@ pub const CAUSES: usize = Cause::ALL.len();
 
 impl Cause {
     /// Every cause, in the order of the outputs' columns.
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 11] = [
         Cause::OnCpu,
         Cause::Runqueue,
+        Cause::GoRunqueue,
         Cause::Lock,
+        Cause::Chan,
         Cause::NetIo,
         Cause::DiskIo,
         Cause::Sleep,
+        Cause::Gc,
         Cause::Other,
         Cause::TlsHandshake,
     ];
@@ -41,10 +51,13 @@ impl Cause {
         match self {
             Cause::OnCpu => "on_cpu",
             Cause::Runqueue => "runqueue",
+            Cause::GoRunqueue => "go_runqueue",
             Cause::Lock => "lock",
+            Cause::Chan => "chan",
             Cause::NetIo => "net_io",
             Cause::DiskIo => "disk_io",
             Cause::Sleep => "sleep",
+            Cause::Gc => "gc",
             Cause::Other => "other",
             Cause::TlsHandshake => "tls_handshake",
         }
@@ -158,6 +171,52 @@ pub fn blocked_cause(
     Cause::Other
 }
 
+/// Go's wait reasons (`runtime.waitReasonStrings`, Go 1.17 to 1.27) by the cause they are:
+/// the strings, not the numbers, which change between releases. A reason not listed is
+/// `other`, and named in `go_wait_reasons_ns`.
+const GO_WAIT_REASONS: &[(&str, Cause)] = &[
+    ("semacquire", Cause::Lock), // sync.Mutex, RWMutex, WaitGroup before Go 1.20
+    ("sync.Mutex.Lock", Cause::Lock),
+    ("sync.RWMutex.RLock", Cause::Lock),
+    ("sync.RWMutex.Lock", Cause::Lock),
+    ("sync.WaitGroup.Wait", Cause::Lock),
+    ("sync.WaitGroup.Wait (durable)", Cause::Lock),
+    ("sync.Cond.Wait", Cause::Lock),
+    ("chan receive", Cause::Chan),
+    ("chan send", Cause::Chan),
+    ("chan receive (nil chan)", Cause::Chan),
+    ("chan send (nil chan)", Cause::Chan),
+    ("select", Cause::Chan),
+    ("select (no cases)", Cause::Chan),
+    ("chan receive (durable)", Cause::Chan),
+    ("chan send (durable)", Cause::Chan),
+    ("select (durable)", Cause::Chan),
+    ("chan receive (synctest)", Cause::Chan),
+    ("chan send (synctest)", Cause::Chan),
+    ("select (synctest)", Cause::Chan),
+    ("IO wait", Cause::NetIo),
+    ("sleep", Cause::Sleep),
+    ("GC assist marking", Cause::Gc),
+    ("GC assist wait", Cause::Gc),
+    ("GC sweep wait", Cause::Gc),
+    ("GC scavenge wait", Cause::Gc),
+    ("GC weak to strong wait", Cause::Gc),
+    ("GC mark termination", Cause::Gc),
+    ("wait for GC cycle", Cause::Gc),
+    ("garbage collection", Cause::Gc),
+    ("garbage collection scan", Cause::Gc),
+    ("stopping the world", Cause::Gc),
+    ("preempted", Cause::Gc), // suspendG: stopped for the GC to scan its stack
+];
+
+/// The cause of a goroutine parked for Go's wait reason `reason` (its string).
+pub fn go_wait_cause(reason: &str) -> Cause {
+    GO_WAIT_REASONS
+        .iter()
+        .find(|(name, _)| *name == reason)
+        .map_or(Cause::Other, |(_, cause)| *cause)
+}
+
 /// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).
 pub fn syscall_name(syscall_nr: Option<u32>) -> String {
     let Some(n) = syscall_nr else {
@@ -180,6 +239,18 @@ mod tests {
             assert_eq!(serde_json::from_str::<Cause>(&json).unwrap(), cause);
         }
         assert!(serde_json::from_str::<Cause>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn go_wait_reasons_map_to_causes_by_their_strings() {
+        assert_eq!(go_wait_cause("sync.Mutex.Lock"), Cause::Lock);
+        assert_eq!(go_wait_cause("semacquire"), Cause::Lock);
+        assert_eq!(go_wait_cause("chan receive"), Cause::Chan);
+        assert_eq!(go_wait_cause("select"), Cause::Chan);
+        assert_eq!(go_wait_cause("IO wait"), Cause::NetIo);
+        assert_eq!(go_wait_cause("sleep"), Cause::Sleep);
+        assert_eq!(go_wait_cause("GC assist wait"), Cause::Gc);
+        assert_eq!(go_wait_cause("force gc (idle)"), Cause::Other);
     }
 
     #[test]

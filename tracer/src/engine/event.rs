@@ -53,6 +53,9 @@ pub enum EventKind {
         g: GoroutineId,
         probe: GoProbe,
     },
+    /// Go's scheduler: a goroutine parked, became runnable, ran on the event's thread, or
+    /// exited.
+    Go(GoSched),
     /// The kernel side lost events around this time.
     Lost,
 }
@@ -95,6 +98,22 @@ pub enum SslCall {
     Return { ret: i64 },
     /// `SSL_free`.
     Free,
+}
+
+/// Go's scheduler, from uprobes on `runtime.gopark`, `ready`, `execute` and `goexit1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoSched {
+    /// The goroutine running on the event's thread parks, for Go's wait reason `reason` (a
+    /// `waitReason` value of the target's Go release).
+    Park { goid: u64, reason: u8 },
+    /// `goid` became runnable, woken by goroutine `waker` (`None`: not from a goroutine, e.g.
+    /// a timer). Wakeups from the netpoller do not come through here: a goroutine parked
+    /// for I/O goes from its park straight to [`GoSched::Execute`].
+    Ready { goid: u64, waker: Option<u64> },
+    /// `goid` starts running on the event's thread.
+    Execute { goid: u64 },
+    /// The goroutine running on the event's thread is done.
+    Exit { goid: u64 },
 }
 
 /// Go crypto/tls's handshake probes.

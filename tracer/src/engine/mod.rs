@@ -16,6 +16,7 @@ pub mod cause;
 pub mod context;
 pub mod event;
 pub mod fds;
+mod goroutines;
 pub mod locks;
 pub mod requests;
 mod tally;
@@ -25,16 +26,19 @@ pub mod tls;
 
 pub use cause::{syscall_name, Breakdown, Cause, CAUSES};
 pub use context::{ExecCtx, GoroutineId, Tid};
-pub use event::{Event, EventKind, GoProbe, InSyscall, Interrupt, SslCall, SyscallReturn, Waker};
+pub use event::{
+    Event, EventKind, GoProbe, GoSched, InSyscall, Interrupt, SslCall, SyscallReturn, Waker,
+};
 pub use fds::{FdKind, FdResolver};
 pub use locks::{Locks, LISTED_LOCKS, LISTED_PER_LOCK};
 pub use requests::Request;
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;
-use tracer_common::{is_read, is_write, nr};
+use tracer_common::{is_read, is_write, nr, EAGAIN};
 
 use fds::FdTable;
+use goroutines::Goroutines;
 use requests::Requests;
 use threads::Threads;
 use tls::TlsState;
@@ -55,6 +59,7 @@ pub enum Wait {
 pub struct Engine<R> {
     fds: FdTable<R>,
     threads: Threads,
+    goroutines: Goroutines,
     requests: Requests,
     tls: TlsState,
     waits: Vec<Wait>,
@@ -70,6 +75,7 @@ impl<R: FdResolver> Engine<R> {
         Engine {
             fds: FdTable::new(resolver),
             threads: Threads::default(),
+            goroutines: Goroutines::default(),
             requests: Requests::default(),
             tls: TlsState::default(),
             waits: Vec::new(),
@@ -105,6 +111,16 @@ impl<R: FdResolver> Engine<R> {
         self.requests.shared
     }
 
+    /// Requests were timed on goroutines (Go's scheduler was seen), not threads.
+    pub fn on_goroutines(&self) -> bool {
+        self.goroutines.seen()
+    }
+
+    /// Time goroutines spent parked, by Go's wait reason.
+    pub fn go_parked_by_reason(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.goroutines.parked_by_reason()
+    }
+
     #[cfg(test)]
     pub fn open_requests(&self) -> usize {
         self.requests.open_count()
@@ -124,6 +140,7 @@ impl<R: FdResolver> Engine<R> {
                 GoProbe::Enter => self.go_handshake_enter(ts, tid, g),
                 GoProbe::Return { error } => self.go_handshake_return(ts, tid, g, error),
             },
+            EventKind::Go(event) => self.go_sched(ts, tid, event),
             EventKind::Lost => {
                 self.tls.lost();
                 self.requests.mark_incomplete();
@@ -174,6 +191,10 @@ impl<R: FdResolver> Engine<R> {
                     }
                 } else if ret == 0 && self.requests.is_open(fd) {
                     self.finish(fd); // the peer closed
+                } else if ret == -EAGAIN && self.requests.answered(fd) {
+                    // Back to reading a connection it has answered, which has nothing yet
+                    // (a non-blocking reader: Go's net/http, between keep-alive requests).
+                    self.finish(fd);
                 }
             }
             n if is_write(n)

@@ -69,11 +69,11 @@ impl Requests {
         self.open.len()
     }
 
-    /// The connections whose open request thread `tid` serves.
-    pub fn open_on(&self, tid: Tid) -> Vec<u32> {
+    /// The connections whose open request `ctx` serves.
+    pub fn open_on(&self, ctx: ExecCtx) -> Vec<u32> {
         self.open
             .iter()
-            .filter(|(_, r)| r.ctx == ExecCtx::Thread(tid))
+            .filter(|(_, r)| r.ctx == ctx)
             .map(|(fd, _)| *fd)
             .collect()
     }
@@ -102,22 +102,30 @@ impl<R: FdResolver> Engine<R> {
             Some(_) => self.finish(fd),                      // the next request
             None => {}
         }
-        let thread = self.threads.get(tid).expect("thread exists");
-        let start = match thread.last_wakeup {
-            Some(woke) if woke.ts >= enter_ts => woke,
-            _ => thread.timeline.snapshot(ts),
+        let ctx = self.current_ctx(tid);
+        let start = match (ctx, self.threads.get(tid)) {
+            // A thread: from the wakeup that ended the read's block, if it blocked.
+            (ExecCtx::Thread(_), Some(thread)) => match thread.last_wakeup {
+                Some(woke) if woke.ts >= enter_ts => woke,
+                _ => thread.timeline.snapshot(ts),
+            },
+            // A goroutine: its reads do not block (they park, for `IO wait`), so from the
+            // read that returned the request, as net/http sees it.
+            _ => match self.ctx_snapshot(ctx, ts) {
+                Some(now) => now,
+                None => return,
+            },
         };
-        self.open_request(tid, fd, start);
+        self.open_request(ctx, fd, start);
     }
 
-    /// Open a request on `fd`, served by `tid`, that started at `start`.
-    pub(super) fn open_request(&mut self, tid: Tid, fd: u32, start: Snapshot) {
-        let Some(thread) = self.threads.get_mut(tid) else {
+    /// Open a request on `fd`, served by `ctx`, that started at `start`.
+    pub(super) fn open_request(&mut self, ctx: ExecCtx, fd: u32, start: Snapshot) {
+        let Some(open) = self.open_requests_mut(ctx) else {
             return;
         };
-        thread.open_requests += 1;
-        let shared_context = thread.open_requests > 1;
-        let ctx = ExecCtx::Thread(tid);
+        *open += 1;
+        let shared_context = *open > 1;
         if shared_context {
             let waiting = |r: &&mut OpenRequest| r.ctx == ctx && r.last_write.is_none();
             for req in self.requests.open.values_mut().filter(waiting) {
@@ -139,16 +147,21 @@ impl<R: FdResolver> Engine<R> {
 
     /// A write sent response bytes on a connection.
     pub(super) fn response_bytes(&mut self, ts: u64, fd: u32) {
-        let Some(req) = self.requests.open.get_mut(&fd) else {
+        let Some(req) = self.requests.open.get(&fd) else {
             return; // a greeting or an unsolicited write: no request is open
         };
-        let Some(thread) = req.ctx.thread().and_then(|tid| self.threads.get_mut(tid)) else {
+        let (ctx, answering) = (req.ctx, req.last_write.is_none());
+        let Some(now) = self.ctx_snapshot(ctx, ts) else {
             return;
         };
-        if req.last_write.is_none() {
-            thread.open_requests = thread.open_requests.saturating_sub(1); // now answering
+        if answering {
+            if let Some(open) = self.open_requests_mut(ctx) {
+                *open = open.saturating_sub(1);
+            }
         }
-        req.last_write = Some(thread.timeline.snapshot(ts));
+        if let Some(req) = self.requests.open.get_mut(&fd) {
+            req.last_write = Some(now);
+        }
     }
 
     /// The request on `fd` is over: finished if answered, else aborted.
@@ -157,8 +170,8 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         if req.last_write.is_none() {
-            if let Some(thread) = req.ctx.thread().and_then(|tid| self.threads.get_mut(tid)) {
-                thread.open_requests = thread.open_requests.saturating_sub(1);
+            if let Some(open) = self.open_requests_mut(req.ctx) {
+                *open = open.saturating_sub(1);
             }
         }
         let Some(end) = req.last_write else {

@@ -1473,3 +1473,164 @@ fn lost_events_forget_go_handshakes() {
     );
     assert_eq!(reqs.len(), 1, "the connection's requests are not swallowed");
 }
+
+/// Goroutines: requests timed on the goroutine that read them, across threads.
+mod goroutines {
+    use super::*;
+
+    const G: u64 = 7; // the connection's goroutine
+    const H: u64 = 8; // another goroutine
+    const LOCK: u8 = 1;
+    const CHAN: u8 = 2;
+    const IO_WAIT: u8 = 3;
+
+    fn go_engine() -> Engine<Fds> {
+        let mut e = engine();
+        let reasons = ["", "sync.Mutex.Lock", "chan receive", "IO wait"];
+        e.set_go_wait_reasons(reasons.iter().map(|s| s.to_string()).collect());
+        e
+    }
+
+    fn go(ts: u64, tid: u32, event: GoSched) -> Event {
+        Event::new(ts, Tid(tid), EventKind::Go(event))
+    }
+
+    fn execute(ts: u64, tid: u32, goid: u64) -> Event {
+        go(ts, tid, GoSched::Execute { goid })
+    }
+
+    fn park(ts: u64, tid: u32, goid: u64, reason: u8) -> Event {
+        go(ts, tid, GoSched::Park { goid, reason })
+    }
+
+    fn ready(ts: u64, goid: u64) -> Event {
+        go(
+            ts,
+            U,
+            GoSched::Ready {
+                goid,
+                waker: Some(H),
+            },
+        )
+    }
+
+    fn on_conn(ts: u64, tid: u32, nr: u32, ret: i64) -> Event {
+        let sys = SyscallReturn {
+            nr,
+            arg0: CONN as u64,
+            ret,
+            enter_ts: ts - 1,
+            tls_record: 0,
+        };
+        Event::new(ts, Tid(tid), EventKind::Syscall(sys))
+    }
+
+    const U: u32 = 101; // a second thread of the Go runtime
+
+    #[test]
+    fn a_request_follows_its_goroutine_across_threads_and_parks() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100), // the request, as net/http reads it
+                park(30, T, G, LOCK),
+                ready(230, G), // the holder unlocked
+                execute(250, U, G),
+                park(260, U, G, CHAN),
+                ready(360, G),
+                execute(370, T, G),
+                on_conn(400, T, nr::WRITE, 10), // the response
+                on_conn(410, T, nr::READ, -11), // EAGAIN: back to reading, nothing yet
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!(r.ctx, ExecCtx::Goroutine(GoroutineId(G)));
+        assert_eq!((r.start_ns, r.latency_ns), (20, 380));
+        assert_eq!(
+            cause(r, Cause::OnCpu),
+            10 + 10 + 30,
+            "its time on T, U, then T"
+        );
+        assert_eq!(cause(r, Cause::Lock), 200);
+        assert_eq!(cause(r, Cause::Chan), 100);
+        assert_eq!(cause(r, Cause::GoRunqueue), 20 + 10, "ready until executed");
+        assert_sums(r);
+        let parked: std::collections::HashMap<String, u64> = e.go_parked_by_reason().collect();
+        assert_eq!(parked["sync.Mutex.Lock"], 200);
+        assert_eq!(parked["chan receive"], 100);
+        assert!(e.on_goroutines());
+    }
+
+    #[test]
+    fn preempted_is_go_runqueue_and_netpoll_waits_are_net_io() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                execute(50, T, H), // G preempted without parking
+                execute(80, U, G),
+                park(90, U, G, IO_WAIT), // a backend read found nothing
+                execute(190, T, G),      // the netpoller made it runnable: no ready
+                on_conn(200, T, nr::WRITE, 10),
+                on_conn(210, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 180);
+        assert_eq!(cause(r, Cause::OnCpu), 30 + 10 + 10);
+        assert_eq!(cause(r, Cause::GoRunqueue), 30);
+        assert_eq!(cause(r, Cause::NetIo), 100);
+        assert_sums(r);
+    }
+
+    #[test]
+    fn a_goroutine_running_a_blocking_syscall_has_its_threads_cause() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                block(30, nr::FSYNC, 9),
+                wake(530),
+                run(540),
+                on_conn(600, T, nr::WRITE, 10),
+                on_conn(610, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::DiskIo), 500);
+        assert_eq!(cause(r, Cause::Runqueue), 10);
+        assert_eq!(r.latency_ns, 580);
+        assert_sums(r);
+    }
+
+    #[test]
+    fn an_exited_goroutine_ends_its_answered_request_and_is_forgotten() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                on_conn(40, T, nr::WRITE, 10),
+                go(50, T, GoSched::Exit { goid: G }),
+                park(60, T, G, LOCK), // a stale probe after the exit: ignored
+            ],
+        );
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].latency_ns, 20);
+        assert_eq!(e.open_requests(), 0);
+    }
+}

@@ -6,7 +6,7 @@ use tracer_common::{is_read, PREEMPT_STATE_BIT};
 
 use super::{
     cause::{blocked_cause, Cause},
-    context::Tid,
+    context::{ExecCtx, Tid},
     event::{InSyscall, Waker},
     timeline::{RunState, Snapshot, Timeline},
     Engine, FdResolver, Wait,
@@ -192,10 +192,11 @@ impl<R: FdResolver> Engine<R> {
 
     pub(super) fn thread_exit(&mut self, ts: u64, tid: Tid) {
         self.transition(tid, ts, RunState::Runnable);
-        for fd in self.requests.open_on(tid) {
+        for fd in self.requests.open_on(ExecCtx::Thread(tid)) {
             self.finish(fd);
         }
         self.threads.remove(tid);
         self.tls.go.forget_thread(tid);
+        self.goroutines.forget_thread(tid);
     }
 }

@@ -109,6 +109,14 @@ pub struct GoroutineTimeline {
 }
 
 impl GoroutineTimeline {
+    /// A goroutine not seen running or parked yet.
+    pub fn unseen() -> Self {
+        GoroutineTimeline {
+            cum: [0; CAUSES],
+            now: Hosting::Unseen,
+        }
+    }
+
     /// A goroutine seen running on thread `tid`, whose timeline was at `thread_now` then.
     pub fn running_on(tid: Tid, thread_now: Snapshot) -> Self {
         GoroutineTimeline {
@@ -158,17 +166,46 @@ impl GoroutineTimeline {
         self.now = Hosting::Parked { cause, since: ts };
     }
 
-    /// A park (if it is parked) ends at `ts`.
-    pub fn end_park(&mut self, ts: u64) {
-        if let Hosting::Parked { cause, since } = self.now {
-            self.cum[cause.index()] += ts.saturating_sub(since);
-            self.now = Hosting::Unseen;
-        }
+    /// A park (if it is parked) ends at `ts`; returns its cause and how long it lasted.
+    pub fn end_park(&mut self, ts: u64) -> Option<(Cause, u64)> {
+        let Hosting::Parked { cause, since } = self.now else {
+            return None;
+        };
+        let lasted = ts.saturating_sub(since);
+        self.cum[cause.index()] += lasted;
+        self.now = Hosting::Unseen;
+        Some((cause, lasted))
     }
 
     /// What it accrued in the stretches and parks that ended.
     pub fn accrued(&self) -> Breakdown {
         self.cum
+    }
+
+    /// Its cumulative breakdown at `ts`; `thread_now` is the timeline, at `ts`, of the thread
+    /// it runs on, if it runs.
+    pub fn snapshot(&self, ts: u64, thread_now: Option<Snapshot>) -> Snapshot {
+        let mut at = self.cum;
+        match self.now {
+            Hosting::OnThread { start, .. } => {
+                if let Some(now) = thread_now {
+                    for (sum, ns) in at.iter_mut().zip(diff(&now.at, &start)) {
+                        *sum += ns;
+                    }
+                }
+            }
+            Hosting::Parked { cause, since } => at[cause.index()] += ts.saturating_sub(since),
+            Hosting::Unseen => {}
+        }
+        Snapshot { ts, at }
+    }
+
+    /// The cause it is parked for, if parked.
+    pub fn parked_for(&self) -> Option<Cause> {
+        match self.now {
+            Hosting::Parked { cause, .. } => Some(cause),
+            _ => None,
+        }
     }
 }
 

@@ -107,6 +107,10 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
     if !other.is_empty() {
         let _ = writeln!(s, "other (blocked, by syscall): {other}");
     }
+    let go_waits = by_time(&sum.go_wait_reasons_ns);
+    if !go_waits.is_empty() {
+        let _ = writeln!(s, "goroutines parked, by Go's wait reason: {go_waits}");
+    }
     let ev = &sum.events;
     let _ = writeln!(
         s,
@@ -203,7 +207,12 @@ fn others(count: u64, what: &str) -> Option<String> {
 
 /// The `other` time by syscall, most first.
 fn other_detail(sum: &Summary) -> String {
-    let mut v: Vec<_> = sum.other_by_syscall_ns.iter().collect();
+    by_time(&sum.other_by_syscall_ns)
+}
+
+/// `name time, ...`, most time first.
+fn by_time(times: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut v: Vec<_> = times.iter().collect();
     v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     v.iter()
         .map(|(name, ns)| format!("{name} {}", human_ns(**ns)))

@@ -29,6 +29,9 @@ pub struct Summary {
     pub breakdown: BTreeMap<Cause, CauseTotal>,
     /// Time blocked in `other`, by the syscall the thread was in (`none`: outside any).
     pub other_by_syscall_ns: BTreeMap<String, u64>,
+    /// Time goroutines spent parked, by Go's own wait reason (`chan receive`,
+    /// `sync.Mutex.Lock`, ...); empty for a target that is not Go.
+    pub go_wait_reasons_ns: BTreeMap<String, u64>,
     pub waits: Waits,
     /// The most waited-on futexes, most waited first.
     pub locks: Vec<Lock>,
@@ -310,7 +313,7 @@ pub struct SkippedRuns {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attribution {
-    /// What a request is timed on: `thread`.
+    /// What a request is timed on: `thread`, or `goroutine` for a Go target.
     pub context: String,
     pub note: String,
 }
@@ -379,6 +382,7 @@ pub struct TraceEnd<'a> {
     pub tls: &'a TlsStatus,
 }
 
+const GOROUTINE_NOTE: &str = "a request is timed on the goroutine that read it, across the threads that ran it: parked (Go's wait reason), runnable in Go's scheduler (go_runqueue), or whatever its thread did while running it";
 const ATTRIBUTION_NOTE: &str = "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)";
 
 impl Summary {
@@ -435,6 +439,10 @@ impl Summary {
             },
             breakdown,
             other_by_syscall_ns,
+            go_wait_reasons_ns: engine
+                .go_parked_by_reason()
+                .filter(|(_, ns)| *ns > 0)
+                .collect(),
             waits: Waits {
                 futex_ns: WaitStats::of(&t.futex.hdr),
                 runqueue_ns: WaitStats::of(&t.runqueue.hdr),
@@ -459,9 +467,16 @@ impl Summary {
                 },
                 malformed: c.malformed(),
             },
-            attribution: Attribution {
-                context: "thread".to_string(),
-                note: ATTRIBUTION_NOTE.to_string(),
+            attribution: if engine.on_goroutines() {
+                Attribution {
+                    context: "goroutine".to_string(),
+                    note: GOROUTINE_NOTE.to_string(),
+                }
+            } else {
+                Attribution {
+                    context: "thread".to_string(),
+                    note: ATTRIBUTION_NOTE.to_string(),
+                }
             },
             programs: end
                 .programs

@@ -103,13 +103,15 @@ pub(super) struct TlsWire {
 enum WirePhase {
     Handshaking {
         tid: Tid,
-        start: Snapshot,
+        /// Boxed, like `server_write`: most connections are past their handshake, and their
+        /// state stays small.
+        start: Box<Snapshot>,
         /// The server has sent its first flight.
         server_flight: bool,
         /// The client has sent its second flight (TLS 1.2 key exchange).
         client_flight: bool,
         /// The server's last flight: its thread's timeline when it was written.
-        server_write: Option<Snapshot>,
+        server_write: Option<Box<Snapshot>>,
     },
     Established,
 }
@@ -169,7 +171,7 @@ impl<R: FdResolver> Engine<R> {
                     // TLS 1.2 whose last server flight did not start with change_cipher_spec
                     // (NewSessionTicket first, or an abbreviated handshake): it ended with that
                     // flight, and this is the first request.
-                    let end = *server_write;
+                    let end = server_write.as_deref().copied();
                     self.tls_wire_done_at(fd, end);
                     return false;
                 }
@@ -218,7 +220,7 @@ impl<R: FdResolver> Engine<R> {
         let mut wire = TlsWire {
             phase: WirePhase::Handshaking {
                 tid,
-                start,
+                start: Box::new(start),
                 server_flight: false,
                 client_flight: false,
                 server_write: None,
@@ -259,7 +261,7 @@ impl<R: FdResolver> Engine<R> {
             self.tls_wire_done(ts, fd); // TLS 1.2: the server's Finished
         } else {
             *server_flight = true;
-            *server_write = now;
+            *server_write = now.map(Box::new);
         }
         true
     }

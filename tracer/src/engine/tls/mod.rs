@@ -91,7 +91,7 @@ pub struct Handshake {
 /// with read-ahead as nginx sets it, read as much as the socket holds): the first request
 /// may be in the TLS library's buffer already, and no read of it will cross the socket.
 struct HandshakeEnd {
-    tid: Tid,
+    ctx: ExecCtx,
     at: Snapshot,
 }
 
@@ -193,10 +193,11 @@ impl<R: FdResolver> Engine<R> {
         if self.fds.kind(fd) != FdKind::Connection {
             return;
         }
-        if let Some(at) = self.threads.snapshot(tid, ts) {
+        let ctx = self.current_ctx(tid);
+        if let Some(at) = self.ctx_snapshot(ctx, ts) {
             self.tls
                 .ended_past_finished
-                .insert(fd, HandshakeEnd { tid, at });
+                .insert(fd, HandshakeEnd { ctx, at });
         }
     }
 
@@ -215,7 +216,7 @@ impl<R: FdResolver> Engine<R> {
         if !is_write(nr) || ret <= 0 || alert || self.requests.is_open(fd) {
             return;
         }
-        self.open_request(done.tid, fd, done.at);
+        self.open_request(done.ctx, fd, done.at);
     }
 
     /// Follow the record headers of a server-side connection's handshake (version and

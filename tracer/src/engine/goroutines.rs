@@ -1,0 +1,208 @@
+//! Goroutines, from Go's scheduler (uprobes on `runtime.gopark`, `ready`, `execute` and
+//! `goexit1`). A goroutine's time is the time of the thread running it while it runs (on a
+//! CPU, in the kernel's run queue, blocked in a syscall: that thread's own timeline), its
+//! park's cause while parked (Go's wait reason: a mutex, a channel, the netpoller, a sleep,
+//! the GC), and `go_runqueue` while runnable, waiting for Go's scheduler. Requests read and
+//! answered by a goroutine are timed on it, whichever threads it hops across.
+//!
+//! A goroutine that stops running on a thread without parking (preempted, `Gosched`, a
+//! blocking syscall that lost its P) is runnable until it runs again. A goroutine woken by
+//! the netpoller is not seen becoming runnable (`netpollready` bypasses `ready`): its whole
+//! wait until it runs again is its park's cause (`IO wait`: `net_io`).
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{
+    cause::{go_wait_cause, Cause},
+    context::{ExecCtx, Tid},
+    event::GoSched,
+    timeline::{GoroutineTimeline, Snapshot},
+    Engine, FdResolver,
+};
+
+/// A goroutine seen by the scheduler probes.
+pub(super) struct Goroutine {
+    pub timeline: GoroutineTimeline,
+    /// How many requests on this goroutine are still waiting for their response.
+    pub open_requests: u32,
+    /// Go's wait reason of its current park.
+    parked_for: Option<u8>,
+}
+
+/// The target's goroutines, by goid, and which one each thread runs.
+#[derive(Default)]
+pub(super) struct Goroutines {
+    by_goid: HashMap<u64, Goroutine>,
+    running: HashMap<Tid, u64>,
+    /// Go's wait-reason strings, by `waitReason` value (from the target's executable).
+    wait_reasons: Vec<String>,
+    /// Time parked, by Go's wait reason.
+    parked_ns: HashMap<u8, u64>,
+    /// Any scheduler event was seen: requests are timed on goroutines.
+    seen: bool,
+}
+
+impl Goroutines {
+    /// The goroutine thread `tid` runs, if any.
+    pub fn running_on(&self, tid: Tid) -> Option<u64> {
+        self.running.get(&tid).copied()
+    }
+
+    pub fn get_mut(&mut self, goid: u64) -> Option<&mut Goroutine> {
+        self.by_goid.get_mut(&goid)
+    }
+
+    /// Goroutine `goid`'s cumulative breakdown at `ts`.
+    pub fn snapshot(
+        &self,
+        goid: u64,
+        ts: u64,
+        thread_now: impl Fn(Tid) -> Option<Snapshot>,
+    ) -> Option<Snapshot> {
+        let g = self.by_goid.get(&goid)?;
+        let now = g.timeline.thread().and_then(thread_now);
+        Some(g.timeline.snapshot(ts, now))
+    }
+
+    pub fn seen(&self) -> bool {
+        self.seen
+    }
+
+    /// Time parked by Go's wait-reason string (`waitReason N` for one the target's table
+    /// does not name).
+    pub fn parked_by_reason(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.parked_ns
+            .iter()
+            .map(|(reason, ns)| (self.reason_name(*reason), *ns))
+    }
+
+    fn reason_name(&self, reason: u8) -> String {
+        self.wait_reasons
+            .get(reason as usize)
+            .filter(|name| !name.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("waitReason {reason}"))
+    }
+
+    fn cause_of(&self, reason: u8) -> Cause {
+        go_wait_cause(&self.reason_name(reason))
+    }
+
+    pub fn forget_thread(&mut self, tid: Tid) {
+        self.running.remove(&tid);
+    }
+}
+
+impl<R: FdResolver> Engine<R> {
+    /// Go's wait-reason strings of the target's release, by `waitReason` value.
+    pub fn set_go_wait_reasons(&mut self, reasons: Vec<String>) {
+        self.goroutines.wait_reasons = reasons;
+    }
+
+    /// The context thread `tid` runs now: its goroutine, in a Go target, else itself.
+    pub(super) fn current_ctx(&self, tid: Tid) -> ExecCtx {
+        match self.goroutines.running_on(tid) {
+            Some(goid) => ExecCtx::Goroutine(super::GoroutineId(goid)),
+            None => ExecCtx::Thread(tid),
+        }
+    }
+
+    /// Context `ctx`'s cumulative breakdown at `ts`.
+    pub(super) fn ctx_snapshot(&self, ctx: ExecCtx, ts: u64) -> Option<Snapshot> {
+        match ctx {
+            ExecCtx::Thread(tid) => self.threads.snapshot(tid, ts),
+            ExecCtx::Goroutine(g) => self
+                .goroutines
+                .snapshot(g.0, ts, |tid| self.threads.snapshot(tid, ts)),
+        }
+    }
+
+    /// The count of open requests not answered yet on `ctx`.
+    pub(super) fn open_requests_mut(&mut self, ctx: ExecCtx) -> Option<&mut u32> {
+        match ctx {
+            ExecCtx::Thread(tid) => self.threads.get_mut(tid).map(|t| &mut t.open_requests),
+            ExecCtx::Goroutine(g) => self.goroutines.get_mut(g.0).map(|g| &mut g.open_requests),
+        }
+    }
+
+    pub(super) fn go_sched(&mut self, ts: u64, tid: Tid, event: GoSched) {
+        self.goroutines.seen = true;
+        match event {
+            GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
+            GoSched::Park { goid, reason } => self.go_park(ts, tid, goid, reason),
+            GoSched::Ready { goid, .. } => self.go_ready(ts, goid),
+            GoSched::Exit { goid } => self.go_exit(tid, goid),
+        }
+    }
+
+    /// `goid` runs on `tid` from `ts`; the goroutine `tid` ran until now, if it did not
+    /// park, is runnable.
+    fn go_execute(&mut self, ts: u64, tid: Tid, goid: u64) {
+        let thread_now = self.threads.snapshot(tid, ts);
+        let gs = &mut self.goroutines;
+        if let Some(previous) = gs.running.insert(tid, goid).filter(|&p| p != goid) {
+            if let Some(p) = gs.by_goid.get_mut(&previous) {
+                if p.timeline.thread() == Some(tid) {
+                    p.timeline.leave_thread(thread_now);
+                    p.timeline.park(ts, Cause::GoRunqueue);
+                }
+            }
+        }
+        let g = gs.by_goid.entry(goid).or_insert_with(|| Goroutine {
+            timeline: GoroutineTimeline::unseen(),
+            open_requests: 0,
+            parked_for: None,
+        });
+        if let Some(reason) = g.parked_for.take() {
+            if let Some((_, lasted)) = g.timeline.end_park(ts) {
+                *gs.parked_ns.entry(reason).or_default() += lasted;
+            }
+        }
+        g.timeline.run_on(ts, tid, thread_now);
+    }
+
+    fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8) {
+        let thread_now = self.threads.snapshot(tid, ts);
+        let cause = self.goroutines.cause_of(reason);
+        let gs = &mut self.goroutines;
+        if gs.running.get(&tid) == Some(&goid) {
+            gs.running.remove(&tid);
+        }
+        let Some(g) = gs.by_goid.get_mut(&goid) else {
+            return; // first seen parking: its time before is unknown, and so is this park's
+        };
+        if g.parked_for.is_some() {
+            return; // the probe again after a morestack re-entry
+        }
+        g.timeline.leave_thread(thread_now);
+        g.timeline.park(ts, cause);
+        g.parked_for = Some(reason);
+    }
+
+    /// `goid` is runnable from `ts`: its park ends.
+    fn go_ready(&mut self, ts: u64, goid: u64) {
+        let gs = &mut self.goroutines;
+        let Some(g) = gs.by_goid.get_mut(&goid) else {
+            return;
+        };
+        if let Some(reason) = g.parked_for.take() {
+            if let Some((_, lasted)) = g.timeline.end_park(ts) {
+                *gs.parked_ns.entry(reason).or_default() += lasted;
+            }
+            g.timeline.park(ts, Cause::GoRunqueue);
+        }
+    }
+
+    /// `goid` is done: its open requests end (answered ones are complete).
+    fn go_exit(&mut self, tid: Tid, goid: u64) {
+        let ctx = ExecCtx::Goroutine(super::GoroutineId(goid));
+        for fd in self.requests.open_on(ctx) {
+            self.finish(fd);
+        }
+        let gs = &mut self.goroutines;
+        if gs.running.get(&tid) == Some(&goid) {
+            gs.running.remove(&tid);
+        }
+        gs.by_goid.remove(&goid);
+    }
+}
