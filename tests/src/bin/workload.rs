@@ -24,13 +24,13 @@
 //! after the response (what `openssl s_time -www` expects).
 
 use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, PoisonError};
 use std::thread;
@@ -57,8 +57,24 @@ const LOAD_GRACE: Duration = Duration::from_secs(2);
 static GLOBAL_LOCK: Mutex<()> = Mutex::new(());
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help goes to stdout and succeeds; a bad command line fails like any other error.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Cmd::Serve(args) => serve(&args),
+        Cmd::Backend(args) => backend(&args),
+        Cmd::Load(args) => load(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("workload: {e:#}");
@@ -67,83 +83,109 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
-    let (command, rest) = args.split_first().context(USAGE)?;
-    match command.as_str() {
-        "serve" => serve(&Opts::parse(
-            rest,
-            &["port", "data-dir", "tls-cert", "tls-key"],
-        )?),
-        "backend" => backend(&Opts::parse(rest, &["port"])?),
-        "load" => load(&Opts::parse(
-            rest,
-            &["addr", "path", "connections", "duration", "requests", "tls"],
-        )?),
-        other => bail!("unknown command {other:?}\n{USAGE}"),
+// ---------------------------------------------------------------- options --
+
+/// A thread-per-connection HTTP/1.1 server whose endpoints each spend a known time in one
+/// latency cause, the backend it talks to for `/io`, and a keep-alive load generator.
+#[derive(Parser)]
+#[command(name = "workload")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve HTTP (or HTTPS) on 127.0.0.1; prints `listening ADDR pid PID` once ready
+    Serve(ServeArgs),
+    /// The backend of `/io`: answers `N\n` with `ok\n` after N ms; prints its port
+    Backend(BackendArgs),
+    /// Keep-alive load against a loopback server; prints one JSON line of results
+    Load(LoadArgs),
+}
+
+/// Options of `workload serve`. Every option may be repeated: the last one wins.
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct ServeArgs {
+    /// Port on 127.0.0.1 (0: any free port)
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Where `/disk` writes its scratch files [default: the system's temp directory]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (goes with --tls-key)
+    #[arg(long, value_name = "CERT", requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "KEY", requires = "tls_cert")]
+    tls_key: Option<String>,
+}
+
+/// Options of `workload backend`.
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct BackendArgs {
+    /// Port on 127.0.0.1 (0: any free port)
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+}
+
+/// Options of `workload load`. Every option but `--path` may be repeated: the last one wins.
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct LoadArgs {
+    /// The server: a loopback IP:PORT (127.0.0.0/8, [::1]) or localhost:PORT
+    #[arg(long, value_name = "HOST:PORT", value_parser = loopback_addr)]
+    addr: SocketAddr,
+    /// A path to request, with its query; repeat it to cycle through several
+    #[arg(long = "path", value_name = "PATH", required = true, value_parser = request_path)]
+    paths: Vec<String>,
+    /// Keep-alive connections, each sending its requests back to back
+    #[arg(long, value_name = "C", default_value_t = 4, value_parser = connection_count)]
+    connections: usize,
+    /// Seconds of load
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = load_duration)]
+    duration: Duration,
+    /// Stop after N requests over all connections
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// HTTPS (the server's certificate is not verified: it is a throw-away one)
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    tls: Switch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+/// `--path`: starts with '/' and has no spaces (it goes into the request line as is).
+fn request_path(path: &str) -> Result<String, String> {
+    if path.starts_with('/') && !path.contains(' ') {
+        Ok(path.to_string())
+    } else {
+        Err("must start with '/' and contain no spaces".to_string())
     }
 }
 
-const USAGE: &str = "usage: workload serve [--port P] [--data-dir D] \
-    [--tls-cert CERT --tls-key KEY]\n       \
-    workload backend [--port P]\n       \
-    workload load --addr HOST:PORT --path PATH [--path PATH ...] \
-    [--connections C] [--duration SECS] [--requests N] [--tls on|off]";
-
-// ---------------------------------------------------------------- options --
-
-/// `--key value` / `--key=value` options in command-line order.
-struct Opts(Vec<(String, String)>);
-
-impl Opts {
-    /// Parses `args`, rejecting keys not in `known`.
-    fn parse(args: &[String], known: &[&str]) -> Result<Self> {
-        let mut opts = Vec::new();
-        let mut iter = args.iter();
-        while let Some(arg) = iter.next() {
-            let flag = arg
-                .strip_prefix("--")
-                .with_context(|| format!("unexpected argument {arg:?}\n{USAGE}"))?;
-            let (key, value) = match flag.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => {
-                    let value = iter
-                        .next()
-                        .with_context(|| format!("--{flag} needs a value"))?;
-                    (flag.to_string(), value.clone())
-                }
-            };
-            ensure!(
-                known.contains(&key.as_str()),
-                "unknown option --{key}\n{USAGE}"
-            );
-            opts.push((key, value));
-        }
-        Ok(Self(opts))
+/// `--connections`: at least 1.
+fn connection_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
+}
 
-    /// Last value given for `key`.
-    fn last(&self, key: &str) -> Option<&str> {
-        self.all(key).last().copied()
-    }
-
-    /// Every value given for `key`, in order.
-    fn all(&self, key: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// Last value of `key` parsed as `T`, if given.
-    fn parsed<T: FromStr>(&self, key: &str) -> Result<Option<T>>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        self.last(key)
-            .map(|v| v.parse().with_context(|| format!("bad --{key} {v:?}")))
-            .transpose()
-    }
+/// `--duration`: seconds, more than zero.
+fn load_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "must be a number of seconds above zero".to_string())
 }
 
 /// Saturating `Duration` to whole nanoseconds.
@@ -214,11 +256,8 @@ struct HoldRequest {
 }
 
 /// `workload serve`.
-fn serve(opts: &Opts) -> Result<()> {
-    let port = opts.parsed::<u16>("port")?.unwrap_or(0);
-    let data_dir = opts
-        .last("data-dir")
-        .map_or_else(std::env::temp_dir, PathBuf::from);
+fn serve(args: &ServeArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     ensure!(
         data_dir.is_dir(),
         "data dir {} is not a directory",
@@ -227,17 +266,16 @@ fn serve(opts: &Opts) -> Result<()> {
     // Spawned from the main thread, which lives as long as the process:
     // PR_SET_PDEATHSIG fires when the spawning *thread* exits.
     let backend = BackendChild::spawn()?;
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).context("bind")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).context("bind")?;
     let server = std::sync::Arc::new(Server {
         lock_holder: spawn_lock_holder()?,
         backend: backend.addr,
         data_dir,
         next_file: AtomicU64::new(0),
     });
-    let tls = match (opts.last("tls-cert"), opts.last("tls-key")) {
+    let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls_acceptor(cert, key)?)),
-        (None, None) => None,
-        _ => bail!("--tls-cert and --tls-key go together"),
+        _ => None, // clap has them go together
     };
     announce(&format!(
         "listening {} pid {}",
@@ -660,10 +698,9 @@ fn write_and_sync(file: &mut File, kb: u64) -> io::Result<(Duration, Duration)> 
 // ---------------------------------------------------------------- backend --
 
 /// `workload backend`: answers `N\n` with `ok\n` after sleeping N ms.
-fn backend(opts: &Opts) -> Result<()> {
+fn backend(args: &BackendArgs) -> Result<()> {
     die_with_parent()?;
-    let port = opts.parsed::<u16>("port")?.unwrap_or(0);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).context("bind")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).context("bind")?;
     announce(&listener.local_addr()?.port().to_string())?;
     accept_loop(&listener, "backend-conn", backend_connection);
     Ok(())
@@ -730,59 +767,45 @@ struct LoadConfig {
 }
 
 impl LoadConfig {
-    fn from_opts(opts: &Opts) -> Result<Self> {
-        let addr = loopback_addr(opts.last("addr").context("--addr is required")?)?;
-        let paths: Vec<String> = opts.all("path").into_iter().map(String::from).collect();
-        ensure!(!paths.is_empty(), "at least one --path is required");
-        if let Some(bad) = paths
-            .iter()
-            .find(|p| !p.starts_with('/') || p.contains(' '))
-        {
-            bail!("bad --path {bad:?}: must start with '/' and contain no spaces");
-        }
-        let connections = opts.parsed::<usize>("connections")?.unwrap_or(4);
-        ensure!(connections > 0, "--connections must be at least 1");
-        let secs = opts.parsed::<f64>("duration")?.unwrap_or(10.0);
-        let duration = Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .with_context(|| format!("bad --duration {secs}"))?;
-        let tls = match opts.last("tls").unwrap_or("off") {
-            "on" => {
+    fn new(args: LoadArgs) -> Result<Self> {
+        let tls = match args.tls {
+            Switch::On => {
                 let mut builder = SslConnector::builder(SslMethod::tls())?;
                 builder.set_verify(SslVerifyMode::NONE);
                 Some(builder.build())
             }
-            "off" => None,
-            other => bail!("bad --tls {other:?}: on or off"),
+            Switch::Off => None,
         };
         Ok(Self {
-            addr,
-            paths,
-            connections,
-            duration,
-            max_requests: opts.parsed("requests")?,
+            addr: args.addr,
+            paths: args.paths,
+            connections: args.connections,
+            duration: args.duration,
+            max_requests: args.requests,
             tls,
         })
     }
 }
 
 /// Parses `HOST:PORT`, accepting only loopback IPs (127.0.0.0/8, ::1) or `localhost`.
-fn loopback_addr(s: &str) -> Result<SocketAddr> {
+fn loopback_addr(s: &str) -> Result<SocketAddr, String> {
     let addr = match s.parse::<SocketAddr>() {
         Ok(addr) => addr,
         Err(_) => {
             let port = s
                 .strip_prefix("localhost:")
-                .with_context(|| format!("bad --addr {s:?}: want IP:PORT or localhost:PORT"))?;
-            let port: u16 = port.parse().with_context(|| format!("bad port in {s:?}"))?;
+                .ok_or("want IP:PORT or localhost:PORT")?;
+            let port: u16 = port
+                .parse()
+                .map_err(|e| format!("bad port {port:?}: {e}"))?;
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
         }
     };
-    ensure!(
-        addr.ip().is_loopback(),
-        "refusing non-loopback address {addr}: load is only generated against 127.0.0.0/8 or ::1"
-    );
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing non-loopback address {addr}: load is only generated against 127.0.0.0/8 or ::1"
+        ));
+    }
     Ok(addr)
 }
 
@@ -794,8 +817,8 @@ struct WorkerStats {
 }
 
 /// `workload load`: prints one JSON [`LoadResult`] line.
-fn load(opts: &Opts) -> Result<()> {
-    let cfg = LoadConfig::from_opts(opts)?;
+fn load(args: LoadArgs) -> Result<()> {
+    let cfg = LoadConfig::new(args)?;
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let issued = AtomicU64::new(0);
@@ -951,22 +974,70 @@ fn summarize(stats: Vec<WorkerStats>, elapsed: Duration) -> LoadResult {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("workload").chain(args.iter().copied()))
+    }
+
+    fn load_args(args: &[&str]) -> LoadArgs {
+        match parse(&[&["load"], args].concat()) {
+            Ok(Cli {
+                command: Cmd::Load(args),
+            }) => args,
+            Ok(_) => unreachable!("not `load`"),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     #[test]
-    fn options() {
-        let args = strings(&["--path", "/a", "--path=/b", "--connections", "3"]);
-        let opts = Opts::parse(&args, &["path", "connections"]).unwrap();
-        assert_eq!(opts.all("path"), ["/a", "/b"]);
-        assert_eq!(opts.parsed::<usize>("connections").unwrap(), Some(3));
-        assert_eq!(opts.parsed::<usize>("duration").unwrap(), None);
-        assert!(Opts::parse(&strings(&["--bogus", "1"]), &["path"]).is_err());
-        assert!(Opts::parse(&strings(&["--path"]), &["path"]).is_err());
-        assert!(Opts::parse(&strings(&["stray"]), &["path"]).is_err());
-        let bad = Opts::parse(&strings(&["--port", "x"]), &["port"]).unwrap();
-        assert!(bad.parsed::<u16>("port").is_err());
+    fn load_options() {
+        let args = load_args(&["--addr", "127.0.0.1:80", "--path", "/a", "--path=/b"]);
+        assert_eq!(args.paths, ["/a", "/b"]);
+        assert_eq!(args.connections, 4);
+        assert_eq!(args.duration, Duration::from_secs(10));
+        assert_eq!(args.requests, None);
+        assert!(args.tls == Switch::Off);
+        let args = load_args(&[
+            "--addr=localhost:9",
+            "--path",
+            "/",
+            "--connections",
+            "3",
+            "--connections",
+            "5",
+            "--duration",
+            "0.5",
+            "--requests",
+            "20",
+            "--tls",
+            "on",
+        ]);
+        assert_eq!(args.addr.port(), 9);
+        assert_eq!(args.connections, 5, "the last one wins");
+        assert_eq!(args.duration, Duration::from_millis(500));
+        assert_eq!(args.requests, Some(20));
+        assert!(args.tls == Switch::On);
+    }
+
+    #[test]
+    fn bad_command_lines() {
+        let load = |rest: &[&str]| parse(&[&["load", "--addr", "127.0.0.1:80"], rest].concat());
+        assert!(load(&["--path", "/"]).is_ok());
+        assert!(load(&[]).is_err(), "--path is required");
+        assert!(load(&["--path"]).is_err());
+        assert!(load(&["--path", "x"]).is_err());
+        assert!(load(&["--path", "/a b"]).is_err());
+        assert!(load(&["--path", "/", "--connections", "0"]).is_err());
+        assert!(load(&["--path", "/", "--duration", "0"]).is_err());
+        assert!(load(&["--path", "/", "--tls", "maybe"]).is_err());
+        assert!(load(&["--path", "/", "--bogus", "1"]).is_err());
+        assert!(load(&["--path", "/", "stray"]).is_err());
+        assert!(parse(&["serve", "--port", "x"]).is_err());
+        assert!(parse(&["serve", "--tls-cert", "c"]).is_err());
+        assert!(parse(&["serve", "--tls-key", "k"]).is_err());
+        assert!(parse(&["serve", "--tls-cert", "c", "--tls-key", "k"]).is_ok());
+        assert!(parse(&["backend", "--port", "0", "--port", "1"]).is_ok());
+        assert!(parse(&["bogus"]).is_err());
+        assert!(parse(&[]).is_err());
     }
 
     #[test]
