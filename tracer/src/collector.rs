@@ -9,14 +9,23 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use tracer_common::LOSS_KINDS;
 
 use crate::{
-    attribution::{Breakdown, Engine, Event, CAUSES},
-    decode::{decode, Reorder},
-    export::{HlogWriter, SlowRequests},
-    fds::ProcFds,
-    probes::{self, Probes},
-    stats::{RequestHistograms, Totals},
+    engine::{Breakdown, Engine, Event, EventKind, Tid, CAUSES},
+    kernel::{
+        names_wakers_only,
+        ring::{decode, Reorder},
+        Probes,
+    },
+    output::{
+        self,
+        aggregate::{RequestHistograms, Totals},
+        files::Outcome,
+        hlog::HlogWriter,
+        jsonl::SlowRequests,
+    },
+    target::{fds::ProcFds, read_comm},
 };
 
 /// Records read from the ring per drain while attached (a 20 ms tick): about 10 M/s.
@@ -29,32 +38,32 @@ const MAX_NAMES: usize = 16_384;
 const REORDER_WINDOW_NS: u64 = 5_000_000;
 
 pub struct Collector {
-    pub engine: Engine<ProcFds>,
+    engine: Engine<ProcFds>,
     reorder: Reorder,
-    pub totals: Totals,
+    totals: Totals,
     /// This interval's requests, for the live table and latency.hlog.
-    pub interval: RequestHistograms,
-    pub interval_breakdown: Breakdown,
-    pub interval_events: u64,
-    pub received: u64,
-    pub malformed: u64,
+    interval: RequestHistograms,
+    interval_breakdown: Breakdown,
+    interval_events: u64,
+    received: u64,
+    malformed: u64,
     lost_seen: u64,
-    pub lost_by_reason: [u64; 3],
-    pub lost_by_cpu: Vec<u64>,
+    lost_by_reason: [u64; LOSS_KINDS as usize],
+    lost_by_cpu: Vec<u64>,
     /// Runs the kernel skipped, per program (see `Probes::skipped_runs`), read once before
     /// detaching: they are reported, not used while tracing.
-    pub skipped_by_program: Vec<(String, u64)>,
+    skipped_by_program: Vec<(String, u64)>,
     /// A loss was seen while the ring still held a backlog older than it.
     loss_in_backlog: bool,
-    pub hlog: HlogWriter,
-    pub slow: SlowRequests,
-    pub started: Instant,
+    hlog: HlogWriter,
+    slow: SlowRequests,
+    started: Instant,
     stopped: Option<Instant>,
     interval_started: Instant,
     boot_to_unix_ns: i128,
     decoded: Vec<Event>,
     /// Thread names, for the lock detail.
-    pub comms: HashMap<u32, String>,
+    comms: HashMap<Tid, String>,
     pid: u32,
     /// `TRACER_EVENT_DUMP=FILE`: every event, in the order the engine sees it (for debugging
     /// the attribution; it holds no payload, like the events themselves).
@@ -67,14 +76,14 @@ impl Collector {
         Collector {
             engine,
             reorder: Reorder::new(REORDER_WINDOW_NS),
-            totals: Totals::new(),
-            interval: RequestHistograms::new(),
+            totals: Totals::default(),
+            interval: RequestHistograms::default(),
             interval_breakdown: [0; CAUSES],
             interval_events: 0,
             received: 0,
             malformed: 0,
             lost_seen: 0,
-            lost_by_reason: [0; 3],
+            lost_by_reason: [0; LOSS_KINDS as usize],
             lost_by_cpu: Vec::new(),
             skipped_by_program: Vec::new(),
             loss_in_backlog: false,
@@ -115,8 +124,8 @@ impl Collector {
             }
         }
         for event in self.decoded.drain(..) {
-            if let Event::ThreadExit { tid, comm, .. } = &event {
-                self.comms.insert(*tid, comm.clone());
+            if let EventKind::ThreadExit { comm } = &event.kind {
+                self.comms.insert(event.tid, comm.clone());
             }
             self.reorder.push(event);
         }
@@ -127,14 +136,24 @@ impl Collector {
             Some(probes) => self.check_losses(probes, read == budget),
             None if self.loss_in_backlog => {
                 // Detached: this drain read the rest of the backlog.
-                self.reorder.push(Event::Lost {
-                    ts: self.reorder.newest(),
-                });
+                self.reorder.push(Event::lost(self.reorder.newest()));
                 self.loss_in_backlog = false;
             }
             None => {}
         }
         self.release(all);
+        self.collect();
+    }
+
+    /// Process synthetic events as if drained from the ring (for tests of the outputs).
+    #[cfg(test)]
+    pub fn feed(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.received += 1;
+            self.interval_events += 1;
+            self.reorder.push(event);
+        }
+        self.release(true);
         self.collect();
     }
 
@@ -157,9 +176,7 @@ impl Collector {
         let (by_reason, by_cpu) = probes.losses();
         let lost = by_reason.iter().sum::<u64>();
         if lost > self.lost_seen || self.loss_in_backlog {
-            self.reorder.push(Event::Lost {
-                ts: self.reorder.newest(),
-            });
+            self.reorder.push(Event::lost(self.reorder.newest()));
             self.lost_seen = lost;
             self.loss_in_backlog = backlog;
         }
@@ -225,6 +242,66 @@ impl Collector {
         self.lost_by_reason.iter().sum()
     }
 
+    /// Events lost in the kernel: per reason, and per CPU.
+    pub fn losses(&self) -> ([u64; LOSS_KINDS as usize], &[u64]) {
+        (self.lost_by_reason, &self.lost_by_cpu)
+    }
+
+    pub fn engine(&self) -> &Engine<ProcFds> {
+        &self.engine
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// This interval's requests, and the sum of their breakdowns.
+    pub fn interval(&self) -> (&RequestHistograms, &Breakdown) {
+        (&self.interval, &self.interval_breakdown)
+    }
+
+    /// Records read from the ring this interval.
+    pub fn interval_events(&self) -> u64 {
+        self.interval_events
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Lines written to requests.jsonl.
+    pub fn slow_logged(&self) -> u64 {
+        self.slow.written
+    }
+
+    /// A thread's name, for the lock detail (kept for the listed waiters and the main
+    /// thread).
+    pub fn thread_name(&self, tid: Tid) -> Option<&str> {
+        self.comms.get(&tid).map(String::as_str)
+    }
+
+    /// Program runs the kernel skipped, per program, as read before detaching.
+    pub fn skipped_by_program(&self) -> &[(String, u64)] {
+        &self.skipped_by_program
+    }
+
+    /// Read the kernel's skipped-run counts (once, before detaching).
+    pub fn read_skipped_runs(&mut self, probes: &Probes) {
+        self.skipped_by_program = probes.skipped_runs();
+    }
+
+    /// Commit latency.hlog and requests.jsonl; returns what became of each.
+    pub fn commit_files(&mut self) -> [(&'static str, Outcome); 2] {
+        [
+            (output::HLOG, self.hlog.commit()),
+            (output::REQUESTS, self.slow.commit()),
+        ]
+    }
+
     /// Skipped runs of the programs that build the timeline, and of those that only name
     /// wakers (a skipped `sched_waking` or interrupt-nesting run costs only a waker's name,
     /// reported as unknown or as the enclosing interrupt).
@@ -236,7 +313,7 @@ impl Collector {
         let (wakers_only, timeline): (Vec<_>, Vec<_>) = self
             .skipped_by_program
             .iter()
-            .partition(|(name, _)| probes::names_wakers_only(name));
+            .partition(|(name, _)| names_wakers_only(name));
         let sum = |v: Vec<&(String, u64)>| v.iter().map(|(_, n)| n).sum();
         (sum(timeline), sum(wakers_only))
     }
@@ -253,13 +330,10 @@ impl Collector {
     /// Remember the names of the waiters the lock detail lists (while they are alive: an
     /// exited thread's name comes with its exit), and forget the others.
     fn name_threads(&mut self) {
-        let pid = self.pid;
         for tid in self.forget_names_of_non_waiters() {
-            self.comms.entry(tid).or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "?".to_string())
-            });
+            self.comms
+                .entry(tid)
+                .or_insert_with(|| read_comm(tid.0).unwrap_or_else(|| "?".to_string()));
         }
     }
 
@@ -267,25 +341,21 @@ impl Collector {
     /// thread (its name at exit names the target after an `exec`): a target that creates
     /// threads by the hundred thousand must not grow the collector. Returns the listed
     /// waiters.
-    fn forget_names_of_non_waiters(&mut self) -> HashSet<u32> {
-        let listed: HashSet<u32> = self.engine.locks.listed_waiters().collect();
-        let pid = self.pid;
+    fn forget_names_of_non_waiters(&mut self) -> HashSet<Tid> {
+        let listed: HashSet<Tid> = self.engine.locks.listed_waiters().collect();
+        let main_thread = Tid(self.pid);
         self.comms
-            .retain(|tid, _| *tid == pid || listed.contains(tid));
+            .retain(|tid, _| *tid == main_thread || listed.contains(tid));
         listed
     }
 }
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC: turns `bpf_ktime_get_ns()` stamps into Unix time.
 fn boot_to_unix_ns() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
     let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and a valid out-pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        let ts = clock_gettime(clock).expect("the realtime and monotonic clocks exist");
+        ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128
     };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    now(ClockId::CLOCK_REALTIME) - now(ClockId::CLOCK_MONOTONIC)
 }

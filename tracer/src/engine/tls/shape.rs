@@ -17,7 +17,7 @@
 
 use tracer_common::{record_content, record_len, record_next_content, tls_content};
 
-use super::Records;
+use super::framing::Records;
 
 /// The largest server first flight after its ServerHello (bytes on the wire) of a TLS 1.3
 /// handshake resumed with a PSK: a change_cipher_spec, EncryptedExtensions and Finished

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     tally::{Tally, TopTally},
-    ContextId, Waker,
+    Tid, Waker,
 };
 
 /// Futex addresses kept at most; when full, the lighter half is folded into
@@ -25,7 +25,7 @@ pub struct LockStats {
     pub wait_ns: u64,
     pub waits: u64,
     /// Waiter threads by time waited.
-    pub waiters: TopTally<ContextId>,
+    pub waiters: TopTally<Tid>,
     /// Wakers by wakeups done (`ns` unused).
     pub wakers: TopTally<Waker>,
 }
@@ -50,7 +50,7 @@ pub struct Locks {
 
 impl Locks {
     /// A futex wait of `tid` on `address` returned after `waited` ns.
-    pub fn wait(&mut self, address: u64, tid: ContextId, waited: u64) {
+    pub fn wait(&mut self, address: u64, tid: Tid, waited: u64) {
         let lock = self.entry(address);
         lock.wait_ns += waited;
         lock.waits += 1;
@@ -90,7 +90,8 @@ impl Locks {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub fn addresses(&self) -> usize {
         self.by_address.len()
     }
 
@@ -99,7 +100,7 @@ impl Locks {
     }
 
     /// The waiter threads the lock detail lists (whose names are worth keeping).
-    pub fn listed_waiters(&self) -> impl Iterator<Item = ContextId> + '_ {
+    pub fn listed_waiters(&self) -> impl Iterator<Item = Tid> + '_ {
         self.top(LISTED_LOCKS).into_iter().flat_map(|(_, lock)| {
             let (waiters, _) = lock.waiters.top(LISTED_PER_LOCK);
             waiters.into_iter().map(|(tid, _)| tid)
@@ -123,10 +124,10 @@ mod tests {
     fn many_short_lived_futexes_stay_bounded_and_the_contended_one_stays() {
         let mut locks = Locks::default();
         for tid in 0..200_000u32 {
-            locks.wait(0xbeef, tid, 1_000);
-            locks.wait(0x1000_0000 + u64::from(tid) * 64, tid, 10); // its own futex
+            locks.wait(0xbeef, Tid(tid), 1_000);
+            locks.wait(0x1000_0000 + u64::from(tid) * 64, Tid(tid), 10); // its own futex
         }
-        assert!(locks.len() <= MAX_LOCKS);
+        assert!(locks.addresses() <= MAX_LOCKS);
         let top = locks.top(1);
         assert_eq!(top[0].0, 0xbeef);
         assert_eq!(top[0].1.waits, 200_000);

@@ -1,12 +1,8 @@
-//! Finding the TLS library a target uses and hooking it: OpenSSL as a shared `libssl`
-//! (through `/proc/PID/maps`, opened through `/proc/PID/root` so containers work) or linked
-//! into the executable (its symbol table has `SSL_do_handshake`).
+//! Hooking the target's TLS libraries with uprobes: OpenSSL's handshake (and optionally read
+//! and write) functions, and Go crypto/tls's handshake functions. What is found where is
+//! [`crate::target`]'s job; this module attaches and reports what it did ([`TlsStatus`]).
 
-use std::{
-    fs,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -17,7 +13,13 @@ use aya::{
     sys::SyscallError,
     Ebpf,
 };
-use object::{Object as _, ObjectSymbol as _};
+
+use super::probes::{loaded, program_mut, Probes};
+use crate::target::{
+    go::{GoTls, SERVER_HANDSHAKE},
+    openssl::{self, OpenSsl},
+    Executable,
+};
 
 /// Functions hooked, by kernel program: entry probes, and one return probe on all of them.
 /// `SSL_accept` and `SSL_connect` tail-call `SSL_do_handshake` (ssl/ssl_lib.c, OpenSSL 1.0.2
@@ -44,15 +46,6 @@ pub fn uprobe_refused(e: &anyhow::Error) -> bool {
                 if io_error.kind() == std::io::ErrorKind::PermissionDenied
         )
     })
-}
-
-/// The OpenSSL a target uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenSsl {
-    /// What to call it in the output: `libssl.so.3`, or `static (/usr/bin/app)`.
-    pub library: String,
-    /// The file to probe, as this process can open it.
-    pub path: PathBuf,
 }
 
 /// What TLS hooking found and did, for the start-up line and summary.json.
@@ -85,50 +78,65 @@ impl TlsStatus {
     }
 }
 
-/// Find OpenSSL in the target: a mapped `libssl.so*`, else the executable's own symbols.
-pub fn find_openssl(pid: u32) -> Option<OpenSsl> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    if let Some(lib) = mapped_libssl(&maps) {
-        let name = Path::new(lib).file_name()?.to_string_lossy().into_owned();
-        return Some(OpenSsl {
-            library: name,
-            path: root.join(lib.trim_start_matches('/')),
-        });
+impl Probes {
+    /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
+    /// `exe` is the target's executable (if it could be read), `go` what
+    /// [`crate::target::go::find_go_tls`] found in it. `io_probes`: also probe OpenSSL's read
+    /// and write functions (see `--tls-io-probes`).
+    pub fn attach_tls(
+        &mut self,
+        pid: u32,
+        exe: Option<&Executable>,
+        go: Result<Option<GoTls>>,
+        io_probes: bool,
+    ) -> TlsStatus {
+        let mut status = TlsStatus::default();
+        let mut not_hooked = Vec::new();
+        match openssl::find_openssl(pid, exe) {
+            None => not_hooked.push(
+                "no OpenSSL (no libssl mapped, no SSL_* symbols in the executable)".to_string(),
+            ),
+            Some(ssl) => match attach_openssl(&mut self.ebpf, pid, &ssl, io_probes) {
+                Ok((links, hooked)) if !hooked.is_empty() => {
+                    self.tls_links.extend(links);
+                    status.found(format!("OpenSSL {}", ssl.library), hooked);
+                }
+                Ok(_) => not_hooked.push(format!(
+                    "OpenSSL {}: none of the SSL_* functions found in {}",
+                    ssl.library,
+                    ssl.path.display()
+                )),
+                Err(e) => not_hooked.push(format!("OpenSSL {}: {}", ssl.library, why(&e))),
+            },
+        }
+        match go {
+            Ok(None) => not_hooked.push("no Go crypto/tls".to_string()),
+            Ok(Some(go)) => match attach_go(&mut self.ebpf, pid, &go) {
+                Ok((links, hooked)) => {
+                    self.tls_links.extend(links);
+                    status.found(
+                        format!("{} (found in its {})", go.library, go.found_in),
+                        hooked,
+                    );
+                }
+                Err(e) => not_hooked.push(format!("{}: {}", go.library, why(&e))),
+            },
+            Err(e) => not_hooked.push(format!("Go crypto/tls: {e:#}")),
+        }
+        if status.library.is_none() {
+            status.reason = Some(not_hooked.join("; "));
+        }
+        status
     }
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    has_symbol(&exe, "SSL_do_handshake").then(|| OpenSsl {
-        library: format!(
-            "static ({})",
-            fs::read_link(&exe)
-                .unwrap_or_else(|_| exe.clone())
-                .display()
-        ),
-        path: exe,
-    })
 }
 
-/// The path of a mapped `libssl.so*` in /proc/PID/maps text.
-pub fn mapped_libssl(maps: &str) -> Option<&str> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            Path::new(path)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
-        })
-}
-
-fn has_symbol(path: &Path, name: &str) -> bool {
-    let Ok(data) = fs::read(path) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    file.symbols()
-        .chain(file.dynamic_symbols())
-        .any(|s| s.is_definition() && s.name() == Ok(name))
+/// Why a TLS library was not hooked: the privilege the kernel asked for, or the error.
+fn why(e: &anyhow::Error) -> String {
+    if uprobe_refused(e) {
+        UPROBES_REFUSED.to_string()
+    } else {
+        format!("{e:#}")
+    }
 }
 
 /// Load the TLS programs and attach them to `ssl` in process `pid`: the handshake function
@@ -139,7 +147,7 @@ fn has_symbol(path: &Path, name: &str) -> bool {
 /// timed by the TLS record framing instead: the read and write functions run on every
 /// request, and their probes (a trap at entry, two for the uretprobe) halved keep-alive
 /// HTTPS throughput in the bench.
-pub fn attach(
+fn attach_openssl(
     ebpf: &mut Ebpf,
     pid: u32,
     ssl: &OpenSsl,
@@ -153,12 +161,10 @@ pub fn attach(
         programs.extend(["ssl_read_enter", "ssl_write_enter"]);
     }
     for program in programs {
-        program_mut(ebpf, program)?
-            .load()
-            .with_context(|| format!("loading program {program}"))?;
+        loaded(ebpf, program, UProbe::load)?;
     }
     let mut hook = |program: &str, functions: &[&'static str]| -> Result<Vec<&'static str>> {
-        let prog = program_mut(ebpf, program)?;
+        let prog: &mut UProbe = program_mut(ebpf, program)?;
         let mut hooked = Vec::new();
         for function in functions {
             let id = match prog.attach(*function, &ssl.path, scope) {
@@ -190,34 +196,60 @@ pub fn attach(
     Ok((links, entered.iter().map(|f| f.to_string()).collect()))
 }
 
-pub fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?)
+/// Attach the entry and RET probes. Returns the links and the functions hooked.
+fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+    let mut links = Vec::new();
+    let mut hooked = Vec::new();
+    for program in [
+        "go_server_handshake_enter",
+        "go_client_handshake_enter",
+        "go_handshake_return",
+    ] {
+        loaded(ebpf, program, UProbe::load)?;
+    }
+    for f in &go.functions {
+        let enter = if f.name == SERVER_HANDSHAKE {
+            "go_server_handshake_enter"
+        } else {
+            "go_client_handshake_enter"
+        };
+        links.push(attach_at(ebpf, enter, &go.path, f.entry, scope)?);
+        for ret in &f.returns {
+            links.push(attach_at(
+                ebpf,
+                "go_handshake_return",
+                &go.path,
+                *ret,
+                scope,
+            )?);
+        }
+        hooked.push(format!(
+            "{} (entry + {} RET)",
+            f.name.trim_start_matches("crypto/tls."),
+            f.returns.len()
+        ));
+    }
+    Ok((links, hooked))
+}
+
+fn attach_at(
+    ebpf: &mut Ebpf,
+    name: &str,
+    path: &Path,
+    file_offset: u64,
+    scope: UProbeScope,
+) -> Result<UProbeLink> {
+    let prog: &mut UProbe = program_mut(ebpf, name)?;
+    let id = prog
+        .attach(file_offset, path, scope)
+        .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;
+    Ok(prog.take_link(id)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn libssl_is_found_in_maps() {
-        let maps = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 123 /usr/bin/openssl
-7f1e2c000000-7f1e2c020000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
-7f1e2c100000-7f1e2c300000 r--p 00000000 fe:00 789 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
-7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
-";
-        assert_eq!(
-            mapped_libssl(maps),
-            Some("/usr/lib/x86_64-linux-gnu/libssl.so.3")
-        );
-        assert_eq!(
-            mapped_libssl("7f00-7f01 r--p 0 fe:00 1 /lib/libc.so.6\n"),
-            None
-        );
-    }
 
     #[test]
     fn a_refused_uprobe_is_told_from_a_missing_symbol() {
@@ -233,12 +265,5 @@ mod tests {
         ));
         assert!(!uprobe_refused(&syscall(libc::ENOENT)));
         assert!(!uprobe_refused(&anyhow::anyhow!("symbol not found")));
-    }
-
-    #[test]
-    fn symbols_are_read_from_elf_files() {
-        let me = std::env::current_exe().unwrap();
-        assert!(!has_symbol(&me, "SSL_do_handshake"));
-        assert!(has_symbol(&me, "main"));
     }
 }

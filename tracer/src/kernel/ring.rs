@@ -2,11 +2,14 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    is_read, is_write, waker_context, EventHeader, EventKind, SwitchEvent, SyscallEvent,
-    ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    is_read, is_write, tls, waker_context, EventHeader, SwitchEvent, SyscallEvent, ThreadEvent,
+    TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
-use crate::attribution::{Event, InSyscall, Interrupt, Waker};
+use crate::engine::{
+    Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt, SslCall, SyscallReturn, Tid,
+    Waker,
+};
 
 fn waker(w: &WakerId) -> Waker {
     match w.context {
@@ -22,45 +25,56 @@ fn waker(w: &WakerId) -> Waker {
     }
 }
 
+/// The engine's view of a TLS probe: an OpenSSL call on an `SSL*`, or Go's handshake on a
+/// goroutine (`handle` is the `SSL*` or the goroutine's `runtime.g`). `None`: an unknown kind.
+fn tls_kind(handle: u64, what: u32, ret: i64) -> Option<EventKind> {
+    let ssl = |call| Some(EventKind::OpenSsl { ssl: handle, call });
+    let go = |probe| {
+        Some(EventKind::GoHandshake {
+            g: GoroutineId(handle),
+            probe,
+        })
+    };
+    match what {
+        tls::HANDSHAKE_ENTER => ssl(SslCall::Handshake),
+        tls::READ_ENTER => ssl(SslCall::Read),
+        tls::WRITE_ENTER => ssl(SslCall::Write),
+        tls::RETURN => ssl(SslCall::Return { ret }),
+        tls::FREE => ssl(SslCall::Free),
+        tls::GO_SERVER_ENTER | tls::GO_CLIENT_ENTER => go(GoProbe::Enter),
+        tls::GO_RETURN => go(GoProbe::Return { error: ret }),
+        _ => None,
+    }
+}
+
 /// Decode one record into zero, one or two engine events (a switch between two target threads
 /// is a switch-out and a switch-in). `None` when the record is malformed.
 pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
     let hdr: EventHeader = read(bytes)?;
-    let ts = hdr.ts_ns;
-    match EventKind::from_u32(hdr.kind)? {
-        EventKind::Switch => {
+    let (ts, tid) = (hdr.ts_ns, Tid(hdr.tid));
+    match tracer_common::EventKind::from_u32(hdr.kind)? {
+        tracer_common::EventKind::Switch => {
             let e: SwitchEvent = read(bytes)?;
             if e.hdr.tid != 0 {
-                out.push(Event::SwitchOut {
-                    ts,
-                    tid: e.hdr.tid,
-                    state: e.prev_state,
-                    syscall: (e.syscall_nr != NO_SYSCALL).then_some(InSyscall {
-                        nr: e.syscall_nr,
-                        arg0: e.syscall_arg0,
-                    }),
+                let syscall = (e.syscall_nr != NO_SYSCALL).then_some(InSyscall {
+                    nr: e.syscall_nr,
+                    arg0: e.syscall_arg0,
                 });
+                let state = e.prev_state;
+                out.push(Event::new(ts, tid, EventKind::SwitchOut { state, syscall }));
             }
             if e.next_tid != 0 {
-                out.push(Event::SwitchIn {
-                    ts,
-                    tid: e.next_tid,
-                });
+                out.push(Event::new(ts, Tid(e.next_tid), EventKind::SwitchIn));
             }
         }
-        EventKind::Wakeup => {
+        tracer_common::EventKind::Wakeup => {
             let e: WakeupEvent = read(bytes)?;
-            out.push(Event::Wakeup {
-                ts,
-                tid: e.hdr.tid,
-                waker: waker(&e.waker),
-            });
+            let waker = waker(&e.waker);
+            out.push(Event::new(ts, tid, EventKind::Wakeup { waker }));
         }
-        EventKind::Syscall => {
+        tracer_common::EventKind::Syscall => {
             let e: SyscallEvent = read(bytes)?;
-            out.push(Event::Syscall {
-                ts,
-                tid: e.hdr.tid,
+            let sys = SyscallReturn {
                 nr: e.nr,
                 arg0: e.arg0,
                 ret: e.ret,
@@ -70,29 +84,20 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                 } else {
                     0
                 },
-            });
+            };
+            out.push(Event::new(ts, tid, EventKind::Syscall(sys)));
         }
-        EventKind::ThreadNew => {
-            let e: ThreadEvent = read(bytes)?;
-            out.push(Event::ThreadNew { ts, tid: e.hdr.tid });
+        tracer_common::EventKind::ThreadNew => {
+            out.push(Event::new(ts, tid, EventKind::ThreadNew));
         }
-        EventKind::Tls => {
+        tracer_common::EventKind::Tls => {
             let e: TlsEvent = read(bytes)?;
-            out.push(Event::Tls {
-                ts,
-                tid: e.hdr.tid,
-                ssl: e.ssl,
-                what: e.what,
-                ret: e.ret,
-            });
+            out.push(Event::new(ts, tid, tls_kind(e.ssl, e.what, e.ret)?));
         }
-        EventKind::ThreadExit => {
+        tracer_common::EventKind::ThreadExit => {
             let e: ThreadEvent = read(bytes)?;
-            out.push(Event::ThreadExit {
-                ts,
-                tid: e.hdr.tid,
-                comm: comm(&e.comm),
-            });
+            let comm = comm(&e.comm);
+            out.push(Event::new(ts, tid, EventKind::ThreadExit { comm }));
         }
     }
     Some(())
@@ -111,17 +116,8 @@ pub fn comm(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-pub fn event_ts(e: &Event) -> u64 {
-    match e {
-        Event::SwitchOut { ts, .. }
-        | Event::SwitchIn { ts, .. }
-        | Event::Wakeup { ts, .. }
-        | Event::Syscall { ts, .. }
-        | Event::ThreadNew { ts, .. }
-        | Event::ThreadExit { ts, .. }
-        | Event::Tls { ts, .. }
-        | Event::Lost { ts } => *ts,
-    }
+fn event_ts(e: &Event) -> u64 {
+    e.ts
 }
 
 /// Holds events back until no earlier one can still arrive, then releases them in
@@ -178,7 +174,7 @@ mod tests {
         let rec = SwitchEvent {
             hdr: EventHeader {
                 ts_ns: 5,
-                kind: EventKind::Switch as u32,
+                kind: tracer_common::EventKind::Switch as u32,
                 tid: 10,
             },
             next_tid: 11,
@@ -192,16 +188,18 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Event::SwitchOut {
-                    ts: 5,
-                    tid: 10,
-                    state: 1,
-                    syscall: Some(InSyscall {
-                        nr: 202,
-                        arg0: 0xabc
-                    })
-                },
-                Event::SwitchIn { ts: 5, tid: 11 },
+                Event::new(
+                    5,
+                    Tid(10),
+                    EventKind::SwitchOut {
+                        state: 1,
+                        syscall: Some(InSyscall {
+                            nr: 202,
+                            arg0: 0xabc
+                        })
+                    }
+                ),
+                Event::new(5, Tid(11), EventKind::SwitchIn),
             ]
         );
     }
@@ -220,12 +218,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_probes_become_openssl_calls_or_go_handshakes() {
+        assert_eq!(
+            tls_kind(0x55, tls::RETURN, 1),
+            Some(EventKind::OpenSsl {
+                ssl: 0x55,
+                call: SslCall::Return { ret: 1 }
+            })
+        );
+        assert_eq!(
+            tls_kind(0xc000, tls::GO_RETURN, 0),
+            Some(EventKind::GoHandshake {
+                g: GoroutineId(0xc000),
+                probe: GoProbe::Return { error: 0 }
+            })
+        );
+        assert_eq!(tls_kind(1, 999, 0), None);
+    }
+
+    #[test]
     fn reorder_releases_in_timestamp_order_after_the_window() {
         let mut r = Reorder::new(100);
         for ts in [50, 10, 30, 200] {
-            r.push(Event::Lost { ts });
+            r.push(Event::lost(ts));
         }
-        r.push(Event::SwitchIn { ts: 30, tid: 9 }); // a tie keeps arrival order
+        let tie = Event::new(30, Tid(9), EventKind::SwitchIn);
+        r.push(tie.clone()); // a tie keeps arrival order
         let mut got = Vec::new();
         r.release(false, |e| got.push(e));
         assert_eq!(
@@ -233,7 +251,7 @@ mod tests {
             vec![10, 30, 30, 50],
             "200 is inside the window"
         );
-        assert_eq!(got[2], Event::SwitchIn { ts: 30, tid: 9 });
+        assert_eq!(got[2], tie);
         r.release(true, |e| got.push(e));
         assert_eq!(event_ts(&got[4]), 200);
     }

@@ -12,18 +12,22 @@
 //!   says what became of each file, for the final report.
 
 use std::{
-    ffi::CString,
-    fs::File,
+    fs::{self, File},
     io::{self, Write as _},
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+};
+
+use anyhow::Result;
+use nix::{
+    errno::Errno,
+    fcntl::{self, OFlag},
+    sys::stat::Mode,
+    unistd::UnlinkatFlags,
 };
 
 pub const SUMMARY: &str = "summary.json";
@@ -46,22 +50,14 @@ pub struct OutputDir {
 
 impl OutputDir {
     pub fn open(path: &Path) -> io::Result<OutputDir> {
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
-        let fd = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(OutputDir {
             path: path.to_path_buf(),
-            // SAFETY: `fd` was just opened and is not owned elsewhere.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             previous_run_removed: AtomicBool::new(false),
         })
     }
@@ -88,27 +84,20 @@ impl OutputDir {
                 0 => format!("{stem}.{pid}{suffix}"),
                 _ => format!("{stem}.{pid}-{:016x}{suffix}", random_u64()),
             };
-            let c_name = c_name(&name)?;
-            // SAFETY: a valid directory fd and NUL-terminated name; the fd is owned below.
-            let fd = unsafe {
-                libc::openat(
-                    self.fd.as_raw_fd(),
-                    c_name.as_ptr(),
-                    libc::O_WRONLY
-                        | libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC,
-                    0o666 as libc::c_uint,
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: `fd` was just opened and is not owned elsewhere.
-                return Ok((File::from(unsafe { OwnedFd::from_raw_fd(fd) }), name));
-            }
-            last = io::Error::last_os_error();
-            if last.kind() != io::ErrorKind::AlreadyExists {
-                break;
+            let created = fcntl::openat(
+                &self.fd,
+                name.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o666),
+            );
+            match created {
+                Ok(fd) => return Ok((File::from(fd), name)),
+                Err(Errno::EEXIST) => last = Errno::EEXIST.into(),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(last)
@@ -122,48 +111,28 @@ impl OutputDir {
                 let _ = self.remove(name);
             }
         }
-        let (from, to) = (c_name(from)?, c_name(to)?);
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: a valid directory fd and NUL-terminated names.
-        if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fcntl::renameat(&self.fd, from, &self.fd, to)?;
         // The rename is durable once the directory is synced (the data was synced before).
-        // SAFETY: fsync on a valid fd.
-        unsafe { libc::fsync(fd) };
+        let _ = nix::unistd::fsync(&self.fd);
         Ok(())
     }
 
     /// Remove the name `name` (a symlink is removed itself; a missing name is no error).
     fn remove(&self, name: &str) -> io::Result<()> {
-        let c_name = c_name(name)?;
-        // SAFETY: a valid directory fd and NUL-terminated name.
-        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), 0) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
-            }
+        match nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 
-fn c_name(name: &str) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
+/// Different on each call, and not guessable from the PID alone: std's `RandomState` is
+/// seeded from the OS's random source once per process and then advanced per instance.
 fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        // Not random, but still different on each attempt.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        return t ^ u64::from(std::process::id()).rotate_left(32);
-    }
-    u64::from_ne_bytes(bytes)
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
 }
 
 /// What became of a file at the end of the run.
@@ -405,6 +374,23 @@ pub fn incomplete_json(files: &[(&str, &Outcome)]) -> serde_json::Value {
         .collect()
 }
 
+/// Create the output directory, open it for the run and prove files can be created in it
+/// (under a fresh name, created exclusively and removed: nothing there is followed or
+/// truncated), before attaching anything.
+pub fn prepare_output(dir: &Path) -> Result<OutputDir> {
+    let unwritable = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot write to output directory {} ({e}): choose another with --output DIR",
+            dir.display()
+        )
+    };
+    fs::create_dir_all(dir).map_err(unwritable)?;
+    let out = OutputDir::open(dir).map_err(unwritable)?;
+    out.check_writable(".tracer-write-test")
+        .map_err(unwritable)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
@@ -535,5 +521,14 @@ mod tests {
         );
         assert!(hint("No space left on device (os error 28)").starts_with("Free space"));
         assert!(hint("Input/output error (os error 5)").starts_with("Check"));
+    }
+
+    #[test]
+    fn unwritable_output_is_a_clear_error() {
+        let err = prepare_output(Path::new("/proc/version/x"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--output"), "{err}");
     }
 }

@@ -3,9 +3,7 @@
 
 use hdrhistogram::Histogram;
 
-use crate::attribution::{
-    Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES,
-};
+use crate::engine::{Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
 
 fn histogram() -> Histogram<u64> {
     // 3 significant digits, auto-resizing: nanoseconds up to hours.
@@ -20,14 +18,16 @@ pub struct RequestHistograms {
     pub causes: [Histogram<u64>; CAUSES],
 }
 
-impl RequestHistograms {
-    pub fn new() -> Self {
+impl Default for RequestHistograms {
+    fn default() -> Self {
         RequestHistograms {
             latency: histogram(),
             causes: std::array::from_fn(|_| histogram()),
         }
     }
+}
 
+impl RequestHistograms {
     pub fn record(&mut self, r: &Request) {
         let _ = self.latency.record(r.latency_ns);
         for (h, ns) in self.causes.iter_mut().zip(r.breakdown) {
@@ -165,10 +165,10 @@ pub struct Totals {
     pub tls: TlsStats,
 }
 
-impl Totals {
-    pub fn new() -> Self {
+impl Default for Totals {
+    fn default() -> Self {
         Totals {
-            requests: RequestHistograms::new(),
+            requests: RequestHistograms::default(),
             request_log2_us: Log2Hist::default(),
             breakdown: [0; CAUSES],
             incomplete: 0,
@@ -178,7 +178,9 @@ impl Totals {
             tls: TlsStats::new(),
         }
     }
+}
 
+impl Totals {
     /// Count a request; its histograms are added per interval ([`RequestHistograms::add`]).
     pub fn record_request(&mut self, r: &Request) {
         self.request_log2_us.record(r.latency_ns / 1000);

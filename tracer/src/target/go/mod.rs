@@ -10,21 +10,17 @@
 //! it (it returns at once once the handshake is done), so probes on it would cost two uprobe
 //! traps per TLS read and write for the life of every connection.
 
-use std::{
-    fs,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::path::PathBuf;
+
+use super::Executable;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use aya::{
-    programs::uprobe::{UProbeLink, UProbeScope},
-    Ebpf,
-};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-use crate::{gopclntab, tls::program_mut};
+mod pclntab;
+
+use pclntab as gopclntab;
 
 pub const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
@@ -54,10 +50,8 @@ pub struct GoTls {
 
 /// Look at the target's executable: `Ok(None)` when it is not a Go program or does not use
 /// `crypto/tls`.
-pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let data = fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    let file = object::File::parse(&*data).context("parsing the target's executable")?;
+pub fn find_go_tls(exe: &Executable) -> Result<Option<GoTls>> {
+    let file = exe.elf()?;
     // `.data.rel.ro.gopclntab` in position-independent executables.
     let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
         .iter()
@@ -112,14 +106,13 @@ pub fn find_go_tls(pid: u32) -> Result<Option<GoTls>> {
         .map(|r| locate(&file, r))
         .collect::<Result<Vec<_>>>()?;
     let version = buildinfo.and_then(|s| s.data().ok()).and_then(go_version);
-    let target = fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
     Ok(Some(GoTls {
         library: format!(
             "Go crypto/tls ({}, {})",
             version.as_deref().unwrap_or("Go version unknown"),
-            target.display()
+            exe.shown_as.display()
         ),
-        path: exe,
+        path: exe.path.clone(),
         functions,
         found_in,
     }))
@@ -204,63 +197,6 @@ fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Attach the entry and RET probes. Returns the links and the functions hooked.
-pub fn attach(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
-    let mut links = Vec::new();
-    let mut hooked = Vec::new();
-    for program in [
-        "go_server_handshake_enter",
-        "go_client_handshake_enter",
-        "go_handshake_return",
-    ] {
-        load(ebpf, program)?;
-    }
-    for f in &go.functions {
-        let enter = if f.name == SERVER_HANDSHAKE {
-            "go_server_handshake_enter"
-        } else {
-            "go_client_handshake_enter"
-        };
-        links.push(attach_at(ebpf, enter, &go.path, f.entry, scope)?);
-        for ret in &f.returns {
-            links.push(attach_at(
-                ebpf,
-                "go_handshake_return",
-                &go.path,
-                *ret,
-                scope,
-            )?);
-        }
-        hooked.push(format!(
-            "{} (entry + {} RET)",
-            f.name.trim_start_matches("crypto/tls."),
-            f.returns.len()
-        ));
-    }
-    Ok((links, hooked))
-}
-
-fn load(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    program_mut(ebpf, name)?
-        .load()
-        .with_context(|| format!("loading program {name}"))
-}
-
-fn attach_at(
-    ebpf: &mut Ebpf,
-    name: &str,
-    path: &Path,
-    file_offset: u64,
-    scope: UProbeScope,
-) -> Result<UProbeLink> {
-    let prog = program_mut(ebpf, name)?;
-    let id = prog
-        .attach(file_offset, path, scope)
-        .with_context(|| format!("attaching {name} at file offset {file_offset:#x}"))?;
-    Ok(prog.take_link(id)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +231,7 @@ mod tests {
 
     #[test]
     fn a_non_go_executable_is_not_go() {
-        assert!(find_go_tls(std::process::id()).unwrap().is_none());
+        let me = Executable::from_file(std::env::current_exe().unwrap());
+        assert!(find_go_tls(&me).unwrap().is_none());
     }
 }

@@ -1,0 +1,182 @@
+//! Where a nanosecond went: the causes (one list, used by every output), and the table from
+//! what a thread blocked in to its cause.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tracer_common::{is_read, is_write, nr, STATE_UNINTERRUPTIBLE};
+
+use super::{event::InSyscall, fds::FdKind};
+
+/// Where a nanosecond of a request went. The names are a file-format contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    OnCpu,
+    Runqueue,
+    Lock,
+    NetIo,
+    DiskIo,
+    Sleep,
+    Other,
+    /// Time of the connection's TLS handshake, carried by its first request.
+    TlsHandshake,
+}
+
+/// How many causes there are.
+pub const CAUSES: usize = Cause::ALL.len();
+
+impl Cause {
+    /// Every cause, in the order of the outputs' columns.
+    pub const ALL: [Cause; 8] = [
+        Cause::OnCpu,
+        Cause::Runqueue,
+        Cause::Lock,
+        Cause::NetIo,
+        Cause::DiskIo,
+        Cause::Sleep,
+        Cause::Other,
+        Cause::TlsHandshake,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::OnCpu => "on_cpu",
+            Cause::Runqueue => "runqueue",
+            Cause::Lock => "lock",
+            Cause::NetIo => "net_io",
+            Cause::DiskIo => "disk_io",
+            Cause::Sleep => "sleep",
+            Cause::Other => "other",
+            Cause::TlsHandshake => "tls_handshake",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Cause> {
+        Cause::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Serialize for Cause {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cause {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Cause::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown cause `{name}`")))
+    }
+}
+
+/// Nanoseconds per cause, indexed by [`Cause::index`].
+pub type Breakdown = [u64; CAUSES];
+
+/// `end - start`, per cause.
+pub fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
+    std::array::from_fn(|i| end[i].saturating_sub(start[i]))
+}
+
+/// The syscalls whose blocking has one cause whatever their arguments.
+const BLOCKING_SYSCALLS: &[(u32, Cause)] = &[
+    (nr::FUTEX, Cause::Lock),
+    (nr::FUTEX_WAITV, Cause::Lock),
+    (nr::NANOSLEEP, Cause::Sleep),
+    (nr::CLOCK_NANOSLEEP, Cause::Sleep),
+    (nr::POLL, Cause::NetIo),
+    (nr::PPOLL, Cause::NetIo),
+    (nr::SELECT, Cause::NetIo),
+    (nr::PSELECT6, Cause::NetIo),
+    (nr::EPOLL_WAIT, Cause::NetIo),
+    (nr::EPOLL_PWAIT, Cause::NetIo),
+    (nr::EPOLL_PWAIT2, Cause::NetIo),
+    (nr::ACCEPT, Cause::NetIo),
+    (nr::ACCEPT4, Cause::NetIo),
+    (nr::CONNECT, Cause::NetIo),
+    (nr::FSYNC, Cause::DiskIo),
+    (nr::FDATASYNC, Cause::DiskIo),
+    (nr::SYNC_FILE_RANGE, Cause::DiskIo),
+];
+
+/// What a read or write blocked on, by what its fd is.
+fn fd_cause(kind: FdKind) -> Cause {
+    match kind {
+        FdKind::Connection | FdKind::Socket => Cause::NetIo,
+        FdKind::File => Cause::DiskIo,
+        FdKind::Other => Cause::Other,
+    }
+}
+
+/// Why a thread that switched out in state `state` (sched_switch `prev_state`) inside
+/// `syscall` is blocked; `fd_kind` says what a read's or write's fd is.
+pub fn blocked_cause(
+    syscall: Option<InSyscall>,
+    state: u32,
+    fd_kind: impl FnOnce(u32) -> FdKind,
+) -> Cause {
+    let Some(s) = syscall else {
+        // Outside any traced syscall, uninterruptible sleep is (nearly always) a major page
+        // fault waiting for the disk.
+        return if state & STATE_UNINTERRUPTIBLE != 0 {
+            Cause::DiskIo
+        } else {
+            Cause::Other
+        };
+    };
+    if let Some(&(_, cause)) = BLOCKING_SYSCALLS.iter().find(|(n, _)| *n == s.nr) {
+        return cause;
+    }
+    if is_read(s.nr) || is_write(s.nr) {
+        return fd_cause(fd_kind(s.arg0 as u32));
+    }
+    Cause::Other
+}
+
+/// Name of an x86-64 syscall, for the `other` detail (`none`: blocked outside any syscall).
+pub fn syscall_name(syscall_nr: Option<u32>) -> String {
+    let Some(n) = syscall_nr else {
+        return "none".to_string();
+    };
+    syscalls::x86_64::Sysno::new(n as usize)
+        .map_or_else(|| format!("syscall_{n}"), |s| s.name().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        for cause in Cause::ALL {
+            assert_eq!(Cause::from_name(cause.name()), Some(cause));
+            let json = serde_json::to_string(&cause).unwrap();
+            assert_eq!(json, format!("\"{}\"", cause.name()));
+            assert_eq!(serde_json::from_str::<Cause>(&json).unwrap(), cause);
+        }
+        assert!(serde_json::from_str::<Cause>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn blocking_reasons_map_to_causes() {
+        let syscall = |nr| Some(InSyscall { nr, arg0: 3 });
+        let socket = |_| FdKind::Socket;
+        assert_eq!(blocked_cause(syscall(nr::FUTEX), 1, socket), Cause::Lock);
+        assert_eq!(blocked_cause(syscall(nr::READ), 1, socket), Cause::NetIo);
+        assert_eq!(
+            blocked_cause(syscall(nr::READ), 2, |_| FdKind::File),
+            Cause::DiskIo
+        );
+        assert_eq!(
+            blocked_cause(None, STATE_UNINTERRUPTIBLE, socket),
+            Cause::DiskIo
+        );
+        assert_eq!(blocked_cause(None, 1, socket), Cause::Other);
+        assert_eq!(
+            blocked_cause(syscall(61 /* wait4 */), 1, socket),
+            Cause::Other
+        );
+    }
+}

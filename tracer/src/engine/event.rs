@@ -1,0 +1,150 @@
+//! The engine's input: one envelope (when, which thread, what happened), in timestamp order.
+
+use super::context::{GoroutineId, Tid};
+
+/// An engine event: `kind` happened on thread `tid` at `ts` (ns, CLOCK_MONOTONIC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ts: u64,
+    pub tid: Tid,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(ts: u64, tid: Tid, kind: EventKind) -> Self {
+        Event { ts, tid, kind }
+    }
+
+    /// The kernel side lost events around `ts`.
+    pub fn lost(ts: u64) -> Self {
+        Event::new(ts, Tid::NONE, EventKind::Lost)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The thread left its CPU.
+    SwitchOut {
+        /// The sched_switch `prev_state`.
+        state: u32,
+        /// The syscall it was inside, if any.
+        syscall: Option<InSyscall>,
+    },
+    /// The thread got a CPU.
+    SwitchIn,
+    /// The thread became runnable.
+    Wakeup {
+        waker: Waker,
+    },
+    /// A syscall returned.
+    Syscall(SyscallReturn),
+    ThreadNew,
+    ThreadExit {
+        /// The thread's name as it exited (kept for the lock detail).
+        comm: String,
+    },
+    /// An OpenSSL call on a connection still in its handshake began, or returned.
+    OpenSsl {
+        ssl: u64,
+        call: SslCall,
+    },
+    /// Go crypto/tls: a goroutine entered its handshake function, or returned from it.
+    GoHandshake {
+        g: GoroutineId,
+        probe: GoProbe,
+    },
+    /// The kernel side lost events around this time.
+    Lost,
+}
+
+/// The syscall a thread was inside when it switched out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InSyscall {
+    pub nr: u32,
+    pub arg0: u64,
+}
+
+/// A syscall's return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallReturn {
+    pub nr: u32,
+    pub arg0: u64,
+    pub ret: i64,
+    pub enter_ts: u64,
+    /// For reads and writes: `tracer_common::tls_record` of the bytes moved (0: none).
+    pub tls_record: u32,
+}
+
+impl SyscallReturn {
+    /// The fd of a read, write, close or futex-free fd syscall (its first argument).
+    pub fn fd(&self) -> u32 {
+        self.arg0 as u32
+    }
+}
+
+/// An OpenSSL library call seen by the uprobes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslCall {
+    /// `SSL_do_handshake` (or `SSL_accept` / `SSL_connect`) entered.
+    Handshake,
+    /// `SSL_read` and the like entered.
+    Read,
+    /// `SSL_write` and the like entered.
+    Write,
+    /// The call entered last returned `ret`.
+    Return { ret: i64 },
+    /// `SSL_free`.
+    Free,
+}
+
+/// Go crypto/tls's handshake probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoProbe {
+    /// `serverHandshake` / `clientHandshake` entered.
+    Enter,
+    /// It returned; `error` is the returned error's type word (0: success).
+    Return { error: i64 },
+}
+
+/// Who woke a context. A thread's name is kept as the kernel's fixed 16 bytes: wakeups are
+/// among the most frequent events, and they must not allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Waker {
+    /// A thread (of any process), in its own context: a futex wake, a write to a pipe.
+    Thread { tid: u32, pid: u32, comm: [u8; 16] },
+    /// An interrupt: the task it happened to hit is not the waker.
+    Interrupt(Interrupt),
+    /// Not seen: the wakeup began before the programs attached, or the kernel skipped the
+    /// program that names wakers.
+    Unknown,
+}
+
+/// The interrupt a wakeup was done from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Interrupt {
+    /// A device interrupt handler, by IRQ number.
+    Hardirq(u32),
+    /// A softirq, by vector (NET_RX: a packet arrived).
+    Softirq(u32),
+    /// An hrtimer callback: a sleep or a timeout expired.
+    Timer,
+}
+
+impl Interrupt {
+    /// `timer`, `softirq net_rx`, `hardirq 24`.
+    pub fn name(self) -> String {
+        // kernel/softirq.c `softirq_to_name` (Linux 6.18).
+        const SOFTIRQS: [&str; 10] = [
+            "hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched", "hrtimer",
+            "rcu",
+        ];
+        match self {
+            Interrupt::Hardirq(irq) => format!("hardirq {irq}"),
+            Interrupt::Softirq(vec) => match SOFTIRQS.get(vec as usize) {
+                Some(name) => format!("softirq {name}"),
+                None => format!("softirq {vec}"),
+            },
+            Interrupt::Timer => "timer".to_string(),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The attribution engine: turns a time-ordered stream of scheduler, syscall and TLS events
+//! into per-request latency breakdowns. Pure logic, no kernel or /proc access (fd kinds come
+//! through [`FdResolver`]), so it is unit-tested with synthetic event sequences.
+//!
+//! Every execution context ([`ExecCtx`]: a thread today) has a [`timeline`]: each nanosecond
+//! since the context was first seen is credited to exactly one [`Cause`]. A request's
+//! breakdown is the difference of two snapshots of its context's timeline, so its causes
+//! always sum to its latency.
+//!
+//! - [`threads`]: thread timelines from the scheduler's events;
+//! - [`requests`]: requests delimited on server-side connections;
+//! - [`locks`]: futex contention, waiters and wakers;
+//! - [`tls`]: TLS handshakes (timed, and kept out of requests).
+
+pub mod cause;
+pub mod context;
+pub mod event;
+pub mod fds;
+pub mod locks;
+pub mod requests;
+mod tally;
+mod threads;
+pub mod timeline;
+pub mod tls;
+
+pub use cause::{syscall_name, Breakdown, Cause, CAUSES};
+pub use context::{ExecCtx, GoroutineId, Tid};
+pub use event::{Event, EventKind, GoProbe, InSyscall, Interrupt, SslCall, SyscallReturn, Waker};
+pub use fds::{FdKind, FdResolver};
+pub use locks::{Locks, LISTED_LOCKS, LISTED_PER_LOCK};
+pub use requests::Request;
+pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
+
+use rustc_hash::FxHashMap as HashMap;
+use tracer_common::{is_read, is_write, nr};
+
+use fds::FdTable;
+use requests::Requests;
+use threads::Threads;
+use tls::TlsState;
+
+/// A per-event measurement that needs no request boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A futex wait syscall, entry to return.
+    Futex(u64),
+    /// Runnable until on a CPU (after a wakeup or a preemption).
+    Runqueue(u64),
+    /// Blocked inside a read-family syscall on a socket.
+    SocketRead(u64),
+}
+
+/// The attribution engine. Feed it events in time order with [`Engine::handle`]; take finished
+/// requests, wait samples and handshakes with the `take_*` methods.
+pub struct Engine<R> {
+    fds: FdTable<R>,
+    threads: Threads,
+    requests: Requests,
+    tls: TlsState,
+    waits: Vec<Wait>,
+    /// Futex contention by address.
+    pub locks: Locks,
+    /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
+    /// syscall).
+    pub other_by_syscall: HashMap<Option<u32>, u64>,
+}
+
+impl<R: FdResolver> Engine<R> {
+    pub fn new(resolver: R) -> Self {
+        Engine {
+            fds: FdTable::new(resolver),
+            threads: Threads::default(),
+            requests: Requests::default(),
+            tls: TlsState::default(),
+            waits: Vec::new(),
+            locks: Locks::default(),
+            other_by_syscall: HashMap::default(),
+        }
+    }
+
+    /// Tell the engine what an fd is (sockets found in /proc at attach time).
+    pub fn set_fd_kind(&mut self, fd: u32, kind: FdKind) {
+        self.fds.set(fd, kind);
+    }
+
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        self.requests.take_finished()
+    }
+
+    pub fn take_waits(&mut self) -> Vec<Wait> {
+        std::mem::take(&mut self.waits)
+    }
+
+    pub fn take_handshakes(&mut self) -> Vec<Handshake> {
+        self.tls.take_done()
+    }
+
+    /// Requests that never got a response (connection closed, thread exited).
+    pub fn aborted(&self) -> u64 {
+        self.requests.aborted
+    }
+
+    /// Requests that shared their context with another open request.
+    pub fn shared(&self) -> u64 {
+        self.requests.shared
+    }
+
+    #[cfg(test)]
+    pub fn open_requests(&self) -> usize {
+        self.requests.open_count()
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        let Event { ts, tid, kind } = event;
+        match kind {
+            EventKind::SwitchOut { state, syscall } => self.switch_out(ts, tid, state, syscall),
+            EventKind::SwitchIn => self.switch_in(ts, tid),
+            EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker),
+            EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
+            EventKind::ThreadNew => self.thread_new(ts, tid),
+            EventKind::ThreadExit { .. } => self.thread_exit(ts, tid),
+            EventKind::OpenSsl { ssl, call } => self.ssl_call(ts, tid, ssl, call),
+            EventKind::GoHandshake { g, probe } => match probe {
+                GoProbe::Enter => self.go_handshake_enter(ts, tid, g),
+                GoProbe::Return { error } => self.go_handshake_return(ts, tid, g, error),
+            },
+            EventKind::Lost => {
+                self.tls.lost();
+                self.requests.mark_incomplete();
+            }
+        }
+    }
+
+    /// End of trace: requests that had their response written are complete.
+    pub fn finish_all(&mut self) {
+        for fd in self.requests.open_fds() {
+            self.finish(fd);
+        }
+    }
+
+    fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
+        self.syscall_returned(ts, tid);
+        let fd = sys.fd();
+        let (nr, ret) = (sys.nr, sys.ret);
+        if (is_read(nr) || is_write(nr)) && self.tls_io(ts, tid, sys) {
+            return;
+        }
+        if self.ssl_flight(tid, sys) {
+            return;
+        }
+        match nr {
+            nr::FUTEX | nr::FUTEX_WAITV => {
+                let waited = ts.saturating_sub(sys.enter_ts);
+                self.waits.push(Wait::Futex(waited));
+                self.locks.wait(sys.arg0, tid, waited);
+            }
+            nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
+                let conn = ret as u32;
+                self.finish(conn); // its close was not seen
+                self.tls.forget_fd(conn);
+                self.fds.set(conn, FdKind::Connection);
+            }
+            nr::CLOSE => {
+                if self.requests.is_open(fd) {
+                    self.finish(fd);
+                }
+                self.fds.forget(fd);
+                self.tls.forget_fd(fd);
+            }
+            n if is_read(n) && self.fds.kind(fd) == FdKind::Connection => {
+                if ret > 0 {
+                    if !self.tls_wire_read(ts, tid, fd, ret, sys.tls_record) {
+                        self.request_bytes(ts, tid, fd, sys.enter_ts);
+                    }
+                } else if ret == 0 && self.requests.is_open(fd) {
+                    self.finish(fd); // the peer closed
+                }
+            }
+            n if is_write(n)
+                && ret > 0
+                && self.fds.kind(fd) == FdKind::Connection
+                && !self.tls_wire_write(ts, fd, sys.tls_record) =>
+            {
+                self.response_bytes(ts, fd)
+            }
+            _ => {}
+        }
+        if let Some(thread) = self.threads.get_mut(tid) {
+            thread.last_wakeup = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

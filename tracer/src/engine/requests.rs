@@ -1,0 +1,187 @@
+//! Requests, delimited on server-side connections: a request starts when its first bytes are
+//! read (or at the wakeup that ended the read's block), its response is every write until the
+//! next read of request bytes, and it ends after its last response write.
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{
+    cause::{Breakdown, Cause},
+    context::{ExecCtx, Tid},
+    timeline::Snapshot,
+    Engine, FdResolver,
+};
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub ctx: ExecCtx,
+    pub fd: u32,
+    pub start_ns: u64,
+    pub latency_ns: u64,
+    pub breakdown: Breakdown,
+    /// Events were lost while it was open: the breakdown may be wrong.
+    pub incomplete: bool,
+    /// Its context served another request at the same time (an event loop): the context's
+    /// time was counted in full for each of them.
+    pub shared_context: bool,
+}
+
+/// A connection's completed TLS handshake, carried by its first request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeTime {
+    pub start_ns: u64,
+    pub duration_ns: u64,
+}
+
+struct OpenRequest {
+    ctx: ExecCtx,
+    start: Snapshot,
+    /// The last response write so far: its context's timeline when it completed.
+    last_write: Option<Snapshot>,
+    incomplete: bool,
+    shared_context: bool,
+    tls: Option<HandshakeTime>,
+}
+
+/// Requests open on connections, by fd, and those finished since last taken.
+#[derive(Default)]
+pub(super) struct Requests {
+    open: HashMap<u32, OpenRequest>,
+    finished: Vec<Request>,
+    /// Requests that never got a response (connection closed, thread exited).
+    pub aborted: u64,
+    /// Requests that shared their context with another open request.
+    pub shared: u64,
+}
+
+impl Requests {
+    pub fn is_open(&self, fd: u32) -> bool {
+        self.open.contains_key(&fd)
+    }
+
+    /// A request is open on `fd` and its response has begun.
+    pub fn answered(&self, fd: u32) -> bool {
+        self.open.get(&fd).is_some_and(|r| r.last_write.is_some())
+    }
+
+    #[cfg(test)]
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The connections whose open request thread `tid` serves.
+    pub fn open_on(&self, tid: Tid) -> Vec<u32> {
+        self.open
+            .iter()
+            .filter(|(_, r)| r.ctx == ExecCtx::Thread(tid))
+            .map(|(fd, _)| *fd)
+            .collect()
+    }
+
+    pub fn open_fds(&self) -> Vec<u32> {
+        self.open.keys().copied().collect()
+    }
+
+    pub fn take_finished(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Events were lost: every open request may be wrong.
+    pub fn mark_incomplete(&mut self) {
+        for req in self.open.values_mut() {
+            req.incomplete = true;
+        }
+    }
+}
+
+impl<R: FdResolver> Engine<R> {
+    /// A read returned request bytes on a connection.
+    pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32, enter_ts: u64) {
+        match self.requests.open.get(&fd) {
+            Some(req) if req.last_write.is_none() => return, // more of the same request
+            Some(_) => self.finish(fd),                      // the next request
+            None => {}
+        }
+        let thread = self.threads.get(tid).expect("thread exists");
+        let start = match thread.last_wakeup {
+            Some(woke) if woke.ts >= enter_ts => woke,
+            _ => thread.timeline.snapshot(ts),
+        };
+        self.open_request(tid, fd, start);
+    }
+
+    /// Open a request on `fd`, served by `tid`, that started at `start`.
+    pub(super) fn open_request(&mut self, tid: Tid, fd: u32, start: Snapshot) {
+        let Some(thread) = self.threads.get_mut(tid) else {
+            return;
+        };
+        thread.open_requests += 1;
+        let shared_context = thread.open_requests > 1;
+        let ctx = ExecCtx::Thread(tid);
+        if shared_context {
+            let waiting = |r: &&mut OpenRequest| r.ctx == ctx && r.last_write.is_none();
+            for req in self.requests.open.values_mut().filter(waiting) {
+                req.shared_context = true;
+            }
+        }
+        self.requests.open.insert(
+            fd,
+            OpenRequest {
+                ctx,
+                start,
+                last_write: None,
+                incomplete: false,
+                shared_context,
+                tls: self.tls.take_pending(fd),
+            },
+        );
+    }
+
+    /// A write sent response bytes on a connection.
+    pub(super) fn response_bytes(&mut self, ts: u64, fd: u32) {
+        let Some(req) = self.requests.open.get_mut(&fd) else {
+            return; // a greeting or an unsolicited write: no request is open
+        };
+        let Some(thread) = req.ctx.thread().and_then(|tid| self.threads.get_mut(tid)) else {
+            return;
+        };
+        if req.last_write.is_none() {
+            thread.open_requests = thread.open_requests.saturating_sub(1); // now answering
+        }
+        req.last_write = Some(thread.timeline.snapshot(ts));
+    }
+
+    /// The request on `fd` is over: finished if answered, else aborted.
+    pub(super) fn finish(&mut self, fd: u32) {
+        let Some(req) = self.requests.open.remove(&fd) else {
+            return;
+        };
+        if req.last_write.is_none() {
+            if let Some(thread) = req.ctx.thread().and_then(|tid| self.threads.get_mut(tid)) {
+                thread.open_requests = thread.open_requests.saturating_sub(1);
+            }
+        }
+        let Some(end) = req.last_write else {
+            self.requests.aborted += 1;
+            return;
+        };
+        let mut breakdown = end.since(&req.start);
+        let mut start_ns = req.start.ts;
+        if let Some(tls) = req.tls {
+            breakdown[Cause::TlsHandshake.index()] = tls.duration_ns;
+            start_ns = tls.start_ns;
+        }
+        if req.shared_context {
+            self.requests.shared += 1;
+        }
+        self.requests.finished.push(Request {
+            ctx: req.ctx,
+            fd,
+            start_ns,
+            latency_ns: breakdown.iter().sum(),
+            breakdown,
+            incomplete: req.incomplete,
+            shared_context: req.shared_context,
+        });
+    }
+}

@@ -1,0 +1,201 @@
+//! Thread timelines from the scheduler's events: switch-out (blocked with a cause, or still
+//! runnable), switch-in, wakeup, thread creation and exit.
+
+use rustc_hash::FxHashMap as HashMap;
+use tracer_common::{is_read, PREEMPT_STATE_BIT};
+
+use super::{
+    cause::{blocked_cause, Cause},
+    context::Tid,
+    event::{InSyscall, Waker},
+    timeline::{RunState, Snapshot, Timeline},
+    Engine, FdResolver, Wait,
+};
+
+/// `EXIT_DEAD | EXIT_ZOMBIE` as sched_switch reports an exiting task's state (`X`, `Z`).
+const STATE_EXITING: u32 = 0x30;
+
+/// How soon after a wakeup that came while the thread was still running its switch-out must
+/// follow to be the sleep that wakeup cancelled.
+const PENDING_WAKEUP_NS: u64 = 100_000;
+
+/// A thread of the target.
+pub(super) struct Thread {
+    pub timeline: Timeline,
+    /// The wakeup that ended the last block. A request whose first read blocked starts here,
+    /// so its run-queue delay is counted.
+    pub last_wakeup: Option<Snapshot>,
+    /// A wakeup that arrived while the thread was still on a CPU, and when.
+    pending_wakeup: Option<u64>,
+    /// How many requests on this thread are still waiting for their response.
+    pub open_requests: u32,
+    /// The OpenSSL call (`SSL*`, call) the thread is inside, on a connection still in its
+    /// handshake: its socket reads and writes are handshake flights, not requests.
+    pub ssl_call: Option<(u64, super::event::SslCall)>,
+}
+
+impl Thread {
+    fn new(ts: u64, state: RunState) -> Self {
+        Thread {
+            timeline: Timeline::new(ts, state),
+            last_wakeup: None,
+            pending_wakeup: None,
+            open_requests: 0,
+            ssl_call: None,
+        }
+    }
+}
+
+/// The target's threads, by tid.
+#[derive(Default)]
+pub(super) struct Threads(HashMap<Tid, Thread>);
+
+impl Threads {
+    pub fn get(&self, tid: Tid) -> Option<&Thread> {
+        self.0.get(&tid)
+    }
+
+    pub fn get_mut(&mut self, tid: Tid) -> Option<&mut Thread> {
+        self.0.get_mut(&tid)
+    }
+
+    /// Thread `tid`, first seen at `ts` in `first_state` if it was not known.
+    pub fn seen(&mut self, tid: Tid, ts: u64, first_state: RunState) -> &mut Thread {
+        self.0
+            .entry(tid)
+            .or_insert_with(|| Thread::new(ts, first_state))
+    }
+
+    pub fn snapshot(&self, tid: Tid, ts: u64) -> Option<Snapshot> {
+        self.0.get(&tid).map(|t| t.timeline.snapshot(ts))
+    }
+
+    pub fn remove(&mut self, tid: Tid) {
+        self.0.remove(&tid);
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<R: FdResolver> Engine<R> {
+    pub(super) fn thread_new(&mut self, ts: u64, tid: Tid) {
+        // Not started until the scheduler first runs it.
+        self.threads
+            .0
+            .insert(tid, Thread::new(ts, RunState::UNKNOWN_BLOCK));
+    }
+
+    /// Move a thread to `state`, keeping the per-syscall detail of `other`.
+    pub(super) fn transition(&mut self, tid: Tid, ts: u64, state: RunState) -> (RunState, u64) {
+        let Some(thread) = self.threads.get_mut(tid) else {
+            return (state, 0);
+        };
+        let (left, lasted) = thread.timeline.transition(ts, state);
+        if let RunState::Blocked {
+            cause: Cause::Other,
+            syscall,
+        } = left
+        {
+            *self
+                .other_by_syscall
+                .entry(syscall.map(|s| s.nr))
+                .or_default() += lasted;
+        }
+        (left, lasted)
+    }
+
+    pub(super) fn switch_out(&mut self, ts: u64, tid: Tid, state: u32, syscall: Option<InSyscall>) {
+        if state & STATE_EXITING != 0 {
+            // The last switch of an exiting thread comes after sched_process_exit: do not
+            // bring its context back.
+            self.threads.remove(tid);
+            return;
+        }
+        let thread = self.threads.seen(tid, ts, RunState::Running);
+        // A wakeup that came while the thread was still on its way to sleep: only a switch
+        // right after it is that sleep (a stale one must not turn a later block into
+        // run-queue time).
+        let woken_already = thread
+            .pending_wakeup
+            .take()
+            .is_some_and(|woke| ts.saturating_sub(woke) <= PENDING_WAKEUP_NS);
+        let still_runnable = state == 0 || state >= PREEMPT_STATE_BIT;
+        let next = if still_runnable || woken_already {
+            RunState::Runnable
+        } else {
+            let fds = &mut self.fds;
+            RunState::Blocked {
+                cause: blocked_cause(syscall, state, |fd| fds.kind(fd)),
+                syscall,
+            }
+        };
+        self.transition(tid, ts, next);
+        // Back to reading a connection it has answered: that response is complete.
+        if let Some(s) = syscall.filter(|s| is_read(s.nr)) {
+            let fd = s.arg0 as u32;
+            if self.requests.answered(fd) {
+                self.finish(fd);
+            }
+        }
+    }
+
+    pub(super) fn switch_in(&mut self, ts: u64, tid: Tid) {
+        let thread = self.threads.seen(tid, ts, RunState::Runnable);
+        thread.pending_wakeup = None;
+        let (left, lasted) = self.transition(tid, ts, RunState::Running);
+        if left == RunState::Runnable && lasted > 0 {
+            self.waits.push(Wait::Runqueue(lasted));
+        }
+    }
+
+    pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker) {
+        let thread = self.threads.seen(tid, ts, RunState::UNKNOWN_BLOCK);
+        match thread.timeline.state() {
+            RunState::Running => thread.pending_wakeup = Some(ts),
+            RunState::Runnable => {}
+            RunState::Blocked { cause, syscall } => {
+                let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
+                let thread = self.threads.get_mut(tid).expect("thread exists");
+                thread.last_wakeup = Some(thread.timeline.snapshot(ts));
+                self.note_block_end(cause, syscall, lasted, waker);
+            }
+        }
+    }
+
+    fn note_block_end(
+        &mut self,
+        cause: Cause,
+        syscall: Option<InSyscall>,
+        lasted: u64,
+        waker: Waker,
+    ) {
+        let Some(s) = syscall else { return };
+        if cause == Cause::NetIo && is_read(s.nr) {
+            self.waits.push(Wait::SocketRead(lasted));
+        }
+        if cause == Cause::Lock {
+            self.locks.woken(s.arg0, waker);
+        }
+    }
+
+    /// A syscall returned on `tid`: it runs on a CPU (a lost switch-in is made up for).
+    pub(super) fn syscall_returned(&mut self, ts: u64, tid: Tid) {
+        let thread = self.threads.seen(tid, ts, RunState::Running);
+        thread.pending_wakeup = None;
+        if thread.timeline.state() != RunState::Running {
+            self.transition(tid, ts, RunState::Running);
+        }
+    }
+
+    pub(super) fn thread_exit(&mut self, ts: u64, tid: Tid) {
+        self.transition(tid, ts, RunState::Runnable);
+        for fd in self.requests.open_on(tid) {
+            self.finish(fd);
+        }
+        self.threads.remove(tid);
+        self.tls.go.forget_thread(tid);
+    }
+}

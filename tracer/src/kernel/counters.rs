@@ -1,0 +1,115 @@
+//! What the kernel side counts: events lost (by reason and CPU), program runs the kernel
+//! skipped, and per-program run time (`--bpf-stats`).
+
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use tracer_common::LOSS_KINDS;
+
+use super::probes::Probes;
+
+/// Run time of one kernel program, from the kernel's BPF stats.
+pub struct ProgramStat {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl Probes {
+    /// Events lost in the kernel so far: per reason, summed over CPUs; and per CPU.
+    pub fn losses(&self) -> ([u64; LOSS_KINDS as usize], Vec<u64>) {
+        let mut by_reason = [0; LOSS_KINDS as usize];
+        let mut by_cpu = Vec::new();
+        for (reason, slot) in by_reason.iter_mut().enumerate() {
+            if let Ok(values) = self.losses.get(&(reason as u32), 0) {
+                by_cpu.resize(by_cpu.len().max(values.len()), 0);
+                for (cpu, v) in values.iter().enumerate() {
+                    *slot += v;
+                    by_cpu[cpu] += v;
+                }
+            }
+        }
+        (by_reason, by_cpu)
+    }
+
+    /// Runs of each program the kernel skipped (`bpf_prog_info.recursion_misses`, Linux 5.12+):
+    /// a tracepoint program does not run while another tracing program runs on the same CPU
+    /// (`bpf_prog_active`), nor a raw tracepoint program while it already runs there (an
+    /// interrupt arriving during it): those events were never seen. Programs with none are
+    /// left out.
+    pub fn skipped_runs(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+                let misses = prog_info(fd)?.recursion_misses;
+                (misses > 0).then(|| (name.to_string(), misses))
+            })
+            .collect()
+    }
+
+    /// Per-program run counts and times (non-zero only with `--bpf-stats`).
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStat {
+                    name: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a program (aya 0.14's `ProgramInfo` does not expose
+/// `recursion_misses`).
+fn prog_info(fd: RawFd) -> Option<bpf_prog_info> {
+    // SAFETY: plain-old-data kernel ABI structs, zero is a valid value for both.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
+    // SAFETY: `attr` names a valid program fd and an out-buffer of `info_len` bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    (ret == 0).then_some(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `prog_info` reads the kernel's own struct: with run-time stats on, its run count of
+    /// `task_newtask` lies between two reads by aya around it (other processes may fork
+    /// meanwhile), and counts the threads this test created.
+    #[test]
+    #[ignore = "needs root"]
+    fn prog_info_reads_the_kernels_program_counters() {
+        let (probes, _ring) =
+            Probes::attach(std::process::id(), true, false, false).expect("attach to ourselves");
+        for _ in 0..3 {
+            std::thread::spawn(|| ()).join().unwrap();
+        }
+        let prog = probes.ebpf.program("task_newtask").expect("task_newtask");
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        let before = prog.info().unwrap().run_count();
+        let ours = prog_info(fd).expect("BPF_OBJ_GET_INFO_BY_FD").run_cnt;
+        let after = prog.info().unwrap().run_count();
+        assert!(
+            before <= ours && ours <= after,
+            "{before} <= {ours} <= {after}"
+        );
+        assert!(ours >= 3, "three threads created, {ours} runs");
+        probes.detach();
+    }
+}

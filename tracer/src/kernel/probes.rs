@@ -1,0 +1,240 @@
+//! Loading the kernel programs, attaching them to the target, and reading what the kernel side
+//! counts (losses, per-program run time). Dropping [`Probes`] detaches and unloads everything.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, Program, ProgramError,
+        RawTracePoint, TracePoint, UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracer_common::layout;
+
+use super::tracefs;
+
+/// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
+/// raw tracepoint of its name: exits first.
+const INTERRUPT_NESTING_PROGRAMS: [&str; 6] = [
+    "irq_handler_exit",
+    "softirq_exit",
+    "hrtimer_expire_exit",
+    "irq_handler_entry",
+    "softirq_entry",
+    "hrtimer_expire_entry",
+];
+
+/// Whether a program only serves to name wakers: a skipped run of it costs a waker's name,
+/// never a request's timeline.
+pub fn names_wakers_only(program: &str) -> bool {
+    program == "sched_waking" || INTERRUPT_NESTING_PROGRAMS.contains(&program)
+}
+
+/// Threads used to detach the links in parallel.
+const DETACH_THREADS: usize = 16;
+
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+pub struct Probes {
+    pub(super) ebpf: Ebpf,
+    _stats: Option<OwnedFd>,
+    pub(super) losses: PerCpuArray<MapData, u64>,
+    links: Vec<TracePointLink>,
+    raw_links: Vec<RawTracePointLink>,
+    /// The interrupt-nesting programs: detached last, so the wakeup programs never run
+    /// without them.
+    interrupt_links: Vec<RawTracePointLink>,
+    pub(super) tls_links: Vec<aya::programs::uprobe::UProbeLink>,
+    pub threads: usize,
+}
+
+/// The programs read tracepoint fields at fixed offsets (`tracer_common::layout`); refuse to
+/// load them on a kernel whose tracefs format files say otherwise.
+fn check_layout() -> Result<()> {
+    for (category, event, field, expected) in layout::FIELDS {
+        let actual = tracefs::field_offset(category, event, field)?;
+        if actual as usize != *expected {
+            anyhow::bail!(
+                "unsupported kernel: tracepoint {category}:{event} has `{field}` at offset {actual}, the programs expect {expected}"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Probes {
+    /// Load the programs for `pid` and attach them. Thread tracking is attached first and the
+    /// thread set filled from /proc after, so no thread created meanwhile is missed.
+    /// `tls`: classify read and write buffers as TLS records or not; `report_eagain`: report
+    /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there).
+    pub fn attach(
+        pid: u32,
+        bpf_stats: bool,
+        tls: bool,
+        report_eagain: bool,
+    ) -> Result<(Probes, RingBuf<MapData>)> {
+        if EBPF_OBJECT.is_empty() {
+            anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+        }
+        let stats = if bpf_stats {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .context("enabling BPF run-time stats")?,
+            )
+        } else {
+            None
+        };
+        check_layout()?;
+        let tls_records = u32::from(tls);
+        let report_eagain = u32::from(report_eagain);
+        let mut loader = EbpfLoader::new();
+        loader.override_global("TARGET_TGID", &pid, true);
+        loader.override_global("TLS_RECORDS", &tls_records, true);
+        loader.override_global("REPORT_EAGAIN", &report_eagain, true);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the kernel programs (is BPF supported and are you root?)")?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
+        let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
+        let mut probes = Probes {
+            ebpf,
+            _stats: stats,
+            losses,
+            links: Vec::new(),
+            raw_links: Vec::new(),
+            interrupt_links: Vec::new(),
+            tls_links: Vec::new(),
+            threads: 0,
+        };
+        probes.attach_tp("task_newtask", "task", "task_newtask")?;
+        probes.attach_tp("sched_process_exit", "sched", "sched_process_exit")?;
+        probes.threads = probes.add_threads(pid)?;
+        probes.attach_interrupt_nesting()?;
+        // sched_waking notes the waker that sched_wakeup reports, so it goes first.
+        probes.attach_tp("sched_waking", "sched", "sched_waking")?;
+        probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
+        probes.attach_tp("sched_wakeup_new", "sched", "sched_wakeup_new")?;
+        probes.attach_tp("sched_switch", "sched", "sched_switch")?;
+        probes.attach_raw("sys_exit", "sys_exit")?;
+        probes.attach_raw("sys_enter", "sys_enter")?;
+        probes.seed_in_syscall(pid);
+        Ok((probes, ring))
+    }
+
+    fn attach_tp(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+        let prog: &mut TracePoint = loaded(&mut self.ebpf, program, TracePoint::load)?;
+        let id = prog
+            .attach(category, name)
+            .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
+        self.links.push(prog.take_link(id)?);
+        Ok(())
+    }
+
+    fn attach_raw(&mut self, program: &str, tracepoint: &str) -> Result<()> {
+        let prog: &mut RawTracePoint = loaded(&mut self.ebpf, program, RawTracePoint::load)?;
+        let id = prog
+            .attach(tracepoint)
+            .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+        self.raw_links.push(prog.take_link(id)?);
+        Ok(())
+    }
+
+    /// The per-CPU interrupt nesting that tells a wakeup from an interrupt (a timer, a packet)
+    /// from a task's own (see tracer-ebpf `probes/interrupts.rs`). Exits are attached before
+    /// entries, so no entry is ever counted without its exit.
+    fn attach_interrupt_nesting(&mut self) -> Result<()> {
+        for tracepoint in INTERRUPT_NESTING_PROGRAMS {
+            self.attach_raw(tracepoint, tracepoint)?;
+            self.interrupt_links.extend(self.raw_links.pop());
+        }
+        Ok(())
+    }
+
+    pub fn attached(&self) -> usize {
+        self.links.len() + self.raw_links.len() + self.interrupt_links.len() + self.tls_links.len()
+    }
+
+    /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
+    /// kernel (tens of ms here), so the links are dropped from several threads at once; the
+    /// programs and maps are unloaded when `self` drops.
+    pub fn detach(mut self) {
+        drop(std::mem::take(&mut self.raw_links));
+        // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
+        // parallel (the kernel serialises part of uprobe unregistration).
+        let tracepoints = chunks(std::mem::take(&mut self.links));
+        let uprobes = chunks(std::mem::take(&mut self.tls_links));
+        std::thread::scope(|s| {
+            for chunk in tracepoints {
+                s.spawn(move || drop(chunk));
+            }
+            for chunk in uprobes {
+                s.spawn(move || drop(chunk));
+            }
+        });
+        // Entries before exits, and only once sched_waking is gone: a wakeup from an
+        // interrupt is never taken for the task it hit.
+        while let Some(link) = self.interrupt_links.pop() {
+            drop(link);
+        }
+    }
+}
+
+/// The program `name` of the object, as type `P`.
+pub(super) fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
+/// The program `name`, loaded into the kernel (once: `load` is its type's load function).
+pub(super) fn loaded<'a, P: HasFd>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    load: fn(&mut P) -> Result<(), ProgramError>,
+) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = program_mut::<P>(ebpf, name)?;
+    if !program.is_loaded() {
+        load(program)
+            .with_context(|| format!("loading program {name} (the verifier refused it?)"))?;
+    }
+    Ok(program)
+}
+
+/// What tells whether a program is loaded (its fd exists once it is).
+pub(super) trait HasFd {
+    fn is_loaded(&self) -> bool;
+}
+
+macro_rules! has_fd {
+    ($($program:ty),*) => {$(
+        impl HasFd for $program {
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
+            }
+        }
+    )*};
+}
+
+has_fd!(TracePoint, RawTracePoint, UProbe);
+
+/// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
+fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {
+    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+    let mut chunks = Vec::new();
+    let mut links = links.into_iter().peekable();
+    while links.peek().is_some() {
+        chunks.push(links.by_ref().take(per_thread).collect());
+    }
+    chunks
+}

@@ -1,0 +1,709 @@
+//! `summary.json`: the contract later tools (and our tests and bench) read, as serde types.
+//! [`Summary::build`] fills it from the collector at the end of a trace; the console summary
+//! is rendered from it too, so the two never disagree.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    collector::Collector,
+    engine::{syscall_name, Cause, Waker, LISTED_LOCKS, LISTED_PER_LOCK},
+    kernel::{ring::comm, uprobes::TlsStatus, ProgramStat},
+    output::{
+        aggregate::TlsStats,
+        files::{self, Outcome, OutputDir},
+    },
+    target::Target,
+};
+
+/// The whole document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub target: TargetInfo,
+    pub duration_s: f64,
+    pub stopped_by: StoppedBy,
+    pub requests: Requests,
+    /// Every cause, zero where unseen.
+    pub breakdown: BTreeMap<Cause, CauseTotal>,
+    /// Time blocked in `other`, by the syscall the thread was in (`none`: outside any).
+    pub other_by_syscall_ns: BTreeMap<String, u64>,
+    pub waits: Waits,
+    /// The most waited-on futexes, most waited first.
+    pub locks: Vec<Lock>,
+    pub locks_not_listed: WaitCount,
+    pub tls: Tls,
+    pub events: Events,
+    pub attribution: Attribution,
+    pub programs: Vec<Program>,
+    /// Files that stop early or were not written (empty when all are whole).
+    pub incomplete_files: Vec<IncompleteFile>,
+    /// The tracer's own cost, taken last.
+    pub collector: CollectorUsage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Its name when the trace began (differs after an `exec`).
+    pub comm_at_start: String,
+}
+
+/// Why the trace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppedBy {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The target exited.
+    TargetExit,
+}
+
+impl fmt::Display for StoppedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoppedBy::Duration => "duration",
+            StoppedBy::Signal => "signal",
+            StoppedBy::TargetExit => "target_exit",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requests {
+    pub count: u64,
+    pub latency_ns: Latency,
+    /// Open while events were lost: their breakdown may be wrong.
+    pub incomplete: u64,
+    /// Never answered (connection closed, thread exited).
+    pub aborted: u64,
+    /// Shared their execution context with another open request (event loops).
+    pub shared_context: u64,
+    /// Lines in requests.jsonl.
+    pub slow_logged: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Latency {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            mean: h.mean().round() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CauseTotal {
+    pub total_ns: u64,
+    /// Of all requests' time.
+    pub share: f64,
+    pub per_request_ns: PerRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PerRequest {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// Per-event waits, request or not.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Waits {
+    pub futex_ns: WaitStats,
+    pub runqueue_ns: WaitStats,
+    pub socket_read_ns: WaitStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WaitStats {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl WaitStats {
+    fn of(h: &Histogram<u64>) -> Self {
+        WaitStats {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+/// One contended futex: who waited, and who woke them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lock {
+    /// `0x7f..`
+    pub address: String,
+    pub wait_ns: u64,
+    pub waits: u64,
+    pub waiters: Vec<Waiter>,
+    pub waiters_not_listed: WaitCount,
+    pub wakers: Vec<LockWaker>,
+    pub wakers_not_listed: WakeupCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub tid: u32,
+    pub comm: String,
+    pub wait_ns: u64,
+    pub waits: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WaitCount {
+    pub waits: u64,
+    pub wait_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WakeupCount {
+    pub count: u64,
+}
+
+/// A thread waker has its `tid`, `pid` and `comm`; an interrupt has `interrupt` (`timer`,
+/// `softirq net_rx`, `hardirq N`) and a `comm` in parentheses, never a thread's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockWaker {
+    pub context: WakerContext,
+    pub tid: Option<u32>,
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupt: Option<String>,
+    pub comm: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakerContext {
+    Thread,
+    Interrupt,
+    Unknown,
+}
+
+impl LockWaker {
+    fn new(w: &Waker, count: u64) -> Self {
+        match *w {
+            Waker::Thread {
+                tid,
+                pid,
+                comm: name,
+            } => LockWaker {
+                context: WakerContext::Thread,
+                tid: Some(tid),
+                pid: Some(pid),
+                interrupt: None,
+                comm: comm(&name),
+                count,
+            },
+            Waker::Interrupt(i) => LockWaker {
+                context: WakerContext::Interrupt,
+                tid: None,
+                pid: None,
+                interrupt: Some(i.name()),
+                comm: format!("({})", i.name()),
+                count,
+            },
+            Waker::Unknown => LockWaker {
+                context: WakerContext::Unknown,
+                tid: None,
+                pid: None,
+                interrupt: None,
+                comm: "(unknown)".to_string(),
+                count,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tls {
+    /// The libraries hooked, e.g. `OpenSSL libssl.so.3`.
+    pub library: Option<String>,
+    pub hooked: Vec<String>,
+    pub not_hooked_because: Option<String>,
+    pub handshakes: Handshakes,
+    pub phases: TlsPhaseTotals,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Handshakes {
+    #[serde(flatten)]
+    pub duration_ns: WaitStats,
+    pub by_version: ByVersion,
+    pub resumed: u64,
+    pub full: u64,
+    pub resumption_unknown: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ByVersion {
+    #[serde(rename = "TLSv1.3")]
+    pub tls13: u64,
+    #[serde(rename = "TLSv1.2")]
+    pub tls12: u64,
+    pub unknown: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TlsPhaseTotals {
+    pub cpu: Total,
+    pub peer_wait: Total,
+    pub runqueue: Total,
+    pub other: Total,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Total {
+    pub total_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Events {
+    pub received: u64,
+    pub lost: u64,
+    pub lost_by_reason: LostByReason,
+    pub lost_per_cpu: Vec<u64>,
+    pub skipped_runs: SkippedRuns,
+    pub malformed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LostByReason {
+    pub ring_full: u64,
+    pub map_full: u64,
+    pub read_failed: u64,
+}
+
+/// Program runs the kernel skipped (another BPF program ran on that CPU); counted for every
+/// task on the machine, so they do not mark the target's requests incomplete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedRuns {
+    /// Of the programs that build the timeline.
+    pub timeline: u64,
+    /// Of the programs that only name wakers.
+    pub wakers_only: u64,
+    pub by_program: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// What a request is timed on: `thread`.
+    pub context: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncompleteFile {
+    pub file: String,
+    pub error: String,
+}
+
+impl IncompleteFile {
+    /// The files of `files` that are not whole.
+    pub fn list(files: &[(&str, &Outcome)]) -> Vec<IncompleteFile> {
+        files
+            .iter()
+            .filter_map(|(name, outcome)| match outcome {
+                Outcome::Written => None,
+                Outcome::StopsEarly(e) | Outcome::NotWritten(e) => Some(IncompleteFile {
+                    file: name.to_string(),
+                    error: e.clone(),
+                }),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectorUsage {
+    pub cpu_s: f64,
+    pub user_s: f64,
+    pub sys_s: f64,
+    pub max_rss_kb: i64,
+}
+
+impl CollectorUsage {
+    /// This process's CPU seconds and peak RSS so far.
+    pub fn now() -> Self {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let Ok(ru) = getrusage(UsageWho::RUSAGE_SELF) else {
+            return CollectorUsage::default();
+        };
+        let secs = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        let (user_s, sys_s) = (secs(ru.user_time()), secs(ru.system_time()));
+        CollectorUsage {
+            cpu_s: user_s + sys_s,
+            user_s,
+            sys_s,
+            max_rss_kb: ru.max_rss(),
+        }
+    }
+}
+
+/// What ended the trace and what the kernel side reported, besides the collector.
+pub struct TraceEnd<'a> {
+    pub target: &'a Target,
+    pub stopped_by: StoppedBy,
+    pub programs: &'a [ProgramStat],
+    pub tls: &'a TlsStatus,
+}
+
+const ATTRIBUTION_NOTE: &str = "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)";
+
+impl Summary {
+    /// The summary of a finished trace (`incomplete_files` and `collector` are filled by the
+    /// caller once the other files are committed).
+    pub fn build(c: &Collector, end: &TraceEnd) -> Summary {
+        let t = c.totals();
+        let engine = c.engine();
+        let total: u64 = t.breakdown.iter().sum();
+        let breakdown = Cause::ALL
+            .iter()
+            .map(|&cause| {
+                let h = &t.requests.causes[cause.index()];
+                let ns = t.breakdown[cause.index()];
+                let total = CauseTotal {
+                    total_ns: ns,
+                    share: share(ns, total),
+                    per_request_ns: PerRequest {
+                        p50: h.value_at_quantile(0.5),
+                        p99: h.value_at_quantile(0.99),
+                        max: h.max(),
+                    },
+                };
+                (cause, total)
+            })
+            .collect();
+        let other_by_syscall_ns = engine
+            .other_by_syscall
+            .iter()
+            .filter(|(_, ns)| **ns > 0)
+            .map(|(nr, ns)| (syscall_name(*nr), *ns))
+            .collect();
+        let (lost, lost_by_cpu) = c.losses();
+        let (timeline, wakers_only) = c.skipped_runs();
+        Summary {
+            target: TargetInfo {
+                pid: end.target.pid,
+                comm: end.target.comm.clone(),
+                comm_at_start: end
+                    .target
+                    .comm_at_start
+                    .clone()
+                    .unwrap_or_else(|| end.target.comm.clone()),
+            },
+            duration_s: c.elapsed().as_secs_f64(),
+            stopped_by: end.stopped_by,
+            requests: Requests {
+                count: t.requests.latency.len(),
+                latency_ns: Latency::of(&t.requests.latency),
+                incomplete: t.incomplete,
+                aborted: engine.aborted(),
+                shared_context: engine.shared(),
+                slow_logged: c.slow_logged(),
+            },
+            breakdown,
+            other_by_syscall_ns,
+            waits: Waits {
+                futex_ns: WaitStats::of(&t.futex.hdr),
+                runqueue_ns: WaitStats::of(&t.runqueue.hdr),
+                socket_read_ns: WaitStats::of(&t.socket_read.hdr),
+            },
+            locks: top_locks(c),
+            locks_not_listed: locks_not_listed(c),
+            tls: tls(end.tls, &t.tls),
+            events: Events {
+                received: c.received(),
+                lost: lost.iter().sum(),
+                lost_by_reason: LostByReason {
+                    ring_full: lost[0],
+                    map_full: lost[1],
+                    read_failed: lost[2],
+                },
+                lost_per_cpu: lost_by_cpu.to_vec(),
+                skipped_runs: SkippedRuns {
+                    timeline,
+                    wakers_only,
+                    by_program: c.skipped_by_program().iter().cloned().collect(),
+                },
+                malformed: c.malformed(),
+            },
+            attribution: Attribution {
+                context: "thread".to_string(),
+                note: ATTRIBUTION_NOTE.to_string(),
+            },
+            programs: end
+                .programs
+                .iter()
+                .map(|p| Program {
+                    name: p.name.clone(),
+                    run_count: p.run_count,
+                    run_time_ns: p.run_time_ns,
+                    ns_per_run: p.run_time_ns.checked_div(p.run_count).unwrap_or(0),
+                })
+                .collect(),
+            incomplete_files: Vec::new(),
+            collector: CollectorUsage::default(),
+        }
+    }
+
+    /// Write it to `summary.json` (pretty, one write, then renamed into place).
+    pub fn write(&self, dir: &Arc<OutputDir>) -> Outcome {
+        let text = serde_json::to_string_pretty(self).expect("the summary serializes") + "\n";
+        files::write_file(dir, files::SUMMARY, text.as_bytes())
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn top_locks(c: &Collector) -> Vec<Lock> {
+    c.engine()
+        .locks
+        .top(LISTED_LOCKS)
+        .into_iter()
+        .map(|(addr, l)| {
+            let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
+            let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
+            Lock {
+                address: format!("{addr:#x}"),
+                wait_ns: l.wait_ns,
+                waits: l.waits,
+                waiters: waiters
+                    .iter()
+                    .map(|(tid, t)| Waiter {
+                        tid: tid.0,
+                        comm: c.thread_name(*tid).unwrap_or("?").to_string(),
+                        wait_ns: t.ns,
+                        waits: t.count,
+                    })
+                    .collect(),
+                waiters_not_listed: WaitCount {
+                    waits: other_waits.count,
+                    wait_ns: other_waits.ns,
+                },
+                wakers: wakers
+                    .iter()
+                    .map(|(w, t)| LockWaker::new(w, t.count))
+                    .collect(),
+                wakers_not_listed: WakeupCount {
+                    count: other_wakeups.count,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Addresses the lock detail does not list: beyond the top ones, and those folded to keep the
+/// collector bounded.
+fn locks_not_listed(c: &Collector) -> WaitCount {
+    let locks = &c.engine().locks;
+    let listed: Vec<_> = locks.top(LISTED_LOCKS);
+    let (kept_waits, kept_ns) = locks
+        .iter()
+        .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
+    let (listed_waits, listed_ns) = listed
+        .iter()
+        .fold((0, 0), |(w, ns), (_, l)| (w + l.waits, ns + l.wait_ns));
+    WaitCount {
+        waits: kept_waits - listed_waits + locks.folded.count,
+        wait_ns: kept_ns - listed_ns + locks.folded.ns,
+    }
+}
+
+fn tls(status: &TlsStatus, stats: &TlsStats) -> Tls {
+    let count = stats.durations.len();
+    Tls {
+        library: status.library.clone(),
+        hooked: status.hooked.clone(),
+        not_hooked_because: status.reason.clone(),
+        handshakes: Handshakes {
+            duration_ns: WaitStats::of(&stats.durations),
+            by_version: ByVersion {
+                tls13: stats.by_version[2],
+                tls12: stats.by_version[1],
+                unknown: stats.by_version[0],
+            },
+            resumed: stats.resumed,
+            full: stats.full,
+            resumption_unknown: count.saturating_sub(stats.resumed + stats.full),
+        },
+        phases: TlsPhaseTotals {
+            cpu: Total {
+                total_ns: stats.phases.cpu,
+            },
+            peer_wait: Total {
+                total_ns: stats.phases.peer_wait,
+            },
+            runqueue: Total {
+                total_ns: stats.phases.runqueue,
+            },
+            other: Total {
+                total_ns: stats.phases.other,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::nr;
+
+    use super::*;
+    use crate::{
+        engine::{Engine, Event, EventKind, FdKind, InSyscall, Interrupt, SyscallReturn, Tid},
+        output::{hlog::HlogWriter, jsonl::SlowRequests},
+        target::fds::ProcFds,
+    };
+
+    /// Above the kernel's PID_MAX_LIMIT (4194304): no such process or thread exists, so the
+    /// names read from /proc are the same on every machine.
+    const PID: u32 = 4_194_400;
+    const T: Tid = Tid(PID + 1);
+    const CONN: u32 = 7;
+
+    fn syscall(ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
+        syscall_from(ts - 1, ts, nr, arg0, ret)
+    }
+
+    fn syscall_from(enter_ts: u64, ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
+        let sys = SyscallReturn {
+            nr,
+            arg0,
+            ret,
+            enter_ts,
+            tls_record: 0,
+        };
+        Event::new(ts, T, EventKind::Syscall(sys))
+    }
+
+    fn block(ts: u64, nr: u32, arg0: u64) -> Event {
+        let syscall = Some(InSyscall { nr, arg0 });
+        Event::new(ts, T, EventKind::SwitchOut { state: 1, syscall })
+    }
+
+    fn wake(ts: u64, waker: Waker) -> Event {
+        Event::new(ts, T, EventKind::Wakeup { waker })
+    }
+
+    fn run(ts: u64) -> Event {
+        Event::new(ts, T, EventKind::SwitchIn)
+    }
+
+    /// Two requests: one waits for a futex a thread releases, one blocks in an untraced
+    /// syscall until a timer fires.
+    fn synthetic_summary() -> Summary {
+        let dir = std::env::temp_dir().join(format!("tracer-summary-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let mut engine = Engine::new(ProcFds::new(std::process::id()));
+        engine.set_fd_kind(CONN, FdKind::Connection);
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let mut c = Collector::new(PID, engine, hlog, slow);
+        let mut holder = [0; 16];
+        holder[..6].copy_from_slice(b"holder");
+        let thread = Waker::Thread {
+            tid: PID + 2,
+            pid: PID,
+            comm: holder,
+        };
+        c.feed([
+            syscall(1_000, nr::READ, CONN.into(), 100),
+            block(2_000, nr::FUTEX, 0xabc0),
+            wake(5_000, thread),
+            run(6_000),
+            syscall_from(1_900, 6_100, nr::FUTEX, 0xabc0, 0),
+            syscall(7_000, nr::WRITE, CONN.into(), 10),
+            block(8_000, nr::READ, CONN.into()),
+            wake(9_000, Waker::Interrupt(Interrupt::Softirq(3))),
+            run(9_500),
+            syscall(10_000, nr::READ, CONN.into(), 100),
+            block(11_000, 61, 0), // wait4: `other`
+            wake(31_000, Waker::Interrupt(Interrupt::Timer)),
+            run(31_000),
+            syscall(32_000, nr::WRITE, CONN.into(), 10),
+            syscall(33_000, nr::CLOSE, CONN.into(), 0),
+        ]);
+        c.stop();
+        c.finish();
+        c.end_interval();
+        let target = Target {
+            pid: PID,
+            comm: "synthetic".to_string(),
+            comm_at_start: None,
+            thread: None,
+        };
+        let programs = [ProgramStat {
+            name: "sched_switch".to_string(),
+            run_count: 10,
+            run_time_ns: 3_620,
+        }];
+        let tls = TlsStatus {
+            reason: Some("turned off (--tls off)".to_string()),
+            ..Default::default()
+        };
+        let end = TraceEnd {
+            target: &target,
+            stopped_by: StoppedBy::Duration,
+            programs: &programs,
+            tls: &tls,
+        };
+        let mut summary = Summary::build(&c, &end);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+        summary.duration_s = 2.5; // wall-clock time, not the events'
+        summary
+    }
+
+    /// The contract: a change to summary.json's shape shows up here (review the snapshot,
+    /// then update the README's description of the file).
+    #[test]
+    fn summary_json_contract() {
+        let summary = synthetic_summary();
+        assert_eq!(summary.requests.count, 2);
+        insta::assert_json_snapshot!(summary);
+    }
+
+    #[test]
+    fn summary_json_reads_back_into_the_same_types() {
+        let summary = synthetic_summary();
+        let text = serde_json::to_string_pretty(&summary).unwrap();
+        assert_eq!(serde_json::from_str::<Summary>(&text).unwrap(), summary);
+    }
+}

@@ -1,0 +1,186 @@
+//! One trace, start to end: pre-flight checks, attach, the select loop (drain the ring
+//! buffer, print a live row per interval, watch the target and the signals), then detach and
+//! write everything.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::{self, Args},
+    collector::Collector,
+    engine::Tid,
+    engine::{Engine, FdKind},
+    kernel::{privileges, tracefs, uprobes::TlsStatus, Probes},
+    output::{
+        self, console,
+        files::{self, OutputDir},
+        hlog::HlogWriter,
+        jsonl::SlowRequests,
+        live,
+        summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
+    },
+    target::{self, fds::ProcFds, go, Executable, Target},
+};
+
+/// How often the ring buffer is drained (programs submit without waking us).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often the target is checked for exit.
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Trace as `args` say; an error is one line for the operator.
+pub fn run(args: Args) -> Result<()> {
+    privileges::check_privileges(args.bpf_stats)?;
+    let target = target::check_target(args.pid)?;
+    if let Some(tid) = target.thread {
+        eprintln!(
+            "tracer: {tid} is a thread of process {} ({}): tracing the process, all of its threads",
+            target.pid, target.comm
+        );
+    }
+    let out = files::prepare_output(&args.output)?;
+    if tracefs::ensure_mounted()? {
+        eprintln!(
+            "tracer: tracefs was not mounted; mounted it at {}",
+            tracefs::TRACEFS
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(trace(args, target, Arc::new(out)))
+}
+
+async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()> {
+    // Signals are caught before anything is attached, so a Ctrl-C at any point detaches.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let fds = ProcFds::new(target.pid);
+    let connections = fds.open_connections();
+    let mut engine = Engine::new(fds);
+    for fd in &connections {
+        engine.set_fd_kind(*fd, FdKind::Connection);
+    }
+
+    let tls_on = args.tls == cli::Tls::On;
+    // Read once, for Go's crypto/tls and a statically linked OpenSSL.
+    let exe = tls_on.then(|| Executable::read(target.pid));
+    let go = exe.as_ref().map(|exe| match exe {
+        Ok(exe) => go::find_go_tls(exe),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    });
+    let report_eagain = matches!(go, Some(Ok(Some(_))));
+    let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats, tls_on, report_eagain)?;
+    let tls_status = match go {
+        Some(go) => {
+            let exe = exe.as_ref().and_then(|exe| exe.as_ref().ok());
+            probes.attach_tls(target.pid, exe, go, args.tls_io_probes)
+        }
+        None => TlsStatus {
+            reason: Some("turned off (--tls off)".into()),
+            ..Default::default()
+        },
+    };
+    eprintln!(
+        "tracer: attached to PID {} ({}): {} threads, {} open connections, {} kernel hooks",
+        target.pid,
+        target.comm,
+        probes.threads,
+        connections.len(),
+        probes.attached(),
+    );
+    eprintln!("tracer: {}", tls_status.line());
+    // Created once attached, so a refused attach leaves an earlier run's files alone.
+    let hlog = HlogWriter::create(&out, std::time::SystemTime::now());
+    let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
+    let slow = SlowRequests::create(&out, slow_ns);
+    let mut collector = Collector::new(target.pid, engine, hlog, slow);
+
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut report = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let stop = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+
+    println!("{}", live::header());
+    let stopped_by = loop {
+        tokio::select! {
+            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false),
+            _ = report.tick() => {
+                collector.drain(&mut ring, Some(&probes), false);
+                println!("{}", live::row(&collector, args.interval));
+                collector.end_interval();
+            }
+            _ = liveness.tick() => {
+                if !target::target_alive(target.pid) {
+                    break StoppedBy::TargetExit;
+                }
+            }
+            _ = &mut stop => break StoppedBy::Duration,
+            _ = sigint.recv() => break StoppedBy::Signal,
+            _ = sigterm.recv() => break StoppedBy::Signal,
+        }
+    };
+
+    collector.stop();
+    eprintln!(
+        "tracer: stopping ({stopped_by}): detaching and writing {}",
+        args.output.display()
+    );
+    // Final read of the kernel side, then detach everything before writing the files.
+    collector.drain(&mut ring, Some(&probes), false);
+    let programs = probes.program_stats();
+    collector.read_skipped_runs(&probes);
+    probes.detach();
+    // Records submitted while the programs were being detached.
+    collector.drain(&mut ring, None, true);
+    collector.finish();
+    // The last, partial interval, with the requests the final drain settled: the live rows add
+    // up to the summary's request count.
+    let last = collector.interval_length().as_secs_f64();
+    println!("{}", live::row(&collector, last));
+    collector.end_interval();
+    target.refresh_comm(collector.thread_name(Tid(target.pid)));
+
+    // A failed write never stops the run: the summary is printed, every file is attempted,
+    // and the exit status tells that files are incomplete.
+    let [(hlog_name, hlog), (requests_name, requests)] = collector.commit_files();
+    let end = TraceEnd {
+        target: &target,
+        stopped_by,
+        programs: &programs,
+        tls: &tls_status,
+    };
+    let mut summary = Summary::build(&collector, &end);
+    summary.incomplete_files =
+        IncompleteFile::list(&[(hlog_name, &hlog), (requests_name, &requests)]);
+    print!("{}", console::final_summary(&summary, collector.totals()));
+    // Taken last, so the peak covers the whole run, the final summary included.
+    summary.collector = CollectorUsage::now();
+    let summary = summary.write(&out);
+    let outcomes = [
+        (output::SUMMARY, &summary),
+        (output::HLOG, &hlog),
+        (output::REQUESTS, &requests),
+    ];
+    match files::incomplete(out.path(), &outcomes) {
+        None => {
+            println!(
+                "files: {}/summary.json, latency.hlog, requests.jsonl",
+                out.path().display()
+            );
+            Ok(())
+        }
+        Some(incomplete) => bail!(incomplete),
+    }
+}
