@@ -8,7 +8,6 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::stats::number;
 use crate::cmdline;
 
 /// What one load phase measured (from the JSON line `workload load` prints at the end, or
@@ -41,6 +40,11 @@ pub fn run_workload_load(cmd: &mut Command) -> Result<Load> {
         p99_us: number(&value, "/p99_us"),
         errors: number(&value, "/errors"),
     })
+}
+
+/// A number at a JSON pointer; `None` when missing or not a number.
+fn number(value: &Value, pointer: &str) -> Option<f64> {
+    value.pointer(pointer)?.as_f64()
 }
 
 /// `openssl s_time` for `seconds`: new TLS connections back to back; connections per wall

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use tracer::output::summary::Summary;
 
 use super::{
     load::Load,
@@ -24,8 +24,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// One traced phase's results.
 pub struct Traced {
     pub load: Load,
-    /// The tracer's `summary.json`, if it wrote one.
-    pub summary: Option<Value>,
+    /// The tracer's `summary.json`, if it wrote a readable one.
+    pub summary: Option<Summary>,
 }
 
 /// Everything measured for one scenario.
@@ -121,10 +121,14 @@ impl ScenarioRun<'_> {
         tracer.wait_until_attached(phase)?;
         let load = (self.target.load)()?;
         tracer.stop(phase, &mut self.bench.failures)?;
-        let summary = read_summary(out_dir);
-        if summary.is_none() {
-            println!("{phase}: no readable summary.json in {}", out_dir.display());
-        }
+        let summary = read_summary(out_dir)
+            .inspect_err(|e| {
+                println!(
+                    "{phase}: no readable summary.json in {}: {e:#}",
+                    out_dir.display()
+                )
+            })
+            .ok();
         Ok(Traced { load, summary })
     }
 }

@@ -2,13 +2,13 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use serde_json::Value;
+use tracer::output::summary::{Program, Summary};
 
 use super::{
     load::Load,
     phases::Measured,
     scenarios::{Scenario, UprobeCostUnit, MAX_THROUGHPUT_LOSS_PCT, MAX_TLS_THROUGHPUT_LOSS_PCT},
-    stats::{max, mean, median, number, ratio, sum},
+    stats::{max, mean, median, ratio, sum},
 };
 
 /// A phase's load, in one line.
@@ -119,15 +119,13 @@ struct TracerFigures {
 
 impl TracerFigures {
     fn of(measured: &Measured) -> Self {
-        let summaries: Vec<Option<&Value>> =
+        let summaries: Vec<Option<&Summary>> =
             measured.traced.iter().map(|t| t.summary.as_ref()).collect();
-        let field = |pointer: &str| -> Vec<Option<f64>> {
-            summaries
-                .iter()
-                .map(|summary| number((*summary)?, pointer))
-                .collect()
+        // A figure of each phase; `None` for a phase without a summary.
+        let field = |figure: fn(&Summary) -> f64| -> Vec<Option<f64>> {
+            summaries.iter().map(|s| s.map(figure)).collect()
         };
-        let durations = field("/duration_s");
+        let durations = field(|s| s.duration_s);
         let per_second = |values: Vec<Option<f64>>| {
             mean(
                 values
@@ -137,10 +135,10 @@ impl TracerFigures {
             )
         };
         TracerFigures {
-            events_per_s: per_second(field("/events/received")),
-            lost: sum(field("/events/lost")),
-            cpu_pct: per_second(field("/collector/cpu_s")).map(|share| share * 100.0),
-            rss_mib: max(field("/collector/max_rss_kb")).map(|kb| kb / 1024.0),
+            events_per_s: per_second(field(|s| s.events.received as f64)),
+            lost: sum(field(|s| s.events.lost as f64)),
+            cpu_pct: per_second(field(|s| s.collector.cpu_s)).map(|share| share * 100.0),
+            rss_mib: max(field(|s| s.collector.max_rss_kb as f64)).map(|kb| kb / 1024.0),
         }
     }
 }
@@ -201,31 +199,24 @@ struct ProgramCost {
     run_count: f64,
     run_time_ns: f64,
     /// The phase's `duration_s`.
-    duration_s: Option<f64>,
+    duration_s: f64,
 }
 
 /// Each kernel program's cost in the `--bpf-stats` phase's summary, by name.
-fn program_costs(stats_summary: Option<&Value>) -> BTreeMap<String, ProgramCost> {
-    let mut costs = BTreeMap::new();
+fn program_costs(stats_summary: Option<&Summary>) -> BTreeMap<String, ProgramCost> {
     let Some(summary) = stats_summary else {
-        return costs;
+        return BTreeMap::new();
     };
-    let Some(programs) = summary.get("programs").and_then(Value::as_array) else {
-        return costs;
+    let cost = |program: &Program| ProgramCost {
+        run_count: program.run_count as f64,
+        run_time_ns: program.run_time_ns as f64,
+        duration_s: summary.duration_s,
     };
-    let duration_s = number(summary, "/duration_s");
-    for program in programs {
-        let Some(name) = program.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        let cost = ProgramCost {
-            run_count: number(program, "/run_count").unwrap_or(0.0),
-            run_time_ns: number(program, "/run_time_ns").unwrap_or(0.0),
-            duration_s,
-        };
-        costs.insert(name.to_string(), cost);
-    }
-    costs
+    summary
+        .programs
+        .iter()
+        .map(|program| (program.name.clone(), cost(program)))
+        .collect()
 }
 
 fn print_program_costs(costs: &BTreeMap<String, ProgramCost>) {
@@ -239,7 +230,7 @@ fn print_program_costs(costs: &BTreeMap<String, ProgramCost>) {
     );
     for (name, cost) in costs {
         let ns_per_run = ratio(Some(cost.run_time_ns), Some(cost.run_count));
-        let runs_per_s = ratio(Some(cost.run_count), cost.duration_s);
+        let runs_per_s = ratio(Some(cost.run_count), Some(cost.duration_s));
         println!(
             "  {:<30} {:>12} {:>12}",
             name,
@@ -251,22 +242,16 @@ fn print_program_costs(costs: &BTreeMap<String, ProgramCost>) {
 
 /// The TLS handshakes the `--bpf-stats` phase traced, and its uprobe programs' BPF time per
 /// `unit`.
-fn print_uprobe_cost(stats_summary: Option<&Value>, unit: UprobeCostUnit) {
-    let handshakes = stats_summary.and_then(|s| number(s, "/tls/handshakes/count"));
-    let requests = stats_summary.and_then(|s| number(s, "/requests/count"));
-    let uprobe_ns: f64 = stats_summary
-        .and_then(|s| s.get("programs")?.as_array())
-        .map(|list| {
-            list.iter()
-                .filter(|p| {
-                    p["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("ssl_") || n.starts_with("go_"))
-                })
-                .filter_map(|p| number(p, "/run_time_ns"))
-                .sum()
-        })
-        .unwrap_or(0.0);
+fn print_uprobe_cost(stats_summary: Option<&Summary>, unit: UprobeCostUnit) {
+    let handshakes = stats_summary.map(|s| s.tls.handshakes.duration_ns.count as f64);
+    let requests = stats_summary.map(|s| s.requests.count as f64);
+    let uprobe_ns: f64 = stats_summary.map_or(0.0, |s| {
+        s.programs
+            .iter()
+            .filter(|p| p.name.starts_with("ssl_") || p.name.starts_with("go_"))
+            .map(|p| p.run_time_ns as f64)
+            .sum()
+    });
     let count = match unit {
         UprobeCostUnit::Request => requests,
         UprobeCostUnit::Handshake => handshakes,

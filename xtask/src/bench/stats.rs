@@ -1,12 +1,5 @@
 //! Statistics over the phases' figures, each of which may be missing.
 
-use serde_json::Value;
-
-/// A number at a JSON pointer; `None` when missing or not a number.
-pub fn number(value: &Value, pointer: &str) -> Option<f64> {
-    value.pointer(pointer)?.as_f64()
-}
-
 /// Mean of the values that are present; `None` when none is.
 pub fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     let present: Vec<f64> = values.into_iter().flatten().collect();
@@ -70,13 +63,5 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(1.0)), None);
         assert_eq!(ratio(Some(1.0), None), None);
-    }
-
-    #[test]
-    fn numbers_at_pointers() {
-        let value = serde_json::json!({"events": {"lost": 3, "name": "x"}});
-        assert_eq!(number(&value, "/events/lost"), Some(3.0));
-        assert_eq!(number(&value, "/events/name"), None);
-        assert_eq!(number(&value, "/missing"), None);
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use tracer::output::{summary::Summary, SUMMARY};
 
 use crate::workload::{signal, Proc};
 
@@ -154,8 +154,9 @@ fn empty_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
-/// The tracer's `summary.json` in `out_dir`, if it wrote a readable one.
-pub fn read_summary(out_dir: &Path) -> Option<Value> {
-    let path = out_dir.join("summary.json");
-    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+/// The tracer's `summary.json` in `out_dir`.
+pub fn read_summary(out_dir: &Path) -> Result<Summary> {
+    let path = out_dir.join(SUMMARY);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
