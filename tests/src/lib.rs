@@ -1,35 +1,38 @@
-//! Helpers for the tracer's integration tests: locating built binaries,
-//! running the `workload` server and load generator, and a tiny HTTP client.
+//! The tracer's integration-test harness, and the pieces the `workload` server shares with
+//! it:
+//! - [`session`]: the real tracer run against a target (start, wait until attached, stop with
+//!   a signal, wait for the exit, read the output files), and helper commands, with one
+//!   timeout policy;
+//! - [`Workload`]: a test server (the `workload` binary or any target that prints its
+//!   listening line), and the `workload load` generator;
+//! - [`TempDir`] and [`wait_for`]: scratch directories and bounded polling;
+//! - [`http`]: a tiny HTTP client (and the server's parser).
+//!
+//! What xtask does too (certificates, the Go server) lives in the `tracer-support` crate,
+//! re-exported here as [`support`].
+//!
+//! The tests that need root (they load kernel programs, mount, or switch users) are
+//! `#[ignore = "needs root"]`; `cargo xtask test` runs them, as root, with
+//! `--include-ignored`.
 
 pub mod http;
 pub mod session;
+mod temp;
 
 pub use http::{HttpClient, Response};
+pub use temp::TempDir;
+pub use tracer_support::{self as support, is_root, workspace_root};
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long [`Workload::spawn`] waits for the server's `listening` line.
+/// How long [`Workload::start`] waits for the server's `listening` line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Whether the current process runs as root (effective uid 0).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The cargo workspace root (the parent of this crate's directory).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate has a parent directory")
-        .to_path_buf()
-}
+/// How often [`wait_for`] checks.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Path of a built binary: `$TRACER_BIN_DIR/<name>` when that variable is
 /// set, else cargo's `CARGO_BIN_EXE_<name>` when running under `cargo test`
@@ -73,39 +76,58 @@ impl Workload {
     }
 
     /// Starts `<exe> serve --port 0 <args>` and waits for its `listening` line.
-    ///
-    /// Panics if the server does not start within 30 s.
     pub fn spawn_exe(exe: &Path, args: &[&str]) -> Workload {
-        let child = Command::new(exe)
-            .args(["serve", "--port", "0"])
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--port", "0"]).args(args);
+        Self::start(cmd)
+    }
+
+    /// The `workload` server running as user `nobody`, without capabilities.
+    pub fn spawn_as_nobody() -> Workload {
+        let mut cmd = session::as_nobody("", &bin_path("workload"));
+        cmd.args(["serve", "--port", "0"]);
+        Self::start(cmd)
+    }
+
+    /// Starts any server that prints `listening 127.0.0.1:<port> pid <pid>` once it accepts
+    /// connections, and waits for that line.
+    ///
+    /// Panics (after killing it) if the line does not come within 30 s.
+    pub fn start(mut cmd: Command) -> Workload {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        Self::from_started(child, &exe.display().to_string())
-    }
-
-    /// A server started with its stdout piped: waits for its `listening` line.
-    ///
-    /// Panics (after killing it) if the line does not come within 30 s.
-    pub fn from_started(mut child: Child, what: &str) -> Workload {
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
-        match parse_listening_line(&line) {
-            Some((addr, pid)) => Workload { child, pid, addr },
-            None => {
+        match support::read_listening_line(stdout, STARTUP_TIMEOUT) {
+            Ok((addr, pid)) => Workload { child, pid, addr },
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{what} did not start; its first stdout line was {line:?}");
+                panic!("{what} did not start: {e:#}");
             }
         }
+    }
+
+    /// Running, not a zombie.
+    pub fn alive(&self) -> bool {
+        process_running(self.pid)
+    }
+
+    /// The server is unharmed: running, and answering `GET /` on a new connection.
+    pub fn assert_serving(&self) {
+        assert!(
+            self.alive(),
+            "the traced server (PID {}) is no longer running",
+            self.pid
+        );
+        let response = self
+            .client()
+            .get("/")
+            .unwrap_or_else(|e| panic!("the traced server no longer answers: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
     }
 
     /// A new keep-alive client connected to this server.
@@ -122,18 +144,30 @@ impl Drop for Workload {
     }
 }
 
-/// Parses `listening 127.0.0.1:<port> pid <pid>`.
-pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, u32)> {
-    let mut words = line.split_whitespace();
-    if words.next()? != "listening" {
-        return None;
+/// Running, not a zombie (as the tracer itself judges it).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, None | Some('Z' | 'X' | 'x'))
+    })
+}
+
+/// Calls `check` every 20 ms until it returns `Ok`, and returns that value; panics with its
+/// last `Err` (what it was waiting for, or what it saw) once `timeout` has passed.
+pub fn wait_for<T, E: std::fmt::Display>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("not within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(POLL),
+        }
     }
-    let addr = words.next()?.parse().ok()?;
-    if words.next()? != "pid" {
-        return None;
-    }
-    let pid = words.next()?.parse().ok()?;
-    words.next().is_none().then_some((addr, pid))
 }
 
 /// Summary printed (as one JSON line) by `workload load`.
@@ -214,19 +248,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listening_line() {
-        let line = "listening 127.0.0.1:8080 pid 42\n";
-        assert_eq!(
-            parse_listening_line(line),
-            Some(("127.0.0.1:8080".parse().unwrap(), 42))
-        );
-        assert_eq!(parse_listening_line(""), None);
-        assert_eq!(parse_listening_line("listening 127.0.0.1:8080"), None);
-        assert_eq!(parse_listening_line("listening x pid 1"), None);
-        assert_eq!(
-            parse_listening_line("listening 127.0.0.1:1 pid 1 extra"),
-            None
-        );
+    fn wait_for_returns_the_value() {
+        let mut calls = 0;
+        let got = wait_for(Duration::from_secs(30), || {
+            calls += 1;
+            if calls < 3 {
+                Err("not yet")
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "not within 50ms: never")]
+    fn wait_for_is_bounded() {
+        wait_for(Duration::from_millis(50), || Err::<(), _>("never"));
     }
 
     #[test]
@@ -235,10 +273,5 @@ mod tests {
         let r: LoadResult = serde_json::from_str(json).unwrap();
         assert_eq!((r.requests, r.errors), (10, 0));
         assert_eq!(serde_json::to_string(&r).unwrap(), json);
-    }
-
-    #[test]
-    fn workspace_root_has_manifest() {
-        assert!(workspace_root().join("Cargo.toml").is_file());
     }
 }

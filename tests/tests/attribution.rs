@@ -6,8 +6,8 @@
 //! with what the client sent. The server reports what it measured itself (X-Handler-Ns,
 //! X-Fsync-Ns); the tracer's figure must agree within the tolerances below.
 
-use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession, Response, Workload};
+use tracer::{engine::Cause, output::jsonl::RequestRecord};
+use tracer_tests::{session::Tracer, Response, Workload};
 
 const MS: u64 = 1_000_000;
 const ROUNDS: usize = 6;
@@ -17,19 +17,19 @@ struct Sent {
     response: Response,
 }
 
-fn cause(req: &Value, name: &str) -> u64 {
-    req["breakdown"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {name} in {req}"))
+fn cause(req: &RequestRecord, cause: Cause) -> u64 {
+    *req.breakdown
+        .get(&cause)
+        .unwrap_or_else(|| panic!("no {} in {req:?}", cause.name()))
 }
 
-fn dominant(req: &Value) -> String {
-    let breakdown = req["breakdown"].as_object().expect("breakdown object");
-    let (name, _) = breakdown
+fn dominant(req: &RequestRecord) -> Cause {
+    let (&cause, _) = req
+        .breakdown
         .iter()
-        .max_by_key(|(_, v)| v.as_u64().unwrap_or(0))
+        .max_by_key(|(_, &ns)| ns)
         .expect("causes");
-    name.clone()
+    cause
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -56,11 +56,8 @@ fn near(got: u64, want: u64, rel: f64, abs: u64) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn each_endpoint_is_attributed_to_its_cause() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let data_dir = std::env::temp_dir().join("tracer-test-disk");
     std::fs::create_dir_all(&data_dir).unwrap();
     // /tmp may be tmpfs, where fsync is free; /var/tmp is on a disk.
@@ -70,7 +67,9 @@ fn each_endpoint_is_attributed_to_its_cause() {
         data_dir
     };
     let workload = Workload::spawn_with_args(&["--data-dir", disk_dir.to_str().unwrap()]);
-    let tracer = TracerSession::start(workload.pid, "endpoints", &["--slow", "0", "-i", "1"]);
+    let tracer = Tracer::attach(workload.pid)
+        .args(["--slow", "0", "-i", "1"])
+        .start();
 
     let plan: [&'static str; 5] = [
         "/cpu?ms=20",
@@ -94,8 +93,8 @@ fn each_endpoint_is_attributed_to_its_cause() {
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
 
-    let mut traced: Vec<&Value> = done.requests.iter().collect();
-    traced.sort_by_key(|r| r["start_ns"].as_u64());
+    let mut traced: Vec<&RequestRecord> = done.requests.iter().collect();
+    traced.sort_by_key(|r| r.start_ns);
     assert_eq!(
         traced.len(),
         sent.len(),
@@ -103,54 +102,50 @@ fn each_endpoint_is_attributed_to_its_cause() {
         done.stdout
     );
 
-    let mut by_path: std::collections::BTreeMap<&str, Vec<(&Sent, &Value)>> = Default::default();
+    let mut by_path: std::collections::BTreeMap<&str, Vec<(&Sent, &RequestRecord)>> =
+        Default::default();
     for (s, r) in sent.iter().zip(&traced) {
         assert_eq!(
-            r["latency_ns"].as_u64().unwrap(),
-            r["breakdown"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum::<u64>(),
-            "causes sum to the latency: {r}"
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "causes sum to the latency: {r:?}"
         );
-        assert_eq!(r["incomplete"], false, "no events lost: {r}");
+        assert!(!r.incomplete, "no events lost: {r:?}");
         by_path.entry(s.path).or_default().push((s, r));
     }
 
     // Each endpoint: its dominant cause, and that cause's median against the server's own
     // measurement of the same work.
     let check = |path: &str,
-                 want: &str,
-                 measured: &dyn Fn(&Sent, &Value) -> (u64, u64),
+                 want: Cause,
+                 measured: &dyn Fn(&Sent, &RequestRecord) -> (u64, u64),
                  rel: f64,
                  abs: u64| {
         let rows = &by_path[path];
         for (_, r) in rows {
-            assert_eq!(dominant(r), want, "{path}: dominant cause of {r}");
+            assert_eq!(dominant(r), want, "{path}: dominant cause of {r:?}");
         }
         let got = median(rows.iter().map(|(s, r)| measured(s, r).0).collect());
         let expected = median(rows.iter().map(|(s, r)| measured(s, r).1).collect());
         assert!(
             near(got, expected, rel, abs),
-            "{path}: traced {want} median {got} ns, server measured {expected} ns (tolerance {rel} + {abs} ns)"
+            "{path}: traced {} median {got} ns, server measured {expected} ns (tolerance {rel} + {abs} ns)",
+            want.name()
         );
     };
     // cpu: the spin is on a CPU or, when the other core is busy, waiting for one (on a loaded
     // machine the run queue can even dominate: that is the right answer then).
     for (_, r) in &by_path["/cpu?ms=20"] {
-        let (cpu, rq) = (cause(r, "on_cpu"), cause(r, "runqueue"));
-        let latency = r["latency_ns"].as_u64().unwrap();
+        let (cpu, rq) = (cause(r, Cause::OnCpu), cause(r, Cause::Runqueue));
         assert!(
-            cpu + rq >= latency * 9 / 10,
-            "/cpu: on_cpu + runqueue under 90% of {r}"
+            cpu + rq >= r.latency_ns * 9 / 10,
+            "/cpu: on_cpu + runqueue under 90% of {r:?}"
         );
     }
     let rows = &by_path["/cpu?ms=20"];
     let spun = median(
         rows.iter()
-            .map(|(_, r)| cause(r, "on_cpu") + cause(r, "runqueue"))
+            .map(|(_, r)| cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue))
             .collect(),
     );
     let measured = median(rows.iter().map(|(s, _)| s.response.handler_ns()).collect());
@@ -160,22 +155,22 @@ fn each_endpoint_is_attributed_to_its_cause() {
     );
     check(
         "/sleep?ms=20",
-        "sleep",
-        &|s, r| (cause(r, "sleep"), off_run_queue_in_handler(s)),
+        Cause::Sleep,
+        &|s, r| (cause(r, Cause::Sleep), off_run_queue_in_handler(s)),
         0.10,
         MS,
     );
     check(
         "/lock?ms=25",
-        "lock",
-        &|s, r| (cause(r, "lock"), off_run_queue_in_handler(s)),
+        Cause::Lock,
+        &|s, r| (cause(r, Cause::Lock), off_run_queue_in_handler(s)),
         0.15,
         2 * MS,
     );
     check(
         "/io?ms=20",
-        "net_io",
-        &|s, r| (cause(r, "net_io"), off_run_queue_in_handler(s)),
+        Cause::NetIo,
+        &|s, r| (cause(r, Cause::NetIo), off_run_queue_in_handler(s)),
         0.15,
         2 * MS,
     );
@@ -186,15 +181,15 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // of it as another blocked cause.
     let rows = &by_path["/disk?kb=1024"];
     for (_, r) in rows {
-        for other in ["lock", "net_io", "sleep"] {
-            assert!(cause(r, other) < MS / 2, "/disk: {other} in {r}");
+        for other in [Cause::Lock, Cause::NetIo, Cause::Sleep] {
+            assert!(cause(r, other) < MS / 2, "/disk: {} in {r:?}", other.name());
         }
         // The first /disk of a connection creates its file: openat may wait on the journal.
-        assert!(cause(r, "other") < 2 * MS, "/disk: other in {r}");
+        assert!(cause(r, Cause::Other) < 2 * MS, "/disk: other in {r:?}");
     }
     let off_cpu = median(
         rows.iter()
-            .map(|(_, r)| cause(r, "disk_io") + cause(r, "runqueue"))
+            .map(|(_, r)| cause(r, Cause::DiskIo) + cause(r, Cause::Runqueue))
             .collect(),
     );
     let measured = median(
@@ -207,7 +202,11 @@ fn each_endpoint_is_attributed_to_its_cause() {
         "/disk: traced disk_io + runqueue median {off_cpu} ns, server off-CPU {measured} ns"
     );
     assert!(
-        rows.iter().filter(|(_, r)| cause(r, "disk_io") > 0).count() * 2 >= rows.len(),
+        rows.iter()
+            .filter(|(_, r)| cause(r, Cause::DiskIo) > 0)
+            .count()
+            * 2
+            >= rows.len(),
         "/disk: most requests block on the disk at least once: {rows:?}",
         rows = rows.iter().map(|(_, r)| r).collect::<Vec<_>>()
     );
@@ -226,7 +225,7 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // CPU, where steal time is lost in the 2 ms.
     let mut short = Vec::new();
     for (s, r) in sent.iter().zip(&traced) {
-        let (traced_cpu, thread_cpu) = (cause(r, "on_cpu"), s.response.cpu_ns());
+        let (traced_cpu, thread_cpu) = (cause(r, Cause::OnCpu), s.response.cpu_ns());
         let on_a_cpu = if s.path.starts_with("/cpu") {
             thread_cpu.max(off_run_queue_in_handler(s))
         } else {
@@ -234,12 +233,12 @@ fn each_endpoint_is_attributed_to_its_cause() {
         };
         assert!(
             traced_cpu <= on_a_cpu + 2 * MS,
-            "{}: traced on_cpu {traced_cpu} ns, server on a CPU {on_a_cpu} ns (thread CPU clock {thread_cpu} ns): {r}",
+            "{}: traced on_cpu {traced_cpu} ns, server on a CPU {on_a_cpu} ns (thread CPU clock {thread_cpu} ns): {r:?}",
             s.path
         );
         if traced_cpu + MS / 10 < thread_cpu * 9 / 10 {
             short.push(format!(
-                "{}: on_cpu {traced_cpu} ns < clock {thread_cpu} ns: {r}",
+                "{}: on_cpu {traced_cpu} ns < clock {thread_cpu} ns: {r:?}",
                 s.path
             ));
         }
@@ -251,80 +250,42 @@ fn each_endpoint_is_attributed_to_its_cause() {
     );
 
     // Files and per-event histograms.
-    let summary = &done.summary;
-    assert_eq!(
-        summary["requests"]["count"].as_u64(),
-        Some(sent.len() as u64)
-    );
-    for name in [
-        "on_cpu", "runqueue", "lock", "net_io", "disk_io", "sleep", "other",
-    ] {
-        let c = &summary["breakdown"][name];
+    let summary = done.summary();
+    assert_eq!(summary.requests.count, sent.len() as u64);
+    // Every cause but TLS (no TLS here).
+    for cause in Cause::ALL.into_iter().filter(|&c| c != Cause::TlsHandshake) {
         assert!(
-            c["total_ns"].is_u64() && c["share"].is_f64() && c["per_request_ns"]["p99"].is_u64(),
-            "{name}: {c}"
+            summary.breakdown.contains_key(&cause),
+            "{}: {:?}",
+            cause.name(),
+            summary.breakdown
         );
     }
-    let shares: f64 = summary["breakdown"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c["share"].as_f64().unwrap())
-        .sum();
+    let shares: f64 = summary.breakdown.values().map(|c| c.share).sum();
     assert!((shares - 1.0).abs() < 1e-6, "shares sum to 1, got {shares}");
-    let futex = &summary["waits"]["futex_ns"];
-    assert!(
-        futex["count"].as_u64().unwrap() >= ROUNDS as u64,
-        "futex waits: {futex}"
-    );
-    assert!(
-        futex["max"].as_u64().unwrap() >= 20 * MS,
-        "a 25 ms lock wait: {futex}"
-    );
-    let socket = &summary["waits"]["socket_read_ns"];
-    assert!(
-        socket["count"].as_u64().unwrap() >= ROUNDS as u64,
-        "socket reads: {socket}"
-    );
-    assert!(summary["waits"]["runqueue_ns"]["count"].as_u64().unwrap() > 0);
-    assert_eq!(
-        summary["events"]["lost"].as_u64(),
-        Some(0),
-        "{}",
-        summary["events"]
-    );
-    assert_eq!(summary["target"]["pid"].as_u64(), Some(workload.pid as u64));
+    let futex = &summary.waits.futex_ns;
+    assert!(futex.count >= ROUNDS as u64, "futex waits: {futex:?}");
+    assert!(futex.max >= 20 * MS, "a 25 ms lock wait: {futex:?}");
+    let socket = &summary.waits.socket_read_ns;
+    assert!(socket.count >= ROUNDS as u64, "socket reads: {socket:?}");
+    assert!(summary.waits.runqueue_ns.count > 0);
+    assert_eq!(summary.events.lost, 0, "{:?}", summary.events);
+    assert_eq!(summary.target.pid, workload.pid);
 
     // Lock detail: the contended mutex, its waiter (the connection thread) and its waker (the
     // thread that held it).
-    let locks = summary["locks"].as_array().expect("locks");
-    let conn_tid = traced[0]["tid"].as_u64().unwrap();
+    let locks = &summary.locks;
+    let conn_tid = traced[0].tid;
     let mutex = locks
         .iter()
-        .find(|l| {
-            l["waiters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["tid"].as_u64() == Some(conn_tid))
-        })
+        .find(|l| l.waiters.iter().any(|w| w.tid == conn_tid))
         .unwrap_or_else(|| {
             panic!("no lock waited on by the connection thread {conn_tid}: {locks:?}")
         });
+    assert!(mutex.wait_ns >= ROUNDS as u64 * 20 * MS, "{mutex:?}");
+    assert!(mutex.waiters[0].comm == "conn", "waiter named: {mutex:?}");
     assert!(
-        mutex["wait_ns"].as_u64().unwrap() >= ROUNDS as u64 * 20 * MS,
-        "{mutex}"
-    );
-    assert!(
-        mutex["waiters"][0]["comm"] == "conn",
-        "waiter named: {mutex}"
-    );
-    assert!(
-        mutex["wakers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["comm"] == "lock-holder"),
-        "{mutex}"
+        mutex.wakers.iter().any(|w| w.comm == "lock-holder"),
+        "{mutex:?}"
     );
 }

@@ -11,31 +11,29 @@
 //! though the tests do not depend on it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
-use tracer_tests::{bin_path, is_root, Workload};
+use tracer::{
+    engine::Cause,
+    output::summary::{StoppedBy, Summary},
+};
+use tracer_tests::{
+    session::{find_program, read_summary, run, setpriv, Tracer},
+    wait_for, TempDir, Workload,
+};
 
-/// Attaching takes about a second; this only bounds a hang.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Detaching waits for an RCU grace period per tracepoint (seconds in total).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A run refused by the preflight checks exits before attaching anything.
-const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
 /// For the client to complete the requests a test waits for.
 const REQUESTS_TIMEOUT: Duration = Duration::from_secs(30);
 /// For the kernel to drop programs and links whose last reference was closed.
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// For helper commands (bpftool, python3).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(20);
 
 /// The tracer's kernel programs, by function name.
 const PROGRAM_NAMES: [&str; 14] = [
@@ -66,239 +64,12 @@ const TLS_PROGRAM_NAMES: [&str; 8] = [
     "go_client_handshake_enter",
     "go_handshake_return",
 ];
-const CAUSES: [&str; 8] = [
-    "on_cpu",
-    "runqueue",
-    "lock",
-    "net_io",
-    "disk_io",
-    "sleep",
-    "other",
-    "tls_handshake",
-];
 /// The kernel keeps at most this many characters of a program's name (BPF_OBJ_NAME_LEN - 1).
 const KERNEL_NAME_LEN: usize = 15;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A unique path under the temp dir, not created here (the tracer creates its output dir);
-/// removed with its contents when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "tracer-faults-{name}-{}-{nanos}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        assert!(!path.exists(), "{} already exists", path.display());
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// How a child process ended, with everything it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "status: {}\n--- stderr ---\n{}--- stdout ---\n{}",
-            self.status, self.stderr, self.stdout
-        )
-    }
-
-    /// The single line a refused run prints on stderr.
-    fn only_stderr_line(&self) -> &str {
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected exactly one line on stderr\n{}",
-            self.describe()
-        );
-        lines[0]
-    }
-}
-
-/// A child process whose stdout is drained and whose stderr is read line by line in threads,
-/// so it never blocks on a full pipe and its lines can be waited for. Killed when dropped.
-struct Proc {
-    child: Child,
-    what: String,
-    stderr_lines: mpsc::Receiver<String>,
-    stderr_text: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    stdout_thread: Option<JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stdout_thread = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stdout.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        });
-        let (tx, stderr_lines) = mpsc::channel();
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let text = Arc::clone(&stderr_text);
-        let stderr_thread = std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        text.lock().unwrap().push_str(&line);
-                        let _ = tx.send(line.trim_end().to_string());
-                    }
-                }
-            }
-        });
-        Proc {
-            child,
-            what,
-            stderr_lines,
-            stderr_text,
-            stderr_thread: Some(stderr_thread),
-            stdout_thread: Some(stdout_thread),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr_so_far(&self) -> String {
-        self.stderr_text.lock().unwrap().clone()
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "{} printed no line containing {needle:?} within {timeout:?}; stderr so far:\n{}",
-                    self.what,
-                    self.stderr_so_far()
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let finished = self.wait_exit(PREFLIGHT_TIMEOUT);
-                    panic!(
-                        "{} closed stderr without a line containing {needle:?}\n{}",
-                        self.what,
-                        finished.describe()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The tracer's "attached to PID" line.
-    fn wait_attached(&mut self) -> String {
-        self.wait_stderr_line("attached to PID", ATTACH_TIMEOUT)
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) with the PID of our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
-    }
-
-    /// Waits for the process to exit (killing it and panicking after `timeout`).
-    fn wait_exit(&mut self, timeout: Duration) -> Finished {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{} (PID {}) did not exit within {timeout:?}; stderr so far:\n{}",
-                    self.what,
-                    self.pid(),
-                    self.stderr_so_far()
-                );
-            }
-            std::thread::sleep(POLL);
-        };
-        // The pipes close with the process (none of these commands leaves children behind).
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        let stdout = self
-            .stdout_thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
-        Finished {
-            status,
-            stdout,
-            stderr: self.stderr_so_far(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn tracer_cmd<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(bin_path("tracer"));
-    cmd.args(args);
-    cmd
-}
-
-/// Runs a command to completion within `timeout`.
-fn run(cmd: Command, timeout: Duration) -> Finished {
-    Proc::spawn(cmd).wait_exit(timeout)
-}
 
 /// Keep-alive client in a thread issuing `GET path` until stopped, counting 200 responses.
 struct Load {
@@ -342,8 +113,7 @@ impl Load {
     /// Waits until `n` more requests have completed.
     fn wait_for_more(&mut self, n: u64) {
         let target = self.completed() + n;
-        let deadline = Instant::now() + REQUESTS_TIMEOUT;
-        while self.completed() < target {
+        wait_for(REQUESTS_TIMEOUT, || {
             if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
                 let result = self.thread.take().unwrap().join();
                 panic!(
@@ -351,13 +121,11 @@ impl Load {
                     self.completed()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {target} requests completed within {REQUESTS_TIMEOUT:?}",
-                self.completed()
-            );
-            std::thread::sleep(POLL);
-        }
+            match self.completed() {
+                done if done >= target => Ok(()),
+                done => Err(format!("only {done} of {target} requests completed")),
+            }
+        });
     }
 
     /// Stops the client; returns how many requests completed, or its first error.
@@ -380,16 +148,6 @@ impl Drop for Load {
     }
 }
 
-/// Running, not a zombie (as the tracer itself judges it).
-fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        !matches!(state, None | Some('Z' | 'X' | 'x'))
-    })
-}
-
 /// A PID no process or thread has.
 fn unused_pid() -> u32 {
     let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -402,39 +160,18 @@ fn unused_pid() -> u32 {
         .expect("some PID below pid_max is free")
 }
 
-fn read_summary(dir: &Path) -> Value {
-    let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
-}
-
-fn u64_at(v: &Value, pointer: &str) -> u64 {
-    v.pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("summary.json has no unsigned integer at {pointer}:\n{v:#}"))
-}
-
-/// The fields of summary.json these tests rely on, present and typed.
-fn check_summary_shape(s: &Value) {
-    for cause in CAUSES {
-        let base = format!("/breakdown/{cause}");
-        u64_at(s, &format!("{base}/total_ns"));
-        let share = s
-            .pointer(&format!("{base}/share"))
-            .and_then(Value::as_f64)
-            .unwrap_or_else(|| panic!("no numeric {base}/share:\n{s:#}"));
-        assert!((0.0..=1.0).contains(&share), "{base}/share = {share}");
-        for q in ["p50", "p99", "max"] {
-            u64_at(s, &format!("{base}/per_request_ns/{q}"));
-        }
+/// The fields of summary.json these tests rely on are present (reading it into a [`Summary`]
+/// checked their types): every cause, with a share from 0 to 1, and events received.
+fn check_summary_shape(s: &Summary) {
+    for cause in Cause::ALL {
+        let base = format!("breakdown.{}", cause.name());
+        let c = s
+            .breakdown
+            .get(&cause)
+            .unwrap_or_else(|| panic!("no {base}:\n{s:#?}"));
+        assert!((0.0..=1.0).contains(&c.share), "{base}.share = {}", c.share);
     }
-    assert!(
-        u64_at(s, "/events/received") > 0,
-        "no events received:\n{s:#}"
-    );
-    u64_at(s, "/events/lost");
+    assert!(s.events.received > 0, "no events received:\n{s:#?}");
 }
 
 /// latency.hlog has request and sleep histograms; requests.jsonl exists.
@@ -455,35 +192,7 @@ fn check_output_files(dir: &Path) {
     );
 }
 
-/// The target is unharmed: running, and answering on a new connection.
-fn assert_serving(workload: &Workload) {
-    assert!(
-        process_running(workload.pid),
-        "the traced workload (PID {}) is no longer running",
-        workload.pid
-    );
-    let response = workload
-        .client()
-        .get("/")
-        .unwrap_or_else(|e| panic!("the traced workload no longer answers: {e}"));
-    assert_eq!(response.status, 200, "{response:?}");
-}
-
 // --- kernel objects --------------------------------------------------------------------------
-
-/// An executable called `name` on PATH, else in one of `extra` directories.
-fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// `bpftool`, also in the sbin directories a non-login root shell may lack on PATH.
-fn bpftool() -> Option<PathBuf> {
-    find_on_path("bpftool", &["/usr/sbin", "/sbin", "/usr/local/sbin"])
-}
 
 fn bpftool_json(bpftool: &Path, object: &str) -> Value {
     let mut cmd = Command::new(bpftool);
@@ -586,19 +295,17 @@ fn orphaned_programs(bpftool: &Path, before: &BTreeMap<u32, String>) -> BTreeMap
 
 /// Waits (bounded) until no program loaded since `before` is left without an owner.
 fn assert_no_orphaned_programs(bpftool: &Path, before: &BTreeMap<u32, String>) {
-    let deadline = Instant::now() + UNLOAD_TIMEOUT;
-    loop {
+    wait_for(UNLOAD_TIMEOUT, || {
         let orphans = orphaned_programs(bpftool, before);
         if orphans.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!(
+                "programs still loaded after the tracer exited, held by no running process: \
+                 {orphans:?}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "programs still loaded {UNLOAD_TIMEOUT:?} after the tracer exited, held by no \
-             running process: {orphans:?}"
-        );
-        std::thread::sleep(POLL);
-    }
+    });
 }
 
 // --- Python hdrh -----------------------------------------------------------------------------
@@ -634,7 +341,7 @@ print(json.dumps({"intervals": intervals, "total_count": total, "max": largest, 
 "#;
 
 fn require_python_hdrh() {
-    let Some(python) = find_on_path("python3", &[]) else {
+    let Some(python) = find_program("python3") else {
         panic!("python3 is needed to load latency.hlog with hdrh: run `cargo xtask setup`");
     };
     let mut cmd = Command::new(python);
@@ -653,61 +360,31 @@ fn require_python_hdrh() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn bad_pid_fails_before_attaching() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    let out_dir = TempDir::new("bad-pid");
     let pid = unused_pid();
-    let pid_arg = pid.to_string();
-    let out = run(
-        tracer_cmd([
-            OsStr::new("--pid"),
-            OsStr::new(&pid_arg),
-            OsStr::new("--output"),
-            out_dir.path().as_os_str(),
-        ]),
-        PREFLIGHT_TIMEOUT,
-    );
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{}",
-        out.describe()
-    );
-    let line = out.only_stderr_line();
+    let out = Tracer::attach(pid).run();
+    let line = out.refused();
     assert!(
         line.starts_with(&format!("tracer: error: no process with PID {pid}")),
         "{}",
         out.describe()
     );
     assert!(
-        !out_dir.path().exists(),
+        !out.out().exists(),
         "the output directory {} was created although the PID check failed first",
-        out_dir.path().display()
+        out.out().display()
     );
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unwritable_output_fails_before_attaching() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    let bpftool = bpftool();
+    let bpftool = find_program("bpftool");
     let before = bpftool.as_deref().map(our_named_programs);
     let workload = Workload::spawn();
-    let pid_arg = workload.pid.to_string();
-    let out = run(
-        tracer_cmd(["--pid", &pid_arg, "--output", "/proc/version/x"]),
-        PREFLIGHT_TIMEOUT,
-    );
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{}",
-        out.describe()
-    );
-    let line = out.only_stderr_line();
+    let out = Tracer::attach(workload.pid).output("/proc/version/x").run();
+    let line = out.refused();
     assert!(
         line.starts_with("tracer: error:") && line.contains("--output"),
         "{}",
@@ -721,71 +398,39 @@ fn unwritable_output_fails_before_attaching() {
              nothing stayed loaded"
         ),
     }
-    assert_serving(&workload);
+    workload.assert_serving();
 }
 
 #[test]
+#[ignore = "needs root"]
 fn not_root_is_a_clear_error() {
-    if !is_root() {
-        eprintln!("skipped: needs root (to drop to an unprivileged user)");
+    if setpriv().is_none() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
         return;
     }
-    let find = |tool: &str| find_on_path(tool, &["/usr/bin", "/bin", "/usr/sbin", "/sbin"]);
-    let mut cmd = if let Some(setpriv) = find("setpriv") {
-        let mut cmd = Command::new(setpriv);
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        cmd
-    } else if let Some(runuser) = find("runuser") {
-        let mut cmd = Command::new(runuser);
-        cmd.args(["-u", "nobody", "--"]);
-        cmd
-    } else {
-        eprintln!("skipped: neither setpriv nor runuser (util-linux) is installed");
-        return;
-    };
     let workload = Workload::spawn();
-    let out_dir = TempDir::new("not-root");
-    cmd.arg(bin_path("tracer"))
-        .args(["--pid", &workload.pid.to_string(), "--output"])
-        .arg(out_dir.path());
-    let out = run(cmd, PREFLIGHT_TIMEOUT);
-    assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "expected a failing exit code\n{}",
-        out.describe()
-    );
-    let line = out.only_stderr_line();
+    let out = Tracer::attach(workload.pid).as_nobody("").run();
+    let line = out.refused();
     assert!(
         line.starts_with("tracer: error:") && line.contains("CAP_BPF") && line.contains("root"),
         "{}",
         out.describe()
     );
     assert!(
-        !out_dir.path().exists(),
+        !out.out().exists(),
         "output directory created by a refused run"
     );
-    assert_serving(&workload);
+    workload.assert_serving();
 }
 
 /// Trace under load without a duration, stop with `sig` once `requests` more requests have
 /// completed, and check the stop was clean.
-fn signal_detaches_and_writes_files(sig: libc::c_int, name: &str, requests: u64) {
+fn signal_detaches_and_writes_files(sig: libc::c_int, requests: u64) {
     let workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
-    let out_dir = TempDir::new(name);
-    let pid_arg = workload.pid.to_string();
-    let mut tracer = Proc::spawn(tracer_cmd([
-        OsStr::new("--pid"),
-        OsStr::new(&pid_arg),
-        OsStr::new("-i"),
-        OsStr::new("1"),
-        OsStr::new("-o"),
-        out_dir.path().as_os_str(),
-    ]));
-    tracer.wait_attached();
+    let tracer = Tracer::attach(workload.pid).args(["-i", "1"]).start();
     load.wait_for_more(requests);
-    tracer.signal(sig);
-    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    let out = tracer.stop_with(sig);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -799,63 +444,44 @@ fn signal_detaches_and_writes_files(sig: libc::c_int, name: &str, requests: u64)
     let sent = load
         .finish()
         .unwrap_or_else(|e| panic!("the client failed while traced: {e}"));
-    assert_serving(&workload);
+    workload.assert_serving();
 
-    let s = read_summary(out_dir.path());
-    assert_eq!(s["stopped_by"], "signal", "{s:#}");
-    let count = u64_at(&s, "/requests/count");
-    assert!(count > 0, "no requests counted:\n{s:#}");
+    let s = read_summary(out.out());
+    assert_eq!(s.stopped_by, StoppedBy::Signal, "{s:#?}");
+    let count = s.requests.count;
+    assert!(count > 0, "no requests counted:\n{s:#?}");
     assert!(
         count <= sent + 1,
-        "{count} requests counted but the client completed only {sent}:\n{s:#}"
+        "{count} requests counted but the client completed only {sent}:\n{s:#?}"
     );
     check_summary_shape(&s);
-    check_output_files(out_dir.path());
+    check_output_files(out.out());
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigterm_detaches_and_writes_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    signal_detaches_and_writes_files(libc::SIGTERM, "sigterm", 40);
+    signal_detaches_and_writes_files(libc::SIGTERM, 40);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_detaches_and_writes_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    signal_detaches_and_writes_files(libc::SIGINT, "sigint", 10);
+    signal_detaches_and_writes_files(libc::SIGINT, 10);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn target_exit_mid_trace_finishes_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let mut workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
-    let out_dir = TempDir::new("target-exit");
-    let pid_arg = workload.pid.to_string();
-    let mut tracer = Proc::spawn(tracer_cmd([
-        OsStr::new("--pid"),
-        OsStr::new(&pid_arg),
-        OsStr::new("-i"),
-        OsStr::new("1"),
-        OsStr::new("-o"),
-        out_dir.path().as_os_str(),
-    ]));
-    tracer.wait_attached();
+    let tracer = Tracer::attach(workload.pid).args(["-i", "1"]).start();
     load.wait_for_more(20);
 
     // Reaped at once, so it is gone rather than a zombie (both count as exited).
     workload.child.kill().expect("kill the workload");
     workload.child.wait().expect("reap the workload");
-    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    let out = tracer.wait_exit();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -865,22 +491,16 @@ fn target_exit_mid_trace_finishes_cleanly() {
     // The client loses its server, so its error is expected.
     let _ = load.finish();
 
-    let s = read_summary(out_dir.path());
-    assert_eq!(s["stopped_by"], "target_exit", "{s:#}");
-    assert!(
-        u64_at(&s, "/requests/count") > 0,
-        "no requests counted:\n{s:#}"
-    );
+    let s = read_summary(out.out());
+    assert_eq!(s.stopped_by, StoppedBy::TargetExit, "{s:#?}");
+    assert!(s.requests.count > 0, "no requests counted:\n{s:#?}");
     check_summary_shape(&s);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nothing_stays_loaded_after_exit() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    let Some(bpftool) = bpftool() else {
+    let Some(bpftool) = find_program("bpftool") else {
         eprintln!(
             "skipped: bpftool not found on PATH (`cargo xtask setup` installs it); it lists \
              the kernel's BPF programs"
@@ -890,17 +510,9 @@ fn nothing_stays_loaded_after_exit() {
     let before = our_named_programs(&bpftool);
     let workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
-    let out_dir = TempDir::new("unload");
-    let pid_arg = workload.pid.to_string();
-    let mut tracer = Proc::spawn(tracer_cmd([
-        OsStr::new("--pid"),
-        OsStr::new(&pid_arg),
-        OsStr::new("--duration"),
-        OsStr::new("2"),
-        OsStr::new("-o"),
-        out_dir.path().as_os_str(),
-    ]));
-    tracer.wait_attached();
+    let tracer = Tracer::attach(workload.pid)
+        .args(["--duration", "2"])
+        .start();
 
     // What this tracer holds, read from its own fds while it runs (the duration starts after
     // the attached line): exact even if other tracers run on the machine at the same time.
@@ -926,72 +538,56 @@ fn nothing_stays_loaded_after_exit() {
     assert!(!links.is_empty(), "the tracer holds no BPF links");
     load.wait_for_more(10);
 
-    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    let out = tracer.wait_exit();
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
-    assert_eq!(read_summary(out_dir.path())["stopped_by"], "duration");
+    assert_eq!(read_summary(out.out()).stopped_by, StoppedBy::Duration);
 
     // Its programs and links are gone from the kernel...
-    let deadline = Instant::now() + UNLOAD_TIMEOUT;
-    loop {
+    wait_for(UNLOAD_TIMEOUT, || {
         let still_progs: Vec<u32> = our_named_programs(&bpftool)
             .into_keys()
             .filter(|id| progs.contains(id))
             .collect();
         let still_links: Vec<u32> = link_ids(&bpftool).intersection(&links).copied().collect();
         if still_progs.is_empty() && still_links.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "after the tracer exited, still loaded: programs {still_progs:?}, links \
+                 {still_links:?}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{UNLOAD_TIMEOUT:?} after the tracer exited, still loaded: programs \
-             {still_progs:?}, links {still_links:?}"
-        );
-        std::thread::sleep(POLL);
-    }
+    });
     // ...and no program named like ours appeared without an owner.
     assert_no_orphaned_programs(&bpftool, &before);
     let _ = load.finish();
-    assert_serving(&workload);
+    workload.assert_serving();
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hlog_loads_in_another_hdrhistogram_implementation() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     require_python_hdrh();
     let workload = Workload::spawn();
     let mut load = Load::start(&workload, "/sleep?ms=2");
-    let out_dir = TempDir::new("hlog");
-    let pid_arg = workload.pid.to_string();
-    let mut tracer = Proc::spawn(tracer_cmd([
-        OsStr::new("--pid"),
-        OsStr::new(&pid_arg),
-        OsStr::new("-d"),
-        OsStr::new("2"),
-        OsStr::new("-i"),
-        OsStr::new("1"),
-        OsStr::new("-o"),
-        out_dir.path().as_os_str(),
-    ]));
-    tracer.wait_attached();
+    let tracer = Tracer::attach(workload.pid)
+        .args(["-d", "2", "-i", "1"])
+        .start();
     load.wait_for_more(20);
-    let out = tracer.wait_exit(EXIT_TIMEOUT);
+    let out = tracer.wait_exit();
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
     let _ = load.finish();
 
-    let summary = read_summary(out_dir.path());
-    let count = u64_at(&summary, "/requests/count");
-    let max = u64_at(&summary, "/requests/latency_ns/max");
-    assert!(count > 0, "no requests counted:\n{summary:#}");
+    let summary = read_summary(out.out());
+    let count = summary.requests.count;
+    let max = summary.requests.latency_ns.max;
+    assert!(count > 0, "no requests counted:\n{summary:#?}");
 
     let script_dir = TempDir::new("hdrh-script");
-    std::fs::create_dir(script_dir.path()).expect("create script dir");
     let script = script_dir.path().join("read_hlog.py");
     std::fs::write(&script, HDRH_READER).expect("write the Python script");
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(out_dir.path().join("latency.hlog"));
+    cmd.arg(&script).arg(out.out().join("latency.hlog"));
     let py = run(cmd, HELPER_TIMEOUT);
     assert!(
         py.status.success(),
@@ -1006,7 +602,7 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
     let by_tag = decoded["by_tag"]
         .as_object()
         .unwrap_or_else(|| panic!("{decoded:#}"));
-    let mut expected_tags: Vec<&str> = CAUSES.to_vec();
+    let mut expected_tags: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
     expected_tags.push("request");
     expected_tags.sort_unstable();
     let tags: Vec<&str> = by_tag.keys().map(String::as_str).collect();
@@ -1026,7 +622,7 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
     }
     assert_eq!(
         decoded["total_count"].as_u64(),
-        Some((CAUSES.len() as u64 + 1) * count),
+        Some((Cause::ALL.len() as u64 + 1) * count),
         "{decoded:#}"
     );
     assert_eq!(
@@ -1038,11 +634,8 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
 
 /// tracefs is not mounted on a fresh machine: the tracer mounts it and says so.
 #[test]
+#[ignore = "needs root"]
 fn mounts_tracefs_when_missing() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs, unmounts tracefs)");
-        return;
-    }
     let tracefs = Path::new("/sys/kernel/tracing");
     if tracefs.join("events").is_dir() {
         let out = Command::new("umount")
@@ -1059,19 +652,7 @@ fn mounts_tracefs_when_missing() {
     }
     assert!(!tracefs.join("events").is_dir(), "tracefs still mounted");
     let workload = Workload::spawn();
-    let out_dir = TempDir::new("tracefs");
-    let pid_arg = workload.pid.to_string();
-    let finished = run(
-        tracer_cmd([
-            OsStr::new("--pid"),
-            OsStr::new(&pid_arg),
-            OsStr::new("--duration"),
-            OsStr::new("1"),
-            OsStr::new("-o"),
-            out_dir.path().as_os_str(),
-        ]),
-        EXIT_TIMEOUT,
-    );
+    let finished = Tracer::attach(workload.pid).args(["--duration", "1"]).run();
     assert!(finished.status.success(), "{}", finished.describe());
     assert!(
         finished
@@ -1081,5 +662,5 @@ fn mounts_tracefs_when_missing() {
         finished.describe()
     );
     assert!(tracefs.join("events").is_dir(), "tracefs is mounted now");
-    check_output_files(out_dir.path());
+    check_output_files(finished.out());
 }

@@ -15,17 +15,13 @@ use std::{
         ffi::OsStrExt as _,
         fs::{symlink, MetadataExt as _},
     },
-    path::{Path, PathBuf},
+    path::Path,
     process::Child,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use tracer_tests::{
-    is_root, load_result, run_load,
-    session::{temp_out, Finished, TracerSession},
-    Workload,
-};
+use tracer_tests::{load_result, run_load, session::Tracer, wait_for, TempDir, Workload};
 
 const OUTPUTS: [&str; 3] = ["summary.json", "requests.jsonl", "latency.hlog"];
 /// The pre-flight check's name (it now adds `.PID`, and never touches this one).
@@ -35,33 +31,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The user that plants the symlinks (nobody).
 const OTHER_UID: u32 = 65534;
 
-/// A directory removed with its contents when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = temp_out(name);
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A small tmpfs, unmounted (and its mount point removed) when dropped.
-struct SmallFs(PathBuf);
+struct SmallFs(TempDir);
 
 impl SmallFs {
     fn mount(name: &str, size: &str) -> SmallFs {
-        let dir = temp_out(name);
-        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let dir = TempDir::new(name);
         let c = |s: &[u8]| CString::new(s).unwrap();
         let (target, options) = (
-            c(dir.as_os_str().as_bytes()),
+            c(dir.path().as_os_str().as_bytes()),
             c(format!("size={size}").as_bytes()),
         );
         // SAFETY: valid NUL-terminated strings that outlive the call.
@@ -78,20 +56,26 @@ impl SmallFs {
             rc,
             0,
             "mount -t tmpfs -o size={size} on {}: {}",
-            dir.display(),
+            dir.path().display(),
             std::io::Error::last_os_error()
         );
         SmallFs(dir)
     }
 }
 
+impl SmallFs {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
 impl Drop for SmallFs {
+    /// Unmounts it; the mount point goes with the [`TempDir`].
     fn drop(&mut self) {
-        if let Ok(target) = CString::new(self.0.as_os_str().as_bytes()) {
+        if let Ok(target) = CString::new(self.path().as_os_str().as_bytes()) {
             // SAFETY: a valid NUL-terminated path.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -106,25 +90,7 @@ fn assert_target_unharmed(workload: &Workload, load: Child) {
     let result = load_result(load);
     assert_eq!(result.errors, 0, "the load saw errors: {result:?}");
     assert!(result.requests > 0, "{result:?}");
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", workload.pid))
-        .expect("the workload is still there");
-    let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-    assert!(
-        !matches!(state, None | Some('Z' | 'X')),
-        "workload state {state:?}"
-    );
-    let response = workload
-        .client()
-        .get("/")
-        .unwrap_or_else(|e| panic!("the workload no longer answers: {e}"));
-    assert_eq!(response.status, 200);
-}
-
-fn describe(f: &Finished) -> String {
-    format!(
-        "status: {}\n--- stderr ---\n{}\n--- stdout ---\n{}",
-        f.status, f.stderr, f.stdout
-    )
+    workload.assert_serving();
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
@@ -165,30 +131,16 @@ fn assert_regular_file(path: &Path) {
     );
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WRITE_TIMEOUT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {WRITE_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
+#[ignore = "needs root"]
 fn planted_symlinks_are_not_followed() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     // An output directory other users can create files in, where one of them planted a
     // symlink under each name the tracer writes, all pointing to a file of root's.
-    let scratch = Scratch::new("symlinks");
-    let out = scratch.0.join("out");
+    let scratch = TempDir::new("symlinks");
+    let out = scratch.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let victim = scratch.0.join("victim");
+    let victim = scratch.path().join("victim");
     let original = "root's file: the tracer must not change it\n";
     std::fs::write(&victim, original).unwrap();
     for name in OUTPUTS.iter().chain(&[WRITE_TEST]) {
@@ -199,14 +151,12 @@ fn planted_symlinks_are_not_followed() {
 
     let workload = Workload::spawn();
     let load = load(&workload, 6.0);
-    let mut tracer = TracerSession::start_in(
-        workload.pid,
-        out.clone(),
-        &["--slow", "0", "-i", "1", "-d", "2"],
-        &[],
-    );
-    let finished = tracer.wait_exit();
-    assert_eq!(finished.status.code(), Some(0), "{}", describe(&finished));
+    let finished = Tracer::attach(workload.pid)
+        .output(&out)
+        .args(["--slow", "0", "-i", "1", "-d", "2"])
+        .start()
+        .wait_exit();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.describe());
     assert_target_unharmed(&workload, load);
 
     assert_eq!(
@@ -224,9 +174,9 @@ fn planted_symlinks_are_not_followed() {
     let requests = assert_whole_json_lines(&out.join("requests.jsonl"));
     assert!(requests > 0, "no requests logged with --slow 0");
     assert!(
-        finished.summary["requests"]["count"].as_u64() > Some(0),
-        "{:#}",
-        finished.summary
+        finished.summary().requests.count > 0,
+        "{:?}",
+        finished.summary()
     );
     // The write check used a fresh name and removed it; the planted one is left alone.
     assert_eq!(
@@ -243,28 +193,23 @@ fn planted_symlinks_are_not_followed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_rerun_replaces_the_previous_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    let scratch = Scratch::new("rerun");
-    let out = scratch.0.join("out");
+    let scratch = TempDir::new("rerun");
+    let out = scratch.path().join("out");
     let workload = Workload::spawn();
 
     let load1 = load(&workload, 5.0);
-    let first = TracerSession::start_in(
-        workload.pid,
-        out.clone(),
-        &["--slow", "0", "-i", "1", "-d", "2"],
-        &[],
-    )
-    .wait_exit();
-    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let first = Tracer::attach(workload.pid)
+        .output(&out)
+        .args(["--slow", "0", "-i", "1", "-d", "2"])
+        .start()
+        .wait_exit();
+    assert_eq!(first.status.code(), Some(0), "{}", first.describe());
     assert!(!first.requests.is_empty(), "first run logged no request");
     let _ = load_result(load1);
     // A user keeps the first run's files under other names, as hard links.
-    let keep = scratch.0.join("keep");
+    let keep = scratch.path().join("keep");
     std::fs::create_dir(&keep).unwrap();
     let mut kept = Vec::new();
     for name in OUTPUTS {
@@ -274,9 +219,12 @@ fn a_rerun_replaces_the_previous_files() {
 
     // The second run logs no request (no --slow) and traces one second.
     let load2 = load(&workload, 5.0);
-    let second = TracerSession::start_in(workload.pid, out.clone(), &["-i", "1", "-d", "1"], &[])
+    let second = Tracer::attach(workload.pid)
+        .output(&out)
+        .args(["-i", "1", "-d", "1"])
+        .start()
         .wait_exit();
-    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    assert_eq!(second.status.code(), Some(0), "{}", second.describe());
     assert_target_unharmed(&workload, load2);
 
     for (name, old) in OUTPUTS.iter().zip(&kept) {
@@ -298,10 +246,10 @@ fn a_rerun_replaces_the_previous_files() {
         "",
         "requests.jsonl is not the second run's"
     );
-    let s = &second.summary;
-    assert_eq!(s["requests"]["slow_logged"], 0, "{s:#}");
-    assert_eq!(s["incomplete_files"], Value::Array(vec![]), "{s:#}");
-    assert_ne!(*s, first.summary);
+    let s = second.summary();
+    assert_eq!(s.requests.slow_logged, 0, "{s:?}");
+    assert!(s.incomplete_files.is_empty(), "{s:?}");
+    assert_ne!(s, first.summary());
     let hlog = std::fs::read_to_string(out.join("latency.hlog")).unwrap();
     assert!(hlog.contains("Tag=request,"), "{hlog}");
     assert_eq!(
@@ -313,23 +261,26 @@ fn a_rerun_replaces_the_previous_files() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_full_filesystem_loses_only_the_files() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mounts a tmpfs, loads eBPF programs)");
-        return;
-    }
     // 64 KiB: `--slow 0` under load fills it with requests.jsonl within a second, and
     // latency.hlog's next interval then finds no room either.
     let fs = SmallFs::mount("fullfs", "64k");
     let workload = Workload::spawn();
     let load = load(&workload, 30.0);
-    let tracer =
-        TracerSession::start_in(workload.pid, fs.0.clone(), &["--slow", "0", "-i", "1"], &[]);
+    let tracer = Tracer::attach(workload.pid)
+        .output(fs.path())
+        .args(["--slow", "0", "-i", "1"])
+        .start();
     // Until the filesystem is nearly full, then three more intervals.
-    wait_for("the tmpfs to fill up", || bytes_in(&fs.0, "") > 40 * 1024);
+    wait_for(WRITE_TIMEOUT, || {
+        (bytes_in(fs.path(), "") > 40 * 1024)
+            .then_some(())
+            .ok_or("the tmpfs to fill up")
+    });
     std::thread::sleep(Duration::from_secs(3));
     let finished = tracer.stop();
-    let what = describe(&finished);
+    let what = finished.describe();
 
     assert!(!what.contains("panicked"), "the tracer panicked\n{what}");
     assert!(
@@ -352,7 +303,7 @@ fn a_full_filesystem_loses_only_the_files() {
     let report = reports[0];
     assert!(
         report.starts_with("tracer: ")
-            && report.contains(&fs.0.join("requests.jsonl").display().to_string())
+            && report.contains(&fs.path().join("requests.jsonl").display().to_string())
             && report.contains("Free space")
             && report.contains("tracing goes on"),
         "{report}"
@@ -392,51 +343,51 @@ fn a_full_filesystem_loses_only_the_files() {
 
     // What did reach the disk is whole lines, under the final name.
     assert!(
-        assert_whole_json_lines(&fs.0.join("requests.jsonl")) > 0,
+        assert_whole_json_lines(&fs.path().join("requests.jsonl")) > 0,
         "{what}"
     );
-    if finished.summary != Value::Null {
-        let incomplete = finished.summary["incomplete_files"].to_string();
-        assert!(incomplete.contains("requests.jsonl"), "{incomplete}");
+    if let Some(summary) = finished.summary_if_written() {
+        let incomplete = &summary.incomplete_files;
+        assert!(
+            incomplete.iter().any(|f| f.file == "requests.jsonl"),
+            "{incomplete:?}"
+        );
     } else {
         assert!(last.contains("summary.json was not written"), "{last}");
     }
     assert!(
-        !names_in(&fs.0).iter().any(|n| n.ends_with(".partial")),
+        !names_in(fs.path()).iter().any(|n| n.ends_with(".partial")),
         "left-over partial files: {:?}",
-        names_in(&fs.0)
+        names_in(fs.path())
     );
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_leaves_whole_lines_under_the_partial_name() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
-    let scratch = Scratch::new("sigkill");
-    let out = scratch.0.join("out");
+    let scratch = TempDir::new("sigkill");
+    let out = scratch.path().join("out");
     let workload = Workload::spawn();
     let load = load(&workload, 30.0);
     // No interval ends before the kill: the lines must reach the file whole without the
     // interval's bookkeeping (a buffer flushed when full cuts lines).
-    let tracer = TracerSession::start_in(
-        workload.pid,
-        out.clone(),
-        &["--slow", "0", "-i", "3600"],
-        &[],
-    );
+    let tracer = Tracer::attach(workload.pid)
+        .output(&out)
+        .args(["--slow", "0", "-i", "3600"])
+        .start();
     let tracer_pid = tracer.pid();
     // Wherever the tracer writes, wait for many lines (many buffer-fulls), then kill it.
-    wait_for("requests logged", || {
-        bytes_in(&out, "requests.jsonl") > 200_000
+    wait_for(WRITE_TIMEOUT, || {
+        (bytes_in(&out, "requests.jsonl") > 200_000)
+            .then_some(())
+            .ok_or("requests logged")
     });
     let finished = tracer.stop_with(libc::SIGKILL);
     assert_eq!(
         finished.status.code(),
         None,
         "not killed\n{}",
-        describe(&finished)
+        finished.describe()
     );
     assert_target_unharmed(&workload, load);
 

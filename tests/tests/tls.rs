@@ -12,8 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession};
+use tracer::{
+    engine::Cause,
+    output::{jsonl::RequestRecord, summary::Tls},
+};
+use tracer_tests::{
+    session::Tracer,
+    support::{
+        go::{build_https_server, GoBuild},
+        tls::CertKey,
+    },
+    TempDir, Workload,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -21,7 +31,7 @@ const MS: u64 = 1_000_000;
 struct SServer {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl SServer {
@@ -31,8 +41,8 @@ impl SServer {
 
     /// `extra`: more s_server flags, e.g. `-www`.
     fn start_with(name: &str, extra: &[&str]) -> SServer {
-        let dir = std::env::temp_dir().join(format!("tracer-tls-{name}-{}", std::process::id()));
-        let (cert, key) = make_cert(&dir);
+        let dir = TempDir::new(name);
+        let CertKey { cert, key } = make_cert(dir.path());
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-quiet", "-accept"])
@@ -65,69 +75,24 @@ impl Drop for SServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A throw-away self-signed certificate and key in `dir`: (cert, key).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl req (the openssl package)");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
+/// A throw-away certificate and its key in `dir`.
+fn make_cert(dir: &Path) -> CertKey {
+    tracer_tests::support::tls::make_cert(dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Start an HTTPS test server (`EXE CERT KEY`) that prints `listening ADDR pid PID`.
-/// A test server process, killed when dropped (also when a test fails).
-struct Server(Child);
-
-impl Server {
-    /// Still running?
-    fn alive(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
+/// An HTTPS test server, `EXE CERT KEY`, that prints its listening line; killed when dropped.
+fn https_server(exe: &Path, cert: &CertKey) -> Workload {
+    let mut cmd = Command::new(exe);
+    cmd.arg(&cert.cert).arg(&cert.key);
+    Workload::start(cmd)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_https_server(exe: &Path, cert: &Path, key: &Path) -> (Server, std::net::SocketAddr, u32) {
-    let mut server = Command::new(exe)
-        .arg(cert)
-        .arg(key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let (addr, pid) = tracer_tests::parse_listening_line(&line)
-        .unwrap_or_else(|| panic!("{} printed {line:?}", exe.display()));
-    (Server(server), addr, pid)
+/// The Go HTTPS server, built into `dir`.
+fn go_server(dir: &Path, build: GoBuild) -> PathBuf {
+    build_https_server(dir, build).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn free_port() -> u16 {
@@ -243,29 +208,30 @@ fn forward(mut from: TcpStream, mut to: TcpStream, delay: Duration, held: impl F
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn tls(summary: &Value) -> &Value {
-    &summary["tls"]
+/// The handshake time a request carries.
+fn tls_ns(r: &RequestRecord) -> u64 {
+    r.breakdown[&Cause::TlsHandshake]
 }
 
-fn skip_unless_ready() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return true;
-    }
+/// All handshakes' time, by its phases.
+fn phases_total(t: &Tls) -> u64 {
+    let p = &t.phases;
+    p.cpu.total_ns + p.peer_wait.total_ns + p.runqueue.total_ns + p.other.total_ns
+}
+
+fn require_openssl() {
     assert!(
         Path::new("/usr/bin/openssl").exists(),
         "openssl is missing: run `cargo xtask setup` (it installs Debian's openssl)"
     );
-    false
 }
 
 #[test]
+#[ignore = "needs root"]
 fn openssl_handshakes_are_counted_and_timed() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let mut server = SServer::start("count");
-    let tracer = TracerSession::start(server.pid(), "tls-count", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     const CONNECTIONS: u64 = 5;
     for _ in 0..CONNECTIONS {
         s_client(server.port);
@@ -277,31 +243,20 @@ fn openssl_handshakes_are_counted_and_timed() {
         "the tracer says what it hooked: {}",
         done.stderr
     );
-    let t = tls(&done.summary);
+    let t = &done.summary().tls;
     assert!(
-        t["library"]
-            .as_str()
-            .unwrap()
-            .starts_with("OpenSSL libssl.so"),
-        "{t}"
+        t.library
+            .as_deref()
+            .is_some_and(|l| l.starts_with("OpenSSL libssl.so")),
+        "{t:?}"
     );
+    assert!(t.hooked.iter().any(|f| f == "SSL_do_handshake"), "{t:?}");
+    assert_eq!(t.handshakes.duration_ns.count, CONNECTIONS, "{t:?}");
+    let phases = phases_total(t);
+    assert!(phases > 0, "{t:?}");
     assert!(
-        t["hooked"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "SSL_do_handshake"),
-        "{t}"
-    );
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
-    let phases: u64 = ["cpu", "peer_wait", "runqueue", "other"]
-        .iter()
-        .map(|p| t["phases"][p]["total_ns"].as_u64().unwrap())
-        .sum();
-    assert!(phases > 0, "{t}");
-    assert!(
-        phases <= CONNECTIONS * t["handshakes"]["max"].as_u64().unwrap(),
-        "{t}"
+        phases <= CONNECTIONS * t.handshakes.duration_ns.max,
+        "{t:?}"
     );
     assert!(
         server.alive(),
@@ -311,60 +266,56 @@ fn openssl_handshakes_are_counted_and_timed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_delayed_client_flight_is_peer_wait() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
     let mut server = SServer::start("delay");
     let proxy = DelayProxy::start(server.port, Duration::from_millis(DELAY_MS));
-    let tracer = TracerSession::start(server.pid(), "tls-delay", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     for _ in 0..CONNECTIONS {
         s_client(proxy.port);
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    assert_delayed_handshakes(tls(&done.summary), CONNECTIONS, DELAY_MS);
+    assert_delayed_handshakes(&done.summary().tls, CONNECTIONS, DELAY_MS);
     assert!(server.alive());
 }
 
 /// `connections` handshakes whose client's second flight was held back `delay_ms`: each
 /// takes the delay plus the rest of the handshake (a few ms of ECDHE and signatures here),
 /// at least 90% of the delay is `peer_wait`, and the CPU time is below it.
-fn assert_delayed_handshakes(t: &Value, connections: u64, delay_ms: u64) {
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(connections), "{t}");
-    let p50 = t["handshakes"]["p50"].as_u64().unwrap();
+fn assert_delayed_handshakes(t: &Tls, connections: u64, delay_ms: u64) {
+    assert_eq!(t.handshakes.duration_ns.count, connections, "{t:?}");
+    let p50 = t.handshakes.duration_ns.p50;
     assert!(
         (delay_ms * MS..delay_ms * MS + 100 * MS).contains(&p50),
-        "handshake p50 {p50} ns for a {delay_ms} ms delay: {t}"
+        "handshake p50 {p50} ns for a {delay_ms} ms delay: {t:?}"
     );
-    let peer_wait = t["phases"]["peer_wait"]["total_ns"].as_u64().unwrap();
+    let peer_wait = t.phases.peer_wait.total_ns;
     assert!(
         peer_wait >= connections * delay_ms * MS * 9 / 10,
-        "peer_wait {peer_wait} ns for {connections} handshakes delayed {delay_ms} ms: {t}"
+        "peer_wait {peer_wait} ns for {connections} handshakes delayed {delay_ms} ms: {t:?}"
     );
-    let cpu = t["phases"]["cpu"]["total_ns"].as_u64().unwrap();
-    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t}");
+    let cpu = t.phases.cpu.total_ns;
+    assert!(cpu < peer_wait, "the delay is waiting, not CPU: {t:?}");
 }
 
 /// Nothing the peers exchanged reaches the tracer's output, its files or even its full event
 /// stream (`TRACER_EVENT_DUMP`): not TLS plaintext sent through s_client, and not plaintext
 /// written to the socket (whose first 5 bytes the kernel side classifies).
 #[test]
+#[ignore = "needs root"]
 fn no_payload_bytes_reach_userspace() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const MARKER: &str = "PAYLOAD-MARKER-7f3a9c-do-not-record";
     let server = SServer::start("payload");
-    let dump = std::env::temp_dir().join(format!("tracer-payload-dump-{}", std::process::id()));
-    let tracer = TracerSession::start_with_env(
-        server.pid(),
-        "tls-payload",
-        &["-i", "1", "--slow", "0"],
-        &[("TRACER_EVENT_DUMP", &dump)],
-    );
+    let dump = TempDir::absent("payload-dump");
+    let tracer = Tracer::attach(server.pid())
+        .args(["-i", "1", "--slow", "0"])
+        .env("TRACER_EVENT_DUMP", dump.path())
+        .start();
     let mut client = s_client_command(server.port, &["-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -382,17 +333,20 @@ fn no_payload_bytes_reach_userspace() {
     std::thread::sleep(Duration::from_millis(200));
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    assert_eq!(tls(&done.summary)["handshakes"]["count"].as_u64(), Some(1));
+    assert_eq!(done.summary().tls.handshakes.duration_ns.count, 1);
+    let out = done.out().to_path_buf();
     let mut outputs = vec![
         ("stdout".to_string(), done.stdout.into_bytes()),
         ("stderr".to_string(), done.stderr.into_bytes()),
-        ("event dump".to_string(), std::fs::read(&dump).unwrap()),
+        (
+            "event dump".to_string(),
+            std::fs::read(dump.path()).unwrap(),
+        ),
     ];
-    for file in std::fs::read_dir(&done.out).unwrap() {
+    for file in std::fs::read_dir(&out).unwrap() {
         let path = file.unwrap().path();
         outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
     }
-    let _ = std::fs::remove_file(&dump);
     assert!(outputs[2].1.len() > 1000, "the event dump holds the events");
     for (name, bytes) in outputs {
         for needle in [MARKER, &MARKER[..5]] {
@@ -426,14 +380,13 @@ fn s_client_session(port: u16, version: &str, session: &Path, resume: bool) -> b
 
 /// TLS 1.2 and 1.3, full and resumed, told apart from record headers alone.
 #[test]
+#[ignore = "needs root"]
 fn versions_and_resumption_are_reported() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start("versions");
-    let tracer = TracerSession::start(server.pid(), "tls-versions", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid()).args(["-i", "1"]).start();
     for version in ["-tls1_2", "-tls1_3"] {
-        let session = server.dir.join(format!("session{version}"));
+        let session = server.dir.path().join(format!("session{version}"));
         assert!(!s_client_session(server.port, version, &session, false));
         assert!(
             s_client_session(server.port, version, &session, true),
@@ -442,12 +395,12 @@ fn versions_and_resumption_are_reported() {
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    let hs = &tls(&done.summary)["handshakes"];
-    assert_eq!(hs["count"].as_u64(), Some(4), "{hs}");
-    assert_eq!(hs["by_version"]["TLSv1.2"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["by_version"]["TLSv1.3"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["resumed"].as_u64(), Some(2), "{hs}");
-    assert_eq!(hs["full"].as_u64(), Some(2), "{hs}");
+    let hs = &done.summary().tls.handshakes;
+    assert_eq!(hs.duration_ns.count, 4, "{hs:?}");
+    assert_eq!(hs.by_version.tls12, 2, "{hs:?}");
+    assert_eq!(hs.by_version.tls13, 2, "{hs:?}");
+    assert_eq!(hs.resumed, 2, "{hs:?}");
+    assert_eq!(hs.full, 2, "{hs:?}");
     assert!(
         done.stdout
             .contains("TLSv1.3 2, TLSv1.2 2, version unknown 0; resumed 2, full 2"),
@@ -457,22 +410,20 @@ fn versions_and_resumption_are_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tls_off_hooks_nothing() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start("off");
-    let tracer = TracerSession::start(server.pid(), "tls-off", &["--tls", "off"]);
+    let tracer = Tracer::attach(server.pid()).args(["--tls", "off"]).start();
     s_client(server.port);
     let done = tracer.stop();
-    let t = tls(&done.summary);
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(0), "{t}");
+    let t = &done.summary().tls;
+    assert_eq!(t.handshakes.duration_ns.count, 0, "{t:?}");
     assert!(
-        t["not_hooked_because"]
-            .as_str()
-            .unwrap()
-            .contains("--tls off"),
-        "{t}"
+        t.not_hooked_because
+            .as_deref()
+            .is_some_and(|b| b.contains("--tls off")),
+        "{t:?}"
     );
 }
 
@@ -481,12 +432,13 @@ fn tls_off_hooks_nothing() {
 /// socket does: each connection's handshake is one handshake, not requests, and the
 /// connection's one request carries it.
 #[test]
+#[ignore = "needs root"]
 fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     let server = SServer::start_with("www", &["-www"]);
-    let tracer = TracerSession::start(server.pid(), "tls-www", &["-i", "1", "--slow", "0"]);
+    let tracer = Tracer::attach(server.pid())
+        .args(["-i", "1", "--slow", "0"])
+        .start();
     const CONNECTIONS: u64 = 4;
     for _ in 0..CONNECTIONS {
         let out = Command::new("curl")
@@ -506,21 +458,21 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    let t = tls(&done.summary);
-    assert_eq!(t["handshakes"]["count"].as_u64(), Some(CONNECTIONS), "{t}");
+    let t = &done.summary().tls;
+    assert_eq!(t.handshakes.duration_ns.count, CONNECTIONS, "{t:?}");
     assert_eq!(
-        done.summary["requests"]["count"].as_u64(),
-        Some(CONNECTIONS),
+        done.summary().requests.count,
+        CONNECTIONS,
         "one request per connection, not one per handshake flight: {:?}",
         done.requests
     );
     for r in &done.requests {
-        let hs = r["breakdown"]["tls_handshake"].as_u64().unwrap();
+        let hs = tls_ns(r);
         assert!(
             hs > 0,
-            "the connection's first request carries its handshake: {r}"
+            "the connection's first request carries its handshake: {r:?}"
         );
-        assert!(hs < r["latency_ns"].as_u64().unwrap(), "{r}");
+        assert!(hs < r.latency_ns, "{r:?}");
     }
 }
 
@@ -531,10 +483,9 @@ fn bio_driven_server_handshakes_are_seen_in_the_record_framing() {
 /// the handshake. The static run also probes SSL_read/SSL_write (`--tls-io-probes`): the same
 /// results, with the read and write functions hooked.
 #[test]
+#[ignore = "needs root"]
 fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_request() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     for (binary, library, io_probes) in [
         ("tls-server", "TLS: OpenSSL libssl.so.3", false),
         ("tls-server-static", "TLS: OpenSSL static (", true),
@@ -544,17 +495,16 @@ fn rust_openssl_servers_shared_and_static_carry_the_handshake_on_the_first_reque
 }
 
 fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
-    let dir = std::env::temp_dir().join(format!("tracer-{binary}-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
-    let (server, addr, pid) = spawn_https_server(&tracer_tests::bin_path(binary), &cert, &key);
+    let dir = TempDir::new(binary);
+    let server = https_server(&tracer_tests::bin_path(binary), &make_cert(dir.path()));
 
     let mut args = vec!["-i", "1", "--slow", "0"];
     if io_probes {
         args.push("--tls-io-probes");
     }
-    let tracer = TracerSession::start(pid, binary, &args);
+    let tracer = Tracer::attach(server.pid).args(&args).start();
     const CONNECTIONS: usize = 3;
-    let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{addr}{p}"));
+    let urls = ["/", "/sleep?ms=30", "/"].map(|p| format!("https://{}{p}", server.addr));
     for _ in 0..CONNECTIONS {
         // One curl, one connection, three keep-alive requests.
         let out = Command::new("curl")
@@ -577,7 +527,6 @@ fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
     }
     let done = tracer.stop();
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
         done.stderr.contains(library),
@@ -590,31 +539,24 @@ fn rust_openssl_server(binary: &str, library: &str, io_probes: bool) {
         "{binary}: SSL_read is hooked only with --tls-io-probes: {}",
         done.stderr
     );
-    let t = tls(&done.summary);
+    let t = &done.summary().tls;
     assert_eq!(
-        t["handshakes"]["count"].as_u64(),
-        Some(CONNECTIONS as u64),
-        "{binary}: {t}"
+        t.handshakes.duration_ns.count, CONNECTIONS as u64,
+        "{binary}: {t:?}"
     );
     assert_eq!(done.requests.len(), CONNECTIONS * 3, "{:?}", done.requests);
     // Per connection (one server thread each), in order: the first request carries the
     // handshake, the others none; the second one sleeps.
-    let mut by_thread: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    let mut by_thread: std::collections::BTreeMap<u32, Vec<&RequestRecord>> = Default::default();
     for r in &done.requests {
-        by_thread
-            .entry(r["tid"].as_u64().unwrap())
-            .or_default()
-            .push(r);
+        by_thread.entry(r.tid).or_default().push(r);
     }
     assert_eq!(by_thread.len(), CONNECTIONS, "{:?}", done.requests);
     for reqs in by_thread.values_mut() {
-        reqs.sort_by_key(|r| r["start_ns"].as_u64());
-        let hs: Vec<u64> = reqs
-            .iter()
-            .map(|r| r["breakdown"]["tls_handshake"].as_u64().unwrap())
-            .collect();
+        reqs.sort_by_key(|r| r.start_ns);
+        let hs: Vec<u64> = reqs.iter().map(|r| tls_ns(r)).collect();
         assert!(hs[0] > 0 && hs[1] == 0 && hs[2] == 0, "{reqs:?}");
-        let slept = reqs[1]["breakdown"]["sleep"].as_u64().unwrap();
+        let slept = reqs[1].breakdown[&Cause::Sleep];
         assert!(slept >= 27 * MS, "{reqs:?}");
     }
 }
@@ -627,7 +569,8 @@ struct Nginx {
     master: Child,
     worker: u32,
     port: u16,
-    dir: PathBuf,
+    /// Its config, certificate and files; removed after nginx has stopped.
+    _dir: TempDir,
 }
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -638,9 +581,9 @@ impl Nginx {
             Path::new(NGINX).exists(),
             "nginx is missing: run `cargo xtask setup` (it installs Debian's nginx-light)"
         );
-        let dir = std::env::temp_dir().join(format!("tracer-nginx-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (cert, key) = make_cert(&dir);
+        let temp = TempDir::new(&format!("nginx-{name}"));
+        let dir = temp.path().to_path_buf();
+        let CertKey { cert, key } = make_cert(&dir);
         std::fs::create_dir_all(dir.join("html")).unwrap();
         std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
         // A port picked free can be taken before nginx binds it: try a few.
@@ -689,7 +632,7 @@ impl Nginx {
                 master,
                 worker,
                 port,
-                dir,
+                _dir: temp,
             };
         }
         panic!(
@@ -721,7 +664,6 @@ impl Drop for Nginx {
             // SAFETY: kill(2) on the worker our nginx started, checked by its command line.
             unsafe { libc::kill(self.worker as i32, libc::SIGKILL) };
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -850,10 +792,9 @@ fn curl_two_requests(port: u16, version: &[&str]) -> CurlTimes {
 /// (Direct handshakes get no such ratio: curl sets up its TLS context after the TCP connect,
 /// about half of its measured handshake here before its ClientHello leaves.)
 #[test]
+#[ignore = "needs root"]
 fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DIRECT: usize = 10;
     const DELAYED: usize = 4;
     const DELAY_MS: u64 = 100;
@@ -865,7 +806,9 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
         Hold::ServerFirstFlight,
         Duration::from_millis(DELAY_MS),
     );
-    let tracer = TracerSession::start(nginx.worker, "tls-nginx", &["-i", "1", "--slow", "0"]);
+    let tracer = Tracer::attach(nginx.worker)
+        .args(["-i", "1", "--slow", "0"])
+        .start();
     let mut curls = Vec::new();
     for i in 0..DIRECT {
         curls.push(curl_two_requests(nginx.port, [tls12, tls13][i % 2]));
@@ -888,27 +831,18 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
     );
 
     let connections = (DIRECT + DELAYED) as u64;
-    let t = tls(&done.summary);
-    let hs = &t["handshakes"];
-    assert_eq!(hs["count"].as_u64(), Some(connections), "{t}");
-    assert_eq!(
-        hs["by_version"]["TLSv1.2"].as_u64(),
-        Some(connections / 2),
-        "{hs}"
-    );
-    assert_eq!(
-        hs["by_version"]["TLSv1.3"].as_u64(),
-        Some(connections / 2),
-        "{hs}"
-    );
-    assert_eq!(hs["full"].as_u64(), Some(connections), "{hs}");
+    let t = &done.summary().tls;
+    let hs = &t.handshakes;
+    assert_eq!(hs.duration_ns.count, connections, "{t:?}");
+    assert_eq!(hs.by_version.tls12, connections / 2, "{hs:?}");
+    assert_eq!(hs.by_version.tls13, connections / 2, "{hs:?}");
+    assert_eq!(hs.full, connections, "{hs:?}");
 
     // Two requests per connection; one connection after the other, so in start order the
     // requests pair up with the curl runs.
-    let mut reqs: Vec<&Value> = done.requests.iter().collect();
+    let mut reqs: Vec<&RequestRecord> = done.requests.iter().collect();
     assert_eq!(reqs.len(), 2 * curls.len(), "{reqs:#?}");
-    reqs.sort_by_key(|r| r["start_ns"].as_u64());
-    let tls_ns = |r: &Value| r["breakdown"]["tls_handshake"].as_u64().unwrap();
+    reqs.sort_by_key(|r| r.start_ns);
     let mut traced_delayed = 0;
     let mut curl_delayed = 0;
     for (i, (pair, curl)) in reqs.chunks(2).zip(&curls).enumerate() {
@@ -920,11 +854,8 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
             "the first request carries the handshake: {what}"
         );
         assert_eq!(tls_ns(second), 0, "the second carries none: {what}");
-        assert!(first["latency_ns"].as_u64().unwrap() > handshake, "{what}");
-        assert!(
-            !first["incomplete"].as_bool().unwrap() && !second["incomplete"].as_bool().unwrap(),
-            "{what}"
-        );
+        assert!(first.latency_ns > handshake, "{what}");
+        assert!(!first.incomplete && !second.incomplete, "{what}");
         assert!(
             handshake <= curl.server_handshake_bound(),
             "the server's handshake lies between curl's connect and its first response \
@@ -959,59 +890,11 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
 
     // Every handshake is carried by exactly one request, in full.
     let carried: u64 = reqs.iter().map(|r| tls_ns(r)).sum();
-    let phases: u64 = ["cpu", "peer_wait", "runqueue", "other"]
-        .iter()
-        .map(|p| t["phases"][p]["total_ns"].as_u64().unwrap())
-        .sum();
-    assert_eq!(carried, phases, "{t}");
+    assert_eq!(carried, phases_total(t), "{t:?}");
     assert_eq!(
-        done.summary["breakdown"]["tls_handshake"]["total_ns"].as_u64(),
-        Some(carried)
+        done.summary().breakdown[&Cause::TlsHandshake].total_ns,
+        carried
     );
-}
-
-/// How a Go test server is built.
-#[derive(Clone, Copy)]
-struct GoBuild {
-    stripped: bool,
-    pie: bool,
-}
-
-/// Build `tests/go/https_server.go` with Debian's Go into `dir`.
-fn build_go_server(dir: &Path, build: GoBuild) -> PathBuf {
-    let go = Path::new("/usr/bin/go");
-    assert!(
-        go.exists(),
-        "go is missing: run `cargo xtask setup` (it installs golang-go)"
-    );
-    let source = tracer_tests::workspace_root().join("tests/go/https_server.go");
-    let out = dir.join(format!(
-        "https_server{}{}",
-        if build.stripped { "_stripped" } else { "" },
-        if build.pie { "_pie" } else { "" }
-    ));
-    let mut cmd = Command::new(go);
-    cmd.arg("build").arg("-o").arg(&out);
-    if build.stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    if build.pie {
-        cmd.arg("-buildmode=pie"); // .gopclntab becomes .data.rel.ro.gopclntab
-    }
-    let result = cmd
-        .arg(&source)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("run go build");
-    assert!(
-        result.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    out
 }
 
 /// A Go crypto/tls server, plain, stripped, and stripped position-independent: its handshake
@@ -1019,23 +902,23 @@ fn build_go_server(dir: &Path, build: GoBuild) -> PathBuf {
 /// each connection's first request carries its handshake, and the target keeps serving after
 /// the tracer detaches.
 #[test]
+#[ignore = "needs root"]
 fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
-    if skip_unless_ready() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("tracer-tls-go-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
+    require_openssl();
+    let dir = TempDir::new("go");
+    let cert = make_cert(dir.path());
     for (stripped, pie) in [(false, false), (true, false), (true, true)] {
-        let exe = build_go_server(&dir, GoBuild { stripped, pie });
-        let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
+        let server = https_server(&go_server(dir.path(), GoBuild { stripped, pie }), &cert);
         let name = match (stripped, pie) {
             (false, _) => "tls-go",
             (true, false) => "tls-go-stripped",
             (true, true) => "tls-go-stripped-pie",
         };
-        let tracer = TracerSession::start(pid, name, &["-i", "1", "--slow", "0"]);
+        let tracer = Tracer::attach(server.pid)
+            .args(["-i", "1", "--slow", "0"])
+            .start();
         const CONNECTIONS: usize = 3;
-        let urls = ["/", "/sleep?ms=30"].map(|p| format!("https://{addr}{p}"));
+        let urls = ["/", "/sleep?ms=30"].map(|p| format!("https://{}{p}", server.addr));
         let curl = || {
             Command::new("curl")
                 .args([
@@ -1069,16 +952,16 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             "the Go server keeps running after the tracer detached"
         );
         assert_eq!(String::from_utf8_lossy(&after.stdout), "200 1\n200 0\n");
-        let t = tls(&done.summary);
+        let t = &done.summary().tls;
         let found_in = if stripped {
             ".gopclntab"
         } else {
             "symbol table"
         };
-        let library = t["library"].as_str().unwrap_or_default();
+        let library = t.library.as_deref().unwrap_or_default();
         assert!(
             library.starts_with("Go crypto/tls (go1.") && library.contains(found_in),
-            "{name}: {t}"
+            "{name}: {t:?}"
         );
         assert!(
             done.stderr.contains("TLS: Go crypto/tls")
@@ -1086,70 +969,50 @@ fn go_crypto_tls_handshakes_are_hooked_with_uprobes() {
             "the tracer says what it hooked: {}",
             done.stderr
         );
-        assert_eq!(
-            t["handshakes"]["count"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {t}"
-        );
-        let hs = &t["handshakes"];
-        assert_eq!(
-            hs["by_version"]["TLSv1.3"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {hs}"
-        );
-        assert_eq!(
-            hs["full"].as_u64(),
-            Some(CONNECTIONS as u64),
-            "{name}: {hs}"
-        );
-        let mut reqs: Vec<&Value> = done.requests.iter().collect();
+        let hs = &t.handshakes;
+        assert_eq!(hs.duration_ns.count, CONNECTIONS as u64, "{name}: {t:?}");
+        assert_eq!(hs.by_version.tls13, CONNECTIONS as u64, "{name}: {hs:?}");
+        assert_eq!(hs.full, CONNECTIONS as u64, "{name}: {hs:?}");
+        let mut reqs: Vec<&RequestRecord> = done.requests.iter().collect();
         assert_eq!(reqs.len(), CONNECTIONS * 2, "{name}: {reqs:?}");
-        reqs.sort_by_key(|r| r["start_ns"].as_u64());
+        reqs.sort_by_key(|r| r.start_ns);
         for pair in reqs.chunks(2) {
-            let hs = |r: &Value| r["breakdown"]["tls_handshake"].as_u64().unwrap();
-            assert!(hs(pair[0]) > 0 && hs(pair[1]) == 0, "{name}: {pair:?}");
             assert!(
-                pair[1]["latency_ns"].as_u64().unwrap() >= 27 * MS,
+                tls_ns(pair[0]) > 0 && tls_ns(pair[1]) == 0,
                 "{name}: {pair:?}"
             );
+            assert!(pair[1].latency_ns >= 27 * MS, "{name}: {pair:?}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Go server whose clients' second flight is held back: the goroutine parks in the
 /// netpoller and may resume on another thread; the wait is `peer_wait`, and the handshake's
 /// duration is right.
 #[test]
+#[ignore = "needs root"]
 fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
-    if skip_unless_ready() {
-        return;
-    }
+    require_openssl();
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
-    let dir = std::env::temp_dir().join(format!("tracer-tls-go-delay-{}", std::process::id()));
-    let (cert, key) = make_cert(&dir);
-    let exe = build_go_server(
-        &dir,
-        GoBuild {
-            stripped: true,
-            pie: false,
-        },
-    );
-    let (mut server, addr, pid) = spawn_https_server(&exe, &cert, &key);
-    let proxy = DelayProxy::start(addr.port(), Duration::from_millis(DELAY_MS));
-    let tracer = TracerSession::start(pid, "tls-go-delay", &["-i", "1"]);
+    let dir = TempDir::new("go-delay");
+    let build = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    let server = https_server(&go_server(dir.path(), build), &make_cert(dir.path()));
+    let proxy = DelayProxy::start(server.addr.port(), Duration::from_millis(DELAY_MS));
+    let tracer = Tracer::attach(server.pid).args(["-i", "1"]).start();
     for _ in 0..CONNECTIONS {
         s_client(proxy.port);
     }
     let done = tracer.stop();
     let alive = server.alive();
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
     assert!(
         alive,
         "the Go server keeps running after the tracer detached"
     );
-    assert_delayed_handshakes(tls(&done.summary), CONNECTIONS, DELAY_MS);
+    assert_delayed_handshakes(&done.summary().tls, CONNECTIONS, DELAY_MS);
 }

@@ -15,8 +15,8 @@
 
 use std::path::PathBuf;
 
-use serde_json::Value;
-use tracer_tests::{is_root, session::TracerSession, workspace_root, Workload};
+use tracer::output::summary::{Lock, LockWaker, WakerContext};
+use tracer_tests::{session::Tracer, workspace_root, Workload};
 
 const CLIENTS: usize = 4;
 const REQUESTS_PER_CLIENT: usize = 8;
@@ -25,22 +25,17 @@ fn lock_server() -> PathBuf {
     workspace_root().join("tests/python/lock_server.py")
 }
 
-fn thread_wakers(lock: &Value) -> impl Iterator<Item = &Value> {
-    lock["wakers"]
-        .as_array()
-        .expect("wakers")
+fn thread_wakers(lock: &Lock) -> impl Iterator<Item = &LockWaker> {
+    lock.wakers
         .iter()
-        .filter(|w| w["context"] == "thread")
+        .filter(|w| w.context == WakerContext::Thread)
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() {
-    if !is_root() {
-        eprintln!("skipped: needs root (loads eBPF programs)");
-        return;
-    }
     let server = Workload::spawn_exe(&lock_server(), &[]);
-    let tracer = TracerSession::start(server.pid, "wakers", &["-i", "1"]);
+    let tracer = Tracer::attach(server.pid).args(["-i", "1"]).start();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -59,22 +54,21 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
     }
     let done = tracer.stop();
     assert!(done.status.success(), "tracer failed: {}", done.stderr);
-    let locks = done.summary["locks"].as_array().expect("locks");
-    assert!(!locks.is_empty(), "no lock seen: {}", done.summary);
+    let locks = &done.summary().locks;
+    assert!(!locks.is_empty(), "no lock seen: {:?}", done.summary());
 
     for lock in locks {
-        for w in lock["wakers"].as_array().expect("wakers") {
-            match w["context"].as_str() {
-                Some("thread") => assert_eq!(
-                    w["pid"].as_u64(),
-                    Some(u64::from(server.pid)),
-                    "a waker outside the server woke {lock}"
+        for w in &lock.wakers {
+            match w.context {
+                WakerContext::Thread => assert_eq!(
+                    w.pid,
+                    Some(server.pid),
+                    "a waker outside the server woke {lock:?}"
                 ),
-                Some("interrupt" | "unknown") => {
-                    assert!(w["tid"].is_null(), "an interrupt named as a thread: {w}");
-                    assert!(w["comm"].as_str().unwrap().starts_with('('), "{w}");
+                WakerContext::Interrupt | WakerContext::Unknown => {
+                    assert!(w.tid.is_none(), "an interrupt named as a thread: {w:?}");
+                    assert!(w.comm.starts_with('('), "{w:?}");
                 }
-                _ => panic!("unexpected waker {w} of {lock}"),
             }
         }
     }
@@ -82,8 +76,8 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
     // The handed-off lock (and the GIL): woken by several of the server's threads.
     assert!(
         locks.iter().any(|l| {
-            let tids: std::collections::BTreeSet<u64> =
-                thread_wakers(l).filter_map(|w| w["tid"].as_u64()).collect();
+            let tids: std::collections::BTreeSet<u32> =
+                thread_wakers(l).filter_map(|w| w.tid).collect();
             tids.len() >= 2
         }),
         "no lock woken by two server threads: {locks:?}"
@@ -92,25 +86,25 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
     // The ticker's lock: only ever woken by its timeout.
     let ticker = locks
         .iter()
-        .find(|l| l["waiters"][0]["comm"] == "ticker")
+        .find(|l| l.waiters.first().is_some_and(|w| w.comm == "ticker"))
         .unwrap_or_else(|| panic!("the ticker's lock is not listed: {locks:?}"));
-    assert!(ticker["waits"].as_u64().unwrap() >= 10, "{ticker}");
-    let wakers = ticker["wakers"].as_array().unwrap();
-    let count = |context: &str| -> u64 {
+    assert!(ticker.waits >= 10, "{ticker:?}");
+    let wakers = &ticker.wakers;
+    let count = |context: WakerContext| -> u64 {
         wakers
             .iter()
-            .filter(|w| w["context"] == context)
-            .map(|w| w["count"].as_u64().unwrap())
+            .filter(|w| w.context == context)
+            .map(|w| w.count)
             .sum()
     };
     for w in wakers {
         assert!(
-            w["interrupt"] == "timer" || w["context"] == "unknown",
-            "the ticker was woken by {w}: {ticker}"
+            w.interrupt.as_deref() == Some("timer") || w.context == WakerContext::Unknown,
+            "the ticker was woken by {w:?}: {ticker:?}"
         );
     }
     assert!(
-        count("interrupt") > 4 * count("unknown"),
-        "the timer is named for most of the ticker's wakeups: {ticker}"
+        count(WakerContext::Interrupt) > 4 * count(WakerContext::Unknown),
+        "the timer is named for most of the ticker's wakeups: {ticker:?}"
     );
 }

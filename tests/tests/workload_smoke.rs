@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::time::Duration;
-use tracer_tests::{load_result, run_load_exe, HttpClient, Workload};
+use tracer_tests::{load_result, process_running, run_load_exe, wait_for, HttpClient, Workload};
 
 const MS: u64 = 1_000_000;
 
@@ -73,35 +73,36 @@ fn endpoints_on_one_keep_alive_connection() {
             })
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while leftovers() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(
-        leftovers(),
-        0,
-        "/disk left its file behind after the connection closed"
-    );
+    wait_for(Duration::from_secs(10), || match leftovers() {
+        0 => Ok(()),
+        n => Err(format!(
+            "/disk left its file behind after the connection closed ({n} files)"
+        )),
+    });
 }
 
+/// Thread per connection: a request is answered while another connection's handler is still
+/// sleeping. Decided by order, not by time: the first connection's handler sleeps a minute,
+/// far longer than anything the second one can take, and its response must still be pending
+/// once the second one's has come.
 #[test]
 fn concurrent_connections_are_served() {
+    use std::io::Write;
     let workload = Workload::spawn_exe(workload_exe(), &[]);
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = workload.addr;
-            std::thread::spawn(move || {
-                let mut client = HttpClient::connect(addr).unwrap();
-                client.get("/sleep?ms=200").unwrap().status
-            })
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
-    }
-    // Thread per connection: the sleeps overlap instead of adding up.
-    assert!(start.elapsed() < Duration::from_millis(700));
+    let mut sleeping = HttpClient::connect(workload.addr).unwrap();
+    sleeping
+        .stream()
+        .write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut other = HttpClient::connect(workload.addr).unwrap();
+    assert_eq!(other.get("/cpu?ms=1").unwrap().status, 200);
+    sleeping.stream().set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = sleeping.stream().peek(&mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the sleeping request must still be pending: {pending:?}"
+    );
 }
 
 #[test]
@@ -166,21 +167,9 @@ fn backend_dies_with_the_server() {
     let backend: u32 = children.trim().parse().expect("exactly one backend child");
     workload.child.kill().unwrap();
     workload.child.wait().unwrap();
-    let gone = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !gone(backend) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backend {backend} outlived the server"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(5), || {
+        (!process_running(backend))
+            .then_some(())
+            .ok_or(format!("backend {backend} outlived the server"))
+    });
 }

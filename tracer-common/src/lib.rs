@@ -15,7 +15,7 @@ pub enum EventKind {
     Wakeup = 2,
     /// [`SyscallEvent`]: a traced syscall of a target thread returned.
     Syscall = 3,
-    /// [`ThreadEvent`]: a new thread appeared in the target.
+    /// [`EventHeader`] alone: a new thread appeared in the target (`hdr.tid`).
     ThreadNew = 4,
     /// [`ThreadEvent`]: a target thread exited.
     ThreadExit = 5,
@@ -64,7 +64,7 @@ pub struct SwitchEvent {
     pub prev_state: u32,
     /// The traced syscall the previous task is blocked in, or [`NO_SYSCALL`].
     pub syscall_nr: u32,
-    pub cpu: u32,
+    pub _pad: u32,
     /// That syscall's first argument (an fd, or the futex address).
     pub syscall_arg0: u64,
 }
@@ -162,12 +162,13 @@ pub struct SyscallEvent {
     pub enter_ns: u64,
 }
 
-/// A thread appeared in (`ThreadNew`) or left (`ThreadExit`) the target.
+/// A thread left the target (`ThreadExit`). A new thread (`ThreadNew`) is reported by an
+/// [`EventHeader`] alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadEvent {
     pub hdr: EventHeader,
-    /// The exiting thread's name (`ThreadExit`); the creating thread's (`ThreadNew`).
+    /// The exiting thread's name.
     pub comm: [u8; 16],
 }
 
@@ -185,24 +186,25 @@ pub mod tls {
     pub const RETURN: u32 = 4;
     /// `SSL_free`: the `SSL*` is gone (its address may be reused).
     pub const FREE: u32 = 5;
-    /// Go `crypto/tls.(*Conn).serverHandshake` was entered; the event's `ssl` field holds the
-    /// goroutine's `g` pointer instead of an `SSL*`.
+    /// Go `crypto/tls.(*Conn).serverHandshake` was entered; the event's `handle` is the
+    /// goroutine's `g` pointer.
     pub const GO_SERVER_ENTER: u32 = 6;
-    /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`ssl`: the goroutine's `g`).
+    /// Go `crypto/tls.(*Conn).clientHandshake` was entered (`handle`: the goroutine's `g`).
     pub const GO_CLIENT_ENTER: u32 = 7;
-    /// One of the Go handshake functions reached a RET instruction (`ssl`: the `g`; `ret`:
-    /// the returned error's type word, 0 when the handshake succeeded).
+    /// One of the Go handshake functions reached a RET instruction (`handle`: the `g`;
+    /// `ret`: the returned error's type word, 0 when the handshake succeeded).
     pub const GO_RETURN: u32 = 8;
 }
 
-/// A TLS library call on a connection that has not finished its handshake. Only the `SSL*`
-/// (an opaque key) and the return value are read: never a buffer.
+/// A TLS library call on a connection that has not finished its handshake. Only an opaque
+/// key for the handshake and the return value are read: never a buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsEvent {
     pub hdr: EventHeader,
-    /// The `SSL*`.
-    pub ssl: u64,
+    /// What the handshake is keyed by: the `SSL*` for OpenSSL calls, the goroutine's
+    /// `runtime.g` address (Go's r14) for Go's (the `tls::GO_*` calls).
+    pub handle: u64,
     /// One of the [`tls`] constants.
     pub what: u32,
     pub _pad: u32,
@@ -225,18 +227,42 @@ pub struct InSyscall {
     pub buf: u64,
 }
 
-/// Reasons an event or a piece of one was lost; indexes of the `LOSSES` per-CPU array.
+/// Why a kernel program gave up on an event; indexes of the `LOSSES` per-CPU array. Every
+/// program returns one of these when it fails, and its entry counts it (tracer-ebpf
+/// `maps::finish`, the one place losses are counted): the event it was handling is not
+/// reported. A task or event that is not the target's is not a loss.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
     /// The ring buffer was full.
     RingFull = 0,
-    /// A map insert failed (map full).
+    /// A map insert failed: the map was full (see [`MAX_TARGET_THREADS`]).
     MapFull = 1,
-    /// Reading a tracepoint field failed.
+    /// A read failed: a probe's argument, a syscall's argument register, the first bytes of
+    /// a read or write buffer (TLS record framing), the task's name, or this CPU's
+    /// interrupt-nesting entry.
     ReadFailed = 2,
 }
 pub const LOSS_KINDS: u32 = 3;
+
+/// Threads of the target the kernel side follows at once: the size of every map keyed by a
+/// target thread's id (`TARGET_TIDS`, `IN_SYSCALL`, `WAKERS`, `TLS_CALL`), whose entries go
+/// when the thread exits. When one is full, a `map_full` loss is counted and:
+/// - `TARGET_TIDS`: a new thread is not added: its switch-ins and wakeups go unseen;
+/// - `IN_SYSCALL`: the thread's syscall entry is not kept: a block in that syscall is not
+///   named and its return is not reported;
+/// - `WAKERS`: that wakeup's waker is `unknown`;
+/// - `TLS_CALL`: that OpenSSL call's return is not reported.
+///
+/// The collector refuses a target that already has more threads than this.
+pub const MAX_TARGET_THREADS: u32 = 65536;
+
+/// OpenSSL connections (`SSL*`) whose handshake has completed, remembered so that later
+/// calls on them cost one lookup and report nothing (`TLS_DONE`, an LRU map). When full, the
+/// least recently used one is forgotten, without a loss: its next hooked call (with
+/// `--tls-io-probes`, its next `SSL_read`/`SSL_write`) is reported like a first call on a
+/// connection established before the tracer attached, and it is remembered again.
+pub const MAX_TLS_CONNECTIONS_DONE: u32 = 65536;
 
 /// Tracepoint field offsets the kernel programs read directly from their context (a direct
 /// load with a constant offset costs nothing; a helper call per field does). The collector
@@ -265,14 +291,6 @@ pub mod layout {
     pub const NEWTASK_PID: usize = 8;
     /// `u64 clone_flags`
     pub const NEWTASK_CLONE_FLAGS: usize = 32;
-    /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h; the ptrace ABI, it
-    /// never changes) of the registers holding a syscall's arguments: the first, second,
-    /// third and fourth. The raw_syscalls tracepoints pass the entry registers, and at
-    /// sys_exit they still hold the caller's arguments (only `ax` is rewritten).
-    pub const PT_REGS_DI: usize = 112;
-    pub const PT_REGS_SI: usize = 104;
-    pub const PT_REGS_DX: usize = 96;
-    pub const PT_REGS_R10: usize = 56;
 }
 
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -336,15 +354,15 @@ pub fn is_write(syscall_nr: u32) -> bool {
 /// queued, so the next receive returns them again.
 pub const MSG_PEEK: u64 = 2;
 
-/// Where a receive syscall that takes flags has them: the `pt_regs` offset of its flags
-/// argument (recvfrom's and recvmmsg's fourth, recvmsg's third), or `None` for reads
+/// Where a receive syscall that takes flags has them: the index from 0 of its flags
+/// argument (recvfrom's and recvmmsg's fourth, 3; recvmsg's third, 2), or `None` for reads
 /// without flags. A peek moves no bytes: the kernel side does not report it, and the read
 /// that takes the bytes is the one that counts (nginx peeks at one byte of a new TLS
 /// connection to tell a ClientHello from plain HTTP).
-pub fn recv_flags_reg(syscall_nr: u32) -> Option<usize> {
+pub fn recv_flags_arg(syscall_nr: u32) -> Option<usize> {
     match syscall_nr {
-        nr::RECVFROM | nr::RECVMMSG => Some(layout::PT_REGS_R10),
-        nr::RECVMSG => Some(layout::PT_REGS_DX),
+        nr::RECVFROM | nr::RECVMMSG => Some(3),
+        nr::RECVMSG => Some(2),
         _ => None,
     }
 }
@@ -381,11 +399,14 @@ pub fn is_traced(syscall_nr: u32) -> bool {
         )
 }
 
+/// A TLS record header's length: content type, version, body length (RFC 8446 section 5.1).
+pub const TLS_RECORD_HEADER: usize = 5;
+
 /// Classify the first 5 bytes a read or write transferred: when they are a TLS record header
 /// (content type 20..=23 — change_cipher_spec, alert, handshake, application_data — and
 /// version 3.x), `content_type << 16 | length`; else 0. The kernel side reports only this
 /// classification, never the bytes, so plaintext payloads never leave the kernel.
-pub fn tls_record(header: [u8; 5]) -> u32 {
+pub fn tls_record(header: [u8; TLS_RECORD_HEADER]) -> u32 {
     let [content_type, major, minor, len_hi, len_lo] = header;
     let length = u16::from_be_bytes([len_hi, len_lo]);
     let plausible =
@@ -402,7 +423,7 @@ pub fn tls_record(header: [u8; 5]) -> u32 {
 /// (`next_header`). TLS 1.2 sends its Finished as a handshake record, TLS 1.3 as
 /// application_data (RFC 8446 section 5), so this tells the versions apart from record
 /// headers alone.
-pub fn tls_record_and_next(first: u32, next_header: [u8; 5]) -> u32 {
+pub fn tls_record_and_next(first: u32, next_header: [u8; TLS_RECORD_HEADER]) -> u32 {
     first | record_content(tls_record(next_header)) << 24
 }
 
@@ -444,29 +465,31 @@ pub fn futex_op_waits(op: u32) -> bool {
 /// Ring-buffer size in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 32 << 20;
 
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
-const _: () = assert!(core::mem::size_of::<SwitchEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<WakeupEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<WakerId>() == 32);
-const _: () = assert!(core::mem::size_of::<IrqNesting>() == 8 + 16 * IRQ_LEVELS);
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<InSyscall>() == 32);
-const _: () = assert!(core::mem::size_of::<TlsEvent>() == 40);
+/// One list of the shared records: each one's size, the sum of its fields' (no implicit
+/// padding), is checked at compile time, and each is `aya::Pod` for the collector.
+macro_rules! records {
+    ($($record:ty = $size:expr,)*) => {
+        $(const _: () = assert!(core::mem::size_of::<$record>() == $size);)*
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for EventHeader {}
-    unsafe impl aya::Pod for SwitchEvent {}
-    unsafe impl aya::Pod for WakeupEvent {}
-    unsafe impl aya::Pod for WakerId {}
-    unsafe impl aya::Pod for IrqNesting {}
-    unsafe impl aya::Pod for IrqLevel {}
-    unsafe impl aya::Pod for SyscallEvent {}
-    unsafe impl aya::Pod for ThreadEvent {}
-    unsafe impl aya::Pod for InSyscall {}
-    unsafe impl aya::Pod for TlsEvent {}
+        #[cfg(feature = "user")]
+        mod pod {
+            use super::*;
+            $(unsafe impl aya::Pod for $record {})*
+        }
+    };
+}
+
+records! {
+    EventHeader = 16,
+    SwitchEvent = 40,
+    WakeupEvent = 48,
+    WakerId = 32,
+    IrqNesting = 8 + 16 * IRQ_LEVELS,
+    IrqLevel = 16,
+    SyscallEvent = 48,
+    ThreadEvent = 32,
+    InSyscall = 32,
+    TlsEvent = 40,
 }
 
 #[cfg(test)]
@@ -507,14 +530,14 @@ mod tests {
 
     #[test]
     fn receive_flags_are_found_for_every_receive_that_has_them() {
-        assert_eq!(recv_flags_reg(nr::RECVFROM), Some(layout::PT_REGS_R10));
-        assert_eq!(recv_flags_reg(nr::RECVMSG), Some(layout::PT_REGS_DX));
-        assert_eq!(recv_flags_reg(nr::RECVMMSG), Some(layout::PT_REGS_R10));
+        assert_eq!(recv_flags_arg(nr::RECVFROM), Some(3));
+        assert_eq!(recv_flags_arg(nr::RECVMSG), Some(2));
+        assert_eq!(recv_flags_arg(nr::RECVMMSG), Some(3));
         for n in [nr::READ, nr::READV, nr::PREAD64, nr::WRITE, nr::SENDTO] {
-            assert_eq!(recv_flags_reg(n), None, "{n}");
+            assert_eq!(recv_flags_arg(n), None, "{n}");
         }
         for n in 0..600 {
-            assert!(recv_flags_reg(n).is_none() || is_read(n), "{n}");
+            assert!(recv_flags_arg(n).is_none() || is_read(n), "{n}");
         }
     }
 

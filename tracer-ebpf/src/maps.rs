@@ -1,11 +1,17 @@
-//! Maps, load-time globals and helpers shared by the probes.
+//! Maps, load-time globals and helpers shared by the probes, and the one loss path: every
+//! program's entry is `fn prog(ctx) -> u32 { finish(try_prog(&ctx)) }`, where `try_prog`
+//! returns `Ok` when the event was handled or was not the target's, and the reason when it
+//! was lost, which [`finish`] counts.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_ANY, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, RING_BYTES};
+use tracer_common::{
+    EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, MAX_TARGET_THREADS, RING_BYTES,
+};
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -48,16 +54,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// Thread ids of the target. Filled by the collector from /proc at attach time and kept
 /// current by the thread probes.
 #[map]
-pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// The traced syscall each target thread is inside, keyed by tid.
 #[map]
-pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(65536, 0);
+pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// The waker of each target thread's pending wakeup, noted by sched_waking in the waker's
 /// context and reported by sched_wakeup; keyed by the wakee's tid.
 #[map]
-pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(65536, 0);
+pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// Each CPU's interrupt nesting (one entry per CPU), kept by `probes::interrupts`.
 #[map]
@@ -67,10 +73,20 @@ pub static IRQ_NESTING: PerCpuArray<IrqNesting> = PerCpuArray::with_max_entries(
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
 
-/// Submit without waking the collector: it drains the ring on a timer.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+/// A program's end: 0 for the kernel, and a loss counted in [`LOSSES`], the only place
+/// where losses are counted.
+#[inline(always)]
+pub fn finish(result: Result<(), Loss>) -> u32 {
+    match result {
+        Ok(()) => 0,
+        Err(loss) => {
+            count_loss(loss);
+            0
+        }
+    }
+}
 
-pub fn count_loss(loss: Loss) {
+fn count_loss(loss: Loss) {
     if let Some(slot) = LOSSES.get_ptr_mut(loss as u32) {
         unsafe { *slot += 1 };
     }
@@ -83,6 +99,39 @@ pub fn current_ids() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
+/// The current thread's id when it belongs to the target: the first check of every program
+/// whose subject is the current task.
+#[inline(always)]
+pub fn current_target_tid() -> Option<u32> {
+    let (tgid, tid) = current_ids();
+    (tgid == target_tgid()).then_some(tid)
+}
+
+/// The current task's name.
+#[inline(always)]
+pub fn current_comm() -> Result<[u8; 16], Loss> {
+    bpf_get_current_comm().map_err(|_| Loss::ReadFailed)
+}
+
+/// Insert or replace `map[key]`; fails when the map is full.
+#[inline(always)]
+pub fn insert<K, V>(map: &HashMap<K, V>, key: K, value: V) -> Result<(), Loss> {
+    map.insert(key, value, u64::from(BPF_ANY))
+        .map_err(|_| Loss::MapFull)
+}
+
+/// Set `map[key]`: in place when the key has an entry (cheaper than an insert: no bucket
+/// lock, no allocation), else by an insert.
+#[inline(always)]
+pub fn set<K, V>(map: &HashMap<K, V>, key: K, value: V) -> Result<(), Loss> {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: a valid pointer to the map's value.
+        Some(slot) => unsafe { *slot = value },
+        None => insert(map, key, value)?,
+    }
+    Ok(())
+}
+
 pub fn header(kind: tracer_common::EventKind, tid: u32) -> EventHeader {
     EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -91,14 +140,12 @@ pub fn header(kind: tracer_common::EventKind, tid: u32) -> EventHeader {
     }
 }
 
-/// Copy `event` into the ring buffer, counting a loss when it is full.
+/// Copy `event` into the ring buffer; fails when it is full. Submitted without waking the
+/// collector: it drains the ring on a timer.
 #[inline(always)]
-pub fn emit<T: 'static>(event: T) {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(BPF_RB_NO_WAKEUP);
-        }
-        None => count_loss(Loss::RingFull),
-    }
+pub fn emit<T: 'static>(event: T) -> Result<(), Loss> {
+    let mut entry = EVENTS.reserve::<T>(0).ok_or(Loss::RingFull)?;
+    entry.write(event);
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    Ok(())
 }

@@ -99,9 +99,10 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     let slow = SlowRequests::create(&out, slow_ns);
     let mut collector = Collector::new(target.pid, engine, hlog, slow);
 
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+    let mut drain = ticks(tokio::time::interval(DRAIN_EVERY));
+    let mut liveness = ticks(tokio::time::interval(LIVENESS_EVERY));
     let interval = Duration::from_secs_f64(args.interval);
+    // Every interval boundary gets its row, late or not (missed ticks come in a burst).
     let mut report = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let deadline = args.duration.map(Duration::from_secs_f64);
     let stop = async {
@@ -114,21 +115,25 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
 
     println!("{}", live::header());
     let stopped_by = loop {
+        // Biased, in this order: an interval that ended before the stop gets its row even when
+        // both are due at once (a slow drain on a loaded machine), and the stop and the
+        // signals come before the drain, which can be due again as soon as it returns.
         tokio::select! {
-            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false),
+            biased;
             _ = report.tick() => {
                 collector.drain(&mut ring, Some(&probes), false);
-                println!("{}", live::row(&collector, args.interval));
+                println!("{}", live::row(&collector, collector.interval_length().as_secs_f64()));
                 collector.end_interval();
             }
+            _ = &mut stop => break StoppedBy::Duration,
+            _ = sigint.recv() => break StoppedBy::Signal,
+            _ = sigterm.recv() => break StoppedBy::Signal,
             _ = liveness.tick() => {
                 if !target::target_alive(target.pid) {
                     break StoppedBy::TargetExit;
                 }
             }
-            _ = &mut stop => break StoppedBy::Duration,
-            _ = sigint.recv() => break StoppedBy::Signal,
-            _ = sigterm.recv() => break StoppedBy::Signal,
+            _ = drain.tick() => collector.drain(&mut ring, Some(&probes), false),
         }
     };
 
@@ -183,4 +188,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         }
         Some(incomplete) => bail!(incomplete),
     }
+}
+
+/// An interval that, after a tick it could not deliver on time, goes on from the late tick
+/// instead of firing the missed ones in a burst.
+fn ticks(mut interval: tokio::time::Interval) -> tokio::time::Interval {
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }

@@ -14,12 +14,13 @@ use std::{
     env,
     ffi::OsString,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode, ExitStatus, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+pub use tracer_support::{is_root, workspace_root as root};
 
 /// The kernel-side crate. It is `no_std`/`no_main` and only builds for the BPF target (the
 /// `tracer` crate's build.rs builds it through aya-build); built for the host, it fails with
@@ -48,7 +49,11 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run setup, build (debug), then run the tests one at a time
+    /// Run setup, build (debug), then run all the tests one at a time, as root
+    ///
+    /// The tests that load kernel programs are `#[ignore = "needs root"]`; this runs them too
+    /// (`--include-ignored`), and refuses to run when not root. `cargo test` as another user
+    /// runs the others.
     ///
     /// `cargo xtask test -- attribution` runs the tests whose names contain "attribution";
     /// `cargo xtask test -- --test attribution -- --nocapture` passes `--test attribution` to
@@ -120,6 +125,9 @@ fn build_static_tls_server() -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .env("OPENSSL_STATIC", "1")
+        // tracer-tests depends on the tracer crate (for summary.json's types), whose build.rs
+        // builds the kernel programs: tls-server needs none of them, in its own target dir.
+        .env("AYA_BUILD_SKIP", "1")
         .args([
             "build",
             "-p",
@@ -138,6 +146,14 @@ fn build_static_tls_server() -> Result<()> {
 }
 
 fn test(args: &[OsString]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask test` runs every test, and most integration tests load kernel \
+             programs, which needs root (they are marked `#[ignore = \"needs root\"]`). Run \
+             it as root (e.g. `sudo -E cargo xtask test`); as this user, `cargo test` runs \
+             the tests that do not need root and lists the others as ignored"
+        );
+    }
     setup::run()?;
     build_workspace(false)?;
     build_static_tls_server()?;
@@ -145,6 +161,10 @@ fn test(args: &[OsString]) -> Result<()> {
         Some(split) => (&args[..split], &args[split + 1..]),
         None => (args, &[][..]),
     };
+    // The root-only tests too, unless the arguments pick them already (`--ignored`).
+    let include_ignored = !test_args
+        .iter()
+        .any(|arg| arg == "--ignored" || arg == "--include-ignored");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         // The integration tests run the tracer and workload binaries from here.
@@ -160,6 +180,7 @@ fn test(args: &[OsString]) -> Result<()> {
         .args(cargo_args)
         // Tests attach to processes and measure time: one at a time.
         .args(["--", "--test-threads=1"])
+        .args(include_ignored.then_some("--include-ignored"))
         .args(test_args);
     run_cmd(&mut cmd).context("running the tests")
 }
@@ -172,12 +193,6 @@ fn run_tracer(args: &[OsString]) -> Result<()> {
     println!("$ {}", cmdline(&cmd));
     let err = cmd.exec();
     Err(err).with_context(|| format!("running `{}`", cmdline(&cmd)))
-}
-
-/// The workspace root (this crate lives in `<root>/xtask`).
-pub fn root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (made absolute by [`prepare_env`]) or
@@ -249,17 +264,6 @@ fn prepare_env() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether the effective user is root (from `/proc/self/status`).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-            uids.split_whitespace().nth(1).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 /// A command as it would be typed into a shell, with the environment variables it sets.

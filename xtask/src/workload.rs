@@ -2,15 +2,14 @@
 //! child processes of `demo` and `bench`.
 
 use std::{
-    io::{self, BufRead, BufReader},
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use tracer_support::read_listening_line;
 
 use crate::cmdline;
 
@@ -126,34 +125,9 @@ impl Server {
             .stdout
             .take()
             .context("workload stdout is not piped")?;
-
-        // Read the first line on a thread (so a silent server cannot hang us), then keep
-        // draining stdout so the server never blocks on a full pipe.
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut first = String::new();
-            let read = reader.read_line(&mut first).map(|_| first);
-            let _ = tx.send(read);
-            let _ = io::copy(&mut reader, &mut io::sink());
-        });
-        let line = match rx.recv_timeout(SERVE_TIMEOUT) {
-            Ok(read) => {
-                read.with_context(|| format!("reading the output of `{}`", proc.cmdline()))?
-            }
-            Err(_) => bail!(
-                "`{}` printed no address within {} s",
-                proc.cmdline(),
-                SERVE_TIMEOUT.as_secs()
-            ),
-        };
-        let (addr, pid) = parse_listening(&line).with_context(|| {
-            format!(
-                "`{}` printed {:?}, expected `listening 127.0.0.1:<port> pid <pid>`",
-                proc.cmdline(),
-                line.trim()
-            )
-        })?;
+        let (addr, pid) = read_listening_line(stdout, SERVE_TIMEOUT)
+            .with_context(|| format!("`{}` did not start", proc.cmdline()))?;
+        let addr = addr.to_string();
         println!("serving on {addr} (pid {pid})");
         Ok(Server { addr, pid, proc })
     }
@@ -162,22 +136,6 @@ impl Server {
     pub fn stop(self) {
         self.proc.stop();
     }
-}
-
-/// `listening 127.0.0.1:<port> pid <pid>` -> (`127.0.0.1:<port>`, pid).
-fn parse_listening(line: &str) -> Option<(String, u32)> {
-    let mut words = line.split_whitespace();
-    if words.next()? != "listening" {
-        return None;
-    }
-    let addr = words.next()?;
-    let (_, port) = addr.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    if words.next()? != "pid" {
-        return None;
-    }
-    let pid = words.next()?.parse().ok()?;
-    Some((addr.to_string(), pid))
 }
 
 /// `workload load --addr <addr> --connections <n> --duration <s> --path <p>...`
@@ -197,19 +155,4 @@ pub fn load_command(
         cmd.args(["--path", path]);
     }
     cmd
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_listening;
-
-    #[test]
-    fn parses_listening_line() {
-        assert_eq!(
-            parse_listening("listening 127.0.0.1:40123 pid 777\n"),
-            Some(("127.0.0.1:40123".to_string(), 777))
-        );
-        assert_eq!(parse_listening("listening 127.0.0.1 pid 777"), None);
-        assert_eq!(parse_listening("hello"), None);
-    }
 }

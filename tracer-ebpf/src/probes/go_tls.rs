@@ -8,49 +8,41 @@
 //! (its type: zero means nil, the handshake succeeded). Nothing else is read.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tracer_common::{tls, EventKind, TlsEvent};
+use tracer_common::{tls, Loss};
 
-use crate::maps::{current_ids, emit, header, target_tgid};
+use super::tls::emit_tls;
+use crate::maps::{current_target_tid, finish};
 
 /// Entry of `crypto/tls.(*Conn).serverHandshake`.
 #[uprobe]
 pub fn go_server_handshake_enter(ctx: ProbeContext) -> u32 {
-    report(&ctx, tls::GO_SERVER_ENTER);
-    0
+    finish(report(&ctx, tls::GO_SERVER_ENTER))
 }
 
 /// Entry of `crypto/tls.(*Conn).clientHandshake`.
 #[uprobe]
 pub fn go_client_handshake_enter(ctx: ProbeContext) -> u32 {
-    report(&ctx, tls::GO_CLIENT_ENTER);
-    0
+    finish(report(&ctx, tls::GO_CLIENT_ENTER))
 }
 
 /// A RET instruction of either function.
 #[uprobe]
 pub fn go_handshake_return(ctx: ProbeContext) -> u32 {
-    report(&ctx, tls::GO_RETURN);
-    0
+    finish(report(&ctx, tls::GO_RETURN))
 }
 
 #[inline(always)]
-fn report(ctx: &ProbeContext, what: u32) {
-    let (tgid, tid) = current_ids();
-    if tgid != target_tgid() {
-        return;
-    }
-    // A direct load from the probe context (the user registers at the probe).
+fn report(ctx: &ProbeContext, what: u32) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: direct loads from the probe context (the user registers at the probe).
     let (g, rax) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
-    emit(TlsEvent {
-        hdr: header(EventKind::Tls, tid),
-        ssl: g,
-        what,
-        _pad: 0,
-        // At a RET: 0 when the returned error is nil. At an entry: not meaningful.
-        ret: if what == tls::GO_RETURN {
-            rax as i64
-        } else {
-            0
-        },
-    });
+    // At a RET: 0 when the returned error is nil. At an entry: not meaningful.
+    let ret = if what == tls::GO_RETURN {
+        rax as i64
+    } else {
+        0
+    };
+    emit_tls(tid, g, what, ret)
 }

@@ -36,51 +36,53 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tracer_common::{waker_context, IrqLevel, IrqNesting, IRQ_LEVELS};
+use tracer_common::{waker_context, IrqLevel, IrqNesting, Loss, IRQ_LEVELS};
 
-use crate::maps::IRQ_NESTING;
+use crate::maps::{finish, IRQ_NESTING};
 
 #[raw_tracepoint(tracepoint = "irq_handler_entry")]
-pub fn irq_handler_entry(ctx: RawTracePointContext) -> i32 {
+pub fn irq_handler_entry(ctx: RawTracePointContext) -> u32 {
     let irq = ctx.arg::<u64>(0) as u32;
-    enter(waker_context::HARDIRQ, irq, u64::from(irq));
-    0
+    finish(enter(waker_context::HARDIRQ, irq, u64::from(irq)))
 }
 
 #[raw_tracepoint(tracepoint = "irq_handler_exit")]
-pub fn irq_handler_exit(ctx: RawTracePointContext) -> i32 {
-    exit(waker_context::HARDIRQ, ctx.arg::<u64>(0) as u32 as u64);
-    0
+pub fn irq_handler_exit(ctx: RawTracePointContext) -> u32 {
+    finish(exit(
+        waker_context::HARDIRQ,
+        ctx.arg::<u64>(0) as u32 as u64,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "softirq_entry")]
-pub fn softirq_entry(ctx: RawTracePointContext) -> i32 {
+pub fn softirq_entry(ctx: RawTracePointContext) -> u32 {
     let vec = ctx.arg::<u64>(0) as u32;
-    enter(waker_context::SOFTIRQ, vec, u64::from(vec));
-    0
+    finish(enter(waker_context::SOFTIRQ, vec, u64::from(vec)))
 }
 
 #[raw_tracepoint(tracepoint = "softirq_exit")]
-pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
-    exit(waker_context::SOFTIRQ, ctx.arg::<u64>(0) as u32 as u64);
-    0
+pub fn softirq_exit(ctx: RawTracePointContext) -> u32 {
+    finish(exit(
+        waker_context::SOFTIRQ,
+        ctx.arg::<u64>(0) as u32 as u64,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
-pub fn hrtimer_expire_entry(ctx: RawTracePointContext) -> i32 {
-    enter(waker_context::TIMER, 0, ctx.arg::<u64>(0));
-    0
+pub fn hrtimer_expire_entry(ctx: RawTracePointContext) -> u32 {
+    finish(enter(waker_context::TIMER, 0, ctx.arg::<u64>(0)))
 }
 
 #[raw_tracepoint(tracepoint = "hrtimer_expire_exit")]
-pub fn hrtimer_expire_exit(ctx: RawTracePointContext) -> i32 {
-    exit(waker_context::TIMER, ctx.arg::<u64>(0));
-    0
+pub fn hrtimer_expire_exit(ctx: RawTracePointContext) -> u32 {
+    finish(exit(waker_context::TIMER, ctx.arg::<u64>(0)))
 }
 
+/// This CPU's entry (index 0 of a one-entry per-CPU array: the lookup only fails if the
+/// map is broken, but the verifier wants the check, and it is counted like any failed read).
 #[inline(always)]
-fn nesting() -> Option<*mut IrqNesting> {
-    IRQ_NESTING.get_ptr_mut(0)
+fn nesting() -> Result<*mut IrqNesting, Loss> {
+    IRQ_NESTING.get_ptr_mut(0).ok_or(Loss::ReadFailed)
 }
 
 // An entry or exit program can itself be interrupted (softirqs and soft hrtimers run with
@@ -110,8 +112,8 @@ fn set_level(n: *mut IrqNesting, i: usize, level: IrqLevel) {
 }
 
 #[inline(always)]
-fn enter(context: u32, detail: u32, key: u64) {
-    let Some(n) = nesting() else { return };
+fn enter(context: u32, detail: u32, key: u64) -> Result<(), Loss> {
+    let n = nesting()?;
     let d = depth(n);
     if d < IRQ_LEVELS {
         let pushed = IrqLevel {
@@ -124,43 +126,45 @@ fn enter(context: u32, detail: u32, key: u64) {
         set_level(n, d, pushed);
     }
     // Deeper than that: the innermost level recorded stands for the ones beyond it.
+    Ok(())
 }
 
 /// Pop down to the innermost level this exit names, and it; nothing if none does.
 #[inline(always)]
-fn exit(context: u32, key: u64) {
-    let Some(n) = nesting() else { return };
+fn exit(context: u32, key: u64) -> Result<(), Loss> {
+    let n = nesting()?;
     let d = depth(n).min(IRQ_LEVELS);
     for i in (0..IRQ_LEVELS).rev() {
         if i < d {
             let l = level(n, i);
             if l.context == context && l.key == key {
                 set_depth(n, i);
-                return;
+                break;
             }
         }
     }
+    Ok(())
 }
 
 /// Called from sched_switch, which never runs inside an interrupt on a non-RT kernel: this
 /// CPU is in none.
 #[inline(always)]
-pub fn forget_interrupts() {
-    if let Some(n) = nesting() {
-        if depth(n) != 0 {
-            set_depth(n, 0);
-        }
+pub fn forget_interrupts() -> Result<(), Loss> {
+    let n = nesting()?;
+    if depth(n) != 0 {
+        set_depth(n, 0);
     }
+    Ok(())
 }
 
 /// The innermost interrupt this CPU is in, or `None` in task context.
 #[inline(always)]
-pub fn innermost_interrupt() -> Option<IrqLevel> {
+pub fn innermost_interrupt() -> Result<Option<IrqLevel>, Loss> {
     let n = nesting()?;
     let d = depth(n).min(IRQ_LEVELS);
     if d == 0 {
-        return None;
+        return Ok(None);
     }
     let i = d - 1;
-    (i < IRQ_LEVELS).then(|| level(n, i))
+    Ok((i < IRQ_LEVELS).then(|| level(n, i)))
 }

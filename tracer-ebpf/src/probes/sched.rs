@@ -1,16 +1,14 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
-use aya_ebpf::{
-    helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext,
-    EbpfContext as _,
-};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use tracer_common::{
     layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS, WAKERS,
+    current_comm, current_ids, current_target_tid, emit, finish, header, set, IN_SYSCALL,
+    TARGET_TIDS, WAKERS,
 };
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
@@ -18,27 +16,24 @@ use crate::maps::{
 /// recognised by its tgid without a map lookup; `next` needs the thread-id set.
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_switch(&ctx);
-    0
+    finish(try_sched_switch(&ctx))
 }
 
-fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
-    forget_interrupts();
-    let (tgid, prev_tid) = current_ids();
-    let prev_is_target = tgid == target_tgid() && prev_tid != 0;
+fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
+    forget_interrupts()?;
+    let prev_tid = current_target_tid().filter(|&tid| tid != 0);
     let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
     let next_is_target = unsafe { TARGET_TIDS.get(next_pid as u32) }.is_some();
-    if !prev_is_target && !next_is_target {
+    if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
     let mut event = SwitchEvent {
         hdr: header(EventKind::Switch, 0),
         next_tid: if next_is_target { next_pid as u32 } else { 0 },
         syscall_nr: NO_SYSCALL,
-        cpu: unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() },
         ..Default::default()
     };
-    if prev_is_target {
+    if let Some(prev_tid) = prev_tid {
         event.hdr.tid = prev_tid;
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
         let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
@@ -48,8 +43,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
             event.syscall_arg0 = inside.arg0;
         }
     }
-    emit(event);
-    Ok(())
+    emit(event)
 }
 
 /// sched:sched_waking fires in `try_to_wake_up()` on the waker's CPU, in the waker's context
@@ -59,28 +53,27 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i64> {
 /// and sched_wakeup, which marks the moment the wakee became runnable, reports it.
 #[tracepoint]
 pub fn sched_waking(ctx: TracePointContext) -> u32 {
-    let Some(pid) = target_wakee(&ctx) else {
-        return 0;
+    finish(try_sched_waking(&ctx))
+}
+
+fn try_sched_waking(ctx: &TracePointContext) -> Result<(), Loss> {
+    let Some(pid) = target_wakee(ctx) else {
+        return Ok(());
     };
-    let waker = current_waker();
-    // In place when the wakee has an entry (every wakeup after its first): no bucket lock.
-    match WAKERS.get_ptr_mut(pid) {
-        Some(noted) => unsafe { *noted = waker },
-        None => {
-            if WAKERS.insert(pid, waker, 0).is_err() {
-                count_loss(Loss::MapFull);
-            }
-        }
-    }
-    0
+    // In place when the wakee has an entry (every wakeup after its first).
+    set(&WAKERS, pid, current_waker()?)
 }
 
 /// sched:sched_wakeup: the wakee (often woken by another process or from an interrupt) is
 /// matched against the thread-id set; the waker is the one sched_waking noted.
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    let Some(pid) = target_wakee(&ctx) else {
-        return 0;
+    finish(try_sched_wakeup(&ctx))
+}
+
+fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), Loss> {
+    let Some(pid) = target_wakee(ctx) else {
+        return Ok(());
     };
     let waker = match WAKERS.get_ptr_mut(pid) {
         Some(noted) => unsafe {
@@ -89,30 +82,36 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
             (*noted).context = waker_context::UNKNOWN;
             waker
         },
+        // Not a loss here: its sched_waking ran before the tracer attached, was skipped (the
+        // kernel counts those runs), or found the map full (counted there).
         None => WakerId {
             context: waker_context::UNKNOWN,
             ..Default::default()
         },
     };
-    emit(WakeupEvent {
-        hdr: header(EventKind::Wakeup, pid),
-        waker,
-    });
-    0
+    emit_wakeup(pid, waker)
 }
 
 /// sched:sched_wakeup_new: a new thread's first wakeup, in `wake_up_new_task()`, called by
 /// its creator in `clone()`: the current task is the waker.
 #[tracepoint]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    let Some(pid) = target_wakee(&ctx) else {
-        return 0;
+    finish(try_sched_wakeup_new(&ctx))
+}
+
+fn try_sched_wakeup_new(ctx: &TracePointContext) -> Result<(), Loss> {
+    let Some(pid) = target_wakee(ctx) else {
+        return Ok(());
     };
+    emit_wakeup(pid, current_waker()?)
+}
+
+#[inline(always)]
+fn emit_wakeup(pid: u32, waker: WakerId) -> Result<(), Loss> {
     emit(WakeupEvent {
         hdr: header(EventKind::Wakeup, pid),
-        waker: current_waker(),
-    });
-    0
+        waker,
+    })
 }
 
 /// The woken task of sched_waking, sched_wakeup or sched_wakeup_new, when it is one of the
@@ -125,22 +124,22 @@ fn target_wakee(ctx: &TracePointContext) -> Option<u32> {
 
 /// The current task, or the interrupt this CPU is in (see `probes::interrupts`).
 #[inline(always)]
-fn current_waker() -> WakerId {
-    if let Some(level) = innermost_interrupt() {
-        return WakerId {
+fn current_waker() -> Result<WakerId, Loss> {
+    if let Some(level) = innermost_interrupt()? {
+        return Ok(WakerId {
             context: level.context,
             detail: level.detail,
             ..Default::default()
-        };
+        });
     }
     let (pid, tid) = current_ids();
-    WakerId {
+    Ok(WakerId {
         tid,
         pid,
         context: waker_context::TASK,
         detail: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    }
+        comm: current_comm()?,
+    })
 }
 
 /// Read a tracepoint field with a direct context load. `OFFSET` must be one of the

@@ -1,11 +1,11 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
 use super::sched::field;
 use crate::maps::{
-    count_loss, current_ids, emit, header, target_tgid, IN_SYSCALL, TARGET_TIDS, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, insert, IN_SYSCALL, TARGET_TIDS, WAKERS,
 };
 
 /// include/uapi/linux/sched.h
@@ -16,45 +16,43 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// first sched_wakeup_new.
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    let _ = try_task_newtask(&ctx);
-    0
+    finish(try_task_newtask(&ctx))
 }
 
-fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tgid, _) = current_ids();
-    if tgid != target_tgid() {
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), Loss> {
+    if current_target_tid().is_none() {
         return Ok(());
     }
     let flags: u64 = field(ctx, layout::NEWTASK_CLONE_FLAGS);
     if flags & CLONE_THREAD == 0 {
         return Ok(()); // a child process, not one of the target's threads
     }
-    let pid: i32 = field(ctx, layout::NEWTASK_PID);
-    if TARGET_TIDS.insert(pid as u32, 1, 0).is_err() {
-        count_loss(Loss::MapFull);
-    }
-    // A reused tid must not inherit a waker its previous owner left behind.
-    let _ = WAKERS.remove(pid as u32);
-    emit(ThreadEvent {
-        hdr: header(EventKind::ThreadNew, pid as u32),
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    });
-    Ok(())
+    let tid = field::<i32>(ctx, layout::NEWTASK_PID) as u32;
+    // A reused tid must not inherit a waker its previous owner left behind (usually there is
+    // none to remove, which is no failure).
+    let _ = WAKERS.remove(tid);
+    insert(&TARGET_TIDS, tid, 1)?;
+    // The collector needs only the tid: a header alone, no name to copy.
+    emit(header(EventKind::ThreadNew, tid))
 }
 
 /// sched:sched_process_exit fires in `do_exit()` for every exiting thread, as the current task.
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if tgid != target_tgid() {
-        return 0;
-    }
+    finish(try_sched_process_exit())
+}
+
+fn try_sched_process_exit() -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // A missing entry is no failure: a thread that never made a syscall or was never woken
+    // since the tracer attached has none.
     let _ = TARGET_TIDS.remove(tid);
     let _ = IN_SYSCALL.remove(tid);
     let _ = WAKERS.remove(tid);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    });
-    0
+        comm: current_comm()?,
+    })
 }

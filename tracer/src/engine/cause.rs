@@ -2,6 +2,7 @@
 //! what a thread blocked in to its cause.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use syscalls::x86_64::Sysno;
 use tracer_common::{is_read, is_write, nr, STATE_UNINTERRUPTIBLE};
 
 use super::{event::InSyscall, fds::FdKind};
@@ -80,7 +81,8 @@ pub fn diff(end: &Breakdown, start: &Breakdown) -> Breakdown {
     std::array::from_fn(|i| end[i].saturating_sub(start[i]))
 }
 
-/// The syscalls whose blocking has one cause whatever their arguments.
+/// The syscalls whose blocking has one cause whatever their arguments. Path and metadata
+/// syscalls of the file system block on the disk (the inode, the directory, the journal).
 const BLOCKING_SYSCALLS: &[(u32, Cause)] = &[
     (nr::FUTEX, Cause::Lock),
     (nr::FUTEX_WAITV, Cause::Lock),
@@ -99,6 +101,27 @@ const BLOCKING_SYSCALLS: &[(u32, Cause)] = &[
     (nr::FSYNC, Cause::DiskIo),
     (nr::FDATASYNC, Cause::DiskIo),
     (nr::SYNC_FILE_RANGE, Cause::DiskIo),
+    (Sysno::open as u32, Cause::DiskIo),
+    (Sysno::openat as u32, Cause::DiskIo),
+    (Sysno::openat2 as u32, Cause::DiskIo),
+    (Sysno::creat as u32, Cause::DiskIo),
+    (Sysno::stat as u32, Cause::DiskIo),
+    (Sysno::lstat as u32, Cause::DiskIo),
+    (Sysno::fstat as u32, Cause::DiskIo),
+    (Sysno::newfstatat as u32, Cause::DiskIo),
+    (Sysno::statx as u32, Cause::DiskIo),
+    (Sysno::getdents64 as u32, Cause::DiskIo),
+    (Sysno::unlink as u32, Cause::DiskIo),
+    (Sysno::unlinkat as u32, Cause::DiskIo),
+    (Sysno::rename as u32, Cause::DiskIo),
+    (Sysno::renameat as u32, Cause::DiskIo),
+    (Sysno::renameat2 as u32, Cause::DiskIo),
+    (Sysno::mkdir as u32, Cause::DiskIo),
+    (Sysno::mkdirat as u32, Cause::DiskIo),
+    (Sysno::rmdir as u32, Cause::DiskIo),
+    (Sysno::truncate as u32, Cause::DiskIo),
+    (Sysno::ftruncate as u32, Cause::DiskIo),
+    (Sysno::fallocate as u32, Cause::DiskIo),
 ];
 
 /// What a read or write blocked on, by what its fd is.
@@ -177,6 +200,11 @@ mod tests {
         assert_eq!(
             blocked_cause(syscall(61 /* wait4 */), 1, socket),
             Cause::Other
+        );
+        assert_eq!(
+            blocked_cause(syscall(Sysno::openat as u32), 2, socket),
+            Cause::DiskIo,
+            "creating a file waits on the journal"
         );
     }
 }

@@ -4,6 +4,7 @@
 //! per-program run time).
 
 mod counters;
+mod limits;
 pub mod privileges;
 mod probes;
 pub mod ring;

@@ -92,7 +92,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
         }
         tracer_common::EventKind::Tls => {
             let e: TlsEvent = read(bytes)?;
-            out.push(Event::new(ts, tid, tls_kind(e.ssl, e.what, e.ret)?));
+            out.push(Event::new(ts, tid, tls_kind(e.handle, e.what, e.ret)?));
         }
         tracer_common::EventKind::ThreadExit => {
             let e: ThreadEvent = read(bytes)?;
@@ -180,7 +180,7 @@ mod tests {
             next_tid: 11,
             prev_state: 1,
             syscall_nr: 202,
-            cpu: 0,
+            _pad: 0,
             syscall_arg0: 0xabc,
         };
         let mut out = Vec::new();
@@ -202,6 +202,18 @@ mod tests {
                 Event::new(5, Tid(11), EventKind::SwitchIn),
             ]
         );
+    }
+
+    #[test]
+    fn a_new_thread_is_a_header_alone() {
+        let hdr = EventHeader {
+            ts_ns: 7,
+            kind: tracer_common::EventKind::ThreadNew as u32,
+            tid: 12,
+        };
+        let mut out = Vec::new();
+        decode(&bytes(&hdr), &mut out).unwrap();
+        assert_eq!(out, vec![Event::new(7, Tid(12), EventKind::ThreadNew)]);
     }
 
     #[test]

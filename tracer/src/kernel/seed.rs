@@ -12,7 +12,7 @@ use procfs::process::Process;
 use super::probes::Probes;
 
 /// `BPF_NOEXIST` map update flag (include/uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 
 impl Probes {
     /// Threads already blocked in a syscall when the tracer attached (an idle
@@ -76,7 +76,7 @@ pub fn parse_proc_syscall(text: &str) -> Option<(u32, u64, u64)> {
 }
 
 /// The thread ids of process `pid` now.
-fn target_threads(pid: u32) -> procfs::ProcResult<Vec<u32>> {
+pub(super) fn target_threads(pid: u32) -> procfs::ProcResult<Vec<u32>> {
     Ok(Process::new(pid as i32)?
         .tasks()?
         .flatten()

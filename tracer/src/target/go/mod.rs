@@ -19,6 +19,7 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
 mod pclntab;
+pub mod runtime;
 
 use pclntab as gopclntab;
 

@@ -1,0 +1,185 @@
+// go_service: a Go net/http service (HTTP/1.1 keep-alive) whose endpoints each wait in one
+// of Go's own ways, for the tracer's goroutine attribution tests. Each response reports what
+// the handler measured itself, in nanoseconds:
+//
+//	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns
+//	/chan?ms=N   waits for a worker goroutine's reply on a channel:           X-Chan-Ns
+//	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
+//	/io?ms=N     a request to a backend (in this process) that answers late:  X-Io-Ns
+//	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
+//	/auth?ms=N   middleware that serializes on a sync.Mutex, then a sleep of N/10 ms and a
+//	             backend call of N/10 ms: X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
+//
+// and X-Handler-Ns, the handler's whole time. Prints `listening 127.0.0.1:PORT pid PID` once
+// ready.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The mutex /lock and /auth wait for.
+var mu sync.Mutex
+
+// Jobs for the /chan worker: how long to work, and where to answer.
+type job struct {
+	work  time.Duration
+	reply chan struct{}
+}
+
+var jobs = make(chan job)
+
+func worker() {
+	for j := range jobs {
+		time.Sleep(j.work)
+		j.reply <- struct{}{}
+	}
+}
+
+// backend answers each line it reads after the delay the line asks for (in ms).
+func backend(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func(c net.Conn) {
+			defer c.Close()
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				ms, _ := strconv.Atoi(line[:len(line)-1])
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+				if _, err := c.Write([]byte("done\n")); err != nil {
+					return
+				}
+			}
+		}(conn)
+	}
+}
+
+// A connection to the backend per request (kept simple: the dial is local and quick).
+func callBackend(addr string, ms int) time.Duration {
+	start := time.Now()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "%d\n", ms)
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		panic(err)
+	}
+	return time.Since(start)
+}
+
+// holdLock takes the mutex in another goroutine and keeps it for d; returns once it is held.
+func holdLock(d time.Duration) {
+	held := make(chan struct{})
+	go func() {
+		mu.Lock()
+		close(held)
+		time.Sleep(d)
+		mu.Unlock()
+	}()
+	<-held
+}
+
+func waitLock() time.Duration {
+	start := time.Now()
+	mu.Lock()
+	waited := time.Since(start)
+	mu.Unlock()
+	return waited
+}
+
+func millis(r *http.Request) int {
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	return ms
+}
+
+func ns(d time.Duration) string {
+	return strconv.FormatInt(d.Nanoseconds(), 10)
+}
+
+// timed wraps a handler: X-Handler-Ns is set before the body is written.
+func timed(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		h(w, r)
+		w.Header().Set("X-Handler-Ns", ns(time.Since(start)))
+		w.Write([]byte("ok\n"))
+	}
+}
+
+func main() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go_service:", err)
+		os.Exit(1)
+	}
+	backendLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go_service:", err)
+		os.Exit(1)
+	}
+	backendAddr := backendLn.Addr().String()
+	go backend(backendLn)
+	go worker()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/lock", timed(func(w http.ResponseWriter, r *http.Request) {
+		holdLock(time.Duration(millis(r)) * time.Millisecond)
+		w.Header().Set("X-Lock-Ns", ns(waitLock()))
+	}))
+	mux.HandleFunc("/chan", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		reply := make(chan struct{})
+		jobs <- job{work: time.Duration(millis(r)) * time.Millisecond, reply: reply}
+		<-reply
+		w.Header().Set("X-Chan-Ns", ns(time.Since(start)))
+	}))
+	mux.HandleFunc("/sleep", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		time.Sleep(time.Duration(millis(r)) * time.Millisecond)
+		w.Header().Set("X-Sleep-Ns", ns(time.Since(start)))
+	}))
+	mux.HandleFunc("/io", timed(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, millis(r))))
+	}))
+	mux.HandleFunc("/cpu", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		until := start.Add(time.Duration(millis(r)) * time.Millisecond)
+		x := 0
+		for time.Now().Before(until) {
+			x++
+		}
+		w.Header().Set("X-Cpu-Ns", ns(time.Since(start)))
+	}))
+	mux.HandleFunc("/auth", timed(func(w http.ResponseWriter, r *http.Request) {
+		ms := millis(r)
+		holdLock(time.Duration(ms) * time.Millisecond)
+		w.Header().Set("X-Lock-Ns", ns(waitLock()))
+		start := time.Now()
+		time.Sleep(time.Duration(ms/10) * time.Millisecond)
+		w.Header().Set("X-Sleep-Ns", ns(time.Since(start)))
+		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, ms/10)))
+	}))
+
+	fmt.Printf("listening %s pid %d\n", ln.Addr(), os.Getpid())
+	os.Stdout.Sync()
+	if err := http.Serve(ln, mux); err != nil {
+		fmt.Fprintln(os.Stderr, "go_service:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,327 @@
+//! What goroutine-aware probes need from a Go executable (Go 1.17+, amd64).
+//!
+//! The kernel side puts a uprobe (never a uretprobe: Go moves goroutine stacks, and a
+//! rewritten return address on a moved stack crashes the target) on three functions of
+//! Go's scheduler, each at the conditional jump of its stack check, an instruction the
+//! kernel emulates (0.6 µs per hit instead of 6.5 µs on the first instruction, see
+//! KERNEL.md):
+//! - `runtime.gopark(unlockf, lock, reason, ...)`: runs on the parking goroutine (r14 = its
+//!   g), the wait reason is the third integer argument (cl);
+//! - `runtime.ready(gp, traceskip, next)`: rax = the goroutine woken; runs on g0, so the
+//!   waker is `g0.m.curg`;
+//! - `runtime.execute(gp, inheritTime)`: rax = the goroutine about to run on this thread.
+//!
+//! The probes read `g.goid`, `g.m` and `m.curg`, whose offsets change between Go releases,
+//! and userspace names wait reasons with Go's own strings, whose numbering changes too.
+//! Every fact is read from the binary when it holds it, else from a table per Go release
+//! (`versions.rs`, by the version in `.go.buildinfo`), and never guessed:
+//! - probe points: the ELF symbol table, else `.gopclntab` (stripped binaries keep it);
+//! - struct offsets: DWARF, else the release's table;
+//! - wait reasons: the `runtime.waitReasonStrings` array by its symbol, else the same array
+//!   located by decoding `runtime.waitReason.String` (found in `.gopclntab`), else the
+//!   release's table.
+//!
+//! The DWARF constants `runtime.waitReason*` number the wait reasons; when the binary has
+//! them, the strings read are checked against them.
+
+mod dwarf;
+mod memory;
+mod probe_point;
+mod versions;
+mod wait_reasons;
+
+use std::fmt;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use super::{go_version, pclntab::FuncRange, text_start};
+use crate::target::Executable;
+
+pub const GOPARK: &str = "runtime.gopark";
+pub const READY: &str = "runtime.ready";
+pub const EXECUTE: &str = "runtime.execute";
+/// `runtime.goexit1()`: runs on the exiting goroutine (r14 = its g).
+pub const GOEXIT1: &str = "runtime.goexit1";
+/// `func (w waitReason) String() string`, which indexes `runtime.waitReasonStrings`.
+const WAIT_REASON_STRING: &str = "runtime.waitReason.String";
+
+/// What the goroutine probes need from a Go executable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoRuntime {
+    /// `go1.23.9`, from `.go.buildinfo`.
+    pub version: Option<String>,
+    /// File offsets of the probe instruction (the stack check's conditional jump) in
+    /// `runtime.gopark`, `runtime.ready` and `runtime.execute`.
+    pub gopark: u64,
+    pub ready: u64,
+    pub execute: u64,
+    /// And in `runtime.goexit1`: the goroutine is done.
+    pub goexit1: u64,
+    pub offsets: GOffsets,
+    /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
+    /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
+    pub wait_reasons: Vec<String>,
+    pub found_in: FoundIn,
+}
+
+/// Byte offsets of the fields the probes read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GOffsets {
+    /// `runtime.g.goid`: the goroutine's id (`g` structs are recycled, ids are not).
+    pub g_goid: u32,
+    /// `runtime.g.m`: the thread (`m`) running the goroutine.
+    pub g_m: u32,
+    /// `runtime.m.curg`: the goroutine the thread runs (g0 runs `ready` on its behalf).
+    pub m_curg: u32,
+}
+
+/// Where a fact came from, for the start-up line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    SymbolTable,
+    Gopclntab,
+    Dwarf,
+    /// The table of a Go release (`versions.rs`), by the version in `.go.buildinfo`.
+    ReleaseTable {
+        minor: u32,
+    },
+}
+
+/// Where each of a [`GoRuntime`]'s facts came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FoundIn {
+    pub probe_points: Source,
+    pub offsets: Source,
+    /// `SymbolTable`: the array by its symbol; `Gopclntab`: the array located by decoding
+    /// `runtime.waitReason.String`; `ReleaseTable`: not read from the binary.
+    pub wait_reasons: Source,
+    /// Whether the wait reasons were checked against the binary's DWARF constants.
+    pub wait_reasons_checked_against_dwarf: bool,
+}
+
+/// Look at the target's executable: `Ok(None)` when it is not a Go program. An error says
+/// which fact could not be established and why.
+pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
+    let file = exe.elf()?;
+    let pclntab = gopclntab_section(&file);
+    let buildinfo = file.section_by_name(".go.buildinfo");
+    if pclntab.is_none() && buildinfo.is_none() {
+        return Ok(None); // not Go
+    }
+    ensure!(
+        file.architecture() == Architecture::X86_64,
+        "only x86-64 Go binaries are supported"
+    );
+    let memory = memory::Memory::new(&file);
+    let version = buildinfo.and_then(|section| buildinfo_version(&section, &memory));
+    let release = version.as_deref().and_then(versions::release);
+
+    let (functions, functions_source) = find_functions(&file, pclntab.as_ref())?;
+    let probe_point = |name: &str| -> Result<u64> {
+        probe_point::file_offset(&file, &memory, functions.get(name)?)
+    };
+    let gopark = probe_point(GOPARK)?;
+    let ready = probe_point(READY)?;
+    let execute = probe_point(EXECUTE)?;
+    let goexit1 = probe_point(GOEXIT1)?;
+
+    let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
+    let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
+    let (wait_reasons, wait_reasons_source) =
+        wait_reasons(&file, &memory, &functions, release, version.as_deref())?;
+    let checked = match &dwarf {
+        Some(dwarf) if !dwarf.wait_reasons.is_empty() => {
+            wait_reasons::check_against_dwarf(&wait_reasons, &dwarf.wait_reasons)?;
+            true
+        }
+        _ => false,
+    };
+    Ok(Some(GoRuntime {
+        version,
+        gopark,
+        ready,
+        execute,
+        goexit1,
+        offsets,
+        wait_reasons,
+        found_in: FoundIn {
+            probe_points: functions_source,
+            offsets: offsets_source,
+            wait_reasons: wait_reasons_source,
+            wait_reasons_checked_against_dwarf: checked,
+        },
+    }))
+}
+
+/// The Go version in `.go.buildinfo`: inline since Go 1.18 ([`go_version`]); in Go 1.17 the
+/// 8-byte word at offset 16 points to the version's string header (`runtime.buildVersion`;
+/// `src/debug/buildinfo/buildinfo.go`, read in Go 1.19.8). Flags byte 15 is 0 then
+/// (little-endian, pointers).
+fn buildinfo_version(section: &object::Section, memory: &memory::Memory) -> Option<String> {
+    let data = section.data().ok()?;
+    if let Some(version) = go_version(data) {
+        return Some(version);
+    }
+    if !data.starts_with(b"\xff Go buildinf:") || data.get(14..16)? != [8, 0] {
+        return None;
+    }
+    let header = memory.pointer(section.address() + 16)?;
+    let version = memory.go_string(header)?;
+    (!version.is_empty()).then(|| version.to_string())
+}
+
+/// `.data.rel.ro.gopclntab` in position-independent executables.
+fn gopclntab_section<'f>(file: &'f object::File) -> Option<object::Section<'f, 'f>> {
+    [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|name| file.section_by_name(name))
+}
+
+/// The functions this module reads, by name.
+struct Functions(Vec<FuncRange>);
+
+impl Functions {
+    fn get(&self, name: &str) -> Result<&FuncRange> {
+        self.0
+            .iter()
+            .find(|f| f.name == name)
+            .with_context(|| format!("{name} is not in the executable"))
+    }
+}
+
+/// The probed functions and `runtime.waitReason.String`, from the symbol table, else (a
+/// stripped binary) from `.gopclntab`.
+fn find_functions(
+    file: &object::File,
+    pclntab: Option<&object::Section>,
+) -> Result<(Functions, Source)> {
+    let names = [GOPARK, READY, EXECUTE, GOEXIT1, WAIT_REASON_STRING];
+    let from_symbols: Vec<FuncRange> = file
+        .symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            names.contains(&name).then(|| FuncRange {
+                name: name.to_string(),
+                entry: s.address(),
+                end: s.address().saturating_add(s.size()),
+            })
+        })
+        .collect();
+    if !from_symbols.is_empty() {
+        return Ok((Functions(from_symbols), Source::SymbolTable));
+    }
+    let Some(pclntab) = pclntab else {
+        bail!(
+            "stripped, and its function table (.gopclntab) is not a section of its own \
+             (an externally linked executable)"
+        );
+    };
+    let table = pclntab.data().context("reading .gopclntab")?;
+    let text = text_start(file, pclntab.address());
+    let found = super::pclntab::find_functions(table, text, &names)?;
+    Ok((Functions(found), Source::Gopclntab))
+}
+
+/// `g.goid`, `g.m` and `m.curg` from DWARF, else from the release's table.
+fn struct_offsets(
+    dwarf: Option<&dwarf::DwarfFacts>,
+    release: Option<&versions::Release>,
+    version: Option<&str>,
+) -> Result<(GOffsets, Source)> {
+    if let Some(offsets) = dwarf.and_then(|d| d.offsets) {
+        return Ok((offsets, Source::Dwarf));
+    }
+    match release {
+        Some(release) => Ok((
+            release.offsets,
+            Source::ReleaseTable {
+                minor: release.minor,
+            },
+        )),
+        None => bail!(
+            "no DWARF with runtime.g and runtime.m (built with -w or -s), and {} has no table \
+             of their field offsets here",
+            describe(version)
+        ),
+    }
+}
+
+/// Go's wait-reason strings, read from the binary when it can be, else from the release's
+/// table.
+fn wait_reasons(
+    file: &object::File,
+    memory: &memory::Memory,
+    functions: &Functions,
+    release: Option<&versions::Release>,
+    version: Option<&str>,
+) -> Result<(Vec<String>, Source)> {
+    if let Some(array) = wait_reasons::array_by_symbol(file) {
+        let strings =
+            wait_reasons::read_array(memory, array).context("reading runtime.waitReasonStrings")?;
+        return Ok((strings, Source::SymbolTable));
+    }
+    if let Ok(method) = functions.get(WAIT_REASON_STRING) {
+        if let Some(array) = wait_reasons::array_by_decoding(memory, method) {
+            let strings = wait_reasons::read_array(memory, array).with_context(|| {
+                format!("reading runtime.waitReasonStrings as {WAIT_REASON_STRING} indexes it")
+            })?;
+            return Ok((strings, Source::Gopclntab));
+        }
+    }
+    match release {
+        Some(release) => Ok((
+            release.wait_reasons.iter().map(|s| s.to_string()).collect(),
+            Source::ReleaseTable {
+                minor: release.minor,
+            },
+        )),
+        None => bail!(
+            "runtime.waitReasonStrings was not found, and {} has no table of wait reasons here",
+            describe(version)
+        ),
+    }
+}
+
+fn describe(version: Option<&str>) -> &str {
+    version.unwrap_or("its Go version (not in .go.buildinfo)")
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Source::SymbolTable => write!(f, "symbol table"),
+            Source::Gopclntab => write!(f, ".gopclntab"),
+            Source::Dwarf => write!(f, "DWARF"),
+            Source::ReleaseTable { minor } => write!(f, "go1.{minor} table"),
+        }
+    }
+}
+
+/// `probe points: symbol table; g/m offsets: DWARF; wait reasons: runtime.waitReasonStrings
+/// (symbol table), checked against DWARF`.
+impl fmt::Display for FoundIn {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "probe points: {}; g/m offsets: {}; wait reasons: ",
+            self.probe_points, self.offsets
+        )?;
+        match self.wait_reasons {
+            Source::SymbolTable => write!(f, "runtime.waitReasonStrings (symbol table)")?,
+            Source::Gopclntab => write!(
+                f,
+                "runtime.waitReasonStrings (located in {WAIT_REASON_STRING}, .gopclntab)"
+            )?,
+            other => write!(f, "{other}")?,
+        }
+        if self.wait_reasons_checked_against_dwarf {
+            write!(f, ", checked against DWARF")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
