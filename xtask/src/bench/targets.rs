@@ -3,15 +3,18 @@
 
 use std::{
     ffi::OsStr,
-    fs,
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
+use tracer_support::{
+    go::{build_https_server, GoBuild},
+    tls::{make_cert, CertKey},
+};
 
 use super::{
     load::{run_workload_load, s_time, Load},
@@ -40,7 +43,7 @@ impl Running {
 }
 
 /// Starts `target`; each load phase lasts `seconds`. `tmp` takes the certificate and the
-/// Go build.
+/// Go build (made with `tracer-support`, as the tests make theirs).
 pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Result<Running> {
     match *target {
         Target::Workload {
@@ -49,8 +52,7 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
             https,
         } => {
             let server = if https {
-                let (key, cert) = make_cert(tmp)?;
-                Server::start_with(workload, &tls_server_args(&cert, &key))?
+                Server::start_with(workload, &tls_server_args(&make_cert(tmp)?))?
             } else {
                 Server::start(workload)?
             };
@@ -70,13 +72,14 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
             })
         }
         Target::WorkloadTls { client } => {
-            let (key, cert) = make_cert(tmp)?;
-            let server = Server::start_with(workload, &tls_server_args(&cert, &key))?;
+            let server = Server::start_with(workload, &tls_server_args(&make_cert(tmp)?))?;
             s_time_against(server, client, seconds)
         }
         Target::GoTls { client } => {
-            let (key, cert) = make_cert(tmp)?;
-            let mut cmd = Command::new(build_go_server(tmp)?);
+            let CertKey { cert, key } = make_cert(tmp)?;
+            let go_server = build_https_server(tmp, GoBuild::default())
+                .context("building the Go HTTPS server")?;
+            let mut cmd = Command::new(go_server);
             cmd.arg(&cert).arg(&key);
             s_time_against(Server::start_command(cmd)?, client, seconds)
         }
@@ -92,13 +95,13 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
     }
 }
 
-/// `workload serve` arguments for HTTPS with `cert` and `key`.
-fn tls_server_args<'a>(cert: &'a Path, key: &'a Path) -> [&'a OsStr; 4] {
+/// `workload serve` arguments for HTTPS with `tls`'s certificate and key.
+fn tls_server_args(tls: &CertKey) -> [&OsStr; 4] {
     [
         "--tls-cert".as_ref(),
-        cert.as_os_str(),
+        tls.cert.as_os_str(),
         "--tls-key".as_ref(),
-        key.as_os_str(),
+        tls.key.as_os_str(),
     ]
 }
 
@@ -130,7 +133,7 @@ struct SServer {
 impl SServer {
     /// Starts it with the extra `flags` on a free port, and waits until it listens.
     fn start(tmp: &Path, flags: &[&str]) -> Result<SServer> {
-        let (key, cert) = make_cert(tmp)?;
+        let CertKey { cert, key } = make_cert(tmp)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new("openssl");
         cmd.args([
@@ -161,45 +164,4 @@ impl SServer {
         );
         Ok(SServer { proc, port })
     }
-}
-
-/// Build `tests/go/https_server.go` with the system's Go (installed by `cargo xtask setup`)
-/// into `tmp`.
-fn build_go_server(tmp: &Path) -> Result<PathBuf> {
-    let out = tmp.join("https_server");
-    let mut cmd = Command::new("go");
-    cmd.arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg(crate::root().join("tests/go/https_server.go"))
-        .env("GOCACHE", tmp.join("gocache"))
-        .env("GOPATH", tmp.join("gopath"))
-        .env("GO111MODULE", "off");
-    crate::run_cmd(&mut cmd).context("building the Go HTTPS server")?;
-    Ok(out)
-}
-
-/// A throw-away P-256 certificate in `tmp`: (key, cert).
-fn make_cert(tmp: &Path) -> Result<(PathBuf, PathBuf)> {
-    fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let (key, cert) = (tmp.join("key.pem"), tmp.join("cert.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running openssl req")?;
-    ensure!(status.success(), "openssl req failed");
-    Ok((key, cert))
 }
