@@ -89,7 +89,7 @@ fn endpoints_on_one_keep_alive_connection() {
 fn concurrent_connections_are_served() {
     use std::io::Write;
     let workload = Workload::spawn_exe(workload_exe(), &[]);
-    let mut sleeping = HttpClient::connect(workload.addr).unwrap();
+    let sleeping = HttpClient::connect(workload.addr).unwrap();
     sleeping
         .stream()
         .write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: localhost\r\n\r\n")

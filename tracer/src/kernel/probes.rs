@@ -78,7 +78,7 @@ impl Probes {
         report_eagain: bool,
     ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
-            anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+            anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP, or without the `ebpf` feature); rebuild with `cargo xtask build`");
         }
         let stats = if bpf_stats {
             Some(

@@ -1,0 +1,61 @@
+//! A handler's own account of its time, which the tests compare with the tracer's: wall
+//! time, time waiting for a CPU (the kernel's schedstat) and CPU time (the thread clock).
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+/// A handler's own account of a stretch of its thread's time: the wall time, and how much of
+/// it the thread spent runnable, waiting for a CPU (the kernel's schedstat `run_delay`, which
+/// covers every completed wait). So what the thread spent blocked is `wall - runqueue` (less
+/// a few µs of CPU), whatever else the machine is doing.
+pub struct Span {
+    pub wall: Duration,
+    pub runqueue_ns: u64,
+}
+
+impl Span {
+    /// Runs `work`, returning its output and the span it took.
+    pub fn measure<T>(work: impl FnOnce() -> T) -> (T, Span) {
+        let (delay_before, start) = run_delay_at(Instant::now);
+        let out = work();
+        let (delay_after, end) = run_delay_at(Instant::now);
+        let span = Span {
+            wall: end - start,
+            runqueue_ns: delay_after.saturating_sub(delay_before),
+        };
+        (out, span)
+    }
+}
+
+/// `clock()` and the thread's run delay at that instant. `run_delay` grows when a wait for a
+/// CPU ends, so a preemption between reading it and reading the clock would put that wait
+/// on the wrong side: read it on both sides of the clock until no wait ended in between.
+fn run_delay_at(clock: impl Fn() -> Instant) -> (u64, Instant) {
+    loop {
+        let before = run_delay_ns();
+        let now = clock();
+        if run_delay_ns() == before {
+            return (before, now);
+        }
+    }
+}
+
+/// This thread's total time spent runnable, waiting for a CPU: the second field of
+/// /proc/thread-self/schedstat (`sched_info.run_delay`, fs/proc/base.c `proc_pid_schedstat`).
+fn run_delay_ns() -> u64 {
+    fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time used so far by the calling thread.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

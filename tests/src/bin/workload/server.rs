@@ -1,0 +1,209 @@
+//! `workload serve`: the HTTP/1.1 (or HTTPS) server, a thread per connection, and its
+//! endpoints.
+
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use openssl::ssl::SslAcceptor;
+use tracer_tests::http::{self, RequestLine};
+
+use crate::backend::{BackendChild, BackendClient};
+use crate::listener::accept_loop;
+use crate::lock_holder::LockHolder;
+use crate::measure::{thread_cpu_ns, Span};
+use crate::reply::Reply;
+use crate::scratch::ScratchFile;
+use crate::{announce, tls, MAX_MS};
+
+/// Largest `kb` `/disk` accepts (1 GiB).
+const MAX_KB: u64 = 1024 * 1024;
+
+/// Options of `workload serve`. Every option may be repeated: the last one wins.
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub struct ServeArgs {
+    /// Port on 127.0.0.1 (0: any free port)
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Where `/disk` writes its scratch files [default: the system's temp directory]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (goes with --tls-key)
+    #[arg(long, value_name = "CERT", requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "KEY", requires = "tls_cert")]
+    tls_key: Option<String>,
+}
+
+/// State shared by every connection of `serve`.
+struct Server {
+    lock_holder: LockHolder,
+    backend: SocketAddr,
+    data_dir: PathBuf,
+    next_file: AtomicU64,
+}
+
+/// `workload serve`: prints `listening ADDR pid PID`, then serves until killed.
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    ensure!(
+        data_dir.is_dir(),
+        "data dir {} is not a directory",
+        data_dir.display()
+    );
+    // Spawned from the main thread, which lives as long as the process:
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits.
+    let backend = BackendChild::spawn()?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).context("bind")?;
+    let server = Arc::new(Server {
+        lock_holder: LockHolder::spawn()?,
+        backend: backend.addr,
+        data_dir,
+        next_file: AtomicU64::new(0),
+    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::acceptor(cert, key)?)),
+        _ => None, // clap has them go together
+    };
+    announce(&format!(
+        "listening {} pid {}",
+        listener.local_addr()?,
+        std::process::id()
+    ))?;
+    accept_loop(&listener, "conn", move |stream| {
+        serve_connection(&server, tls.as_deref(), stream)
+    });
+    drop(backend);
+    Ok(())
+}
+
+/// Serves one accepted connection, after a TLS handshake when `tls` is given.
+fn serve_connection(server: &Server, tls: Option<&SslAcceptor>, stream: TcpStream) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let conn = Connection::new(server);
+    match tls {
+        None => conn.serve(stream).map(drop),
+        Some(acceptor) => {
+            let tls = acceptor.accept(stream).context("TLS handshake")?;
+            let mut tls = conn.serve(tls)?;
+            let _ = tls.shutdown(); // close_notify
+            Ok(())
+        }
+    }
+}
+
+/// Per-connection state of `serve`.
+struct Connection<'a> {
+    server: &'a Server,
+    backend: BackendClient,
+    /// `/disk`'s file, unique to this connection.
+    scratch: ScratchFile,
+}
+
+impl<'a> Connection<'a> {
+    fn new(server: &'a Server) -> Self {
+        let n = server.next_file.fetch_add(1, Ordering::Relaxed);
+        let name = format!("workload-{}-{n}.dat", std::process::id());
+        Self {
+            server,
+            backend: BackendClient::new(server.backend),
+            scratch: ScratchFile::new(server.data_dir.join(name)),
+        }
+    }
+
+    /// Serves keep-alive requests on `stream` until EOF, a closing reply or an error; returns
+    /// the stream.
+    fn serve<S: io::Read + Write>(mut self, mut stream: S) -> Result<S> {
+        let mut buf = Vec::with_capacity(1024);
+        while let Some(end) = http::read_head(&mut stream, &mut buf).context("read request")? {
+            let reply = self.respond(&buf[..end]);
+            buf.drain(..end);
+            stream
+                .write_all(&reply.to_bytes())
+                .context("write response")?;
+            if reply.close {
+                break;
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Parses one request head and runs its handler; failures become error replies.
+    fn respond(&mut self, head: &[u8]) -> Reply {
+        let Some(req) = std::str::from_utf8(head)
+            .ok()
+            .and_then(http::parse_request_line)
+        else {
+            eprintln!("workload: malformed request head, closing connection");
+            return Reply::closing(400);
+        };
+        if req.method != "GET" {
+            return Reply::closing(405);
+        }
+        // The thread CPU clock costs a syscall: `/`, the benchmark's endpoint, goes without.
+        let measure_cpu = req.path != "/";
+        let cpu_start = if measure_cpu { thread_cpu_ns() } else { 0 };
+        let mut reply = self.route(&req).unwrap_or_else(|e| {
+            eprintln!("workload: {} failed: {e:#}", req.path);
+            Reply::closing(500)
+        });
+        if measure_cpu {
+            reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
+        }
+        reply.close |= req.http10;
+        reply
+    }
+
+    /// Runs the endpoint `req` names.
+    fn route(&mut self, req: &RequestLine) -> Result<Reply> {
+        let ms = || {
+            http::query_param(req.query, "ms")
+                .filter(|&ms| ms <= MAX_MS)
+                .map(Duration::from_millis)
+        };
+        let reply = match (req.path, ms()) {
+            ("/", _) => Reply::ok(Duration::ZERO),
+            ("/cpu", Some(d)) => Reply::spanned(Span::measure(|| spin(d)).1),
+            ("/sleep", Some(d)) => Reply::spanned(Span::measure(|| thread::sleep(d)).1),
+            ("/lock", Some(d)) => Reply::spanned(self.server.lock_holder.wait_for_lock(d)?),
+            ("/io", Some(d)) => Reply::spanned(self.backend.round_trip(d)?),
+            ("/disk", _) => match http::query_param(req.query, "kb").filter(|&kb| kb <= MAX_KB) {
+                Some(kb) => self.disk(kb)?,
+                None => Reply::status(400),
+            },
+            ("/cpu" | "/sleep" | "/lock" | "/io", None) => Reply::status(400),
+            _ => Reply::status(404),
+        };
+        Ok(reply)
+    }
+
+    /// `/disk`: writes `kb` KiB at the start of this connection's file, then fsyncs.
+    fn disk(&mut self, kb: u64) -> Result<Reply> {
+        let (total, fsync) = self.scratch.write_and_sync(kb)?;
+        Ok(Reply::synced(total, fsync))
+    }
+}
+
+/// `/cpu`: spins on the CPU for `d` of wall time.
+fn spin(d: Duration) -> Duration {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < d {
+        for _ in 0..1000 {
+            x = std::hint::black_box(
+                x.wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407),
+            );
+        }
+    }
+    std::hint::black_box(x);
+    start.elapsed()
+}

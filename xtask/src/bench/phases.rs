@@ -1,0 +1,134 @@
+//! The run of one scenario: its target started once, then baseline and traced load phases
+//! alternating, then one traced phase with `--bpf-stats`.
+
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tracer::output::summary::Summary;
+
+use super::{
+    load::Load,
+    report::describe,
+    scenarios::Scenario,
+    targets::{self, Running},
+    tracer::{read_summary, RunningTracer, TracerSpec},
+};
+
+/// Quiet time between phases.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// One traced phase's results.
+pub struct Traced {
+    pub load: Load,
+    /// The tracer's `summary.json`, if it wrote a readable one.
+    pub summary: Option<Summary>,
+}
+
+/// Everything measured for one scenario.
+pub struct Measured {
+    pub baseline: Vec<Load>,
+    pub traced: Vec<Traced>,
+    /// One more traced phase with `--bpf-stats`, for the per-program costs only: the kernel's
+    /// run-time statistics cost time themselves, so throughput is compared without them.
+    pub stats: Option<Traced>,
+}
+
+/// What every scenario's phases share, and the tracer's failures so far.
+pub struct Bench {
+    /// Length of each load phase.
+    pub seconds: u32,
+    /// Phases per mode.
+    pub rounds: u32,
+    pub workload: PathBuf,
+    pub tracer: PathBuf,
+    /// The traced phases' output directories, the certificate and the Go build.
+    pub tmp: PathBuf,
+    /// Tracer runs that did not end cleanly (their phase still counts).
+    pub failures: Vec<String>,
+}
+
+impl Bench {
+    /// Runs `scenario`'s phases: [`Bench::rounds`] baseline and traced pairs, then the
+    /// `--bpf-stats` phase.
+    pub fn measure(&mut self, scenario: &Scenario) -> Result<Measured> {
+        println!();
+        println!("== scenario {}: {}", scenario.name, scenario.about);
+        let target = targets::start(&scenario.target, &self.workload, &self.tmp, self.seconds)?;
+        let (name, rounds) = (scenario.name, self.rounds);
+        let mut run = ScenarioRun {
+            bench: self,
+            target,
+        };
+        let mut measured = Measured {
+            baseline: Vec::new(),
+            traced: Vec::new(),
+            stats: None,
+        };
+        for round in 1..=rounds {
+            let baseline = run.baseline_phase(&format!("{name} baseline {round}"))?;
+            measured.baseline.push(baseline);
+            thread::sleep(SETTLE);
+            let phase = format!("{name} traced {round}");
+            let traced = run.traced_phase(&phase, &format!("{name}-{round}"), false)?;
+            measured.traced.push(traced);
+            thread::sleep(SETTLE);
+        }
+        let phase = format!("{name} traced with --bpf-stats");
+        measured.stats = Some(run.traced_phase(&phase, &format!("{name}-stats"), true)?);
+        run.target.stop();
+        Ok(measured)
+    }
+}
+
+/// A scenario's running target, and the bench it runs in.
+struct ScenarioRun<'a> {
+    bench: &'a mut Bench,
+    target: Running,
+}
+
+impl ScenarioRun<'_> {
+    /// One load phase without the tracer.
+    fn baseline_phase(&mut self, phase: &str) -> Result<Load> {
+        let load = (self.target.load)().with_context(|| phase.to_string())?;
+        println!("{phase}: {}", describe(&load));
+        Ok(load)
+    }
+
+    /// One load phase with the tracer attached, which writes into `<tmp>/<out_name>`.
+    fn traced_phase(&mut self, phase: &str, out_name: &str, bpf_stats: bool) -> Result<Traced> {
+        let out_dir = self.bench.tmp.join(out_name);
+        let traced = self
+            .trace_load(phase, &out_dir, bpf_stats)
+            .with_context(|| phase.to_string())?;
+        println!("{phase}: {}", describe(&traced.load));
+        Ok(traced)
+    }
+
+    /// Starts the tracer, waits until it has attached, runs the load, then stops the tracer
+    /// with SIGTERM and reads its summary.
+    fn trace_load(&mut self, phase: &str, out_dir: &Path, bpf_stats: bool) -> Result<Traced> {
+        let spec = TracerSpec {
+            tracer: &self.bench.tracer,
+            pid: self.target.pid,
+            seconds: self.bench.seconds,
+            bpf_stats,
+        };
+        let mut tracer = RunningTracer::start(&spec, out_dir)?;
+        tracer.wait_until_attached(phase)?;
+        let load = (self.target.load)()?;
+        tracer.stop(phase, &mut self.bench.failures)?;
+        let summary = read_summary(out_dir)
+            .inspect_err(|e| {
+                println!(
+                    "{phase}: no readable summary.json in {}: {e:#}",
+                    out_dir.display()
+                )
+            })
+            .ok();
+        Ok(Traced { load, summary })
+    }
+}

@@ -1,0 +1,285 @@
+//! The bench's report: a table per scenario, and the verdict against the targets.
+
+use std::{collections::BTreeMap, path::Path};
+
+use tracer::output::summary::{Program, Summary};
+
+use super::{
+    load::Load,
+    phases::Measured,
+    scenarios::{Scenario, UprobeCostUnit, MAX_THROUGHPUT_LOSS_PCT, MAX_TLS_THROUGHPUT_LOSS_PCT},
+    stats::{max, mean, median, ratio, sum},
+};
+
+/// A phase's load, in one line.
+pub fn describe(load: &Load) -> String {
+    format!(
+        "{} req/s, p99 {} us, {} errors",
+        fmt(load.rps, 0),
+        fmt(load.p99_us, 0),
+        fmt(load.errors, 0)
+    )
+}
+
+/// `value` with `decimals` decimals; `n/a` when missing (or not finite).
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "n/a".to_string(),
+    }
+}
+
+/// Prints a scenario's table (`rounds` phases of `seconds` per mode); returns the targets it
+/// missed.
+pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measured) -> Vec<String> {
+    let load = LoadFigures::of(measured);
+    let tracer = TracerFigures::of(measured);
+    let stats_summary = measured.stats.as_ref().and_then(|t| t.summary.as_ref());
+    println!();
+    println!(
+        "== scenario {}: {} ({rounds} x {seconds} s per mode)",
+        scenario.name, scenario.about
+    );
+    print_load_rows(&load);
+    print_tracer_rows(&tracer);
+    print_program_costs(&program_costs(stats_summary));
+    if let Some(unit) = scenario.target.uprobe_cost_unit() {
+        print_uprobe_cost(stats_summary, unit);
+    }
+    misses(scenario, &load, &tracer)
+}
+
+/// Prints where the tracer's output is, and the verdict over every scenario's `misses`.
+pub fn print_verdict(tracer_output: &Path, misses: &[String]) {
+    println!();
+    println!(
+        "tracer output of the traced phases: {}",
+        tracer_output.display()
+    );
+    let targets =
+        format!("targets: throughput loss <= {MAX_THROUGHPUT_LOSS_PCT}% ({MAX_TLS_THROUGHPUT_LOSS_PCT}% for TLS), zero lost events");
+    if misses.is_empty() {
+        println!("verdict: PASS ({targets})");
+    } else {
+        println!("verdict: MISS ({targets}): {}", misses.join("; "));
+    }
+}
+
+/// The load's figures over a scenario's baseline and traced phases.
+struct LoadFigures {
+    base_rps: Option<f64>,
+    traced_rps: Option<f64>,
+    /// Each traced phase's throughput over that of the baseline phase just before it.
+    round_ratios: Vec<f64>,
+    /// The median of `round_ratios`.
+    rps_ratio: Option<f64>,
+    loss_pct: Option<f64>,
+    base_p99: Option<f64>,
+    traced_p99: Option<f64>,
+    base_errors: Option<f64>,
+    traced_errors: Option<f64>,
+}
+
+impl LoadFigures {
+    fn of(measured: &Measured) -> Self {
+        let baseline = &measured.baseline;
+        let traced: Vec<&Load> = measured.traced.iter().map(|t| &t.load).collect();
+        // Each traced phase against the baseline phase just before it: the machine's own drift
+        // between phases (large for TLS loads on this VM) cancels out of a pair, and the median
+        // of the pairs ignores one disturbed phase.
+        let round_ratios: Vec<f64> = baseline
+            .iter()
+            .zip(&traced)
+            .filter_map(|(b, t)| ratio(t.rps, b.rps))
+            .collect();
+        let rps_ratio = median(&round_ratios);
+        LoadFigures {
+            base_rps: mean(baseline.iter().map(|l| l.rps)),
+            traced_rps: mean(traced.iter().map(|l| l.rps)),
+            round_ratios,
+            rps_ratio,
+            loss_pct: rps_ratio.map(|r| (1.0 - r) * 100.0),
+            base_p99: mean(baseline.iter().map(|l| l.p99_us)),
+            traced_p99: mean(traced.iter().map(|l| l.p99_us)),
+            base_errors: sum(baseline.iter().map(|l| l.errors)),
+            traced_errors: sum(traced.iter().map(|l| l.errors)),
+        }
+    }
+}
+
+/// The tracer's figures over a scenario's traced phases (without the `--bpf-stats` one),
+/// from their summaries.
+struct TracerFigures {
+    events_per_s: Option<f64>,
+    lost: Option<f64>,
+    /// The collector's CPU time, in % of one core.
+    cpu_pct: Option<f64>,
+    rss_mib: Option<f64>,
+}
+
+impl TracerFigures {
+    fn of(measured: &Measured) -> Self {
+        let summaries: Vec<Option<&Summary>> =
+            measured.traced.iter().map(|t| t.summary.as_ref()).collect();
+        // A figure of each phase; `None` for a phase without a summary.
+        let field = |figure: fn(&Summary) -> f64| -> Vec<Option<f64>> {
+            summaries.iter().map(|s| s.map(figure)).collect()
+        };
+        let durations = field(|s| s.duration_s);
+        let per_second = |values: Vec<Option<f64>>| {
+            mean(
+                values
+                    .into_iter()
+                    .zip(&durations)
+                    .map(|(value, duration)| ratio(value, *duration)),
+            )
+        };
+        TracerFigures {
+            events_per_s: per_second(field(|s| s.events.received as f64)),
+            lost: sum(field(|s| s.events.lost as f64)),
+            cpu_pct: per_second(field(|s| s.collector.cpu_s)).map(|share| share * 100.0),
+            rss_mib: max(field(|s| s.collector.max_rss_kb as f64)).map(|kb| kb / 1024.0),
+        }
+    }
+}
+
+/// One row of a scenario's table.
+fn row(label: &str, baseline: &str, traced: &str, ratio: &str) {
+    println!("  {label:<30} {baseline:>12} {traced:>12} {ratio:>10}");
+}
+
+fn print_load_rows(load: &LoadFigures) {
+    row("", "baseline", "traced", "ratio");
+    row(
+        "throughput (req/s, mean)",
+        &fmt(load.base_rps, 0),
+        &fmt(load.traced_rps, 0),
+        &fmt(ratio(load.traced_rps, load.base_rps), 3),
+    );
+    let pairs: Vec<String> = load
+        .round_ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect();
+    println!("  {:<30} {}", "traced/baseline per round", pairs.join(" "));
+    row(
+        "throughput loss (%, median pair)",
+        "",
+        &fmt(load.loss_pct, 1),
+        &fmt(load.rps_ratio, 3),
+    );
+    row(
+        "p99 latency (us)",
+        &fmt(load.base_p99, 0),
+        &fmt(load.traced_p99, 0),
+        &fmt(ratio(load.traced_p99, load.base_p99), 3),
+    );
+    row(
+        "load errors",
+        &fmt(load.base_errors, 0),
+        &fmt(load.traced_errors, 0),
+        "",
+    );
+}
+
+fn print_tracer_rows(tracer: &TracerFigures) {
+    row("events/s", "", &fmt(tracer.events_per_s, 0), "");
+    row("lost events", "", &fmt(tracer.lost, 0), "");
+    row(
+        "collector CPU (% of one core)",
+        "",
+        &fmt(tracer.cpu_pct, 1),
+        "",
+    );
+    row("collector max RSS (MiB)", "", &fmt(tracer.rss_mib, 1), "");
+}
+
+/// A kernel program's cost in the `--bpf-stats` phase.
+struct ProgramCost {
+    run_count: f64,
+    run_time_ns: f64,
+    /// The phase's `duration_s`.
+    duration_s: f64,
+}
+
+/// Each kernel program's cost in the `--bpf-stats` phase's summary, by name.
+fn program_costs(stats_summary: Option<&Summary>) -> BTreeMap<String, ProgramCost> {
+    let Some(summary) = stats_summary else {
+        return BTreeMap::new();
+    };
+    let cost = |program: &Program| ProgramCost {
+        run_count: program.run_count as f64,
+        run_time_ns: program.run_time_ns as f64,
+        duration_s: summary.duration_s,
+    };
+    summary
+        .programs
+        .iter()
+        .map(|program| (program.name.clone(), cost(program)))
+        .collect()
+}
+
+fn print_program_costs(costs: &BTreeMap<String, ProgramCost>) {
+    if costs.is_empty() {
+        println!("  kernel programs: n/a");
+        return;
+    }
+    println!(
+        "  {:<30} {:>12} {:>12}",
+        "kernel program", "ns/run", "runs/s"
+    );
+    for (name, cost) in costs {
+        let ns_per_run = ratio(Some(cost.run_time_ns), Some(cost.run_count));
+        let runs_per_s = ratio(Some(cost.run_count), Some(cost.duration_s));
+        println!(
+            "  {:<30} {:>12} {:>12}",
+            name,
+            fmt(ns_per_run, 0),
+            fmt(runs_per_s, 0)
+        );
+    }
+}
+
+/// The TLS handshakes the `--bpf-stats` phase traced, and its uprobe programs' BPF time per
+/// `unit`.
+fn print_uprobe_cost(stats_summary: Option<&Summary>, unit: UprobeCostUnit) {
+    let handshakes = stats_summary.map(|s| s.tls.handshakes.duration_ns.count as f64);
+    let requests = stats_summary.map(|s| s.requests.count as f64);
+    let uprobe_ns: f64 = stats_summary.map_or(0.0, |s| {
+        s.programs
+            .iter()
+            .filter(|p| p.name.starts_with("ssl_") || p.name.starts_with("go_"))
+            .map(|p| p.run_time_ns as f64)
+            .sum()
+    });
+    let count = match unit {
+        UprobeCostUnit::Request => requests,
+        UprobeCostUnit::Handshake => handshakes,
+    };
+    println!(
+        "  TLS handshakes traced (stats phase): {}; uprobe programs: {} ns per {} \
+         (BPF run time only: the uprobe trap itself is not in the kernel's BPF stats)",
+        fmt(handshakes, 0),
+        fmt(ratio(Some(uprobe_ns), count), 0),
+        unit.name()
+    );
+}
+
+/// The targets a scenario missed: its throughput loss, and any lost event.
+fn misses(scenario: &Scenario, load: &LoadFigures, tracer: &TracerFigures) -> Vec<String> {
+    let mut misses = Vec::new();
+    match load.loss_pct {
+        Some(loss) if loss <= scenario.max_loss_pct => {}
+        Some(loss) => misses.push(format!(
+            "{}: throughput loss {loss:.1}% > {}%",
+            scenario.name, scenario.max_loss_pct
+        )),
+        None => misses.push(format!("{}: throughput loss n/a", scenario.name)),
+    }
+    match tracer.lost {
+        Some(0.0) => {}
+        Some(lost) => misses.push(format!("{}: {lost:.0} lost events", scenario.name)),
+        None => misses.push(format!("{}: lost events n/a", scenario.name)),
+    }
+    misses
+}

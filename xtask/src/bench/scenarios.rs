@@ -1,0 +1,142 @@
+//! What the bench measures: each scenario's target, its load and its throughput target.
+
+/// Targets the verdict is judged against.
+pub const MAX_THROUGHPUT_LOSS_PCT: f64 = 5.0;
+/// The TLS target: new-connection-per-request HTTPS.
+pub const MAX_TLS_THROUGHPUT_LOSS_PCT: f64 = 7.0;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub target: Target,
+    pub max_loss_pct: f64,
+}
+
+/// What a scenario loads.
+pub enum Target {
+    /// The workload server, with `workload load` on keep-alive connections (HTTPS when
+    /// `https`).
+    Workload {
+        connections: u32,
+        paths: &'static [&'static str],
+        https: bool,
+    },
+    /// The workload server serving HTTPS (OpenSSL linked in), loaded by `openssl s_time`
+    /// with these flags.
+    WorkloadTls { client: &'static [&'static str] },
+    /// The Go HTTPS test server (`tests/go/https_server.go`, crypto/tls), built with the
+    /// system's Go, loaded by `openssl s_time` with these flags.
+    GoTls { client: &'static [&'static str] },
+    /// `openssl s_server` (libssl.so.3) with these flags, loaded by `openssl s_time`: a new
+    /// TLS connection per request.
+    OpenSsl {
+        server: &'static [&'static str],
+        client: &'static [&'static str],
+    },
+}
+
+/// What the TLS uprobes' BPF time is counted per.
+#[derive(Clone, Copy)]
+pub enum UprobeCostUnit {
+    /// Each request: keep-alive HTTPS, where only the handshake functions are probed.
+    Request,
+    /// Each handshake: a new TLS connection per request.
+    Handshake,
+}
+
+impl UprobeCostUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            UprobeCostUnit::Request => "request",
+            UprobeCostUnit::Handshake => "handshake",
+        }
+    }
+}
+
+impl Target {
+    /// What the TLS uprobes' cost is counted per; `None` for plain HTTP.
+    pub fn uprobe_cost_unit(&self) -> Option<UprobeCostUnit> {
+        match self {
+            Target::Workload { https: false, .. } => None,
+            Target::Workload { https: true, .. } => Some(UprobeCostUnit::Request),
+            Target::WorkloadTls { .. } | Target::GoTls { .. } | Target::OpenSsl { .. } => {
+                Some(UprobeCostUnit::Handshake)
+            }
+        }
+    }
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "A",
+        about: "saturating keep-alive load on /, 8 connections",
+        target: Target::Workload {
+            connections: 8,
+            paths: &["/"],
+            https: false,
+        },
+        max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "B",
+        about: "mixed load, /cpu?ms=1, 4 connections",
+        target: Target::Workload {
+            connections: 4,
+            paths: &["/cpu?ms=1"],
+            https: false,
+        },
+        max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "E",
+        about: "HTTPS against the workload server (libssl.so.3, uprobes), a new connection per request: s_time -new -www /",
+        target: Target::WorkloadTls {
+            client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "G",
+        about: "HTTPS keep-alive against the workload server (libssl.so.3; only handshakes are probed), 8 connections, /",
+        target: Target::Workload {
+            connections: 8,
+            paths: &["/"],
+            https: true,
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "F",
+        about: "HTTPS against a Go net/http server (crypto/tls, uprobes at entry and RETs), a new connection per request: s_time -new -www /",
+        target: Target::GoTls {
+            client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "C",
+        about: "HTTPS, a new connection per request: s_server -www (record framing), s_time -new -www /",
+        target: Target::OpenSsl {
+            server: &["-www"],
+            client: &["-new", "-www", "/"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "D",
+        about: "TLS handshakes only: s_server (SSL_accept, uprobes), s_time -new",
+        target: Target::OpenSsl {
+            server: &[],
+            client: &["-new"],
+        },
+        max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+];
+
+/// The scenarios named in `names` (any case), in the bench's order; all when `names` is
+/// empty.
+pub fn chosen(names: &[String]) -> impl Iterator<Item = &'static Scenario> + '_ {
+    SCENARIOS
+        .iter()
+        .filter(move |s| names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(s.name)))
+}

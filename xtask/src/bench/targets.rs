@@ -1,0 +1,167 @@
+//! Starting what a scenario traces (the workload server, the Go HTTPS server or
+//! `openssl s_server`) and the load to run against it.
+
+use std::{
+    ffi::OsStr,
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use tracer_support::{
+    go::{build_https_server, GoBuild},
+    tls::{make_cert, CertKey},
+};
+
+use super::{
+    load::{run_workload_load, s_time, Load},
+    scenarios::Target,
+};
+use crate::workload::{load_command, Proc, Server};
+
+/// How long `openssl s_server` may take to listen.
+const S_SERVER_LISTEN_WAIT: Duration = Duration::from_secs(20);
+
+/// Runs one load phase to completion.
+pub type LoadFn = Box<dyn FnMut() -> Result<Load>>;
+
+/// A scenario's running target: its pid, how to stop it, and the load to run against it.
+pub struct Running {
+    pub pid: u32,
+    stop: Box<dyn FnOnce()>,
+    pub load: LoadFn,
+}
+
+impl Running {
+    /// Stops the target.
+    pub fn stop(self) {
+        (self.stop)()
+    }
+}
+
+/// Starts `target`; each load phase lasts `seconds`. `tmp` takes the certificate and the
+/// Go build (made with `tracer-support`, as the tests make theirs).
+pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Result<Running> {
+    match *target {
+        Target::Workload {
+            connections,
+            paths,
+            https,
+        } => {
+            let server = if https {
+                Server::start_with(workload, &tls_server_args(&make_cert(tmp)?))?
+            } else {
+                Server::start(workload)?
+            };
+            let addr = server.addr.clone();
+            let workload = workload.to_path_buf();
+            let load = move || {
+                let mut cmd = load_command(&workload, &addr, connections, seconds, paths);
+                if https {
+                    cmd.args(["--tls", "on"]);
+                }
+                run_workload_load(&mut cmd)
+            };
+            Ok(Running {
+                pid: server.pid,
+                stop: Box::new(move || server.stop()),
+                load: Box::new(load),
+            })
+        }
+        Target::WorkloadTls { client } => {
+            let server = Server::start_with(workload, &tls_server_args(&make_cert(tmp)?))?;
+            s_time_against(server, client, seconds)
+        }
+        Target::GoTls { client } => {
+            let CertKey { cert, key } = make_cert(tmp)?;
+            let go_server = build_https_server(tmp, GoBuild::default())
+                .context("building the Go HTTPS server")?;
+            let mut cmd = Command::new(go_server);
+            cmd.arg(&cert).arg(&key);
+            s_time_against(Server::start_command(cmd)?, client, seconds)
+        }
+        Target::OpenSsl { server, client } => {
+            let s_server = SServer::start(tmp, server)?;
+            let (pid, port) = (s_server.proc.id(), s_server.port);
+            Ok(Running {
+                pid,
+                stop: Box::new(move || s_server.proc.stop()),
+                load: Box::new(move || s_time(port, client, seconds)),
+            })
+        }
+    }
+}
+
+/// `workload serve` arguments for HTTPS with `tls`'s certificate and key.
+fn tls_server_args(tls: &CertKey) -> [&OsStr; 4] {
+    [
+        "--tls-cert".as_ref(),
+        tls.cert.as_os_str(),
+        "--tls-key".as_ref(),
+        tls.key.as_os_str(),
+    ]
+}
+
+/// `server` as a running target loaded by `openssl s_time` with the flags `client`.
+fn s_time_against(
+    server: Server,
+    client: &'static [&'static str],
+    seconds: u32,
+) -> Result<Running> {
+    let port: u16 = server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in the server's address {}", server.addr))?;
+    Ok(Running {
+        pid: server.pid,
+        stop: Box::new(move || server.stop()),
+        load: Box::new(move || s_time(port, client, seconds)),
+    })
+}
+
+/// `openssl s_server` with a throw-away certificate, for the TLS scenarios.
+struct SServer {
+    proc: Proc,
+    port: u16,
+}
+
+impl SServer {
+    /// Starts it with the extra `flags` on a free port, and waits until it listens.
+    fn start(tmp: &Path, flags: &[&str]) -> Result<SServer> {
+        let CertKey { cert, key } = make_cert(tmp)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .args(flags)
+        // stdin stays open: on EOF the plain mode stops serving
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let proc = Proc::spawn(&mut cmd)?;
+        let deadline = Instant::now() + S_SERVER_LISTEN_WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(Instant::now() < deadline, "s_server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "$ openssl s_server -accept 127.0.0.1:{port} {} (pid {})",
+            flags.join(" "),
+            proc.id()
+        );
+        Ok(SServer { proc, port })
+    }
+}
