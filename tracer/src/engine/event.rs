@@ -53,8 +53,22 @@ pub enum EventKind {
         g: GoroutineId,
         probe: GoProbe,
     },
+    /// A goroutine transition seen by the Go scheduler probes.
+    Go(GoSched),
     /// The kernel side lost events around this time.
     Lost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoSched {
+    /// The goroutine running on the event's thread parks, for Go's wait reason `reason` (a waitReason value).
+    Park { goid: u64, reason: u8 },
+    /// `goid` became runnable, woken by goroutine `waker` (None: not from a goroutine, e.g. a timer or the netpoller).
+    Ready { goid: u64, waker: Option<u64> },
+    /// `goid` starts running on the event's thread.
+    Execute { goid: u64 },
+    /// The goroutine running on the event's thread is done.
+    Exit { goid: u64 },
 }
 
 /// The syscall a thread was inside when it switched out.

@@ -124,6 +124,7 @@ impl<R: FdResolver> Engine<R> {
                 GoProbe::Enter => self.go_handshake_enter(ts, tid, g),
                 GoProbe::Return { error } => self.go_handshake_return(ts, tid, g, error),
             },
+            EventKind::Go(_) => {}
             EventKind::Lost => {
                 self.tls.lost();
                 self.requests.mark_incomplete();
