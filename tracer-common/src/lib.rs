@@ -22,6 +22,9 @@ pub enum EventKind {
     /// [`TlsEvent`]: a TLS library call on a connection still in its handshake began or
     /// returned.
     Tls = 6,
+    /// [`GoSchedEvent`]: a goroutine of a Go target parked, became runnable, started running
+    /// on a thread, or exited.
+    GoSched = 7,
 }
 
 impl EventKind {
@@ -33,6 +36,7 @@ impl EventKind {
             4 => Self::ThreadNew,
             5 => Self::ThreadExit,
             6 => Self::Tls,
+            7 => Self::GoSched,
             _ => return None,
         })
     }
@@ -212,6 +216,40 @@ pub struct TlsEvent {
     pub ret: i64,
 }
 
+/// What a [`GoSchedEvent`] reports: one of Go's scheduler functions was entered, on thread
+/// `hdr.tid` (uprobes on `runtime.gopark`, `runtime.ready`, `runtime.execute` and
+/// `runtime.goexit1`, at the stack check's conditional jump).
+pub mod go_sched {
+    /// `runtime.gopark`: goroutine `goid` (the one running on the thread) parks; `detail` is
+    /// its wait reason (Go's `waitReason` value, whose numbering changes between releases).
+    pub const PARK: u32 = 1;
+    /// `runtime.ready`: goroutine `goid` becomes runnable; `detail` is the goid of the
+    /// goroutine that readied it (the thread's current goroutine), or 0 when the thread ran
+    /// none (a timer or the scheduler itself: no goroutine has id 0).
+    pub const READY: u32 = 2;
+    /// `runtime.execute`: goroutine `goid` starts running on the thread; `detail` is 0.
+    pub const EXECUTE: u32 = 3;
+    /// `runtime.goexit1`: goroutine `goid` (the one running on the thread) is done; `detail`
+    /// is 0.
+    pub const EXIT: u32 = 4;
+}
+
+/// A goroutine transition seen by the Go scheduler probes. `hdr.tid` is the thread the probe
+/// fired on. A probe can fire twice for one call (a `morestack` re-entry runs the stack check
+/// again), so userspace must take a repeated event as one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoSchedEvent {
+    pub hdr: EventHeader,
+    /// The goroutine's id (`runtime.g.goid`: `g` structs are recycled, ids are not).
+    pub goid: u64,
+    /// What [`go_sched`] says for `what`: a wait reason, a waker's goid, or 0.
+    pub detail: u64,
+    /// One of the [`go_sched`] constants.
+    pub what: u32,
+    pub _pad: u32,
+}
+
 /// The traced syscall a target thread is inside (the `IN_SYSCALL` map's value, keyed by tid).
 /// The collector also writes it, for threads already inside a syscall when it attaches.
 #[repr(C)]
@@ -239,8 +277,9 @@ pub enum Loss {
     /// A map insert failed: the map was full (see [`MAX_TARGET_THREADS`]).
     MapFull = 1,
     /// A read failed: a probe's argument, a syscall's argument register, the first bytes of
-    /// a read or write buffer (TLS record framing), the task's name, or this CPU's
-    /// interrupt-nesting entry.
+    /// a read or write buffer (TLS record framing), the task's name, this CPU's
+    /// interrupt-nesting entry, or a Go target's memory (a goroutine's id, its thread's
+    /// current goroutine).
     ReadFailed = 2,
 }
 pub const LOSS_KINDS: u32 = 3;
@@ -490,6 +529,7 @@ records! {
     ThreadEvent = 32,
     InSyscall = 32,
     TlsEvent = 40,
+    GoSchedEvent = 40,
 }
 
 #[cfg(test)]

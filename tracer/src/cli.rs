@@ -64,6 +64,12 @@ pub struct Args {
     #[arg(long)]
     pub tls_io_probes: bool,
 
+    /// For a Go target (Go 1.17+, x86-64): follow its goroutines with uprobes on the Go
+    /// scheduler (runtime.gopark, ready, execute, goexit1), which report when a goroutine
+    /// parks and why, who woke it, which thread runs it, and when it exits
+    #[arg(long, value_enum, default_value_t = Goroutines::On)]
+    pub goroutines: Goroutines,
+
     /// Turn on the kernel's BPF run-time statistics while tracing and report each kernel
     /// program's runs and ns per run in summary.json (costs some ns per program run)
     #[arg(long)]
@@ -72,6 +78,12 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tls {
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goroutines {
     On,
     Off,
 }
@@ -145,6 +157,9 @@ mod tests {
         assert_eq!(a.output, PathBuf::from("x"));
         let a = Args::try_parse_from(["tracer", "--pid", "7"]).unwrap();
         assert_eq!((a.duration, a.interval, a.slow), (None, 5.0, None));
+        assert_eq!((a.tls, a.goroutines), (Tls::On, Goroutines::On));
+        let a = Args::try_parse_from(["tracer", "-p", "7", "--goroutines", "off"]).unwrap();
+        assert_eq!(a.goroutines, Goroutines::Off);
     }
 
     #[test]

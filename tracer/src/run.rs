@@ -12,7 +12,11 @@ use crate::{
     collector::Collector,
     engine::Tid,
     engine::{Engine, FdKind},
-    kernel::{privileges, tracefs, uprobes::TlsStatus, Probes},
+    kernel::{
+        privileges, tracefs,
+        uprobes::{GoSchedStatus, TlsStatus},
+        Probes,
+    },
     output::{
         self, console,
         files::{self, OutputDir},
@@ -66,14 +70,47 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
 
     let tls_on = args.tls == cli::Tls::On;
-    // Read once, for Go's crypto/tls and a statically linked OpenSSL.
-    let exe = tls_on.then(|| Executable::read(target.pid));
-    let go = exe.as_ref().map(|exe| match exe {
-        Ok(exe) => go::find_go_tls(exe),
-        Err(e) => Err(anyhow::anyhow!("{e:#}")),
-    });
-    let report_eagain = matches!(go, Some(Ok(Some(_))));
-    let (mut probes, mut ring) = Probes::attach(target.pid, args.bpf_stats, tls_on, report_eagain)?;
+    let goroutines_on = args.goroutines == cli::Goroutines::On;
+    // Read once, for Go's crypto/tls and runtime, and a statically linked OpenSSL.
+    let exe = (tls_on || goroutines_on).then(|| Executable::read(target.pid));
+    let go = if tls_on {
+        look_in(&exe, go::find_go_tls)
+    } else {
+        None
+    };
+    let go_runtime = if goroutines_on {
+        look_in(&exe, go::runtime::find_go_runtime)
+    } else {
+        None
+    };
+    let go_offsets = match &go_runtime {
+        Some(Ok(Some(runtime))) => Some(runtime.offsets),
+        _ => None,
+    };
+    // A Go program's goroutines park after a read or write that found nothing (EAGAIN):
+    // where a handshake's wait for the peer starts, and where a served connection is back
+    // to waiting for its next request.
+    let report_eagain = matches!(go, Some(Ok(Some(_)))) || go_offsets.is_some();
+    let (mut probes, mut ring) = Probes::attach(
+        target.pid,
+        args.bpf_stats,
+        tls_on,
+        report_eagain,
+        go_offsets,
+    )?;
+    let go_sched = match (&exe, go_runtime) {
+        (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
+            engine.set_go_wait_reasons(runtime.wait_reasons.clone());
+            probes.attach_go_sched(target.pid, &exe.path, &runtime)
+        }
+        (Some(Err(e)), Some(_)) => GoSchedStatus::Off {
+            reason: format!("cannot tell whether the target is a Go program: {e:#}"),
+        },
+        (_, Some(Err(e))) => GoSchedStatus::Off {
+            reason: format!("{e:#}"),
+        },
+        _ => GoSchedStatus::NotGo,
+    };
     let tls_status = match go {
         Some(go) => {
             let exe = exe.as_ref().and_then(|exe| exe.as_ref().ok());
@@ -93,6 +130,9 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         probes.attached(),
     );
     eprintln!("tracer: {}", tls_status.line());
+    if let Some(line) = go_sched.line() {
+        eprintln!("tracer: {line}");
+    }
     // Created once attached, so a refused attach leaves an earlier run's files alone.
     let hlog = HlogWriter::create(&out, std::time::SystemTime::now());
     let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
@@ -188,6 +228,18 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         }
         Some(incomplete) => bail!(incomplete),
     }
+}
+
+/// What `find` says about the target's executable, if it was read (`None` when it was not
+/// asked for); a failed read is `find`'s error.
+fn look_in<T>(
+    exe: &Option<Result<Executable>>,
+    find: impl Fn(&Executable) -> Result<Option<T>>,
+) -> Option<Result<Option<T>>> {
+    exe.as_ref().map(|exe| match exe {
+        Ok(exe) => find(exe),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    })
 }
 
 /// An interval that, after a tick it could not deliver on time, goes on from the late tick

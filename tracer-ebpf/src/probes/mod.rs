@@ -1,4 +1,5 @@
 //! One module per probe family.
+mod go_sched;
 mod go_tls;
 mod interrupts;
 mod sched;

@@ -15,6 +15,7 @@ use aya::{
 use tracer_common::layout;
 
 use super::tracefs;
+use crate::target::go::runtime::GOffsets;
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
 /// raw tracepoint of its name: exits first.
@@ -48,7 +49,8 @@ pub struct Probes {
     /// The interrupt-nesting programs: detached last, so the wakeup programs never run
     /// without them.
     interrupt_links: Vec<RawTracePointLink>,
-    pub(super) tls_links: Vec<aya::programs::uprobe::UProbeLink>,
+    /// The TLS and Go scheduler uprobes.
+    pub(super) uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
     pub threads: usize,
 }
 
@@ -70,12 +72,15 @@ impl Probes {
     /// Load the programs for `pid` and attach them. Thread tracking is attached first and the
     /// thread set filled from /proc after, so no thread created meanwhile is missed.
     /// `tls`: classify read and write buffers as TLS records or not; `report_eagain`: report
-    /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there).
+    /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there);
+    /// `go`: the target Go release's struct offsets, which the Go scheduler probes read
+    /// (attached later by [`Probes::attach_go_sched`]).
     pub fn attach(
         pid: u32,
         bpf_stats: bool,
         tls: bool,
         report_eagain: bool,
+        go: Option<GOffsets>,
     ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP, or without the `ebpf` feature); rebuild with `cargo xtask build`");
@@ -95,6 +100,15 @@ impl Probes {
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
+        // Zero when the scheduler probes are not attached.
+        let go = go.unwrap_or(GOffsets {
+            g_goid: 0,
+            g_m: 0,
+            m_curg: 0,
+        });
+        loader.override_global("GO_G_GOID", &go.g_goid, true);
+        loader.override_global("GO_G_M", &go.g_m, true);
+        loader.override_global("GO_M_CURG", &go.m_curg, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
@@ -108,7 +122,7 @@ impl Probes {
             links: Vec::new(),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
-            tls_links: Vec::new(),
+            uprobe_links: Vec::new(),
             threads: 0,
         };
         probes.attach_tp("task_newtask", "task", "task_newtask")?;
@@ -156,7 +170,10 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len() + self.raw_links.len() + self.interrupt_links.len() + self.tls_links.len()
+        self.links.len()
+            + self.raw_links.len()
+            + self.interrupt_links.len()
+            + self.uprobe_links.len()
     }
 
     /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
@@ -167,7 +184,7 @@ impl Probes {
         // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
         // parallel (the kernel serialises part of uprobe unregistration).
         let tracepoints = chunks(std::mem::take(&mut self.links));
-        let uprobes = chunks(std::mem::take(&mut self.tls_links));
+        let uprobes = chunks(std::mem::take(&mut self.uprobe_links));
         std::thread::scope(|s| {
             for chunk in tracepoints {
                 s.spawn(move || drop(chunk));

@@ -2,13 +2,13 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    is_read, is_write, tls, waker_context, EventHeader, SwitchEvent, SyscallEvent, ThreadEvent,
-    TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    go_sched, is_read, is_write, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent,
+    SyscallEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
 use crate::engine::{
-    Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt, SslCall, SyscallReturn, Tid,
-    Waker,
+    event::GoSched, Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt, SslCall,
+    SyscallReturn, Tid, Waker,
 };
 
 fn waker(w: &WakerId) -> Waker {
@@ -45,6 +45,26 @@ fn tls_kind(handle: u64, what: u32, ret: i64) -> Option<EventKind> {
         tls::GO_RETURN => go(GoProbe::Return { error: ret }),
         _ => None,
     }
+}
+
+/// The engine's view of a Go scheduler probe. `None`: an unknown kind.
+fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
+    let goid = e.goid;
+    Some(match e.what {
+        go_sched::PARK => GoSched::Park {
+            goid,
+            // A waitReason is a uint8; the kernel side keeps the register's low byte.
+            reason: e.detail as u8,
+        },
+        go_sched::READY => GoSched::Ready {
+            goid,
+            // No goroutine has id 0 (g0 and the other system goroutines' ids are 0).
+            waker: (e.detail != 0).then_some(e.detail),
+        },
+        go_sched::EXECUTE => GoSched::Execute { goid },
+        go_sched::EXIT => GoSched::Exit { goid },
+        _ => return None,
+    })
 }
 
 /// Decode one record into zero, one or two engine events (a switch between two target threads
@@ -93,6 +113,10 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
         tracer_common::EventKind::Tls => {
             let e: TlsEvent = read(bytes)?;
             out.push(Event::new(ts, tid, tls_kind(e.handle, e.what, e.ret)?));
+        }
+        tracer_common::EventKind::GoSched => {
+            let e: GoSchedEvent = read(bytes)?;
+            out.push(Event::new(ts, tid, EventKind::Go(go_sched_kind(&e)?)));
         }
         tracer_common::EventKind::ThreadExit => {
             let e: ThreadEvent = read(bytes)?;
@@ -246,6 +270,65 @@ mod tests {
             })
         );
         assert_eq!(tls_kind(1, 999, 0), None);
+    }
+
+    #[test]
+    fn go_scheduler_probes_become_goroutine_transitions() {
+        let record = |what, goid, detail| GoSchedEvent {
+            hdr: EventHeader {
+                ts_ns: 42,
+                kind: tracer_common::EventKind::GoSched as u32,
+                tid: 7,
+            },
+            goid,
+            detail,
+            what,
+            _pad: 0,
+        };
+        let decoded = |rec: GoSchedEvent| {
+            let mut out = Vec::new();
+            decode(&bytes(&rec), &mut out).map(|()| out)
+        };
+        let go = |kind| Some(vec![Event::new(42, Tid(7), EventKind::Go(kind))]);
+        // gopark's reason register holds garbage above its low byte.
+        assert_eq!(
+            decoded(record(go_sched::PARK, 18, 0x4a0e)),
+            go(GoSched::Park {
+                goid: 18,
+                reason: 14
+            })
+        );
+        assert_eq!(
+            decoded(record(go_sched::READY, 18, 35)),
+            go(GoSched::Ready {
+                goid: 18,
+                waker: Some(35)
+            })
+        );
+        assert_eq!(
+            decoded(record(go_sched::READY, 18, 0)),
+            go(GoSched::Ready {
+                goid: 18,
+                waker: None
+            }),
+            "woken with no goroutine on the thread (a timer)"
+        );
+        assert_eq!(
+            decoded(record(go_sched::EXECUTE, 18, 0)),
+            go(GoSched::Execute { goid: 18 })
+        );
+        assert_eq!(
+            decoded(record(go_sched::EXIT, 18, 0)),
+            go(GoSched::Exit { goid: 18 })
+        );
+        assert_eq!(decoded(record(99, 18, 0)), None, "an unknown transition");
+        let mut out = Vec::new();
+        let short = bytes(&record(go_sched::EXECUTE, 18, 0));
+        assert!(
+            decode(&short[..32], &mut out).is_none(),
+            "a truncated record"
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

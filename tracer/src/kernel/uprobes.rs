@@ -1,6 +1,7 @@
-//! Hooking the target's TLS libraries with uprobes: OpenSSL's handshake (and optionally read
-//! and write) functions, and Go crypto/tls's handshake functions. What is found where is
-//! [`crate::target`]'s job; this module attaches and reports what it did ([`TlsStatus`]).
+//! Hooking the target with uprobes: OpenSSL's handshake (and optionally read and write)
+//! functions, Go crypto/tls's handshake functions, and Go's scheduler (goroutines). What is
+//! found where is [`crate::target`]'s job; this module attaches and reports what it did
+//! ([`TlsStatus`], [`GoSchedStatus`]).
 
 use std::{num::NonZeroU32, path::Path};
 
@@ -16,7 +17,10 @@ use aya::{
 
 use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
-    go::{GoTls, SERVER_HANDSHAKE},
+    go::{
+        runtime::{GoRuntime, EXECUTE, GOEXIT1, GOPARK, READY},
+        GoTls, SERVER_HANDSHAKE,
+    },
     openssl::{self, OpenSsl},
     Executable,
 };
@@ -35,6 +39,8 @@ const WRITE_FNS: &[&str] = &["SSL_write", "SSL_write_ex"];
 /// CAP_SYS_ADMIN is needed (Linux 6.16 and the stable kernels fixed for CVE-2025-38466, e.g.
 /// 6.1.146, 6.6.99, 6.12.39, went back to requiring it; CAP_PERFMON was enough before).
 pub const UPROBES_REFUSED: &str = "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this kernel; run tracer as root or add CAP_SYS_ADMIN (handshakes are timed from the TLS record framing only)";
+/// The same for the Go scheduler probes.
+const GO_SCHED_UPROBES_REFUSED: &str = "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this kernel; run tracer as root or add CAP_SYS_ADMIN";
 
 /// Whether `e` is the kernel refusing a uprobe for lack of privilege (not, say, a symbol
 /// missing from the library).
@@ -78,7 +84,73 @@ impl TlsStatus {
     }
 }
 
+/// Whether the target's goroutines are followed, for the start-up line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoSchedStatus {
+    /// Not a Go program, or `--goroutines off`: nothing to say.
+    NotGo,
+    /// The scheduler probes are attached. `runtime` says which Go and where each fact came
+    /// from.
+    Followed {
+        version: Option<String>,
+        found_in: String,
+    },
+    /// A Go program whose goroutines are not followed, and why.
+    Off { reason: String },
+}
+
+impl GoSchedStatus {
+    /// The start-up line (after `tracer: `), if there is anything to say.
+    pub fn line(&self) -> Option<String> {
+        match self {
+            GoSchedStatus::NotGo => None,
+            GoSchedStatus::Followed { version, found_in } => Some(format!(
+                "Go runtime: {}; goroutines followed with uprobes on {} ({found_in})",
+                version.as_deref().unwrap_or("Go version unknown"),
+                [GOPARK, READY, EXECUTE, GOEXIT1].join(", "),
+            )),
+            GoSchedStatus::Off { reason } => Some(format!(
+                "Go runtime: goroutine attribution is off, requests are attributed per thread: \
+                 {reason}"
+            )),
+        }
+    }
+}
+
+/// The Go scheduler's functions probed, the kernel program on each (tracer-ebpf
+/// `probes/go_sched.rs`), and where its probe goes in `go`'s executable (a file offset).
+fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 4] {
+    [
+        (GOPARK, "go_park", go.gopark),
+        (READY, "go_ready", go.ready),
+        (EXECUTE, "go_execute", go.execute),
+        (GOEXIT1, "go_exit", go.goexit1),
+    ]
+}
+
 impl Probes {
+    /// Follow the goroutines of a Go target: attach the scheduler probes to `exe`, in process
+    /// `pid`, at the probe points `go` names (the offsets they read were set at load time,
+    /// see [`Probes::attach`]). All four or none: on a failure, the ones attached are
+    /// detached and the status says why.
+    pub fn attach_go_sched(&mut self, pid: u32, exe: &Path, go: &GoRuntime) -> GoSchedStatus {
+        match attach_go_sched(&mut self.ebpf, pid, exe, go) {
+            Ok(links) => {
+                self.uprobe_links.extend(links);
+                GoSchedStatus::Followed {
+                    version: go.version.clone(),
+                    found_in: go.found_in.to_string(),
+                }
+            }
+            Err(e) if uprobe_refused(&e) => GoSchedStatus::Off {
+                reason: GO_SCHED_UPROBES_REFUSED.to_string(),
+            },
+            Err(e) => GoSchedStatus::Off {
+                reason: format!("{e:#}"),
+            },
+        }
+    }
+
     /// Find the target's TLS libraries (OpenSSL, Go's crypto/tls) and hook their handshakes.
     /// `exe` is the target's executable (if it could be read), `go` what
     /// [`crate::target::go::find_go_tls`] found in it. `io_probes`: also probe OpenSSL's read
@@ -98,7 +170,7 @@ impl Probes {
             ),
             Some(ssl) => match attach_openssl(&mut self.ebpf, pid, &ssl, io_probes) {
                 Ok((links, hooked)) if !hooked.is_empty() => {
-                    self.tls_links.extend(links);
+                    self.uprobe_links.extend(links);
                     status.found(format!("OpenSSL {}", ssl.library), hooked);
                 }
                 Ok(_) => not_hooked.push(format!(
@@ -113,7 +185,7 @@ impl Probes {
             Ok(None) => not_hooked.push("no Go crypto/tls".to_string()),
             Ok(Some(go)) => match attach_go(&mut self.ebpf, pid, &go) {
                 Ok((links, hooked)) => {
-                    self.tls_links.extend(links);
+                    self.uprobe_links.extend(links);
                     status.found(
                         format!("{} (found in its {})", go.library, go.found_in),
                         hooked,
@@ -153,7 +225,7 @@ fn attach_openssl(
     ssl: &OpenSsl,
     io_probes: bool,
 ) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+    let scope = one_process(pid)?;
     let mut links = Vec::new();
     let mut entered: Vec<&str> = Vec::new();
     let mut programs = vec!["ssl_handshake_enter", "ssl_return", "ssl_free"];
@@ -198,7 +270,7 @@ fn attach_openssl(
 
 /// Attach the entry and RET probes. Returns the links and the functions hooked.
 fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("PID 0")?);
+    let scope = one_process(pid)?;
     let mut links = Vec::new();
     let mut hooked = Vec::new();
     for program in [
@@ -233,6 +305,31 @@ fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, 
     Ok((links, hooked))
 }
 
+/// Attach the Go scheduler probes (all of them, or an error).
+fn attach_go_sched(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    exe: &Path,
+    go: &GoRuntime,
+) -> Result<Vec<UProbeLink>> {
+    let scope = one_process(pid)?;
+    let mut links = Vec::new();
+    for (function, program, file_offset) in go_sched_probes(go) {
+        loaded(ebpf, program, UProbe::load)?;
+        let link = attach_at(ebpf, program, exe, file_offset, scope)
+            .with_context(|| format!("probing {function}"))?;
+        links.push(link);
+    }
+    Ok(links)
+}
+
+/// Uprobes fire for process `pid` only.
+fn one_process(pid: u32) -> Result<UProbeScope> {
+    Ok(UProbeScope::OneProcess(
+        NonZeroU32::new(pid).context("PID 0")?,
+    ))
+}
+
 fn attach_at(
     ebpf: &mut Ebpf,
     name: &str,
@@ -265,5 +362,28 @@ mod tests {
         ));
         assert!(!uprobe_refused(&syscall(libc::ENOENT)));
         assert!(!uprobe_refused(&anyhow::anyhow!("symbol not found")));
+    }
+
+    #[test]
+    fn the_go_runtime_line_says_what_is_followed_or_why_not() {
+        assert_eq!(GoSchedStatus::NotGo.line(), None);
+        let followed = GoSchedStatus::Followed {
+            version: Some("go1.19.8".into()),
+            found_in: "probe points: .gopclntab; g/m offsets: go1.19 table".into(),
+        };
+        assert_eq!(
+            followed.line().unwrap(),
+            "Go runtime: go1.19.8; goroutines followed with uprobes on runtime.gopark, \
+             runtime.ready, runtime.execute, runtime.goexit1 (probe points: .gopclntab; g/m \
+             offsets: go1.19 table)"
+        );
+        let off = GoSchedStatus::Off {
+            reason: "go1.99.1 has no table of their field offsets here".into(),
+        };
+        assert_eq!(
+            off.line().unwrap(),
+            "Go runtime: goroutine attribution is off, requests are attributed per thread: \
+             go1.99.1 has no table of their field offsets here"
+        );
     }
 }

@@ -1,0 +1,133 @@
+//! Goroutine scheduling in a Go target (Go 1.17+, amd64 register ABI): uprobes on four of
+//! the Go scheduler's functions, each attached to the target process only, at the
+//! conditional jump of the function's stack check (an instruction the kernel emulates, and
+//! before which no argument register has been touched; the collector finds it). Never a
+//! uretprobe: Go moves goroutine stacks, and a rewritten return address on a moved stack
+//! crashes the target.
+//!
+//! - `runtime.gopark(unlockf, lock, reason, ...)`: r14 is the parking goroutine's `g`, the
+//!   wait reason is the third integer argument (rcx; a `uint8`, so its low byte);
+//! - `runtime.ready(gp, traceskip, next)`: rax is the goroutine made runnable; it runs on
+//!   the thread's g0 (through `systemstack`), so the waker is `g0.m.curg`, which is NULL when
+//!   the thread runs no goroutine (a timer run by the scheduler);
+//! - `runtime.execute(gp, inheritTime)`: rax is the goroutine about to run on this thread;
+//! - `runtime.goexit1()`: r14 is the exiting goroutine.
+//!
+//! Goroutines are reported by id (`g.goid`), not by `g` address: `g` structs are recycled.
+//! The offsets of `g.goid`, `g.m` and `m.curg` change between Go releases; the collector
+//! reads them from the binary and sets them at load time. Target memory is read with
+//! `bpf_probe_read_user`; a failed read is a `read_failed` loss.
+//!
+//! A probe may fire twice for one call: when the goroutine's stack must grow, the stack
+//! check jumps to `morestack`, which copies the stack and runs the function again from its
+//! entry, through the probed jump once more. The record is then sent twice, with the same
+//! goroutine and detail; userspace takes the repeat as one transition.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss};
+
+use crate::maps::{current_target_tid, emit, finish, global, header};
+
+/// Byte offset of `runtime.g.goid` in the target's Go release (set at load time).
+#[unsafe(no_mangle)]
+static GO_G_GOID: u32 = 0;
+/// Byte offset of `runtime.g.m`.
+#[unsafe(no_mangle)]
+static GO_G_M: u32 = 0;
+/// Byte offset of `runtime.m.curg`.
+#[unsafe(no_mangle)]
+static GO_M_CURG: u32 = 0;
+
+/// `runtime.gopark`: the goroutine running on this thread parks.
+#[uprobe]
+pub fn go_park(ctx: ProbeContext) -> u32 {
+    finish(try_go_park(&ctx))
+}
+
+fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: direct loads from the probe context (the user registers at the probe).
+    let (g, reason) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx) };
+    emit_sched(tid, go_sched::PARK, goid(g)?, reason & 0xff)
+}
+
+/// `runtime.ready`: a goroutine becomes runnable, readied by this thread's goroutine.
+#[uprobe]
+pub fn go_ready(ctx: ProbeContext) -> u32 {
+    finish(try_go_ready(&ctx))
+}
+
+fn try_go_ready(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let (wakee, g0) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
+    let wakee = goid(wakee)?;
+    // r14 is g0 here (or the waker itself, whose m.curg is itself): g0.m.curg is the
+    // goroutine the thread runs.
+    let m: u64 = read(g0, global(&GO_G_M))?;
+    let curg: u64 = read(m, global(&GO_M_CURG))?;
+    let waker = if curg == 0 { 0 } else { goid(curg)? };
+    emit_sched(tid, go_sched::READY, wakee, waker)
+}
+
+/// `runtime.execute`: a goroutine starts running on this thread.
+#[uprobe]
+pub fn go_execute(ctx: ProbeContext) -> u32 {
+    finish(try_go_execute(&ctx))
+}
+
+fn try_go_execute(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let g = unsafe { (*ctx.regs).rax };
+    emit_sched(tid, go_sched::EXECUTE, goid(g)?, 0)
+}
+
+/// `runtime.goexit1`: the goroutine running on this thread is done.
+#[uprobe]
+pub fn go_exit(ctx: ProbeContext) -> u32 {
+    finish(try_go_exit(&ctx))
+}
+
+fn try_go_exit(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let g = unsafe { (*ctx.regs).r14 };
+    emit_sched(tid, go_sched::EXIT, goid(g)?, 0)
+}
+
+/// The id of the goroutine whose `g` is at `g`.
+#[inline(always)]
+fn goid(g: u64) -> Result<u64, Loss> {
+    read(g, global(&GO_G_GOID))
+}
+
+/// The 8-byte word at `base + offset` in the target's memory (a NULL `base` fails the read).
+#[inline(always)]
+fn read(base: u64, offset: u32) -> Result<u64, Loss> {
+    if base == 0 {
+        return Err(Loss::ReadFailed);
+    }
+    let address = base.wrapping_add(u64::from(offset)) as *const u64;
+    // SAFETY: the helper checks the address; a bad one fails the read.
+    unsafe { bpf_probe_read_user(address) }.map_err(|_| Loss::ReadFailed)
+}
+
+#[inline(always)]
+fn emit_sched(tid: u32, what: u32, goid: u64, detail: u64) -> Result<(), Loss> {
+    emit(GoSchedEvent {
+        hdr: header(EventKind::GoSched, tid),
+        goid,
+        detail,
+        what,
+        _pad: 0,
+    })
+}
