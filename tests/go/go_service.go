@@ -5,13 +5,14 @@
 //	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns
 //	/chan?ms=N   waits for a worker goroutine's reply on a channel:           X-Chan-Ns
 //	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
-//	/io?ms=N     a request to a backend (in this process) that answers late:  X-Io-Ns
+//	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
 //	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
 //	/auth?ms=N   middleware that serializes on a sync.Mutex, then a sleep of N/10 ms and a
 //	             backend call of N/10 ms: X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
 //
 // and X-Handler-Ns, the handler's whole time. Prints `listening 127.0.0.1:PORT pid PID` once
-// ready.
+// ready. The backend is this program run again as `go_service backend`, a process of its own,
+// so that the traced service serves only its clients' requests.
 package main
 
 import (
@@ -20,8 +21,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -122,19 +126,45 @@ func timed(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	}
 }
 
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "go_service:", err)
+	os.Exit(1)
+}
+
+// startBackend runs `go_service backend` (killed when this process dies) and returns the
+// address it listens on.
+func startBackend() string {
+	cmd := exec.Command(os.Args[0], "backend")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		fail(err)
+	}
+	if err := cmd.Start(); err != nil {
+		fail(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		fail(err)
+	}
+	return strings.TrimSpace(line)
+}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "backend" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(ln.Addr())
+		backend(ln)
+		return
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "go_service:", err)
-		os.Exit(1)
+		fail(err)
 	}
-	backendLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "go_service:", err)
-		os.Exit(1)
-	}
-	backendAddr := backendLn.Addr().String()
-	go backend(backendLn)
+	backendAddr := startBackend()
 	go worker()
 
 	mux := http.NewServeMux()
@@ -179,7 +209,6 @@ func main() {
 	fmt.Printf("listening %s pid %d\n", ln.Addr(), os.Getpid())
 	os.Stdout.Sync()
 	if err := http.Serve(ln, mux); err != nil {
-		fmt.Fprintln(os.Stderr, "go_service:", err)
-		os.Exit(1)
+		fail(err)
 	}
 }
