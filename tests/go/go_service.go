@@ -7,6 +7,7 @@
 //	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
 //	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
 //	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
+//	/            answers at once
 //	/auth?ms=N   middleware that serializes on a sync.Mutex, then a sleep of N/10 ms and a
 //	             backend call of N/10 ms: X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
 //
@@ -168,6 +169,9 @@ func main() {
 	go worker()
 
 	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("/lock", timed(func(w http.ResponseWriter, r *http.Request) {
 		holdLock(time.Duration(millis(r)) * time.Millisecond)
 		w.Header().Set("X-Lock-Ns", ns(waitLock()))
