@@ -10,9 +10,8 @@
 //! `park <= measured + slack` and `measured <= park + go_runqueue + runqueue + on_cpu + slack`,
 //! whatever the load on the machine.
 
-use std::{path::Path, process::Command};
-
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
+use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
 use tracer_tests::{session::Tracer, Response, TempDir, Workload};
 
 const MS: u64 = 1_000_000;
@@ -74,37 +73,11 @@ fn header_ns(response: &Response, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers))
 }
 
-/// `tests/go/go_service.go` built with the `go` at `go` into `dir`.
-fn build_go_service(go: &Path, dir: &Path) -> std::path::PathBuf {
-    let exe = dir.join("go_service");
-    let source = tracer_tests::workspace_root().join("tests/go/go_service.go");
-    let out = Command::new(go)
-        .arg("build")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&source)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "running {}: {e} (`cargo xtask setup` installs Go)",
-                go.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "go build of {}: {}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
-
-fn attributes_each_wait_to_its_cause(go: &Path) {
+/// `tests/go/go_service.go` built by `toolchain` (`build`: plain or stripped), traced.
+fn attributes_each_wait_to_its_cause(toolchain: Toolchain, build: GoBuild) {
     let dir = TempDir::new("go-attribution");
-    let exe = build_go_service(go, dir.path());
+    let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let service = Workload::spawn_exe(&exe, &[]);
     let tracer = Tracer::attach(service.pid)
         .args(["--slow", "0", "-i", "1"])
@@ -165,8 +138,21 @@ fn attributes_each_wait_to_its_cause(go: &Path) {
     service.assert_serving();
 }
 
+/// Debian's Go 1.19 (wait reasons: `semacquire` for a sync.Mutex).
 #[test]
 #[ignore = "needs root"]
 fn go_1_19_waits_are_attributed_per_goroutine() {
-    attributes_each_wait_to_its_cause(Path::new("go"));
+    attributes_each_wait_to_its_cause(Toolchain::System, GoBuild::default());
+}
+
+/// The newest Go, stripped (`-s -w`: functions from `.gopclntab`, struct offsets and wait
+/// reasons from the release's table and the binary's own array).
+#[test]
+#[ignore = "needs root"]
+fn go_1_27_stripped_waits_are_attributed_per_goroutine() {
+    let stripped = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    attributes_each_wait_to_its_cause(Toolchain::GoBin("1.27.3"), stripped);
 }
