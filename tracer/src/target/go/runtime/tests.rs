@@ -153,7 +153,12 @@ fn functions_come_from_the_symbol_table_else_from_gopclntab() {
     // Stripping keeps the code where it was.
     assert_eq!(
         (plain.gopark, plain.ready, plain.execute, plain.goexit1),
-        (stripped.gopark, stripped.ready, stripped.execute, stripped.goexit1)
+        (
+            stripped.gopark,
+            stripped.ready,
+            stripped.execute,
+            stripped.goexit1
+        )
     );
 }
 
