@@ -34,13 +34,24 @@ const HANDSHAKE_FALLBACK_FNS: &[&str] = &["SSL_accept", "SSL_connect"];
 const READ_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_peek"];
 const WRITE_FNS: &[&str] = &["SSL_write", "SSL_write_ex"];
 
+/// What [`UPROBES_REFUSED`] and [`GO_SCHED_UPROBES_REFUSED`] say, as a literal for `concat!`.
+macro_rules! uprobes_refused {
+    () => {
+        "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this \
+         kernel; run tracer as root or add CAP_SYS_ADMIN"
+    };
+}
+
 /// Why nothing is hooked when the kernel refuses to create uprobes (perf_event_open on the
 /// uprobe PMU fails with EACCES). Measured on Linux 6.18: CAP_BPF + CAP_PERFMON is refused,
 /// CAP_SYS_ADMIN is needed (Linux 6.16 and the stable kernels fixed for CVE-2025-38466, e.g.
 /// 6.1.146, 6.6.99, 6.12.39, went back to requiring it; CAP_PERFMON was enough before).
-pub const UPROBES_REFUSED: &str = "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this kernel; run tracer as root or add CAP_SYS_ADMIN (handshakes are timed from the TLS record framing only)";
+pub const UPROBES_REFUSED: &str = concat!(
+    uprobes_refused!(),
+    " (handshakes are timed from the TLS record framing only)"
+);
 /// The same for the Go scheduler probes.
-const GO_SCHED_UPROBES_REFUSED: &str = "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on this kernel; run tracer as root or add CAP_SYS_ADMIN";
+const GO_SCHED_UPROBES_REFUSED: &str = uprobes_refused!();
 
 /// Whether `e` is the kernel refusing a uprobe for lack of privilege (not, say, a symbol
 /// missing from the library).
@@ -89,8 +100,8 @@ impl TlsStatus {
 pub enum GoSchedStatus {
     /// Not a Go program, or `--goroutines off`: nothing to say.
     NotGo,
-    /// The scheduler probes are attached. `runtime` says which Go and where each fact came
-    /// from.
+    /// The scheduler probes are attached: the Go release (from `.go.buildinfo`) and where
+    /// each fact came from ([`crate::target::go::runtime::FoundIn`]).
     Followed {
         version: Option<String>,
         found_in: String,
@@ -366,6 +377,13 @@ mod tests {
 
     #[test]
     fn the_go_runtime_line_says_what_is_followed_or_why_not() {
+        assert_eq!(
+            UPROBES_REFUSED,
+            "the kernel refused the uprobes (permission denied): uprobes need CAP_SYS_ADMIN on \
+             this kernel; run tracer as root or add CAP_SYS_ADMIN (handshakes are timed from the \
+             TLS record framing only)"
+        );
+        assert!(UPROBES_REFUSED.starts_with(GO_SCHED_UPROBES_REFUSED));
         assert_eq!(GoSchedStatus::NotGo.line(), None);
         let followed = GoSchedStatus::Followed {
             version: Some("go1.19.8".into()),
