@@ -158,6 +158,14 @@ impl<R: FdResolver> Engine<R> {
                 *gs.parked_ns.entry(reason).or_default() += lasted;
             }
         }
+        // Executed again without a park (it yielded, or was preempted, and was put back at
+        // once): the stretch on its thread so far is its time too.
+        if let Some(old) = g.timeline.thread() {
+            g.timeline.leave_thread(self.threads.snapshot(old, ts));
+            if old != tid && gs.running.get(&old) == Some(&goid) {
+                gs.running.remove(&old);
+            }
+        }
         g.timeline.run_on(ts, tid, thread_now);
     }
 

@@ -1592,6 +1592,27 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// Seen in Go 1.19 under load: `execute` of the goroutine already running on the thread
+    /// (it yielded and was scheduled again at once); its time on the thread goes on.
+    #[test]
+    fn executed_again_without_a_park_keeps_its_time() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                execute(60, T, G),
+                on_conn(100, T, nr::WRITE, 10),
+                on_conn(110, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 80);
+        assert_eq!(cause(r, Cause::OnCpu), 80);
+    }
+
     #[test]
     fn a_goroutine_running_a_blocking_syscall_has_its_threads_cause() {
         let mut e = go_engine();
