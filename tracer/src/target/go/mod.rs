@@ -49,22 +49,37 @@ pub struct GoTls {
     pub found_in: &'static str,
 }
 
-/// Look at the target's executable: `Ok(None)` when it is not a Go program or does not use
-/// `crypto/tls`.
-pub fn find_go_tls(exe: &Executable) -> Result<Option<GoTls>> {
-    let file = exe.elf()?;
-    // `.data.rel.ro.gopclntab` in position-independent executables.
+/// The sections that make an executable a Go program.
+pub struct GoSections<'f> {
+    /// The function table (`.data.rel.ro.gopclntab` in position-independent executables).
+    pub pclntab: Option<object::Section<'f, 'f>>,
+    pub buildinfo: Option<object::Section<'f, 'f>>,
+}
+
+/// `Ok(None)` when `file` is not a Go program; an error when it is one for another
+/// architecture than x86-64.
+pub fn go_sections<'f>(file: &'f object::File) -> Result<Option<GoSections<'f>>> {
     let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
         .iter()
         .find_map(|name| file.section_by_name(name));
     let buildinfo = file.section_by_name(".go.buildinfo");
     if pclntab.is_none() && buildinfo.is_none() {
-        return Ok(None); // not Go
+        return Ok(None);
     }
     ensure!(
         file.architecture() == Architecture::X86_64,
         "only x86-64 Go binaries are supported"
     );
+    Ok(Some(GoSections { pclntab, buildinfo }))
+}
+
+/// Look at the target's executable: `Ok(None)` when it is not a Go program or does not use
+/// `crypto/tls`.
+pub fn find_go_tls(exe: &Executable) -> Result<Option<GoTls>> {
+    let file = exe.elf()?;
+    let Some(GoSections { pclntab, buildinfo }) = go_sections(&file)? else {
+        return Ok(None);
+    };
     // `runtime.spillArgs` exists only with the register ABI (Go 1.17+), where r14 is `g`.
     let names = [
         SERVER_HANDSHAKE,

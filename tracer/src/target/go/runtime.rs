@@ -32,10 +32,10 @@ mod wait_reasons;
 
 use std::fmt;
 
-use anyhow::{bail, ensure, Context as _, Result};
-use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _};
+use anyhow::{bail, Context as _, Result};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-use super::{go_version, pclntab::FuncRange, text_start};
+use super::{go_sections, go_version, pclntab::FuncRange, text_start, GoSections};
 use crate::target::Executable;
 
 pub const GOPARK: &str = "runtime.gopark";
@@ -104,15 +104,9 @@ pub struct FoundIn {
 /// which fact could not be established and why.
 pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let file = exe.elf()?;
-    let pclntab = gopclntab_section(&file);
-    let buildinfo = file.section_by_name(".go.buildinfo");
-    if pclntab.is_none() && buildinfo.is_none() {
-        return Ok(None); // not Go
-    }
-    ensure!(
-        file.architecture() == Architecture::X86_64,
-        "only x86-64 Go binaries are supported"
-    );
+    let Some(GoSections { pclntab, buildinfo }) = go_sections(&file)? else {
+        return Ok(None);
+    };
     let memory = memory::Memory::new(&file);
     let version = buildinfo.and_then(|section| buildinfo_version(&section, &memory));
     let release = version.as_deref().and_then(versions::release);
@@ -169,13 +163,6 @@ fn buildinfo_version(section: &object::Section, memory: &memory::Memory) -> Opti
     let header = memory.pointer(section.address() + 16)?;
     let version = memory.go_string(header)?;
     (!version.is_empty()).then(|| version.to_string())
-}
-
-/// `.data.rel.ro.gopclntab` in position-independent executables.
-fn gopclntab_section<'f>(file: &'f object::File) -> Option<object::Section<'f, 'f>> {
-    [".gopclntab", ".data.rel.ro.gopclntab"]
-        .iter()
-        .find_map(|name| file.section_by_name(name))
 }
 
 /// The functions this module reads, by name.
