@@ -206,7 +206,6 @@ const GO_WAIT_REASONS: &[(&str, Cause)] = &[
     ("garbage collection", Cause::Gc),
     ("garbage collection scan", Cause::Gc),
     ("stopping the world", Cause::Gc),
-    ("preempted", Cause::Gc), // suspendG: stopped for the GC to scan its stack
 ];
 
 /// The cause of a goroutine parked for Go's wait reason `reason` (its string).

@@ -5,8 +5,11 @@
 //! the GC), and `go_runqueue` while runnable, waiting for Go's scheduler. Requests read and
 //! answered by a goroutine are timed on it, whichever threads it hops across.
 //!
-//! A goroutine that stops running on a thread without parking (preempted, `Gosched`, a
-//! blocking syscall that lost its P) is runnable until it runs again. A goroutine woken by
+//! A goroutine that stops running on a thread without parking (preempted, `Gosched`) is
+//! runnable from the moment another goroutine runs on that thread until it runs again. One
+//! that another thread takes over without that (a blocking syscall that lost its P, work
+//! stealing) is seen leaving only when it runs again: its old thread's time until then (idle
+//! in the scheduler) counts as its own. A goroutine woken by
 //! the netpoller is not seen becoming runnable (`netpollready` bypasses `ready`): its whole
 //! wait until it runs again is its park's cause (`IO wait`: `net_io`).
 
@@ -91,6 +94,15 @@ impl Goroutines {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.running.remove(&tid);
     }
+
+    /// Events were lost: which goroutine each thread runs is no longer known, nor where the
+    /// goroutines on a thread stand (their requests are marked incomplete).
+    pub fn lost(&mut self) {
+        self.running.clear();
+        for g in self.by_goid.values_mut() {
+            g.timeline.leave_thread(None);
+        }
+    }
 }
 
 impl<R: FdResolver> Engine<R> {
@@ -127,6 +139,9 @@ impl<R: FdResolver> Engine<R> {
 
     pub(super) fn go_sched(&mut self, ts: u64, tid: Tid, event: GoSched) {
         self.goroutines.seen = true;
+        // A uprobe fired: the thread is on a CPU (its first event, after an attach mid-flight).
+        self.threads
+            .seen(tid, ts, super::timeline::RunState::Running);
         match event {
             GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
             GoSched::Park { goid, reason } => self.go_park(ts, tid, goid, reason),
@@ -170,7 +185,6 @@ impl<R: FdResolver> Engine<R> {
     }
 
     fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8) {
-        let thread_now = self.threads.snapshot(tid, ts);
         let cause = self.goroutines.cause_of(reason);
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {
@@ -182,7 +196,11 @@ impl<R: FdResolver> Engine<R> {
         if g.parked_for.is_some() {
             return; // the probe again after a morestack re-entry
         }
-        g.timeline.leave_thread(thread_now);
+        // Left the thread its stretch began on (normally `tid`; another one when the
+        // execute that moved it was lost).
+        if let Some(on) = g.timeline.thread() {
+            g.timeline.leave_thread(self.threads.snapshot(on, ts));
+        }
         g.timeline.park(ts, cause);
         g.parked_for = Some(reason);
     }

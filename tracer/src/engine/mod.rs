@@ -143,6 +143,7 @@ impl<R: FdResolver> Engine<R> {
             EventKind::Go(event) => self.go_sched(ts, tid, event),
             EventKind::Lost => {
                 self.tls.lost();
+                self.goroutines.lost();
                 self.requests.mark_incomplete();
             }
         }
@@ -191,9 +192,11 @@ impl<R: FdResolver> Engine<R> {
                     }
                 } else if ret == 0 && self.requests.is_open(fd) {
                     self.finish(fd); // the peer closed
-                } else if ret == -EAGAIN && self.requests.answered(fd) {
+                } else if ret == -EAGAIN && self.requests.answered_by(fd, self.current_ctx(tid)) {
                     // Back to reading a connection it has answered, which has nothing yet
                     // (a non-blocking reader: Go's net/http, between keep-alive requests).
+                    // Only the serving context's own read: net/http's background read runs
+                    // in another goroutine while a handler may still write.
                     self.finish(fd);
                 }
             }

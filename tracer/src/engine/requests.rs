@@ -64,6 +64,13 @@ impl Requests {
         self.open.get(&fd).is_some_and(|r| r.last_write.is_some())
     }
 
+    /// A request served by `ctx` is open on `fd` and its response has begun.
+    pub fn answered_by(&self, fd: u32, ctx: ExecCtx) -> bool {
+        self.open
+            .get(&fd)
+            .is_some_and(|r| r.ctx == ctx && r.last_write.is_some())
+    }
+
     #[cfg(test)]
     pub fn open_count(&self) -> usize {
         self.open.len()
@@ -179,6 +186,14 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         let mut breakdown = end.since(&req.start);
+        if let ExecCtx::Goroutine(_) = req.ctx {
+            // A goroutine's timeline has gaps where it was not seen (a lost event, a thread
+            // gone): the request's time there is `other`, so its causes still sum to its
+            // wall-clock latency.
+            let seen: u64 = breakdown.iter().sum();
+            let wall = end.ts.saturating_sub(req.start.ts);
+            breakdown[Cause::Other.index()] += wall.saturating_sub(seen);
+        }
         let mut start_ns = req.start.ts;
         if let Some(tls) = req.tls {
             breakdown[Cause::TlsHandshake.index()] = tls.duration_ns;

@@ -1592,6 +1592,65 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// net/http's background read (another goroutine, on the same connection) finds nothing
+    /// while the handler, which has flushed part of its response, waits: the request goes
+    /// on until its own goroutine is back to reading.
+    #[test]
+    fn another_goroutines_empty_read_does_not_end_the_request() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                on_conn(30, T, nr::WRITE, 10), // part 1, flushed
+                park(40, T, G, CHAN),
+                execute(50, T, H), // the background reader
+                on_conn(60, T, nr::READ, -11),
+                park(70, T, H, IO_WAIT),
+                ready(140, G),
+                execute(150, T, G),
+                on_conn(160, T, nr::WRITE, 10), // part 2
+                on_conn(170, T, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].latency_ns, 140, "to part 2, not to part 1");
+        assert_eq!(cause(&reqs[0], Cause::Chan), 100);
+    }
+
+    /// A park seen on another thread than the goroutine's stretch began on (the execute that
+    /// moved it was lost) ends that stretch with its own thread's time, and the request's
+    /// unseen time is `other`: its causes still sum to its wall-clock latency.
+    #[test]
+    fn a_lost_execute_costs_no_foreign_time() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                on(U, block(5, nr::FUTEX, 0xf00)), // U idles in the scheduler
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                on(U, wake(100)),
+                on(U, run(100)),
+                // G's execute on U at 100 was lost (counted as such in the kernel).
+                park(150, U, G, CHAN),
+                ready(250, G),
+                execute(260, T, G),
+                on_conn(300, T, nr::WRITE, 10),
+                on_conn(310, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 280);
+        assert_eq!(cause(r, Cause::Lock), 0, "nothing of U's futex wait");
+        assert_eq!(cause(r, Cause::Chan), 100);
+        assert_sums(r);
+    }
+
     /// Seen in Go 1.19 under load: `execute` of the goroutine already running on the thread
     /// (it yielded and was scheduled again at once); its time on the thread goes on.
     #[test]

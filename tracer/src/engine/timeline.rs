@@ -163,6 +163,7 @@ impl GoroutineTimeline {
 
     /// It parks at `ts` for `cause` (its stretch on a thread must have been left).
     pub fn park(&mut self, ts: u64, cause: Cause) {
+        self.end_park(ts); // a park whose end was not seen ends here
         self.now = Hosting::Parked { cause, since: ts };
     }
 
