@@ -6,10 +6,10 @@
 //! answered by a goroutine are timed on it, whichever threads it hops across.
 //!
 //! A goroutine that stops running on a thread without parking (preempted, `Gosched`) is
-//! runnable from the moment another goroutine runs on that thread until it runs again. One
-//! that another thread takes over without that (a blocking syscall that lost its P, work
-//! stealing) is seen leaving only when it runs again: its old thread's time until then (idle
-//! in the scheduler) counts as its own. A goroutine woken by
+//! runnable from the moment another goroutine runs on that thread, or the thread sleeps in
+//! the runtime (a futex: its syscall lost the P and no P was free), until it runs again.
+//! Otherwise (work stealing while its old thread spins) it is seen leaving only when it runs
+//! again, and its old thread's time until then counts as its own. A goroutine woken by
 //! the netpoller is not seen becoming runnable (`netpollready` bypasses `ready`): its whole
 //! wait until it runs again is its park's cause (`IO wait`: `net_io`).
 
@@ -203,6 +203,23 @@ impl<R: FdResolver> Engine<R> {
         }
         g.timeline.park(ts, cause);
         g.parked_for = Some(reason);
+    }
+
+    /// Thread `tid` went to sleep in a futex at `ts`. A Go thread sleeps in a futex only in
+    /// the runtime (an idle M in `stopm`, a contended runtime lock), never for a goroutine,
+    /// whose waits park: a goroutine still on the thread left it runnable (its syscall lost
+    /// the P and no P was free, it was preempted) and waits for Go's scheduler from now.
+    pub(super) fn go_thread_sleeps(&mut self, ts: u64, tid: Tid) {
+        let Some(goid) = self.goroutines.running.remove(&tid) else {
+            return;
+        };
+        let thread_now = self.threads.snapshot(tid, ts);
+        if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
+            if g.timeline.thread() == Some(tid) {
+                g.timeline.leave_thread(thread_now);
+                g.timeline.park(ts, Cause::GoRunqueue);
+            }
+        }
     }
 
     /// `goid` is runnable from `ts`: its park ends.

@@ -1651,6 +1651,33 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// Seen under load: the goroutine's syscall returns with no P free, the runtime queues it
+    /// and its thread sleeps in a futex (`stopm`) until another thread runs it. That wait is
+    /// for Go's scheduler, not a lock of the goroutine's.
+    #[test]
+    fn a_thread_sleeping_in_the_runtime_leaves_its_goroutine_runnable() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                block(50, nr::FUTEX, 0xf00), // stopm
+                execute(80, U, G),
+                on(U, on_conn(100, U, nr::WRITE, 10)),
+                on(U, on_conn(110, U, nr::READ, -11)),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 80);
+        assert_eq!(cause(r, Cause::Lock), 0);
+        assert_eq!(cause(r, Cause::GoRunqueue), 30);
+        assert_eq!(cause(r, Cause::OnCpu), 30 + 20);
+        assert_sums(r);
+    }
+
     /// Seen in Go 1.19 under load: `execute` of the goroutine already running on the thread
     /// (it yielded and was scheduled again at once); its time on the thread goes on.
     #[test]

@@ -133,6 +133,15 @@ impl<R: FdResolver> Engine<R> {
             }
         };
         self.transition(tid, ts, next);
+        if matches!(
+            next,
+            RunState::Blocked {
+                cause: Cause::Lock,
+                ..
+            }
+        ) {
+            self.go_thread_sleeps(ts, tid);
+        }
         // Back to reading a connection it has answered: that response is complete.
         if let Some(s) = syscall.filter(|s| is_read(s.nr)) {
             let fd = s.arg0 as u32;
