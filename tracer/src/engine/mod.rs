@@ -176,6 +176,7 @@ impl<R: FdResolver> Engine<R> {
                 let conn = ret as u32;
                 self.finish(conn); // its close was not seen
                 self.tls.forget_fd(conn);
+                self.requests.forget_fd(conn);
                 self.fds.set(conn, FdKind::Connection);
             }
             nr::CLOSE => {
@@ -184,6 +185,7 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.fds.forget(fd);
                 self.tls.forget_fd(fd);
+                self.requests.forget_fd(fd);
             }
             n if is_read(n) && self.fds.kind(fd) == FdKind::Connection => {
                 if ret > 0 {

@@ -47,6 +47,8 @@ struct OpenRequest {
 #[derive(Default)]
 pub(super) struct Requests {
     open: HashMap<u32, OpenRequest>,
+    /// The context that served each connection's last request.
+    served_by: HashMap<u32, ExecCtx>,
     finished: Vec<Request>,
     /// Requests that never got a response (connection closed, thread exited).
     pub aborted: u64,
@@ -93,6 +95,11 @@ impl Requests {
         std::mem::take(&mut self.finished)
     }
 
+    /// `fd` was closed, or is a new connection.
+    pub fn forget_fd(&mut self, fd: u32) {
+        self.served_by.remove(&fd);
+    }
+
     /// Events were lost: every open request may be wrong.
     pub fn mark_incomplete(&mut self) {
         for req in self.open.values_mut() {
@@ -109,7 +116,7 @@ impl<R: FdResolver> Engine<R> {
             Some(_) => self.finish(fd),                      // the next request
             None => {}
         }
-        let ctx = self.current_ctx(tid);
+        let ctx = self.serving_ctx(fd, self.current_ctx(tid), ts);
         let start = match (ctx, self.threads.get(tid)) {
             // A thread: from the wakeup that ended the read's block, if it blocked.
             (ExecCtx::Thread(_), Some(thread)) => match thread.last_wakeup {
@@ -126,6 +133,23 @@ impl<R: FdResolver> Engine<R> {
         self.open_request(ctx, fd, start);
     }
 
+    /// The context that serves a request read on `fd` by `reader`: the goroutine that served
+    /// the connection's previous request, when another goroutine read it (net/http's
+    /// background read reads on behalf of the connection's goroutine, then exits), else the
+    /// reader.
+    fn serving_ctx(&self, fd: u32, reader: ExecCtx, ts: u64) -> ExecCtx {
+        match self.requests.served_by.get(&fd) {
+            Some(&server @ ExecCtx::Goroutine(_))
+                if server != reader
+                    && matches!(reader, ExecCtx::Goroutine(_))
+                    && self.ctx_snapshot(server, ts).is_some() =>
+            {
+                server
+            }
+            _ => reader,
+        }
+    }
+
     /// Open a request on `fd`, served by `ctx`, that started at `start`.
     pub(super) fn open_request(&mut self, ctx: ExecCtx, fd: u32, start: Snapshot) {
         let Some(open) = self.open_requests_mut(ctx) else {
@@ -139,6 +163,7 @@ impl<R: FdResolver> Engine<R> {
                 req.shared_context = true;
             }
         }
+        self.requests.served_by.insert(fd, ctx);
         self.requests.open.insert(
             fd,
             OpenRequest {

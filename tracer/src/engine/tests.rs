@@ -1678,6 +1678,38 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// Seen under load with net/http over TLS: the next request's bytes are read by the
+    /// background-read goroutine, which then exits; the connection's goroutine serves it.
+    #[test]
+    fn a_request_read_by_a_helper_goroutine_is_served_by_the_connections() {
+        const B: u64 = 9; // the background reader
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                on_conn(30, T, nr::WRITE, 10), // the first response
+                execute(40, U, B),
+                on(U, on_conn(50, U, nr::READ, 100)), // the next request, read by B
+                go(60, U, GoSched::Exit { goid: B }),
+                park(70, T, G, LOCK),
+                ready(170, G),
+                execute(180, T, G),
+                on_conn(200, T, nr::WRITE, 10),
+                on_conn(210, T, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let r = &reqs[1];
+        assert_eq!(r.ctx, ExecCtx::Goroutine(GoroutineId(G)));
+        assert_eq!(r.latency_ns, 150);
+        assert_eq!(cause(r, Cause::Lock), 100);
+        assert_eq!(e.aborted(), 0);
+    }
+
     /// Seen in Go 1.19 under load: `execute` of the goroutine already running on the thread
     /// (it yielded and was scheduled again at once); its time on the thread goes on.
     #[test]
