@@ -2,7 +2,9 @@
 // of Go's own ways, for the tracer's goroutine attribution tests. Each response reports what
 // the handler measured itself, in nanoseconds:
 //
-//	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns
+//	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns,
+//	             and the mutex's address (X-Lock-Addr, 0x...) and the holder's goroutine
+//	             id (X-Holder-Goid), which unlocks it
 //	/chan?ms=N   waits for a worker goroutine's reply on a channel:           X-Chan-Ns
 //	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
 //	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
@@ -23,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,16 +91,30 @@ func callBackend(addr string, ms int) time.Duration {
 	return time.Since(start)
 }
 
-// holdLock takes the mutex in another goroutine and keeps it for d; returns once it is held.
-func holdLock(d time.Duration) {
-	held := make(chan struct{})
+// goid is the calling goroutine's id, from the header of its stack trace
+// ("goroutine 42 [running]:").
+func goid() int64 {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	fields := strings.Fields(string(buf))
+	id, err := strconv.ParseInt(fields[1], 10, 64)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+// holdLock takes the mutex in another goroutine and keeps it for d; returns once it is held,
+// with the holder's goroutine id.
+func holdLock(d time.Duration) int64 {
+	held := make(chan int64)
 	go func() {
 		mu.Lock()
-		close(held)
+		held <- goid()
 		time.Sleep(d)
 		mu.Unlock()
 	}()
-	<-held
+	return <-held
 }
 
 func waitLock() time.Duration {
@@ -173,8 +190,10 @@ func main() {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/lock", timed(func(w http.ResponseWriter, r *http.Request) {
-		holdLock(time.Duration(millis(r)) * time.Millisecond)
+		holder := holdLock(time.Duration(millis(r)) * time.Millisecond)
 		w.Header().Set("X-Lock-Ns", ns(waitLock()))
+		w.Header().Set("X-Lock-Addr", fmt.Sprintf("%p", &mu))
+		w.Header().Set("X-Holder-Goid", strconv.FormatInt(holder, 10))
 	}))
 	mux.HandleFunc("/chan", timed(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
