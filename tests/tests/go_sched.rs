@@ -317,6 +317,11 @@ fn parse_go_event(line: &str) -> Option<GoEvent> {
         Go::Exit {
             goid: field(go, "goid: ")?,
         }
+    } else if go.starts_with("Semacquire ")
+        || go.starts_with("StopTheWorld")
+        || go.starts_with("StartTheWorld")
+    {
+        return None; // not a transition of a goroutine (go_locks.rs checks semaphores)
     } else {
         panic!("an unknown Go event in the dump: {line}");
     };

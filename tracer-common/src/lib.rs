@@ -217,21 +217,35 @@ pub struct TlsEvent {
 }
 
 /// What a [`GoSchedEvent`] reports: one of Go's scheduler functions was entered, on thread
-/// `hdr.tid` (uprobes on `runtime.gopark`, `runtime.ready`, `runtime.execute` and
-/// `runtime.goexit1`, at the stack check's conditional jump).
+/// `hdr.tid` (uprobes on `runtime.gopark`, `runtime.ready`, `runtime.execute`,
+/// `runtime.goexit1`, `runtime.semacquire1` and the stop/start-the-world pair, each at the
+/// stack check's conditional jump).
 pub mod go_sched {
     /// `runtime.gopark`: goroutine `goid` (the one running on the thread) parks; `detail` is
     /// its wait reason (Go's `waitReason` value, whose numbering changes between releases).
     pub const PARK: u32 = 1;
     /// `runtime.ready`: goroutine `goid` becomes runnable; `detail` is the goid of the
-    /// goroutine that readied it (the thread's current goroutine), or 0 when the thread ran
-    /// none (a timer or the scheduler itself: no goroutine has id 0).
+    /// goroutine that readied it (the thread's current goroutine), 0 when the thread ran
+    /// none (a timer or the scheduler itself: no goroutine has id 0), or
+    /// [`WAKER_UNREADABLE`].
     pub const READY: u32 = 2;
     /// `runtime.execute`: goroutine `goid` starts running on the thread; `detail` is 0.
     pub const EXECUTE: u32 = 3;
     /// `runtime.goexit1`: goroutine `goid` (the one running on the thread) is done; `detail`
     /// is 0.
     pub const EXIT: u32 = 4;
+    /// `runtime.semacquire1`: goroutine `goid` is about to wait for the semaphore at address
+    /// `detail` (a `sync.Mutex`'s `sema` field, ...) if it cannot take it at once; a park
+    /// that follows is that wait.
+    pub const SEMACQUIRE: u32 = 5;
+    /// `runtime.stopTheWorldWithSema`: the runtime stops every goroutine (for the GC, most
+    /// often); `goid` and `detail` are 0.
+    pub const STOP_THE_WORLD: u32 = 6;
+    /// `runtime.startTheWorldWithSema`: the goroutines may run again; `goid` and `detail`
+    /// are 0.
+    pub const START_THE_WORLD: u32 = 7;
+    /// In a [`READY`] record: the thread's current goroutine could not be read.
+    pub const WAKER_UNREADABLE: u64 = u64::MAX;
 }
 
 /// A goroutine transition seen by the Go scheduler probes. `hdr.tid` is the thread the probe

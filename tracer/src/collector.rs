@@ -337,12 +337,19 @@ impl Collector {
         }
     }
 
-    /// Names are kept only for the waiters the lock detail lists, and for the target's main
+    /// Names are kept only for the waiters the lock detail lists (and the threads of the Go
+    /// lock detail's wakers), and for the target's main
     /// thread (its name at exit names the target after an `exec`): a target that creates
     /// threads by the hundred thousand must not grow the collector. Returns the listed
     /// waiters.
     fn forget_names_of_non_waiters(&mut self) -> HashSet<Tid> {
-        let listed: HashSet<Tid> = self.engine.locks.listed_waiters().collect();
+        let go_wakers = self.engine.go_locks.listed_wakers().map(|w| w.tid);
+        let listed: HashSet<Tid> = self
+            .engine
+            .locks
+            .listed_waiters()
+            .chain(go_wakers)
+            .collect();
         let main_thread = Tid(self.pid);
         self.comms
             .retain(|tid, _| *tid == main_thread || listed.contains(tid));

@@ -1,5 +1,5 @@
-//! Goroutine scheduling in a Go target (Go 1.17+, amd64 register ABI): uprobes on four of
-//! the Go scheduler's functions, each attached to the target process only, at the
+//! Goroutine scheduling in a Go target (Go 1.17+, amd64 register ABI): uprobes on seven of
+//! the Go runtime's functions, each attached to the target process only, at the
 //! conditional jump of the function's stack check (an instruction the kernel emulates, and
 //! before which no argument register has been touched; the collector finds it). Never a
 //! uretprobe: Go moves goroutine stacks, and a rewritten return address on a moved stack
@@ -11,7 +11,11 @@
 //!   the thread's g0 (through `systemstack`), so the waker is `g0.m.curg`, which is NULL when
 //!   the thread runs no goroutine (a timer run by the scheduler);
 //! - `runtime.execute(gp, inheritTime)`: rax is the goroutine about to run on this thread;
-//! - `runtime.goexit1()`: r14 is the exiting goroutine.
+//! - `runtime.goexit1()`: r14 is the exiting goroutine;
+//! - `runtime.semacquire1(addr, ...)`: r14 is the goroutine about to take (or wait for) the
+//!   semaphore at `addr` (rax): the park that may follow is a wait on that address;
+//! - `runtime.stopTheWorldWithSema` and `runtime.startTheWorldWithSema`: the world stops
+//!   (every goroutine is preempted, for the GC most often) and starts again.
 //!
 //! Goroutines are reported by id (`g.goid`), not by `g` address: `g` structs are recycled.
 //! The offsets of `g.goid`, `g.m` and `m.curg` change between Go releases; the collector
@@ -66,12 +70,22 @@ fn try_go_ready(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: as above.
     let (wakee, g0) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
     let wakee = goid(wakee)?;
-    // r14 is g0 here (or the waker itself, whose m.curg is itself): g0.m.curg is the
-    // goroutine the thread runs.
+    // The waker is best effort: a failed read of it still reports the wakeup.
+    let waker = waker_goid(g0).unwrap_or(go_sched::WAKER_UNREADABLE);
+    emit_sched(tid, go_sched::READY, wakee, waker)
+}
+
+/// The goid of the goroutine thread `g0` runs, 0 for none. r14 is g0 in `ready` (or the
+/// waker itself, whose m.curg is itself): g0.m.curg is the goroutine the thread runs.
+#[inline(always)]
+fn waker_goid(g0: u64) -> Result<u64, Loss> {
     let m: u64 = read(g0, global(&GO_G_M))?;
     let curg: u64 = read(m, global(&GO_M_CURG))?;
-    let waker = if curg == 0 { 0 } else { goid(curg)? };
-    emit_sched(tid, go_sched::READY, wakee, waker)
+    if curg == 0 {
+        Ok(0)
+    } else {
+        goid(curg)
+    }
 }
 
 /// `runtime.execute`: a goroutine starts running on this thread.
@@ -102,6 +116,41 @@ fn try_go_exit(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: as above.
     let g = unsafe { (*ctx.regs).r14 };
     emit_sched(tid, go_sched::EXIT, goid(g)?, 0)
+}
+
+/// `runtime.semacquire1(addr, ...)`: the goroutine running on this thread takes the
+/// semaphore at `addr` (rax), parking if it must wait.
+#[uprobe]
+pub fn go_semacquire(ctx: ProbeContext) -> u32 {
+    finish(try_go_semacquire(&ctx))
+}
+
+fn try_go_semacquire(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let (g, address) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    emit_sched(tid, go_sched::SEMACQUIRE, goid(g)?, address)
+}
+
+/// `runtime.stopTheWorldWithSema`: the world stops (runs on g0: no goroutine is read).
+#[uprobe]
+pub fn go_stop_the_world(_ctx: ProbeContext) -> u32 {
+    finish(world(go_sched::STOP_THE_WORLD))
+}
+
+/// `runtime.startTheWorldWithSema`: the world starts again.
+#[uprobe]
+pub fn go_start_the_world(_ctx: ProbeContext) -> u32 {
+    finish(world(go_sched::START_THE_WORLD))
+}
+
+fn world(what: u32) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    emit_sched(tid, what, 0, 0)
 }
 
 /// The id of the goroutine whose `g` is at `g`.

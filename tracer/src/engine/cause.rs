@@ -208,6 +208,53 @@ const GO_WAIT_REASONS: &[(&str, Cause)] = &[
     ("stopping the world", Cause::Gc),
 ];
 
+/// The sync object a Go semaphore belongs to: its type, and the semaphore's offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SemaphoreOwner {
+    pub kind: &'static str,
+    pub sema_offset: u64,
+}
+
+/// Go's wait reasons for a park in `runtime.semacquire1`, with the sync object the
+/// semaphore belongs to where the reason tells it (`sync.Mutex{state int32; sema uint32}`;
+/// `sync.RWMutex{w Mutex; writerSem, readerSem uint32; ...}`: Go 1.20 to 1.27.3 sources).
+/// Before Go 1.20 every semaphore wait is `semacquire`.
+const SEMAPHORE_WAIT_REASONS: &[(&str, Option<SemaphoreOwner>)] = &[
+    ("semacquire", None),
+    (
+        "sync.Mutex.Lock",
+        Some(SemaphoreOwner {
+            kind: "sync.Mutex",
+            sema_offset: 4,
+        }),
+    ),
+    (
+        "sync.RWMutex.Lock",
+        Some(SemaphoreOwner {
+            kind: "sync.RWMutex",
+            sema_offset: 8,
+        }),
+    ),
+    (
+        "sync.RWMutex.RLock",
+        Some(SemaphoreOwner {
+            kind: "sync.RWMutex",
+            sema_offset: 12,
+        }),
+    ),
+    ("sync.WaitGroup.Wait", None),
+    ("sync.WaitGroup.Wait (durable)", None),
+];
+
+/// Whether Go's wait reason `reason` is a semaphore wait (a park in `runtime.semacquire1`),
+/// and if so the object its semaphore belongs to, when the reason tells.
+pub fn semaphore_wait(reason: &str) -> Option<Option<SemaphoreOwner>> {
+    SEMAPHORE_WAIT_REASONS
+        .iter()
+        .find(|(name, _)| *name == reason)
+        .map(|(_, owner)| *owner)
+}
+
 /// The cause of a goroutine parked for Go's wait reason `reason` (its string).
 pub fn go_wait_cause(reason: &str) -> Cause {
     GO_WAIT_REASONS

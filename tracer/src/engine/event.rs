@@ -107,9 +107,18 @@ pub enum GoSched {
     /// `waitReason` value of the target's Go release).
     Park { goid: u64, reason: u8 },
     /// `goid` became runnable, woken by goroutine `waker` (`None`: not from a goroutine, e.g.
-    /// a timer). Wakeups from the netpoller do not come through here: a goroutine parked
-    /// for I/O goes from its park straight to [`GoSched::Execute`].
+    /// a timer, or the waker could not be read). Wakeups from the netpoller do not come
+    /// through here: a goroutine parked for I/O goes from its park straight to
+    /// [`GoSched::Execute`].
     Ready { goid: u64, waker: Option<u64> },
+    /// The goroutine `goid` running on the event's thread takes the semaphore at `address`
+    /// (`runtime.semacquire1`): if it parks next, for a semaphore wait reason, it waits for
+    /// that address.
+    Semacquire { goid: u64, address: u64 },
+    /// The runtime stops every goroutine (`stopTheWorldWithSema`): the GC, most often.
+    StopTheWorld,
+    /// The world runs again (`startTheWorldWithSema`).
+    StartTheWorld,
     /// `goid` starts running on the event's thread.
     Execute { goid: u64 },
     /// The goroutine running on the event's thread is done.

@@ -12,16 +12,29 @@
 //! again, and its old thread's time until then counts as its own. A goroutine woken by
 //! the netpoller is not seen becoming runnable (`netpollready` bypasses `ready`): its whole
 //! wait until it runs again is its park's cause (`IO wait`: `net_io`).
+//!
+//! While the world is stopped (`stopTheWorldWithSema` to `startTheWorldWithSema`: the GC's
+//! stop-the-world phases, most often), a runnable goroutine waits for the GC, not for the
+//! scheduler: `gc`, not `go_runqueue`.
+//!
+//! A park for a semaphore (`sync.Mutex`, `RWMutex`, `WaitGroup`) is a wait on the address
+//! `runtime.semacquire1` was entered with just before; its waiter goroutine, the goroutine
+//! that readied it and how long it waited go to [`super::GoLocks`].
 
 use rustc_hash::FxHashMap as HashMap;
 
 use super::{
-    cause::{go_wait_cause, Cause},
-    context::{ExecCtx, Tid},
+    cause::{go_wait_cause, semaphore_wait, Cause, SemaphoreOwner},
+    context::{ExecCtx, GoroutineId, Tid},
     event::GoSched,
+    locks::{GoLocks, GoWaker},
     timeline::{GoroutineTimeline, Snapshot},
     Engine, FdResolver,
 };
+
+/// Goroutines kept at most: beyond, those parked with no open request are forgotten (an exit
+/// lost with a ring-buffer overrun must not leak them).
+const MAX_GOROUTINES: usize = 1 << 18;
 
 /// A goroutine seen by the scheduler probes.
 pub(super) struct Goroutine {
@@ -30,6 +43,43 @@ pub(super) struct Goroutine {
     pub open_requests: u32,
     /// Go's wait reason of its current park.
     parked_for: Option<u8>,
+    /// The semaphore `runtime.semacquire1` was last entered with (a park for a semaphore
+    /// wait reason that follows waits on it).
+    semaphore: Option<u64>,
+    /// The semaphore its current park waits on.
+    waits_on: Option<u64>,
+}
+
+impl Goroutine {
+    fn new() -> Self {
+        Goroutine {
+            timeline: GoroutineTimeline::unseen(),
+            open_requests: 0,
+            parked_for: None,
+            semaphore: None,
+            waits_on: None,
+        }
+    }
+}
+
+/// Whether the world is stopped, and the goroutines made to wait for it to start again.
+#[derive(Default)]
+struct World {
+    stopped: bool,
+    waiting: Vec<u64>,
+}
+
+impl World {
+    /// `goid` (`g`) is runnable from `ts`: it waits for Go's scheduler, or for the world to
+    /// start again.
+    fn runnable(&mut self, ts: u64, goid: u64, g: &mut Goroutine) {
+        if self.stopped {
+            g.timeline.park(ts, Cause::Gc);
+            self.waiting.push(goid);
+        } else {
+            g.timeline.park(ts, Cause::GoRunqueue);
+        }
+    }
 }
 
 /// The target's goroutines, by goid, and which one each thread runs.
@@ -43,6 +93,11 @@ pub(super) struct Goroutines {
     parked_ns: HashMap<u8, u64>,
     /// Any scheduler event was seen: requests are timed on goroutines.
     seen: bool,
+    world: World,
+    /// Go's wait reason of the waits on each semaphore address (the first seen).
+    semaphore_reasons: HashMap<u64, u8>,
+    /// Goroutines forgotten to stay within [`MAX_GOROUTINES`].
+    pub forgotten: u64,
 }
 
 impl Goroutines {
@@ -96,11 +151,63 @@ impl Goroutines {
     }
 
     /// Events were lost: which goroutine each thread runs is no longer known, nor where the
-    /// goroutines on a thread stand (their requests are marked incomplete).
+    /// goroutines on a thread stand (their requests are marked incomplete), nor which
+    /// semaphore a goroutine entered last.
     pub fn lost(&mut self) {
         self.running.clear();
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
+            g.semaphore = None;
+        }
+    }
+
+    /// What the semaphore at `address` belongs to, as the lock detail names it: the sync
+    /// object and its address when the wait reason tells (`sync.Mutex`), else the wait
+    /// reason and the semaphore's own address.
+    pub fn semaphore_owner(&self, address: u64) -> (String, u64) {
+        let reason = self
+            .semaphore_reasons
+            .get(&address)
+            .map_or_else(|| "semacquire".to_string(), |r| self.reason_name(*r));
+        match semaphore_wait(&reason).flatten() {
+            Some(SemaphoreOwner { kind, sema_offset }) => {
+                (kind.to_string(), address.wrapping_sub(sema_offset))
+            }
+            None => (reason, address),
+        }
+    }
+
+    /// A new goroutine's entry, forgetting parked ones without requests when there are too
+    /// many.
+    fn entry(&mut self, goid: u64) -> &mut Goroutine {
+        if self.by_goid.len() >= MAX_GOROUTINES && !self.by_goid.contains_key(&goid) {
+            let before = self.by_goid.len();
+            self.by_goid
+                .retain(|_, g| g.open_requests > 0 || g.timeline.parked_for().is_none());
+            self.forgotten += (before - self.by_goid.len()) as u64;
+        }
+        self.by_goid.entry(goid).or_insert_with(Goroutine::new)
+    }
+
+    /// `goid`'s park ended at `ts` (it is runnable, or runs): its time by wait reason, and
+    /// its semaphore wait.
+    fn end_park(&mut self, ts: u64, goid: u64, locks: &mut GoLocks) {
+        let Some(g) = self.by_goid.get_mut(&goid) else {
+            return;
+        };
+        let Some(reason) = g.parked_for.take() else {
+            return;
+        };
+        let waits_on = g.waits_on.take();
+        if let Some((_, lasted)) = g.timeline.end_park(ts) {
+            *self.parked_ns.entry(reason).or_default() += lasted;
+            if let Some(address) = waits_on {
+                locks.wait(address, GoroutineId(goid), lasted);
+                self.semaphore_reasons.entry(address).or_insert(reason);
+            }
+        }
+        if self.semaphore_reasons.len() > 4 * super::locks::MAX_LOCKS {
+            self.semaphore_reasons.retain(|a, _| locks.contains(*a));
         }
     }
 }
@@ -145,8 +252,54 @@ impl<R: FdResolver> Engine<R> {
         match event {
             GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
             GoSched::Park { goid, reason } => self.go_park(ts, tid, goid, reason),
-            GoSched::Ready { goid, .. } => self.go_ready(ts, goid),
+            GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
             GoSched::Exit { goid } => self.go_exit(tid, goid),
+            GoSched::Semacquire { goid, address } => {
+                if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
+                    g.semaphore = Some(address);
+                }
+            }
+            GoSched::StopTheWorld => self.stop_the_world(ts),
+            GoSched::StartTheWorld => self.start_the_world(ts),
+        }
+    }
+
+    /// The world stops at `ts`: the goroutines waiting for Go's scheduler wait for it to
+    /// start again.
+    fn stop_the_world(&mut self, ts: u64) {
+        let World { stopped, waiting } = &mut self.goroutines.world;
+        *stopped = true;
+        for (goid, g) in self.goroutines.by_goid.iter_mut() {
+            if g.timeline.parked_for() == Some(Cause::GoRunqueue) {
+                g.timeline.park(ts, Cause::Gc);
+                waiting.push(*goid);
+            }
+        }
+    }
+
+    /// What the Go semaphore at `address` belongs to, as the lock detail names it: the sync
+    /// object's type and address when Go's wait reason tells (`sync.Mutex`), else the wait
+    /// reason and the semaphore's own address.
+    pub fn go_semaphore_owner(&self, address: u64) -> (String, u64) {
+        self.goroutines.semaphore_owner(address)
+    }
+
+    /// Goroutines forgotten to keep the engine's memory bounded.
+    pub fn goroutines_forgotten(&self) -> u64 {
+        self.goroutines.forgotten
+    }
+
+    /// The world starts again at `ts`: the goroutines that became runnable while it was
+    /// stopped wait for Go's scheduler from now.
+    fn start_the_world(&mut self, ts: u64) {
+        let gs = &mut self.goroutines;
+        gs.world.stopped = false;
+        for goid in std::mem::take(&mut gs.world.waiting) {
+            if let Some(g) = gs.by_goid.get_mut(&goid) {
+                if g.timeline.parked_for() == Some(Cause::Gc) && g.parked_for.is_none() {
+                    g.timeline.park(ts, Cause::GoRunqueue);
+                }
+            }
         }
     }
 
@@ -159,33 +312,29 @@ impl<R: FdResolver> Engine<R> {
             if let Some(p) = gs.by_goid.get_mut(&previous) {
                 if p.timeline.thread() == Some(tid) {
                     p.timeline.leave_thread(thread_now);
-                    p.timeline.park(ts, Cause::GoRunqueue);
+                    gs.world.runnable(ts, previous, p);
                 }
             }
         }
-        let g = gs.by_goid.entry(goid).or_insert_with(|| Goroutine {
-            timeline: GoroutineTimeline::unseen(),
-            open_requests: 0,
-            parked_for: None,
-        });
-        if let Some(reason) = g.parked_for.take() {
-            if let Some((_, lasted)) = g.timeline.end_park(ts) {
-                *gs.parked_ns.entry(reason).or_default() += lasted;
-            }
-        }
+        gs.end_park(ts, goid, &mut self.go_locks);
+        let g = gs.entry(goid);
         // Executed again without a park (it yielded, or was preempted, and was put back at
         // once): the stretch on its thread so far is its time too.
-        if let Some(old) = g.timeline.thread() {
+        let left = g.timeline.thread();
+        if let Some(old) = left {
             g.timeline.leave_thread(self.threads.snapshot(old, ts));
-            if old != tid && gs.running.get(&old) == Some(&goid) {
+        }
+        g.timeline.run_on(ts, tid, thread_now);
+        if let Some(old) = left.filter(|&old| old != tid) {
+            if gs.running.get(&old) == Some(&goid) {
                 gs.running.remove(&old);
             }
         }
-        g.timeline.run_on(ts, tid, thread_now);
     }
 
     fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8) {
         let cause = self.goroutines.cause_of(reason);
+        let on_semaphore = semaphore_wait(&self.goroutines.reason_name(reason)).is_some();
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {
             gs.running.remove(&tid);
@@ -203,6 +352,12 @@ impl<R: FdResolver> Engine<R> {
         }
         g.timeline.park(ts, cause);
         g.parked_for = Some(reason);
+        // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
+        // was last entered with (kept: semacquire1 parks again, without being entered
+        // again, when another goroutine took the semaphore first after the wakeup).
+        if on_semaphore {
+            g.waits_on = g.semaphore;
+        }
     }
 
     /// Thread `tid` went to sleep in a futex at `ts`. A Go thread sleeps in a futex only in
@@ -214,25 +369,30 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         let thread_now = self.threads.snapshot(tid, ts);
-        if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
+        let gs = &mut self.goroutines;
+        if let Some(g) = gs.by_goid.get_mut(&goid) {
             if g.timeline.thread() == Some(tid) {
                 g.timeline.leave_thread(thread_now);
-                g.timeline.park(ts, Cause::GoRunqueue);
+                gs.world.runnable(ts, goid, g);
             }
         }
     }
 
-    /// `goid` is runnable from `ts`: its park ends.
-    fn go_ready(&mut self, ts: u64, goid: u64) {
+    /// `goid` is runnable from `ts`, readied by `waker` on thread `tid`: its park ends.
+    fn go_ready(&mut self, ts: u64, tid: Tid, goid: u64, waker: Option<u64>) {
         let gs = &mut self.goroutines;
         let Some(g) = gs.by_goid.get_mut(&goid) else {
             return;
         };
-        if let Some(reason) = g.parked_for.take() {
-            if let Some((_, lasted)) = g.timeline.end_park(ts) {
-                *gs.parked_ns.entry(reason).or_default() += lasted;
-            }
-            g.timeline.park(ts, Cause::GoRunqueue);
+        if g.parked_for.is_none() {
+            return;
+        }
+        if let Some(address) = g.waits_on {
+            self.go_locks.woken(address, GoWaker { goid: waker, tid });
+        }
+        gs.end_park(ts, goid, &mut self.go_locks);
+        if let Some(g) = gs.by_goid.get_mut(&goid) {
+            gs.world.runnable(ts, goid, g);
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! - [`threads`]: thread timelines from the scheduler's events;
 //! - [`requests`]: requests delimited on server-side connections;
-//! - [`locks`]: futex contention, waiters and wakers;
+//! - [`goroutines`]: goroutine timelines from Go's scheduler, for Go targets;
+//! - [`locks`]: futex and Go semaphore contention, waiters and wakers;
 //! - [`tls`]: TLS handshakes (timed, and kept out of requests).
 
 pub mod cause;
@@ -30,7 +31,7 @@ pub use event::{
     Event, EventKind, GoProbe, GoSched, InSyscall, Interrupt, SslCall, SyscallReturn, Waker,
 };
 pub use fds::{FdKind, FdResolver};
-pub use locks::{Locks, LISTED_LOCKS, LISTED_PER_LOCK};
+pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
 pub use requests::Request;
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
@@ -64,7 +65,9 @@ pub struct Engine<R> {
     tls: TlsState,
     waits: Vec<Wait>,
     /// Futex contention by address.
-    pub locks: Locks,
+    pub locks: FutexLocks,
+    /// A Go target's semaphore contention (`sync.Mutex`, ...), by the semaphore's address.
+    pub go_locks: GoLocks,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
     /// syscall).
     pub other_by_syscall: HashMap<Option<u32>, u64>,
@@ -79,7 +82,8 @@ impl<R: FdResolver> Engine<R> {
             requests: Requests::default(),
             tls: TlsState::default(),
             waits: Vec::new(),
-            locks: Locks::default(),
+            locks: FutexLocks::default(),
+            go_locks: GoLocks::default(),
             other_by_syscall: HashMap::default(),
         }
     }

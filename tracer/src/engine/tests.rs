@@ -1772,4 +1772,136 @@ mod goroutines {
         assert_eq!(reqs[0].latency_ns, 20);
         assert_eq!(e.open_requests(), 0);
     }
+
+    fn semacquire(ts: u64, tid: u32, goid: u64, address: u64) -> Event {
+        go(ts, tid, GoSched::Semacquire { goid, address })
+    }
+
+    fn ready_by(ts: u64, tid: u32, goid: u64, waker: u64) -> Event {
+        go(
+            ts,
+            tid,
+            GoSched::Ready {
+                goid,
+                waker: Some(waker),
+            },
+        )
+    }
+
+    const MUTEX: u64 = 0xc000_0100;
+    const SEMA: u64 = MUTEX + 4; // sync.Mutex{state int32; sema uint32}
+
+    /// A goroutine parks on a sync.Mutex's semaphore and the holder's Unlock readies it: the
+    /// wait is listed under the mutex, with the waiter and the goroutine (and thread) that
+    /// woke it. A second park inside the same semacquire1 (another goroutine took the
+    /// semaphore first after the wakeup) waits on the same address.
+    #[test]
+    fn a_semaphore_wait_names_the_mutex_its_waiter_and_its_waker() {
+        let mut e = go_engine();
+        feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                semacquire(20, T, G, SEMA),
+                park(21, T, G, LOCK),
+                ready_by(121, U, G, H), // H unlocks on U
+                execute(130, T, G),
+                park(140, T, G, LOCK), // lost the race: parks again, no new semacquire1
+                ready_by(190, U, G, H),
+                execute(200, T, G),
+            ],
+        );
+        let (address, lock) = e.go_locks.top(1)[0];
+        assert_eq!(address, SEMA);
+        assert_eq!((lock.waits, lock.wait_ns), (2, 100 + 50));
+        let (waiters, _) = lock.waiters.top(10);
+        assert_eq!(waiters[0].0, GoroutineId(G));
+        let (wakers, _) = lock.wakers.top(10);
+        assert_eq!(
+            wakers[0].0,
+            GoWaker {
+                goid: Some(H),
+                tid: Tid(U)
+            }
+        );
+        assert_eq!(wakers[0].1.count, 2);
+        assert_eq!(
+            e.go_semaphore_owner(SEMA),
+            ("sync.Mutex".to_string(), MUTEX)
+        );
+    }
+
+    /// semacquire1 entered without parking (the semaphore was free) does not make a later
+    /// park for another reason a lock wait.
+    #[test]
+    fn only_a_semaphore_park_is_a_wait_on_the_semaphore() {
+        let mut e = go_engine();
+        feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                semacquire(20, T, G, SEMA), // taken at once
+                park(30, T, G, CHAN),
+                ready(130, G),
+                execute(140, T, G),
+            ],
+        );
+        assert!(e.go_locks.top(1).is_empty());
+    }
+
+    /// While the world is stopped, a goroutine that is runnable (or becomes so, preempted)
+    /// waits for the GC: `gc`; once the world starts again it waits for the scheduler.
+    #[test]
+    fn runnable_while_the_world_is_stopped_is_gc() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                execute(30, T, H), // G preempted: runnable
+                go(40, U, GoSched::StopTheWorld),
+                go(90, U, GoSched::StartTheWorld),
+                execute(100, U, G),
+                on_conn(110, U, nr::WRITE, 10),
+                on_conn(120, U, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 90);
+        assert_eq!(cause(r, Cause::Gc), 50, "{r:?}");
+        assert_eq!(cause(r, Cause::GoRunqueue), 10 + 10, "{r:?}");
+        assert_eq!(cause(r, Cause::OnCpu), 10 + 10, "{r:?}");
+        assert_sums(r);
+    }
+
+    /// A goroutine preempted after the world stopped waits for it to start again.
+    #[test]
+    fn preempted_for_a_stop_the_world_is_gc() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                go(30, U, GoSched::StopTheWorld),
+                execute(40, T, H), // G stops running for the stop
+                go(100, U, GoSched::StartTheWorld),
+                execute(105, T, G),
+                on_conn(110, T, nr::WRITE, 10),
+                on_conn(120, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Gc), 60, "{r:?}");
+        assert_eq!(cause(r, Cause::GoRunqueue), 5, "{r:?}");
+        assert_sums(r);
+    }
 }

@@ -59,10 +59,16 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
         go_sched::READY => GoSched::Ready {
             goid,
             // No goroutine has id 0 (g0 and the other system goroutines' ids are 0).
-            waker: (e.detail != 0).then_some(e.detail),
+            waker: (e.detail != 0 && e.detail != go_sched::WAKER_UNREADABLE).then_some(e.detail),
         },
         go_sched::EXECUTE => GoSched::Execute { goid },
         go_sched::EXIT => GoSched::Exit { goid },
+        go_sched::SEMACQUIRE => GoSched::Semacquire {
+            goid,
+            address: e.detail,
+        },
+        go_sched::STOP_THE_WORLD => GoSched::StopTheWorld,
+        go_sched::START_THE_WORLD => GoSched::StartTheWorld,
         _ => return None,
     })
 }
@@ -297,6 +303,24 @@ mod tests {
                 goid: 18,
                 reason: 14
             })
+        );
+        assert_eq!(
+            decoded(record(go_sched::READY, 18, go_sched::WAKER_UNREADABLE)),
+            go(GoSched::Ready {
+                goid: 18,
+                waker: None
+            })
+        );
+        assert_eq!(
+            decoded(record(go_sched::SEMACQUIRE, 18, 0xc000_0100)),
+            go(GoSched::Semacquire {
+                goid: 18,
+                address: 0xc000_0100
+            })
+        );
+        assert_eq!(
+            decoded(record(go_sched::STOP_THE_WORLD, 0, 0)),
+            go(GoSched::StopTheWorld)
         );
         assert_eq!(
             decoded(record(go_sched::READY, 18, 35)),

@@ -18,7 +18,10 @@ use aya::{
 use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
     go::{
-        runtime::{GoRuntime, EXECUTE, GOEXIT1, GOPARK, READY},
+        runtime::{
+            GoRuntime, EXECUTE, GOEXIT1, GOPARK, READY, SEMACQUIRE1, START_THE_WORLD,
+            STOP_THE_WORLD,
+        },
         GoTls, SERVER_HANDSHAKE,
     },
     openssl::{self, OpenSsl},
@@ -118,7 +121,7 @@ impl GoSchedStatus {
             GoSchedStatus::Followed { version, found_in } => Some(format!(
                 "Go runtime: {}; goroutines followed with uprobes on {} ({found_in})",
                 version.as_deref().unwrap_or("Go version unknown"),
-                [GOPARK, READY, EXECUTE, GOEXIT1].join(", "),
+                GO_SCHED_FUNCTIONS.join(", "),
             )),
             GoSchedStatus::Off { reason } => Some(format!(
                 "Go runtime: goroutine attribution is off, requests are attributed per thread: \
@@ -130,19 +133,33 @@ impl GoSchedStatus {
 
 /// The Go scheduler's functions probed, the kernel program on each (tracer-ebpf
 /// `probes/go_sched.rs`), and where its probe goes in `go`'s executable (a file offset).
-fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 4] {
+fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 7] {
     [
         (GOPARK, "go_park", go.gopark),
         (READY, "go_ready", go.ready),
         (EXECUTE, "go_execute", go.execute),
         (GOEXIT1, "go_exit", go.goexit1),
+        (SEMACQUIRE1, "go_semacquire", go.semacquire1),
+        (STOP_THE_WORLD, "go_stop_the_world", go.stop_the_world),
+        (START_THE_WORLD, "go_start_the_world", go.start_the_world),
     ]
 }
+
+/// The functions [`go_sched_probes`] probes, for the start-up line.
+const GO_SCHED_FUNCTIONS: [&str; 7] = [
+    GOPARK,
+    READY,
+    EXECUTE,
+    GOEXIT1,
+    SEMACQUIRE1,
+    STOP_THE_WORLD,
+    START_THE_WORLD,
+];
 
 impl Probes {
     /// Follow the goroutines of a Go target: attach the scheduler probes to `exe`, in process
     /// `pid`, at the probe points `go` names (the offsets they read were set at load time,
-    /// see [`Probes::attach`]). All four or none: on a failure, the ones attached are
+    /// see [`Probes::attach`]). All or none: on a failure, the ones attached are
     /// detached and the status says why.
     pub fn attach_go_sched(&mut self, pid: u32, exe: &Path, go: &GoRuntime) -> GoSchedStatus {
         match attach_go_sched(&mut self.ebpf, pid, exe, go) {
@@ -392,8 +409,9 @@ mod tests {
         assert_eq!(
             followed.line().unwrap(),
             "Go runtime: go1.19.8; goroutines followed with uprobes on runtime.gopark, \
-             runtime.ready, runtime.execute, runtime.goexit1 (probe points: .gopclntab; g/m \
-             offsets: go1.19 table)"
+             runtime.ready, runtime.execute, runtime.goexit1, runtime.semacquire1, \
+             runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
+             .gopclntab; g/m offsets: go1.19 table)"
         );
         let off = GoSchedStatus::Off {
             reason: "go1.99.1 has no table of their field offsets here".into(),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     aggregate::Totals,
-    summary::{Lock, LockWaker, Summary, Waiter},
+    summary::{GoLock, GoLockWaker, Lock, LockWaker, Summary, Waiter},
 };
 
 pub fn percent(part: u64, whole: u64) -> f64 {
@@ -79,6 +79,12 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
         let _ = writeln!(s, "most contended futexes");
         for l in &sum.locks {
             let _ = writeln!(s, "  {}", lock_line(l));
+        }
+    }
+    if !sum.go_locks.is_empty() {
+        let _ = writeln!(s, "most contended Go locks");
+        for l in &sum.go_locks {
+            let _ = writeln!(s, "  {}", go_lock_line(l));
         }
     }
     let hs = &sum.tls.handshakes;
@@ -173,6 +179,33 @@ fn lock_line(l: &Lock) -> String {
         names(waiters, others(l.waiters_not_listed.waits, "waits")),
         names(wakers, others(l.wakers_not_listed.count, "wakeups")),
     )
+}
+
+/// `sync.Mutex ADDRESS  waited T in N waits; waiters goroutine 12, ...; woken by goroutine 7
+/// on tid/comm xN`.
+fn go_lock_line(l: &GoLock) -> String {
+    let waiters = l.waiters.iter().map(|w| format!("goroutine {}", w.goid));
+    let wakers = l.wakers.iter().map(GoLockWaker::name);
+    format!(
+        "{} {}  waited {} in {} waits; waiters {}; woken by {}",
+        l.kind,
+        l.address,
+        human_ns(l.wait_ns),
+        l.waits,
+        names(waiters, others(l.waiters_not_listed.waits, "waits")),
+        names(wakers, others(l.wakers_not_listed.count, "wakeups")),
+    )
+}
+
+impl GoLockWaker {
+    /// `goroutine 7 on tid/comm xN`.
+    fn name(&self) -> String {
+        let who = match self.goid {
+            Some(goid) => format!("goroutine {goid}"),
+            None => "(no goroutine)".to_string(),
+        };
+        format!("{who} on {}/{} x{}", self.tid, self.comm, self.count)
+    }
 }
 
 impl Waiter {

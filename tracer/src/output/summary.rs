@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     collector::Collector,
-    engine::{syscall_name, Cause, Waker, LISTED_LOCKS, LISTED_PER_LOCK},
+    engine::{
+        locks::{Key, Locks},
+        syscall_name, Cause, Waker, LISTED_LOCKS, LISTED_PER_LOCK,
+    },
     kernel::{ring::comm, uprobes::TlsStatus, ProgramStat},
     output::{
         aggregate::TlsStats,
@@ -36,6 +39,10 @@ pub struct Summary {
     /// The most waited-on futexes, most waited first.
     pub locks: Vec<Lock>,
     pub locks_not_listed: WaitCount,
+    /// A Go target's most waited-on semaphores (`sync.Mutex`, ...), most waited first;
+    /// empty for a target that is not Go.
+    pub go_locks: Vec<GoLock>,
+    pub go_locks_not_listed: WaitCount,
     pub tls: Tls,
     pub events: Events,
     pub attribution: Attribution,
@@ -164,6 +171,42 @@ pub struct Lock {
     pub waiters_not_listed: WaitCount,
     pub wakers: Vec<LockWaker>,
     pub wakers_not_listed: WakeupCount,
+}
+
+/// One contended Go semaphore: the goroutines that waited, and the goroutines that woke them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoLock {
+    /// `sync.Mutex`, `sync.RWMutex` when Go's wait reason tells (Go 1.20+), else the wait
+    /// reason (`semacquire`, `sync.WaitGroup.Wait`).
+    pub kind: String,
+    /// The sync object's address (`0xc000...`) for a `sync.Mutex` or `sync.RWMutex`, else
+    /// the semaphore's.
+    pub address: String,
+    /// The semaphore's address (the `sema` field inside the object).
+    pub semaphore: String,
+    pub wait_ns: u64,
+    pub waits: u64,
+    pub waiters: Vec<GoWaiter>,
+    pub waiters_not_listed: WaitCount,
+    pub wakers: Vec<GoLockWaker>,
+    pub wakers_not_listed: WakeupCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoWaiter {
+    pub goid: u64,
+    pub wait_ns: u64,
+    pub waits: u64,
+}
+
+/// The goroutine that readied a waiter (`goid` null: the thread ran no goroutine, or it
+/// could not be read), and the thread it ran on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoLockWaker {
+    pub goid: Option<u64>,
+    pub tid: u32,
+    pub comm: String,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,7 +492,9 @@ impl Summary {
                 socket_read_ns: WaitStats::of(&t.socket_read.hdr),
             },
             locks: top_locks(c),
-            locks_not_listed: locks_not_listed(c),
+            locks_not_listed: not_listed(&engine.locks),
+            go_locks: top_go_locks(c),
+            go_locks_not_listed: not_listed(&engine.go_locks),
             tls: tls(end.tls, &t.tls),
             events: Events {
                 received: c.received(),
@@ -545,10 +590,54 @@ fn top_locks(c: &Collector) -> Vec<Lock> {
         .collect()
 }
 
+fn top_go_locks(c: &Collector) -> Vec<GoLock> {
+    let engine = c.engine();
+    engine
+        .go_locks
+        .top(LISTED_LOCKS)
+        .into_iter()
+        .map(|(semaphore, l)| {
+            let (kind, address) = engine.go_semaphore_owner(semaphore);
+            let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
+            let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
+            GoLock {
+                kind,
+                address: format!("{address:#x}"),
+                semaphore: format!("{semaphore:#x}"),
+                wait_ns: l.wait_ns,
+                waits: l.waits,
+                waiters: waiters
+                    .iter()
+                    .map(|(g, t)| GoWaiter {
+                        goid: g.0,
+                        wait_ns: t.ns,
+                        waits: t.count,
+                    })
+                    .collect(),
+                waiters_not_listed: WaitCount {
+                    waits: other_waits.count,
+                    wait_ns: other_waits.ns,
+                },
+                wakers: wakers
+                    .iter()
+                    .map(|(w, t)| GoLockWaker {
+                        goid: w.goid,
+                        tid: w.tid.0,
+                        comm: c.thread_name(w.tid).unwrap_or("?").to_string(),
+                        count: t.count,
+                    })
+                    .collect(),
+                wakers_not_listed: WakeupCount {
+                    count: other_wakeups.count,
+                },
+            }
+        })
+        .collect()
+}
+
 /// Addresses the lock detail does not list: beyond the top ones, and those folded to keep the
 /// collector bounded.
-fn locks_not_listed(c: &Collector) -> WaitCount {
-    let locks = &c.engine().locks;
+fn not_listed<W: Key, K: Key>(locks: &Locks<W, K>) -> WaitCount {
     let listed: Vec<_> = locks.top(LISTED_LOCKS);
     let (kept_waits, kept_ns) = locks
         .iter()

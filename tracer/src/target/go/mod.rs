@@ -1,7 +1,8 @@
 //! Finding Go's `crypto/tls` in a target and hooking its handshake functions.
 //!
 //! `(*Conn).serverHandshake` and `(*Conn).clientHandshake` run once per handshake: each gets
-//! a uprobe at its entry and one at every RET instruction, found by decoding the function
+//! a uprobe at its entry (on the stack check's conditional jump, which the kernel
+//! emulates) and one at every RET instruction, found by decoding the function
 //! with iced-x86 (never a uretprobe: Go moves goroutine stacks, and a rewritten return
 //! address on a moved stack crashes the target). Functions are found in the ELF symbol
 //! table, or in `.gopclntab` when the binary is stripped.
@@ -29,7 +30,8 @@ pub const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
 /// table name it.
 const REGISTER_ABI_MARKERS: [&str; 2] = ["runtime.spillArgs", "runtime.spillArgs.abi0"];
 
-/// A hooked function: where its entry and RET instructions are, as offsets in the file.
+/// A hooked function: where its entry probe (the stack check's conditional jump) and RET
+/// instructions are, as offsets in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoFunction {
     pub name: String,
@@ -119,7 +121,7 @@ pub fn find_go_tls(exe: &Executable) -> Result<Option<GoTls>> {
     }
     let functions = ranges
         .iter()
-        .map(|r| locate(&file, r))
+        .map(|r| handshake_probe_points(&file, r))
         .collect::<Result<Vec<_>>>()?;
     let version = buildinfo.and_then(|s| s.data().ok()).and_then(go_version);
     Ok(Some(GoTls {
@@ -173,6 +175,25 @@ fn locate(file: &object::File, range: &gopclntab::FuncRange) -> Result<GoFunctio
         name: range.name.clone(),
         entry,
         returns: returns.into_iter().map(|off| entry + off).collect(),
+    })
+}
+
+/// Where a handshake function's probes go: its entry probe on the stack check's conditional
+/// jump, which the kernel emulates (a tenth of the cost of the first instruction, and r14
+/// still holds g there), and one on each RET (single-stepped: 7 µs a hit here, once per
+/// handshake; no instruction the kernel emulates marks a return).
+fn handshake_probe_points(file: &object::File, range: &gopclntab::FuncRange) -> Result<GoFunction> {
+    let function = locate(file, range)?;
+    let memory = runtime::memory::Memory::new(file);
+    let len = range.end.saturating_sub(range.entry).min(48);
+    let code = memory
+        .bytes(range.entry, len)
+        .with_context(|| format!("{}'s code is not in the file", range.name))?;
+    let jump = runtime::probe_point::stack_check_jump(code)
+        .map_err(|found| anyhow::anyhow!("{} has no stack check: found {found}", range.name))?;
+    Ok(GoFunction {
+        entry: function.entry + jump,
+        ..function
     })
 }
 

@@ -25,8 +25,8 @@
 //! them, the strings read are checked against them.
 
 mod dwarf;
-mod memory;
-mod probe_point;
+pub(super) mod memory;
+pub(super) mod probe_point;
 mod versions;
 mod wait_reasons;
 
@@ -43,6 +43,13 @@ pub const READY: &str = "runtime.ready";
 pub const EXECUTE: &str = "runtime.execute";
 /// `runtime.goexit1()`: runs on the exiting goroutine (r14 = its g).
 pub const GOEXIT1: &str = "runtime.goexit1";
+/// `runtime.semacquire1(addr, lifo, ...)`: a goroutine takes a semaphore (`sync.Mutex`,
+/// `RWMutex`, `WaitGroup` waits, and the runtime's own), parking when it must wait.
+pub const SEMACQUIRE1: &str = "runtime.semacquire1";
+/// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`: every goroutine stops (for the
+/// GC, and a few other runtime jobs) and may run again. Both run on the system stack.
+pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
+pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
 /// `func (w waitReason) String() string`, which indexes `runtime.waitReasonStrings`.
 const WAIT_REASON_STRING: &str = "runtime.waitReason.String";
 
@@ -58,6 +65,11 @@ pub struct GoRuntime {
     pub execute: u64,
     /// And in `runtime.goexit1`: the goroutine is done.
     pub goexit1: u64,
+    /// `runtime.semacquire1`: which semaphore a goroutine's next park waits for.
+    pub semacquire1: u64,
+    /// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`.
+    pub stop_the_world: u64,
+    pub start_the_world: u64,
     pub offsets: GOffsets,
     /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
     /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
@@ -119,6 +131,9 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let ready = probe_point(READY)?;
     let execute = probe_point(EXECUTE)?;
     let goexit1 = probe_point(GOEXIT1)?;
+    let semacquire1 = probe_point(SEMACQUIRE1)?;
+    let stop_the_world = probe_point(STOP_THE_WORLD)?;
+    let start_the_world = probe_point(START_THE_WORLD)?;
 
     let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
     let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
@@ -137,6 +152,9 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         ready,
         execute,
         goexit1,
+        semacquire1,
+        stop_the_world,
+        start_the_world,
         offsets,
         wait_reasons,
         found_in: FoundIn {
@@ -183,7 +201,16 @@ fn find_functions(
     file: &object::File,
     pclntab: Option<&object::Section>,
 ) -> Result<(Functions, Source)> {
-    let names = [GOPARK, READY, EXECUTE, GOEXIT1, WAIT_REASON_STRING];
+    let names = [
+        GOPARK,
+        READY,
+        EXECUTE,
+        GOEXIT1,
+        SEMACQUIRE1,
+        STOP_THE_WORLD,
+        START_THE_WORLD,
+        WAIT_REASON_STRING,
+    ];
     let from_symbols: Vec<FuncRange> = file
         .symbols()
         .filter(|s| s.is_definition())

@@ -21,6 +21,10 @@ use crate::target::go::{locate, pclntab::FuncRange};
 
 /// `g.stackguard0`'s offset, fixed since Go 1.0 (`stack` is the first field, two words).
 const STACKGUARD0: u64 = 0x10;
+/// `g.stackguard1`'s, the next word: the check of a function that runs on the system stack
+/// (`//go:systemstack`, a "C function" to the assembler: `obj6.go`, `cursym.CFunc()`, read
+/// in Go 1.27.3), e.g. `runtime.stopTheWorldWithSema` since Go 1.21.
+const STACKGUARD1: u64 = 0x18;
 
 /// The file offset of `function`'s probe instruction.
 pub fn file_offset(file: &object::File, memory: &Memory, function: &FuncRange) -> Result<u64> {
@@ -65,7 +69,7 @@ pub fn stack_check_jump(code: &[u8]) -> Result<u64, String> {
     matches.ok_or_else(|| describe(&instructions, code))
 }
 
-/// `CMP register, [R14+0x10]`.
+/// `CMP register, [R14+0x10]` (or `+0x18`, see [`STACKGUARD1`]).
 fn compares_with_stackguard(instruction: &Instruction, register: Register) -> bool {
     instruction.mnemonic() == Mnemonic::Cmp
         && instruction.op0_kind() == OpKind::Register
@@ -73,7 +77,10 @@ fn compares_with_stackguard(instruction: &Instruction, register: Register) -> bo
         && instruction.op1_kind() == OpKind::Memory
         && instruction.memory_base() == Register::R14
         && instruction.memory_index() == Register::None
-        && instruction.memory_displacement64() == STACKGUARD0
+        && matches!(
+            instruction.memory_displacement64(),
+            STACKGUARD0 | STACKGUARD1
+        )
 }
 
 /// `Jcc rel8` or `Jcc rel32` (0x70-0x7f, 0x0f 0x80-0x8f), which the kernel emulates
@@ -136,6 +143,17 @@ mod tests {
     }
 
     #[test]
+    fn a_system_stack_function_checks_stackguard1() {
+        // runtime.stopTheWorldWithSema, Go 1.27.3: LEAQ -0x18(SP), R12; CMPQ R12,
+        // 0x18(R14); JLS.
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0xe8, 0x4d, 0x3b, 0x66, 0x18, 0x0f, 0x86, 0x0e, 0x04, 0x00,
+            0x00,
+        ];
+        assert_eq!(stack_check_jump(&code), Ok(9));
+    }
+
+    #[test]
     fn anything_else_is_refused_with_what_was_found() {
         // Go 1.16: MOVQ FS:0xfffffff8, RCX; CMPQ SP, 0x10(RCX); JBE.
         let code = [
@@ -149,8 +167,8 @@ mod tests {
         );
         // A function without a stack check (NOSPLIT): PUSHQ BP; MOVQ SP, BP.
         assert!(stack_check_jump(&[0x55, 0x48, 0x89, 0xe5]).is_err());
-        // The check against another offset of g.
-        assert!(stack_check_jump(&[0x49, 0x3b, 0x66, 0x18, 0x76, 0x20]).is_err());
+        // The check against another field of g (0x20: g._panic).
+        assert!(stack_check_jump(&[0x49, 0x3b, 0x66, 0x20, 0x76, 0x20]).is_err());
         assert!(stack_check_jump(&[]).is_err());
     }
 }
