@@ -481,6 +481,5 @@ fn symbolizing_a_thousand_go_addresses_is_fast() {
 fn file_has_symbols(exe: &Path) -> bool {
     let data = std::fs::read(exe).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    let has = file.symbols().next().is_some();
-    has
+    file.symbols().next().is_some()
 }
