@@ -26,15 +26,8 @@ fn build_dir() -> PathBuf {
     dir
 }
 
-fn go_service(toolchain: Toolchain, stripped: bool) -> PathBuf {
-    static PLAIN: OnceLock<PathBuf> = OnceLock::new();
-    static STRIPPED: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if stripped { &STRIPPED } else { &PLAIN };
+fn go_service(cell: &OnceLock<PathBuf>, toolchain: Toolchain, build: GoBuild) -> PathBuf {
     cell.get_or_init(|| {
-        let build = GoBuild {
-            stripped,
-            pie: false,
-        };
         build_go_program(&go_service_source(), &build_dir(), build, toolchain)
             .unwrap_or_else(|e| panic!("building the Go service with {toolchain:?}: {e:#}"))
     })
@@ -42,11 +35,28 @@ fn go_service(toolchain: Toolchain, stripped: bool) -> PathBuf {
 }
 
 fn plain_go() -> PathBuf {
-    go_service(Toolchain::System, false)
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    go_service(&EXE, Toolchain::System, GoBuild::default())
 }
 
 fn stripped_go() -> PathBuf {
-    go_service(Toolchain::GoBin("1.27.3"), true)
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let build = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    go_service(&EXE, Toolchain::GoBin("1.27.3"), build)
+}
+
+/// Stripped and position-independent: loaded at a random address, its module data's
+/// pointers written by the dynamic loader.
+fn stripped_pie_go() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let build = GoBuild {
+        stripped: true,
+        pie: true,
+    };
+    go_service(&EXE, Toolchain::System, build)
 }
 
 /// A running test program, killed when dropped.
@@ -218,6 +228,19 @@ fn stripped_go_is_symbolized_from_gopclntab() {
     check_wait_lock(&mut symbolizer, range);
 }
 
+#[test]
+fn position_independent_stripped_go_is_symbolized_at_its_load_address() {
+    let exe = stripped_pie_go();
+    let go = GoExecutable::read(&exe).unwrap().unwrap();
+    assert!(go.has_inline_trees(), "moduledata.gofunc not found");
+    let service = Running::start(&exe, &[]);
+    let mut symbolizer = Symbolizer::new(service.pid()).unwrap();
+    let (entry, end) = pclntab_function(&exe, "main.waitLock");
+    let base = load_base(service.pid(), &exe);
+    assert_ne!(base, 0);
+    check_wait_lock(&mut symbolizer, (base + entry, base + end));
+}
+
 /// A lock wait's stack as the kernel gives it (return addresses, innermost first): each is
 /// looked up in its call instruction, and a truncated stack gets a root frame saying so.
 #[test]
@@ -383,8 +406,22 @@ fn c_is_symbolized_with_file_and_line() {
     );
 }
 
-/// The load address of a position-independent `exe` in `pid`: its mapping at file offset 0.
+/// What to add to a linked address of a position-independent `exe` to find it in `pid`:
+/// where its mapping at file offset 0 is, less the address that offset is linked at (0 for
+/// C; Go links position-independent executables at 0x400000 too).
 fn load_base(pid: u32, exe: &Path) -> u64 {
+    use object::ObjectSegment as _;
+    let data = std::fs::read(exe).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let linked = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .expect("a segment at offset 0")
+        .address();
+    mapped_at_offset_0(pid, exe) - linked
+}
+
+fn mapped_at_offset_0(pid: u32, exe: &Path) -> u64 {
     let exe = std::fs::canonicalize(exe).unwrap();
     let maps = procfs::process::Process::new(pid as i32)
         .unwrap()
