@@ -1,6 +1,7 @@
 //! Function lookup in a Go binary's `.gopclntab` (the runtime's own function table), for Go
 //! binaries stripped of their ELF symbol table (`-ldflags=-s -w`), which keep it because the
-//! runtime needs it for stack traces.
+//! runtime needs it for stack traces: functions by name ([`find_functions`]), and a PC's
+//! function, file:line and inlined calls ([`Pclntab::frames`]).
 //!
 //! Layouts from the Go sources (`src/runtime/symtab.go`, `pcHeader` and `_func`): Go 1.16–1.17
 //! (magic 0xfffffffa) and Go 1.18 onwards (0xfffffff0; 0xfffffff1 since Go 1.20, same layout
@@ -599,6 +600,114 @@ mod tests {
         let table = table_go118(0, FUNCS, 0x380);
         let found = find_functions(&table, 0x1000, &["main.main"]).unwrap();
         assert_eq!(found[0].entry, 0x1300);
+    }
+
+    /// A Go 1.20-layout table of one function at 0x1000..0x1030, `main.outer` (a.go), with
+    /// `sync.inner` (b.go) inlined at 0x1010..0x1020 from the call at a.go:11 (the position of
+    /// 0x1020): pc-value tables, the CU's file table and an inline tree in the funcdata.
+    fn table_go120_inlined() -> Vec<u8> {
+        let names = b"main.outer\0sync.inner\0";
+        let files = b"a.go\0b.go\0";
+        let cutab: Vec<u8> = [0u32, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Offset 0 means "no table": start with a zero byte.
+        let mut pctab = vec![0u8];
+        let mut table = |bytes: &[u8]| {
+            let at = pctab.len() as u32;
+            pctab.extend_from_slice(bytes);
+            at
+        };
+        // Each step: zig-zag value delta (from -1), then a PC delta; a zero value delta ends.
+        let pcfile = table(&[2, 0x10, 2, 0x10, 1, 0x10, 0]); // files 0, 1, 0
+        let pcln = table(&[22, 0x10, 20, 0x10, 17, 0x10, 0]); // lines 10, 20, 11
+        let inl = table(&[0, 0x10, 2, 0x10, 1, 0x10, 0]); // tree index -1, 0, -1
+        let header_len = 72;
+        let funcname_off = header_len;
+        let cu_off = funcname_off + names.len();
+        let filetab_off = cu_off + cutab.len();
+        let pctab_off = filetab_off + files.len();
+        let functab_off = pctab_off + pctab.len();
+        let mut t = Vec::new();
+        t.extend_from_slice(&MAGIC_GO120.to_le_bytes());
+        t.extend_from_slice(&[0, 0, 1, 8]);
+        t.extend_from_slice(&1u64.to_le_bytes()); // nfunc
+        t.extend_from_slice(&2u64.to_le_bytes()); // nfiles
+        t.extend_from_slice(&0x1000u64.to_le_bytes()); // textStart
+        for off in [funcname_off, cu_off, filetab_off, pctab_off, functab_off] {
+            t.extend_from_slice(&(off as u64).to_le_bytes());
+        }
+        t.extend_from_slice(names);
+        t.extend_from_slice(&cutab);
+        t.extend_from_slice(files);
+        t.extend_from_slice(&pctab);
+        assert_eq!(t.len(), functab_off);
+        // functab: {entryoff, funcoff}, then the end.
+        for v in [0u32, 16, 0x30, 0] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+        // _func: entryOff, nameOff, args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset,
+        // startLine, then funcID, flag, pad, nfuncdata; pcdata[3]; funcdata[4].
+        for v in [0u32, 0, 0, 0, 0, pcfile, pcln, 3, 0, 9] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+        t.extend_from_slice(&[0, 0, 0, 4]);
+        for v in [0u32, 0, inl, u32::MAX, u32::MAX, u32::MAX, 0] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+        t
+    }
+
+    /// The inline tree at `moduledata.gofunc` = 0x9000: one `inlinedCall`, `sync.inner`
+    /// called from the position of entry + 0x20.
+    struct Tree(Vec<u8>);
+
+    impl GoMemory for Tree {
+        fn gofunc(&self) -> Option<u64> {
+            Some(0x9000)
+        }
+
+        fn read(&self, addr: u64, len: u64) -> Option<&[u8]> {
+            let at = addr.checked_sub(0x9000)? as usize;
+            self.0.get(at..at + len as usize)
+        }
+    }
+
+    #[test]
+    fn pcs_map_to_lines_files_and_inlined_calls() {
+        let data = table_go120_inlined();
+        let table = Pclntab::parse(&data, 0).unwrap();
+        let mut call = vec![0u8; 4];
+        for v in [11i32, 0x20, 1] {
+            call.extend_from_slice(&v.to_le_bytes());
+        }
+        let tree = Tree(call);
+        let frame = |function, file, line, inlined| GoFrame {
+            function,
+            file: Some(file),
+            line: Some(line),
+            inlined,
+        };
+        assert_eq!(
+            table.frames(0x1005, &tree).unwrap(),
+            [frame("main.outer", "a.go", 10, false)]
+        );
+        assert_eq!(
+            table.frames(0x1015, &tree).unwrap(),
+            [
+                frame("sync.inner", "b.go", 20, true),
+                frame("main.outer", "a.go", 11, false)
+            ]
+        );
+        assert_eq!(
+            table.frames(0x102f, &tree).unwrap(),
+            [frame("main.outer", "a.go", 11, false)]
+        );
+        // Without the tree's memory, the inlined code is the outer function's.
+        assert_eq!(
+            table.frames(0x1015, &NoMemory).unwrap(),
+            [frame("main.outer", "b.go", 20, false)]
+        );
+        assert_eq!(table.frames(0x1030, &tree), None);
+        assert_eq!(table.frames(0xfff, &tree), None);
     }
 
     #[test]
