@@ -15,13 +15,16 @@
 //! an inlined call, would be named by what follows it). A stack walked through code built
 //! without frame pointers stops early; the caller says so with [`UserStack::truncated`], and
 //! the stack gets a `[truncated]` root frame so that it is not mistaken for a whole one.
+//! [`keeps_frame_pointers`] tells whether a module was built with them.
 
+pub mod frame_pointers;
 pub mod go;
 #[cfg(test)]
 mod tests;
 
 use std::{collections::HashMap, ops::Range, path::PathBuf, rc::Rc};
 
+pub use self::frame_pointers::keeps_frame_pointers;
 use self::go::GoExecutable;
 use anyhow::{Context as _, Result};
 use blazesym::{

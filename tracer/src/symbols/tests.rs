@@ -346,21 +346,38 @@ int main(void) {
 
 fn c_program() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = build_dir();
-        let source = dir.join("wait_here.c");
-        std::fs::write(&source, C_SOURCE).unwrap();
-        let exe = dir.join("wait_here");
-        let status = Command::new("cc")
-            .args(["-g", "-O0", "-fno-omit-frame-pointer", "-o"])
-            .arg(&exe)
-            .arg(&source)
-            .status()
-            .expect("running cc (installed by setup)");
-        assert!(status.success(), "cc failed");
-        exe
-    })
-    .clone()
+    EXE.get_or_init(|| build_c("wait_here", &["-g", "-O0", "-fno-omit-frame-pointer"]))
+        .clone()
+}
+
+fn build_c(name: &str, flags: &[&str]) -> PathBuf {
+    let dir = build_dir();
+    let source = dir.join(format!("{name}.c"));
+    std::fs::write(&source, C_SOURCE).unwrap();
+    let exe = dir.join(name);
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&source)
+        .status()
+        .expect("running cc (installed by setup)");
+    assert!(status.success(), "cc failed");
+    exe
+}
+
+#[test]
+fn frame_pointers_are_seen_in_prologues() {
+    assert_eq!(
+        super::keeps_frame_pointers(&c_program()).unwrap(),
+        Some(true)
+    );
+    let without = build_c("wait_here_omit_fp", &["-O2", "-fomit-frame-pointer"]);
+    assert_eq!(super::keeps_frame_pointers(&without).unwrap(), Some(false));
+    assert_eq!(
+        super::keeps_frame_pointers(&stripped_go()).unwrap(),
+        Some(true)
+    );
 }
 
 /// A C program built with DWARF is named by blazesym, with file:line, through the
