@@ -22,7 +22,7 @@ pub mod go;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, ops::Range, path::PathBuf, rc::Rc};
+use std::{collections::HashMap, ops::Range, path::PathBuf, sync::Arc};
 
 pub use self::frame_pointers::keeps_frame_pointers;
 use self::go::GoExecutable;
@@ -127,7 +127,7 @@ pub struct Symbolizer {
     map_files: bool,
     go: Option<GoModule>,
     /// Lookup address → frames, innermost first.
-    cache: HashMap<u64, Rc<[Frame]>>,
+    cache: HashMap<u64, Arc<[Frame]>>,
     stats: SymbolizerStats,
 }
 
@@ -172,9 +172,9 @@ impl Symbolizer {
     }
 
     /// The frames at exactly `addr` (an absolute address in the target), innermost first.
-    pub fn symbolize(&mut self, addr: u64) -> Rc<[Frame]> {
+    pub fn symbolize(&mut self, addr: u64) -> Arc<[Frame]> {
         self.prefetch(&[addr]);
-        Rc::clone(&self.cache[&addr])
+        Arc::clone(&self.cache[&addr])
     }
 
     /// Symbolize the addresses not cached yet, in one batch for the native ones.
@@ -186,7 +186,7 @@ impl Symbolizer {
             }
             if let Some(frames) = self.go_frames(addr) {
                 self.stats.go += 1;
-                self.insert(addr, frames);
+                self.insert(addr, frames, true);
             } else if !native.contains(&addr) {
                 native.push(addr);
             }
@@ -205,21 +205,22 @@ impl Symbolizer {
             .unwrap_or_default();
         let mut named: Vec<Vec<Frame>> = results.into_iter().map(native_frames).collect();
         named.resize_with(native.len(), Vec::new);
+        // The memory map, read once for all the addresses nothing names.
+        let mut maps = None;
         for (addr, frames) in native.into_iter().zip(named) {
-            let frames = if frames.is_empty() {
-                vec![Frame::unknown(unknown_name(self.pid, addr))]
+            if frames.is_empty() {
+                let maps = maps.get_or_insert_with(|| read_maps(self.pid));
+                let frame = Frame::unknown(unknown_name(maps, addr));
+                self.insert(addr, vec![frame], false);
             } else {
-                frames
-            };
-            self.insert(addr, frames);
+                self.insert(addr, frames, true);
+            }
         }
     }
 
-    fn insert(&mut self, addr: u64, frames: Vec<Frame>) {
+    fn insert(&mut self, addr: u64, frames: Vec<Frame>, known: bool) {
         self.stats.addresses += 1;
-        if frames.len() == 1 && frames[0].file.is_none() && frames[0].function.starts_with('[') {
-            self.stats.unknown += 1;
-        }
+        self.stats.unknown += usize::from(!known);
         self.cache.insert(addr, frames.into());
     }
 
@@ -289,24 +290,27 @@ fn native_frames(symbolized: Symbolized) -> Vec<Frame> {
     frames
 }
 
-/// An address nothing names: `[unknown]`, or `[module+0xOFFSET]` when a file maps it.
-fn unknown_name(pid: u32, addr: u64) -> String {
-    let module = procfs::process::Process::new(pid as i32)
+fn read_maps(pid: u32) -> Vec<procfs::process::MemoryMap> {
+    procfs::process::Process::new(pid as i32)
         .and_then(|p| p.maps())
-        .ok()
-        .and_then(|maps| {
-            maps.into_iter().find_map(|m| {
-                let (start, end) = m.address;
-                if !(start..end).contains(&addr) {
-                    return None;
-                }
-                let procfs::process::MMapPath::Path(path) = &m.pathname else {
-                    return None;
-                };
-                let name = path.file_name()?.to_string_lossy().into_owned();
-                Some(format!("[{name}+{:#x}]", addr - start + m.offset))
-            })
-        });
+        .map(|maps| maps.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// An address nothing names: `[unknown]`, or `[module+0xOFFSET]` (the offset in the file)
+/// when a file maps it.
+fn unknown_name(maps: &[procfs::process::MemoryMap], addr: u64) -> String {
+    let module = maps.iter().find_map(|m| {
+        let (start, end) = m.address;
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let procfs::process::MMapPath::Path(path) = &m.pathname else {
+            return None;
+        };
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        Some(format!("[{name}+{:#x}]", addr - start + m.offset))
+    });
     module.unwrap_or_else(|| "[unknown]".to_string())
 }
 
@@ -331,10 +335,17 @@ fn go_ranges(
 ) -> Result<Vec<(Range<u64>, i64)>> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(exe_path)?;
+    let path = std::fs::read_link(exe_path).ok();
     let maps = procfs::process::Process::new(pid as i32)?.maps()?;
     let mut ranges = Vec::new();
     for m in maps {
-        if m.inode != meta.ino() || !m.perms.contains(procfs::process::MMPermissions::EXECUTE) {
+        // The executable's mappings: by inode, or by path (overlay file systems can show
+        // another inode in the memory map than `stat` does).
+        let same_path = matches!((&m.pathname, &path),
+            (procfs::process::MMapPath::Path(p), Some(exe)) if p == exe);
+        if !(m.inode == meta.ino() || same_path)
+            || !m.perms.contains(procfs::process::MMPermissions::EXECUTE)
+        {
             continue;
         }
         let (start, end) = m.address;

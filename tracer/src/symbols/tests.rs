@@ -421,6 +421,18 @@ fn c_is_symbolized_with_file_and_line() {
         "{}",
         show(&frames)
     );
+    // An address in no file is named for what it is not, and counted.
+    let unknown_before = symbolizer.stats().unknown;
+    let stack = procfs::process::Process::new(program.pid() as i32)
+        .unwrap()
+        .maps()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.pathname == procfs::process::MMapPath::Stack)
+        .expect("a [stack] mapping");
+    let frames = symbolizer.symbolize(stack.address.0 + 16);
+    assert_eq!(frames[0].function, "[unknown]");
+    assert_eq!(symbolizer.stats().unknown, unknown_before + 1);
 }
 
 /// What to add to a linked address of a position-independent `exe` to find it in `pid`:
