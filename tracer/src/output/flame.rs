@@ -27,6 +27,17 @@ pub struct WaitStack {
     pub weight_ns: u64,
 }
 
+impl From<(String, Vec<String>, u64)> for WaitStack {
+    /// `(cause, frames root → leaf, weight_ns)`.
+    fn from((cause, frames, weight_ns): (String, Vec<String>, u64)) -> Self {
+        WaitStack {
+            cause,
+            frames,
+            weight_ns,
+        }
+    }
+}
+
 /// A frame name that cannot break the folded format: `;` becomes `:`, line breaks and
 /// other control characters a space; an empty name is `[unknown]`.
 pub fn sanitize(name: &str) -> String {
