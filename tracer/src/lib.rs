@@ -32,4 +32,5 @@ pub mod engine;
 pub mod kernel;
 pub mod output;
 pub mod run;
+pub mod symbols;
 pub mod target;

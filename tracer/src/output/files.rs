@@ -33,9 +33,12 @@ use nix::{
 pub const SUMMARY: &str = "summary.json";
 pub const HLOG: &str = "latency.hlog";
 pub const REQUESTS: &str = "requests.jsonl";
+/// The waits' call sites: folded stacks and their flame graph (`flame.rs`).
+pub const WAITS_FOLDED: &str = "waits.folded";
+pub const WAITS_SVG: &str = "waits.svg";
 /// The files a run writes. The first one a run moves into place removes the previous run's
 /// files first, so the directory never pairs files of two runs.
-const RUN_FILES: [&str; 3] = [SUMMARY, HLOG, REQUESTS];
+const RUN_FILES: [&str; 5] = [SUMMARY, HLOG, REQUESTS, WAITS_FOLDED, WAITS_SVG];
 /// Suffix of the name a file has while it is being written (`requests.jsonl.PID.partial`).
 pub const PARTIAL: &str = ".partial";
 /// Fresh names tried before giving up (the first is `STEM.PID`, the others random).

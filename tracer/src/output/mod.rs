@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod console;
 pub mod files;
+pub mod flame;
 pub mod hlog;
 pub mod jsonl;
 pub mod live;
