@@ -68,7 +68,9 @@ pub struct SwitchEvent {
     pub prev_state: u32,
     /// The traced syscall the previous task is blocked in, or [`NO_SYSCALL`].
     pub syscall_nr: u32,
-    pub _pad: u32,
+    /// When the previous task blocks: its user stack's id in the `STACKS` map, else
+    /// [`NO_STACK`].
+    pub stack_id: i32,
     /// That syscall's first argument (an fd, or the futex address).
     pub syscall_arg0: u64,
 }
@@ -79,6 +81,12 @@ pub struct SwitchEvent {
 pub const PREEMPT_STATE_BIT: u32 = 0x100;
 /// `TASK_UNINTERRUPTIBLE` as the tracepoint reports it (`D`).
 pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
+
+/// No stack was taken (the event has none, stacks are off, or the kernel could not take it).
+pub const NO_STACK: i32 = -1;
+/// Distinct user stacks kept in the `STACKS` map. A stack whose hash bucket is taken by
+/// another is not stored (no `BPF_F_REUSE_STACKID`: an id must never change its stack).
+pub const MAX_STACKS: u32 = 16384;
 
 /// `EAGAIN` (a syscall returns `-EAGAIN`): a non-blocking socket had nothing to move.
 pub const EAGAIN: i64 = 11;
@@ -261,7 +269,13 @@ pub struct GoSchedEvent {
     pub detail: u64,
     /// One of the [`go_sched`] constants.
     pub what: u32,
-    pub _pad: u32,
+    /// For [`go_sched::PARK`]: the parking goroutine's user stack's id in the `STACKS` map,
+    /// else [`NO_STACK`]. Taken at `gopark`'s entry, before its frame is set up, so the
+    /// frame-pointer walk skips `gopark`'s caller: that is [`GoSchedEvent::caller`].
+    pub stack_id: i32,
+    /// For [`go_sched::PARK`]: the return address at the top of the stack (into the
+    /// function that called `gopark`), else 0.
+    pub caller: u64,
 }
 
 /// The traced syscall a target thread is inside (the `IN_SYSCALL` map's value, keyed by tid).
@@ -543,7 +557,7 @@ records! {
     ThreadEvent = 32,
     InSyscall = 32,
     TlsEvent = 40,
-    GoSchedEvent = 40,
+    GoSchedEvent = 48,
 }
 
 #[cfg(test)]

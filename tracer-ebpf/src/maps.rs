@@ -7,10 +7,11 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, MAX_TARGET_THREADS, RING_BYTES,
+    EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, MAX_STACKS, MAX_TARGET_THREADS,
+    RING_BYTES,
 };
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
@@ -34,6 +35,32 @@ static REPORT_EAGAIN: u32 = 0;
 #[inline(always)]
 pub fn report_eagain() -> bool {
     global(&REPORT_EAGAIN) != 0
+}
+
+/// 1: take the user stack where a target thread blocks or a goroutine parks (`--stacks on`).
+#[unsafe(no_mangle)]
+static CAPTURE_STACKS: u32 = 0;
+
+#[inline(always)]
+pub fn capture_stacks() -> bool {
+    global(&CAPTURE_STACKS) != 0
+}
+
+/// User stacks (return addresses), deduplicated by the kernel: an event carries the id.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+/// The id of the current task's user stack in [`STACKS`], or `NO_STACK` when stacks are off
+/// or the kernel could not take it (no user stack, or its bucket is taken).
+#[inline(always)]
+pub fn user_stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
+    if !capture_stacks() {
+        return tracer_common::NO_STACK;
+    }
+    match ctx.get_stackid(&STACKS, u64::from(aya_ebpf::bindings::BPF_F_USER_STACK)) {
+        Ok(id) => id as i32,
+        Err(_) => tracer_common::NO_STACK,
+    }
 }
 
 #[inline(always)]

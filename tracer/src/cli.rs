@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Goroutines::On)]
     pub goroutines: Goroutines,
 
+    /// Take the user stack where a request's thread blocks or its goroutine parks, and report
+    /// the call sites where requests wait (summary.json wait_sites, waits.folded, waits.svg)
+    #[arg(long, value_enum, default_value_t = Stacks::On)]
+    pub stacks: Stacks,
+
     /// Turn on the kernel's BPF run-time statistics while tracing and report each kernel
     /// program's runs and ns per run in summary.json (costs some ns per program run)
     #[arg(long)]
@@ -78,6 +83,12 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tls {
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stacks {
     On,
     Off,
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cli::{self, Args},
+    cli::{self, Args, Stacks},
     collector::Collector,
     engine::Tid,
     engine::{Engine, FdKind},
@@ -20,11 +20,14 @@ use crate::{
     output::{
         self, console,
         files::{self, OutputDir},
+        flame,
         hlog::HlogWriter,
         jsonl::SlowRequests,
         live,
+        sites::ResolvedSites,
         summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
     },
+    symbols::Symbolizer,
     target::{self, fds::ProcFds, go, Executable, Target},
 };
 
@@ -91,12 +94,14 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // where a handshake's wait for the peer starts, and where a served connection is back
     // to waiting for its next request.
     let report_eagain = matches!(go, Some(Ok(Some(_)))) || go_offsets.is_some();
+    let stacks_on = args.stacks == Stacks::On;
     let (mut probes, mut ring) = Probes::attach(
         target.pid,
         args.bpf_stats,
         tls_on,
         report_eagain,
         go_offsets,
+        stacks_on,
     )?;
     let go_sched = match (&exe, go_runtime) {
         (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
@@ -133,6 +138,15 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     if let Some(line) = go_sched.line() {
         eprintln!("tracer: {line}");
     }
+    // Read now, while the target surely runs: its executable and mappings name the stacks
+    // at the end.
+    let mut symbolizer = if stacks_on {
+        Symbolizer::new(target.pid)
+            .map_err(|e| eprintln!("tracer: call sites will not be named: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
     // Created once attached, so a refused attach leaves an earlier run's files alone.
     let hlog = HlogWriter::create(&out, std::time::SystemTime::now());
     let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
@@ -186,6 +200,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     collector.drain(&mut ring, Some(&probes), false);
     let programs = probes.program_stats();
     collector.read_skipped_runs(&probes);
+    let stacks = probes.take_stacks();
     probes.detach();
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true);
@@ -200,15 +215,36 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // A failed write never stops the run: the summary is printed, every file is attempted,
     // and the exit status tells that files are incomplete.
     let [(hlog_name, hlog), (requests_name, requests)] = collector.commit_files();
+    let sites = match &stacks {
+        Some(stacks) => {
+            ResolvedSites::resolve(&collector.engine().wait_sites, stacks, symbolizer.as_mut())
+        }
+        None => ResolvedSites::default(),
+    };
     let end = TraceEnd {
         target: &target,
         stopped_by,
         programs: &programs,
         tls: &tls_status,
+        sites: &sites,
     };
     let mut summary = Summary::build(&collector, &end);
-    summary.incomplete_files =
-        IncompleteFile::list(&[(hlog_name, &hlog), (requests_name, &requests)]);
+    let totals = summary
+        .breakdown
+        .iter()
+        .map(|(cause, c)| (*cause, c.total_ns))
+        .collect();
+    let title = format!(
+        "Request time by cause and call site: PID {} ({})",
+        target.pid, target.comm
+    );
+    let (folded, svg) = flame::write_waits(&out, &sites.flame_stacks(&totals), &title);
+    summary.incomplete_files = IncompleteFile::list(&[
+        (hlog_name, &hlog),
+        (requests_name, &requests),
+        (output::WAITS_FOLDED, &folded),
+        (output::WAITS_SVG, &svg),
+    ]);
     print!("{}", console::final_summary(&summary, collector.totals()));
     // Taken last, so the peak covers the whole run, the final summary included.
     summary.collector = CollectorUsage::now();
@@ -217,11 +253,13 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         (output::SUMMARY, &summary),
         (output::HLOG, &hlog),
         (output::REQUESTS, &requests),
+        (output::WAITS_FOLDED, &folded),
+        (output::WAITS_SVG, &svg),
     ];
     match files::incomplete(out.path(), &outcomes) {
         None => {
             println!(
-                "files: {}/summary.json, latency.hlog, requests.jsonl",
+                "files: {}/summary.json, latency.hlog, requests.jsonl, waits.folded, waits.svg",
                 out.path().display()
             );
             Ok(())

@@ -28,9 +28,11 @@
 //! goroutine and detail; userspace takes the repeat as one transition.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
-use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss};
+use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss, NO_STACK};
 
-use crate::maps::{current_target_tid, emit, finish, global, header};
+use crate::maps::{
+    capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
+};
 
 /// Byte offset of `runtime.g.goid` in the target's Go release (set at load time).
 #[unsafe(no_mangle)]
@@ -53,8 +55,24 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
         return Ok(());
     };
     // SAFETY: direct loads from the probe context (the user registers at the probe).
-    let (g, reason) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx) };
-    emit_sched(tid, go_sched::PARK, goid(g)?, reason & 0xff)
+    let (g, reason, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx, (*ctx.regs).rsp) };
+    let goid = goid(g)?;
+    let (stack_id, caller) = if capture_stacks() {
+        // gopark's frame is not set up yet: the walk from rbp starts at its caller's frame
+        // and misses the caller itself, whose return address is at the top of the stack.
+        let caller = read(sp, 0).unwrap_or(0);
+        (user_stack_id(ctx), caller)
+    } else {
+        (NO_STACK, 0)
+    };
+    emit(GoSchedEvent {
+        hdr: header(EventKind::GoSched, tid),
+        goid,
+        detail: reason & 0xff,
+        what: go_sched::PARK,
+        stack_id,
+        caller,
+    })
 }
 
 /// `runtime.ready`: a goroutine becomes runnable, readied by this thread's goroutine.
@@ -177,6 +195,7 @@ fn emit_sched(tid: u32, what: u32, goid: u64, detail: u64) -> Result<(), Loss> {
         goid,
         detail,
         what,
-        _pad: 0,
+        stack_id: NO_STACK,
+        caller: 0,
     })
 }

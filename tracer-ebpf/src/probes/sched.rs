@@ -2,13 +2,14 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use tracer_common::{
-    layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_STACK,
+    NO_SYSCALL, PREEMPT_STATE_BIT,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    current_comm, current_ids, current_target_tid, emit, finish, header, set, IN_SYSCALL,
-    TARGET_TIDS, WAKERS,
+    current_comm, current_ids, current_target_tid, emit, finish, header, set, user_stack_id,
+    IN_SYSCALL, TARGET_TIDS, WAKERS,
 };
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
@@ -31,6 +32,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
         hdr: header(EventKind::Switch, 0),
         next_tid: if next_is_target { next_pid as u32 } else { 0 },
         syscall_nr: NO_SYSCALL,
+        stack_id: NO_STACK,
         ..Default::default()
     };
     if let Some(prev_tid) = prev_tid {
@@ -38,6 +40,14 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
         let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
         event.prev_state = state as u32;
+        // Blocked (not preempted, not yielding): where, in its own code. `prev` is current,
+        // and its user registers are those saved when it entered the kernel.
+        let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
+        event.stack_id = if blocked {
+            user_stack_id(ctx)
+        } else {
+            NO_STACK
+        };
         if let Some(inside) = unsafe { IN_SYSCALL.get(prev_tid) } {
             event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
             event.syscall_arg0 = inside.arg0;

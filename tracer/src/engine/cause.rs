@@ -70,6 +70,15 @@ impl Cause {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// A wait where the context blocked or parked, at a call site a stack names (not time on
+    /// a CPU, in a run queue, or a handshake carried whole).
+    pub fn is_blocking_wait(self) -> bool {
+        !matches!(
+            self,
+            Cause::OnCpu | Cause::Runqueue | Cause::GoRunqueue | Cause::TlsHandshake
+        )
+    }
 }
 
 impl Serialize for Cause {

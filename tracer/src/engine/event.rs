@@ -1,6 +1,9 @@
 //! The engine's input: one envelope (when, which thread, what happened), in timestamp order.
 
-use super::context::{GoroutineId, Tid};
+use super::{
+    context::{GoroutineId, Tid},
+    sites::StackRef,
+};
 
 /// An engine event: `kind` happened on thread `tid` at `ts` (ns, CLOCK_MONOTONIC).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub enum EventKind {
         state: u32,
         /// The syscall it was inside, if any.
         syscall: Option<InSyscall>,
+        /// Where in its own code it blocked (a blocking switch-out, stacks on).
+        stack: Option<StackRef>,
     },
     /// The thread got a CPU.
     SwitchIn,
@@ -105,7 +110,12 @@ pub enum SslCall {
 pub enum GoSched {
     /// The goroutine running on the event's thread parks, for Go's wait reason `reason` (a
     /// `waitReason` value of the target's Go release).
-    Park { goid: u64, reason: u8 },
+    Park {
+        goid: u64,
+        reason: u8,
+        /// Where in its code it parked (stacks on).
+        stack: Option<StackRef>,
+    },
     /// `goid` became runnable, woken by goroutine `waker` (`None`: not from a goroutine, e.g.
     /// a timer, or the waker could not be read). Wakeups from the netpoller do not come
     /// through here: a goroutine parked for I/O goes from its park straight to

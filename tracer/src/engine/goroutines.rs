@@ -28,6 +28,7 @@ use super::{
     context::{ExecCtx, GoroutineId, Tid},
     event::GoSched,
     locks::{GoLocks, GoWaker},
+    sites::StackRef,
     timeline::{GoroutineTimeline, Snapshot},
     Engine, FdResolver,
 };
@@ -48,6 +49,8 @@ pub(super) struct Goroutine {
     semaphore: Option<u64>,
     /// The semaphore its current park waits on.
     waits_on: Option<u64>,
+    /// Where in its code its current park began.
+    parked_at: Option<StackRef>,
 }
 
 impl Goroutine {
@@ -58,6 +61,7 @@ impl Goroutine {
             parked_for: None,
             semaphore: None,
             waits_on: None,
+            parked_at: None,
         }
     }
 }
@@ -190,25 +194,27 @@ impl Goroutines {
     }
 
     /// `goid`'s park ended at `ts` (it is runnable, or runs): its time by wait reason, and
-    /// its semaphore wait.
-    fn end_park(&mut self, ts: u64, goid: u64, locks: &mut GoLocks) {
-        let Some(g) = self.by_goid.get_mut(&goid) else {
-            return;
-        };
-        let Some(reason) = g.parked_for.take() else {
-            return;
-        };
+    /// its semaphore wait. Returns the park's cause, how long it lasted, and where it began.
+    fn end_park(
+        &mut self,
+        ts: u64,
+        goid: u64,
+        locks: &mut GoLocks,
+    ) -> Option<(Cause, u64, Option<StackRef>)> {
+        let g = self.by_goid.get_mut(&goid)?;
+        let reason = g.parked_for.take()?;
         let waits_on = g.waits_on.take();
-        if let Some((_, lasted)) = g.timeline.end_park(ts) {
-            *self.parked_ns.entry(reason).or_default() += lasted;
-            if let Some(address) = waits_on {
-                locks.wait(address, GoroutineId(goid), lasted);
-                self.semaphore_reasons.entry(address).or_insert(reason);
+        let site = g.parked_at.take();
+        let (cause, lasted) = g.timeline.end_park(ts)?;
+        *self.parked_ns.entry(reason).or_default() += lasted;
+        if let Some(address) = waits_on {
+            locks.wait(address, GoroutineId(goid), lasted);
+            self.semaphore_reasons.entry(address).or_insert(reason);
+            if self.semaphore_reasons.len() > 4 * super::locks::MAX_LOCKS {
+                self.semaphore_reasons.retain(|a, _| locks.contains(*a));
             }
         }
-        if self.semaphore_reasons.len() > 4 * super::locks::MAX_LOCKS {
-            self.semaphore_reasons.retain(|a, _| locks.contains(*a));
-        }
+        Some((cause, lasted, site))
     }
 }
 
@@ -251,7 +257,11 @@ impl<R: FdResolver> Engine<R> {
             .seen(tid, ts, super::timeline::RunState::Running);
         match event {
             GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
-            GoSched::Park { goid, reason } => self.go_park(ts, tid, goid, reason),
+            GoSched::Park {
+                goid,
+                reason,
+                stack,
+            } => self.go_park(ts, tid, goid, reason, stack),
             GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
             GoSched::Exit { goid } => self.go_exit(tid, goid),
             GoSched::Semacquire { goid, address } => {
@@ -316,7 +326,7 @@ impl<R: FdResolver> Engine<R> {
                 }
             }
         }
-        gs.end_park(ts, goid, &mut self.go_locks);
+        let park = gs.end_park(ts, goid, &mut self.go_locks);
         let g = gs.entry(goid);
         // Executed again without a park (it yielded, or was preempted, and was put back at
         // once): the stretch on its thread so far is its time too.
@@ -330,9 +340,10 @@ impl<R: FdResolver> Engine<R> {
                 gs.running.remove(&old);
             }
         }
+        self.note_park_site(ts, goid, park);
     }
 
-    fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8) {
+    fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8, stack: Option<StackRef>) {
         let cause = self.goroutines.cause_of(reason);
         let on_semaphore = semaphore_wait(&self.goroutines.reason_name(reason)).is_some();
         let gs = &mut self.goroutines;
@@ -352,6 +363,7 @@ impl<R: FdResolver> Engine<R> {
         }
         g.timeline.park(ts, cause);
         g.parked_for = Some(reason);
+        g.parked_at = stack;
         // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
         // was last entered with (kept: semacquire1 parks again, without being entered
         // again, when another goroutine took the semaphore first after the wakeup).
@@ -390,9 +402,18 @@ impl<R: FdResolver> Engine<R> {
         if let Some(address) = g.waits_on {
             self.go_locks.woken(address, GoWaker { goid: waker, tid });
         }
-        gs.end_park(ts, goid, &mut self.go_locks);
+        let park = gs.end_park(ts, goid, &mut self.go_locks);
         if let Some(g) = gs.by_goid.get_mut(&goid) {
             gs.world.runnable(ts, goid, g);
+        }
+        self.note_park_site(ts, goid, park);
+    }
+
+    /// A park of `goid` ended at `ts`: its wait site, if inside a request.
+    fn note_park_site(&mut self, ts: u64, goid: u64, park: Option<(Cause, u64, Option<StackRef>)>) {
+        if let Some((cause, lasted, site)) = park {
+            let ctx = ExecCtx::Goroutine(GoroutineId(goid));
+            self.note_wait_site(ctx, ts, cause, lasted, site);
         }
     }
 

@@ -20,6 +20,7 @@ pub mod fds;
 mod goroutines;
 pub mod locks;
 pub mod requests;
+pub mod sites;
 mod tally;
 mod threads;
 pub mod timeline;
@@ -41,6 +42,7 @@ use tracer_common::{is_read, is_write, nr, EAGAIN};
 use fds::FdTable;
 use goroutines::Goroutines;
 use requests::Requests;
+use sites::{StackRef, WaitSites};
 use threads::Threads;
 use tls::TlsState;
 
@@ -68,6 +70,8 @@ pub struct Engine<R> {
     pub locks: FutexLocks,
     /// A Go target's semaphore contention (`sync.Mutex`, ...), by the semaphore's address.
     pub go_locks: GoLocks,
+    /// Request time in blocking waits, by cause and call site.
+    pub wait_sites: WaitSites,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
     /// syscall).
     pub other_by_syscall: HashMap<Option<u32>, u64>,
@@ -84,6 +88,7 @@ impl<R: FdResolver> Engine<R> {
             waits: Vec::new(),
             locks: FutexLocks::default(),
             go_locks: GoLocks::default(),
+            wait_sites: WaitSites::default(),
             other_by_syscall: HashMap::default(),
         }
     }
@@ -133,7 +138,11 @@ impl<R: FdResolver> Engine<R> {
     pub fn handle(&mut self, event: Event) {
         let Event { ts, tid, kind } = event;
         match kind {
-            EventKind::SwitchOut { state, syscall } => self.switch_out(ts, tid, state, syscall),
+            EventKind::SwitchOut {
+                state,
+                syscall,
+                stack,
+            } => self.switch_out(ts, tid, state, syscall, stack),
             EventKind::SwitchIn => self.switch_in(ts, tid),
             EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker),
             EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
@@ -150,6 +159,25 @@ impl<R: FdResolver> Engine<R> {
                 self.goroutines.lost();
                 self.requests.mark_incomplete();
             }
+        }
+    }
+
+    /// A wait of `ctx` for `cause` at `site` lasted `lasted` ns until `ts`: the part of it
+    /// inside a request `ctx` serves is that request's time at that site.
+    fn note_wait_site(
+        &mut self,
+        ctx: ExecCtx,
+        ts: u64,
+        cause: Cause,
+        lasted: u64,
+        site: Option<StackRef>,
+    ) {
+        if !self.open_requests_mut(ctx).is_some_and(|open| *open > 0) {
+            return;
+        }
+        if let Some(start) = self.requests.earliest_start(ctx) {
+            let inside = lasted.min(ts.saturating_sub(start));
+            self.wait_sites.add(cause, site, inside);
         }
     }
 

@@ -87,6 +87,15 @@ impl Requests {
             .collect()
     }
 
+    /// When the earliest open request `ctx` serves started.
+    pub fn earliest_start(&self, ctx: ExecCtx) -> Option<u64> {
+        self.open
+            .values()
+            .filter(|r| r.ctx == ctx)
+            .map(|r| r.start.ts)
+            .min()
+    }
+
     pub fn open_fds(&self) -> Vec<u32> {
         self.open.keys().copied().collect()
     }

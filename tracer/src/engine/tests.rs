@@ -103,6 +103,7 @@ fn block(ts: u64, nr: u32, arg0: u64) -> Event {
         EventKind::SwitchOut {
             state: S,
             syscall: Some(InSyscall { nr, arg0 }),
+            stack: None,
         },
     )
 }
@@ -167,6 +168,7 @@ fn preemption_counts_as_runqueue() {
                 EventKind::SwitchOut {
                     state: PREEMPT_STATE_BIT,
                     syscall: None,
+                    stack: None,
                 },
             ),
             run(350),
@@ -410,7 +412,15 @@ fn blocking_causes_follow_the_syscall_and_the_fd() {
             &mut e,
             [
                 read(0, CONN, 5, 0),
-                Event::new(10, Tid(T), EventKind::SwitchOut { state, syscall }),
+                Event::new(
+                    10,
+                    Tid(T),
+                    EventKind::SwitchOut {
+                        state,
+                        syscall,
+                        stack: None,
+                    },
+                ),
                 wake(110),
                 run(110),
                 write(120, CONN),
@@ -1172,6 +1182,7 @@ fn exiting_threads_do_not_come_back_and_stale_wakeups_expire() {
                 EventKind::SwitchOut {
                     state: 0x10,
                     syscall: None,
+                    stack: None,
                 },
             ), /* X: the exiting task's last switch */
         ],
@@ -1261,6 +1272,7 @@ fn go_handshake_follows_its_goroutine_across_threads() {
                     EventKind::SwitchOut {
                         state: 0,
                         syscall: None,
+                        stack: None,
                     },
                 ),
             ), // preempted
@@ -1500,7 +1512,15 @@ mod goroutines {
     }
 
     fn park(ts: u64, tid: u32, goid: u64, reason: u8) -> Event {
-        go(ts, tid, GoSched::Park { goid, reason })
+        go(
+            ts,
+            tid,
+            GoSched::Park {
+                goid,
+                reason,
+                stack: None,
+            },
+        )
     }
 
     fn ready(ts: u64, goid: u64) -> Event {

@@ -8,6 +8,7 @@ use super::{
     cause::{blocked_cause, Cause},
     context::{ExecCtx, Tid},
     event::{InSyscall, Waker},
+    sites::StackRef,
     timeline::{RunState, Snapshot, Timeline},
     Engine, FdResolver, Wait,
 };
@@ -32,6 +33,8 @@ pub(super) struct Thread {
     /// The OpenSSL call (`SSL*`, call) the thread is inside, on a connection still in its
     /// handshake: its socket reads and writes are handshake flights, not requests.
     pub ssl_call: Option<(u64, super::event::SslCall)>,
+    /// Where in its code it blocked last (its blocking switch-out's stack).
+    blocked_at: Option<StackRef>,
 }
 
 impl Thread {
@@ -42,6 +45,7 @@ impl Thread {
             pending_wakeup: None,
             open_requests: 0,
             ssl_call: None,
+            blocked_at: None,
         }
     }
 }
@@ -94,20 +98,30 @@ impl<R: FdResolver> Engine<R> {
             return (state, 0);
         };
         let (left, lasted) = thread.timeline.transition(ts, state);
-        if let RunState::Blocked {
-            cause: Cause::Other,
-            syscall,
-        } = left
-        {
-            *self
-                .other_by_syscall
-                .entry(syscall.map(|s| s.nr))
-                .or_default() += lasted;
+        if let RunState::Blocked { cause, syscall } = left {
+            let site = thread.blocked_at.take();
+            if cause == Cause::Other {
+                *self
+                    .other_by_syscall
+                    .entry(syscall.map(|s| s.nr))
+                    .or_default() += lasted;
+            }
+            // The thread's wait is the wait of the context it runs (a goroutine in a
+            // blocking syscall).
+            let ctx = self.current_ctx(tid);
+            self.note_wait_site(ctx, ts, cause, lasted, site);
         }
         (left, lasted)
     }
 
-    pub(super) fn switch_out(&mut self, ts: u64, tid: Tid, state: u32, syscall: Option<InSyscall>) {
+    pub(super) fn switch_out(
+        &mut self,
+        ts: u64,
+        tid: Tid,
+        state: u32,
+        syscall: Option<InSyscall>,
+        stack: Option<StackRef>,
+    ) {
         if state & STATE_EXITING != 0 {
             // The last switch of an exiting thread comes after sched_process_exit: do not
             // bring its context back.
@@ -133,6 +147,9 @@ impl<R: FdResolver> Engine<R> {
             }
         };
         self.transition(tid, ts, next);
+        if let Some(thread) = self.threads.get_mut(tid) {
+            thread.blocked_at = stack;
+        }
         if matches!(
             next,
             RunState::Blocked {

@@ -9,6 +9,7 @@ pub mod privileges;
 mod probes;
 pub mod ring;
 mod seed;
+pub mod stacks;
 pub mod tracefs;
 pub mod uprobes;
 

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         raw_trace_point::RawTracePointLink, trace_point::TracePointLink, Program, ProgramError,
         RawTracePoint, TracePoint, UProbe,
@@ -14,7 +14,7 @@ use aya::{
 };
 use tracer_common::layout;
 
-use super::tracefs;
+use super::{stacks::UserStacks, tracefs};
 use crate::target::go::runtime::GOffsets;
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
@@ -44,6 +44,8 @@ pub struct Probes {
     pub(super) ebpf: Ebpf,
     _stats: Option<OwnedFd>,
     pub(super) losses: PerCpuArray<MapData, u64>,
+    /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
+    stacks: Option<UserStacks>,
     links: Vec<TracePointLink>,
     raw_links: Vec<RawTracePointLink>,
     /// The interrupt-nesting programs: detached last, so the wakeup programs never run
@@ -74,13 +76,15 @@ impl Probes {
     /// `tls`: classify read and write buffers as TLS records or not; `report_eagain`: report
     /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there);
     /// `go`: the target Go release's struct offsets, which the Go scheduler probes read
-    /// (attached later by [`Probes::attach_go_sched`]).
+    /// (attached later by [`Probes::attach_go_sched`]); `stacks`: take the user stack where a
+    /// target thread blocks or a goroutine parks.
     pub fn attach(
         pid: u32,
         bpf_stats: bool,
         tls: bool,
         report_eagain: bool,
         go: Option<GOffsets>,
+        stacks: bool,
     ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP, or without the `ebpf` feature); rebuild with `cargo xtask build`");
@@ -100,6 +104,8 @@ impl Probes {
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
+        let capture_stacks = u32::from(stacks);
+        loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
             g_goid: 0,
@@ -115,10 +121,12 @@ impl Probes {
         super::limits::check(&ebpf, pid)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
+        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
         let mut probes = Probes {
             ebpf,
             _stats: stats,
             losses,
+            stacks: Some(UserStacks(stacks)),
             links: Vec::new(),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
@@ -179,6 +187,11 @@ impl Probes {
     /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
     /// kernel (tens of ms here), so the links are dropped from several threads at once; the
     /// programs and maps are unloaded when `self` drops.
+    /// The user stacks the programs took, to read once they are detached.
+    pub fn take_stacks(&mut self) -> Option<UserStacks> {
+        self.stacks.take()
+    }
+
     pub fn detach(mut self) {
         drop(std::mem::take(&mut self.raw_links));
         // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in

@@ -7,8 +7,8 @@ use tracer_common::{
 };
 
 use crate::engine::{
-    event::GoSched, Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt, SslCall,
-    SyscallReturn, Tid, Waker,
+    event::GoSched, sites::StackRef, Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt,
+    SslCall, SyscallReturn, Tid, Waker,
 };
 
 fn waker(w: &WakerId) -> Waker {
@@ -55,6 +55,7 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
             goid,
             // A waitReason is a uint8; the kernel side keeps the register's low byte.
             reason: e.detail as u8,
+            stack: stack_ref(e.stack_id, e.caller),
         },
         go_sched::READY => GoSched::Ready {
             goid,
@@ -73,6 +74,11 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
     })
 }
 
+/// A stack id from the kernel (negative: none), with the return address the walk missed.
+fn stack_ref(id: i32, caller: u64) -> Option<StackRef> {
+    u32::try_from(id).ok().map(|id| StackRef { id, caller })
+}
+
 /// Decode one record into zero, one or two engine events (a switch between two target threads
 /// is a switch-out and a switch-in). `None` when the record is malformed.
 pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
@@ -87,7 +93,16 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                     arg0: e.syscall_arg0,
                 });
                 let state = e.prev_state;
-                out.push(Event::new(ts, tid, EventKind::SwitchOut { state, syscall }));
+                let stack = stack_ref(e.stack_id, 0);
+                out.push(Event::new(
+                    ts,
+                    tid,
+                    EventKind::SwitchOut {
+                        state,
+                        syscall,
+                        stack,
+                    },
+                ));
             }
             if e.next_tid != 0 {
                 out.push(Event::new(ts, Tid(e.next_tid), EventKind::SwitchIn));
@@ -210,7 +225,7 @@ mod tests {
             next_tid: 11,
             prev_state: 1,
             syscall_nr: 202,
-            _pad: 0,
+            stack_id: 3,
             syscall_arg0: 0xabc,
         };
         let mut out = Vec::new();
@@ -226,7 +241,8 @@ mod tests {
                         syscall: Some(InSyscall {
                             nr: 202,
                             arg0: 0xabc
-                        })
+                        }),
+                        stack: Some(StackRef { id: 3, caller: 0 }),
                     }
                 ),
                 Event::new(5, Tid(11), EventKind::SwitchIn),
@@ -289,7 +305,8 @@ mod tests {
             goid,
             detail,
             what,
-            _pad: 0,
+            stack_id: if what == go_sched::PARK { 5 } else { -1 },
+            caller: 0x4567,
         };
         let decoded = |rec: GoSchedEvent| {
             let mut out = Vec::new();
@@ -301,7 +318,11 @@ mod tests {
             decoded(record(go_sched::PARK, 18, 0x4a0e)),
             go(GoSched::Park {
                 goid: 18,
-                reason: 14
+                reason: 14,
+                stack: Some(StackRef {
+                    id: 5,
+                    caller: 0x4567
+                }),
             })
         );
         assert_eq!(

@@ -63,6 +63,7 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
             human_ns(c.per_request_ns.max),
         );
     }
+    s.push_str(&where_the_time_went(sum));
     let _ = writeln!(
         s,
         "\nrequest latency\n{}",
@@ -165,6 +166,50 @@ fn target_name(sum: &Summary) -> String {
     } else {
         t.comm.clone()
     }
+}
+
+/// Sites shown per cause at the end.
+const SHOWN_SITES: usize = 2;
+
+/// "where the time went": per blocking cause (heaviest first), its share of request time and
+/// its heaviest call sites: `lock 78%  main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)`.
+fn where_the_time_went(sum: &Summary) -> String {
+    let mut causes: Vec<_> = sum
+        .wait_sites
+        .iter()
+        .filter(|(_, sites)| !sites.sites.is_empty())
+        .collect();
+    if causes.is_empty() {
+        return String::new();
+    }
+    causes.sort_by_key(|(cause, _)| {
+        std::cmp::Reverse(sum.breakdown.get(cause).map_or(0, |c| c.total_ns))
+    });
+    let mut s = String::from("\nwhere the time went (call sites of the waits inside requests)\n");
+    for (cause, sites) in causes {
+        let share = sum.breakdown.get(cause).map_or(0.0, |c| c.share);
+        for (i, site) in sites.sites.iter().take(SHOWN_SITES).enumerate() {
+            let head = if i == 0 {
+                format!("{} {:.0}%", cause.name(), share * 100.0)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "  {head:<16} {:>5.1}%  {}{}  ({} waits, {})",
+                site.share * 100.0,
+                site.site,
+                if site.truncated {
+                    " [stack cut short]"
+                } else {
+                    ""
+                },
+                site.count,
+                human_ns(site.total_ns),
+            );
+        }
+    }
+    s
 }
 
 /// `ADDRESS  waited T in N waits; waiters tid/comm, ...; woken by tid/comm xN, (timer) xN`.

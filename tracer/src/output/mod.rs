@@ -9,6 +9,7 @@ pub mod flame;
 pub mod hlog;
 pub mod jsonl;
 pub mod live;
+pub mod sites;
 pub mod summary;
 
-pub use files::{OutputDir, HLOG, REQUESTS, SUMMARY};
+pub use files::{OutputDir, HLOG, REQUESTS, SUMMARY, WAITS_FOLDED, WAITS_SVG};

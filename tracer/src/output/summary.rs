@@ -17,6 +17,7 @@ use crate::{
     output::{
         aggregate::TlsStats,
         files::{self, Outcome, OutputDir},
+        sites::{self, ResolvedSites},
     },
     target::Target,
 };
@@ -43,6 +44,8 @@ pub struct Summary {
     /// empty for a target that is not Go.
     pub go_locks: Vec<GoLock>,
     pub go_locks_not_listed: WaitCount,
+    /// Where requests waited: per blocking cause, the heaviest call sites.
+    pub wait_sites: BTreeMap<Cause, CauseSites>,
     pub tls: Tls,
     pub events: Events,
     pub attribution: Attribution,
@@ -171,6 +174,32 @@ pub struct Lock {
     pub waiters_not_listed: WaitCount,
     pub wakers: Vec<LockWaker>,
     pub wakers_not_listed: WakeupCount,
+}
+
+/// The call sites of one cause's waits inside requests, heaviest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CauseSites {
+    pub sites: Vec<WaitSite>,
+    /// Waits at sites not listed.
+    pub not_listed: WaitCount,
+    /// Waits whose stack was not taken or could not be read.
+    pub without_stack: WaitCount,
+}
+
+/// One call site where requests waited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitSite {
+    /// The innermost frame of the target's own code, its caller, and the library call it
+    /// waited in: `main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)`.
+    pub site: String,
+    /// The whole stack, innermost first: `function (file:line)` where the line is known.
+    pub frames: Vec<String>,
+    /// The stack may be cut short (code built without frame pointers on the way).
+    pub truncated: bool,
+    pub total_ns: u64,
+    pub count: u64,
+    /// Of all requests' time.
+    pub share: f64,
 }
 
 /// One contended Go semaphore: the goroutines that waited, and the goroutines that woke them.
@@ -423,6 +452,7 @@ pub struct TraceEnd<'a> {
     pub stopped_by: StoppedBy,
     pub programs: &'a [ProgramStat],
     pub tls: &'a TlsStatus,
+    pub sites: &'a ResolvedSites,
 }
 
 const GOROUTINE_NOTE: &str = "a request is timed on the goroutine that read it, across the threads that ran it: parked (Go's wait reason), runnable in Go's scheduler (go_runqueue), or whatever its thread did while running it";
@@ -494,6 +524,7 @@ impl Summary {
             locks: top_locks(c),
             locks_not_listed: not_listed(&engine.locks),
             go_locks: top_go_locks(c),
+            wait_sites: wait_sites(end.sites, total),
             go_locks_not_listed: not_listed(&engine.go_locks),
             tls: tls(end.tls, &t.tls),
             events: Events {
@@ -588,6 +619,55 @@ fn top_locks(c: &Collector) -> Vec<Lock> {
             }
         })
         .collect()
+}
+
+/// Sites listed per cause.
+const LISTED_SITES: usize = 5;
+
+fn wait_sites(sites: &ResolvedSites, total_request_ns: u64) -> BTreeMap<Cause, CauseSites> {
+    let count = |(waits, wait_ns): (u64, u64)| WaitCount { waits, wait_ns };
+    let mut out = BTreeMap::new();
+    for cause in Cause::ALL {
+        let resolved = sites.by_cause.get(&cause).map_or(&[][..], Vec::as_slice);
+        let without_stack = sites.without_stack.get(&cause).copied();
+        if resolved.is_empty() && without_stack.is_none() {
+            continue;
+        }
+        let mut not_listed = sites.not_listed.get(&cause).copied().unwrap_or((0, 0));
+        for s in resolved.iter().skip(LISTED_SITES) {
+            not_listed.0 += s.count;
+            not_listed.1 += s.total_ns;
+        }
+        let listed = resolved
+            .iter()
+            .take(LISTED_SITES)
+            .map(|s| WaitSite {
+                site: sites::short_name(&s.frames),
+                frames: s.frames.iter().map(frame_name).collect(),
+                truncated: s.truncated,
+                total_ns: s.total_ns,
+                count: s.count,
+                share: share(s.total_ns, total_request_ns),
+            })
+            .collect();
+        out.insert(
+            cause,
+            CauseSites {
+                sites: listed,
+                not_listed: count(not_listed),
+                without_stack: count(without_stack.unwrap_or((0, 0))),
+            },
+        );
+    }
+    out
+}
+
+/// `function (file:line)`, or the function alone.
+fn frame_name(f: &crate::symbols::Frame) -> String {
+    match f.location() {
+        Some(at) => format!("{} ({at})", f.function),
+        None => f.function.clone(),
+    }
 }
 
 fn top_go_locks(c: &Collector) -> Vec<GoLock> {
@@ -719,7 +799,15 @@ mod tests {
 
     fn block(ts: u64, nr: u32, arg0: u64) -> Event {
         let syscall = Some(InSyscall { nr, arg0 });
-        Event::new(ts, T, EventKind::SwitchOut { state: 1, syscall })
+        Event::new(
+            ts,
+            T,
+            EventKind::SwitchOut {
+                state: 1,
+                syscall,
+                stack: None,
+            },
+        )
     }
 
     fn wake(ts: u64, waker: Waker) -> Event {
@@ -782,11 +870,35 @@ mod tests {
             reason: Some("turned off (--tls off)".to_string()),
             ..Default::default()
         };
+        let frame = |function: &str, line| crate::symbols::Frame {
+            function: function.to_string(),
+            file: Some("/src/server.c".to_string()),
+            line,
+            inlined: false,
+        };
+        let sites = ResolvedSites {
+            by_cause: BTreeMap::from([(
+                Cause::Lock,
+                vec![sites::ResolvedSite {
+                    frames: vec![
+                        frame("__futex_abstimed_wait_common", None),
+                        frame("handle_lock", Some(42)),
+                        frame("serve", Some(7)),
+                    ],
+                    truncated: false,
+                    total_ns: 1_000,
+                    count: 1,
+                }],
+            )]),
+            not_listed: BTreeMap::new(),
+            without_stack: BTreeMap::from([(Cause::NetIo, (1, 500))]),
+        };
         let end = TraceEnd {
             target: &target,
             stopped_by: StoppedBy::Duration,
             programs: &programs,
             tls: &tls,
+            sites: &sites,
         };
         let mut summary = Summary::build(&c, &end);
         drop(c);

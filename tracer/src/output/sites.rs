@@ -1,0 +1,299 @@
+//! Wait sites, resolved: the engine's tally of request time by cause and user stack
+//! ([`crate::engine::sites`]) with each stack read from the kernel's stack map and
+//! symbolized (each distinct address once), for `summary.json`'s `wait_sites`, the console's
+//! "where the time went" and the flame graph (`waits.folded`, `waits.svg`).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    engine::{
+        sites::{StackRef, WaitSites},
+        Cause,
+    },
+    output::flame::WaitStack,
+    symbols::{Frame, Symbolizer, UserStack},
+};
+
+/// Sites resolved per cause: the heaviest kept for the report, every kept one for the graph.
+const SITES_PER_CAUSE: usize = 200;
+/// The frame under which time with no stack is drawn.
+pub const NO_STACK_FRAME: &str = "[no stack]";
+/// The frame under which time that is not a blocking wait is drawn (on a CPU, in a run
+/// queue: no stack is taken for it).
+pub const NOT_A_WAIT_FRAME: &str = "[not a blocking wait: no stack taken]";
+
+/// One resolved site: its frames (leaf first), and the request time waited there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedSite {
+    pub frames: Vec<Frame>,
+    /// The stack may be cut short (code without frame pointers on the way).
+    pub truncated: bool,
+    pub total_ns: u64,
+    pub count: u64,
+}
+
+/// The sites of every cause, heaviest first, and what was not resolved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResolvedSites {
+    pub by_cause: BTreeMap<Cause, Vec<ResolvedSite>>,
+    /// Per cause: waits at sites beyond those resolved (count, ns).
+    pub not_listed: BTreeMap<Cause, (u64, u64)>,
+    /// Per cause: waits whose stack was not taken or could not be read (count, ns).
+    pub without_stack: BTreeMap<Cause, (u64, u64)>,
+}
+
+/// Reads a stack's addresses (innermost first) by id from the kernel's stack map.
+pub trait StackSource {
+    fn addresses(&self, id: u32) -> Option<Vec<u64>>;
+}
+
+impl ResolvedSites {
+    /// Resolve `sites`: each kept stack read from `stacks` and symbolized.
+    pub fn resolve(
+        sites: &WaitSites,
+        stacks: &dyn StackSource,
+        symbolizer: Option<&mut Symbolizer>,
+    ) -> Self {
+        let mut symbolizer = symbolizer;
+        let mut out = ResolvedSites::default();
+        for cause in Cause::ALL {
+            let (top, rest) = sites.top(cause, SITES_PER_CAUSE);
+            let mut without = sites.without_stack(cause);
+            let mut resolved = Vec::new();
+            for (site, tally) in top {
+                match stack_addresses(site, stacks) {
+                    Some(addrs) => {
+                        let (frames, truncated) = symbolize(&addrs, symbolizer.as_deref_mut());
+                        resolved.push(ResolvedSite {
+                            frames,
+                            truncated,
+                            total_ns: tally.ns,
+                            count: tally.count,
+                        });
+                    }
+                    None => {
+                        without.count += tally.count;
+                        without.ns += tally.ns;
+                    }
+                }
+            }
+            if !resolved.is_empty() {
+                out.by_cause.insert(cause, resolved);
+            }
+            if rest.count > 0 {
+                out.not_listed.insert(cause, (rest.count, rest.ns));
+            }
+            if without.count > 0 {
+                out.without_stack.insert(cause, (without.count, without.ns));
+            }
+        }
+        out
+    }
+
+    /// The flame graph's stacks: every resolved site under its cause, and for each cause the
+    /// rest of its request time (`totals`) under one frame that says why it has no site, so
+    /// each cause weighs what it weighs in the requests.
+    pub fn flame_stacks(&self, totals: &BTreeMap<Cause, u64>) -> Vec<WaitStack> {
+        let mut stacks = Vec::new();
+        for (&cause, &total) in totals {
+            let sites = self.by_cause.get(&cause).map_or(&[][..], Vec::as_slice);
+            let mut placed = 0u64;
+            for site in sites {
+                let weight = site.total_ns.min(total.saturating_sub(placed));
+                placed += weight;
+                stacks.push(WaitStack {
+                    cause: cause.name().to_string(),
+                    frames: root_to_leaf(site),
+                    weight_ns: weight,
+                });
+            }
+            let rest = total.saturating_sub(placed);
+            if rest > 0 {
+                let frame = if cause.is_blocking_wait() {
+                    NO_STACK_FRAME
+                } else {
+                    NOT_A_WAIT_FRAME
+                };
+                stacks.push(WaitStack {
+                    cause: cause.name().to_string(),
+                    frames: vec![frame.to_string()],
+                    weight_ns: rest,
+                });
+            }
+        }
+        stacks
+    }
+}
+
+/// Function names from the root to the leaf, `[truncated]` first when cut short.
+fn root_to_leaf(site: &ResolvedSite) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(site.frames.len() + 1);
+    if site.truncated {
+        names.push("[truncated]".to_string());
+    }
+    names.extend(site.frames.iter().rev().map(|f| f.function.clone()));
+    names
+}
+
+/// The addresses of `site`, innermost first: for a goroutine's park, the return address
+/// the walk missed goes right after the probed instruction.
+fn stack_addresses(site: StackRef, stacks: &dyn StackSource) -> Option<Vec<u64>> {
+    let mut addrs = stacks.addresses(site.id)?;
+    if site.caller != 0 && !addrs.is_empty() {
+        addrs.insert(1, site.caller);
+    }
+    Some(addrs)
+}
+
+fn symbolize(addrs: &[u64], symbolizer: Option<&mut Symbolizer>) -> (Vec<Frame>, bool) {
+    match symbolizer {
+        Some(s) => {
+            let stack = s.symbolize_stack(UserStack {
+                addrs,
+                first_is_pc: true,
+                truncated: false,
+            });
+            (stack.frames, stack.truncated)
+        }
+        None => (
+            addrs
+                .iter()
+                .map(|a| Frame {
+                    function: format!("{a:#x}"),
+                    file: None,
+                    line: None,
+                    inlined: false,
+                })
+                .collect(),
+            false,
+        ),
+    }
+}
+
+/// Frames of runtimes and libraries, skipped to find the code that waited: Go's runtime and
+/// standard library, Rust's, libc's.
+const LIBRARY_PREFIXES: &[&str] = &[
+    "runtime.",
+    "internal/",
+    "sync.",
+    "syscall.",
+    "time.",
+    "net.",
+    "net/",
+    "bufio.",
+    "io.",
+    "os.",
+    "crypto/",
+    "context.",
+    "std::",
+    "core::",
+    "alloc::",
+    "parking_lot",
+    "__",
+    "pthread_",
+    "syscall",
+    "futex",
+    "[",
+];
+
+fn is_library(function: &str) -> bool {
+    LIBRARY_PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+/// `main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)`: the innermost frame of the
+/// target's own code, its caller, and the library call it waited in.
+pub fn short_name(frames: &[Frame]) -> String {
+    let Some(own) = frames.iter().position(|f| !is_library(&f.function)) else {
+        return frames
+            .first()
+            .map_or_else(|| "[unknown]".to_string(), |f| f.function.clone());
+    };
+    let mut name = frames[own].function.clone();
+    if let Some(caller) = frames.get(own + 1) {
+        name.push_str(" ← ");
+        name.push_str(&caller.function);
+    }
+    if own > 0 {
+        name.push_str(&format!(" ({})", frames[own - 1].function));
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str) -> Frame {
+        Frame {
+            function: function.to_string(),
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
+    struct Map;
+    impl StackSource for Map {
+        fn addresses(&self, id: u32) -> Option<Vec<u64>> {
+            (id == 1).then(|| vec![0x10, 0x20])
+        }
+    }
+
+    #[test]
+    fn a_site_is_named_by_the_targets_own_code() {
+        let frames: Vec<Frame> = [
+            "runtime.gopark",
+            "runtime.semacquire1",
+            "sync.(*Mutex).Lock",
+            "main.waitLock",
+            "main.main.func3",
+            "net/http.HandlerFunc.ServeHTTP",
+        ]
+        .map(frame)
+        .to_vec();
+        assert_eq!(
+            short_name(&frames),
+            "main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)"
+        );
+        assert_eq!(short_name(&[frame("runtime.gopark")]), "runtime.gopark");
+    }
+
+    #[test]
+    fn each_cause_weighs_its_total_in_the_graph() {
+        let mut sites = WaitSites::default();
+        sites.add(
+            Cause::Lock,
+            Some(StackRef {
+                id: 1,
+                caller: 0x15,
+            }),
+            700,
+        );
+        sites.add(Cause::Lock, Some(StackRef { id: 9, caller: 0 }), 50); // not in the map
+        sites.add(Cause::Lock, None, 20);
+        let resolved = ResolvedSites::resolve(&sites, &Map, None);
+        let lock = &resolved.by_cause[&Cause::Lock];
+        assert_eq!(lock.len(), 1);
+        let addrs: Vec<&str> = lock[0].frames.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(addrs, ["0x10", "0x15", "0x20"], "the missed caller second");
+        assert_eq!(resolved.without_stack[&Cause::Lock], (2, 70));
+
+        let totals = BTreeMap::from([(Cause::Lock, 1000), (Cause::OnCpu, 300)]);
+        let stacks = resolved.flame_stacks(&totals);
+        let weight = |cause: Cause| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| s.cause == cause.name())
+                .map(|s| s.weight_ns)
+                .sum()
+        };
+        assert_eq!(weight(Cause::Lock), 1000);
+        assert_eq!(weight(Cause::OnCpu), 300);
+        assert!(stacks
+            .iter()
+            .any(|s| s.frames == [NOT_A_WAIT_FRAME] && s.cause == "on_cpu"));
+        assert!(stacks
+            .iter()
+            .any(|s| s.frames == [NO_STACK_FRAME] && s.cause == "lock" && s.weight_ns == 300));
+    }
+}
