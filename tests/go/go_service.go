@@ -4,14 +4,17 @@
 //
 //	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns,
 //	             and the mutex's address (X-Lock-Addr, 0x...) and the holder's goroutine
-//	             id (X-Holder-Goid), which unlocks it
+//	             id (X-Holder-Goid), which unlocks it; before that, X-Held-Ns: the wait on a
+//	             channel for the holder to take the mutex (which other requests' holders
+//	             may keep: the mutex is the same for all)
 //	/chan?ms=N   waits for a worker goroutine's reply on a channel:           X-Chan-Ns
 //	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
 //	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
 //	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
 //	/            answers at once
-//	/auth?ms=N   middleware that serializes on a sync.Mutex, then a sleep of N/10 ms and a
-//	             backend call of N/10 ms: X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
+//	/auth?ms=N   middleware that serializes on a sync.Mutex (held N ms by a holder, as in
+//	             /lock), then a sleep of N/10 ms and a backend call of N/10 ms:
+//	             X-Held-Ns, X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
 //	/gc?ms=N     allocates for about N ms (keeping a few MB live) with GOGC at 5 while any
 //	             /gc request runs, so that the garbage collector runs all the time and the
 //	             handler assists it and waits for it:                         X-Gc-Ns
@@ -281,7 +284,9 @@ func main() {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/lock", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		holder := holdLock(time.Duration(millis(r)) * time.Millisecond)
+		w.Header().Set("X-Held-Ns", ns(time.Since(start)))
 		w.Header().Set("X-Lock-Ns", ns(waitLock()))
 		w.Header().Set("X-Lock-Addr", fmt.Sprintf("%p", &mu))
 		w.Header().Set("X-Holder-Goid", strconv.FormatInt(holder, 10))
@@ -312,9 +317,11 @@ func main() {
 	}))
 	mux.HandleFunc("/auth", timed(func(w http.ResponseWriter, r *http.Request) {
 		ms := millis(r)
-		holdLock(time.Duration(ms) * time.Millisecond)
-		w.Header().Set("X-Lock-Ns", ns(waitLock()))
 		start := time.Now()
+		holdLock(time.Duration(ms) * time.Millisecond)
+		w.Header().Set("X-Held-Ns", ns(time.Since(start)))
+		w.Header().Set("X-Lock-Ns", ns(waitLock()))
+		start = time.Now()
 		time.Sleep(time.Duration(ms/10) * time.Millisecond)
 		w.Header().Set("X-Sleep-Ns", ns(time.Since(start)))
 		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, ms/10)))
