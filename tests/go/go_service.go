@@ -17,7 +17,8 @@
 //	             X-Held-Ns, X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
 //	/gc?ms=N     allocates for about N ms (keeping a few MB live) with GOGC at 5 while any
 //	             /gc request runs, so that the garbage collector runs all the time and the
-//	             handler assists it and waits for it:                         X-Gc-Ns
+//	             handler assists it and waits for it; then runtime.GC(), which waits for a
+//	             whole cycle (Go's wait reason "wait for GC cycle"):         X-Gc-Ns
 //	/sched?ms=N  gives its turn to the other goroutines (runtime.Gosched) until about N ms
 //	             have passed, and reports how long it waited in those calls:  X-Sched-Ns;
 //	             meant for the service run as `go_service sched` (below)
@@ -331,6 +332,7 @@ func main() {
 		defer restoreGOGC()
 		start := time.Now()
 		churn(time.Duration(millis(r)) * time.Millisecond)
+		runtime.GC()
 		w.Header().Set("X-Gc-Ns", ns(time.Since(start)))
 	}))
 	mux.HandleFunc("/sched", timed(func(w http.ResponseWriter, r *http.Request) {

@@ -25,7 +25,11 @@
 //!
 //! `/gc` allocates with GOGC at 5, in a phase of its own after the others: the garbage
 //! collector runs all the time, the handler assists it (on-CPU marking, which is `on_cpu`)
-//! and waits for it; the tracer must report some `gc` time over the `/gc` requests. How much
+//! and waits for it, and at the end waits for a whole cycle (`runtime.GC`); the tracer must
+//! report some `gc` time over the `/gc` requests. (The waits during allocation alone are not
+//! enough: with both CPUs busy, Go 1.19's /gc requests were seen with no `GC assist wait` at
+//! all, their GC waits at the runtime's semaphores, wait reason `semacquire`, which is
+//! `lock`.) How much
 //! depends on the run, so nothing more is asserted of it than that, and that its causes add
 //! up like every request's.
 
