@@ -201,6 +201,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     let programs = probes.program_stats();
     collector.read_skipped_runs(&probes);
     let stacks = probes.take_stacks();
+    if let (Some(stacks), Some(symbolizer)) = (&stacks, symbolizer.as_mut()) {
+        // Named now, while the target surely still runs (a native target's libraries are
+        // read through its memory map); the few sites the last drain adds are named after.
+        ResolvedSites::resolve(&collector.engine().wait_sites, stacks, Some(symbolizer));
+    }
     probes.detach();
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true);

@@ -200,7 +200,7 @@ fn where_the_time_went(sum: &Summary) -> String {
                 site.share * 100.0,
                 site.site,
                 if site.truncated {
-                    " [stack cut short]"
+                    " [frames may be missing: frame pointers]"
                 } else {
                     ""
                 },

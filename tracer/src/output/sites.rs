@@ -148,10 +148,14 @@ fn stack_addresses(site: StackRef, stacks: &dyn StackSource) -> Option<Vec<u64>>
 fn symbolize(addrs: &[u64], symbolizer: Option<&mut Symbolizer>) -> (Vec<Frame>, bool) {
     match symbolizer {
         Some(s) => {
+            // The kernel walks frame pointers. Go keeps them everywhere; native code built
+            // without them (libc, Rust's std, most distribution binaries) is skipped over
+            // by the walk, so its stacks may miss frames: said, never guessed.
+            let may_be_cut = !s.is_go();
             let stack = s.symbolize_stack(UserStack {
                 addrs,
                 first_is_pc: true,
-                truncated: false,
+                truncated: may_be_cut,
             });
             (stack.frames, stack.truncated)
         }
