@@ -1,0 +1,132 @@
+//! Wait sites against a real Go service (`tests/go/go_service.go`): each endpoint waits in
+//! one place of its own code, and the tracer must name that code as the call site of the
+//! matching cause, in `summary.json` and in the flame graph (`waits.folded`, `waits.svg`),
+//! for a plain build with symbols and for a stripped one (names from `.gopclntab`, inlined
+//! frames expanded), on the oldest and the newest Go supported.
+
+use std::collections::BTreeMap;
+
+use tracer::engine::Cause;
+use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
+use tracer_tests::{session::Tracer, TempDir, Workload};
+
+const ROUNDS: usize = 3;
+
+/// Each endpoint, the cause it waits in, and frames its heaviest site must hold: the
+/// handler's own function and the library call it waits in.
+const PLAN: [(&str, Cause, &[&str]); 4] = [
+    (
+        "/lock?ms=20",
+        Cause::Lock,
+        &["main.waitLock", "sync.(*Mutex).Lock"],
+    ),
+    ("/chan?ms=20", Cause::Chan, &["runtime.chanrecv1", "main."]),
+    ("/sleep?ms=20", Cause::Sleep, &["time.Sleep", "main."]),
+    (
+        "/io?ms=20",
+        Cause::NetIo,
+        &["main.callBackend", "net.(*conn).Read"],
+    ),
+];
+
+fn names_each_wait_site(toolchain: Toolchain, build: GoBuild) {
+    let dir = TempDir::new("wait-sites");
+    let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let service = Workload::spawn_exe(&exe, &[]);
+    let tracer = Tracer::attach(service.pid).start();
+    let mut client = service.client();
+    for _ in 0..ROUNDS {
+        for (path, _, _) in PLAN {
+            assert_eq!(client.get(path).expect("request").status, 200, "{path}");
+        }
+    }
+    drop(client);
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let summary = done.summary();
+
+    for (path, cause, wanted) in PLAN {
+        let sites = summary.wait_sites.get(&cause).unwrap_or_else(|| {
+            panic!(
+                "{path}: no {} sites: {:#?}",
+                cause.name(),
+                summary.wait_sites
+            )
+        });
+        let top = sites
+            .sites
+            .first()
+            .unwrap_or_else(|| panic!("{path}: {sites:#?}"));
+        for frame in wanted {
+            assert!(
+                top.frames.iter().any(|f| f.starts_with(frame)),
+                "{path}: {frame} in the heaviest {} site {top:#?}",
+                cause.name()
+            );
+        }
+        assert!(!top.truncated, "Go keeps frame pointers: {top:#?}");
+        assert!(top.count >= ROUNDS as u64, "{path}: {top:#?}");
+        // The site holds most of the cause's request time (the rest: short waits elsewhere,
+        // such as the dial before /io's read).
+        let total = summary.breakdown[&cause].total_ns;
+        assert!(
+            top.total_ns * 10 >= total * 9 && top.total_ns <= total,
+            "{path}: the site's {} ns of the cause's {total} ns: {top:#?}",
+            top.total_ns
+        );
+    }
+
+    // waits.folded: `cause;root;...;leaf MICROSECONDS`; each cause weighs its total.
+    let folded = std::fs::read_to_string(done.out().join("waits.folded")).expect("waits.folded");
+    let mut by_cause: BTreeMap<String, u64> = BTreeMap::new();
+    for line in folded.lines() {
+        let (frames, weight) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not `frames weight`: {line:?}"));
+        let weight: u64 = weight
+            .parse()
+            .unwrap_or_else(|_| panic!("weight in {line:?}"));
+        let cause = frames.split(';').next().unwrap();
+        assert!(Cause::from_name(cause).is_some(), "root frame {cause}");
+        *by_cause.entry(cause.to_string()).or_default() += weight;
+    }
+    for (cause, total) in &summary.breakdown {
+        let us = total.total_ns / 1_000;
+        let folded_us = by_cause.get(cause.name()).copied().unwrap_or(0);
+        assert!(
+            folded_us.abs_diff(us) <= us / 100 + 1,
+            "{}: folded {folded_us} µs, summary {us} µs",
+            cause.name()
+        );
+    }
+    assert!(
+        folded.contains(";main.waitLock;sync.(*Mutex).Lock;"),
+        "{folded}"
+    );
+
+    let svg = std::fs::read_to_string(done.out().join("waits.svg")).expect("waits.svg");
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    for name in ["main.waitLock", "time.Sleep", "main.callBackend"] {
+        assert!(svg.contains(name), "{name} in waits.svg");
+    }
+    service.assert_serving();
+}
+
+/// Debian's Go 1.19, with its symbol table and DWARF.
+#[test]
+#[ignore = "needs root"]
+fn go_1_19_wait_sites_are_named() {
+    names_each_wait_site(Toolchain::System, GoBuild::default());
+}
+
+/// The newest Go, stripped: names, lines and inlined frames from `.gopclntab`.
+#[test]
+#[ignore = "needs root"]
+fn go_1_27_stripped_wait_sites_are_named() {
+    let stripped = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    names_each_wait_site(Toolchain::GoBin("1.27.3"), stripped);
+}
