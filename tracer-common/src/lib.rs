@@ -273,8 +273,8 @@ pub struct GoSchedEvent {
     /// else [`NO_STACK`]. Taken at `gopark`'s entry, before its frame is set up, so the
     /// frame-pointer walk skips `gopark`'s caller: that is [`GoSchedEvent::caller`].
     pub stack_id: i32,
-    /// For [`go_sched::PARK`]: the return address at the top of the stack (into the
-    /// function that called `gopark`), else 0.
+    /// For [`go_sched::PARK`] and [`go_sched::SEMACQUIRE`]: the return address at the top of
+    /// the stack (into the function that called `gopark` or `semacquire1`), else 0.
     pub caller: u64,
 }
 

@@ -106,6 +106,19 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     let go_sched = match (&exe, go_runtime) {
         (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
             engine.set_go_wait_reasons(runtime.wait_reasons.clone());
+            match exe.load_bias(target.pid) {
+                Ok(bias) => engine.set_go_gc_callers(
+                    runtime
+                        .gc_semaphore_callers
+                        .iter()
+                        .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
+                        .collect(),
+                ),
+                Err(e) => eprintln!(
+                    "tracer: the GC's own semaphore waits will count as lock: cannot place the \
+                     executable in memory: {e:#}"
+                ),
+            }
             probes.attach_go_sched(target.pid, &exe.path, &runtime)
         }
         (Some(Err(e)), Some(_)) => GoSchedStatus::Off {

@@ -148,8 +148,17 @@ fn try_go_semacquire(ctx: &ProbeContext) -> Result<(), Loss> {
         return Ok(());
     };
     // SAFETY: as above.
-    let (g, address) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
-    emit_sched(tid, go_sched::SEMACQUIRE, goid(g)?, address)
+    let (g, address, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rsp) };
+    emit(GoSchedEvent {
+        hdr: header(EventKind::GoSched, tid),
+        goid: goid(g)?,
+        detail: address,
+        what: go_sched::SEMACQUIRE,
+        stack_id: NO_STACK,
+        // The return address into semacquire1's caller: the GC's own semaphores are taken
+        // from a few runtime functions (best effort: 0 when unreadable).
+        caller: read(sp, 0).unwrap_or(0),
+    })
 }
 
 /// `runtime.stopTheWorldWithSema`: the world stops (runs on g0: no goroutine is read).

@@ -122,9 +122,13 @@ pub enum GoSched {
     /// [`GoSched::Execute`].
     Ready { goid: u64, waker: Option<u64> },
     /// The goroutine `goid` running on the event's thread takes the semaphore at `address`
-    /// (`runtime.semacquire1`): if it parks next, for a semaphore wait reason, it waits for
-    /// that address.
-    Semacquire { goid: u64, address: u64 },
+    /// (`runtime.semacquire1`), called from code at `caller` (a return address; 0 when
+    /// unknown): if it parks next, for a semaphore wait reason, it waits for that address.
+    Semacquire {
+        goid: u64,
+        address: u64,
+        caller: u64,
+    },
     /// The runtime stops every goroutine (`stopTheWorldWithSema`): the GC, most often.
     StopTheWorld,
     /// The world runs again (`startTheWorldWithSema`).

@@ -46,7 +46,7 @@ pub(super) struct Goroutine {
     parked_for: Option<u8>,
     /// The semaphore `runtime.semacquire1` was last entered with (a park for a semaphore
     /// wait reason that follows waits on it).
-    semaphore: Option<u64>,
+    semaphore: Option<Semaphore>,
     /// The semaphore its current park waits on.
     waits_on: Option<u64>,
     /// Where in its code its current park began.
@@ -64,6 +64,15 @@ impl Goroutine {
             parked_at: None,
         }
     }
+}
+
+/// A semaphore a goroutine takes (`runtime.semacquire1`).
+#[derive(Clone, Copy)]
+struct Semaphore {
+    address: u64,
+    /// One of the GC's own (taken from the GC's code): a wait on it is `gc`, and it is no
+    /// lock of the target's.
+    for_gc: bool,
 }
 
 /// Whether the world is stopped, and the goroutines made to wait for it to start again.
@@ -102,6 +111,9 @@ pub(super) struct Goroutines {
     semaphore_reasons: HashMap<u64, u8>,
     /// Goroutines forgotten to stay within [`MAX_GOROUTINES`].
     pub forgotten: u64,
+    /// Where the runtime functions that take the GC's own semaphores are in the target's
+    /// memory (`runtime.gcStart`, `gcMarkDone`, `stopTheWorld`, `stopTheWorldGC`).
+    gc_callers: Vec<std::ops::Range<u64>>,
 }
 
 impl Goroutines {
@@ -165,6 +177,10 @@ impl Goroutines {
         }
     }
 
+    fn is_gc_caller(&self, caller: u64) -> bool {
+        self.gc_callers.iter().any(|r| r.contains(&caller))
+    }
+
     /// What the semaphore at `address` belongs to, as the lock detail names it: the sync
     /// object and its address when the wait reason tells (`sync.Mutex`), else the wait
     /// reason and the semaphore's own address.
@@ -224,6 +240,12 @@ impl<R: FdResolver> Engine<R> {
         self.goroutines.wait_reasons = reasons;
     }
 
+    /// Where the runtime functions that take the GC's own semaphores are, in the target's
+    /// memory: a goroutine parked on a semaphore taken there waits for the GC (`gc`).
+    pub fn set_go_gc_callers(&mut self, ranges: Vec<std::ops::Range<u64>>) {
+        self.goroutines.gc_callers = ranges;
+    }
+
     /// The context thread `tid` runs now: its goroutine, in a Go target, else itself.
     pub(super) fn current_ctx(&self, tid: Tid) -> ExecCtx {
         match self.goroutines.running_on(tid) {
@@ -264,9 +286,14 @@ impl<R: FdResolver> Engine<R> {
             } => self.go_park(ts, tid, goid, reason, stack),
             GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
             GoSched::Exit { goid } => self.go_exit(tid, goid),
-            GoSched::Semacquire { goid, address } => {
+            GoSched::Semacquire {
+                goid,
+                address,
+                caller,
+            } => {
+                let for_gc = self.goroutines.is_gc_caller(caller);
                 if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
-                    g.semaphore = Some(address);
+                    g.semaphore = Some(Semaphore { address, for_gc });
                 }
             }
             GoSched::StopTheWorld => self.stop_the_world(ts),
@@ -344,7 +371,7 @@ impl<R: FdResolver> Engine<R> {
     }
 
     fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8, stack: Option<StackRef>) {
-        let cause = self.goroutines.cause_of(reason);
+        let mut cause = self.goroutines.cause_of(reason);
         let on_semaphore = semaphore_wait(&self.goroutines.reason_name(reason)).is_some();
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {
@@ -356,6 +383,13 @@ impl<R: FdResolver> Engine<R> {
         if g.parked_for.is_some() {
             return; // the probe again after a morestack re-entry
         }
+        // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
+        // was last entered with (kept: semacquire1 parks again, without being entered
+        // again, when another goroutine took the semaphore first after the wakeup).
+        let semaphore = g.semaphore.filter(|_| on_semaphore);
+        if semaphore.is_some_and(|s| s.for_gc) {
+            cause = Cause::Gc;
+        }
         // Left the thread its stretch began on (normally `tid`; another one when the
         // execute that moved it was lost).
         if let Some(on) = g.timeline.thread() {
@@ -364,12 +398,7 @@ impl<R: FdResolver> Engine<R> {
         g.timeline.park(ts, cause);
         g.parked_for = Some(reason);
         g.parked_at = stack;
-        // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
-        // was last entered with (kept: semacquire1 parks again, without being entered
-        // again, when another goroutine took the semaphore first after the wakeup).
-        if on_semaphore {
-            g.waits_on = g.semaphore;
-        }
+        g.waits_on = semaphore.filter(|s| !s.for_gc).map(|s| s.address);
     }
 
     /// Thread `tid` went to sleep in a futex at `ts`. A Go thread sleeps in a futex only in

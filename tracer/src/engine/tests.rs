@@ -1794,7 +1794,15 @@ mod goroutines {
     }
 
     fn semacquire(ts: u64, tid: u32, goid: u64, address: u64) -> Event {
-        go(ts, tid, GoSched::Semacquire { goid, address })
+        go(
+            ts,
+            tid,
+            GoSched::Semacquire {
+                goid,
+                address,
+                caller: 0,
+            },
+        )
     }
 
     fn ready_by(ts: u64, tid: u32, goid: u64, waker: u64) -> Event {
@@ -1922,6 +1930,43 @@ mod goroutines {
         let r = &reqs[0];
         assert_eq!(cause(r, Cause::Gc), 60, "{r:?}");
         assert_eq!(cause(r, Cause::GoRunqueue), 5, "{r:?}");
+        assert_sums(r);
+    }
+
+    /// A goroutine allocating while the GC runs parks on one of the GC's own semaphores
+    /// (taken in gcStart, gcMarkDone...), with the wait reason a sync.Mutex had before Go
+    /// 1.20: it waits for the GC, and it is no lock of the target's.
+    #[test]
+    fn a_wait_on_the_gcs_own_semaphore_is_gc() {
+        let mut e = go_engine();
+        e.set_go_gc_callers(vec![0x40_1000..0x40_2000]);
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                go(
+                    30,
+                    T,
+                    GoSched::Semacquire {
+                        goid: G,
+                        address: 0x88_0000,
+                        caller: 0x40_1234, // in gcStart
+                    },
+                ),
+                park(31, T, G, LOCK),
+                ready_by(131, U, G, H),
+                execute(131, T, G),
+                on_conn(140, T, nr::WRITE, 10),
+                on_conn(150, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Gc), 100, "{r:?}");
+        assert_eq!(cause(r, Cause::Lock), 0, "{r:?}");
+        assert!(e.go_locks.top(1).is_empty());
         assert_sums(r);
     }
 }

@@ -67,6 +67,7 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
         go_sched::SEMACQUIRE => GoSched::Semacquire {
             goid,
             address: e.detail,
+            caller: e.caller,
         },
         go_sched::STOP_THE_WORLD => GoSched::StopTheWorld,
         go_sched::START_THE_WORLD => GoSched::StartTheWorld,
@@ -336,7 +337,8 @@ mod tests {
             decoded(record(go_sched::SEMACQUIRE, 18, 0xc000_0100)),
             go(GoSched::Semacquire {
                 goid: 18,
-                address: 0xc000_0100
+                address: 0xc000_0100,
+                caller: 0x4567,
             })
         );
         assert_eq!(

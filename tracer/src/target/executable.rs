@@ -15,6 +15,28 @@ pub struct Executable {
 }
 
 impl Executable {
+    /// What to add to an address of the executable as linked to get where process `pid` has
+    /// it: 0 for a fixed-address executable, the load address for a position-independent
+    /// one. From the mapping of the executable's file (by inode) at offset 0.
+    pub fn load_bias(&self, pid: u32) -> Result<u64> {
+        use object::{Object as _, ObjectSegment as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = fs::metadata(&self.path)?.ino();
+        let maps = procfs::process::Process::new(pid as i32)?.maps()?;
+        let start = maps
+            .iter()
+            .find(|m| m.inode == inode && m.offset == 0)
+            .map(|m| m.address.0)
+            .context("the executable is not in the process's memory map")?;
+        let lowest = self
+            .elf()?
+            .segments()
+            .map(|s| s.address())
+            .min()
+            .unwrap_or(0);
+        Ok(start.wrapping_sub(lowest & !0xfff))
+    }
+
     pub fn read(pid: u32) -> Result<Self> {
         let path = PathBuf::from(format!("/proc/{pid}/exe"));
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

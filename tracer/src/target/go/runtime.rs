@@ -50,6 +50,16 @@ pub const SEMACQUIRE1: &str = "runtime.semacquire1";
 /// GC, and a few other runtime jobs) and may run again. Both run on the system stack.
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+/// The runtime functions that take the GC's own semaphores (`work.startSema`, `gcsema`,
+/// `worldsema`, `work.markDoneSema`) with `semacquire`, inlined into them (Go 1.19.8 and
+/// 1.27.3 binaries): a goroutine that allocates while the GC runs may park there, waiting
+/// for the GC, with the wait reason `semacquire` that a `sync.Mutex` had before Go 1.20.
+const GC_SEMAPHORE_CALLERS: [&str; 4] = [
+    "runtime.gcStart",
+    "runtime.gcMarkDone",
+    "runtime.stopTheWorld",
+    "runtime.stopTheWorldGC",
+];
 /// `func (w waitReason) String() string`, which indexes `runtime.waitReasonStrings`.
 const WAIT_REASON_STRING: &str = "runtime.waitReason.String";
 
@@ -70,6 +80,9 @@ pub struct GoRuntime {
     /// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`.
     pub stop_the_world: u64,
     pub start_the_world: u64,
+    /// The code of [`GC_SEMAPHORE_CALLERS`] found, as linked (virtual addresses of the
+    /// executable, before any load bias).
+    pub gc_semaphore_callers: Vec<std::ops::Range<u64>>,
     pub offsets: GOffsets,
     /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
     /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
@@ -134,6 +147,11 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let semacquire1 = probe_point(SEMACQUIRE1)?;
     let stop_the_world = probe_point(STOP_THE_WORLD)?;
     let start_the_world = probe_point(START_THE_WORLD)?;
+    let gc_semaphore_callers = GC_SEMAPHORE_CALLERS
+        .iter()
+        .filter_map(|name| functions.get(name).ok())
+        .map(|f| f.entry..f.end)
+        .collect();
 
     let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
     let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
@@ -155,6 +173,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         semacquire1,
         stop_the_world,
         start_the_world,
+        gc_semaphore_callers,
         offsets,
         wait_reasons,
         found_in: FoundIn {
@@ -210,6 +229,10 @@ fn find_functions(
         STOP_THE_WORLD,
         START_THE_WORLD,
         WAIT_REASON_STRING,
+        GC_SEMAPHORE_CALLERS[0],
+        GC_SEMAPHORE_CALLERS[1],
+        GC_SEMAPHORE_CALLERS[2],
+        GC_SEMAPHORE_CALLERS[3],
     ];
     let from_symbols: Vec<FuncRange> = file
         .symbols()
