@@ -172,7 +172,7 @@ impl<R: FdResolver> Engine<R> {
         lasted: u64,
         site: Option<StackRef>,
     ) {
-        if !self.open_requests_mut(ctx).is_some_and(|open| *open > 0) {
+        if self.open_requests_mut(ctx).is_none_or(|open| *open == 0) {
             return;
         }
         if let Some(start) = self.requests.earliest_start(ctx) {

@@ -1939,7 +1939,8 @@ mod goroutines {
     #[test]
     fn a_wait_on_the_gcs_own_semaphore_is_gc() {
         let mut e = go_engine();
-        e.set_go_gc_callers(vec![0x40_1000..0x40_2000]);
+        let gc_start = 0x40_1000..0x40_2000;
+        e.set_go_gc_callers([gc_start].to_vec());
         let reqs = feed(
             &mut e,
             [

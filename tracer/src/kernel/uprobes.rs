@@ -19,7 +19,7 @@ use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
     go::{
         runtime::{
-            GoRuntime, EXECUTE, GOEXIT1, GOPARK, READY, SEMACQUIRE1, START_THE_WORLD,
+            GoRuntime, EXECUTE, GOEXIT1, GOPARK, PROBED, READY, SEMACQUIRE1, START_THE_WORLD,
             STOP_THE_WORLD,
         },
         GoTls, SERVER_HANDSHAKE,
@@ -121,7 +121,7 @@ impl GoSchedStatus {
             GoSchedStatus::Followed { version, found_in } => Some(format!(
                 "Go runtime: {}; goroutines followed with uprobes on {} ({found_in})",
                 version.as_deref().unwrap_or("Go version unknown"),
-                GO_SCHED_FUNCTIONS.join(", "),
+                PROBED.join(", "),
             )),
             GoSchedStatus::Off { reason } => Some(format!(
                 "Go runtime: goroutine attribution is off, requests are attributed per thread: \
@@ -144,17 +144,6 @@ fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 7] {
         (START_THE_WORLD, "go_start_the_world", go.start_the_world),
     ]
 }
-
-/// The functions [`go_sched_probes`] probes, for the start-up line.
-const GO_SCHED_FUNCTIONS: [&str; 7] = [
-    GOPARK,
-    READY,
-    EXECUTE,
-    GOEXIT1,
-    SEMACQUIRE1,
-    STOP_THE_WORLD,
-    START_THE_WORLD,
-];
 
 impl Probes {
     /// Follow the goroutines of a Go target: attach the scheduler probes to `exe`, in process

@@ -50,6 +50,16 @@ pub const SEMACQUIRE1: &str = "runtime.semacquire1";
 /// GC, and a few other runtime jobs) and may run again. Both run on the system stack.
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+/// The functions probed, each at its stack check's jump.
+pub const PROBED: [&str; 7] = [
+    GOPARK,
+    READY,
+    EXECUTE,
+    GOEXIT1,
+    SEMACQUIRE1,
+    STOP_THE_WORLD,
+    START_THE_WORLD,
+];
 /// The runtime functions that take the GC's own semaphores (`work.startSema`, `gcsema`,
 /// `worldsema`, `work.markDoneSema`) with `semacquire`, inlined into them (Go 1.19.8 and
 /// 1.27.3 binaries): a goroutine that allocates while the GC runs may park there, waiting
@@ -220,20 +230,12 @@ fn find_functions(
     file: &object::File,
     pclntab: Option<&object::Section>,
 ) -> Result<(Functions, Source)> {
-    let names = [
-        GOPARK,
-        READY,
-        EXECUTE,
-        GOEXIT1,
-        SEMACQUIRE1,
-        STOP_THE_WORLD,
-        START_THE_WORLD,
-        WAIT_REASON_STRING,
-        GC_SEMAPHORE_CALLERS[0],
-        GC_SEMAPHORE_CALLERS[1],
-        GC_SEMAPHORE_CALLERS[2],
-        GC_SEMAPHORE_CALLERS[3],
-    ];
+    let names: Vec<&str> = PROBED
+        .iter()
+        .chain(&[WAIT_REASON_STRING])
+        .chain(&GC_SEMAPHORE_CALLERS)
+        .copied()
+        .collect();
     let from_symbols: Vec<FuncRange> = file
         .symbols()
         .filter(|s| s.is_definition())
