@@ -318,6 +318,7 @@ fn parse_go_event(line: &str) -> Option<GoEvent> {
             goid: field(go, "goid: ")?,
         }
     } else if go.starts_with("Semacquire ")
+        || go.starts_with("Semrelease ")
         || go.starts_with("StopTheWorld")
         || go.starts_with("StartTheWorld")
     {

@@ -77,6 +77,19 @@ fn names_each_wait_site(toolchain: Toolchain, build: GoBuild) {
         );
     }
 
+    // The unlocker: the holder goroutine's function, where it unlocks.
+    let lock = &summary.wait_sites[&Cause::Lock].sites[0];
+    let unlocker = lock
+        .woken_by
+        .first()
+        .unwrap_or_else(|| panic!("who woke the /lock waits: {lock:#?}"));
+    for frame in ["main.holdLock", "sync.(*Mutex).Unlock"] {
+        assert!(
+            unlocker.frames.iter().any(|f| f.starts_with(frame)),
+            "{frame} in the unlocker's site {unlocker:#?}"
+        );
+    }
+
     // waits.folded: `cause;root;...;leaf MICROSECONDS`; each cause weighs its total.
     let folded = std::fs::read_to_string(done.out().join("waits.folded")).expect("waits.folded");
     let mut by_cause: BTreeMap<String, u64> = BTreeMap::new();

@@ -252,6 +252,10 @@ pub mod go_sched {
     /// `runtime.startTheWorldWithSema`: the goroutines may run again; `goid` and `detail`
     /// are 0.
     pub const START_THE_WORLD: u32 = 7;
+    /// `runtime.semrelease1`: goroutine `goid` releases the semaphore at address `detail`
+    /// (a `sync.Mutex`'s Unlock with waiters), readying a waiter next; `stack_id` and
+    /// `caller` say where in its code (the unlocker's call site).
+    pub const SEMRELEASE: u32 = 8;
     /// In a [`READY`] record: the thread's current goroutine could not be read.
     pub const WAKER_UNREADABLE: u64 = u64::MAX;
 }

@@ -161,6 +161,37 @@ fn try_go_semacquire(ctx: &ProbeContext) -> Result<(), Loss> {
     })
 }
 
+/// `runtime.semrelease1(addr, ...)`: the goroutine running on this thread releases the
+/// semaphore at `addr` (rax), readying a waiter if there is one: where in its code, for the
+/// lock detail's unlocker site.
+#[uprobe]
+pub fn go_semrelease(ctx: ProbeContext) -> u32 {
+    finish(try_go_semrelease(&ctx))
+}
+
+fn try_go_semrelease(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let (g, address, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rsp) };
+    let goid = goid(g)?;
+    let (stack_id, caller) = if capture_stacks() {
+        // As in gopark: the walk from the entry misses the caller, at the top of the stack.
+        (user_stack_id(ctx), read(sp, 0).unwrap_or(0))
+    } else {
+        (NO_STACK, 0)
+    };
+    emit(GoSchedEvent {
+        hdr: header(EventKind::GoSched, tid),
+        goid,
+        detail: address,
+        what: go_sched::SEMRELEASE,
+        stack_id,
+        caller,
+    })
+}
+
 /// `runtime.stopTheWorldWithSema`: the world stops (runs on g0: no goroutine is read).
 #[uprobe]
 pub fn go_stop_the_world(_ctx: ProbeContext) -> u32 {

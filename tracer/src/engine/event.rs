@@ -129,6 +129,13 @@ pub enum GoSched {
         address: u64,
         caller: u64,
     },
+    /// The goroutine `goid` releases the semaphore at `address` (`runtime.semrelease1`), at
+    /// `stack` in its code, and readies a waiter next if there is one.
+    Semrelease {
+        goid: u64,
+        address: u64,
+        stack: Option<StackRef>,
+    },
     /// The runtime stops every goroutine (`stopTheWorldWithSema`): the GC, most often.
     StopTheWorld,
     /// The world runs again (`startTheWorldWithSema`).

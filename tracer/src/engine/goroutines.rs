@@ -51,6 +51,8 @@ pub(super) struct Goroutine {
     waits_on: Option<u64>,
     /// Where in its code its current park began.
     parked_at: Option<StackRef>,
+    /// The semaphore it released last (`runtime.semrelease1`), and where in its code.
+    released: Option<(u64, Option<StackRef>)>,
 }
 
 impl Goroutine {
@@ -62,6 +64,7 @@ impl Goroutine {
             semaphore: None,
             waits_on: None,
             parked_at: None,
+            released: None,
         }
     }
 }
@@ -296,6 +299,15 @@ impl<R: FdResolver> Engine<R> {
                     g.semaphore = Some(Semaphore { address, for_gc });
                 }
             }
+            GoSched::Semrelease {
+                goid,
+                address,
+                stack,
+            } => {
+                if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
+                    g.released = Some((address, stack));
+                }
+            }
             GoSched::StopTheWorld => self.stop_the_world(ts),
             GoSched::StartTheWorld => self.start_the_world(ts),
         }
@@ -430,6 +442,16 @@ impl<R: FdResolver> Engine<R> {
         }
         if let Some(address) = g.waits_on {
             self.go_locks.woken(address, GoWaker { goid: waker, tid });
+            // Where the waker released that semaphore: the unlocker's site.
+            let parked_at = g.parked_at;
+            let released = waker
+                .and_then(|w| gs.by_goid.get(&w))
+                .and_then(|w| w.released)
+                .filter(|(at, _)| *at == address)
+                .and_then(|(_, stack)| stack);
+            if let (Some(waiter), Some(waker)) = (parked_at, released) {
+                self.wait_sites.woken(waiter, waker);
+            }
         }
         let park = gs.end_park(ts, goid, &mut self.go_locks);
         if let Some(g) = gs.by_goid.get_mut(&goid) {

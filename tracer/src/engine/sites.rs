@@ -4,6 +4,8 @@
 //! for a goroutine's park, the return address the stack walk misses (see
 //! [`StackRef::caller`]); userspace symbolizes each distinct one at the end.
 
+use rustc_hash::FxHashMap as HashMap;
+
 use super::{
     cause::{Cause, CAUSES},
     tally::{Tally, TopTally},
@@ -11,6 +13,10 @@ use super::{
 
 /// Sites kept per cause (the heaviest; the rest are counted).
 const MAX_SITES_PER_CAUSE: usize = 1024;
+/// Waker sites kept per waiting site.
+const MAX_WAKERS_PER_SITE: usize = 16;
+/// Waiting sites whose wakers are kept.
+const MAX_WOKEN_SITES: usize = 4096;
 
 /// A user stack the kernel took where a context blocked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +34,8 @@ pub struct WaitSites {
     /// Waits inside requests whose stack was not taken (stacks off, the kernel could not
     /// take it, or the map was full), by cause.
     without_stack: [Tally; CAUSES],
+    /// For a lock wait's site: where the goroutines that woke it released the lock.
+    wakers: HashMap<StackRef, TopTally<StackRef>>,
 }
 
 impl Default for WaitSites {
@@ -37,6 +45,7 @@ impl Default for WaitSites {
                 .map(|_| TopTally::new(MAX_SITES_PER_CAUSE))
                 .collect(),
             without_stack: [Tally::default(); CAUSES],
+            wakers: HashMap::default(),
         }
     }
 }
@@ -55,6 +64,25 @@ impl WaitSites {
                 t.ns += ns;
             }
         }
+    }
+
+    /// A wait that began at `waiter` was ended by a release at `waker` (the unlocker).
+    pub fn woken(&mut self, waiter: StackRef, waker: StackRef) {
+        if self.wakers.len() >= MAX_WOKEN_SITES && !self.wakers.contains_key(&waiter) {
+            return;
+        }
+        self.wakers
+            .entry(waiter)
+            .or_insert_with(|| TopTally::new(MAX_WAKERS_PER_SITE))
+            .add(waker, 1, 0);
+    }
+
+    /// The `n` most frequent waker sites of waits that began at `waiter`.
+    pub fn wakers_of(&self, waiter: StackRef, n: usize) -> Vec<(StackRef, Tally)> {
+        self.wakers
+            .get(&waiter)
+            .map(|t| t.top(n).0)
+            .unwrap_or_default()
     }
 
     /// The `n` heaviest sites of `cause`, heaviest first, and the tally of the others.

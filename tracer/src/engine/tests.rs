@@ -1970,4 +1970,51 @@ mod goroutines {
         assert!(e.go_locks.top(1).is_empty());
         assert_sums(r);
     }
+
+    /// The goroutine that readies a lock waiter released that semaphore just before: its
+    /// release site is the waiting site's unlocker.
+    #[test]
+    fn the_unlockers_site_is_kept_for_the_waiting_site() {
+        let mut e = go_engine();
+        let waiting = StackRef {
+            id: 1,
+            caller: 0x10,
+        };
+        let unlocking = StackRef {
+            id: 2,
+            caller: 0x20,
+        };
+        feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                execute(10, U, H),
+                semacquire(20, T, G, SEMA),
+                go(
+                    21,
+                    T,
+                    GoSched::Park {
+                        goid: G,
+                        reason: LOCK,
+                        stack: Some(waiting),
+                    },
+                ),
+                go(
+                    120,
+                    U,
+                    GoSched::Semrelease {
+                        goid: H,
+                        address: SEMA,
+                        stack: Some(unlocking),
+                    },
+                ),
+                ready_by(121, U, G, H),
+            ],
+        );
+        let wakers = e.wait_sites.wakers_of(waiting, 3);
+        assert_eq!(wakers.len(), 1);
+        assert_eq!(wakers[0].0, unlocking);
+    }
 }

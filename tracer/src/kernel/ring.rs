@@ -69,6 +69,11 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
             address: e.detail,
             caller: e.caller,
         },
+        go_sched::SEMRELEASE => GoSched::Semrelease {
+            goid,
+            address: e.detail,
+            stack: stack_ref(e.stack_id, e.caller),
+        },
         go_sched::STOP_THE_WORLD => GoSched::StopTheWorld,
         go_sched::START_THE_WORLD => GoSched::StartTheWorld,
         _ => return None,

@@ -19,8 +19,8 @@ use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
     go::{
         runtime::{
-            GoRuntime, EXECUTE, GOEXIT1, GOPARK, PROBED, READY, SEMACQUIRE1, START_THE_WORLD,
-            STOP_THE_WORLD,
+            GoRuntime, EXECUTE, GOEXIT1, GOPARK, PROBED, READY, SEMACQUIRE1, SEMRELEASE1,
+            START_THE_WORLD, STOP_THE_WORLD,
         },
         GoTls, SERVER_HANDSHAKE,
     },
@@ -133,13 +133,14 @@ impl GoSchedStatus {
 
 /// The Go scheduler's functions probed, the kernel program on each (tracer-ebpf
 /// `probes/go_sched.rs`), and where its probe goes in `go`'s executable (a file offset).
-fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 7] {
+fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 8] {
     [
         (GOPARK, "go_park", go.gopark),
         (READY, "go_ready", go.ready),
         (EXECUTE, "go_execute", go.execute),
         (GOEXIT1, "go_exit", go.goexit1),
         (SEMACQUIRE1, "go_semacquire", go.semacquire1),
+        (SEMRELEASE1, "go_semrelease", go.semrelease1),
         (STOP_THE_WORLD, "go_stop_the_world", go.stop_the_world),
         (START_THE_WORLD, "go_start_the_world", go.start_the_world),
     ]
@@ -399,7 +400,7 @@ mod tests {
             followed.line().unwrap(),
             "Go runtime: go1.19.8; goroutines followed with uprobes on runtime.gopark, \
              runtime.ready, runtime.execute, runtime.goexit1, runtime.semacquire1, \
-             runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
+             runtime.semrelease1, runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
              .gopclntab; g/m offsets: go1.19 table)"
         );
         let off = GoSchedStatus::Off {

@@ -194,9 +194,14 @@ fn where_the_time_went(sum: &Summary) -> String {
             } else {
                 String::new()
             };
+            let woken_by = site
+                .woken_by
+                .first()
+                .map(|w| format!("  woken by {} x{}", w.site, w.count))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {head:<16} {:>5.1}%  {}{}  ({} waits, {})",
+                "  {head:<16} {:>5.1}%  {}{}  ({} waits, {}){woken_by}",
                 site.share * 100.0,
                 site.site,
                 if site.truncated {

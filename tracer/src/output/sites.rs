@@ -16,6 +16,8 @@ use crate::{
 
 /// Sites resolved per cause: the heaviest kept for the report, every kept one for the graph.
 const SITES_PER_CAUSE: usize = 200;
+/// Waker sites resolved per waiting site.
+const WAKERS_PER_SITE: usize = 3;
 /// The frame under which time with no stack is drawn.
 pub const NO_STACK_FRAME: &str = "[no stack]";
 /// The frame under which time that is not a blocking wait is drawn (on a CPU, in a run
@@ -29,6 +31,17 @@ pub struct ResolvedSite {
     /// The stack may be cut short (code without frame pointers on the way).
     pub truncated: bool,
     pub total_ns: u64,
+    pub count: u64,
+    /// For a lock wait: where the goroutines that woke it released the lock (the
+    /// unlockers), most frequent first.
+    pub woken_by: Vec<ResolvedWaker>,
+}
+
+/// Where a waker released what a site waited for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedWaker {
+    pub frames: Vec<Frame>,
+    pub truncated: bool,
     pub count: u64,
 }
 
@@ -64,11 +77,26 @@ impl ResolvedSites {
                 match stack_addresses(site, stacks) {
                     Some(addrs) => {
                         let (frames, truncated) = symbolize(&addrs, symbolizer.as_deref_mut());
+                        let woken_by = sites
+                            .wakers_of(site, WAKERS_PER_SITE)
+                            .into_iter()
+                            .filter_map(|(waker, t)| {
+                                let addrs = stack_addresses(waker, stacks)?;
+                                let (frames, truncated) =
+                                    symbolize(&addrs, symbolizer.as_deref_mut());
+                                Some(ResolvedWaker {
+                                    frames,
+                                    truncated,
+                                    count: t.count,
+                                })
+                            })
+                            .collect();
                         resolved.push(ResolvedSite {
                             frames,
                             truncated,
                             total_ns: tally.ns,
                             count: tally.count,
+                            woken_by,
                         });
                     }
                     None => {

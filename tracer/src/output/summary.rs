@@ -200,6 +200,18 @@ pub struct WaitSite {
     pub count: u64,
     /// Of all requests' time.
     pub share: f64,
+    /// For a Go lock wait: where the goroutines that woke it released the lock (the
+    /// unlockers), most frequent first (at most 3).
+    pub woken_by: Vec<WakerSite>,
+}
+
+/// Where a waker released what a site waited for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakerSite {
+    pub site: String,
+    pub frames: Vec<String>,
+    pub truncated: bool,
+    pub count: u64,
 }
 
 /// One contended Go semaphore: the goroutines that waited, and the goroutines that woke them.
@@ -648,6 +660,16 @@ fn wait_sites(sites: &ResolvedSites, total_request_ns: u64) -> BTreeMap<Cause, C
                 total_ns: s.total_ns,
                 count: s.count,
                 share: share(s.total_ns, total_request_ns),
+                woken_by: s
+                    .woken_by
+                    .iter()
+                    .map(|w| WakerSite {
+                        site: sites::short_name(&w.frames),
+                        frames: w.frames.iter().map(frame_name).collect(),
+                        truncated: w.truncated,
+                        count: w.count,
+                    })
+                    .collect(),
             })
             .collect();
         out.insert(
@@ -888,6 +910,14 @@ mod tests {
                     truncated: false,
                     total_ns: 1_000,
                     count: 1,
+                    woken_by: vec![sites::ResolvedWaker {
+                        frames: vec![
+                            frame("__futex_wake", None),
+                            frame("handle_unlock", Some(50)),
+                        ],
+                        truncated: false,
+                        count: 1,
+                    }],
                 }],
             )]),
             not_listed: BTreeMap::new(),

@@ -46,17 +46,21 @@ pub const GOEXIT1: &str = "runtime.goexit1";
 /// `runtime.semacquire1(addr, lifo, ...)`: a goroutine takes a semaphore (`sync.Mutex`,
 /// `RWMutex`, `WaitGroup` waits, and the runtime's own), parking when it must wait.
 pub const SEMACQUIRE1: &str = "runtime.semacquire1";
+/// `runtime.semrelease1(addr, handoff, ...)`: a goroutine releases a semaphore (a
+/// `sync.Mutex`'s Unlock with waiters), readying a waiter: the unlocker.
+pub const SEMRELEASE1: &str = "runtime.semrelease1";
 /// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`: every goroutine stops (for the
 /// GC, and a few other runtime jobs) and may run again. Both run on the system stack.
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
 /// The functions probed, each at its stack check's jump.
-pub const PROBED: [&str; 7] = [
+pub const PROBED: [&str; 8] = [
     GOPARK,
     READY,
     EXECUTE,
     GOEXIT1,
     SEMACQUIRE1,
+    SEMRELEASE1,
     STOP_THE_WORLD,
     START_THE_WORLD,
 ];
@@ -87,6 +91,8 @@ pub struct GoRuntime {
     pub goexit1: u64,
     /// `runtime.semacquire1`: which semaphore a goroutine's next park waits for.
     pub semacquire1: u64,
+    /// `runtime.semrelease1`: who releases it, and where.
+    pub semrelease1: u64,
     /// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`.
     pub stop_the_world: u64,
     pub start_the_world: u64,
@@ -155,6 +161,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let execute = probe_point(EXECUTE)?;
     let goexit1 = probe_point(GOEXIT1)?;
     let semacquire1 = probe_point(SEMACQUIRE1)?;
+    let semrelease1 = probe_point(SEMRELEASE1)?;
     let stop_the_world = probe_point(STOP_THE_WORLD)?;
     let start_the_world = probe_point(START_THE_WORLD)?;
     let gc_semaphore_callers = GC_SEMAPHORE_CALLERS
@@ -181,6 +188,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         execute,
         goexit1,
         semacquire1,
+        semrelease1,
         stop_the_world,
         start_the_world,
         gc_semaphore_callers,
