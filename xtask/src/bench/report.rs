@@ -344,8 +344,9 @@ fn print_go_scheduler_cost(stats_summary: Option<&Summary>) {
         per_program.join(", ")
     );
     println!(
-        "  BPF ns per request: {} in the Go scheduler uprobes, {} in all programs \
-         (BPF run time only: the uprobe trap itself is not in the kernel's BPF stats)",
+        "  BPF ns per request: {} in the Go scheduler uprobes, {} in all programs (these \
+         include the host-wide hooks, which run for every process's syscalls and switches; \
+         BPF run time only: the uprobe trap itself is not in the kernel's BPF stats)",
         fmt(ratio(Some(go_ns), requests), 0),
         fmt(ratio(Some(all_ns), requests), 0)
     );
