@@ -1,11 +1,16 @@
-//! One load phase's client: `workload load` or `openssl s_time`, and what it measured.
+//! One load phase's client: `workload load`, `openssl s_time` or the bench's own paced HTTP
+//! client, and what it measured.
 
 use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
-    time::Instant,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::cmdline;
@@ -75,4 +80,169 @@ pub fn s_time(port: u16, flags: &[&str], seconds: u32) -> Result<Load> {
         p99_us: None,
         errors: Some(0.0),
     })
+}
+
+/// Pause before a paced connection reconnects after an error.
+const RECONNECT_DELAY: Duration = Duration::from_millis(10);
+/// How long a paced connection waits for a response before counting an error.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fixed request rate on keep-alive HTTP/1.1 connections (`workload load` sends back to
+/// back only, so the bench paces its own client).
+pub struct Paced {
+    pub addr: SocketAddr,
+    pub path: &'static str,
+    /// Requests per second, over all connections.
+    pub rate: u32,
+    pub connections: u32,
+    pub seconds: u32,
+}
+
+/// Sends `rate * seconds` requests, request `i` due at `i / rate` s after the start: each
+/// connection takes the next request due, waits for its time and sends it (at once when it
+/// is late: every connection was busy). A request's latency runs from the time it was due,
+/// so a server that falls behind shows in the p99 (no coordinated omission). Throughput is
+/// the requests answered over the time from the start to the last answer: the offered rate
+/// when the server keeps up.
+pub fn paced(spec: &Paced) -> Result<Load> {
+    println!(
+        "$ (bench client) GET http://{}{} at {} req/s on {} keep-alive connections for {} s",
+        spec.addr, spec.path, spec.rate, spec.connections, spec.seconds
+    );
+    let total = u64::from(spec.rate) * u64::from(spec.seconds);
+    let interval_ns = 1e9 / f64::from(spec.rate);
+    let next = AtomicU64::new(0);
+    let mut streams = Vec::new();
+    for _ in 0..spec.connections {
+        streams.push(PacedConnection::connect(spec.addr)?);
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tracer-bench\r\n\r\n",
+        spec.path, spec.addr
+    );
+    let results: Vec<(Vec<u64>, u64, Instant)> = thread::scope(|scope| {
+        let workers: Vec<_> = streams
+            .into_iter()
+            .map(|mut conn| {
+                let (next, request) = (&next, request.as_bytes());
+                scope.spawn(move || {
+                    let (mut latencies, mut errors, mut last) = (Vec::new(), 0u64, start);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let due = start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+                        let now = Instant::now();
+                        if due > now {
+                            thread::sleep(due - now);
+                        }
+                        match conn.exchange(request) {
+                            Ok(()) => {
+                                last = Instant::now();
+                                latencies.push(last.duration_since(due).as_nanos() as u64);
+                            }
+                            Err(_) => {
+                                errors += 1;
+                                thread::sleep(RECONNECT_DELAY);
+                                if let Ok(fresh) = PacedConnection::connect(conn.addr) {
+                                    conn = fresh;
+                                }
+                            }
+                        }
+                    }
+                    (latencies, errors, last)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a paced load connection panicked"))
+            .collect()
+    });
+    let mut latencies: Vec<u64> = Vec::with_capacity(total as usize);
+    let (mut errors, mut last) = (0, start);
+    for (l, e, t) in results {
+        latencies.extend(l);
+        errors += e;
+        last = last.max(t);
+    }
+    latencies.sort_unstable();
+    let elapsed = last.saturating_duration_since(start).as_secs_f64();
+    let p99_us = percentile(&latencies, 0.99).map(|ns| ns as f64 / 1e3);
+    Ok(Load {
+        rps: (elapsed > 0.0).then(|| latencies.len() as f64 / elapsed),
+        p99_us,
+        errors: Some(errors as f64),
+    })
+}
+
+/// The value at quantile `q` (0..=1) of `sorted` (nearest rank); `None` when empty.
+fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    let rank = (sorted.len() as f64 * q).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+/// One keep-alive connection of [`paced`].
+struct PacedConnection {
+    addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+impl PacedConnection {
+    fn connect(addr: SocketAddr) -> Result<PacedConnection> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        Ok(PacedConnection {
+            addr,
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends `request` and reads the response: a 200 with a `Content-Length` body.
+    fn exchange(&mut self, request: &[u8]) -> Result<()> {
+        self.stream.get_mut().write_all(request)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        ensure!(
+            line.starts_with("HTTP/1.1 200"),
+            "unexpected status line {line:?}"
+        );
+        let mut length = None;
+        loop {
+            line.clear();
+            ensure!(self.stream.read_line(&mut line)? > 0, "connection closed");
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = Some(value.trim().parse::<usize>()?);
+                }
+            }
+        }
+        let length = length.context("a response without Content-Length")?;
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&[], 0.99), None);
+        assert_eq!(percentile(&[5], 0.99), Some(5));
+        assert_eq!(percentile(&[5], 0.0), Some(5));
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 0.99), Some(99));
+        assert_eq!(percentile(&values, 0.5), Some(50));
+        assert_eq!(percentile(&values, 1.0), Some(100));
+    }
 }

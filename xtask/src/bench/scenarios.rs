@@ -4,6 +4,9 @@
 pub const MAX_THROUGHPUT_LOSS_PCT: f64 = 5.0;
 /// The TLS target: new-connection-per-request HTTPS.
 pub const MAX_TLS_THROUGHPUT_LOSS_PCT: f64 = 7.0;
+/// The target at a fixed request rate below capacity: no measurable loss (the traced server
+/// must keep up with the offered rate as the untraced one does).
+pub const MAX_FIXED_RATE_LOSS_PCT: f64 = 1.0;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -33,6 +36,25 @@ pub enum Target {
         server: &'static [&'static str],
         client: &'static [&'static str],
     },
+    /// The Go test service (`tests/go/go_service.go`, `net/http`, HTTP/1.1 keep-alive),
+    /// built with the system's Go; the tracer follows its goroutines with uprobes on Go's
+    /// scheduler.
+    GoService(GoLoad),
+}
+
+/// The load on the Go test service.
+pub enum GoLoad {
+    /// `workload load`: requests back to back on keep-alive connections (saturating).
+    Saturating {
+        connections: u32,
+        path: &'static str,
+    },
+    /// The bench's own client at a fixed request rate (see `load::paced`).
+    FixedRate {
+        connections: u32,
+        path: &'static str,
+        rate: u32,
+    },
 }
 
 /// What the TLS uprobes' BPF time is counted per.
@@ -57,12 +79,18 @@ impl Target {
     /// What the TLS uprobes' cost is counted per; `None` for plain HTTP.
     pub fn uprobe_cost_unit(&self) -> Option<UprobeCostUnit> {
         match self {
-            Target::Workload { https: false, .. } => None,
+            Target::Workload { https: false, .. } | Target::GoService(_) => None,
             Target::Workload { https: true, .. } => Some(UprobeCostUnit::Request),
             Target::WorkloadTls { .. } | Target::GoTls { .. } | Target::OpenSsl { .. } => {
                 Some(UprobeCostUnit::Handshake)
             }
         }
+    }
+
+    /// Whether the target is a Go program the tracer follows with its Go scheduler uprobes
+    /// (their hits and BPF time per request are reported).
+    pub fn go_scheduler(&self) -> bool {
+        matches!(self, Target::GoService(_))
     }
 }
 
@@ -112,6 +140,25 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "H",
+        about: "a Go net/http hello world (go_service.go's /, Go scheduler uprobes), saturating keep-alive load, 8 connections",
+        target: Target::GoService(GoLoad::Saturating {
+            connections: 8,
+            path: "/",
+        }),
+        max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
+        name: "I",
+        about: "Go mutex middleware at a fixed rate below capacity: go_service.go's /auth?ms=2 (a sync.Mutex held 2 ms per request, a backend dial), 200 req/s (about half its capacity here) on 8 keep-alive connections",
+        target: Target::GoService(GoLoad::FixedRate {
+            connections: 8,
+            path: "/auth?ms=2",
+            rate: 200,
+        }),
+        max_loss_pct: MAX_FIXED_RATE_LOSS_PCT,
     },
     Scenario {
         name: "C",

@@ -1,5 +1,5 @@
-//! Starting what a scenario traces (the workload server, the Go HTTPS server or
-//! `openssl s_server`) and the load to run against it.
+//! Starting what a scenario traces (the workload server, the Go HTTPS server, the Go test
+//! service or `openssl s_server`) and the load to run against it.
 
 use std::{
     ffi::OsStr,
@@ -12,13 +12,13 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use tracer_support::{
-    go::{build_https_server, GoBuild},
+    go::{build_go_program, build_https_server, go_service_source, GoBuild, Toolchain},
     tls::{make_cert, CertKey},
 };
 
 use super::{
-    load::{run_workload_load, s_time, Load},
-    scenarios::Target,
+    load::{paced, run_workload_load, s_time, Load, Paced},
+    scenarios::{GoLoad, Target},
 };
 use crate::workload::{load_command, Proc, Server};
 
@@ -83,6 +83,7 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
             cmd.arg(&cert).arg(&key);
             s_time_against(Server::start_command(cmd)?, client, seconds)
         }
+        Target::GoService(ref go_load) => go_service(go_load, workload, tmp, seconds),
         Target::OpenSsl { server, client } => {
             let s_server = SServer::start(tmp, server)?;
             let (pid, port) = (s_server.proc.id(), s_server.port);
@@ -93,6 +94,54 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
             })
         }
     }
+}
+
+/// The Go test service, built with the system's Go into `tmp`, under `go_load`.
+fn go_service(go_load: &GoLoad, workload: &Path, tmp: &Path, seconds: u32) -> Result<Running> {
+    let exe = build_go_program(
+        &go_service_source(),
+        tmp,
+        GoBuild::default(),
+        Toolchain::System,
+    )
+    .context("building the Go test service")?;
+    let server = Server::start_command(Command::new(exe))?;
+    let addr = server.addr.clone();
+    let load: LoadFn = match *go_load {
+        GoLoad::Saturating { connections, path } => {
+            let workload = workload.to_path_buf();
+            Box::new(move || {
+                run_workload_load(&mut load_command(
+                    &workload,
+                    &addr,
+                    connections,
+                    seconds,
+                    &[path],
+                ))
+            })
+        }
+        GoLoad::FixedRate {
+            connections,
+            path,
+            rate,
+        } => {
+            let spec = Paced {
+                addr: addr
+                    .parse()
+                    .with_context(|| format!("the Go service's address {addr}"))?,
+                path,
+                rate,
+                connections,
+                seconds,
+            };
+            Box::new(move || paced(&spec))
+        }
+    };
+    Ok(Running {
+        pid: server.pid,
+        stop: Box::new(move || server.stop()),
+        load,
+    })
 }
 
 /// `workload serve` arguments for HTTPS with `tls`'s certificate and key.
