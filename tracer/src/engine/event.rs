@@ -65,6 +65,18 @@ pub enum EventKind {
     Lost,
 }
 
+impl EventKind {
+    /// The user stack the event carries, if any.
+    pub fn stack(&self) -> Option<StackRef> {
+        match self {
+            EventKind::SwitchOut { stack, .. }
+            | EventKind::Go(GoSched::Park { stack, .. })
+            | EventKind::Go(GoSched::Semrelease { stack, .. }) => *stack,
+            _ => None,
+        }
+    }
+}
+
 /// The syscall a thread was inside when it switched out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InSyscall {

@@ -72,6 +72,8 @@ pub struct Engine<R> {
     pub go_locks: GoLocks,
     /// Request time in blocking waits, by cause and call site.
     pub wait_sites: WaitSites,
+    /// Events that carried a user stack (a blocking switch-out, a park, a release).
+    pub stacks_taken: u64,
     /// Time blocked in `other`, by the syscall the thread was in (`None`: not in a traced
     /// syscall).
     pub other_by_syscall: HashMap<Option<u32>, u64>,
@@ -89,6 +91,7 @@ impl<R: FdResolver> Engine<R> {
             locks: FutexLocks::default(),
             go_locks: GoLocks::default(),
             wait_sites: WaitSites::default(),
+            stacks_taken: 0,
             other_by_syscall: HashMap::default(),
         }
     }
@@ -136,6 +139,9 @@ impl<R: FdResolver> Engine<R> {
     }
 
     pub fn handle(&mut self, event: Event) {
+        if event.kind.stack().is_some() {
+            self.stacks_taken += 1;
+        }
         let Event { ts, tid, kind } = event;
         match kind {
             EventKind::SwitchOut {

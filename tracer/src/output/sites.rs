@@ -48,6 +48,9 @@ pub struct ResolvedWaker {
 /// The sites of every cause, heaviest first, and what was not resolved.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResolvedSites {
+    /// Distinct addresses symbolized, and how long naming the sites took.
+    pub addresses: usize,
+    pub resolve_ms: f64,
     pub by_cause: BTreeMap<Cause, Vec<ResolvedSite>>,
     /// Per cause: waits at sites beyond those resolved (count, ns).
     pub not_listed: BTreeMap<Cause, (u64, u64)>,
@@ -67,6 +70,7 @@ impl ResolvedSites {
         stacks: &dyn StackSource,
         symbolizer: Option<&mut Symbolizer>,
     ) -> Self {
+        let started = std::time::Instant::now();
         let mut symbolizer = symbolizer;
         let mut out = ResolvedSites::default();
         for cause in Cause::ALL {
@@ -115,6 +119,8 @@ impl ResolvedSites {
                 out.without_stack.insert(cause, (without.count, without.ns));
             }
         }
+        out.addresses = symbolizer.map_or(0, |s| s.stats().addresses);
+        out.resolve_ms = started.elapsed().as_secs_f64() * 1e3;
         out
     }
 

@@ -46,6 +46,8 @@ pub struct Summary {
     pub go_locks_not_listed: WaitCount,
     /// Where requests waited: per blocking cause, the heaviest call sites.
     pub wait_sites: BTreeMap<Cause, CauseSites>,
+    /// What taking and naming the stacks cost.
+    pub stacks: StacksUsage,
     pub tls: Tls,
     pub events: Events,
     pub attribution: Attribution,
@@ -174,6 +176,18 @@ pub struct Lock {
     pub waiters_not_listed: WaitCount,
     pub wakers: Vec<LockWaker>,
     pub wakers_not_listed: WakeupCount,
+}
+
+/// What taking and naming the stacks cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StacksUsage {
+    /// Events that carried a user stack (blocking switch-outs, parks, releases), and per
+    /// second of the trace.
+    pub taken: u64,
+    pub taken_per_s: f64,
+    /// Distinct addresses symbolized at the end, and how long naming every site took.
+    pub addresses: usize,
+    pub symbolize_ms: f64,
 }
 
 /// The call sites of one cause's waits inside requests, heaviest first.
@@ -537,6 +551,12 @@ impl Summary {
             locks_not_listed: not_listed(&engine.locks),
             go_locks: top_go_locks(c),
             wait_sites: wait_sites(end.sites, total),
+            stacks: StacksUsage {
+                taken: engine.stacks_taken,
+                taken_per_s: engine.stacks_taken as f64 / c.elapsed().as_secs_f64().max(1e-9),
+                addresses: end.sites.addresses,
+                symbolize_ms: end.sites.resolve_ms,
+            },
             go_locks_not_listed: not_listed(&engine.go_locks),
             tls: tls(end.tls, &t.tls),
             events: Events {
@@ -899,6 +919,8 @@ mod tests {
             inlined: false,
         };
         let sites = ResolvedSites {
+            addresses: 3,
+            resolve_ms: 1.5,
             by_cause: BTreeMap::from([(
                 Cause::Lock,
                 vec![sites::ResolvedSite {

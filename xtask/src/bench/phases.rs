@@ -32,6 +32,9 @@ pub struct Traced {
 pub struct Measured {
     pub baseline: Vec<Load>,
     pub traced: Vec<Traced>,
+    /// For a scenario that compares them: a traced phase with `--stacks off` after each
+    /// traced one.
+    pub without_stacks: Vec<Traced>,
     /// One more traced phase with `--bpf-stats`, for the per-program costs only: the kernel's
     /// run-time statistics cost time themselves, so throughput is compared without them.
     pub stats: Option<Traced>,
@@ -66,6 +69,7 @@ impl Bench {
         let mut measured = Measured {
             baseline: Vec::new(),
             traced: Vec::new(),
+            without_stacks: Vec::new(),
             stats: None,
         };
         for round in 1..=rounds {
@@ -73,15 +77,32 @@ impl Bench {
             measured.baseline.push(baseline);
             thread::sleep(SETTLE);
             let phase = format!("{name} traced {round}");
-            let traced = run.traced_phase(&phase, &format!("{name}-{round}"), false)?;
+            let traced = run.traced_phase(&phase, &format!("{name}-{round}"), Mode::Traced)?;
             measured.traced.push(traced);
             thread::sleep(SETTLE);
+            if scenario.compare_stacks {
+                let phase = format!("{name} traced --stacks off {round}");
+                let out = format!("{name}-nostacks-{round}");
+                let traced = run.traced_phase(&phase, &out, Mode::WithoutStacks)?;
+                measured.without_stacks.push(traced);
+                thread::sleep(SETTLE);
+            }
         }
         let phase = format!("{name} traced with --bpf-stats");
-        measured.stats = Some(run.traced_phase(&phase, &format!("{name}-stats"), true)?);
+        let stats = run.traced_phase(&phase, &format!("{name}-stats"), Mode::BpfStats)?;
+        measured.stats = Some(stats);
         run.target.stop();
         Ok(measured)
     }
+}
+
+/// How a traced phase runs the tracer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Traced,
+    WithoutStacks,
+    /// With `--bpf-stats`, for the per-program costs.
+    BpfStats,
 }
 
 /// A scenario's running target, and the bench it runs in.
@@ -99,10 +120,10 @@ impl ScenarioRun<'_> {
     }
 
     /// One load phase with the tracer attached, which writes into `<tmp>/<out_name>`.
-    fn traced_phase(&mut self, phase: &str, out_name: &str, bpf_stats: bool) -> Result<Traced> {
+    fn traced_phase(&mut self, phase: &str, out_name: &str, mode: Mode) -> Result<Traced> {
         let out_dir = self.bench.tmp.join(out_name);
         let traced = self
-            .trace_load(phase, &out_dir, bpf_stats)
+            .trace_load(phase, &out_dir, mode)
             .with_context(|| phase.to_string())?;
         println!("{phase}: {}", describe(&traced.load));
         Ok(traced)
@@ -110,12 +131,13 @@ impl ScenarioRun<'_> {
 
     /// Starts the tracer, waits until it has attached, runs the load, then stops the tracer
     /// with SIGTERM and reads its summary.
-    fn trace_load(&mut self, phase: &str, out_dir: &Path, bpf_stats: bool) -> Result<Traced> {
+    fn trace_load(&mut self, phase: &str, out_dir: &Path, mode: Mode) -> Result<Traced> {
         let spec = TracerSpec {
             tracer: &self.bench.tracer,
             pid: self.target.pid,
             seconds: self.bench.seconds,
-            bpf_stats,
+            bpf_stats: mode == Mode::BpfStats,
+            stacks: mode != Mode::WithoutStacks,
         };
         let mut tracer = RunningTracer::start(&spec, out_dir)?;
         tracer.wait_until_attached(phase)?;

@@ -52,7 +52,58 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
     if scenario.target.go_scheduler() {
         print_go_scheduler_cost(stats_summary);
     }
+    print_stacks_cost(measured);
     misses(scenario, &load, &tracer)
+}
+
+/// Taking the stacks: each round's traced throughput (stacks on) over the `--stacks off`
+/// phase right after it, their median; stacks taken per second and the naming at the end.
+fn print_stacks_cost(measured: &Measured) {
+    if measured.without_stacks.is_empty() {
+        return;
+    }
+    let ratios: Vec<f64> = measured
+        .traced
+        .iter()
+        .zip(&measured.without_stacks)
+        .filter_map(|(on, off)| Some(on.load.rps? / off.load.rps?))
+        .collect();
+    let pairs: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    let median = median(&ratios);
+    let stacks: Vec<_> = measured
+        .traced
+        .iter()
+        .filter_map(|t| t.summary.as_ref().map(|s| &s.stacks))
+        .collect();
+    let per_s: Vec<f64> = stacks.iter().map(|s| s.taken_per_s).collect();
+    let symbolize: Vec<f64> = stacks.iter().map(|s| s.symbolize_ms).collect();
+    println!(
+        "  stacks: throughput with / without (--stacks off) per round {}; median {}{}",
+        pairs.join(", "),
+        median.map_or_else(|| "n/a".to_string(), |m| format!("{m:.3}")),
+        median.map_or_else(String::new, |m| format!(
+            " (cost {:.1}%)",
+            (1.0 - m) * 100.0
+        )),
+    );
+    println!(
+        "  stacks taken per second: {}; naming the sites at the end: {} ms ({} addresses)",
+        per_s
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        symbolize
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        stacks
+            .iter()
+            .map(|s| s.addresses.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
 }
 
 /// Prints where the tracer's output is, and the verdict over every scenario's `misses`.

@@ -13,6 +13,8 @@ pub struct Scenario {
     pub about: &'static str,
     pub target: Target,
     pub max_loss_pct: f64,
+    /// Also trace each round with `--stacks off`, to measure what taking the stacks costs.
+    pub compare_stacks: bool,
 }
 
 /// What a scenario loads.
@@ -103,6 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
             paths: &["/"],
             https: false,
         },
+        compare_stacks: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -113,6 +116,7 @@ pub const SCENARIOS: &[Scenario] = &[
             paths: &["/cpu?ms=1"],
             https: false,
         },
+        compare_stacks: false,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -121,6 +125,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::WorkloadTls {
             client: &["-new", "-www", "/"],
         },
+        compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -131,6 +136,7 @@ pub const SCENARIOS: &[Scenario] = &[
             paths: &["/"],
             https: true,
         },
+        compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -139,6 +145,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::GoTls {
             client: &["-new", "-www", "/"],
         },
+        compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -148,6 +155,7 @@ pub const SCENARIOS: &[Scenario] = &[
             connections: 8,
             path: "/",
         }),
+        compare_stacks: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -158,6 +166,7 @@ pub const SCENARIOS: &[Scenario] = &[
             path: "/auth?ms=2",
             rate: 200,
         }),
+        compare_stacks: true,
         max_loss_pct: MAX_FIXED_RATE_LOSS_PCT,
     },
     Scenario {
@@ -167,6 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
             server: &["-www"],
             client: &["-new", "-www", "/"],
         },
+        compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -176,6 +186,7 @@ pub const SCENARIOS: &[Scenario] = &[
             server: &[],
             client: &["-new"],
         },
+        compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
 ];

@@ -30,6 +30,8 @@ pub struct TracerSpec<'a> {
     pub pid: u32,
     pub seconds: u32,
     pub bpf_stats: bool,
+    /// `--stacks on` (the default) or `off`.
+    pub stacks: bool,
 }
 
 /// A running tracer, its stderr echoed by a thread that reports its `attached` line.
@@ -48,6 +50,12 @@ impl RunningTracer {
         let mut cmd = Command::new(spec.tracer);
         cmd.args(["--pid", &spec.pid.to_string()])
             .args(spec.bpf_stats.then_some("--bpf-stats"))
+            .args(
+                (!spec.stacks)
+                    .then_some(["--stacks", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--duration", &(spec.seconds + 1).to_string()])
             .arg("--output")
             .arg(out_dir)
