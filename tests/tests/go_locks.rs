@@ -64,10 +64,14 @@ fn lists_the_contended_mutex_and_its_wakers(toolchain: Toolchain, build: GoBuild
         .map(|r| r.breakdown.get(&Cause::Lock).copied().unwrap_or(0))
         .sum();
     assert_eq!(done.requests.len(), REQUESTS, "{}", done.describe());
-    // The requests' lock time is their parks on this mutex, which the server's own
-    // measurement includes (with the scheduling after each wakeup).
+    // Only the handlers wait on this mutex (one request at a time, so each holder takes it
+    // free), inside their requests: its waits are part of the requests' lock time (which
+    // also holds net/http's own short sync.Cond waits), and part of what the server
+    // measured (which adds the wait for a CPU after each wakeup); most of the latter.
     assert!(
-        traced <= lock.wait_ns && lock.wait_ns <= measured + REQUESTS as u64 * MS,
+        lock.wait_ns <= traced + MS
+            && lock.wait_ns <= measured + REQUESTS as u64 * MS
+            && lock.wait_ns * 2 >= measured,
         "requests' lock {traced} ns, the mutex's waits {} ns, measured {measured} ns: {lock:?}",
         lock.wait_ns
     );

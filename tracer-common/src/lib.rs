@@ -295,6 +295,70 @@ pub struct InSyscall {
     /// The buffer of read/recvfrom/write/sendto (whose first bytes may be a TLS record
     /// header), else 0.
     pub buf: u64,
+    /// The thread's conversation, kept across its syscalls: the fd its last read that moved
+    /// bytes was on ([`NO_FD`] before any), whether it has written to that fd since
+    /// (answered), and the fd of its last read that found nothing (EAGAIN). A thread blocked
+    /// waiting for the next request on the connection it answered, or idle in poll/epoll
+    /// after answering, is between requests: no stack is taken for that wait.
+    pub conversation: Conversation,
+}
+
+/// See [`InSyscall::conversation`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub request_fd: u32,
+    pub answered: u32,
+    pub eagain_fd: u32,
+    pub _pad: u32,
+}
+
+impl Default for Conversation {
+    fn default() -> Self {
+        Conversation {
+            request_fd: NO_FD,
+            answered: 0,
+            eagain_fd: NO_FD,
+            _pad: 0,
+        }
+    }
+}
+
+/// No fd (an fd is an `int`, never this).
+pub const NO_FD: u32 = u32::MAX;
+
+impl Conversation {
+    /// A read or write returned `ret` on `fd`.
+    pub fn returned(&mut self, syscall_nr: u32, fd: u32, ret: i64) {
+        if is_read(syscall_nr) {
+            if ret > 0 {
+                self.request_fd = fd;
+                self.answered = 0;
+            } else if ret == -EAGAIN {
+                self.eagain_fd = fd;
+            }
+        } else if is_write(syscall_nr) && ret > 0 && fd == self.request_fd {
+            self.answered = 1;
+        }
+    }
+
+    /// Blocked in `syscall_nr` on `fd`: waiting for the next request on the connection it
+    /// answered, or idle in poll/epoll/select after answering.
+    pub fn between_requests(&self, syscall_nr: u32, fd: u32) -> bool {
+        use nr::*;
+        self.answered != 0
+            && ((is_read(syscall_nr) && fd == self.request_fd)
+                || matches!(
+                    syscall_nr,
+                    POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2
+                ))
+    }
+
+    /// A goroutine parks in the netpoller right after a read that found nothing on the
+    /// connection this thread answered: net/http waiting for the next keep-alive request.
+    pub fn parked_between_requests(&self) -> bool {
+        self.answered != 0 && self.eagain_fd == self.request_fd
+    }
 }
 
 /// Why a kernel program gave up on an event; indexes of the `LOSSES` per-CPU array. Every
@@ -559,7 +623,8 @@ records! {
     IrqLevel = 16,
     SyscallEvent = 48,
     ThreadEvent = 32,
-    InSyscall = 32,
+    InSyscall = 48,
+    Conversation = 16,
     TlsEvent = 40,
     GoSchedEvent = 48,
 }
@@ -567,6 +632,33 @@ records! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_is_between_requests_once_it_answered_the_connection_it_read() {
+        let (conn, backend) = (5, 9);
+        let mut c = Conversation::default();
+        assert!(!c.between_requests(nr::READ, conn), "nothing read yet");
+        c.returned(nr::READ, conn, 100); // the request
+        c.returned(nr::WRITE, backend, 10); // a backend call
+        assert!(
+            !c.between_requests(nr::READ, backend),
+            "waiting for the backend"
+        );
+        assert!(!c.between_requests(nr::FUTEX, 0));
+        c.returned(nr::WRITE, conn, 50); // the response
+        assert!(
+            c.between_requests(nr::READ, conn),
+            "waiting for the next request"
+        );
+        assert!(c.between_requests(nr::EPOLL_WAIT, 0), "an event loop, idle");
+        assert!(!c.between_requests(nr::FUTEX, 0), "a lock after answering");
+        c.returned(nr::READ, conn, -EAGAIN);
+        assert!(c.parked_between_requests(), "net/http, back to reading");
+        c.returned(nr::READ, conn, 80); // the next request
+        assert!(!c.between_requests(nr::READ, conn));
+        c.returned(nr::READ, backend, -EAGAIN);
+        assert!(!c.parked_between_requests());
+    }
 
     #[test]
     fn the_record_after_a_change_cipher_spec_is_classified() {

@@ -40,17 +40,21 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
         let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
         event.prev_state = state as u32;
-        // Blocked (not preempted, not yielding): where, in its own code. `prev` is current,
-        // and its user registers are those saved when it entered the kernel.
-        let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
-        event.stack_id = if blocked {
-            user_stack_id(ctx)
-        } else {
-            NO_STACK
-        };
+        let mut between_requests = false;
         if let Some(inside) = unsafe { IN_SYSCALL.get(prev_tid) } {
             event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
             event.syscall_arg0 = inside.arg0;
+            between_requests = inside
+                .conversation
+                .between_requests(inside.nr, inside.arg0 as u32);
+        }
+        // Blocked (not preempted, not yielding) inside a request: where, in its own code.
+        // `prev` is current, and its user registers are those saved when it entered the
+        // kernel. A thread waiting for its next request takes none (most blocks of a busy
+        // server, and no request's time).
+        let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
+        if blocked && !between_requests {
+            event.stack_id = user_stack_id(ctx);
         }
     }
     emit(event)

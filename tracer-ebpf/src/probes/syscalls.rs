@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     futex_op_waits, is_change_cipher_spec, is_traced, nr, recv_flags_arg, reports_exit, tls_record,
-    tls_record_and_next, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, MSG_PEEK, NO_SYSCALL,
-    TLS_RECORD_HEADER,
+    tls_record_and_next, Conversation, EventKind, InSyscall, Loss, SyscallEvent, EAGAIN, MSG_PEEK,
+    NO_SYSCALL, TLS_RECORD_HEADER,
 };
 
 use crate::maps::{
@@ -65,17 +65,34 @@ fn syscall_arg(regs: *const pt_regs, n: usize) -> Result<u64, Loss> {
     unsafe { bpf_probe_read_kernel(reg) }.map_err(|_| Loss::ReadFailed)
 }
 
-/// Note the syscall the thread is inside, in place: slots are freed when the thread exits.
+/// Note the syscall the thread is inside, in place (its conversation is kept): slots are
+/// freed when the thread exits.
 #[inline(always)]
 fn enter(tid: u32, syscall_nr: u32, arg0: u64, arg1: u32, buf: u64) -> Result<(), Loss> {
-    let inside = InSyscall {
-        nr: syscall_nr,
-        arg1,
-        arg0,
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        buf,
-    };
-    set(&IN_SYSCALL, tid, inside)
+    let enter_ns = unsafe { bpf_ktime_get_ns() };
+    match IN_SYSCALL.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer; only this thread's own programs write its slot.
+        Some(slot) => unsafe {
+            (*slot).nr = syscall_nr;
+            (*slot).arg1 = arg1;
+            (*slot).arg0 = arg0;
+            (*slot).enter_ns = enter_ns;
+            (*slot).buf = buf;
+            Ok(())
+        },
+        None => set(
+            &IN_SYSCALL,
+            tid,
+            InSyscall {
+                nr: syscall_nr,
+                arg1,
+                arg0,
+                enter_ns,
+                buf,
+                conversation: Conversation::default(),
+            },
+        ),
+    }
 }
 
 /// `TP_PROTO(struct pt_regs *regs, long ret)`.
@@ -104,6 +121,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), Loss> {
         return Ok(()); // wakes and requeues are not waits
     }
     let ret = ctx.arg::<u64>(1) as i64;
+    // SAFETY: as above.
+    unsafe {
+        (*slot)
+            .conversation
+            .returned(inside.nr, inside.arg0 as u32, ret)
+    };
     if ret == -EAGAIN && inside.nr != nr::FUTEX && !report_eagain() {
         return Ok(()); // a non-blocking socket with nothing to do: no request boundary
     }

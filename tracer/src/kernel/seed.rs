@@ -41,6 +41,7 @@ impl Probes {
                 arg0,
                 enter_ns: now,
                 buf: 0,
+                conversation: Default::default(),
             };
             let _ = in_syscall.insert(tid, inside, BPF_NOEXIST);
         }
