@@ -23,7 +23,13 @@ use std::{
 use serde_json::Value;
 use tracer_tests::{load_result, run_load, session::Tracer, wait_for, TempDir, Workload};
 
-const OUTPUTS: [&str; 3] = ["summary.json", "requests.jsonl", "latency.hlog"];
+const OUTPUTS: [&str; 5] = [
+    "summary.json",
+    "requests.jsonl",
+    "latency.hlog",
+    "waits.folded",
+    "waits.svg",
+];
 /// The pre-flight check's name (it now adds `.PID`, and never touches this one).
 const WRITE_TEST: &str = ".tracer-write-test";
 /// How long a test waits for the tracer to write something.
@@ -186,7 +192,14 @@ fn planted_symlinks_are_not_followed() {
     );
     assert_eq!(
         names_in(&out),
-        vec![WRITE_TEST, "latency.hlog", "requests.jsonl", "summary.json"],
+        vec![
+            WRITE_TEST,
+            "latency.hlog",
+            "requests.jsonl",
+            "summary.json",
+            "waits.folded",
+            "waits.svg"
+        ],
         "left-over files in {}",
         out.display()
     );
@@ -254,7 +267,13 @@ fn a_rerun_replaces_the_previous_files() {
     assert!(hlog.contains("Tag=request,"), "{hlog}");
     assert_eq!(
         names_in(&out),
-        vec!["latency.hlog", "requests.jsonl", "summary.json"],
+        vec![
+            "latency.hlog",
+            "requests.jsonl",
+            "summary.json",
+            "waits.folded",
+            "waits.svg"
+        ],
         "left-over files in {}",
         out.display()
     );
