@@ -296,10 +296,10 @@ pub struct InSyscall {
     /// header), else 0.
     pub buf: u64,
     /// The thread's conversation, kept across its syscalls: the fd its last read that moved
-    /// bytes was on ([`NO_FD`] before any), whether it has written to that fd since
-    /// (answered), and the fd of its last read that found nothing (EAGAIN). A thread blocked
-    /// waiting for the next request on the connection it answered, or idle in poll/epoll
-    /// after answering, is between requests: no stack is taken for that wait.
+    /// bytes was on ([`NO_FD`] before any, or once closed), and whether it has written to
+    /// that fd since (answered). A thread blocked waiting for the next request on the
+    /// connection it answered, or idle in poll/epoll after answering, is between requests:
+    /// no stack is taken for that wait.
     pub conversation: Conversation,
 }
 
@@ -309,8 +309,6 @@ pub struct InSyscall {
 pub struct Conversation {
     pub request_fd: u32,
     pub answered: u32,
-    pub eagain_fd: u32,
-    pub _pad: u32,
 }
 
 impl Default for Conversation {
@@ -318,8 +316,6 @@ impl Default for Conversation {
         Conversation {
             request_fd: NO_FD,
             answered: 0,
-            eagain_fd: NO_FD,
-            _pad: 0,
         }
     }
 }
@@ -328,17 +324,16 @@ impl Default for Conversation {
 pub const NO_FD: u32 = u32::MAX;
 
 impl Conversation {
-    /// A read or write returned `ret` on `fd`.
+    /// A read, write or close returned `ret` on `fd`. A closed fd's conversation is over
+    /// (its number may come back as another connection, whose first write answers nothing).
     pub fn returned(&mut self, syscall_nr: u32, fd: u32, ret: i64) {
-        if is_read(syscall_nr) {
-            if ret > 0 {
-                self.request_fd = fd;
-                self.answered = 0;
-            } else if ret == -EAGAIN {
-                self.eagain_fd = fd;
-            }
+        if is_read(syscall_nr) && ret > 0 {
+            self.request_fd = fd;
+            self.answered = 0;
         } else if is_write(syscall_nr) && ret > 0 && fd == self.request_fd {
             self.answered = 1;
+        } else if syscall_nr == nr::CLOSE && fd == self.request_fd {
+            *self = Conversation::default();
         }
     }
 
@@ -352,12 +347,6 @@ impl Conversation {
                     syscall_nr,
                     POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2
                 ))
-    }
-
-    /// A goroutine parks in the netpoller right after a read that found nothing on the
-    /// connection this thread answered: net/http waiting for the next keep-alive request.
-    pub fn parked_between_requests(&self) -> bool {
-        self.answered != 0 && self.eagain_fd == self.request_fd
     }
 }
 
@@ -623,8 +612,8 @@ records! {
     IrqLevel = 16,
     SyscallEvent = 48,
     ThreadEvent = 32,
-    InSyscall = 48,
-    Conversation = 16,
+    InSyscall = 40,
+    Conversation = 8,
     TlsEvent = 40,
     GoSchedEvent = 48,
 }
@@ -652,12 +641,20 @@ mod tests {
         );
         assert!(c.between_requests(nr::EPOLL_WAIT, 0), "an event loop, idle");
         assert!(!c.between_requests(nr::FUTEX, 0), "a lock after answering");
-        c.returned(nr::READ, conn, -EAGAIN);
-        assert!(c.parked_between_requests(), "net/http, back to reading");
         c.returned(nr::READ, conn, 80); // the next request
         assert!(!c.between_requests(nr::READ, conn));
-        c.returned(nr::READ, backend, -EAGAIN);
-        assert!(!c.parked_between_requests());
+    }
+
+    /// Two backend calls in a row on the same fd number: the second connection's request
+    /// write answers nothing, so the wait for its reply keeps its stack.
+    #[test]
+    fn a_closed_fd_ends_its_conversation() {
+        let backend = 9;
+        let mut c = Conversation::default();
+        c.returned(nr::READ, backend, 5); // the first call's reply
+        c.returned(nr::CLOSE, backend, 0);
+        c.returned(nr::WRITE, backend, 3); // the second call, on a new socket, same number
+        assert!(!c.between_requests(nr::READ, backend));
     }
 
     #[test]

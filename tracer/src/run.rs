@@ -86,16 +86,9 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     } else {
         None
     };
-    let (go_offsets, go_io_wait) = match &go_runtime {
-        Some(Ok(Some(runtime))) => (
-            Some(runtime.offsets),
-            runtime
-                .wait_reasons
-                .iter()
-                .position(|r| r == "IO wait")
-                .and_then(|i| u8::try_from(i).ok()),
-        ),
-        _ => (None, None),
+    let go_offsets = match &go_runtime {
+        Some(Ok(Some(runtime))) => Some(runtime.offsets),
+        _ => None,
     };
     // A Go program's goroutines park after a read or write that found nothing (EAGAIN):
     // where a handshake's wait for the peer starts, and where a served connection is back
@@ -108,7 +101,6 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         tls_on,
         report_eagain,
         go_offsets,
-        go_io_wait,
         stacks_on,
     )?;
     let go_sched = match (&exe, go_runtime) {

@@ -31,7 +31,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeCont
 use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss, NO_STACK};
 
 use crate::maps::{
-    capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id, IN_SYSCALL,
+    capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
 };
 
 /// Byte offset of `runtime.g.goid` in the target's Go release (set at load time).
@@ -43,9 +43,6 @@ static GO_G_M: u32 = 0;
 /// Byte offset of `runtime.m.curg`.
 #[unsafe(no_mangle)]
 static GO_M_CURG: u32 = 0;
-/// The `waitReason` value of `IO wait` in the target's Go release (0x100: unknown).
-#[unsafe(no_mangle)]
-static GO_WAIT_REASON_IO: u32 = 0x100;
 
 /// `runtime.gopark`: the goroutine running on this thread parks.
 #[uprobe]
@@ -60,7 +57,7 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: direct loads from the probe context (the user registers at the probe).
     let (g, reason, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx, (*ctx.regs).rsp) };
     let goid = goid(g)?;
-    let (stack_id, caller) = if capture_stacks() && !between_requests(tid, reason & 0xff) {
+    let (stack_id, caller) = if capture_stacks() {
         // gopark's frame is not set up yet: the walk from rbp starts at its caller's frame
         // and misses the caller itself, whose return address is at the top of the stack.
         let caller = read(sp, 0).unwrap_or(0);
@@ -76,19 +73,6 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
         stack_id,
         caller,
     })
-}
-
-/// A park in the netpoller right after this thread's read found nothing on the connection
-/// it answered: net/http's serving goroutine waiting for the next keep-alive request (no
-/// request's time: no stack is taken for it).
-#[inline(always)]
-fn between_requests(tid: u32, reason: u64) -> bool {
-    if reason != u64::from(global(&GO_WAIT_REASON_IO)) {
-        return false;
-    }
-    // SAFETY: a read of this thread's own slot.
-    unsafe { IN_SYSCALL.get(tid) }
-        .is_some_and(|inside| inside.conversation.parked_between_requests())
 }
 
 /// `runtime.ready`: a goroutine becomes runnable, readied by this thread's goroutine.

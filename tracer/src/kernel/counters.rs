@@ -95,9 +95,8 @@ mod tests {
     #[test]
     #[ignore = "needs root"]
     fn prog_info_reads_the_kernels_program_counters() {
-        let (probes, _ring) =
-            Probes::attach(std::process::id(), true, false, false, None, None, false)
-                .expect("attach to ourselves");
+        let (probes, _ring) = Probes::attach(std::process::id(), true, false, false, None, false)
+            .expect("attach to ourselves");
         for _ in 0..3 {
             std::thread::spawn(|| ()).join().unwrap();
         }

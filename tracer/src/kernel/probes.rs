@@ -77,15 +77,13 @@ impl Probes {
     /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there);
     /// `go`: the target Go release's struct offsets, which the Go scheduler probes read
     /// (attached later by [`Probes::attach_go_sched`]); `stacks`: take the user stack where a
-    /// target thread blocks or a goroutine parks; `go_io_wait`: the target Go release's
-    /// `waitReason` value of `IO wait` (a park between keep-alive requests takes no stack).
+    /// target thread blocks or a goroutine parks.
     pub fn attach(
         pid: u32,
         bpf_stats: bool,
         tls: bool,
         report_eagain: bool,
         go: Option<GOffsets>,
-        go_io_wait: Option<u8>,
         stacks: bool,
     ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
@@ -117,9 +115,6 @@ impl Probes {
         loader.override_global("GO_G_GOID", &go.g_goid, true);
         loader.override_global("GO_G_M", &go.g_m, true);
         loader.override_global("GO_M_CURG", &go.m_curg, true);
-        // Out of a waitReason's range when unknown: no park is taken for one between requests.
-        let io_wait = go_io_wait.map_or(0x100, u32::from);
-        loader.override_global("GO_WAIT_REASON_IO", &io_wait, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
