@@ -64,7 +64,13 @@ pub fn run() -> Result<()> {
 
     let out = root.join(OUTPUT_DIR);
     println!("== demo done; the tracer wrote:");
-    for file in ["summary.json", "latency.hlog", "requests.jsonl"] {
+    for file in [
+        "summary.json",
+        "latency.hlog",
+        "requests.jsonl",
+        "waits.folded",
+        "waits.svg (a flame graph: open it in a browser)",
+    ] {
         println!("  {}", out.join(file).display());
     }
     Ok(())
