@@ -47,6 +47,9 @@ struct OpenRequest {
 #[derive(Default)]
 pub(super) struct Requests {
     open: HashMap<u32, OpenRequest>,
+    /// The fds of `open`, by the context serving them: a context's requests are looked up
+    /// at each of its waits and at its exit, without a scan of every open request.
+    open_by_ctx: HashMap<ExecCtx, Vec<u32>>,
     /// The context that served each connection's last request.
     served_by: HashMap<u32, ExecCtx>,
     finished: Vec<Request>,
@@ -80,20 +83,43 @@ impl Requests {
 
     /// The connections whose open request `ctx` serves.
     pub fn open_on(&self, ctx: ExecCtx) -> Vec<u32> {
-        self.open
-            .iter()
-            .filter(|(_, r)| r.ctx == ctx)
-            .map(|(fd, _)| *fd)
-            .collect()
+        self.open_by_ctx.get(&ctx).cloned().unwrap_or_default()
     }
 
     /// When the earliest open request `ctx` serves started.
     pub fn earliest_start(&self, ctx: ExecCtx) -> Option<u64> {
-        self.open
-            .values()
-            .filter(|r| r.ctx == ctx)
+        self.open_by_ctx
+            .get(&ctx)?
+            .iter()
+            .filter_map(|fd| self.open.get(fd))
             .map(|r| r.start.ts)
             .min()
+    }
+
+    /// `request` is open on `fd` (replacing one left open there).
+    fn insert(&mut self, fd: u32, request: OpenRequest) {
+        let ctx = request.ctx;
+        if let Some(replaced) = self.open.insert(fd, request) {
+            self.unindex(replaced.ctx, fd);
+        }
+        self.open_by_ctx.entry(ctx).or_default().push(fd);
+    }
+
+    /// The request open on `fd`, no longer open.
+    fn remove(&mut self, fd: u32) -> Option<OpenRequest> {
+        let request = self.open.remove(&fd)?;
+        self.unindex(request.ctx, fd);
+        Some(request)
+    }
+
+    /// Drops `fd` from `ctx`'s open requests.
+    fn unindex(&mut self, ctx: ExecCtx, fd: u32) {
+        if let Some(fds) = self.open_by_ctx.get_mut(&ctx) {
+            fds.retain(|&f| f != fd);
+            if fds.is_empty() {
+                self.open_by_ctx.remove(&ctx);
+            }
+        }
     }
 
     pub fn open_fds(&self) -> Vec<u32> {
@@ -173,7 +199,7 @@ impl<R: FdResolver> Engine<R> {
             }
         }
         self.requests.served_by.insert(fd, ctx);
-        self.requests.open.insert(
+        self.requests.insert(
             fd,
             OpenRequest {
                 ctx,
@@ -207,7 +233,7 @@ impl<R: FdResolver> Engine<R> {
 
     /// The request on `fd` is over: finished if answered, else aborted.
     pub(super) fn finish(&mut self, fd: u32) {
-        let Some(req) = self.requests.open.remove(&fd) else {
+        let Some(req) = self.requests.remove(fd) else {
             return;
         };
         if req.last_write.is_none() {
