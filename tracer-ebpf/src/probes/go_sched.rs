@@ -57,22 +57,8 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: direct loads from the probe context (the user registers at the probe).
     let (g, reason, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx, (*ctx.regs).rsp) };
     let goid = goid(g)?;
-    let (stack_id, caller) = if capture_stacks() {
-        // gopark's frame is not set up yet: the walk from rbp starts at its caller's frame
-        // and misses the caller itself, whose return address is at the top of the stack.
-        let caller = read(sp, 0).unwrap_or(0);
-        (user_stack_id(ctx), caller)
-    } else {
-        (NO_STACK, 0)
-    };
-    emit(GoSchedEvent {
-        hdr: header(EventKind::GoSched, tid),
-        goid,
-        detail: reason & 0xff,
-        what: go_sched::PARK,
-        stack_id,
-        caller,
-    })
+    let (stack_id, caller) = stack_at_entry(ctx, sp);
+    emit_record(tid, go_sched::PARK, goid, reason & 0xff, stack_id, caller)
 }
 
 /// `runtime.ready`: a goroutine becomes runnable, readied by this thread's goroutine.
@@ -149,16 +135,17 @@ fn try_go_semacquire(ctx: &ProbeContext) -> Result<(), Loss> {
     };
     // SAFETY: as above.
     let (g, address, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rsp) };
-    emit(GoSchedEvent {
-        hdr: header(EventKind::GoSched, tid),
-        goid: goid(g)?,
-        detail: address,
-        what: go_sched::SEMACQUIRE,
-        stack_id: NO_STACK,
-        // The return address into semacquire1's caller: the GC's own semaphores are taken
-        // from a few runtime functions (best effort: 0 when unreadable).
-        caller: read(sp, 0).unwrap_or(0),
-    })
+    // The return address into semacquire1's caller: the GC's own semaphores are taken from
+    // a few runtime functions (best effort: 0 when unreadable).
+    let caller = read(sp, 0).unwrap_or(0);
+    emit_record(
+        tid,
+        go_sched::SEMACQUIRE,
+        goid(g)?,
+        address,
+        NO_STACK,
+        caller,
+    )
 }
 
 /// `runtime.semrelease1(addr, ...)`: the goroutine running on this thread releases the
@@ -176,20 +163,19 @@ fn try_go_semrelease(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: as above.
     let (g, address, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rsp) };
     let goid = goid(g)?;
-    let (stack_id, caller) = if capture_stacks() {
-        // As in gopark: the walk from the entry misses the caller, at the top of the stack.
-        (user_stack_id(ctx), read(sp, 0).unwrap_or(0))
-    } else {
-        (NO_STACK, 0)
-    };
-    emit(GoSchedEvent {
-        hdr: header(EventKind::GoSched, tid),
-        goid,
-        detail: address,
-        what: go_sched::SEMRELEASE,
-        stack_id,
-        caller,
-    })
+    let (stack_id, caller) = stack_at_entry(ctx, sp);
+    emit_record(tid, go_sched::SEMRELEASE, goid, address, stack_id, caller)
+}
+
+/// The user stack at a probe on a function's entry (`NO_STACK` when stacks are off), and
+/// the return address at the top of the stack: the function's frame is not set up yet, so
+/// the frame-pointer walk from rbp starts at its caller's frame and misses the caller.
+#[inline(always)]
+fn stack_at_entry(ctx: &ProbeContext, sp: u64) -> (i32, u64) {
+    if !capture_stacks() {
+        return (NO_STACK, 0);
+    }
+    (user_stack_id(ctx), read(sp, 0).unwrap_or(0))
 }
 
 /// `runtime.stopTheWorldWithSema`: the world stops (runs on g0: no goroutine is read).
@@ -230,12 +216,24 @@ fn read(base: u64, offset: u32) -> Result<u64, Loss> {
 
 #[inline(always)]
 fn emit_sched(tid: u32, what: u32, goid: u64, detail: u64) -> Result<(), Loss> {
+    emit_record(tid, what, goid, detail, NO_STACK, 0)
+}
+
+#[inline(always)]
+fn emit_record(
+    tid: u32,
+    what: u32,
+    goid: u64,
+    detail: u64,
+    stack_id: i32,
+    caller: u64,
+) -> Result<(), Loss> {
     emit(GoSchedEvent {
         hdr: header(EventKind::GoSched, tid),
         goid,
         detail,
         what,
-        stack_id: NO_STACK,
-        caller: 0,
+        stack_id,
+        caller,
     })
 }
