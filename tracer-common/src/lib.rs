@@ -13,7 +13,7 @@ pub enum EventKind {
     Switch = 1,
     /// [`WakeupEvent`]: a target thread was woken (by anyone, from any process or an interrupt).
     Wakeup = 2,
-    /// [`SyscallEvent`]: a traced syscall of a target thread returned.
+    /// [`SyscallEvent`]: a socket read or write of a target thread returned.
     Syscall = 3,
     /// [`EventHeader`] alone: a new thread appeared in the target (`hdr.tid`).
     ThreadNew = 4,
@@ -54,7 +54,7 @@ pub struct EventHeader {
     pub tid: u32,
 }
 
-/// `NO_SYSCALL` in [`SwitchEvent::syscall_nr`]: the thread was not inside a traced syscall.
+/// `NO_SYSCALL` in [`SwitchEvent::syscall_nr`]: the thread was not inside a syscall.
 pub const NO_SYSCALL: u32 = u32::MAX;
 
 /// sched:sched_switch. `hdr.tid` is the previous task when it is a target thread, else 0;
@@ -66,7 +66,8 @@ pub struct SwitchEvent {
     pub next_tid: u32,
     /// The tracepoint's `prev_state` (0 = runnable; [`PREEMPT_STATE_BIT`] and above = preempted).
     pub prev_state: u32,
-    /// The traced syscall the previous task is blocked in, or [`NO_SYSCALL`].
+    /// The syscall the previous task is blocked in (read from its saved user registers),
+    /// or [`NO_SYSCALL`].
     pub syscall_nr: u32,
     /// When the previous task blocks: its user stack's id in the `STACKS` map, else
     /// [`NO_STACK`].
@@ -157,21 +158,52 @@ pub struct IrqLevel {
     pub key: u64,
 }
 
-/// A traced syscall of `hdr.tid` returned; `hdr.ts_ns` is the return time.
+/// A socket read or write of `hdr.tid` returned (sock:sock_recv_length / sock_send_length,
+/// which fire inside the syscall that moved the bytes); `hdr.ts_ns` is the return time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallEvent {
     pub hdr: EventHeader,
+    /// The syscall that moved the bytes (a read or a write family syscall).
     pub nr: u32,
-    /// The futex op for futex calls. For reads and writes: [`tls_record`] of the bytes
-    /// transferred, or 0 when they do not start with a TLS record header.
+    /// [`tls_record`] of the bytes transferred, or 0 when they do not start with a TLS record
+    /// header.
     pub arg1: u32,
-    /// The first argument: an fd, or the futex address.
-    pub arg0: u64,
-    /// The return value (bytes transferred, new fd, or -errno).
+    /// The syscall's first argument: the fd.
+    pub fd: u32,
+    /// A [`socket_origin`] value.
+    pub origin: u32,
+    /// The return value (bytes transferred, or -errno).
     pub ret: i64,
-    /// When the syscall was entered.
-    pub enter_ns: u64,
+    /// The connection's identity: a TCP socket's [`TcpSocket::opened_ns`], else the socket's
+    /// `struct sock *` (never read through). Another value behind the same fd is another
+    /// connection (closes are not seen). Freed sockets' memory is reused at once, so an
+    /// address alone would not tell two connections apart.
+    pub connection: u64,
+}
+
+/// How a socket came to be, as the `TCP_SOCKETS` map knows it.
+pub mod socket_origin {
+    /// Not a TCP socket the kernel side saw open (a Unix or UDP socket, or a TCP socket
+    /// opened before the tracer attached or evicted from the map).
+    pub const UNKNOWN: u32 = 0;
+    /// A TCP socket that connected out.
+    pub const TCP_CLIENT: u32 = 1;
+    /// The server side of a TCP connection (created by a listener for an incoming
+    /// handshake): a connection to serve.
+    pub const TCP_SERVER: u32 = 2;
+}
+
+/// A TCP socket of the host as the `TCP_SOCKETS` map keeps it, from its first state change
+/// to its close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// When it was created (a listener's child) or started connecting.
+    pub opened_ns: u64,
+    /// A [`socket_origin`] value.
+    pub origin: u32,
+    pub _pad: u32,
 }
 
 /// A thread left the target (`ThreadExit`). A new thread (`ThreadNew`) is reported by an
@@ -282,33 +314,18 @@ pub struct GoSchedEvent {
     pub caller: u64,
 }
 
-/// The traced syscall a target thread is inside (the `IN_SYSCALL` map's value, keyed by tid).
-/// The collector also writes it, for threads already inside a syscall when it attaches.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InSyscall {
-    pub nr: u32,
-    /// The futex op for futex calls, else 0.
-    pub arg1: u32,
-    pub arg0: u64,
-    pub enter_ns: u64,
-    /// The buffer of read/recvfrom/write/sendto (whose first bytes may be a TLS record
-    /// header), else 0.
-    pub buf: u64,
-    /// The thread's conversation, kept across its syscalls: the fd its last read that moved
-    /// bytes was on ([`NO_FD`] before any, or once closed), and whether it has written to
-    /// that fd since (answered). A thread blocked waiting for the next request on the
-    /// connection it answered, or idle in poll/epoll after answering, is between requests:
-    /// no stack is taken for that wait.
-    pub conversation: Conversation,
-}
-
-/// See [`InSyscall::conversation`].
+/// A target thread's conversation (the `CONVERSATIONS` map's value, keyed by tid), kept by
+/// its socket reads and writes: the fd its last read that moved bytes was on ([`NO_FD`]
+/// before any), and whether it has written to that fd since (answered). A thread blocked
+/// waiting for the next request on the connection it answered, or idle in poll/epoll after
+/// answering, is between requests: no stack is taken for that wait.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conversation {
     pub request_fd: u32,
     pub answered: u32,
+    /// The connection behind `request_fd` (see [`SyscallEvent::connection`]).
+    pub request_sock: u64,
 }
 
 impl Default for Conversation {
@@ -316,37 +333,46 @@ impl Default for Conversation {
         Conversation {
             request_fd: NO_FD,
             answered: 0,
+            request_sock: 0,
         }
     }
+}
+
+/// TCP sockets of the host remembered at once (an LRU map: on a host with more open TCP
+/// sockets, the oldest are forgotten and their connections are no longer told apart).
+pub const MAX_TCP_SOCKETS: u32 = 65536;
+
+/// TCP states (include/net/tcp_states.h) that `sock:inet_sock_set_state` reports.
+pub mod tcp_state {
+    /// `connect()` sent its SYN.
+    pub const SYN_SENT: u32 = 2;
+    /// A listener's child socket, created when a handshake's SYN arrives.
+    pub const SYN_RECV: u32 = 3;
+    pub const CLOSE: u32 = 7;
 }
 
 /// No fd (an fd is an `int`, never this).
 pub const NO_FD: u32 = u32::MAX;
 
 impl Conversation {
-    /// A read, write or close returned `ret` on `fd`. A closed fd's conversation is over
-    /// (its number may come back as another connection, whose first write answers nothing).
-    pub fn returned(&mut self, syscall_nr: u32, fd: u32, ret: i64) {
+    /// A read or write returned `ret` on `fd`, whose socket is `sock`. Only a write to the
+    /// very socket the request came from answers it: a closed fd's number may come back as
+    /// another connection (no close is seen), whose first write answers nothing.
+    pub fn returned(&mut self, syscall_nr: u32, fd: u32, sock: u64, ret: i64) {
         if is_read(syscall_nr) && ret > 0 {
             self.request_fd = fd;
+            self.request_sock = sock;
             self.answered = 0;
-        } else if is_write(syscall_nr) && ret > 0 && fd == self.request_fd {
+        } else if is_write(syscall_nr) && ret > 0 && sock == self.request_sock {
             self.answered = 1;
-        } else if syscall_nr == nr::CLOSE && fd == self.request_fd {
-            *self = Conversation::default();
         }
     }
 
     /// Blocked in `syscall_nr` on `fd`: waiting for the next request on the connection it
     /// answered, or idle in poll/epoll/select after answering.
     pub fn between_requests(&self, syscall_nr: u32, fd: u32) -> bool {
-        use nr::*;
         self.answered != 0
-            && ((is_read(syscall_nr) && fd == self.request_fd)
-                || matches!(
-                    syscall_nr,
-                    POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2
-                ))
+            && ((is_read(syscall_nr) && fd == self.request_fd) || is_poll(syscall_nr))
     }
 }
 
@@ -474,53 +500,30 @@ pub fn is_write(syscall_nr: u32) -> bool {
     )
 }
 
+/// Futex syscalls: a thread blocked in one waits for a futex (a wake never blocks).
+pub fn is_futex(syscall_nr: u32) -> bool {
+    matches!(syscall_nr, nr::FUTEX | nr::FUTEX_WAITV)
+}
+
+/// Waits for readiness: poll, select and epoll.
+pub fn is_poll(syscall_nr: u32) -> bool {
+    use nr::*;
+    matches!(
+        syscall_nr,
+        POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2
+    )
+}
+
 /// `MSG_PEEK` (include/linux/socket.h): the receive returns the queued bytes and leaves them
 /// queued, so the next receive returns them again.
 pub const MSG_PEEK: u64 = 2;
 
-/// Where a receive syscall that takes flags has them: the index from 0 of its flags
-/// argument (recvfrom's and recvmmsg's fourth, 3; recvmsg's third, 2), or `None` for reads
-/// without flags. A peek moves no bytes: the kernel side does not report it, and the read
-/// that takes the bytes is the one that counts (nginx peeks at one byte of a new TLS
-/// connection to tell a ClientHello from plain HTTP).
-pub fn recv_flags_arg(syscall_nr: u32) -> Option<usize> {
-    match syscall_nr {
-        nr::RECVFROM | nr::RECVMMSG => Some(3),
-        nr::RECVMSG => Some(2),
-        _ => None,
-    }
-}
-
-/// Syscalls whose return the kernel side reports as a [`SyscallEvent`]: the ones that
-/// delimit requests, make connections, or wait on a futex.
-pub fn reports_exit(syscall_nr: u32) -> bool {
-    use nr::*;
-    is_read(syscall_nr)
-        || is_write(syscall_nr)
-        || matches!(syscall_nr, ACCEPT | ACCEPT4 | CLOSE | FUTEX | FUTEX_WAITV)
-}
-
-/// The syscalls whose arguments the kernel side reads: those reported at exit, and those that
-/// name why a thread blocked. Cheap enough for every syscall of the target.
-pub fn is_traced(syscall_nr: u32) -> bool {
-    use nr::*;
-    reports_exit(syscall_nr)
-        || matches!(
-            syscall_nr,
-            CONNECT
-                | POLL
-                | PPOLL
-                | SELECT
-                | PSELECT6
-                | EPOLL_WAIT
-                | EPOLL_PWAIT
-                | EPOLL_PWAIT2
-                | FSYNC
-                | FDATASYNC
-                | SYNC_FILE_RANGE
-                | NANOSLEEP
-                | CLOCK_NANOSLEEP
-        )
+/// The syscall a task's saved user registers say it is inside: `orig_ax` is the syscall
+/// number (or -1 / an error code after an interrupt or exception), and `ax` holds `-ENOSYS`
+/// until the syscall returns (arch/x86/entry/entry_64.S, `do_syscall_64()`, Linux 6.18).
+pub fn syscall_in_progress(orig_ax: u64, ax: u64) -> Option<u32> {
+    const ENOSYS: i64 = 38;
+    (ax as i64 == -ENOSYS && orig_ax < 1024).then_some(orig_ax as u32)
 }
 
 /// A TLS record header's length: content type, version, body length (RFC 8446 section 5.1).
@@ -611,9 +614,9 @@ records! {
     IrqNesting = 8 + 16 * IRQ_LEVELS,
     IrqLevel = 16,
     SyscallEvent = 48,
+    TcpSocket = 16,
     ThreadEvent = 32,
-    InSyscall = 40,
-    Conversation = 8,
+    Conversation = 16,
     TlsEvent = 40,
     GoSchedEvent = 48,
 }
@@ -627,34 +630,42 @@ mod tests {
         let (conn, backend) = (5, 9);
         let mut c = Conversation::default();
         assert!(!c.between_requests(nr::READ, conn), "nothing read yet");
-        c.returned(nr::READ, conn, 100); // the request
-        c.returned(nr::WRITE, backend, 10); // a backend call
+        let (conn_sock, backend_sock) = (0xa000, 0xb000);
+        c.returned(nr::READ, conn, conn_sock, 100); // the request
+        c.returned(nr::WRITE, backend, backend_sock, 10); // a backend call
         assert!(
             !c.between_requests(nr::READ, backend),
             "waiting for the backend"
         );
         assert!(!c.between_requests(nr::FUTEX, 0));
-        c.returned(nr::WRITE, conn, 50); // the response
+        c.returned(nr::WRITE, conn, conn_sock, 50); // the response
         assert!(
             c.between_requests(nr::READ, conn),
             "waiting for the next request"
         );
         assert!(c.between_requests(nr::EPOLL_WAIT, 0), "an event loop, idle");
         assert!(!c.between_requests(nr::FUTEX, 0), "a lock after answering");
-        c.returned(nr::READ, conn, 80); // the next request
+        c.returned(nr::READ, conn, conn_sock, 80); // the next request
         assert!(!c.between_requests(nr::READ, conn));
     }
 
     /// Two backend calls in a row on the same fd number: the second connection's request
     /// write answers nothing, so the wait for its reply keeps its stack.
     #[test]
-    fn a_closed_fd_ends_its_conversation() {
+    fn a_new_socket_behind_the_same_fd_answers_nothing() {
         let backend = 9;
         let mut c = Conversation::default();
-        c.returned(nr::READ, backend, 5); // the first call's reply
-        c.returned(nr::CLOSE, backend, 0);
-        c.returned(nr::WRITE, backend, 3); // the second call, on a new socket, same number
+        c.returned(nr::READ, backend, 0xb000, 5); // the first call's reply
+        c.returned(nr::WRITE, backend, 0xc000, 3); // the second call, on a new socket
         assert!(!c.between_requests(nr::READ, backend));
+    }
+
+    #[test]
+    fn only_a_syscall_in_progress_is_named() {
+        let enosys = (-38i64) as u64;
+        assert_eq!(syscall_in_progress(nr::READ as u64, enosys), Some(nr::READ));
+        assert_eq!(syscall_in_progress(nr::READ as u64, 5), None, "it returned");
+        assert_eq!(syscall_in_progress(u64::MAX, enosys), None, "an interrupt");
     }
 
     #[test]
@@ -687,39 +698,5 @@ mod tests {
             0,
             "longer than any record"
         );
-    }
-
-    #[test]
-    fn receive_flags_are_found_for_every_receive_that_has_them() {
-        assert_eq!(recv_flags_arg(nr::RECVFROM), Some(3));
-        assert_eq!(recv_flags_arg(nr::RECVMSG), Some(2));
-        assert_eq!(recv_flags_arg(nr::RECVMMSG), Some(3));
-        for n in [nr::READ, nr::READV, nr::PREAD64, nr::WRITE, nr::SENDTO] {
-            assert_eq!(recv_flags_arg(n), None, "{n}");
-        }
-        for n in 0..600 {
-            assert!(recv_flags_arg(n).is_none() || is_read(n), "{n}");
-        }
-    }
-
-    #[test]
-    fn traced_syscalls_cover_the_causes_and_report_a_subset() {
-        for n in [
-            nr::READ,
-            nr::WRITE,
-            nr::FUTEX,
-            nr::EPOLL_WAIT,
-            nr::FSYNC,
-            nr::NANOSLEEP,
-        ] {
-            assert!(is_traced(n), "{n}");
-        }
-        assert!(!is_traced(39), "getpid");
-        for n in 0..600 {
-            assert!(
-                !reports_exit(n) || is_traced(n),
-                "{n} reports but is not traced"
-            );
-        }
     }
 }

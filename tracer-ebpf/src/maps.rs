@@ -4,14 +4,17 @@
 //! was lost, which [`finish`] counts.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{pt_regs, BPF_ANY, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    EventHeader, InSyscall, IrqNesting, Loss, WakerId, LOSS_KINDS, MAX_STACKS, MAX_TARGET_THREADS,
-    RING_BYTES,
+    syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, TcpSocket, WakerId,
+    LOSS_KINDS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS, RING_BYTES,
 };
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
@@ -83,9 +86,54 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
-/// The traced syscall each target thread is inside, keyed by tid.
+/// Each target thread's conversation (see [`Conversation`]), kept by its socket reads and
+/// writes, read when it blocks; keyed by tid.
 #[map]
-pub static IN_SYSCALL: HashMap<u32, InSyscall> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
+pub static CONVERSATIONS: HashMap<u32, Conversation> =
+    HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
+
+/// The host's TCP sockets by `struct sock *`, from their first state change to their close
+/// (kept by `inet_sock_set_state`): a socket read or write says which connection it was on
+/// and whether it is the server side, with no accept, connect or close hook.
+#[map]
+pub static TCP_SOCKETS: LruHashMap<u64, TcpSocket> =
+    LruHashMap::with_max_entries(MAX_TCP_SOCKETS, 0);
+
+/// The part of x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h, Linux 6.18) from `ax`
+/// to `orig_ax`: one read gets the syscall number and its first arguments.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallRegs {
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub orig_ax: u64,
+}
+
+impl SyscallRegs {
+    /// The syscall these registers say the task is inside, if any.
+    #[inline(always)]
+    pub fn syscall(&self) -> Option<u32> {
+        syscall_in_progress(self.orig_ax, self.ax)
+    }
+}
+
+/// The registers the current task entered the kernel with (saved at the top of its kernel
+/// stack, `bpf_task_pt_regs()`): inside a syscall, its number and arguments, with no syscall
+/// hook. Tracepoint and raw tracepoint programs may call both helpers
+/// (`bpf_tracing_func_proto()`, kernel/trace/bpf_trace.c, Linux 6.18).
+#[inline(always)]
+pub fn current_syscall_regs() -> Result<SyscallRegs, Loss> {
+    // SAFETY: the helpers return the current task and its saved registers; the read is
+    // checked by the helper.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        bpf_probe_read_kernel(&raw const (*regs).rax as *const SyscallRegs)
+    }
+    .map_err(|_| Loss::ReadFailed)
+}
 
 /// The waker of each target thread's pending wakeup, noted by sched_waking in the waker's
 /// context and reported by sched_wakeup; keyed by the wakee's tid.

@@ -3,6 +3,6 @@ mod go_sched;
 mod go_tls;
 mod interrupts;
 mod sched;
-mod syscalls;
+mod sockets;
 mod threads;
 mod tls;

@@ -8,8 +8,8 @@ use tracer_common::{
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    current_comm, current_ids, current_target_tid, emit, finish, header, set, user_stack_id,
-    IN_SYSCALL, TARGET_TIDS, WAKERS,
+    current_comm, current_ids, current_syscall_regs, current_target_tid, emit, finish, header, set,
+    user_stack_id, CONVERSATIONS, TARGET_TIDS, WAKERS,
 };
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
@@ -40,20 +40,23 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
         // `prev_state` is a `long` in the format file; only the low bits carry the state.
         let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
         event.prev_state = state as u32;
-        let mut between_requests = false;
-        if let Some(inside) = unsafe { IN_SYSCALL.get(prev_tid) } {
-            event.syscall_nr = inside.nr; // NO_SYSCALL when its last syscall returned
-            event.syscall_arg0 = inside.arg0;
-            between_requests = inside
-                .conversation
-                .between_requests(inside.nr, inside.arg0 as u32);
-        }
-        // Blocked (not preempted, not yielding) inside a request: where, in its own code.
-        // `prev` is current, and its user registers are those saved when it entered the
-        // kernel. A thread waiting for its next request takes none (most blocks of a busy
-        // server, and no request's time).
         let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
-        if blocked && !between_requests {
+        if !blocked {
+            return emit(event); // preempted or yielding: runnable, whatever it was doing
+        }
+        // `prev` is current: the syscall it blocks in is in the user registers it entered
+        // the kernel with (unreadable ones name none: a block outside a syscall).
+        if let Ok(regs) = current_syscall_regs() {
+            if let Some(syscall_nr) = regs.syscall() {
+                event.syscall_nr = syscall_nr;
+                event.syscall_arg0 = regs.di;
+            }
+        }
+        // Blocked inside a request: where, in its own code. A thread waiting for its next
+        // request takes none (most blocks of a busy server, and no request's time).
+        let between_requests = unsafe { CONVERSATIONS.get(prev_tid) }
+            .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32));
+        if !between_requests {
             event.stack_id = user_stack_id(ctx);
         }
     }

@@ -5,7 +5,8 @@ use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
 use super::sched::field;
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, insert, IN_SYSCALL, TARGET_TIDS, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, insert, CONVERSATIONS, TARGET_TIDS,
+    WAKERS,
 };
 
 /// include/uapi/linux/sched.h
@@ -49,7 +50,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     // A missing entry is no failure: a thread that never made a syscall or was never woken
     // since the tracer attached has none.
     let _ = TARGET_TIDS.remove(tid);
-    let _ = IN_SYSCALL.remove(tid);
+    let _ = CONVERSATIONS.remove(tid);
     let _ = WAKERS.remove(tid);
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),

@@ -41,7 +41,7 @@ pub enum EventKind {
     Wakeup {
         waker: Waker,
     },
-    /// A syscall returned.
+    /// A socket read or write returned.
     Syscall(SyscallReturn),
     ThreadNew,
     ThreadExit {
@@ -84,21 +84,46 @@ pub struct InSyscall {
     pub arg0: u64,
 }
 
-/// A syscall's return.
+/// The return of a socket read or write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallReturn {
     pub nr: u32,
     pub arg0: u64,
     pub ret: i64,
-    pub enter_ts: u64,
+    /// The connection's identity (see `tracer_common::SyscallEvent::connection`): another
+    /// one behind the same fd is another connection.
+    pub connection: u64,
+    pub origin: SocketOrigin,
     /// For reads and writes: `tracer_common::tls_record` of the bytes moved (0: none).
     pub tls_record: u32,
 }
 
 impl SyscallReturn {
-    /// The fd of a read, write, close or futex-free fd syscall (its first argument).
+    /// The fd read or written (the syscall's first argument).
     pub fn fd(&self) -> u32 {
         self.arg0 as u32
+    }
+}
+
+/// How the socket of a read or write came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketOrigin {
+    /// The server side of a TCP connection: a connection to serve.
+    TcpServer,
+    /// A TCP socket that connected out.
+    TcpClient,
+    /// Not a TCP socket the kernel side saw open (Unix, UDP, or open before the tracer).
+    Unknown,
+}
+
+impl SocketOrigin {
+    /// From a `tracer_common::socket_origin` value.
+    pub fn from_kernel(origin: u32) -> Self {
+        match origin {
+            tracer_common::socket_origin::TCP_SERVER => SocketOrigin::TcpServer,
+            tracer_common::socket_origin::TCP_CLIENT => SocketOrigin::TcpClient,
+            _ => SocketOrigin::Unknown,
+        }
     }
 }
 

@@ -29,7 +29,8 @@ pub mod tls;
 pub use cause::{syscall_name, Breakdown, Cause, CAUSES};
 pub use context::{ExecCtx, GoroutineId, Tid};
 pub use event::{
-    Event, EventKind, GoProbe, GoSched, InSyscall, Interrupt, SslCall, SyscallReturn, Waker,
+    Event, EventKind, GoProbe, GoSched, InSyscall, Interrupt, SocketOrigin, SslCall, SyscallReturn,
+    Waker,
 };
 pub use fds::{FdKind, FdResolver};
 pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
@@ -37,7 +38,7 @@ pub use requests::Request;
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;
-use tracer_common::{is_read, is_write, nr, EAGAIN};
+use tracer_common::{is_read, is_write, EAGAIN};
 
 use fds::FdTable;
 use goroutines::Goroutines;
@@ -196,59 +197,64 @@ impl<R: FdResolver> Engine<R> {
 
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
-        let fd = sys.fd();
-        let (nr, ret) = (sys.nr, sys.ret);
-        if (is_read(nr) || is_write(nr)) && self.tls_io(ts, tid, sys) {
-            return;
+        self.note_socket(sys.fd(), sys.connection, sys.origin);
+        let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
+        if !handshake && self.fds.kind(sys.fd()) == FdKind::Connection {
+            self.connection_io(ts, tid, sys);
         }
-        if self.ssl_flight(tid, sys) {
-            return;
-        }
-        match nr {
-            nr::FUTEX | nr::FUTEX_WAITV => {
-                let waited = ts.saturating_sub(sys.enter_ts);
-                self.waits.push(Wait::Futex(waited));
-                self.locks.wait(sys.arg0, tid, waited);
-            }
-            nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
-                let conn = ret as u32;
-                self.finish(conn); // its close was not seen
-                self.tls.forget_fd(conn);
-                self.requests.forget_fd(conn);
-                self.fds.set(conn, FdKind::Connection);
-            }
-            nr::CLOSE => {
-                if self.requests.is_open(fd) {
-                    self.finish(fd);
+        // A wakeup starts only the socket I/O right after it (a read that blocked).
+        self.forget_wakeup(tid);
+    }
+
+    /// A read or write on a server-side connection, outside any TLS handshake.
+    fn connection_io(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
+        let (fd, nr, ret) = (sys.fd(), sys.nr, sys.ret);
+        if is_read(nr) {
+            if ret > 0 {
+                if !self.tls_wire_read(ts, tid, fd, ret, sys.tls_record) {
+                    self.request_bytes(ts, tid, fd);
                 }
-                self.fds.forget(fd);
+            } else if ret == 0 && self.requests.is_open(fd) {
+                self.finish(fd); // the peer closed
+            } else if ret == -EAGAIN && self.requests.answered_by(fd, self.current_ctx(tid)) {
+                // Back to reading a connection it has answered, which has nothing yet
+                // (a non-blocking reader: Go's net/http, between keep-alive requests).
+                // Only the serving context's own read: net/http's background read runs
+                // in another goroutine while a handler may still write.
+                self.finish(fd);
+            }
+        } else if is_write(nr) && ret > 0 && !self.tls_wire_write(ts, fd, sys.tls_record) {
+            self.response_bytes(ts, fd);
+        }
+    }
+
+    /// `fd` moved bytes on `connection`. Accepts and closes are not hooked (no syscall hook
+    /// at all: see tracer-ebpf `probes/sockets.rs`), so another connection behind a known fd
+    /// is the previous one closed and a new one in its place, and a socket is a connection to
+    /// serve when the kernel side saw it created as the server side of a TCP connection (or
+    /// /proc said so at attach time, for connections open before the tracer).
+    fn note_socket(&mut self, fd: u32, connection: u64, origin: SocketOrigin) {
+        let seeded = match self.fds.socket(fd) {
+            Some(known) if known == connection => return,
+            Some(_) => {
+                self.finish(fd); // its close was not seen
                 self.tls.forget_fd(fd);
                 self.requests.forget_fd(fd);
+                false
             }
-            n if is_read(n) && self.fds.kind(fd) == FdKind::Connection => {
-                if ret > 0 {
-                    if !self.tls_wire_read(ts, tid, fd, ret, sys.tls_record) {
-                        self.request_bytes(ts, tid, fd, sys.enter_ts);
-                    }
-                } else if ret == 0 && self.requests.is_open(fd) {
-                    self.finish(fd); // the peer closed
-                } else if ret == -EAGAIN && self.requests.answered_by(fd, self.current_ctx(tid)) {
-                    // Back to reading a connection it has answered, which has nothing yet
-                    // (a non-blocking reader: Go's net/http, between keep-alive requests).
-                    // Only the serving context's own read: net/http's background read runs
-                    // in another goroutine while a handler may still write.
-                    self.finish(fd);
-                }
-            }
-            n if is_write(n)
-                && ret > 0
-                && self.fds.kind(fd) == FdKind::Connection
-                && !self.tls_wire_write(ts, fd, sys.tls_record) =>
-            {
-                self.response_bytes(ts, fd)
-            }
-            _ => {}
-        }
+            None => self.fds.known(fd) == Some(FdKind::Connection),
+        };
+        let kind = match origin {
+            SocketOrigin::TcpServer => FdKind::Connection,
+            SocketOrigin::Unknown if seeded => FdKind::Connection,
+            SocketOrigin::TcpClient | SocketOrigin::Unknown => FdKind::Socket,
+        };
+        self.fds.set_socket(fd, connection, kind);
+    }
+
+    /// The thread's last wakeup has been taken by the socket I/O that followed it, or is not
+    /// the start of anything.
+    fn forget_wakeup(&mut self, tid: Tid) {
         if let Some(thread) = self.threads.get_mut(tid) {
             thread.last_wakeup = None;
         }

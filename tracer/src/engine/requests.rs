@@ -145,7 +145,7 @@ impl Requests {
 
 impl<R: FdResolver> Engine<R> {
     /// A read returned request bytes on a connection.
-    pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32, enter_ts: u64) {
+    pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32) {
         match self.requests.open.get(&fd) {
             Some(req) if req.last_write.is_none() => return, // more of the same request
             Some(_) => self.finish(fd),                      // the next request
@@ -155,7 +155,7 @@ impl<R: FdResolver> Engine<R> {
         let start = match (ctx, self.threads.get(tid)) {
             // A thread: from the wakeup that ended the read's block, if it blocked.
             (ExecCtx::Thread(_), Some(thread)) => match thread.last_wakeup {
-                Some(woke) if woke.ts >= enter_ts => woke,
+                Some(woke) if woke.blocked_reading(fd) => woke.at,
                 _ => thread.timeline.snapshot(ts),
             },
             // A goroutine: its reads do not block (they park, for `IO wait`), so from the

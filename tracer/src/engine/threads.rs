@@ -2,7 +2,7 @@
 //! runnable), switch-in, wakeup, thread creation and exit.
 
 use rustc_hash::FxHashMap as HashMap;
-use tracer_common::{is_read, PREEMPT_STATE_BIT};
+use tracer_common::{is_futex, is_poll, is_read, PREEMPT_STATE_BIT};
 
 use super::{
     cause::{blocked_cause, Cause},
@@ -20,12 +20,41 @@ const STATE_EXITING: u32 = 0x30;
 /// follow to be the sleep that wakeup cancelled.
 const PENDING_WAKEUP_NS: u64 = 100_000;
 
+/// The wakeup that ended a thread's block, and what it was blocked in.
+#[derive(Clone, Copy)]
+pub(super) struct BlockEnd {
+    pub at: Snapshot,
+    pub syscall: Option<InSyscall>,
+}
+
+impl BlockEnd {
+    /// The block was a read of `fd`.
+    pub fn blocked_reading(&self, fd: u32) -> bool {
+        self.syscall
+            .is_some_and(|s| is_read(s.nr) && s.arg0 as u32 == fd)
+    }
+
+    /// The block was a wait for readiness (poll, select, epoll): an event loop's.
+    pub fn blocked_polling(&self) -> bool {
+        self.syscall.is_some_and(|s| is_poll(s.nr))
+    }
+}
+
+/// A thread's futex wait in progress: the futex address, and when it blocked.
+#[derive(Clone, Copy)]
+struct FutexWait {
+    address: u64,
+    since: u64,
+}
+
 /// A thread of the target.
 pub(super) struct Thread {
     pub timeline: Timeline,
-    /// The wakeup that ended the last block. A request whose first read blocked starts here,
-    /// so its run-queue delay is counted.
-    pub last_wakeup: Option<Snapshot>,
+    /// The wakeup that ended the last block, until the socket I/O after it. A request whose
+    /// first read blocked starts here, so its run-queue delay is counted.
+    pub last_wakeup: Option<BlockEnd>,
+    /// Blocked in a futex wait: it ends when the thread runs again.
+    futex_wait: Option<FutexWait>,
     /// A wakeup that arrived while the thread was still on a CPU, and when.
     pending_wakeup: Option<u64>,
     /// How many requests on this thread are still waiting for their response.
@@ -42,6 +71,7 @@ impl Thread {
         Thread {
             timeline: Timeline::new(ts, state),
             last_wakeup: None,
+            futex_wait: None,
             pending_wakeup: None,
             open_requests: 0,
             ssl_call: None,
@@ -149,6 +179,13 @@ impl<R: FdResolver> Engine<R> {
         self.transition(tid, ts, next);
         if let Some(thread) = self.threads.get_mut(tid) {
             thread.blocked_at = stack;
+            thread.futex_wait = match (next, syscall) {
+                (RunState::Blocked { .. }, Some(s)) if is_futex(s.nr) => Some(FutexWait {
+                    address: s.arg0,
+                    since: ts,
+                }),
+                _ => None,
+            };
         }
         if matches!(
             next,
@@ -171,9 +208,17 @@ impl<R: FdResolver> Engine<R> {
     pub(super) fn switch_in(&mut self, ts: u64, tid: Tid) {
         let thread = self.threads.seen(tid, ts, RunState::Runnable);
         thread.pending_wakeup = None;
+        let futex_wait = thread.futex_wait.take();
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
         if left == RunState::Runnable && lasted > 0 {
             self.waits.push(Wait::Runqueue(lasted));
+        }
+        // The futex wait syscall returns as the thread runs again (no syscall hook: its
+        // block, from switch-out to switch-in, is the wait).
+        if let Some(wait) = futex_wait {
+            let waited = ts.saturating_sub(wait.since);
+            self.waits.push(Wait::Futex(waited));
+            self.locks.wait(wait.address, tid, waited);
         }
     }
 
@@ -185,7 +230,10 @@ impl<R: FdResolver> Engine<R> {
             RunState::Blocked { cause, syscall } => {
                 let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
                 let thread = self.threads.get_mut(tid).expect("thread exists");
-                thread.last_wakeup = Some(thread.timeline.snapshot(ts));
+                thread.last_wakeup = Some(BlockEnd {
+                    at: thread.timeline.snapshot(ts),
+                    syscall,
+                });
                 self.note_block_end(cause, syscall, lasted, waker);
             }
         }

@@ -10,18 +10,21 @@ use aya::{
     maps::{Map, MapData},
     Ebpf,
 };
-use tracer_common::{LOSS_KINDS, MAX_TARGET_THREADS, MAX_TLS_CONNECTIONS_DONE, RING_BYTES};
+use tracer_common::{
+    LOSS_KINDS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS, MAX_TLS_CONNECTIONS_DONE, RING_BYTES,
+};
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
 /// ring buffer).
-const MAP_SIZES: [(&str, u32); 7] = [
+const MAP_SIZES: [(&str, u32); 8] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
     ("TARGET_TIDS", MAX_TARGET_THREADS),
-    ("IN_SYSCALL", MAX_TARGET_THREADS),
+    ("CONVERSATIONS", MAX_TARGET_THREADS),
     ("WAKERS", MAX_TARGET_THREADS),
     ("TLS_CALL", MAX_TARGET_THREADS),
     ("TLS_DONE", MAX_TLS_CONNECTIONS_DONE),
+    ("TCP_SOCKETS", MAX_TCP_SOCKETS),
 ];
 
 /// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits,

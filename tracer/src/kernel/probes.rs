@@ -142,9 +142,10 @@ impl Probes {
         probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
         probes.attach_tp("sched_wakeup_new", "sched", "sched_wakeup_new")?;
         probes.attach_tp("sched_switch", "sched", "sched_switch")?;
-        probes.attach_raw("sys_exit", "sys_exit")?;
-        probes.attach_raw("sys_enter", "sys_enter")?;
-        probes.seed_in_syscall(pid);
+        // Server-side sockets are noted from their creation on, before their first read.
+        probes.attach_raw("inet_sock_set_state", "inet_sock_set_state")?;
+        probes.attach_raw("sock_recv_length", "sock_recv_length")?;
+        probes.attach_raw("sock_send_length", "sock_send_length")?;
         Ok((probes, ring))
     }
 

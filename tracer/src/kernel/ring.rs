@@ -2,13 +2,13 @@
 //! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
 
 use tracer_common::{
-    go_sched, is_read, is_write, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent,
-    SyscallEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    go_sched, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent, SyscallEvent,
+    ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
 use crate::engine::{
     event::GoSched, sites::StackRef, Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt,
-    SslCall, SyscallReturn, Tid, Waker,
+    SocketOrigin, SslCall, SyscallReturn, Tid, Waker,
 };
 
 fn waker(w: &WakerId) -> Waker {
@@ -123,14 +123,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
             let e: SyscallEvent = read(bytes)?;
             let sys = SyscallReturn {
                 nr: e.nr,
-                arg0: e.arg0,
+                arg0: u64::from(e.fd),
                 ret: e.ret,
-                enter_ts: e.enter_ns,
-                tls_record: if is_read(e.nr) || is_write(e.nr) {
-                    e.arg1
-                } else {
-                    0
-                },
+                connection: e.connection,
+                origin: SocketOrigin::from_kernel(e.origin),
+                tls_record: e.arg1,
             };
             out.push(Event::new(ts, tid, EventKind::Syscall(sys)));
         }

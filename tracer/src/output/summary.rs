@@ -813,7 +813,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        engine::{Engine, Event, EventKind, FdKind, InSyscall, Interrupt, SyscallReturn, Tid},
+        engine::{
+            Engine, Event, EventKind, FdKind, InSyscall, Interrupt, SocketOrigin, SyscallReturn,
+            Tid,
+        },
         output::{hlog::HlogWriter, jsonl::SlowRequests},
         target::fds::ProcFds,
     };
@@ -824,16 +827,14 @@ mod tests {
     const T: Tid = Tid(PID + 1);
     const CONN: u32 = 7;
 
+    /// A read or write on the server-side connection `CONN`.
     fn syscall(ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
-        syscall_from(ts - 1, ts, nr, arg0, ret)
-    }
-
-    fn syscall_from(enter_ts: u64, ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
         let sys = SyscallReturn {
             nr,
             arg0,
             ret,
-            enter_ts,
+            connection: 0xffff_0000_0007,
+            origin: SocketOrigin::TcpServer,
             tls_record: 0,
         };
         Event::new(ts, T, EventKind::Syscall(sys))
@@ -882,7 +883,6 @@ mod tests {
             block(2_000, nr::FUTEX, 0xabc0),
             wake(5_000, thread),
             run(6_000),
-            syscall_from(1_900, 6_100, nr::FUTEX, 0xabc0, 0),
             syscall(7_000, nr::WRITE, CONN.into(), 10),
             block(8_000, nr::READ, CONN.into()),
             wake(9_000, Waker::Interrupt(Interrupt::Softirq(3))),
@@ -892,7 +892,6 @@ mod tests {
             wake(31_000, Waker::Interrupt(Interrupt::Timer)),
             run(31_000),
             syscall(32_000, nr::WRITE, CONN.into(), 10),
-            syscall(33_000, nr::CLOSE, CONN.into(), 0),
         ]);
         c.stop();
         c.finish();

@@ -192,7 +192,7 @@ impl<R: FdResolver> Engine<R> {
                     wire.rx.left = 0; // the records after it are not tracked
                     self.tls_wire_done(ts, fd);
                     if read_past_finished(ret, header) {
-                        self.request_bytes(ts, tid, fd, ts); // the request came with it
+                        self.request_bytes(ts, tid, fd); // the request came with it
                     }
                     return true;
                 }
@@ -202,7 +202,7 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.tls_wire_done(ts, fd);
                 if overflow {
-                    self.request_bytes(ts, tid, fd, ts);
+                    self.request_bytes(ts, tid, fd);
                 }
                 true
             }
@@ -213,9 +213,10 @@ impl<R: FdResolver> Engine<R> {
         let Some(thread) = self.threads.get(tid) else {
             return;
         };
+        // From the wakeup that ended its wait for this ClientHello, if it waited.
         let start = match thread.last_wakeup {
-            Some(woke) => woke,
-            None => thread.timeline.snapshot(ts),
+            Some(woke) if woke.blocked_reading(fd) || woke.blocked_polling() => woke.at,
+            _ => thread.timeline.snapshot(ts),
         };
         let mut wire = TlsWire {
             phase: WirePhase::Handshaking {

@@ -225,11 +225,12 @@ impl<R: FdResolver> Engine<R> {
         };
         if h.timeline.thread().is_some_and(|thread| thread != tid) {
             // It moved to another thread without parking (preempted, or its thread went
-            // into a blocking syscall): the old stretch ends as this syscall began.
-            go.leave_thread(&mut h, g, sys.enter_ts, &self.threads);
+            // into a blocking syscall): the old stretch ends here (Go's socket syscalls do
+            // not block: this one began a moment ago).
+            go.leave_thread(&mut h, g, ts, &self.threads);
         }
         if h.timeline.thread().is_none() {
-            go.run_on(&mut h, g, tid, sys.enter_ts, &self.threads);
+            go.run_on(&mut h, g, tid, ts, &self.threads);
         }
         if sys.ret == -EAGAIN {
             go.leave_thread(&mut h, g, ts, &self.threads);

@@ -96,7 +96,7 @@ impl<R: FdResolver> Engine<R> {
         // A read that returned data returned a request's bytes (after the handshake, if any).
         if let Some(fd) = h.fd {
             if entered == Some(SslCall::Read) && self.fds.kind(fd) == FdKind::Connection {
-                self.request_bytes(ts, tid, fd, ts);
+                self.request_bytes(ts, tid, fd);
             }
         }
     }

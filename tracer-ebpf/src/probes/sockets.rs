@@ -1,0 +1,162 @@
+//! Socket reads and writes, from `sock:sock_recv_length` and `sock:sock_send_length` as raw
+//! tracepoints. They fire inside the syscall that moved the bytes, at its end, on every read
+//! and write path of a socket (read/readv/recvfrom/recvmsg, write/writev/sendto/sendmsg,
+//! sendfile into a socket: `sock_recvmsg_nosec()`, `sock_sendmsg_nosec()`, net/socket.c,
+//! Linux 6.18), so the tracer needs no syscall hook: `raw_syscalls` hooks run for every
+//! syscall of every process on the host, and turn on the syscall slow path for all of them.
+//! The syscall and its fd come from the thread's saved user registers.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{
+    is_change_cipher_spec, is_read, is_write, nr, socket_origin, tcp_state, tls_record,
+    tls_record_and_next, Conversation, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN, MSG_PEEK,
+    TLS_RECORD_HEADER,
+};
+
+use crate::maps::{
+    current_syscall_regs, current_target_tid, emit, finish, header, report_eagain, set,
+    tls_records, CONVERSATIONS, TCP_SOCKETS,
+};
+
+/// Which way the bytes went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Received,
+    Sent,
+}
+
+/// `TP_PROTO(struct sock *sk, int ret, int flags)` (include/trace/events/sock.h, Linux 6.18).
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
+    finish(try_sock_io(&ctx, Direction::Received))
+}
+
+/// Same prototype as `sock_recv_length`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
+    finish(try_sock_io(&ctx, Direction::Sent))
+}
+
+fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    let flags = ctx.arg::<u64>(2);
+    if direction == Direction::Received && flags & MSG_PEEK != 0 {
+        return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
+    }
+    let regs = current_syscall_regs()?;
+    let Some(syscall_nr) = regs.syscall() else {
+        return Ok(()); // not a syscall of the thread's own (a kernel-internal socket user)
+    };
+    let matches = match direction {
+        Direction::Received => is_read(syscall_nr),
+        Direction::Sent => is_write(syscall_nr),
+    };
+    if !matches {
+        return Ok(()); // splice, io_uring: not followed
+    }
+    let (fd, sock) = (regs.di as u32, ctx.arg::<u64>(0));
+    let (connection, origin) = match unsafe { TCP_SOCKETS.get(&sock) } {
+        Some(tcp) => (tcp.opened_ns, tcp.origin),
+        None => (sock, socket_origin::UNKNOWN),
+    };
+    // `int ret`, passed as a u64.
+    let ret = ctx.arg::<u64>(1) as i32 as i64;
+    note_conversation(tid, syscall_nr, fd, connection, ret)?;
+    if ret == -EAGAIN && !report_eagain() {
+        return Ok(()); // a non-blocking socket with nothing to do: no request boundary
+    }
+    let buf = match syscall_nr {
+        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO if tls_records() => regs.si,
+        _ => 0,
+    };
+    let record = if buf != 0 && ret >= TLS_RECORD_HEADER as i64 {
+        record_header(buf, ret)?
+    } else {
+        0
+    };
+    emit(SyscallEvent {
+        hdr: header(EventKind::Syscall, tid),
+        nr: syscall_nr,
+        arg1: record,
+        fd,
+        origin,
+        ret,
+        connection,
+    })
+}
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
+/// (include/trace/events/sock.h, Linux 6.18). A listener's child socket enters SYN_RECV when
+/// it is created for an incoming handshake (`inet_csk_clone_lock()`), before `accept()` can
+/// return it; a connecting socket enters SYN_SENT in `connect()`; every TCP socket ends in
+/// CLOSE. It fires a few times per TCP connection of the host, often in softirq context (so
+/// no target filter is possible here).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    finish(try_inet_sock_set_state(&ctx))
+}
+
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
+    let sock = ctx.arg::<u64>(0);
+    let origin = match ctx.arg::<u64>(2) as u32 {
+        tcp_state::SYN_RECV => socket_origin::TCP_SERVER,
+        tcp_state::SYN_SENT => socket_origin::TCP_CLIENT,
+        tcp_state::CLOSE => {
+            let _ = TCP_SOCKETS.remove(&sock); // none when it opened before the tracer
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    let socket = TcpSocket {
+        opened_ns: unsafe { bpf_ktime_get_ns() },
+        origin,
+        _pad: 0,
+    };
+    // An LRU map: full, it forgets its oldest socket instead of failing.
+    TCP_SOCKETS
+        .insert(&sock, &socket, 0)
+        .map_err(|_| Loss::MapFull)
+}
+
+/// Keep the thread's conversation (which connection it answers) for the switch-out's
+/// decision to take a stack.
+#[inline(always)]
+fn note_conversation(tid: u32, syscall_nr: u32, fd: u32, sock: u64, ret: i64) -> Result<(), Loss> {
+    match CONVERSATIONS.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer; only this thread's own programs write its entry.
+        Some(conversation) => unsafe { (*conversation).returned(syscall_nr, fd, sock, ret) },
+        None => {
+            let mut conversation = Conversation::default();
+            conversation.returned(syscall_nr, fd, sock, ret);
+            set(&CONVERSATIONS, tid, conversation)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the bytes just read or written at `buf` start with a TLS record header (see
+/// `tracer_common::tls_record`): only the classification leaves the kernel, never the bytes.
+#[inline(always)]
+fn record_header(buf: u64, len: i64) -> Result<u32, Loss> {
+    let first = tls_record(read_header(buf)?);
+    // After a change_cipher_spec (a header and a one-byte body), the next record's header
+    // says TLS 1.2 or 1.3.
+    let next = TLS_RECORD_HEADER + 1;
+    if !is_change_cipher_spec(first) || len < (next + TLS_RECORD_HEADER) as i64 {
+        return Ok(first);
+    }
+    Ok(tls_record_and_next(first, read_header(buf + next as u64)?))
+}
+
+/// The first bytes of a record at `addr` in the target's memory.
+#[inline(always)]
+fn read_header(addr: u64) -> Result<[u8; TLS_RECORD_HEADER], Loss> {
+    unsafe { bpf_probe_read_user(addr as *const [u8; TLS_RECORD_HEADER]) }
+        .map_err(|_| Loss::ReadFailed)
+}
