@@ -36,7 +36,7 @@ const UNLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The tracer's kernel programs, by function name.
-const PROGRAM_NAMES: [&str; 14] = [
+const PROGRAM_NAMES: [&str; 15] = [
     "sched_switch",
     "sched_waking",
     "sched_wakeup",
@@ -47,8 +47,9 @@ const PROGRAM_NAMES: [&str; 14] = [
     "softirq_exit",
     "hrtimer_expire_entry",
     "hrtimer_expire_exit",
-    "sys_enter",
-    "sys_exit",
+    "sock_recv_length",
+    "sock_send_length",
+    "inet_sock_set_state",
     "task_newtask",
     "sched_process_exit",
 ];

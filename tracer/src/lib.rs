@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  tracer-ebpf programs ──ring buffer──▶ kernel::ring ──▶ collector ──▶ engine ──▶ output
-//!  (sched, syscalls,      (records,       (decode to     (drain, reorder (timelines,  (aggregates,
+//!  (sched, sockets,       (records,       (decode to     (drain, reorder (timelines,  (aggregates,
 //!   interrupts, uprobes)   losses)         engine events) window, feed)   requests,    live table,
 //!         ▲                                                              locks, TLS)  console, files)
 //!         └── kernel::Probes loads and attaches them; target:: says what the process is

@@ -35,8 +35,12 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     ("libssl-dev", false),
     // Go crypto/tls test targets are built from source during the tests.
     ("golang-go", false),
-    // A real event-loop HTTPS server (non-blocking SSL_do_handshake from epoll).
+    // A real event-loop HTTPS server (non-blocking SSL_do_handshake from epoll), and the
+    // bench's saturated HTTP server.
     ("nginx-light", false),
+    // The bench: wrk loads nginx; libbpf-tools' runqlat and syscount run beside the tracer.
+    ("wrk", false),
+    ("libbpf-tools", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the

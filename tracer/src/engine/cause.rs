@@ -163,7 +163,7 @@ pub fn blocked_cause(
     fd_kind: impl FnOnce(u32) -> FdKind,
 ) -> Cause {
     let Some(s) = syscall else {
-        // Outside any traced syscall, uninterruptible sleep is (nearly always) a major page
+        // Outside any syscall, uninterruptible sleep is (nearly always) a major page
         // fault waiting for the disk.
         return if state & STATE_UNINTERRUPTIBLE != 0 {
             Cause::DiskIo

@@ -246,3 +246,81 @@ mod tests {
         assert_eq!(percentile(&values, 1.0), Some(100));
     }
 }
+
+/// `wrk -t1 -c<connections>` for `seconds` against `url` on CPU `cpu`: throughput and p99.
+pub fn wrk(url: &str, connections: u32, seconds: u32, cpu: u32) -> Result<Load> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string(), "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg(url);
+    let line = cmdline(&cmd);
+    println!("$ {line}");
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{line}` (package wrk)"))?;
+    crate::check(out.status, &line)?;
+    Ok(parse_wrk(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// From wrk's report: `Requests/sec:`, the `99%` line of `--latency`, and socket errors.
+fn parse_wrk(report: &str) -> Load {
+    let value_after = |label: &str| {
+        report.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(label)
+                .map(|rest| rest.trim().to_string())
+        })
+    };
+    let rps = value_after("Requests/sec:").and_then(|v| v.parse().ok());
+    let p99_us = value_after("99%").and_then(|v| duration_us(&v));
+    let errors = value_after("Socket errors:").map_or(Some(0.0), |v| {
+        Some(
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<f64>().ok())
+                .sum(),
+        )
+    });
+    Load {
+        rps,
+        p99_us,
+        errors,
+    }
+}
+
+/// wrk's `1.23ms`, `850.00us`, `2.01s` in microseconds.
+fn duration_us(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(number),
+        "ms" => Some(number * 1e3),
+        "s" => Some(number * 1e6),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_are_parsed() {
+        let report = "Running 5s test @ http://127.0.0.1:18080/
+  1 threads and 32 connections
+  Latency Distribution
+     50%    0.98ms
+     99%    2.50ms
+  142857 requests in 5.00s, 20.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec:  28577.23
+";
+        let load = parse_wrk(report);
+        assert_eq!(load.rps, Some(28577.23));
+        assert_eq!(load.p99_us, Some(2500.0));
+        assert_eq!(load.errors, Some(3.0));
+        assert_eq!(duration_us("850.00us"), Some(850.0));
+    }
+}

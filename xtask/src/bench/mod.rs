@@ -16,6 +16,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod targets;
+mod tools;
 mod tracer;
 
 use std::env;
@@ -33,7 +34,7 @@ pub struct Args {
     /// Phases per mode (baseline and traced alternate)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Run only these scenarios (A, B, E, G, F, H, I, C, D; repeatable) [default: all]
+    /// Run only these scenarios (N, A, B, E, G, F, H, I, C, D; repeatable) [default: all]
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 }

@@ -15,6 +15,7 @@ use super::{
     report::describe,
     scenarios::Scenario,
     targets::{self, Running},
+    tools::TOOLS,
     tracer::{read_summary, RunningTracer, TracerSpec},
 };
 
@@ -38,6 +39,9 @@ pub struct Measured {
     /// One more traced phase with `--bpf-stats`, for the per-program costs only: the kernel's
     /// run-time statistics cost time themselves, so throughput is compared without them.
     pub stats: Option<Traced>,
+    /// For a scenario that compares them: each round's phase with each of [`TOOLS`] attached,
+    /// by tool.
+    pub tools: Vec<(&'static str, Vec<Load>)>,
 }
 
 /// What every scenario's phases share, and the tracer's failures so far.
@@ -71,6 +75,7 @@ impl Bench {
             traced: Vec::new(),
             without_stacks: Vec::new(),
             stats: None,
+            tools: TOOLS.iter().map(|tool| (tool.name, Vec::new())).collect(),
         };
         for round in 1..=rounds {
             let baseline = run.baseline_phase(&format!("{name} baseline {round}"))?;
@@ -86,6 +91,17 @@ impl Bench {
                 let traced = run.traced_phase(&phase, &out, Mode::WithoutStacks)?;
                 measured.without_stacks.push(traced);
                 thread::sleep(SETTLE);
+            }
+            if scenario.compare_tools {
+                for (tool, (_, loads)) in TOOLS.iter().zip(&mut measured.tools) {
+                    let phase = format!("{name} {} {round}", tool.name);
+                    let load = tool
+                        .measure(run.target.pid, &mut run.target.load)
+                        .with_context(|| phase.clone())?;
+                    println!("{phase}: {}", describe(&load));
+                    loads.push(load);
+                    thread::sleep(SETTLE);
+                }
             }
         }
         let phase = format!("{name} traced with --bpf-stats");

@@ -44,6 +44,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
         scenario.name, scenario.about
     );
     print_load_rows(&load);
+    print_tool_rows(measured, &load);
     print_tracer_rows(&tracer);
     print_program_costs(&program_costs(stats_summary));
     if let Some(unit) = scenario.target.uprobe_cost_unit() {
@@ -54,6 +55,36 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
     }
     print_stacks_cost(measured);
     misses(scenario, &load, &tracer)
+}
+
+/// The comparison tools beside the tracer: each round's throughput with the tool attached
+/// over that round's baseline, and their median, as for the tracer.
+fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
+    if measured.tools.iter().all(|(_, loads)| loads.is_empty()) {
+        return;
+    }
+    println!("  attached to the same target, same rounds (throughput / round's baseline):");
+    let line = |name: &str, ratios: &[f64]| {
+        println!(
+            "    {name:<14} per round {:<40} median {}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            fmt(median(ratios), 3)
+        )
+    };
+    line("tracer", &load.round_ratios);
+    for (name, loads) in &measured.tools {
+        let ratios: Vec<f64> = measured
+            .baseline
+            .iter()
+            .zip(loads)
+            .filter_map(|(b, t)| ratio(t.rps, b.rps))
+            .collect();
+        line(name, &ratios);
+    }
 }
 
 /// Taking the stacks: each round's traced throughput (stacks on) over the `--stacks off`

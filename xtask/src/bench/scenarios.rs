@@ -15,6 +15,9 @@ pub struct Scenario {
     pub max_loss_pct: f64,
     /// Also trace each round with `--stacks off`, to measure what taking the stacks costs.
     pub compare_stacks: bool,
+    /// Also run each round with libbpf-tools' `runqlat` and `syscount -L` attached instead
+    /// of the tracer (see `tools`).
+    pub compare_tools: bool,
 }
 
 /// What a scenario loads.
@@ -42,6 +45,9 @@ pub enum Target {
     /// built with the system's Go; the tracer follows its goroutines with uprobes on Go's
     /// scheduler.
     GoService(GoLoad),
+    /// nginx, one process serving plain HTTP keep-alive, saturated by `wrk -t1` with this
+    /// many connections.
+    Nginx { connections: u32 },
 }
 
 /// The load on the Go test service.
@@ -81,7 +87,9 @@ impl Target {
     /// What the TLS uprobes' cost is counted per; `None` for plain HTTP.
     pub fn uprobe_cost_unit(&self) -> Option<UprobeCostUnit> {
         match self {
-            Target::Workload { https: false, .. } | Target::GoService(_) => None,
+            Target::Workload { https: false, .. } | Target::GoService(_) | Target::Nginx { .. } => {
+                None
+            }
             Target::Workload { https: true, .. } => Some(UprobeCostUnit::Request),
             Target::WorkloadTls { .. } | Target::GoTls { .. } | Target::OpenSsl { .. } => {
                 Some(UprobeCostUnit::Handshake)
@@ -98,6 +106,14 @@ impl Target {
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
+        name: "N",
+        about: "one nginx process serving plain HTTP keep-alive, saturated by wrk -t1 -c32 (server and client on a CPU each)",
+        target: Target::Nginx { connections: 32 },
+        compare_stacks: false,
+        compare_tools: true,
+        max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
+    },
+    Scenario {
         name: "A",
         about: "saturating keep-alive load on /, 8 connections",
         target: Target::Workload {
@@ -106,6 +122,7 @@ pub const SCENARIOS: &[Scenario] = &[
             https: false,
         },
         compare_stacks: true,
+        compare_tools: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -116,6 +133,7 @@ pub const SCENARIOS: &[Scenario] = &[
             paths: &["/cpu?ms=1"],
             https: false,
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -125,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::WorkloadTls {
             client: &["-new", "-www", "/"],
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -136,6 +155,7 @@ pub const SCENARIOS: &[Scenario] = &[
             paths: &["/"],
             https: true,
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -145,6 +165,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::GoTls {
             client: &["-new", "-www", "/"],
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -155,6 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
             connections: 8,
             path: "/",
         }),
+        compare_tools: false,
         compare_stacks: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -166,6 +188,7 @@ pub const SCENARIOS: &[Scenario] = &[
             path: "/auth?ms=2",
             rate: 200,
         }),
+        compare_tools: false,
         compare_stacks: true,
         max_loss_pct: MAX_FIXED_RATE_LOSS_PCT,
     },
@@ -176,6 +199,7 @@ pub const SCENARIOS: &[Scenario] = &[
             server: &["-www"],
             client: &["-new", "-www", "/"],
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -186,6 +210,7 @@ pub const SCENARIOS: &[Scenario] = &[
             server: &[],
             client: &["-new"],
         },
+        compare_tools: false,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },

@@ -17,7 +17,7 @@ use tracer_support::{
 };
 
 use super::{
-    load::{paced, run_workload_load, s_time, Load, Paced},
+    load::{paced, run_workload_load, s_time, wrk, Load, Paced},
     scenarios::{GoLoad, Target},
 };
 use crate::workload::{load_command, Proc, Server};
@@ -84,6 +84,7 @@ pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Resu
             s_time_against(Server::start_command(cmd)?, client, seconds)
         }
         Target::GoService(ref go_load) => go_service(go_load, workload, tmp, seconds),
+        Target::Nginx { connections } => nginx(tmp, connections, seconds),
         Target::OpenSsl { server, client } => {
             let s_server = SServer::start(tmp, server)?;
             let (pid, port) = (s_server.proc.id(), s_server.port);
@@ -141,6 +142,57 @@ fn go_service(go_load: &GoLoad, workload: &Path, tmp: &Path, seconds: u32) -> Re
         pid: server.pid,
         stop: Box::new(move || server.stop()),
         load,
+    })
+}
+
+/// The CPU the nginx scenario's server runs on, and its client's.
+const NGINX_CPU: u32 = 0;
+const WRK_CPU: u32 = 1;
+
+/// nginx as one process serving plain HTTP keep-alive (`master_process off`: the process we
+/// start is the worker, whose pid is traced) on CPU [`NGINX_CPU`], loaded by `wrk -t1` on
+/// the other CPU, so the two do not trade CPUs between phases.
+fn nginx(tmp: &Path, connections: u32, seconds: u32) -> Result<Running> {
+    let dir = tmp.join("nginx");
+    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir.join("html"))?;
+    std::fs::write(dir.join("html/index.html"), "hello\n")?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = format!(
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {pid};\n\
+         error_log {log} error;\nevents {{ worker_connections 1024; }}\n\
+         http {{ access_log off; keepalive_requests 100000000; \
+         server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+        pid = dir.join("nginx.pid").display(),
+        log = dir.join("logs/error.log").display(),
+        root = dir.join("html").display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &NGINX_CPU.to_string(), "nginx", "-p"])
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("logs/error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let proc = Proc::spawn(&mut cmd).context("starting nginx (package nginx-light)")?;
+    let deadline = Instant::now() + S_SERVER_LISTEN_WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "nginx did not listen on port {port}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("http://127.0.0.1:{port}/");
+    Ok(Running {
+        // taskset executes nginx in its own process.
+        pid: proc.id(),
+        stop: Box::new(move || proc.stop()),
+        load: Box::new(move || wrk(&url, connections, seconds, WRK_CPU)),
     })
 }
 
