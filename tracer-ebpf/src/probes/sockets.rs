@@ -45,6 +45,14 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     let Some(tid) = current_target_tid() else {
         return Ok(());
     };
+    // `int ret`, passed as a u64.
+    let ret = ctx.arg::<u64>(1) as i32 as i64;
+    if ret == -EAGAIN && !report_eagain() {
+        // A non-blocking socket with nothing to do (an event loop's read after each
+        // request): no request boundary, and nothing for the conversation, which only bytes
+        // moved change. Returns before any helper call.
+        return Ok(());
+    }
     let flags = ctx.arg::<u64>(2);
     if direction == Direction::Received && flags & MSG_PEEK != 0 {
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
@@ -61,16 +69,11 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         return Ok(()); // splice, io_uring: not followed
     }
     let (fd, sock) = (regs.di as u32, ctx.arg::<u64>(0));
-    let (connection, origin) = match unsafe { TCP_SOCKETS.get(&sock) } {
+    let (connection, origin) = match unsafe { TCP_SOCKETS.get(sock) } {
         Some(tcp) => (tcp.opened_ns, tcp.origin),
         None => (sock, socket_origin::UNKNOWN),
     };
-    // `int ret`, passed as a u64.
-    let ret = ctx.arg::<u64>(1) as i32 as i64;
     note_conversation(tid, syscall_nr, fd, connection, ret)?;
-    if ret == -EAGAIN && !report_eagain() {
-        return Ok(()); // a non-blocking socket with nothing to do: no request boundary
-    }
     let buf = match syscall_nr {
         nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO if tls_records() => regs.si,
         _ => 0,
@@ -108,7 +111,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         tcp_state::SYN_RECV => socket_origin::TCP_SERVER,
         tcp_state::SYN_SENT => socket_origin::TCP_CLIENT,
         tcp_state::CLOSE => {
-            let _ = TCP_SOCKETS.remove(&sock); // none when it opened before the tracer
+            let _ = TCP_SOCKETS.remove(sock); // none when it opened before the tracer
             return Ok(());
         }
         _ => return Ok(()),
@@ -120,7 +123,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
     };
     // An LRU map: full, it forgets its oldest socket instead of failing.
     TCP_SOCKETS
-        .insert(&sock, &socket, 0)
+        .insert(sock, socket, 0)
         .map_err(|_| Loss::MapFull)
 }
 

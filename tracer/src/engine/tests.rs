@@ -920,7 +920,6 @@ fn a_freed_ssl_forgets_its_unfinished_handshake() {
 mod nginx {
     use super::*;
 
-    const LISTEN: u32 = 6;
     const EPOLL: u64 = 8;
     const CONN2: u32 = 11;
     const SSL2: u64 = 0x6000;

@@ -303,7 +303,7 @@ fn duration_us(text: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+mod wrk_tests {
     use super::*;
 
     #[test]
