@@ -203,6 +203,12 @@ pub struct TcpSocket {
     pub opened_ns: u64,
     /// A [`socket_origin`] value.
     pub origin: u32,
+    /// The target's fd for it, once a read or write of the target read it from the
+    /// registers ([`NO_FD`] before).
+    pub fd: u32,
+    /// 1 once its first bytes read were not a TLS record header: its reads and writes need
+    /// no record classification.
+    pub plain: u32,
     pub _pad: u32,
 }
 
@@ -614,7 +620,7 @@ records! {
     IrqNesting = 8 + 16 * IRQ_LEVELS,
     IrqLevel = 16,
     SyscallEvent = 48,
-    TcpSocket = 16,
+    TcpSocket = 24,
     ThreadEvent = 32,
     Conversation = 16,
     TlsEvent = 40,

@@ -208,6 +208,7 @@ impl Collector {
     pub fn end_interval(&mut self) {
         let offset = self.interval_started.duration_since(self.started);
         let length = self.interval_started.elapsed();
+        self.interval.settle();
         self.hlog.write_interval(&self.interval, offset, length);
         self.totals.requests.add(&self.interval);
         self.name_threads();

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use tracer_common::{
     is_change_cipher_spec, is_read, is_write, nr, socket_origin, tcp_state, tls_record,
     tls_record_and_next, Conversation, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN, MSG_PEEK,
-    TLS_RECORD_HEADER,
+    NO_FD, TLS_RECORD_HEADER,
 };
 
 use crate::maps::{
@@ -57,23 +57,102 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     if direction == Direction::Received && flags & MSG_PEEK != 0 {
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
     }
+    let sock = ctx.arg::<u64>(0);
+    let io = match TCP_SOCKETS.get_ptr_mut(sock) {
+        // SAFETY: a valid map value pointer; only the target's own threads write `fd` and
+        // `plain`, and a stale value costs one record's fd or TLS classification at worst.
+        Some(tcp) => unsafe { tcp_socket_io(&mut *tcp, direction, ret)? },
+        None => syscall_io(direction, ret)?.map(|(nr, fd, record)| SocketIo {
+            nr,
+            fd,
+            record,
+            connection: sock,
+            origin: socket_origin::UNKNOWN,
+        }),
+    };
+    let Some(io) = io else {
+        return Ok(()); // not a read or write syscall of the thread's own
+    };
+    note_conversation(tid, io.nr, io.fd, io.connection, ret)?;
+    emit(SyscallEvent {
+        hdr: header(EventKind::Syscall, tid),
+        nr: io.nr,
+        arg1: io.record,
+        fd: io.fd,
+        origin: io.origin,
+        ret,
+        connection: io.connection,
+    })
+}
+
+/// What a socket read or write reports.
+struct SocketIo {
+    nr: u32,
+    fd: u32,
+    /// `tls_record` of its first bytes.
+    record: u32,
+    connection: u64,
+    origin: u32,
+}
+
+/// A read or write on a TCP socket the kernel side saw open. The first one of the target
+/// reads the syscall from the registers and keeps the fd with the socket; once the socket is
+/// known to carry no TLS (its first bytes read were no record header, or `--tls off`),
+/// later ones need neither the registers (two helper calls and a read: about 200 ns a run
+/// here) nor the record header.
+#[inline(always)]
+fn tcp_socket_io(
+    tcp: &mut TcpSocket,
+    direction: Direction,
+    ret: i64,
+) -> Result<Option<SocketIo>, Loss> {
+    let (connection, origin) = (tcp.opened_ns, tcp.origin);
+    if tcp.fd != NO_FD && (tcp.plain != 0 || !tls_records()) {
+        let nr = match direction {
+            Direction::Received => nr::READ,
+            Direction::Sent => nr::WRITE,
+        };
+        let fd = tcp.fd;
+        return Ok(Some(SocketIo {
+            nr,
+            fd,
+            record: 0,
+            connection,
+            origin,
+        }));
+    }
+    let Some((nr, fd, record)) = syscall_io(direction, ret)? else {
+        return Ok(None);
+    };
+    tcp.fd = fd;
+    if direction == Direction::Received && ret >= TLS_RECORD_HEADER as i64 && record == 0 {
+        tcp.plain = 1;
+    }
+    Ok(Some(SocketIo {
+        nr,
+        fd,
+        record,
+        connection,
+        origin,
+    }))
+}
+
+/// The syscall moving the bytes, from the thread's saved registers: its number, its fd and
+/// the TLS classification of the bytes; `None` when it is not a read or write syscall of the
+/// thread's own (a kernel-internal socket user, splice, io_uring).
+#[inline(always)]
+fn syscall_io(direction: Direction, ret: i64) -> Result<Option<(u32, u32, u32)>, Loss> {
     let regs = current_syscall_regs()?;
     let Some(syscall_nr) = regs.syscall() else {
-        return Ok(()); // not a syscall of the thread's own (a kernel-internal socket user)
+        return Ok(None);
     };
     let matches = match direction {
         Direction::Received => is_read(syscall_nr),
         Direction::Sent => is_write(syscall_nr),
     };
     if !matches {
-        return Ok(()); // splice, io_uring: not followed
+        return Ok(None);
     }
-    let (fd, sock) = (regs.di as u32, ctx.arg::<u64>(0));
-    let (connection, origin) = match unsafe { TCP_SOCKETS.get(sock) } {
-        Some(tcp) => (tcp.opened_ns, tcp.origin),
-        None => (sock, socket_origin::UNKNOWN),
-    };
-    note_conversation(tid, syscall_nr, fd, connection, ret)?;
     let buf = match syscall_nr {
         nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO if tls_records() => regs.si,
         _ => 0,
@@ -83,15 +162,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     } else {
         0
     };
-    emit(SyscallEvent {
-        hdr: header(EventKind::Syscall, tid),
-        nr: syscall_nr,
-        arg1: record,
-        fd,
-        origin,
-        ret,
-        connection,
-    })
+    Ok(Some((syscall_nr, regs.di as u32, record)))
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
@@ -119,6 +190,8 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let socket = TcpSocket {
         opened_ns: unsafe { bpf_ktime_get_ns() },
         origin,
+        fd: NO_FD,
+        plain: 0,
         _pad: 0,
     };
     // An LRU map: full, it forgets its oldest socket instead of failing.

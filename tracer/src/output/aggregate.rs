@@ -15,7 +15,11 @@ fn histogram() -> Histogram<u64> {
 /// A request-latency histogram and one per cause (ns of that cause in each request).
 pub struct RequestHistograms {
     pub latency: Histogram<u64>,
+    /// Complete once [`RequestHistograms::settle`] has run.
     pub causes: [Histogram<u64>; CAUSES],
+    /// Requests with none of a cause, not yet in its histogram: most causes of most requests
+    /// are zero, and one count per interval costs less than one record per request.
+    zeros: [u64; CAUSES],
 }
 
 impl Default for RequestHistograms {
@@ -23,6 +27,7 @@ impl Default for RequestHistograms {
         RequestHistograms {
             latency: histogram(),
             causes: std::array::from_fn(|_| histogram()),
+            zeros: [0; CAUSES],
         }
     }
 }
@@ -30,13 +35,27 @@ impl Default for RequestHistograms {
 impl RequestHistograms {
     pub fn record(&mut self, r: &Request) {
         let _ = self.latency.record(r.latency_ns);
-        for (h, ns) in self.causes.iter_mut().zip(r.breakdown) {
-            let _ = h.record(ns);
+        for ((h, zeros), ns) in self.causes.iter_mut().zip(&mut self.zeros).zip(r.breakdown) {
+            if ns == 0 {
+                *zeros += 1;
+            } else {
+                let _ = h.record(ns);
+            }
         }
     }
 
-    /// Add another set (an interval's) into this one.
+    /// Put the zeros counted so far into the cause histograms: before they are read.
+    pub fn settle(&mut self) {
+        for (h, zeros) in self.causes.iter_mut().zip(&mut self.zeros) {
+            if *zeros > 0 {
+                let _ = h.record_n(0, std::mem::take(zeros));
+            }
+        }
+    }
+
+    /// Add another set (an interval's, settled) into this one.
     pub fn add(&mut self, other: &RequestHistograms) {
+        debug_assert!(other.zeros.iter().all(|&z| z == 0), "add a settled set");
         let _ = self.latency.add(&other.latency);
         for (h, o) in self.causes.iter_mut().zip(&other.causes) {
             let _ = h.add(o);
@@ -46,6 +65,7 @@ impl RequestHistograms {
     pub fn reset(&mut self) {
         self.latency.reset();
         self.causes.iter_mut().for_each(Histogram::reset);
+        self.zeros = [0; CAUSES];
     }
 }
 
