@@ -206,8 +206,8 @@ pub struct TcpSocket {
     /// The target's fd for it, once a read or write of the target read it from the
     /// registers ([`NO_FD`] before).
     pub fd: u32,
-    /// 1 once its first bytes read were not a TLS record header: its reads and writes need
-    /// no record classification.
+    /// A [`socket_plain`] value, from its first bytes read: a plaintext socket's reads and
+    /// writes need no record classification.
     pub plain: u32,
     pub _pad: u32,
 }
@@ -342,6 +342,16 @@ impl Default for Conversation {
             request_sock: 0,
         }
     }
+}
+
+/// What a TCP socket's first bytes read were.
+pub mod socket_plain {
+    /// Nothing read yet.
+    pub const UNKNOWN: u32 = 0;
+    /// Not a TLS record header.
+    pub const PLAIN: u32 = 1;
+    /// A TLS record header.
+    pub const TLS: u32 = 2;
 }
 
 /// TCP sockets of the host remembered at once (an LRU map: on a host with more open TCP

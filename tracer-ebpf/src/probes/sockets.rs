@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    is_change_cipher_spec, is_read, is_write, nr, socket_origin, tcp_state, tls_record,
-    tls_record_and_next, Conversation, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN, MSG_PEEK,
-    NO_FD, TLS_RECORD_HEADER,
+    is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain, tcp_state,
+    tls_record, tls_record_and_next, Conversation, EventKind, Loss, SyscallEvent, TcpSocket,
+    EAGAIN, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
 use crate::maps::{
@@ -107,7 +107,7 @@ fn tcp_socket_io(
     ret: i64,
 ) -> Result<Option<SocketIo>, Loss> {
     let (connection, origin) = (tcp.opened_ns, tcp.origin);
-    if tcp.fd != NO_FD && (tcp.plain != 0 || !tls_records()) {
+    if tcp.fd != NO_FD && (tcp.plain == socket_plain::PLAIN || !tls_records()) {
         let nr = match direction {
             Direction::Received => nr::READ,
             Direction::Sent => nr::WRITE,
@@ -125,8 +125,17 @@ fn tcp_socket_io(
         return Ok(None);
     };
     tcp.fd = fd;
-    if direction == Direction::Received && ret >= TLS_RECORD_HEADER as i64 && record == 0 {
-        tcp.plain = 1;
+    // Decided once, by the first bytes read (a TLS peer's reads may later start mid-record:
+    // OpenSSL reads a record's header, then its body).
+    if direction == Direction::Received
+        && ret >= TLS_RECORD_HEADER as i64
+        && tcp.plain == socket_plain::UNKNOWN
+    {
+        tcp.plain = if record == 0 {
+            socket_plain::PLAIN
+        } else {
+            socket_plain::TLS
+        };
     }
     Ok(Some(SocketIo {
         nr,
@@ -191,7 +200,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         opened_ns: unsafe { bpf_ktime_get_ns() },
         origin,
         fd: NO_FD,
-        plain: 0,
+        plain: socket_plain::UNKNOWN,
         _pad: 0,
     };
     // An LRU map: full, it forgets its oldest socket instead of failing.
