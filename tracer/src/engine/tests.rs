@@ -259,6 +259,36 @@ fn request_starts_at_the_wakeup_of_a_blocked_read() {
     assert_sums(r);
 }
 
+/// With no syscall hook, a wakeup is known only by the block it ended: a wakeup from epoll
+/// (or from a read of another fd) is not the start of the request read after it.
+#[test]
+fn only_a_blocked_read_of_the_connection_starts_its_request_at_the_wakeup() {
+    let mut e = engine();
+    let mut reqs = feed(
+        &mut e,
+        [
+            block(0, nr::EPOLL_WAIT, 3), // an event loop, idle
+            wake(1000),
+            run(1040),
+            read(1050, CONN, 80), // the request, read without blocking
+            write(1100, CONN),
+            block(1200, nr::READ, BACKEND as u64), // a backend call...
+            wake(1500),
+            run(1510),
+            read(1520, BACKEND, 10),
+            read(2000, CONN, 80), // ...then the next request, read without blocking
+            write(2100, CONN),
+            block(2200, nr::EPOLL_WAIT, 3),
+        ],
+    );
+    e.finish_all();
+    reqs.extend(e.take_requests());
+    assert_eq!(reqs.len(), 2);
+    assert_eq!((reqs[0].start_ns, reqs[0].latency_ns), (1050, 50));
+    assert_eq!((reqs[1].start_ns, reqs[1].latency_ns), (2000, 100));
+    assert_sums(&reqs[1]);
+}
+
 #[test]
 fn thread_exit_mid_request() {
     let mut e = engine();
