@@ -10,7 +10,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
     syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, TcpSocket, WakerId,
@@ -81,10 +81,27 @@ pub fn target_tgid() -> u32 {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Thread ids of the target. Filled by the collector from /proc at attach time and kept
-/// current by the thread probes.
+/// The target's thread ids: 1 at index `tid` for each. Filled by the collector from /proc at
+/// attach time and kept current by the thread probes. An array indexed by tid, sized by the
+/// collector to the kernel's `pid_max`: every context switch and wakeup on the host asks
+/// whether its task is the target's, and an array load costs a fraction of a hash lookup.
 #[map]
-pub static TARGET_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
+pub static TARGET_TIDS: Array<u8> = Array::with_max_entries(1, 0);
+
+/// Whether thread `tid` is the target's.
+#[inline(always)]
+pub fn is_target_tid(tid: u32) -> bool {
+    TARGET_TIDS.get(tid).is_some_and(|&member| member != 0)
+}
+
+/// Mark thread `tid` as the target's, or no longer.
+#[inline(always)]
+pub fn set_target_tid(tid: u32, member: bool) -> Result<(), Loss> {
+    let slot = TARGET_TIDS.get_ptr_mut(tid).ok_or(Loss::MapFull)?;
+    // SAFETY: a valid pointer into the array.
+    unsafe { *slot = u8::from(member) };
+    Ok(())
+}
 
 /// Each target thread's conversation (see [`Conversation`]), kept by its socket reads and
 /// writes, read when it blocks; keyed by tid.

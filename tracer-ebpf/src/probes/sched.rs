@@ -8,8 +8,8 @@ use tracer_common::{
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    current_comm, current_ids, current_syscall_regs, current_target_tid, emit, finish, header, set,
-    user_stack_id, CONVERSATIONS, TARGET_TIDS, WAKERS,
+    current_comm, current_ids, current_syscall_regs, current_target_tid, emit, finish, header,
+    is_target_tid, set, user_stack_id, CONVERSATIONS, WAKERS,
 };
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
@@ -24,7 +24,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
     forget_interrupts()?;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
     let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
-    let next_is_target = unsafe { TARGET_TIDS.get(next_pid as u32) }.is_some();
+    let next_is_target = is_target_tid(next_pid as u32);
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
@@ -136,7 +136,7 @@ fn emit_wakeup(pid: u32, waker: WakerId) -> Result<(), Loss> {
 #[inline(always)]
 fn target_wakee(ctx: &TracePointContext) -> Option<u32> {
     let pid: i32 = field(ctx, layout::WAKEUP_PID);
-    unsafe { TARGET_TIDS.get(pid as u32) }.map(|_| pid as u32)
+    is_target_tid(pid as u32).then_some(pid as u32)
 }
 
 /// The current task, or the interrupt this CPU is in (see `probes::interrupts`).

@@ -5,8 +5,7 @@ use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
 use super::sched::field;
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, insert, CONVERSATIONS, TARGET_TIDS,
-    WAKERS,
+    current_comm, current_target_tid, emit, finish, header, set_target_tid, CONVERSATIONS, WAKERS,
 };
 
 /// include/uapi/linux/sched.h
@@ -32,7 +31,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), Loss> {
     // A reused tid must not inherit a waker its previous owner left behind (usually there is
     // none to remove, which is no failure).
     let _ = WAKERS.remove(tid);
-    insert(&TARGET_TIDS, tid, 1)?;
+    set_target_tid(tid, true)?;
     // The collector needs only the tid: a header alone, no name to copy.
     emit(header(EventKind::ThreadNew, tid))
 }
@@ -49,7 +48,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     };
     // A missing entry is no failure: a thread that never made a syscall or was never woken
     // since the tracer attached has none.
-    let _ = TARGET_TIDS.remove(tid);
+    let _ = set_target_tid(tid, false);
     let _ = CONVERSATIONS.remove(tid);
     let _ = WAKERS.remove(tid);
     emit(ThreadEvent {

@@ -1,7 +1,7 @@
 //! The kernel programs' map sizes are named limits in `tracer_common` (`MAX_TARGET_THREADS`,
 //! `MAX_TLS_CONNECTIONS_DONE`, ...). They are checked once the object is loaded, before
 //! anything is attached: a kernel object whose maps were built with other sizes than this
-//! collector's, and a target with more threads than the thread map holds, are refused with a
+//! collector's, and a target with more threads than the per-thread maps hold, are refused with a
 //! one-line error.
 
 use super::seed::target_threads;
@@ -16,10 +16,9 @@ use tracer_common::{
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
 /// ring buffer).
-const MAP_SIZES: [(&str, u32); 8] = [
+const MAP_SIZES: [(&str, u32); 7] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
-    ("TARGET_TIDS", MAX_TARGET_THREADS),
     ("CONVERSATIONS", MAX_TARGET_THREADS),
     ("WAKERS", MAX_TARGET_THREADS),
     ("TLS_CALL", MAX_TARGET_THREADS),
@@ -78,10 +77,10 @@ mod tests {
 
     #[test]
     fn a_map_of_another_size_is_refused_in_one_line() {
-        assert!(same_size("TARGET_TIDS", MAX_TARGET_THREADS, MAX_TARGET_THREADS).is_ok());
-        let e = same_size("TARGET_TIDS", 1024, MAX_TARGET_THREADS).unwrap_err();
+        assert!(same_size("CONVERSATIONS", MAX_TARGET_THREADS, MAX_TARGET_THREADS).is_ok());
+        let e = same_size("CONVERSATIONS", 1024, MAX_TARGET_THREADS).unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("TARGET_TIDS has max_entries 1024"), "{msg}");
+        assert!(msg.contains("CONVERSATIONS has max_entries 1024"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
     }
 

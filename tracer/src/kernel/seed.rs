@@ -3,7 +3,7 @@
 //! the thread's saved registers.)
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, MapData};
 
 use procfs::process::Process;
 
@@ -12,15 +12,15 @@ use super::probes::Probes;
 impl Probes {
     /// Put the target's current threads into the thread-id set; returns how many.
     pub(super) fn add_threads(&mut self, pid: u32) -> Result<usize> {
-        let mut tids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+        let mut tids: Array<&mut MapData, u8> = Array::try_from(
             self.ebpf
                 .map_mut("TARGET_TIDS")
                 .context("map TARGET_TIDS")?,
         )?;
         let threads =
             target_threads(pid).with_context(|| format!("listing the threads of PID {pid}"))?;
-        for tid in &threads {
-            tids.insert(tid, 1, 0)
+        for &tid in &threads {
+            tids.set(tid, 1, 0)
                 .context("adding a thread to TARGET_TIDS")?;
         }
         let count = threads.len();
@@ -35,4 +35,14 @@ pub(super) fn target_threads(pid: u32) -> procfs::ProcResult<Vec<u32>> {
         .flatten()
         .map(|task| task.tid as u32)
         .collect())
+}
+
+/// The kernel's largest thread id plus one (`/proc/sys/kernel/pid_max`), which sizes the
+/// `TARGET_TIDS` array; `PID_MAX_LIMIT` (include/linux/threads.h) when unreadable.
+pub(super) fn pid_max() -> u32 {
+    const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(PID_MAX_LIMIT)
 }
