@@ -84,7 +84,8 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
             .unwrap_or_else(|| panic!("{name}: no wait reason {text:?}: {runtime:?}"));
         u8::try_from(index).unwrap()
     };
-    let (chan_receive, sleep) = (reason("chan receive"), reason("sleep"));
+    let (chan_receive, chan_send, sleep) =
+        (reason("chan receive"), reason("chan send"), reason("sleep"));
 
     let dump = TempDir::absent(&format!("{name}-dump"));
     let tracer = Tracer::attach(server.pid)
@@ -208,9 +209,23 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
             reason: chan_receive,
         },
     );
+    // `jobs` is unbuffered: at each hand-off, whichever side comes first parks, the worker
+    // in chan receive (it usually does: the next request comes a round trip after its
+    // reply) or the handler in chan send (when the worker was not yet back at its receive).
+    // Before the first job the worker had been parked since the service started, before
+    // the window.
+    let handler_sends = count(
+        chan_start,
+        chan_end,
+        Go::Park {
+            goid: handler,
+            reason: chan_send,
+        },
+    );
     assert!(
-        worker_receives >= REQUESTS - 1,
-        "{name}: the worker {worker} waits for jobs in chan receive: {worker_receives}"
+        worker_receives >= 1 && worker_receives + handler_sends >= REQUESTS - 1,
+        "{name}: each job hand-off parks the worker {worker} in chan receive ({worker_receives}) \
+         or the handler {handler} in chan send ({handler_sends})"
     );
     let ran = |goid| count(chan_start, sleep_end, Go::Execute { goid });
     assert!(

@@ -101,7 +101,7 @@ impl Probes {
         let tls_records = u32::from(tls);
         let report_eagain = u32::from(report_eagain);
         let mut loader = EbpfLoader::new();
-        loader.set_max_entries("TARGET_TIDS", super::seed::pid_max());
+        loader.map_max_entries("TARGET_TIDS", super::seed::pid_max());
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
