@@ -168,7 +168,7 @@ pub struct SyscallEvent {
     pub nr: u32,
     /// [`tls_record`] of the bytes transferred, or 0 when they do not start with a TLS record
     /// header.
-    pub arg1: u32,
+    pub tls_record: u32,
     /// The syscall's first argument: the fd.
     pub fd: u32,
     /// A [`socket_origin`] value.
@@ -331,7 +331,7 @@ pub struct Conversation {
     pub request_fd: u32,
     pub answered: u32,
     /// The connection behind `request_fd` (see [`SyscallEvent::connection`]).
-    pub request_sock: u64,
+    pub request_connection: u64,
 }
 
 impl Default for Conversation {
@@ -339,7 +339,7 @@ impl Default for Conversation {
         Conversation {
             request_fd: NO_FD,
             answered: 0,
-            request_sock: 0,
+            request_connection: 0,
         }
     }
 }
@@ -371,15 +371,15 @@ pub mod tcp_state {
 pub const NO_FD: u32 = u32::MAX;
 
 impl Conversation {
-    /// A read or write returned `ret` on `fd`, whose socket is `sock`. Only a write to the
-    /// very socket the request came from answers it: a closed fd's number may come back as
+    /// A read or write returned `ret` on `fd`, on `connection`. Only a write to the very
+    /// connection the request came from answers it: a closed fd's number may come back as
     /// another connection (no close is seen), whose first write answers nothing.
-    pub fn returned(&mut self, syscall_nr: u32, fd: u32, sock: u64, ret: i64) {
+    pub fn returned(&mut self, syscall_nr: u32, fd: u32, connection: u64, ret: i64) {
         if is_read(syscall_nr) && ret > 0 {
             self.request_fd = fd;
-            self.request_sock = sock;
+            self.request_connection = connection;
             self.answered = 0;
-        } else if is_write(syscall_nr) && ret > 0 && sock == self.request_sock {
+        } else if is_write(syscall_nr) && ret > 0 && connection == self.request_connection {
             self.answered = 1;
         }
     }
@@ -646,33 +646,33 @@ mod tests {
         let (conn, backend) = (5, 9);
         let mut c = Conversation::default();
         assert!(!c.between_requests(nr::READ, conn), "nothing read yet");
-        let (conn_sock, backend_sock) = (0xa000, 0xb000);
-        c.returned(nr::READ, conn, conn_sock, 100); // the request
-        c.returned(nr::WRITE, backend, backend_sock, 10); // a backend call
+        let (conn_id, backend_id) = (0xa000, 0xb000);
+        c.returned(nr::READ, conn, conn_id, 100); // the request
+        c.returned(nr::WRITE, backend, backend_id, 10); // a backend call
         assert!(
             !c.between_requests(nr::READ, backend),
             "waiting for the backend"
         );
         assert!(!c.between_requests(nr::FUTEX, 0));
-        c.returned(nr::WRITE, conn, conn_sock, 50); // the response
+        c.returned(nr::WRITE, conn, conn_id, 50); // the response
         assert!(
             c.between_requests(nr::READ, conn),
             "waiting for the next request"
         );
         assert!(c.between_requests(nr::EPOLL_WAIT, 0), "an event loop, idle");
         assert!(!c.between_requests(nr::FUTEX, 0), "a lock after answering");
-        c.returned(nr::READ, conn, conn_sock, 80); // the next request
+        c.returned(nr::READ, conn, conn_id, 80); // the next request
         assert!(!c.between_requests(nr::READ, conn));
     }
 
     /// Two backend calls in a row on the same fd number: the second connection's request
     /// write answers nothing, so the wait for its reply keeps its stack.
     #[test]
-    fn a_new_socket_behind_the_same_fd_answers_nothing() {
+    fn a_new_connection_behind_the_same_fd_answers_nothing() {
         let backend = 9;
         let mut c = Conversation::default();
         c.returned(nr::READ, backend, 0xb000, 5); // the first call's reply
-        c.returned(nr::WRITE, backend, 0xc000, 3); // the second call, on a new socket
+        c.returned(nr::WRITE, backend, 0xc000, 3); // the second call, on a new connection
         assert!(!c.between_requests(nr::READ, backend));
     }
 

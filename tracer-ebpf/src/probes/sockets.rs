@@ -77,7 +77,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     emit(SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: io.nr,
-        arg1: io.record,
+        tls_record: io.record,
         fd: io.fd,
         origin: io.origin,
         ret,
@@ -212,13 +212,19 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
 /// Keep the thread's conversation (which connection it answers) for the switch-out's
 /// decision to take a stack.
 #[inline(always)]
-fn note_conversation(tid: u32, syscall_nr: u32, fd: u32, sock: u64, ret: i64) -> Result<(), Loss> {
+fn note_conversation(
+    tid: u32,
+    syscall_nr: u32,
+    fd: u32,
+    connection: u64,
+    ret: i64,
+) -> Result<(), Loss> {
     match CONVERSATIONS.get_ptr_mut(tid) {
         // SAFETY: a valid map value pointer; only this thread's own programs write its entry.
-        Some(conversation) => unsafe { (*conversation).returned(syscall_nr, fd, sock, ret) },
+        Some(conversation) => unsafe { (*conversation).returned(syscall_nr, fd, connection, ret) },
         None => {
             let mut conversation = Conversation::default();
-            conversation.returned(syscall_nr, fd, sock, ret);
+            conversation.returned(syscall_nr, fd, connection, ret);
             set(&CONVERSATIONS, tid, conversation)?;
         }
     }

@@ -46,7 +46,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let Some(tid) = current_target_tid() else {
         return Ok(());
     };
-    // A missing entry is no failure: a thread that never made a syscall or was never woken
+    // A missing entry is no failure: a thread that never moved socket bytes or was never woken
     // since the tracer attached has none.
     let _ = set_target_tid(tid, false);
     let _ = CONVERSATIONS.remove(tid);

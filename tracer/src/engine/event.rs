@@ -88,21 +88,15 @@ pub struct InSyscall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallReturn {
     pub nr: u32,
-    pub arg0: u64,
+    /// The fd read or written (the syscall's first argument).
+    pub fd: u32,
     pub ret: i64,
     /// The connection's identity (see `tracer_common::SyscallEvent::connection`): another
     /// one behind the same fd is another connection.
     pub connection: u64,
     pub origin: SocketOrigin,
-    /// For reads and writes: `tracer_common::tls_record` of the bytes moved (0: none).
+    /// `tracer_common::tls_record` of the bytes moved (0: none).
     pub tls_record: u32,
-}
-
-impl SyscallReturn {
-    /// The fd read or written (the syscall's first argument).
-    pub fn fd(&self) -> u32 {
-        self.arg0 as u32
-    }
 }
 
 /// How the socket of a read or write came to be.

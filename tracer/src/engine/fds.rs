@@ -20,12 +20,12 @@ pub trait FdResolver {
     fn resolve(&mut self, fd: u32) -> FdKind;
 }
 
-/// The kinds of fds seen so far, asking the resolver for the others once, and the socket
+/// The kinds of fds seen so far, asking the resolver for the others once, and the connection
 /// last seen behind each socket fd.
 pub struct FdTable<R> {
     resolver: R,
     kinds: HashMap<u32, FdKind>,
-    sockets: HashMap<u32, u64>,
+    connections: HashMap<u32, u64>,
 }
 
 impl<R: FdResolver> FdTable<R> {
@@ -33,18 +33,18 @@ impl<R: FdResolver> FdTable<R> {
         FdTable {
             resolver,
             kinds: HashMap::default(),
-            sockets: HashMap::default(),
+            connections: HashMap::default(),
         }
     }
 
     /// The connection (its identity) last seen behind `fd`.
-    pub fn socket(&self, fd: u32) -> Option<u64> {
-        self.sockets.get(&fd).copied()
+    pub fn connection(&self, fd: u32) -> Option<u64> {
+        self.connections.get(&fd).copied()
     }
 
     /// `fd` is `connection`, of `kind`.
-    pub fn set_socket(&mut self, fd: u32, connection: u64, kind: FdKind) {
-        self.sockets.insert(fd, connection);
+    pub fn set_connection(&mut self, fd: u32, connection: u64, kind: FdKind) {
+        self.connections.insert(fd, connection);
         self.kinds.insert(fd, kind);
     }
 
@@ -68,6 +68,6 @@ impl<R: FdResolver> FdTable<R> {
 
     pub fn forget(&mut self, fd: u32) {
         self.kinds.remove(&fd);
-        self.sockets.remove(&fd);
+        self.connections.remove(&fd);
     }
 }

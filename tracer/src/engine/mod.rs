@@ -197,9 +197,9 @@ impl<R: FdResolver> Engine<R> {
 
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
-        self.note_socket(sys.fd(), sys.connection, sys.origin);
+        self.note_socket(sys.fd, sys.connection, sys.origin);
         let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
-        if !handshake && self.fds.kind(sys.fd()) == FdKind::Connection {
+        if !handshake && self.fds.kind(sys.fd) == FdKind::Connection {
             self.connection_io(ts, tid, sys);
         }
         // A wakeup starts only the socket I/O right after it (a read that blocked).
@@ -208,7 +208,7 @@ impl<R: FdResolver> Engine<R> {
 
     /// A read or write on a server-side connection, outside any TLS handshake.
     fn connection_io(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
-        let (fd, nr, ret) = (sys.fd(), sys.nr, sys.ret);
+        let (fd, nr, ret) = (sys.fd, sys.nr, sys.ret);
         if is_read(nr) {
             if ret > 0 {
                 if !self.tls_wire_read(ts, tid, fd, ret, sys.tls_record) {
@@ -234,7 +234,7 @@ impl<R: FdResolver> Engine<R> {
     /// serve when the kernel side saw it created as the server side of a TCP connection (or
     /// /proc said so at attach time, for connections open before the tracer).
     fn note_socket(&mut self, fd: u32, connection: u64, origin: SocketOrigin) {
-        let seeded = match self.fds.socket(fd) {
+        let seeded = match self.fds.connection(fd) {
             Some(known) if known == connection => return,
             Some(_) => {
                 self.finish(fd); // its close was not seen
@@ -249,7 +249,7 @@ impl<R: FdResolver> Engine<R> {
             SocketOrigin::Unknown if seeded => FdKind::Connection,
             SocketOrigin::TcpClient | SocketOrigin::Unknown => FdKind::Socket,
         };
-        self.fds.set_socket(fd, connection, kind);
+        self.fds.set_connection(fd, connection, kind);
     }
 
     /// The thread's last wakeup has been taken by the socket I/O that followed it, or is not

@@ -29,8 +29,8 @@ thread_local! {
         Default::default();
 }
 
-/// The socket behind `fd` now: a socket read or write event carries it.
-fn sock_of(fd: u32) -> u64 {
+/// The connection behind `fd` now: a socket read or write event carries its identity.
+fn connection_of(fd: u32) -> u64 {
     let generation = CONNECTIONS.with(|c| c.borrow().get(&fd).copied().unwrap_or(0));
     0xffff_0000_0000 | generation << 16 | u64::from(fd)
 }
@@ -71,9 +71,9 @@ fn read(ts: u64, fd: u32, ret: i64) -> Event {
         Tid(T),
         EventKind::Syscall(SyscallReturn {
             nr: nr::READ,
-            arg0: fd as u64,
+            fd,
             ret,
-            connection: sock_of(fd),
+            connection: connection_of(fd),
             origin: origin_of(fd),
             tls_record: 0,
         }),
@@ -87,9 +87,9 @@ fn tls_read(ts: u64, ret: i64, content: u32, len: u32) -> Event {
         Tid(T),
         EventKind::Syscall(SyscallReturn {
             nr: nr::READ,
-            arg0: CONN as u64,
+            fd: CONN,
             ret,
-            connection: sock_of(CONN),
+            connection: connection_of(CONN),
             origin: SocketOrigin::TcpServer,
             tls_record: content << 16 | len,
         }),
@@ -102,9 +102,9 @@ fn tls_write(ts: u64, content: u32, len: u32) -> Event {
         Tid(T),
         EventKind::Syscall(SyscallReturn {
             nr: nr::WRITE,
-            arg0: CONN as u64,
+            fd: CONN,
             ret: len as i64 + 5,
-            connection: sock_of(CONN),
+            connection: connection_of(CONN),
             origin: origin_of(CONN),
             tls_record: content << 16 | len,
         }),
@@ -117,9 +117,9 @@ fn write(ts: u64, fd: u32) -> Event {
         Tid(T),
         EventKind::Syscall(SyscallReturn {
             nr: nr::WRITE,
-            arg0: fd as u64,
+            fd,
             ret: 10,
-            connection: sock_of(fd),
+            connection: connection_of(fd),
             origin: origin_of(fd),
             tls_record: 0,
         }),
@@ -549,7 +549,7 @@ fn event_loop_requests_are_marked_shared() {
 fn io_on(ts: u64, nr: u32, fd: u32, ret: i64, sock: u64, server_side: bool) -> Event {
     let sys = SyscallReturn {
         nr,
-        arg0: fd as u64,
+        fd,
         ret,
         connection: sock,
         origin: if server_side {
@@ -735,9 +735,9 @@ fn tls13_handshake_seen_in_record_framing_is_not_a_request() {
                 Tid(T),
                 EventKind::Syscall(SyscallReturn {
                     nr: nr::CLOSE,
-                    arg0: CONN as u64,
+                    fd: CONN,
                     ret: 0,
-                    connection: sock_of(CONN),
+                    connection: connection_of(CONN),
                     origin: origin_of(CONN),
                     tls_record: 0,
                 }),
@@ -962,9 +962,9 @@ mod nginx {
             Tid(T),
             EventKind::Syscall(SyscallReturn {
                 nr,
-                arg0: fd as u64,
+                fd,
                 ret,
-                connection: sock_of(fd),
+                connection: connection_of(fd),
                 origin: origin_of(fd),
                 tls_record: content << 16 | len,
             }),
@@ -1573,9 +1573,9 @@ mod goroutines {
     fn on_conn(ts: u64, tid: u32, nr: u32, ret: i64) -> Event {
         let sys = SyscallReturn {
             nr,
-            arg0: CONN as u64,
+            fd: CONN,
             ret,
-            connection: sock_of(CONN),
+            connection: connection_of(CONN),
             origin: origin_of(CONN),
             tls_record: 0,
         };

@@ -123,11 +123,11 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
             let e: SyscallEvent = read(bytes)?;
             let sys = SyscallReturn {
                 nr: e.nr,
-                arg0: u64::from(e.fd),
+                fd: e.fd,
                 ret: e.ret,
                 connection: e.connection,
                 origin: SocketOrigin::from_kernel(e.origin),
-                tls_record: e.arg1,
+                tls_record: e.tls_record,
             };
             out.push(Event::new(ts, tid, EventKind::Syscall(sys)));
         }

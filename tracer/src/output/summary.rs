@@ -828,10 +828,10 @@ mod tests {
     const CONN: u32 = 7;
 
     /// A read or write on the server-side connection `CONN`.
-    fn syscall(ts: u64, nr: u32, arg0: u64, ret: i64) -> Event {
+    fn syscall(ts: u64, nr: u32, fd: u32, ret: i64) -> Event {
         let sys = SyscallReturn {
             nr,
-            arg0,
+            fd,
             ret,
             connection: 0xffff_0000_0007,
             origin: SocketOrigin::TcpServer,
@@ -879,19 +879,19 @@ mod tests {
             comm: holder,
         };
         c.feed([
-            syscall(1_000, nr::READ, CONN.into(), 100),
+            syscall(1_000, nr::READ, CONN, 100),
             block(2_000, nr::FUTEX, 0xabc0),
             wake(5_000, thread),
             run(6_000),
-            syscall(7_000, nr::WRITE, CONN.into(), 10),
+            syscall(7_000, nr::WRITE, CONN, 10),
             block(8_000, nr::READ, CONN.into()),
             wake(9_000, Waker::Interrupt(Interrupt::Softirq(3))),
             run(9_500),
-            syscall(10_000, nr::READ, CONN.into(), 100),
+            syscall(10_000, nr::READ, CONN, 100),
             block(11_000, 61, 0), // wait4: `other`
             wake(31_000, Waker::Interrupt(Interrupt::Timer)),
             run(31_000),
-            syscall(32_000, nr::WRITE, CONN.into(), 10),
+            syscall(32_000, nr::WRITE, CONN, 10),
         ]);
         c.stop();
         c.finish();

@@ -208,7 +208,7 @@ impl<R: FdResolver> Engine<R> {
         tid: Tid,
         sys: SyscallReturn,
     ) -> bool {
-        let fd = sys.fd();
+        let fd = sys.fd;
         let known = self.tls.go.by_fd.contains_key(&fd);
         let fds = &mut self.fds;
         let Some(g) = self.tls.go.claim(tid, fd, &sys, || fds.kind(fd)) else {

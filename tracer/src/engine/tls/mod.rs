@@ -148,7 +148,7 @@ impl<R: FdResolver> Engine<R> {
     /// A read or write returned on `fd`: the TLS tracking that must see it before requests
     /// do. Returns true when it was a Go handshake's flight (nothing else to do with it).
     pub(super) fn tls_io(&mut self, ts: u64, tid: Tid, sys: super::event::SyscallReturn) -> bool {
-        let fd = sys.fd();
+        let fd = sys.fd;
         if sys.tls_record != 0 || !self.tls.shapes.is_empty() {
             self.tls_shape(fd, sys.nr, sys.ret, sys.tls_record);
         }

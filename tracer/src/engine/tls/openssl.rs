@@ -107,7 +107,7 @@ impl<R: FdResolver> Engine<R> {
         let Some((ssl, _)) = self.threads.get(tid).and_then(|t| t.ssl_call) else {
             return false;
         };
-        let fd = sys.fd();
+        let fd = sys.fd;
         if !(is_read(sys.nr) || is_write(sys.nr)) || self.fds.kind(fd) != FdKind::Connection {
             return false;
         }
