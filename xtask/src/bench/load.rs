@@ -26,13 +26,7 @@ pub struct Load {
 /// Runs `workload load` to completion and parses its JSON line.
 pub fn run_workload_load(cmd: &mut Command) -> Result<Load> {
     let line = cmdline(cmd);
-    println!("$ {line}");
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    crate::check(out.status, &line)?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_client(cmd, "")?;
     let json = stdout
         .lines()
         .rev()
@@ -254,14 +248,20 @@ pub fn wrk(url: &str, connections: u32, seconds: u32, cpu: u32) -> Result<Load> 
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg(url);
-    let line = cmdline(&cmd);
+    Ok(parse_wrk(&run_client(&mut cmd, " (package wrk)")?))
+}
+
+/// Prints and runs a load client to completion (its stderr passed through); its stdout.
+/// `hint` follows the error when it cannot start.
+fn run_client(cmd: &mut Command, hint: &str) -> Result<String> {
+    let line = cmdline(cmd);
     println!("$ {line}");
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("could not start `{line}` (package wrk)"))?;
+        .with_context(|| format!("could not start `{line}`{hint}"))?;
     crate::check(out.status, &line)?;
-    Ok(parse_wrk(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// From wrk's report: `Requests/sec:`, the `99%` line of `--latency`, and socket errors.

@@ -64,26 +64,16 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
         return;
     }
     println!("  attached to the same target, same rounds (throughput / round's baseline):");
-    let line = |name: &str, ratios: &[f64]| {
+    let line = |name: &str, per_round: &[f64]| {
         println!(
             "    {name:<14} per round {:<40} median {}",
-            ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            fmt(median(ratios), 3)
+            ratios(per_round),
+            fmt(median(per_round), 3)
         )
     };
     line("tracer", &load.round_ratios);
     for (name, loads) in &measured.tools {
-        let ratios: Vec<f64> = measured
-            .baseline
-            .iter()
-            .zip(loads)
-            .filter_map(|(b, t)| ratio(t.rps, b.rps))
-            .collect();
-        line(name, &ratios);
+        line(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
     }
 }
 
@@ -179,17 +169,9 @@ impl LoadFigures {
         // Each traced phase against the baseline phase just before it: the machine's own drift
         // between phases (large for TLS loads on this VM) cancels out of a pair, and the median
         // of the pairs ignores one disturbed phase.
-        let round_ratios: Vec<f64> = baseline
-            .iter()
-            .zip(&traced)
-            .filter_map(|(b, t)| ratio(t.rps, b.rps))
-            .collect();
+        let round_ratios = paired_ratios(baseline, traced.iter().copied(), |l| l.rps);
         let rps_ratio = median(&round_ratios);
-        let p99_round_ratios = baseline
-            .iter()
-            .zip(&traced)
-            .filter_map(|(b, t)| ratio(t.p99_us, b.p99_us))
-            .collect();
+        let p99_round_ratios = paired_ratios(baseline, traced.iter().copied(), |l| l.p99_us);
         LoadFigures {
             base_rps: mean(baseline.iter().map(|l| l.rps)),
             traced_rps: mean(traced.iter().map(|l| l.rps)),
@@ -293,6 +275,20 @@ fn print_load_rows(load: &LoadFigures) {
 }
 
 /// Per-round ratios, with three decimals.
+/// Each phase's `figure` over that of the same round's baseline phase (rounds where either
+/// is missing are left out).
+fn paired_ratios<'a>(
+    baseline: &[Load],
+    phases: impl IntoIterator<Item = &'a Load>,
+    figure: fn(&Load) -> Option<f64>,
+) -> Vec<f64> {
+    baseline
+        .iter()
+        .zip(phases)
+        .filter_map(|(b, p)| ratio(figure(p), figure(b)))
+        .collect()
+}
+
 fn ratios(values: &[f64]) -> String {
     let pairs: Vec<String> = values.iter().map(|r| format!("{r:.3}")).collect();
     pairs.join(" ")
