@@ -134,24 +134,23 @@ fn each_endpoint_is_attributed_to_its_cause() {
         );
     };
     // cpu: the spin is on a CPU or, when the other core is busy, waiting for one (on a loaded
-    // machine the run queue can even dominate: that is the right answer then).
+    // machine the run queue can even dominate: that is the right answer then), or its
+    // virtual CPU was taken by the hypervisor (steal).
+    let spinning = |r: &RequestRecord| {
+        cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue) + cause(r, Cause::Steal)
+    };
     for (_, r) in &by_path["/cpu?ms=20"] {
-        let (cpu, rq) = (cause(r, Cause::OnCpu), cause(r, Cause::Runqueue));
         assert!(
-            cpu + rq >= r.latency_ns * 9 / 10,
-            "/cpu: on_cpu + runqueue under 90% of {r:?}"
+            spinning(r) >= r.latency_ns * 9 / 10,
+            "/cpu: on_cpu + runqueue + steal under 90% of {r:?}"
         );
     }
     let rows = &by_path["/cpu?ms=20"];
-    let spun = median(
-        rows.iter()
-            .map(|(_, r)| cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue))
-            .collect(),
-    );
+    let spun = median(rows.iter().map(|(_, r)| spinning(r)).collect());
     let measured = median(rows.iter().map(|(s, _)| s.response.handler_ns()).collect());
     assert!(
         near(spun, measured, 0.15, 2 * MS),
-        "/cpu: on_cpu + runqueue median {spun} ns, server measured {measured} ns"
+        "/cpu: on_cpu + runqueue + steal median {spun} ns, server measured {measured} ns"
     );
     check(
         "/sleep?ms=20",
@@ -176,9 +175,11 @@ fn each_endpoint_is_attributed_to_its_cause() {
     );
     // disk: the writes and the fsync are on a CPU or blocked on the disk. How the two split
     // depends on the disk (a fast virtual disk makes fsync mostly CPU work), so the check is
-    // against what the server measured of its own thread: its off-CPU time in the handler
-    // must show up as disk_io (plus the run-queue wait after each I/O completion), and none
-    // of it as another blocked cause.
+    // against what the server measured of its own thread: its time in the handler neither on
+    // a CPU (thread clock) nor waiting for one (schedstat) is its time blocked (or stolen by
+    // the hypervisor), and must show up as disk_io (or steal), and none of it as another blocked cause. (The request's run-queue wait
+    // also holds the wait after the wakeup that delivered the request, before the handler
+    // began: on a busy machine, milliseconds the handler cannot see.)
     let rows = &by_path["/disk?kb=1024"];
     for (_, r) in rows {
         for other in [Cause::Lock, Cause::NetIo, Cause::Sleep] {
@@ -187,19 +188,24 @@ fn each_endpoint_is_attributed_to_its_cause() {
         // The first /disk of a connection creates its file: openat may wait on the journal.
         assert!(cause(r, Cause::Other) < 2 * MS, "/disk: other in {r:?}");
     }
-    let off_cpu = median(
+    // The thread clock leaves steal out, so the server's figure holds the handler's steal.
+    let blocked = median(
         rows.iter()
-            .map(|(_, r)| cause(r, Cause::DiskIo) + cause(r, Cause::Runqueue))
+            .map(|(_, r)| cause(r, Cause::DiskIo) + cause(r, Cause::Steal))
             .collect(),
     );
     let measured = median(
         rows.iter()
-            .map(|(s, _)| s.response.handler_ns().saturating_sub(s.response.cpu_ns()))
+            .map(|(s, _)| off_run_queue_in_handler(s).saturating_sub(s.response.cpu_ns()))
             .collect(),
     );
     assert!(
-        near(off_cpu, measured, 0.25, MS),
-        "/disk: traced disk_io + runqueue median {off_cpu} ns, server off-CPU {measured} ns"
+        near(blocked, measured, 0.25, MS),
+        "/disk: traced disk_io + steal median {blocked} ns, server blocked {measured} ns: {rows:?}",
+        rows = rows
+            .iter()
+            .map(|(s, r)| (&s.response, r))
+            .collect::<Vec<_>>()
     );
     assert!(
         rows.iter()
@@ -211,43 +217,35 @@ fn each_endpoint_is_attributed_to_its_cause() {
         rows = rows.iter().map(|(_, r)| r).collect::<Vec<_>>()
     );
 
-    // Every request: the time the tracer saw the thread on a CPU covers the CPU time the
-    // server's thread clock counted in the handler (plus parsing and the response write),
-    // and not much more. One request in the run may fall short: rarely (about one run in
-    // twenty, under load) a request shows a few ms less on_cpu than its thread clock, the
-    // difference counted as runqueue; see the closing note of issue 2.
+    // Every request: the time the tracer saw the thread on a CPU is not much more than the
+    // CPU time the server's thread clock counted in the handler (plus parsing and the
+    // response write). The thread clock leaves out the time the hypervisor took the virtual
+    // CPU away (steal time: CONFIG_PARAVIRT_TIME_ACCOUNTING), which the tracer counts as
+    // `steal`: a 1 MB write and fsync on this VM's virtual disk steals about a millisecond,
+    // sometimes many.
     //
-    // The thread clock leaves out the time the hypervisor took the virtual CPU away (steal
-    // time: CONFIG_PARAVIRT_TIME_ACCOUNTING), during which the thread was still on its CPU
-    // as far as the guest kernel (and the tracer) can tell. So the upper bound for `/cpu`
-    // is the server's own account of its time on a CPU that includes it: the spin's wall
-    // time less its wait for a CPU (schedstat). The other handlers spend microseconds on a
-    // CPU, where steal time is lost in the 2 ms.
-    let mut short = Vec::new();
+    // And the time the tracer saw the thread on a CPU or waiting for one covers what the
+    // server's kernel counted of both in the handler (thread clock + schedstat run delay).
+    // The sum, not each part: when a thread is switched in right after a wakeup preemption
+    // the scheduler skips its clock update (`rq_clock_skip_update()`, kernel/sched/core.c),
+    // so up to a tick of the thread's wait for a CPU is charged to its CPU time instead of
+    // its run delay (a busy machine shows a few ms in one request in twenty). The tracer
+    // times the switch itself and counts that wait as `runqueue`.
     for (s, r) in sent.iter().zip(&traced) {
         let (traced_cpu, thread_cpu) = (cause(r, Cause::OnCpu), s.response.cpu_ns());
-        let on_a_cpu = if s.path.starts_with("/cpu") {
-            thread_cpu.max(off_run_queue_in_handler(s))
-        } else {
-            thread_cpu
-        };
         assert!(
-            traced_cpu <= on_a_cpu + 2 * MS,
-            "{}: traced on_cpu {traced_cpu} ns, server on a CPU {on_a_cpu} ns (thread CPU clock {thread_cpu} ns): {r:?}",
+            traced_cpu <= thread_cpu + 2 * MS,
+            "{}: traced on_cpu {traced_cpu} ns, thread CPU clock {thread_cpu} ns: {r:?}",
             s.path
         );
-        if traced_cpu + MS / 10 < thread_cpu * 9 / 10 {
-            short.push(format!(
-                "{}: on_cpu {traced_cpu} ns < clock {thread_cpu} ns: {r:?}",
-                s.path
-            ));
-        }
+        let traced_on_or_for_cpu = traced_cpu + cause(r, Cause::Runqueue) + cause(r, Cause::Steal);
+        let kernel_on_or_for_cpu = thread_cpu + s.response.runqueue_ns();
+        assert!(
+            traced_on_or_for_cpu + MS / 10 >= kernel_on_or_for_cpu * 9 / 10,
+            "{}: traced on_cpu + runqueue + steal {traced_on_or_for_cpu} ns, server thread clock + run delay {kernel_on_or_for_cpu} ns: {r:?}",
+            s.path
+        );
     }
-    assert!(
-        short.len() <= 1,
-        "on_cpu short of the thread CPU clock:\n{}",
-        short.join("\n")
-    );
 
     // Files and per-event histograms.
     let summary = done.summary();

@@ -74,6 +74,10 @@ pub struct SwitchEvent {
     pub stack_id: i32,
     /// That syscall's first argument (an fd, or the futex address).
     pub syscall_arg0: u64,
+    /// The steal time this CPU's run queue has accounted so far (`rq->prev_steal_time_rq`,
+    /// brought up to date by `__schedule()` before this tracepoint), or 0 when unknown or
+    /// when the hypervisor reports none.
+    pub cpu_steal_ns: u64,
 }
 
 /// In the sched_switch tracepoint, a preempted task reports `TASK_REPORT_MAX` as its state
@@ -624,7 +628,7 @@ macro_rules! records {
 
 records! {
     EventHeader = 16,
-    SwitchEvent = 40,
+    SwitchEvent = 48,
     WakeupEvent = 48,
     WakerId = 32,
     IrqNesting = 8 + 16 * IRQ_LEVELS,

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::{pt_regs, BPF_ANY, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -24,6 +24,43 @@ static TARGET_TGID: u32 = 0;
 /// 1: report whether read/write buffers start with a TLS record header (`--tls on`).
 #[unsafe(no_mangle)]
 static TLS_RECORDS: u32 = 0;
+
+/// Byte offsets, found by the collector in the kernel's BTF, of `task_struct.se.cfs_rq`,
+/// `cfs_rq.rq` and `rq.prev_steal_time_rq` (0: not found, steal not reported).
+#[unsafe(no_mangle)]
+static TASK_CFS_RQ_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CFS_RQ_RQ_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_STEAL_OFFSET: u32 = 0;
+
+/// The steal time the current CPU's run queue has accounted so far, in ns (0: unknown, or
+/// none). The run queue is reached through the current task's CFS run queue, which is this
+/// CPU's (a task's `se.cfs_rq` follows it to each CPU it runs on).
+#[inline(always)]
+pub fn cpu_steal_ns() -> u64 {
+    let (cfs_rq_at, rq_at, steal_at) = (
+        global(&TASK_CFS_RQ_OFFSET),
+        global(&CFS_RQ_RQ_OFFSET),
+        global(&RQ_STEAL_OFFSET),
+    );
+    if steal_at == 0 {
+        return 0;
+    }
+    // SAFETY: checked reads along pointers, at offsets from the kernel's own BTF.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(cfs_rq) = bpf_probe_read_kernel(task.add(cfs_rq_at as usize) as *const u64) else {
+            return 0;
+        };
+        let Ok(rq) = bpf_probe_read_kernel((cfs_rq as *const u8).add(rq_at as usize) as *const u64)
+        else {
+            return 0;
+        };
+        bpf_probe_read_kernel((rq as *const u8).add(steal_at as usize) as *const u64)
+    }
+    .unwrap_or(0)
+}
 
 #[inline(always)]
 pub fn tls_records() -> bool {

@@ -8,8 +8,8 @@ use tracer_common::{
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    current_comm, current_ids, current_syscall_regs, current_target_tid, emit, finish, header,
-    is_target_tid, set, user_stack_id, CONVERSATIONS, WAKERS,
+    cpu_steal_ns, current_comm, current_ids, current_syscall_regs, current_target_tid, emit,
+    finish, header, is_target_tid, set, user_stack_id, CONVERSATIONS, WAKERS,
 };
 
 /// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
@@ -33,6 +33,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
         next_tid: if next_is_target { next_pid as u32 } else { 0 },
         syscall_nr: NO_SYSCALL,
         stack_id: NO_STACK,
+        cpu_steal_ns: cpu_steal_ns(),
         ..Default::default()
     };
     if let Some(prev_tid) = prev_tid {

@@ -13,6 +13,9 @@ pub enum Cause {
     OnCpu,
     /// Runnable, waiting for a CPU in the kernel's run queue.
     Runqueue,
+    /// On a virtual CPU as far as the guest kernel knows, while the hypervisor ran something
+    /// else on it (steal time).
+    Steal,
     /// A goroutine runnable, waiting for Go's scheduler to run it.
     GoRunqueue,
     Lock,
@@ -33,9 +36,10 @@ pub const CAUSES: usize = Cause::ALL.len();
 
 impl Cause {
     /// Every cause, in the order of the outputs' columns.
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::OnCpu,
         Cause::Runqueue,
+        Cause::Steal,
         Cause::GoRunqueue,
         Cause::Lock,
         Cause::Chan,
@@ -51,6 +55,7 @@ impl Cause {
         match self {
             Cause::OnCpu => "on_cpu",
             Cause::Runqueue => "runqueue",
+            Cause::Steal => "steal",
             Cause::GoRunqueue => "go_runqueue",
             Cause::Lock => "lock",
             Cause::Chan => "chan",
@@ -76,7 +81,7 @@ impl Cause {
     pub fn is_blocking_wait(self) -> bool {
         !matches!(
             self,
-            Cause::OnCpu | Cause::Runqueue | Cause::GoRunqueue | Cause::TlsHandshake
+            Cause::OnCpu | Cause::Runqueue | Cause::Steal | Cause::GoRunqueue | Cause::TlsHandshake
         )
     }
 }

@@ -34,9 +34,14 @@ pub enum EventKind {
         syscall: Option<InSyscall>,
         /// Where in its own code it blocked (a blocking switch-out, stacks on).
         stack: Option<StackRef>,
+        /// The steal time its CPU had accounted so far, when known.
+        cpu_steal: Option<u64>,
     },
     /// The thread got a CPU.
-    SwitchIn,
+    SwitchIn {
+        /// The steal time that CPU had accounted so far, when known.
+        cpu_steal: Option<u64>,
+    },
     /// The thread became runnable.
     Wakeup {
         waker: Waker,

@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{
     cause::{Breakdown, Cause},
     context::{ExecCtx, Tid},
-    timeline::Snapshot,
+    timeline::{Snapshot, StolenTime},
     Engine, FdResolver,
 };
 
@@ -94,6 +94,23 @@ impl Requests {
             .filter_map(|fd| self.open.get(fd))
             .map(|r| r.start.ts)
             .min()
+    }
+
+    /// `ctx` lost `stolen` to the hypervisor: the snapshots its open requests took during
+    /// that stretch count their share of it as steal.
+    pub fn charge_steal(&mut self, ctx: ExecCtx, stolen: &StolenTime) {
+        let Some(fds) = self.open_by_ctx.get(&ctx) else {
+            return;
+        };
+        for fd in fds {
+            let Some(req) = self.open.get_mut(fd) else {
+                continue;
+            };
+            req.start.charge_steal(stolen);
+            if let Some(last_write) = req.last_write.as_mut() {
+                last_write.charge_steal(stolen);
+            }
+        }
     }
 
     /// `request` is open on `fd` (replacing one left open there).

@@ -134,6 +134,7 @@ fn block(ts: u64, nr: u32, arg0: u64) -> Event {
             state: S,
             syscall: Some(InSyscall { nr, arg0 }),
             stack: None,
+            cpu_steal: None,
         },
     )
 }
@@ -143,7 +144,7 @@ fn wake(ts: u64) -> Event {
 }
 
 fn run(ts: u64) -> Event {
-    Event::new(ts, Tid(T), EventKind::SwitchIn)
+    Event::new(ts, Tid(T), EventKind::SwitchIn { cpu_steal: None })
 }
 
 fn feed(e: &mut Engine<Fds>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
@@ -199,6 +200,7 @@ fn preemption_counts_as_runqueue() {
                     state: PREEMPT_STATE_BIT,
                     syscall: None,
                     stack: None,
+                    cpu_steal: None,
                 },
             ),
             run(350),
@@ -211,6 +213,50 @@ fn preemption_counts_as_runqueue() {
     assert_eq!(cause(r, Cause::OnCpu), 150);
     assert_sums(r);
     assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
+}
+
+/// A switch with the steal clock of its CPU.
+fn switch_with_steal(ts: u64, out: Option<u32>, steal: u64) -> Event {
+    let cpu_steal = Some(steal);
+    match out {
+        Some(nr) => Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchOut {
+                state: S,
+                syscall: Some(InSyscall {
+                    nr,
+                    arg0: u64::from(CONN),
+                }),
+                stack: None,
+                cpu_steal,
+            },
+        ),
+        None => Event::new(ts, Tid(T), EventKind::SwitchIn { cpu_steal }),
+    }
+}
+
+#[test]
+fn steal_in_a_stretch_is_spread_over_it_and_leaves_on_cpu() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            block(0, nr::READ, u64::from(CONN)),
+            wake(100),
+            switch_with_steal(200, None, 5_000),
+            read(300, CONN, 5),
+            write(1_000, CONN), // the response, 800 ns into a 1000 ns stretch
+            // back to reading the connection: the stretch had 500 ns of steal
+            switch_with_steal(1_200, Some(nr::READ), 5_500),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!((r.start_ns, r.latency_ns), (100, 900));
+    assert_eq!(cause(r, Cause::Runqueue), 100);
+    assert_eq!(cause(r, Cause::Steal), 400, "{r:?}"); // 800 of the stretch's 1000 ns
+    assert_eq!(cause(r, Cause::OnCpu), 400);
+    assert_sums(r);
 }
 
 #[test]
@@ -459,6 +505,7 @@ fn blocking_causes_follow_the_syscall_and_the_fd() {
                         state,
                         syscall,
                         stack: None,
+                        cpu_steal: None,
                     },
                 ),
                 wake(110),
@@ -1220,6 +1267,7 @@ fn exiting_threads_do_not_come_back_and_stale_wakeups_expire() {
                     state: 0x10,
                     syscall: None,
                     stack: None,
+                    cpu_steal: None,
                 },
             ), /* X: the exiting task's last switch */
         ],
@@ -1310,6 +1358,7 @@ fn go_handshake_follows_its_goroutine_across_threads() {
                         state: 0,
                         syscall: None,
                         stack: None,
+                        cpu_steal: None,
                     },
                 ),
             ), // preempted

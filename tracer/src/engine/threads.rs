@@ -9,7 +9,7 @@ use super::{
     context::{ExecCtx, Tid},
     event::{InSyscall, Waker},
     sites::StackRef,
-    timeline::{RunState, Snapshot, Timeline},
+    timeline::{RunState, Snapshot, StolenTime, Timeline},
     Engine, FdResolver, Wait,
 };
 
@@ -64,6 +64,9 @@ pub(super) struct Thread {
     pub ssl_call: Option<(u64, super::event::SslCall)>,
     /// Where in its code it blocked last (its blocking switch-out's stack).
     blocked_at: Option<StackRef>,
+    /// Its current stretch on a CPU: when it began, and the steal its CPU had accounted
+    /// then (when the kernel reports it).
+    on_cpu_since: Option<(u64, u64)>,
 }
 
 impl Thread {
@@ -76,6 +79,7 @@ impl Thread {
             open_requests: 0,
             ssl_call: None,
             blocked_at: None,
+            on_cpu_since: None,
         }
     }
 }
@@ -151,6 +155,7 @@ impl<R: FdResolver> Engine<R> {
         state: u32,
         syscall: Option<InSyscall>,
         stack: Option<StackRef>,
+        cpu_steal: Option<u64>,
     ) {
         if state & STATE_EXITING != 0 {
             // The last switch of an exiting thread comes after sched_process_exit: do not
@@ -159,6 +164,15 @@ impl<R: FdResolver> Engine<R> {
             return;
         }
         let thread = self.threads.seen(tid, ts, RunState::Running);
+        // The same CPU's steal clock at both ends: a stretch on a CPU never migrates.
+        let stolen = match (thread.on_cpu_since.take(), cpu_steal) {
+            (Some((since, steal_then)), Some(steal_now))
+                if thread.timeline.state() == RunState::Running =>
+            {
+                StolenTime::of_stretch(since, ts, steal_now.saturating_sub(steal_then))
+            }
+            _ => None,
+        };
         // A wakeup that came while the thread was still on its way to sleep: only a switch
         // right after it is that sleep (a stale one must not turn a later block into
         // run-queue time).
@@ -177,6 +191,9 @@ impl<R: FdResolver> Engine<R> {
             }
         };
         self.transition(tid, ts, next);
+        if let Some(stolen) = stolen {
+            self.charge_steal(tid, &stolen);
+        }
         if let Some(thread) = self.threads.get_mut(tid) {
             thread.blocked_at = stack;
             thread.futex_wait = match (next, syscall) {
@@ -205,9 +222,10 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    pub(super) fn switch_in(&mut self, ts: u64, tid: Tid) {
+    pub(super) fn switch_in(&mut self, ts: u64, tid: Tid, cpu_steal: Option<u64>) {
         let thread = self.threads.seen(tid, ts, RunState::Runnable);
         thread.pending_wakeup = None;
+        thread.on_cpu_since = cpu_steal.map(|steal| (ts, steal));
         let futex_wait = thread.futex_wait.take();
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
         if left == RunState::Runnable && lasted > 0 {
@@ -220,6 +238,19 @@ impl<R: FdResolver> Engine<R> {
             self.waits.push(Wait::Futex(waited));
             self.locks.wait(wait.address, tid, waited);
         }
+    }
+
+    /// Part of the stretch on a CPU that `tid` just left was steal: the thread's timeline and
+    /// the requests it serves count that share as steal. Goroutines take their threads'
+    /// stretches as they were when they left them, so on a Go target the time stays on CPU.
+    fn charge_steal(&mut self, tid: Tid, stolen: &StolenTime) {
+        if self.on_goroutines() {
+            return;
+        }
+        if let Some(thread) = self.threads.get_mut(tid) {
+            thread.timeline.charge_steal(stolen);
+        }
+        self.requests.charge_steal(ExecCtx::Thread(tid), stolen);
     }
 
     pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker) {

@@ -21,6 +21,57 @@ impl Snapshot {
     pub fn since(&self, start: &Snapshot) -> Breakdown {
         diff(&self.at, &start.at)
     }
+
+    /// Count the share of `stolen` that fell before this snapshot as steal, not on CPU.
+    pub fn charge_steal(&mut self, stolen: &StolenTime) {
+        move_ns(
+            &mut self.at,
+            Cause::OnCpu,
+            Cause::Steal,
+            stolen.before(self.ts),
+        );
+    }
+}
+
+/// Moves up to `ns` of `from`'s time to `to`.
+fn move_ns(at: &mut Breakdown, from: Cause, to: Cause, ns: u64) {
+    let ns = ns.min(at[from.index()]);
+    at[from.index()] -= ns;
+    at[to.index()] += ns;
+}
+
+/// A thread's stretch on a CPU (from switch-in to switch-out) and how much of it the
+/// hypervisor took: the steal its CPU's run queue accounted meanwhile, which the kernel
+/// also leaves out of the thread's CPU time. When in the stretch it was taken is not known:
+/// it is spread evenly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StolenTime {
+    pub from: u64,
+    pub to: u64,
+    pub ns: u64,
+}
+
+impl StolenTime {
+    /// The steal in a stretch from `from` to `to` during which its CPU accounted
+    /// `steal_ns` of steal (no more than the stretch: the kernel accounts steal lazily, at
+    /// its clock updates), if there was any.
+    pub fn of_stretch(from: u64, to: u64, steal_ns: u64) -> Option<StolenTime> {
+        let ns = steal_ns.min(to.checked_sub(from)?);
+        (ns > 0).then_some(StolenTime { from, to, ns })
+    }
+
+    /// The share of it taken before `ts`.
+    pub fn before(&self, ts: u64) -> u64 {
+        if ts <= self.from {
+            return 0;
+        }
+        if ts >= self.to {
+            return self.ns;
+        }
+        let share =
+            u128::from(self.ns) * u128::from(ts - self.from) / u128::from(self.to - self.from);
+        share as u64
+    }
 }
 
 /// What a context is doing.
@@ -78,6 +129,11 @@ impl Timeline {
         let mut at = self.cum;
         at[self.state.cause().index()] += ts.saturating_sub(self.since);
         Snapshot { ts, at }
+    }
+
+    /// The on-CPU time of a stretch that ended was `stolen` in part: count that as steal.
+    pub fn charge_steal(&mut self, stolen: &StolenTime) {
+        move_ns(&mut self.cum, Cause::OnCpu, Cause::Steal, stolen.ns);
     }
 
     /// Move to `state` at `ts`; returns the state left and how long it lasted.
@@ -228,6 +284,30 @@ mod tests {
             t.transition(5, RunState::Running),
             (RunState::UNKNOWN_BLOCK, 0)
         );
+    }
+
+    #[test]
+    fn stolen_time_is_spread_over_its_stretch() {
+        assert_eq!(StolenTime::of_stretch(1_000, 50_000, 0), None);
+        assert_eq!(StolenTime::of_stretch(50_000, 1_000, 10), None);
+        assert_eq!(StolenTime::of_stretch(0, 10, 60_000).unwrap().ns, 10);
+        let stolen = StolenTime::of_stretch(0, 100_000, 60_000).unwrap();
+        assert_eq!(stolen.ns, 60_000);
+        assert_eq!(stolen.before(0), 0);
+        assert_eq!(stolen.before(50_000), 30_000);
+        assert_eq!(stolen.before(200_000), 60_000);
+
+        let mut t = Timeline::new(0, RunState::Running);
+        let mut mid = t.snapshot(50_000);
+        t.transition(100_000, RunState::UNKNOWN_BLOCK);
+        t.charge_steal(&stolen);
+        mid.charge_steal(&stolen);
+        let end = t.snapshot(100_000);
+        assert_eq!(end.at[Cause::OnCpu.index()], 40_000);
+        assert_eq!(end.at[Cause::Steal.index()], 60_000);
+        let second_half = end.since(&mid);
+        assert_eq!(second_half[Cause::OnCpu.index()], 20_000);
+        assert_eq!(second_half[Cause::Steal.index()], 30_000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! put back in time order ([`ring`]), and what the kernel counts for us (losses, skipped runs,
 //! per-program run time).
 
+mod btf;
 mod counters;
 mod limits;
 pub mod privileges;

@@ -105,6 +105,11 @@ impl Probes {
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
+        // Zeros when unknown: switches then carry no steal time, and none is reported.
+        let steal = super::btf::StealOffsets::find().unwrap_or_default();
+        loader.override_global("TASK_CFS_RQ_OFFSET", &steal.task_cfs_rq, true);
+        loader.override_global("CFS_RQ_RQ_OFFSET", &steal.cfs_rq_rq, true);
+        loader.override_global("RQ_STEAL_OFFSET", &steal.rq_steal, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // Zero when the scheduler probes are not attached.

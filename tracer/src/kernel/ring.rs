@@ -93,6 +93,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
     match tracer_common::EventKind::from_u32(hdr.kind)? {
         tracer_common::EventKind::Switch => {
             let e: SwitchEvent = read(bytes)?;
+            let cpu_steal = (e.cpu_steal_ns != 0).then_some(e.cpu_steal_ns);
             if e.hdr.tid != 0 {
                 let syscall = (e.syscall_nr != NO_SYSCALL).then_some(InSyscall {
                     nr: e.syscall_nr,
@@ -107,11 +108,16 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                         state,
                         syscall,
                         stack,
+                        cpu_steal,
                     },
                 ));
             }
             if e.next_tid != 0 {
-                out.push(Event::new(ts, Tid(e.next_tid), EventKind::SwitchIn));
+                out.push(Event::new(
+                    ts,
+                    Tid(e.next_tid),
+                    EventKind::SwitchIn { cpu_steal },
+                ));
             }
         }
         tracer_common::EventKind::Wakeup => {
@@ -230,6 +236,7 @@ mod tests {
             syscall_nr: 202,
             stack_id: 3,
             syscall_arg0: 0xabc,
+            cpu_steal_ns: 7_000,
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
@@ -246,9 +253,16 @@ mod tests {
                             arg0: 0xabc
                         }),
                         stack: Some(StackRef { id: 3, caller: 0 }),
+                        cpu_steal: Some(7_000),
                     }
                 ),
-                Event::new(5, Tid(11), EventKind::SwitchIn),
+                Event::new(
+                    5,
+                    Tid(11),
+                    EventKind::SwitchIn {
+                        cpu_steal: Some(7_000)
+                    }
+                ),
             ]
         );
     }
@@ -386,7 +400,7 @@ mod tests {
         for ts in [50, 10, 30, 200] {
             r.push(Event::lost(ts));
         }
-        let tie = Event::new(30, Tid(9), EventKind::SwitchIn);
+        let tie = Event::new(30, Tid(9), EventKind::SwitchIn { cpu_steal: None });
         r.push(tie.clone()); // a tie keeps arrival order
         let mut got = Vec::new();
         r.release(false, |e| got.push(e));

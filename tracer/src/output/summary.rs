@@ -849,6 +849,7 @@ mod tests {
                 state: 1,
                 syscall,
                 stack: None,
+                cpu_steal: None,
             },
         )
     }
@@ -858,7 +859,7 @@ mod tests {
     }
 
     fn run(ts: u64) -> Event {
-        Event::new(ts, T, EventKind::SwitchIn)
+        Event::new(ts, T, EventKind::SwitchIn { cpu_steal: None })
     }
 
     /// Two requests: one waits for a futex a thread releases, one blocks in an untraced
