@@ -87,6 +87,33 @@ pub const PREEMPT_STATE_BIT: u32 = 0x100;
 /// `TASK_UNINTERRUPTIBLE` as the tracepoint reports it (`D`).
 pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
 
+/// The previous task's state as the sched_switch tracepoint reports it, from what the raw
+/// tracepoint passes (`preempt`, the raw `prev_state`) and the task's `exit_state`: what
+/// `__trace_sched_switch_state()` computes (include/trace/events/sched.h, Linux 6.18).
+/// A preempted task is `TASK_REPORT_MAX`; otherwise the highest reportable state bit, with
+/// `TASK_IDLE` reported as `TASK_REPORT_IDLE` and `TASK_RTLOCK_WAIT` as uninterruptible.
+pub fn switch_state_as_reported(preempt: bool, prev_state: u32, exit_state: u32) -> u32 {
+    /// `TASK_REPORT`: the running, sleeping, stopped, traced and exit bits.
+    const TASK_REPORT: u32 = 0x7f;
+    /// `TASK_NOLOAD | TASK_UNINTERRUPTIBLE`.
+    const TASK_IDLE: u32 = 0x402;
+    const TASK_REPORT_IDLE: u32 = TASK_REPORT + 1;
+    const TASK_RTLOCK_WAIT: u32 = 0x1000;
+    if preempt {
+        return PREEMPT_STATE_BIT;
+    }
+    let state = match prev_state {
+        TASK_IDLE => TASK_REPORT_IDLE,
+        TASK_RTLOCK_WAIT => STATE_UNINTERRUPTIBLE,
+        _ => (prev_state | exit_state) & TASK_REPORT,
+    };
+    // `1 << (fls(state) - 1)`: the highest bit set.
+    match state {
+        0 => 0,
+        _ => 1 << (31 - state.leading_zeros()),
+    }
+}
+
 /// No stack was taken (the event has none, stacks are off, or the kernel could not take it).
 pub const NO_STACK: i32 = -1;
 /// Distinct user stacks kept in the `STACKS` map. A stack whose hash bucket is taken by
@@ -443,20 +470,9 @@ pub const MAX_TLS_CONNECTIONS_DONE: u32 = 65536;
 pub mod layout {
     /// (category, event, field, offset) for every field read.
     pub const FIELDS: &[(&str, &str, &str, usize)] = &[
-        ("sched", "sched_switch", "prev_state", SWITCH_PREV_STATE),
-        ("sched", "sched_switch", "next_pid", SWITCH_NEXT_PID),
-        ("sched", "sched_wakeup", "pid", WAKEUP_PID),
-        ("sched", "sched_wakeup_new", "pid", WAKEUP_PID),
-        ("sched", "sched_waking", "pid", WAKEUP_PID),
         ("task", "task_newtask", "pid", NEWTASK_PID),
         ("task", "task_newtask", "clone_flags", NEWTASK_CLONE_FLAGS),
     ];
-    /// `long prev_state`
-    pub const SWITCH_PREV_STATE: usize = 32;
-    /// `pid_t next_pid`
-    pub const SWITCH_NEXT_PID: usize = 56;
-    /// `pid_t pid` of sched_wakeup, sched_wakeup_new and sched_waking (one event class)
-    pub const WAKEUP_PID: usize = 24;
     /// `pid_t pid`
     pub const NEWTASK_PID: usize = 8;
     /// `u64 clone_flags`
@@ -644,6 +660,22 @@ records! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_states_are_reported_as_the_tracepoint_does() {
+        // R+ (preempted), R (yield), S, D, I (TASK_IDLE), an rtlock wait, X and Z.
+        assert_eq!(switch_state_as_reported(true, 0x1, 0), PREEMPT_STATE_BIT);
+        assert_eq!(switch_state_as_reported(false, 0, 0), 0);
+        assert_eq!(switch_state_as_reported(false, 0x1, 0), 0x1);
+        assert_eq!(switch_state_as_reported(false, 0x2, 0), 0x2);
+        assert_eq!(switch_state_as_reported(false, 0x402, 0), 0x80);
+        assert_eq!(switch_state_as_reported(false, 0x1000, 0), 0x2);
+        // TASK_DEAD (0x80) is not reportable: an exiting task reports its exit state.
+        assert_eq!(switch_state_as_reported(false, 0x80, 0x10), 0x10);
+        assert_eq!(switch_state_as_reported(false, 0x80, 0x20), 0x20);
+        // TASK_WAKEKILL | TASK_UNINTERRUPTIBLE (killable) is D.
+        assert_eq!(switch_state_as_reported(false, 0x102, 0), 0x2);
+    }
 
     #[test]
     fn a_thread_is_between_requests_once_it_answered_the_connection_it_read() {

@@ -25,6 +25,35 @@ static TARGET_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static TLS_RECORDS: u32 = 0;
 
+/// Byte offsets of `task_struct.pid` and `task_struct.exit_state`, found by the collector in
+/// the kernel's BTF (the raw scheduler tracepoints pass tasks, not their fields).
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_EXIT_STATE_OFFSET: u32 = 0;
+
+/// A task's thread id.
+#[inline(always)]
+pub fn task_pid(task: u64) -> Result<u32, Loss> {
+    read_task_u32(task, global(&TASK_PID_OFFSET))
+}
+
+/// The current task's `exit_state` (`EXIT_ZOMBIE`, `EXIT_DEAD`, or 0).
+#[inline(always)]
+pub fn current_exit_state() -> Result<u32, Loss> {
+    read_task_u32(
+        unsafe { bpf_get_current_task() },
+        global(&TASK_EXIT_STATE_OFFSET),
+    )
+}
+
+#[inline(always)]
+fn read_task_u32(task: u64, offset: u32) -> Result<u32, Loss> {
+    // SAFETY: a checked read at an offset from the kernel's own BTF.
+    unsafe { bpf_probe_read_kernel((task as *const u8).add(offset as usize) as *const u32) }
+        .map_err(|_| Loss::ReadFailed)
+}
+
 /// Byte offsets, found by the collector in the kernel's BTF, of `task_struct.se.cfs_rq`,
 /// `cfs_rq.rq` and `rq.prev_steal_time_rq` (0: not found, steal not reported).
 #[unsafe(no_mangle)]

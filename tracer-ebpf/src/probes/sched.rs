@@ -1,36 +1,47 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
-    layout, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent, NO_STACK,
-    NO_SYSCALL, PREEMPT_STATE_BIT,
+    switch_state_as_reported, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent,
+    NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::maps::{
-    cpu_steal_ns, current_comm, current_ids, current_syscall_regs, current_target_tid, emit,
-    finish, header, is_target_tid, set, user_stack_id, CONVERSATIONS, WAKERS,
+    cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
+    current_target_tid, emit, finish, header, is_target_tid, set, task_pid, user_stack_id,
+    CONVERSATIONS, WAKERS,
 };
 
-/// sched:sched_switch. The current task is `prev` (the tracepoint fires in `__schedule()`
-/// before `context_switch()`, kernel/sched/core.c, Linux 6.18), so a target `prev` is
-/// recognised by its tgid without a map lookup; `next` needs the thread-id set.
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+/// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
+/// struct task_struct *next, unsigned int prev_state)` (include/trace/events/sched.h, Linux
+/// 5.18+). A raw tracepoint costs less than the perf-event tracepoint (no trace record is
+/// built before the program runs), and leaves that tracepoint to other tools: a tracepoint
+/// program returning 0 would drop their samples too. The current task is `prev` (it fires
+/// in `__schedule()` before `context_switch()`, kernel/sched/core.c, Linux 6.18), so a
+/// target `prev` is recognised by its tgid without a map lookup; `next` needs the thread-id
+/// set.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_switch(&ctx))
 }
 
-fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
+fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     forget_interrupts()?;
+    // The arguments first, into locals: the verifier must not see a context load merged
+    // with a map value's.
+    let preempt = ctx.arg::<u64>(0) as u8 != 0;
+    let next = ctx.arg::<u64>(2);
+    let prev_state = ctx.arg::<u64>(3) as u32;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
-    let next_pid: i32 = field(ctx, layout::SWITCH_NEXT_PID);
-    let next_is_target = is_target_tid(next_pid as u32);
+    let next_pid = task_pid(next)?;
+    let next_is_target = is_target_tid(next_pid);
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
     let mut event = SwitchEvent {
         hdr: header(EventKind::Switch, 0),
-        next_tid: if next_is_target { next_pid as u32 } else { 0 },
+        next_tid: if next_is_target { next_pid } else { 0 },
         syscall_nr: NO_SYSCALL,
         stack_id: NO_STACK,
         cpu_steal_ns: cpu_steal_ns(),
@@ -38,9 +49,8 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
     };
     if let Some(prev_tid) = prev_tid {
         event.hdr.tid = prev_tid;
-        // `prev_state` is a `long` in the format file; only the low bits carry the state.
-        let state: u64 = field(ctx, layout::SWITCH_PREV_STATE);
-        event.prev_state = state as u32;
+        let exit_state = if preempt { 0 } else { current_exit_state()? };
+        event.prev_state = switch_state_as_reported(preempt, prev_state, exit_state);
         let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
         if !blocked {
             return emit(event); // preempted or yielding: runnable, whatever it was doing
@@ -69,12 +79,12 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), Loss> {
 /// (on by default) it often runs on the wakee's CPU from the wakelist IPI or the idle loop,
 /// where `current` is swapper or an unrelated task. So the waker is noted here, per wakee,
 /// and sched_wakeup, which marks the moment the wakee became runnable, reports it.
-#[tracepoint]
-pub fn sched_waking(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_waking")]
+pub fn sched_waking(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_waking(&ctx))
 }
 
-fn try_sched_waking(ctx: &TracePointContext) -> Result<(), Loss> {
+fn try_sched_waking(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let Some(pid) = target_wakee(ctx) else {
         return Ok(());
     };
@@ -84,12 +94,12 @@ fn try_sched_waking(ctx: &TracePointContext) -> Result<(), Loss> {
 
 /// sched:sched_wakeup: the wakee (often woken by another process or from an interrupt) is
 /// matched against the thread-id set; the waker is the one sched_waking noted.
-#[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_wakeup(&ctx))
 }
 
-fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), Loss> {
+fn try_sched_wakeup(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let Some(pid) = target_wakee(ctx) else {
         return Ok(());
     };
@@ -112,12 +122,12 @@ fn try_sched_wakeup(ctx: &TracePointContext) -> Result<(), Loss> {
 
 /// sched:sched_wakeup_new: a new thread's first wakeup, in `wake_up_new_task()`, called by
 /// its creator in `clone()`: the current task is the waker.
-#[tracepoint]
-pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_wakeup_new(&ctx))
 }
 
-fn try_sched_wakeup_new(ctx: &TracePointContext) -> Result<(), Loss> {
+fn try_sched_wakeup_new(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let Some(pid) = target_wakee(ctx) else {
         return Ok(());
     };
@@ -132,12 +142,12 @@ fn emit_wakeup(pid: u32, waker: WakerId) -> Result<(), Loss> {
     })
 }
 
-/// The woken task of sched_waking, sched_wakeup or sched_wakeup_new, when it is one of the
-/// target's threads.
+/// The woken task of sched_waking, sched_wakeup or sched_wakeup_new (`TP_PROTO(struct
+/// task_struct *p)`), when it is one of the target's threads.
 #[inline(always)]
-fn target_wakee(ctx: &TracePointContext) -> Option<u32> {
-    let pid: i32 = field(ctx, layout::WAKEUP_PID);
-    is_target_tid(pid as u32).then_some(pid as u32)
+fn target_wakee(ctx: &RawTracePointContext) -> Option<u32> {
+    let pid = task_pid(ctx.arg::<u64>(0)).ok()?;
+    is_target_tid(pid).then_some(pid)
 }
 
 /// The current task, or the interrupt this CPU is in (see `probes::interrupts`).
@@ -160,10 +170,10 @@ fn current_waker() -> Result<WakerId, Loss> {
     })
 }
 
-/// Read a tracepoint field with a direct context load. `OFFSET` must be one of the
+/// Read a (perf-event) tracepoint field with a direct context load. `OFFSET` must be one of the
 /// [`layout`] constants, which the collector checks against tracefs before loading.
 #[inline(always)]
-pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+pub fn field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offset: usize) -> T {
     // SAFETY: the offset lies inside the event record (checked against the format file), and
     // the verifier checks every context access.
     unsafe { *(ctx.as_ptr().add(offset) as *const T) }

@@ -31,6 +31,29 @@ impl StealOffsets {
     }
 }
 
+/// Where the raw scheduler tracepoints' programs find a task's thread id and exit state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub exit_state: u32,
+}
+
+impl TaskOffsets {
+    pub fn find() -> anyhow::Result<TaskOffsets> {
+        let missing = || {
+            anyhow::anyhow!(
+                "this kernel has no usable BTF ({VMLINUX_BTF}, CONFIG_DEBUG_INFO_BTF): the \
+                 tracer needs it to read the scheduler's tasks; use a kernel built with BTF"
+            )
+        };
+        let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap).map_err(|_| missing())?;
+        Ok(TaskOffsets {
+            pid: member_offset(&btf, "task_struct", "pid").ok_or_else(missing)?,
+            exit_state: member_offset(&btf, "task_struct", "exit_state").ok_or_else(missing)?,
+        })
+    }
+}
+
 /// Byte offset of `member` in `struct name` (a whole-byte, non-bitfield member).
 fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
     btf.resolve_types_by_name(name)
@@ -60,7 +83,10 @@ mod tests {
         }
         let found = StealOffsets::find().expect("steal offsets");
         for offset in [found.task_cfs_rq, found.cfs_rq_rq, found.rq_steal] {
-            assert!(offset > 0 && offset % 8 == 0, "{found:?}");
+            assert!(offset > 0 && offset.is_multiple_of(8), "{found:?}");
         }
+        let task = TaskOffsets::find().expect("task offsets");
+        assert!(task.pid > 0 && task.pid.is_multiple_of(4), "{task:?}");
+        assert!(task.exit_state > 0 && task.exit_state.is_multiple_of(4), "{task:?}");
     }
 }

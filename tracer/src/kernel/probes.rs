@@ -105,6 +105,9 @@ impl Probes {
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
+        let task = super::btf::TaskOffsets::find()?;
+        loader.override_global("TASK_PID_OFFSET", &task.pid, true);
+        loader.override_global("TASK_EXIT_STATE_OFFSET", &task.exit_state, true);
         // Zeros when unknown: switches then carry no steal time, and none is reported.
         let steal = super::btf::StealOffsets::find().unwrap_or_default();
         loader.override_global("TASK_CFS_RQ_OFFSET", &steal.task_cfs_rq, true);
@@ -144,10 +147,10 @@ impl Probes {
         probes.threads = probes.add_threads(pid)?;
         probes.attach_interrupt_nesting()?;
         // sched_waking notes the waker that sched_wakeup reports, so it goes first.
-        probes.attach_tp("sched_waking", "sched", "sched_waking")?;
-        probes.attach_tp("sched_wakeup", "sched", "sched_wakeup")?;
-        probes.attach_tp("sched_wakeup_new", "sched", "sched_wakeup_new")?;
-        probes.attach_tp("sched_switch", "sched", "sched_switch")?;
+        probes.attach_raw("sched_waking", "sched_waking")?;
+        probes.attach_raw("sched_wakeup", "sched_wakeup")?;
+        probes.attach_raw("sched_wakeup_new", "sched_wakeup_new")?;
+        probes.attach_raw("sched_switch", "sched_switch")?;
         // Server-side sockets are noted from their creation on, before their first read.
         probes.attach_raw("inet_sock_set_state", "inet_sock_set_state")?;
         probes.attach_raw("sock_recv_length", "sock_recv_length")?;
