@@ -63,32 +63,48 @@ static CFS_RQ_RQ_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static RQ_STEAL_OFFSET: u32 = 0;
 
+/// Each CPU's run queue (`struct rq *`), once found: it never changes, so the two pointer
+/// reads that find it are done once per CPU.
+#[map]
+static CPU_RQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The steal time the current CPU's run queue has accounted so far, in ns (0: unknown, or
-/// none). The run queue is reached through the current task's CFS run queue, which is this
-/// CPU's (a task's `se.cfs_rq` follows it to each CPU it runs on).
+/// none).
 #[inline(always)]
 pub fn cpu_steal_ns() -> u64 {
-    let (cfs_rq_at, rq_at, steal_at) = (
-        global(&TASK_CFS_RQ_OFFSET),
-        global(&CFS_RQ_RQ_OFFSET),
-        global(&RQ_STEAL_OFFSET),
-    );
+    let steal_at = global(&RQ_STEAL_OFFSET);
     if steal_at == 0 {
         return 0;
     }
+    let Some(cached) = CPU_RQ.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's own entry, and checked reads at offsets from the kernel's own BTF.
+    unsafe {
+        if *cached == 0 {
+            *cached = current_rq();
+        }
+        let rq = *cached as *const u8;
+        if rq.is_null() {
+            return 0;
+        }
+        bpf_probe_read_kernel(rq.add(steal_at as usize) as *const u64).unwrap_or(0)
+    }
+}
+
+/// This CPU's run queue, through the current task's CFS run queue, which is this CPU's (a
+/// task's `se.cfs_rq` follows it to each CPU it runs on); 0 when unreadable.
+#[inline(always)]
+fn current_rq() -> u64 {
+    let (cfs_rq_at, rq_at) = (global(&TASK_CFS_RQ_OFFSET), global(&CFS_RQ_RQ_OFFSET));
     // SAFETY: checked reads along pointers, at offsets from the kernel's own BTF.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let Ok(cfs_rq) = bpf_probe_read_kernel(task.add(cfs_rq_at as usize) as *const u64) else {
             return 0;
         };
-        let Ok(rq) = bpf_probe_read_kernel((cfs_rq as *const u8).add(rq_at as usize) as *const u64)
-        else {
-            return 0;
-        };
-        bpf_probe_read_kernel((rq as *const u8).add(steal_at as usize) as *const u64)
+        bpf_probe_read_kernel((cfs_rq as *const u8).add(rq_at as usize) as *const u64).unwrap_or(0)
     }
-    .unwrap_or(0)
 }
 
 #[inline(always)]

@@ -87,6 +87,9 @@ mod tests {
         }
         let task = TaskOffsets::find().expect("task offsets");
         assert!(task.pid > 0 && task.pid.is_multiple_of(4), "{task:?}");
-        assert!(task.exit_state > 0 && task.exit_state.is_multiple_of(4), "{task:?}");
+        assert!(
+            task.exit_state > 0 && task.exit_state.is_multiple_of(4),
+            "{task:?}"
+        );
     }
 }
