@@ -35,23 +35,25 @@ static TASK_EXIT_STATE_OFFSET: u32 = 0;
 /// A task's thread id.
 #[inline(always)]
 pub fn task_pid(task: u64) -> Result<u32, Loss> {
-    read_task_u32(task, global(&TASK_PID_OFFSET))
+    read_kernel_at(task, global(&TASK_PID_OFFSET))
 }
 
 /// The current task's `exit_state` (`EXIT_ZOMBIE`, `EXIT_DEAD`, or 0).
 #[inline(always)]
 pub fn current_exit_state() -> Result<u32, Loss> {
-    read_task_u32(
+    read_kernel_at(
         unsafe { bpf_get_current_task() },
         global(&TASK_EXIT_STATE_OFFSET),
     )
 }
 
+/// The value at `base + offset` in kernel memory, where `offset` comes from the kernel's own
+/// BTF (a NULL `base` fails the read).
 #[inline(always)]
-fn read_task_u32(task: u64, offset: u32) -> Result<u32, Loss> {
-    // SAFETY: a checked read at an offset from the kernel's own BTF.
-    unsafe { bpf_probe_read_kernel((task as *const u8).add(offset as usize) as *const u32) }
-        .map_err(|_| Loss::ReadFailed)
+fn read_kernel_at<T>(base: u64, offset: u32) -> Result<T, Loss> {
+    let address = base.wrapping_add(u64::from(offset)) as *const T;
+    // SAFETY: a checked read; the helper fails on an unreadable address.
+    unsafe { bpf_probe_read_kernel(address) }.map_err(|_| Loss::ReadFailed)
 }
 
 /// Byte offsets, found by the collector in the kernel's BTF, of `task_struct.se.cfs_rq`,
@@ -79,32 +81,27 @@ pub fn cpu_steal_ns() -> u64 {
     let Some(cached) = CPU_RQ.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's own entry, and checked reads at offsets from the kernel's own BTF.
-    unsafe {
+    // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
+    let rq = unsafe {
         if *cached == 0 {
             *cached = current_rq();
         }
-        let rq = *cached as *const u8;
-        if rq.is_null() {
-            return 0;
-        }
-        bpf_probe_read_kernel(rq.add(steal_at as usize) as *const u64).unwrap_or(0)
+        *cached
+    };
+    if rq == 0 {
+        return 0;
     }
+    read_kernel_at(rq, steal_at).unwrap_or(0)
 }
 
 /// This CPU's run queue, through the current task's CFS run queue, which is this CPU's (a
 /// task's `se.cfs_rq` follows it to each CPU it runs on); 0 when unreadable.
 #[inline(always)]
 fn current_rq() -> u64 {
-    let (cfs_rq_at, rq_at) = (global(&TASK_CFS_RQ_OFFSET), global(&CFS_RQ_RQ_OFFSET));
-    // SAFETY: checked reads along pointers, at offsets from the kernel's own BTF.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let Ok(cfs_rq) = bpf_probe_read_kernel(task.add(cfs_rq_at as usize) as *const u64) else {
-            return 0;
-        };
-        bpf_probe_read_kernel((cfs_rq as *const u8).add(rq_at as usize) as *const u64).unwrap_or(0)
-    }
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel_at::<u64>(task, global(&TASK_CFS_RQ_OFFSET))
+        .and_then(|cfs_rq| read_kernel_at(cfs_rq, global(&CFS_RQ_RQ_OFFSET)))
+        .unwrap_or(0)
 }
 
 #[inline(always)]

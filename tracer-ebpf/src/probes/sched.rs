@@ -1,6 +1,6 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{
     switch_state_as_reported, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent,
     NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT,
@@ -168,13 +168,4 @@ fn current_waker() -> Result<WakerId, Loss> {
         detail: 0,
         comm: current_comm()?,
     })
-}
-
-/// Read a (perf-event) tracepoint field with a direct context load. `OFFSET` must be one of the
-/// [`layout`] constants, which the collector checks against tracefs before loading.
-#[inline(always)]
-pub fn field<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offset: usize) -> T {
-    // SAFETY: the offset lies inside the event record (checked against the format file), and
-    // the verifier checks every context access.
-    unsafe { *(ctx.as_ptr().add(offset) as *const T) }
 }

@@ -1,9 +1,8 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
-use super::sched::field;
 use crate::maps::{
     current_comm, current_target_tid, emit, finish, header, set_target_tid, CONVERSATIONS, WAKERS,
 };
@@ -55,4 +54,13 @@ fn try_sched_process_exit() -> Result<(), Loss> {
         hdr: header(EventKind::ThreadExit, tid),
         comm: current_comm()?,
     })
+}
+
+/// Read a tracepoint field with a direct context load. `OFFSET` must be one of the
+/// [`layout`] constants, which the collector checks against tracefs before loading.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the offset lies inside the event record (checked against the format file), and
+    // the verifier checks every context access.
+    unsafe { *(ctx.as_ptr().add(offset) as *const T) }
 }

@@ -64,9 +64,15 @@ pub(super) struct Thread {
     pub ssl_call: Option<(u64, super::event::SslCall)>,
     /// Where in its code it blocked last (its blocking switch-out's stack).
     blocked_at: Option<StackRef>,
-    /// Its current stretch on a CPU: when it began, and the steal its CPU had accounted
-    /// then (when the kernel reports it).
-    on_cpu_since: Option<(u64, u64)>,
+    /// Its current stretch on a CPU (when the kernel reports its CPU's steal).
+    on_cpu_since: Option<OnCpuSince>,
+}
+
+/// When a thread's stretch on a CPU began, and the steal that CPU had accounted then.
+#[derive(Clone, Copy)]
+struct OnCpuSince {
+    ts: u64,
+    cpu_steal: u64,
 }
 
 impl Thread {
@@ -166,10 +172,8 @@ impl<R: FdResolver> Engine<R> {
         let thread = self.threads.seen(tid, ts, RunState::Running);
         // The same CPU's steal clock at both ends: a stretch on a CPU never migrates.
         let stolen = match (thread.on_cpu_since.take(), cpu_steal) {
-            (Some((since, steal_then)), Some(steal_now))
-                if thread.timeline.state() == RunState::Running =>
-            {
-                StolenTime::of_stretch(since, ts, steal_now.saturating_sub(steal_then))
+            (Some(since), Some(steal_now)) if thread.timeline.state() == RunState::Running => {
+                StolenTime::of_stretch(since.ts, ts, steal_now.saturating_sub(since.cpu_steal))
             }
             _ => None,
         };
@@ -225,7 +229,7 @@ impl<R: FdResolver> Engine<R> {
     pub(super) fn switch_in(&mut self, ts: u64, tid: Tid, cpu_steal: Option<u64>) {
         let thread = self.threads.seen(tid, ts, RunState::Runnable);
         thread.pending_wakeup = None;
-        thread.on_cpu_since = cpu_steal.map(|steal| (ts, steal));
+        thread.on_cpu_since = cpu_steal.map(|cpu_steal| OnCpuSince { ts, cpu_steal });
         let futex_wait = thread.futex_wait.take();
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
         if left == RunState::Runnable && lasted > 0 {

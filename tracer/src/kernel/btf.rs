@@ -7,6 +7,21 @@ use btf_rs::{Backend, Btf, Type};
 /// The kernel's own type information.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Every offset the programs take from BTF, found with one read of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task: TaskOffsets,
+    /// `None` when the kernel lacks one of the fields: steal is then not reported.
+    pub steal: Option<StealOffsets>,
+}
+
+/// Where the raw scheduler tracepoints' programs find a task's thread id and exit state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub exit_state: u32,
+}
+
 /// Where a CPU's accounted steal time is, from its current task: `task_struct.se.cfs_rq`
 /// (the task's CFS run queue on the CPU it runs on), `cfs_rq.rq` (that CPU's run queue),
 /// `rq.prev_steal_time_rq` (the steal it has taken out of its task clock). Needs
@@ -18,28 +33,10 @@ pub struct StealOffsets {
     pub rq_steal: u32,
 }
 
-impl StealOffsets {
-    /// `None` when the kernel has no BTF or lacks one of the fields.
-    pub fn find() -> Option<StealOffsets> {
-        let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap).ok()?;
-        let se = member_offset(&btf, "task_struct", "se")?;
-        Some(StealOffsets {
-            task_cfs_rq: se + member_offset(&btf, "sched_entity", "cfs_rq")?,
-            cfs_rq_rq: member_offset(&btf, "cfs_rq", "rq")?,
-            rq_steal: member_offset(&btf, "rq", "prev_steal_time_rq")?,
-        })
-    }
-}
-
-/// Where the raw scheduler tracepoints' programs find a task's thread id and exit state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskOffsets {
-    pub pid: u32,
-    pub exit_state: u32,
-}
-
-impl TaskOffsets {
-    pub fn find() -> anyhow::Result<TaskOffsets> {
+impl KernelOffsets {
+    /// Fails, saying what to do, on a kernel without BTF: the scheduler programs cannot
+    /// read their tasks without it.
+    pub fn find() -> anyhow::Result<KernelOffsets> {
         let missing = || {
             anyhow::anyhow!(
                 "this kernel has no usable BTF ({VMLINUX_BTF}, CONFIG_DEBUG_INFO_BTF): the \
@@ -47,29 +44,52 @@ impl TaskOffsets {
             )
         };
         let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap).map_err(|_| missing())?;
-        Ok(TaskOffsets {
-            pid: member_offset(&btf, "task_struct", "pid").ok_or_else(missing)?,
-            exit_state: member_offset(&btf, "task_struct", "exit_state").ok_or_else(missing)?,
-        })
+        let task_struct = StructLayout::of(&btf, "task_struct").ok_or_else(missing)?;
+        let task = TaskOffsets {
+            pid: task_struct.offset("pid").ok_or_else(missing)?,
+            exit_state: task_struct.offset("exit_state").ok_or_else(missing)?,
+        };
+        let steal = (|| {
+            Some(StealOffsets {
+                task_cfs_rq: task_struct.offset("se")?
+                    + StructLayout::of(&btf, "sched_entity")?.offset("cfs_rq")?,
+                cfs_rq_rq: StructLayout::of(&btf, "cfs_rq")?.offset("rq")?,
+                rq_steal: StructLayout::of(&btf, "rq")?.offset("prev_steal_time_rq")?,
+            })
+        })();
+        Ok(KernelOffsets { task, steal })
     }
 }
 
-/// Byte offset of `member` in `struct name` (a whole-byte, non-bitfield member).
-fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
-    btf.resolve_types_by_name(name)
-        .ok()?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => s.members.into_iter().find(|m| {
+/// A struct's whole-byte members (no bitfields) and their byte offsets.
+struct StructLayout(Vec<(String, u32)>);
+
+impl StructLayout {
+    fn of(btf: &Btf, name: &str) -> Option<StructLayout> {
+        let members = btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s.members),
+                _ => None,
+            })?;
+        Some(StructLayout(
+            members
+                .iter()
                 // A struct with any bitfield gives each member a size: 0 for a whole one.
-                m.bitfield_size().unwrap_or(0) == 0
-                    && btf.resolve_name(m).is_ok_and(|n| n == member)
-            }),
-            _ => None,
-        })
-        .map(|m| m.bit_offset())
-        .filter(|bits| bits % 8 == 0)
-        .map(|bits| bits / 8)
+                .filter(|m| m.bitfield_size().unwrap_or(0) == 0 && m.bit_offset() % 8 == 0)
+                .filter_map(|m| Some((btf.resolve_name(m).ok()?, m.bit_offset() / 8)))
+                .collect(),
+        ))
+    }
+
+    fn offset(&self, member: &str) -> Option<u32> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == member)
+            .map(|&(_, offset)| offset)
+    }
 }
 
 #[cfg(test)]
@@ -77,19 +97,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_kernel_says_where_the_steal_time_is() {
-        if !std::path::Path::new(VMLINUX_BTF).exists() {
-            return; // a kernel without BTF: steal is simply not reported
-        }
-        let found = StealOffsets::find().expect("steal offsets");
-        for offset in [found.task_cfs_rq, found.cfs_rq_rq, found.rq_steal] {
-            assert!(offset > 0 && offset.is_multiple_of(8), "{found:?}");
-        }
-        let task = TaskOffsets::find().expect("task offsets");
+    fn this_kernel_says_where_tasks_and_steal_time_are() {
+        let found = KernelOffsets::find().expect("the tracer needs the kernel's BTF");
+        let (task, steal) = (found.task, found.steal.expect("steal offsets"));
         assert!(task.pid > 0 && task.pid.is_multiple_of(4), "{task:?}");
         assert!(
             task.exit_state > 0 && task.exit_state.is_multiple_of(4),
             "{task:?}"
         );
+        for offset in [steal.task_cfs_rq, steal.cfs_rq_rq, steal.rq_steal] {
+            assert!(offset > 0 && offset.is_multiple_of(8), "{steal:?}");
+        }
     }
 }

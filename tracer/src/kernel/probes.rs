@@ -105,11 +105,11 @@ impl Probes {
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
-        let task = super::btf::TaskOffsets::find()?;
-        loader.override_global("TASK_PID_OFFSET", &task.pid, true);
-        loader.override_global("TASK_EXIT_STATE_OFFSET", &task.exit_state, true);
+        let offsets = super::btf::KernelOffsets::find()?;
+        loader.override_global("TASK_PID_OFFSET", &offsets.task.pid, true);
+        loader.override_global("TASK_EXIT_STATE_OFFSET", &offsets.task.exit_state, true);
         // Zeros when unknown: switches then carry no steal time, and none is reported.
-        let steal = super::btf::StealOffsets::find().unwrap_or_default();
+        let steal = offsets.steal.unwrap_or_default();
         loader.override_global("TASK_CFS_RQ_OFFSET", &steal.task_cfs_rq, true);
         loader.override_global("CFS_RQ_RQ_OFFSET", &steal.cfs_rq_rq, true);
         loader.override_global("RQ_STEAL_OFFSET", &steal.rq_steal, true);
