@@ -11,7 +11,7 @@
 //!
 //! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
 //! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/cpu`,
-//! `/sleep`, `/lock` and `/io` also carry `X-Runqueue-Ns`, the part of that time the thread spent
+//! `/sleep`, `/lock`, `/io` and `/disk` also carry `X-Runqueue-Ns`, the part of that time the thread spent
 //! waiting for a CPU, from the kernel's own account):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),

@@ -42,11 +42,12 @@ impl Reply {
         }
     }
 
-    /// 200, after `/disk`'s writes and fsync (`total`, of which `fsync` in the fsync).
-    pub fn synced(total: Duration, fsync: Duration) -> Self {
+    /// 200, after `/disk`'s writes and fsync, measured by `span` (of which `fsync` in the
+    /// fsync).
+    pub fn synced(span: Span, fsync: Duration) -> Self {
         Self {
             fsync_ns: Some(nanos(fsync)),
-            ..Self::ok(total)
+            ..Self::spanned(span)
         }
     }
 
@@ -95,10 +96,14 @@ mod tests {
 
     #[test]
     fn reply_format() {
-        let reply = Reply::synced(Duration::from_nanos(1500), Duration::from_nanos(7));
+        let span = Span {
+            wall: Duration::from_nanos(1500),
+            runqueue_ns: 40,
+        };
+        let reply = Reply::synced(span, Duration::from_nanos(7));
         assert_eq!(
             reply.to_bytes(),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 1500\r\nX-Cpu-Ns: 0\r\nX-Fsync-Ns: 7\r\n\r\nok\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 1500\r\nX-Cpu-Ns: 0\r\nX-Fsync-Ns: 7\r\nX-Runqueue-Ns: 40\r\n\r\nok\n"
         );
         let not_found = String::from_utf8(Reply::status(404).to_bytes()).unwrap();
         assert!(not_found.starts_with("HTTP/1.1 404 Not Found\r\n"));

@@ -26,9 +26,8 @@ impl ScratchFile {
         Self { path, file: None }
     }
 
-    /// Writes `kb` KiB at the start of the file, then fsyncs.
-    /// Returns (writes + fsync time, fsync time).
-    pub fn write_and_sync(&mut self, kb: u64) -> Result<(Duration, Duration)> {
+    /// Writes `kb` KiB at the start of the file, then fsyncs. Returns the fsync's time.
+    pub fn write_and_sync(&mut self, kb: u64) -> Result<Duration> {
         let path = &self.path;
         let file = match &mut self.file {
             Some(file) => file,
@@ -56,10 +55,9 @@ impl Drop for ScratchFile {
 
 /// Writes `kb` KiB from the start of `file` in [`DISK_CHUNK`] writes and fsyncs.
 /// Returns (writes + fsync time, fsync time).
-fn overwrite_and_sync(file: &mut File, kb: u64) -> io::Result<(Duration, Duration)> {
+fn overwrite_and_sync(file: &mut File, kb: u64) -> io::Result<Duration> {
     file.seek(io::SeekFrom::Start(0))?;
     let mut remaining = usize::try_from(kb * 1024).map_err(io::Error::other)?;
-    let start = Instant::now();
     while remaining > 0 {
         let n = remaining.min(DISK_CHUNK);
         file.write_all(&DISK_DATA[..n])?;
@@ -67,5 +65,5 @@ fn overwrite_and_sync(file: &mut File, kb: u64) -> io::Result<(Duration, Duratio
     }
     let fsync_start = Instant::now();
     file.sync_all()?;
-    Ok((start.elapsed(), fsync_start.elapsed()))
+    Ok(fsync_start.elapsed())
 }

@@ -185,10 +185,11 @@ impl<'a> Connection<'a> {
         Ok(reply)
     }
 
-    /// `/disk`: writes `kb` KiB at the start of this connection's file, then fsyncs.
+    /// `/disk`: writes `kb` KiB at the start of this connection's file (opening it first,
+    /// on the connection's first request), then fsyncs.
     fn disk(&mut self, kb: u64) -> Result<Reply> {
-        let (total, fsync) = self.scratch.write_and_sync(kb)?;
-        Ok(Reply::synced(total, fsync))
+        let (fsync, span) = Span::measure(|| self.scratch.write_and_sync(kb));
+        Ok(Reply::synced(span, fsync?))
     }
 }
 
