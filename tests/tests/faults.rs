@@ -36,15 +36,13 @@ const UNLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The tracer's kernel programs, by function name.
-const PROGRAM_NAMES: [&str; 15] = [
+const PROGRAM_NAMES: [&str; 13] = [
     "sched_switch",
     "sched_waking",
     "sched_wakeup",
     "sched_wakeup_new",
     "irq_handler_entry",
     "irq_handler_exit",
-    "softirq_entry",
-    "softirq_exit",
     "hrtimer_expire_entry",
     "hrtimer_expire_exit",
     "sock_recv_length",

@@ -13,10 +13,10 @@
 //! `task_newtask` or `sched_process_exit`, or another tool's program), and then the wakeup's
 //! `sched_waking` is not seen. That is an honest answer, not a wrong one; it must stay rare.
 
-use std::path::PathBuf;
+use std::{io::Write as _, net::UdpSocket, path::PathBuf, process::Command, time::Duration};
 
 use tracer::output::summary::{Lock, LockWaker, WakerContext};
-use tracer_tests::{session::Tracer, workspace_root, Workload};
+use tracer_tests::{session::Tracer, workspace_root, TempDir, Workload};
 
 const CLIENTS: usize = 4;
 const REQUESTS_PER_CLIENT: usize = 8;
@@ -107,4 +107,96 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
         count(WakerContext::Interrupt) > 4 * count(WakerContext::Unknown),
         "the timer is named for most of the ticker's wakeups: {ticker:?}"
     );
+}
+
+/// Wakeups each source sends in `a_packet_is_a_softirq_and_a_fifo_write_is_its_writer`.
+const WAKEUPS: usize = 20;
+
+/// Which context woke a blocked thread, as the kernel side tells interrupts from tasks:
+/// without following softirqs, by the stack the wakeup ran on. A datagram sent on loopback is
+/// delivered by the NET_RX softirq that the sender's own `local_bh_enable()` runs, so the
+/// current task there is the sender (this test), but the waker is the softirq. A write to a
+/// FIFO wakes the reader in the writer's own context: the waker is this test's thread.
+/// Checked in the tracer's event stream (`TRACER_EVENT_DUMP`), where every wakeup is.
+#[test]
+#[ignore = "needs root"]
+fn a_packet_is_a_softirq_and_a_fifo_write_is_its_writer() {
+    let fifo = TempDir::absent("wake-fifo");
+    let script = workspace_root().join("tests/python/wake_sources.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(fifo.path()).arg(WAKEUPS.to_string());
+    let target = Workload::start(cmd);
+    let dump = TempDir::absent("wake-dump");
+    let tracer = Tracer::attach(target.pid)
+        .env("TRACER_EVENT_DUMP", dump.path())
+        .start();
+
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fifo.path())
+        .expect("the target's FIFO");
+    let readers = thread_ids_by_name(target.pid);
+    for _ in 0..WAKEUPS {
+        // Apart, so that each finds its reader blocked again.
+        std::thread::sleep(Duration::from_millis(10));
+        udp.send_to(b"x", target.addr).expect("send a datagram");
+        writer.write_all(b"x").expect("write the FIFO");
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.describe());
+
+    let dump = std::fs::read_to_string(dump.path()).expect("the event dump");
+    let me = std::process::id();
+    let wakers_of = |name: &str| -> Vec<&str> {
+        let tid = readers
+            .iter()
+            .find(|(_, n)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name} in the target: {readers:?}"))
+            .0;
+        let this_thread = format!("tid: Tid({tid}), kind: Wakeup {{ waker: ");
+        dump.lines()
+            .filter_map(|l| Some(l.split_once(&this_thread)?.1))
+            .collect()
+    };
+    let by_me = format!("pid: {me},");
+    let udp_wakers = wakers_of("udp-reader");
+    let softirqs = udp_wakers
+        .iter()
+        .filter(|w| w.starts_with("Interrupt(Softirq)"))
+        .count();
+    assert!(
+        softirqs >= WAKEUPS * 3 / 4,
+        "{softirqs} of {WAKEUPS} datagrams woke their reader from a softirq: {udp_wakers:#?}"
+    );
+    assert!(
+        !udp_wakers.iter().any(|w| w.contains(&by_me)),
+        "a datagram's arrival named the sending thread as the waker: {udp_wakers:#?}"
+    );
+    let fifo_wakers = wakers_of("fifo-reader");
+    let writes = fifo_wakers
+        .iter()
+        .filter(|w| w.starts_with("Thread {") && w.contains(&by_me))
+        .count();
+    assert!(
+        writes >= WAKEUPS * 3 / 4,
+        "{writes} of {WAKEUPS} FIFO writes named their writer: {fifo_wakers:#?}"
+    );
+    assert!(
+        !fifo_wakers.iter().any(|w| w.starts_with("Interrupt")),
+        "a FIFO write was taken for an interrupt: {fifo_wakers:#?}"
+    );
+}
+
+/// The target's threads: (tid, name).
+fn thread_ids_by_name(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .flatten()
+        .filter_map(|e| {
+            let tid = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, comm.trim_end().to_string()))
+        })
+        .collect()
 }

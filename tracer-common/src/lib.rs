@@ -25,6 +25,9 @@ pub enum EventKind {
     /// [`GoSchedEvent`]: a goroutine of a Go target parked, became runnable, started running
     /// on a thread, or exited.
     GoSched = 7,
+    /// [`SyscallPairEvent`]: a socket read of a target thread, held back on its CPU until
+    /// the write that followed it, and that write: one record for a request and its response.
+    SyscallPair = 8,
 }
 
 impl EventKind {
@@ -37,6 +40,7 @@ impl EventKind {
             5 => Self::ThreadExit,
             6 => Self::Tls,
             7 => Self::GoSched,
+            8 => Self::SyscallPair,
             _ => return None,
         })
     }
@@ -132,7 +136,7 @@ pub struct WakerId {
     pub pid: u32,
     /// A [`waker_context`] value.
     pub context: u32,
-    /// The IRQ number (`HARDIRQ`) or softirq vector (`SOFTIRQ`); else 0.
+    /// The IRQ number (`HARDIRQ`); else 0.
     pub detail: u32,
     pub comm: [u8; 16],
 }
@@ -145,8 +149,8 @@ pub mod waker_context {
     pub const TASK: u32 = 0;
     /// A hardware interrupt handler (`detail`: the IRQ number).
     pub const HARDIRQ: u32 = 1;
-    /// A softirq (`detail`: the vector, e.g. 3 = NET_RX, 1 = TIMER), in irq exit, in
-    /// `local_bh_enable()` or in ksoftirqd.
+    /// Another interrupt, recognised by its stack: a softirq (at irq exit or in
+    /// `local_bh_enable()`: NET_RX, a timer-wheel timeout, RCU...), or rarely a system vector.
     pub const SOFTIRQ: u32 = 2;
     /// An hrtimer callback: a sleep or a timeout expired.
     pub const TIMER: u32 = 3;
@@ -174,7 +178,7 @@ pub struct IrqNesting {
     pub _pad: u32,
     pub levels: [IrqLevel; IRQ_LEVELS],
 }
-/// Interrupt levels remembered per CPU (a hardirq in an hrtimer in a softirq is three).
+/// Interrupt levels remembered per CPU (device interrupts and hrtimer callbacks nest).
 pub const IRQ_LEVELS: usize = 6;
 
 /// One interrupt a CPU is in.
@@ -183,9 +187,9 @@ pub const IRQ_LEVELS: usize = 6;
 pub struct IrqLevel {
     /// A [`waker_context`] value.
     pub context: u32,
-    /// The IRQ number or softirq vector (0 for a timer).
+    /// The IRQ number (0 for a timer).
     pub detail: u32,
-    /// What its exit names: the IRQ number, the softirq vector or the `struct hrtimer *`.
+    /// What its exit names: the IRQ number or the `struct hrtimer *`.
     pub key: u64,
 }
 
@@ -211,6 +215,17 @@ pub struct SyscallEvent {
     /// connection (closes are not seen). Freed sockets' memory is reused at once, so an
     /// address alone would not tell two connections apart.
     pub connection: u64,
+}
+
+/// A socket read and the write of the same thread that came next, with nothing of that
+/// thread's or CPU's in between (any other record emitted on the CPU first sends the held
+/// read alone). `read.hdr.kind` is [`EventKind::SyscallPair`]; `write.hdr.kind` is
+/// [`EventKind::Syscall`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallPairEvent {
+    pub read: SyscallEvent,
+    pub write: SyscallEvent,
 }
 
 /// How a socket came to be, as the `TCP_SOCKETS` map knows it.
@@ -650,6 +665,7 @@ records! {
     IrqNesting = 8 + 16 * IRQ_LEVELS,
     IrqLevel = 16,
     SyscallEvent = 48,
+    SyscallPairEvent = 96,
     TcpSocket = 24,
     ThreadEvent = 32,
     Conversation = 16,

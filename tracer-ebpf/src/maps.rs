@@ -47,6 +47,37 @@ pub fn current_exit_state() -> Result<u32, Loss> {
     )
 }
 
+/// Byte offset of `task_struct.stack`, and the size of a task's kernel stack (THREAD_SIZE),
+/// found by the collector in the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNEL_STACK_SIZE: u32 = 0;
+
+/// Whether the raw tracepoint with context `ctx` fired on the current task's own kernel
+/// stack, i.e. not in an interrupt. x86-64 runs device interrupt handlers, system vectors
+/// and softirqs on the per-CPU IRQ stack, softirqs run from `local_bh_enable()` included
+/// (`do_softirq_own_stack()`, arch/x86/include/asm/irq_stack.h), and NMIs and exceptions on
+/// IST stacks (Linux 6.18).
+///
+/// Where the tracepoint fired: a raw tracepoint's context is its `u64 args[]`, a local of
+/// the kernel's `bpf_trace_runN()` on the stack the tracepoint was hit on. (Not this
+/// program's own stack: the JIT gives a program with a large frame a per-CPU private stack,
+/// Linux 6.13+.)
+#[inline(always)]
+pub fn fired_on_task_stack(ctx: *mut core::ffi::c_void) -> Result<bool, Loss> {
+    let stack: u64 = read_kernel_at(
+        unsafe { bpf_get_current_task() },
+        global(&TASK_STACK_OFFSET),
+    )?;
+    // The verifier allows no arithmetic on a context pointer, so its value is copied out as
+    // plain bytes first.
+    // SAFETY: a checked read of a local of this program.
+    let args: u64 = unsafe { bpf_probe_read_kernel(&raw const ctx as *const u64) }
+        .map_err(|_| Loss::ReadFailed)?;
+    Ok(args.wrapping_sub(stack) < u64::from(global(&KERNEL_STACK_SIZE)))
+}
+
 /// The value at `base + offset` in kernel memory, where `offset` comes from the kernel's own
 /// BTF (a NULL `base` fails the read).
 #[inline(always)]
@@ -257,7 +288,7 @@ pub fn finish(result: Result<(), Loss>) -> u32 {
     }
 }
 
-fn count_loss(loss: Loss) {
+pub fn count_loss(loss: Loss) {
     if let Some(slot) = LOSSES.get_ptr_mut(loss as u32) {
         unsafe { *slot += 1 };
     }

@@ -1,19 +1,19 @@
-//! Interrupt nesting per CPU, so that a wakeup done from an interrupt is reported as such and
-//! not as the task the interrupt happened to hit.
+//! Interrupt nesting per CPU, so that a wakeup done from a device interrupt or an hrtimer
+//! callback is reported as such, with its IRQ or as `timer`, and not as the task the interrupt
+//! happened to hit. (Any other interrupt, softirqs included, is recognised by the stack the
+//! wakeup runs on: see `maps::on_task_stack`.)
 //!
 //! Without kprobes or kfuncs there is no way to read the preempt count from a tracepoint, so
-//! the entry and exit tracepoints of the contexts that wake tasks are followed instead, as raw
-//! tracepoints (no tracefs, no record built by the kernel):
+//! the entry and exit tracepoints of these contexts are followed instead, as raw tracepoints
+//! (no tracefs, no record built by the kernel):
 //! - `irq:irq_handler_entry/exit`: device interrupt handlers, `TP_PROTO(int irq, ...)`;
-//! - `irq:softirq_entry/exit`: softirqs (NET_RX delivering a packet, TIMER, RCU...),
-//!   `TP_PROTO(unsigned int vec_nr)`, whether run at irq exit, in `local_bh_enable()` or by
-//!   ksoftirqd;
 //! - `timer:hrtimer_expire_entry/exit`: hrtimer callbacks, which wake sleepers and expire
 //!   timeouts, `TP_PROTO(struct hrtimer *hrtimer, ...)`.
 //!
 //! (include/trace/events/irq.h, include/trace/events/timer.h, Linux 6.18.) They fire on every
-//! CPU for every process, but interrupts are far rarer than syscalls and each program does
-//! one per-CPU array update.
+//! CPU for every process, but these interrupts are far rarer than syscalls or packets (a NIC
+//! interrupt serves a batch of packets), and each program does one per-CPU array update.
+//! `irq:softirq_entry/exit` are not followed: they fire for every packet of the host.
 //!
 //! Interrupts nest but never migrate, so a per-CPU stack of levels is exact, with two
 //! subtleties:
@@ -21,15 +21,15 @@
 //!   (`__bpf_trace_run()`, kernel/trace/bpf_trace.c: `prog->active`, counted as a miss). An
 //!   interrupt that arrives while an exit program runs for an outer level loses its own exit
 //!   if it is the same program. So every kind has its own programs, and an exit pops down to
-//!   the level it names (its IRQ, vector or hrtimer): a level left behind by a lost exit goes
+//!   the level it names (its IRQ or hrtimer): a level left behind by a lost exit goes
 //!   with the exit of the level around it. A lost entry is harmless: its exit names no level.
 //! - No interrupt is ever in progress across a context switch (`schedule()` is never called
-//!   from interrupt context; on PREEMPT_RT, where softirqs run in preemptible threads, this
-//!   does not hold), so `sched_switch` empties this CPU's stack (see [`forget_interrupts`]):
+//!   from interrupt context; on PREEMPT_RT, where interrupts run in threads, this does not
+//!   hold), so `sched_switch` empties this CPU's stack (see [`forget_interrupts`]):
 //!   whatever a lost exit left behind lasts at most until then.
 //! - An entry program can be interrupted between its two stores; see [`enter`].
 //! - x86 system vectors (irq_work, call-function IPIs) fire none of these tracepoints: a
-//!   wakeup from an irq_work callback is still taken for the task it interrupted.
+//!   wakeup from an irq_work callback is recognised by its stack, like a softirq's.
 //!
 //! The collector attaches the exit programs before the entry programs.
 
@@ -50,20 +50,6 @@ pub fn irq_handler_entry(ctx: RawTracePointContext) -> u32 {
 pub fn irq_handler_exit(ctx: RawTracePointContext) -> u32 {
     finish(exit(
         waker_context::HARDIRQ,
-        ctx.arg::<u64>(0) as u32 as u64,
-    ))
-}
-
-#[raw_tracepoint(tracepoint = "softirq_entry")]
-pub fn softirq_entry(ctx: RawTracePointContext) -> u32 {
-    let vec = ctx.arg::<u64>(0) as u32;
-    finish(enter(waker_context::SOFTIRQ, vec, u64::from(vec)))
-}
-
-#[raw_tracepoint(tracepoint = "softirq_exit")]
-pub fn softirq_exit(ctx: RawTracePointContext) -> u32 {
-    finish(exit(
-        waker_context::SOFTIRQ,
         ctx.arg::<u64>(0) as u32 as u64,
     ))
 }

@@ -1,16 +1,17 @@
 //! Scheduler tracepoints: the per-thread timeline (running / runnable / blocked).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
     switch_state_as_reported, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent,
     NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
+use crate::held_read::release_held_read;
 use crate::maps::{
     cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
-    current_target_tid, emit, finish, header, is_target_tid, set, task_pid, user_stack_id,
-    CONVERSATIONS, WAKERS,
+    current_target_tid, emit, finish, fired_on_task_stack, header, is_target_tid, set, task_pid,
+    user_stack_id, CONVERSATIONS, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -34,6 +35,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let next = ctx.arg::<u64>(2);
     let prev_state = ctx.arg::<u64>(3) as u32;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
+    if prev_tid.is_some() {
+        release_held_read(); // before this switch-out's record, and whatever fails below
+    }
     let next_pid = task_pid(next)?;
     let next_is_target = is_target_tid(next_pid);
     if prev_tid.is_none() && !next_is_target {
@@ -89,7 +93,7 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<(), Loss> {
         return Ok(());
     };
     // In place when the wakee has an entry (every wakeup after its first).
-    set(&WAKERS, pid, current_waker()?)
+    set(&WAKERS, pid, current_waker(ctx)?)
 }
 
 /// sched:sched_wakeup: the wakee (often woken by another process or from an interrupt) is
@@ -131,7 +135,7 @@ fn try_sched_wakeup_new(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let Some(pid) = target_wakee(ctx) else {
         return Ok(());
     };
-    emit_wakeup(pid, current_waker()?)
+    emit_wakeup(pid, current_waker(ctx)?)
 }
 
 #[inline(always)]
@@ -150,13 +154,25 @@ fn target_wakee(ctx: &RawTracePointContext) -> Option<u32> {
     is_target_tid(pid).then_some(pid)
 }
 
-/// The current task, or the interrupt this CPU is in (see `probes::interrupts`).
+/// The current task, or the interrupt this CPU is in: a device interrupt or an hrtimer
+/// callback by the levels `probes::interrupts` keeps, any other by the stack this runs on.
 #[inline(always)]
-fn current_waker() -> Result<WakerId, Loss> {
+fn current_waker(ctx: &RawTracePointContext) -> Result<WakerId, Loss> {
     if let Some(level) = innermost_interrupt()? {
         return Ok(WakerId {
             context: level.context,
             detail: level.detail,
+            ..Default::default()
+        });
+    }
+    if !fired_on_task_stack(ctx.as_ptr())? {
+        // A softirq (NET_RX delivering a packet, a timer-wheel timeout, RCU, a tasklet), or
+        // rarely a system vector (irq_work): which one is not known here. Softirqs are not
+        // followed like device interrupts: they run for every packet of the host, and an
+        // entry and an exit program on each cost more than the rest of the tracer on a
+        // busy network server.
+        return Ok(WakerId {
+            context: waker_context::SOFTIRQ,
             ..Default::default()
         });
     }

@@ -17,9 +17,10 @@ use tracer_common::{
     EAGAIN, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
+use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, emit, finish, header, report_eagain, set,
-    tls_records, CONVERSATIONS, TCP_SOCKETS,
+    current_syscall_regs, current_target_tid, finish, header, report_eagain, set, tls_records,
+    CONVERSATIONS, TCP_SOCKETS,
 };
 
 /// Which way the bytes went.
@@ -74,7 +75,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         return Ok(()); // not a read or write syscall of the thread's own
     };
     note_conversation(tid, io.nr, io.fd, io.connection, ret)?;
-    emit(SyscallEvent {
+    let event = SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: io.nr,
         tls_record: io.record,
@@ -82,7 +83,11 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         origin: io.origin,
         ret,
         connection: io.connection,
-    })
+    };
+    match direction {
+        Direction::Received => send_read(event),
+        Direction::Sent => send_write(event),
+    }
 }
 
 /// What a socket read or write reports.

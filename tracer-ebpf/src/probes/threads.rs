@@ -3,6 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use tracer_common::{layout, EventKind, Loss, ThreadEvent};
 
+use crate::held_read::release_held_read;
 use crate::maps::{
     current_comm, current_target_tid, emit, finish, header, set_target_tid, CONVERSATIONS, WAKERS,
 };
@@ -31,7 +32,8 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), Loss> {
     // none to remove, which is no failure).
     let _ = WAKERS.remove(tid);
     set_target_tid(tid, true)?;
-    // The collector needs only the tid: a header alone, no name to copy.
+    release_held_read(); // the parent's, before this record
+                         // The collector needs only the tid: a header alone, no name to copy.
     emit(header(EventKind::ThreadNew, tid))
 }
 
@@ -50,6 +52,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let _ = set_target_tid(tid, false);
     let _ = CONVERSATIONS.remove(tid);
     let _ = WAKERS.remove(tid);
+    release_held_read();
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
         comm: current_comm()?,

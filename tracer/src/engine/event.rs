@@ -209,26 +209,20 @@ pub enum Waker {
 pub enum Interrupt {
     /// A device interrupt handler, by IRQ number.
     Hardirq(u32),
-    /// A softirq, by vector (NET_RX: a packet arrived).
-    Softirq(u32),
+    /// Any other interrupt: a softirq (NET_RX: a packet arrived; a timer-wheel timeout),
+    /// by the kernel side's stack check, which cannot say which one; or the softirq daemon
+    /// `ksoftirqd`.
+    Softirq,
     /// An hrtimer callback: a sleep or a timeout expired.
     Timer,
 }
 
 impl Interrupt {
-    /// `timer`, `softirq net_rx`, `hardirq 24`.
+    /// `timer`, `softirq`, `hardirq 24`.
     pub fn name(self) -> String {
-        // kernel/softirq.c `softirq_to_name` (Linux 6.18).
-        const SOFTIRQS: [&str; 10] = [
-            "hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched", "hrtimer",
-            "rcu",
-        ];
         match self {
             Interrupt::Hardirq(irq) => format!("hardirq {irq}"),
-            Interrupt::Softirq(vec) => match SOFTIRQS.get(vec as usize) {
-                Some(name) => format!("softirq {name}"),
-                None => format!("softirq {vec}"),
-            },
+            Interrupt::Softirq => "softirq".to_string(),
             Interrupt::Timer => "timer".to_string(),
         }
     }

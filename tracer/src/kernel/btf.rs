@@ -15,11 +15,16 @@ pub struct KernelOffsets {
     pub steal: Option<StealOffsets>,
 }
 
-/// Where the raw scheduler tracepoints' programs find a task's thread id and exit state.
+/// Where the raw scheduler tracepoints' programs find a task's thread id and exit state, and
+/// its kernel stack (`task_struct.stack`, `stack_size` bytes: THREAD_SIZE, which on x86-64 is
+/// also the size of the per-CPU `struct irq_stack`, arch/x86/include/asm/page_64_types.h,
+/// Linux 6.18; BTF has no constants, but it has that struct).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskOffsets {
     pub pid: u32,
     pub exit_state: u32,
+    pub stack: u32,
+    pub stack_size: u32,
 }
 
 /// Where a CPU's accounted steal time is, from its current task: `task_struct.se.cfs_rq`
@@ -48,6 +53,8 @@ impl KernelOffsets {
         let task = TaskOffsets {
             pid: task_struct.offset("pid").ok_or_else(missing)?,
             exit_state: task_struct.offset("exit_state").ok_or_else(missing)?,
+            stack: task_struct.offset("stack").ok_or_else(missing)?,
+            stack_size: struct_size(&btf, "irq_stack").ok_or_else(missing)?,
         };
         let steal = (|| {
             Some(StealOffsets {
@@ -59,6 +66,17 @@ impl KernelOffsets {
         })();
         Ok(KernelOffsets { task, steal })
     }
+}
+
+/// A struct's size in bytes.
+fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => u32::try_from(s.size()).ok(),
+            _ => None,
+        })
 }
 
 /// A struct's whole-byte members (no bitfields) and their byte offsets.
@@ -103,6 +121,11 @@ mod tests {
         assert!(task.pid > 0 && task.pid.is_multiple_of(4), "{task:?}");
         assert!(
             task.exit_state > 0 && task.exit_state.is_multiple_of(4),
+            "{task:?}"
+        );
+        assert!(task.stack > 0 && task.stack.is_multiple_of(8), "{task:?}");
+        assert!(
+            task.stack_size >= 8192 && task.stack_size.is_power_of_two(),
             "{task:?}"
         );
         for offset in [steal.task_cfs_rq, steal.cfs_rq_rq, steal.rq_steal] {

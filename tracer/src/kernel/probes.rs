@@ -19,12 +19,10 @@ use crate::target::go::runtime::GOffsets;
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
 /// raw tracepoint of its name: exits first.
-const INTERRUPT_NESTING_PROGRAMS: [&str; 6] = [
+const INTERRUPT_NESTING_PROGRAMS: [&str; 4] = [
     "irq_handler_exit",
-    "softirq_exit",
     "hrtimer_expire_exit",
     "irq_handler_entry",
-    "softirq_entry",
     "hrtimer_expire_entry",
 ];
 
@@ -108,6 +106,8 @@ impl Probes {
         let offsets = super::btf::KernelOffsets::find()?;
         loader.override_global("TASK_PID_OFFSET", &offsets.task.pid, true);
         loader.override_global("TASK_EXIT_STATE_OFFSET", &offsets.task.exit_state, true);
+        loader.override_global("TASK_STACK_OFFSET", &offsets.task.stack, true);
+        loader.override_global("KERNEL_STACK_SIZE", &offsets.task.stack_size, true);
         // Zeros when unknown: switches then carry no steal time, and none is reported.
         let steal = offsets.steal.unwrap_or_default();
         loader.override_global("TASK_CFS_RQ_OFFSET", &steal.task_cfs_rq, true);
@@ -115,6 +115,10 @@ impl Probes {
         loader.override_global("RQ_STEAL_OFFSET", &steal.rq_steal, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
+        // A socket read waits on its CPU to go out with the thread's next write, one record
+        // for both, except where goroutines are followed (see tracer-ebpf's held_read.rs).
+        let hold_reads = u32::from(go.is_none());
+        loader.override_global("HOLD_READS", &hold_reads, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
             g_goid: 0,

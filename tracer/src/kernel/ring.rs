@@ -1,9 +1,11 @@
 //! Ring-buffer records to engine events, and a small reorder window: the ring buffer is shared
-//! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order.
+//! by all CPUs, so records from different CPUs can arrive slightly out of timestamp order, and
+//! a socket read held back on its CPU to pair with its thread's next write (tracer-ebpf's
+//! `held_read.rs`) arrives with that write, after the records other programs emitted meanwhile.
 
 use tracer_common::{
     go_sched, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent, SyscallEvent,
-    ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    SyscallPairEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
 use crate::engine::{
@@ -13,13 +15,17 @@ use crate::engine::{
 
 fn waker(w: &WakerId) -> Waker {
     match w.context {
+        // The softirq daemon runs softirqs in task context, on its own stack.
+        waker_context::TASK if w.pid == w.tid && w.comm.starts_with(b"ksoftirqd/") => {
+            Waker::Interrupt(Interrupt::Softirq)
+        }
         waker_context::TASK => Waker::Thread {
             tid: w.tid,
             pid: w.pid,
             comm: w.comm,
         },
         waker_context::HARDIRQ => Waker::Interrupt(Interrupt::Hardirq(w.detail)),
-        waker_context::SOFTIRQ => Waker::Interrupt(Interrupt::Softirq(w.detail)),
+        waker_context::SOFTIRQ => Waker::Interrupt(Interrupt::Softirq),
         waker_context::TIMER => Waker::Interrupt(Interrupt::Timer),
         _ => Waker::Unknown,
     }
@@ -127,15 +133,12 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
         }
         tracer_common::EventKind::Syscall => {
             let e: SyscallEvent = read(bytes)?;
-            let sys = SyscallReturn {
-                nr: e.nr,
-                fd: e.fd,
-                ret: e.ret,
-                connection: e.connection,
-                origin: SocketOrigin::from_kernel(e.origin),
-                tls_record: e.tls_record,
-            };
-            out.push(Event::new(ts, tid, EventKind::Syscall(sys)));
+            out.push(syscall_event(&e));
+        }
+        tracer_common::EventKind::SyscallPair => {
+            let e: SyscallPairEvent = read(bytes)?;
+            out.push(syscall_event(&e.read));
+            out.push(syscall_event(&e.write));
         }
         tracer_common::EventKind::ThreadNew => {
             out.push(Event::new(ts, tid, EventKind::ThreadNew));
@@ -155,6 +158,19 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// A socket read or write, alone or one of a pair.
+fn syscall_event(e: &SyscallEvent) -> Event {
+    let sys = SyscallReturn {
+        nr: e.nr,
+        fd: e.fd,
+        ret: e.ret,
+        connection: e.connection,
+        origin: SocketOrigin::from_kernel(e.origin),
+        tls_record: e.tls_record,
+    };
+    Event::new(e.hdr.ts_ns, Tid(e.hdr.tid), EventKind::Syscall(sys))
 }
 
 fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
@@ -265,6 +281,76 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_read_and_write_pair_is_two_socket_events_with_their_own_times() {
+        let io = |ts, kind: tracer_common::EventKind, nr, ret| SyscallEvent {
+            hdr: EventHeader {
+                ts_ns: ts,
+                kind: kind as u32,
+                tid: 10,
+            },
+            nr,
+            tls_record: 0,
+            fd: 7,
+            origin: tracer_common::socket_origin::TCP_SERVER,
+            ret,
+            connection: 0xc0,
+        };
+        let rec = SyscallPairEvent {
+            read: io(5, tracer_common::EventKind::SyscallPair, 0, 120),
+            write: io(9, tracer_common::EventKind::Syscall, 1, 600),
+        };
+        let mut out = Vec::new();
+        decode(&bytes(&rec), &mut out).unwrap();
+        let socket = |ts, nr, ret| {
+            Event::new(
+                ts,
+                Tid(10),
+                EventKind::Syscall(SyscallReturn {
+                    nr,
+                    fd: 7,
+                    ret,
+                    connection: 0xc0,
+                    origin: SocketOrigin::TcpServer,
+                    tls_record: 0,
+                }),
+            )
+        };
+        assert_eq!(out, vec![socket(5, 0, 120), socket(9, 1, 600)]);
+        // Cut short, it is malformed, not half a pair.
+        let mut out = Vec::new();
+        assert!(decode(&bytes(&rec)[..60], &mut out).is_none());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_softirq_daemon_is_an_interrupt_and_other_threads_are_threads() {
+        let task = |pid, tid, name: &[u8]| {
+            let mut comm = [0; 16];
+            comm[..name.len()].copy_from_slice(name);
+            WakerId {
+                tid,
+                pid,
+                context: waker_context::TASK,
+                detail: 0,
+                comm,
+            }
+        };
+        assert_eq!(
+            waker(&task(15, 15, b"ksoftirqd/1")),
+            Waker::Interrupt(Interrupt::Softirq)
+        );
+        assert!(matches!(
+            waker(&task(900, 901, b"ksoftirqd/1")),
+            Waker::Thread { tid: 901, .. }
+        ));
+        let stack_check = WakerId {
+            context: waker_context::SOFTIRQ,
+            ..Default::default()
+        };
+        assert_eq!(waker(&stack_check), Waker::Interrupt(Interrupt::Softirq));
     }
 
     #[test]

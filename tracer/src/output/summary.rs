@@ -284,7 +284,7 @@ pub struct WakeupCount {
 }
 
 /// A thread waker has its `tid`, `pid` and `comm`; an interrupt has `interrupt` (`timer`,
-/// `softirq net_rx`, `hardirq N`) and a `comm` in parentheses, never a thread's name.
+/// `softirq`, `hardirq N`) and a `comm` in parentheses, never a thread's name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockWaker {
     pub context: WakerContext,
@@ -886,7 +886,7 @@ mod tests {
             run(6_000),
             syscall(7_000, nr::WRITE, CONN, 10),
             block(8_000, nr::READ, CONN.into()),
-            wake(9_000, Waker::Interrupt(Interrupt::Softirq(3))),
+            wake(9_000, Waker::Interrupt(Interrupt::Softirq)),
             run(9_500),
             syscall(10_000, nr::READ, CONN, 100),
             block(11_000, 61, 0), // wait4: `other`

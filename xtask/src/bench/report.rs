@@ -191,6 +191,8 @@ impl LoadFigures {
 /// from their summaries.
 struct TracerFigures {
     events_per_s: Option<f64>,
+    /// Ring records received per request reported (the kernel's main cost per request).
+    records_per_request: Option<f64>,
     lost: Option<f64>,
     /// The collector's CPU time, in % of one core.
     cpu_pct: Option<f64>,
@@ -216,6 +218,12 @@ impl TracerFigures {
         };
         TracerFigures {
             events_per_s: per_second(field(|s| s.events.received as f64)),
+            records_per_request: mean(
+                field(|s| s.events.received as f64)
+                    .into_iter()
+                    .zip(field(|s| s.requests.count as f64))
+                    .map(|(records, requests)| ratio(records, requests)),
+            ),
             lost: sum(field(|s| s.events.lost as f64)),
             cpu_pct: per_second(field(|s| s.collector.cpu_s)).map(|share| share * 100.0),
             rss_mib: max(field(|s| s.collector.max_rss_kb as f64)).map(|kb| kb / 1024.0),
@@ -296,6 +304,12 @@ fn ratios(values: &[f64]) -> String {
 
 fn print_tracer_rows(tracer: &TracerFigures) {
     row("events/s", "", &fmt(tracer.events_per_s, 0), "");
+    row(
+        "ring records per request",
+        "",
+        &fmt(tracer.records_per_request, 2),
+        "",
+    );
     row("lost events", "", &fmt(tracer.lost, 0), "");
     row(
         "collector CPU (% of one core)",
