@@ -91,6 +91,10 @@ pub const PREEMPT_STATE_BIT: u32 = 0x100;
 /// `TASK_UNINTERRUPTIBLE` as the tracepoint reports it (`D`).
 pub const STATE_UNINTERRUPTIBLE: u32 = 0x2;
 
+/// `TASK_DEAD`: set by `do_task_dead()` for an exiting task's last switch-out; only then
+/// does its `exit_state` (set earlier in `exit_notify()`) change what is reported.
+pub const TASK_DEAD: u32 = 0x80;
+
 /// The previous task's state as the sched_switch tracepoint reports it, from what the raw
 /// tracepoint passes (`preempt`, the raw `prev_state`) and the task's `exit_state`: what
 /// `__trace_sched_switch_state()` computes (include/trace/events/sched.h, Linux 6.18).

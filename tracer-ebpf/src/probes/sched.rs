@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
     switch_state_as_reported, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent,
-    NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT,
+    NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
@@ -53,7 +53,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     };
     if let Some(prev_tid) = prev_tid {
         event.hdr.tid = prev_tid;
-        let exit_state = if preempt { 0 } else { current_exit_state()? };
+        let exit_state = if !preempt && prev_state & TASK_DEAD != 0 {
+            current_exit_state()?
+        } else {
+            0 // no difference to the state reported, and one read fewer on most switches
+        };
         event.prev_state = switch_state_as_reported(preempt, prev_state, exit_state);
         let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
         if !blocked {
