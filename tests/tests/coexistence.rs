@@ -1,14 +1,14 @@
 //! The tracer shares the host with other tools. A perf-event tracepoint program that returns
 //! 0 drops the samples and counts of every perf event on that tracepoint
 //! (`perf_trace_run_bpf_submit()`, kernel/events/core.c), so while a tracer built that way
-//! is attached, `perf record -e sched:sched_switch` or `perf stat` sees nothing. The
-//! scheduler programs are raw tracepoints, which leave the tracepoint's perf events alone:
-//! this test counts `sched:sched_switch` with its own perf event while the tracer is
-//! attached.
+//! is attached, `perf record -e sched:sched_switch` or `perf stat` sees nothing. Every program
+//! is a raw tracepoint, which leaves the tracepoint's perf events alone: this test counts
+//! `sched:sched_switch`, `task:task_newtask` and `sched:sched_process_exit` with its own perf
+//! events while the tracer is attached.
 
 use std::time::Duration;
 
-use tracer_tests::{session::Tracer, Workload};
+use tracer_tests::{ensure_tracefs_mounted, session::Tracer, Workload};
 
 /// `PERF_TYPE_TRACEPOINT` (include/uapi/linux/perf_event.h).
 const PERF_TYPE_TRACEPOINT: u32 = 2;
@@ -16,6 +16,8 @@ const PERF_TYPE_TRACEPOINT: u32 = 2;
 /// config, then fields left zero (counting, enabled, kernel included).
 const ATTR_SIZE: u32 = 64;
 const SLEEPS: u64 = 100;
+/// Threads this test starts and joins while counting.
+const THREADS: u64 = 20;
 
 /// A system-wide counter of tracepoint `id` on `cpu`.
 fn count_tracepoint(id: u64, cpu: i32) -> std::fs::File {
@@ -49,30 +51,57 @@ fn read_count(mut counter: &std::fs::File) -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-#[test]
-#[ignore = "needs root"]
-fn perf_still_counts_the_scheduler_tracepoints_while_the_tracer_is_attached() {
-    let mut workload = Workload::spawn();
-    let session = Tracer::attach(workload.pid).start();
-    // The tracer has mounted tracefs if it was not.
-    let id: u64 = std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_switch/id")
-        .expect("sched_switch id")
+/// The tracepoint `category:name`'s id (tracefs is this test's own need: perf names
+/// tracepoints by it; the tracer needs none).
+fn tracepoint_id(category: &str, name: &str) -> u64 {
+    let path = format!("/sys/kernel/tracing/events/{category}/{name}/id");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
         .trim()
         .parse()
-        .expect("a number");
+        .expect("a number")
+}
+
+/// A counter of the tracepoint on every CPU.
+fn count_everywhere(id: u64) -> Vec<std::fs::File> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
-    let counters: Vec<_> = (0..cpus).map(|cpu| count_tracepoint(id, cpu)).collect();
-    // Each sleep switches this thread out at least once: a floor that holds however the
-    // CPUs are busy (how many more switches the host makes meanwhile varies).
+    (0..cpus).map(|cpu| count_tracepoint(id, cpu)).collect()
+}
+
+fn total(counters: &[std::fs::File]) -> u64 {
+    counters.iter().map(read_count).sum()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn perf_still_counts_the_tracers_tracepoints_while_it_is_attached() {
+    ensure_tracefs_mounted();
+    let mut workload = Workload::spawn();
+    let session = Tracer::attach(workload.pid).start();
+    let switches = count_everywhere(tracepoint_id("sched", "sched_switch"));
+    let new_tasks = count_everywhere(tracepoint_id("task", "task_newtask"));
+    let exits = count_everywhere(tracepoint_id("sched", "sched_process_exit"));
+    // Each sleep switches this thread out at least once, and each thread started is one new
+    // task and one exit: floors that hold however busy the host is meanwhile.
     for _ in 0..SLEEPS {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let switches: u64 = counters.iter().map(read_count).sum();
+    for _ in 0..THREADS {
+        std::thread::spawn(|| ())
+            .join()
+            .expect("a thread that does nothing");
+    }
+    let (switches, new_tasks, exits) = (total(&switches), total(&new_tasks), total(&exits));
     let done = session.stop();
     workload.child.kill().ok();
     assert!(
         switches >= SLEEPS,
         "perf counted {switches} sched_switch events during {SLEEPS} sleeps with the tracer attached: {}",
+        done.describe()
+    );
+    assert!(
+        new_tasks >= THREADS && exits >= THREADS,
+        "perf counted {new_tasks} task_newtask and {exits} sched_process_exit events for {THREADS} threads with the tracer attached: {}",
         done.describe()
     );
 }

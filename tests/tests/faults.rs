@@ -630,36 +630,3 @@ fn hlog_loads_in_another_hdrhistogram_implementation() {
         "request max decoded by hdrh differs from summary.json latency_ns.max: {decoded:#}"
     );
 }
-
-/// tracefs is not mounted on a fresh machine: the tracer mounts it and says so.
-#[test]
-#[ignore = "needs root"]
-fn mounts_tracefs_when_missing() {
-    let tracefs = Path::new("/sys/kernel/tracing");
-    if tracefs.join("events").is_dir() {
-        let out = Command::new("umount")
-            .arg(tracefs)
-            .output()
-            .expect("run umount");
-        if !out.status.success() {
-            eprintln!(
-                "skipped: tracefs is mounted and busy (umount: {})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return;
-        }
-    }
-    assert!(!tracefs.join("events").is_dir(), "tracefs still mounted");
-    let workload = Workload::spawn();
-    let finished = Tracer::attach(workload.pid).args(["--duration", "1"]).run();
-    assert!(finished.status.success(), "{}", finished.describe());
-    assert!(
-        finished
-            .stderr
-            .contains("tracefs was not mounted; mounted it"),
-        "the tracer says it mounted tracefs\n{}",
-        finished.describe()
-    );
-    assert!(tracefs.join("events").is_dir(), "tracefs is mounted now");
-    check_output_files(finished.out());
-}

@@ -480,24 +480,6 @@ pub const MAX_TARGET_THREADS: u32 = 65536;
 /// connection established before the tracer attached, and it is remembered again.
 pub const MAX_TLS_CONNECTIONS_DONE: u32 = 65536;
 
-/// Tracepoint field offsets the kernel programs read directly from their context (a direct
-/// load with a constant offset costs nothing; a helper call per field does). The collector
-/// checks every one against the tracefs `format` file before loading and refuses to run on a
-/// kernel whose layout differs. These layouts have not changed since Linux 4.x: see
-/// include/trace/events/sched.h, include/trace/events/task.h and kernel/trace/trace_syscalls.c
-/// (Linux 6.18).
-pub mod layout {
-    /// (category, event, field, offset) for every field read.
-    pub const FIELDS: &[(&str, &str, &str, usize)] = &[
-        ("task", "task_newtask", "pid", NEWTASK_PID),
-        ("task", "task_newtask", "clone_flags", NEWTASK_CLONE_FLAGS),
-    ];
-    /// `pid_t pid`
-    pub const NEWTASK_PID: usize = 8;
-    /// `u64 clone_flags`
-    pub const NEWTASK_CLONE_FLAGS: usize = 32;
-}
-
 /// x86-64 syscall numbers the programs care about (arch/x86/entry/syscalls/syscall_64.tbl).
 pub mod nr {
     pub const READ: u32 = 0;

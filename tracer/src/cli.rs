@@ -17,11 +17,12 @@ Examples:
   tracer -p 1234 -d 30 -i 1      30 seconds, live breakdown every second
   tracer -p 1234 --slow 100      also log each request slower than 100 ms
 
-Causes: on_cpu, runqueue, lock, net_io, disk_io, sleep, other, tls_handshake.
-Files in the output directory: summary.json, latency.hlog, requests.jsonl.
-Needs root. Without root: CAP_BPF + CAP_PERFMON, and CAP_DAC_READ_SEARCH (tracefs);
-CAP_SYS_PTRACE for another user's process; CAP_SYS_ADMIN for TLS uprobes, --bpf-stats and
-mounting tracefs (see the README).";
+Causes: on_cpu, runqueue, steal, go_runqueue, lock, chan, net_io, disk_io, sleep, gc, other,
+tls_handshake.
+Files in the output directory: summary.json, latency.hlog, requests.jsonl, waits.folded,
+waits.svg.
+Needs root. Without root: CAP_BPF + CAP_PERFMON; CAP_SYS_PTRACE for another user's process;
+CAP_SYS_ADMIN for TLS uprobes and --bpf-stats (see the README).";
 
 /// Attribute every request's latency in a running process to CPU, run queue, locks, network
 /// and disk I/O, sleep and TLS handshakes, with kernel tracepoints and uprobes: no restart, no

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! - [`kernel`]: load, attach and detach the programs; decode ring-buffer records; read the
-//!   kernel's counters (losses, skipped runs, run time); tracefs and privileges.
+//!   kernel's counters (losses, skipped runs, run time); privileges.
 //! - [`target`]: what the traced process is: its threads and fds (from /proc), its TLS
 //!   libraries (OpenSSL, Go's crypto/tls found in its executable).
 //! - [`engine`]: the attribution engine, pure logic fed with time-ordered events: every

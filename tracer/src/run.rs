@@ -13,7 +13,7 @@ use crate::{
     engine::Tid,
     engine::{Engine, FdKind},
     kernel::{
-        privileges, tracefs,
+        privileges,
         uprobes::{GoSchedStatus, TlsStatus},
         Probes,
     },
@@ -47,12 +47,6 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let out = files::prepare_output(&args.output)?;
-    if tracefs::ensure_mounted()? {
-        eprintln!(
-            "tracer: tracefs was not mounted; mounted it at {}",
-            tracefs::TRACEFS
-        );
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

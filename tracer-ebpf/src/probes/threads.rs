@@ -1,33 +1,37 @@
 //! Thread lifecycle: keeps `TARGET_TIDS` equal to the target's live threads.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext as _};
-use tracer_common::{layout, EventKind, Loss, ThreadEvent};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use tracer_common::{EventKind, Loss, ThreadEvent};
 
 use crate::held_read::release_held_read;
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, set_target_tid, CONVERSATIONS, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, set_target_tid, task_pid,
+    CONVERSATIONS, WAKERS,
 };
 
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// task:task_newtask fires in `copy_process()` with the parent as the current task, before
-/// the child can run (kernel/fork.c, Linux 6.18), so the new thread is in the set before its
-/// first sched_wakeup_new.
-#[tracepoint]
-pub fn task_newtask(ctx: TracePointContext) -> u32 {
+/// task:task_newtask, as a raw tracepoint: `TP_PROTO(struct task_struct *task, u64
+/// clone_flags)` (include/trace/events/task.h, Linux 6.18). It fires in `copy_process()` with
+/// the parent as the current task, once the child has its pid and before it can run
+/// (kernel/fork.c), so the new thread is in the set before its first sched_wakeup_new. A raw
+/// tracepoint needs no tracefs, and leaves the tracepoint's perf events to other tools.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn task_newtask(ctx: RawTracePointContext) -> u32 {
     finish(try_task_newtask(&ctx))
 }
 
-fn try_task_newtask(ctx: &TracePointContext) -> Result<(), Loss> {
+fn try_task_newtask(ctx: &RawTracePointContext) -> Result<(), Loss> {
+    let task = ctx.arg::<u64>(0);
+    let flags = ctx.arg::<u64>(1);
     if current_target_tid().is_none() {
         return Ok(());
     }
-    let flags: u64 = field(ctx, layout::NEWTASK_CLONE_FLAGS);
     if flags & CLONE_THREAD == 0 {
         return Ok(()); // a child process, not one of the target's threads
     }
-    let tid = field::<i32>(ctx, layout::NEWTASK_PID) as u32;
+    let tid = task_pid(task)?;
     // A reused tid must not inherit a waker its previous owner left behind (usually there is
     // none to remove, which is no failure).
     let _ = WAKERS.remove(tid);
@@ -37,9 +41,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), Loss> {
     emit(header(EventKind::ThreadNew, tid))
 }
 
-/// sched:sched_process_exit fires in `do_exit()` for every exiting thread, as the current task.
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+/// sched:sched_process_exit, as a raw tracepoint (`TP_PROTO(struct task_struct *p, bool
+/// group_dead)`, include/trace/events/sched.h, Linux 6.18): fires in `do_exit()` for every
+/// exiting thread, with `p` the current task.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
     finish(try_sched_process_exit())
 }
 
@@ -57,13 +63,4 @@ fn try_sched_process_exit() -> Result<(), Loss> {
         hdr: header(EventKind::ThreadExit, tid),
         comm: current_comm()?,
     })
-}
-
-/// Read a tracepoint field with a direct context load. `OFFSET` must be one of the
-/// [`layout`] constants, which the collector checks against tracefs before loading.
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: the offset lies inside the event record (checked against the format file), and
-    // the verifier checks every context access.
-    unsafe { *(ctx.as_ptr().add(offset) as *const T) }
 }

@@ -11,7 +11,6 @@ mod probes;
 pub mod ring;
 mod seed;
 pub mod stacks;
-pub mod tracefs;
 pub mod uprobes;
 
 pub use counters::ProgramStat;

@@ -8,10 +8,10 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// What each step needs, measured on Linux 6.18 with `setpriv` (see the README, Privileges):
-/// loading and attaching the tracepoint programs needs CAP_BPF and CAP_PERFMON, or
-/// CAP_SYS_ADMIN, which the kernel accepts for both; `--bpf-stats` (BPF_ENABLE_STATS) needs
-/// CAP_SYS_ADMIN. tracefs, the target's /proc files and the TLS uprobes need more in some
-/// cases, checked where they are used: [`super::tracefs::ensure_mounted`],
+/// loading and attaching the raw tracepoint programs needs CAP_BPF and CAP_PERFMON, or
+/// CAP_SYS_ADMIN, which the kernel accepts for both (no tracefs: raw tracepoints are attached
+/// by name); `--bpf-stats` (BPF_ENABLE_STATS) needs CAP_SYS_ADMIN. The target's /proc files
+/// and the TLS uprobes need more in some cases, checked where they are used:
 /// [`crate::target::check_target`], [`super::uprobes::UPROBES_REFUSED`].
 pub fn check_privileges(bpf_stats: bool) -> Result<()> {
     let caps = procfs::process::Process::myself()

@@ -3,19 +3,14 @@
 
 use std::os::fd::OwnedFd;
 
+use super::stacks::UserStacks;
+use crate::target::go::runtime::GOffsets;
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{
-        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, Program, ProgramError,
-        RawTracePoint, TracePoint, UProbe,
-    },
+    programs::{raw_trace_point::RawTracePointLink, Program, ProgramError, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use tracer_common::layout;
-
-use super::{stacks::UserStacks, tracefs};
-use crate::target::go::runtime::GOffsets;
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
 /// raw tracepoint of its name: exits first.
@@ -44,7 +39,6 @@ pub struct Probes {
     pub(super) losses: PerCpuArray<MapData, u64>,
     /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
     stacks: Option<UserStacks>,
-    links: Vec<TracePointLink>,
     raw_links: Vec<RawTracePointLink>,
     /// The interrupt-nesting programs: detached last, so the wakeup programs never run
     /// without them.
@@ -52,20 +46,6 @@ pub struct Probes {
     /// The TLS and Go scheduler uprobes.
     pub(super) uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
     pub threads: usize,
-}
-
-/// The programs read tracepoint fields at fixed offsets (`tracer_common::layout`); refuse to
-/// load them on a kernel whose tracefs format files say otherwise.
-fn check_layout() -> Result<()> {
-    for (category, event, field, expected) in layout::FIELDS {
-        let actual = tracefs::field_offset(category, event, field)?;
-        if actual as usize != *expected {
-            anyhow::bail!(
-                "unsupported kernel: tracepoint {category}:{event} has `{field}` at offset {actual}, the programs expect {expected}"
-            );
-        }
-    }
-    Ok(())
 }
 
 impl Probes {
@@ -95,7 +75,6 @@ impl Probes {
         } else {
             None
         };
-        check_layout()?;
         let tls_records = u32::from(tls);
         let report_eagain = u32::from(report_eagain);
         let mut loader = EbpfLoader::new();
@@ -140,14 +119,13 @@ impl Probes {
             _stats: stats,
             losses,
             stacks: Some(UserStacks(stacks)),
-            links: Vec::new(),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
             uprobe_links: Vec::new(),
             threads: 0,
         };
-        probes.attach_tp("task_newtask", "task", "task_newtask")?;
-        probes.attach_tp("sched_process_exit", "sched", "sched_process_exit")?;
+        probes.attach_raw("task_newtask", "task_newtask")?;
+        probes.attach_raw("sched_process_exit", "sched_process_exit")?;
         probes.threads = probes.add_threads(pid)?;
         probes.attach_interrupt_nesting()?;
         // sched_waking notes the waker that sched_wakeup reports, so it goes first.
@@ -160,15 +138,6 @@ impl Probes {
         probes.attach_raw("sock_recv_length", "sock_recv_length")?;
         probes.attach_raw("sock_send_length", "sock_send_length")?;
         Ok((probes, ring))
-    }
-
-    fn attach_tp(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
-        let prog: &mut TracePoint = loaded(&mut self.ebpf, program, TracePoint::load)?;
-        let id = prog
-            .attach(category, name)
-            .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
-        self.links.push(prog.take_link(id)?);
-        Ok(())
     }
 
     fn attach_raw(&mut self, program: &str, tracepoint: &str) -> Result<()> {
@@ -192,30 +161,22 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len()
-            + self.raw_links.len()
-            + self.interrupt_links.len()
-            + self.uprobe_links.len()
+        self.raw_links.len() + self.interrupt_links.len() + self.uprobe_links.len()
     }
 
-    /// Detach every program. Each tracepoint detach waits for an RCU grace period in the
-    /// kernel (tens of ms here), so the links are dropped from several threads at once; the
-    /// programs and maps are unloaded when `self` drops.
     /// The user stacks the programs took, to read once they are detached.
     pub fn take_stacks(&mut self) -> Option<UserStacks> {
         self.stacks.take()
     }
 
+    /// Detach every program; the programs and maps are unloaded when `self` drops.
     pub fn detach(mut self) {
         drop(std::mem::take(&mut self.raw_links));
-        // Uprobe links wait in the kernel too: 16 Go probes took 1.9 s one by one, 1.3 s in
-        // parallel (the kernel serialises part of uprobe unregistration).
-        let tracepoints = chunks(std::mem::take(&mut self.links));
+        // Uprobe links wait in the kernel: 16 Go probes took 1.9 s one by one, 1.3 s in
+        // parallel (the kernel serialises part of uprobe unregistration), so they are dropped
+        // from several threads at once.
         let uprobes = chunks(std::mem::take(&mut self.uprobe_links));
         std::thread::scope(|s| {
-            for chunk in tracepoints {
-                s.spawn(move || drop(chunk));
-            }
             for chunk in uprobes {
                 s.spawn(move || drop(chunk));
             }
@@ -271,7 +232,7 @@ macro_rules! has_fd {
     )*};
 }
 
-has_fd!(TracePoint, RawTracePoint, UProbe);
+has_fd!(RawTracePoint, UProbe);
 
 /// `links` in at most [`DETACH_THREADS`] groups, to drop in parallel.
 fn chunks<T>(links: Vec<T>) -> Vec<Vec<T>> {
