@@ -103,7 +103,13 @@ impl Collector {
     }
 
     /// Read everything in the ring buffer, and process what the reorder window releases.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: Option<&Probes>, all: bool) {
+    /// Returns how many records were read.
+    pub fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        probes: Option<&Probes>,
+        all: bool,
+    ) -> usize {
         // While the programs are attached, the ring can fill as fast as it is read: a bounded
         // batch lets the run loop tick (live rows, signals, the deadline) on a saturated
         // target; whatever the collector cannot keep up with is lost and counted in the
@@ -143,6 +149,7 @@ impl Collector {
         }
         self.release(all);
         self.collect();
+        read
     }
 
     /// Process synthetic events as if drained from the ring (for tests of the outputs).
