@@ -17,10 +17,14 @@ use crate::cmdline;
 
 /// What one load phase measured (from the JSON line `workload load` prints at the end, or
 /// from `s_time`).
+#[derive(Default)]
 pub struct Load {
     pub rps: Option<f64>,
     pub p99_us: Option<f64>,
     pub errors: Option<f64>,
+    /// The target's CPU time per request served in the phase, in µs (see
+    /// `targets::with_target_cpu`).
+    pub target_cpu_us: Option<f64>,
 }
 
 /// Runs `workload load` to completion and parses its JSON line.
@@ -38,6 +42,7 @@ pub fn run_workload_load(cmd: &mut Command) -> Result<Load> {
         rps: number(&value, "/rps"),
         p99_us: number(&value, "/p99_us"),
         errors: number(&value, "/errors"),
+        ..Load::default()
     })
 }
 
@@ -73,6 +78,7 @@ pub fn s_time(port: u16, flags: &[&str], seconds: u32) -> Result<Load> {
         rps: Some(connections / elapsed),
         p99_us: None,
         errors: Some(0.0),
+        ..Load::default()
     })
 }
 
@@ -169,6 +175,7 @@ pub fn paced(spec: &Paced) -> Result<Load> {
         rps: (elapsed > 0.0).then(|| latencies.len() as f64 / elapsed),
         p99_us,
         errors: Some(errors as f64),
+        ..Load::default()
     })
 }
 
@@ -286,6 +293,7 @@ fn parse_wrk(report: &str) -> Load {
         rps,
         p99_us,
         errors,
+        ..Load::default()
     }
 }
 

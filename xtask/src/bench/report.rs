@@ -45,6 +45,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
     );
     print_load_rows(&load);
     print_tool_rows(measured, &load);
+    print_target_cpu(measured);
     print_tracer_rows(&tracer);
     print_program_costs(&program_costs(stats_summary));
     if let Some(unit) = scenario.target.uprobe_cost_unit() {
@@ -74,6 +75,43 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
     line("tracer", &load.round_ratios);
     for (name, loads) in &measured.tools {
         line(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
+    }
+}
+
+/// The target's own CPU time per request, each phase's over its round's baseline (see
+/// `targets::with_target_cpu`), for the tracer and the tools.
+fn print_target_cpu(measured: &Measured) {
+    let base: Vec<f64> = measured
+        .baseline
+        .iter()
+        .filter_map(|l| l.target_cpu_us)
+        .collect();
+    if base.is_empty() {
+        return;
+    }
+    println!(
+        "  target CPU per request (us), baseline median {} (traced / round's baseline):",
+        fmt(median(&base), 2)
+    );
+    let line = |name: &str, per_round: &[f64]| {
+        println!(
+            "    {name:<14} per round {:<40} median {}",
+            ratios(per_round),
+            fmt(median(per_round), 3)
+        )
+    };
+    let traced = measured.traced.iter().map(|t| &t.load);
+    line(
+        "tracer",
+        &paired_ratios(&measured.baseline, traced, |l| l.target_cpu_us),
+    );
+    for (name, loads) in &measured.tools {
+        if !loads.is_empty() {
+            line(
+                name,
+                &paired_ratios(&measured.baseline, loads, |l| l.target_cpu_us),
+            );
+        }
     }
 }
 

@@ -45,6 +45,49 @@ impl Running {
 /// Starts `target`; each load phase lasts `seconds`. `tmp` takes the certificate and the
 /// Go build (made with `tracer-support`, as the tests make theirs).
 pub fn start(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Result<Running> {
+    let Running { pid, stop, load } = start_target(target, workload, tmp, seconds)?;
+    Ok(Running {
+        pid,
+        stop,
+        load: with_target_cpu(pid, load),
+    })
+}
+
+/// `load`, also measuring the target's CPU time per request served: the process's user and
+/// system time (/proc/PID/stat, exited threads included, in clock ticks) over the requests.
+/// The kernel leaves steal time out of a task's CPU time; the tracer's programs that run in
+/// the target's context are in it (its collector is not: that is reported on its own).
+fn with_target_cpu(pid: u32, mut load: LoadFn) -> LoadFn {
+    Box::new(move || {
+        let before = process_cpu_ticks(pid);
+        let started = std::time::Instant::now();
+        let mut measured = load()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = process_cpu_ticks(pid);
+        measured.target_cpu_us = match (before, after, measured.rps) {
+            (Some(before), Some(after), Some(rps)) if after >= before && rps > 0.0 => {
+                let cpu_us = (after - before) as f64 * 1e6 / CLOCK_TICKS_PER_S;
+                Some(cpu_us / (rps * elapsed))
+            }
+            _ => None,
+        };
+        Ok(measured)
+    })
+}
+
+/// USER_HZ, the unit of /proc/PID/stat's times (100 on every Linux architecture's ABI).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// utime + stime of process `pid` (all its threads, live and exited), in clock ticks.
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
+}
+
+fn start_target(target: &Target, workload: &Path, tmp: &Path, seconds: u32) -> Result<Running> {
     match *target {
         Target::Workload {
             connections,
