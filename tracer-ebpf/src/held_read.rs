@@ -86,20 +86,18 @@ pub fn send_write(write: SyscallEvent) -> Result<(), Loss> {
         return emit(write);
     };
     // SAFETY: as in `release_held_read`.
+    let paired = unsafe { (*slot).held != 0 && (*slot).read.hdr.tid == write.hdr.tid };
+    if !paired {
+        // None held, or another thread's, left by a switch-out whose program failed before
+        // its record: that one goes out alone first.
+        release_held_read();
+        return emit(write);
+    }
+    // SAFETY: as in `release_held_read`.
     let mut read = unsafe {
-        if (*slot).held == 0 {
-            return emit(write);
-        }
         (*slot).held = 0;
         (*slot).read
     };
-    if read.hdr.tid != write.hdr.tid {
-        // Another thread's read, left by a switch-out whose program failed before its record.
-        if let Err(loss) = emit(read) {
-            count_loss(loss);
-        }
-        return emit(write);
-    }
     read.hdr.kind = EventKind::SyscallPair as u32;
     emit(SyscallPairEvent { read, write }).inspect_err(|&loss| {
         count_loss(loss); // two events in one lost record: the read's loss, then the write's

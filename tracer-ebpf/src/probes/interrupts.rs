@@ -1,7 +1,7 @@
 //! Interrupt nesting per CPU, so that a wakeup done from a device interrupt or an hrtimer
 //! callback is reported as such, with its IRQ or as `timer`, and not as the task the interrupt
 //! happened to hit. (Any other interrupt, softirqs included, is recognised by the stack the
-//! wakeup runs on: see `maps::on_task_stack`.)
+//! wakeup's tracepoint fired on: see `maps::fired_on_task_stack`.)
 //!
 //! Without kprobes or kfuncs there is no way to read the preempt count from a tracepoint, so
 //! the entry and exit tracepoints of these contexts are followed instead, as raw tracepoints
