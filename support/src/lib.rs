@@ -32,6 +32,22 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Mounts tracefs at /sys/kernel/tracing if it is not (a fresh machine does not mount it),
+/// for the tools that name tracepoints by their tracefs id: perf in the tests, libbpf-tools'
+/// `syscount` in the bench. The tracer itself needs no tracefs.
+pub fn ensure_tracefs_mounted() -> Result<()> {
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").is_dir() {
+        return Ok(());
+    }
+    run_quietly(
+        Command::new("mount")
+            .args(["-t", "tracefs", "nodev"])
+            .arg(tracefs),
+        "mount -t tracefs (util-linux)",
+    )
+}
+
 /// Runs `cmd` quietly to completion; fails with its stderr unless it succeeds. `what` names
 /// it in errors (and says where it comes from).
 fn run_quietly(cmd: &mut Command, what: &str) -> Result<()> {

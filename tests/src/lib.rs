@@ -55,25 +55,6 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// Mount tracefs at /sys/kernel/tracing if it is not (a fresh machine does not mount it), for
-/// tests that name tracepoints to perf by their tracefs id. The tracer itself needs no tracefs.
-pub fn ensure_tracefs_mounted() {
-    let tracefs = Path::new("/sys/kernel/tracing");
-    if tracefs.join("events").is_dir() {
-        return;
-    }
-    let out = Command::new("mount")
-        .args(["-t", "tracefs", "nodev"])
-        .arg(tracefs)
-        .output()
-        .expect("run mount");
-    assert!(
-        out.status.success(),
-        "cannot mount tracefs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A running `workload serve` process; killed (and reaped) when dropped.
 #[derive(Debug)]
 pub struct Workload {

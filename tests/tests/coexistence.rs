@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tracer_tests::{ensure_tracefs_mounted, session::Tracer, Workload};
+use tracer_tests::{session::Tracer, support::ensure_tracefs_mounted, Workload};
 
 /// `PERF_TYPE_TRACEPOINT` (include/uapi/linux/perf_event.h).
 const PERF_TYPE_TRACEPOINT: u32 = 2;
@@ -75,7 +75,7 @@ fn total(counters: &[std::fs::File]) -> u64 {
 #[test]
 #[ignore = "needs root"]
 fn perf_still_counts_the_tracers_tracepoints_while_it_is_attached() {
-    ensure_tracefs_mounted();
+    ensure_tracefs_mounted().expect("tracefs, to name the tracepoints to perf");
     let mut workload = Workload::spawn();
     let session = Tracer::attach(workload.pid).start();
     let switches = count_everywhere(tracepoint_id("sched", "sched_switch"));

@@ -65,17 +65,19 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
         return;
     }
     println!("  attached to the same target, same rounds (throughput / round's baseline):");
-    let line = |name: &str, per_round: &[f64]| {
-        println!(
-            "    {name:<14} per round {:<40} median {}",
-            ratios(per_round),
-            fmt(median(per_round), 3)
-        )
-    };
-    line("tracer", &load.round_ratios);
+    print_rounds("tracer", &load.round_ratios);
     for (name, loads) in &measured.tools {
-        line(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
+        print_rounds(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
     }
+}
+
+/// One line of per-round ratios and their median, under a heading.
+fn print_rounds(name: &str, per_round: &[f64]) {
+    println!(
+        "    {name:<14} per round {:<40} median {}",
+        ratios(per_round),
+        fmt(median(per_round), 3)
+    )
 }
 
 /// The target's own CPU time per request, each phase's over its round's baseline (see
@@ -93,21 +95,14 @@ fn print_target_cpu(measured: &Measured) {
         "  target CPU per request (us), baseline median {} (traced / round's baseline):",
         fmt(median(&base), 2)
     );
-    let line = |name: &str, per_round: &[f64]| {
-        println!(
-            "    {name:<14} per round {:<40} median {}",
-            ratios(per_round),
-            fmt(median(per_round), 3)
-        )
-    };
     let traced = measured.traced.iter().map(|t| &t.load);
-    line(
+    print_rounds(
         "tracer",
         &paired_ratios(&measured.baseline, traced, |l| l.target_cpu_us),
     );
     for (name, loads) in &measured.tools {
         if !loads.is_empty() {
-            line(
+            print_rounds(
                 name,
                 &paired_ratios(&measured.baseline, loads, |l| l.target_cpu_us),
             );

@@ -17,25 +17,6 @@ use crate::workload::{signal, Proc};
 /// How long a tool gets to attach before the load starts (they print nothing when ready).
 const ATTACH_WAIT: Duration = Duration::from_secs(2);
 
-/// libbpf-tools attach tracepoints (syscount's `raw_syscalls`) by their tracefs id, and a
-/// fresh machine has no tracefs mounted (the tracer needs none).
-fn ensure_tracefs_mounted() -> Result<()> {
-    let tracefs = std::path::Path::new("/sys/kernel/tracing");
-    if tracefs.join("events").is_dir() {
-        return Ok(());
-    }
-    let status = Command::new("mount")
-        .args(["-t", "tracefs", "nodev"])
-        .arg(tracefs)
-        .status()
-        .context("running mount")?;
-    anyhow::ensure!(
-        status.success(),
-        "cannot mount tracefs at {tracefs:?} for libbpf-tools ({status})"
-    );
-    Ok(())
-}
-
 /// A comparison tool.
 pub struct Tool {
     pub name: &'static str,
@@ -58,7 +39,8 @@ pub const TOOLS: [Tool; 2] = [
 impl Tool {
     /// Runs `load` with the tool attached to `pid`, then stops the tool with SIGINT.
     pub fn measure(&self, pid: u32, load: &mut dyn FnMut() -> Result<Load>) -> Result<Load> {
-        ensure_tracefs_mounted()?;
+        // syscount attaches its tracepoints by their tracefs id.
+        tracer_support::ensure_tracefs_mounted()?;
         let mut cmd = Command::new(self.args[0]);
         cmd.args(&self.args[1..])
             .arg(pid.to_string())
