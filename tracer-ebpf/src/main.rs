@@ -1,6 +1,7 @@
 //! Kernel programs of the tracer. One file per probe family under `probes/`; maps, load-time
 //! globals and the event-emitting helpers in `maps.rs`; the held socket read that pairs a
-//! request's read with its response's write in one record in `held_read.rs`.
+//! request's read with its response's write in one record in `held_read.rs`; each running
+//! target thread's conversation, kept per CPU, in `conversation.rs`.
 //!
 //! Every program filters to the target first thing: either the current task belongs to the
 //! target's thread group (`TARGET_TGID`), or the task the event is about is in `TARGET_TIDS`.
@@ -9,6 +10,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod conversation;
 mod held_read;
 mod maps;
 mod probes;

@@ -213,8 +213,8 @@ pub fn set_target_tid(tid: u32, member: bool) -> Result<(), Loss> {
     Ok(())
 }
 
-/// Each target thread's conversation (see [`Conversation`]), kept by its socket reads and
-/// writes, read when it blocks; keyed by tid.
+/// Each target thread's conversation (see [`Conversation`]) while it is off its CPU, keyed
+/// by tid (`conversation.rs` keeps the running thread's in a per-CPU slot).
 #[map]
 pub static CONVERSATIONS: HashMap<u32, Conversation> =
     HashMap::with_max_entries(MAX_TARGET_THREADS, 0);

@@ -7,11 +7,12 @@ use tracer_common::{
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
+use crate::conversation::conversation_at_switch_out;
 use crate::held_read::release_held_read;
 use crate::maps::{
     cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
     current_target_tid, emit, finish, fired_on_task_stack, header, is_target_tid, set, task_pid,
-    user_stack_id, CONVERSATIONS, WAKERS,
+    user_stack_id, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -35,9 +36,12 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let next = ctx.arg::<u64>(2);
     let prev_state = ctx.arg::<u64>(3) as u32;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
-    if prev_tid.is_some() {
-        release_held_read(); // before this switch-out's record, and whatever fails below
-    }
+    // Before this switch-out's record, and whatever fails below: the held read goes out,
+    // and the thread's conversation back to its map (it may next run on another CPU).
+    let conversation = prev_tid.and_then(|tid| {
+        release_held_read();
+        conversation_at_switch_out(tid)
+    });
     let next_pid = task_pid(next)?;
     let next_is_target = is_target_tid(next_pid);
     if prev_tid.is_none() && !next_is_target {
@@ -73,7 +77,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         }
         // Blocked inside a request: where, in its own code. A thread waiting for its next
         // request takes none (most blocks of a busy server, and no request's time).
-        let between_requests = unsafe { CONVERSATIONS.get(prev_tid) }
+        let between_requests = conversation
             .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32));
         if !between_requests {
             event.stack_id = user_stack_id(ctx);

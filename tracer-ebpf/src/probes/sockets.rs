@@ -13,14 +13,15 @@ use aya_ebpf::{
 };
 use tracer_common::{
     is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain, tcp_state,
-    tls_record, tls_record_and_next, Conversation, EventKind, Loss, SyscallEvent, TcpSocket,
-    EAGAIN, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
+    tls_record, tls_record_and_next, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN, MSG_PEEK,
+    NO_FD, TLS_RECORD_HEADER,
 };
 
+use crate::conversation::note_returned;
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, finish, header, report_eagain, set, tls_records,
-    CONVERSATIONS, TCP_SOCKETS,
+    current_syscall_regs, current_target_tid, finish, header, report_eagain, tls_records,
+    TCP_SOCKETS,
 };
 
 /// Which way the bytes went.
@@ -74,7 +75,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     let Some(io) = io else {
         return Ok(()); // not a read or write syscall of the thread's own
     };
-    note_conversation(tid, io.nr, io.fd, io.connection, ret)?;
+    note_returned(tid, io.nr, io.fd, io.connection, ret)?;
     let event = SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: io.nr,
@@ -212,28 +213,6 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
     TCP_SOCKETS
         .insert(sock, socket, 0)
         .map_err(|_| Loss::MapFull)
-}
-
-/// Keep the thread's conversation (which connection it answers) for the switch-out's
-/// decision to take a stack.
-#[inline(always)]
-fn note_conversation(
-    tid: u32,
-    syscall_nr: u32,
-    fd: u32,
-    connection: u64,
-    ret: i64,
-) -> Result<(), Loss> {
-    match CONVERSATIONS.get_ptr_mut(tid) {
-        // SAFETY: a valid map value pointer; only this thread's own programs write its entry.
-        Some(conversation) => unsafe { (*conversation).returned(syscall_nr, fd, connection, ret) },
-        None => {
-            let mut conversation = Conversation::default();
-            conversation.returned(syscall_nr, fd, connection, ret);
-            set(&CONVERSATIONS, tid, conversation)?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether the bytes just read or written at `buf` start with a TLS record header (see

@@ -3,10 +3,10 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{EventKind, Loss, ThreadEvent};
 
+use crate::conversation::forget_conversation;
 use crate::held_read::release_held_read;
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, set_target_tid, task_pid,
-    CONVERSATIONS, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, set_target_tid, task_pid, WAKERS,
 };
 
 /// include/uapi/linux/sched.h
@@ -56,7 +56,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     // A missing entry is no failure: a thread that never moved socket bytes or was never woken
     // since the tracer attached has none.
     let _ = set_target_tid(tid, false);
-    let _ = CONVERSATIONS.remove(tid);
+    forget_conversation(tid);
     let _ = WAKERS.remove(tid);
     release_held_read();
     emit(ThreadEvent {
