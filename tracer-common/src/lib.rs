@@ -259,6 +259,11 @@ pub struct TcpSocket {
     /// A [`socket_plain`] value, from its first bytes read: a plaintext socket's reads and
     /// writes need no record classification.
     pub plain: u32,
+    /// Requests started on it since the tracer saw it, counted only when requests are
+    /// sampled (`--sample N`): a read after an answer, or its first, starts the next one.
+    pub requests: u32,
+    /// 1: written to since its last read (its request was answered); counted as `requests`.
+    pub answered: u32,
     pub _pad: u32,
 }
 
@@ -652,7 +657,7 @@ records! {
     IrqLevel = 16,
     SyscallEvent = 48,
     SyscallPairEvent = 96,
-    TcpSocket = 24,
+    TcpSocket = 32,
     ThreadEvent = 32,
     Conversation = 16,
     TlsEvent = 40,

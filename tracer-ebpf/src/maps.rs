@@ -135,6 +135,16 @@ fn current_rq() -> u64 {
         .unwrap_or(0)
 }
 
+/// `--sample N`: report one request in N on each plaintext TCP connection (0 or 1: every
+/// request).
+#[unsafe(no_mangle)]
+static SAMPLE_ONE_IN: u32 = 0;
+
+#[inline(always)]
+pub fn sample_one_in() -> u32 {
+    global(&SAMPLE_ONE_IN)
+}
+
 #[inline(always)]
 pub fn tls_records() -> bool {
     global(&TLS_RECORDS) != 0

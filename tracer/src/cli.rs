@@ -76,6 +76,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Stacks::On)]
     pub stacks: Stacks,
 
+    /// Attribute one request in N on each plaintext TCP connection, for very hot servers: the
+    /// others leave no record in the kernel and are neither counted nor attributed (TLS
+    /// connections and Go targets whose goroutines are followed: every request) [default: 1,
+    /// every request]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = one_in, allow_negative_numbers = true)]
+    pub sample: u32,
+
     /// Turn on the kernel's BPF run-time statistics while tracing and report each kernel
     /// program's runs and ns per run in summary.json (costs some ns per program run)
     #[arg(long)]
@@ -128,6 +135,15 @@ fn pid(s: &str) -> Result<u32, String> {
         Ok(pid) if pid > 0 => Ok(pid),
         _ => Err(format!(
             "`{s}` is not a process ID: pass a positive PID (e.g. from `pgrep -f NAME`)"
+        )),
+    }
+}
+
+fn one_in(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a sampling rate: pass N >= 1 to attribute one request in N (1: all)"
         )),
     }
 }
@@ -206,6 +222,14 @@ mod tests {
             (
                 &["tracer", "-p", "1", "--slow", "-1"],
                 "MS must be 0 or more",
+            ),
+            (
+                &["tracer", "-p", "1", "--sample", "0"],
+                "`0` is not a sampling rate: pass N >= 1",
+            ),
+            (
+                &["tracer", "-p", "1", "--sample", "-2"],
+                "`-2` is not a sampling rate",
             ),
         ] {
             let message = value_error(args);

@@ -103,6 +103,15 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // to waiting for its next request.
     let report_eagain = matches!(go, Some(Ok(Some(_)))) || go_offsets.is_some();
     let stacks_on = args.stacks == Stacks::On;
+    // A goroutine's requests are delimited by what its reads and writes say about the
+    // connection's state (EAGAIN, net/http's background read), which needs all of them.
+    let sample_one_in = if go_offsets.is_some() { 1 } else { args.sample };
+    if sample_one_in != args.sample {
+        eprintln!(
+            "tracer: --sample {} is ignored: a Go target's goroutines are followed, and every request is attributed",
+            args.sample
+        );
+    }
     let (mut probes, mut ring) = Probes::attach(
         target.pid,
         args.bpf_stats,
@@ -110,6 +119,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         report_eagain,
         go_offsets,
         stacks_on,
+        sample_one_in,
     )?;
     let go_sched = match (&exe, go_runtime) {
         (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
@@ -158,6 +168,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     eprintln!("tracer: {}", tls_status.line());
     if let Some(line) = go_sched.line() {
         eprintln!("tracer: {line}");
+    }
+    if sample_one_in > 1 {
+        eprintln!(
+            "tracer: sampling: one request in {sample_one_in} on each plaintext connection is attributed; counts and rates are of those"
+        );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks
     // at the end.
@@ -259,6 +274,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         programs: &programs,
         tls: &tls_status,
         sites: &sites,
+        sample_one_in,
     };
     let mut summary = Summary::build(&collector, &end);
     let totals = summary

@@ -20,8 +20,8 @@ use tracer_common::{
 use crate::conversation::note_returned;
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, finish, header, report_eagain, tls_records,
-    TCP_SOCKETS,
+    current_syscall_regs, current_target_tid, finish, header, report_eagain, sample_one_in,
+    tls_records, TCP_SOCKETS,
 };
 
 /// Which way the bytes went.
@@ -70,12 +70,16 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
             record,
             connection: sock,
             origin: socket_origin::UNKNOWN,
+            sampled: true,
         }),
     };
     let Some(io) = io else {
         return Ok(()); // not a read or write syscall of the thread's own
     };
     note_returned(tid, io.nr, io.fd, io.connection, ret)?;
+    if !io.sampled {
+        return Ok(());
+    }
     let event = SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: io.nr,
@@ -99,6 +103,8 @@ struct SocketIo {
     record: u32,
     connection: u64,
     origin: u32,
+    /// Part of a request that is reported (always, unless requests are sampled).
+    sampled: bool,
 }
 
 /// A read or write on a TCP socket the kernel side saw open. The first one of the target
@@ -125,6 +131,7 @@ fn tcp_socket_io(
             record: 0,
             connection,
             origin,
+            sampled: sampled(tcp, direction, ret),
         }));
     }
     let Some((nr, fd, record)) = syscall_io(direction, ret)? else {
@@ -149,7 +156,34 @@ fn tcp_socket_io(
         record,
         connection,
         origin,
+        sampled: sampled(tcp, direction, ret),
     }))
+}
+
+/// Whether a read or write that returned `ret` on `tcp` belongs to a reported request. With
+/// `--sample N`, requests are counted on each plaintext connection (a read after an answer,
+/// or its first read, starts the next one) and the first of every N is reported; the reads
+/// and writes of the others leave no record, so neither the collector nor the ring pays for
+/// them. An end of stream or an error always goes out (it ends a reported request too), and
+/// a TLS connection, whose handshake is found in its records, is never sampled.
+#[inline(always)]
+fn sampled(tcp: &mut TcpSocket, direction: Direction, ret: i64) -> bool {
+    let one_in = sample_one_in();
+    let plain = tcp.plain == socket_plain::PLAIN || !tls_records();
+    if one_in <= 1 || !plain || ret <= 0 {
+        return true;
+    }
+    match direction {
+        Direction::Received if tcp.answered != 0 || tcp.requests == 0 => {
+            tcp.requests = tcp.requests.wrapping_add(1);
+            tcp.answered = 0;
+        }
+        Direction::Received => {} // more of the same request
+        Direction::Sent => tcp.answered = 1,
+    }
+    // The connection's requests 1, N + 1, 2N + 1, ... (a write before any request, a
+    // greeting, is no request's).
+    tcp.requests != 0 && (tcp.requests - 1).is_multiple_of(one_in)
 }
 
 /// The syscall moving the bytes, from the thread's saved registers: its number, its fd and
@@ -207,6 +241,8 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         origin,
         fd: NO_FD,
         plain: socket_plain::UNKNOWN,
+        requests: 0,
+        answered: 0,
         _pad: 0,
     };
     // An LRU map: full, it forgets its oldest socket instead of failing.

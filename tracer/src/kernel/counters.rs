@@ -95,8 +95,9 @@ mod tests {
     #[test]
     #[ignore = "needs root"]
     fn prog_info_reads_the_kernels_program_counters() {
-        let (probes, _ring) = Probes::attach(std::process::id(), true, false, false, None, false)
-            .expect("attach to ourselves");
+        let (probes, _ring) =
+            Probes::attach(std::process::id(), true, false, false, None, false, 1)
+                .expect("attach to ourselves");
         for _ in 0..3 {
             std::thread::spawn(|| ()).join().unwrap();
         }

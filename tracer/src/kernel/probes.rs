@@ -55,7 +55,8 @@ impl Probes {
     /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there);
     /// `go`: the target Go release's struct offsets, which the Go scheduler probes read
     /// (attached later by [`Probes::attach_go_sched`]); `stacks`: take the user stack where a
-    /// target thread blocks or a goroutine parks.
+    /// target thread blocks or a goroutine parks; `sample_one_in`: report one request in N
+    /// on each plaintext connection (1: all).
     pub fn attach(
         pid: u32,
         bpf_stats: bool,
@@ -63,6 +64,7 @@ impl Probes {
         report_eagain: bool,
         go: Option<GOffsets>,
         stacks: bool,
+        sample_one_in: u32,
     ) -> Result<(Probes, RingBuf<MapData>)> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP, or without the `ebpf` feature); rebuild with `cargo xtask build`");
@@ -98,6 +100,7 @@ impl Probes {
         // for both, except where goroutines are followed (see tracer-ebpf's held_read.rs).
         let hold_reads = u32::from(go.is_none());
         loader.override_global("HOLD_READS", &hold_reads, true);
+        loader.override_global("SAMPLE_ONE_IN", &sample_one_in, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
             g_goid: 0,

@@ -37,9 +37,13 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
         sum.duration_s,
         sum.stopped_by
     );
+    let sampled = match sum.requests.sampled_one_in {
+        0 | 1 => String::new(),
+        n => format!("  (sampled: 1 in {n} per connection)"),
+    };
     let _ = writeln!(
         s,
-        "requests: {}  p50 {}  p90 {}  p99 {}  max {}",
+        "requests: {}  p50 {}  p90 {}  p99 {}  max {}{sampled}",
         sum.requests.count,
         human_ns(lat.p50),
         human_ns(lat.p90),

@@ -100,6 +100,14 @@ pub struct Requests {
     pub shared_context: u64,
     /// Lines in requests.jsonl.
     pub slow_logged: u64,
+    /// 1: every request was attributed; N: one request in N on each plaintext connection
+    /// (`--sample N`), and every figure here is of those.
+    #[serde(default = "every_request")]
+    pub sampled_one_in: u32,
+}
+
+fn every_request() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -479,6 +487,8 @@ pub struct TraceEnd<'a> {
     pub programs: &'a [ProgramStat],
     pub tls: &'a TlsStatus,
     pub sites: &'a ResolvedSites,
+    /// `--sample N` as applied (1: every request).
+    pub sample_one_in: u32,
 }
 
 const GOROUTINE_NOTE: &str = "a request is timed on the goroutine that read it, across the threads that ran it: parked (Go's wait reason), runnable in Go's scheduler (go_runqueue), or whatever its thread did while running it";
@@ -535,6 +545,7 @@ impl Summary {
                 aborted: engine.aborted(),
                 shared_context: engine.shared(),
                 slow_logged: c.slow_logged(),
+                sampled_one_in: end.sample_one_in,
             },
             breakdown,
             other_by_syscall_ns,
@@ -951,6 +962,7 @@ mod tests {
             programs: &programs,
             tls: &tls,
             sites: &sites,
+            sample_one_in: 1,
         };
         let mut summary = Summary::build(&c, &end);
         drop(c);

@@ -42,6 +42,10 @@ pub struct Measured {
     /// For a scenario that compares them: each round's phase with each of [`TOOLS`] attached,
     /// by tool.
     pub tools: Vec<(&'static str, Vec<Load>)>,
+    /// For a scenario that compares it: a traced phase with `--sample N` after each traced
+    /// one, and N.
+    pub sampled: Vec<Traced>,
+    pub sample_one_in: Option<u32>,
 }
 
 /// What every scenario's phases share, and the tracer's failures so far.
@@ -76,6 +80,8 @@ impl Bench {
             without_stacks: Vec::new(),
             stats: None,
             tools: TOOLS.iter().map(|tool| (tool.name, Vec::new())).collect(),
+            sampled: Vec::new(),
+            sample_one_in: scenario.compare_sampling,
         };
         for round in 1..=rounds {
             let baseline = run.baseline_phase(&format!("{name} baseline {round}"))?;
@@ -90,6 +96,13 @@ impl Bench {
                 let out = format!("{name}-nostacks-{round}");
                 let traced = run.traced_phase(&phase, &out, Mode::WithoutStacks)?;
                 measured.without_stacks.push(traced);
+                thread::sleep(SETTLE);
+            }
+            if let Some(one_in) = scenario.compare_sampling {
+                let phase = format!("{name} traced --sample {one_in} {round}");
+                let out = format!("{name}-sampled-{round}");
+                let traced = run.traced_phase(&phase, &out, Mode::Sampled(one_in))?;
+                measured.sampled.push(traced);
                 thread::sleep(SETTLE);
             }
             if scenario.compare_tools {
@@ -119,6 +132,8 @@ enum Mode {
     WithoutStacks,
     /// With `--bpf-stats`, for the per-program costs.
     BpfStats,
+    /// With `--sample N`.
+    Sampled(u32),
 }
 
 /// A scenario's running target, and the bench it runs in.
@@ -154,6 +169,10 @@ impl ScenarioRun<'_> {
             seconds: self.bench.seconds,
             bpf_stats: mode == Mode::BpfStats,
             stacks: mode != Mode::WithoutStacks,
+            sample_one_in: match mode {
+                Mode::Sampled(one_in) => one_in,
+                _ => 1,
+            },
         };
         let mut tracer = RunningTracer::start(&spec, out_dir)?;
         tracer.wait_until_attached(phase)?;

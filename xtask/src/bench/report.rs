@@ -6,7 +6,7 @@ use tracer::output::summary::{Program, Summary};
 
 use super::{
     load::Load,
-    phases::Measured,
+    phases::{Measured, Traced},
     scenarios::{
         Scenario, UprobeCostUnit, MAX_FIXED_RATE_LOSS_PCT, MAX_THROUGHPUT_LOSS_PCT,
         MAX_TLS_THROUGHPUT_LOSS_PCT,
@@ -36,7 +36,7 @@ fn fmt(value: Option<f64>, decimals: usize) -> String {
 /// missed.
 pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measured) -> Vec<String> {
     let load = LoadFigures::of(measured);
-    let tracer = TracerFigures::of(measured);
+    let tracer = TracerFigures::of(&measured.traced);
     let stats_summary = measured.stats.as_ref().and_then(|t| t.summary.as_ref());
     println!();
     println!(
@@ -69,6 +69,26 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
     for (name, loads) in &measured.tools {
         print_rounds(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
     }
+    print_sampled_rows(measured);
+}
+
+/// The tracer with `--sample N`: its throughput ratios as the tools', and what its collector
+/// and the ring carry.
+fn print_sampled_rows(measured: &Measured) {
+    let Some(one_in) = measured.sample_one_in else {
+        return;
+    };
+    let loads = measured.sampled.iter().map(|t| &t.load);
+    let name = format!("tracer 1/{one_in}");
+    print_rounds(&name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
+    let figures = TracerFigures::of(&measured.sampled);
+    println!(
+        "    {:<14} collector CPU {}% of a core, ring records per request attributed {}, lost {}",
+        "",
+        fmt(figures.cpu_pct, 1),
+        fmt(figures.records_per_request, 2),
+        fmt(figures.lost, 0),
+    );
 }
 
 /// One line of per-round ratios and their median, under a heading.
@@ -233,9 +253,8 @@ struct TracerFigures {
 }
 
 impl TracerFigures {
-    fn of(measured: &Measured) -> Self {
-        let summaries: Vec<Option<&Summary>> =
-            measured.traced.iter().map(|t| t.summary.as_ref()).collect();
+    fn of(phases: &[Traced]) -> Self {
+        let summaries: Vec<Option<&Summary>> = phases.iter().map(|t| t.summary.as_ref()).collect();
         // A figure of each phase; `None` for a phase without a summary.
         let field = |figure: fn(&Summary) -> f64| -> Vec<Option<f64>> {
             summaries.iter().map(|s| s.map(figure)).collect()

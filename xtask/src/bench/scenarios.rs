@@ -18,6 +18,9 @@ pub struct Scenario {
     /// Also run each round with libbpf-tools' `runqlat` and `syscount -L` attached instead
     /// of the tracer (see `tools`).
     pub compare_tools: bool,
+    /// Also trace each round with `--sample N` (one request in N attributed), to measure
+    /// what sampling saves on a very hot server.
+    pub compare_sampling: Option<u32>,
 }
 
 /// What a scenario loads.
@@ -111,6 +114,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::Nginx { connections: 32 },
         compare_stacks: false,
         compare_tools: true,
+        compare_sampling: Some(10),
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -123,6 +127,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         compare_stacks: true,
         compare_tools: true,
+        compare_sampling: Some(10),
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -134,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
             https: false,
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -144,6 +150,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -156,6 +163,7 @@ pub const SCENARIOS: &[Scenario] = &[
             https: true,
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -166,6 +174,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -177,6 +186,7 @@ pub const SCENARIOS: &[Scenario] = &[
             path: "/",
         }),
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -189,6 +199,7 @@ pub const SCENARIOS: &[Scenario] = &[
             rate: 200,
         }),
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: true,
         max_loss_pct: MAX_FIXED_RATE_LOSS_PCT,
     },
@@ -200,6 +211,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -211,6 +223,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new"],
         },
         compare_tools: false,
+        compare_sampling: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },

@@ -32,6 +32,8 @@ pub struct TracerSpec<'a> {
     pub bpf_stats: bool,
     /// `--stacks on` (the default) or `off`.
     pub stacks: bool,
+    /// `--sample N` (1: every request, the default).
+    pub sample_one_in: u32,
 }
 
 /// A running tracer, its stderr echoed by a thread that reports its `attached` line.
@@ -50,6 +52,12 @@ impl RunningTracer {
         let mut cmd = Command::new(spec.tracer);
         cmd.args(["--pid", &spec.pid.to_string()])
             .args(spec.bpf_stats.then_some("--bpf-stats"))
+            .args(
+                (spec.sample_one_in > 1)
+                    .then(|| ["--sample".to_string(), spec.sample_one_in.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(
                 (!spec.stacks)
                     .then_some(["--stacks", "off"])
