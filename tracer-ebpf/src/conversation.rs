@@ -59,21 +59,28 @@ pub fn note_returned(
     Ok(())
 }
 
-/// Thread `tid` (the current task) is switching out: its conversation, stored back to
-/// `CONVERSATIONS` first if this CPU's slot holds it (it may next run elsewhere). `None`: it
-/// has moved no socket bytes since the tracer attached.
+/// Thread `tid` (the current task) is switching out: when this CPU's slot holds its
+/// conversation, it is stored back to `CONVERSATIONS` (the thread may next run elsewhere) and
+/// returned. `None`: it moved no socket bytes in this time on the CPU; its conversation, if
+/// any, is the stored one ([`stored_conversation`]).
 #[inline(always)]
-pub fn conversation_at_switch_out(tid: u32) -> Option<Conversation> {
-    if let Some(slot) = CPU_CONVERSATION.get_ptr_mut(0) {
-        // SAFETY: as in `note_returned`.
-        unsafe {
-            if (*slot).tid == tid {
-                let conversation = (*slot).conversation;
-                store_back(&mut *slot);
-                return Some(conversation);
-            }
+pub fn store_running_conversation(tid: u32) -> Option<Conversation> {
+    let slot = CPU_CONVERSATION.get_ptr_mut(0)?;
+    // SAFETY: as in `note_returned`.
+    unsafe {
+        if (*slot).tid != tid {
+            return None;
         }
+        let conversation = (*slot).conversation;
+        store_back(&mut *slot);
+        Some(conversation)
     }
+}
+
+/// The conversation of thread `tid`, off its CPU. `None`: it has moved no socket bytes since
+/// the tracer attached.
+#[inline(always)]
+pub fn stored_conversation(tid: u32) -> Option<Conversation> {
     unsafe { CONVERSATIONS.get(tid) }.copied()
 }
 

@@ -38,6 +38,8 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// about 5 wakeups a second instead of 50 (each drain is a wakeup, an epoll round and the
 /// loss counters' reads: about 0.2 ms here, so 50 a second were 0.9% of a core).
 const DRAIN_IDLE_MAX: Duration = Duration::from_millis(200);
+/// How often the target is checked for exit.
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 
 /// The wait before the next drain, after one that read `records`.
 fn next_drain_after(records: usize, waited: Duration) -> Duration {
@@ -47,8 +49,6 @@ fn next_drain_after(records: usize, waited: Duration) -> Duration {
         (waited * 2).min(DRAIN_IDLE_MAX)
     }
 }
-/// How often the target is checked for exit.
-const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Trace as `args` say; an error is one line for the operator.
 pub fn run(args: Args) -> Result<()> {

@@ -7,7 +7,7 @@ use tracer_common::{
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
-use crate::conversation::conversation_at_switch_out;
+use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
     cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
@@ -38,9 +38,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
     // Before this switch-out's record, and whatever fails below: the held read goes out,
     // and the thread's conversation back to its map (it may next run on another CPU).
-    let conversation = prev_tid.and_then(|tid| {
+    let running_conversation = prev_tid.and_then(|tid| {
         release_held_read();
-        conversation_at_switch_out(tid)
+        store_running_conversation(tid)
     });
     let next_pid = task_pid(next)?;
     let next_is_target = is_target_tid(next_pid);
@@ -77,7 +77,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         }
         // Blocked inside a request: where, in its own code. A thread waiting for its next
         // request takes none (most blocks of a busy server, and no request's time).
-        let between_requests = conversation
+        // (The map is looked up only here, for a block: most switch-outs are not.)
+        let between_requests = running_conversation
+            .or_else(|| stored_conversation(prev_tid))
             .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32));
         if !between_requests {
             event.stack_id = user_stack_id(ctx);

@@ -36,8 +36,9 @@ fn try_task_newtask(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // none to remove, which is no failure).
     let _ = WAKERS.remove(tid);
     set_target_tid(tid, true)?;
-    release_held_read(); // the parent's, before this record
-                         // The collector needs only the tid: a header alone, no name to copy.
+    // The parent's held read goes before this record. The collector needs only the tid: a
+    // header alone, no name to copy.
+    release_held_read();
     emit(header(EventKind::ThreadNew, tid))
 }
 

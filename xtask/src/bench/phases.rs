@@ -43,9 +43,8 @@ pub struct Measured {
     /// by tool.
     pub tools: Vec<(&'static str, Vec<Load>)>,
     /// For a scenario that compares it: a traced phase with `--sample N` after each traced
-    /// one, and N.
+    /// one.
     pub sampled: Vec<Traced>,
-    pub sample_one_in: Option<u32>,
 }
 
 /// What every scenario's phases share, and the tracer's failures so far.
@@ -81,7 +80,6 @@ impl Bench {
             stats: None,
             tools: TOOLS.iter().map(|tool| (tool.name, Vec::new())).collect(),
             sampled: Vec::new(),
-            sample_one_in: scenario.compare_sampling,
         };
         for round in 1..=rounds {
             let baseline = run.baseline_phase(&format!("{name} baseline {round}"))?;

@@ -44,7 +44,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
         scenario.name, scenario.about
     );
     print_load_rows(&load);
-    print_tool_rows(measured, &load);
+    print_tool_rows(measured, &load, scenario.compare_sampling);
     print_target_cpu(measured);
     print_tracer_rows(&tracer);
     print_program_costs(&program_costs(stats_summary));
@@ -60,7 +60,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
 
 /// The comparison tools beside the tracer: each round's throughput with the tool attached
 /// over that round's baseline, and their median, as for the tracer.
-fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
+fn print_tool_rows(measured: &Measured, load: &LoadFigures, sample_one_in: Option<u32>) {
     if measured.tools.iter().all(|(_, loads)| loads.is_empty()) {
         return;
     }
@@ -69,15 +69,14 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures) {
     for (name, loads) in &measured.tools {
         print_rounds(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
     }
-    print_sampled_rows(measured);
+    if let Some(one_in) = sample_one_in {
+        print_sampled_rows(measured, one_in);
+    }
 }
 
 /// The tracer with `--sample N`: its throughput ratios as the tools', and what its collector
 /// and the ring carry.
-fn print_sampled_rows(measured: &Measured) {
-    let Some(one_in) = measured.sample_one_in else {
-        return;
-    };
+fn print_sampled_rows(measured: &Measured, one_in: u32) {
     let loads = measured.sampled.iter().map(|t| &t.load);
     let name = format!("tracer 1/{one_in}");
     print_rounds(&name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
