@@ -157,9 +157,11 @@ fn a_packet_is_a_softirq_and_a_fifo_write_is_its_writer() {
             .find(|(_, n)| n == name)
             .unwrap_or_else(|| panic!("no thread {name} in the target: {readers:?}"))
             .0;
-        let this_thread = format!("tid: Tid({tid}), kind: Wakeup {{ waker: ");
+        // A wakeup comes with the switch-in it led to (`woken`), or on its own (a new
+        // thread's first).
+        let this_thread = format!("tid: Tid({tid}), kind: ");
         dump.lines()
-            .filter_map(|l| Some(l.split_once(&this_thread)?.1))
+            .filter_map(|l| Some(l.split_once(&this_thread)?.1.split_once("waker: ")?.1))
             .collect()
     };
     let by_me = format!("pid: {me},");

@@ -82,6 +82,23 @@ pub struct SwitchEvent {
     /// brought up to date by `__schedule()` before this tracepoint), or 0 when unknown or
     /// when the hypervisor reports none.
     pub cpu_steal_ns: u64,
+    /// When the next task (a target thread) became runnable, if it was woken since it last
+    /// ran (sched_wakeup's time); 0 when it was not (it was preempted), or its wakeup was not
+    /// seen. A wakeup is carried by the switch-in it leads to, not sent on its own: one ring
+    /// record fewer per block.
+    pub woken_at_ns: u64,
+    /// Who woke it (with `woken_at_ns`).
+    pub waker: WakerId,
+}
+
+/// A target thread's wakeup, from sched_waking (the waker) and sched_wakeup (when it became
+/// runnable) until its switch-in reports it; per wakee in the `WAKERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWakeup {
+    pub waker: WakerId,
+    /// sched_wakeup's time; 0 until then, and again once a switch-in has reported it.
+    pub runnable_at_ns: u64,
 }
 
 /// In the sched_switch tracepoint, a preempted task reports `TASK_REPORT_MAX` as its state
@@ -650,7 +667,8 @@ macro_rules! records {
 
 records! {
     EventHeader = 16,
-    SwitchEvent = 48,
+    SwitchEvent = 88,
+    PendingWakeup = 40,
     WakeupEvent = 48,
     WakerId = 32,
     IrqNesting = 8 + 16 * IRQ_LEVELS,

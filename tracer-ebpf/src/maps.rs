@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, TcpSocket, WakerId,
+    syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, PendingWakeup, TcpSocket,
     LOSS_KINDS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS, RING_BYTES,
 };
 
@@ -272,10 +272,11 @@ pub fn current_syscall_regs() -> Result<SyscallRegs, Loss> {
     .map_err(|_| Loss::ReadFailed)
 }
 
-/// The waker of each target thread's pending wakeup, noted by sched_waking in the waker's
-/// context and reported by sched_wakeup; keyed by the wakee's tid.
+/// Each target thread's wakeup in progress: the waker, noted by sched_waking in the waker's
+/// context, and when it became runnable (sched_wakeup), until its switch-in reports them;
+/// keyed by the wakee's tid.
 #[map]
-pub static WAKERS: HashMap<u32, WakerId> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
+pub static WAKERS: HashMap<u32, PendingWakeup> = HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
 /// Each CPU's interrupt nesting (one entry per CPU), kept by `probes::interrupts`.
 #[map]
@@ -346,10 +347,16 @@ pub fn set<K, V>(map: &HashMap<K, V>, key: K, value: V) -> Result<(), Loss> {
 
 pub fn header(kind: tracer_common::EventKind, tid: u32) -> EventHeader {
     EventHeader {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now_ns(),
         kind: kind as u32,
         tid,
     }
+}
+
+/// The events' clock (CLOCK_MONOTONIC).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Copy `event` into the ring buffer; fails when it is full. Submitted without waking the

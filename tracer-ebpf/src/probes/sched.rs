@@ -2,8 +2,8 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
-    switch_state_as_reported, waker_context, EventKind, Loss, SwitchEvent, WakerId, WakeupEvent,
-    NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
+    switch_state_as_reported, waker_context, EventKind, Loss, PendingWakeup, SwitchEvent, WakerId,
+    WakeupEvent, NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
@@ -11,8 +11,8 @@ use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
     cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
-    current_target_tid, emit, finish, fired_on_task_stack, header, is_target_tid, set, task_pid,
-    user_stack_id, WAKERS,
+    current_target_tid, emit, finish, fired_on_task_stack, header, is_target_tid, now_ns, set,
+    task_pid, user_stack_id, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -55,6 +55,12 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         cpu_steal_ns: cpu_steal_ns(),
         ..Default::default()
     };
+    if next_is_target {
+        if let Some(woken) = take_wakeup(next_pid) {
+            event.woken_at_ns = woken.runnable_at_ns;
+            event.waker = woken.waker;
+        }
+    }
     if let Some(prev_tid) = prev_tid {
         event.hdr.tid = prev_tid;
         let exit_state = if !preempt && prev_state & TASK_DEAD != 0 {
@@ -88,11 +94,29 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     emit(event)
 }
 
+/// The wakeup that made target thread `tid` runnable since it last ran, if its sched_wakeup
+/// was seen; taken once (a later switch-in whose wakeup was missed must not report it again).
+/// The wakee's wakeup and switch-in both run under its run queue's lock, so they never race.
+#[inline(always)]
+fn take_wakeup(tid: u32) -> Option<PendingWakeup> {
+    let noted = WAKERS.get_ptr_mut(tid)?;
+    unsafe {
+        let woken = *noted;
+        if woken.runnable_at_ns == 0 {
+            return None;
+        }
+        (*noted).runnable_at_ns = 0;
+        (*noted).waker.context = waker_context::UNKNOWN;
+        Some(woken)
+    }
+}
+
 /// sched:sched_waking fires in `try_to_wake_up()` on the waker's CPU, in the waker's context
 /// (kernel/sched/core.c, Linux 6.18). sched_wakeup cannot name the waker: with TTWU_QUEUE
 /// (on by default) it often runs on the wakee's CPU from the wakelist IPI or the idle loop,
-/// where `current` is swapper or an unrelated task. So the waker is noted here, per wakee,
-/// and sched_wakeup, which marks the moment the wakee became runnable, reports it.
+/// where `current` is swapper or an unrelated task. So the waker is noted here, per wakee;
+/// sched_wakeup adds the moment the wakee became runnable, and the wakee's switch-in reports
+/// both. (Every sched_waking is followed by a sched_wakeup in the same `try_to_wake_up()`.)
 #[raw_tracepoint(tracepoint = "sched_waking")]
 pub fn sched_waking(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_waking(&ctx))
@@ -103,35 +127,30 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<(), Loss> {
         return Ok(());
     };
     // In place when the wakee has an entry (every wakeup after its first).
-    set(&WAKERS, pid, current_waker(ctx)?)
+    let noted = PendingWakeup {
+        waker: current_waker(ctx)?,
+        runnable_at_ns: 0,
+    };
+    set(&WAKERS, pid, noted)
 }
 
-/// sched:sched_wakeup: the wakee (often woken by another process or from an interrupt) is
-/// matched against the thread-id set; the waker is the one sched_waking noted.
+/// sched:sched_wakeup: the moment the wakee became runnable, noted for its switch-in. Only a
+/// thread sched_waking noted has an entry (a target thread), so no thread-id set lookup is
+/// needed. Its sched_waking missed (before the tracer attached, skipped by the kernel, or the
+/// map full, counted there): no entry, and the switch-in reports no wakeup.
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn sched_wakeup(ctx: RawTracePointContext) -> u32 {
     finish(try_sched_wakeup(&ctx))
 }
 
 fn try_sched_wakeup(ctx: &RawTracePointContext) -> Result<(), Loss> {
-    let Some(pid) = target_wakee(ctx) else {
-        return Ok(());
+    let Ok(pid) = task_pid(ctx.arg::<u64>(0)) else {
+        return Ok(()); // as for a thread that is not a target's
     };
-    let waker = match WAKERS.get_ptr_mut(pid) {
-        Some(noted) => unsafe {
-            let waker = *noted;
-            // Used once: a later wakeup whose sched_waking was missed must not reuse it.
-            (*noted).context = waker_context::UNKNOWN;
-            waker
-        },
-        // Not a loss here: its sched_waking ran before the tracer attached, was skipped (the
-        // kernel counts those runs), or found the map full (counted there).
-        None => WakerId {
-            context: waker_context::UNKNOWN,
-            ..Default::default()
-        },
-    };
-    emit_wakeup(pid, waker)
+    if let Some(noted) = WAKERS.get_ptr_mut(pid) {
+        unsafe { (*noted).runnable_at_ns = now_ns() };
+    }
+    Ok(())
 }
 
 /// sched:sched_wakeup_new: a new thread's first wakeup, in `wake_up_new_task()`, called by

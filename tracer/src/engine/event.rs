@@ -41,6 +41,9 @@ pub enum EventKind {
     SwitchIn {
         /// The steal time that CPU had accounted so far, when known.
         cpu_steal: Option<u64>,
+        /// The wakeup that made it runnable since it last ran, if seen: the kernel side
+        /// sends a wakeup with the switch-in it leads to.
+        woken: Option<Woken>,
     },
     /// The thread became runnable.
     Wakeup {
@@ -189,6 +192,13 @@ pub enum GoProbe {
     Enter,
     /// It returned; `error` is the returned error's type word (0: success).
     Return { error: i64 },
+}
+
+/// A thread became runnable at `at` (ns), woken by `waker`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Woken {
+    pub at: u64,
+    pub waker: Waker,
 }
 
 /// Who woke a context. A thread's name is kept as the kernel's fixed 16 bytes: wakeups are

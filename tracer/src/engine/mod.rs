@@ -30,7 +30,7 @@ pub use cause::{syscall_name, Breakdown, Cause, CAUSES};
 pub use context::{ExecCtx, GoroutineId, Tid};
 pub use event::{
     Event, EventKind, GoProbe, GoSched, InSyscall, Interrupt, SocketOrigin, SslCall, SyscallReturn,
-    Waker,
+    Waker, Woken,
 };
 pub use fds::{FdKind, FdResolver};
 pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
@@ -151,7 +151,12 @@ impl<R: FdResolver> Engine<R> {
                 stack,
                 cpu_steal,
             } => self.switch_out(ts, tid, state, syscall, stack, cpu_steal),
-            EventKind::SwitchIn { cpu_steal } => self.switch_in(ts, tid, cpu_steal),
+            EventKind::SwitchIn { cpu_steal, woken } => {
+                if let Some(woken) = woken {
+                    self.woken_before_switch_in(tid, woken);
+                }
+                self.switch_in(ts, tid, cpu_steal);
+            }
             EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker),
             EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
             EventKind::ThreadNew => self.thread_new(ts, tid),

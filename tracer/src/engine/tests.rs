@@ -144,7 +144,29 @@ fn wake(ts: u64) -> Event {
 }
 
 fn run(ts: u64) -> Event {
-    Event::new(ts, Tid(T), EventKind::SwitchIn { cpu_steal: None })
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchIn {
+            cpu_steal: None,
+            woken: None,
+        },
+    )
+}
+
+/// A switch-in that reports the wakeup that led to it (as the kernel side sends them).
+fn run_woken(ts: u64, woken_at: u64) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchIn {
+            cpu_steal: None,
+            woken: Some(Woken {
+                at: woken_at,
+                waker: waker(200),
+            }),
+        },
+    )
 }
 
 fn feed(e: &mut Engine<Fds>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
@@ -232,7 +254,14 @@ fn switch_with_steal(ts: u64, out: Option<u32>, steal: u64) -> Event {
                 cpu_steal,
             },
         ),
-        None => Event::new(ts, Tid(T), EventKind::SwitchIn { cpu_steal }),
+        None => Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchIn {
+                cpu_steal,
+                woken: None,
+            },
+        ),
     }
 }
 
@@ -2102,5 +2131,122 @@ mod goroutines {
         let wakers = e.wait_sites.wakers_of(waiting, 3);
         assert_eq!(wakers.len(), 1);
         assert_eq!(wakers[0].0, unlocking);
+    }
+}
+
+/// The kernel side sends a wakeup with the switch-in it leads to: the engine gets it late,
+/// after other threads' events, and must apply it at its own time.
+mod wakeup_reported_by_the_switch_in {
+    use super::*;
+
+    #[test]
+    fn starts_the_request_of_a_blocked_read_at_its_own_time() {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                block(0, nr::READ, CONN as u64),
+                run_woken(1040, 1000),
+                read(1050, CONN, 80),
+                write(1100, CONN),
+                block(1200, nr::READ, CONN as u64),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!((r.start_ns, r.latency_ns), (1000, 100));
+        assert_eq!(cause(r, Cause::Runqueue), 40);
+        assert_eq!(cause(r, Cause::NetIo), 0);
+        assert_sums(r);
+    }
+
+    #[test]
+    fn ends_a_futex_wait_and_names_the_waker() {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                read(100, CONN, 50),
+                block(200, nr::FUTEX, 0xf00),
+                run_woken(600, 500),
+                write(700, CONN),
+                read(800, CONN, 5),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Lock), 300);
+        assert_eq!(cause(r, Cause::Runqueue), 100);
+        assert_eq!(cause(r, Cause::OnCpu), 200);
+        assert_sums(r);
+        let lock = e.locks.get(0xf00).expect("the futex is listed");
+        assert_eq!(lock.wakers.get(&waker(200)).map(|t| t.count), Some(1));
+        assert_eq!(e.take_waits(), vec![Wait::Runqueue(100), Wait::Futex(400)]);
+    }
+
+    #[test]
+    fn that_came_as_it_went_to_sleep_is_no_block() {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                read(0, CONN, 5),
+                block(120, nr::FUTEX, 0xabc),
+                run_woken(200, 100),
+                write(300, CONN),
+                read(400, CONN, 5),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Lock), 0);
+        assert_eq!(cause(r, Cause::Runqueue), 80);
+        assert_eq!(cause(r, Cause::OnCpu), 220);
+        assert_sums(r);
+        assert_eq!(e.take_waits(), vec![Wait::Runqueue(80)], "no futex wait");
+    }
+
+    #[test]
+    fn older_than_the_block_is_not_its_end() {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                read(0, CONN, 5),
+                block(1_000_000, nr::FUTEX, 0xabc),
+                run_woken(3_000_000, 10), // a wakeup that came while it ran, long before
+                write(3_000_100, CONN),
+                read(3_000_200, CONN, 5),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Lock), 2_000_000);
+        assert_eq!(cause(r, Cause::Runqueue), 0);
+        assert_sums(r);
+    }
+
+    #[test]
+    fn after_a_preemption_changes_nothing() {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                read(0, CONN, 5),
+                Event::new(
+                    100,
+                    Tid(T),
+                    EventKind::SwitchOut {
+                        state: PREEMPT_STATE_BIT,
+                        syscall: None,
+                        stack: None,
+                        cpu_steal: None,
+                    },
+                ),
+                run_woken(300, 50), // woken while it ran: it was runnable all along
+                write(400, CONN),
+                read(500, CONN, 5),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Runqueue), 200);
+        assert_eq!(cause(r, Cause::OnCpu), 200);
+        assert_sums(r);
     }
 }

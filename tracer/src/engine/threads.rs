@@ -7,7 +7,7 @@ use tracer_common::{is_futex, is_poll, is_read, PREEMPT_STATE_BIT};
 use super::{
     cause::{blocked_cause, Cause},
     context::{ExecCtx, Tid},
-    event::{InSyscall, Waker},
+    event::{InSyscall, Waker, Woken},
     sites::StackRef,
     timeline::{RunState, Snapshot, StolenTime, Timeline},
     Engine, FdResolver, Wait,
@@ -255,6 +255,30 @@ impl<R: FdResolver> Engine<R> {
             thread.timeline.charge_steal(stolen);
         }
         self.requests.charge_steal(ExecCtx::Thread(tid), stolen);
+    }
+
+    /// The wakeup a switch-in reports, applied at its own time: the thread has no event
+    /// between its switch-out and its switch-in, so its timeline is still as it was then.
+    pub(super) fn woken_before_switch_in(&mut self, tid: Tid, woken: Woken) {
+        let Some(thread) = self.threads.get(tid) else {
+            return self.wakeup(woken.at, tid, woken.waker); // first seen
+        };
+        let RunState::Blocked { .. } = thread.timeline.state() else {
+            // Preempted, or gone to sleep with the wakeup already there (a zero state):
+            // a wakeup that came while it ran changes nothing.
+            return;
+        };
+        let blocked_since = thread.timeline.state_since();
+        if woken.at >= blocked_since {
+            self.wakeup(woken.at, tid, woken.waker);
+        } else if blocked_since - woken.at <= PENDING_WAKEUP_NS {
+            // Woken on its way to sleep: no block, runnable from its switch-out.
+            if let Some(thread) = self.threads.get_mut(tid) {
+                thread.futex_wait = None;
+            }
+            self.wakeup(blocked_since, tid, woken.waker);
+        }
+        // Older: not this block's (its own wakeup was not seen); the block lasts until now.
     }
 
     pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker) {

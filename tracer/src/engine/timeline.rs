@@ -124,6 +124,11 @@ impl Timeline {
         self.state
     }
 
+    /// When it entered its current state.
+    pub fn state_since(&self) -> u64 {
+        self.since
+    }
+
     /// The cumulative breakdown at `ts` (not before the last transition).
     pub fn snapshot(&self, ts: u64) -> Snapshot {
         let mut at = self.cum;

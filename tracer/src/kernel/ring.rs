@@ -12,7 +12,7 @@ use tracer_common::{
 
 use crate::engine::{
     event::GoSched, sites::StackRef, Event, EventKind, GoProbe, GoroutineId, InSyscall, Interrupt,
-    SocketOrigin, SslCall, SyscallReturn, Tid, Waker,
+    SocketOrigin, SslCall, SyscallReturn, Tid, Waker, Woken,
 };
 
 fn waker(w: &WakerId) -> Waker {
@@ -124,7 +124,13 @@ pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
                 out.push(Event::new(
                     ts,
                     Tid(e.next_tid),
-                    EventKind::SwitchIn { cpu_steal },
+                    EventKind::SwitchIn {
+                        cpu_steal,
+                        woken: (e.woken_at_ns != 0).then(|| Woken {
+                            at: e.woken_at_ns,
+                            waker: waker(&e.waker),
+                        }),
+                    },
                 ));
             }
         }
@@ -275,6 +281,14 @@ mod tests {
             stack_id: 3,
             syscall_arg0: 0xabc,
             cpu_steal_ns: 7_000,
+            woken_at_ns: 4,
+            waker: WakerId {
+                tid: 12,
+                pid: 12,
+                context: waker_context::TASK,
+                detail: 0,
+                comm: *b"unlocker\0\0\0\0\0\0\0\0",
+            },
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
@@ -298,7 +312,15 @@ mod tests {
                     5,
                     Tid(11),
                     EventKind::SwitchIn {
-                        cpu_steal: Some(7_000)
+                        cpu_steal: Some(7_000),
+                        woken: Some(Woken {
+                            at: 4,
+                            waker: Waker::Thread {
+                                tid: 12,
+                                pid: 12,
+                                comm: *b"unlocker\0\0\0\0\0\0\0\0",
+                            }
+                        }),
                     }
                 ),
             ]
@@ -508,7 +530,14 @@ mod tests {
         for ts in [50, 10, 30, 200] {
             r.push(Event::lost(ts));
         }
-        let tie = Event::new(30, Tid(9), EventKind::SwitchIn { cpu_steal: None });
+        let tie = Event::new(
+            30,
+            Tid(9),
+            EventKind::SwitchIn {
+                cpu_steal: None,
+                woken: None,
+            },
+        );
         r.push(tie.clone()); // a tie keeps arrival order
         let mut got = Vec::new();
         r.release(false, |e| got.push(e));

@@ -870,7 +870,14 @@ mod tests {
     }
 
     fn run(ts: u64) -> Event {
-        Event::new(ts, T, EventKind::SwitchIn { cpu_steal: None })
+        Event::new(
+            ts,
+            T,
+            EventKind::SwitchIn {
+                cpu_steal: None,
+                woken: None,
+            },
+        )
     }
 
     /// Two requests: one waits for a futex a thread releases, one blocks in an untraced
