@@ -6,8 +6,11 @@ use hdrhistogram::Histogram;
 use crate::engine::{Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
 
 fn histogram() -> Histogram<u64> {
-    // 3 significant digits, auto-resizing: nanoseconds up to hours.
-    let mut h = Histogram::new(3).expect("3 significant digits is valid");
+    // 2 significant digits (values within 1%), auto-resizing: nanoseconds up to hours. The
+    // collector records several values per request into these; with 3 digits each histogram
+    // is ~170 KB of counts spread over the cache, and recording cost a fifth of the
+    // collector's time on a saturated target (1.9 vs 2.3 us per request, scenario A).
+    let mut h = Histogram::new(2).expect("2 significant digits is valid");
     h.auto(true);
     h
 }
