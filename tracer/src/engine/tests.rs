@@ -289,27 +289,6 @@ fn steal_in_a_stretch_is_spread_over_it_and_leaves_on_cpu() {
 }
 
 #[test]
-fn wakeup_before_switch_out_is_not_a_block() {
-    let mut e = engine();
-    let reqs = feed(
-        &mut e,
-        [
-            read(0, CONN, 5),
-            wake(100), // woken while still on the CPU, on its way to sleep on a futex
-            block(120, nr::FUTEX, 0xabc),
-            run(200),
-            write(300, CONN),
-            read(400, CONN, 5),
-        ],
-    );
-    let r = &reqs[0];
-    assert_eq!(cause(r, Cause::Lock), 0);
-    assert_eq!(cause(r, Cause::Runqueue), 80);
-    assert_eq!(cause(r, Cause::OnCpu), 220);
-    assert_sums(r);
-}
-
-#[test]
 fn request_starts_at_the_wakeup_of_a_blocked_read() {
     let mut e = engine();
     let reqs = feed(
@@ -2183,12 +2162,13 @@ mod wakeup_reported_by_the_switch_in {
     }
 
     #[test]
-    fn that_came_as_it_went_to_sleep_is_no_block() {
+    fn that_came_before_the_switch_out_is_not_a_block() {
         let mut e = engine();
         let reqs = feed(
             &mut e,
             [
                 read(0, CONN, 5),
+                // Woken at 100, while still on the CPU, on its way to sleep on a futex.
                 block(120, nr::FUTEX, 0xabc),
                 run_woken(200, 100),
                 write(300, CONN),

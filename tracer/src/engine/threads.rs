@@ -16,8 +16,9 @@ use super::{
 /// `EXIT_DEAD | EXIT_ZOMBIE` as sched_switch reports an exiting task's state (`X`, `Z`).
 const STATE_EXITING: u32 = 0x30;
 
-/// How soon after a wakeup that came while the thread was still running its switch-out must
-/// follow to be the sleep that wakeup cancelled.
+/// How long before a thread's switch-out into a block a wakeup its switch-in reports may have
+/// come and still be that block's (it came as the thread went to sleep); an older one is
+/// not the block's.
 const PENDING_WAKEUP_NS: u64 = 100_000;
 
 /// The wakeup that ended a thread's block, and what it was blocked in.
@@ -55,8 +56,6 @@ pub(super) struct Thread {
     pub last_wakeup: Option<BlockEnd>,
     /// Blocked in a futex wait: it ends when the thread runs again.
     futex_wait: Option<FutexWait>,
-    /// A wakeup that arrived while the thread was still on a CPU, and when.
-    pending_wakeup: Option<u64>,
     /// How many requests on this thread are still waiting for their response.
     pub open_requests: u32,
     /// The OpenSSL call (`SSL*`, call) the thread is inside, on a connection still in its
@@ -81,7 +80,6 @@ impl Thread {
             timeline: Timeline::new(ts, state),
             last_wakeup: None,
             futex_wait: None,
-            pending_wakeup: None,
             open_requests: 0,
             ssl_call: None,
             blocked_at: None,
@@ -177,15 +175,8 @@ impl<R: FdResolver> Engine<R> {
             }
             _ => None,
         };
-        // A wakeup that came while the thread was still on its way to sleep: only a switch
-        // right after it is that sleep (a stale one must not turn a later block into
-        // run-queue time).
-        let woken_already = thread
-            .pending_wakeup
-            .take()
-            .is_some_and(|woke| ts.saturating_sub(woke) <= PENDING_WAKEUP_NS);
         let still_runnable = state == 0 || state >= PREEMPT_STATE_BIT;
-        let next = if still_runnable || woken_already {
+        let next = if still_runnable {
             RunState::Runnable
         } else {
             let fds = &mut self.fds;
@@ -228,7 +219,6 @@ impl<R: FdResolver> Engine<R> {
 
     pub(super) fn switch_in(&mut self, ts: u64, tid: Tid, cpu_steal: Option<u64>) {
         let thread = self.threads.seen(tid, ts, RunState::Runnable);
-        thread.pending_wakeup = None;
         thread.on_cpu_since = cpu_steal.map(|cpu_steal| OnCpuSince { ts, cpu_steal });
         let futex_wait = thread.futex_wait.take();
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
@@ -284,8 +274,10 @@ impl<R: FdResolver> Engine<R> {
     pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker) {
         let thread = self.threads.seen(tid, ts, RunState::UNKNOWN_BLOCK);
         match thread.timeline.state() {
-            RunState::Running => thread.pending_wakeup = Some(ts),
-            RunState::Runnable => {}
+            // A wakeup of a thread that is not blocked changes nothing. (Only a new thread's
+            // first wakeup comes on its own: the others come with the switch-in they lead
+            // to, see `woken_before_switch_in`.)
+            RunState::Running | RunState::Runnable => {}
             RunState::Blocked { cause, syscall } => {
                 let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
                 let thread = self.threads.get_mut(tid).expect("thread exists");
@@ -317,7 +309,6 @@ impl<R: FdResolver> Engine<R> {
     /// A syscall returned on `tid`: it runs on a CPU (a lost switch-in is made up for).
     pub(super) fn syscall_returned(&mut self, ts: u64, tid: Tid) {
         let thread = self.threads.seen(tid, ts, RunState::Running);
-        thread.pending_wakeup = None;
         if thread.timeline.state() != RunState::Running {
             self.transition(tid, ts, RunState::Running);
         }
