@@ -146,6 +146,14 @@ impl Response {
             .unwrap_or(0)
     }
 
+    /// `X-Queued-Before-Ns`: what the server thread waited for a CPU between the connection's
+    /// previous response and the handler's start (0 if absent).
+    pub fn queued_before_ns(&self) -> u64 {
+        self.header("X-Queued-Before-Ns")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `X-Cpu-Ns`: CPU time the server thread used in the handler (0 if absent).
     pub fn cpu_ns(&self) -> u64 {
         self.header("X-Cpu-Ns")

@@ -109,21 +109,65 @@ pub fn cpu_steal_ns() -> u64 {
     if steal_at == 0 {
         return 0;
     }
+    match this_cpu_rq() {
+        0 => 0,
+        rq => read_kernel_at(rq, steal_at).unwrap_or(0),
+    }
+}
+
+/// This CPU's run queue, found once per CPU (0: not found).
+#[inline(always)]
+fn this_cpu_rq() -> u64 {
     let Some(cached) = CPU_RQ.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
-    let rq = unsafe {
+    unsafe {
         if *cached == 0 {
             *cached = current_rq();
         }
         *cached
-    };
+    }
+}
+
+/// Byte offsets, found by the collector in the kernel's BTF, of
+/// `task_struct.sched_info.last_arrival` and `rq.clock` (0: not found).
+#[unsafe(no_mangle)]
+static TASK_LAST_ARRIVAL_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_CLOCK_OFFSET: u32 = 0;
+
+/// How long the current task has been on this CPU, as far as the scheduler's clock says: its
+/// run queue's clock less the task's `sched_info.last_arrival`, the run queue's clock when it
+/// got the CPU (`sched_info_arrive()`, kernel/sched/stats.h, Linux 6.18). That clock is
+/// brought up to date at each `__schedule()` before sched_switch fires, and otherwise only
+/// at ticks and wakeups on this CPU, so elsewhere this is a lower bound. (Both are the
+/// scheduler's clock, not CLOCK_MONOTONIC: only their difference is used.) 0 when unknown.
+#[inline(always)]
+pub fn current_on_cpu_for_ns() -> u64 {
+    let (arrival_at, clock_at) = (global(&TASK_LAST_ARRIVAL_OFFSET), global(&RQ_CLOCK_OFFSET));
+    if arrival_at == 0 || clock_at == 0 {
+        return 0;
+    }
+    let rq = this_cpu_rq();
     if rq == 0 {
         return 0;
     }
-    read_kernel_at(rq, steal_at).unwrap_or(0)
+    let task = unsafe { bpf_get_current_task() };
+    match (
+        read_kernel_at::<u64>(rq, clock_at),
+        read_kernel_at::<u64>(task, arrival_at),
+    ) {
+        (Ok(clock), Ok(arrival)) => clock.saturating_sub(arrival),
+        _ => 0,
+    }
 }
+
+/// The target thread the tracer last saw switched in on each CPU (0: the last switch seen
+/// there switched in another task). A target thread that runs while its CPU's entry names
+/// another had a switch-in the kernel did not report (see `probes::sched`).
+#[map]
+pub static ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's run queue, through the current task's CFS run queue, which is this CPU's (a
 /// task's `se.cfs_rq` follows it to each CPU it runs on); 0 when unreadable.

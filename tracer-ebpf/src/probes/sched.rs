@@ -10,9 +10,9 @@ use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
-    cpu_steal_ns, current_comm, current_exit_state, current_ids, current_syscall_regs,
-    current_target_tid, emit, finish, fired_on_task_stack, header, is_target_tid, now_ns, set,
-    task_pid, user_stack_id, WAKERS,
+    count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
+    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header,
+    is_target_tid, now_ns, set, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -47,6 +47,10 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
+    if let Some(prev_tid) = prev_tid {
+        report_unseen_switch_in(prev_tid);
+    }
+    note_on_cpu(if next_is_target { next_pid } else { 0 });
     let mut event = SwitchEvent {
         hdr: header(EventKind::Switch, 0),
         next_tid: if next_is_target { next_pid } else { 0 },
@@ -91,6 +95,59 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
             event.stack_id = user_stack_id(ctx);
         }
     }
+    emit(event)
+}
+
+/// Notes the target thread switched in on this CPU (0: another task).
+#[inline(always)]
+fn note_on_cpu(tid: u32) {
+    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
+        unsafe { *on_cpu = tid };
+    }
+}
+
+/// Target thread `tid`, the current task, runs on this CPU: if the tracer did not see it
+/// switched in here, reports that switch-in now, placed where the scheduler's clock says it
+/// got the CPU, with the wakeup it carried. The kernel sometimes fires no sched_switch for
+/// a switch: on this project's VM, each switch away from one task of PID 1 (a nice -10
+/// tokio worker, about once a second) goes unreported, and `perf` misses it too. Without
+/// this, the thread's time from its wakeup to its first event would stay in the cause it
+/// blocked on. Called by its switch-out and by its socket reads and writes.
+#[inline(always)]
+pub fn report_unseen_switch_in(tid: u32) {
+    let Some(on_cpu) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
+    unsafe {
+        if *on_cpu == tid {
+            return;
+        }
+        *on_cpu = tid;
+    }
+    if let Err(loss) = emit_unseen_switch_in(tid) {
+        count_loss(loss);
+    }
+}
+
+#[inline(always)]
+fn emit_unseen_switch_in(tid: u32) -> Result<(), Loss> {
+    let mut event = SwitchEvent {
+        hdr: header(EventKind::Switch, 0),
+        next_tid: tid,
+        syscall_nr: NO_SYSCALL,
+        stack_id: NO_STACK,
+        ..Default::default()
+    };
+    let mut at = event.hdr.ts_ns.saturating_sub(current_on_cpu_for_ns());
+    if let Some(woken) = take_wakeup(tid) {
+        // Never before the wakeup it carries (the scheduler's clock may lag by a tick).
+        at = at.max(woken.runnable_at_ns);
+        event.woken_at_ns = woken.runnable_at_ns;
+        event.waker = woken.waker;
+    }
+    event.hdr.ts_ns = at;
     emit(event)
 }
 

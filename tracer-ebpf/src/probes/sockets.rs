@@ -17,6 +17,7 @@ use tracer_common::{
     NO_FD, TLS_RECORD_HEADER,
 };
 
+use super::sched::report_unseen_switch_in;
 use crate::conversation::note_returned;
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
@@ -80,6 +81,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     if !io.sampled {
         return Ok(());
     }
+    report_unseen_switch_in(tid);
     let event = SyscallEvent {
         hdr: header(EventKind::Syscall, tid),
         nr: io.nr,

@@ -13,6 +13,9 @@ pub struct KernelOffsets {
     pub task: TaskOffsets,
     /// `None` when the kernel lacks one of the fields: steal is then not reported.
     pub steal: Option<StealOffsets>,
+    /// `None` when the kernel lacks one of the fields (or the steal path to the run queue):
+    /// a switch-in the kernel did not report is then placed where it is first noticed.
+    pub arrival: Option<ArrivalOffsets>,
 }
 
 /// Where the raw scheduler tracepoints' programs find a task's thread id and exit state, and
@@ -36,6 +39,16 @@ pub struct StealOffsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_steal: u32,
+}
+
+/// When a task last got its CPU, and the run queue's clock to measure it against:
+/// `task_struct.sched_info.last_arrival` (set in `sched_info_arrive()` from `rq_clock()`,
+/// kernel/sched/stats.h, Linux 6.18) and `rq.clock`. Both are in the scheduler's clock,
+/// not the events' CLOCK_MONOTONIC: only their difference is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArrivalOffsets {
+    pub task_last_arrival: u32,
+    pub rq_clock: u32,
 }
 
 impl KernelOffsets {
@@ -64,7 +77,18 @@ impl KernelOffsets {
                 rq_steal: StructLayout::of(&btf, "rq")?.offset("prev_steal_time_rq")?,
             })
         })();
-        Ok(KernelOffsets { task, steal })
+        let arrival = steal.and_then(|_| {
+            Some(ArrivalOffsets {
+                task_last_arrival: task_struct.offset("sched_info")?
+                    + StructLayout::of(&btf, "sched_info")?.offset("last_arrival")?,
+                rq_clock: StructLayout::of(&btf, "rq")?.offset("clock")?,
+            })
+        });
+        Ok(KernelOffsets {
+            task,
+            steal,
+            arrival,
+        })
     }
 }
 
@@ -115,7 +139,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_kernel_says_where_tasks_and_steal_time_are() {
+    fn this_kernel_says_where_tasks_steal_time_and_arrivals_are() {
         let found = KernelOffsets::find().expect("the tracer needs the kernel's BTF");
         let (task, steal) = (found.task, found.steal.expect("steal offsets"));
         assert!(task.pid > 0 && task.pid.is_multiple_of(4), "{task:?}");
@@ -131,5 +155,9 @@ mod tests {
         for offset in [steal.task_cfs_rq, steal.cfs_rq_rq, steal.rq_steal] {
             assert!(offset > 0 && offset.is_multiple_of(8), "{steal:?}");
         }
+        let arrival = found.arrival.expect("arrival offsets");
+        assert!(arrival.task_last_arrival > 0 && arrival.task_last_arrival.is_multiple_of(8));
+        // `clock` follows the run queue's lock and counters, never first.
+        assert!(arrival.rq_clock > 0 && arrival.rq_clock.is_multiple_of(8));
     }
 }

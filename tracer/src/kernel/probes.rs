@@ -94,6 +94,11 @@ impl Probes {
         loader.override_global("TASK_CFS_RQ_OFFSET", &steal.task_cfs_rq, true);
         loader.override_global("CFS_RQ_RQ_OFFSET", &steal.cfs_rq_rq, true);
         loader.override_global("RQ_STEAL_OFFSET", &steal.rq_steal, true);
+        // Zeros when unknown: a switch-in the kernel did not report is then placed where the
+        // thread is first seen running.
+        let arrival = offsets.arrival.unwrap_or_default();
+        loader.override_global("TASK_LAST_ARRIVAL_OFFSET", &arrival.task_last_arrival, true);
+        loader.override_global("RQ_CLOCK_OFFSET", &arrival.rq_clock, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // A socket read waits on its CPU to go out with the thread's next write, one record

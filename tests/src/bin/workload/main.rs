@@ -12,7 +12,9 @@
 //! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
 //! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/cpu`,
 //! `/sleep`, `/lock`, `/io` and `/disk` also carry `X-Runqueue-Ns`, the part of that time the thread spent
-//! waiting for a CPU, from the kernel's own account):
+//! waiting for a CPU, from the kernel's own account; every endpoint but `/` also carries
+//! `X-Queued-Before-Ns`, the time the thread waited for a CPU between the connection's
+//! previous response and the handler's start):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
 //! `/io?ms=N` (blocking round trip to the backend, which sleeps N ms),

@@ -27,6 +27,24 @@ impl Span {
     }
 }
 
+/// The calling thread's run delay so far, read as a mark: [`RunDelayMark::since`] gives the
+/// time the thread has spent waiting for a CPU after it. A connection's server thread marks
+/// it after each response, so the time it waited for a CPU before its next handler began
+/// (after the wakeup that delivered the request, or a preemption while it read and parsed)
+/// is the server's own measurement too.
+pub struct RunDelayMark(u64);
+
+impl RunDelayMark {
+    pub fn now() -> Self {
+        Self(run_delay_ns())
+    }
+
+    /// Run delay of the calling thread since the mark (taken on the same thread).
+    pub fn since(&self) -> u64 {
+        run_delay_ns().saturating_sub(self.0)
+    }
+}
+
 /// `clock()` and the thread's run delay at that instant. `run_delay` grows when a wait for a
 /// CPU ends, so a preemption between reading it and reading the clock would put that wait
 /// on the wrong side: read it on both sides of the clock until no wait ended in between.

@@ -17,6 +17,9 @@ pub struct Reply {
     pub cpu_ns: u64,
     /// Of `handler_ns`, the time spent runnable, waiting for a CPU (`X-Runqueue-Ns`).
     runqueue_ns: Option<u64>,
+    /// Time the thread waited for a CPU after the connection's previous response and before
+    /// the handler began (`X-Queued-Before-Ns`).
+    pub queued_before_ns: Option<u64>,
     /// Close the connection after sending this reply.
     pub close: bool,
 }
@@ -30,6 +33,7 @@ impl Reply {
             fsync_ns: None,
             cpu_ns: 0,
             runqueue_ns: None,
+            queued_before_ns: None,
             close: false,
         }
     }
@@ -79,6 +83,9 @@ impl Reply {
         if let Some(ns) = self.runqueue_ns {
             headers.push(("X-Runqueue-Ns", ns.to_string()));
         }
+        if let Some(ns) = self.queued_before_ns {
+            headers.push(("X-Queued-Before-Ns", ns.to_string()));
+        }
         if self.close {
             headers.push(("Connection", "close".to_string()));
         }
@@ -117,12 +124,13 @@ mod tests {
         };
         let reply = Reply {
             cpu_ns: 9,
+            queued_before_ns: Some(3),
             close: true,
             ..Reply::spanned(span)
         };
         assert_eq!(
             reply.to_bytes(),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 20\r\nX-Cpu-Ns: 9\r\nX-Runqueue-Ns: 5\r\nConnection: close\r\n\r\nok\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Handler-Ns: 20\r\nX-Cpu-Ns: 9\r\nX-Runqueue-Ns: 5\r\nX-Queued-Before-Ns: 3\r\nConnection: close\r\n\r\nok\n"
         );
         assert_eq!(
             Reply::closing(400).to_bytes(),

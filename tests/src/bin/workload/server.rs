@@ -17,7 +17,7 @@ use tracer_tests::http::{self, RequestLine};
 use crate::backend::{BackendChild, BackendClient};
 use crate::listener::accept_loop;
 use crate::lock_holder::LockHolder;
-use crate::measure::{thread_cpu_ns, Span};
+use crate::measure::{thread_cpu_ns, RunDelayMark, Span};
 use crate::reply::Reply;
 use crate::scratch::ScratchFile;
 use crate::{announce, tls, MAX_MS};
@@ -123,8 +123,9 @@ impl<'a> Connection<'a> {
     /// the stream.
     fn serve<S: io::Read + Write>(mut self, mut stream: S) -> Result<S> {
         let mut buf = Vec::with_capacity(1024);
+        let mut since_last_response = RunDelayMark::now();
         while let Some(end) = http::read_head(&mut stream, &mut buf).context("read request")? {
-            let reply = self.respond(&buf[..end]);
+            let reply = self.respond(&buf[..end], &since_last_response);
             buf.drain(..end);
             stream
                 .write_all(&reply.to_bytes())
@@ -132,12 +133,14 @@ impl<'a> Connection<'a> {
             if reply.close {
                 break;
             }
+            since_last_response = RunDelayMark::now();
         }
         Ok(stream)
     }
 
     /// Parses one request head and runs its handler; failures become error replies.
-    fn respond(&mut self, head: &[u8]) -> Reply {
+    /// `since_last_response` was marked after this connection's previous response.
+    fn respond(&mut self, head: &[u8], since_last_response: &RunDelayMark) -> Reply {
         let Some(req) = std::str::from_utf8(head)
             .ok()
             .and_then(http::parse_request_line)
@@ -151,6 +154,7 @@ impl<'a> Connection<'a> {
         // The thread CPU clock costs a syscall: `/`, the benchmark's endpoint, goes without.
         let measure_cpu = req.path != "/";
         let cpu_start = if measure_cpu { thread_cpu_ns() } else { 0 };
+        let queued_before = measure_cpu.then(|| since_last_response.since());
         let mut reply = self.route(&req).unwrap_or_else(|e| {
             eprintln!("workload: {} failed: {e:#}", req.path);
             Reply::closing(500)
@@ -158,6 +162,7 @@ impl<'a> Connection<'a> {
         if measure_cpu {
             reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
         }
+        reply.queued_before_ns = queued_before;
         reply.close |= req.http10;
         reply
     }
