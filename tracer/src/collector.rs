@@ -194,7 +194,7 @@ impl Collector {
     /// Take finished requests and wait samples from the engine into the aggregates, and
     /// write the slow ones.
     fn collect(&mut self) {
-        for r in self.engine.take_requests() {
+        for r in self.engine.drain_requests() {
             self.totals.record_request(&r);
             self.interval.record(&r);
             for (sum, ns) in self.interval_breakdown.iter_mut().zip(r.breakdown) {
@@ -203,7 +203,7 @@ impl Collector {
             self.slow.offer(&r, self.boot_to_unix_ns);
         }
         self.slow.write_out();
-        for w in self.engine.take_waits() {
+        for w in self.engine.drain_waits() {
             self.totals.record_wait(w);
         }
         for h in self.engine.take_handshakes() {

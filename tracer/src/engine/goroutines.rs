@@ -28,6 +28,7 @@ use super::{
     context::{ExecCtx, GoroutineId, Tid},
     event::GoSched,
     locks::{GoLocks, GoWaker},
+    requests::WaitingRequests,
     sites::StackRef,
     timeline::{GoroutineTimeline, Snapshot},
     Engine, FdResolver,
@@ -40,8 +41,8 @@ const MAX_GOROUTINES: usize = 1 << 18;
 /// A goroutine seen by the scheduler probes.
 pub(super) struct Goroutine {
     pub timeline: GoroutineTimeline,
-    /// How many requests on this goroutine are still waiting for their response.
-    pub open_requests: u32,
+    /// Its requests still waiting for their response.
+    pub open_requests: WaitingRequests,
     /// Go's wait reason of its current park.
     parked_for: Option<u8>,
     /// The semaphore `runtime.semacquire1` was last entered with (a park for a semaphore
@@ -59,7 +60,7 @@ impl Goroutine {
     fn new() -> Self {
         Goroutine {
             timeline: GoroutineTimeline::unseen(),
-            open_requests: 0,
+            open_requests: WaitingRequests::default(),
             parked_for: None,
             semaphore: None,
             waits_on: None,
@@ -206,7 +207,7 @@ impl Goroutines {
         if self.by_goid.len() >= MAX_GOROUTINES && !self.by_goid.contains_key(&goid) {
             let before = self.by_goid.len();
             self.by_goid
-                .retain(|_, g| g.open_requests > 0 || g.timeline.parked_for().is_none());
+                .retain(|_, g| g.open_requests.now > 0 || g.timeline.parked_for().is_none());
             self.forgotten += (before - self.by_goid.len()) as u64;
         }
         self.by_goid.entry(goid).or_insert_with(Goroutine::new)
@@ -268,7 +269,7 @@ impl<R: FdResolver> Engine<R> {
     }
 
     /// The count of open requests not answered yet on `ctx`.
-    pub(super) fn open_requests_mut(&mut self, ctx: ExecCtx) -> Option<&mut u32> {
+    pub(super) fn open_requests_mut(&mut self, ctx: ExecCtx) -> Option<&mut WaitingRequests> {
         match ctx {
             ExecCtx::Thread(tid) => self.threads.get_mut(tid).map(|t| &mut t.open_requests),
             ExecCtx::Goroutine(g) => self.goroutines.get_mut(g.0).map(|g| &mut g.open_requests),

@@ -102,12 +102,24 @@ impl<R: FdResolver> Engine<R> {
         self.fds.set(fd, kind);
     }
 
+    #[cfg(test)]
     pub fn take_requests(&mut self) -> Vec<Request> {
-        self.requests.take_finished()
+        self.drain_requests().collect()
     }
 
+    #[cfg(test)]
     pub fn take_waits(&mut self) -> Vec<Wait> {
-        std::mem::take(&mut self.waits)
+        self.drain_waits().collect()
+    }
+
+    /// The requests finished since the last drain (the buffer keeps its capacity).
+    pub fn drain_requests(&mut self) -> impl Iterator<Item = Request> + '_ {
+        self.requests.drain_finished()
+    }
+
+    /// The waits ended since the last drain.
+    pub fn drain_waits(&mut self) -> impl Iterator<Item = Wait> + '_ {
+        self.waits.drain(..)
     }
 
     pub fn take_handshakes(&mut self) -> Vec<Handshake> {
@@ -185,7 +197,7 @@ impl<R: FdResolver> Engine<R> {
         lasted: u64,
         site: Option<StackRef>,
     ) {
-        if self.open_requests_mut(ctx).is_none_or(|open| *open == 0) {
+        if self.open_requests_mut(ctx).is_none_or(|open| open.now == 0) {
             return;
         }
         if let Some(start) = self.requests.earliest_start(ctx) {

@@ -33,8 +33,19 @@ pub struct HandshakeTime {
     pub duration_ns: u64,
 }
 
+/// A context's requests still waiting for their response (read, not yet answered), and how
+/// many it has opened so far: a request that sees that count move while it waits shared its
+/// context with the one opened meanwhile, with no pass over the other open requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitingRequests {
+    pub now: u32,
+    pub opened: u64,
+}
+
 struct OpenRequest {
     ctx: ExecCtx,
+    /// Its context's `WaitingRequests::opened` once it was opened.
+    opened_as: u64,
     start: Snapshot,
     /// The last response write so far: its context's timeline when it completed.
     last_write: Option<Snapshot>,
@@ -143,8 +154,8 @@ impl Requests {
         self.open.keys().copied().collect()
     }
 
-    pub fn take_finished(&mut self) -> Vec<Request> {
-        std::mem::take(&mut self.finished)
+    pub fn drain_finished(&mut self) -> std::vec::Drain<'_, Request> {
+        self.finished.drain(..)
     }
 
     /// `fd` was closed, or is a new connection.
@@ -204,22 +215,21 @@ impl<R: FdResolver> Engine<R> {
 
     /// Open a request on `fd`, served by `ctx`, that started at `start`.
     pub(super) fn open_request(&mut self, ctx: ExecCtx, fd: u32, start: Snapshot) {
-        let Some(open) = self.open_requests_mut(ctx) else {
+        let Some(waiting) = self.open_requests_mut(ctx) else {
             return;
         };
-        *open += 1;
-        let shared_context = *open > 1;
-        if shared_context {
-            let waiting = |r: &&mut OpenRequest| r.ctx == ctx && r.last_write.is_none();
-            for req in self.requests.open.values_mut().filter(waiting) {
-                req.shared_context = true;
-            }
-        }
+        waiting.now += 1;
+        waiting.opened += 1;
+        // Another request of its context is waiting; the ones opened while it waits are
+        // noticed as it is answered.
+        let shared_context = waiting.now > 1;
+        let opened_as = waiting.opened;
         self.requests.served_by.insert(fd, ctx);
         self.requests.insert(
             fd,
             OpenRequest {
                 ctx,
+                opened_as,
                 start,
                 last_write: None,
                 incomplete: false,
@@ -234,17 +244,20 @@ impl<R: FdResolver> Engine<R> {
         let Some(req) = self.requests.open.get(&fd) else {
             return; // a greeting or an unsolicited write: no request is open
         };
-        let (ctx, answering) = (req.ctx, req.last_write.is_none());
+        let (ctx, answering, opened_as) = (req.ctx, req.last_write.is_none(), req.opened_as);
         let Some(now) = self.ctx_snapshot(ctx, ts) else {
             return;
         };
+        let mut opened_meanwhile = false;
         if answering {
-            if let Some(open) = self.open_requests_mut(ctx) {
-                *open = open.saturating_sub(1);
+            if let Some(waiting) = self.open_requests_mut(ctx) {
+                waiting.now = waiting.now.saturating_sub(1);
+                opened_meanwhile = waiting.opened > opened_as;
             }
         }
         if let Some(req) = self.requests.open.get_mut(&fd) {
             req.last_write = Some(now);
+            req.shared_context |= opened_meanwhile;
         }
     }
 
@@ -254,8 +267,8 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         if req.last_write.is_none() {
-            if let Some(open) = self.open_requests_mut(req.ctx) {
-                *open = open.saturating_sub(1);
+            if let Some(waiting) = self.open_requests_mut(req.ctx) {
+                waiting.now = waiting.now.saturating_sub(1);
             }
         }
         let Some(end) = req.last_write else {

@@ -599,6 +599,26 @@ fn event_loop_requests_are_marked_shared() {
     assert_eq!(e.shared(), 2);
 }
 
+#[test]
+fn requests_answered_before_the_next_is_read_share_nothing() {
+    let mut e = engine();
+    e.set_fd_kind(11, FdKind::Connection);
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            write(50, CONN),
+            read(60, 11, 5),
+            write(70, 11),
+            read(100, CONN, 5),
+            read(110, 11, 5),
+        ],
+    );
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|r| !r.shared_context), "{reqs:?}");
+    assert_eq!(e.shared(), 0);
+}
+
 /// A read or write on `fd`'s socket `sock`, which the kernel side says is (or is not) the
 /// server side of a TCP connection.
 fn io_on(ts: u64, nr: u32, fd: u32, ret: i64, sock: u64, server_side: bool) -> Event {

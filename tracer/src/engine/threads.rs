@@ -8,6 +8,7 @@ use super::{
     cause::{blocked_cause, Cause},
     context::{ExecCtx, Tid},
     event::{InSyscall, Waker, Woken},
+    requests::WaitingRequests,
     sites::StackRef,
     timeline::{RunState, Snapshot, StolenTime, Timeline},
     Engine, FdResolver, Wait,
@@ -56,8 +57,8 @@ pub(super) struct Thread {
     pub last_wakeup: Option<BlockEnd>,
     /// Blocked in a futex wait: it ends when the thread runs again.
     futex_wait: Option<FutexWait>,
-    /// How many requests on this thread are still waiting for their response.
-    pub open_requests: u32,
+    /// Its requests still waiting for their response.
+    pub open_requests: WaitingRequests,
     /// The OpenSSL call (`SSL*`, call) the thread is inside, on a connection still in its
     /// handshake: its socket reads and writes are handshake flights, not requests.
     pub ssl_call: Option<(u64, super::event::SslCall)>,
@@ -80,7 +81,7 @@ impl Thread {
             timeline: Timeline::new(ts, state),
             last_wakeup: None,
             futex_wait: None,
-            open_requests: 0,
+            open_requests: WaitingRequests::default(),
             ssl_call: None,
             blocked_at: None,
             on_cpu_since: None,

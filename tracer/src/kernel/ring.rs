@@ -229,6 +229,10 @@ impl Reorder {
         // After every held event not later than it: ties stay in arrival order. Out of
         // order, a record is usually a few places late (two CPUs' records interleave in the
         // ring), rarely many (a held socket read).
+        if self.pending.back().is_none_or(|last| event_ts(last) <= ts) {
+            self.pending.push_back(event); // in order: almost every record
+            return;
+        }
         let held = self.pending.len();
         let nearby = held.saturating_sub(LATE_LINEAR_SEARCH);
         let place = match (nearby..held)
