@@ -47,10 +47,14 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
-    if let Some(prev_tid) = prev_tid {
-        report_unseen_switch_in(prev_tid);
+    // One lookup of this CPU's entry for both ends of the switch.
+    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
+        if let Some(prev_tid) = prev_tid {
+            report_unseen_switch_in_at(on_cpu, prev_tid);
+        }
+        // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
+        unsafe { *on_cpu = if next_is_target { next_pid } else { 0 } };
     }
-    note_on_cpu(if next_is_target { next_pid } else { 0 });
     let mut event = SwitchEvent {
         hdr: header(EventKind::Switch, 0),
         next_tid: if next_is_target { next_pid } else { 0 },
@@ -98,15 +102,6 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     emit(event)
 }
 
-/// Notes the target thread switched in on this CPU (0: another task).
-#[inline(always)]
-fn note_on_cpu(tid: u32) {
-    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
-        // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
-        unsafe { *on_cpu = tid };
-    }
-}
-
 /// Target thread `tid`, the current task, runs on this CPU: if the tracer did not see it
 /// switched in here, reports that switch-in now, placed where the scheduler's clock says it
 /// got the CPU, with the wakeup it carried. The kernel sometimes fires no sched_switch for
@@ -116,9 +111,14 @@ fn note_on_cpu(tid: u32) {
 /// blocked on. Called by its switch-out and by its socket reads and writes.
 #[inline(always)]
 pub fn report_unseen_switch_in(tid: u32) {
-    let Some(on_cpu) = ON_CPU.get_ptr_mut(0) else {
-        return;
-    };
+    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
+        report_unseen_switch_in_at(on_cpu, tid);
+    }
+}
+
+/// [`report_unseen_switch_in`], with this CPU's `ON_CPU` entry already looked up.
+#[inline(always)]
+fn report_unseen_switch_in_at(on_cpu: *mut u32, tid: u32) {
     // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
     unsafe {
         if *on_cpu == tid {
