@@ -24,6 +24,7 @@ use crate::{
         files::Outcome,
         hlog::HlogWriter,
         jsonl::SlowRequests,
+        summary::CollectorUsage,
     },
     target::{fds::ProcFds, read_comm},
 };
@@ -59,6 +60,9 @@ pub struct Collector {
     slow: SlowRequests,
     started: Instant,
     stopped: Option<Instant>,
+    /// The process's CPU seconds at the start and at the stop.
+    cpu_s_at_start: f64,
+    cpu_s_at_stop: Option<f64>,
     interval_started: Instant,
     boot_to_unix_ns: i128,
     decoded: Vec<Event>,
@@ -91,6 +95,8 @@ impl Collector {
             slow,
             started: now,
             stopped: None,
+            cpu_s_at_start: CollectorUsage::now().cpu_s,
+            cpu_s_at_stop: None,
             interval_started: now,
             boot_to_unix_ns: boot_to_unix_ns(),
             decoded: Vec::new(),
@@ -333,6 +339,16 @@ impl Collector {
 
     pub fn stop(&mut self) {
         self.stopped = Some(Instant::now());
+        self.cpu_s_at_stop = Some(CollectorUsage::now().cpu_s);
+    }
+
+    /// This process's CPU seconds from the collector's start (the programs attached) to its
+    /// stop, or until now while it runs.
+    pub fn tracing_cpu_s(&self) -> f64 {
+        let now = self
+            .cpu_s_at_stop
+            .unwrap_or_else(|| CollectorUsage::now().cpu_s);
+        (now - self.cpu_s_at_start).max(0.0)
     }
 
     /// Remember the names of the waiters the lock detail lists (while they are alive: an

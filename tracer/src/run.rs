@@ -295,7 +295,10 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     ]);
     print!("{}", console::final_summary(&summary, collector.totals()));
     // Taken last, so the peak covers the whole run, the final summary included.
-    summary.collector = CollectorUsage::now();
+    summary.collector = CollectorUsage {
+        tracing_cpu_s: collector.tracing_cpu_s(),
+        ..CollectorUsage::now()
+    };
     let summary = summary.write(&out);
     let outcomes = [
         (output::SUMMARY, &summary),

@@ -456,7 +456,13 @@ impl IncompleteFile {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CollectorUsage {
+    /// The whole run: attaching (loading and verifying the programs), tracing, detaching
+    /// and writing the files.
     pub cpu_s: f64,
+    /// While attached and tracing only (from attach to stop): the steady cost per second of
+    /// `duration_s`.
+    #[serde(default)]
+    pub tracing_cpu_s: f64,
     pub user_s: f64,
     pub sys_s: f64,
     pub max_rss_kb: i64,
@@ -473,6 +479,7 @@ impl CollectorUsage {
         let (user_s, sys_s) = (secs(ru.user_time()), secs(ru.system_time()));
         CollectorUsage {
             cpu_s: user_s + sys_s,
+            tracing_cpu_s: 0.0,
             user_s,
             sys_s,
             max_rss_kb: ru.max_rss(),

@@ -82,9 +82,10 @@ fn print_sampled_rows(measured: &Measured, one_in: u32) {
     print_rounds(&name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
     let figures = TracerFigures::of(&measured.sampled);
     println!(
-        "    {:<14} collector CPU {}% of a core, ring records per request attributed {}, lost {}",
+        "    {:<14} collector CPU {}% of a core ({} ns/request), ring records per request attributed {}, lost {}",
         "",
         fmt(figures.cpu_pct, 1),
+        fmt(figures.cpu_ns_per_request, 0),
         fmt(figures.records_per_request, 2),
         fmt(figures.lost, 0),
     );
@@ -246,8 +247,12 @@ struct TracerFigures {
     /// Ring records received per request reported (the kernel's main cost per request).
     records_per_request: Option<f64>,
     lost: Option<f64>,
-    /// The collector's CPU time, in % of one core.
+    /// The collector's CPU time while attached and tracing, in % of one core.
     cpu_pct: Option<f64>,
+    /// The same, in ns per request reported.
+    cpu_ns_per_request: Option<f64>,
+    /// The collector's CPU time over its whole run (attach and the files included), in s.
+    run_cpu_s: Option<f64>,
     rss_mib: Option<f64>,
 }
 
@@ -267,16 +272,22 @@ impl TracerFigures {
                     .map(|(value, duration)| ratio(value, *duration)),
             )
         };
+        let requests = field(|s| s.requests.count as f64);
+        let per_request = |values: Vec<Option<f64>>| {
+            mean(
+                values
+                    .into_iter()
+                    .zip(&requests)
+                    .map(|(value, requests)| ratio(value, *requests)),
+            )
+        };
         TracerFigures {
             events_per_s: per_second(field(|s| s.events.received as f64)),
-            records_per_request: mean(
-                field(|s| s.events.received as f64)
-                    .into_iter()
-                    .zip(field(|s| s.requests.count as f64))
-                    .map(|(records, requests)| ratio(records, requests)),
-            ),
+            records_per_request: per_request(field(|s| s.events.received as f64)),
             lost: sum(field(|s| s.events.lost as f64)),
-            cpu_pct: per_second(field(|s| s.collector.cpu_s)).map(|share| share * 100.0),
+            cpu_pct: per_second(field(|s| s.collector.tracing_cpu_s)).map(|share| share * 100.0),
+            cpu_ns_per_request: per_request(field(|s| s.collector.tracing_cpu_s * 1e9)),
+            run_cpu_s: mean(field(|s| s.collector.cpu_s)),
             rss_mib: max(field(|s| s.collector.max_rss_kb as f64)).map(|kb| kb / 1024.0),
         }
     }
@@ -363,9 +374,21 @@ fn print_tracer_rows(tracer: &TracerFigures) {
     );
     row("lost events", "", &fmt(tracer.lost, 0), "");
     row(
-        "collector CPU (% of one core)",
+        "collector CPU tracing (% of one core)",
         "",
         &fmt(tracer.cpu_pct, 1),
+        "",
+    );
+    row(
+        "collector CPU tracing (ns/request)",
+        "",
+        &fmt(tracer.cpu_ns_per_request, 0),
+        "",
+    );
+    row(
+        "collector CPU whole run (s)",
+        "",
+        &fmt(tracer.run_cpu_s, 2),
         "",
     );
     row("collector max RSS (MiB)", "", &fmt(tracer.rss_mib, 1), "");
