@@ -65,7 +65,6 @@ pub struct Collector {
     cpu_s_at_stop: Option<f64>,
     interval_started: Instant,
     boot_to_unix_ns: i128,
-    decoded: Vec<Event>,
     /// Thread names, for the lock detail.
     comms: HashMap<Tid, String>,
     pid: u32,
@@ -99,7 +98,6 @@ impl Collector {
             cpu_s_at_stop: None,
             interval_started: now,
             boot_to_unix_ns: boot_to_unix_ns(),
-            decoded: Vec::new(),
             comms: HashMap::new(),
             pid,
             dump: std::env::var_os("TRACER_EVENT_DUMP")
@@ -131,18 +129,10 @@ impl Collector {
             read += 1;
             self.received += 1;
             self.interval_events += 1;
-            if decode(&item, &mut self.decoded).is_none() {
+            // Straight into the reorder window: an event is moved once less.
+            if decode(&item, &mut self.reorder).is_none() {
                 self.malformed += 1;
             }
-        }
-        for event in self.decoded.drain(..) {
-            if let EventKind::ThreadExit { comm } = &event.kind {
-                self.comms.insert(event.tid, comm.clone());
-            }
-            self.reorder.push(event);
-        }
-        if self.comms.len() > MAX_NAMES {
-            let _ = self.forget_names_of_non_waiters();
         }
         match probes {
             Some(probes) => self.check_losses(probes, read == budget),
@@ -154,6 +144,9 @@ impl Collector {
             None => {}
         }
         self.release(all);
+        if self.comms.len() > MAX_NAMES {
+            let _ = self.forget_names_of_non_waiters();
+        }
         self.collect();
         read
     }
@@ -172,10 +165,13 @@ impl Collector {
 
     /// Hand the engine what the reorder window releases (everything, if `all`).
     fn release(&mut self, all: bool) {
-        let (engine, dump) = (&mut self.engine, &mut self.dump);
+        let (engine, dump, comms) = (&mut self.engine, &mut self.dump, &mut self.comms);
         self.reorder.release(all, |e| {
             if let Some(dump) = dump {
                 let _ = writeln!(dump, "{e:?}");
+            }
+            if let EventKind::ThreadExit { comm } = &e.kind {
+                comms.insert(e.tid, comm.clone());
             }
             engine.handle(e)
         });

@@ -21,53 +21,66 @@ pub trait FdResolver {
 }
 
 /// The kinds of fds seen so far, asking the resolver for the others once, and the connection
-/// last seen behind each socket fd.
+/// last seen behind each socket fd: one entry per fd, so a socket read or write looks its fd
+/// up once.
 pub struct FdTable<R> {
     resolver: R,
-    kinds: HashMap<u32, FdKind>,
-    connections: HashMap<u32, u64>,
+    fds: HashMap<u32, FdEntry>,
+}
+
+#[derive(Clone, Copy)]
+struct FdEntry {
+    kind: FdKind,
+    /// The connection (its identity) last seen behind a socket fd.
+    connection: Option<u64>,
 }
 
 impl<R: FdResolver> FdTable<R> {
     pub fn new(resolver: R) -> Self {
         FdTable {
             resolver,
-            kinds: HashMap::default(),
-            connections: HashMap::default(),
+            fds: HashMap::default(),
         }
     }
 
-    /// The connection (its identity) last seen behind `fd`.
-    pub fn connection(&self, fd: u32) -> Option<u64> {
-        self.connections.get(&fd).copied()
+    /// What is known of `fd` without asking the resolver, and the connection (its identity)
+    /// last seen behind it.
+    pub fn known_connection(&self, fd: u32) -> Option<(FdKind, Option<u64>)> {
+        self.fds.get(&fd).map(|e| (e.kind, e.connection))
     }
 
     /// `fd` is `connection`, of `kind`.
     pub fn set_connection(&mut self, fd: u32, connection: u64, kind: FdKind) {
-        self.connections.insert(fd, connection);
-        self.kinds.insert(fd, kind);
+        self.fds.insert(
+            fd,
+            FdEntry {
+                kind,
+                connection: Some(connection),
+            },
+        );
     }
 
     pub fn kind(&mut self, fd: u32) -> FdKind {
-        if let Some(kind) = self.kinds.get(&fd) {
-            return *kind;
+        if let Some(entry) = self.fds.get(&fd) {
+            return entry.kind;
         }
         let kind = self.resolver.resolve(fd);
-        self.kinds.insert(fd, kind);
+        self.set(fd, kind);
         kind
     }
 
     /// What is known of `fd`, without asking the resolver.
     pub fn known(&self, fd: u32) -> Option<FdKind> {
-        self.kinds.get(&fd).copied()
+        self.fds.get(&fd).map(|e| e.kind)
     }
 
     pub fn set(&mut self, fd: u32, kind: FdKind) {
-        self.kinds.insert(fd, kind);
-    }
-
-    pub fn forget(&mut self, fd: u32) {
-        self.kinds.remove(&fd);
-        self.connections.remove(&fd);
+        self.fds
+            .entry(fd)
+            .and_modify(|e| e.kind = kind)
+            .or_insert(FdEntry {
+                kind,
+                connection: None,
+            });
     }
 }

@@ -215,9 +215,9 @@ impl<R: FdResolver> Engine<R> {
 
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
-        self.note_socket(sys.fd, sys.connection, sys.origin);
+        let kind = self.note_socket(sys.fd, sys.connection, sys.origin);
         let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
-        if !handshake && self.fds.kind(sys.fd) == FdKind::Connection {
+        if !handshake && kind == FdKind::Connection {
             self.connection_io(ts, tid, sys);
         }
         // A wakeup starts only the socket I/O right after it (a read that blocked).
@@ -250,17 +250,19 @@ impl<R: FdResolver> Engine<R> {
     /// at all: see tracer-ebpf `probes/sockets.rs`), so another connection behind a known fd
     /// is the previous one closed and a new one in its place, and a socket is a connection to
     /// serve when the kernel side saw it created as the server side of a TCP connection (or
-    /// /proc said so at attach time, for connections open before the tracer).
-    fn note_socket(&mut self, fd: u32, connection: u64, origin: SocketOrigin) {
-        let seeded = match self.fds.connection(fd) {
-            Some(known) if known == connection => return,
-            Some(_) => {
+    /// /proc said so at attach time, for connections open before the tracer). Returns what
+    /// `fd` is now.
+    fn note_socket(&mut self, fd: u32, connection: u64, origin: SocketOrigin) -> FdKind {
+        let seeded = match self.fds.known_connection(fd) {
+            Some((kind, Some(known))) if known == connection => return kind,
+            Some((_, Some(_))) => {
                 self.finish(fd); // its close was not seen
                 self.tls.forget_fd(fd);
                 self.requests.forget_fd(fd);
                 false
             }
-            None => self.fds.known(fd) == Some(FdKind::Connection),
+            Some((kind, None)) => kind == FdKind::Connection,
+            None => false,
         };
         let kind = match origin {
             SocketOrigin::TcpServer => FdKind::Connection,
@@ -268,6 +270,7 @@ impl<R: FdResolver> Engine<R> {
             SocketOrigin::TcpClient | SocketOrigin::Unknown => FdKind::Socket,
         };
         self.fds.set_connection(fd, connection, kind);
+        kind
     }
 
     /// The thread's last wakeup has been taken by the socket I/O that followed it, or is not

@@ -143,7 +143,10 @@ impl Requests {
     /// Drops `fd` from `ctx`'s open requests.
     fn unindex(&mut self, ctx: ExecCtx, fd: u32) {
         if let Some(fds) = self.open_by_ctx.get_mut(&ctx) {
-            fds.retain(|&f| f != fd);
+            // Each fd is there once.
+            if let Some(at) = fds.iter().position(|&f| f == fd) {
+                fds.remove(at);
+            }
             if fds.is_empty() {
                 self.open_by_ctx.remove(&ctx);
             }

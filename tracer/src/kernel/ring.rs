@@ -93,9 +93,26 @@ fn stack_ref(id: i32, caller: u64) -> Option<StackRef> {
     u32::try_from(id).ok().map(|id| StackRef { id, caller })
 }
 
+/// Where decoded events go: straight into the reorder window, or a list (tests).
+pub trait EventSink {
+    fn push(&mut self, event: Event);
+}
+
+impl EventSink for Vec<Event> {
+    fn push(&mut self, event: Event) {
+        Vec::push(self, event);
+    }
+}
+
+impl EventSink for Reorder {
+    fn push(&mut self, event: Event) {
+        Reorder::push(self, event);
+    }
+}
+
 /// Decode one record into zero, one or two engine events (a switch between two target threads
 /// is a switch-out and a switch-in). `None` when the record is malformed.
-pub fn decode(bytes: &[u8], out: &mut Vec<Event>) -> Option<()> {
+pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
     let hdr: EventHeader = read(bytes)?;
     let (ts, tid) = (hdr.ts_ns, Tid(hdr.tid));
     match tracer_common::EventKind::from_u32(hdr.kind)? {
