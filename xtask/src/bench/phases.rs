@@ -1,5 +1,9 @@
-//! The run of one scenario: its target started once, then baseline and traced load phases
-//! alternating, then one traced phase with `--bpf-stats`.
+//! The run of one scenario: its target started once, then rounds of load phases, then one
+//! traced phase with `--bpf-stats`. In each round, every way of running the load (traced,
+//! `--sample N`, each comparison tool) is paired with a baseline phase of its own, right
+//! before it in odd rounds and right after it in even ones: the machine's speed drifts
+//! (by 15% within a minute on this VM), and a ratio of neighbours, in both orders, keeps
+//! that drift and one disturbed baseline out of every other pair.
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +35,7 @@ pub struct Traced {
 
 /// Everything measured for one scenario.
 pub struct Measured {
+    /// Each round's baseline paired with its traced phase.
     pub baseline: Vec<Load>,
     pub traced: Vec<Traced>,
     /// For a scenario that compares them: a traced phase with `--stacks off` after each
@@ -40,11 +45,19 @@ pub struct Measured {
     /// run-time statistics cost time themselves, so throughput is compared without them.
     pub stats: Option<Traced>,
     /// For a scenario that compares them: each round's phase with each of [`TOOLS`] attached,
-    /// by tool.
-    pub tools: Vec<(&'static str, Vec<Load>)>,
-    /// For a scenario that compares it: a traced phase with `--sample N` after each traced
-    /// one.
+    /// by tool, with its own baselines.
+    pub tools: Vec<ToolRuns>,
+    /// For a scenario that compares it: each round's traced phase with `--sample N`.
     pub sampled: Vec<Traced>,
+    /// The baselines paired with `sampled`.
+    pub sampled_baseline: Vec<Load>,
+}
+
+/// A comparison tool's phases, and the baseline phase paired with each.
+pub struct ToolRuns {
+    pub name: &'static str,
+    pub baseline: Vec<Load>,
+    pub loads: Vec<Load>,
 }
 
 /// What every scenario's phases share, and the tracer's failures so far.
@@ -62,8 +75,8 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// Runs `scenario`'s phases: [`Bench::rounds`] baseline and traced pairs, then the
-    /// `--bpf-stats` phase.
+    /// Runs `scenario`'s phases: [`Bench::rounds`] rounds of pairs, then the `--bpf-stats`
+    /// phase.
     pub fn measure(&mut self, scenario: &Scenario) -> Result<Measured> {
         println!();
         println!("== scenario {}: {}", scenario.name, scenario.about);
@@ -78,40 +91,62 @@ impl Bench {
             traced: Vec::new(),
             without_stacks: Vec::new(),
             stats: None,
-            tools: TOOLS.iter().map(|tool| (tool.name, Vec::new())).collect(),
+            tools: TOOLS
+                .iter()
+                .map(|tool| ToolRuns {
+                    name: tool.name,
+                    baseline: Vec::new(),
+                    loads: Vec::new(),
+                })
+                .collect(),
             sampled: Vec::new(),
+            sampled_baseline: Vec::new(),
         };
         for round in 1..=rounds {
-            let baseline = run.baseline_phase(&format!("{name} baseline {round}"))?;
+            let baseline_first = round % 2 == 1;
+            let baseline_phase = |of: &str| format!("{name} baseline {round} (for {of})");
+            let ((traced, without_stacks), baseline) =
+                run.paired(&baseline_phase("tracer"), baseline_first, |run| {
+                    let phase = format!("{name} traced {round}");
+                    let traced =
+                        run.traced_phase(&phase, &format!("{name}-{round}"), Mode::Traced)?;
+                    if !scenario.compare_stacks {
+                        return Ok((traced, None));
+                    }
+                    // Right after the traced phase, whatever the order of the pair.
+                    thread::sleep(SETTLE);
+                    let phase = format!("{name} traced --stacks off {round}");
+                    let out = format!("{name}-nostacks-{round}");
+                    let without = run.traced_phase(&phase, &out, Mode::WithoutStacks)?;
+                    Ok((traced, Some(without)))
+                })?;
             measured.baseline.push(baseline);
-            thread::sleep(SETTLE);
-            let phase = format!("{name} traced {round}");
-            let traced = run.traced_phase(&phase, &format!("{name}-{round}"), Mode::Traced)?;
             measured.traced.push(traced);
-            thread::sleep(SETTLE);
-            if scenario.compare_stacks {
-                let phase = format!("{name} traced --stacks off {round}");
-                let out = format!("{name}-nostacks-{round}");
-                let traced = run.traced_phase(&phase, &out, Mode::WithoutStacks)?;
-                measured.without_stacks.push(traced);
-                thread::sleep(SETTLE);
-            }
+            measured.without_stacks.extend(without_stacks);
             if let Some(one_in) = scenario.compare_sampling {
-                let phase = format!("{name} traced --sample {one_in} {round}");
-                let out = format!("{name}-sampled-{round}");
-                let traced = run.traced_phase(&phase, &out, Mode::Sampled(one_in))?;
-                measured.sampled.push(traced);
-                thread::sleep(SETTLE);
+                let of = format!("tracer --sample {one_in}");
+                let (sampled, baseline) =
+                    run.paired(&baseline_phase(&of), baseline_first, |run| {
+                        let phase = format!("{name} traced --sample {one_in} {round}");
+                        let out = format!("{name}-sampled-{round}");
+                        run.traced_phase(&phase, &out, Mode::Sampled(one_in))
+                    })?;
+                measured.sampled.push(sampled);
+                measured.sampled_baseline.push(baseline);
             }
             if scenario.compare_tools {
-                for (tool, (_, loads)) in TOOLS.iter().zip(&mut measured.tools) {
-                    let phase = format!("{name} {} {round}", tool.name);
-                    let load = tool
-                        .measure(run.target.pid, &mut run.target.load)
-                        .with_context(|| phase.clone())?;
-                    println!("{phase}: {}", describe(&load));
-                    loads.push(load);
-                    thread::sleep(SETTLE);
+                for (tool, runs) in TOOLS.iter().zip(&mut measured.tools) {
+                    let (load, baseline) =
+                        run.paired(&baseline_phase(tool.name), baseline_first, |run| {
+                            let phase = format!("{name} {} {round}", tool.name);
+                            let load = tool
+                                .measure(run.target.pid, &mut run.target.load)
+                                .with_context(|| phase.clone())?;
+                            println!("{phase}: {}", describe(&load));
+                            Ok(load)
+                        })?;
+                    runs.loads.push(load);
+                    runs.baseline.push(baseline);
                 }
             }
         }
@@ -141,6 +176,34 @@ struct ScenarioRun<'a> {
 }
 
 impl ScenarioRun<'_> {
+    /// Runs `measure` and a baseline phase named `baseline_phase` beside it, the baseline
+    /// first when `baseline_first`, with a quiet time after each.
+    fn paired<T>(
+        &mut self,
+        baseline_phase: &str,
+        baseline_first: bool,
+        measure: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<(T, Load)> {
+        let baseline = if baseline_first {
+            let load = self.baseline_phase(baseline_phase)?;
+            thread::sleep(SETTLE);
+            Some(load)
+        } else {
+            None
+        };
+        let measured = measure(self)?;
+        thread::sleep(SETTLE);
+        let baseline = match baseline {
+            Some(load) => load,
+            None => {
+                let load = self.baseline_phase(baseline_phase)?;
+                thread::sleep(SETTLE);
+                load
+            }
+        };
+        Ok((measured, baseline))
+    }
+
     /// One load phase without the tracer.
     fn baseline_phase(&mut self, phase: &str) -> Result<Load> {
         let load = (self.target.load)().with_context(|| phase.to_string())?;

@@ -59,15 +59,20 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
 }
 
 /// The comparison tools beside the tracer: each round's throughput with the tool attached
-/// over that round's baseline, and their median, as for the tracer.
+/// over its own baseline phase beside it, and their median, as for the tracer.
 fn print_tool_rows(measured: &Measured, load: &LoadFigures, sample_one_in: Option<u32>) {
-    if measured.tools.iter().all(|(_, loads)| loads.is_empty()) {
+    if measured.tools.iter().all(|tool| tool.loads.is_empty()) {
         return;
     }
-    println!("  attached to the same target, same rounds (throughput / round's baseline):");
+    println!(
+        "  attached to the same target, same rounds (throughput / its own baseline phase beside it):"
+    );
     print_rounds("tracer", &load.round_ratios);
-    for (name, loads) in &measured.tools {
-        print_rounds(name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
+    for tool in &measured.tools {
+        print_rounds(
+            tool.name,
+            &paired_ratios(&tool.baseline, &tool.loads, |l| l.rps),
+        );
     }
     if let Some(one_in) = sample_one_in {
         print_sampled_rows(measured, one_in);
@@ -79,7 +84,8 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures, sample_one_in: Optio
 fn print_sampled_rows(measured: &Measured, one_in: u32) {
     let loads = measured.sampled.iter().map(|t| &t.load);
     let name = format!("tracer 1/{one_in}");
-    print_rounds(&name, &paired_ratios(&measured.baseline, loads, |l| l.rps));
+    let baseline = &measured.sampled_baseline;
+    print_rounds(&name, &paired_ratios(baseline, loads, |l| l.rps));
     let figures = TracerFigures::of(&measured.sampled);
     println!(
         "    {:<14} collector CPU {}% of a core ({} ns/request), ring records per request attributed {}, lost {}",
@@ -100,7 +106,7 @@ fn print_rounds(name: &str, per_round: &[f64]) {
     )
 }
 
-/// The target's own CPU time per request, each phase's over its round's baseline (see
+/// The target's own CPU time per request, each phase's over its paired baseline (see
 /// `targets::with_target_cpu`), for the tracer and the tools.
 fn print_target_cpu(measured: &Measured) {
     let base: Vec<f64> = measured
@@ -112,7 +118,7 @@ fn print_target_cpu(measured: &Measured) {
         return;
     }
     println!(
-        "  target CPU per request (us), baseline median {} (traced / round's baseline):",
+        "  target CPU per request (us), baseline median {} (each / its paired baseline):",
         fmt(median(&base), 2)
     );
     let traced = measured.traced.iter().map(|t| &t.load);
@@ -120,11 +126,11 @@ fn print_target_cpu(measured: &Measured) {
         "tracer",
         &paired_ratios(&measured.baseline, traced, |l| l.target_cpu_us),
     );
-    for (name, loads) in &measured.tools {
-        if !loads.is_empty() {
+    for tool in &measured.tools {
+        if !tool.loads.is_empty() {
             print_rounds(
-                name,
-                &paired_ratios(&measured.baseline, loads, |l| l.target_cpu_us),
+                tool.name,
+                &paired_ratios(&tool.baseline, &tool.loads, |l| l.target_cpu_us),
             );
         }
     }
@@ -202,14 +208,14 @@ pub fn print_verdict(tracer_output: &Path, misses: &[String]) {
 struct LoadFigures {
     base_rps: Option<f64>,
     traced_rps: Option<f64>,
-    /// Each traced phase's throughput over that of the baseline phase just before it.
+    /// Each traced phase's throughput over that of the baseline phase beside it.
     round_ratios: Vec<f64>,
     /// The median of `round_ratios`.
     rps_ratio: Option<f64>,
     loss_pct: Option<f64>,
     base_p99: Option<f64>,
     traced_p99: Option<f64>,
-    /// Each traced phase's p99 over that of the baseline phase just before it.
+    /// Each traced phase's p99 over that of the baseline phase beside it.
     p99_round_ratios: Vec<f64>,
     base_errors: Option<f64>,
     traced_errors: Option<f64>,
@@ -219,7 +225,7 @@ impl LoadFigures {
     fn of(measured: &Measured) -> Self {
         let baseline = &measured.baseline;
         let traced: Vec<&Load> = measured.traced.iter().map(|t| &t.load).collect();
-        // Each traced phase against the baseline phase just before it: the machine's own drift
+        // Each traced phase against the baseline phase beside it: the machine's own drift
         // between phases (large for TLS loads on this VM) cancels out of a pair, and the median
         // of the pairs ignores one disturbed phase.
         let round_ratios = paired_ratios(baseline, traced.iter().copied(), |l| l.rps);
@@ -345,7 +351,7 @@ fn print_load_rows(load: &LoadFigures) {
 }
 
 /// Per-round ratios, with three decimals.
-/// Each phase's `figure` over that of the same round's baseline phase (rounds where either
+/// Each phase's `figure` over that of the baseline phase paired with it (rounds where either
 /// is missing are left out).
 fn paired_ratios<'a>(
     baseline: &[Load],
