@@ -184,24 +184,23 @@ impl ScenarioRun<'_> {
         baseline_first: bool,
         measure: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<(T, Load)> {
-        let baseline = if baseline_first {
-            let load = self.baseline_phase(baseline_phase)?;
-            thread::sleep(SETTLE);
-            Some(load)
+        if baseline_first {
+            let baseline = self.settled(|run| run.baseline_phase(baseline_phase))?;
+            Ok((self.settled(measure)?, baseline))
         } else {
-            None
-        };
-        let measured = measure(self)?;
+            let measured = self.settled(measure)?;
+            Ok((
+                measured,
+                self.settled(|run| run.baseline_phase(baseline_phase))?,
+            ))
+        }
+    }
+
+    /// Runs `phase`, then waits the quiet time.
+    fn settled<T>(&mut self, phase: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let result = phase(self)?;
         thread::sleep(SETTLE);
-        let baseline = match baseline {
-            Some(load) => load,
-            None => {
-                let load = self.baseline_phase(baseline_phase)?;
-                thread::sleep(SETTLE);
-                load
-            }
-        };
-        Ok((measured, baseline))
+        Ok(result)
     }
 
     /// One load phase without the tracer.

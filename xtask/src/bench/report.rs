@@ -11,7 +11,7 @@ use super::{
         Scenario, UprobeCostUnit, MAX_FIXED_RATE_LOSS_PCT, MAX_THROUGHPUT_LOSS_PCT,
         MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
-    stats::{max, mean, median, ratio, sum},
+    stats::{max, mean, mean_ratio, median, ratio, sum},
 };
 
 /// A phase's load, in one line.
@@ -270,23 +270,9 @@ impl TracerFigures {
             summaries.iter().map(|s| s.map(figure)).collect()
         };
         let durations = field(|s| s.duration_s);
-        let per_second = |values: Vec<Option<f64>>| {
-            mean(
-                values
-                    .into_iter()
-                    .zip(&durations)
-                    .map(|(value, duration)| ratio(value, *duration)),
-            )
-        };
+        let per_second = |values: Vec<Option<f64>>| mean_ratio(&values, &durations);
         let requests = field(|s| s.requests.count as f64);
-        let per_request = |values: Vec<Option<f64>>| {
-            mean(
-                values
-                    .into_iter()
-                    .zip(&requests)
-                    .map(|(value, requests)| ratio(value, *requests)),
-            )
-        };
+        let per_request = |values: Vec<Option<f64>>| mean_ratio(&values, &requests);
         TracerFigures {
             events_per_s: per_second(field(|s| s.events.received as f64)),
             records_per_request: per_request(field(|s| s.events.received as f64)),

@@ -36,6 +36,11 @@ pub fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Mean of the pairwise ratios `values[i] / over[i]` that exist (see [`ratio`]).
+pub fn mean_ratio(values: &[Option<f64>], over: &[Option<f64>]) -> Option<f64> {
+    mean(values.iter().zip(over).map(|(&v, &d)| ratio(v, d)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +68,13 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(1.0)), None);
         assert_eq!(ratio(Some(1.0), None), None);
+    }
+
+    #[test]
+    fn mean_ratios_skip_missing_pairs() {
+        let values = [Some(2.0), None, Some(6.0), Some(1.0)];
+        let over = [Some(1.0), Some(1.0), Some(2.0), Some(0.0)];
+        assert_eq!(mean_ratio(&values, &over), Some(2.5));
+        assert_eq!(mean_ratio(&[None], &[Some(1.0)]), None);
     }
 }
