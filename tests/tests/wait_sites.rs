@@ -1,8 +1,9 @@
-//! Wait sites against a real Go service (`tests/go/go_service.go`): each endpoint waits in
-//! one place of its own code, and the tracer must name that code as the call site of the
-//! matching cause, in `summary.json` and in the flame graph (`waits.folded`, `waits.svg`),
-//! for a plain build with symbols and for a stripped one (names from `.gopclntab`, inlined
-//! frames expanded), on the oldest and the newest Go supported.
+//! Wait sites against a real Go service (`tests/go/go_service.go`) and the bundled workload:
+//! each endpoint waits in one place of its own code, and the tracer must name that code as
+//! the call site of the matching cause (and a lock wait's unlocker), in `summary.json` and in
+//! the flame graph (`waits.folded`, `waits.svg`); for Go, with a plain build with symbols and
+//! a stripped one (names from `.gopclntab`, inlined frames expanded), on the oldest and the
+//! newest Go supported.
 
 use std::collections::BTreeMap;
 
@@ -142,4 +143,52 @@ fn go_1_27_stripped_wait_sites_are_named() {
         pie: false,
     };
     names_each_wait_site(Toolchain::GoBin("1.27.3"), stripped);
+}
+
+/// The bundled workload (Rust, built with frame pointers in its own code, std without): the
+/// `/lock` handler's futex wait is named at the workload function that takes the mutex, and
+/// its unlocker at the lock holder's thread function, where it drops the guard. The futex
+/// wake happens inside std, so both stacks reach the workload's code past frames the walk
+/// cannot see, and are marked `truncated` rather than guessed.
+#[test]
+#[ignore = "needs root"]
+fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
+    let workload = Workload::spawn();
+    let tracer = Tracer::attach(workload.pid).start();
+    let mut client = workload.client();
+    for _ in 0..ROUNDS * 2 {
+        assert_eq!(client.get("/lock?ms=20").expect("request").status, 200);
+    }
+    drop(client);
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let summary = done.summary();
+    let sites = summary
+        .wait_sites
+        .get(&Cause::Lock)
+        .unwrap_or_else(|| panic!("no lock sites: {:#?}", summary.wait_sites));
+    let top = sites.sites.first().unwrap_or_else(|| panic!("{sites:#?}"));
+    assert!(
+        top.frames
+            .iter()
+            .any(|f| f.contains("LockHolder::wait_for_lock")),
+        "the waiting function in the heaviest lock site {top:#?}"
+    );
+    assert!(top.count >= ROUNDS as u64 * 2, "{top:#?}");
+    let unlocker = top
+        .woken_by
+        .first()
+        .unwrap_or_else(|| panic!("who woke the /lock waits: {top:#?}"));
+    assert!(
+        unlocker
+            .frames
+            .iter()
+            .any(|f| f.contains("LockHolder::spawn")),
+        "the lock holder's thread function in the unlocker's site {unlocker:#?}"
+    );
+    assert!(
+        !unlocker.frames.iter().any(|f| f.contains("wait_for_lock")),
+        "the waiter is not its own unlocker: {unlocker:#?}"
+    );
+    assert!(unlocker.count >= ROUNDS as u64, "{unlocker:#?}");
 }

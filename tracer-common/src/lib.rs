@@ -99,6 +99,11 @@ pub struct PendingWakeup {
     pub waker: WakerId,
     /// sched_wakeup's time; 0 until then, and again once a switch-in has reported it.
     pub runnable_at_ns: u64,
+    /// 1: the thread blocked on a futex inside a request, and its stack was taken there; the
+    /// target thread that wakes it takes its own (the unlocker's site). Set by its switch-out,
+    /// cleared by the wakeup that reads it.
+    pub unlocker_wanted: u32,
+    pub _pad: u32,
 }
 
 /// In the sched_switch tracepoint, a preempted task reports `TASK_REPORT_MAX` as its state
@@ -150,7 +155,7 @@ pub const EAGAIN: i64 = 11;
 
 /// Who woke a thread: the task that called `try_to_wake_up()`, or the interrupt it ran in.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WakerId {
     /// The waking task (`waker_context::TASK` only; 0 otherwise).
     pub tid: u32,
@@ -160,6 +165,26 @@ pub struct WakerId {
     /// The IRQ number (`HARDIRQ`); else 0.
     pub detail: u32,
     pub comm: [u8; 16],
+    /// A target thread that woke another from a futex wake (a lock's release) that the wakee
+    /// waited on inside a request (see [`PendingWakeup::unlocker_wanted`]): its user stack's
+    /// id in the `STACKS` map, the unlocker's call site; else [`NO_STACK`].
+    pub stack_id: i32,
+    pub _pad: u32,
+}
+
+impl Default for WakerId {
+    /// No waker seen yet (`UNKNOWN` is set where that matters), and no stack.
+    fn default() -> Self {
+        WakerId {
+            tid: 0,
+            pid: 0,
+            context: 0,
+            detail: 0,
+            comm: [0; 16],
+            stack_id: NO_STACK,
+            _pad: 0,
+        }
+    }
 }
 
 /// Where a wakeup was done: `current` in `sched:sched_waking` is the waker only in task
@@ -667,10 +692,10 @@ macro_rules! records {
 
 records! {
     EventHeader = 16,
-    SwitchEvent = 88,
-    PendingWakeup = 40,
-    WakeupEvent = 48,
-    WakerId = 32,
+    SwitchEvent = 96,
+    PendingWakeup = 56,
+    WakeupEvent = 56,
+    WakerId = 40,
     IrqNesting = 8 + 16 * IRQ_LEVELS,
     IrqLevel = 16,
     SyscallEvent = 48,

@@ -213,6 +213,16 @@ pub fn capture_stacks() -> bool {
     global(&CAPTURE_STACKS) != 0
 }
 
+/// 1: take the user stack of a target thread that wakes another from a futex wake, the
+/// unlocker's call site (`--stacks on`, goroutines not followed).
+#[unsafe(no_mangle)]
+static WAKER_STACKS: u32 = 0;
+
+#[inline(always)]
+pub fn waker_stacks() -> bool {
+    global(&WAKER_STACKS) != 0
+}
+
 /// User stacks (return addresses), deduplicated by the kernel: an event carries the id.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);

@@ -2,8 +2,8 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
-    switch_state_as_reported, waker_context, EventKind, Loss, PendingWakeup, SwitchEvent, WakerId,
-    WakeupEvent, NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
+    futex_op_waits, nr, switch_state_as_reported, waker_context, EventKind, Loss, PendingWakeup,
+    SwitchEvent, WakerId, WakeupEvent, NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
 use super::interrupts::{forget_interrupts, innermost_interrupt};
@@ -12,7 +12,7 @@ use crate::held_read::release_held_read;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
     current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header,
-    is_target_tid, now_ns, set, task_pid, user_stack_id, ON_CPU, WAKERS,
+    is_target_tid, now_ns, set, target_tgid, task_pid, user_stack_id, waker_stacks, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -97,9 +97,38 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
             .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32));
         if !between_requests {
             event.stack_id = user_stack_id(ctx);
+            if event.stack_id != NO_STACK && event.syscall_nr == nr::FUTEX {
+                want_unlocker(prev_tid);
+            }
         }
     }
     emit(event)
+}
+
+/// Target thread `tid` blocks on a futex inside a request, and its site was taken: the
+/// target thread that wakes it is to take its own stack (see [`unlocker_stack_id`]). Only
+/// with `WAKER_STACKS`; a full map leaves the unlocker unnamed.
+#[inline(always)]
+fn want_unlocker(tid: u32) {
+    if !waker_stacks() {
+        return;
+    }
+    match WAKERS.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer; the wakee's wakeup runs after this switch-out.
+        Some(pending) => unsafe { (*pending).unlocker_wanted = 1 },
+        None => {
+            let pending = PendingWakeup {
+                waker: WakerId {
+                    context: waker_context::UNKNOWN,
+                    ..Default::default()
+                },
+                runnable_at_ns: 0,
+                unlocker_wanted: 1,
+                _pad: 0,
+            };
+            let _ = set(&WAKERS, tid, pending);
+        }
+    }
 }
 
 /// Target thread `tid`, the current task, runs on this CPU: if the tracer did not see it
@@ -164,6 +193,7 @@ fn take_wakeup(tid: u32) -> Option<PendingWakeup> {
         }
         (*noted).runnable_at_ns = 0;
         (*noted).waker.context = waker_context::UNKNOWN;
+        (*noted).waker.stack_id = NO_STACK;
         Some(woken)
     }
 }
@@ -183,12 +213,27 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let Some(pid) = target_wakee(ctx) else {
         return Ok(());
     };
+    let mut waker = current_waker(ctx)?;
     // In place when the wakee has an entry (every wakeup after its first).
-    let noted = PendingWakeup {
-        waker: current_waker(ctx)?,
-        runnable_at_ns: 0,
+    let Some(pending) = WAKERS.get_ptr_mut(pid) else {
+        let noted = PendingWakeup {
+            waker,
+            ..Default::default()
+        };
+        return set(&WAKERS, pid, noted);
     };
-    set(&WAKERS, pid, noted)
+    // SAFETY: a valid map value pointer; a thread's wakeups are serialized by its
+    // `pi_lock` in `try_to_wake_up()`.
+    unsafe {
+        if (*pending).unlocker_wanted != 0 && waker.context == waker_context::TASK {
+            waker.stack_id = unlocker_stack_id(ctx, waker.pid);
+        }
+        *pending = PendingWakeup {
+            waker,
+            ..Default::default()
+        };
+    }
+    Ok(())
 }
 
 /// sched:sched_wakeup: the moment the wakee became runnable, noted for its switch-in. Only a
@@ -268,7 +313,26 @@ fn current_waker(ctx: &RawTracePointContext) -> Result<WakerId, Loss> {
         tid,
         pid,
         context: waker_context::TASK,
-        detail: 0,
         comm: current_comm()?,
+        ..Default::default()
     })
+}
+
+/// Where a target thread that wakes a lock waiter releases the lock: its user stack when it
+/// is in a futex call that does not wait (FUTEX_WAKE, FUTEX_WAKE_OP, FUTEX_UNLOCK_PI, a
+/// requeue), so that the wait's site can name its unlocker's. Asked for by the waiter's
+/// switch-out ([`want_unlocker`]), only with `WAKER_STACKS` (stacks on, goroutines not
+/// followed: a goroutine's unlocker is taken by the `semrelease` probe instead).
+#[inline(always)]
+fn unlocker_stack_id(ctx: &RawTracePointContext, pid: u32) -> i32 {
+    if pid != target_tgid() {
+        return NO_STACK;
+    }
+    let Ok(regs) = current_syscall_regs() else {
+        return NO_STACK;
+    };
+    match regs.syscall() {
+        Some(nr::FUTEX) if !futex_op_waits(regs.si as u32) => user_stack_id(ctx),
+        _ => NO_STACK,
+    }
 }

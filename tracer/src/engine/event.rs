@@ -199,6 +199,9 @@ pub enum GoProbe {
 pub struct Woken {
     pub at: u64,
     pub waker: Waker,
+    /// Where the waker released the lock the thread waited on (a target thread's futex
+    /// wake, stacks on): the unlocker's site.
+    pub unlocker: Option<StackRef>,
 }
 
 /// Who woke a context. A thread's name is kept as the kernel's fixed 16 bytes: wakeups are

@@ -169,7 +169,7 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.switch_in(ts, tid, cpu_steal);
             }
-            EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker),
+            EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker, None),
             EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
             EventKind::ThreadNew => self.thread_new(ts, tid),
             EventKind::ThreadExit { .. } => self.thread_exit(ts, tid),

@@ -34,7 +34,7 @@ pub struct WaitSites {
     /// Waits inside requests whose stack was not taken (stacks off, the kernel could not
     /// take it, or the map was full), by cause.
     without_stack: [Tally; CAUSES],
-    /// For a lock wait's site: where the goroutines that woke it released the lock.
+    /// For a lock wait's site: where the threads or goroutines that woke it released the lock.
     wakers: HashMap<StackRef, TopTally<StackRef>>,
 }
 

@@ -164,6 +164,7 @@ fn run_woken(ts: u64, woken_at: u64) -> Event {
             woken: Some(Woken {
                 at: woken_at,
                 waker: waker(200),
+                unlocker: None,
             }),
         },
     )
@@ -2248,5 +2249,58 @@ mod wakeup_reported_by_the_switch_in {
         assert_eq!(cause(r, Cause::Runqueue), 200);
         assert_eq!(cause(r, Cause::OnCpu), 200);
         assert_sums(r);
+    }
+
+    /// A thread's futex wait inside a request, ended by a thread whose futex wake took its
+    /// stack: that stack is the waiting site's unlocker; a wait on a socket, woken the same
+    /// way, keeps none.
+    #[test]
+    fn a_threads_unlocker_site_is_kept_for_its_lock_wait() {
+        let mut e = engine();
+        let waiting = StackRef { id: 1, caller: 0 };
+        let unlocking = StackRef { id: 2, caller: 0 };
+        let at_socket = StackRef { id: 3, caller: 0 };
+        let blocked_at = |ts, nr, arg0, stack| {
+            Event::new(
+                ts,
+                Tid(T),
+                EventKind::SwitchOut {
+                    state: S,
+                    syscall: Some(InSyscall { nr, arg0 }),
+                    stack: Some(stack),
+                    cpu_steal: None,
+                },
+            )
+        };
+        let woken_by_unlocker = |ts, woken_at| {
+            Event::new(
+                ts,
+                Tid(T),
+                EventKind::SwitchIn {
+                    cpu_steal: None,
+                    woken: Some(Woken {
+                        at: woken_at,
+                        waker: waker(200),
+                        unlocker: Some(unlocking),
+                    }),
+                },
+            )
+        };
+        feed(
+            &mut e,
+            [
+                run(0),
+                read(10, CONN, 100),
+                blocked_at(20, nr::FUTEX, 0x1000, waiting),
+                woken_by_unlocker(120, 110),
+                blocked_at(130, nr::READ, 9, at_socket),
+                woken_by_unlocker(220, 210),
+                write(230, CONN),
+            ],
+        );
+        let wakers = e.wait_sites.wakers_of(waiting, 3);
+        assert_eq!(wakers.len(), 1, "{wakers:?}");
+        assert_eq!(wakers[0].0, unlocking);
+        assert!(e.wait_sites.wakers_of(at_socket, 3).is_empty());
     }
 }

@@ -252,7 +252,7 @@ impl<R: FdResolver> Engine<R> {
     /// between its switch-out and its switch-in, so its timeline is still as it was then.
     pub(super) fn woken_before_switch_in(&mut self, tid: Tid, woken: Woken) {
         let Some(thread) = self.threads.get(tid) else {
-            return self.wakeup(woken.at, tid, woken.waker); // first seen
+            return self.wakeup(woken.at, tid, woken.waker, woken.unlocker); // first seen
         };
         let RunState::Blocked { .. } = thread.timeline.state() else {
             // Preempted, or gone to sleep with the wakeup already there (a zero state):
@@ -261,18 +261,20 @@ impl<R: FdResolver> Engine<R> {
         };
         let blocked_since = thread.timeline.state_since();
         if woken.at >= blocked_since {
-            self.wakeup(woken.at, tid, woken.waker);
+            self.wakeup(woken.at, tid, woken.waker, woken.unlocker);
         } else if blocked_since - woken.at <= PENDING_WAKEUP_NS {
             // Woken on its way to sleep: no block, runnable from its switch-out.
             if let Some(thread) = self.threads.get_mut(tid) {
                 thread.futex_wait = None;
             }
-            self.wakeup(blocked_since, tid, woken.waker);
+            self.wakeup(blocked_since, tid, woken.waker, woken.unlocker);
         }
         // Older: not this block's (its own wakeup was not seen); the block lasts until now.
     }
 
-    pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker) {
+    /// `tid` became runnable at `ts`, woken by `waker`; `unlocker`: where the waker released
+    /// the lock, when it took its stack.
+    pub(super) fn wakeup(&mut self, ts: u64, tid: Tid, waker: Waker, unlocker: Option<StackRef>) {
         let thread = self.threads.seen(tid, ts, RunState::UNKNOWN_BLOCK);
         match thread.timeline.state() {
             // A wakeup of a thread that is not blocked changes nothing. (Only a new thread's
@@ -280,6 +282,7 @@ impl<R: FdResolver> Engine<R> {
             // to, see `woken_before_switch_in`.)
             RunState::Running | RunState::Runnable => {}
             RunState::Blocked { cause, syscall } => {
+                let blocked_at = thread.blocked_at;
                 let (_, lasted) = self.transition(tid, ts, RunState::Runnable);
                 let thread = self.threads.get_mut(tid).expect("thread exists");
                 thread.last_wakeup = Some(BlockEnd {
@@ -287,6 +290,11 @@ impl<R: FdResolver> Engine<R> {
                     syscall,
                 });
                 self.note_block_end(cause, syscall, lasted, waker);
+                // A lock wait whose site was taken (inside a request), ended by a release
+                // whose site was taken: the unlocker's site, beside the waiter's.
+                if let (Cause::Lock, Some(waiter), Some(unlocker)) = (cause, blocked_at, unlocker) {
+                    self.wait_sites.woken(waiter, unlocker);
+                }
             }
         }
     }

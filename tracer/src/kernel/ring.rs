@@ -33,6 +33,14 @@ fn waker(w: &WakerId) -> Waker {
     }
 }
 
+/// The stack a task waker took at its futex wake, if any.
+fn unlocker(w: &WakerId) -> Option<StackRef> {
+    match w.context {
+        waker_context::TASK => stack_ref(w.stack_id, 0),
+        _ => None,
+    }
+}
+
 /// The engine's view of a TLS probe: an OpenSSL call on an `SSL*`, or Go's handshake on a
 /// goroutine (`handle` is the `SSL*` or the goroutine's `runtime.g`). `None`: an unknown kind.
 fn tls_kind(handle: u64, what: u32, ret: i64) -> Option<EventKind> {
@@ -146,6 +154,7 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
                         woken: (e.woken_at_ns != 0).then(|| Woken {
                             at: e.woken_at_ns,
                             waker: waker(&e.waker),
+                            unlocker: unlocker(&e.waker),
                         }),
                     },
                 ));
@@ -309,6 +318,8 @@ mod tests {
                 context: waker_context::TASK,
                 detail: 0,
                 comm: *b"unlocker\0\0\0\0\0\0\0\0",
+                stack_id: 8,
+                _pad: 0,
             },
         };
         let mut out = Vec::new();
@@ -340,7 +351,8 @@ mod tests {
                                 tid: 12,
                                 pid: 12,
                                 comm: *b"unlocker\0\0\0\0\0\0\0\0",
-                            }
+                            },
+                            unlocker: Some(StackRef { id: 8, caller: 0 }),
                         }),
                     }
                 ),
@@ -399,8 +411,8 @@ mod tests {
                 tid,
                 pid,
                 context: waker_context::TASK,
-                detail: 0,
                 comm,
+                ..Default::default()
             }
         };
         assert_eq!(

@@ -32,7 +32,7 @@ pub struct ResolvedSite {
     pub truncated: bool,
     pub total_ns: u64,
     pub count: u64,
-    /// For a lock wait: where the goroutines that woke it released the lock (the
+    /// For a lock wait: where the threads or goroutines that woke it released the lock (the
     /// unlockers), most frequent first.
     pub woken_by: Vec<ResolvedWaker>,
 }

@@ -222,7 +222,7 @@ pub struct WaitSite {
     pub count: u64,
     /// Of all requests' time.
     pub share: f64,
-    /// For a Go lock wait: where the goroutines that woke it released the lock (the
+    /// For a lock wait: where the threads or goroutines that woke it released the lock (the
     /// unlockers), most frequent first (at most 3).
     pub woken_by: Vec<WakerSite>,
 }
