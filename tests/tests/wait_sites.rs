@@ -149,12 +149,13 @@ fn go_1_27_stripped_wait_sites_are_named() {
 /// `/lock` handler's futex wait is named at the workload function that takes the mutex, and
 /// its unlocker at the lock holder's thread function, where it drops the guard. The futex
 /// wake happens inside std, so both stacks reach the workload's code past frames the walk
-/// cannot see, and are marked `truncated` rather than guessed.
+/// cannot see, and are marked `truncated` rather than guessed. Each request's largest wait
+/// in `requests.jsonl` is that mutex wait, named the same way.
 #[test]
 #[ignore = "needs root"]
 fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
     let workload = Workload::spawn();
-    let tracer = Tracer::attach(workload.pid).start();
+    let tracer = Tracer::attach(workload.pid).args(["--slow", "0"]).start();
     let mut client = workload.client();
     for _ in 0..ROUNDS * 2 {
         assert_eq!(client.get("/lock?ms=20").expect("request").status, 200);
@@ -191,4 +192,21 @@ fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
         "the waiter is not its own unlocker: {unlocker:#?}"
     );
     assert!(unlocker.count >= ROUNDS as u64, "{unlocker:#?}");
+
+    // requests.jsonl: each request's largest wait is its mutex wait, named at the same site.
+    assert_eq!(done.requests.len(), ROUNDS * 2, "{:#?}", done.requests);
+    for r in &done.requests {
+        let wait = r
+            .largest_wait
+            .as_ref()
+            .unwrap_or_else(|| panic!("no largest wait in {r:#?}"));
+        assert_eq!(wait.cause, Cause::Lock, "{r:#?}");
+        let lock = r.breakdown[&Cause::Lock];
+        assert!(
+            wait.wait_ns <= lock && wait.wait_ns * 10 >= lock * 9,
+            "the mutex wait is most of the request's lock time: {r:#?}"
+        );
+        assert_eq!(wait.site.as_deref(), Some(top.site.as_str()), "{r:#?}");
+        assert_eq!(wait.frames, top.frames, "{r:#?}");
+    }
 }

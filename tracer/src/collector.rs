@@ -24,6 +24,7 @@ use crate::{
         files::Outcome,
         hlog::HlogWriter,
         jsonl::SlowRequests,
+        sites::{ResolvedSites, SiteNamer},
         summary::CollectorUsage,
     },
     target::{fds::ProcFds, read_comm},
@@ -58,6 +59,8 @@ pub struct Collector {
     loss_in_backlog: bool,
     hlog: HlogWriter,
     slow: SlowRequests,
+    /// Names the slow requests' wait sites while tracing, and every site at the end.
+    site_names: SiteNamer,
     started: Instant,
     stopped: Option<Instant>,
     /// The process's CPU seconds at the start and at the stop.
@@ -74,7 +77,13 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(pid: u32, engine: Engine<ProcFds>, hlog: HlogWriter, slow: SlowRequests) -> Self {
+    pub fn new(
+        pid: u32,
+        engine: Engine<ProcFds>,
+        hlog: HlogWriter,
+        slow: SlowRequests,
+        site_names: SiteNamer,
+    ) -> Self {
         let now = Instant::now();
         Collector {
             engine,
@@ -92,6 +101,7 @@ impl Collector {
             loss_in_backlog: false,
             hlog,
             slow,
+            site_names,
             started: now,
             stopped: None,
             cpu_s_at_start: CollectorUsage::now().cpu_s,
@@ -193,6 +203,11 @@ impl Collector {
         self.lost_by_cpu = by_cpu;
     }
 
+    /// The engine's wait sites, each read from the kernel's stack map and named.
+    pub fn resolve_sites(&mut self) -> ResolvedSites {
+        self.site_names.resolve(&self.engine.wait_sites)
+    }
+
     /// Take finished requests and wait samples from the engine into the aggregates, and
     /// write the slow ones.
     fn collect(&mut self) {
@@ -202,7 +217,8 @@ impl Collector {
             for (sum, ns) in self.interval_breakdown.iter_mut().zip(r.breakdown) {
                 *sum += ns;
             }
-            self.slow.offer(&r, self.boot_to_unix_ns);
+            self.slow
+                .offer(&r, self.boot_to_unix_ns, &mut self.site_names);
         }
         self.slow.write_out();
         for w in self.engine.drain_waits() {

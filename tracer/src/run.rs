@@ -24,7 +24,7 @@ use crate::{
         hlog::HlogWriter,
         jsonl::SlowRequests,
         live,
-        sites::ResolvedSites,
+        sites::{SiteNamer, StackSource},
         summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
     },
     symbols::Symbolizer,
@@ -176,7 +176,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks
     // at the end.
-    let mut symbolizer = if stacks_on {
+    let symbolizer = if stacks_on {
         Symbolizer::new(target.pid)
             .map_err(|e| eprintln!("tracer: call sites will not be named: {e:#}"))
             .ok()
@@ -187,7 +187,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     let hlog = HlogWriter::create(&out, std::time::SystemTime::now());
     let slow_ns = args.slow.map_or(u64::MAX, |ms| (ms * 1e6) as u64);
     let slow = SlowRequests::create(&out, slow_ns);
-    let mut collector = Collector::new(target.pid, engine, hlog, slow);
+    let stacks = probes
+        .take_stacks()
+        .map(|stacks| Box::new(stacks) as Box<dyn StackSource>);
+    let site_names = SiteNamer::new(stacks, symbolizer);
+    let mut collector = Collector::new(target.pid, engine, hlog, slow, site_names);
 
     let mut drain_wait = DRAIN_EVERY;
     let drain = tokio::time::sleep(drain_wait);
@@ -242,12 +246,9 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     collector.drain(&mut ring, Some(&probes), false);
     let programs = probes.program_stats();
     collector.read_skipped_runs(&probes);
-    let stacks = probes.take_stacks();
-    if let (Some(stacks), Some(symbolizer)) = (&stacks, symbolizer.as_mut()) {
-        // Named now, while the target surely still runs (a native target's libraries are
-        // read through its memory map); the few sites the last drain adds are named after.
-        ResolvedSites::resolve(&collector.engine().wait_sites, stacks, Some(symbolizer));
-    }
+    // Named now, while the target surely still runs (a native target's libraries are read
+    // through its memory map); the few sites the last drain adds are named after.
+    collector.resolve_sites();
     probes.detach();
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true);
@@ -262,12 +263,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // A failed write never stops the run: the summary is printed, every file is attempted,
     // and the exit status tells that files are incomplete.
     let [(hlog_name, hlog), (requests_name, requests)] = collector.commit_files();
-    let sites = match &stacks {
-        Some(stacks) => {
-            ResolvedSites::resolve(&collector.engine().wait_sites, stacks, symbolizer.as_mut())
-        }
-        None => ResolvedSites::default(),
-    };
+    let sites = collector.resolve_sites();
     let end = TraceEnd {
         target: &target,
         stopped_by,

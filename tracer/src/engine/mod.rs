@@ -34,7 +34,7 @@ pub use event::{
 };
 pub use fds::{FdKind, FdResolver};
 pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
-pub use requests::Request;
+pub use requests::{LargestWait, Request};
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -204,6 +204,7 @@ impl<R: FdResolver> Engine<R> {
             let inside = lasted.min(ts.saturating_sub(start));
             self.wait_sites.add(cause, site, inside);
         }
+        self.requests.note_wait(ctx, ts, cause, lasted, site);
     }
 
     /// End of trace: requests that had their response written are complete.

@@ -7,6 +7,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{
     cause::{Breakdown, Cause},
     context::{ExecCtx, Tid},
+    sites::StackRef,
     timeline::{Snapshot, StolenTime},
     Engine, FdResolver,
 };
@@ -24,6 +25,17 @@ pub struct Request {
     /// Its context served another request at the same time (an event loop): the context's
     /// time was counted in full for each of them.
     pub shared_context: bool,
+    /// Its longest blocking wait (a thread's block, a goroutine's park), if it had one.
+    pub largest_wait: Option<LargestWait>,
+}
+
+/// A request's longest blocking wait: its cause, the part of it inside the request, and
+/// where its context blocked (when the stack was taken).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargestWait {
+    pub cause: Cause,
+    pub ns: u64,
+    pub site: Option<StackRef>,
 }
 
 /// A connection's completed TLS handshake, carried by its first request.
@@ -52,6 +64,7 @@ struct OpenRequest {
     incomplete: bool,
     shared_context: bool,
     tls: Option<HandshakeTime>,
+    largest_wait: Option<LargestWait>,
 }
 
 /// Requests open on connections, by fd, and those finished since last taken.
@@ -120,6 +133,30 @@ impl Requests {
             req.start.charge_steal(stolen);
             if let Some(last_write) = req.last_write.as_mut() {
                 last_write.charge_steal(stolen);
+            }
+        }
+    }
+
+    /// `ctx` waited `lasted` ns for `cause` until `ts`, at `site`: the longest wait so far of
+    /// each open request it serves, for the part inside it.
+    pub fn note_wait(
+        &mut self,
+        ctx: ExecCtx,
+        ts: u64,
+        cause: Cause,
+        lasted: u64,
+        site: Option<StackRef>,
+    ) {
+        let Some(fds) = self.open_by_ctx.get(&ctx) else {
+            return;
+        };
+        for fd in fds {
+            let Some(req) = self.open.get_mut(fd) else {
+                continue;
+            };
+            let ns = lasted.min(ts.saturating_sub(req.start.ts));
+            if ns > req.largest_wait.map_or(0, |w| w.ns) {
+                req.largest_wait = Some(LargestWait { cause, ns, site });
             }
         }
     }
@@ -238,6 +275,7 @@ impl<R: FdResolver> Engine<R> {
                 incomplete: false,
                 shared_context,
                 tls: self.tls.take_pending(fd),
+                largest_wait: None,
             },
         );
     }
@@ -303,6 +341,7 @@ impl<R: FdResolver> Engine<R> {
             breakdown,
             incomplete: req.incomplete,
             shared_context: req.shared_context,
+            largest_wait: req.largest_wait,
         });
     }
 }

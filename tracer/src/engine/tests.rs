@@ -209,6 +209,69 @@ fn causes_sum_to_latency_across_lock_runqueue_and_cpu() {
     assert!(!r.incomplete && !r.shared_context);
 }
 
+/// A blocking switch-out with the stack the kernel took there.
+fn block_at(ts: u64, nr: u32, arg0: u64, site: StackRef) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchOut {
+            state: S,
+            syscall: Some(InSyscall { nr, arg0 }),
+            stack: Some(site),
+            cpu_steal: None,
+        },
+    )
+}
+
+/// A request keeps its longest block (not its most frequent cause's) with where it blocked;
+/// a block that began before the request counts for its part inside it, and a request that
+/// never blocked has none.
+#[test]
+fn a_request_keeps_its_longest_wait_and_where_it_waited() {
+    let mut e = engine();
+    let lock_site = StackRef { id: 1, caller: 0 };
+    let sleep_site = StackRef { id: 2, caller: 0 };
+    let reqs = feed(
+        &mut e,
+        [
+            read(100, CONN, 50),
+            block_at(200, nr::FUTEX, 0xabc, lock_site),
+            wake(300),
+            run(300),
+            block_at(400, nr::NANOSLEEP, 0, sleep_site),
+            wake(650),
+            run(650),
+            block_at(700, nr::FUTEX, 0xabc, lock_site),
+            wake(800),
+            run(800),
+            write(900, CONN),
+            block(1000, nr::READ, CONN as u64),
+            // The next request: read after a block that began before it.
+            wake(1500),
+            run(1500),
+            read(1500, CONN, 50),
+            write(1600, CONN),
+            block(1700, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(
+        reqs[0].largest_wait,
+        Some(LargestWait {
+            cause: Cause::Sleep,
+            ns: 250,
+            site: Some(sleep_site),
+        })
+    );
+    assert_eq!(
+        cause(&reqs[0], Cause::Lock),
+        200,
+        "two lock waits, more in all"
+    );
+    // It started at the wakeup that ended its read's block: no wait inside it.
+    assert_eq!(reqs[1].largest_wait, None, "{:?}", reqs[1]);
+}
+
 #[test]
 fn preemption_counts_as_runqueue() {
     let mut e = engine();

@@ -3,7 +3,9 @@
 //! symbolized (each distinct address once), for `summary.json`'s `wait_sites`, the console's
 //! "where the time went" and the flame graph (`waits.folded`, `waits.svg`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     engine::{
@@ -159,6 +161,80 @@ impl ResolvedSites {
     }
 }
 
+/// Stacks distinct per run that are named while tracing.
+const MAX_NAMED_WHILE_TRACING: usize = 16_384;
+
+/// One stack, named: its short name, its frames (innermost first, `function (file:line)`),
+/// and whether frames may be missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedStack {
+    pub site: String,
+    pub frames: Vec<String>,
+    pub truncated: bool,
+}
+
+/// The kernel's stack map and the target's symbols, for the whole run: stacks named while
+/// tracing (each slow request's largest wait in `requests.jsonl`), each distinct one once,
+/// and every wait site at the end ([`SiteNamer::resolve`]).
+pub struct SiteNamer {
+    stacks: Option<Box<dyn StackSource>>,
+    symbolizer: Option<Symbolizer>,
+    named: HashMap<StackRef, Option<Arc<NamedStack>>>,
+}
+
+impl SiteNamer {
+    /// `stacks` is `None` with `--stacks off`; `symbolizer` is `None` when the target's
+    /// symbols could not be read (addresses are then printed as they are).
+    pub fn new(stacks: Option<Box<dyn StackSource>>, symbolizer: Option<Symbolizer>) -> Self {
+        SiteNamer {
+            stacks,
+            symbolizer,
+            named: HashMap::default(),
+        }
+    }
+
+    /// No stacks: nothing is named.
+    pub fn none() -> Self {
+        SiteNamer::new(None, None)
+    }
+
+    /// `site` named, or `None` when its stack is not in the map (or stacks are off).
+    pub fn name(&mut self, site: StackRef) -> Option<Arc<NamedStack>> {
+        if let Some(named) = self.named.get(&site) {
+            return named.clone();
+        }
+        let addrs = stack_addresses(site, self.stacks.as_deref()?)?;
+        let (frames, truncated) = symbolize(&addrs, self.symbolizer.as_mut());
+        let named = Some(Arc::new(NamedStack {
+            site: short_name(&frames),
+            frames: frames.iter().map(frame_name).collect(),
+            truncated,
+        }));
+        if self.named.len() < MAX_NAMED_WHILE_TRACING {
+            self.named.insert(site, named.clone());
+        }
+        named
+    }
+
+    /// Every site of `sites` read and named.
+    pub fn resolve(&mut self, sites: &WaitSites) -> ResolvedSites {
+        match &self.stacks {
+            Some(stacks) => {
+                ResolvedSites::resolve(sites, stacks.as_ref(), self.symbolizer.as_mut())
+            }
+            None => ResolvedSites::default(),
+        }
+    }
+}
+
+/// `function (file:line)`, or the function alone.
+pub fn frame_name(f: &Frame) -> String {
+    match f.location() {
+        Some(at) => format!("{} ({at})", f.function),
+        None => f.function.clone(),
+    }
+}
+
 /// Function names from the root to the leaf, `[truncated]` first when cut short.
 fn root_to_leaf(site: &ResolvedSite) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(site.frames.len() + 1);
@@ -275,6 +351,33 @@ mod tests {
         fn addresses(&self, id: u32) -> Option<Vec<u64>> {
             (id == 1).then(|| vec![0x10, 0x20])
         }
+    }
+
+    /// [`Map`], counting its reads.
+    struct CountedMap(std::rc::Rc<std::cell::Cell<u32>>);
+    impl StackSource for CountedMap {
+        fn addresses(&self, id: u32) -> Option<Vec<u64>> {
+            self.0.set(self.0.get() + 1);
+            Map.addresses(id)
+        }
+    }
+
+    #[test]
+    fn a_stack_named_while_tracing_is_read_once() {
+        let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut names = SiteNamer::new(Some(Box::new(CountedMap(reads.clone()))), None);
+        let site = StackRef { id: 1, caller: 0 };
+        let first = names.name(site).expect("in the map");
+        assert_eq!(first.frames, ["0x10", "0x20"]);
+        assert!(!first.truncated);
+        assert_eq!(names.name(site), Some(first));
+        assert_eq!(reads.get(), 1, "named once");
+        assert_eq!(
+            names.name(StackRef { id: 9, caller: 0 }),
+            None,
+            "not in the map"
+        );
+        assert_eq!(SiteNamer::none().name(site), None, "stacks off");
     }
 
     #[test]

@@ -693,7 +693,7 @@ fn wait_sites(sites: &ResolvedSites, total_request_ns: u64) -> BTreeMap<Cause, C
             .take(LISTED_SITES)
             .map(|s| WaitSite {
                 site: sites::short_name(&s.frames),
-                frames: s.frames.iter().map(frame_name).collect(),
+                frames: s.frames.iter().map(sites::frame_name).collect(),
                 truncated: s.truncated,
                 total_ns: s.total_ns,
                 count: s.count,
@@ -703,7 +703,7 @@ fn wait_sites(sites: &ResolvedSites, total_request_ns: u64) -> BTreeMap<Cause, C
                     .iter()
                     .map(|w| WakerSite {
                         site: sites::short_name(&w.frames),
-                        frames: w.frames.iter().map(frame_name).collect(),
+                        frames: w.frames.iter().map(sites::frame_name).collect(),
                         truncated: w.truncated,
                         count: w.count,
                     })
@@ -720,14 +720,6 @@ fn wait_sites(sites: &ResolvedSites, total_request_ns: u64) -> BTreeMap<Cause, C
         );
     }
     out
-}
-
-/// `function (file:line)`, or the function alone.
-fn frame_name(f: &crate::symbols::Frame) -> String {
-    match f.location() {
-        Some(at) => format!("{} ({at})", f.function),
-        None => f.function.clone(),
-    }
 }
 
 fn top_go_locks(c: &Collector) -> Vec<GoLock> {
@@ -896,7 +888,13 @@ mod tests {
         engine.set_fd_kind(CONN, FdKind::Connection);
         let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
         let slow = SlowRequests::create(&out, u64::MAX);
-        let mut c = Collector::new(PID, engine, hlog, slow);
+        let mut c = Collector::new(
+            PID,
+            engine,
+            hlog,
+            slow,
+            crate::output::sites::SiteNamer::none(),
+        );
         let mut holder = [0; 16];
         holder[..6].copy_from_slice(b"holder");
         let thread = Waker::Thread {
