@@ -210,3 +210,65 @@ fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
         assert_eq!(wait.frames, top.frames, "{r:#?}");
     }
 }
+
+/// A process that spins on one CPU until dropped.
+struct CpuHog(std::process::Child);
+
+impl CpuHog {
+    fn on_cpu(cpu: u32) -> CpuHog {
+        let child = std::process::Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn taskset");
+        CpuHog(child)
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The workload's `/cpu` spins while a busy process shares its CPU: the scheduler preempts
+/// the handler again and again, and its time waiting for the CPU back is named at the
+/// workload's spin loop, where it was preempted (in `waits.folded`, which holds every site).
+#[test]
+#[ignore = "needs root"]
+fn a_preempted_request_waits_where_it_was_preempted() {
+    let workload = Workload::spawn();
+    // Every thread of the server, and the ones it starts, on CPU 0, with the hog.
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", "0", &workload.pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset");
+    assert!(pinned.success());
+    let _hog = CpuHog::on_cpu(0);
+    let tracer = Tracer::attach(workload.pid).start();
+    let mut client = workload.client();
+    for _ in 0..ROUNDS {
+        assert_eq!(client.get("/cpu?ms=50").expect("request").status, 200);
+    }
+    drop(client);
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let summary = done.summary();
+    let runqueue = summary.breakdown[&Cause::Runqueue].total_ns;
+    assert!(
+        runqueue >= ROUNDS as u64 * 10_000_000,
+        "the hog shares the CPU: {:#?}",
+        summary.breakdown
+    );
+    let folded = std::fs::read_to_string(done.out().join("waits.folded")).expect("waits.folded");
+    let at_spin_us: u64 = folded
+        .lines()
+        .filter(|l| l.starts_with("runqueue;") && l.contains(";workload::server::spin"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert!(
+        at_spin_us * 1_000 * 2 >= runqueue,
+        "{at_spin_us} µs of {runqueue} ns in the run queue at the spin loop:\n{folded}"
+    );
+}

@@ -10,9 +10,10 @@ use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
-    count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
-    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header,
-    is_target_tid, now_ns, set, target_tgid, task_pid, user_stack_id, waker_stacks, ON_CPU, WAKERS,
+    capture_stacks, count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids,
+    current_on_cpu_for_ns, current_syscall_regs, current_target_tid, emit, finish,
+    fired_on_task_stack, header, is_target_tid, now_ns, set, target_tgid, task_pid, user_stack_id,
+    waker_stacks, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -79,7 +80,19 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         event.prev_state = switch_state_as_reported(preempt, prev_state, exit_state);
         let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
         if !blocked {
-            return emit(event); // preempted or yielding: runnable, whatever it was doing
+            // Preempted (or yielding) inside a request: where its code was, for the wait in
+            // the run queue that follows (user registers: the interrupted instruction, or the
+            // syscall it was in). A preemption on the way back to user space, the usual one,
+            // is a plain `schedule()` of a running task (`preempt` false, state 0); only a
+            // preemption inside the kernel passes `preempt`. Between requests: none.
+            if capture_stacks()
+                && running_conversation
+                    .or_else(|| stored_conversation(prev_tid))
+                    .is_none_or(|c| c.answered == 0)
+            {
+                event.stack_id = user_stack_id(ctx);
+            }
+            return emit(event); // runnable, whatever it was doing
         }
         // `prev` is current: the syscall it blocks in is in the user registers it entered
         // the kernel with (unreadable ones name none: a block outside a syscall).

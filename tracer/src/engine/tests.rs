@@ -301,6 +301,51 @@ fn preemption_counts_as_runqueue() {
     assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
 }
 
+/// A preemption inside a request whose stack was taken: the run-queue wait that follows is
+/// at that site, and it can be the request's largest wait. A wait for a CPU after a wakeup
+/// has no site of its own.
+#[test]
+fn a_run_queue_wait_after_preemption_is_at_the_preempted_site() {
+    let mut e = engine();
+    let spinning = StackRef { id: 5, caller: 0 };
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            Event::new(
+                100,
+                Tid(T),
+                EventKind::SwitchOut {
+                    state: PREEMPT_STATE_BIT,
+                    syscall: None,
+                    stack: Some(spinning),
+                    cpu_steal: None,
+                },
+            ),
+            run(350),
+            block(400, nr::NANOSLEEP, 0),
+            wake(450),
+            run(500),
+            write(600, CONN),
+            read(1000, CONN, 5),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(cause(r, Cause::Runqueue), 300);
+    assert_eq!(
+        r.largest_wait,
+        Some(LargestWait {
+            cause: Cause::Runqueue,
+            ns: 250,
+            site: Some(spinning),
+        })
+    );
+    let (sites, rest) = e.wait_sites.top(Cause::Runqueue, 5);
+    assert_eq!(sites, vec![(spinning, tally::Tally { count: 1, ns: 250 })]);
+    assert_eq!(rest.count, 0);
+    assert_eq!(e.wait_sites.without_stack(Cause::Runqueue).count, 0);
+}
+
 /// A switch with the steal clock of its CPU.
 fn switch_with_steal(ts: u64, out: Option<u32>, steal: u64) -> Event {
     let cpu_steal = Some(steal);

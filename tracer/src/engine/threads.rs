@@ -62,7 +62,8 @@ pub(super) struct Thread {
     /// The OpenSSL call (`SSL*`, call) the thread is inside, on a connection still in its
     /// handshake: its socket reads and writes are handshake flights, not requests.
     pub ssl_call: Option<(u64, super::event::SslCall)>,
-    /// Where in its code it blocked last (its blocking switch-out's stack).
+    /// Where in its code it blocked, or was preempted, last (that switch-out's stack), until
+    /// the wait that followed is over.
     blocked_at: Option<StackRef>,
     /// Its current stretch on a CPU (when the kernel reports its CPU's steal).
     on_cpu_since: Option<OnCpuSince>,
@@ -225,6 +226,13 @@ impl<R: FdResolver> Engine<R> {
         let (left, lasted) = self.transition(tid, ts, RunState::Running);
         if left == RunState::Runnable && lasted > 0 {
             self.waits.push(Wait::Runqueue(lasted));
+            // Preempted inside a request: its switch-out's stack, where its code was, names
+            // this wait. (A woken thread's blocked site went with its block.)
+            let preempted_at = self.threads.get_mut(tid).and_then(|t| t.blocked_at.take());
+            if preempted_at.is_some() {
+                let ctx = self.current_ctx(tid);
+                self.note_wait_site(ctx, ts, Cause::Runqueue, lasted, preempted_at);
+            }
         }
         // The futex wait syscall returns as the thread runs again (no syscall hook: its
         // block, from switch-out to switch-in, is the wait).

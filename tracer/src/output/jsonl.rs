@@ -200,7 +200,9 @@ mod tests {
             }),
             "{line}"
         );
-        assert!(line.contains(r#""largest_wait":{"cause":"lock","wait_ns":800,"site":"0xa0 ← 0xb0""#));
+        assert!(
+            line.contains(r#""largest_wait":{"cause":"lock","wait_ns":800,"site":"0xa0 ← 0xb0""#)
+        );
 
         // No stack: the cause and time alone. Never blocked: no field at all.
         let unnamed = LargestWait { site: None, ..wait };

@@ -22,9 +22,12 @@ const SITES_PER_CAUSE: usize = 200;
 const WAKERS_PER_SITE: usize = 3;
 /// The frame under which time with no stack is drawn.
 pub const NO_STACK_FRAME: &str = "[no stack]";
-/// The frame under which time that is not a blocking wait is drawn (on a CPU, in a run
-/// queue: no stack is taken for it).
+/// The frame under which time that is not a blocking wait is drawn (on a CPU, a handshake:
+/// no stack is taken for it).
 pub const NOT_A_WAIT_FRAME: &str = "[not a blocking wait: no stack taken]";
+/// The frame under which run-queue time with no site is drawn: the wait for a CPU after a
+/// wakeup (its block has the site), or after a preemption whose stack was not taken.
+pub const RUNQUEUE_NO_SITE_FRAME: &str = "[after a wakeup: no stack taken]";
 
 /// One resolved site: its frames (leaf first), and the request time waited there.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,6 +150,8 @@ impl ResolvedSites {
             if rest > 0 {
                 let frame = if cause.is_blocking_wait() {
                     NO_STACK_FRAME
+                } else if cause == Cause::Runqueue {
+                    RUNQUEUE_NO_SITE_FRAME
                 } else {
                     NOT_A_WAIT_FRAME
                 };
@@ -311,7 +316,18 @@ const LIBRARY_PREFIXES: &[&str] = &[
 ];
 
 fn is_library(function: &str) -> bool {
-    LIBRARY_PREFIXES.iter().any(|p| function.starts_with(p))
+    match function.strip_prefix('<') {
+        // A Rust trait method, `<Type as Trait>::method`: the type's code. A library's or
+        // a primitive's type (`<core::ops::range::Range<T> as ...>`, `<i32 as ...>`,
+        // `<&T as ...>`) is a library's.
+        Some(qualified) => {
+            let self_type = qualified.split(" as ").next().unwrap_or(qualified);
+            let self_type = self_type.trim_start_matches(['&', '*', '[', '(']);
+            let self_type = self_type.strip_prefix("mut ").unwrap_or(self_type);
+            !self_type.contains("::") || is_library(self_type)
+        }
+        None => LIBRARY_PREFIXES.iter().any(|p| function.starts_with(p)),
+    }
 }
 
 /// `main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)`: the innermost frame of the
@@ -397,6 +413,22 @@ mod tests {
             "main.waitLock ← main.main.func3 (sync.(*Mutex).Lock)"
         );
         assert_eq!(short_name(&[frame("runtime.gopark")]), "runtime.gopark");
+        // Rust: generic library code instantiated in the program is still the library's.
+        let frames: Vec<Frame> = [
+            "<i32 as core::iter::range::Step>::forward_unchecked",
+            "<core::ops::range::Range<T> as core::iter::range::RangeIteratorImpl>::spec_next",
+            "workload::server::spin",
+            "workload::server::Connection::route::{{closure}}",
+        ]
+        .map(frame)
+        .to_vec();
+        assert_eq!(
+            short_name(&frames),
+            "workload::server::spin ← workload::server::Connection::route::{{closure}} \
+             (<core::ops::range::Range<T> as core::iter::range::RangeIteratorImpl>::spec_next)"
+        );
+        assert!(!is_library("<workload::Conn as core::fmt::Debug>::fmt"));
+        assert!(is_library("<&mut T as core::fmt::Debug>::fmt"));
     }
 
     #[test]
