@@ -32,6 +32,10 @@
 // Run as `go_service sched`, the service has one P (GOMAXPROCS=1) and keeps two goroutines
 // spinning on it, so a goroutine that yields or is woken waits for Go's scheduler: /sched's
 // waits are the time its goroutine is runnable but not running.
+//
+// Run as `go_service h2 CERT KEY`, it serves HTTPS, with HTTP/2 offered by ALPN (net/http's
+// default): an HTTP/2 client's requests are streams of one connection, each handled in a
+// goroutine of its own.
 package main
 
 import (
@@ -268,6 +272,12 @@ func main() {
 		backend(ln)
 		return
 	}
+	// `go_service h2 CERT KEY`: served over TLS, where ALPN offers HTTP/2 (net/http's
+	// default): each stream's handler runs in a goroutine of its own.
+	certFile, keyFile := "", ""
+	if len(os.Args) == 4 && os.Args[1] == "h2" {
+		certFile, keyFile = os.Args[2], os.Args[3]
+	}
 	if len(os.Args) > 1 && os.Args[1] == "sched" {
 		runtime.GOMAXPROCS(1)
 		go spin()
@@ -349,7 +359,12 @@ func main() {
 	fmt.Printf("listening %s pid %d\n", ln.Addr(), os.Getpid())
 	os.Stdout.Sync()
 	server := &http.Server{Handler: mux, ConnContext: connFd}
-	if err := server.Serve(ln); err != nil {
+	if certFile != "" {
+		err = server.ServeTLS(ln, certFile, keyFile)
+	} else {
+		err = server.Serve(ln)
+	}
+	if err != nil {
 		fail(err)
 	}
 }

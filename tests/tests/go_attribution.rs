@@ -201,14 +201,14 @@ fn traced_run<'a>(name: &str, service: &Workload, phases: &[&'a [Endpoint]]) -> 
         "{name}: one traced request per request sent\n{}",
         done.describe()
     );
-    let mut by_fd: BTreeMap<u32, Vec<&RequestRecord>> = BTreeMap::new();
+    let mut by_fd: BTreeMap<Option<u32>, Vec<&RequestRecord>> = BTreeMap::new();
     for r in &done.requests {
         by_fd.entry(r.fd).or_default().push(r);
     }
     let mut requests = Vec::new();
     for client in sent {
         let fd = header_ns(&client[0].1, "X-Conn-Fd") as u32;
-        let mut traced = by_fd.remove(&fd).unwrap_or_default();
+        let mut traced = by_fd.remove(&Some(fd)).unwrap_or_default();
         traced.sort_by_key(|r| r.start_ns);
         assert_eq!(
             traced.len(),

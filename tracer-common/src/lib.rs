@@ -391,6 +391,13 @@ pub mod go_sched {
     /// (a `sync.Mutex`'s Unlock with waiters), readying a waiter next; `stack_id` and
     /// `caller` say where in its code (the unlocker's call site).
     pub const SEMRELEASE: u32 = 8;
+    /// net/http's HTTP/2 server, `(*http2serverConn).serve` or `.readFrames`: goroutine
+    /// `goid` serves an HTTP/2 connection (it reads or writes its frames for every stream:
+    /// its socket I/O delimits no request); `detail` is 0.
+    pub const HTTP2_CONNECTION: u32 = 9;
+    /// `(*http2serverConn).runHandler`: goroutine `goid` starts to run one HTTP/2 stream's
+    /// handler (it exits when the handler is done); `detail` is 0.
+    pub const HTTP2_HANDLER: u32 = 10;
     /// In a [`READY`] record: the thread's current goroutine could not be read.
     pub const WAKER_UNREADABLE: u64 = u64::MAX;
 }

@@ -167,6 +167,30 @@ fn try_go_semrelease(ctx: &ProbeContext) -> Result<(), Loss> {
     emit_record(tid, go_sched::SEMRELEASE, goid, address, stack_id, caller)
 }
 
+/// net/http's HTTP/2 server: `(*http2serverConn).serve` and `.readFrames` (r14: the
+/// goroutine that will read or write the connection's frames).
+#[uprobe]
+pub fn go_http2_connection(ctx: ProbeContext) -> u32 {
+    finish(current_goroutine_is(&ctx, go_sched::HTTP2_CONNECTION))
+}
+
+/// `(*http2serverConn).runHandler` (r14: the goroutine started for one stream's handler).
+#[uprobe]
+pub fn go_http2_handler(ctx: ProbeContext) -> u32 {
+    finish(current_goroutine_is(&ctx, go_sched::HTTP2_HANDLER))
+}
+
+/// Reports `what` of the goroutine the probe fired on.
+#[inline(always)]
+fn current_goroutine_is(ctx: &ProbeContext, what: u32) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let g = unsafe { (*ctx.regs).r14 };
+    emit_sched(tid, what, goid(g)?, 0)
+}
+
 /// The user stack at a probe on a function's entry (`NO_STACK` when stacks are off), and
 /// the return address at the top of the stack: the function's frame is not set up yet, so
 /// the frame-pointer walk from rbp starts at its caller's frame and misses the caller.

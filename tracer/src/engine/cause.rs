@@ -154,7 +154,7 @@ const BLOCKING_SYSCALLS: &[(u32, Cause)] = &[
 /// What a read or write blocked on, by what its fd is.
 fn fd_cause(kind: FdKind) -> Cause {
     match kind {
-        FdKind::Connection | FdKind::Socket => Cause::NetIo,
+        FdKind::Connection | FdKind::Http2Connection | FdKind::Socket => Cause::NetIo,
         FdKind::File => Cause::DiskIo,
         FdKind::Other => Cause::Other,
     }

@@ -175,6 +175,12 @@ pub enum GoSched {
         address: u64,
         stack: Option<StackRef>,
     },
+    /// `goid` serves an HTTP/2 connection (net/http's `(*http2serverConn).serve` or
+    /// `.readFrames`): it moves the frames of every stream, so its socket I/O is no request.
+    Http2Connection { goid: u64 },
+    /// `goid` starts to run one HTTP/2 stream's handler (`(*http2serverConn).runHandler`):
+    /// the request, until the goroutine exits.
+    Http2Handler { goid: u64 },
     /// The runtime stops every goroutine (`stopTheWorldWithSema`): the GC, most often.
     StopTheWorld,
     /// The world runs again (`startTheWorldWithSema`).

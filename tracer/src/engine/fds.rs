@@ -7,6 +7,10 @@ use rustc_hash::FxHashMap as HashMap;
 pub enum FdKind {
     /// A server-side connection socket: requests are delimited on it.
     Connection,
+    /// A server-side connection carrying HTTP/2 (told by the Go goroutines that move its
+    /// frames): its streams' requests are delimited by their handler goroutines, not by its
+    /// reads and writes.
+    Http2Connection,
     /// Any other socket (a backend connection, a listener, a UDP socket).
     Socket,
     /// A regular file or block device.

@@ -28,7 +28,7 @@ use super::{
     context::{ExecCtx, GoroutineId, Tid},
     event::GoSched,
     locks::{GoLocks, GoWaker},
-    requests::WaitingRequests,
+    requests::{RequestOn, WaitingRequests},
     sites::StackRef,
     timeline::{GoroutineTimeline, Snapshot},
     Engine, FdResolver,
@@ -54,6 +54,9 @@ pub(super) struct Goroutine {
     parked_at: Option<StackRef>,
     /// The semaphore it released last (`runtime.semrelease1`), and where in its code.
     released: Option<(u64, Option<StackRef>)>,
+    /// It moves an HTTP/2 connection's frames for every stream (net/http's `serve` or
+    /// `readFrames`): its socket I/O delimits no request.
+    serves_http2: bool,
 }
 
 impl Goroutine {
@@ -66,6 +69,7 @@ impl Goroutine {
             waits_on: None,
             parked_at: None,
             released: None,
+            serves_http2: false,
         }
     }
 }
@@ -251,6 +255,18 @@ impl<R: FdResolver> Engine<R> {
     }
 
     /// The context thread `tid` runs now: its goroutine, in a Go target, else itself.
+    /// `ctx` is a goroutine that moves an HTTP/2 connection's frames.
+    pub(super) fn serves_http2(&self, ctx: ExecCtx) -> bool {
+        match ctx {
+            ExecCtx::Goroutine(g) => self
+                .goroutines
+                .by_goid
+                .get(&g.0)
+                .is_some_and(|g| g.serves_http2),
+            ExecCtx::Thread(_) => false,
+        }
+    }
+
     pub(super) fn current_ctx(&self, tid: Tid) -> ExecCtx {
         match self.goroutines.running_on(tid) {
             Some(goid) => ExecCtx::Goroutine(super::GoroutineId(goid)),
@@ -289,7 +305,15 @@ impl<R: FdResolver> Engine<R> {
                 stack,
             } => self.go_park(ts, tid, goid, reason, stack),
             GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
-            GoSched::Exit { goid } => self.go_exit(tid, goid),
+            GoSched::Exit { goid } => self.go_exit(ts, tid, goid),
+            GoSched::Http2Connection { goid } => {
+                if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
+                    g.serves_http2 = true;
+                }
+            }
+            GoSched::Http2Handler { goid } => {
+                self.stream_handler_started(ts, super::GoroutineId(goid));
+            }
             GoSched::Semacquire {
                 goid,
                 address,
@@ -469,11 +493,15 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    /// `goid` is done: its open requests end (answered ones are complete).
-    fn go_exit(&mut self, tid: Tid, goid: u64) {
+    /// `goid` is done: its open requests end (answered ones are complete, and an HTTP/2
+    /// stream's, whose handler it ran).
+    fn go_exit(&mut self, ts: u64, tid: Tid, goid: u64) {
         let ctx = ExecCtx::Goroutine(super::GoroutineId(goid));
-        for fd in self.requests.open_on(ctx) {
-            self.finish(fd);
+        for on in self.requests.open_on(ctx) {
+            match on {
+                RequestOn::Stream(handler) => self.stream_handler_done(ts, handler),
+                RequestOn::Connection(_) => self.finish(on),
+            }
         }
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {

@@ -34,7 +34,7 @@ pub use event::{
 };
 pub use fds::{FdKind, FdResolver};
 pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
-pub use requests::{LargestWait, Request};
+pub use requests::{LargestWait, Request, RequestOn};
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -209,14 +209,24 @@ impl<R: FdResolver> Engine<R> {
 
     /// End of trace: requests that had their response written are complete.
     pub fn finish_all(&mut self) {
-        for fd in self.requests.open_fds() {
-            self.finish(fd);
+        for on in self.requests.open_keys() {
+            self.finish(on);
         }
     }
 
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
-        let kind = self.note_socket(sys.fd, sys.connection, sys.origin);
+        let mut kind = self.note_socket(sys.fd, sys.connection, sys.origin);
+        if kind == FdKind::Connection
+            && self.on_goroutines()
+            && self.serves_http2(self.current_ctx(tid))
+        {
+            // Moved by an HTTP/2 connection's goroutine: its streams are the requests.
+            kind = FdKind::Http2Connection;
+            self.fds
+                .set_connection(sys.fd, sys.connection, FdKind::Http2Connection);
+            self.forget_connection_request(sys.fd);
+        }
         let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
         if !handshake && kind == FdKind::Connection {
             self.connection_io(ts, tid, sys);
@@ -234,13 +244,13 @@ impl<R: FdResolver> Engine<R> {
                     self.request_bytes(ts, tid, fd);
                 }
             } else if ret == 0 && self.requests.is_open(fd) {
-                self.finish(fd); // the peer closed
+                self.finish(RequestOn::Connection(fd)); // the peer closed
             } else if ret == -EAGAIN && self.requests.answered_by(fd, self.current_ctx(tid)) {
                 // Back to reading a connection it has answered, which has nothing yet
                 // (a non-blocking reader: Go's net/http, between keep-alive requests).
                 // Only the serving context's own read: net/http's background read runs
                 // in another goroutine while a handler may still write.
-                self.finish(fd);
+                self.finish(RequestOn::Connection(fd));
             }
         } else if is_write(nr) && ret > 0 && !self.tls_wire_write(ts, fd, sys.tls_record) {
             self.response_bytes(ts, fd);
@@ -257,7 +267,7 @@ impl<R: FdResolver> Engine<R> {
         let seeded = match self.fds.known_connection(fd) {
             Some((kind, Some(known))) if known == connection => return kind,
             Some((_, Some(_))) => {
-                self.finish(fd); // its close was not seen
+                self.finish(RequestOn::Connection(fd)); // its close was not seen
                 self.tls.forget_fd(fd);
                 self.requests.forget_fd(fd);
                 false

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     cause::{Breakdown, Cause},
-    context::{ExecCtx, Tid},
+    context::{ExecCtx, GoroutineId, Tid},
     sites::StackRef,
     timeline::{Snapshot, StolenTime},
     Engine, FdResolver,
@@ -16,7 +16,8 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub ctx: ExecCtx,
-    pub fd: u32,
+    /// The connection's fd; `None` for an HTTP/2 stream (delimited by its handler goroutine).
+    pub fd: Option<u32>,
     pub start_ns: u64,
     pub latency_ns: u64,
     pub breakdown: Breakdown,
@@ -27,6 +28,26 @@ pub struct Request {
     pub shared_context: bool,
     /// Its longest blocking wait (a thread's block, a goroutine's park), if it had one.
     pub largest_wait: Option<LargestWait>,
+}
+
+/// What a request is open on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestOn {
+    /// A connection, by fd: one request at a time, from its request bytes read to its last
+    /// response write (HTTP/1.x, and any protocol that answers in turn).
+    Connection(u32),
+    /// An HTTP/2 stream, by the goroutine that runs its handler (Go's net/http): from the
+    /// handler's start to the goroutine's exit.
+    Stream(GoroutineId),
+}
+
+impl RequestOn {
+    fn fd(self) -> Option<u32> {
+        match self {
+            RequestOn::Connection(fd) => Some(fd),
+            RequestOn::Stream(_) => None,
+        }
+    }
 }
 
 /// A request's longest blocking wait: its cause, the part of it inside the request, and
@@ -67,13 +88,14 @@ struct OpenRequest {
     largest_wait: Option<LargestWait>,
 }
 
-/// Requests open on connections, by fd, and those finished since last taken.
+/// Requests open on connections (by fd) and HTTP/2 streams, and those finished since last
+/// taken.
 #[derive(Default)]
 pub(super) struct Requests {
-    open: HashMap<u32, OpenRequest>,
-    /// The fds of `open`, by the context serving them: a context's requests are looked up
+    open: HashMap<RequestOn, OpenRequest>,
+    /// The keys of `open`, by the context serving them: a context's requests are looked up
     /// at each of its waits and at its exit, without a scan of every open request.
-    open_by_ctx: HashMap<ExecCtx, Vec<u32>>,
+    open_by_ctx: HashMap<ExecCtx, Vec<RequestOn>>,
     /// The context that served each connection's last request.
     served_by: HashMap<u32, ExecCtx>,
     finished: Vec<Request>,
@@ -85,18 +107,20 @@ pub(super) struct Requests {
 
 impl Requests {
     pub fn is_open(&self, fd: u32) -> bool {
-        self.open.contains_key(&fd)
+        self.open.contains_key(&RequestOn::Connection(fd))
     }
 
     /// A request is open on `fd` and its response has begun.
     pub fn answered(&self, fd: u32) -> bool {
-        self.open.get(&fd).is_some_and(|r| r.last_write.is_some())
+        self.open
+            .get(&RequestOn::Connection(fd))
+            .is_some_and(|r| r.last_write.is_some())
     }
 
     /// A request served by `ctx` is open on `fd` and its response has begun.
     pub fn answered_by(&self, fd: u32, ctx: ExecCtx) -> bool {
         self.open
-            .get(&fd)
+            .get(&RequestOn::Connection(fd))
             .is_some_and(|r| r.ctx == ctx && r.last_write.is_some())
     }
 
@@ -105,8 +129,8 @@ impl Requests {
         self.open.len()
     }
 
-    /// The connections whose open request `ctx` serves.
-    pub fn open_on(&self, ctx: ExecCtx) -> Vec<u32> {
+    /// The connections and streams whose open request `ctx` serves.
+    pub fn open_on(&self, ctx: ExecCtx) -> Vec<RequestOn> {
         self.open_by_ctx.get(&ctx).cloned().unwrap_or_default()
     }
 
@@ -115,7 +139,7 @@ impl Requests {
         self.open_by_ctx
             .get(&ctx)?
             .iter()
-            .filter_map(|fd| self.open.get(fd))
+            .filter_map(|on| self.open.get(on))
             .map(|r| r.start.ts)
             .min()
     }
@@ -123,11 +147,11 @@ impl Requests {
     /// `ctx` lost `stolen` to the hypervisor: the snapshots its open requests took during
     /// that stretch count their share of it as steal.
     pub fn charge_steal(&mut self, ctx: ExecCtx, stolen: &StolenTime) {
-        let Some(fds) = self.open_by_ctx.get(&ctx) else {
+        let Some(keys) = self.open_by_ctx.get(&ctx) else {
             return;
         };
-        for fd in fds {
-            let Some(req) = self.open.get_mut(fd) else {
+        for on in keys {
+            let Some(req) = self.open.get_mut(on) else {
                 continue;
             };
             req.start.charge_steal(stolen);
@@ -147,11 +171,11 @@ impl Requests {
         lasted: u64,
         site: Option<StackRef>,
     ) {
-        let Some(fds) = self.open_by_ctx.get(&ctx) else {
+        let Some(keys) = self.open_by_ctx.get(&ctx) else {
             return;
         };
-        for fd in fds {
-            let Some(req) = self.open.get_mut(fd) else {
+        for on in keys {
+            let Some(req) = self.open.get_mut(on) else {
                 continue;
             };
             let ns = lasted.min(ts.saturating_sub(req.start.ts));
@@ -161,36 +185,36 @@ impl Requests {
         }
     }
 
-    /// `request` is open on `fd` (replacing one left open there).
-    fn insert(&mut self, fd: u32, request: OpenRequest) {
+    /// `request` is open `on` a connection or stream (replacing one left open there).
+    fn insert(&mut self, on: RequestOn, request: OpenRequest) {
         let ctx = request.ctx;
-        if let Some(replaced) = self.open.insert(fd, request) {
-            self.unindex(replaced.ctx, fd);
+        if let Some(replaced) = self.open.insert(on, request) {
+            self.unindex(replaced.ctx, on);
         }
-        self.open_by_ctx.entry(ctx).or_default().push(fd);
+        self.open_by_ctx.entry(ctx).or_default().push(on);
     }
 
-    /// The request open on `fd`, no longer open.
-    fn remove(&mut self, fd: u32) -> Option<OpenRequest> {
-        let request = self.open.remove(&fd)?;
-        self.unindex(request.ctx, fd);
+    /// The request open `on` a connection or stream, no longer open.
+    fn remove(&mut self, on: RequestOn) -> Option<OpenRequest> {
+        let request = self.open.remove(&on)?;
+        self.unindex(request.ctx, on);
         Some(request)
     }
 
-    /// Drops `fd` from `ctx`'s open requests.
-    fn unindex(&mut self, ctx: ExecCtx, fd: u32) {
-        if let Some(fds) = self.open_by_ctx.get_mut(&ctx) {
-            // Each fd is there once.
-            if let Some(at) = fds.iter().position(|&f| f == fd) {
-                fds.remove(at);
+    /// Drops `on` from `ctx`'s open requests.
+    fn unindex(&mut self, ctx: ExecCtx, on: RequestOn) {
+        if let Some(keys) = self.open_by_ctx.get_mut(&ctx) {
+            // Each key is there once.
+            if let Some(at) = keys.iter().position(|&k| k == on) {
+                keys.remove(at);
             }
-            if fds.is_empty() {
+            if keys.is_empty() {
                 self.open_by_ctx.remove(&ctx);
             }
         }
     }
 
-    pub fn open_fds(&self) -> Vec<u32> {
+    pub fn open_keys(&self) -> Vec<RequestOn> {
         self.open.keys().copied().collect()
     }
 
@@ -214,9 +238,10 @@ impl Requests {
 impl<R: FdResolver> Engine<R> {
     /// A read returned request bytes on a connection.
     pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32) {
-        match self.requests.open.get(&fd) {
+        let on = RequestOn::Connection(fd);
+        match self.requests.open.get(&on) {
             Some(req) if req.last_write.is_none() => return, // more of the same request
-            Some(_) => self.finish(fd),                      // the next request
+            Some(_) => self.finish(on),                      // the next request
             None => {}
         }
         let ctx = self.serving_ctx(fd, self.current_ctx(tid), ts);
@@ -233,7 +258,43 @@ impl<R: FdResolver> Engine<R> {
                 None => return,
             },
         };
-        self.open_request(ctx, fd, start);
+        self.open_request(ctx, on, start);
+    }
+
+    /// Goroutine `goid` starts to run an HTTP/2 stream's handler: its request, from now.
+    pub(super) fn stream_handler_started(&mut self, ts: u64, goid: GoroutineId) {
+        let ctx = ExecCtx::Goroutine(goid);
+        if let Some(start) = self.ctx_snapshot(ctx, ts) {
+            self.open_request(ctx, RequestOn::Stream(goid), start);
+        }
+    }
+
+    /// The handler goroutine of an HTTP/2 stream exits at `ts`: its request is complete (the
+    /// response is handed to the connection's goroutine, which writes its last frames).
+    pub(super) fn stream_handler_done(&mut self, ts: u64, goid: GoroutineId) {
+        let on = RequestOn::Stream(goid);
+        let Some(end) = self.ctx_snapshot(ExecCtx::Goroutine(goid), ts) else {
+            return self.finish(on); // not seen running: aborted
+        };
+        let Some(req) = self.requests.remove(on) else {
+            return;
+        };
+        if let Some(waiting) = self.open_requests_mut(req.ctx) {
+            waiting.now = waiting.now.saturating_sub(1);
+        }
+        self.complete(on, req, end);
+    }
+
+    /// `fd` turned out to carry HTTP/2: a request opened on it by its first reads (the
+    /// connection preface) is none.
+    pub(super) fn forget_connection_request(&mut self, fd: u32) {
+        if let Some(req) = self.requests.remove(RequestOn::Connection(fd)) {
+            if req.last_write.is_none() {
+                if let Some(waiting) = self.open_requests_mut(req.ctx) {
+                    waiting.now = waiting.now.saturating_sub(1);
+                }
+            }
+        }
     }
 
     /// The context that serves a request read on `fd` by `reader`: the goroutine that served
@@ -253,8 +314,8 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    /// Open a request on `fd`, served by `ctx`, that started at `start`.
-    pub(super) fn open_request(&mut self, ctx: ExecCtx, fd: u32, start: Snapshot) {
+    /// Open a request `on` a connection or stream, served by `ctx`, that started at `start`.
+    pub(super) fn open_request(&mut self, ctx: ExecCtx, on: RequestOn, start: Snapshot) {
         let Some(waiting) = self.open_requests_mut(ctx) else {
             return;
         };
@@ -264,9 +325,12 @@ impl<R: FdResolver> Engine<R> {
         // noticed as it is answered.
         let shared_context = waiting.now > 1;
         let opened_as = waiting.opened;
-        self.requests.served_by.insert(fd, ctx);
+        let tls = on.fd().and_then(|fd| {
+            self.requests.served_by.insert(fd, ctx);
+            self.tls.take_pending(fd)
+        });
         self.requests.insert(
-            fd,
+            on,
             OpenRequest {
                 ctx,
                 opened_as,
@@ -274,7 +338,7 @@ impl<R: FdResolver> Engine<R> {
                 last_write: None,
                 incomplete: false,
                 shared_context,
-                tls: self.tls.take_pending(fd),
+                tls,
                 largest_wait: None,
             },
         );
@@ -282,7 +346,8 @@ impl<R: FdResolver> Engine<R> {
 
     /// A write sent response bytes on a connection.
     pub(super) fn response_bytes(&mut self, ts: u64, fd: u32) {
-        let Some(req) = self.requests.open.get(&fd) else {
+        let on = RequestOn::Connection(fd);
+        let Some(req) = self.requests.open.get(&on) else {
             return; // a greeting or an unsolicited write: no request is open
         };
         let (ctx, answering, opened_as) = (req.ctx, req.last_write.is_none(), req.opened_as);
@@ -296,15 +361,15 @@ impl<R: FdResolver> Engine<R> {
                 opened_meanwhile = waiting.opened > opened_as;
             }
         }
-        if let Some(req) = self.requests.open.get_mut(&fd) {
+        if let Some(req) = self.requests.open.get_mut(&on) {
             req.last_write = Some(now);
             req.shared_context |= opened_meanwhile;
         }
     }
 
-    /// The request on `fd` is over: finished if answered, else aborted.
-    pub(super) fn finish(&mut self, fd: u32) {
-        let Some(req) = self.requests.remove(fd) else {
+    /// The request `on` a connection or stream is over: finished if answered, else aborted.
+    pub(super) fn finish(&mut self, on: RequestOn) {
+        let Some(req) = self.requests.remove(on) else {
             return;
         };
         if req.last_write.is_none() {
@@ -316,6 +381,11 @@ impl<R: FdResolver> Engine<R> {
             self.requests.aborted += 1;
             return;
         };
+        self.complete(on, req, end);
+    }
+
+    /// `req` ended at `end`: its breakdown, among the finished requests.
+    fn complete(&mut self, on: RequestOn, req: OpenRequest, end: Snapshot) {
         let mut breakdown = end.since(&req.start);
         if let ExecCtx::Goroutine(_) = req.ctx {
             // A goroutine's timeline has gaps where it was not seen (a lost event, a thread
@@ -335,7 +405,7 @@ impl<R: FdResolver> Engine<R> {
         }
         self.requests.finished.push(Request {
             ctx: req.ctx,
-            fd,
+            fd: on.fd(),
             start_ns,
             latency_ns: breakdown.iter().sum(),
             breakdown,

@@ -1370,10 +1370,10 @@ mod nginx {
         reqs.sort_by_key(|r| r.fd);
         assert_eq!(reqs.len(), 2, "{reqs:?}");
         let (first, second) = (&reqs[0], &reqs[1]);
-        assert_eq!((first.fd, first.start_ns), (CONN, 120));
+        assert_eq!((first.fd, first.start_ns), (Some(CONN), 120));
         assert_eq!(cause(first, Cause::TlsHandshake), 1140 - 120);
         assert_eq!(first.latency_ns, 1020 + (2100 - 2020));
-        assert_eq!((second.fd, second.start_ns), (CONN2, 220));
+        assert_eq!((second.fd, second.start_ns), (Some(CONN2), 220));
         assert_eq!(cause(second, Cause::TlsHandshake), 1040 - 220);
         assert_eq!(second.latency_ns, 820 + (1100 - 1040));
         assert!(reqs
@@ -1769,6 +1769,55 @@ mod goroutines {
     }
 
     const U: u32 = 101; // a second thread of the Go runtime
+
+    /// HTTP/2: the connection's goroutine reads every stream's frames (its first read, the
+    /// connection preface, opens no request once it is known to serve HTTP/2), and each
+    /// stream's request runs from its handler goroutine's start to that goroutine's exit,
+    /// with the handler's own waits; two streams of one connection are two requests.
+    #[test]
+    fn each_http2_stream_is_its_handler_goroutines_request() {
+        const H2: u64 = 20; // the second stream's handler
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 24), // the preface, read before serve's probe
+                go(30, T, GoSched::Http2Connection { goid: G }),
+                on_conn(40, T, nr::WRITE, 30), // SETTINGS
+                on_conn(50, T, nr::READ, 100), // HEADERS of two streams
+                execute(60, U, H),
+                go(60, U, GoSched::Http2Handler { goid: H }),
+                park(70, U, H, LOCK),
+                execute(80, T, H2),
+                go(80, T, GoSched::Http2Handler { goid: H2 }),
+                go(120, T, GoSched::Exit { goid: H2 }),
+                ready(270, H),
+                execute(280, U, H),
+                go(300, U, GoSched::Exit { goid: H }),
+                execute(310, T, G),
+                on_conn(320, T, nr::WRITE, 200), // both responses' frames
+                on_conn(330, T, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let first = reqs
+            .iter()
+            .find(|r| r.ctx == ExecCtx::Goroutine(GoroutineId(H2)));
+        let first = first.expect("the second stream's request");
+        assert_eq!((first.start_ns, first.latency_ns, first.fd), (80, 40, None));
+        assert_eq!(cause(first, Cause::OnCpu), 40);
+        let second = reqs
+            .iter()
+            .find(|r| r.ctx == ExecCtx::Goroutine(GoroutineId(H)));
+        let second = second.expect("the first stream's request");
+        assert_eq!((second.start_ns, second.latency_ns), (60, 240));
+        assert_eq!(cause(second, Cause::Lock), 200);
+        assert_eq!(cause(second, Cause::GoRunqueue), 10);
+        assert_sums(second);
+    }
 
     #[test]
     fn a_request_follows_its_goroutine_across_threads_and_parks() {

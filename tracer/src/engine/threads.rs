@@ -8,6 +8,7 @@ use super::{
     cause::{blocked_cause, Cause},
     context::{ExecCtx, Tid},
     event::{InSyscall, Waker, Woken},
+    requests::RequestOn,
     requests::WaitingRequests,
     sites::StackRef,
     timeline::{RunState, Snapshot, StolenTime, Timeline},
@@ -214,7 +215,7 @@ impl<R: FdResolver> Engine<R> {
         if let Some(s) = syscall.filter(|s| is_read(s.nr)) {
             let fd = s.arg0 as u32;
             if self.requests.answered(fd) {
-                self.finish(fd);
+                self.finish(RequestOn::Connection(fd));
             }
         }
     }
@@ -333,8 +334,8 @@ impl<R: FdResolver> Engine<R> {
 
     pub(super) fn thread_exit(&mut self, ts: u64, tid: Tid) {
         self.transition(tid, ts, RunState::Runnable);
-        for fd in self.requests.open_on(ExecCtx::Thread(tid)) {
-            self.finish(fd);
+        for on in self.requests.open_on(ExecCtx::Thread(tid)) {
+            self.finish(on);
         }
         self.threads.remove(tid);
         self.tls.go.forget_thread(tid);

@@ -90,6 +90,8 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
             address: e.detail,
             stack: stack_ref(e.stack_id, e.caller),
         },
+        go_sched::HTTP2_CONNECTION => GoSched::Http2Connection { goid },
+        go_sched::HTTP2_HANDLER => GoSched::Http2Handler { goid },
         go_sched::STOP_THE_WORLD => GoSched::StopTheWorld,
         go_sched::START_THE_WORLD => GoSched::StartTheWorld,
         _ => return None,

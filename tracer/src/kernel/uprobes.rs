@@ -108,6 +108,8 @@ pub enum GoSchedStatus {
     Followed {
         version: Option<String>,
         found_in: String,
+        /// net/http's HTTP/2 server is in the executable, and probed.
+        http2: bool,
     },
     /// A Go program whose goroutines are not followed, and why.
     Off { reason: String },
@@ -118,10 +120,20 @@ impl GoSchedStatus {
     pub fn line(&self) -> Option<String> {
         match self {
             GoSchedStatus::NotGo => None,
-            GoSchedStatus::Followed { version, found_in } => Some(format!(
-                "Go runtime: {}; goroutines followed with uprobes on {} ({found_in})",
+            GoSchedStatus::Followed {
+                version,
+                found_in,
+                http2,
+            } => Some(format!(
+                "Go runtime: {}; goroutines followed with uprobes on {} ({found_in}){}",
                 version.as_deref().unwrap_or("Go version unknown"),
                 PROBED.join(", "),
+                if *http2 {
+                    "; HTTP/2 streams delimited by their handler goroutines (uprobes on \
+                     net/http's HTTP/2 server)"
+                } else {
+                    ""
+                }
             )),
             GoSchedStatus::Off { reason } => Some(format!(
                 "Go runtime: goroutine attribution is off, requests are attributed per thread: \
@@ -158,6 +170,7 @@ impl Probes {
                 GoSchedStatus::Followed {
                     version: go.version.clone(),
                     found_in: go.found_in.to_string(),
+                    http2: !go.http2_handler.is_empty(),
                 }
             }
             Err(e) if uprobe_refused(&e) => GoSchedStatus::Off {
@@ -332,7 +345,16 @@ fn attach_go_sched(
 ) -> Result<Vec<UProbeLink>> {
     let scope = one_process(pid)?;
     let mut links = Vec::new();
-    for (function, program, file_offset) in go_sched_probes(go) {
+    let http2 = go
+        .http2_connection
+        .iter()
+        .map(|&(function, offset)| (function, "go_http2_connection", offset))
+        .chain(
+            go.http2_handler
+                .iter()
+                .map(|&(function, offset)| (function, "go_http2_handler", offset)),
+        );
+    for (function, program, file_offset) in go_sched_probes(go).into_iter().chain(http2) {
         loaded(ebpf, program, UProbe::load)?;
         let link = attach_at(ebpf, program, exe, file_offset, scope)
             .with_context(|| format!("probing {function}"))?;
@@ -395,6 +417,7 @@ mod tests {
         let followed = GoSchedStatus::Followed {
             version: Some("go1.19.8".into()),
             found_in: "probe points: .gopclntab; g/m offsets: go1.19 table".into(),
+            http2: false,
         };
         assert_eq!(
             followed.line().unwrap(),
@@ -403,6 +426,15 @@ mod tests {
              runtime.semrelease1, runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
              .gopclntab; g/m offsets: go1.19 table)"
         );
+        let with_http2 = GoSchedStatus::Followed {
+            version: None,
+            found_in: String::new(),
+            http2: true,
+        };
+        assert!(with_http2
+            .line()
+            .unwrap()
+            .ends_with("; HTTP/2 streams delimited by their handler goroutines (uprobes on net/http's HTTP/2 server)"));
         let off = GoSchedStatus::Off {
             reason: "go1.99.1 has no table of their field offsets here".into(),
         };

@@ -9,14 +9,18 @@ use super::{
     files::{self, OutFile, Outcome, OutputDir},
     sites::SiteNamer,
 };
-use crate::engine::{Cause, LargestWait, Request};
+use crate::engine::{Cause, ExecCtx, LargestWait, Request};
 
 /// One line of requests.jsonl.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
-    /// The thread that served it.
+    /// The thread that served it (0: a goroutine, see `goid`).
     pub tid: u32,
-    pub fd: u32,
+    /// The goroutine that served it (a Go target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
+    /// Its connection's fd; null for an HTTP/2 stream (its handler goroutine's request).
+    pub fd: Option<u32>,
     /// CLOCK_MONOTONIC ns.
     pub start_ns: u64,
     pub start_unix_ns: u64,
@@ -67,6 +71,10 @@ impl RequestRecord {
         let start_unix_ns = r.start_ns as i128 + boot_to_unix_ns;
         RequestRecord {
             tid: r.ctx.thread().map_or(0, |tid| tid.0),
+            goid: match r.ctx {
+                ExecCtx::Goroutine(g) => Some(g.0),
+                ExecCtx::Thread(_) => None,
+            },
             fd: r.fd,
             start_ns: r.start_ns,
             start_unix_ns: start_unix_ns.max(0) as u64,
@@ -151,7 +159,7 @@ impl Drop for SlowRequests {
 mod tests {
     use super::*;
     use crate::{
-        engine::{sites::StackRef, ExecCtx, Tid, CAUSES},
+        engine::{sites::StackRef, Tid, CAUSES},
         output::sites::StackSource,
     };
 
@@ -168,7 +176,7 @@ mod tests {
         breakdown[Cause::OnCpu.index()] = 100;
         Request {
             ctx: ExecCtx::Thread(Tid(7)),
-            fd: 5,
+            fd: Some(5),
             start_ns: 1_000,
             latency_ns: 1_000,
             breakdown,

@@ -21,7 +21,7 @@ use super::{
     cause::{Breakdown, Cause},
     context::{ExecCtx, Tid},
     fds::FdKind,
-    requests::HandshakeTime,
+    requests::{HandshakeTime, RequestOn},
     timeline::Snapshot,
     Engine, FdResolver,
 };
@@ -216,7 +216,7 @@ impl<R: FdResolver> Engine<R> {
         if !is_write(nr) || ret <= 0 || alert || self.requests.is_open(fd) {
             return;
         }
-        self.open_request(done.ctx, fd, done.at);
+        self.open_request(done.ctx, RequestOn::Connection(fd), done.at);
     }
 
     /// Follow the record headers of a server-side connection's handshake (version and

@@ -64,6 +64,25 @@ pub const PROBED: [&str; 8] = [
     STOP_THE_WORLD,
     START_THE_WORLD,
 ];
+/// net/http's HTTP/2 server: the goroutines that move a connection's frames for every
+/// stream (`serve`, `readFrames`), and the one started for each stream's handler
+/// (`runHandler`, which returns when the handler is done). Bundled in the standard library
+/// as `net/http.(*http2serverConn)` up to Go 1.26 (1.25.5 read), as the package
+/// `net/http/internal/http2` since (1.27.3 read), and golang.org/x/net/http2 when used
+/// directly. Probed when present (a program without an HTTP/2 server has none of them).
+pub const HTTP2_CONNECTION_FUNCTIONS: [&str; 6] = [
+    "net/http.(*http2serverConn).serve",
+    "net/http.(*http2serverConn).readFrames",
+    "net/http/internal/http2.(*serverConn).serve",
+    "net/http/internal/http2.(*serverConn).readFrames",
+    "golang.org/x/net/http2.(*serverConn).serve",
+    "golang.org/x/net/http2.(*serverConn).readFrames",
+];
+pub const HTTP2_HANDLER_FUNCTIONS: [&str; 3] = [
+    "net/http.(*http2serverConn).runHandler",
+    "net/http/internal/http2.(*serverConn).runHandler",
+    "golang.org/x/net/http2.(*serverConn).runHandler",
+];
 /// The runtime functions that take the GC's own semaphores (`work.startSema`, `gcsema`,
 /// `worldsema`, `work.markDoneSema`) with `semacquire`, inlined into them (Go 1.19.8 and
 /// 1.27.3 binaries): a goroutine that allocates while the GC runs may park there, waiting
@@ -96,6 +115,10 @@ pub struct GoRuntime {
     /// `runtime.stopTheWorldWithSema` and `startTheWorldWithSema`.
     pub stop_the_world: u64,
     pub start_the_world: u64,
+    /// The probe points of the HTTP/2 server's functions present ([`HTTP2_CONNECTION_FUNCTIONS`],
+    /// [`HTTP2_HANDLER_FUNCTIONS`]): (function, file offset).
+    pub http2_connection: Vec<(&'static str, u64)>,
+    pub http2_handler: Vec<(&'static str, u64)>,
     /// The code of [`GC_SEMAPHORE_CALLERS`] found, as linked (virtual addresses of the
     /// executable, before any load bias).
     pub gc_semaphore_callers: Vec<std::ops::Range<u64>>,
@@ -164,6 +187,15 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let semrelease1 = probe_point(SEMRELEASE1)?;
     let stop_the_world = probe_point(STOP_THE_WORLD)?;
     let start_the_world = probe_point(START_THE_WORLD)?;
+    let present = |names: &[&'static str]| -> Result<Vec<(&'static str, u64)>> {
+        names
+            .iter()
+            .filter(|name| functions.get(name).is_ok())
+            .map(|&name| Ok((name, probe_point(name)?)))
+            .collect()
+    };
+    let http2_connection = present(&HTTP2_CONNECTION_FUNCTIONS)?;
+    let http2_handler = present(&HTTP2_HANDLER_FUNCTIONS)?;
     let gc_semaphore_callers = GC_SEMAPHORE_CALLERS
         .iter()
         .filter_map(|name| functions.get(name).ok())
@@ -191,6 +223,8 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         semrelease1,
         stop_the_world,
         start_the_world,
+        http2_connection,
+        http2_handler,
         gc_semaphore_callers,
         offsets,
         wait_reasons,
@@ -242,6 +276,8 @@ fn find_functions(
         .iter()
         .chain(&[WAIT_REASON_STRING])
         .chain(&GC_SEMAPHORE_CALLERS)
+        .chain(&HTTP2_CONNECTION_FUNCTIONS)
+        .chain(&HTTP2_HANDLER_FUNCTIONS)
         .copied()
         .collect();
     let from_symbols: Vec<FuncRange> = file

@@ -1,0 +1,154 @@
+//! HTTP/2 against a real Go net/http service (`tests/go/go_service.go` run as `h2 CERT KEY`):
+//! curl sends several requests as streams of one TLS connection. Each stream's handler runs
+//! in a goroutine of its own, and the connection's own goroutines read and write every
+//! stream's frames; the tracer must report one request per stream, timed on its handler's
+//! goroutine, whose cause matches what the handler measured itself (its X-*-Ns header), and
+//! no request made of the connection's frames.
+
+use std::{collections::BTreeMap, process::Command};
+
+use tracer::{engine::Cause, output::jsonl::RequestRecord};
+use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
+use tracer_tests::{session::Tracer, support::tls::make_cert, TempDir, Workload};
+
+const MS: u64 = 1_000_000;
+const ROUNDS: usize = 3;
+
+/// Each endpoint, the cause its handler waits in, and the header that says how long.
+const PLAN: [(&str, Cause, &str); 3] = [
+    ("/sleep?ms=20", Cause::Sleep, "x-sleep-ns"),
+    ("/lock?ms=20", Cause::Lock, "x-lock-ns"),
+    ("/chan?ms=20", Cause::Chan, "x-chan-ns"),
+];
+
+/// The handlers' headers curl is asked for.
+const HEADERS: [&str; 3] = ["x-sleep-ns", "x-lock-ns", "x-chan-ns"];
+
+/// What curl reported of one transfer.
+struct Answer {
+    http_version: String,
+    status: u16,
+    /// Each of [`HEADERS`] the response had, with its value.
+    headers: BTreeMap<&'static str, u64>,
+}
+
+/// `curl --http2` sends `paths` one after another as streams of one connection to `port`.
+fn http2_requests(port: u16, paths: &[&str]) -> Vec<Answer> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--insecure", "--http2"]);
+    // One format for every transfer (it is a global option).
+    let headers: Vec<String> = HEADERS.iter().map(|h| format!("%header{{{h}}}")).collect();
+    cmd.arg("--write-out").arg(format!(
+        "%{{http_version}} %{{http_code}} {}\n",
+        headers.join(" ")
+    ));
+    for path in paths {
+        cmd.args(["--output", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{port}{path}"));
+    }
+    let out = cmd.output().expect("run curl");
+    assert!(out.status.success(), "curl: {out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("curl's output");
+    let answers: Vec<Answer> = stdout
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 2 + HEADERS.len(), "curl wrote {line:?}");
+            Answer {
+                http_version: fields[0].to_string(),
+                status: fields[1].parse().expect("status"),
+                headers: HEADERS
+                    .iter()
+                    .zip(&fields[2..])
+                    .filter_map(|(&h, v)| Some((h, v.parse().ok()?)))
+                    .collect(),
+            }
+        })
+        .collect();
+    assert_eq!(answers.len(), paths.len(), "{stdout}");
+    answers
+}
+
+fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
+    let dir = TempDir::new("go-http2");
+    let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let cert = make_cert(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("h2").arg(&cert.cert).arg(&cert.key);
+    let service = Workload::start(cmd);
+    let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
+    let plan: Vec<&str> = (0..ROUNDS)
+        .flat_map(|_| PLAN.iter().map(|&(path, _, _)| path))
+        .collect();
+    let answers = http2_requests(service.addr.port(), &plan);
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    assert!(
+        done.stderr.contains("HTTP/2"),
+        "the start-up line names the HTTP/2 probes: {}",
+        done.stderr
+    );
+
+    let mut traced: Vec<&RequestRecord> = done.requests.iter().collect();
+    traced.sort_by_key(|r| r.start_ns);
+    assert_eq!(
+        traced.len(),
+        plan.len(),
+        "one request per stream, none of the connection's frames: {traced:#?}"
+    );
+    let goids: std::collections::BTreeSet<Option<u64>> = traced.iter().map(|r| r.goid).collect();
+    assert_eq!(
+        goids.len(),
+        plan.len(),
+        "a goroutine per stream: {traced:#?}"
+    );
+    for ((answer, r), &(path, cause, header)) in
+        answers.iter().zip(&traced).zip(PLAN.iter().cycle())
+    {
+        assert_eq!((answer.http_version.as_str(), answer.status), ("2", 200));
+        assert_eq!(r.fd, None, "{path}: a stream, not a connection: {r:?}");
+        assert!(r.goid.is_some(), "{path}: {r:?}");
+        assert_eq!(
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "{path}: causes sum to the latency: {r:?}"
+        );
+        let got = r.breakdown[&cause];
+        let want = *answer
+            .headers
+            .get(header)
+            .unwrap_or_else(|| panic!("{path}: no {header}"));
+        let slack = want / 20 + MS;
+        assert!(
+            got + slack >= want && got <= want + slack,
+            "{path}: traced {} {got} ns, the handler measured {want} ns: {r:?}",
+            cause.name()
+        );
+    }
+    // Unharmed: still answering, over HTTP/2.
+    assert!(service.alive(), "the traced service is gone");
+    let again = http2_requests(service.addr.port(), &["/sleep?ms=1"]);
+    assert_eq!(
+        (again[0].http_version.as_str(), again[0].status),
+        ("2", 200)
+    );
+}
+
+/// Debian's Go 1.19, with its symbol table.
+#[test]
+#[ignore = "needs root"]
+fn go_1_19_http2_streams_are_requests() {
+    each_stream_is_a_request(Toolchain::System, GoBuild::default());
+}
+
+/// The newest Go, stripped: the HTTP/2 server's functions found in `.gopclntab`.
+#[test]
+#[ignore = "needs root"]
+fn go_1_27_stripped_http2_streams_are_requests() {
+    let stripped = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+    each_stream_is_a_request(Toolchain::GoBin("1.27.3"), stripped);
+}
