@@ -272,6 +272,20 @@ fn a_request_keeps_its_longest_wait_and_where_it_waited() {
     assert_eq!(reqs[1].largest_wait, None, "{:?}", reqs[1]);
 }
 
+/// The thread is preempted (still runnable), with the stack taken there, if any.
+fn preempted(ts: u64, stack: Option<StackRef>) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchOut {
+            state: PREEMPT_STATE_BIT,
+            syscall: None,
+            stack,
+            cpu_steal: None,
+        },
+    )
+}
+
 #[test]
 fn preemption_counts_as_runqueue() {
     let mut e = engine();
@@ -279,16 +293,7 @@ fn preemption_counts_as_runqueue() {
         &mut e,
         [
             read(0, CONN, 5),
-            Event::new(
-                100,
-                Tid(T),
-                EventKind::SwitchOut {
-                    state: PREEMPT_STATE_BIT,
-                    syscall: None,
-                    stack: None,
-                    cpu_steal: None,
-                },
-            ),
+            preempted(100, None),
             run(350),
             write(400, CONN),
             read(1000, CONN, 5),
@@ -312,16 +317,7 @@ fn a_run_queue_wait_after_preemption_is_at_the_preempted_site() {
         &mut e,
         [
             read(0, CONN, 5),
-            Event::new(
-                100,
-                Tid(T),
-                EventKind::SwitchOut {
-                    state: PREEMPT_STATE_BIT,
-                    syscall: None,
-                    stack: Some(spinning),
-                    cpu_steal: None,
-                },
-            ),
+            preempted(100, Some(spinning)),
             run(350),
             block(400, nr::NANOSLEEP, 0),
             wake(450),
