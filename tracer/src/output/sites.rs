@@ -293,6 +293,7 @@ fn symbolize(addrs: &[u64], symbolizer: Option<&mut Symbolizer>) -> (Vec<Frame>,
 /// standard library, Rust's, libc's.
 const LIBRARY_PREFIXES: &[&str] = &[
     "runtime.",
+    "runtime/",
     "internal/",
     "sync.",
     "syscall.",
@@ -429,6 +430,7 @@ mod tests {
         );
         assert!(!is_library("<workload::Conn as core::fmt::Debug>::fmt"));
         assert!(is_library("<&mut T as core::fmt::Debug>::fmt"));
+        assert!(is_library("runtime/internal/syscall.Syscall6"));
     }
 
     #[test]
