@@ -109,6 +109,11 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
     );
 }
 
+/// The x86-64 syscalls the readers block in: Python's `socket.recvfrom` and a FIFO's
+/// unbuffered `read(1)`.
+const SYS_READ: u32 = 0;
+const SYS_RECVFROM: u32 = 45;
+
 /// Wakeups each source sends in `a_packet_is_a_softirq_and_a_fifo_write_is_its_writer`.
 const WAKEUPS: usize = 30;
 /// Of which at least this many must find their reader blocked: on loaded cores a reader can
@@ -151,21 +156,37 @@ fn a_packet_is_a_softirq_and_a_fifo_write_is_its_writer() {
 
     let dump = std::fs::read_to_string(dump.path()).expect("the event dump");
     let me = std::process::id();
-    let wakers_of = |name: &str| -> Vec<&str> {
+    // The wakers of the thread `name`'s blocks in syscall `nr`. A reader also blocks on
+    // Python's GIL after its read returns (a futex wait with a 5 ms timeout, which a timer
+    // ends when the GIL is not handed over in time): those wakeups are not the source's.
+    let wakers_of = |name: &str, nr: u32| -> Vec<&str> {
         let tid = readers
             .iter()
             .find(|(_, n)| n == name)
             .unwrap_or_else(|| panic!("no thread {name} in the target: {readers:?}"))
             .0;
         // A wakeup comes with the switch-in it led to (`woken`), or on its own (a new
-        // thread's first).
+        // thread's first); the block it ended is the thread's last switch-out's syscall.
         let this_thread = format!("tid: Tid({tid}), kind: ");
-        dump.lines()
-            .filter_map(|l| Some(l.split_once(&this_thread)?.1.split_once("waker: ")?.1))
-            .collect()
+        let in_nr = format!("syscall: Some(InSyscall {{ nr: {nr},");
+        let mut blocked_in_nr = false;
+        let mut wakers = Vec::new();
+        for event in dump
+            .lines()
+            .filter_map(|l| Some(l.split_once(&this_thread)?.1))
+        {
+            if event.starts_with("SwitchOut") {
+                blocked_in_nr = event.contains(&in_nr);
+            } else if let Some((_, waker)) = event.split_once("waker: ") {
+                if blocked_in_nr {
+                    wakers.push(waker);
+                }
+            }
+        }
+        wakers
     };
     let by_me = format!("pid: {me},");
-    let udp_wakers = wakers_of("udp-reader");
+    let udp_wakers = wakers_of("udp-reader", SYS_RECVFROM);
     let softirqs = udp_wakers
         .iter()
         .filter(|w| w.starts_with("Interrupt(Softirq)"))
@@ -178,7 +199,7 @@ fn a_packet_is_a_softirq_and_a_fifo_write_is_its_writer() {
         !udp_wakers.iter().any(|w| w.contains(&by_me)),
         "a datagram's arrival named the sending thread as the waker: {udp_wakers:#?}"
     );
-    let fifo_wakers = wakers_of("fifo-reader");
+    let fifo_wakers = wakers_of("fifo-reader", SYS_READ);
     let writes = fifo_wakers
         .iter()
         .filter(|w| w.starts_with("Thread {") && w.contains(&by_me))
