@@ -306,11 +306,8 @@ impl<R: FdResolver> Engine<R> {
             } => self.go_park(ts, tid, goid, reason, stack),
             GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
             GoSched::Exit { goid } => self.go_exit(ts, tid, goid),
-            GoSched::Http2Connection { goid } => {
-                if let Some(g) = self.goroutines.by_goid.get_mut(&goid) {
-                    g.serves_http2 = true;
-                }
-            }
+            // The probe fires on the goroutine itself: known or not, it is running.
+            GoSched::Http2Connection { goid } => self.goroutines.entry(goid).serves_http2 = true,
             GoSched::Http2Handler { goid } => {
                 self.stream_handler_started(ts, super::GoroutineId(goid));
             }

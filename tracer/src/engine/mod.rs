@@ -221,11 +221,13 @@ impl<R: FdResolver> Engine<R> {
             && self.on_goroutines()
             && self.serves_http2(self.current_ctx(tid))
         {
-            // Moved by an HTTP/2 connection's goroutine: its streams are the requests.
+            // Moved by an HTTP/2 connection's goroutine: its streams are the requests, and
+            // what its handshake left for a first request on the connection goes.
             kind = FdKind::Http2Connection;
             self.fds
                 .set_connection(sys.fd, sys.connection, FdKind::Http2Connection);
             self.forget_connection_request(sys.fd);
+            self.tls.forget_fd(sys.fd);
         }
         let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
         if !handshake && kind == FdKind::Connection {

@@ -7,6 +7,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{
     cause::{Breakdown, Cause},
     context::{ExecCtx, GoroutineId, Tid},
+    fds::FdKind,
     sites::StackRef,
     timeline::{Snapshot, StolenTime},
     Engine, FdResolver,
@@ -316,6 +317,11 @@ impl<R: FdResolver> Engine<R> {
 
     /// Open a request `on` a connection or stream, served by `ctx`, that started at `start`.
     pub(super) fn open_request(&mut self, ctx: ExecCtx, on: RequestOn, start: Snapshot) {
+        if let RequestOn::Connection(fd) = on {
+            if self.fds.known(fd) == Some(FdKind::Http2Connection) {
+                return; // its streams are the requests
+            }
+        }
         let Some(waiting) = self.open_requests_mut(ctx) else {
             return;
         };

@@ -1773,6 +1773,8 @@ mod goroutines {
     #[test]
     fn each_http2_stream_is_its_handler_goroutines_request() {
         const H2: u64 = 20; // the second stream's handler
+        const PREFACE: u64 = 21; // the goroutine that reads the client's preface
+        const FLUSH: u64 = 22; // a goroutine that writes frames
         let mut e = go_engine();
         let reqs = feed(
             &mut e,
@@ -1780,9 +1782,19 @@ mod goroutines {
                 run(0),
                 on(U, run(0)),
                 execute(10, T, G),
-                on_conn(20, T, nr::READ, 24), // the preface, read before serve's probe
                 go(30, T, GoSched::Http2Connection { goid: G }),
-                on_conn(40, T, nr::WRITE, 30), // SETTINGS
+                // The goroutine serve starts to read the client's preface: marked before its
+                // read, which makes the connection HTTP/2's.
+                execute(40, T, PREFACE),
+                go(40, T, GoSched::Http2Connection { goid: PREFACE }),
+                on_conn(42, T, nr::READ, 24),
+                // SETTINGS, flushed by a goroutine of its own, which is not marked.
+                execute(44, T, FLUSH),
+                on_conn(46, T, nr::WRITE, 30),
+                go(47, T, GoSched::Exit { goid: FLUSH }),
+                execute(48, T, PREFACE),
+                go(49, T, GoSched::Exit { goid: PREFACE }),
+                execute(49, T, G),
                 on_conn(50, T, nr::READ, 100), // HEADERS of two streams
                 execute(60, U, H),
                 go(60, U, GoSched::Http2Handler { goid: H }),

@@ -64,18 +64,22 @@ pub const PROBED: [&str; 8] = [
     STOP_THE_WORLD,
     START_THE_WORLD,
 ];
-/// net/http's HTTP/2 server: the goroutines that move a connection's frames for every
-/// stream (`serve`, `readFrames`), and the one started for each stream's handler
-/// (`runHandler`, which returns when the handler is done). Bundled in the standard library
+/// net/http's HTTP/2 server: the goroutines that move a connection's bytes for every
+/// stream (`serve`; `readPreface.func1`, started by `serve` to read the client's preface;
+/// `readFrames`), and the one started for each stream's handler (`runHandler`, which returns
+/// when the handler is done). Bundled in the standard library
 /// as `net/http.(*http2serverConn)` up to Go 1.26 (1.25.5 read), as the package
 /// `net/http/internal/http2` since (1.27.3 read), and golang.org/x/net/http2 when used
 /// directly. Probed when present (a program without an HTTP/2 server has none of them).
-pub const HTTP2_CONNECTION_FUNCTIONS: [&str; 6] = [
+pub const HTTP2_CONNECTION_FUNCTIONS: [&str; 9] = [
     "net/http.(*http2serverConn).serve",
+    "net/http.(*http2serverConn).readPreface.func1",
     "net/http.(*http2serverConn).readFrames",
     "net/http/internal/http2.(*serverConn).serve",
+    "net/http/internal/http2.(*serverConn).readPreface.func1",
     "net/http/internal/http2.(*serverConn).readFrames",
     "golang.org/x/net/http2.(*serverConn).serve",
+    "golang.org/x/net/http2.(*serverConn).readPreface.func1",
     "golang.org/x/net/http2.(*serverConn).readFrames",
 ];
 pub const HTTP2_HANDLER_FUNCTIONS: [&str; 3] = [
@@ -187,15 +191,15 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let semrelease1 = probe_point(SEMRELEASE1)?;
     let stop_the_world = probe_point(STOP_THE_WORLD)?;
     let start_the_world = probe_point(START_THE_WORLD)?;
-    let present = |names: &[&'static str]| -> Result<Vec<(&'static str, u64)>> {
+    // Best effort: a function absent, or without a probe point, is not probed.
+    let present = |names: &[&'static str]| -> Vec<(&'static str, u64)> {
         names
             .iter()
-            .filter(|name| functions.get(name).is_ok())
-            .map(|&name| Ok((name, probe_point(name)?)))
+            .filter_map(|&name| Some((name, probe_point(name).ok()?)))
             .collect()
     };
-    let http2_connection = present(&HTTP2_CONNECTION_FUNCTIONS)?;
-    let http2_handler = present(&HTTP2_HANDLER_FUNCTIONS)?;
+    let http2_connection = present(&HTTP2_CONNECTION_FUNCTIONS);
+    let http2_handler = present(&HTTP2_HANDLER_FUNCTIONS);
     let gc_semaphore_callers = GC_SEMAPHORE_CALLERS
         .iter()
         .filter_map(|name| functions.get(name).ok())
