@@ -213,14 +213,15 @@ pub fn capture_stacks() -> bool {
     global(&CAPTURE_STACKS) != 0
 }
 
-/// 1: take the user stack of a target thread that wakes another from a futex wake, the
-/// unlocker's call site (`--stacks on`, goroutines not followed).
+/// 1: take the stacks only a thread's sites need (`--stacks on`, goroutines not followed):
+/// a lock's unlocker (the target thread that wakes a futex waiter inside a request) and a
+/// preemption inside a request.
 #[unsafe(no_mangle)]
-static WAKER_STACKS: u32 = 0;
+static NATIVE_SITES: u32 = 0;
 
 #[inline(always)]
-pub fn waker_stacks() -> bool {
-    global(&WAKER_STACKS) != 0
+pub fn native_sites() -> bool {
+    global(&NATIVE_SITES) != 0
 }
 
 /// User stacks (return addresses), deduplicated by the kernel: an event carries the id.

@@ -10,10 +10,9 @@ use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
-    capture_stacks, count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids,
-    current_on_cpu_for_ns, current_syscall_regs, current_target_tid, emit, finish,
-    fired_on_task_stack, header, is_target_tid, now_ns, set, target_tgid, task_pid, user_stack_id,
-    waker_stacks, ON_CPU, WAKERS,
+    count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
+    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header,
+    is_target_tid, native_sites, now_ns, set, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -80,15 +79,17 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         event.prev_state = switch_state_as_reported(preempt, prev_state, exit_state);
         let blocked = event.prev_state != 0 && event.prev_state < PREEMPT_STATE_BIT;
         if !blocked {
-            // Preempted (or yielding) inside a request: where its code was, for the wait in
-            // the run queue that follows (user registers: the interrupted instruction, or the
-            // syscall it was in). A preemption on the way back to user space, the usual one,
-            // is a plain `schedule()` of a running task (`preempt` false, state 0); only a
-            // preemption inside the kernel passes `preempt`. Between requests: none.
-            if capture_stacks()
+            // Preempted (or yielding) inside a request it read: where its code was, for the
+            // wait in the run queue that follows (user registers: the interrupted
+            // instruction, or the syscall it was in). A preemption on the way back to user
+            // space, the usual one, is a plain `schedule()` of a running task (`preempt`
+            // false, state 0); only a preemption inside the kernel passes `preempt`. Not for
+            // a thread that read no request (a Go runtime's threads yield in their scheduler
+            // all the time), nor between requests, nor where goroutines are followed.
+            if native_sites()
                 && running_conversation
                     .or_else(|| stored_conversation(prev_tid))
-                    .is_none_or(|c| c.answered == 0)
+                    .is_some_and(|c| c.answered == 0)
             {
                 event.stack_id = user_stack_id(ctx);
             }
@@ -120,10 +121,10 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
 
 /// Target thread `tid` blocks on a futex inside a request, and its site was taken: the
 /// target thread that wakes it is to take its own stack (see [`unlocker_stack_id`]). Only
-/// with `WAKER_STACKS`; a full map leaves the unlocker unnamed.
+/// with `NATIVE_SITES`; a full map leaves the unlocker unnamed.
 #[inline(always)]
 fn want_unlocker(tid: u32) {
-    if !waker_stacks() {
+    if !native_sites() {
         return;
     }
     match WAKERS.get_ptr_mut(tid) {
@@ -334,7 +335,7 @@ fn current_waker(ctx: &RawTracePointContext) -> Result<WakerId, Loss> {
 /// Where a target thread that wakes a lock waiter releases the lock: its user stack when it
 /// is in a futex call that does not wait (FUTEX_WAKE, FUTEX_WAKE_OP, FUTEX_UNLOCK_PI, a
 /// requeue), so that the wait's site can name its unlocker's. Asked for by the waiter's
-/// switch-out ([`want_unlocker`]), only with `WAKER_STACKS` (stacks on, goroutines not
+/// switch-out ([`want_unlocker`]), only with `NATIVE_SITES` (stacks on, goroutines not
 /// followed: a goroutine's unlocker is taken by the `semrelease` probe instead).
 #[inline(always)]
 fn unlocker_stack_id(ctx: &RawTracePointContext, pid: u32) -> i32 {

@@ -101,8 +101,10 @@ impl Probes {
         loader.override_global("RQ_CLOCK_OFFSET", &arrival.rq_clock, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
-        let waker_stacks = u32::from(stacks && go.is_none());
-        loader.override_global("WAKER_STACKS", &waker_stacks, true);
+        // The sites only threads have (a lock's unlocker, a preemption's): not where
+        // goroutines are followed, whose runtime threads wake and yield all the time.
+        let native_sites = u32::from(stacks && go.is_none());
+        loader.override_global("NATIVE_SITES", &native_sites, true);
         // A socket read waits on its CPU to go out with the thread's next write, one record
         // for both, except where goroutines are followed (see tracer-ebpf's held_read.rs).
         let hold_reads = u32::from(go.is_none());
