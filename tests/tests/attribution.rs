@@ -23,15 +23,6 @@ fn cause(req: &RequestRecord, cause: Cause) -> u64 {
         .unwrap_or_else(|| panic!("no {} in {req:?}", cause.name()))
 }
 
-fn dominant(req: &RequestRecord) -> Cause {
-    let (&cause, _) = req
-        .breakdown
-        .iter()
-        .max_by_key(|(_, &ns)| ns)
-        .expect("causes");
-    cause
-}
-
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -123,7 +114,11 @@ fn each_endpoint_is_attributed_to_its_cause() {
                  abs: u64| {
         let rows = &by_path[path];
         for (_, r) in rows {
-            assert_eq!(dominant(r), want, "{path}: dominant cause of {r:?}");
+            assert_eq!(
+                r.dominant_cause(),
+                Some(want),
+                "{path}: dominant cause of {r:?}"
+            );
         }
         let got = median(rows.iter().map(|(s, r)| measured(s, r).0).collect());
         let expected = median(rows.iter().map(|(s, r)| measured(s, r).1).collect());

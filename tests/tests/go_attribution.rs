@@ -236,8 +236,7 @@ fn check_requests(name: &str, run: &Run) {
         );
         assert!(!r.incomplete, "{name} {path}: no events lost: {r:?}");
         if let Some(want) = endpoint.dominant {
-            let (&dominant, _) = r.breakdown.iter().max_by_key(|(_, &ns)| ns).unwrap();
-            assert_eq!(dominant, want, "{name} {path}: {r:?}");
+            assert_eq!(r.dominant_cause(), Some(want), "{name} {path}: {r:?}");
         }
         let scheduling =
             cause(r, Cause::GoRunqueue) + cause(r, Cause::Runqueue) + cause(r, Cause::OnCpu);

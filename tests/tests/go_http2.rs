@@ -70,15 +70,6 @@ fn http2_requests(port: u16, paths: &[&str]) -> Vec<Answer> {
     answers
 }
 
-fn dominant(r: &RequestRecord) -> Cause {
-    let (&cause, _) = r
-        .breakdown
-        .iter()
-        .max_by_key(|(_, &ns)| ns)
-        .expect("causes");
-    cause
-}
-
 fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
     let dir = TempDir::new("go-http2");
     let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
@@ -147,7 +138,7 @@ fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
              {outside} ns; runnable or running: {scheduling} ns): {r:?}",
             cause.name()
         );
-        assert_eq!(dominant(r), cause, "{path}: {r:?}");
+        assert_eq!(r.dominant_cause(), Some(cause), "{path}: {r:?}");
     }
     // Unharmed: still answering, over HTTP/2.
     assert!(service.alive(), "the traced service is gone");

@@ -488,6 +488,11 @@ impl Conversation {
         }
     }
 
+    /// Its last request read is not answered yet: the thread is inside it.
+    pub fn in_request(&self) -> bool {
+        self.answered == 0
+    }
+
     /// Blocked in `syscall_nr` on `fd`: waiting for the next request on the connection it
     /// answered, or idle in poll/epoll/select after answering.
     pub fn between_requests(&self, syscall_nr: u32, fd: u32) -> bool {

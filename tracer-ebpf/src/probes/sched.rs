@@ -11,8 +11,8 @@ use crate::conversation::{store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
-    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header,
-    is_target_tid, native_sites, now_ns, set, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
+    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header, insert,
+    is_target_tid, native_sites, now_ns, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -89,7 +89,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
             if native_sites()
                 && running_conversation
                     .or_else(|| stored_conversation(prev_tid))
-                    .is_some_and(|c| c.answered == 0)
+                    .is_some_and(|c| c.in_request())
             {
                 event.stack_id = user_stack_id(ctx);
             }
@@ -140,7 +140,7 @@ fn want_unlocker(tid: u32) {
                 unlocker_wanted: 1,
                 _pad: 0,
             };
-            let _ = set(&WAKERS, tid, pending);
+            let _ = insert(&WAKERS, tid, pending);
         }
     }
 }
@@ -234,7 +234,7 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<(), Loss> {
             waker,
             ..Default::default()
         };
-        return set(&WAKERS, pid, noted);
+        return insert(&WAKERS, pid, noted);
     };
     // SAFETY: a valid map value pointer; a thread's wakeups are serialized by its
     // `pi_lock` in `try_to_wake_up()`.

@@ -254,7 +254,6 @@ impl<R: FdResolver> Engine<R> {
         self.goroutines.gc_callers = ranges;
     }
 
-    /// The context thread `tid` runs now: its goroutine, in a Go target, else itself.
     /// `ctx` is a goroutine that moves an HTTP/2 connection's frames.
     pub(super) fn serves_http2(&self, ctx: ExecCtx) -> bool {
         match ctx {
@@ -267,6 +266,7 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
+    /// The context thread `tid` runs now: its goroutine, in a Go target, else itself.
     pub(super) fn current_ctx(&self, tid: Tid) -> ExecCtx {
         match self.goroutines.running_on(tid) {
             Some(goid) => ExecCtx::Goroutine(super::GoroutineId(goid)),

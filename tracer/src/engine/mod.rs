@@ -200,11 +200,9 @@ impl<R: FdResolver> Engine<R> {
         if self.open_requests_mut(ctx).is_none_or(|open| open.now == 0) {
             return;
         }
-        if let Some(start) = self.requests.earliest_start(ctx) {
-            let inside = lasted.min(ts.saturating_sub(start));
+        if let Some(inside) = self.requests.note_wait(ctx, ts, cause, lasted, site) {
             self.wait_sites.add(cause, site, inside);
         }
-        self.requests.note_wait(ctx, ts, cause, lasted, site);
     }
 
     /// End of trace: requests that had their response written are complete.
@@ -221,13 +219,8 @@ impl<R: FdResolver> Engine<R> {
             && self.on_goroutines()
             && self.serves_http2(self.current_ctx(tid))
         {
-            // Moved by an HTTP/2 connection's goroutine: its streams are the requests, and
-            // what its handshake left for a first request on the connection goes.
             kind = FdKind::Http2Connection;
-            self.fds
-                .set_connection(sys.fd, sys.connection, FdKind::Http2Connection);
-            self.forget_connection_request(sys.fd);
-            self.tls.forget_fd(sys.fd);
+            self.connection_carries_http2(sys.fd, sys.connection);
         }
         let handshake = self.tls_io(ts, tid, sys) || self.ssl_flight(tid, sys);
         if !handshake && kind == FdKind::Connection {

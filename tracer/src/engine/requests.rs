@@ -135,16 +135,6 @@ impl Requests {
         self.open_by_ctx.get(&ctx).cloned().unwrap_or_default()
     }
 
-    /// When the earliest open request `ctx` serves started.
-    pub fn earliest_start(&self, ctx: ExecCtx) -> Option<u64> {
-        self.open_by_ctx
-            .get(&ctx)?
-            .iter()
-            .filter_map(|on| self.open.get(on))
-            .map(|r| r.start.ts)
-            .min()
-    }
-
     /// `ctx` lost `stolen` to the hypervisor: the snapshots its open requests took during
     /// that stretch count their share of it as steal.
     pub fn charge_steal(&mut self, ctx: ExecCtx, stolen: &StolenTime) {
@@ -163,7 +153,8 @@ impl Requests {
     }
 
     /// `ctx` waited `lasted` ns for `cause` until `ts`, at `site`: the longest wait so far of
-    /// each open request it serves, for the part inside it.
+    /// each open request it serves, for the part inside it. Returns the part inside the
+    /// earliest of them (`None`: it serves none).
     pub fn note_wait(
         &mut self,
         ctx: ExecCtx,
@@ -171,10 +162,9 @@ impl Requests {
         cause: Cause,
         lasted: u64,
         site: Option<StackRef>,
-    ) {
-        let Some(keys) = self.open_by_ctx.get(&ctx) else {
-            return;
-        };
+    ) -> Option<u64> {
+        let keys = self.open_by_ctx.get(&ctx)?;
+        let mut inside_earliest = None;
         for on in keys {
             let Some(req) = self.open.get_mut(on) else {
                 continue;
@@ -183,7 +173,9 @@ impl Requests {
             if ns > req.largest_wait.map_or(0, |w| w.ns) {
                 req.largest_wait = Some(LargestWait { cause, ns, site });
             }
+            inside_earliest = inside_earliest.max(Some(ns));
         }
+        inside_earliest
     }
 
     /// `request` is open `on` a connection or stream (replacing one left open there).
@@ -277,25 +269,33 @@ impl<R: FdResolver> Engine<R> {
         let Some(end) = self.ctx_snapshot(ExecCtx::Goroutine(goid), ts) else {
             return self.finish(on); // not seen running: aborted
         };
-        let Some(req) = self.requests.remove(on) else {
+        // A stream's request has no response write of its own: it is still waiting.
+        let Some(req) = self.take_open(on) else {
             return;
         };
-        if let Some(waiting) = self.open_requests_mut(req.ctx) {
-            waiting.now = waiting.now.saturating_sub(1);
-        }
         self.complete(on, req, end);
     }
 
-    /// `fd` turned out to carry HTTP/2: a request opened on it by its first reads (the
-    /// connection preface) is none.
-    pub(super) fn forget_connection_request(&mut self, fd: u32) {
-        if let Some(req) = self.requests.remove(RequestOn::Connection(fd)) {
-            if req.last_write.is_none() {
-                if let Some(waiting) = self.open_requests_mut(req.ctx) {
-                    waiting.now = waiting.now.saturating_sub(1);
-                }
+    /// `fd` (`connection`) was moved by an HTTP/2 connection's goroutine: its streams are the
+    /// requests. A request opened on it by its first reads (the connection preface) is
+    /// none, and what its handshake left for a first request goes.
+    pub(super) fn connection_carries_http2(&mut self, fd: u32, connection: u64) {
+        self.fds
+            .set_connection(fd, connection, FdKind::Http2Connection);
+        let _ = self.take_open(RequestOn::Connection(fd));
+        self.tls.forget_fd(fd);
+    }
+
+    /// The request open `on` a connection or stream, no longer open: if it was still
+    /// waiting for its response, its context waits for one fewer.
+    fn take_open(&mut self, on: RequestOn) -> Option<OpenRequest> {
+        let req = self.requests.remove(on)?;
+        if req.last_write.is_none() {
+            if let Some(waiting) = self.open_requests_mut(req.ctx) {
+                waiting.now = waiting.now.saturating_sub(1);
             }
         }
+        Some(req)
     }
 
     /// The context that serves a request read on `fd` by `reader`: the goroutine that served
@@ -375,14 +375,9 @@ impl<R: FdResolver> Engine<R> {
 
     /// The request `on` a connection or stream is over: finished if answered, else aborted.
     pub(super) fn finish(&mut self, on: RequestOn) {
-        let Some(req) = self.requests.remove(on) else {
+        let Some(req) = self.take_open(on) else {
             return;
         };
-        if req.last_write.is_none() {
-            if let Some(waiting) = self.open_requests_mut(req.ctx) {
-                waiting.now = waiting.now.saturating_sub(1);
-            }
-        }
         let Some(end) = req.last_write else {
             self.requests.aborted += 1;
             return;

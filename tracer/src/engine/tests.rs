@@ -156,6 +156,11 @@ fn run(ts: u64) -> Event {
 
 /// A switch-in that reports the wakeup that led to it (as the kernel side sends them).
 fn run_woken(ts: u64, woken_at: u64) -> Event {
+    run_woken_by(ts, woken_at, None)
+}
+
+/// [`run_woken`], by a waker that took its stack where it released a lock (`unlocker`).
+fn run_woken_by(ts: u64, woken_at: u64, unlocker: Option<StackRef>) -> Event {
     Event::new(
         ts,
         Tid(T),
@@ -164,7 +169,7 @@ fn run_woken(ts: u64, woken_at: u64) -> Event {
             woken: Some(Woken {
                 at: woken_at,
                 waker: waker(200),
-                unlocker: None,
+                unlocker,
             }),
         },
     )
@@ -2425,41 +2430,15 @@ mod wakeup_reported_by_the_switch_in {
         let waiting = StackRef { id: 1, caller: 0 };
         let unlocking = StackRef { id: 2, caller: 0 };
         let at_socket = StackRef { id: 3, caller: 0 };
-        let blocked_at = |ts, nr, arg0, stack| {
-            Event::new(
-                ts,
-                Tid(T),
-                EventKind::SwitchOut {
-                    state: S,
-                    syscall: Some(InSyscall { nr, arg0 }),
-                    stack: Some(stack),
-                    cpu_steal: None,
-                },
-            )
-        };
-        let woken_by_unlocker = |ts, woken_at| {
-            Event::new(
-                ts,
-                Tid(T),
-                EventKind::SwitchIn {
-                    cpu_steal: None,
-                    woken: Some(Woken {
-                        at: woken_at,
-                        waker: waker(200),
-                        unlocker: Some(unlocking),
-                    }),
-                },
-            )
-        };
         feed(
             &mut e,
             [
                 run(0),
                 read(10, CONN, 100),
-                blocked_at(20, nr::FUTEX, 0x1000, waiting),
-                woken_by_unlocker(120, 110),
-                blocked_at(130, nr::READ, 9, at_socket),
-                woken_by_unlocker(220, 210),
+                block_at(20, nr::FUTEX, 0x1000, waiting),
+                run_woken_by(120, 110, Some(unlocking)),
+                block_at(130, nr::READ, 9, at_socket),
+                run_woken_by(220, 210, Some(unlocking)),
                 write(230, CONN),
             ],
         );

@@ -67,6 +67,12 @@ impl WaitRecord {
 }
 
 impl RequestRecord {
+    /// The cause that holds most of its time (`None`: no causes at all).
+    pub fn dominant_cause(&self) -> Option<Cause> {
+        let (&cause, _) = self.breakdown.iter().max_by_key(|(_, &ns)| ns)?;
+        Some(cause)
+    }
+
     fn new(r: &Request, boot_to_unix_ns: i128, names: &mut SiteNamer) -> Self {
         let start_unix_ns = r.start_ns as i128 + boot_to_unix_ns;
         RequestRecord {

@@ -184,7 +184,7 @@ pub struct NamedStack {
 pub struct SiteNamer {
     stacks: Option<Box<dyn StackSource>>,
     symbolizer: Option<Symbolizer>,
-    named: HashMap<StackRef, Option<Arc<NamedStack>>>,
+    named: HashMap<StackRef, Arc<NamedStack>>,
 }
 
 impl SiteNamer {
@@ -206,19 +206,19 @@ impl SiteNamer {
     /// `site` named, or `None` when its stack is not in the map (or stacks are off).
     pub fn name(&mut self, site: StackRef) -> Option<Arc<NamedStack>> {
         if let Some(named) = self.named.get(&site) {
-            return named.clone();
+            return Some(named.clone());
         }
         let addrs = stack_addresses(site, self.stacks.as_deref()?)?;
         let (frames, truncated) = symbolize(&addrs, self.symbolizer.as_mut());
-        let named = Some(Arc::new(NamedStack {
+        let named = Arc::new(NamedStack {
             site: short_name(&frames),
             frames: frames.iter().map(frame_name).collect(),
             truncated,
-        }));
+        });
         if self.named.len() < MAX_NAMED_WHILE_TRACING {
             self.named.insert(site, named.clone());
         }
-        named
+        Some(named)
     }
 
     /// Every site of `sites` read and named.
