@@ -139,6 +139,17 @@ fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
             cause.name()
         );
         assert_eq!(r.dominant_cause(), Some(cause), "{path}: {r:?}");
+        // The handler's goroutine read no request of its own, yet its park is inside the
+        // stream's request: named in the handler's code.
+        let wait = r
+            .largest_wait
+            .as_ref()
+            .unwrap_or_else(|| panic!("{path}: no largest wait: {r:?}"));
+        assert_eq!(wait.cause, cause, "{path}: {r:?}");
+        assert!(
+            wait.frames.iter().any(|f| f.starts_with("main.")),
+            "{path}: the largest wait's site is in the handler's code: {wait:?}"
+        );
     }
     // Unharmed: still answering, over HTTP/2.
     assert!(service.alive(), "the traced service is gone");

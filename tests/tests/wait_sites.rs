@@ -78,6 +78,18 @@ fn names_each_wait_site(toolchain: Toolchain, build: GoBuild) {
         );
     }
 
+    // Stacks only where a request waits: a park between requests (net/http's connection
+    // goroutine waiting for its next request, or for its background reader after each
+    // answer) or of a goroutine serving none takes none. Each request here parks once or
+    // twice inside it, and the lock holder's release and the backend's own request take one
+    // more; when every park took a stack, it was about 20 a request.
+    let requests = (ROUNDS * PLAN.len()) as u64;
+    assert!(
+        summary.stacks.taken <= 4 * requests,
+        "{} stacks for {requests} requests: taken between requests",
+        summary.stacks.taken
+    );
+
     // The unlocker: the holder goroutine's function, where it unlocks.
     let lock = &summary.wait_sites[&Cause::Lock].sites[0];
     let unlocker = lock

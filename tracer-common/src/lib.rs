@@ -458,6 +458,11 @@ pub mod socket_plain {
     pub const TLS: u32 = 2;
 }
 
+/// Goroutines whose conversation is remembered at once (an LRU map: in a Go target with more
+/// goroutines that read a socket, the least recently active are forgotten, and their parks
+/// are then judged outside any request, with no stack taken, until their next read).
+pub const MAX_GOROUTINE_CONVERSATIONS: u32 = 65536;
+
 /// TCP sockets of the host remembered at once (an LRU map: on a host with more open TCP
 /// sockets, the oldest are forgotten and their connections are no longer told apart).
 pub const MAX_TCP_SOCKETS: u32 = 65536;

@@ -14,11 +14,20 @@
 //! Only tracepoint programs use the slot (socket I/O, `sched_switch`, thread exit): they run
 //! with preemption disabled and never from an interrupt here, so they cannot interleave on it
 //! (as `held_read.rs`).
+//!
+//! In a Go target the conversation is a goroutine's, not a thread's: the goroutine reads the
+//! request and writes its answer, on whichever threads run it, and waits by parking, with no
+//! kernel event. `GO_CONVERSATIONS` holds each goroutine's, keyed by its `g` (read from the
+//! registers its socket syscall entered the kernel with), and the park probe asks it whether
+//! the park is inside a request. A goroutine that never read a request (net/http's background
+//! reader, a lock holder, the runtime's workers) is never inside one: its parks take no
+//! stack, the engine's goroutine requests being the reading goroutine's (an HTTP/2 stream's
+//! handler is marked inside one by its probe).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use tracer_common::{Conversation, Loss};
+use tracer_common::{socket_origin, Conversation, Loss, NO_FD};
 
-use crate::maps::{set, CONVERSATIONS};
+use crate::maps::{current_user_g, set, CONVERSATIONS, GO_CONVERSATIONS};
 
 /// A CPU's running target thread's conversation (`tid` 0: none).
 #[repr(C)]
@@ -113,4 +122,56 @@ fn store_back(slot: &mut CachedConversation) {
     if tid != 0 && dirty != 0 {
         let _ = set(&CONVERSATIONS, tid, slot.conversation);
     }
+}
+
+/// The current thread of a Go target moved socket bytes for the goroutine it runs: see
+/// [`Conversation::returned`]. A write by a goroutine with no conversation answers nothing,
+/// and is not stored. The bytes of a connection the target opened (`origin`
+/// `TCP_CLIENT`: a backend call inside the request) leave the conversation as it was: the
+/// request is still the one read from its client.
+#[inline(always)]
+pub fn note_goroutine_returned(
+    syscall_nr: u32,
+    fd: u32,
+    connection: u64,
+    origin: u32,
+    ret: i64,
+) -> Result<(), Loss> {
+    if origin == socket_origin::TCP_CLIENT {
+        return Ok(());
+    }
+    let g = current_user_g()?;
+    match GO_CONVERSATIONS.get_ptr_mut(g) {
+        // SAFETY: a valid map value pointer; only the goroutine's own (running) thread writes it.
+        Some(conversation) => unsafe { (*conversation).returned(syscall_nr, fd, connection, ret) },
+        None => {
+            let mut conversation = Conversation::default();
+            conversation.returned(syscall_nr, fd, connection, ret);
+            if conversation.request_fd != NO_FD {
+                // A full map evicts its least recently used goroutine: never a loss.
+                let _ = GO_CONVERSATIONS.insert(g, conversation, 0);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The goroutine whose `g` is `g` has read a request it has not answered yet.
+#[inline(always)]
+pub fn goroutine_in_request(g: u64) -> bool {
+    // SAFETY: a valid map value pointer, read once.
+    unsafe { GO_CONVERSATIONS.get(g) }.is_some_and(|c| c.in_request())
+}
+
+/// The goroutine `g` runs an HTTP/2 stream's handler: it is inside that stream's request
+/// from now to its exit, with no socket read of its own.
+#[inline(always)]
+pub fn goroutine_serves_stream(g: u64) {
+    let _ = GO_CONVERSATIONS.insert(g, Conversation::default(), 0);
+}
+
+/// The goroutine `g` exits: its `g` will be reused by a goroutine that has read nothing yet.
+#[inline(always)]
+pub fn forget_goroutine(g: u64) {
+    let _ = GO_CONVERSATIONS.remove(g);
 }

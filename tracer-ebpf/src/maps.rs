@@ -14,7 +14,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, PendingWakeup, TcpSocket,
-    LOSS_KINDS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS, RING_BYTES,
+    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
+    RING_BYTES,
 };
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
@@ -284,6 +285,13 @@ pub fn set_target_tid(tid: u32, member: bool) -> Result<(), Loss> {
 pub static CONVERSATIONS: HashMap<u32, Conversation> =
     HashMap::with_max_entries(MAX_TARGET_THREADS, 0);
 
+/// Each goroutine's conversation in a Go target, keyed by its `g` address (kept by
+/// `conversation.rs`): a goroutine is what reads and answers a request there, on whichever
+/// thread runs it.
+#[map]
+pub static GO_CONVERSATIONS: LruHashMap<u64, Conversation> =
+    LruHashMap::with_max_entries(MAX_GOROUTINE_CONVERSATIONS, 0);
+
 /// The host's TCP sockets by `struct sock *`, from their first state change to their close
 /// (kept by `inet_sock_set_state`): a socket read or write says which connection it was on
 /// and whether it is the server side, with no accept, connect or close hook.
@@ -323,6 +331,22 @@ pub fn current_syscall_regs() -> Result<SyscallRegs, Loss> {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         bpf_probe_read_kernel(&raw const (*regs).rax as *const SyscallRegs)
+    }
+    .map_err(|_| Loss::ReadFailed)
+}
+
+/// The `g` of the goroutine the current thread of a Go target entered the kernel from: Go's
+/// register ABI keeps the running goroutine's `g` in r14 (ABIInternal, Go 1.17+), and the
+/// Go syscall path (`syscall.Syscall` -> `runtime/internal/syscall.Syscall6`, an
+/// ABIInternal assembly function that leaves r14 alone; Go 1.19-1.27 read) reaches the
+/// `SYSCALL` instruction with it. Outside Go code (cgo) r14 is whatever C left there: a key
+/// no goroutine has.
+#[inline(always)]
+pub fn current_user_g() -> Result<u64, Loss> {
+    // SAFETY: as in `current_syscall_regs`.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        bpf_probe_read_kernel(&raw const (*regs).r14)
     }
     .map_err(|_| Loss::ReadFailed)
 }

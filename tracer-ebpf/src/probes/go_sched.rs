@@ -30,6 +30,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
 use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss, NO_STACK};
 
+use crate::conversation::{forget_goroutine, goroutine_in_request, goroutine_serves_stream};
 use crate::maps::{
     capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
 };
@@ -44,7 +45,17 @@ static GO_G_M: u32 = 0;
 #[unsafe(no_mangle)]
 static GO_M_CURG: u32 = 0;
 
-/// `runtime.gopark`: the goroutine running on this thread parks.
+/// Goroutines are followed (the scheduler probes are attached): the goid offset, never 0 in
+/// `runtime.g`, is set.
+#[inline(always)]
+pub fn goroutines_followed() -> bool {
+    global(&GO_G_GOID) != 0
+}
+
+/// `runtime.gopark`: the goroutine running on this thread parks; its stack is taken only
+/// inside a request it read (or an HTTP/2 stream it serves): most parks of a busy server
+/// are between requests (net/http's connection goroutine waits for its background reader
+/// after each answer, and for the next request) or of goroutines serving none.
 #[uprobe]
 pub fn go_park(ctx: ProbeContext) -> u32 {
     finish(try_go_park(&ctx))
@@ -57,7 +68,11 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
     // SAFETY: direct loads from the probe context (the user registers at the probe).
     let (g, reason, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx, (*ctx.regs).rsp) };
     let goid = goid(g)?;
-    let (stack_id, caller) = stack_at_entry(ctx, sp);
+    let (stack_id, caller) = if goroutine_in_request(g) {
+        stack_at_entry(ctx, sp)
+    } else {
+        (NO_STACK, 0)
+    };
     emit_record(tid, go_sched::PARK, goid, reason & 0xff, stack_id, caller)
 }
 
@@ -119,6 +134,7 @@ fn try_go_exit(ctx: &ProbeContext) -> Result<(), Loss> {
     };
     // SAFETY: as above.
     let g = unsafe { (*ctx.regs).r14 };
+    forget_goroutine(g);
     emit_sched(tid, go_sched::EXIT, goid(g)?, 0)
 }
 
@@ -177,6 +193,8 @@ pub fn go_http2_connection(ctx: ProbeContext) -> u32 {
 /// `(*http2serverConn).runHandler` (r14: the goroutine started for one stream's handler).
 #[uprobe]
 pub fn go_http2_handler(ctx: ProbeContext) -> u32 {
+    // SAFETY: as above.
+    goroutine_serves_stream(unsafe { (*ctx.regs).r14 });
     finish(current_goroutine_is(&ctx, go_sched::HTTP2_HANDLER))
 }
 

@@ -6,13 +6,15 @@ use tracer_common::{
     SwitchEvent, WakerId, WakeupEvent, NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
+use super::go_sched::goroutines_followed;
 use super::interrupts::{forget_interrupts, innermost_interrupt};
-use crate::conversation::{store_running_conversation, stored_conversation};
+use crate::conversation::{goroutine_in_request, store_running_conversation, stored_conversation};
 use crate::held_read::release_held_read;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
-    current_syscall_regs, current_target_tid, emit, finish, fired_on_task_stack, header, insert,
-    is_target_tid, native_sites, now_ns, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
+    current_syscall_regs, current_target_tid, current_user_g, emit, finish, fired_on_task_stack,
+    header, insert, is_target_tid, native_sites, now_ns, target_tgid, task_pid, user_stack_id,
+    ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -106,9 +108,15 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // Blocked inside a request: where, in its own code. A thread waiting for its next
         // request takes none (most blocks of a busy server, and no request's time).
         // (The map is looked up only here, for a block: most switch-outs are not.)
-        let between_requests = running_conversation
-            .or_else(|| stored_conversation(prev_tid))
-            .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32));
+        // In a Go target, the goroutine the thread blocked for: the one whose `g` its
+        // syscall entered the kernel with (the runtime's own blocks, on g0, serve none).
+        let between_requests = if goroutines_followed() {
+            current_user_g().is_ok_and(|g| !goroutine_in_request(g))
+        } else {
+            running_conversation
+                .or_else(|| stored_conversation(prev_tid))
+                .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32))
+        };
         if !between_requests {
             event.stack_id = user_stack_id(ctx);
             if event.stack_id != NO_STACK && event.syscall_nr == nr::FUTEX {

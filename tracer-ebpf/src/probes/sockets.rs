@@ -17,8 +17,8 @@ use tracer_common::{
     NO_FD, TLS_RECORD_HEADER,
 };
 
-use super::sched::report_unseen_switch_in;
-use crate::conversation::note_returned;
+use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
+use crate::conversation::{note_goroutine_returned, note_returned};
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
     current_syscall_regs, current_target_tid, finish, header, report_eagain, sample_one_in,
@@ -77,7 +77,11 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     let Some(io) = io else {
         return Ok(()); // not a read or write syscall of the thread's own
     };
-    note_returned(tid, io.nr, io.fd, io.connection, ret)?;
+    if goroutines_followed() {
+        note_goroutine_returned(io.nr, io.fd, io.connection, io.origin, ret)?;
+    } else {
+        note_returned(tid, io.nr, io.fd, io.connection, ret)?;
+    }
     if !io.sampled {
         return Ok(());
     }

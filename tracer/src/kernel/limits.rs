@@ -11,15 +11,17 @@ use aya::{
     Ebpf,
 };
 use tracer_common::{
-    LOSS_KINDS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS, MAX_TLS_CONNECTIONS_DONE, RING_BYTES,
+    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
+    MAX_TLS_CONNECTIONS_DONE, RING_BYTES,
 };
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
 /// ring buffer).
-const MAP_SIZES: [(&str, u32); 7] = [
+const MAP_SIZES: [(&str, u32); 8] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
     ("CONVERSATIONS", MAX_TARGET_THREADS),
+    ("GO_CONVERSATIONS", MAX_GOROUTINE_CONVERSATIONS),
     ("WAKERS", MAX_TARGET_THREADS),
     ("TLS_CALL", MAX_TARGET_THREADS),
     ("TLS_DONE", MAX_TLS_CONNECTIONS_DONE),
