@@ -33,6 +33,16 @@
 // spinning on it, so a goroutine that yields or is woken waits for Go's scheduler: /sched's
 // waits are the time its goroutine is runnable but not running.
 //
+// Run as `go_service netpoll` (with GODEBUG=asyncpreemptoff=1), it has one P and serves
+//
+//	/netpoll?ms=N&hog=H  a backend call of N ms whose answer its goroutine cannot take at
+//	             once: before it reads, it starts a goroutine that keeps the only P for
+//	             N+H ms in a loop with no call in it (which nothing can preempt), so the
+//	             netpoller finds the answer and the goroutine then waits for Go's scheduler
+//	             until that loop ends. X-Io-Ns: the call; X-Answered-Ns: from the call's
+//	             start to the backend's write of its answer (the backend's clock, the
+//	             same host's); X-Hog-Ns: from the call's start to the loop's end
+//
 // Run as `go_service h2 CERT KEY`, it serves HTTPS, with HTTP/2 offered by ALPN (net/http's
 // default): an HTTP/2 client's requests are streams of one connection, each handled in a
 // goroutine of its own.
@@ -90,7 +100,9 @@ func backend(ln net.Listener) {
 				}
 				ms, _ := strconv.Atoi(line[:len(line)-1])
 				time.Sleep(time.Duration(ms) * time.Millisecond)
-				if _, err := c.Write([]byte("done\n")); err != nil {
+				// The answer is when it was written, in ns since the epoch.
+				answer := strconv.FormatInt(time.Now().UnixNano(), 10) + "\n"
+				if _, err := c.Write([]byte(answer)); err != nil {
 					return
 				}
 			}
@@ -230,6 +242,59 @@ func churn(d time.Duration) {
 	}
 }
 
+// Turns of spinTurns' loop in a millisecond here, measured at start-up by `go_service
+// netpoll`; spinSink keeps the loop's result, so that the loop is not optimized away.
+var turnsPerMs, spinSink int
+
+// spinTurns turns a loop with no call in it n times: without asynchronous preemption,
+// nothing takes the P from it.
+func spinTurns(n int) int {
+	x := 0
+	for i := 0; i < n; i++ {
+		x += i ^ (x >> 3)
+	}
+	return x
+}
+
+func calibrateSpin() {
+	const turns = 20_000_000
+	start := time.Now()
+	spinSink += spinTurns(turns)
+	ms := time.Since(start).Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	turnsPerMs = int(turns / ms)
+}
+
+// netpollWait: see /netpoll in the header.
+func netpollWait(w http.ResponseWriter, addr string, ms, hog int) {
+	start := time.Now()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "%d\n", ms)
+	hogEnd := make(chan time.Time, 1)
+	go func() {
+		spinSink += spinTurns((ms + hog) * turnsPerMs)
+		hogEnd <- time.Now()
+	}()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		panic(err)
+	}
+	end := time.Now()
+	answered, err := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+	if err != nil {
+		panic(err)
+	}
+	w.Header().Set("X-Io-Ns", ns(end.Sub(start)))
+	w.Header().Set("X-Answered-Ns", strconv.FormatInt(answered-start.UnixNano(), 10))
+	w.Header().Set("X-Hog-Ns", ns((<-hogEnd).Sub(start)))
+}
+
 // spin keeps its goroutine on a CPU forever (the scheduler preempts it).
 func spin() {
 	x := 0
@@ -283,6 +348,10 @@ func main() {
 		go spin()
 		go spin()
 	}
+	if len(os.Args) > 1 && os.Args[1] == "netpoll" {
+		runtime.GOMAXPROCS(1)
+		calibrateSpin()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fail(err)
@@ -316,6 +385,10 @@ func main() {
 	}))
 	mux.HandleFunc("/io", timed(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, millis(r))))
+	}))
+	mux.HandleFunc("/netpoll", timed(func(w http.ResponseWriter, r *http.Request) {
+		hog, _ := strconv.Atoi(r.URL.Query().Get("hog"))
+		netpollWait(w, backendAddr, millis(r), hog)
 	}))
 	mux.HandleFunc("/cpu", timed(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()

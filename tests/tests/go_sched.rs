@@ -143,7 +143,10 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
     };
     assert!(
         line.contains(&format!("Go runtime: {version}; goroutines followed"))
-            && line.contains("runtime.gopark, runtime.ready, runtime.execute, runtime.goexit1")
+            && line.contains(
+                "runtime.gopark, runtime.ready, runtime.injectglist, runtime.execute, \
+                 runtime.goexit1",
+            )
             && line.contains(probe_points),
         "{name}: {line}"
     );

@@ -66,8 +66,8 @@ pub struct Args {
     pub tls_io_probes: bool,
 
     /// For a Go target (Go 1.17+, x86-64): follow its goroutines with uprobes on the Go
-    /// scheduler (runtime.gopark, ready, execute, goexit1), which report when a goroutine
-    /// parks and why, who woke it, which thread runs it, and when it exits
+    /// scheduler (runtime.gopark, ready, injectglist, execute, goexit1), which report when a
+    /// goroutine parks and why, who woke it, which thread runs it, and when it exits
     #[arg(long, value_enum, default_value_t = Goroutines::On)]
     pub goroutines: Goroutines,
 

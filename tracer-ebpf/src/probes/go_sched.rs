@@ -14,6 +14,10 @@
 //! - `runtime.goexit1()`: r14 is the exiting goroutine;
 //! - `runtime.semacquire1(addr, ...)`: r14 is the goroutine about to take (or wait for) the
 //!   semaphore at `addr` (rax): the park that may follow is a wait on that address;
+//! - `runtime.injectglist(glist *gList)`: the goroutines on the list (rax) become runnable
+//!   together, with no `ready`: those the netpoller found ready (`netpoll`'s list, in
+//!   `findRunnable`, `sysmon` and `startTheWorldWithSema`) and waiters the GC releases at
+//!   once (assists, sweep waiters); each is reported as readied by no goroutine;
 //! - `runtime.stopTheWorldWithSema` and `runtime.startTheWorldWithSema`: the world stops
 //!   (every goroutine is preempted, for the GC most often) and starts again.
 //!
@@ -44,6 +48,13 @@ static GO_G_M: u32 = 0;
 /// Byte offset of `runtime.m.curg`.
 #[unsafe(no_mangle)]
 static GO_M_CURG: u32 = 0;
+/// Byte offset of `runtime.g.schedlink` (the next `g` on a `gList`).
+#[unsafe(no_mangle)]
+static GO_G_SCHEDLINK: u32 = 0;
+
+/// Goroutines of one `injectglist` list reported (a netpoll returns at most 128 events; a
+/// longer list's rest end their parks when they run, as without the probe).
+const MAX_INJECTED: u32 = 32;
 
 /// Goroutines are followed (the scheduler probes are attached): the goid offset, never 0 in
 /// `runtime.g`, is set.
@@ -105,6 +116,30 @@ fn waker_goid(g0: u64) -> Result<u64, Loss> {
     } else {
         goid(curg)
     }
+}
+
+/// `runtime.injectglist`: the goroutines on the list become runnable.
+#[uprobe]
+pub fn go_inject(ctx: ProbeContext) -> u32 {
+    finish(try_go_inject(&ctx))
+}
+
+fn try_go_inject(ctx: &ProbeContext) -> Result<(), Loss> {
+    let Some(tid) = current_target_tid() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let list = unsafe { (*ctx.regs).rax };
+    // `gList.head` (a guintptr) is its first field in every release (1.17-1.27 read).
+    let mut g = read(list, 0)?;
+    for _ in 0..MAX_INJECTED {
+        if g == 0 {
+            break;
+        }
+        emit_sched(tid, go_sched::READY, goid(g)?, 0)?;
+        g = read(g, global(&GO_G_SCHEDLINK))?;
+    }
+    Ok(())
 }
 
 /// `runtime.execute`: a goroutine starts running on this thread.

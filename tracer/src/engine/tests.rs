@@ -1884,7 +1884,7 @@ mod goroutines {
                 execute(50, T, H), // G preempted without parking
                 execute(80, U, G),
                 park(90, U, G, IO_WAIT), // a backend read found nothing
-                execute(190, T, G),      // the netpoller made it runnable: no ready
+                execute(190, T, G),      // the netpoller's pick, run at once: no ready
                 on_conn(200, T, nr::WRITE, 10),
                 on_conn(210, T, nr::READ, -11),
             ],
@@ -1894,6 +1894,41 @@ mod goroutines {
         assert_eq!(cause(r, Cause::OnCpu), 30 + 10 + 10);
         assert_eq!(cause(r, Cause::GoRunqueue), 30);
         assert_eq!(cause(r, Cause::NetIo), 100);
+        assert_sums(r);
+    }
+
+    /// The netpoller found a parked goroutine's I/O ready and queued it (`injectglist`: a
+    /// ready with no waker): the network wait ends there, and the goroutine waits for Go's
+    /// scheduler until it runs.
+    #[test]
+    fn a_netpoll_wakeup_ends_the_network_wait() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                park(90, T, G, IO_WAIT),
+                go(
+                    130,
+                    U,
+                    GoSched::Ready {
+                        goid: G,
+                        waker: None,
+                    },
+                ),
+                execute(190, T, G),
+                on_conn(200, T, nr::WRITE, 10),
+                on_conn(210, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 180);
+        assert_eq!(cause(r, Cause::OnCpu), 70 + 10);
+        assert_eq!(cause(r, Cause::NetIo), 40);
+        assert_eq!(cause(r, Cause::GoRunqueue), 60);
         assert_sums(r);
     }
 

@@ -115,10 +115,12 @@ impl Probes {
             g_goid: 0,
             g_m: 0,
             m_curg: 0,
+            g_schedlink: 0,
         });
         loader.override_global("GO_G_GOID", &go.g_goid, true);
         loader.override_global("GO_G_M", &go.g_m, true);
         loader.override_global("GO_M_CURG", &go.m_curg, true);
+        loader.override_global("GO_G_SCHEDLINK", &go.g_schedlink, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;

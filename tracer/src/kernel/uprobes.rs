@@ -19,8 +19,8 @@ use super::probes::{loaded, program_mut, Probes};
 use crate::target::{
     go::{
         runtime::{
-            GoRuntime, EXECUTE, GOEXIT1, GOPARK, PROBED, READY, SEMACQUIRE1, SEMRELEASE1,
-            START_THE_WORLD, STOP_THE_WORLD,
+            GoRuntime, EXECUTE, GOEXIT1, GOPARK, INJECTGLIST, PROBED, READY, SEMACQUIRE1,
+            SEMRELEASE1, START_THE_WORLD, STOP_THE_WORLD,
         },
         GoTls, SERVER_HANDSHAKE,
     },
@@ -145,10 +145,11 @@ impl GoSchedStatus {
 
 /// The Go scheduler's functions probed, the kernel program on each (tracer-ebpf
 /// `probes/go_sched.rs`), and where its probe goes in `go`'s executable (a file offset).
-fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 8] {
+fn go_sched_probes(go: &GoRuntime) -> [(&'static str, &'static str, u64); 9] {
     [
         (GOPARK, "go_park", go.gopark),
         (READY, "go_ready", go.ready),
+        (INJECTGLIST, "go_inject", go.injectglist),
         (EXECUTE, "go_execute", go.execute),
         (GOEXIT1, "go_exit", go.goexit1),
         (SEMACQUIRE1, "go_semacquire", go.semacquire1),
@@ -422,7 +423,7 @@ mod tests {
         assert_eq!(
             followed.line().unwrap(),
             "Go runtime: go1.19.8; goroutines followed with uprobes on runtime.gopark, \
-             runtime.ready, runtime.execute, runtime.goexit1, runtime.semacquire1, \
+             runtime.ready, runtime.injectglist, runtime.execute, runtime.goexit1, runtime.semacquire1, \
              runtime.semrelease1, runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
              .gopclntab; g/m offsets: go1.19 table)"
         );

@@ -17,7 +17,7 @@ use tracer::output::summary::Summary;
 use super::{
     load::Load,
     report::describe,
-    scenarios::Scenario,
+    scenarios::{Scenario, Variant},
     targets::{self, Running},
     tools::TOOLS,
     tracer::{read_summary, RunningTracer, TracerSpec},
@@ -47,10 +47,10 @@ pub struct Measured {
     /// For a scenario that compares them: each round's phase with each of [`TOOLS`] attached,
     /// by tool, with its own baselines.
     pub tools: Vec<ToolRuns>,
-    /// For a scenario that compares it: each round's traced phase with `--sample N`.
-    pub sampled: Vec<Traced>,
-    /// The baselines paired with `sampled`.
-    pub sampled_baseline: Vec<Load>,
+    /// For a scenario that compares one: each round's traced phase run its other way.
+    pub variant: Vec<Traced>,
+    /// The baselines paired with `variant`.
+    pub variant_baseline: Vec<Load>,
 }
 
 /// A comparison tool's phases, and the baseline phase paired with each.
@@ -99,8 +99,8 @@ impl Bench {
                     loads: Vec::new(),
                 })
                 .collect(),
-            sampled: Vec::new(),
-            sampled_baseline: Vec::new(),
+            variant: Vec::new(),
+            variant_baseline: Vec::new(),
         };
         for round in 1..=rounds {
             let baseline_first = round % 2 == 1;
@@ -123,16 +123,17 @@ impl Bench {
             measured.baseline.push(baseline);
             measured.traced.push(traced);
             measured.without_stacks.extend(without_stacks);
-            if let Some(one_in) = scenario.compare_sampling {
-                let of = format!("tracer --sample {one_in}");
-                let (sampled, baseline) =
+            if let Some(variant) = scenario.compare_variant {
+                let flags = variant.args().join(" ");
+                let of = format!("tracer {flags}");
+                let (traced, baseline) =
                     run.paired(&baseline_phase(&of), baseline_first, |run| {
-                        let phase = format!("{name} traced --sample {one_in} {round}");
-                        let out = format!("{name}-sampled-{round}");
-                        run.traced_phase(&phase, &out, Mode::Sampled(one_in))
+                        let phase = format!("{name} traced {flags} {round}");
+                        let out = format!("{name}-{}-{round}", variant.out_stem());
+                        run.traced_phase(&phase, &out, Mode::Variant(variant))
                     })?;
-                measured.sampled.push(sampled);
-                measured.sampled_baseline.push(baseline);
+                measured.variant.push(traced);
+                measured.variant_baseline.push(baseline);
             }
             if scenario.compare_tools {
                 for (tool, runs) in TOOLS.iter().zip(&mut measured.tools) {
@@ -165,8 +166,8 @@ enum Mode {
     WithoutStacks,
     /// With `--bpf-stats`, for the per-program costs.
     BpfStats,
-    /// With `--sample N`.
-    Sampled(u32),
+    /// The scenario's other way ([`Variant`]).
+    Variant(Variant),
 }
 
 /// A scenario's running target, and the bench it runs in.
@@ -229,9 +230,9 @@ impl ScenarioRun<'_> {
             seconds: self.bench.seconds,
             bpf_stats: mode == Mode::BpfStats,
             stacks: mode != Mode::WithoutStacks,
-            sample_one_in: match mode {
-                Mode::Sampled(one_in) => one_in,
-                _ => 1,
+            variant: match mode {
+                Mode::Variant(variant) => Some(variant),
+                _ => None,
             },
         };
         let mut tracer = RunningTracer::start(&spec, out_dir)?;

@@ -8,7 +8,7 @@ use super::{
     load::Load,
     phases::{Measured, Traced},
     scenarios::{
-        Scenario, UprobeCostUnit, MAX_FIXED_RATE_LOSS_PCT, MAX_THROUGHPUT_LOSS_PCT,
+        Scenario, UprobeCostUnit, Variant, MAX_FIXED_RATE_LOSS_PCT, MAX_THROUGHPUT_LOSS_PCT,
         MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     stats::{max, mean, mean_ratio, median, ratio, sum},
@@ -44,7 +44,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
         scenario.name, scenario.about
     );
     print_load_rows(&load);
-    print_tool_rows(measured, &load, scenario.compare_sampling);
+    print_tool_rows(measured, &load, scenario.compare_variant);
     print_target_cpu(measured);
     print_tracer_rows(&tracer);
     print_program_costs(&program_costs(stats_summary));
@@ -60,8 +60,8 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
 
 /// The comparison tools beside the tracer: each round's throughput with the tool attached
 /// over its own baseline phase beside it, and their median, as for the tracer.
-fn print_tool_rows(measured: &Measured, load: &LoadFigures, sample_one_in: Option<u32>) {
-    if measured.tools.iter().all(|tool| tool.loads.is_empty()) {
+fn print_tool_rows(measured: &Measured, load: &LoadFigures, variant: Option<Variant>) {
+    if measured.tools.iter().all(|tool| tool.loads.is_empty()) && variant.is_none() {
         return;
     }
     println!(
@@ -74,19 +74,18 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures, sample_one_in: Optio
             &paired_ratios(&tool.baseline, &tool.loads, |l| l.rps),
         );
     }
-    if let Some(one_in) = sample_one_in {
-        print_sampled_rows(measured, one_in);
+    if let Some(variant) = variant {
+        print_variant_rows(measured, variant);
     }
 }
 
-/// The tracer with `--sample N`: its throughput ratios as the tools', and what its collector
-/// and the ring carry.
-fn print_sampled_rows(measured: &Measured, one_in: u32) {
-    let loads = measured.sampled.iter().map(|t| &t.load);
-    let name = format!("tracer 1/{one_in}");
-    let baseline = &measured.sampled_baseline;
-    print_rounds(&name, &paired_ratios(baseline, loads, |l| l.rps));
-    let figures = TracerFigures::of(&measured.sampled);
+/// The tracer run the scenario's other way (`--sample N`, `--goroutines off`): its
+/// throughput ratios as the tools', and what its collector and the ring carry.
+fn print_variant_rows(measured: &Measured, variant: Variant) {
+    let loads = measured.variant.iter().map(|t| &t.load);
+    let baseline = &measured.variant_baseline;
+    print_rounds(&variant.label(), &paired_ratios(baseline, loads, |l| l.rps));
+    let figures = TracerFigures::of(&measured.variant);
     println!(
         "    {:<14} collector CPU {}% of a core ({} ns/request), ring records per request attributed {}, lost {}",
         "",

@@ -18,9 +18,44 @@ pub struct Scenario {
     /// Also run each round with libbpf-tools' `runqlat` and `syscount -L` attached instead
     /// of the tracer (see `tools`).
     pub compare_tools: bool,
-    /// Also trace each round with `--sample N` (one request in N attributed), to measure
-    /// what sampling saves on a very hot server.
-    pub compare_sampling: Option<u32>,
+    /// Also trace each round another way, paired with a baseline of its own.
+    pub compare_variant: Option<Variant>,
+}
+
+/// Another way of running the tracer that a scenario measures beside the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `--sample N` (one request in N attributed): what sampling saves on a very hot server.
+    Sampled(u32),
+    /// `--goroutines off` (a Go target attributed per thread): what following its goroutines
+    /// costs.
+    ThreadsOnly,
+}
+
+impl Variant {
+    /// The tracer's flags for it.
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Variant::Sampled(one_in) => vec!["--sample".into(), one_in.to_string()],
+            Variant::ThreadsOnly => vec!["--goroutines".into(), "off".into()],
+        }
+    }
+
+    /// Its name in the report's rows.
+    pub fn label(self) -> String {
+        match self {
+            Variant::Sampled(one_in) => format!("tracer 1/{one_in}"),
+            Variant::ThreadsOnly => "threads only".to_string(),
+        }
+    }
+
+    /// Its output directories' stem.
+    pub fn out_stem(self) -> &'static str {
+        match self {
+            Variant::Sampled(_) => "sampled",
+            Variant::ThreadsOnly => "threads",
+        }
+    }
 }
 
 /// What a scenario loads.
@@ -114,7 +149,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::Nginx { connections: 32 },
         compare_stacks: false,
         compare_tools: true,
-        compare_sampling: Some(10),
+        compare_variant: Some(Variant::Sampled(10)),
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -127,7 +162,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         compare_stacks: true,
         compare_tools: true,
-        compare_sampling: Some(10),
+        compare_variant: Some(Variant::Sampled(10)),
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
     Scenario {
@@ -139,7 +174,7 @@ pub const SCENARIOS: &[Scenario] = &[
             https: false,
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -150,7 +185,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -163,7 +198,7 @@ pub const SCENARIOS: &[Scenario] = &[
             https: true,
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -174,7 +209,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -186,7 +221,7 @@ pub const SCENARIOS: &[Scenario] = &[
             path: "/",
         }),
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: Some(Variant::ThreadsOnly),
         compare_stacks: true,
         max_loss_pct: MAX_THROUGHPUT_LOSS_PCT,
     },
@@ -199,7 +234,7 @@ pub const SCENARIOS: &[Scenario] = &[
             rate: 200,
         }),
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: true,
         max_loss_pct: MAX_FIXED_RATE_LOSS_PCT,
     },
@@ -211,7 +246,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new", "-www", "/"],
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
@@ -223,7 +258,7 @@ pub const SCENARIOS: &[Scenario] = &[
             client: &["-new"],
         },
         compare_tools: false,
-        compare_sampling: None,
+        compare_variant: None,
         compare_stacks: false,
         max_loss_pct: MAX_TLS_THROUGHPUT_LOSS_PCT,
     },

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tracer::output::{summary::Summary, SUMMARY};
 
+use super::scenarios::Variant;
 use crate::workload::{signal, Proc};
 
 /// How long a traced phase waits for the tracer to report `attached` before starting load
@@ -32,8 +33,8 @@ pub struct TracerSpec<'a> {
     pub bpf_stats: bool,
     /// `--stacks on` (the default) or `off`.
     pub stacks: bool,
-    /// `--sample N` (1: every request, the default).
-    pub sample_one_in: u32,
+    /// Another way of running it than the default.
+    pub variant: Option<Variant>,
 }
 
 /// A running tracer, its stderr echoed by a thread that reports its `attached` line.
@@ -52,12 +53,7 @@ impl RunningTracer {
         let mut cmd = Command::new(spec.tracer);
         cmd.args(["--pid", &spec.pid.to_string()])
             .args(spec.bpf_stats.then_some("--bpf-stats"))
-            .args(
-                (spec.sample_one_in > 1)
-                    .then(|| ["--sample".to_string(), spec.sample_one_in.to_string()])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args(spec.variant.map(Variant::args).unwrap_or_default())
             .args(
                 (!spec.stacks)
                     .then_some(["--stacks", "off"])

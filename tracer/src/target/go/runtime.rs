@@ -53,10 +53,14 @@ pub const SEMRELEASE1: &str = "runtime.semrelease1";
 /// GC, and a few other runtime jobs) and may run again. Both run on the system stack.
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+/// `runtime.injectglist(glist *gList)`: goroutines made runnable together, not through
+/// `ready`: the ones the netpoller found ready, and the GC's waiters released at once.
+pub const INJECTGLIST: &str = "runtime.injectglist";
 /// The functions probed, each at its stack check's jump.
-pub const PROBED: [&str; 8] = [
+pub const PROBED: [&str; 9] = [
     GOPARK,
     READY,
+    INJECTGLIST,
     EXECUTE,
     GOEXIT1,
     SEMACQUIRE1,
@@ -110,6 +114,8 @@ pub struct GoRuntime {
     pub gopark: u64,
     pub ready: u64,
     pub execute: u64,
+    /// `runtime.injectglist`: goroutines made runnable by the netpoller (or the GC).
+    pub injectglist: u64,
     /// And in `runtime.goexit1`: the goroutine is done.
     pub goexit1: u64,
     /// `runtime.semacquire1`: which semaphore a goroutine's next park waits for.
@@ -142,6 +148,8 @@ pub struct GOffsets {
     pub g_m: u32,
     /// `runtime.m.curg`: the goroutine the thread runs (g0 runs `ready` on its behalf).
     pub m_curg: u32,
+    /// `runtime.g.schedlink`: the next goroutine on a `gList` (`injectglist`'s).
+    pub g_schedlink: u32,
 }
 
 /// Where a fact came from, for the start-up line.
@@ -186,6 +194,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     let gopark = probe_point(GOPARK)?;
     let ready = probe_point(READY)?;
     let execute = probe_point(EXECUTE)?;
+    let injectglist = probe_point(INJECTGLIST)?;
     let goexit1 = probe_point(GOEXIT1)?;
     let semacquire1 = probe_point(SEMACQUIRE1)?;
     let semrelease1 = probe_point(SEMRELEASE1)?;
@@ -222,6 +231,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         gopark,
         ready,
         execute,
+        injectglist,
         goexit1,
         semacquire1,
         semrelease1,

@@ -29,7 +29,10 @@ pub struct DwarfFacts {
 }
 
 /// The structs whose fields are wanted, and the fields.
-const STRUCTS: [(&str, &[&str]); 2] = [("runtime.g", &["goid", "m"]), ("runtime.m", &["curg"])];
+const STRUCTS: [(&str, &[&str]); 2] = [
+    ("runtime.g", &["goid", "m", "schedlink"]),
+    ("runtime.m", &["curg"]),
+];
 const WAIT_REASON_TYPE: &[u8] = b"runtime.waitReason";
 const WAIT_REASON_PREFIX: &str = "runtime.waitReason";
 
@@ -120,6 +123,7 @@ impl Walk {
                 g_goid: field("runtime.g", "goid")?,
                 g_m: field("runtime.g", "m")?,
                 m_curg: field("runtime.m", "curg")?,
+                g_schedlink: field("runtime.g", "schedlink")?,
             })
         })();
         let wait_reasons = self

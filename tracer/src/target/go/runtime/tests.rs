@@ -121,6 +121,7 @@ fn probe_points_are_the_conditional_jump_of_the_stack_check() {
         for (name, offset) in [
             (GOPARK, runtime.gopark),
             (READY, runtime.ready),
+            (INJECTGLIST, runtime.injectglist),
             (EXECUTE, runtime.execute),
             (GOEXIT1, runtime.goexit1),
         ] {

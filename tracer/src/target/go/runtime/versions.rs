@@ -1,7 +1,11 @@
 //! Per-release facts for executables that do not carry them (`-ldflags=-s -w` removes the
-//! symbol table and DWARF): the offsets of `g.goid`, `g.m` and `m.curg`, and the wait-reason
+//! symbol table and DWARF): the offsets of `g.goid`, `g.m`, `m.curg` and `g.schedlink`
+//! (right after `goid` in every release), and the wait-reason
 //! strings, keyed by the Go version in `.go.buildinfo` (major.minor: a patch release does
 //! not change the runtime's structs or its wait reasons).
+//!
+//! `g.schedlink` was read in the DWARF of go1.19.8, 1.21.13, 1.23.9, 1.25.5 and 1.27.3: goid's
+//! offset plus 8 in each.
 //!
 //! Each row says what it was verified against. "DWARF of goX" means: the DWARF of an
 //! executable built here with that toolchain (the field offsets), and its
@@ -46,18 +50,21 @@ const GOID_152_CURG_192: GOffsets = GOffsets {
     g_goid: 152,
     g_m: 48,
     m_curg: 192,
+    g_schedlink: 160,
 };
 /// Go 1.23 and 1.24 (`g.syscallbp`).
 const GOID_160_CURG_192: GOffsets = GOffsets {
     g_goid: 160,
     g_m: 48,
     m_curg: 192,
+    g_schedlink: 168,
 };
 /// Go 1.25 onwards (no `gobuf.ret`).
 const GOID_152_CURG_184: GOffsets = GOffsets {
     g_goid: 152,
     g_m: 48,
     m_curg: 184,
+    g_schedlink: 160,
 };
 
 const RELEASES: [Release; 11] = [
