@@ -68,7 +68,7 @@ fn print_tool_rows(measured: &Measured, load: &LoadFigures, variant: Option<Vari
         "  attached to the same target, same rounds (throughput / its own baseline phase beside it):"
     );
     print_rounds("tracer", &load.round_ratios);
-    for tool in &measured.tools {
+    for tool in measured.tools.iter().filter(|tool| !tool.loads.is_empty()) {
         print_rounds(
             tool.name,
             &paired_ratios(&tool.baseline, &tool.loads, |l| l.rps),
@@ -456,16 +456,21 @@ fn print_uprobe_cost(stats_summary: Option<&Summary>, unit: UprobeCostUnit) {
     );
 }
 
-/// The kernel programs on Go's scheduler (`runtime.gopark`, `ready`, `execute`, `goexit1`,
-/// `semacquire1`, `stopTheWorldWithSema`, `startTheWorldWithSema`), one uprobe each.
+/// The kernel programs on Go's scheduler (`runtime.gopark`, `ready`, `injectglist`,
+/// `execute`, `goexit1`, `semacquire1`, `semrelease1`, `stopTheWorldWithSema`,
+/// `startTheWorldWithSema`) and on net/http's HTTP/2 server, one uprobe each.
 const GO_SCHEDULER_PROGRAMS: &[&str] = &[
     "go_park",
     "go_ready",
+    "go_inject",
     "go_execute",
     "go_exit",
     "go_semacquire",
+    "go_semrelease",
     "go_stop_the_world",
     "go_start_the_world",
+    "go_http2_connection",
+    "go_http2_handler",
 ];
 
 /// The requests the `--bpf-stats` phase traced, the Go scheduler uprobes' hits (their
