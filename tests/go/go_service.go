@@ -63,6 +63,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	_ "unsafe" // go:linkname
 )
 
 // The mutex /lock and /auth wait for.
@@ -242,29 +243,21 @@ func churn(d time.Duration) {
 	}
 }
 
-// Turns of spinTurns' loop in a millisecond here, measured at start-up by `go_service
-// netpoll`; spinSink keeps the loop's result, so that the loop is not optimized away.
-var turnsPerMs, spinSink int
+// nanotime is the runtime's monotonic clock. It is `nosplit` (no stack check, so no
+// preemption point: Go preempts a goroutine cooperatively at a function's stack check, or
+// asynchronously by a signal, which `GODEBUG=asyncpreemptoff=1` turns off), and linkable
+// from outside the runtime in every release (Go 1.23 keeps it so: time_nofake.go).
+//
+//go:linkname nanotime runtime.nanotime
+func nanotime() int64
 
-// spinTurns turns a loop with no call in it n times: without asynchronous preemption,
-// nothing takes the P from it.
-func spinTurns(n int) int {
-	x := 0
-	for i := 0; i < n; i++ {
-		x += i ^ (x >> 3)
+// spinUntil keeps its goroutine on the CPU until the monotonic clock reads deadline, in a
+// loop whose only call is nanotime: without asynchronous preemption, nothing takes the P
+// from it. (A loop of a calibrated length instead ran short when the calibration ran while
+// the machine was busy.)
+func spinUntil(deadline int64) {
+	for nanotime() < deadline {
 	}
-	return x
-}
-
-func calibrateSpin() {
-	const turns = 20_000_000
-	start := time.Now()
-	spinSink += spinTurns(turns)
-	ms := time.Since(start).Milliseconds()
-	if ms < 1 {
-		ms = 1
-	}
-	turnsPerMs = int(turns / ms)
 }
 
 // netpollWait: see /netpoll in the header.
@@ -277,8 +270,9 @@ func netpollWait(w http.ResponseWriter, addr string, ms, hog int) {
 	defer c.Close()
 	fmt.Fprintf(c, "%d\n", ms)
 	hogEnd := make(chan time.Time, 1)
+	deadline := nanotime() + int64(ms+hog)*int64(time.Millisecond)
 	go func() {
-		spinSink += spinTurns((ms + hog) * turnsPerMs)
+		spinUntil(deadline)
 		hogEnd <- time.Now()
 	}()
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -350,7 +344,6 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "netpoll" {
 		runtime.GOMAXPROCS(1)
-		calibrateSpin()
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
