@@ -479,11 +479,28 @@ pub mod tcp_state {
 /// No fd (an fd is an `int`, never this).
 pub const NO_FD: u32 = u32::MAX;
 
+/// `Conversation::answered` of a conversation never inside a request, whatever it reads and
+/// writes.
+const SERVES_NO_REQUEST: u32 = 2;
+
 impl Conversation {
+    /// The conversation of a goroutine that reads and writes for others and is never
+    /// inside a request itself: an HTTP/2 connection's goroutines, which move every stream's
+    /// frames (each stream's request is its handler goroutine's).
+    pub fn serving_no_request() -> Self {
+        Conversation {
+            answered: SERVES_NO_REQUEST,
+            ..Conversation::default()
+        }
+    }
+
     /// A read or write returned `ret` on `fd`, on `connection`. Only a write to the very
     /// connection the request came from answers it: a closed fd's number may come back as
     /// another connection (no close is seen), whose first write answers nothing.
     pub fn returned(&mut self, syscall_nr: u32, fd: u32, connection: u64, ret: i64) {
+        if self.answered == SERVES_NO_REQUEST {
+            return;
+        }
         if is_read(syscall_nr) && ret > 0 {
             self.request_fd = fd;
             self.request_connection = connection;
@@ -777,6 +794,20 @@ mod tests {
         c.returned(nr::READ, backend, 0xb000, 5); // the first call's reply
         c.returned(nr::WRITE, backend, 0xc000, 3); // the second call, on a new connection
         assert!(!c.between_requests(nr::READ, backend));
+    }
+
+    /// An HTTP/2 connection's goroutine reads and writes every stream's frames, and is
+    /// inside no request, whatever it moves.
+    #[test]
+    fn a_conversation_serving_no_request_stays_out_of_requests() {
+        let conn = 5;
+        let mut c = Conversation::serving_no_request();
+        assert!(!c.in_request());
+        c.returned(nr::READ, conn, 0xa000, 100);
+        assert!(!c.in_request(), "a frame read");
+        c.returned(nr::WRITE, conn, 0xa000, 50);
+        c.returned(nr::READ, conn, 0xa000, 80);
+        assert!(!c.in_request());
     }
 
     #[test]

@@ -170,6 +170,13 @@ pub fn goroutine_serves_stream(g: u64) {
     let _ = GO_CONVERSATIONS.insert(g, Conversation::default(), 0);
 }
 
+/// The goroutine `g` moves an HTTP/2 connection's frames for every stream: it is never
+/// inside a request itself.
+#[inline(always)]
+pub fn goroutine_serves_connection(g: u64) {
+    let _ = GO_CONVERSATIONS.insert(g, Conversation::serving_no_request(), 0);
+}
+
 /// The goroutine `g` exits: its `g` will be reused by a goroutine that has read nothing yet.
 #[inline(always)]
 pub fn forget_goroutine(g: u64) {

@@ -34,7 +34,9 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
 use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss, NO_STACK};
 
-use crate::conversation::{forget_goroutine, goroutine_in_request, goroutine_serves_stream};
+use crate::conversation::{
+    forget_goroutine, goroutine_in_request, goroutine_serves_connection, goroutine_serves_stream,
+};
 use crate::maps::{
     capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
 };
@@ -222,6 +224,8 @@ fn try_go_semrelease(ctx: &ProbeContext) -> Result<(), Loss> {
 /// goroutine that will read or write the connection's frames).
 #[uprobe]
 pub fn go_http2_connection(ctx: ProbeContext) -> u32 {
+    // SAFETY: as above.
+    goroutine_serves_connection(unsafe { (*ctx.regs).r14 });
     finish(current_goroutine_is(&ctx, go_sched::HTTP2_CONNECTION))
 }
 
