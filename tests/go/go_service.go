@@ -111,15 +111,21 @@ func backend(ln net.Listener) {
 	}
 }
 
-// A connection to the backend per request (kept simple: the dial is local and quick).
-func callBackend(addr string, ms int) time.Duration {
-	start := time.Now()
+// askBackend dials the backend (a connection per request, kept simple: the dial is local
+// and quick) and asks for an answer in ms milliseconds.
+func askBackend(addr string, ms int) net.Conn {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		panic(err)
 	}
-	defer c.Close()
 	fmt.Fprintf(c, "%d\n", ms)
+	return c
+}
+
+func callBackend(addr string, ms int) time.Duration {
+	start := time.Now()
+	c := askBackend(addr, ms)
+	defer c.Close()
 	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
 		panic(err)
 	}
@@ -263,12 +269,8 @@ func spinUntil(deadline int64) {
 // netpollWait: see /netpoll in the header.
 func netpollWait(w http.ResponseWriter, addr string, ms, hog int) {
 	start := time.Now()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		panic(err)
-	}
+	c := askBackend(addr, ms)
 	defer c.Close()
-	fmt.Fprintf(c, "%d\n", ms)
 	hogEnd := make(chan time.Time, 1)
 	deadline := nanotime() + int64(ms+hog)*int64(time.Millisecond)
 	go func() {
