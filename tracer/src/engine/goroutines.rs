@@ -103,6 +103,23 @@ impl World {
     }
 }
 
+/// What a Go wait reason means for the tracer.
+#[derive(Clone, Copy)]
+struct ReasonMeaning {
+    cause: Cause,
+    /// A wait on a semaphore (`semacquire1` parks with it).
+    on_semaphore: bool,
+}
+
+impl ReasonMeaning {
+    fn of(name: &str) -> Self {
+        ReasonMeaning {
+            cause: go_wait_cause(name),
+            on_semaphore: semaphore_wait(name).is_some(),
+        }
+    }
+}
+
 /// The target's goroutines, by goid, and which one each thread runs.
 #[derive(Default)]
 pub(super) struct Goroutines {
@@ -110,6 +127,8 @@ pub(super) struct Goroutines {
     running: HashMap<Tid, u64>,
     /// Go's wait-reason strings, by `waitReason` value (from the target's executable).
     wait_reasons: Vec<String>,
+    /// What each of them means, worked out once (a park is looked up by its value).
+    reason_meanings: Vec<ReasonMeaning>,
     /// Time parked, by Go's wait reason.
     parked_ns: HashMap<u8, u64>,
     /// Any scheduler event was seen: requests are timed on goroutines.
@@ -166,8 +185,11 @@ impl Goroutines {
             .unwrap_or_else(|| format!("waitReason {reason}"))
     }
 
-    fn cause_of(&self, reason: u8) -> Cause {
-        go_wait_cause(&self.reason_name(reason))
+    fn meaning_of(&self, reason: u8) -> ReasonMeaning {
+        self.reason_meanings
+            .get(reason as usize)
+            .copied()
+            .unwrap_or_else(|| ReasonMeaning::of(&self.reason_name(reason)))
     }
 
     pub fn forget_thread(&mut self, tid: Tid) {
@@ -245,6 +267,7 @@ impl Goroutines {
 impl<R: FdResolver> Engine<R> {
     /// Go's wait-reason strings of the target's release, by `waitReason` value.
     pub fn set_go_wait_reasons(&mut self, reasons: Vec<String>) {
+        self.goroutines.reason_meanings = reasons.iter().map(|r| ReasonMeaning::of(r)).collect();
         self.goroutines.wait_reasons = reasons;
     }
 
@@ -405,8 +428,10 @@ impl<R: FdResolver> Engine<R> {
     }
 
     fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8, stack: Option<StackRef>) {
-        let mut cause = self.goroutines.cause_of(reason);
-        let on_semaphore = semaphore_wait(&self.goroutines.reason_name(reason)).is_some();
+        let ReasonMeaning {
+            mut cause,
+            on_semaphore,
+        } = self.goroutines.meaning_of(reason);
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {
             gs.running.remove(&tid);
