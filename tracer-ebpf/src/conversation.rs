@@ -163,18 +163,12 @@ pub fn goroutine_in_request(g: u64) -> bool {
     unsafe { GO_CONVERSATIONS.get(g) }.is_some_and(|c| c.in_request())
 }
 
-/// The goroutine `g` runs an HTTP/2 stream's handler: it is inside that stream's request
-/// from now to its exit, with no socket read of its own.
+/// The goroutine `g`'s conversation is `conversation` from now, whatever it had: an HTTP/2
+/// stream's handler is inside the stream's request (with no socket read of its own), and a
+/// connection's goroutines, which move every stream's frames, are never inside one.
 #[inline(always)]
-pub fn goroutine_serves_stream(g: u64) {
-    let _ = GO_CONVERSATIONS.insert(g, Conversation::default(), 0);
-}
-
-/// The goroutine `g` moves an HTTP/2 connection's frames for every stream: it is never
-/// inside a request itself.
-#[inline(always)]
-pub fn goroutine_serves_connection(g: u64) {
-    let _ = GO_CONVERSATIONS.insert(g, Conversation::serving_no_request(), 0);
+pub fn set_goroutine_conversation(g: u64, conversation: Conversation) {
+    let _ = GO_CONVERSATIONS.insert(g, conversation, 0);
 }
 
 /// The goroutine `g` exits: its `g` will be reused by a goroutine that has read nothing yet.

@@ -32,11 +32,9 @@
 //! goroutine and detail; userspace takes the repeat as one transition.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
-use tracer_common::{go_sched, EventKind, GoSchedEvent, Loss, NO_STACK};
+use tracer_common::{go_sched, Conversation, EventKind, GoSchedEvent, Loss, NO_STACK};
 
-use crate::conversation::{
-    forget_goroutine, goroutine_in_request, goroutine_serves_connection, goroutine_serves_stream,
-};
+use crate::conversation::{forget_goroutine, goroutine_in_request, set_goroutine_conversation};
 use crate::maps::{
     capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
 };
@@ -224,27 +222,36 @@ fn try_go_semrelease(ctx: &ProbeContext) -> Result<(), Loss> {
 /// goroutine that will read or write the connection's frames).
 #[uprobe]
 pub fn go_http2_connection(ctx: ProbeContext) -> u32 {
-    // SAFETY: as above.
-    goroutine_serves_connection(unsafe { (*ctx.regs).r14 });
-    finish(current_goroutine_is(&ctx, go_sched::HTTP2_CONNECTION))
+    finish(current_goroutine_is(
+        &ctx,
+        go_sched::HTTP2_CONNECTION,
+        Conversation::serving_no_request(),
+    ))
 }
 
 /// `(*http2serverConn).runHandler` (r14: the goroutine started for one stream's handler).
 #[uprobe]
 pub fn go_http2_handler(ctx: ProbeContext) -> u32 {
-    // SAFETY: as above.
-    goroutine_serves_stream(unsafe { (*ctx.regs).r14 });
-    finish(current_goroutine_is(&ctx, go_sched::HTTP2_HANDLER))
+    finish(current_goroutine_is(
+        &ctx,
+        go_sched::HTTP2_HANDLER,
+        Conversation::default(),
+    ))
 }
 
-/// Reports `what` of the goroutine the probe fired on.
+/// Reports `what` of the goroutine the probe fired on, whose conversation it sets.
 #[inline(always)]
-fn current_goroutine_is(ctx: &ProbeContext, what: u32) -> Result<(), Loss> {
+fn current_goroutine_is(
+    ctx: &ProbeContext,
+    what: u32,
+    conversation: Conversation,
+) -> Result<(), Loss> {
     let Some(tid) = current_target_tid() else {
         return Ok(());
     };
     // SAFETY: as above.
     let g = unsafe { (*ctx.regs).r14 };
+    set_goroutine_conversation(g, conversation);
     emit_sched(tid, what, goid(g)?, 0)
 }
 

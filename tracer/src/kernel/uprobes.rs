@@ -423,9 +423,9 @@ mod tests {
         assert_eq!(
             followed.line().unwrap(),
             "Go runtime: go1.19.8; goroutines followed with uprobes on runtime.gopark, \
-             runtime.ready, runtime.injectglist, runtime.execute, runtime.goexit1, runtime.semacquire1, \
-             runtime.semrelease1, runtime.stopTheWorldWithSema, runtime.startTheWorldWithSema (probe points: \
-             .gopclntab; g/m offsets: go1.19 table)"
+             runtime.ready, runtime.injectglist, runtime.execute, runtime.goexit1, \
+             runtime.semacquire1, runtime.semrelease1, runtime.stopTheWorldWithSema, \
+             runtime.startTheWorldWithSema (probe points: .gopclntab; g/m offsets: go1.19 table)"
         );
         let with_http2 = GoSchedStatus::Followed {
             version: None,
