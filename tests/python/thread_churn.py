@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A target that creates short-lived threads without end, each holding a shared lock for
-1 ms: hundreds of threads a second, each with its own futexes, nearly all of them waiting on
-the shared one (started 16 at a time, each batch queues on it). Prints  The tracer's memory and output must stay bounded.
+"""A target that creates short-lived threads without end, as fast as Python can start them
+(thousands a second here), each with its own futexes, nearly all of them waiting on a shared
+lock: each takes it and yields the interpreter while holding it, and they are started 64
+at a time, so each batch queues on it. The tracer's memory and output must stay bounded.
 
     thread_churn.py [serve --port P]
 
@@ -17,7 +18,7 @@ SHARED = threading.Lock()
 
 def work():
     with SHARED:
-        time.sleep(0.001)
+        time.sleep(0)  # lets the rest of the batch run into the held lock
 
 
 def main():
@@ -27,7 +28,7 @@ def main():
     host, port = listener.getsockname()
     print(f"listening {host}:{port} pid {os.getpid()}", flush=True)
     while True:
-        batch = [threading.Thread(target=work) for _ in range(16)]
+        batch = [threading.Thread(target=work) for _ in range(64)]
         for t in batch:
             t.start()
         for t in batch:

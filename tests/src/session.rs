@@ -540,13 +540,14 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// `setpriv` (util-linux), which the privilege tests need.
-pub fn setpriv() -> Option<PathBuf> {
-    find_program("setpriv")
+/// `setpriv` (util-linux, which `cargo xtask test` installs): the privilege tests fail
+/// without it rather than pass having checked nothing.
+pub fn setpriv() -> PathBuf {
+    find_program("setpriv").expect("setpriv (Debian package util-linux) is installed")
 }
 
 /// `setpriv` running `program` as `nobody` with exactly the capabilities `caps` (e.g.
-/// `+bpf,+perfmon`; empty for none), effective through the ambient set. Panics without
-/// `setpriv` (check [`setpriv`] first).
+/// `+bpf,+perfmon`; empty for none), effective through the ambient set.
 pub fn as_nobody(caps: &str, program: &Path) -> Command {
     let setpriv = setpriv_as_nobody(caps);
     let mut cmd = Command::new(&setpriv[0]);
@@ -561,9 +562,8 @@ fn setpriv_as_nobody(caps: &str) -> Vec<OsString> {
     } else {
         format!("-all,{caps}")
     };
-    let setpriv = setpriv().expect("setpriv (util-linux) is installed");
     [
-        setpriv.into_os_string(),
+        setpriv().into_os_string(),
         format!("--reuid={NOBODY}").into(),
         format!("--regid={NOBODY}").into(),
         "--clear-groups".into(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracer::output::summary::StoppedBy;
 use tracer_tests::{
     run_load,
-    session::{find_program, read_summary, setpriv, Tracer},
+    session::{find_program, read_summary, Tracer},
     wait_for, Workload,
 };
 
@@ -51,15 +51,6 @@ fn wait_comm(pid: u32, name: &str) {
         comm if comm == name => Ok(()),
         comm => Err(format!("comm is {comm:?}, not {name}")),
     });
-}
-
-macro_rules! needs_setpriv {
-    () => {
-        if setpriv().is_none() {
-            eprintln!("skipped: setpriv (util-linux) is not installed");
-            return;
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,11 +180,8 @@ fn negative_numbers_get_the_value_message() {
 #[test]
 #[ignore = "needs root"]
 fn traces_without_tracefs_with_cap_bpf_and_cap_perfmon() {
-    needs_setpriv!();
-    let Some(unshare) = find_program("unshare") else {
-        eprintln!("skipped: unshare (util-linux) is not installed");
-        return;
-    };
+    let unshare =
+        find_program("unshare").expect("unshare (Debian package util-linux) is installed");
     let workload = Workload::spawn_as_nobody();
     let mut load = run_load(workload.addr, &["/"], 1, 30.0, None);
     let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid)
@@ -235,7 +223,6 @@ fn traces_without_tracefs_with_cap_bpf_and_cap_perfmon() {
 #[test]
 #[ignore = "needs root"]
 fn refused_uprobes_name_cap_sys_admin() {
-    needs_setpriv!();
     let workload = Workload::spawn_as_nobody();
     let mut load = run_load(workload.addr, &["/"], 1, 30.0, None);
     let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid).run();
@@ -264,7 +251,6 @@ fn refused_uprobes_name_cap_sys_admin() {
 #[test]
 #[ignore = "needs root"]
 fn another_users_process_names_cap_sys_ptrace() {
-    needs_setpriv!();
     let workload = Workload::spawn(); // root's
     let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid).run();
     let line = ran.refusal(1);
@@ -277,7 +263,6 @@ fn another_users_process_names_cap_sys_ptrace() {
 #[test]
 #[ignore = "needs root"]
 fn bpf_stats_without_cap_sys_admin_is_refused() {
-    needs_setpriv!();
     let workload = Workload::spawn_as_nobody();
     let ran = tracer_as_nobody("+bpf,+perfmon", workload.pid)
         .args(["--bpf-stats"])

@@ -24,7 +24,7 @@ use tracer::{
     output::summary::{StoppedBy, Summary},
 };
 use tracer_tests::{
-    session::{find_program, read_summary, run, setpriv, Tracer},
+    session::{find_program, read_summary, run, Tracer},
     wait_for, TempDir, Workload,
 };
 
@@ -403,10 +403,6 @@ fn unwritable_output_fails_before_attaching() {
 #[test]
 #[ignore = "needs root"]
 fn not_root_is_a_clear_error() {
-    if setpriv().is_none() {
-        eprintln!("skipped: setpriv (util-linux) is not installed");
-        return;
-    }
     let workload = Workload::spawn();
     let out = Tracer::attach(workload.pid).as_nobody("").run();
     let line = out.refused();

@@ -107,6 +107,21 @@ fn lock_handoff_wakers_are_the_servers_own_threads_and_timeouts_are_the_timer() 
         count(WakerContext::Interrupt) > 4 * count(WakerContext::Unknown),
         "the timer is named for most of the ticker's wakeups: {ticker:?}"
     );
+
+    // The console's lock list says the same: the timer, never a thread, woke the ticker.
+    let line = done
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&ticker.address))
+        .unwrap_or_else(|| panic!("the ticker's lock is not in the console\n{}", done.stdout));
+    let (_, woken_by) = line
+        .split_once("woken by ")
+        .unwrap_or_else(|| panic!("no wakers in {line:?}"));
+    let timer = count(WakerContext::Interrupt);
+    assert!(
+        woken_by.starts_with(&format!("(timer) x{timer}")) && !woken_by.contains('/'),
+        "the console names the ticker's wakers {woken_by:?}, the summary {ticker:?}"
+    );
 }
 
 /// The x86-64 syscalls the readers block in: Python's `socket.recvfrom` and a FIFO's

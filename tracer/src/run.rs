@@ -290,7 +290,8 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         (output::WAITS_SVG, &svg),
     ]);
     print!("{}", console::final_summary(&summary, collector.totals()));
-    // Taken last, so the peak covers the whole run, the final summary included.
+    // Taken last, so the peak covers the whole run, the final summary included, all but
+    // the writing of summary.json itself (bounded: a few hundred kB at most).
     summary.collector = CollectorUsage {
         tracing_cpu_s: collector.tracing_cpu_s(),
         ..CollectorUsage::now()

@@ -41,6 +41,10 @@ const DEBIAN_PACKAGES: &[(&str, bool)] = &[
     // The bench: wrk loads nginx; libbpf-tools' runqlat and syscount run beside the tracer.
     ("wrk", false),
     ("libbpf-tools", false),
+    // The privilege tests run the tracer as `nobody` with chosen capabilities (`setpriv`),
+    // in a mount namespace of its own (`unshare`). Required in Debian, but a slim image may
+    // lack it.
+    ("util-linux", false),
 ];
 
 /// The Python module a test uses to check that our HdrHistogram log loads elsewhere, and the
