@@ -121,11 +121,7 @@ impl Finished {
 
 /// `summary.json` in `dir`; panics if it is missing or does not hold a [`Summary`].
 pub fn read_summary(dir: &Path) -> Summary {
-    let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not a summary ({e}):\n{text}", path.display()))
+    Summary::read(dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `summary.json` (if there is one) and the lines of `requests.jsonl` in `dir`.

@@ -35,6 +35,7 @@ pub use event::{
 pub use fds::{FdKind, FdResolver};
 pub use locks::{FutexLocks, GoLocks, GoWaker, LISTED_LOCKS, LISTED_PER_LOCK};
 pub use requests::{LargestWait, Request, RequestOn};
+pub use tally::Tally;
 pub use tls::{Handshake, TlsKind, TlsPhases, TlsVersion};
 
 use rustc_hash::FxHashMap as HashMap;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     aggregate::Totals,
-    summary::{GoLock, GoLockWaker, Lock, LockWaker, Summary, Waiter},
+    summary::{GoLock, GoLockWaker, Lock, LockWaker, Summary, WaitCount, Waiter, WakeupCount},
 };
 
 pub fn percent(part: u64, whole: u64) -> f64 {
@@ -223,31 +223,40 @@ fn where_the_time_went(sum: &Summary) -> String {
 
 /// `ADDRESS  waited T in N waits; waiters tid/comm, ...; woken by tid/comm xN, (timer) xN`.
 fn lock_line(l: &Lock) -> String {
-    let waiters = l.waiters.iter().map(Waiter::name);
-    let wakers = l.wakers.iter().map(LockWaker::name);
-    format!(
-        "{}  waited {} in {} waits; waiters {}; woken by {}",
-        l.address,
-        human_ns(l.wait_ns),
-        l.waits,
-        names(waiters, others(l.waiters_not_listed.waits, "waits")),
-        names(wakers, others(l.wakers_not_listed.count, "wakeups")),
+    contention_line(
+        &l.address,
+        (l.wait_ns, l.waits),
+        (l.waiters.iter().map(Waiter::name), l.waiters_not_listed),
+        (l.wakers.iter().map(LockWaker::name), l.wakers_not_listed),
     )
 }
 
 /// `sync.Mutex ADDRESS  waited T in N waits; waiters goroutine 12, ...; woken by goroutine 7
 /// on tid/comm xN`.
 fn go_lock_line(l: &GoLock) -> String {
-    let waiters = l.waiters.iter().map(|w| format!("goroutine {}", w.goid));
-    let wakers = l.wakers.iter().map(GoLockWaker::name);
+    contention_line(
+        &format!("{} {}", l.kind, l.address),
+        (l.wait_ns, l.waits),
+        (
+            l.waiters.iter().map(|w| format!("goroutine {}", w.goid)),
+            l.waiters_not_listed,
+        ),
+        (l.wakers.iter().map(GoLockWaker::name), l.wakers_not_listed),
+    )
+}
+
+/// `WHAT  waited T in N waits; waiters ...; woken by ...`, for a thread or a Go lock.
+fn contention_line(
+    what: &str,
+    (wait_ns, waits): (u64, u64),
+    (waiters, waiters_not_listed): (impl Iterator<Item = String>, WaitCount),
+    (wakers, wakers_not_listed): (impl Iterator<Item = String>, WakeupCount),
+) -> String {
     format!(
-        "{} {}  waited {} in {} waits; waiters {}; woken by {}",
-        l.kind,
-        l.address,
-        human_ns(l.wait_ns),
-        l.waits,
-        names(waiters, others(l.waiters_not_listed.waits, "waits")),
-        names(wakers, others(l.wakers_not_listed.count, "wakeups")),
+        "{what}  waited {} in {waits} waits; waiters {}; woken by {}",
+        human_ns(wait_ns),
+        names(waiters, others(waiters_not_listed.waits, "waits")),
+        names(wakers, others(wakers_not_listed.count, "wakeups")),
     )
 }
 

@@ -363,20 +363,6 @@ pub fn incomplete(dir: &Path, files: &[(&str, &Outcome)]) -> Option<String> {
     })
 }
 
-/// `summary.json`'s `incomplete_files`: `[{file, error}]` for each file that stops early or
-/// was not written.
-pub fn incomplete_json(files: &[(&str, &Outcome)]) -> serde_json::Value {
-    files
-        .iter()
-        .filter_map(|(name, outcome)| match outcome {
-            Outcome::Written => None,
-            Outcome::StopsEarly(e) | Outcome::NotWritten(e) => {
-                Some(serde_json::json!({"file": name, "error": e}))
-            }
-        })
-        .collect()
-}
-
 /// Create the output directory, open it for the run and prove files can be created in it
 /// (under a fresh name, created exclusively and removed: nothing there is followed or
 /// truncated), before attaching anything.
@@ -517,10 +503,14 @@ mod tests {
             None
         );
         assert_eq!(
-            incomplete_json(&[(HLOG, &Outcome::Written), (REQUESTS, &full)]),
-            serde_json::json!([
-                {"file": "requests.jsonl", "error": "No space left on device (os error 28)"}
-            ])
+            crate::output::summary::IncompleteFile::list(&[
+                (HLOG, &Outcome::Written),
+                (REQUESTS, &full)
+            ]),
+            [crate::output::summary::IncompleteFile {
+                file: "requests.jsonl".to_string(),
+                error: "No space left on device (os error 28)".to_string(),
+            }]
         );
         assert!(hint("No space left on device (os error 28)").starts_with("Free space"));
         assert!(hint("Input/output error (os error 5)").starts_with("Check"));

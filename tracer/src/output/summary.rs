@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     collector::Collector,
     engine::{
-        locks::{Key, Locks},
-        syscall_name, Cause, Waker, LISTED_LOCKS, LISTED_PER_LOCK,
+        locks::{Key, LockStats, Locks},
+        syscall_name, Cause, Tally, Waker, LISTED_LOCKS, LISTED_PER_LOCK,
     },
     kernel::{ring::comm, uprobes::TlsStatus, ProgramStat},
     output::{
@@ -502,6 +502,16 @@ const GOROUTINE_NOTE: &str = "a request is timed on the goroutine that read it, 
 const ATTRIBUTION_NOTE: &str = "a request is timed on the thread that read it; requests sharing a thread (event loops) each count the thread's whole time (see shared_context)";
 
 impl Summary {
+    /// The `summary.json` a trace wrote in `dir` (for the tests and the bench).
+    pub fn read(dir: &std::path::Path) -> anyhow::Result<Summary> {
+        use anyhow::Context as _;
+        let path = dir.join(files::SUMMARY);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a summary.json", path.display()))
+    }
+
     /// The summary of a finished trace (`incomplete_files` and `collector` are filled by the
     /// caller once the other files are committed).
     pub fn build(c: &Collector, end: &TraceEnd) -> Summary {
@@ -640,35 +650,62 @@ fn top_locks(c: &Collector) -> Vec<Lock> {
         .top(LISTED_LOCKS)
         .into_iter()
         .map(|(addr, l)| {
-            let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
-            let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
+            let listed = Contention::listed(
+                l,
+                |tid, t| Waiter {
+                    tid: tid.0,
+                    comm: c.thread_name(*tid).unwrap_or("?").to_string(),
+                    wait_ns: t.ns,
+                    waits: t.count,
+                },
+                |w, t| LockWaker::new(w, t.count),
+            );
             Lock {
                 address: format!("{addr:#x}"),
-                wait_ns: l.wait_ns,
-                waits: l.waits,
-                waiters: waiters
-                    .iter()
-                    .map(|(tid, t)| Waiter {
-                        tid: tid.0,
-                        comm: c.thread_name(*tid).unwrap_or("?").to_string(),
-                        wait_ns: t.ns,
-                        waits: t.count,
-                    })
-                    .collect(),
-                waiters_not_listed: WaitCount {
-                    waits: other_waits.count,
-                    wait_ns: other_waits.ns,
-                },
-                wakers: wakers
-                    .iter()
-                    .map(|(w, t)| LockWaker::new(w, t.count))
-                    .collect(),
-                wakers_not_listed: WakeupCount {
-                    count: other_wakeups.count,
-                },
+                wait_ns: listed.wait_ns,
+                waits: listed.waits,
+                waiters: listed.waiters,
+                waiters_not_listed: listed.waiters_not_listed,
+                wakers: listed.wakers,
+                wakers_not_listed: listed.wakers_not_listed,
             }
         })
         .collect()
+}
+
+/// What the lock detail lists of one contended address, thread or Go lock alike: its top
+/// waiters and wakers, each made by `waiter` and `waker`, and what the others did.
+struct Contention<Waiter, Waker> {
+    wait_ns: u64,
+    waits: u64,
+    waiters: Vec<Waiter>,
+    waiters_not_listed: WaitCount,
+    wakers: Vec<Waker>,
+    wakers_not_listed: WakeupCount,
+}
+
+impl<Waiter, Waker> Contention<Waiter, Waker> {
+    fn listed<W: Key, K: Key>(
+        l: &LockStats<W, K>,
+        waiter: impl Fn(&W, &Tally) -> Waiter,
+        waker: impl Fn(&K, &Tally) -> Waker,
+    ) -> Self {
+        let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
+        let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
+        Contention {
+            wait_ns: l.wait_ns,
+            waits: l.waits,
+            waiters: waiters.iter().map(|(w, t)| waiter(w, t)).collect(),
+            waiters_not_listed: WaitCount {
+                waits: other_waits.count,
+                wait_ns: other_waits.ns,
+            },
+            wakers: wakers.iter().map(|(k, t)| waker(k, t)).collect(),
+            wakers_not_listed: WakeupCount {
+                count: other_wakeups.count,
+            },
+        }
+    }
 }
 
 /// Sites listed per cause.
@@ -730,38 +767,30 @@ fn top_go_locks(c: &Collector) -> Vec<GoLock> {
         .into_iter()
         .map(|(semaphore, l)| {
             let (kind, address) = engine.go_semaphore_owner(semaphore);
-            let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
-            let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);
+            let listed = Contention::listed(
+                l,
+                |g, t| GoWaiter {
+                    goid: g.0,
+                    wait_ns: t.ns,
+                    waits: t.count,
+                },
+                |w, t| GoLockWaker {
+                    goid: w.goid,
+                    tid: w.tid.0,
+                    comm: c.thread_name(w.tid).unwrap_or("?").to_string(),
+                    count: t.count,
+                },
+            );
             GoLock {
                 kind,
                 address: format!("{address:#x}"),
                 semaphore: format!("{semaphore:#x}"),
-                wait_ns: l.wait_ns,
-                waits: l.waits,
-                waiters: waiters
-                    .iter()
-                    .map(|(g, t)| GoWaiter {
-                        goid: g.0,
-                        wait_ns: t.ns,
-                        waits: t.count,
-                    })
-                    .collect(),
-                waiters_not_listed: WaitCount {
-                    waits: other_waits.count,
-                    wait_ns: other_waits.ns,
-                },
-                wakers: wakers
-                    .iter()
-                    .map(|(w, t)| GoLockWaker {
-                        goid: w.goid,
-                        tid: w.tid.0,
-                        comm: c.thread_name(w.tid).unwrap_or("?").to_string(),
-                        count: t.count,
-                    })
-                    .collect(),
-                wakers_not_listed: WakeupCount {
-                    count: other_wakeups.count,
-                },
+                wait_ns: listed.wait_ns,
+                waits: listed.waits,
+                waiters: listed.waiters,
+                waiters_not_listed: listed.waiters_not_listed,
+                wakers: listed.wakers,
+                wakers_not_listed: listed.wakers_not_listed,
             }
         })
         .collect()

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use tracer::output::{summary::Summary, SUMMARY};
+use tracer::output::summary::Summary;
 
 use super::scenarios::Variant;
 use crate::workload::{signal, Proc};
@@ -168,7 +168,5 @@ fn empty_dir(dir: &Path) -> Result<()> {
 
 /// The tracer's `summary.json` in `out_dir`.
 pub fn read_summary(out_dir: &Path) -> Result<Summary> {
-    let path = out_dir.join(SUMMARY);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    Summary::read(out_dir)
 }
