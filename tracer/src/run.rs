@@ -177,9 +177,13 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Read now, while the target surely runs: its executable and mappings name the stacks
     // at the end.
     let symbolizer = if stacks_on {
-        Symbolizer::new(target.pid)
-            .map_err(|e| eprintln!("tracer: call sites will not be named: {e:#}"))
-            .ok()
+        // The executable read above is handed over, not read again.
+        match exe {
+            Some(Ok(exe)) => Symbolizer::with_executable(target.pid, exe),
+            _ => Symbolizer::new(target.pid),
+        }
+        .map_err(|e| eprintln!("tracer: call sites will not be named: {e:#}"))
+        .ok()
     } else {
         None
     };

@@ -11,13 +11,13 @@ use aya::{
     Ebpf,
 };
 use tracer_common::{
-    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
+    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
     MAX_TLS_CONNECTIONS_DONE, RING_BYTES,
 };
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
 /// ring buffer).
-const MAP_SIZES: [(&str, u32); 8] = [
+const MAP_SIZES: [(&str, u32); 9] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
     ("CONVERSATIONS", MAX_TARGET_THREADS),
@@ -26,6 +26,7 @@ const MAP_SIZES: [(&str, u32); 8] = [
     ("TLS_CALL", MAX_TARGET_THREADS),
     ("TLS_DONE", MAX_TLS_CONNECTIONS_DONE),
     ("TCP_SOCKETS", MAX_TCP_SOCKETS),
+    ("STACKS", MAX_STACKS),
 ];
 
 /// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits,
@@ -50,7 +51,11 @@ pub fn check(ebpf: &Ebpf, pid: u32) -> Result<()> {
 /// The map types the kernel programs use.
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => Some(m),
+        Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m)
+        | Map::StackTraceMap(m) => Some(m),
         _ => None,
     }
 }

@@ -22,10 +22,11 @@ pub mod go;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, ops::Range, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, ops::Range, sync::Arc};
 
 pub use self::frame_pointers::keeps_frame_pointers;
 use self::go::GoExecutable;
+use crate::target::{executable_mappings, Executable};
 use anyhow::{Context as _, Result};
 use blazesym::{
     symbolize::{
@@ -132,10 +133,19 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    /// A symbolizer for process `pid`. Its executable is read now when it is a Go program.
+    /// A symbolizer for process `pid`. Its executable is read now, and kept when it is a Go
+    /// program.
     pub fn new(pid: u32) -> Result<Symbolizer> {
-        let exe_path = PathBuf::from(format!("/proc/{pid}/exe"));
-        let go = match GoExecutable::read(&exe_path) {
+        let exe = Executable::read(pid)
+            .with_context(|| format!("reading the executable of process {pid}"))?;
+        Self::with_executable(pid, exe)
+    }
+
+    /// A symbolizer for process `pid`, whose executable `exe` was read already (it is not
+    /// read again); kept when it is a Go program.
+    pub fn with_executable(pid: u32, exe: Executable) -> Result<Symbolizer> {
+        let exe_path = exe.path.clone();
+        let go = match GoExecutable::from_bytes(exe.into_data()) {
             Ok(Some(exe)) => {
                 let ranges = go_ranges(pid, &exe_path, exe.segments())
                     .with_context(|| format!("reading the memory map of process {pid}"))?;
@@ -333,19 +343,9 @@ fn go_ranges(
     exe_path: &std::path::Path,
     segments: &[(u64, u64, u64)],
 ) -> Result<Vec<(Range<u64>, i64)>> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(exe_path)?;
-    let path = std::fs::read_link(exe_path).ok();
-    let maps = procfs::process::Process::new(pid as i32)?.maps()?;
     let mut ranges = Vec::new();
-    for m in maps {
-        // The executable's mappings: by inode, or by path (overlay file systems can show
-        // another inode in the memory map than `stat` does).
-        let same_path = matches!((&m.pathname, &path),
-            (procfs::process::MMapPath::Path(p), Some(exe)) if p == exe);
-        if !(m.inode == meta.ino() || same_path)
-            || !m.perms.contains(procfs::process::MMPermissions::EXECUTE)
-        {
+    for m in executable_mappings(pid, exe_path)? {
+        if !m.perms.contains(procfs::process::MMPermissions::EXECUTE) {
             continue;
         }
         let (start, end) = m.address;

@@ -7,5 +7,5 @@ pub mod go;
 pub mod openssl;
 mod process;
 
-pub use executable::Executable;
+pub use executable::{mappings as executable_mappings, Executable};
 pub use process::{check_target, read_comm, target_alive, Target};

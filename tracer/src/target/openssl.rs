@@ -2,10 +2,9 @@
 //! (through `/proc/PID/maps`, opened through `/proc/PID/root` so containers work) or linked
 //! into the executable (its symbol table has `SSL_do_handshake`).
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
+
+use procfs::process::{MMapPath, MemoryMap};
 
 use super::Executable;
 
@@ -21,12 +20,15 @@ pub struct OpenSsl {
 /// Find OpenSSL in the target: a mapped `libssl.so*`, else the executable's own symbols.
 pub fn find_openssl(pid: u32, exe: Option<&Executable>) -> Option<OpenSsl> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let maps = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.maps())
+        .map(|maps| maps.0)
+        .unwrap_or_default();
     if let Some(lib) = mapped_libssl(&maps) {
-        let name = Path::new(lib).file_name()?.to_string_lossy().into_owned();
+        let name = lib.file_name()?.to_string_lossy().into_owned();
         return Some(OpenSsl {
             library: name,
-            path: root.join(lib.trim_start_matches('/')),
+            path: root.join(lib.strip_prefix("/").unwrap_or(lib)),
         });
     }
     let exe = exe?;
@@ -36,13 +38,15 @@ pub fn find_openssl(pid: u32, exe: Option<&Executable>) -> Option<OpenSsl> {
     })
 }
 
-/// The path of a mapped `libssl.so*` in /proc/PID/maps text.
-pub fn mapped_libssl(maps: &str) -> Option<&str> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+/// The path of a mapped `libssl.so*` in a process's memory map.
+pub fn mapped_libssl(maps: &[MemoryMap]) -> Option<&Path> {
+    maps.iter()
+        .filter_map(|m| match &m.pathname {
+            MMapPath::Path(path) => Some(path.as_path()),
+            _ => None,
+        })
         .find(|path| {
-            Path::new(path)
-                .file_name()
+            path.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
         })
 }
@@ -51,20 +55,30 @@ pub fn mapped_libssl(maps: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// `/proc/PID/maps` text, as procfs reads it.
+    fn maps(text: &str) -> Vec<MemoryMap> {
+        use procfs::FromBufRead as _;
+        procfs::process::MemoryMaps::from_buf_read(text.as_bytes())
+            .unwrap()
+            .0
+    }
+
     #[test]
     fn libssl_is_found_in_maps() {
-        let maps = "\
+        let found = maps(
+            "\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 123 /usr/bin/openssl
 7f1e2c000000-7f1e2c020000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
 7f1e2c100000-7f1e2c300000 r--p 00000000 fe:00 789 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
 7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]
-";
-        assert_eq!(
-            mapped_libssl(maps),
-            Some("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+",
         );
         assert_eq!(
-            mapped_libssl("7f00-7f01 r--p 0 fe:00 1 /lib/libc.so.6\n"),
+            mapped_libssl(&found),
+            Some(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3"))
+        );
+        assert_eq!(
+            mapped_libssl(&maps("7f00-7f01 r--p 0 fe:00 1 /lib/libc.so.6\n")),
             None
         );
     }
