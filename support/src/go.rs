@@ -99,6 +99,14 @@ pub struct GoBuild {
     pub pie: bool,
 }
 
+impl GoBuild {
+    /// Stripped, not position-independent.
+    pub const STRIPPED: GoBuild = GoBuild {
+        stripped: true,
+        pie: false,
+    };
+}
+
 /// The Go server's source.
 pub fn https_server_source() -> PathBuf {
     workspace_root().join("tests/go/https_server.go")

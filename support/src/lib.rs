@@ -1,12 +1,14 @@
 //! What the integration tests (`tests/`) and `cargo xtask` both do: find the workspace, tell
 //! whether we run as root, read the line a test server prints once it listens, make throw-away
-//! TLS certificates, and build the Go test servers.
+//! TLS certificates (and start `openssl s_server` with them), read the result line of
+//! `workload load`, and build the Go test servers.
 //!
 //! Errors are `anyhow` errors that name the failing step: xtask reports them, the tests panic
 //! with them.
 
 pub mod go;
 pub mod listening;
+pub mod load;
 pub mod tls;
 
 use std::{

@@ -1,12 +1,16 @@
 //! Throw-away TLS certificates for the HTTPS test servers (`openssl s_server`, nginx,
-//! `tls-server`, the Go server, the workload's HTTPS mode).
+//! `tls-server`, the Go server, the workload's HTTPS mode), and `openssl s_server` started
+//! with one.
 
 use std::{
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 
 use crate::run_quietly;
 
@@ -37,6 +41,57 @@ pub fn make_cert(dir: &Path) -> Result<CertKey> {
     Ok(CertKey { cert, key })
 }
 
+/// How long a TLS test server (`openssl s_server`, nginx) may take to listen.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(20);
+
+/// Starts `openssl s_server -quiet -accept 127.0.0.1:PORT -cert CERT -key KEY EXTRA...` in
+/// its plain mode on a free port, and waits (up to [`LISTEN_WAIT`]) until it
+/// listens: (the process, its port). `spawn` starts the command (the caller's own process
+/// handle, e.g. one that kills the server when dropped); `extra` are more s_server flags, e.g.
+/// `-www`. Its stdin stays open (piped, never written: on EOF the plain mode stops serving),
+/// its stdout and stderr are discarded.
+///
+/// The connection that found it listening was a (failed) handshake of its own.
+pub fn start_s_server<P>(
+    cert: &CertKey,
+    extra: &[&str],
+    spawn: impl FnOnce(&mut Command) -> Result<P>,
+) -> Result<(P, u16)> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("picking a free port for openssl s_server")?
+        .port();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_server", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert.cert)
+        .arg("-key")
+        .arg(&cert.key)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = spawn(&mut cmd).context("starting openssl s_server")?;
+    wait_until_listening("s_server", port, LISTEN_WAIT)?;
+    Ok((server, port))
+}
+
+/// Waits up to `timeout` until a connection to 127.0.0.1:`port` succeeds; `what` names the
+/// server in the error. The connection is closed at once (to a TLS server: a failed
+/// handshake).
+pub fn wait_until_listening(what: &str, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +105,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    }
+
+    #[test]
+    fn starts_s_server_and_it_listens() {
+        let dir =
+            std::env::temp_dir().join(format!("tracer-support-s-server-{}", std::process::id()));
+        let cert = make_cert(&dir).unwrap();
+        let (mut child, port) = start_s_server(&cert, &["-www"], |cmd| Ok(cmd.spawn()?)).unwrap();
+        let listening = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(listening);
     }
 }

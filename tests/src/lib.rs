@@ -7,6 +7,7 @@
 //!   listening line), and the `workload load` generator;
 //! - [`TempDir`] and [`wait_for`]: scratch directories and bounded polling;
 //! - [`http`]: a tiny HTTP client (and the server's parser).
+//! - [`go_tests!`]: a check run as one test per Go toolchain and build.
 //!
 //! What xtask does too (certificates, the Go server) lives in the `tracer-support` crate,
 //! re-exported here as [`support`].
@@ -15,15 +16,15 @@
 //! `#[ignore = "needs root"]`; `cargo xtask test` runs them, as root, with
 //! `--include-ignored`.
 
+mod go;
 pub mod http;
 pub mod session;
 mod temp;
 
 pub use http::{HttpClient, Response};
 pub use temp::TempDir;
-pub use tracer_support::{self as support, is_root, workspace_root};
+pub use tracer_support::{self as support, is_root, load::LoadResult, workspace_root};
 
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -170,20 +171,6 @@ pub fn wait_for<T, E: std::fmt::Display>(
     }
 }
 
-/// Summary printed (as one JSON line) by `workload load`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadResult {
-    /// Requests answered with a 2xx status.
-    pub requests: u64,
-    /// Connect failures, I/O errors and non-2xx responses.
-    pub errors: u64,
-    pub duration_s: f64,
-    pub rps: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
-}
-
 /// Starts `workload load` against `addr` with stdout piped; finish it with
 /// [`load_result`]. Uses `workload` found via [`bin_path`].
 pub fn run_load(
@@ -265,13 +252,5 @@ mod tests {
     #[should_panic(expected = "not within 50ms: never")]
     fn wait_for_is_bounded() {
         wait_for(Duration::from_millis(50), || Err::<(), _>("never"));
-    }
-
-    #[test]
-    fn load_result_json() {
-        let json = r#"{"requests":10,"errors":0,"duration_s":1.0,"rps":10.0,"p50_us":5.5,"p99_us":9.0,"max_us":9.5}"#;
-        let r: LoadResult = serde_json::from_str(json).unwrap();
-        assert_eq!((r.requests, r.errors), (10, 0));
-        assert_eq!(serde_json::to_string(&r).unwrap(), json);
     }
 }

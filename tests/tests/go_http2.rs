@@ -168,20 +168,10 @@ fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
     );
 }
 
-/// Debian's Go 1.19, with its symbol table.
-#[test]
-#[ignore = "needs root"]
-fn go_1_19_http2_streams_are_requests() {
-    each_stream_is_a_request(Toolchain::System, GoBuild::default());
-}
-
-/// The newest Go, stripped: the HTTP/2 server's functions found in `.gopclntab`.
-#[test]
-#[ignore = "needs root"]
-fn go_1_27_stripped_http2_streams_are_requests() {
-    let stripped = GoBuild {
-        stripped: true,
-        pie: false,
-    };
-    each_stream_is_a_request(Toolchain::GoBin("1.27.3"), stripped);
+tracer_tests::go_tests! {
+    check: each_stream_is_a_request;
+    /// Debian's Go 1.19, with its symbol table.
+    go_1_19_http2_streams_are_requests: Toolchain::System, GoBuild::default();
+    /// The newest Go, stripped: the HTTP/2 server's functions found in `.gopclntab`.
+    go_1_27_stripped_http2_streams_are_requests: Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED;
 }

@@ -91,20 +91,10 @@ fn lists_the_contended_mutex_and_its_wakers(toolchain: Toolchain, build: GoBuild
     service.assert_serving();
 }
 
-/// Debian's Go 1.19: every semaphore wait is `semacquire`.
-#[test]
-#[ignore = "needs root"]
-fn go_1_19_lists_the_contended_mutex() {
-    lists_the_contended_mutex_and_its_wakers(Toolchain::System, GoBuild::default());
-}
-
-/// The newest Go, stripped: `sync.Mutex.Lock` names the mutex.
-#[test]
-#[ignore = "needs root"]
-fn go_1_27_stripped_lists_the_contended_mutex() {
-    let stripped = GoBuild {
-        stripped: true,
-        pie: false,
-    };
-    lists_the_contended_mutex_and_its_wakers(Toolchain::GoBin("1.27.3"), stripped);
+tracer_tests::go_tests! {
+    check: lists_the_contended_mutex_and_its_wakers;
+    /// Debian's Go 1.19: every semaphore wait is `semacquire`.
+    go_1_19_lists_the_contended_mutex: Toolchain::System, GoBuild::default();
+    /// The newest Go, stripped: `sync.Mutex.Lock` names the mutex.
+    go_1_27_stripped_lists_the_contended_mutex: Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED;
 }

@@ -91,22 +91,11 @@ fn a_netpoll_wakeup_then_waits_for_the_scheduler(toolchain: Toolchain, build: Go
     service.assert_serving();
 }
 
-/// Debian's Go 1.19, with its symbol table and DWARF.
-#[test]
-#[ignore = "needs root"]
-fn go_1_19_netpoll_wakeups_wait_for_the_scheduler() {
-    a_netpoll_wakeup_then_waits_for_the_scheduler(Toolchain::System, GoBuild::default());
-}
-
-/// The newest Go, stripped: `g.schedlink`'s offset from the release's table.
-#[test]
-#[ignore = "needs root"]
-fn go_1_27_stripped_netpoll_wakeups_wait_for_the_scheduler() {
-    a_netpoll_wakeup_then_waits_for_the_scheduler(
-        Toolchain::GoBin("1.27.3"),
-        GoBuild {
-            stripped: true,
-            ..GoBuild::default()
-        },
-    );
+tracer_tests::go_tests! {
+    check: a_netpoll_wakeup_then_waits_for_the_scheduler;
+    /// Debian's Go 1.19, with its symbol table and DWARF.
+    go_1_19_netpoll_wakeups_wait_for_the_scheduler: Toolchain::System, GoBuild::default();
+    /// The newest Go, stripped: `g.schedlink`'s offset from the release's table.
+    go_1_27_stripped_netpoll_wakeups_wait_for_the_scheduler:
+        Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED;
 }

@@ -20,7 +20,7 @@ use tracer_tests::{
     session::Tracer,
     support::{
         go::{build_https_server, GoBuild},
-        tls::CertKey,
+        tls::{start_s_server, CertKey},
     },
     TempDir, Workload,
 };
@@ -42,23 +42,11 @@ impl SServer {
     /// `extra`: more s_server flags, e.g. `-www`.
     fn start_with(name: &str, extra: &[&str]) -> SServer {
         let dir = TempDir::new(name);
-        let CertKey { cert, key } = make_cert(dir.path());
-        let port = free_port();
-        let child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .args(extra)
-            // Its stdin stays open (piped, never written): on EOF it would stop serving.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start openssl s_server");
-        wait_listening(port);
+        let cert = make_cert(dir.path());
+        let (child, port) = start_s_server(&cert, extra, |cmd| Ok(cmd.spawn()?))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        // That probe connection was a (failed) handshake of its own; let s_server drop it.
+        std::thread::sleep(Duration::from_millis(200));
         SServer { child, port, dir }
     }
 
@@ -101,19 +89,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s_server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // That probe connection was a (failed) handshake of its own; let s_server drop it.
-    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// `openssl s_client FLAGS... -connect 127.0.0.1:PORT`, bounded to 20 s.
@@ -996,11 +971,10 @@ fn go_handshake_waiting_for_a_delayed_client_is_peer_wait() {
     const DELAY_MS: u64 = 150;
     const CONNECTIONS: u64 = 4;
     let dir = TempDir::new("go-delay");
-    let build = GoBuild {
-        stripped: true,
-        pie: false,
-    };
-    let server = https_server(&go_server(dir.path(), build), &make_cert(dir.path()));
+    let server = https_server(
+        &go_server(dir.path(), GoBuild::STRIPPED),
+        &make_cert(dir.path()),
+    );
     let proxy = DelayProxy::start(server.addr.port(), Duration::from_millis(DELAY_MS));
     let tracer = Tracer::attach(server.pid).args(["-i", "1"]).start();
     for _ in 0..CONNECTIONS {

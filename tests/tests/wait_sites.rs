@@ -139,22 +139,12 @@ fn names_each_wait_site(toolchain: Toolchain, build: GoBuild) {
     service.assert_serving();
 }
 
-/// Debian's Go 1.19, with its symbol table and DWARF.
-#[test]
-#[ignore = "needs root"]
-fn go_1_19_wait_sites_are_named() {
-    names_each_wait_site(Toolchain::System, GoBuild::default());
-}
-
-/// The newest Go, stripped: names, lines and inlined frames from `.gopclntab`.
-#[test]
-#[ignore = "needs root"]
-fn go_1_27_stripped_wait_sites_are_named() {
-    let stripped = GoBuild {
-        stripped: true,
-        pie: false,
-    };
-    names_each_wait_site(Toolchain::GoBin("1.27.3"), stripped);
+tracer_tests::go_tests! {
+    check: names_each_wait_site;
+    /// Debian's Go 1.19, with its symbol table and DWARF.
+    go_1_19_wait_sites_are_named: Toolchain::System, GoBuild::default();
+    /// The newest Go, stripped: names, lines and inlined frames from `.gopclntab`.
+    go_1_27_stripped_wait_sites_are_named: Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED;
 }
 
 /// The bundled workload (Rust, built with frame pointers in its own code, std without): the

@@ -41,11 +41,7 @@ fn plain_go() -> PathBuf {
 
 fn stripped_go() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    let build = GoBuild {
-        stripped: true,
-        pie: false,
-    };
-    go_service(&EXE, Toolchain::GoBin("1.27.3"), build)
+    go_service(&EXE, Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED)
 }
 
 /// Stripped and position-independent: loaded at a random address, its module data's
@@ -447,21 +443,21 @@ fn load_base(pid: u32, exe: &Path) -> u64 {
         .find(|s| s.file_range().0 == 0)
         .expect("a segment at offset 0")
         .address();
-    mapped_at_offset_0(pid, exe) - linked
+    let exe = std::fs::canonicalize(exe).unwrap();
+    offset_0_mapping(pid, |p| p == exe).expect("the executable's first mapping") - linked
 }
 
-fn mapped_at_offset_0(pid: u32, exe: &Path) -> u64 {
-    let exe = std::fs::canonicalize(exe).unwrap();
+/// Where `pid` maps file offset 0 of the first file whose path passes `is_it`.
+fn offset_0_mapping(pid: u32, is_it: impl Fn(&Path) -> bool) -> Option<u64> {
     let maps = procfs::process::Process::new(pid as i32)
         .unwrap()
         .maps()
         .unwrap();
     maps.into_iter()
         .find(|m| {
-            m.offset == 0 && matches!(&m.pathname, procfs::process::MMapPath::Path(p) if *p == exe)
+            m.offset == 0 && matches!(&m.pathname, procfs::process::MMapPath::Path(p) if is_it(p))
         })
         .map(|m| m.address.0)
-        .expect("the executable's first mapping")
 }
 
 /// Where libc's `name` is in `pid`: this process's own libc is the same file, so its
@@ -475,18 +471,11 @@ fn libc_address(pid: u32, name: &str) -> u64 {
 }
 
 fn libc_base(pid: u32) -> u64 {
-    let maps = procfs::process::Process::new(pid as i32)
-        .unwrap()
-        .maps()
-        .unwrap();
-    maps.into_iter()
-        .find(|m| {
-            m.offset == 0
-                && matches!(&m.pathname, procfs::process::MMapPath::Path(p)
-                    if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so")))
-        })
-        .map(|m| m.address.0)
-        .expect("libc mapped")
+    offset_0_mapping(pid, |p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+    })
+    .expect("libc mapped")
 }
 
 /// How long 1,000 distinct addresses of a Go executable take, from a cold symbolizer: the

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
+use tracer_support::load::LoadResult;
 
 use crate::cmdline;
 
@@ -36,19 +36,14 @@ pub fn run_workload_load(cmd: &mut Command) -> Result<Load> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .with_context(|| format!("`{line}` printed no JSON line: {:?}", stdout.trim()))?;
-    let value: Value = serde_json::from_str(json)
+    let result: LoadResult = serde_json::from_str(json)
         .with_context(|| format!("`{line}` printed malformed JSON: {json}"))?;
     Ok(Load {
-        rps: number(&value, "/rps"),
-        p99_us: number(&value, "/p99_us"),
-        errors: number(&value, "/errors"),
+        rps: Some(result.rps),
+        p99_us: Some(result.p99_us),
+        errors: Some(result.errors as f64),
         ..Load::default()
     })
-}
-
-/// A number at a JSON pointer; `None` when missing or not a number.
-fn number(value: &Value, pointer: &str) -> Option<f64> {
-    value.pointer(pointer)?.as_f64()
 }
 
 /// `openssl s_time` for `seconds`: new TLS connections back to back; connections per wall

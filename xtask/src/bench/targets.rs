@@ -3,17 +3,15 @@
 
 use std::{
     ffi::OsStr,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::Path,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use tracer_support::{
     go::{build_go_program, build_https_server, go_service_source, GoBuild, Toolchain},
-    tls::{make_cert, CertKey},
+    tls::{make_cert, start_s_server, wait_until_listening, CertKey, LISTEN_WAIT},
 };
 
 use super::{
@@ -21,9 +19,6 @@ use super::{
     scenarios::{GoLoad, Target},
 };
 use crate::workload::{load_command, Proc, Server};
-
-/// How long `openssl s_server` may take to listen.
-const S_SERVER_LISTEN_WAIT: Duration = Duration::from_secs(20);
 
 /// Runs one load phase to completion.
 pub type LoadFn = Box<dyn FnMut() -> Result<Load>>;
@@ -222,14 +217,7 @@ fn nginx(tmp: &Path, connections: u32, seconds: u32) -> Result<Running> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let proc = Proc::spawn(&mut cmd).context("starting nginx (package nginx-light)")?;
-    let deadline = Instant::now() + S_SERVER_LISTEN_WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "nginx did not listen on port {port}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening("nginx", port, LISTEN_WAIT)?;
     let url = format!("http://127.0.0.1:{port}/");
     Ok(Running {
         // taskset executes nginx in its own process.
@@ -277,30 +265,7 @@ struct SServer {
 impl SServer {
     /// Starts it with the extra `flags` on a free port, and waits until it listens.
     fn start(tmp: &Path, flags: &[&str]) -> Result<SServer> {
-        let CertKey { cert, key } = make_cert(tmp)?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = Command::new("openssl");
-        cmd.args([
-            "s_server",
-            "-quiet",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .args(flags)
-        // stdin stays open: on EOF the plain mode stops serving
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let proc = Proc::spawn(&mut cmd)?;
-        let deadline = Instant::now() + S_SERVER_LISTEN_WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "s_server did not listen");
-            thread::sleep(Duration::from_millis(20));
-        }
+        let (proc, port) = start_s_server(&make_cert(tmp)?, flags, Proc::spawn)?;
         println!(
             "$ openssl s_server -accept 127.0.0.1:{port} {} (pid {})",
             flags.join(" "),
