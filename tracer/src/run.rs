@@ -27,7 +27,7 @@ use crate::{
         sites::{SiteNamer, StackSource},
         summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
     },
-    symbols::Symbolizer,
+    symbols::{self, Symbolizer},
     target::{self, fds::ProcFds, go, Executable, Target},
 };
 
@@ -178,10 +178,16 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // at the end.
     let symbolizer = if stacks_on {
         // The executable read above is handed over, not read again.
-        match exe {
-            Some(Ok(exe)) => Symbolizer::with_executable(target.pid, exe),
-            _ => Symbolizer::new(target.pid),
-        }
+        let exe = match exe {
+            Some(Ok(exe)) => Ok(exe),
+            _ => Executable::read(target.pid),
+        };
+        exe.and_then(|exe| {
+            if let Some(line) = symbols::frame_pointer_warning(&exe, &target.comm) {
+                eprintln!("tracer: {line}");
+            }
+            Symbolizer::with_executable(target.pid, exe)
+        })
         .map_err(|e| eprintln!("tracer: call sites will not be named: {e:#}"))
         .ok()
     } else {

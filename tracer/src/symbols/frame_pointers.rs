@@ -25,7 +25,12 @@ pub fn keeps_frame_pointers(path: &Path) -> Result<Option<bool>> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file =
         object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
-    if go_sections(&file)?.is_some() {
+    kept_in(&file)
+}
+
+/// [`keeps_frame_pointers`] of an ELF file already parsed.
+pub fn kept_in(file: &object::File) -> Result<Option<bool>> {
+    if go_sections(file)?.is_some() {
         return Ok(Some(true));
     }
     let functions: Vec<_> = if file.symbols().next().is_some() {

@@ -15,7 +15,8 @@
 //! an inlined call, would be named by what follows it). A stack walked through code built
 //! without frame pointers stops early; the caller says so with [`UserStack::truncated`], and
 //! the stack gets a `[truncated]` root frame so that it is not mistaken for a whole one.
-//! [`keeps_frame_pointers`] tells whether a module was built with them.
+//! [`frame_pointers`] tells whether a module was built with them (the tracer warns at start
+//! when the target's executable was not).
 
 pub mod frame_pointers;
 pub mod go;
@@ -35,6 +36,18 @@ use blazesym::{
     },
     Pid,
 };
+
+/// What to tell the user when the target's executable was built without frame pointers: the
+/// kernel walks a user stack by them, so the call sites in its code may be cut short.
+pub fn frame_pointer_warning(exe: &Executable, comm: &str) -> Option<String> {
+    let kept = exe.elf().and_then(|elf| frame_pointers::kept_in(&elf));
+    matches!(kept, Ok(Some(false))).then(|| {
+        format!(
+            "{comm}'s executable was built without frame pointers: call sites in its code may \
+             be cut short ({TRUNCATED}); build it with -fno-omit-frame-pointer for whole stacks"
+        )
+    })
+}
 
 /// The root frame given to a stack the kernel could not walk to its end.
 pub const TRUNCATED: &str = "[truncated]";

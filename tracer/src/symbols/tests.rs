@@ -376,6 +376,20 @@ fn frame_pointers_are_seen_in_prologues() {
     );
 }
 
+/// The tracer warns at start about a target built without frame pointers, and only then.
+#[test]
+fn a_target_without_frame_pointers_is_warned_about() {
+    let without = build_c("wait_here_omit_fp", &["-O2", "-fomit-frame-pointer"]);
+    let warning = |exe: &Path| {
+        let running = Running::start(exe, &[]);
+        let exe = crate::target::Executable::read(running.pid()).unwrap();
+        super::frame_pointer_warning(&exe, "prog")
+    };
+    let line = warning(&without).expect("a warning");
+    assert!(line.contains("without frame pointers"), "{line}");
+    assert_eq!(warning(&c_program()), None);
+}
+
 /// A C program built with DWARF is named by blazesym, with file:line, through the
 /// process's memory map (a position-independent executable: its load address is not the
 /// linked one); an address in libc is named by libc's symbols.
