@@ -384,9 +384,10 @@ fn sigkill_leaves_whole_lines_under_the_partial_name() {
         .args(["--slow", "0", "-i", "3600"])
         .start();
     let tracer_pid = tracer.pid();
-    // Wherever the tracer writes, wait for many lines (many buffer-fulls), then kill it.
+    // Wherever the tracer writes, wait for many lines (many buffer-fulls: a line that names
+    // its wait's call site is a few kB), then kill it.
     wait_for(WRITE_TIMEOUT, || {
-        (bytes_in(&out, "requests.jsonl") > 200_000)
+        (bytes_in(&out, "requests.jsonl") > 200_000 && newlines_in(&out, "requests.jsonl") > 100)
             .then_some(())
             .ok_or("requests logged")
     });
@@ -423,14 +424,26 @@ fn sigkill_leaves_whole_lines_under_the_partial_name() {
 }
 
 /// Bytes in the files of `dir` whose names start with `prefix`.
-fn bytes_in(dir: &Path, prefix: &str) -> u64 {
+/// The files named `prefix...` in `dir` (none if it cannot be read).
+fn files_named<'a>(dir: &Path, prefix: &'a str) -> impl Iterator<Item = std::fs::DirEntry> + 'a {
     std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(move |e| e.file_name().to_string_lossy().starts_with(prefix))
+}
+
+/// The lines the files named `prefix...` in `dir` end so far.
+fn newlines_in(dir: &Path, prefix: &str) -> usize {
+    files_named(dir, prefix)
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+        .sum()
+}
+
+fn bytes_in(dir: &Path, prefix: &str) -> u64 {
+    files_named(dir, prefix)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
