@@ -89,13 +89,19 @@ struct OpenRequest {
     largest_wait: Option<LargestWait>,
 }
 
+/// Contexts with no open request kept in `Requests::open_by_ctx` beyond twice the open
+/// requests, before the empty entries are dropped (amortized: a pass per that many inserts).
+const MAX_IDLE_CONTEXTS: usize = 1024;
+
 /// Requests open on connections (by fd) and HTTP/2 streams, and those finished since last
 /// taken.
 #[derive(Default)]
 pub(super) struct Requests {
     open: HashMap<RequestOn, OpenRequest>,
     /// The keys of `open`, by the context serving them: a context's requests are looked up
-    /// at each of its waits and at its exit, without a scan of every open request.
+    /// at each of its waits and at its exit, without a scan of every open request. A
+    /// context's entry stays when its last request closes, so that its next one (a
+    /// keep-alive connection's) reuses it; [`Requests::sweep`] drops the empty ones now and then.
     open_by_ctx: HashMap<ExecCtx, Vec<RequestOn>>,
     /// The context that served each connection's last request.
     served_by: HashMap<u32, ExecCtx>,
@@ -185,6 +191,9 @@ impl Requests {
             self.unindex(replaced.ctx, on);
         }
         self.open_by_ctx.entry(ctx).or_default().push(on);
+        if self.open_by_ctx.len() > 2 * self.open.len() + MAX_IDLE_CONTEXTS {
+            self.sweep();
+        }
     }
 
     /// The request open `on` a connection or stream, no longer open.
@@ -201,10 +210,13 @@ impl Requests {
             if let Some(at) = keys.iter().position(|&k| k == on) {
                 keys.remove(at);
             }
-            if keys.is_empty() {
-                self.open_by_ctx.remove(&ctx);
-            }
         }
+    }
+
+    /// Drops the contexts that serve no open request from the index, once there are many
+    /// (a context that exits or goes unseen leaves no entry behind for long).
+    fn sweep(&mut self) {
+        self.open_by_ctx.retain(|_, keys| !keys.is_empty());
     }
 
     pub fn open_keys(&self) -> Vec<RequestOn> {
@@ -414,5 +426,53 @@ impl<R: FdResolver> Engine<R> {
             shared_context: req.shared_context,
             largest_wait: req.largest_wait,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_request(ctx: ExecCtx) -> OpenRequest {
+        OpenRequest {
+            ctx,
+            opened_as: 1,
+            start: Snapshot {
+                ts: 0,
+                at: Breakdown::default(),
+            },
+            last_write: None,
+            incomplete: false,
+            shared_context: false,
+            tls: None,
+            largest_wait: None,
+        }
+    }
+
+    /// A keep-alive context keeps its index entry between requests, but contexts that come
+    /// and go (a thread or goroutine per connection) leave no entry behind for long.
+    #[test]
+    fn the_index_of_contexts_stays_bounded() {
+        let mut requests = Requests::default();
+        for tid in 0..20_000 {
+            let on = RequestOn::Connection(tid % 7);
+            requests.insert(on, open_request(ExecCtx::Thread(Tid(tid))));
+            requests.remove(on);
+        }
+        assert!(requests.open.is_empty());
+        assert!(
+            requests.open_by_ctx.len() <= MAX_IDLE_CONTEXTS + 1,
+            "{} contexts indexed",
+            requests.open_by_ctx.len()
+        );
+        // The same context again and again: one entry, reused.
+        let keep_alive = ExecCtx::Thread(Tid(99_999));
+        for _ in 0..10 {
+            let on = RequestOn::Connection(3);
+            requests.insert(on, open_request(keep_alive));
+            assert_eq!(requests.open_by_ctx[&keep_alive], [on]);
+            requests.remove(on);
+        }
+        assert!(requests.open_by_ctx[&keep_alive].is_empty());
     }
 }
