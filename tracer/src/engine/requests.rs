@@ -196,6 +196,20 @@ impl Requests {
         }
     }
 
+    /// `request` is open `on` a connection or stream in place of the answered one there,
+    /// which is returned. Served by the same context (a keep-alive connection's next
+    /// request), it takes its place without a change to the index.
+    fn replace(&mut self, on: RequestOn, request: OpenRequest) -> Option<OpenRequest> {
+        match self.open.get_mut(&on) {
+            Some(open) if open.ctx == request.ctx => Some(std::mem::replace(open, request)),
+            _ => {
+                let answered = self.remove(on);
+                self.insert(on, request);
+                answered
+            }
+        }
+    }
+
     /// The request open `on` a connection or stream, no longer open.
     fn remove(&mut self, on: RequestOn) -> Option<OpenRequest> {
         let request = self.open.remove(&on)?;
@@ -244,26 +258,34 @@ impl<R: FdResolver> Engine<R> {
     /// A read returned request bytes on a connection.
     pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32) {
         let on = RequestOn::Connection(fd);
-        match self.requests.open.get(&on) {
+        // An answered request open on the connection: this is the next one.
+        let next = match self.requests.open.get(&on) {
             Some(req) if req.last_write.is_none() => return, // more of the same request
-            Some(_) => self.finish(on),                      // the next request
-            None => {}
-        }
+            Some(_) => true,
+            None => false,
+        };
         let ctx = self.serving_ctx(fd, self.current_ctx(tid), ts);
         let start = match (ctx, self.threads.get(tid)) {
             // A thread: from the wakeup that ended the read's block, if it blocked.
             (ExecCtx::Thread(_), Some(thread)) => match thread.last_wakeup {
-                Some(woke) if woke.blocked_reading(fd) => woke.at,
-                _ => thread.timeline.snapshot(ts),
+                Some(woke) if woke.blocked_reading(fd) => Some(woke.at),
+                _ => Some(thread.timeline.snapshot(ts)),
             },
             // A goroutine: its reads do not block (they park, for `IO wait`), so from the
             // read that returned the request, as net/http sees it.
-            _ => match self.ctx_snapshot(ctx, ts) {
-                Some(now) => now,
-                None => return,
-            },
+            _ => self.ctx_snapshot(ctx, ts),
         };
-        self.open_request(ctx, on, start);
+        match start.and_then(|start| self.new_request(ctx, on, start)) {
+            // In place of the answered one (a keep-alive connection's next request).
+            Some(request) if next => {
+                if let Some(answered) = self.requests.replace(on, request) {
+                    self.settle(on, answered);
+                }
+            }
+            Some(request) => self.requests.insert(on, request),
+            None if next => self.finish(on),
+            None => {}
+        }
     }
 
     /// Goroutine `goid` starts to run an HTTP/2 stream's handler: its request, from now.
@@ -329,14 +351,21 @@ impl<R: FdResolver> Engine<R> {
 
     /// Open a request `on` a connection or stream, served by `ctx`, that started at `start`.
     pub(super) fn open_request(&mut self, ctx: ExecCtx, on: RequestOn, start: Snapshot) {
+        if let Some(request) = self.new_request(ctx, on, start) {
+            self.requests.insert(on, request);
+        }
+    }
+
+    /// A request `on` a connection or stream, served by `ctx`, that started at `start`,
+    /// counted among its context's waiting ones, to be put in the open set; `None` where no
+    /// request opens (an HTTP/2 connection, a context not followed).
+    fn new_request(&mut self, ctx: ExecCtx, on: RequestOn, start: Snapshot) -> Option<OpenRequest> {
         if let RequestOn::Connection(fd) = on {
             if self.fds.known(fd) == Some(FdKind::Http2Connection) {
-                return; // its streams are the requests
+                return None; // its streams are the requests
             }
         }
-        let Some(waiting) = self.open_requests_mut(ctx) else {
-            return;
-        };
+        let waiting = self.open_requests_mut(ctx)?;
         waiting.now += 1;
         waiting.opened += 1;
         // Another request of its context is waiting; the ones opened while it waits are
@@ -347,19 +376,16 @@ impl<R: FdResolver> Engine<R> {
             self.requests.served_by.insert(fd, ctx);
             self.tls.take_pending(fd)
         });
-        self.requests.insert(
-            on,
-            OpenRequest {
-                ctx,
-                opened_as,
-                start,
-                last_write: None,
-                incomplete: false,
-                shared_context,
-                tls,
-                largest_wait: None,
-            },
-        );
+        Some(OpenRequest {
+            ctx,
+            opened_as,
+            start,
+            last_write: None,
+            incomplete: false,
+            shared_context,
+            tls,
+            largest_wait: None,
+        })
     }
 
     /// A write sent response bytes on a connection.
@@ -387,14 +413,18 @@ impl<R: FdResolver> Engine<R> {
 
     /// The request `on` a connection or stream is over: finished if answered, else aborted.
     pub(super) fn finish(&mut self, on: RequestOn) {
-        let Some(req) = self.take_open(on) else {
-            return;
-        };
-        let Some(end) = req.last_write else {
-            self.requests.aborted += 1;
-            return;
-        };
-        self.complete(on, req, end);
+        if let Some(req) = self.take_open(on) {
+            self.settle(on, req);
+        }
+    }
+
+    /// `req`, no longer open `on` a connection or stream, is over: finished if answered,
+    /// else aborted.
+    fn settle(&mut self, on: RequestOn, req: OpenRequest) {
+        match req.last_write {
+            Some(end) => self.complete(on, req, end),
+            None => self.requests.aborted += 1,
+        }
     }
 
     /// `req` ended at `end`: its breakdown, among the finished requests.
