@@ -146,6 +146,14 @@ impl Response {
             .unwrap_or(0)
     }
 
+    /// `X-Queued-After-Ns`: what the server thread waited for a CPU after the handler, before
+    /// it wrote the response (0 if absent).
+    pub fn queued_after_ns(&self) -> u64 {
+        self.header("X-Queued-After-Ns")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `X-Queued-Before-Ns`: what the server thread waited for a CPU between the connection's
     /// previous response and the handler's start (0 if absent).
     pub fn queued_before_ns(&self) -> u64 {

@@ -131,8 +131,10 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // cpu: the spin is on a CPU or, when the other core is busy, waiting for one (on a loaded
     // machine the run queue can even dominate: that is the right answer then), or its
     // virtual CPU was taken by the hypervisor (steal). The request begins at the wakeup that
-    // delivered it, so its run-queue time also holds the wait for a CPU before the handler
-    // began, which the server measured too (`X-Queued-Before-Ns`).
+    // delivered it and ends at its response's write, so its run-queue time also holds the
+    // waits for a CPU before the handler began and after it ended, which the server measured
+    // too (`X-Queued-Before-Ns`, `X-Queued-After-Ns`: on a busy machine, reading its thread
+    // clock after the spin is where the scheduler preempts the server thread).
     let spinning = |r: &RequestRecord| {
         cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue) + cause(r, Cause::Steal)
     };
@@ -146,12 +148,20 @@ fn each_endpoint_is_attributed_to_its_cause() {
     let spun = median(rows.iter().map(|(_, r)| spinning(r)).collect());
     let measured = median(
         rows.iter()
-            .map(|(s, _)| s.response.handler_ns() + s.response.queued_before_ns())
+            .map(|(s, _)| {
+                s.response.handler_ns()
+                    + s.response.queued_before_ns()
+                    + s.response.queued_after_ns()
+            })
             .collect(),
     );
     assert!(
         near(spun, measured, 0.15, 2 * MS),
-        "/cpu: on_cpu + runqueue + steal median {spun} ns, server measured {measured} ns"
+        "/cpu: on_cpu + runqueue + steal median {spun} ns, server measured {measured} ns: {rows:?}",
+        rows = rows
+            .iter()
+            .map(|(s, r)| (&s.response, r))
+            .collect::<Vec<_>>()
     );
     check(
         "/sleep?ms=20",

@@ -14,7 +14,8 @@
 //! `/sleep`, `/lock`, `/io` and `/disk` also carry `X-Runqueue-Ns`, the part of that time the thread spent
 //! waiting for a CPU, from the kernel's own account; every endpoint but `/` also carries
 //! `X-Queued-Before-Ns`, the time the thread waited for a CPU between the connection's
-//! previous response and the handler's start):
+//! previous response and the handler's start, and `X-Queued-After-Ns`, the time it waited
+//! for a CPU between the handler's end and the response's write):
 //! `/` (nothing), `/cpu?ms=N` (busy spin), `/sleep?ms=N` (nanosleep),
 //! `/lock?ms=N` (futex wait on a mutex held by another thread),
 //! `/io?ms=N` (blocking round trip to the backend, which sleeps N ms),

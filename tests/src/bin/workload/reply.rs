@@ -20,6 +20,9 @@ pub struct Reply {
     /// Time the thread waited for a CPU after the connection's previous response and before
     /// the handler began (`X-Queued-Before-Ns`).
     pub queued_before_ns: Option<u64>,
+    /// Time the thread waited for a CPU after the handler, before its response was written
+    /// (`X-Queued-After-Ns`).
+    pub queued_after_ns: Option<u64>,
     /// Close the connection after sending this reply.
     pub close: bool,
 }
@@ -34,6 +37,7 @@ impl Reply {
             cpu_ns: 0,
             runqueue_ns: None,
             queued_before_ns: None,
+            queued_after_ns: None,
             close: false,
         }
     }
@@ -85,6 +89,9 @@ impl Reply {
         }
         if let Some(ns) = self.queued_before_ns {
             headers.push(("X-Queued-Before-Ns", ns.to_string()));
+        }
+        if let Some(ns) = self.queued_after_ns {
+            headers.push(("X-Queued-After-Ns", ns.to_string()));
         }
         if self.close {
             headers.push(("Connection", "close".to_string()));

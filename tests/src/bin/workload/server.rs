@@ -159,10 +159,17 @@ impl<'a> Connection<'a> {
             eprintln!("workload: {} failed: {e:#}", req.path);
             Reply::closing(500)
         });
+        // Reading the thread clock updates the thread's runtime in the scheduler, which
+        // preempts it there when its slice is over (`update_curr()` from
+        // `task_sched_runtime()`, kernel/sched, Linux 6.18): after a long handler on a busy
+        // machine, that is most of the time. The wait that follows is the request's, up to
+        // the response's write: measured from a mark taken before the clock is read.
+        let after_handler = measure_cpu.then(RunDelayMark::now);
         if measure_cpu {
             reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
         }
         reply.queued_before_ns = queued_before;
+        reply.queued_after_ns = after_handler.map(|mark| mark.since());
         reply.close |= req.http10;
         reply
     }
