@@ -28,7 +28,7 @@ use std::{
 
 use tracer::output::{jsonl::RequestRecord, summary::Summary};
 
-use crate::{bin_path, TempDir};
+use crate::{bin_path, Response, TempDir, Workload};
 
 /// Attaching loads and verifies the programs and opens ~75 tracepoints: seconds, on a busy
 /// machine. This only bounds a hang.
@@ -568,6 +568,21 @@ fn setpriv_as_nobody(caps: &str) -> Vec<OsString> {
         format!("--bounding-set={set}").into(),
     ]
     .into()
+}
+
+/// Traces `target` with `--slow 0` (every request in `requests.jsonl`) while one keep-alive
+/// connection sends `path` `times` in a row; returns the responses and the finished run,
+/// which must have succeeded.
+pub fn trace_requests(target: &Workload, path: &str, times: usize) -> (Vec<Response>, Finished) {
+    let tracer = Tracer::attach(target.pid).args(["--slow", "0"]).start();
+    let mut client = target.client();
+    let responses = (0..times)
+        .map(|_| client.get(path).expect("request"))
+        .collect();
+    drop(client); // the close ends the last request
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    (responses, done)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use tracer::{engine::Cause, output::summary::GoLock};
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
-use tracer_tests::{session::Tracer, Response, TempDir, Workload};
+use tracer_tests::{session::trace_requests, Response, TempDir, Workload};
 
 const REQUESTS: usize = 6;
 const MS: u64 = 1_000_000;
@@ -24,14 +24,7 @@ fn lists_the_contended_mutex_and_its_wakers(toolchain: Toolchain, build: GoBuild
     let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let service = Workload::spawn_exe(&exe, &[]);
-    let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
-    let mut client = service.client();
-    let responses: Vec<Response> = (0..REQUESTS)
-        .map(|_| client.get("/lock?ms=20").expect("request"))
-        .collect();
-    drop(client);
-    let done = tracer.stop();
-    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let (responses, done) = trace_requests(&service, "/lock?ms=20", REQUESTS);
     let summary = done.summary();
 
     let address = header(&responses[0], "X-Lock-Addr");

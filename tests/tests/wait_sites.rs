@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use tracer::engine::Cause;
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
-use tracer_tests::{session::Tracer, TempDir, Workload};
+use tracer_tests::{
+    session::{trace_requests, Tracer},
+    TempDir, Workload,
+};
 
 const ROUNDS: usize = 3;
 
@@ -157,14 +160,7 @@ tracer_tests::go_tests! {
 #[ignore = "needs root"]
 fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
     let workload = Workload::spawn();
-    let tracer = Tracer::attach(workload.pid).args(["--slow", "0"]).start();
-    let mut client = workload.client();
-    let responses: Vec<_> = (0..ROUNDS * 2)
-        .map(|_| client.get("/lock?ms=20").expect("request"))
-        .collect();
-    drop(client);
-    let done = tracer.stop();
-    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let (responses, done) = trace_requests(&workload, "/lock?ms=20", ROUNDS * 2);
     let summary = done.summary();
     let sites = summary
         .wait_sites
