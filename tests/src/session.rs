@@ -121,7 +121,10 @@ impl Finished {
 
 /// `summary.json` in `dir`; panics if it is missing or does not hold a [`Summary`].
 pub fn read_summary(dir: &Path) -> Summary {
-    Summary::read(dir).unwrap_or_else(|e| panic!("{e:#}"))
+    Summary::read(dir).unwrap_or_else(|e| {
+        let text = std::fs::read_to_string(dir.join("summary.json")).unwrap_or_default();
+        panic!("{e:#}:\n{text}")
+    })
 }
 
 /// `summary.json` (if there is one) and the lines of `requests.jsonl` in `dir`.
@@ -535,7 +538,6 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `setpriv` (util-linux), which the privilege tests need.
 /// `setpriv` (util-linux, which `cargo xtask test` installs): the privilege tests fail
 /// without it rather than pass having checked nothing.
 pub fn setpriv() -> PathBuf {

@@ -423,7 +423,6 @@ fn sigkill_leaves_whole_lines_under_the_partial_name() {
     );
 }
 
-/// Bytes in the files of `dir` whose names start with `prefix`.
 /// The files named `prefix...` in `dir` (none if it cannot be read).
 fn files_named<'a>(dir: &Path, prefix: &'a str) -> impl Iterator<Item = std::fs::DirEntry> + 'a {
     std::fs::read_dir(dir)
@@ -441,6 +440,7 @@ fn newlines_in(dir: &Path, prefix: &str) -> usize {
         .sum()
 }
 
+/// Bytes in the files of `dir` whose names start with `prefix`.
 fn bytes_in(dir: &Path, prefix: &str) -> u64 {
     files_named(dir, prefix)
         .filter_map(|e| e.metadata().ok())

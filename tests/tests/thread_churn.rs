@@ -42,9 +42,10 @@ fn memory_and_output_stay_bounded_with_many_short_lived_threads() {
         "RSS grew from {early} kB to {late} kB while tracing"
     );
     let peak = u64::try_from(done.summary().collector.max_rss_kb).expect("an RSS in kB");
-    // The true peak: not below what the tracer was seen to use while tracing.
+    // The true peak: not below what the tracer was seen to use while tracing (less 1 MiB:
+    // VmRSS and the peak are read from the kernel's approximate per-CPU RSS counters).
     assert!(
-        peak >= late,
+        peak + 1024 >= late,
         "peak RSS {peak} kB reported, {late} kB seen while tracing"
     );
     assert!(

@@ -578,7 +578,7 @@ impl Nginx {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start nginx");
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + tracer_support::tls::LISTEN_WAIT;
             let worker = loop {
                 if master.try_wait().unwrap().is_some() {
                     break None; // it could not start (the port was taken?)

@@ -479,22 +479,45 @@ mod tests {
         }
     }
 
+    /// A connection's next request takes the answered one's place: in place when the same
+    /// context serves it, else moved in the index to the context that does.
+    #[test]
+    fn the_next_request_replaces_the_answered_one() {
+        let mut requests = Requests::default();
+        let on = RequestOn::Connection(5);
+        let (first, second) = (ExecCtx::Thread(Tid(1)), ExecCtx::Thread(Tid(2)));
+        requests.insert(on, open_request(first));
+        let answered = requests.replace(on, open_request(first)).expect("answered");
+        assert_eq!(answered.ctx, first);
+        assert_eq!(requests.open_by_ctx[&first], [on]);
+        let answered = requests
+            .replace(on, open_request(second))
+            .expect("answered");
+        assert_eq!(answered.ctx, first);
+        assert!(requests.open_by_ctx[&first].is_empty());
+        assert_eq!(requests.open_by_ctx[&second], [on]);
+        assert_eq!(requests.open[&on].ctx, second);
+        assert_eq!(requests.open.len(), 1);
+    }
+
     /// A keep-alive context keeps its index entry between requests, but contexts that come
     /// and go (a thread or goroutine per connection) leave no entry behind for long.
     #[test]
     fn the_index_of_contexts_stays_bounded() {
         let mut requests = Requests::default();
+        // A sweep runs at an insert that finds more than 2 x open + MAX_IDLE_CONTEXTS.
+        let bound = 2 + MAX_IDLE_CONTEXTS;
         for tid in 0..20_000 {
             let on = RequestOn::Connection(tid % 7);
             requests.insert(on, open_request(ExecCtx::Thread(Tid(tid))));
             requests.remove(on);
+            assert!(
+                requests.open_by_ctx.len() <= bound,
+                "{} contexts indexed after {tid}",
+                requests.open_by_ctx.len()
+            );
         }
         assert!(requests.open.is_empty());
-        assert!(
-            requests.open_by_ctx.len() <= MAX_IDLE_CONTEXTS + 1,
-            "{} contexts indexed",
-            requests.open_by_ctx.len()
-        );
         // The same context again and again: one entry, reused.
         let keep_alive = ExecCtx::Thread(Tid(99_999));
         for _ in 0..10 {

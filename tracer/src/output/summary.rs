@@ -675,20 +675,20 @@ fn top_locks(c: &Collector) -> Vec<Lock> {
 
 /// What the lock detail lists of one contended address, thread or Go lock alike: its top
 /// waiters and wakers, each made by `waiter` and `waker`, and what the others did.
-struct Contention<Waiter, Waker> {
+struct Contention<ListedWaiter, ListedWaker> {
     wait_ns: u64,
     waits: u64,
-    waiters: Vec<Waiter>,
+    waiters: Vec<ListedWaiter>,
     waiters_not_listed: WaitCount,
-    wakers: Vec<Waker>,
+    wakers: Vec<ListedWaker>,
     wakers_not_listed: WakeupCount,
 }
 
-impl<Waiter, Waker> Contention<Waiter, Waker> {
+impl<ListedWaiter, ListedWaker> Contention<ListedWaiter, ListedWaker> {
     fn listed<W: Key, K: Key>(
         l: &LockStats<W, K>,
-        waiter: impl Fn(&W, &Tally) -> Waiter,
-        waker: impl Fn(&K, &Tally) -> Waker,
+        waiter: impl Fn(&W, &Tally) -> ListedWaiter,
+        waker: impl Fn(&K, &Tally) -> ListedWaker,
     ) -> Self {
         let (waiters, other_waits) = l.waiters.top(LISTED_PER_LOCK);
         let (wakers, other_wakeups) = l.wakers.top(LISTED_PER_LOCK);

@@ -346,6 +346,13 @@ fn c_program() -> PathBuf {
         .clone()
 }
 
+/// The same program built without frame pointers (once: tests run in parallel).
+fn c_program_without_frame_pointers() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| build_c("wait_here_omit_fp", &["-O2", "-fomit-frame-pointer"]))
+        .clone()
+}
+
 fn build_c(name: &str, flags: &[&str]) -> PathBuf {
     let dir = build_dir();
     let source = dir.join(format!("{name}.c"));
@@ -368,8 +375,10 @@ fn frame_pointers_are_seen_in_prologues() {
         super::keeps_frame_pointers(&c_program()).unwrap(),
         Some(true)
     );
-    let without = build_c("wait_here_omit_fp", &["-O2", "-fomit-frame-pointer"]);
-    assert_eq!(super::keeps_frame_pointers(&without).unwrap(), Some(false));
+    assert_eq!(
+        super::keeps_frame_pointers(&c_program_without_frame_pointers()).unwrap(),
+        Some(false)
+    );
     assert_eq!(
         super::keeps_frame_pointers(&stripped_go()).unwrap(),
         Some(true)
@@ -379,13 +388,12 @@ fn frame_pointers_are_seen_in_prologues() {
 /// The tracer warns at start about a target built without frame pointers, and only then.
 #[test]
 fn a_target_without_frame_pointers_is_warned_about() {
-    let without = build_c("wait_here_omit_fp", &["-O2", "-fomit-frame-pointer"]);
     let warning = |exe: &Path| {
         let running = Running::start(exe, &[]);
         let exe = crate::target::Executable::read(running.pid()).unwrap();
         super::frame_pointer_warning(&exe, "prog")
     };
-    let line = warning(&without).expect("a warning");
+    let line = warning(&c_program_without_frame_pointers()).expect("a warning");
     assert!(line.contains("without frame pointers"), "{line}");
     assert_eq!(warning(&c_program()), None);
 }

@@ -162,8 +162,9 @@ impl<'a> Connection<'a> {
         // Reading the thread clock updates the thread's runtime in the scheduler, which
         // preempts it there when its slice is over (`update_curr()` from
         // `task_sched_runtime()`, kernel/sched, Linux 6.18): after a long handler on a busy
-        // machine, that is most of the time. The wait that follows is the request's, up to
-        // the response's write: measured from a mark taken before the clock is read.
+        // machine, that is most of the time. The wait that follows is the request's: measured
+        // from a mark taken before the clock is read, until the response is composed (what
+        // is left before its write is a few µs).
         let after_handler = measure_cpu.then(RunDelayMark::now);
         if measure_cpu {
             reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
