@@ -190,7 +190,11 @@ fn planted_symlinks_are_not_followed() {
         assert_regular_file(&out.join(name));
     }
     let requests = assert_whole_json_lines(&out.join("requests.jsonl"));
-    assert!(requests > 0, "no requests logged with --slow 0");
+    assert!(
+        requests > 0,
+        "no requests logged with --slow 0: {}",
+        finished.describe()
+    );
     assert!(
         finished.summary().requests.count > 0,
         "{:?}",

@@ -257,8 +257,8 @@ impl<R: FdResolver> Engine<R> {
     /// at all: see tracer-ebpf `probes/sockets.rs`), so another connection behind a known fd
     /// is the previous one closed and a new one in its place, and a socket is a connection to
     /// serve when the kernel side saw it created as the server side of a TCP connection (or
-    /// /proc said so at attach time, for connections open before the tracer). Returns what
-    /// `fd` is now.
+    /// /proc says so, for a connection opened before the socket hooks were attached). Returns
+    /// what `fd` is now.
     fn note_socket(&mut self, fd: u32, connection: u64, origin: SocketOrigin) -> FdKind {
         let seeded = match self.fds.known_connection(fd) {
             Some((kind, Some(known))) if known == connection => return kind,
@@ -269,6 +269,11 @@ impl<R: FdResolver> Engine<R> {
                 false
             }
             Some((kind, None)) => kind == FdKind::Connection,
+            // A socket the kernel side never saw created was opened before its hook was
+            // attached: /proc says whether it is a connection to serve. The connections
+            // listed before attaching are already known; this is one accepted while the
+            // programs were being attached.
+            None if origin == SocketOrigin::Unknown => self.fds.kind(fd) == FdKind::Connection,
             None => false,
         };
         let kind = match origin {

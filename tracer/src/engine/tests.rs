@@ -9,6 +9,7 @@ const T: u32 = 100; // the server thread
 const CONN: u32 = 7; // an accepted connection
 const BACKEND: u32 = 8; // a socket to a backend
 const FILE: u32 = 9; // a regular file
+const ACCEPTED_EARLY: u32 = 10; // a connection accepted before the socket hooks were attached
 const S: u32 = 1; // TASK_INTERRUPTIBLE as sched_switch reports it
 const D: u32 = 2; // TASK_UNINTERRUPTIBLE
 
@@ -18,6 +19,7 @@ impl FdResolver for Fds {
         match fd {
             BACKEND => FdKind::Socket,
             FILE => FdKind::File,
+            ACCEPTED_EARLY => FdKind::Connection,
             _ => FdKind::Other,
         }
     }
@@ -729,19 +731,14 @@ fn requests_answered_before_the_next_is_read_share_nothing() {
     assert_eq!(e.shared(), 0);
 }
 
-/// A read or write on `fd`'s socket `sock`, which the kernel side says is (or is not) the
-/// server side of a TCP connection.
-fn io_on(ts: u64, nr: u32, fd: u32, ret: i64, sock: u64, server_side: bool) -> Event {
+/// A read or write on `fd`'s socket `sock`, of which the kernel side says `origin`.
+fn io_on(ts: u64, nr: u32, fd: u32, ret: i64, sock: u64, origin: SocketOrigin) -> Event {
     let sys = SyscallReturn {
         nr,
         fd,
         ret,
         connection: sock,
-        origin: if server_side {
-            SocketOrigin::TcpServer
-        } else {
-            SocketOrigin::TcpClient
-        },
+        origin,
         tls_record: 0,
     };
     Event::new(ts, Tid(T), EventKind::Syscall(sys))
@@ -754,9 +751,9 @@ fn a_server_side_socket_is_a_connection_and_a_new_socket_replaces_it() {
     let reqs = feed(
         &mut e,
         [
-            io_on(100, nr::READ, 12, 5, accepted, true),
-            io_on(200, nr::WRITE, 12, 10, accepted, true),
-            io_on(250, nr::READ, 12, 5, accepted, true), // the next request, unanswered
+            io_on(100, nr::READ, 12, 5, accepted, SocketOrigin::TcpServer),
+            io_on(200, nr::WRITE, 12, 10, accepted, SocketOrigin::TcpServer),
+            io_on(250, nr::READ, 12, 5, accepted, SocketOrigin::TcpServer), // the next request, unanswered
         ],
     );
     assert_eq!(reqs.len(), 1);
@@ -766,14 +763,36 @@ fn a_server_side_socket_is_a_connection_and_a_new_socket_replaces_it() {
     let reqs = feed(
         &mut e,
         [
-            io_on(400, nr::WRITE, 12, 5, backend, false),
-            io_on(500, nr::READ, 12, 50, backend, false),
-            io_on(600, nr::WRITE, 12, 5, backend, false),
+            io_on(400, nr::WRITE, 12, 5, backend, SocketOrigin::TcpClient),
+            io_on(500, nr::READ, 12, 50, backend, SocketOrigin::TcpClient),
+            io_on(600, nr::WRITE, 12, 5, backend, SocketOrigin::TcpClient),
         ],
     );
     assert!(reqs.is_empty());
     assert_eq!(e.aborted(), 1);
     assert_eq!(e.open_requests(), 0);
+}
+
+#[test]
+fn a_connection_accepted_while_attaching_is_served_as_proc_says() {
+    // Sockets the kernel side never saw created: the resolver (/proc) says one is the server
+    // side of a TCP connection and the backend's a client's socket.
+    let mut e = Engine::new(Fds);
+    let unknown = SocketOrigin::Unknown;
+    let reqs = feed(
+        &mut e,
+        [
+            io_on(100, nr::READ, ACCEPTED_EARLY, 5, 0xa000, unknown),
+            io_on(200, nr::WRITE, ACCEPTED_EARLY, 10, 0xa000, unknown),
+            io_on(300, nr::WRITE, BACKEND, 5, 0xb000, unknown),
+            io_on(400, nr::READ, BACKEND, 50, 0xb000, unknown),
+            io_on(500, nr::READ, ACCEPTED_EARLY, 5, 0xa000, unknown),
+            io_on(650, nr::WRITE, ACCEPTED_EARLY, 10, 0xa000, unknown),
+            io_on(700, nr::READ, ACCEPTED_EARLY, 0, 0xa000, unknown), // the client closed
+        ],
+    );
+    let latencies: Vec<u64> = reqs.iter().map(|r| r.latency_ns).collect();
+    assert_eq!(latencies, [100, 150]);
 }
 
 #[test]
