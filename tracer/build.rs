@@ -18,5 +18,11 @@ fn main() -> anyhow::Result<()> {
     if !with_programs {
         return Ok(());
     }
+    // The programs are built from tracer-common's types and limits too: a change there must
+    // rebuild them, or the collector refuses the stale ones at attach (a map size mismatch).
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tracer-common/src")
+    );
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }
