@@ -28,6 +28,8 @@ pub enum EventKind {
     /// [`SyscallPairEvent`]: a socket read of a target thread, held back on its CPU until
     /// the write that followed it, and that write: one record for a request and its response.
     SyscallPair = 8,
+    /// [`SyscallPairBatch`]: pairs of target threads on one CPU, gathered into one record.
+    SyscallPairBatch = 9,
 }
 
 impl EventKind {
@@ -41,6 +43,7 @@ impl EventKind {
             6 => Self::Tls,
             7 => Self::GoSched,
             8 => Self::SyscallPair,
+            9 => Self::SyscallPairBatch,
             _ => return None,
         })
     }
@@ -272,6 +275,30 @@ pub struct SyscallEvent {
 pub struct SyscallPairEvent {
     pub read: SyscallEvent,
     pub write: SyscallEvent,
+}
+
+/// How many read/write pairs a CPU gathers into one [`SyscallPairBatch`] (a power of two).
+pub const PAIR_BATCH: usize = 8;
+
+/// Read/write pairs of target threads on one CPU, gathered until there are [`PAIR_BATCH`]
+/// of them, until the oldest has waited long enough, or until a target thread leaves the
+/// CPU: a saturated request-response server emits one ring record per [`PAIR_BATCH`]
+/// requests instead of one per request. `hdr.ts_ns` is the first pair's read; `hdr.tid` is 0.
+/// Only `pairs[..count]` are pairs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallPairBatch {
+    pub hdr: EventHeader,
+    pub count: u32,
+    pub _pad: u32,
+    pub pairs: [SyscallPairEvent; PAIR_BATCH],
+}
+
+impl SyscallPairBatch {
+    /// The pairs it holds.
+    pub fn pairs(&self) -> &[SyscallPairEvent] {
+        &self.pairs[..(self.count as usize).min(PAIR_BATCH)]
+    }
 }
 
 /// How a socket came to be, as the `TCP_SOCKETS` map knows it.
@@ -734,6 +761,7 @@ records! {
     IrqLevel = 16,
     SyscallEvent = 48,
     SyscallPairEvent = 96,
+    SyscallPairBatch = 24 + 96 * PAIR_BATCH,
     TcpSocket = 32,
     ThreadEvent = 32,
     Conversation = 16,

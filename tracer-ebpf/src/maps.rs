@@ -379,8 +379,14 @@ pub fn finish(result: Result<(), Loss>) -> u32 {
 }
 
 pub fn count_loss(loss: Loss) {
+    count_losses(loss, 1);
+}
+
+/// `n` events lost for the same reason (a record that carried several).
+#[inline(always)]
+pub fn count_losses(loss: Loss, n: u64) {
     if let Some(slot) = LOSSES.get_ptr_mut(loss as u32) {
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

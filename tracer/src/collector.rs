@@ -9,13 +9,13 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tracer_common::LOSS_KINDS;
+use tracer_common::{SyscallPairBatch, LOSS_KINDS};
 
 use crate::{
     engine::{Breakdown, Engine, Event, EventKind, Tid, CAUSES},
     kernel::{
         names_wakers_only,
-        ring::{decode, Reorder},
+        ring::{decode, decode_pair_batch, Reorder},
         Probes,
     },
     output::{
@@ -171,6 +171,16 @@ impl Collector {
         }
         self.release(true);
         self.collect();
+    }
+
+    /// The socket read/write pairs the CPUs had gathered and not sent when the programs were
+    /// detached: records like the ring's, read from their map.
+    pub fn receive_gathered(&mut self, batches: &[SyscallPairBatch]) {
+        for batch in batches {
+            self.received += 1;
+            self.interval_events += 1;
+            decode_pair_batch(batch, &mut self.reorder);
+        }
     }
 
     /// Hand the engine what the reorder window releases (everything, if `all`).

@@ -259,7 +259,10 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Named now, while the target surely still runs (a native target's libraries are read
     // through its memory map); the few sites the last drain adds are named after.
     collector.resolve_sites();
-    probes.detach();
+    match probes.detach() {
+        Ok(gathered) => collector.receive_gathered(&gathered),
+        Err(e) => eprintln!("tracer: warning: the last requests may be missing: {e:#}"),
+    }
     // Records submitted while the programs were being detached.
     collector.drain(&mut ring, None, true);
     collector.finish();

@@ -9,7 +9,7 @@ use tracer_common::{
 use super::go_sched::goroutines_followed;
 use super::interrupts::{forget_interrupts, innermost_interrupt};
 use crate::conversation::{goroutine_in_request, store_running_conversation, stored_conversation};
-use crate::held_read::release_held_read;
+use crate::held_read::send_held;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
     current_syscall_regs, current_target_tid, current_user_g, emit, finish, fired_on_task_stack,
@@ -38,10 +38,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let next = ctx.arg::<u64>(2);
     let prev_state = ctx.arg::<u64>(3) as u32;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0);
-    // Before this switch-out's record, and whatever fails below: the held read goes out,
-    // and the thread's conversation back to its map (it may next run on another CPU).
+    // Before this switch-out's record, and whatever fails below: the gathered pairs and the
+    // held read go out, and the thread's conversation back to its map (it may next run on
+    // another CPU).
     let running_conversation = prev_tid.and_then(|tid| {
-        release_held_read();
+        send_held();
         store_running_conversation(tid)
     });
     let next_pid = task_pid(next)?;

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{EventKind, Loss, ThreadEvent};
 
 use crate::conversation::forget_conversation;
-use crate::held_read::release_held_read;
+use crate::held_read::{release_held_read, send_held};
 use crate::maps::{
     current_comm, current_target_tid, emit, finish, header, set_target_tid, task_pid, WAKERS,
 };
@@ -59,7 +59,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let _ = set_target_tid(tid, false);
     forget_conversation(tid);
     let _ = WAKERS.remove(tid);
-    release_held_read();
+    send_held();
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
         comm: current_comm()?,

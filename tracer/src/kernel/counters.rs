@@ -111,6 +111,6 @@ mod tests {
             "{before} <= {ours} <= {after}"
         );
         assert!(ours >= 3, "three threads created, {ours} runs");
-        probes.detach();
+        probes.detach().expect("detach, reading the gathered pairs");
     }
 }

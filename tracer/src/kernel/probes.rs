@@ -11,6 +11,7 @@ use aya::{
     programs::{raw_trace_point::RawTracePointLink, Program, ProgramError, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
+use tracer_common::SyscallPairBatch;
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
 /// raw tracepoint of its name: exits first.
@@ -37,6 +38,9 @@ pub struct Probes {
     pub(super) ebpf: Ebpf,
     _stats: Option<OwnedFd>,
     pub(super) losses: PerCpuArray<MapData, u64>,
+    /// The socket read/write pairs each CPU gathers (tracer-ebpf's `held_read.rs`), read
+    /// once detached.
+    pair_batches: PerCpuArray<MapData, SyscallPairBatch>,
     /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
     stacks: Option<UserStacks>,
     raw_links: Vec<RawTracePointLink>,
@@ -128,10 +132,13 @@ impl Probes {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
+        let pair_batches =
+            PerCpuArray::try_from(ebpf.take_map("PAIR_BATCHES").context("map PAIR_BATCHES")?)?;
         let mut probes = Probes {
             ebpf,
             _stats: stats,
             losses,
+            pair_batches,
             stacks: Some(UserStacks(stacks)),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
@@ -183,8 +190,10 @@ impl Probes {
         self.stacks.take()
     }
 
-    /// Detach every program; the programs and maps are unloaded when `self` drops.
-    pub fn detach(mut self) {
+    /// Detach every program, and return the pairs the CPUs had gathered and not sent (their
+    /// target threads were still on their CPUs); the programs and maps are unloaded when
+    /// `self` drops.
+    pub fn detach(mut self) -> Result<Vec<SyscallPairBatch>> {
         drop(std::mem::take(&mut self.raw_links));
         // Uprobe links wait in the kernel: 16 Go probes took 1.9 s one by one, 1.3 s in
         // parallel (the kernel serialises part of uprobe unregistration), so they are dropped
@@ -200,6 +209,11 @@ impl Probes {
         while let Some(link) = self.interrupt_links.pop() {
             drop(link);
         }
+        let per_cpu = self
+            .pair_batches
+            .get(&0, 0)
+            .context("reading the requests the CPUs had gathered")?;
+        Ok(per_cpu.iter().filter(|b| b.count != 0).copied().collect())
     }
 }
 

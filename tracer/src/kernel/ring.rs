@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use tracer_common::{
     go_sched, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent, SyscallEvent,
-    SyscallPairEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    SyscallPairBatch, SyscallPairEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
 };
 
 use crate::engine::{
@@ -173,8 +173,11 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
         }
         tracer_common::EventKind::SyscallPair => {
             let e: SyscallPairEvent = read(bytes)?;
-            out.push(syscall_event(&e.read));
-            out.push(syscall_event(&e.write));
+            push_pair(&e, out);
+        }
+        tracer_common::EventKind::SyscallPairBatch => {
+            let e: SyscallPairBatch = read(bytes)?;
+            decode_pair_batch(&e, out);
         }
         tracer_common::EventKind::ThreadNew => {
             out.push(Event::new(ts, tid, EventKind::ThreadNew));
@@ -194,6 +197,18 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// The pairs a CPU gathered: from the ring, or from the map once detached.
+pub fn decode_pair_batch(batch: &SyscallPairBatch, out: &mut impl EventSink) {
+    for pair in batch.pairs() {
+        push_pair(pair, out);
+    }
+}
+
+fn push_pair(pair: &SyscallPairEvent, out: &mut impl EventSink) {
+    out.push(syscall_event(&pair.read));
+    out.push(syscall_event(&pair.write));
 }
 
 /// A socket read or write, alone or one of a pair.
@@ -402,6 +417,47 @@ mod tests {
         let mut out = Vec::new();
         assert!(decode(&bytes(&rec)[..60], &mut out).is_none());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_its_counted_pairs_in_order() {
+        let io = |ts, kind: tracer_common::EventKind, nr, tid| SyscallEvent {
+            hdr: EventHeader {
+                ts_ns: ts,
+                kind: kind as u32,
+                tid,
+            },
+            nr,
+            fd: 7,
+            ret: 10,
+            ..Default::default()
+        };
+        let pair = |ts, tid| SyscallPairEvent {
+            read: io(ts, tracer_common::EventKind::SyscallPair, 0, tid),
+            write: io(ts + 1, tracer_common::EventKind::Syscall, 1, tid),
+        };
+        let mut batch = SyscallPairBatch {
+            hdr: EventHeader {
+                ts_ns: 100,
+                kind: tracer_common::EventKind::SyscallPairBatch as u32,
+                tid: 0,
+            },
+            count: 3,
+            ..Default::default()
+        };
+        batch.pairs[..4].copy_from_slice(&[pair(100, 1), pair(200, 2), pair(300, 1), pair(9, 9)]);
+        let mut out = Vec::new();
+        decode(&bytes(&batch), &mut out).unwrap();
+        let seen: Vec<(u64, Tid)> = out.iter().map(|e| (e.ts, e.tid)).collect();
+        assert_eq!(
+            seen,
+            [100, 101, 200, 201, 300, 301].map(|ts| (ts, Tid(if ts / 100 == 2 { 2 } else { 1 })))
+        );
+        // A count past the array (a corrupt record) is read as a full batch.
+        batch.count = 1000;
+        let mut out = Vec::new();
+        decode(&bytes(&batch), &mut out).unwrap();
+        assert_eq!(out.len(), 2 * tracer_common::PAIR_BATCH);
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! The request/response pairs a CPU gathers into one record (tracer-ebpf's `held_read.rs`)
+//! all reach the summary, traced for real: a server (`tests/python/answer_then_spin.py`)
+//! answers a few pipelined requests without leaving its CPU, then keeps the CPU spinning
+//! while the tracer stops. Its pairs were never sent to the ring (no switch-out came to send
+//! them), so the collector must read them from their map after detaching.
+//!
+//! The server runs on the last CPU and the tracer and the client on the first, so that
+//! nothing of the test preempts the server (a preemption sends the pairs through the ring,
+//! which must give the same count).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use tracer_tests::{session::Tracer, workspace_root, Workload};
+
+const REQUESTS: usize = 5;
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+
+#[test]
+#[ignore = "needs root"]
+fn requests_gathered_on_a_cpu_reach_the_summary_when_the_tracer_stops() {
+    let script = workspace_root().join("tests/python/answer_then_spin.py");
+    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let mut server = Command::new("taskset");
+    server
+        .arg("-c")
+        .arg(last_cpu.to_string())
+        .arg(&script)
+        .args(["serve", "--port", "0", "--requests", &REQUESTS.to_string()]);
+    let server = Workload::start(server);
+    // This thread, the client, and the tracer it spawns (which inherits it) on the first CPU.
+    pin_this_thread_to_cpu(0);
+    let tracer = Tracer::attach(server.pid).start();
+
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    client.write_all(&REQUEST.repeat(REQUESTS)).expect("send");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answers = vec![0; RESPONSE.len() * REQUESTS];
+    client.read_exact(&mut answers).expect("the answers");
+    assert_eq!(answers, RESPONSE.repeat(REQUESTS));
+
+    // The server now spins on its CPU, its answered requests still gathered there.
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.describe());
+    assert_eq!(
+        done.summary().requests.count,
+        REQUESTS as u64,
+        "{}",
+        done.describe()
+    );
+}
+
+fn pin_this_thread_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity(0 = this
+    // thread) get valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
