@@ -253,8 +253,9 @@ fn each_endpoint_is_attributed_to_its_cause() {
         let kernel_on_or_for_cpu = thread_cpu + s.response.runqueue_ns();
         assert!(
             traced_on_or_for_cpu + MS / 10 >= kernel_on_or_for_cpu * 9 / 10,
-            "{}: traced on_cpu + runqueue + steal {traced_on_or_for_cpu} ns, server thread clock + run delay {kernel_on_or_for_cpu} ns: {r:?}",
-            s.path
+            "{}: traced on_cpu + runqueue + steal {traced_on_or_for_cpu} ns, server thread clock + run delay {kernel_on_or_for_cpu} ns: {r:?}, the server's account: {:?}",
+            s.path,
+            s.response
         );
     }
 
