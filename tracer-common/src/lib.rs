@@ -92,6 +92,12 @@ pub struct SwitchEvent {
     pub woken_at_ns: u64,
     /// Who woke it (with `woken_at_ns`).
     pub waker: WakerId,
+    /// The total time the record's thread has waited for a CPU (`sched_info.run_delay`, the
+    /// scheduler's clock): for a blocking switch-out, the previous task's; for a switch-in
+    /// the kernel did not report (`hdr.tid` 0, `woken_at_ns` 0), the next task's, which
+    /// includes the wait that just ended. The difference is how long a thread whose wakeup
+    /// was not seen either waited for its CPU. 0 when unknown or not read.
+    pub run_delay_ns: u64,
 }
 
 /// A target thread's wakeup, from sched_waking (the waker) and sched_wakeup (when it became
@@ -753,7 +759,7 @@ macro_rules! records {
 
 records! {
     EventHeader = 16,
-    SwitchEvent = 96,
+    SwitchEvent = 104,
     PendingWakeup = 56,
     WakeupEvent = 56,
     WakerId = 40,

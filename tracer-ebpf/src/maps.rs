@@ -137,6 +137,21 @@ fn this_cpu_rq() -> u64 {
 static TASK_LAST_ARRIVAL_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static RQ_CLOCK_OFFSET: u32 = 0;
+/// Byte offset of `task_struct.sched_info.run_delay` (0: not found).
+#[unsafe(no_mangle)]
+static TASK_RUN_DELAY_OFFSET: u32 = 0;
+
+/// The current task's total wait for a CPU so far (`sched_info.run_delay`, grown by
+/// `sched_info_arrive()` when a wait ends, kernel/sched/stats.h, Linux 6.18); 0 when unknown.
+#[inline(always)]
+pub fn current_run_delay_ns() -> u64 {
+    let at = global(&TASK_RUN_DELAY_OFFSET);
+    if at == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel_at::<u64>(task, at).unwrap_or(0)
+}
 
 /// How long the current task has been on this CPU, as far as the scheduler's clock says: its
 /// run queue's clock less the task's `sched_info.last_arrival`, the run queue's clock when it

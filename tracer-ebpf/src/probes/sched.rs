@@ -12,9 +12,9 @@ use crate::conversation::{goroutine_in_request, store_running_conversation, stor
 use crate::held_read::send_held;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
-    current_syscall_regs, current_target_tid, current_user_g, emit, finish, fired_on_task_stack,
-    header, insert, is_target_tid, native_sites, now_ns, target_tgid, task_pid, user_stack_id,
-    ON_CPU, WAKERS,
+    current_run_delay_ns, current_syscall_regs, current_target_tid, current_user_g, emit, finish,
+    fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns, target_tgid,
+    task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
@@ -98,6 +98,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
             }
             return emit(event); // runnable, whatever it was doing
         }
+        // Its total wait for a CPU so far: should the switch-in that ends this block go
+        // unreported, with its wakeup, the difference tells how long it waited for its CPU.
+        event.run_delay_ns = current_run_delay_ns();
         // `prev` is current: the syscall it blocks in is in the user registers it entered
         // the kernel with (unreadable ones name none: a block outside a syscall).
         if let Ok(regs) = current_syscall_regs() {
@@ -198,6 +201,10 @@ fn emit_unseen_switch_in(tid: u32) -> Result<(), Loss> {
         at = at.max(woken.runnable_at_ns);
         event.woken_at_ns = woken.runnable_at_ns;
         event.waker = woken.waker;
+    } else {
+        // Its wakeup went unreported too (seen on this VM with the switch-in): the kernel's
+        // own total of its waits for a CPU, the wait that just ended included.
+        event.run_delay_ns = current_run_delay_ns();
     }
     event.hdr.ts_ns = at;
     emit(event)

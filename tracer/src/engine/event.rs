@@ -36,6 +36,9 @@ pub enum EventKind {
         stack: Option<StackRef>,
         /// The steal time its CPU had accounted so far, when known.
         cpu_steal: Option<u64>,
+        /// Its total wait for a CPU so far (the kernel's `sched_info.run_delay`), when it
+        /// blocked and that was read.
+        run_delay: Option<u64>,
     },
     /// The thread got a CPU.
     SwitchIn {
@@ -44,6 +47,9 @@ pub enum EventKind {
         /// The wakeup that made it runnable since it last ran, if seen: the kernel side
         /// sends a wakeup with the switch-in it leads to.
         woken: Option<Woken>,
+        /// For a switch-in the kernel did not report and whose wakeup was not seen either:
+        /// its total wait for a CPU so far, the wait that just ended included.
+        run_delay: Option<u64>,
     },
     /// The thread became runnable.
     Wakeup {

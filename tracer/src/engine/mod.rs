@@ -163,8 +163,17 @@ impl<R: FdResolver> Engine<R> {
                 syscall,
                 stack,
                 cpu_steal,
-            } => self.switch_out(ts, tid, state, syscall, stack, cpu_steal),
-            EventKind::SwitchIn { cpu_steal, woken } => {
+                run_delay,
+            } => {
+                self.switch_out(ts, tid, state, syscall, stack, cpu_steal);
+                self.note_run_delay_at_block(tid, ts, run_delay);
+            }
+            EventKind::SwitchIn {
+                cpu_steal,
+                woken,
+                run_delay,
+            } => {
+                let woken = woken.or_else(|| self.wakeup_from_run_delay(tid, ts, run_delay));
                 if let Some(woken) = woken {
                     self.woken_before_switch_in(tid, woken);
                 }

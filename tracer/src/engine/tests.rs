@@ -133,6 +133,7 @@ fn block(ts: u64, nr: u32, arg0: u64) -> Event {
         ts,
         Tid(T),
         EventKind::SwitchOut {
+            run_delay: None,
             state: S,
             syscall: Some(InSyscall { nr, arg0 }),
             stack: None,
@@ -150,6 +151,7 @@ fn run(ts: u64) -> Event {
         ts,
         Tid(T),
         EventKind::SwitchIn {
+            run_delay: None,
             cpu_steal: None,
             woken: None,
         },
@@ -167,6 +169,7 @@ fn run_woken_by(ts: u64, woken_at: u64, unlocker: Option<StackRef>) -> Event {
         ts,
         Tid(T),
         EventKind::SwitchIn {
+            run_delay: None,
             cpu_steal: None,
             woken: Some(Woken {
                 at: woken_at,
@@ -222,6 +225,7 @@ fn block_at(ts: u64, nr: u32, arg0: u64, site: StackRef) -> Event {
         ts,
         Tid(T),
         EventKind::SwitchOut {
+            run_delay: None,
             state: S,
             syscall: Some(InSyscall { nr, arg0 }),
             stack: Some(site),
@@ -285,6 +289,7 @@ fn preempted(ts: u64, stack: Option<StackRef>) -> Event {
         ts,
         Tid(T),
         EventKind::SwitchOut {
+            run_delay: None,
             state: PREEMPT_STATE_BIT,
             syscall: None,
             stack,
@@ -357,6 +362,7 @@ fn switch_with_steal(ts: u64, out: Option<u32>, steal: u64) -> Event {
             ts,
             Tid(T),
             EventKind::SwitchOut {
+                run_delay: None,
                 state: S,
                 syscall: Some(InSyscall {
                     nr,
@@ -370,6 +376,7 @@ fn switch_with_steal(ts: u64, out: Option<u32>, steal: u64) -> Event {
             ts,
             Tid(T),
             EventKind::SwitchIn {
+                run_delay: None,
                 cpu_steal,
                 woken: None,
             },
@@ -398,6 +405,72 @@ fn steal_in_a_stretch_is_spread_over_it_and_leaves_on_cpu() {
     assert_eq!(cause(r, Cause::Steal), 400, "{r:?}"); // 800 of the stretch's 1000 ns
     assert_eq!(cause(r, Cause::OnCpu), 400);
     assert_sums(r);
+}
+
+#[test]
+fn an_unreported_switch_in_waits_for_its_cpu_as_long_as_the_kernels_run_delay_grew() {
+    // A 20 µs sleep inside a request; the kernel reported neither the wakeup nor the
+    // switch-in (the kernel side then sends the thread's total wait for a CPU, which grew by
+    // 4 µs since it blocked).
+    let mut e = engine();
+    let sleep_at = |ts, total| {
+        Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchOut {
+                state: S,
+                syscall: Some(InSyscall {
+                    nr: nr::NANOSLEEP,
+                    arg0: 0,
+                }),
+                stack: None,
+                cpu_steal: None,
+                run_delay: Some(total),
+            },
+        )
+    };
+    let unreported_run = |ts, total| {
+        Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchIn {
+                cpu_steal: None,
+                woken: None,
+                run_delay: Some(total),
+            },
+        )
+    };
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 30),
+            sleep_at(1_000, 50_000),
+            unreported_run(25_000, 54_000),
+            write(26_000, CONN),
+            read(27_000, CONN, 0), // the client closed
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(r.latency_ns, 26_000);
+    assert_eq!(cause(r, Cause::Runqueue), 4_000);
+    assert_eq!(cause(r, Cause::Sleep), 20_000);
+    assert_eq!(cause(r, Cause::OnCpu), 2_000);
+    assert_sums(r);
+
+    // Without the kernel's totals, the whole gap stays in the sleep (as before).
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 30),
+            block(1_000, nr::NANOSLEEP, 0),
+            run(25_000),
+            write(26_000, CONN),
+            read(27_000, CONN, 0),
+        ],
+    );
+    assert_eq!(cause(&reqs[0], Cause::Sleep), 24_000);
+    assert_eq!(cause(&reqs[0], Cause::Runqueue), 0);
 }
 
 #[test]
@@ -622,6 +695,7 @@ fn blocking_causes_follow_the_syscall_and_the_fd() {
                     10,
                     Tid(T),
                     EventKind::SwitchOut {
+                        run_delay: None,
                         state,
                         syscall,
                         stack: None,
@@ -1421,6 +1495,7 @@ fn exiting_threads_do_not_come_back_and_stale_wakeups_expire() {
                 11,
                 Tid(T),
                 EventKind::SwitchOut {
+                    run_delay: None,
                     state: 0x10,
                     syscall: None,
                     stack: None,
@@ -1512,6 +1587,7 @@ fn go_handshake_follows_its_goroutine_across_threads() {
                     750,
                     Tid(U),
                     EventKind::SwitchOut {
+                        run_delay: None,
                         state: 0,
                         syscall: None,
                         stack: None,
@@ -2458,6 +2534,7 @@ mod wakeup_reported_by_the_switch_in {
                     100,
                     Tid(T),
                     EventKind::SwitchOut {
+                        run_delay: None,
                         state: PREEMPT_STATE_BIT,
                         syscall: None,
                         stack: None,

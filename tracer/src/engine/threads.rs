@@ -67,6 +67,15 @@ pub(super) struct Thread {
     blocked_at: Option<StackRef>,
     /// Its current stretch on a CPU (when the kernel reports its CPU's steal).
     on_cpu_since: Option<OnCpuSince>,
+    /// When it last blocked, and its total wait for a CPU then (when the kernel read it).
+    run_delay_at_block: Option<RunDelayAt>,
+}
+
+/// A thread's total wait for a CPU (the kernel's `sched_info.run_delay`) at a switch-out.
+#[derive(Clone, Copy)]
+struct RunDelayAt {
+    ts: u64,
+    total: u64,
 }
 
 /// When a thread's stretch on a CPU began, and the steal that CPU had accounted then.
@@ -86,6 +95,7 @@ impl Thread {
             ssl_call: None,
             blocked_at: None,
             on_cpu_since: None,
+            run_delay_at_block: None,
         }
     }
 }
@@ -254,6 +264,36 @@ impl<R: FdResolver> Engine<R> {
             thread.timeline.charge_steal(stolen);
         }
         self.requests.charge_steal(ExecCtx::Thread(tid), stolen);
+    }
+
+    /// A switch-out's total wait for a CPU so far (`None`: not a block, or not read): kept
+    /// for a switch-in that would come unreported.
+    pub(super) fn note_run_delay_at_block(&mut self, tid: Tid, ts: u64, total: Option<u64>) {
+        if let Some(thread) = self.threads.get_mut(tid) {
+            thread.run_delay_at_block = total.map(|total| RunDelayAt { ts, total });
+        }
+    }
+
+    /// The wakeup of a switch-in the kernel did not report, whose wakeup it did not report
+    /// either (both seen on this VM): the thread waited for its CPU as long as its total wait
+    /// grew since it blocked, so it was woken that long before `ts` (by whom is unknown).
+    /// Without this, that wait would count as the cause it blocked on.
+    pub(super) fn wakeup_from_run_delay(
+        &mut self,
+        tid: Tid,
+        ts: u64,
+        total_now: Option<u64>,
+    ) -> Option<Woken> {
+        let total_now = total_now?;
+        let at_block = self.threads.get_mut(tid)?.run_delay_at_block.take()?;
+        let waited = total_now
+            .checked_sub(at_block.total)
+            .filter(|&waited| waited > 0)?;
+        Some(Woken {
+            at: ts.saturating_sub(waited).max(at_block.ts),
+            waker: Waker::Unknown,
+            unlocker: None,
+        })
     }
 
     /// The wakeup a switch-in reports, applied at its own time: the thread has no event

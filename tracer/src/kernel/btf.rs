@@ -49,6 +49,9 @@ pub struct StealOffsets {
 pub struct ArrivalOffsets {
     pub task_last_arrival: u32,
     pub rq_clock: u32,
+    /// `task_struct.sched_info.run_delay`: the task's total wait for a CPU, grown at each
+    /// `sched_info_arrive()`.
+    pub task_run_delay: u32,
 }
 
 impl KernelOffsets {
@@ -82,6 +85,8 @@ impl KernelOffsets {
                 task_last_arrival: task_struct.offset("sched_info")?
                     + StructLayout::of(&btf, "sched_info")?.offset("last_arrival")?,
                 rq_clock: StructLayout::of(&btf, "rq")?.offset("clock")?,
+                task_run_delay: task_struct.offset("sched_info")?
+                    + StructLayout::of(&btf, "sched_info")?.offset("run_delay")?,
             })
         });
         Ok(KernelOffsets {
@@ -159,5 +164,7 @@ mod tests {
         assert!(arrival.task_last_arrival > 0 && arrival.task_last_arrival.is_multiple_of(8));
         // `clock` follows the run queue's lock and counters, never first.
         assert!(arrival.rq_clock > 0 && arrival.rq_clock.is_multiple_of(8));
+        assert!(arrival.task_run_delay > 0 && arrival.task_run_delay.is_multiple_of(8));
+        assert_ne!(arrival.task_run_delay, arrival.task_last_arrival);
     }
 }

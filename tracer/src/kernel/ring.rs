@@ -144,6 +144,7 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
                         syscall,
                         stack,
                         cpu_steal,
+                        run_delay: (e.run_delay_ns != 0).then_some(e.run_delay_ns),
                     },
                 ));
             }
@@ -158,6 +159,9 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
                             waker: waker(&e.waker),
                             unlocker: unlocker(&e.waker),
                         }),
+                        // Only a switch-in the kernel did not report carries its own.
+                        run_delay: (e.hdr.tid == 0 && e.run_delay_ns != 0)
+                            .then_some(e.run_delay_ns),
                     },
                 ));
             }
@@ -338,6 +342,7 @@ mod tests {
                 stack_id: 8,
                 _pad: 0,
             },
+            run_delay_ns: 9_000,
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
@@ -348,6 +353,8 @@ mod tests {
                     5,
                     Tid(10),
                     EventKind::SwitchOut {
+                        // The previous thread's: a switch-in with a switch-out carries none.
+                        run_delay: Some(9_000),
                         state: 1,
                         syscall: Some(InSyscall {
                             nr: 202,
@@ -361,6 +368,7 @@ mod tests {
                     5,
                     Tid(11),
                     EventKind::SwitchIn {
+                        run_delay: None,
                         cpu_steal: Some(7_000),
                         woken: Some(Woken {
                             at: 4,
@@ -625,6 +633,7 @@ mod tests {
             30,
             Tid(9),
             EventKind::SwitchIn {
+                run_delay: None,
                 cpu_steal: None,
                 woken: None,
             },

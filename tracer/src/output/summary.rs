@@ -885,6 +885,7 @@ mod tests {
             ts,
             T,
             EventKind::SwitchOut {
+                run_delay: None,
                 state: 1,
                 syscall,
                 stack: None,
@@ -902,6 +903,7 @@ mod tests {
             ts,
             T,
             EventKind::SwitchIn {
+                run_delay: None,
                 cpu_steal: None,
                 woken: None,
             },
