@@ -173,11 +173,11 @@ pub fn release_held_read() {
 /// Send the current thread's socket read, or hold it until its thread's next record.
 #[inline(always)]
 pub fn send_read(read: SyscallEvent) -> Result<(), Loss> {
+    if global(&HOLD_READS) == 0 {
+        return emit(read); // nothing is ever held or gathered: no slot to look at
+    }
     release_held_read();
     send_pairs_waiting_since(read.hdr.ts_ns);
-    if global(&HOLD_READS) == 0 {
-        return emit(read);
-    }
     let Some(slot) = HELD_READ.get_ptr_mut(0) else {
         return emit(read);
     };
@@ -192,6 +192,9 @@ pub fn send_read(read: SyscallEvent) -> Result<(), Loss> {
 /// Send the current thread's socket write, with the read it holds on this CPU if any.
 #[inline(always)]
 pub fn send_write(write: SyscallEvent) -> Result<(), Loss> {
+    if global(&HOLD_READS) == 0 {
+        return emit(write); // no read is held to pair it with
+    }
     let Some(slot) = HELD_READ.get_ptr_mut(0) else {
         return emit(write);
     };
