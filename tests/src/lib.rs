@@ -230,6 +230,28 @@ pub fn load_result(child: Child) -> LoadResult {
         .unwrap_or_else(|e| panic!("bad workload load output {stdout:?}: {e}"))
 }
 
+/// Run the calling thread, and what it spawns from now on, on `cpu` alone.
+pub fn pin_this_thread_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity(0 = this
+    // thread) get valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The last CPU of the machine.
+pub fn last_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

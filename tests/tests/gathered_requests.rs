@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tracer_tests::{session::Tracer, workspace_root, Workload};
+use tracer_tests::{last_cpu, pin_this_thread_to_cpu, session::Tracer, workspace_root, Workload};
 
 const REQUESTS: usize = 5;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
@@ -25,11 +25,10 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 #[ignore = "needs root"]
 fn requests_gathered_on_a_cpu_reach_the_summary_when_the_tracer_stops() {
     let script = workspace_root().join("tests/python/answer_then_spin.py");
-    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     let mut server = Command::new("taskset");
     server
         .arg("-c")
-        .arg(last_cpu.to_string())
+        .arg(last_cpu().to_string())
         .arg(&script)
         .args(["serve", "--port", "0", "--requests", &REQUESTS.to_string()]);
     let server = Workload::start(server);
@@ -55,20 +54,4 @@ fn requests_gathered_on_a_cpu_reach_the_summary_when_the_tracer_stops() {
         "{}",
         done.describe()
     );
-}
-
-fn pin_this_thread_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity(0 = this
-    // thread) get valid pointers to it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }

@@ -30,6 +30,15 @@ pub enum EventKind {
     SyscallPair = 8,
     /// [`SyscallPairBatch`]: pairs of target threads on one CPU, gathered into one record.
     SyscallPairBatch = 9,
+    /// [`StretchRequestBatch`]: requests the kernel side delimited and timed itself, each
+    /// served in one stretch of its thread on a CPU.
+    StretchRequestBatch = 10,
+    /// [`StretchHandover`]: requests kept in the kernel and left open, handed to the
+    /// collector as the read that started each and its last write.
+    StretchHandover = 11,
+    /// [`SyscallEvent`] (its read): the kernel side keeps the connection's requests from
+    /// now on; the request the collector has open there, answered, is over.
+    StretchTakesConnection = 12,
 }
 
 impl EventKind {
@@ -44,6 +53,9 @@ impl EventKind {
             7 => Self::GoSched,
             8 => Self::SyscallPair,
             9 => Self::SyscallPairBatch,
+            10 => Self::StretchRequestBatch,
+            11 => Self::StretchHandover,
+            12 => Self::StretchTakesConnection,
             _ => return None,
         })
     }
@@ -339,7 +351,177 @@ pub struct TcpSocket {
     pub requests: u32,
     /// 1: written to since its last read (its request was answered); counted as `requests`.
     pub answered: u32,
+    /// Who keeps its current request: a [`request_keeper`] value.
+    pub keeper: u32,
+    /// 1: a response was written since its last request began (kept whoever keeps it, once
+    /// the kernel side has kept any of its requests).
+    pub responded: u32,
+    /// [`request_keeper::STRETCH`]: the thread whose stretch on a CPU keeps its request, and
+    /// that CPU; the request below.
+    pub stretch_tid: u32,
+    pub stretch_cpu: u32,
+    /// [`stretch_flags`] of the request so far.
+    pub flags: u32,
+    /// When its first read returned.
+    pub start_ns: u64,
+    /// When its last response write so far returned (0: not answered).
+    pub last_write_ns: u64,
+    /// The steal its CPU had accounted at its start.
+    pub steal_at_start_ns: u64,
+    pub read_ret: i32,
+    pub write_ret: i32,
+    /// Its stretch table's `opened` count once it was opened.
+    pub opened_as: u32,
     pub _pad: u32,
+}
+
+impl TcpSocket {
+    /// Its request, kept in the kernel, over at `end_ns` (the next request's read, or the
+    /// connection's end), when its CPU had accounted `steal_ns` of steal.
+    pub fn finished_request(&self, end_ns: u64, steal_ns: u64) -> StretchRequest {
+        let answered = self.last_write_ns != 0;
+        let end = if answered { self.last_write_ns } else { end_ns };
+        let latency_ns = end.saturating_sub(self.start_ns);
+        StretchRequest {
+            start_ns: self.start_ns,
+            latency_ns,
+            steal_ns: steal_ns
+                .saturating_sub(self.steal_at_start_ns)
+                .min(latency_ns),
+            tid: self.stretch_tid,
+            fd: self.fd,
+            flags: if answered {
+                self.flags
+            } else {
+                self.flags | stretch_flags::ABORTED
+            },
+            _pad: 0,
+        }
+    }
+
+    /// Its request, kept in the kernel, as handed to the collector.
+    pub fn handed_over(&self) -> StretchHandedOver {
+        StretchHandedOver {
+            connection: self.opened_ns,
+            start_ns: self.start_ns,
+            last_write_ns: self.last_write_ns,
+            fd: self.fd,
+            read_ret: self.read_ret,
+            write_ret: self.write_ret,
+            _pad: 0,
+        }
+    }
+}
+
+/// Who keeps a connection's current request (see tracer-ebpf's `stretch.rs`).
+pub mod request_keeper {
+    /// Nobody: no request was seen on it since the tracer attached.
+    pub const NONE: u32 = 0;
+    /// The collector: its reads and writes are sent as records.
+    pub const COLLECTOR: u32 = 1;
+    /// The kernel side, in a CPU's stretch table (unless that table's generation moved on).
+    pub const STRETCH: u32 = 2;
+}
+
+/// How many connections a thread's stretch on a CPU can keep requests of (a power of two).
+pub const STRETCH_SLOTS: usize = 64;
+
+/// A CPU's stretch table: the connections whose requests its running target thread
+/// (`owner_tid`) kept since it got the CPU (each connection's request is in its
+/// [`TcpSocket`]); `socks[..len]` are their `struct sock *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StretchTable {
+    pub owner_tid: u32,
+    pub len: u32,
+    /// The owner's `sched_info.last_arrival` when it took the table: another value, and the
+    /// owner has left the CPU since, unseen.
+    pub owner_arrival: u64,
+    /// Its requests not yet answered, and how many it opened.
+    pub unanswered: u32,
+    pub opened: u32,
+    pub socks: [u64; STRETCH_SLOTS],
+}
+
+impl StretchTable {
+    pub fn socks(&self) -> &[u64] {
+        &self.socks[..(self.len as usize).min(STRETCH_SLOTS)]
+    }
+}
+
+/// A request kept in the kernel, handed to the collector: the read that started it and its
+/// last write so far, as the collector would have had them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StretchHandedOver {
+    /// [`TcpSocket::opened_ns`]
+    pub connection: u64,
+    pub start_ns: u64,
+    /// 0: not answered.
+    pub last_write_ns: u64,
+    pub fd: u32,
+    pub read_ret: i32,
+    pub write_ret: i32,
+    pub _pad: u32,
+}
+
+/// The requests a thread's stretch kept and left open when it left its CPU, or one that
+/// another thread (or CPU) went on with: `hdr.tid` is the thread that kept them. Only
+/// `requests[..count]` are requests, those whose `start_ns` is not 0, and the record is no
+/// longer than `count` requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StretchHandover {
+    pub hdr: EventHeader,
+    pub count: u32,
+    pub _pad: u32,
+    pub requests: [StretchHandedOver; STRETCH_SLOTS],
+}
+
+/// [`StretchRequest::flags`] bits.
+pub mod stretch_flags {
+    /// Another request of its thread was waiting for its response while it did.
+    pub const SHARED: u32 = 1;
+    /// The peer closed before it was answered.
+    pub const ABORTED: u32 = 2;
+}
+
+/// A request the kernel side delimited and timed itself: read and answered by a thread that
+/// never left its CPU from its first read to its last write, so its time was all on that CPU,
+/// less the steal the CPU accounted from its start to the read that ended it (steal is
+/// accounted at the scheduler's clock updates, mostly ticks: a request of microseconds
+/// rarely sees any, and one that does is charged no more than its latency).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StretchRequest {
+    pub start_ns: u64,
+    pub latency_ns: u64,
+    pub steal_ns: u64,
+    pub tid: u32,
+    pub fd: u32,
+    /// [`stretch_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// How many finished stretch requests a CPU gathers into one record.
+pub const STRETCH_BATCH: usize = 16;
+
+/// Finished stretch requests of one CPU; only `requests[..count]` are requests, and the
+/// record is no longer than those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StretchRequestBatch {
+    pub hdr: EventHeader,
+    pub count: u32,
+    pub _pad: u32,
+    pub requests: [StretchRequest; STRETCH_BATCH],
+}
+
+impl StretchRequestBatch {
+    pub fn requests(&self) -> &[StretchRequest] {
+        &self.requests[..(self.count as usize).min(STRETCH_BATCH)]
+    }
 }
 
 /// A thread left the target (`ThreadExit`). A new thread (`ThreadNew`) is reported by an
@@ -469,6 +651,10 @@ pub struct Conversation {
     pub answered: u32,
     /// The connection behind `request_fd` (see [`SyscallEvent::connection`]).
     pub request_connection: u64,
+    /// The thread's voluntary context switches when its last stretch on a CPU with socket
+    /// I/O began (tracer-ebpf's `stretch.rs`): the same count at the next, and it has not
+    /// blocked since.
+    pub voluntary_switches: u64,
 }
 
 impl Default for Conversation {
@@ -477,6 +663,7 @@ impl Default for Conversation {
             request_fd: NO_FD,
             answered: 0,
             request_connection: 0,
+            voluntary_switches: u64::MAX,
         }
     }
 }
@@ -768,9 +955,14 @@ records! {
     SyscallEvent = 48,
     SyscallPairEvent = 96,
     SyscallPairBatch = 24 + 96 * PAIR_BATCH,
-    TcpSocket = 32,
+    TcpSocket = 88,
+    StretchTable = 24 + 8 * STRETCH_SLOTS,
+    StretchHandedOver = 40,
+    StretchHandover = 24 + 40 * STRETCH_SLOTS,
+    StretchRequest = 40,
+    StretchRequestBatch = 24 + 40 * STRETCH_BATCH,
     ThreadEvent = 32,
-    Conversation = 16,
+    Conversation = 24,
     TlsEvent = 40,
     GoSchedEvent = 48,
 }
@@ -778,6 +970,40 @@ records! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request kept in the kernel ends at its last write, or aborted when the connection
+    /// ended before any; its steal is what its CPU accounted since its start, no more than
+    /// its latency.
+    #[test]
+    fn a_kept_request_ends_at_its_last_write() {
+        let kept = TcpSocket {
+            fd: 4,
+            stretch_tid: 9,
+            start_ns: 1_000,
+            last_write_ns: 1_400,
+            steal_at_start_ns: 50,
+            flags: stretch_flags::SHARED,
+            ..Default::default()
+        };
+        let r = kept.finished_request(5_000, 80);
+        assert_eq!(
+            (r.start_ns, r.latency_ns, r.steal_ns, r.tid, r.fd, r.flags),
+            (1_000, 400, 30, 9, 4, stretch_flags::SHARED)
+        );
+        assert_eq!(kept.finished_request(5_000, 10_000).steal_ns, 400);
+        let unanswered = TcpSocket {
+            last_write_ns: 0,
+            ..kept
+        };
+        let r = unanswered.finished_request(5_000, 50);
+        assert_eq!(r.latency_ns, 4_000);
+        assert_ne!(r.flags & stretch_flags::ABORTED, 0);
+        let handed = kept.handed_over();
+        assert_eq!(
+            (handed.start_ns, handed.last_write_ns, handed.fd),
+            (1_000, 1_400, 4)
+        );
+    }
 
     #[test]
     fn switch_states_are_reported_as_the_tracepoint_does() {

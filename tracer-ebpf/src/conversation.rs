@@ -68,6 +68,28 @@ pub fn note_returned(
     Ok(())
 }
 
+/// Thread `tid` (the current task), which just moved socket bytes (its conversation is in
+/// this CPU's slot), starts a stretch on its CPU with `switches` voluntary context switches so
+/// far: whether it had as many when its last such stretch began, so that it has not blocked
+/// since (a read that starts this stretch did not wait for its bytes).
+#[inline(always)]
+pub fn unblocked_since_last_stretch(tid: u32, switches: u64) -> bool {
+    let Some(slot) = CPU_CONVERSATION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `note_returned`.
+    unsafe {
+        if (*slot).tid != tid {
+            return false;
+        }
+        let conversation = &mut (*slot).conversation;
+        let same = conversation.voluntary_switches == switches;
+        conversation.voluntary_switches = switches;
+        (*slot).dirty = 1;
+        same
+    }
+}
+
 /// Thread `tid` (the current task) is switching out: when this CPU's slot holds its
 /// conversation, it is stored back to `CONVERSATIONS` (the thread may next run elsewhere) and
 /// returned. `None`: it moved no socket bytes in this time on the CPU; its conversation, if

@@ -140,12 +140,41 @@ static RQ_CLOCK_OFFSET: u32 = 0;
 /// Byte offset of `task_struct.sched_info.run_delay` (0: not found).
 #[unsafe(no_mangle)]
 static TASK_RUN_DELAY_OFFSET: u32 = 0;
+/// Byte offset of `task_struct.nvcsw` (0: not found).
+#[unsafe(no_mangle)]
+static TASK_NVCSW_OFFSET: u32 = 0;
+
+/// The current task's voluntary context switches so far (`nvcsw`, counted by `__schedule()`
+/// at each switch away from a task that blocked, kernel/sched/core.c, Linux 6.18); 0 when
+/// unknown.
+#[inline(always)]
+pub fn current_voluntary_switches() -> u64 {
+    let at = global(&TASK_NVCSW_OFFSET);
+    if at == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel_at::<u64>(task, at).unwrap_or(0)
+}
 
 /// The current task's total wait for a CPU so far (`sched_info.run_delay`, grown by
 /// `sched_info_arrive()` when a wait ends, kernel/sched/stats.h, Linux 6.18); 0 when unknown.
 #[inline(always)]
 pub fn current_run_delay_ns() -> u64 {
     let at = global(&TASK_RUN_DELAY_OFFSET);
+    if at == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel_at::<u64>(task, at).unwrap_or(0)
+}
+
+/// The scheduler's clock when the current task last got its CPU (`sched_info.last_arrival`,
+/// set by `sched_info_arrive()` at each switch-in, kernel/sched/stats.h, Linux 6.18): it
+/// names the task's current stretch on the CPU. 0 when unknown.
+#[inline(always)]
+pub fn current_last_arrival() -> u64 {
+    let at = global(&TASK_LAST_ARRIVAL_OFFSET);
     if at == 0 {
         return 0;
     }

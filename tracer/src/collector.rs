@@ -9,14 +9,14 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tracer_common::{SyscallPairBatch, LOSS_KINDS};
+use tracer_common::LOSS_KINDS;
 
 use crate::{
     engine::{Breakdown, Engine, Event, EventKind, Tid, CAUSES},
     kernel::{
         names_wakers_only,
-        ring::{decode, decode_pair_batch, Reorder},
-        Probes,
+        ring::{decode, decode_kept, decode_pair_batch, Decoded, Reorder},
+        Gathered, Probes,
     },
     output::{
         self,
@@ -140,8 +140,10 @@ impl Collector {
             self.received += 1;
             self.interval_events += 1;
             // Straight into the reorder window: an event is moved once less.
-            if decode(&item, &mut self.reorder).is_none() {
-                self.malformed += 1;
+            match decode(&item, &mut self.reorder) {
+                Some(Decoded::Events) => {}
+                Some(Decoded::StretchRequests(requests)) => self.engine.stretch_requests(&requests),
+                None => self.malformed += 1,
             }
         }
         match probes {
@@ -175,12 +177,17 @@ impl Collector {
 
     /// The socket read/write pairs the CPUs had gathered and not sent when the programs were
     /// detached: records like the ring's, read from their map.
-    pub fn receive_gathered(&mut self, batches: &[SyscallPairBatch]) {
-        for batch in batches {
+    pub fn receive_gathered(&mut self, gathered: &Gathered) {
+        for batch in &gathered.pairs {
             self.received += 1;
             self.interval_events += 1;
             decode_pair_batch(batch, &mut self.reorder);
         }
+        for batch in &gathered.stretch_done {
+            self.received += 1;
+            self.engine.stretch_requests(batch.requests());
+        }
+        decode_kept(&gathered.stretch_kept, &mut self.reorder);
     }
 
     /// Hand the engine what the reorder window releases (everything, if `all`).

@@ -16,6 +16,7 @@ use crate::maps::{
     fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns, target_tgid,
     task_pid, user_stack_id, ON_CPU, WAKERS,
 };
+use crate::stretch::leave_stretch;
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
 /// struct task_struct *next, unsigned int prev_state)` (include/trace/events/sched.h, Linux
@@ -42,6 +43,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
     let running_conversation = prev_tid.and_then(|tid| {
+        leave_stretch(tid, now_ns());
         send_held();
         store_running_conversation(tid)
     });

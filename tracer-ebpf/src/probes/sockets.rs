@@ -13,17 +13,18 @@ use aya_ebpf::{
 };
 use tracer_common::{
     is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain, tcp_state,
-    tls_record, tls_record_and_next, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN, MSG_PEEK,
-    NO_FD, TLS_RECORD_HEADER,
+    tls_record, tls_record_and_next, EventHeader, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN,
+    MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
 use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
 use crate::conversation::{note_goroutine_returned, note_returned};
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, finish, header, report_eagain, sample_one_in,
+    current_syscall_regs, current_target_tid, finish, now_ns, report_eagain, sample_one_in,
     tls_records, TCP_SOCKETS,
 };
+use crate::stretch::{self, keeps_requests};
 
 /// Which way the bytes went.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,8 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
     }
     let sock = ctx.arg::<u64>(0);
-    let io = match TCP_SOCKETS.get_ptr_mut(sock) {
+    let tcp = TCP_SOCKETS.get_ptr_mut(sock);
+    let io = match tcp {
         // SAFETY: a valid map value pointer; only the target's own threads write `fd` and
         // `plain`, and a stale value costs one record's fd or TLS classification at worst.
         Some(tcp) => unsafe { tcp_socket_io(&mut *tcp, direction, ret)? },
@@ -85,9 +87,21 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     if !io.sampled {
         return Ok(());
     }
+    let now = now_ns();
+    if let Some(tcp) = tcp {
+        let received = direction == Direction::Received;
+        if keeps_requests() && io.record == 0 && stretch::serve(tcp, sock, tid, received, ret, now)
+        {
+            return Ok(());
+        }
+    }
     report_unseen_switch_in(tid);
     let event = SyscallEvent {
-        hdr: header(EventKind::Syscall, tid),
+        hdr: EventHeader {
+            ts_ns: now,
+            kind: EventKind::Syscall as u32,
+            tid,
+        },
         nr: io.nr,
         tls_record: io.record,
         fd: io.fd,
@@ -237,6 +251,12 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         tcp_state::SYN_RECV => socket_origin::TCP_SERVER,
         tcp_state::SYN_SENT => socket_origin::TCP_CLIENT,
         tcp_state::CLOSE => {
+            if keeps_requests() {
+                // SAFETY: a valid map value, read before its removal.
+                if let Some(tcp) = unsafe { TCP_SOCKETS.get(sock) } {
+                    stretch::end_on_close(tcp, now_ns());
+                }
+            }
             let _ = TCP_SOCKETS.remove(sock); // none when it opened before the tracer
             return Ok(());
         }
@@ -247,9 +267,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         origin,
         fd: NO_FD,
         plain: socket_plain::UNKNOWN,
-        requests: 0,
-        answered: 0,
-        _pad: 0,
+        ..Default::default()
     };
     // An LRU map: full, it forgets its oldest socket instead of failing.
     TCP_SOCKETS

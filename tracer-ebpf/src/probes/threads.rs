@@ -6,8 +6,10 @@ use tracer_common::{EventKind, Loss, ThreadEvent};
 use crate::conversation::forget_conversation;
 use crate::held_read::{release_held_read, send_held};
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, set_target_tid, task_pid, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, now_ns, set_target_tid, task_pid,
+    WAKERS,
 };
+use crate::stretch::leave_stretch;
 
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -59,6 +61,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let _ = set_target_tid(tid, false);
     forget_conversation(tid);
     let _ = WAKERS.remove(tid);
+    leave_stretch(tid, now_ns());
     send_held();
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),

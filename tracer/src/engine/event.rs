@@ -57,6 +57,12 @@ pub enum EventKind {
     },
     /// A socket read or write returned.
     Syscall(SyscallReturn),
+    /// The kernel side keeps the requests of connection `fd` from now on (they are served in
+    /// stretches on a CPU): the request open there, answered, is over.
+    StretchTakesConnection {
+        fd: u32,
+        connection: u64,
+    },
     ThreadNew,
     ThreadExit {
         /// The thread's name as it exited (kept for the lock detail).

@@ -133,6 +133,11 @@ impl<R: FdResolver> Engine<R> {
     }
 
     /// Requests that shared their context with another open request.
+    /// Requests the kernel side delimited and timed itself.
+    pub fn in_kernel(&self) -> u64 {
+        self.requests.in_kernel
+    }
+
     pub fn shared(&self) -> u64 {
         self.requests.shared
     }
@@ -181,6 +186,11 @@ impl<R: FdResolver> Engine<R> {
             }
             EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker, None),
             EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
+            EventKind::StretchTakesConnection { fd, connection } => {
+                if self.note_socket(fd, connection, SocketOrigin::TcpServer) == FdKind::Connection {
+                    self.finish(RequestOn::Connection(fd));
+                }
+            }
             EventKind::ThreadNew => self.thread_new(ts, tid),
             EventKind::ThreadExit { .. } => self.thread_exit(ts, tid),
             EventKind::OpenSsl { ssl, call } => self.ssl_call(ts, tid, ssl, call),

@@ -3,6 +3,7 @@
 //! next read of request bytes, and it ends after its last response write.
 
 use rustc_hash::FxHashMap as HashMap;
+use tracer_common::{stretch_flags, StretchRequest};
 
 use super::{
     cause::{Breakdown, Cause},
@@ -110,6 +111,8 @@ pub(super) struct Requests {
     pub aborted: u64,
     /// Requests that shared their context with another open request.
     pub shared: u64,
+    /// Requests the kernel side delimited and timed itself (aborted ones included).
+    pub in_kernel: u64,
 }
 
 impl Requests {
@@ -255,6 +258,35 @@ impl Requests {
 }
 
 impl<R: FdResolver> Engine<R> {
+    /// Requests the kernel side delimited and timed itself, each served by its thread in one
+    /// stretch on a CPU: all of it on that CPU, less the steal the CPU accounted meanwhile.
+    pub fn stretch_requests(&mut self, requests: &[StretchRequest]) {
+        for r in requests {
+            self.requests.in_kernel += 1;
+            if r.flags & stretch_flags::ABORTED != 0 {
+                self.requests.aborted += 1;
+                continue;
+            }
+            let shared_context = r.flags & stretch_flags::SHARED != 0;
+            if shared_context {
+                self.requests.shared += 1;
+            }
+            let mut breakdown = Breakdown::default();
+            breakdown[Cause::OnCpu.index()] = r.latency_ns - r.steal_ns.min(r.latency_ns);
+            breakdown[Cause::Steal.index()] = r.steal_ns.min(r.latency_ns);
+            self.requests.finished.push(Request {
+                ctx: ExecCtx::Thread(Tid(r.tid)),
+                fd: Some(r.fd),
+                start_ns: r.start_ns,
+                latency_ns: r.latency_ns,
+                breakdown,
+                incomplete: false,
+                shared_context,
+                largest_wait: None,
+            });
+        }
+    }
+
     /// A read returned request bytes on a connection.
     pub(super) fn request_bytes(&mut self, ts: u64, tid: Tid, fd: u32) {
         let on = RequestOn::Connection(fd);

@@ -869,6 +869,91 @@ fn a_connection_accepted_while_attaching_is_served_as_proc_says() {
     assert_eq!(latencies, [100, 150]);
 }
 
+/// The kernel side takes a connection back (its next request is kept there).
+fn taken(ts: u64, fd: u32) -> Event {
+    Event::new(
+        ts,
+        Tid(0),
+        EventKind::StretchTakesConnection {
+            fd,
+            connection: connection_of(fd),
+        },
+    )
+}
+
+/// A request kept in the kernel: all on its CPU, less the steal the CPU accounted; one the
+/// peer closed before its answer is aborted, not a request.
+#[test]
+fn a_request_kept_in_the_kernel_is_on_cpu_less_its_steal() {
+    let mut e = engine();
+    let kept = |start_ns, latency_ns, steal_ns, flags| tracer_common::StretchRequest {
+        start_ns,
+        latency_ns,
+        steal_ns,
+        tid: T,
+        fd: CONN,
+        flags,
+        _pad: 0,
+    };
+    e.stretch_requests(&[
+        kept(100, 50, 0, 0),
+        kept(200, 40, 10, tracer_common::stretch_flags::SHARED),
+        kept(300, 30, 99, 0), // steal past the latency: no more than it
+        kept(400, 5, 0, tracer_common::stretch_flags::ABORTED),
+    ]);
+    let reqs = e.take_requests();
+    let got: Vec<(u64, u64, u64, u64, bool)> = reqs
+        .iter()
+        .map(|r| {
+            assert_sums(r);
+            assert_eq!((r.ctx, r.fd), (ExecCtx::Thread(Tid(T)), Some(CONN)));
+            let (on_cpu, steal) = (cause(r, Cause::OnCpu), cause(r, Cause::Steal));
+            (r.start_ns, r.latency_ns, on_cpu, steal, r.shared_context)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (100, 50, 50, 0, false),
+            (200, 40, 30, 10, true),
+            (300, 30, 0, 30, false)
+        ]
+    );
+    assert_eq!((e.aborted(), e.shared(), e.in_kernel()), (1, 1, 4));
+}
+
+/// A request kept in the kernel, handed over when its thread left the CPU (its read and last
+/// write so far), ends when the kernel side takes the connection back for its next request.
+#[test]
+fn a_handed_over_request_ends_when_the_kernel_side_takes_its_connection_back() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            run(50),
+            read(100, CONN, 20), // handed over: its read,
+            write(160, CONN),    // and its last write,
+            block(300, nr::FUTEX, 0xabc),
+            wake(400),
+            run(450),
+            write(500, CONN), // more of the response, after the switch
+            taken(600, CONN), // the next request is kept in the kernel
+        ],
+    );
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let r = &reqs[0];
+    assert_eq!((r.start_ns, r.latency_ns), (100, 400));
+    assert_eq!(cause(r, Cause::Lock), 100);
+    assert_eq!(cause(r, Cause::Runqueue), 50);
+    assert_eq!(cause(r, Cause::OnCpu), 250);
+    assert_sums(r);
+    assert_eq!(
+        e.open_requests(),
+        0,
+        "taken back, the request there is the kernel's"
+    );
+}
+
 #[test]
 fn syscalls_are_named_for_the_other_detail() {
     assert_eq!(syscall_name(Some(61)), "wait4");

@@ -52,6 +52,8 @@ pub struct ArrivalOffsets {
     /// `task_struct.sched_info.run_delay`: the task's total wait for a CPU, grown at each
     /// `sched_info_arrive()`.
     pub task_run_delay: u32,
+    /// `task_struct.nvcsw`: the task's voluntary context switches so far (its blocks).
+    pub task_nvcsw: u32,
 }
 
 impl KernelOffsets {
@@ -87,6 +89,7 @@ impl KernelOffsets {
                 rq_clock: StructLayout::of(&btf, "rq")?.offset("clock")?,
                 task_run_delay: task_struct.offset("sched_info")?
                     + StructLayout::of(&btf, "sched_info")?.offset("run_delay")?,
+                task_nvcsw: task_struct.offset("nvcsw")?,
             })
         });
         Ok(KernelOffsets {
@@ -166,5 +169,6 @@ mod tests {
         assert!(arrival.rq_clock > 0 && arrival.rq_clock.is_multiple_of(8));
         assert!(arrival.task_run_delay > 0 && arrival.task_run_delay.is_multiple_of(8));
         assert_ne!(arrival.task_run_delay, arrival.task_last_arrival);
+        assert!(arrival.task_nvcsw > 0 && arrival.task_nvcsw.is_multiple_of(8));
     }
 }

@@ -14,4 +14,4 @@ pub mod stacks;
 pub mod uprobes;
 
 pub use counters::ProgramStat;
-pub use probes::{names_wakers_only, Probes};
+pub use probes::{names_wakers_only, Gathered, Probes};

@@ -7,11 +7,13 @@ use super::stacks::UserStacks;
 use crate::target::go::runtime::GOffsets;
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{raw_trace_point::RawTracePointLink, Program, ProgramError, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use tracer_common::SyscallPairBatch;
+use tracer_common::{
+    request_keeper, StretchHandedOver, StretchRequestBatch, SyscallPairBatch, TcpSocket,
+};
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
 /// raw tracepoint of its name: exits first.
@@ -41,6 +43,10 @@ pub struct Probes {
     /// The socket read/write pairs each CPU gathers (tracer-ebpf's `held_read.rs`), read
     /// once detached.
     pair_batches: PerCpuArray<MapData, SyscallPairBatch>,
+    /// The finished requests each CPU gathers, and the TCP sockets, whose entries hold the
+    /// requests kept in the kernel (tracer-ebpf's `stretch.rs`), read once detached.
+    stretch_done: PerCpuArray<MapData, StretchRequestBatch>,
+    tcp_sockets: HashMap<MapData, u64, TcpSocket>,
     /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
     stacks: Option<UserStacks>,
     raw_links: Vec<RawTracePointLink>,
@@ -104,6 +110,7 @@ impl Probes {
         loader.override_global("TASK_LAST_ARRIVAL_OFFSET", &arrival.task_last_arrival, true);
         loader.override_global("RQ_CLOCK_OFFSET", &arrival.rq_clock, true);
         loader.override_global("TASK_RUN_DELAY_OFFSET", &arrival.task_run_delay, true);
+        loader.override_global("TASK_NVCSW_OFFSET", &arrival.task_nvcsw, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // The sites only threads have (a lock's unlocker, a preemption's): not where
@@ -115,6 +122,20 @@ impl Probes {
         let hold_reads = u32::from(go.is_none());
         loader.override_global("HOLD_READS", &hold_reads, true);
         loader.override_global("SAMPLE_ONE_IN", &sample_one_in, true);
+        // The requests a thread serves in one stretch on its CPU are delimited and timed in
+        // the kernel (tracer-ebpf's stretch.rs), where reads are held and every request is
+        // attributed. `TRACER_STRETCH_REQUESTS=0` sends every read and write instead (to
+        // compare the two).
+        // A stretch is told from the next by the thread's `sched_info.last_arrival`, and a
+        // read that did not block by its `nvcsw`.
+        let stretch_requests = u32::from(
+            hold_reads == 1
+                && sample_one_in <= 1
+                && arrival.task_last_arrival != 0
+                && arrival.task_nvcsw != 0
+                && !stretch_requests_turned_off(),
+        );
+        loader.override_global("STRETCH_REQUESTS", &stretch_requests, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
             g_goid: 0,
@@ -135,11 +156,17 @@ impl Probes {
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
         let pair_batches =
             PerCpuArray::try_from(ebpf.take_map("PAIR_BATCHES").context("map PAIR_BATCHES")?)?;
+        let stretch_done =
+            PerCpuArray::try_from(ebpf.take_map("STRETCH_DONE").context("map STRETCH_DONE")?)?;
+        let tcp_sockets =
+            HashMap::try_from(ebpf.take_map("TCP_SOCKETS").context("map TCP_SOCKETS")?)?;
         let mut probes = Probes {
             ebpf,
             _stats: stats,
             losses,
             pair_batches,
+            stretch_done,
+            tcp_sockets,
             stacks: Some(UserStacks(stacks)),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
@@ -194,7 +221,7 @@ impl Probes {
     /// Detach every program, and return the pairs the CPUs had gathered and not sent (their
     /// target threads were still on their CPUs); the programs and maps are unloaded when
     /// `self` drops.
-    pub fn detach(mut self) -> Result<Vec<SyscallPairBatch>> {
+    pub fn detach(mut self) -> Result<Gathered> {
         drop(std::mem::take(&mut self.raw_links));
         // Uprobe links wait in the kernel: 16 Go probes took 1.9 s one by one, 1.3 s in
         // parallel (the kernel serialises part of uprobe unregistration), so they are dropped
@@ -210,12 +237,40 @@ impl Probes {
         while let Some(link) = self.interrupt_links.pop() {
             drop(link);
         }
-        let per_cpu = self
-            .pair_batches
-            .get(&0, 0)
-            .context("reading the requests the CPUs had gathered")?;
-        Ok(per_cpu.iter().filter(|b| b.count != 0).copied().collect())
+        let context = "reading the requests the CPUs had gathered";
+        let pairs = self.pair_batches.get(&0, 0).context(context)?;
+        let stretch_done = self.stretch_done.get(&0, 0).context(context)?;
+        let stretch_kept = self
+            .tcp_sockets
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, tcp)| tcp.keeper == request_keeper::STRETCH)
+            .map(|(_, tcp)| (tcp.stretch_tid, tcp.handed_over()))
+            .collect();
+        Ok(Gathered {
+            pairs: pairs.iter().filter(|b| b.count != 0).copied().collect(),
+            stretch_done: stretch_done
+                .iter()
+                .filter(|b| b.count != 0)
+                .copied()
+                .collect(),
+            stretch_kept,
+        })
     }
+}
+
+/// What the CPUs still held when the programs were detached: records like the ring's, read
+/// from their maps.
+pub struct Gathered {
+    pub pairs: Vec<SyscallPairBatch>,
+    pub stretch_done: Vec<StretchRequestBatch>,
+    /// The requests still kept in the kernel: their thread, and each as handed over.
+    pub stretch_kept: Vec<(u32, StretchHandedOver)>,
+}
+
+/// `TRACER_STRETCH_REQUESTS=0`: no request is kept in the kernel.
+fn stretch_requests_turned_off() -> bool {
+    std::env::var_os("TRACER_STRETCH_REQUESTS").is_some_and(|v| v == "0")
 }
 
 /// The program `name` of the object, as type `P`.

@@ -3,11 +3,13 @@
 //! a socket read held back on its CPU to pair with its thread's next write (tracer-ebpf's
 //! `held_read.rs`) arrives with that write, after the records other programs emitted meanwhile.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, mem::size_of};
 
 use tracer_common::{
-    go_sched, tls, waker_context, EventHeader, GoSchedEvent, SwitchEvent, SyscallEvent,
+    go_sched, nr, tls, waker_context, EventHeader, GoSchedEvent, StretchHandedOver,
+    StretchHandover, StretchRequest, StretchRequestBatch, SwitchEvent, SyscallEvent,
     SyscallPairBatch, SyscallPairEvent, ThreadEvent, TlsEvent, WakerId, WakeupEvent, NO_SYSCALL,
+    STRETCH_BATCH, STRETCH_SLOTS,
 };
 
 use crate::engine::{
@@ -120,9 +122,19 @@ impl EventSink for Reorder {
     }
 }
 
-/// Decode one record into zero, one or two engine events (a switch between two target threads
-/// is a switch-out and a switch-in). `None` when the record is malformed.
-pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
+/// What a record was.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Events, pushed to the sink.
+    Events,
+    /// Requests the kernel side delimited and timed itself: no events, for the engine's
+    /// [`crate::engine::Engine::stretch_requests`].
+    StretchRequests(Vec<StretchRequest>),
+}
+
+/// Decode one record into engine events (a switch between two target threads is a switch-out
+/// and a switch-in; a batch holds many), or requests. `None` when the record is malformed.
+pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<Decoded> {
     let hdr: EventHeader = read(bytes)?;
     let (ts, tid) = (hdr.ts_ns, Tid(hdr.tid));
     match tracer_common::EventKind::from_u32(hdr.kind)? {
@@ -199,8 +211,91 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<()> {
             let comm = comm(&e.comm);
             out.push(Event::new(ts, tid, EventKind::ThreadExit { comm }));
         }
+        tracer_common::EventKind::StretchRequestBatch => {
+            return stretch_request_batch(bytes).map(Decoded::StretchRequests);
+        }
+        tracer_common::EventKind::StretchHandover => {
+            let (count, items) = counted_head(bytes, STRETCH_HANDOVER_HEAD, STRETCH_SLOTS)?;
+            for i in 0..count {
+                let request: StretchHandedOver =
+                    read(items.get(i * size_of::<StretchHandedOver>()..)?)?;
+                // 0: a listed connection no longer kept by the thread's stretch.
+                if request.start_ns != 0 {
+                    push_handed_over(tid, &request, out);
+                }
+            }
+        }
+        tracer_common::EventKind::StretchTakesConnection => {
+            let e: SyscallEvent = read(bytes)?;
+            let (fd, connection) = (e.fd, e.connection);
+            out.push(Event::new(
+                ts,
+                tid,
+                EventKind::StretchTakesConnection { fd, connection },
+            ));
+        }
     }
-    Some(())
+    Some(Decoded::Events)
+}
+
+/// The bytes of a [`StretchHandover`] before its requests: the record is as long as the
+/// requests it holds.
+const STRETCH_HANDOVER_HEAD: usize =
+    size_of::<StretchHandover>() - STRETCH_SLOTS * size_of::<StretchHandedOver>();
+/// The same for a [`StretchRequestBatch`].
+const STRETCH_BATCH_HEAD: usize =
+    size_of::<StretchRequestBatch>() - STRETCH_BATCH * size_of::<StretchRequest>();
+
+/// A record of `head` bytes, whose first u32 after the event header is a count of at most
+/// `max` items, then as many items: the count and the items' bytes (the items must all be
+/// there).
+fn counted_head(bytes: &[u8], head: usize, max: usize) -> Option<(usize, &[u8])> {
+    let count: u32 = read(bytes.get(size_of::<EventHeader>()..)?)?;
+    let count = (count as usize).min(max);
+    Some((count, bytes.get(head..)?))
+}
+
+/// The requests of a [`StretchRequestBatch`] record (as long as its requests).
+fn stretch_request_batch(bytes: &[u8]) -> Option<Vec<StretchRequest>> {
+    let (count, items) = counted_head(bytes, STRETCH_BATCH_HEAD, STRETCH_BATCH)?;
+    (0..count)
+        .map(|i| read(items.get(i * size_of::<StretchRequest>()..)?))
+        .collect()
+}
+
+/// The requests still kept in the kernel when the programs were detached (thread, request),
+/// read from their map, as the events a handover carries.
+pub fn decode_kept(kept: &[(u32, StretchHandedOver)], out: &mut impl EventSink) {
+    for (tid, request) in kept {
+        push_handed_over(Tid(*tid), request, out);
+    }
+}
+
+/// A request kept in the kernel, handed over: the read that started it and its last write so
+/// far, as the collector would have had them.
+fn push_handed_over(tid: Tid, request: &StretchHandedOver, out: &mut impl EventSink) {
+    let sys = |nr, ret: i32| {
+        EventKind::Syscall(SyscallReturn {
+            nr,
+            fd: request.fd,
+            ret: i64::from(ret),
+            connection: request.connection,
+            origin: SocketOrigin::TcpServer,
+            tls_record: 0,
+        })
+    };
+    out.push(Event::new(
+        request.start_ns,
+        tid,
+        sys(nr::READ, request.read_ret),
+    ));
+    if request.last_write_ns != 0 {
+        out.push(Event::new(
+            request.last_write_ns,
+            tid,
+            sys(nr::WRITE, request.write_ret),
+        ));
+    }
 }
 
 /// The pairs a CPU gathered: from the ring, or from the map once detached.
@@ -427,6 +522,83 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// The kernel sends a batch of requests, and a handover, only as long as the requests
+    /// they hold; a handover's place left empty (`start_ns` 0) is no request.
+    #[test]
+    fn stretch_records_are_as_long_as_their_requests() {
+        let request = |start_ns, tid| StretchRequest {
+            start_ns,
+            latency_ns: 50,
+            tid,
+            fd: 4,
+            ..Default::default()
+        };
+        let mut batch = StretchRequestBatch {
+            hdr: EventHeader {
+                ts_ns: 100,
+                kind: tracer_common::EventKind::StretchRequestBatch as u32,
+                tid: 0,
+            },
+            count: 2,
+            ..Default::default()
+        };
+        batch.requests[..3].copy_from_slice(&[request(10, 1), request(20, 2), request(30, 3)]);
+        let sent = &bytes(&batch)[..STRETCH_BATCH_HEAD + 2 * size_of::<StretchRequest>()];
+        let mut out = Vec::new();
+        match decode(sent, &mut out) {
+            Some(Decoded::StretchRequests(got)) => {
+                assert_eq!(got, [request(10, 1), request(20, 2)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(out.is_empty());
+        // Shorter than its count says: malformed.
+        assert!(decode(&sent[..sent.len() - 1], &mut out).is_none());
+
+        let handed = |connection, start_ns, last_write_ns| StretchHandedOver {
+            connection,
+            start_ns,
+            last_write_ns,
+            fd: 4,
+            read_ret: 22,
+            write_ret: 90,
+            _pad: 0,
+        };
+        let mut handover = StretchHandover {
+            hdr: EventHeader {
+                ts_ns: 500,
+                kind: tracer_common::EventKind::StretchHandover as u32,
+                tid: 7,
+            },
+            count: 3,
+            _pad: 0,
+            requests: [StretchHandedOver::default(); STRETCH_SLOTS],
+        };
+        handover.requests[..3].copy_from_slice(&[
+            handed(1, 100, 200),
+            handed(2, 0, 0), // left out: no longer the thread's
+            handed(3, 300, 0),
+        ]);
+        let sent = &bytes(&handover)[..STRETCH_HANDOVER_HEAD + 3 * size_of::<StretchHandedOver>()];
+        let mut out = Vec::new();
+        assert!(matches!(decode(sent, &mut out), Some(Decoded::Events)));
+        let seen: Vec<(u64, Tid, u32, i64, u64)> = out
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Syscall(s) => (e.ts, e.tid, s.nr, s.ret, s.connection),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (100, Tid(7), nr::READ, 22, 1),
+                (200, Tid(7), nr::WRITE, 90, 1),
+                (300, Tid(7), nr::READ, 22, 3),
+            ]
+        );
+    }
+
     #[test]
     fn a_batch_is_its_counted_pairs_in_order() {
         let io = |ts, kind: tracer_common::EventKind, nr, tid| SyscallEvent {
@@ -556,7 +728,7 @@ mod tests {
         };
         let decoded = |rec: GoSchedEvent| {
             let mut out = Vec::new();
-            decode(&bytes(&rec), &mut out).map(|()| out)
+            decode(&bytes(&rec), &mut out).map(|_| out)
         };
         let go = |kind| Some(vec![Event::new(42, Tid(7), EventKind::Go(kind))]);
         // gopark's reason register holds garbage above its low byte.

@@ -98,6 +98,10 @@ pub struct Requests {
     pub aborted: u64,
     /// Shared their execution context with another open request (event loops).
     pub shared_context: u64,
+    /// Delimited and timed in the kernel: served by their thread in one stretch on a CPU,
+    /// all of their time on it (see the README's cost section).
+    #[serde(default)]
+    pub in_kernel: u64,
     /// Lines in requests.jsonl.
     pub slow_logged: u64,
     /// 1: every request was attributed; N: one request in N on each plaintext connection
@@ -561,6 +565,7 @@ impl Summary {
                 incomplete: t.incomplete,
                 aborted: engine.aborted(),
                 shared_context: engine.shared(),
+                in_kernel: engine.in_kernel(),
                 slow_logged: c.slow_logged(),
                 sampled_one_in: end.sample_one_in,
             },

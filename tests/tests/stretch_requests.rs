@@ -1,0 +1,185 @@
+//! Requests a thread serves without leaving its CPU are delimited and timed in the kernel
+//! (tracer-ebpf's `stretch.rs`); those that leave it (a sleep inside the request, or a
+//! preemption) are handed to the collector mid-way, and the connection is taken back for the
+//! next. Traced for real: a server (`tests/python/pipelined_server.py`) answers pipelined
+//! requests on one keep-alive connection, none of whose reads wait, some spinning, some
+//! sleeping, some doing nothing, and measures each itself. Every request must be counted once
+//! and agree with the server's own measurement, whichever side delimited it; and the kernel
+//! side must have kept some.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use tracer::{engine::Cause, output::jsonl::RequestRecord};
+use tracer_tests::{
+    http::{read_response, Response},
+    last_cpu, pin_this_thread_to_cpu,
+    session::Tracer,
+    workspace_root, Workload,
+};
+
+const MS: u64 = 1_000_000;
+/// The requests, in the order sent: a spin, two that do nothing, a sleep; four times.
+const KINDS: [&str; 4] = ["spin", "none", "none", "sleep"];
+const ROUNDS: usize = 4;
+
+fn cause(r: &RequestRecord, cause: Cause) -> u64 {
+    r.breakdown.get(&cause).copied().unwrap_or(0)
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Within `rel` (relative) plus `abs` ns of `want`.
+fn near(got: u64, want: u64, rel: f64, abs: u64) -> bool {
+    let slack = (want as f64 * rel) as u64 + abs;
+    got + slack >= want && got <= want + slack
+}
+
+#[test]
+#[ignore = "needs root"]
+fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
+    let script = workspace_root().join("tests/python/pipelined_server.py");
+    let requests = KINDS.len() * ROUNDS;
+    // The server alone on the last CPU, this thread (the client) and the tracer it spawns on
+    // the first: a response that wakes the client on the server's CPU would preempt the
+    // server at each write, and every request would be handed over before the next read
+    // could finish it in the kernel.
+    let mut server = Command::new("taskset");
+    server
+        .arg("-c")
+        .arg(last_cpu().to_string())
+        .arg(&script)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--requests",
+            &requests.to_string(),
+            "--spin-ms",
+            "5",
+            "--sleep-ms",
+            "20",
+        ]);
+    let server = Workload::start(server);
+    pin_this_thread_to_cpu(0);
+    let tracer = Tracer::attach(server.pid).args(["--slow", "0"]).start();
+
+    let kinds: Vec<&str> = KINDS.iter().copied().cycle().take(requests).collect();
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    let all: String = kinds
+        .iter()
+        .map(|k| format!("GET /{k} HTTP/1.1\r\n\r\n"))
+        .collect();
+    client.write_all(all.as_bytes()).expect("send");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let responses: Vec<Response> = kinds
+        .iter()
+        .map(|_| read_response(&mut client, &mut buf).expect("a response"))
+        .collect();
+    let mut rest = [0u8; 1];
+    client.set_nonblocking(true).unwrap();
+    assert!(client.read(&mut rest).is_err(), "one response per request");
+
+    // The server now spins on its CPU; its last requests still kept in the kernel.
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.describe());
+    let mut traced = done.requests.clone();
+    traced.sort_by_key(|r| r.start_ns);
+    assert_eq!(
+        traced.len(),
+        requests,
+        "one traced request per request sent: {traced:#?}\n{}",
+        done.describe()
+    );
+    let summary = done.summary();
+    assert_eq!(
+        summary.requests.count,
+        requests as u64,
+        "{}",
+        done.describe()
+    );
+    assert!(
+        summary.requests.in_kernel >= 1,
+        "the kernel side kept some requests: {:?}",
+        summary.requests
+    );
+    for r in &traced {
+        assert_eq!(
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "causes sum to the latency: {r:?}"
+        );
+        assert!(!r.incomplete, "no events lost: {r:?}");
+    }
+
+    let rows = |kind: &str| -> Vec<(&Response, &RequestRecord)> {
+        kinds
+            .iter()
+            .zip(responses.iter().zip(&traced))
+            .filter(|(k, _)| **k == kind)
+            .map(|(_, pair)| pair)
+            .collect()
+    };
+    let describe = |rows: &[(&Response, &RequestRecord)]| format!("{rows:#?}");
+
+    // spin: on a CPU, as the server's thread clock says; with its waits for a CPU (on a busy
+    // machine), as long as the server's handler.
+    let spins = rows("spin");
+    let on_cpu = median(spins.iter().map(|(_, r)| cause(r, Cause::OnCpu)).collect());
+    let cpu = median(spins.iter().map(|(s, _)| s.cpu_ns()).collect());
+    assert!(
+        near(on_cpu, cpu, 0.10, MS),
+        "spin: traced on_cpu median {on_cpu} ns, server's thread clock {cpu} ns: {}",
+        describe(&spins)
+    );
+    let spinning = |r: &RequestRecord| {
+        cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue) + cause(r, Cause::Steal)
+    };
+    let traced_spin = median(spins.iter().map(|(_, r)| spinning(r)).collect());
+    let handler = median(spins.iter().map(|(s, _)| s.handler_ns()).collect());
+    assert!(
+        near(traced_spin, handler, 0.10, MS),
+        "spin: traced on_cpu + runqueue + steal median {traced_spin} ns, server's handler {handler} ns: {}",
+        describe(&spins)
+    );
+
+    // sleep: its handler's time off a CPU and off the run queue is the sleep.
+    let sleeps = rows("sleep");
+    let slept = median(sleeps.iter().map(|(_, r)| cause(r, Cause::Sleep)).collect());
+    let blocked = median(
+        sleeps
+            .iter()
+            .map(|(s, _)| {
+                s.handler_ns()
+                    .saturating_sub(s.cpu_ns())
+                    .saturating_sub(s.runqueue_ns())
+            })
+            .collect(),
+    );
+    assert!(
+        near(slept, blocked, 0.10, MS),
+        "sleep: traced sleep median {slept} ns, server blocked {blocked} ns: {}",
+        describe(&sleeps)
+    );
+
+    // none: no blocked time at all, and no longer than the server's handler and its write.
+    for (s, r) in rows("none") {
+        for blocked in [Cause::Sleep, Cause::Lock, Cause::NetIo, Cause::Other] {
+            assert_eq!(cause(r, blocked), 0, "none: {} in {r:?}", blocked.name());
+        }
+        assert!(
+            cause(r, Cause::OnCpu) <= s.handler_ns() + MS,
+            "none: on_cpu beyond the server's handler: {s:?} {r:?}"
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! Requests the kernel side delimits and times itself, with no record per read or write: those
+//! a target thread serves in one stretch on its CPU, from the read that starts the request to
+//! the read that starts the connection's next one. A saturated event loop (one nginx worker
+//! here) leaves its CPU once every few thousand requests, so almost all its requests are these,
+//! and the collector receives each as 40 bytes of a batch instead of decoding and replaying a
+//! read and a write ([`StretchRequest`]).
+//!
+//! Such a request's time is all on its CPU: its thread ran from its first read to its last
+//! write with no switch (any switch-out ends the stretch), so its latency is its CPU time,
+//! less the steal its CPU accounted meanwhile (see [`StretchRequest`]). Every other case goes
+//! to the collector as before, with its exact meaning kept:
+//! - A thread's first socket read or write in a stretch goes to the collector, unless it is a
+//!   read and the thread has not blocked since its last stretch began (it was preempted): a
+//!   read may have blocked, and the collector starts such a request at the wakeup that ended
+//!   the block.
+//! - When the thread leaves its CPU (switch-out, exit), the requests its stretch still keeps
+//!   are handed to the collector in one record, each as the read that started it and its last
+//!   write so far ([`StretchHandover`]), before the switch-out's own record: it may still write
+//!   more of a response, or take another read to be over, in a later stretch. The handover's
+//!   reads are older than the collector's reorder window when the stretch was long; they
+//!   concern only the running thread, whose timeline has not moved since its switch-in, so
+//!   they are still replayed right.
+//! - A request that another thread (or the same thread on another CPU) reads or writes is
+//!   handed over the same way, first: a worker pool's reader and writer are two threads.
+//! - A connection whose request the collector holds (handed over, or begun by a first read) is
+//!   taken back when its next request begins in a stretch, with one record that tells the
+//!   collector its request there is over ([`EventKind::StretchTakesConnection`]).
+//! - A connection that closes with a request kept ends it here (`inet_sock_set_state`).
+//!
+//! Only plaintext server-side TCP connections the kernel side saw open, of targets that are
+//! not Go (whose requests are their goroutines'), with every request attributed (no
+//! `--sample`), are kept here.
+//!
+//! Each kept request lives in its connection's `TCP_SOCKETS` entry, which every read and write
+//! looks up anyway; the CPU's stretch table lists the connections its thread keeps, for the
+//! handover. The table is per CPU and used only by tracepoint programs, which cannot interleave
+//! on it (as `held_read.rs`). Finished requests are gathered [`STRETCH_BATCH`] to a record,
+//! sent when full, when their thread leaves the CPU, or after [`STRETCH_BATCH_MAX_WAIT_NS`];
+//! those still gathered, and the requests still kept, when the tracer detaches are read from
+//! their maps.
+
+use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::PerCpuArray};
+use tracer_common::{
+    nr, request_keeper, socket_origin, socket_plain, stretch_flags, EventHeader, EventKind, Loss,
+    StretchHandover, StretchRequest, StretchRequestBatch, StretchTable, SyscallEvent, TcpSocket,
+    STRETCH_BATCH, STRETCH_SLOTS,
+};
+
+use crate::conversation::unblocked_since_last_stretch;
+use crate::maps::{
+    count_loss, count_losses, cpu_steal_ns, current_last_arrival, current_voluntary_switches, emit,
+    global, tls_records, EVENTS, TCP_SOCKETS,
+};
+
+/// 1: keep requests in the kernel (set by the collector at load time).
+#[unsafe(no_mangle)]
+static STRETCH_REQUESTS: u32 = 0;
+
+/// How long a finished request may wait for its batch to fill (the live view's freshness;
+/// the requests are complete, so their order does not matter).
+const STRETCH_BATCH_MAX_WAIT_NS: u64 = 50_000_000;
+
+#[map]
+static STRETCH_TABLES: PerCpuArray<StretchTable> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a CPU builds its handover record.
+#[map]
+static STRETCH_HANDOVERS: PerCpuArray<StretchHandover> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static STRETCH_DONE: PerCpuArray<StretchRequestBatch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether requests are kept in the kernel at all.
+#[inline(always)]
+pub fn keeps_requests() -> bool {
+    global(&STRETCH_REQUESTS) != 0
+}
+
+/// A read or write that moved bytes (`ret` > 0) or ended (`ret` <= 0) on `tcp` (`sock`), of
+/// target thread `tid`, the current task, at `now`. Returns whether the kernel side kept it:
+/// `false`, it goes to the collector as a record.
+///
+/// `tcp` is `sock`'s `TCP_SOCKETS` entry: a handover writes the entries it lists, this one
+/// among them maybe, so no reference to it is held across one.
+#[inline(always)]
+pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64, now: u64) -> bool {
+    // SAFETY (every dereference of `tcp`): a valid map value pointer; only the target's
+    // threads write its request fields, a stale value costs one request's attribution.
+    // Plaintext server-side connections only: a TLS connection's records are the
+    // collector's to read (its handshake, and reads that start mid-record).
+    let (origin, plain) = unsafe { ((*tcp).origin, (*tcp).plain) };
+    if origin != socket_origin::TCP_SERVER || (plain != socket_plain::PLAIN && tls_records()) {
+        return false;
+    }
+    let Some(table) = STRETCH_TABLES.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's table, used only by programs that cannot interleave on it.
+    let table = unsafe { &mut *table };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let (keeper, kept_by, kept_on) =
+        unsafe { ((*tcp).keeper, (*tcp).stretch_tid, (*tcp).stretch_cpu) };
+    if keeper == request_keeper::STRETCH && (kept_by != tid || kept_on != cpu) {
+        // Kept by another thread's stretch, or this thread's on another CPU: the collector
+        // takes it, then this read or write.
+        hand_over_one(unsafe { &mut *tcp }, now);
+    }
+    // The thread's first socket read or write in this stretch (or the last owner's switch-out
+    // went unseen): the table's requests go to the collector now, and so does this one. A
+    // read checks the stretch, by the scheduler's clock when the thread last got the CPU, in
+    // case its switch-out went unseen: a request finishes only at a read, so one that spanned
+    // such a switch is handed over, never finished here.
+    let new_stretch = if table.owner_tid != tid {
+        Some(current_last_arrival())
+    } else if received {
+        let arrival = current_last_arrival();
+        (arrival != table.owner_arrival).then_some(arrival)
+    } else {
+        None
+    };
+    if let Some(arrival) = new_stretch {
+        hand_over(table, cpu, now);
+        table.owner_tid = tid;
+        table.owner_arrival = arrival;
+        // A read that begins the stretch is kept only if it did not block: the thread has
+        // not blocked since its last stretch began (it was preempted, or woke a task that
+        // took its CPU). One that blocked goes to the collector, which starts its request
+        // at the wakeup that ended the block.
+        let unblocked = unblocked_since_last_stretch(tid, current_voluntary_switches());
+        if !(received && ret > 0 && unblocked) {
+            note_sent(unsafe { &mut *tcp }, received, ret);
+            return false;
+        }
+    }
+    let tcp = unsafe { &mut *tcp };
+    match (tcp.keeper == request_keeper::STRETCH, received) {
+        (true, true) => read_kept(table, tcp, ret, now),
+        (true, false) => {
+            if ret > 0 {
+                answer(table, tcp, ret, now);
+            }
+            true // a failed write changes nothing (as for the collector)
+        }
+        (false, true) if ret > 0 => open(table, tcp, sock, tid, cpu, ret, now),
+        (false, _) => {
+            note_sent(tcp, received, ret);
+            false
+        }
+    }
+}
+
+/// A read on a connection whose request this stretch keeps: the next request when that one
+/// was answered (the answered one is finished), more of it when not, or the connection's end.
+#[inline(always)]
+fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) -> bool {
+    let answered = tcp.last_write_ns != 0;
+    if ret > 0 {
+        if answered {
+            let steal = cpu_steal_ns();
+            gather(tcp.finished_request(now, steal), now);
+            start(table, tcp, ret, now, steal);
+        }
+        return true;
+    }
+    if ret == 0 {
+        // The peer closed: a request answered is complete, one not answered aborted.
+        if !answered {
+            table.unanswered = table.unanswered.saturating_sub(1);
+        }
+        gather(tcp.finished_request(now, cpu_steal_ns()), now);
+        tcp.keeper = request_keeper::NONE;
+        tcp.responded = 0;
+    }
+    true // a failed read changes nothing (as for the collector)
+}
+
+/// A read of request bytes on a connection no stretch keeps: a new request kept here, unless
+/// it continues one the collector holds, or the table is full.
+#[inline(always)]
+fn open(
+    table: &mut StretchTable,
+    tcp: &mut TcpSocket,
+    sock: u64,
+    tid: u32,
+    cpu: u32,
+    ret: i64,
+    now: u64,
+) -> bool {
+    let collector_holds = tcp.keeper != request_keeper::NONE;
+    if collector_holds && tcp.responded == 0 {
+        return false; // more of the request the collector has open
+    }
+    let len = table.len as usize;
+    if len >= STRETCH_SLOTS {
+        note_sent(tcp, true, ret);
+        return false;
+    }
+    if collector_holds {
+        // The collector's request there, answered, is over.
+        if let Err(loss) = emit(taken_connection(tcp, now)) {
+            count_loss(loss);
+        }
+    }
+    // Listed once per stretch: the connection's next requests in it reuse the entry.
+    table.socks[len & (STRETCH_SLOTS - 1)] = sock;
+    table.len = len as u32 + 1;
+    tcp.keeper = request_keeper::STRETCH;
+    tcp.stretch_tid = tid;
+    tcp.stretch_cpu = cpu;
+    start(table, tcp, ret, now, cpu_steal_ns());
+    true
+}
+
+/// `tcp`'s next request starts with a read that returned `ret` at `now`.
+#[inline(always)]
+fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64, steal: u64) {
+    table.opened = table.opened.wrapping_add(1);
+    table.unanswered += 1;
+    tcp.start_ns = now;
+    tcp.last_write_ns = 0;
+    tcp.steal_at_start_ns = steal;
+    tcp.read_ret = ret as i32;
+    tcp.write_ret = 0;
+    tcp.opened_as = table.opened;
+    // Another request of the thread was waiting for its response.
+    tcp.flags = if table.unanswered > 1 {
+        stretch_flags::SHARED
+    } else {
+        0
+    };
+    tcp.responded = 0;
+}
+
+/// A response write of `tcp`'s kept request.
+#[inline(always)]
+fn answer(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
+    if tcp.last_write_ns == 0 {
+        table.unanswered = table.unanswered.saturating_sub(1);
+        // Another request opened while it waited for its response.
+        if table.opened != tcp.opened_as {
+            tcp.flags |= stretch_flags::SHARED;
+        }
+    }
+    tcp.last_write_ns = now;
+    tcp.write_ret = ret as i32;
+    tcp.responded = 1;
+}
+
+/// The record telling the collector that the kernel side takes `tcp`'s requests back.
+#[inline(always)]
+fn taken_connection(tcp: &TcpSocket, now: u64) -> SyscallEvent {
+    SyscallEvent {
+        hdr: EventHeader {
+            ts_ns: now,
+            kind: EventKind::StretchTakesConnection as u32,
+            tid: 0,
+        },
+        nr: nr::READ,
+        fd: tcp.fd,
+        origin: socket_origin::TCP_SERVER,
+        connection: tcp.opened_ns,
+        ..Default::default()
+    }
+}
+
+/// A read or write of `tcp` that goes to the collector: what it tells the collector about the
+/// connection's request.
+#[inline(always)]
+fn note_sent(tcp: &mut TcpSocket, received: bool, ret: i64) {
+    match (received, ret) {
+        (true, 0) => tcp.keeper = request_keeper::NONE, // the peer closed: the request is over
+        (true, r) if r > 0 && (tcp.keeper != request_keeper::COLLECTOR || tcp.responded != 0) => {
+            tcp.keeper = request_keeper::COLLECTOR;
+            tcp.responded = 0;
+        }
+        (false, r) if r > 0 => tcp.responded = 1,
+        _ => {}
+    }
+}
+
+/// A finished request, into this CPU's batch.
+#[inline(always)]
+fn gather(request: StretchRequest, now: u64) {
+    let Some(batch) = STRETCH_DONE.get_ptr_mut(0) else {
+        return count_losses(Loss::MapFull, 2);
+    };
+    // SAFETY: this CPU's batch, used only by programs that cannot interleave on it.
+    let batch = unsafe { &mut *batch };
+    let count = batch.count as usize;
+    if count == 0 {
+        batch.hdr.ts_ns = now;
+        batch.hdr.kind = EventKind::StretchRequestBatch as u32;
+    }
+    batch.requests[count & (STRETCH_BATCH - 1)] = request;
+    batch.count = count as u32 + 1;
+    if count + 1 >= STRETCH_BATCH || now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
+    {
+        send_done(batch);
+    }
+}
+
+/// Send the finished requests gathered in `batch` (a record as long as its requests).
+#[inline(always)]
+fn send_done(batch: &mut StretchRequestBatch) {
+    let count = (batch.count as usize).min(STRETCH_BATCH);
+    if count == 0 {
+        return;
+    }
+    let bytes = head_bytes::<StretchRequestBatch>(batch, 24 + 40 * count);
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_losses(Loss::RingFull, 2 * count as u64);
+    }
+    batch.count = 0;
+}
+
+/// The first `len` bytes of `value` (no more than its size).
+#[inline(always)]
+fn head_bytes<T>(value: &T, len: usize) -> &[u8] {
+    let len = at_most(len as u64, core::mem::size_of::<T>() as u64) as usize;
+    // SAFETY: `len` bytes of `value`, which is that long at least.
+    unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), len) }
+}
+
+/// `value`, no more than `max`, in a way the verifier follows: the compiler turned a plain
+/// `min` into a compare of the low 32 bits and passed on the unbounded 64-bit register.
+#[inline(always)]
+fn at_most(value: u64, max: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut value = value;
+        // SAFETY: two register instructions, no memory access.
+        unsafe {
+            core::arch::asm!(
+                "if {v} <= {max} goto +1",
+                "{v} = {max}",
+                v = inout(reg) value,
+                max = in(reg) max,
+            );
+        }
+        value
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    value.min(max)
+}
+
+/// Target thread `tid` leaves its CPU (switch-out or exit): the finished requests gathered
+/// on the CPU go out, then the requests its stretch keeps, handed over.
+#[inline(always)]
+pub fn leave_stretch(tid: u32, now: u64) {
+    if !keeps_requests() {
+        return;
+    }
+    if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
+        // SAFETY: as in `gather`.
+        send_done(unsafe { &mut *batch });
+    }
+    let Some(table) = STRETCH_TABLES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `serve`.
+    let table = unsafe { &mut *table };
+    if table.owner_tid == tid {
+        hand_over(table, unsafe { bpf_get_smp_processor_id() }, now);
+    }
+}
+
+/// Hand the requests the table's stretch still keeps to the collector, in one record, and
+/// empty the table for the CPU's next stretch. A listed connection no longer kept here (taken
+/// by another thread, closed, or its entry's memory now another connection's) is left out.
+#[inline(always)]
+fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
+    let len = (table.len as usize).min(STRETCH_SLOTS);
+    let owner = table.owner_tid;
+    table.len = 0;
+    table.owner_tid = 0;
+    table.unanswered = 0;
+    if len == 0 {
+        return;
+    }
+    let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
+        return count_losses(Loss::MapFull, 2 * len as u64);
+    };
+    // SAFETY: this CPU's record, used only by programs that cannot interleave on it.
+    let record = unsafe { &mut *record };
+    // Each listed connection has its place in the record, whether kept or left out (a
+    // `start_ns` of 0), so that every pass through the loop ends in the same state for the
+    // verifier (a running count of the kept ones multiplied its paths past its limit).
+    for i in 0..STRETCH_SLOTS {
+        if i >= len {
+            break;
+        }
+        record.requests[i].start_ns = 0;
+        let Some(tcp) = TCP_SOCKETS.get_ptr_mut(table.socks[i]) else {
+            continue;
+        };
+        // SAFETY: a valid map value pointer.
+        let tcp = unsafe { &mut *tcp };
+        if tcp.keeper == request_keeper::STRETCH
+            && tcp.stretch_tid == owner
+            && tcp.stretch_cpu == cpu
+        {
+            tcp.keeper = request_keeper::COLLECTOR;
+            record.requests[i] = tcp.handed_over();
+        }
+    }
+    send_handover(record, owner, len, now);
+}
+
+/// Hand `tcp`'s kept request to the collector alone (another thread or CPU goes on with it).
+#[inline(always)]
+fn hand_over_one(tcp: &mut TcpSocket, now: u64) {
+    tcp.keeper = request_keeper::COLLECTOR;
+    let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
+        return count_losses(Loss::MapFull, 2);
+    };
+    // SAFETY: as in `hand_over`.
+    let record = unsafe { &mut *record };
+    record.requests[0] = tcp.handed_over();
+    send_handover(record, tcp.stretch_tid, 1, now);
+}
+
+/// Send the first `count` requests of `record`, kept by thread `tid` (a record as long as
+/// its requests).
+#[inline(always)]
+fn send_handover(record: &mut StretchHandover, tid: u32, count: usize, now: u64) {
+    let count = count.min(STRETCH_SLOTS);
+    if count == 0 {
+        return;
+    }
+    record.hdr = EventHeader {
+        ts_ns: now,
+        kind: EventKind::StretchHandover as u32,
+        tid,
+    };
+    record.count = count as u32;
+    let bytes = head_bytes::<StretchHandover>(record, 24 + 40 * count);
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_losses(Loss::RingFull, 2 * count as u64);
+    }
+}
+
+/// A connection closed (`inet_sock_set_state` to CLOSE) with a request kept: over now. Called
+/// on any CPU, often in softirq context, so its record goes straight to the ring.
+#[inline(always)]
+pub fn end_on_close(tcp: &TcpSocket, now: u64) {
+    if tcp.keeper != request_keeper::STRETCH {
+        return;
+    }
+    let mut record = StretchRequestBatchOfOne {
+        hdr: EventHeader {
+            ts_ns: now,
+            kind: EventKind::StretchRequestBatch as u32,
+            tid: 0,
+        },
+        count: 1,
+        _pad: 0,
+        // The steal since its start is not known on this CPU: none is counted.
+        request: tcp.finished_request(now, tcp.steal_at_start_ns),
+    };
+    record.request.tid = tcp.stretch_tid;
+    if emit(record).is_err() {
+        count_losses(Loss::RingFull, 2);
+    }
+}
+
+/// A [`StretchRequestBatch`] record of one request (as long as it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StretchRequestBatchOfOne {
+    hdr: EventHeader,
+    count: u32,
+    _pad: u32,
+    request: StretchRequest,
+}
