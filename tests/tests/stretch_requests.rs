@@ -23,8 +23,10 @@ use tracer_tests::{
 };
 
 const MS: u64 = 1_000_000;
-/// The requests, in the order sent: a spin, two that do nothing, a sleep; four times.
-const KINDS: [&str; 4] = ["spin", "none", "none", "sleep"];
+/// The requests, in the order sent, four times: a spin, one that does nothing, a sleep (its
+/// request handed over mid-way), one that does nothing (its connection taken back). The last
+/// is still kept in the kernel when the tracer stops, and read from its map.
+const KINDS: [&str; 4] = ["spin", "none", "sleep", "none"];
 const ROUNDS: usize = 4;
 
 fn cause(r: &RequestRecord, cause: Cause) -> u64 {
@@ -90,7 +92,7 @@ fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
     client.set_nonblocking(true).unwrap();
     assert!(client.read(&mut rest).is_err(), "one response per request");
 
-    // The server now spins on its CPU; its last requests still kept in the kernel.
+    // The server now spins on its CPU; its last request still kept in the kernel.
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.describe());
     let mut traced = done.requests.clone();
@@ -109,8 +111,8 @@ fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
         done.describe()
     );
     assert!(
-        summary.requests.in_kernel >= 1,
-        "the kernel side kept some requests: {:?}",
+        summary.requests.in_kernel >= 1 && summary.requests.aborted == 0,
+        "the kernel side kept some requests, all answered: {:?}",
         summary.requests
     );
     for r in &traced {
@@ -132,24 +134,20 @@ fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
     };
     let describe = |rows: &[(&Response, &RequestRecord)]| format!("{rows:#?}");
 
-    // spin: on a CPU, as the server's thread clock says; with its waits for a CPU (on a busy
-    // machine), as long as the server's handler.
+    // spin: on a CPU (or stolen by the hypervisor), as the server's thread clock says. Its
+    // waits for a CPU on a busy machine are not compared: one after the handler's last clock
+    // read, before its write, is in the request but not in the server's account.
     let spins = rows("spin");
-    let on_cpu = median(spins.iter().map(|(_, r)| cause(r, Cause::OnCpu)).collect());
+    let on_cpu = median(
+        spins
+            .iter()
+            .map(|(_, r)| cause(r, Cause::OnCpu) + cause(r, Cause::Steal))
+            .collect(),
+    );
     let cpu = median(spins.iter().map(|(s, _)| s.cpu_ns()).collect());
     assert!(
         near(on_cpu, cpu, 0.10, MS),
-        "spin: traced on_cpu median {on_cpu} ns, server's thread clock {cpu} ns: {}",
-        describe(&spins)
-    );
-    let spinning = |r: &RequestRecord| {
-        cause(r, Cause::OnCpu) + cause(r, Cause::Runqueue) + cause(r, Cause::Steal)
-    };
-    let traced_spin = median(spins.iter().map(|(_, r)| spinning(r)).collect());
-    let handler = median(spins.iter().map(|(s, _)| s.handler_ns()).collect());
-    assert!(
-        near(traced_spin, handler, 0.10, MS),
-        "spin: traced on_cpu + runqueue + steal median {traced_spin} ns, server's handler {handler} ns: {}",
+        "spin: traced on_cpu + steal median {on_cpu} ns, server's thread clock {cpu} ns: {}",
         describe(&spins)
     );
 

@@ -366,8 +366,6 @@ pub struct TcpSocket {
     pub start_ns: u64,
     /// When its last response write so far returned (0: not answered).
     pub last_write_ns: u64,
-    /// The steal its CPU had accounted at its start.
-    pub steal_at_start_ns: u64,
     pub read_ret: i32,
     pub write_ret: i32,
     /// Its stretch table's `opened` count once it was opened.
@@ -377,17 +375,13 @@ pub struct TcpSocket {
 
 impl TcpSocket {
     /// Its request, kept in the kernel, over at `end_ns` (the next request's read, or the
-    /// connection's end), when its CPU had accounted `steal_ns` of steal.
-    pub fn finished_request(&self, end_ns: u64, steal_ns: u64) -> StretchRequest {
+    /// connection's end).
+    pub fn finished_request(&self, end_ns: u64) -> StretchRequest {
         let answered = self.last_write_ns != 0;
         let end = if answered { self.last_write_ns } else { end_ns };
-        let latency_ns = end.saturating_sub(self.start_ns);
         StretchRequest {
             start_ns: self.start_ns,
-            latency_ns,
-            steal_ns: steal_ns
-                .saturating_sub(self.steal_at_start_ns)
-                .min(latency_ns),
+            latency_ns: end.saturating_sub(self.start_ns),
             tid: self.stretch_tid,
             fd: self.fd,
             flags: if answered {
@@ -487,16 +481,14 @@ pub mod stretch_flags {
 }
 
 /// A request the kernel side delimited and timed itself: read and answered by a thread that
-/// never left its CPU from its first read to its last write, so its time was all on that CPU,
-/// less the steal the CPU accounted from its start to the read that ended it (steal is
-/// accounted at the scheduler's clock updates, mostly ticks: a request of microseconds
-/// rarely sees any, and one that does is charged no more than its latency).
+/// never left its CPU from its first read to its last write, so its time was all on that CPU
+/// (the steal the hypervisor took meanwhile too: the collector counts a stretch's steal only
+/// in the requests still open when it ends, and this one ended before).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StretchRequest {
     pub start_ns: u64,
     pub latency_ns: u64,
-    pub steal_ns: u64,
     pub tid: u32,
     pub fd: u32,
     /// [`stretch_flags`] bits.
@@ -955,12 +947,12 @@ records! {
     SyscallEvent = 48,
     SyscallPairEvent = 96,
     SyscallPairBatch = 24 + 96 * PAIR_BATCH,
-    TcpSocket = 88,
+    TcpSocket = 80,
     StretchTable = 24 + 8 * STRETCH_SLOTS,
     StretchHandedOver = 40,
     StretchHandover = 24 + 40 * STRETCH_SLOTS,
-    StretchRequest = 40,
-    StretchRequestBatch = 24 + 40 * STRETCH_BATCH,
+    StretchRequest = 32,
+    StretchRequestBatch = 24 + 32 * STRETCH_BATCH,
     ThreadEvent = 32,
     Conversation = 24,
     TlsEvent = 40,
@@ -972,8 +964,7 @@ mod tests {
     use super::*;
 
     /// A request kept in the kernel ends at its last write, or aborted when the connection
-    /// ended before any; its steal is what its CPU accounted since its start, no more than
-    /// its latency.
+    /// ended before any.
     #[test]
     fn a_kept_request_ends_at_its_last_write() {
         let kept = TcpSocket {
@@ -981,21 +972,19 @@ mod tests {
             stretch_tid: 9,
             start_ns: 1_000,
             last_write_ns: 1_400,
-            steal_at_start_ns: 50,
             flags: stretch_flags::SHARED,
             ..Default::default()
         };
-        let r = kept.finished_request(5_000, 80);
+        let r = kept.finished_request(5_000);
         assert_eq!(
-            (r.start_ns, r.latency_ns, r.steal_ns, r.tid, r.fd, r.flags),
-            (1_000, 400, 30, 9, 4, stretch_flags::SHARED)
+            (r.start_ns, r.latency_ns, r.tid, r.fd, r.flags),
+            (1_000, 400, 9, 4, stretch_flags::SHARED)
         );
-        assert_eq!(kept.finished_request(5_000, 10_000).steal_ns, 400);
         let unanswered = TcpSocket {
             last_write_ns: 0,
             ..kept
         };
-        let r = unanswered.finished_request(5_000, 50);
+        let r = unanswered.finished_request(5_000);
         assert_eq!(r.latency_ns, 4_000);
         assert_ne!(r.flags & stretch_flags::ABORTED, 0);
         let handed = kept.handed_over();

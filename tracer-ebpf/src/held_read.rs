@@ -136,7 +136,7 @@ fn gather_pair(read: &SyscallEvent, write: &SyscallEvent) -> Result<(), Loss> {
 
 /// Send the gathered pairs if the oldest has waited too long at `now`.
 #[inline(always)]
-fn send_pairs_waiting_since(now: u64) {
+pub fn send_pairs_waiting_since(now: u64) {
     let Some(batch) = PAIR_BATCHES.get_ptr_mut(0) else {
         return;
     };

@@ -6,8 +6,8 @@
 //! read and a write ([`StretchRequest`]).
 //!
 //! Such a request's time is all on its CPU: its thread ran from its first read to its last
-//! write with no switch (any switch-out ends the stretch), so its latency is its CPU time,
-//! less the steal its CPU accounted meanwhile (see [`StretchRequest`]). Every other case goes
+//! write with no switch (any switch-out ends the stretch), so its latency is its CPU time
+//! (see [`StretchRequest`] for the steal). Every other case goes
 //! to the collector as before, with its exact meaning kept:
 //! - A thread's first socket read or write in a stretch goes to the collector, unless it is a
 //!   read and the thread has not blocked since its last stretch began (it was preempted): a
@@ -39,17 +39,20 @@
 //! those still gathered, and the requests still kept, when the tracer detaches are read from
 //! their maps.
 
+use core::mem::size_of;
+
 use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::PerCpuArray};
 use tracer_common::{
     nr, request_keeper, socket_origin, socket_plain, stretch_flags, EventHeader, EventKind, Loss,
-    StretchHandover, StretchRequest, StretchRequestBatch, StretchTable, SyscallEvent, TcpSocket,
-    STRETCH_BATCH, STRETCH_SLOTS,
+    StretchHandedOver, StretchHandover, StretchRequest, StretchRequestBatch, StretchTable,
+    SyscallEvent, TcpSocket, STRETCH_BATCH, STRETCH_SLOTS,
 };
 
 use crate::conversation::unblocked_since_last_stretch;
+use crate::held_read::{send_held, send_pairs_waiting_since};
 use crate::maps::{
-    count_loss, count_losses, cpu_steal_ns, current_last_arrival, current_voluntary_switches, emit,
-    global, tls_records, EVENTS, TCP_SOCKETS,
+    count_loss, count_losses, current_last_arrival, current_voluntary_switches, emit, global,
+    tls_records, EVENTS, TCP_SOCKETS,
 };
 
 /// 1: keep requests in the kernel (set by the collector at load time).
@@ -69,6 +72,13 @@ static STRETCH_HANDOVERS: PerCpuArray<StretchHandover> = PerCpuArray::with_max_e
 
 #[map]
 static STRETCH_DONE: PerCpuArray<StretchRequestBatch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A read or write was kept at `now`: the pairs this CPU gathered for the collector go out if
+/// the oldest has waited long enough (as at a read or write that goes to the collector).
+#[inline(always)]
+pub fn kept(now: u64) {
+    send_pairs_waiting_since(now);
+}
 
 /// Whether requests are kept in the kernel at all.
 #[inline(always)]
@@ -156,9 +166,8 @@ fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) 
     let answered = tcp.last_write_ns != 0;
     if ret > 0 {
         if answered {
-            let steal = cpu_steal_ns();
-            gather(tcp.finished_request(now, steal), now);
-            start(table, tcp, ret, now, steal);
+            gather(tcp.finished_request(now), now);
+            start(table, tcp, ret, now);
         }
         return true;
     }
@@ -167,7 +176,7 @@ fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) 
         if !answered {
             table.unanswered = table.unanswered.saturating_sub(1);
         }
-        gather(tcp.finished_request(now, cpu_steal_ns()), now);
+        gather(tcp.finished_request(now), now);
         tcp.keeper = request_keeper::NONE;
         tcp.responded = 0;
     }
@@ -196,7 +205,9 @@ fn open(
         return false;
     }
     if collector_holds {
-        // The collector's request there, answered, is over.
+        // The collector's request there, answered, is over; what this CPU holds for the
+        // collector goes first (its last write may be among it).
+        send_held();
         if let Err(loss) = emit(taken_connection(tcp, now)) {
             count_loss(loss);
         }
@@ -207,18 +218,17 @@ fn open(
     tcp.keeper = request_keeper::STRETCH;
     tcp.stretch_tid = tid;
     tcp.stretch_cpu = cpu;
-    start(table, tcp, ret, now, cpu_steal_ns());
+    start(table, tcp, ret, now);
     true
 }
 
 /// `tcp`'s next request starts with a read that returned `ret` at `now`.
 #[inline(always)]
-fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64, steal: u64) {
+fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
     table.opened = table.opened.wrapping_add(1);
     table.unanswered += 1;
     tcp.start_ns = now;
     tcp.last_write_ns = 0;
-    tcp.steal_at_start_ns = steal;
     tcp.read_ret = ret as i32;
     tcp.write_ret = 0;
     tcp.opened_as = table.opened;
@@ -306,12 +316,16 @@ fn send_done(batch: &mut StretchRequestBatch) {
     if count == 0 {
         return;
     }
-    let bytes = head_bytes::<StretchRequestBatch>(batch, 24 + 40 * count);
+    let bytes =
+        head_bytes::<StretchRequestBatch>(batch, RECORD_HEAD + size_of::<StretchRequest>() * count);
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_losses(Loss::RingFull, 2 * count as u64);
     }
     batch.count = 0;
 }
+
+/// The bytes of a batch or handover record before its requests: the header and the count.
+const RECORD_HEAD: usize = size_of::<EventHeader>() + 8;
 
 /// The first `len` bytes of `value` (no more than its size).
 #[inline(always)]
@@ -377,6 +391,7 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
     if len == 0 {
         return;
     }
+    send_held(); // older records of this CPU first
     let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
         return count_losses(Loss::MapFull, 2 * len as u64);
     };
@@ -410,6 +425,7 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
 #[inline(always)]
 fn hand_over_one(tcp: &mut TcpSocket, now: u64) {
     tcp.keeper = request_keeper::COLLECTOR;
+    send_held(); // older records of this CPU first
     let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
         return count_losses(Loss::MapFull, 2);
     };
@@ -433,7 +449,8 @@ fn send_handover(record: &mut StretchHandover, tid: u32, count: usize, now: u64)
         tid,
     };
     record.count = count as u32;
-    let bytes = head_bytes::<StretchHandover>(record, 24 + 40 * count);
+    let bytes =
+        head_bytes::<StretchHandover>(record, RECORD_HEAD + size_of::<StretchHandedOver>() * count);
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_losses(Loss::RingFull, 2 * count as u64);
     }
@@ -454,8 +471,7 @@ pub fn end_on_close(tcp: &TcpSocket, now: u64) {
         },
         count: 1,
         _pad: 0,
-        // The steal since its start is not known on this CPU: none is counted.
-        request: tcp.finished_request(now, tcp.steal_at_start_ns),
+        request: tcp.finished_request(now),
     };
     record.request.tid = tcp.stretch_tid;
     if emit(record).is_err() {

@@ -43,6 +43,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
     let running_conversation = prev_tid.and_then(|tid| {
+        // A switch-in the kernel did not report goes first: the records below may be older
+        // than the reorder window, and replay the thread's time since that switch-in.
+        report_unseen_switch_in(tid);
         leave_stretch(tid, now_ns());
         send_held();
         store_running_conversation(tid)

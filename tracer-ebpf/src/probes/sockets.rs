@@ -92,6 +92,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         let received = direction == Direction::Received;
         if keeps_requests() && io.record == 0 && stretch::serve(tcp, sock, tid, received, ret, now)
         {
+            stretch::kept(now);
             return Ok(());
         }
     }

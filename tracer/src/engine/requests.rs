@@ -259,7 +259,8 @@ impl Requests {
 
 impl<R: FdResolver> Engine<R> {
     /// Requests the kernel side delimited and timed itself, each served by its thread in one
-    /// stretch on a CPU: all of it on that CPU, less the steal the CPU accounted meanwhile.
+    /// stretch on a CPU: all of it on that CPU (a request that ended before its thread's
+    /// stretch did keeps the stretch's steal as on-CPU time, as here).
     pub fn stretch_requests(&mut self, requests: &[StretchRequest]) {
         for r in requests {
             self.requests.in_kernel += 1;
@@ -272,8 +273,7 @@ impl<R: FdResolver> Engine<R> {
                 self.requests.shared += 1;
             }
             let mut breakdown = Breakdown::default();
-            breakdown[Cause::OnCpu.index()] = r.latency_ns - r.steal_ns.min(r.latency_ns);
-            breakdown[Cause::Steal.index()] = r.steal_ns.min(r.latency_ns);
+            breakdown[Cause::OnCpu.index()] = r.latency_ns;
             self.requests.finished.push(Request {
                 ctx: ExecCtx::Thread(Tid(r.tid)),
                 fd: Some(r.fd),

@@ -881,45 +881,36 @@ fn taken(ts: u64, fd: u32) -> Event {
     )
 }
 
-/// A request kept in the kernel: all on its CPU, less the steal the CPU accounted; one the
-/// peer closed before its answer is aborted, not a request.
+/// A request kept in the kernel: all on its CPU; one the peer closed before its answer is
+/// aborted, not a request.
 #[test]
-fn a_request_kept_in_the_kernel_is_on_cpu_less_its_steal() {
+fn a_request_kept_in_the_kernel_is_all_on_cpu() {
     let mut e = engine();
-    let kept = |start_ns, latency_ns, steal_ns, flags| tracer_common::StretchRequest {
+    let kept = |start_ns, latency_ns, flags| tracer_common::StretchRequest {
         start_ns,
         latency_ns,
-        steal_ns,
         tid: T,
         fd: CONN,
         flags,
         _pad: 0,
     };
     e.stretch_requests(&[
-        kept(100, 50, 0, 0),
-        kept(200, 40, 10, tracer_common::stretch_flags::SHARED),
-        kept(300, 30, 99, 0), // steal past the latency: no more than it
-        kept(400, 5, 0, tracer_common::stretch_flags::ABORTED),
+        kept(100, 50, 0),
+        kept(200, 40, tracer_common::stretch_flags::SHARED),
+        kept(400, 5, tracer_common::stretch_flags::ABORTED),
     ]);
     let reqs = e.take_requests();
-    let got: Vec<(u64, u64, u64, u64, bool)> = reqs
+    let got: Vec<(u64, u64, u64, bool)> = reqs
         .iter()
         .map(|r| {
             assert_sums(r);
             assert_eq!((r.ctx, r.fd), (ExecCtx::Thread(Tid(T)), Some(CONN)));
-            let (on_cpu, steal) = (cause(r, Cause::OnCpu), cause(r, Cause::Steal));
-            (r.start_ns, r.latency_ns, on_cpu, steal, r.shared_context)
+            let on_cpu = cause(r, Cause::OnCpu);
+            (r.start_ns, r.latency_ns, on_cpu, r.shared_context)
         })
         .collect();
-    assert_eq!(
-        got,
-        [
-            (100, 50, 50, 0, false),
-            (200, 40, 30, 10, true),
-            (300, 30, 0, 30, false)
-        ]
-    );
-    assert_eq!((e.aborted(), e.shared(), e.in_kernel()), (1, 1, 4));
+    assert_eq!(got, [(100, 50, 50, false), (200, 40, 40, true)]);
+    assert_eq!((e.aborted(), e.shared(), e.in_kernel()), (1, 1, 3));
 }
 
 /// A request kept in the kernel, handed over when its thread left the CPU (its read and last

@@ -128,8 +128,11 @@ impl Probes {
         // compare the two).
         // A stretch is told from the next by the thread's `sched_info.last_arrival`, and a
         // read that did not block by its `nvcsw`.
+        // Not where EAGAIN reads are reported (Go's crypto/tls hooked): one ends an answered
+        // request for the collector, and the kernel side does not keep that rule.
         let stretch_requests = u32::from(
             hold_reads == 1
+                && report_eagain == 0
                 && sample_one_in <= 1
                 && arrival.task_last_arrival != 0
                 && arrival.task_nvcsw != 0
