@@ -252,6 +252,18 @@ pub fn last_cpu() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
 }
 
+/// The median of `v` (its upper middle for an even count).
+pub fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Within `rel` (relative) plus `abs` ns of `want`.
+pub fn near(got: u64, want: u64, rel: f64, abs: u64) -> bool {
+    let slack = (want as f64 * rel) as u64 + abs;
+    got + slack >= want && got <= want + slack
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

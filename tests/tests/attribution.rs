@@ -7,7 +7,7 @@
 //! X-Fsync-Ns); the tracer's figure must agree within the tolerances below.
 
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
-use tracer_tests::{session::Tracer, Response, Workload};
+use tracer_tests::{median, near, session::Tracer, Response, Workload};
 
 const MS: u64 = 1_000_000;
 const ROUNDS: usize = 6;
@@ -23,11 +23,6 @@ fn cause(req: &RequestRecord, cause: Cause) -> u64 {
         .unwrap_or_else(|| panic!("no {} in {req:?}", cause.name()))
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 /// What the server measured of its handler's time off the run queue: its wall time less the
 /// time its thread waited for a CPU in it (the kernel's schedstat, which the server read
 /// itself). For a handler that blocks, that is its time blocked (and a few µs on a CPU): on a
@@ -38,12 +33,6 @@ fn off_run_queue_in_handler(s: &Sent) -> u64 {
     s.response
         .handler_ns()
         .saturating_sub(s.response.runqueue_ns())
-}
-
-/// Within `rel` (relative) plus `abs` ns of `want`.
-fn near(got: u64, want: u64, rel: f64, abs: u64) -> bool {
-    let slack = (want as f64 * rel) as u64 + abs;
-    got + slack >= want && got <= want + slack
 }
 
 #[test]

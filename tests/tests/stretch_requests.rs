@@ -17,7 +17,7 @@ use std::{
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
 use tracer_tests::{
     http::{read_response, Response},
-    last_cpu, pin_this_thread_to_cpu,
+    last_cpu, median, near, pin_this_thread_to_cpu,
     session::Tracer,
     workspace_root, Workload,
 };
@@ -31,17 +31,6 @@ const ROUNDS: usize = 4;
 
 fn cause(r: &RequestRecord, cause: Cause) -> u64 {
     r.breakdown.get(&cause).copied().unwrap_or(0)
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-/// Within `rel` (relative) plus `abs` ns of `want`.
-fn near(got: u64, want: u64, rel: f64, abs: u64) -> bool {
-    let slack = (want as f64 * rel) as u64 + abs;
-    got + slack >= want && got <= want + slack
 }
 
 #[test]

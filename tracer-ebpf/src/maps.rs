@@ -149,7 +149,14 @@ static TASK_NVCSW_OFFSET: u32 = 0;
 /// unknown.
 #[inline(always)]
 pub fn current_voluntary_switches() -> u64 {
-    let at = global(&TASK_NVCSW_OFFSET);
+    current_task_u64(&TASK_NVCSW_OFFSET)
+}
+
+/// The u64 at the byte offset `offset` (a global the collector set; 0: not found) of the
+/// current task's `task_struct`; 0 when unknown or unreadable.
+#[inline(always)]
+fn current_task_u64(offset: &'static u32) -> u64 {
+    let at = global(offset);
     if at == 0 {
         return 0;
     }
@@ -161,12 +168,7 @@ pub fn current_voluntary_switches() -> u64 {
 /// `sched_info_arrive()` when a wait ends, kernel/sched/stats.h, Linux 6.18); 0 when unknown.
 #[inline(always)]
 pub fn current_run_delay_ns() -> u64 {
-    let at = global(&TASK_RUN_DELAY_OFFSET);
-    if at == 0 {
-        return 0;
-    }
-    let task = unsafe { bpf_get_current_task() };
-    read_kernel_at::<u64>(task, at).unwrap_or(0)
+    current_task_u64(&TASK_RUN_DELAY_OFFSET)
 }
 
 /// The scheduler's clock when the current task last got its CPU (`sched_info.last_arrival`,
@@ -174,12 +176,7 @@ pub fn current_run_delay_ns() -> u64 {
 /// names the task's current stretch on the CPU. 0 when unknown.
 #[inline(always)]
 pub fn current_last_arrival() -> u64 {
-    let at = global(&TASK_LAST_ARRIVAL_OFFSET);
-    if at == 0 {
-        return 0;
-    }
-    let task = unsafe { bpf_get_current_task() };
-    read_kernel_at::<u64>(task, at).unwrap_or(0)
+    current_task_u64(&TASK_LAST_ARRIVAL_OFFSET)
 }
 
 /// How long the current task has been on this CPU, as far as the scheduler's clock says: its
