@@ -251,6 +251,9 @@ struct TracerFigures {
     events_per_s: Option<f64>,
     /// Ring records received per request reported (the kernel's main cost per request).
     records_per_request: Option<f64>,
+    /// The share of requests delimited and timed in the kernel (served in one stretch on a
+    /// CPU: no record per read or write), in %.
+    in_kernel_pct: Option<f64>,
     lost: Option<f64>,
     /// The collector's CPU time while attached and tracing, in % of one core.
     cpu_pct: Option<f64>,
@@ -275,6 +278,8 @@ impl TracerFigures {
         TracerFigures {
             events_per_s: per_second(field(|s| s.events.received as f64)),
             records_per_request: per_request(field(|s| s.events.received as f64)),
+            in_kernel_pct: per_request(field(|s| s.requests.in_kernel as f64))
+                .map(|share| share * 100.0),
             lost: sum(field(|s| s.events.lost as f64)),
             cpu_pct: per_second(field(|s| s.collector.tracing_cpu_s)).map(|share| share * 100.0),
             cpu_ns_per_request: per_request(field(|s| s.collector.tracing_cpu_s * 1e9)),
@@ -361,6 +366,12 @@ fn print_tracer_rows(tracer: &TracerFigures) {
         "ring records per request",
         "",
         &fmt(tracer.records_per_request, 2),
+        "",
+    );
+    row(
+        "requests timed in the kernel (%)",
+        "",
+        &fmt(tracer.in_kernel_pct, 1),
         "",
     );
     row("lost events", "", &fmt(tracer.lost, 0), "");
