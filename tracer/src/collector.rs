@@ -175,8 +175,9 @@ impl Collector {
         self.collect();
     }
 
-    /// The socket read/write pairs the CPUs had gathered and not sent when the programs were
-    /// detached: records like the ring's, read from their map.
+    /// What the CPUs held and had not sent when the programs were detached, read from their
+    /// maps: the socket read/write pairs they had gathered, the requests timed in the kernel
+    /// and not yet sent, and those still kept there (replayed as a handover).
     pub fn receive_gathered(&mut self, gathered: &Gathered) {
         for batch in &gathered.pairs {
             self.received += 1;
@@ -185,6 +186,7 @@ impl Collector {
         }
         for batch in &gathered.stretch_done {
             self.received += 1;
+            self.interval_events += 1;
             self.engine.stretch_requests(batch.requests());
         }
         decode_kept(&gathered.stretch_kept, &mut self.reorder);

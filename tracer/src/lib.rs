@@ -13,7 +13,10 @@
 //! ```
 //!
 //! - [`kernel`]: load, attach and detach the programs; decode ring-buffer records; read the
-//!   kernel's counters (losses, skipped runs, run time); privileges.
+//!   kernel's counters (losses, skipped runs, run time); privileges. A request a thread
+//!   serves in one stretch on its CPU is delimited and timed by the programs themselves
+//!   (tracer-ebpf's `stretch.rs`): it arrives finished, and the collector hands it to the
+//!   engine's requests without the reorder window.
 //! - [`target`]: what the traced process is: its threads and fds (from /proc), its TLS
 //!   libraries (OpenSSL, Go's crypto/tls found in its executable).
 //! - [`engine`]: the attribution engine, pure logic fed with time-ordered events: every
