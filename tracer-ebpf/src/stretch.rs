@@ -2,7 +2,7 @@
 //! a target thread serves in one stretch on its CPU, from the read that starts the request to
 //! the read that starts the connection's next one. A saturated event loop (one nginx worker
 //! here) leaves its CPU once every few thousand requests, so almost all its requests are these,
-//! and the collector receives each as 40 bytes of a batch instead of decoding and replaying a
+//! and the collector receives each as 32 bytes of a batch instead of decoding and replaying a
 //! read and a write ([`StretchRequest`]).
 //!
 //! Such a request's time is all on its CPU: its thread ran from its first read to its last
