@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    request_keeper, StretchHandedOver, StretchRequestBatch, SyscallPairBatch, TcpSocket,
+    request_keeper, StretchHandedOver, StretchRequestBatch, StretchTable, SyscallPairBatch,
+    TcpSocket,
 };
 
 /// The interrupt-nesting programs (tracer-ebpf `probes/interrupts.rs`), each attached to the
@@ -43,9 +44,11 @@ pub struct Probes {
     /// The socket read/write pairs each CPU gathers (tracer-ebpf's `held_read.rs`), read
     /// once detached.
     pair_batches: PerCpuArray<MapData, SyscallPairBatch>,
-    /// The finished requests each CPU gathers, and the TCP sockets, whose entries hold the
-    /// requests kept in the kernel (tracer-ebpf's `stretch.rs`), read once detached.
+    /// The finished requests each CPU gathers, each CPU's stretch table (the connections its
+    /// running thread keeps requests of), and the TCP sockets, whose entries hold those
+    /// requests (tracer-ebpf's `stretch.rs`), read once detached.
     stretch_done: PerCpuArray<MapData, StretchRequestBatch>,
+    stretch_tables: PerCpuArray<MapData, StretchTable>,
     tcp_sockets: HashMap<MapData, u64, TcpSocket>,
     /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
     stacks: Option<UserStacks>,
@@ -163,6 +166,10 @@ impl Probes {
             PerCpuArray::try_from(ebpf.take_map("STRETCH_DONE").context("map STRETCH_DONE")?)?;
         let tcp_sockets =
             HashMap::try_from(ebpf.take_map("TCP_SOCKETS").context("map TCP_SOCKETS")?)?;
+        let stretch_tables = PerCpuArray::try_from(
+            ebpf.take_map("STRETCH_TABLES")
+                .context("map STRETCH_TABLES")?,
+        )?;
         let mut probes = Probes {
             ebpf,
             _stats: stats,
@@ -170,6 +177,7 @@ impl Probes {
             pair_batches,
             stretch_done,
             tcp_sockets,
+            stretch_tables,
             stacks: Some(UserStacks(stacks)),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
@@ -243,13 +251,7 @@ impl Probes {
         let context = "reading the requests the CPUs had gathered";
         let pairs = self.pair_batches.get(&0, 0).context(context)?;
         let stretch_done = self.stretch_done.get(&0, 0).context(context)?;
-        let stretch_kept = self
-            .tcp_sockets
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, tcp)| tcp.keeper == request_keeper::STRETCH)
-            .map(|(_, tcp)| (tcp.stretch_tid, tcp.handed_over()))
-            .collect();
+        let stretch_kept = self.stretch_kept().context(context)?;
         Ok(Gathered {
             pairs: pairs.iter().filter(|b| b.count != 0).copied().collect(),
             stretch_done: stretch_done
@@ -259,6 +261,32 @@ impl Probes {
                 .collect(),
             stretch_kept,
         })
+    }
+}
+
+impl Probes {
+    /// The requests still kept in the kernel (their thread, and each as handed over): those
+    /// of the connections each CPU's stretch table lists, whose `TCP_SOCKETS` entry says that
+    /// CPU's thread keeps them (a connection can be listed twice, or no longer kept there),
+    /// looked up one by one rather than by a pass over every TCP socket of the host.
+    fn stretch_kept(&self) -> Result<Vec<(u32, StretchHandedOver)>> {
+        let tables = self.stretch_tables.get(&0, 0)?;
+        let mut kept = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (cpu, table) in tables.iter().enumerate() {
+            for &sock in table.socks() {
+                let Ok(tcp) = self.tcp_sockets.get(&sock, 0) else {
+                    continue; // closed since (its request ended then)
+                };
+                let here = tcp.keeper == request_keeper::STRETCH
+                    && tcp.stretch_tid == table.owner_tid
+                    && tcp.stretch_cpu as usize == cpu;
+                if here && seen.insert(sock) {
+                    kept.push((tcp.stretch_tid, tcp.handed_over()));
+                }
+            }
+        }
+        Ok(kept)
     }
 }
 
