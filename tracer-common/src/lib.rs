@@ -349,28 +349,26 @@ pub struct TcpSocket {
     /// Requests started on it since the tracer saw it, counted only when requests are
     /// sampled (`--sample N`): a read after an answer, or its first, starts the next one.
     pub requests: u32,
-    /// 1: written to since its last read (its request was answered); counted as `requests`.
+    /// 1: a response was written since its last request began (its request was answered).
+    /// Kept when requests are sampled, and when they are kept in the kernel (never both):
+    /// whoever keeps the request, once the kernel side has kept any of its requests.
     pub answered: u32,
     /// Who keeps its current request: a [`request_keeper`] value.
     pub keeper: u32,
-    /// 1: a response was written since its last request began (kept whoever keeps it, once
-    /// the kernel side has kept any of its requests).
-    pub responded: u32,
     /// [`request_keeper::STRETCH`]: the thread whose stretch on a CPU keeps its request, and
     /// that CPU; the request below.
     pub stretch_tid: u32,
     pub stretch_cpu: u32,
     /// [`stretch_flags`] of the request so far.
     pub flags: u32,
+    /// Its stretch table's `opened` count once it was opened.
+    pub opened_as: u32,
     /// When its first read returned.
     pub start_ns: u64,
     /// When its last response write so far returned (0: not answered).
     pub last_write_ns: u64,
     pub read_ret: i32,
     pub write_ret: i32,
-    /// Its stretch table's `opened` count once it was opened.
-    pub opened_as: u32,
-    pub _pad: u32,
 }
 
 impl TcpSocket {
@@ -947,7 +945,7 @@ records! {
     SyscallEvent = 48,
     SyscallPairEvent = 96,
     SyscallPairBatch = 24 + 96 * PAIR_BATCH,
-    TcpSocket = 80,
+    TcpSocket = 72,
     StretchTable = 24 + 8 * STRETCH_SLOTS,
     StretchHandedOver = 40,
     StretchHandover = 24 + 40 * STRETCH_SLOTS,

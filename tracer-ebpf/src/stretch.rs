@@ -178,7 +178,7 @@ fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) 
         }
         gather(tcp.finished_request(now), now);
         tcp.keeper = request_keeper::NONE;
-        tcp.responded = 0;
+        tcp.answered = 0;
     }
     true // a failed read changes nothing (as for the collector)
 }
@@ -196,7 +196,7 @@ fn open(
     now: u64,
 ) -> bool {
     let collector_holds = tcp.keeper != request_keeper::NONE;
-    if collector_holds && tcp.responded == 0 {
+    if collector_holds && tcp.answered == 0 {
         return false; // more of the request the collector has open
     }
     let len = table.len as usize;
@@ -238,7 +238,7 @@ fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
     } else {
         0
     };
-    tcp.responded = 0;
+    tcp.answered = 0;
 }
 
 /// A response write of `tcp`'s kept request.
@@ -253,7 +253,7 @@ fn answer(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
     }
     tcp.last_write_ns = now;
     tcp.write_ret = ret as i32;
-    tcp.responded = 1;
+    tcp.answered = 1;
 }
 
 /// The record telling the collector that the kernel side takes `tcp`'s requests back.
@@ -279,11 +279,11 @@ fn taken_connection(tcp: &TcpSocket, now: u64) -> SyscallEvent {
 fn note_sent(tcp: &mut TcpSocket, received: bool, ret: i64) {
     match (received, ret) {
         (true, 0) => tcp.keeper = request_keeper::NONE, // the peer closed: the request is over
-        (true, r) if r > 0 && (tcp.keeper != request_keeper::COLLECTOR || tcp.responded != 0) => {
+        (true, r) if r > 0 && (tcp.keeper != request_keeper::COLLECTOR || tcp.answered != 0) => {
             tcp.keeper = request_keeper::COLLECTOR;
-            tcp.responded = 0;
+            tcp.answered = 0;
         }
-        (false, r) if r > 0 => tcp.responded = 1,
+        (false, r) if r > 0 => tcp.answered = 1,
         _ => {}
     }
 }

@@ -132,12 +132,12 @@ impl<R: FdResolver> Engine<R> {
         self.requests.aborted
     }
 
-    /// Requests that shared their context with another open request.
     /// Requests the kernel side delimited and timed itself.
     pub fn in_kernel(&self) -> u64 {
         self.requests.in_kernel
     }
 
+    /// Requests that shared their context with another open request.
     pub fn shared(&self) -> u64 {
         self.requests.shared
     }
