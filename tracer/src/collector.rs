@@ -33,6 +33,11 @@ use crate::{
 /// Records read from the ring per drain while attached (a 20 ms tick): about 10 M/s.
 const MAX_RECORDS_PER_DRAIN: usize = 200_000;
 
+/// Records read between two releases of the events older than the reorder window, within a
+/// drain: the held events stay a few milliseconds' worth, in the CPU's caches, instead of a
+/// whole drain's (about 10,000 events of 112 bytes on a busy thread-per-connection server).
+const RECORDS_PER_RELEASE: usize = 1024;
+
 /// Thread names held before the ones no lock detail needs are forgotten.
 const MAX_NAMES: usize = 16_384;
 
@@ -144,6 +149,9 @@ impl Collector {
                 Some(Decoded::Events) => {}
                 Some(Decoded::StretchRequests(requests)) => self.engine.stretch_requests(&requests),
                 None => self.malformed += 1,
+            }
+            if read.is_multiple_of(RECORDS_PER_RELEASE) {
+                self.release(false);
             }
         }
         match probes {
