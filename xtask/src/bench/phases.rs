@@ -7,6 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -22,6 +23,13 @@ use super::{
     tools::TOOLS,
     tracer::{read_summary, RunningTracer, TracerSpec},
 };
+use crate::workload::Proc;
+
+/// The row of the tracer attached to an idle process while the load runs on the target:
+/// every hook the tracer has fires on the target's syscalls and switches too, and returns
+/// at its first check (the thread is not the traced process's). What is left is what
+/// attaching the programs at all costs the target, the floor under any work they do.
+pub const IDLE_TRACER_ROW: &str = "tracer on idle";
 
 /// Quiet time between phases.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -81,6 +89,11 @@ impl Bench {
         println!();
         println!("== scenario {}: {}", scenario.name, scenario.about);
         let target = targets::start(&scenario.target, &self.workload, &self.tmp, self.seconds)?;
+        // Killed when dropped, at the scenario's end.
+        let idle = scenario
+            .compare_tools
+            .then(start_idle_process)
+            .transpose()?;
         let (name, rounds) = (scenario.name, self.rounds);
         let mut run = ScenarioRun {
             bench: self,
@@ -93,8 +106,10 @@ impl Bench {
             stats: None,
             tools: TOOLS
                 .iter()
-                .map(|tool| ToolRuns {
-                    name: tool.name,
+                .map(|tool| tool.name)
+                .chain([IDLE_TRACER_ROW])
+                .map(|name| ToolRuns {
+                    name,
                     baseline: Vec::new(),
                     loads: Vec::new(),
                 })
@@ -149,6 +164,18 @@ impl Bench {
                     runs.loads.push(load);
                     runs.baseline.push(baseline);
                 }
+            }
+            if let Some(idle) = &idle {
+                let (load, baseline) =
+                    run.paired(&baseline_phase(IDLE_TRACER_ROW), baseline_first, |run| {
+                        let phase = format!("{name} tracer attached to an idle process {round}");
+                        let out = format!("{name}-idle-{round}");
+                        let traced = run.traced_phase_of(idle.id(), &phase, &out, Mode::Traced)?;
+                        Ok(traced.load)
+                    })?;
+                let runs = measured.tools.last_mut().expect("the idle tracer's row");
+                runs.loads.push(load);
+                runs.baseline.push(baseline);
             }
         }
         let phase = format!("{name} traced with --bpf-stats");
@@ -211,11 +238,23 @@ impl ScenarioRun<'_> {
         Ok(load)
     }
 
-    /// One load phase with the tracer attached, which writes into `<tmp>/<out_name>`.
+    /// One load phase with the tracer attached to the target, which writes into
+    /// `<tmp>/<out_name>`.
     fn traced_phase(&mut self, phase: &str, out_name: &str, mode: Mode) -> Result<Traced> {
+        self.traced_phase_of(self.target.pid, phase, out_name, mode)
+    }
+
+    /// One load phase on the target, with the tracer attached to process `pid`.
+    fn traced_phase_of(
+        &mut self,
+        pid: u32,
+        phase: &str,
+        out_name: &str,
+        mode: Mode,
+    ) -> Result<Traced> {
         let out_dir = self.bench.tmp.join(out_name);
         let traced = self
-            .trace_load(phase, &out_dir, mode)
+            .trace_load(pid, phase, &out_dir, mode)
             .with_context(|| phase.to_string())?;
         println!("{phase}: {}", describe(&traced.load));
         Ok(traced)
@@ -223,10 +262,10 @@ impl ScenarioRun<'_> {
 
     /// Starts the tracer, waits until it has attached, runs the load, then stops the tracer
     /// with SIGTERM and reads its summary.
-    fn trace_load(&mut self, phase: &str, out_dir: &Path, mode: Mode) -> Result<Traced> {
+    fn trace_load(&mut self, pid: u32, phase: &str, out_dir: &Path, mode: Mode) -> Result<Traced> {
         let spec = TracerSpec {
             tracer: &self.bench.tracer,
-            pid: self.target.pid,
+            pid,
             seconds: self.bench.seconds,
             bpf_stats: mode == Mode::BpfStats,
             stacks: mode != Mode::WithoutStacks,
@@ -249,4 +288,14 @@ impl ScenarioRun<'_> {
             .ok();
         Ok(Traced { load, summary })
     }
+}
+
+/// A process that does nothing while the load runs, for [`IDLE_TRACER_ROW`].
+fn start_idle_process() -> Result<Proc> {
+    Proc::spawn(
+        Command::new("sleep")
+            .arg("infinity")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    )
 }
