@@ -45,7 +45,8 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let running_conversation = prev_tid.and_then(|tid| {
         // A switch-in the kernel did not report goes first: the records below may be older
         // than the reorder window, and replay the thread's time since that switch-in.
-        report_unseen_switch_in(tid);
+        // (This switch's own record is timed after it.)
+        report_unseen_switch_in(tid, u64::MAX);
         leave_stretch(tid, now_ns());
         send_held();
         store_running_conversation(tid)
@@ -58,7 +59,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // One lookup of this CPU's entry for both ends of the switch.
     if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
         if let Some(prev_tid) = prev_tid {
-            report_unseen_switch_in_at(on_cpu, prev_tid);
+            report_unseen_switch_in_at(on_cpu, prev_tid, u64::MAX);
         }
         // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
         unsafe { *on_cpu = if next_is_target { next_pid } else { 0 } };
@@ -168,17 +169,19 @@ fn want_unlocker(tid: u32) {
 /// a switch: on this project's VM, each switch away from one task of PID 1 (a nice -10
 /// tokio worker, about once a second) goes unreported, and `perf` misses it too. Without
 /// this, the thread's time from its wakeup to its first event would stay in the cause it
-/// blocked on. Called by its switch-out and by its socket reads and writes.
+/// blocked on. Called by its switch-out and by its socket reads and writes, with the time of
+/// the record the caller sends next (`not_after`): the switch-in is placed no later, so the
+/// collector replays it first.
 #[inline(always)]
-pub fn report_unseen_switch_in(tid: u32) {
+pub fn report_unseen_switch_in(tid: u32, not_after: u64) {
     if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
-        report_unseen_switch_in_at(on_cpu, tid);
+        report_unseen_switch_in_at(on_cpu, tid, not_after);
     }
 }
 
 /// [`report_unseen_switch_in`], with this CPU's `ON_CPU` entry already looked up.
 #[inline(always)]
-fn report_unseen_switch_in_at(on_cpu: *mut u32, tid: u32) {
+fn report_unseen_switch_in_at(on_cpu: *mut u32, tid: u32, not_after: u64) {
     // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
     unsafe {
         if *on_cpu == tid {
@@ -186,13 +189,13 @@ fn report_unseen_switch_in_at(on_cpu: *mut u32, tid: u32) {
         }
         *on_cpu = tid;
     }
-    if let Err(loss) = emit_unseen_switch_in(tid) {
+    if let Err(loss) = emit_unseen_switch_in(tid, not_after) {
         count_loss(loss);
     }
 }
 
 #[inline(always)]
-fn emit_unseen_switch_in(tid: u32) -> Result<(), Loss> {
+fn emit_unseen_switch_in(tid: u32, not_after: u64) -> Result<(), Loss> {
     let mut event = SwitchEvent {
         hdr: header(EventKind::Switch, 0),
         next_tid: tid,
@@ -200,7 +203,14 @@ fn emit_unseen_switch_in(tid: u32) -> Result<(), Loss> {
         stack_id: NO_STACK,
         ..Default::default()
     };
-    let mut at = event.hdr.ts_ns.saturating_sub(current_on_cpu_for_ns());
+    // The scheduler's clock may be a tick stale here, which places the switch-in too late:
+    // after the socket read that reports it, that read would be replayed while the thread
+    // still waited (its wait for a CPU counted in the cause it had blocked on).
+    let mut at = event
+        .hdr
+        .ts_ns
+        .saturating_sub(current_on_cpu_for_ns())
+        .min(not_after);
     if let Some(woken) = take_wakeup(tid) {
         // Never before the wakeup it carries (the scheduler's clock may lag by a tick).
         at = at.max(woken.runnable_at_ns);

@@ -96,7 +96,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
             return Ok(());
         }
     }
-    report_unseen_switch_in(tid);
+    report_unseen_switch_in(tid, now);
     let event = SyscallEvent {
         hdr: EventHeader {
             ts_ns: now,
