@@ -56,11 +56,8 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
-    // One lookup of this CPU's entry for both ends of the switch.
+    // (A target `prev`'s unseen switch-in was reported above.)
     if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
-        if let Some(prev_tid) = prev_tid {
-            report_unseen_switch_in_at(on_cpu, prev_tid, u64::MAX);
-        }
         // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
         unsafe { *on_cpu = if next_is_target { next_pid } else { 0 } };
     }
@@ -174,14 +171,9 @@ fn want_unlocker(tid: u32) {
 /// collector replays it first.
 #[inline(always)]
 pub fn report_unseen_switch_in(tid: u32, not_after: u64) {
-    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
-        report_unseen_switch_in_at(on_cpu, tid, not_after);
-    }
-}
-
-/// [`report_unseen_switch_in`], with this CPU's `ON_CPU` entry already looked up.
-#[inline(always)]
-fn report_unseen_switch_in_at(on_cpu: *mut u32, tid: u32, not_after: u64) {
+    let Some(on_cpu) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: this CPU's own entry; programs on a CPU do not nest into this update.
     unsafe {
         if *on_cpu == tid {
