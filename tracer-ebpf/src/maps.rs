@@ -187,22 +187,43 @@ pub fn current_last_arrival() -> u64 {
 /// scheduler's clock, not CLOCK_MONOTONIC: only their difference is used.) 0 when unknown.
 #[inline(always)]
 pub fn current_on_cpu_for_ns() -> u64 {
-    let (arrival_at, clock_at) = (global(&TASK_LAST_ARRIVAL_OFFSET), global(&RQ_CLOCK_OFFSET));
-    if arrival_at == 0 || clock_at == 0 {
-        return 0;
+    let task = unsafe { bpf_get_current_task() };
+    rq_clock_since(task, &TASK_LAST_ARRIVAL_OFFSET).unwrap_or(0)
+}
+
+/// Byte offset of `task_struct.sched_info.last_queued` (0: not found).
+#[unsafe(no_mangle)]
+static TASK_LAST_QUEUED_OFFSET: u32 = 0;
+
+/// How long `task`, about to get this CPU (sched_switch's `next`), has waited in its run
+/// queue: this run queue's clock, brought up to date by `__schedule()` before sched_switch,
+/// less the task's `sched_info.last_queued`, set from its run queue's clock when it was
+/// queued (`sched_info_enqueue()` at a wakeup's or a preemption's enqueue) and cleared by
+/// `sched_info_arrive()`, which runs after sched_switch (kernel/sched/stats.h, Linux 6.18).
+/// A task moved to this CPU while it waited was queued again here: then only its wait here.
+/// `None` when unknown or not queued.
+#[inline(always)]
+pub fn queued_for_ns(task: u64) -> Option<u64> {
+    rq_clock_since(task, &TASK_LAST_QUEUED_OFFSET)
+}
+
+/// This CPU's run queue clock less the scheduler-clock timestamp at byte offset `offset` of
+/// `task` (0 there: not set; `None` then, and when unknown or unreadable).
+#[inline(always)]
+fn rq_clock_since(task: u64, offset: &'static u32) -> Option<u64> {
+    let (stamp_at, clock_at) = (global(offset), global(&RQ_CLOCK_OFFSET));
+    if stamp_at == 0 || clock_at == 0 {
+        return None;
     }
     let rq = this_cpu_rq();
     if rq == 0 {
-        return 0;
+        return None;
     }
-    let task = unsafe { bpf_get_current_task() };
-    match (
-        read_kernel_at::<u64>(rq, clock_at),
-        read_kernel_at::<u64>(task, arrival_at),
-    ) {
-        (Ok(clock), Ok(arrival)) => clock.saturating_sub(arrival),
-        _ => 0,
-    }
+    let stamp = read_kernel_at::<u64>(task, stamp_at)
+        .ok()
+        .filter(|&s| s != 0)?;
+    let clock = read_kernel_at::<u64>(rq, clock_at).ok()?;
+    Some(clock.saturating_sub(stamp))
 }
 
 /// The target thread the tracer last saw switched in on each CPU (0: the last switch seen

@@ -114,6 +114,7 @@ impl Probes {
         loader.override_global("RQ_CLOCK_OFFSET", &arrival.rq_clock, true);
         loader.override_global("TASK_RUN_DELAY_OFFSET", &arrival.task_run_delay, true);
         loader.override_global("TASK_NVCSW_OFFSET", &arrival.task_nvcsw, true);
+        loader.override_global("TASK_LAST_QUEUED_OFFSET", &arrival.task_last_queued, true);
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // The sites only threads have (a lock's unlocker, a preemption's): not where
