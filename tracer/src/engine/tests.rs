@@ -318,6 +318,47 @@ fn preemption_counts_as_runqueue() {
     assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
 }
 
+/// A switch-in whose wakeup the kernel side did not see carries the time the scheduler
+/// queued the thread, by a waker unknown (`probes::sched::unseen_wakeup`): after a block, the
+/// wait from then is `runqueue`; after a preemption, where it is the preemption's own
+/// enqueue, it changes nothing.
+#[test]
+fn a_switch_in_with_its_enqueue_for_a_wakeup_splits_a_block_only() {
+    let enqueued = |ts: u64, at: u64| {
+        Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchIn {
+                run_delay: None,
+                cpu_steal: None,
+                woken: Some(Woken {
+                    at,
+                    waker: Waker::Unknown,
+                    unlocker: None,
+                }),
+            },
+        )
+    };
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            block(100, nr::NANOSLEEP, 0),
+            enqueued(20_100, 20_000),
+            preempted(20_200, None),
+            enqueued(20_500, 20_200),
+            write(20_600, CONN),
+            read(30_000, CONN, 5),
+        ],
+    );
+    let r = &reqs[0];
+    assert_eq!(cause(r, Cause::Sleep), 19_900);
+    assert_eq!(cause(r, Cause::Runqueue), 100 + 300);
+    assert_eq!(cause(r, Cause::OnCpu), 100 + 100 + 100);
+    assert_sums(r);
+}
+
 /// A preemption inside a request whose stack was taken: the run-queue wait that follows is
 /// at that site, and it can be the request's largest wait. A wait for a CPU after a wakeup
 /// has no site of its own.
