@@ -104,12 +104,14 @@ pub struct SwitchEvent {
     pub woken_at_ns: u64,
     /// Who woke it (with `woken_at_ns`).
     pub waker: WakerId,
-    /// The total time the record's thread has waited for a CPU (`sched_info.run_delay`, the
-    /// scheduler's clock): for a blocking switch-out, the previous task's; for a switch-in
-    /// the kernel did not report (`hdr.tid` 0, `woken_at_ns` 0), the next task's, which
-    /// includes the wait that just ended. The difference is how long a thread whose wakeup
-    /// was not seen either waited for its CPU. 0 when unknown or not read.
+    /// The previous task's total wait for a CPU so far (`sched_info.run_delay`, the
+    /// scheduler's clock), when it blocks; 0 when unknown or not read.
     pub run_delay_ns: u64,
+    /// The next task's total wait for a CPU, the wait that ends with this switch-in
+    /// included, when its wakeup was not seen (`woken_at_ns` 0); 0 when unknown or not read.
+    /// Its difference from the `run_delay_ns` it blocked with is how long it waited for its
+    /// CPU since.
+    pub next_run_delay_ns: u64,
 }
 
 /// A target thread's wakeup, from sched_waking (the waker) and sched_wakeup (when it became
@@ -936,7 +938,7 @@ macro_rules! records {
 
 records! {
     EventHeader = 16,
-    SwitchEvent = 104,
+    SwitchEvent = 112,
     PendingWakeup = 56,
     WakeupEvent = 56,
     WakerId = 40,

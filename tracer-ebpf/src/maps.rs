@@ -156,11 +156,17 @@ pub fn current_voluntary_switches() -> u64 {
 /// current task's `task_struct`; 0 when unknown or unreadable.
 #[inline(always)]
 fn current_task_u64(offset: &'static u32) -> u64 {
+    task_u64(unsafe { bpf_get_current_task() }, offset)
+}
+
+/// The u64 at the byte offset `offset` (a global the collector set; 0: not found) of
+/// `task`; 0 when unknown or unreadable.
+#[inline(always)]
+fn task_u64(task: u64, offset: &'static u32) -> u64 {
     let at = global(offset);
     if at == 0 {
         return 0;
     }
-    let task = unsafe { bpf_get_current_task() };
     read_kernel_at::<u64>(task, at).unwrap_or(0)
 }
 
@@ -195,16 +201,20 @@ pub fn current_on_cpu_for_ns() -> u64 {
 #[unsafe(no_mangle)]
 static TASK_LAST_QUEUED_OFFSET: u32 = 0;
 
-/// How long `task`, about to get this CPU (sched_switch's `next`), has waited in its run
-/// queue: this run queue's clock, brought up to date by `__schedule()` before sched_switch,
-/// less the task's `sched_info.last_queued`, set from its run queue's clock when it was
-/// queued (`sched_info_enqueue()` at a wakeup's or a preemption's enqueue) and cleared by
-/// `sched_info_arrive()`, which runs after sched_switch (kernel/sched/stats.h, Linux 6.18).
-/// A task moved to this CPU while it waited was queued again here: then only its wait here.
-/// `None` when unknown or not queued.
+/// The total wait for a CPU of `task`, about to get this CPU (sched_switch's `next`), the
+/// wait that ends now included: its `sched_info.run_delay`, which `sched_info_arrive()`
+/// grows only after sched_switch, plus its wait in this run queue, this run queue's clock
+/// (brought up to date by `__schedule()` before sched_switch) less its
+/// `sched_info.last_queued` (set from its run queue's clock by `sched_info_enqueue()`).
+/// A task moved here from another CPU's queue had its wait there added to `run_delay` by
+/// `sched_info_dequeue()` (kernel/sched/stats.h, Linux 6.18). 0 when unknown.
 #[inline(always)]
-pub fn queued_for_ns(task: u64) -> Option<u64> {
-    rq_clock_since(task, &TASK_LAST_QUEUED_OFFSET)
+pub fn run_delay_through_now_ns(task: u64) -> u64 {
+    let total = task_u64(task, &TASK_RUN_DELAY_OFFSET);
+    if total == 0 {
+        return 0;
+    }
+    total + rq_clock_since(task, &TASK_LAST_QUEUED_OFFSET).unwrap_or(0)
 }
 
 /// This CPU's run queue clock less the scheduler-clock timestamp at byte offset `offset` of

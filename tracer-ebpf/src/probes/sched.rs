@@ -13,8 +13,8 @@ use crate::held_read::send_held;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
     current_run_delay_ns, current_syscall_regs, current_target_tid, current_user_g, emit, finish,
-    fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns, queued_for_ns,
-    target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
+    fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns,
+    run_delay_through_now_ns, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 use crate::stretch::leave_stretch;
 
@@ -70,9 +70,18 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         ..Default::default()
     };
     if next_is_target {
-        if let Some(woken) = take_wakeup(next_pid).or_else(|| unseen_wakeup(next)) {
-            event.woken_at_ns = woken.runnable_at_ns;
-            event.waker = woken.waker;
+        match take_wakeup(next_pid) {
+            Some(woken) => {
+                event.woken_at_ns = woken.runnable_at_ns;
+                event.waker = woken.waker;
+            }
+            // Rarely (about one switch-in in a few thousand after a `nanosleep` on this VM,
+            // both cores busy) a blocked thread's wakeup was not seen, though no program run
+            // was skipped and nothing was lost; or it was preempted, with no wakeup. Its
+            // total wait for a CPU: against the total it blocked with (its switch-out's),
+            // the collector finds how long it waited since its wakeup. Without this, that
+            // wait would count as the cause it blocked on.
+            None => event.next_run_delay_ns = run_delay_through_now_ns(next),
         }
     }
     if let Some(prev_tid) = prev_tid {
@@ -211,7 +220,7 @@ fn emit_unseen_switch_in(tid: u32, not_after: u64) -> Result<(), Loss> {
     } else {
         // Its wakeup went unreported too (seen on this VM with the switch-in): the kernel's
         // own total of its waits for a CPU, the wait that just ended included.
-        event.run_delay_ns = current_run_delay_ns();
+        event.next_run_delay_ns = current_run_delay_ns();
     }
     event.hdr.ts_ns = at;
     emit(event)
@@ -233,25 +242,6 @@ fn take_wakeup(tid: u32) -> Option<PendingWakeup> {
         (*noted).waker.stack_id = NO_STACK;
         Some(woken)
     }
-}
-
-/// The wakeup of `next`, a target thread the tracer sees switched in, when no sched_wakeup
-/// noted one: it became runnable when the scheduler queued it, as its `sched_info` says, by
-/// a waker unknown. On this VM about one switch-in in a few thousand after a `nanosleep`
-/// (both cores busy) carries no wakeup though nothing was lost: without this, its wait for
-/// a CPU would count as the cause it blocked on. A preempted thread's switch-in carries its
-/// preemption's enqueue as well, which the collector ignores (it was not blocked).
-#[inline(always)]
-fn unseen_wakeup(next: u64) -> Option<PendingWakeup> {
-    let queued_for = queued_for_ns(next)?;
-    Some(PendingWakeup {
-        waker: WakerId {
-            context: waker_context::UNKNOWN,
-            ..Default::default()
-        },
-        runnable_at_ns: now_ns().saturating_sub(queued_for),
-        ..Default::default()
-    })
 }
 
 /// sched:sched_waking fires in `try_to_wake_up()` on the waker's CPU, in the waker's context

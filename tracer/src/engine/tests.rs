@@ -318,24 +318,36 @@ fn preemption_counts_as_runqueue() {
     assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
 }
 
-/// A switch-in whose wakeup the kernel side did not see carries the time the scheduler
-/// queued the thread, by a waker unknown (`probes::sched::unseen_wakeup`): after a block, the
-/// wait from then is `runqueue`; after a preemption, where it is the preemption's own
-/// enqueue, it changes nothing.
+/// A switch-in whose wakeup the kernel side did not see carries the thread's total wait for
+/// a CPU through it (`probes::sched`): after a block, the wait since the wakeup is
+/// `runqueue`, however many run queues it waited on; after a preemption, whose switch-out
+/// noted no total, it changes nothing.
 #[test]
-fn a_switch_in_with_its_enqueue_for_a_wakeup_splits_a_block_only() {
-    let enqueued = |ts: u64, at: u64| {
+fn a_seen_switch_in_without_its_wakeup_waits_as_long_as_the_run_delay_grew() {
+    let blocked_with = |ts: u64, total: u64| {
+        Event::new(
+            ts,
+            Tid(T),
+            EventKind::SwitchOut {
+                state: 1,
+                syscall: Some(InSyscall {
+                    nr: nr::CLOCK_NANOSLEEP,
+                    arg0: 0,
+                }),
+                stack: None,
+                cpu_steal: None,
+                run_delay: Some(total),
+            },
+        )
+    };
+    let run_with = |ts: u64, total: u64| {
         Event::new(
             ts,
             Tid(T),
             EventKind::SwitchIn {
-                run_delay: None,
+                run_delay: Some(total),
                 cpu_steal: None,
-                woken: Some(Woken {
-                    at,
-                    waker: Waker::Unknown,
-                    unlocker: None,
-                }),
+                woken: None,
             },
         )
     };
@@ -344,17 +356,17 @@ fn a_switch_in_with_its_enqueue_for_a_wakeup_splits_a_block_only() {
         &mut e,
         [
             read(0, CONN, 5),
-            block(100, nr::NANOSLEEP, 0),
-            enqueued(20_100, 20_000),
-            preempted(20_200, None),
-            enqueued(20_500, 20_200),
-            write(20_600, CONN),
+            blocked_with(100, 7_000),
+            run_with(21_600, 8_500),
+            preempted(21_700, None),
+            run_with(22_000, 8_800),
+            write(22_100, CONN),
             read(30_000, CONN, 5),
         ],
     );
     let r = &reqs[0];
-    assert_eq!(cause(r, Cause::Sleep), 19_900);
-    assert_eq!(cause(r, Cause::Runqueue), 100 + 300);
+    assert_eq!(cause(r, Cause::Sleep), 20_000);
+    assert_eq!(cause(r, Cause::Runqueue), 1_500 + 300);
     assert_eq!(cause(r, Cause::OnCpu), 100 + 100 + 100);
     assert_sums(r);
 }

@@ -274,10 +274,12 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    /// The wakeup of a switch-in the kernel did not report, whose wakeup it did not report
-    /// either (both seen on this VM): the thread waited for its CPU as long as its total wait
-    /// grew since it blocked, so it was woken that long before `ts` (by whom is unknown).
-    /// Without this, that wait would count as the cause it blocked on.
+    /// The wakeup of a switch-in whose wakeup the kernel side did not see (seen on this VM,
+    /// with or without the switch-in itself), which carries the thread's total wait for a
+    /// CPU through `ts`: the thread waited for its CPU as long as that total grew since it
+    /// blocked, so it was woken that long before `ts` (by whom is unknown). Without this,
+    /// that wait would count as the cause it blocked on. (A preempted thread's switch-in
+    /// carries its total too; its switch-out, not a block, noted none.)
     pub(super) fn wakeup_from_run_delay(
         &mut self,
         tid: Tid,

@@ -171,9 +171,7 @@ pub fn decode(bytes: &[u8], out: &mut impl EventSink) -> Option<Decoded> {
                             waker: waker(&e.waker),
                             unlocker: unlocker(&e.waker),
                         }),
-                        // Only a switch-in the kernel did not report carries its own.
-                        run_delay: (e.hdr.tid == 0 && e.run_delay_ns != 0)
-                            .then_some(e.run_delay_ns),
+                        run_delay: (e.next_run_delay_ns != 0).then_some(e.next_run_delay_ns),
                     },
                 ));
             }
@@ -413,6 +411,40 @@ mod tests {
         unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<T>()) }.to_vec()
     }
 
+    /// A handover from one target thread that blocks to another whose wakeup was not seen:
+    /// each side carries its own thread's total wait for a CPU.
+    #[test]
+    fn a_handover_carries_each_threads_run_delay() {
+        let rec = SwitchEvent {
+            hdr: EventHeader {
+                ts_ns: 5,
+                kind: tracer_common::EventKind::Switch as u32,
+                tid: 10,
+            },
+            next_tid: 11,
+            prev_state: 1,
+            syscall_nr: 230,
+            stack_id: tracer_common::NO_STACK,
+            run_delay_ns: 9_000,
+            next_run_delay_ns: 12_000,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        decode(&bytes(&rec), &mut out).unwrap();
+        let run_delays: Vec<_> = out
+            .iter()
+            .map(|e| match e.kind {
+                EventKind::SwitchOut { run_delay, .. } => (e.tid, run_delay),
+                EventKind::SwitchIn { run_delay, .. } => (e.tid, run_delay),
+                _ => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            run_delays,
+            vec![(Tid(10), Some(9_000)), (Tid(11), Some(12_000))]
+        );
+    }
+
     #[test]
     fn switch_between_two_target_threads_is_two_events() {
         let rec = SwitchEvent {
@@ -438,6 +470,7 @@ mod tests {
                 _pad: 0,
             },
             run_delay_ns: 9_000,
+            next_run_delay_ns: 0,
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
@@ -448,7 +481,6 @@ mod tests {
                     5,
                     Tid(10),
                     EventKind::SwitchOut {
-                        // The previous thread's: a switch-in with a switch-out carries none.
                         run_delay: Some(9_000),
                         state: 1,
                         syscall: Some(InSyscall {
