@@ -318,48 +318,52 @@ fn preemption_counts_as_runqueue() {
     assert_eq!(e.take_waits(), vec![Wait::Runqueue(250)]);
 }
 
+/// A switch-out into a `nanosleep`, with the thread's total wait for a CPU so far.
+fn asleep_with_run_delay(ts: u64, total: u64) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchOut {
+            state: S,
+            syscall: Some(InSyscall {
+                nr: nr::NANOSLEEP,
+                arg0: 0,
+            }),
+            stack: None,
+            cpu_steal: None,
+            run_delay: Some(total),
+        },
+    )
+}
+
+/// A switch-in whose wakeup was not seen, with the thread's total wait for a CPU through it.
+fn run_with_run_delay(ts: u64, total: u64) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchIn {
+            cpu_steal: None,
+            woken: None,
+            run_delay: Some(total),
+        },
+    )
+}
+
 /// A switch-in whose wakeup the kernel side did not see carries the thread's total wait for
 /// a CPU through it (`probes::sched`): after a block, the wait since the wakeup is
 /// `runqueue`, however many run queues it waited on; after a preemption, whose switch-out
 /// noted no total, it changes nothing.
 #[test]
 fn a_seen_switch_in_without_its_wakeup_waits_as_long_as_the_run_delay_grew() {
-    let blocked_with = |ts: u64, total: u64| {
-        Event::new(
-            ts,
-            Tid(T),
-            EventKind::SwitchOut {
-                state: 1,
-                syscall: Some(InSyscall {
-                    nr: nr::CLOCK_NANOSLEEP,
-                    arg0: 0,
-                }),
-                stack: None,
-                cpu_steal: None,
-                run_delay: Some(total),
-            },
-        )
-    };
-    let run_with = |ts: u64, total: u64| {
-        Event::new(
-            ts,
-            Tid(T),
-            EventKind::SwitchIn {
-                run_delay: Some(total),
-                cpu_steal: None,
-                woken: None,
-            },
-        )
-    };
     let mut e = engine();
     let reqs = feed(
         &mut e,
         [
             read(0, CONN, 5),
-            blocked_with(100, 7_000),
-            run_with(21_600, 8_500),
+            asleep_with_run_delay(100, 7_000),
+            run_with_run_delay(21_600, 8_500),
             preempted(21_700, None),
-            run_with(22_000, 8_800),
+            run_with_run_delay(22_000, 8_800),
             write(22_100, CONN),
             read(30_000, CONN, 5),
         ],
@@ -466,39 +470,12 @@ fn an_unreported_switch_in_waits_for_its_cpu_as_long_as_the_kernels_run_delay_gr
     // switch-in (the kernel side then sends the thread's total wait for a CPU, which grew by
     // 4 µs since it blocked).
     let mut e = engine();
-    let sleep_at = |ts, total| {
-        Event::new(
-            ts,
-            Tid(T),
-            EventKind::SwitchOut {
-                state: S,
-                syscall: Some(InSyscall {
-                    nr: nr::NANOSLEEP,
-                    arg0: 0,
-                }),
-                stack: None,
-                cpu_steal: None,
-                run_delay: Some(total),
-            },
-        )
-    };
-    let unreported_run = |ts, total| {
-        Event::new(
-            ts,
-            Tid(T),
-            EventKind::SwitchIn {
-                cpu_steal: None,
-                woken: None,
-                run_delay: Some(total),
-            },
-        )
-    };
     let reqs = feed(
         &mut e,
         [
             read(0, CONN, 30),
-            sleep_at(1_000, 50_000),
-            unreported_run(25_000, 54_000),
+            asleep_with_run_delay(1_000, 50_000),
+            run_with_run_delay(25_000, 54_000),
             write(26_000, CONN),
             read(27_000, CONN, 0), // the client closed
         ],

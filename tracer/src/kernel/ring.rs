@@ -411,11 +411,9 @@ mod tests {
         unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<T>()) }.to_vec()
     }
 
-    /// A handover from one target thread that blocks to another whose wakeup was not seen:
-    /// each side carries its own thread's total wait for a CPU.
-    #[test]
-    fn a_handover_carries_each_threads_run_delay() {
-        let rec = SwitchEvent {
+    /// Target thread 10 blocks, and target thread 11 gets its CPU, at 5.
+    fn blocked_10_to_11() -> SwitchEvent {
+        SwitchEvent {
             hdr: EventHeader {
                 ts_ns: 5,
                 kind: tracer_common::EventKind::Switch as u32,
@@ -423,11 +421,20 @@ mod tests {
             },
             next_tid: 11,
             prev_state: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A handover from one target thread that blocks to another whose wakeup was not seen:
+    /// each side carries its own thread's total wait for a CPU.
+    #[test]
+    fn a_handover_carries_each_threads_run_delay() {
+        let rec = SwitchEvent {
             syscall_nr: 230,
             stack_id: tracer_common::NO_STACK,
             run_delay_ns: 9_000,
             next_run_delay_ns: 12_000,
-            ..Default::default()
+            ..blocked_10_to_11()
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
@@ -448,13 +455,6 @@ mod tests {
     #[test]
     fn switch_between_two_target_threads_is_two_events() {
         let rec = SwitchEvent {
-            hdr: EventHeader {
-                ts_ns: 5,
-                kind: tracer_common::EventKind::Switch as u32,
-                tid: 10,
-            },
-            next_tid: 11,
-            prev_state: 1,
             syscall_nr: 202,
             stack_id: 3,
             syscall_arg0: 0xabc,
@@ -470,7 +470,7 @@ mod tests {
                 _pad: 0,
             },
             run_delay_ns: 9_000,
-            next_run_delay_ns: 0,
+            ..blocked_10_to_11()
         };
         let mut out = Vec::new();
         decode(&bytes(&rec), &mut out).unwrap();
