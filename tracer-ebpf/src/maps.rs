@@ -207,7 +207,9 @@ static TASK_LAST_QUEUED_OFFSET: u32 = 0;
 /// (brought up to date by `__schedule()` before sched_switch) less its
 /// `sched_info.last_queued` (set from its run queue's clock by `sched_info_enqueue()`).
 /// A task moved here from another CPU's queue had its wait there added to `run_delay` by
-/// `sched_info_dequeue()` (kernel/sched/stats.h, Linux 6.18). 0 when unknown.
+/// `sched_info_dequeue()` (kernel/sched/stats.h, Linux 6.18). 0 when unknown; without
+/// `last_queued` (not in the kernel's BTF, or not set), the wait in this run queue is left
+/// out, so the total is a lower bound.
 #[inline(always)]
 pub fn run_delay_through_now_ns(task: u64) -> u64 {
     let total = task_u64(task, &TASK_RUN_DELAY_OFFSET);
