@@ -576,7 +576,21 @@ fn setpriv_as_nobody(caps: &str) -> Vec<OsString> {
 /// connection sends `path` `times` in a row; returns the responses and the finished run,
 /// which must have succeeded.
 pub fn trace_requests(target: &Workload, path: &str, times: usize) -> (Vec<Response>, Finished) {
-    let tracer = Tracer::attach(target.pid).args(["--slow", "0"]).start();
+    trace_requests_with_env(target, path, times, &[])
+}
+
+/// [`trace_requests`], with `env` set for the tracer.
+pub fn trace_requests_with_env(
+    target: &Workload,
+    path: &str,
+    times: usize,
+    env: &[(&str, &str)],
+) -> (Vec<Response>, Finished) {
+    let tracer = env
+        .iter()
+        .fold(Tracer::attach(target.pid), |t, (k, v)| t.env(k, v))
+        .args(["--slow", "0"])
+        .start();
     let mut client = target.client();
     let responses = (0..times)
         .map(|_| client.get(path).expect("request"))

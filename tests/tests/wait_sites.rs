@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tracer::engine::Cause;
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
 use tracer_tests::{
-    session::{trace_requests, Tracer},
+    session::{trace_requests_with_env, Tracer},
     TempDir, Workload,
 };
 
@@ -159,8 +159,22 @@ tracer_tests::go_tests! {
 #[test]
 #[ignore = "needs root"]
 fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
+    lock_wait_names_its_site_and_its_unlocker(&[]);
+}
+
+/// The same, with one bucket in the kernel's `STACKS` map: the waiter's stack and the
+/// unlocker's cannot both be stored there, and the one that finds the bucket taken must be
+/// kept in `SPILLED_STACKS` and named all the same.
+#[test]
+#[ignore = "needs root"]
+fn a_stack_whose_bucket_is_taken_is_named_from_the_spill_map() {
+    lock_wait_names_its_site_and_its_unlocker(&[("TRACER_STACK_BUCKETS", "1")]);
+}
+
+fn lock_wait_names_its_site_and_its_unlocker(tracer_env: &[(&str, &str)]) {
     let workload = Workload::spawn();
-    let (responses, done) = trace_requests(&workload, "/lock?ms=20", ROUNDS * 2);
+    let (responses, done) =
+        trace_requests_with_env(&workload, "/lock?ms=20", ROUNDS * 2, tracer_env);
     let summary = done.summary();
     let sites = summary
         .wait_sites

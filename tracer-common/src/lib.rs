@@ -170,8 +170,16 @@ pub fn switch_state_as_reported(preempt: bool, prev_state: u32, exit_state: u32)
 /// No stack was taken (the event has none, stacks are off, or the kernel could not take it).
 pub const NO_STACK: i32 = -1;
 /// Distinct user stacks kept in the `STACKS` map. A stack whose hash bucket is taken by
-/// another is not stored (no `BPF_F_REUSE_STACKID`: an id must never change its stack).
+/// another is stored in `SPILLED_STACKS` instead (no `BPF_F_REUSE_STACKID`: an id must
+/// never change its stack).
 pub const MAX_STACKS: u32 = 16384;
+/// Buckets of `SPILLED_STACKS`, which only the stacks whose `STACKS` bucket was taken use.
+/// With k distinct stacks, a new one finds its `STACKS` bucket taken with odds about
+/// k / `MAX_STACKS`, and is then lost only if its bucket here is taken too: about
+/// (k / `MAX_STACKS`)² × `MAX_STACKS` / `MAX_SPILLED_STACKS`.
+pub const MAX_SPILLED_STACKS: u32 = 4096;
+/// Set in a stack id from `SPILLED_STACKS`; the rest of it is the id in that map.
+pub const SPILLED_STACK: u32 = 1 << 30;
 
 /// `EAGAIN` (a syscall returns `-EAGAIN`): a non-blocking socket had nothing to move.
 pub const EAGAIN: i64 = 11;

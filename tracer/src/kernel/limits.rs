@@ -4,20 +4,20 @@
 //! collector's, and a target with more threads than the per-thread maps hold, are refused with a
 //! one-line error.
 
-use super::seed::target_threads;
+use super::{seed::target_threads, stacks::StackMapSizes};
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Map, MapData},
     Ebpf,
 };
 use tracer_common::{
-    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_STACKS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
+    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_TARGET_THREADS, MAX_TCP_SOCKETS,
     MAX_TLS_CONNECTIONS_DONE, RING_BYTES,
 };
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
 /// ring buffer).
-const MAP_SIZES: [(&str, u32); 9] = [
+const MAP_SIZES: [(&str, u32); 8] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
     ("CONVERSATIONS", MAX_TARGET_THREADS),
@@ -26,13 +26,17 @@ const MAP_SIZES: [(&str, u32); 9] = [
     ("TLS_CALL", MAX_TARGET_THREADS),
     ("TLS_DONE", MAX_TLS_CONNECTIONS_DONE),
     ("TCP_SOCKETS", MAX_TCP_SOCKETS),
-    ("STACKS", MAX_STACKS),
 ];
 
-/// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits,
-/// or a target (`pid`) that already has more threads than `TARGET_TIDS` holds.
-pub fn check(ebpf: &Ebpf, pid: u32) -> Result<()> {
-    for (name, expected) in MAP_SIZES {
+/// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits
+/// (the stack maps: from the sizes the collector set for this trace), or a target (`pid`)
+/// that already has more threads than `TARGET_TIDS` holds.
+pub fn check(ebpf: &Ebpf, pid: u32, stack_maps: StackMapSizes) -> Result<()> {
+    let stack_map_sizes = [
+        ("STACKS", stack_maps.stacks),
+        ("SPILLED_STACKS", stack_maps.spilled),
+    ];
+    for (name, expected) in MAP_SIZES.into_iter().chain(stack_map_sizes) {
         let map = ebpf
             .map(name)
             .with_context(|| format!("map {name} missing from the kernel programs"))?;

@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use super::stacks::UserStacks;
+use super::stacks::{StackMapSizes, UserStacks};
 use crate::target::go::runtime::GOffsets;
 use anyhow::{Context as _, Result};
 use aya::{
@@ -94,6 +94,9 @@ impl Probes {
         let report_eagain = u32::from(report_eagain);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("TARGET_TIDS", super::seed::pid_max());
+        let stack_maps = StackMapSizes::for_trace(stacks);
+        loader.map_max_entries("STACKS", stack_maps.stacks);
+        loader.map_max_entries("SPILLED_STACKS", stack_maps.spilled);
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
@@ -157,10 +160,16 @@ impl Probes {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
-        super::limits::check(&ebpf, pid)?;
+        super::limits::check(&ebpf, pid, stack_maps)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
+        let stacks = UserStacks {
+            stacks: StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?,
+            spilled: StackTraceMap::try_from(
+                ebpf.take_map("SPILLED_STACKS")
+                    .context("map SPILLED_STACKS")?,
+            )?,
+        };
         let pair_batches =
             PerCpuArray::try_from(ebpf.take_map("PAIR_BATCHES").context("map PAIR_BATCHES")?)?;
         let stretch_done =
@@ -179,7 +188,7 @@ impl Probes {
             stretch_done,
             tcp_sockets,
             stretch_tables,
-            stacks: Some(UserStacks(stacks)),
+            stacks: Some(stacks),
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
             uprobe_links: Vec::new(),
