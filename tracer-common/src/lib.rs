@@ -169,17 +169,33 @@ pub fn switch_state_as_reported(preempt: bool, prev_state: u32, exit_state: u32)
 
 /// No stack was taken (the event has none, stacks are off, or the kernel could not take it).
 pub const NO_STACK: i32 = -1;
-/// Distinct user stacks kept in the `STACKS` map. A stack whose hash bucket is taken by
-/// another is stored in `SPILLED_STACKS` instead (no `BPF_F_REUSE_STACKID`: an id must
-/// never change its stack).
+/// The kernel's stack maps, in the order a stack is tried in them. The kernel hashes a stack
+/// to one bucket of a map, and returns `EEXIST` when another stack holds it (no
+/// `BPF_F_REUSE_STACKID`: an id must never change its stack); the stack then goes to the
+/// next map, whose buckets only such stacks use. With k distinct stacks, a new one finds its
+/// `STACKS` bucket taken with odds about k / [`MAX_STACKS`], and is lost only if its buckets
+/// in both spill maps are taken too.
+pub const STACK_MAPS: [&str; 3] = ["STACKS", "SPILLED_STACKS", "SPILLED_STACKS_2"];
+/// Buckets of `STACKS`.
 pub const MAX_STACKS: u32 = 16384;
-/// Buckets of `SPILLED_STACKS`, which only the stacks whose `STACKS` bucket was taken use.
-/// With k distinct stacks, a new one finds its `STACKS` bucket taken with odds about
-/// k / `MAX_STACKS`, and is then lost only if its bucket here is taken too: about
-/// (k / `MAX_STACKS`)² × `MAX_STACKS` / `MAX_SPILLED_STACKS`.
-pub const MAX_SPILLED_STACKS: u32 = 4096;
-/// Set in a stack id from `SPILLED_STACKS`; the rest of it is the id in that map.
-pub const SPILLED_STACK: u32 = 1 << 30;
+/// Buckets of each spill map.
+pub const MAX_SPILLED_STACKS: u32 = 2048;
+/// A stack id holds its map's index in [`STACK_MAPS`] from this bit on, and its id in that
+/// map below it.
+pub const STACK_MAP_SHIFT: u32 = 29;
+
+/// The stack id of `index` in map `map` of [`STACK_MAPS`].
+pub const fn stack_id(map: u32, index: u32) -> i32 {
+    ((map << STACK_MAP_SHIFT) | index) as i32
+}
+
+/// The map (an index in [`STACK_MAPS`]) and the id in it of stack id `id`.
+pub const fn stack_map_and_index(id: u32) -> (usize, u32) {
+    (
+        (id >> STACK_MAP_SHIFT) as usize,
+        id & ((1 << STACK_MAP_SHIFT) - 1),
+    )
+}
 
 /// `EAGAIN` (a syscall returns `-EAGAIN`): a non-blocking socket had nothing to move.
 pub const EAGAIN: i64 = 11;
@@ -1105,5 +1121,16 @@ mod tests {
             0,
             "longer than any record"
         );
+    }
+
+    #[test]
+    fn a_stack_id_names_its_map_and_its_bucket() {
+        for map in 0..STACK_MAPS.len() as u32 {
+            for index in [0, 1, MAX_SPILLED_STACKS - 1, MAX_STACKS - 1] {
+                let id = stack_id(map, index);
+                assert!(id >= 0 && id != NO_STACK, "{map} {index}");
+                assert_eq!(stack_map_and_index(id as u32), (map as usize, index));
+            }
+        }
     }
 }

@@ -13,9 +13,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, PendingWakeup, TcpSocket,
-    LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_SPILLED_STACKS, MAX_STACKS, MAX_TARGET_THREADS,
-    MAX_TCP_SOCKETS, RING_BYTES,
+    stack_id, syscall_in_progress, Conversation, EventHeader, IrqNesting, Loss, PendingWakeup,
+    TcpSocket, LOSS_KINDS, MAX_GOROUTINE_CONVERSATIONS, MAX_SPILLED_STACKS, MAX_STACKS,
+    MAX_TARGET_THREADS, MAX_TCP_SOCKETS, NO_STACK, RING_BYTES,
 };
 
 /// Set by the collector at load time (`EbpfLoader::override_global`).
@@ -299,34 +299,49 @@ pub fn native_sites() -> bool {
     global(&NATIVE_SITES) != 0
 }
 
-/// User stacks (return addresses), deduplicated by the kernel: an event carries the id.
+/// User stacks (return addresses), deduplicated by the kernel: an event carries the id
+/// (`tracer_common::STACK_MAPS`).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
-/// The stacks whose bucket in [`STACKS`] holds another stack (the kernel hashes a stack to
-/// one bucket, and without `BPF_F_REUSE_STACKID` does not replace what is there).
+/// The stacks whose bucket in [`STACKS`] holds another stack (see `tracer_common::STACK_MAPS`).
 #[map]
 pub static SPILLED_STACKS: StackTrace = StackTrace::with_max_entries(MAX_SPILLED_STACKS, 0);
+
+/// The stacks whose buckets in [`STACKS`] and [`SPILLED_STACKS`] hold other stacks.
+#[map]
+pub static SPILLED_STACKS_2: StackTrace = StackTrace::with_max_entries(MAX_SPILLED_STACKS, 0);
 
 /// `bpf_get_stackid()`'s error when the stack's bucket holds another stack.
 const EEXIST: i32 = 17;
 
-/// The id of the current task's user stack in [`STACKS`], or in [`SPILLED_STACKS`] with
-/// `SPILLED_STACK` set when its bucket there is taken, or `NO_STACK` when stacks are off or
-/// the kernel could not take it (no user stack, or its bucket is taken in both maps).
+/// The id of the current task's user stack in the first of [`STACKS`], [`SPILLED_STACKS`]
+/// and [`SPILLED_STACKS_2`] where its bucket is free or its own (`tracer_common::stack_id`),
+/// or `NO_STACK` when stacks are off or the kernel could not take it (no user stack, or its
+/// bucket is taken in all three).
 #[inline(always)]
 pub fn user_stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
     if !capture_stacks() {
-        return tracer_common::NO_STACK;
+        return NO_STACK;
     }
     let user = u64::from(aya_ebpf::bindings::BPF_F_USER_STACK);
-    match ctx.get_stackid(&STACKS, user) {
-        Ok(id) => id as i32,
-        Err(e) if e == -EEXIST => match ctx.get_stackid(&SPILLED_STACKS, user) {
-            Ok(id) => (id as u32 | tracer_common::SPILLED_STACK) as i32,
-            Err(_) => tracer_common::NO_STACK,
-        },
-        Err(_) => tracer_common::NO_STACK,
+    let bucket_taken = match ctx.get_stackid(&STACKS, user) {
+        Ok(id) => return stack_id(0, id as u32),
+        Err(e) => e == -EEXIST,
+    };
+    if !bucket_taken {
+        return NO_STACK;
+    }
+    let bucket_taken = match ctx.get_stackid(&SPILLED_STACKS, user) {
+        Ok(id) => return stack_id(1, id as u32),
+        Err(e) => e == -EEXIST,
+    };
+    if !bucket_taken {
+        return NO_STACK;
+    }
+    match ctx.get_stackid(&SPILLED_STACKS_2, user) {
+        Ok(id) => stack_id(2, id as u32),
+        Err(_) => NO_STACK,
     }
 }
 

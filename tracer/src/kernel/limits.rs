@@ -32,11 +32,7 @@ const MAP_SIZES: [(&str, u32); 8] = [
 /// (the stack maps: from the sizes the collector set for this trace), or a target (`pid`)
 /// that already has more threads than `TARGET_TIDS` holds.
 pub fn check(ebpf: &Ebpf, pid: u32, stack_maps: StackMapSizes) -> Result<()> {
-    let stack_map_sizes = [
-        ("STACKS", stack_maps.stacks),
-        ("SPILLED_STACKS", stack_maps.spilled),
-    ];
-    for (name, expected) in MAP_SIZES.into_iter().chain(stack_map_sizes) {
+    for (name, expected) in MAP_SIZES.into_iter().chain(stack_maps.by_map()) {
         let map = ebpf
             .map(name)
             .with_context(|| format!("map {name} missing from the kernel programs"))?;

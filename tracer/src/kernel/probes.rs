@@ -7,7 +7,7 @@ use super::stacks::{StackMapSizes, UserStacks};
 use crate::target::go::runtime::GOffsets;
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLink, Program, ProgramError, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
@@ -95,8 +95,9 @@ impl Probes {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("TARGET_TIDS", super::seed::pid_max());
         let stack_maps = StackMapSizes::for_trace(stacks);
-        loader.map_max_entries("STACKS", stack_maps.stacks);
-        loader.map_max_entries("SPILLED_STACKS", stack_maps.spilled);
+        for (map, size) in stack_maps.by_map() {
+            loader.map_max_entries(map, size);
+        }
         loader.override_global("TARGET_TGID", &pid, true);
         loader.override_global("TLS_RECORDS", &tls_records, true);
         loader.override_global("REPORT_EAGAIN", &report_eagain, true);
@@ -163,13 +164,7 @@ impl Probes {
         super::limits::check(&ebpf, pid, stack_maps)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
-        let stacks = UserStacks {
-            stacks: StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?,
-            spilled: StackTraceMap::try_from(
-                ebpf.take_map("SPILLED_STACKS")
-                    .context("map SPILLED_STACKS")?,
-            )?,
-        };
+        let stacks = UserStacks::take(&mut ebpf)?;
         let pair_batches =
             PerCpuArray::try_from(ebpf.take_map("PAIR_BATCHES").context("map PAIR_BATCHES")?)?;
         let stretch_done =
