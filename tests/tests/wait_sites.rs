@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tracer::engine::Cause;
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
 use tracer_tests::{
-    session::{trace_requests_with_env, Tracer},
+    session::{trace_requests_with_env, Finished, Tracer},
     TempDir, Workload,
 };
 
@@ -163,15 +163,24 @@ fn the_workloads_lock_wait_names_its_site_and_its_unlocker() {
 }
 
 /// The same, with one bucket in the kernel's `STACKS` map: the waiter's stack and the
-/// unlocker's cannot both be stored there, and the one that finds the bucket taken must be
-/// kept in `SPILLED_STACKS` and named all the same.
+/// unlocker's cannot both be stored there (the first stack any of the workload's threads
+/// takes holds it), so they must be kept in the spill maps (`SPILLED_STACKS`, then
+/// `SPILLED_STACKS_2`) and named all the same.
 #[test]
 #[ignore = "needs root"]
 fn a_stack_whose_bucket_is_taken_is_named_from_the_spill_map() {
-    lock_wait_names_its_site_and_its_unlocker(&[("TRACER_STACK_BUCKETS", "1")]);
+    let done = lock_wait_names_its_site_and_its_unlocker(&[("TRACER_STACK_BUCKETS", "1")]);
+    assert!(
+        done.stderr
+            .contains("tracer: STACKS map buckets: 1 (TRACER_STACK_BUCKETS"),
+        "the tracer took the one-bucket setting: {}",
+        done.describe()
+    );
 }
 
-fn lock_wait_names_its_site_and_its_unlocker(tracer_env: &[(&str, &str)]) {
+/// Traces `/lock` requests (with `tracer_env` for the tracer) and checks their sites;
+/// returns the finished run.
+fn lock_wait_names_its_site_and_its_unlocker(tracer_env: &[(&str, &str)]) -> Finished {
     let workload = Workload::spawn();
     let (responses, done) =
         trace_requests_with_env(&workload, "/lock?ms=20", ROUNDS * 2, tracer_env);
@@ -228,6 +237,7 @@ fn lock_wait_names_its_site_and_its_unlocker(tracer_env: &[(&str, &str)]) {
         assert_eq!(wait.site.as_deref(), Some(top.site.as_str()), "{r:#?}");
         assert_eq!(wait.frames, top.frames, "{r:#?}");
     }
+    done
 }
 
 /// A process that spins on one CPU until dropped.

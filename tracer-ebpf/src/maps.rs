@@ -308,36 +308,42 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 #[map]
 pub static SPILLED_STACKS: StackTrace = StackTrace::with_max_entries(MAX_SPILLED_STACKS, 0);
 
-/// The stacks whose buckets in [`STACKS`] and [`SPILLED_STACKS`] hold other stacks.
+/// The stacks whose buckets in [`STACKS`] and [`SPILLED_STACKS`] hold other stacks: a second
+/// slot for each bucket of [`SPILLED_STACKS`], of the same size (the kernel's hash has a
+/// fixed seed, so a stack has the same bucket index in both).
 #[map]
 pub static SPILLED_STACKS_2: StackTrace = StackTrace::with_max_entries(MAX_SPILLED_STACKS, 0);
 
-/// `bpf_get_stackid()`'s error when the stack's bucket holds another stack.
-const EEXIST: i32 = 17;
+/// `bpf_get_stackid()`'s errors after which the next stack map is tried: the stack's bucket
+/// holds another stack (`EEXIST`), or the map had no free element for it (`ENOMEM`: while
+/// the collector reads a bucket, `bpf_stackmap_copy()` holds its element out of the map, and
+/// a one-bucket map then has none left; kernel/bpf/stackmap.c, Linux 6.18).
+#[inline(always)]
+fn stack_goes_to_next_map(error: i32) -> bool {
+    const EEXIST: i32 = 17;
+    const ENOMEM: i32 = 12;
+    error == -EEXIST || error == -ENOMEM
+}
 
 /// The id of the current task's user stack in the first of [`STACKS`], [`SPILLED_STACKS`]
-/// and [`SPILLED_STACKS_2`] where its bucket is free or its own (`tracer_common::stack_id`),
-/// or `NO_STACK` when stacks are off or the kernel could not take it (no user stack, or its
-/// bucket is taken in all three).
+/// and [`SPILLED_STACKS_2`] that stores it (`tracer_common::stack_id`), or `NO_STACK` when
+/// stacks are off or the kernel could not take it (no user stack, or no room in any of the
+/// three). A stack that spills is walked again for each map it is offered to.
 #[inline(always)]
 pub fn user_stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
     if !capture_stacks() {
         return NO_STACK;
     }
     let user = u64::from(aya_ebpf::bindings::BPF_F_USER_STACK);
-    let bucket_taken = match ctx.get_stackid(&STACKS, user) {
+    match ctx.get_stackid(&STACKS, user) {
         Ok(id) => return stack_id(0, id as u32),
-        Err(e) => e == -EEXIST,
-    };
-    if !bucket_taken {
-        return NO_STACK;
+        Err(e) if !stack_goes_to_next_map(e) => return NO_STACK,
+        Err(_) => {}
     }
-    let bucket_taken = match ctx.get_stackid(&SPILLED_STACKS, user) {
+    match ctx.get_stackid(&SPILLED_STACKS, user) {
         Ok(id) => return stack_id(1, id as u32),
-        Err(e) => e == -EEXIST,
-    };
-    if !bucket_taken {
-        return NO_STACK;
+        Err(e) if !stack_goes_to_next_map(e) => return NO_STACK,
+        Err(_) => {}
     }
     match ctx.get_stackid(&SPILLED_STACKS_2, user) {
         Ok(id) => stack_id(2, id as u32),

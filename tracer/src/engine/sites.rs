@@ -1,6 +1,6 @@
 //! Where requests wait: the user-space call site of each blocking wait inside a request (a
 //! thread blocked in a syscall, a goroutine parked), by cause, with the time it cost the
-//! requests. A site is a user stack the kernel stored once (its id in the stack map) and,
+//! requests. A site is a user stack the kernel stored once (its id in the stack maps) and,
 //! for a goroutine's park, the return address the stack walk misses (see
 //! [`StackRef::caller`]); userspace symbolizes each distinct one at the end.
 
@@ -21,7 +21,7 @@ const MAX_WOKEN_SITES: usize = 4096;
 /// A user stack the kernel took where a context blocked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackRef {
-    /// Its id in the kernel's stack map.
+    /// Its id in the kernel's stack maps (`tracer_common::stack_id`).
     pub id: u32,
     /// For a goroutine's park: the return address into `gopark`'s caller, which the
     /// frame-pointer walk from `gopark`'s entry skips; 0 otherwise.
@@ -32,7 +32,7 @@ pub struct StackRef {
 pub struct WaitSites {
     by_cause: Vec<TopTally<StackRef>>,
     /// Waits inside requests whose stack was not taken (stacks off, the kernel could not
-    /// take it, or the map was full), by cause.
+    /// take it, or its bucket was taken in every stack map), by cause.
     without_stack: [Tally; CAUSES],
     /// For a lock wait's site: where the threads or goroutines that woke it released the lock.
     wakers: HashMap<StackRef, TopTally<StackRef>>,

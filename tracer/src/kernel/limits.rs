@@ -4,7 +4,7 @@
 //! collector's, and a target with more threads than the per-thread maps hold, are refused with a
 //! one-line error.
 
-use super::{seed::target_threads, stacks::StackMapSizes};
+use super::seed::target_threads;
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Map, MapData},
@@ -16,7 +16,8 @@ use tracer_common::{
 };
 
 /// Each map whose size the collector relies on, and that size (`max_entries`; bytes for the
-/// ring buffer).
+/// ring buffer). `TARGET_TIDS` and the stack maps are sized by the collector when it loads
+/// the object.
 const MAP_SIZES: [(&str, u32); 8] = [
     ("EVENTS", RING_BYTES),
     ("LOSSES", LOSS_KINDS),
@@ -28,11 +29,10 @@ const MAP_SIZES: [(&str, u32); 8] = [
     ("TCP_SOCKETS", MAX_TCP_SOCKETS),
 ];
 
-/// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits
-/// (the stack maps: from the sizes the collector set for this trace), or a target (`pid`)
-/// that already has more threads than `TARGET_TIDS` holds.
-pub fn check(ebpf: &Ebpf, pid: u32, stack_maps: StackMapSizes) -> Result<()> {
-    for (name, expected) in MAP_SIZES.into_iter().chain(stack_maps.by_map()) {
+/// Refuse a loaded kernel object whose maps differ in size from the `tracer_common` limits,
+/// or a target (`pid`) that already has more threads than `TARGET_TIDS` holds.
+pub fn check(ebpf: &Ebpf, pid: u32) -> Result<()> {
+    for (name, expected) in MAP_SIZES {
         let map = ebpf
             .map(name)
             .with_context(|| format!("map {name} missing from the kernel programs"))?;

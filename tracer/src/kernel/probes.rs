@@ -94,7 +94,7 @@ impl Probes {
         let report_eagain = u32::from(report_eagain);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("TARGET_TIDS", super::seed::pid_max());
-        let stack_maps = StackMapSizes::for_trace(stacks);
+        let stack_maps = StackMapSizes::for_trace(stacks)?;
         for (map, size) in stack_maps.by_map() {
             loader.map_max_entries(map, size);
         }
@@ -161,7 +161,7 @@ impl Probes {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
-        super::limits::check(&ebpf, pid, stack_maps)?;
+        super::limits::check(&ebpf, pid)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
         let stacks = UserStacks::take(&mut ebpf)?;

@@ -1,5 +1,5 @@
 //! Wait sites, resolved: the engine's tally of request time by cause and user stack
-//! ([`crate::engine::sites`]) with each stack read from the kernel's stack map and
+//! ([`crate::engine::sites`]) with each stack read from the kernel's stack maps and
 //! symbolized (each distinct address once), for `summary.json`'s `wait_sites`, the console's
 //! "where the time went" and the flame graph (`waits.folded`, `waits.svg`).
 
@@ -63,7 +63,7 @@ pub struct ResolvedSites {
     pub without_stack: BTreeMap<Cause, (u64, u64)>,
 }
 
-/// Reads a stack's addresses (innermost first) by id from the kernel's stack map.
+/// Reads a stack's addresses (innermost first) by id from the kernel's stack maps.
 pub trait StackSource {
     fn addresses(&self, id: u32) -> Option<Vec<u64>>;
 }
@@ -178,7 +178,7 @@ pub struct NamedStack {
     pub truncated: bool,
 }
 
-/// The kernel's stack map and the target's symbols, for the whole run: stacks named while
+/// The kernel's stack maps and the target's symbols, for the whole run: stacks named while
 /// tracing (each slow request's largest wait in `requests.jsonl`), each distinct one once,
 /// and every wait site at the end ([`SiteNamer::resolve`]).
 pub struct SiteNamer {
