@@ -328,7 +328,8 @@ fn stack_goes_to_next_map(error: i32) -> bool {
 /// The id of the current task's user stack in the first of [`STACKS`], [`SPILLED_STACKS`]
 /// and [`SPILLED_STACKS_2`] that stores it (`tracer_common::stack_id`), or `NO_STACK` when
 /// stacks are off or the kernel could not take it (no user stack, or no room in any of the
-/// three). A stack that spills is walked again for each map it is offered to.
+/// three: counted in [`STACKS_NOT_STORED`]). A stack that spills is walked again for each
+/// map it is offered to.
 #[inline(always)]
 pub fn user_stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) -> i32 {
     if !capture_stacks() {
@@ -347,7 +348,24 @@ pub fn user_stack_id<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C) ->
     }
     match ctx.get_stackid(&SPILLED_STACKS_2, user) {
         Ok(id) => stack_id(2, id as u32),
-        Err(_) => NO_STACK,
+        Err(e) => {
+            if stack_goes_to_next_map(e) {
+                count_stack_not_stored();
+            }
+            NO_STACK
+        }
+    }
+}
+
+/// Stacks the kernel took that no stack map had room for, per CPU (one slot).
+#[map]
+pub static STACKS_NOT_STORED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count_stack_not_stored() {
+    if let Some(slot) = STACKS_NOT_STORED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs do not nest on a CPU.
+        unsafe { *slot += 1 };
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Collector {
     /// Runs the kernel skipped, per program (see `Probes::skipped_runs`), read once before
     /// detaching: they are reported, not used while tracing.
     skipped_by_program: Vec<(String, u64)>,
+    /// Stacks the kernel's stack maps had no room for, read once before detaching.
+    stacks_not_stored: u64,
     /// A loss was seen while the ring still held a backlog older than it.
     loss_in_backlog: bool,
     hlog: HlogWriter,
@@ -103,6 +105,7 @@ impl Collector {
             lost_by_reason: [0; LOSS_KINDS as usize],
             lost_by_cpu: Vec::new(),
             skipped_by_program: Vec::new(),
+            stacks_not_stored: 0,
             loss_in_backlog: false,
             hlog,
             slow,
@@ -342,9 +345,15 @@ impl Collector {
         &self.skipped_by_program
     }
 
-    /// Read the kernel's skipped-run counts (once, before detaching).
-    pub fn read_skipped_runs(&mut self, probes: &Probes) {
+    /// Stacks the kernel's stack maps had no room for, as read before detaching.
+    pub fn stacks_not_stored(&self) -> u64 {
+        self.stacks_not_stored
+    }
+
+    /// Read the kernel's skipped-run and stacks-not-stored counts (once, before detaching).
+    pub fn read_counts_before_detach(&mut self, probes: &Probes) {
         self.skipped_by_program = probes.skipped_runs();
+        self.stacks_not_stored = probes.stacks_not_stored();
     }
 
     /// Commit latency.hlog and requests.jsonl; returns what became of each.

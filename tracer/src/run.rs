@@ -255,7 +255,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Final read of the kernel side, then detach everything before writing the files.
     collector.drain(&mut ring, Some(&probes), false);
     let programs = probes.program_stats();
-    collector.read_skipped_runs(&probes);
+    collector.read_counts_before_detach(&probes);
     // Named now, while the target surely still runs (a native target's libraries are read
     // through its memory map); the few sites the last drain adds are named after.
     collector.resolve_sites();

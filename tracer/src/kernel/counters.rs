@@ -1,5 +1,5 @@
-//! What the kernel side counts: events lost (by reason and CPU), program runs the kernel
-//! skipped, and per-program run time (`--bpf-stats`).
+//! What the kernel side counts: events lost (by reason and CPU), stacks its maps had no
+//! room for, program runs the kernel skipped, and per-program run time (`--bpf-stats`).
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
@@ -30,6 +30,15 @@ impl Probes {
             }
         }
         (by_reason, by_cpu)
+    }
+
+    /// Stacks the kernel took that none of its stack maps had room for (see tracer-ebpf
+    /// `maps::user_stack_id`), summed over CPUs.
+    pub fn stacks_not_stored(&self) -> u64 {
+        self.stacks_not_stored
+            .get(&0, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Runs of each program the kernel skipped (`bpf_prog_info.recursion_misses`, Linux 5.12+):

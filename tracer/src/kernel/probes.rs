@@ -52,6 +52,7 @@ pub struct Probes {
     tcp_sockets: HashMap<MapData, u64, TcpSocket>,
     /// Taken by [`Probes::take_stacks`] before detaching, to be read after.
     stacks: Option<UserStacks>,
+    pub(super) stacks_not_stored: PerCpuArray<MapData, u64>,
     raw_links: Vec<RawTracePointLink>,
     /// The interrupt-nesting programs: detached last, so the wakeup programs never run
     /// without them.
@@ -165,6 +166,10 @@ impl Probes {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
         let stacks = UserStacks::take(&mut ebpf)?;
+        let stacks_not_stored = PerCpuArray::try_from(
+            ebpf.take_map("STACKS_NOT_STORED")
+                .context("map STACKS_NOT_STORED")?,
+        )?;
         let pair_batches =
             PerCpuArray::try_from(ebpf.take_map("PAIR_BATCHES").context("map PAIR_BATCHES")?)?;
         let stretch_done =
@@ -184,6 +189,7 @@ impl Probes {
             tcp_sockets,
             stretch_tables,
             stacks: Some(stacks),
+            stacks_not_stored,
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
             uprobe_links: Vec::new(),

@@ -4,7 +4,7 @@
 //! largest wait) and at the end, after the programs are detached (the maps live as long as
 //! their file descriptors).
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{MapData, StackTraceMap},
     Ebpf,
@@ -40,19 +40,31 @@ impl StackSource for UserStacks {
     }
 }
 
-/// The test setting that sizes `STACKS`.
+/// The test setting that sizes the stack maps.
 const BUCKETS_VARIABLE: &str = "TRACER_STACK_BUCKETS";
 
-/// `TRACER_STACK_BUCKETS`'s value: a power of two up to `MAX_STACKS` (the kernel rounds a
-/// stack map's buckets up to a power of two, but allocates only `max_entries` stacks).
-fn test_buckets(value: &str) -> Result<u32> {
-    value
-        .parse::<u32>()
-        .ok()
-        .filter(|n| n.is_power_of_two() && *n <= MAX_STACKS)
-        .with_context(|| {
-            format!("{BUCKETS_VARIABLE}={value}: give a power of two from 1 to {MAX_STACKS}, or unset it")
-        })
+/// `TRACER_STACK_BUCKETS`'s value, `N` (`STACKS`' buckets) or `N,M` (and each spill map's):
+/// powers of two up to the named limits (the kernel rounds a stack map's buckets up to a
+/// power of two, but allocates only `max_entries` stacks).
+fn test_sizes(value: &str) -> Result<StackMapSizes> {
+    let bucket_count = |text: &str, limit: u32| {
+        text.parse::<u32>()
+            .ok()
+            .filter(|n| n.is_power_of_two() && *n <= limit)
+    };
+    let (stacks, spilled) = match value.split_once(',') {
+        None => (bucket_count(value, MAX_STACKS), Some(MAX_SPILLED_STACKS)),
+        Some((stacks, spilled)) => (
+            bucket_count(stacks, MAX_STACKS),
+            bucket_count(spilled, MAX_SPILLED_STACKS),
+        ),
+    };
+    match (stacks, spilled) {
+        (Some(stacks), Some(spilled)) => Ok(StackMapSizes { stacks, spilled }),
+        _ => bail!(
+            "{BUCKETS_VARIABLE}={value}: give N or N,M, powers of two up to {MAX_STACKS} and {MAX_SPILLED_STACKS}, or unset it"
+        ),
+    }
 }
 
 /// The stack maps' sizes (`max_entries`) for a trace.
@@ -65,9 +77,10 @@ pub struct StackMapSizes {
 
 impl StackMapSizes {
     /// The named limits when stacks are taken, one bucket each when they are not (a stack
-    /// map's buckets are allocated up front, about 1 KiB each). `TRACER_STACK_BUCKETS=N` (a
-    /// test setting, said on stderr) gives `STACKS` N buckets instead, a power of two up to
-    /// `MAX_STACKS`: with 1, nearly every stack spills.
+    /// map's buckets are allocated up front, about 1 KiB each). `TRACER_STACK_BUCKETS` (a
+    /// test setting, said on stderr) sizes them instead: `1` gives `STACKS` one bucket, so
+    /// that nearly every stack spills; `1,1` gives each map one, so that most are not
+    /// stored.
     pub fn for_trace(stacks: bool) -> Result<Self> {
         if !stacks {
             return Ok(StackMapSizes {
@@ -75,20 +88,18 @@ impl StackMapSizes {
                 spilled: 1,
             });
         }
-        let stacks = match std::env::var_os(BUCKETS_VARIABLE) {
-            None => MAX_STACKS,
-            Some(value) => {
-                let buckets = test_buckets(&value.to_string_lossy())?;
-                eprintln!(
-                    "tracer: STACKS map buckets: {buckets} ({BUCKETS_VARIABLE}, a test setting)"
-                );
-                buckets
-            }
+        let Some(value) = std::env::var_os(BUCKETS_VARIABLE) else {
+            return Ok(StackMapSizes {
+                stacks: MAX_STACKS,
+                spilled: MAX_SPILLED_STACKS,
+            });
         };
-        Ok(StackMapSizes {
-            stacks,
-            spilled: MAX_SPILLED_STACKS,
-        })
+        let sizes = test_sizes(&value.to_string_lossy())?;
+        eprintln!(
+            "tracer: stack map buckets: {} in STACKS, {} in each spill map ({BUCKETS_VARIABLE}, a test setting)",
+            sizes.stacks, sizes.spilled
+        );
+        Ok(sizes)
     }
 
     /// Each map of `STACK_MAPS`, with its size.
@@ -107,12 +118,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_test_bucket_count_is_a_power_of_two_the_map_can_hold() {
-        assert_eq!(test_buckets("1").unwrap(), 1);
-        assert_eq!(test_buckets("16384").unwrap(), MAX_STACKS);
-        for bad in ["0", "3", "32768", "-1", "", "many"] {
-            let e = test_buckets(bad).unwrap_err().to_string();
-            assert!(e.contains("power of two from 1 to 16384"), "{bad}: {e}");
+    fn the_test_bucket_counts_are_powers_of_two_the_maps_can_hold() {
+        let sizes = |stacks, spilled| StackMapSizes { stacks, spilled };
+        assert_eq!(test_sizes("1").unwrap(), sizes(1, MAX_SPILLED_STACKS));
+        assert_eq!(
+            test_sizes("16384").unwrap(),
+            sizes(MAX_STACKS, MAX_SPILLED_STACKS)
+        );
+        assert_eq!(test_sizes("1,1").unwrap(), sizes(1, 1));
+        assert_eq!(test_sizes("4,2048").unwrap(), sizes(4, 2048));
+        for bad in [
+            "0", "3", "32768", "-1", "", "many", "1,", ",1", "1,3", "1,4096", "1,1,1",
+        ] {
+            let e = test_sizes(bad).unwrap_err().to_string();
+            assert!(e.contains("give N or N,M, powers of two"), "{bad}: {e}");
         }
     }
 }

@@ -149,6 +149,13 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
             list.join(", ")
         );
     }
+    if sum.stacks.not_stored > 0 {
+        let _ = writeln!(
+            s,
+            "note: {} stacks not stored (the kernel's stack maps had no room): their waits have no site",
+            sum.stacks.not_stored
+        );
+    }
     if sum.requests.shared_context > 0 {
         let _ = writeln!(s, "note: {} requests shared their thread with another open request (event loop): their breakdown counts the thread's whole time", sum.requests.shared_context);
     }

@@ -197,6 +197,9 @@ pub struct StacksUsage {
     /// second of the trace.
     pub taken: u64,
     pub taken_per_s: f64,
+    /// Stacks the kernel took that none of its stack maps had room for: their waits are
+    /// under `without_stack`.
+    pub not_stored: u64,
     /// Distinct addresses symbolized at the end, and how long naming every site took.
     pub addresses: usize,
     pub symbolize_ms: f64,
@@ -587,6 +590,7 @@ impl Summary {
             stacks: StacksUsage {
                 taken: engine.stacks_taken,
                 taken_per_s: engine.stacks_taken as f64 / c.elapsed().as_secs_f64().max(1e-9),
+                not_stored: c.stacks_not_stored(),
                 addresses: end.sites.addresses,
                 symbolize_ms: end.sites.resolve_ms,
             },
