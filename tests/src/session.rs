@@ -378,6 +378,11 @@ impl Tracer {
         self
     }
 
+    /// Environment variables for the tracer, as (key, value) pairs.
+    pub fn envs(self, vars: &[(&str, &str)]) -> Tracer {
+        vars.iter().fold(self, |t, (k, v)| t.env(k, v))
+    }
+
     /// Run as user `nobody` with exactly the capabilities `caps` (e.g. `+bpf,+perfmon`;
     /// empty for none), through `setpriv` (see [`as_nobody`]).
     pub fn as_nobody(self, caps: &str) -> Tracer {
@@ -586,9 +591,8 @@ pub fn trace_requests_with_env(
     times: usize,
     env: &[(&str, &str)],
 ) -> (Vec<Response>, Finished) {
-    let tracer = env
-        .iter()
-        .fold(Tracer::attach(target.pid), |t, (k, v)| t.env(k, v))
+    let tracer = Tracer::attach(target.pid)
+        .envs(env)
         .args(["--slow", "0"])
         .start();
     let mut client = target.client();

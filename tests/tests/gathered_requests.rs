@@ -58,10 +58,7 @@ fn answer_then_stop(env: &[(&str, &str)]) -> Finished {
     let server = Workload::start(server);
     // This thread, the client, and the tracer it spawns (which inherits it) on the first CPU.
     pin_this_thread_to_cpu(0);
-    let tracer = env
-        .iter()
-        .fold(Tracer::attach(server.pid), |t, (k, v)| t.env(k, v))
-        .start();
+    let tracer = Tracer::attach(server.pid).envs(env).start();
 
     let mut client = TcpStream::connect(server.addr).expect("connect");
     client.write_all(&REQUEST.repeat(REQUESTS)).expect("send");
