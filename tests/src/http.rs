@@ -162,7 +162,8 @@ impl Response {
             .unwrap_or(0)
     }
 
-    /// `X-Cpu-Ns`: CPU time the server thread used in the handler (0 if absent).
+    /// `X-Cpu-Ns`: the server thread's time on a CPU in the handler, as the server measured it
+    /// (the workload: by its perf task clock; 0 if absent).
     pub fn cpu_ns(&self) -> u64 {
         self.header("X-Cpu-Ns")
             .and_then(|v| v.trim().parse().ok())

@@ -9,8 +9,8 @@
 //!                  [--connections C] [--duration SECS] [--requests N] [--tls on|off]
 //! ```
 //!
-//! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the thread CPU time the handler
-//! used, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/cpu`,
+//! Endpoints of `serve` (each response carries `X-Cpu-Ns`, the time the handler's thread
+//! spent on a CPU, by its perf task clock, and `X-Handler-Ns`, the time spent in the endpoint's characteristic work; `/cpu`,
 //! `/sleep`, `/lock`, `/io` and `/disk` also carry `X-Runqueue-Ns`, the part of that time the thread spent
 //! waiting for a CPU, from the kernel's own account; every endpoint but `/` also carries
 //! `X-Queued-Before-Ns`, the time the thread waited for a CPU between the connection's

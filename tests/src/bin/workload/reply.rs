@@ -13,7 +13,7 @@ pub struct Reply {
     status: u16,
     handler_ns: u64,
     fsync_ns: Option<u64>,
-    /// CPU time this thread used in the handler (CLOCK_THREAD_CPUTIME_ID), for `X-Cpu-Ns`.
+    /// Time this thread spent on a CPU in the handler (the perf task clock), for `X-Cpu-Ns`.
     pub cpu_ns: u64,
     /// Of `handler_ns`, the time spent runnable, waiting for a CPU (`X-Runqueue-Ns`).
     runqueue_ns: Option<u64>,

@@ -17,7 +17,7 @@ use tracer_tests::http::{self, RequestLine};
 use crate::backend::{BackendChild, BackendClient};
 use crate::listener::accept_loop;
 use crate::lock_holder::LockHolder;
-use crate::measure::{thread_cpu_ns, RunDelayMark, Span};
+use crate::measure::{on_cpu_ns, RunDelayMark, Span};
 use crate::reply::Reply;
 use crate::scratch::ScratchFile;
 use crate::{announce, tls, MAX_MS};
@@ -151,23 +151,27 @@ impl<'a> Connection<'a> {
         if req.method != "GET" {
             return Reply::closing(405);
         }
-        // The thread CPU clock costs a syscall: `/`, the benchmark's endpoint, goes without.
+        // The clock reads cost syscalls: `/`, the benchmark's endpoint, goes without.
         let measure_cpu = req.path != "/";
-        let cpu_start = if measure_cpu { thread_cpu_ns() } else { 0 };
+        let cpu_start = match measure_cpu.then(on_cpu_ns).transpose() {
+            Ok(start) => start,
+            Err(e) => return clock_failed(&e),
+        };
         let queued_before = measure_cpu.then(|| since_last_response.since());
         let mut reply = self.route(&req).unwrap_or_else(|e| {
             eprintln!("workload: {} failed: {e:#}", req.path);
             Reply::closing(500)
         });
-        // Reading the thread clock updates the thread's runtime in the scheduler, which
-        // preempts it there when its slice is over (`update_curr()` from
-        // `task_sched_runtime()`, kernel/sched, Linux 6.18): after a long handler on a busy
-        // machine, that is most of the time. The wait that follows is the request's: measured
-        // from a mark taken before the clock is read, until the response is composed (what
-        // is left before its write is a few µs).
+        // The request's waits for a CPU after the handler (on a busy machine, a thread that
+        // spun for its slice is preempted at its next tick or syscall) are measured from a
+        // mark taken before the clock is read until the response is composed: what is left
+        // before its write is a few µs.
         let after_handler = measure_cpu.then(RunDelayMark::now);
-        if measure_cpu {
-            reply.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
+        if let Some(start) = cpu_start {
+            match on_cpu_ns() {
+                Ok(end) => reply.cpu_ns = end.saturating_sub(start),
+                Err(e) => return clock_failed(&e),
+            }
         }
         reply.queued_before_ns = queued_before;
         reply.queued_after_ns = after_handler.map(|mark| mark.since());
@@ -220,4 +224,10 @@ fn spin(d: Duration) -> Duration {
     }
     std::hint::black_box(x);
     start.elapsed()
+}
+
+/// The reply when the thread's task clock cannot be read: the tests need the figure.
+fn clock_failed(e: &io::Error) -> Reply {
+    eprintln!("workload: the perf task clock failed: {e} (the tests run as root)");
+    Reply::closing(500)
 }
