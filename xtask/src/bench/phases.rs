@@ -39,6 +39,10 @@ pub struct Traced {
     pub load: Load,
     /// The tracer's `summary.json`, if it wrote a readable one.
     pub summary: Option<Summary>,
+    /// From the tracer's start to its `attached` line, if it came.
+    pub attach: Option<Duration>,
+    /// From SIGTERM to its clean exit, files written, if the bench stopped it.
+    pub stop: Option<Duration>,
 }
 
 /// Everything measured for one scenario.
@@ -275,9 +279,9 @@ impl ScenarioRun<'_> {
             },
         };
         let mut tracer = RunningTracer::start(&spec, out_dir)?;
-        tracer.wait_until_attached(phase)?;
+        let attach = tracer.wait_until_attached(phase)?;
         let load = (self.target.load)()?;
-        tracer.stop(phase, &mut self.bench.failures)?;
+        let stop = tracer.stop(phase, &mut self.bench.failures)?;
         let summary = read_summary(out_dir)
             .inspect_err(|e| {
                 println!(
@@ -286,7 +290,12 @@ impl ScenarioRun<'_> {
                 )
             })
             .ok();
-        Ok(Traced { load, summary })
+        Ok(Traced {
+            load,
+            summary,
+            attach,
+            stop,
+        })
     }
 }
 

@@ -8,8 +8,8 @@ use super::{
     load::Load,
     phases::{Measured, Traced},
     scenarios::{
-        Scenario, UprobeCostUnit, Variant, MAX_FIXED_RATE_LOSS_PCT, MAX_THROUGHPUT_LOSS_PCT,
-        MAX_TLS_THROUGHPUT_LOSS_PCT,
+        Scenario, UprobeCostUnit, Variant, MAX_ATTACH_OR_STOP_S, MAX_FIXED_RATE_LOSS_PCT,
+        MAX_THROUGHPUT_LOSS_PCT, MAX_TLS_THROUGHPUT_LOSS_PCT,
     },
     stats::{max, mean, mean_ratio, median, ratio, sum},
 };
@@ -194,7 +194,8 @@ pub fn print_verdict(tracer_output: &Path, misses: &[String]) {
     );
     let targets = format!(
         "targets: throughput loss <= {MAX_THROUGHPUT_LOSS_PCT}% ({MAX_TLS_THROUGHPUT_LOSS_PCT}% \
-         for TLS, {MAX_FIXED_RATE_LOSS_PCT}% at a fixed request rate), zero lost events"
+         for TLS, {MAX_FIXED_RATE_LOSS_PCT}% at a fixed request rate), zero lost events, \
+         attach and stop each within {MAX_ATTACH_OR_STOP_S} s"
     );
     if misses.is_empty() {
         println!("verdict: PASS ({targets})");
@@ -262,6 +263,29 @@ struct TracerFigures {
     /// The collector's CPU time over its whole run (attach and the files included), in s.
     run_cpu_s: Option<f64>,
     rss_mib: Option<f64>,
+    /// From the tracer's start to its `attached` line, in s, over the phases.
+    attach_s: Spread,
+    /// From SIGTERM to the tracer's exit (drained, detached, files written), in s.
+    stop_s: Spread,
+}
+
+/// The median and the largest of a figure over phases.
+struct Spread {
+    median: Option<f64>,
+    max: Option<f64>,
+}
+
+impl Spread {
+    fn of(values: Vec<f64>) -> Self {
+        Spread {
+            median: median(&values),
+            max: max(values.into_iter().map(Some)),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("{} / {}", fmt(self.median, 2), fmt(self.max, 2))
+    }
 }
 
 impl TracerFigures {
@@ -285,6 +309,20 @@ impl TracerFigures {
             cpu_ns_per_request: per_request(field(|s| s.collector.tracing_cpu_s * 1e9)),
             run_cpu_s: mean(field(|s| s.collector.cpu_s)),
             rss_mib: max(field(|s| s.collector.max_rss_kb as f64)).map(|kb| kb / 1024.0),
+            attach_s: Spread::of(
+                phases
+                    .iter()
+                    .filter_map(|t| t.attach)
+                    .map(|d| d.as_secs_f64())
+                    .collect(),
+            ),
+            stop_s: Spread::of(
+                phases
+                    .iter()
+                    .filter_map(|t| t.stop)
+                    .map(|d| d.as_secs_f64())
+                    .collect(),
+            ),
         }
     }
 }
@@ -394,6 +432,18 @@ fn print_tracer_rows(tracer: &TracerFigures) {
         "",
     );
     row("collector max RSS (MiB)", "", &fmt(tracer.rss_mib, 1), "");
+    row(
+        "attach, start to attached (s)",
+        "",
+        &tracer.attach_s.show(),
+        "median / max",
+    );
+    row(
+        "stop, SIGTERM to exit (s)",
+        "",
+        &tracer.stop_s.show(),
+        "median / max",
+    );
 }
 
 /// A kernel program's cost in the `--bpf-stats` phase.
@@ -540,6 +590,16 @@ fn misses(scenario: &Scenario, load: &LoadFigures, tracer: &TracerFigures) -> Ve
         Some(0.0) => {}
         Some(lost) => misses.push(format!("{}: {lost:.0} lost events", scenario.name)),
         None => misses.push(format!("{}: lost events n/a", scenario.name)),
+    }
+    for (what, spread) in [("attach", &tracer.attach_s), ("stop", &tracer.stop_s)] {
+        match spread.max {
+            Some(s) if s <= MAX_ATTACH_OR_STOP_S => {}
+            Some(s) => misses.push(format!(
+                "{}: {what} took up to {s:.2} s > {MAX_ATTACH_OR_STOP_S} s",
+                scenario.name
+            )),
+            None => misses.push(format!("{}: {what} time n/a", scenario.name)),
+        }
     }
     misses
 }

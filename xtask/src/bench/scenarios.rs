@@ -7,6 +7,9 @@ pub const MAX_TLS_THROUGHPUT_LOSS_PCT: f64 = 7.0;
 /// The target at a fixed request rate below capacity: no measurable loss (the traced server
 /// must keep up with the offered rate as the untraced one does).
 pub const MAX_FIXED_RATE_LOSS_PCT: f64 = 1.0;
+/// Attaching (the tracer's start to its `attached` line) and stopping (SIGTERM to its exit,
+/// every file written) each take at most this long, in seconds.
+pub const MAX_ATTACH_OR_STOP_S: f64 = 1.0;
 
 pub struct Scenario {
     pub name: &'static str,

@@ -8,7 +8,7 @@ use std::{
     process::{Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -37,12 +37,14 @@ pub struct TracerSpec<'a> {
     pub variant: Option<Variant>,
 }
 
-/// A running tracer, its stderr echoed by a thread that reports its `attached` line.
+/// A running tracer, its stderr echoed by a thread that reports when its `attached` line
+/// came.
 pub struct RunningTracer {
     proc: Proc,
+    started: Instant,
     /// Taken when joined.
     echo: Option<JoinHandle<()>>,
-    attached: Receiver<()>,
+    attached: Receiver<Instant>,
 }
 
 impl RunningTracer {
@@ -66,6 +68,7 @@ impl RunningTracer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let started = Instant::now();
         let mut proc = Proc::spawn(&mut cmd)?;
         let stderr = proc
             .child()
@@ -78,26 +81,31 @@ impl RunningTracer {
                 let Ok(line) = line else { break };
                 eprintln!("  {line}");
                 if line.contains("attached to PID") {
-                    let _ = attached_tx.send(());
+                    let _ = attached_tx.send(Instant::now());
                 }
             }
         });
         Ok(RunningTracer {
             proc,
+            started,
             echo: Some(echo),
             attached,
         })
     }
 
     /// Waits until the tracer says it has attached, or [`ATTACH_WAIT`] has passed (then the
-    /// load starts anyway). Fails when it exits first.
-    pub fn wait_until_attached(&mut self, phase: &str) -> Result<()> {
-        match self.attached.recv_timeout(ATTACH_WAIT) {
-            Ok(()) => {}
-            Err(RecvTimeoutError::Timeout) => println!(
-                "{phase}: no `attached` from the tracer within {} s; starting the load anyway",
-                ATTACH_WAIT.as_secs()
-            ),
+    /// load starts anyway); returns the time from its start to its `attached` line. Fails
+    /// when it exits first.
+    pub fn wait_until_attached(&mut self, phase: &str) -> Result<Option<Duration>> {
+        let attach = match self.attached.recv_timeout(ATTACH_WAIT) {
+            Ok(at) => Some(at - self.started),
+            Err(RecvTimeoutError::Timeout) => {
+                println!(
+                    "{phase}: no `attached` from the tracer within {} s; starting the load anyway",
+                    ATTACH_WAIT.as_secs()
+                );
+                None
+            }
             // Its stderr closed: it is exiting.
             Err(RecvTimeoutError::Disconnected) => {
                 self.join_echo();
@@ -108,7 +116,7 @@ impl RunningTracer {
                     status.map_or("closed its stderr".to_string(), |s| s.to_string())
                 );
             }
-        }
+        };
         if let Some(status) = self.exit_status()? {
             // Even a clean exit is a failure: it ended before there was anything to trace.
             self.join_echo();
@@ -117,29 +125,40 @@ impl RunningTracer {
                 self.proc.cmdline()
             );
         }
-        Ok(())
+        Ok(attach)
     }
 
     /// Stops the tracer with SIGTERM (unless its `--duration` already stopped it) and waits
-    /// for it to exit; a failure or a kill after [`STOP_WAIT`] goes into `failures`.
-    pub fn stop(mut self, phase: &str, failures: &mut Vec<String>) -> Result<()> {
-        if self.exit_status()?.is_none() {
+    /// for it to exit; a failure or a kill after [`STOP_WAIT`] goes into `failures`. Returns
+    /// the time from SIGTERM to a clean exit (the ring drained, the programs detached, every
+    /// file written), when it sent the signal.
+    pub fn stop(mut self, phase: &str, failures: &mut Vec<String>) -> Result<Option<Duration>> {
+        let signalled = if self.exit_status()?.is_none() {
             signal(self.proc.id(), "TERM").context("stopping the tracer")?;
-        }
-        match self.proc.wait_timeout(STOP_WAIT)? {
-            Some(status) if status.success() => {}
-            Some(status) => failures.push(format!(
-                "{phase}: `{}` failed ({status})",
-                self.proc.cmdline()
-            )),
-            None => failures.push(format!(
-                "{phase}: `{}` did not exit within {} s of SIGTERM and was killed",
-                self.proc.cmdline(),
-                STOP_WAIT.as_secs()
-            )),
-        }
+            Some(Instant::now())
+        } else {
+            None
+        };
+        let stop = match self.proc.wait_timeout(STOP_WAIT)? {
+            Some(status) if status.success() => signalled.map(|at| at.elapsed()),
+            Some(status) => {
+                failures.push(format!(
+                    "{phase}: `{}` failed ({status})",
+                    self.proc.cmdline()
+                ));
+                None
+            }
+            None => {
+                failures.push(format!(
+                    "{phase}: `{}` did not exit within {} s of SIGTERM and was killed",
+                    self.proc.cmdline(),
+                    STOP_WAIT.as_secs()
+                ));
+                None
+            }
+        };
         self.join_echo();
-        Ok(())
+        Ok(stop)
     }
 
     /// Its exit status, if it has exited.
