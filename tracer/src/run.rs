@@ -40,6 +40,8 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const DRAIN_IDLE_MAX: Duration = Duration::from_millis(200);
 /// How often the target is checked for exit.
 const LIVENESS_EVERY: Duration = Duration::from_millis(250);
+/// Uprobes whose removal takes about a second (see [`warn_of_slow_uprobe_detach`]).
+const SLOW_UPROBE_DETACH: usize = 10;
 
 /// The wait before the next drain, after one that read `records`.
 fn next_drain_after(records: usize, waited: Duration) -> Duration {
@@ -259,6 +261,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Named now, while the target surely still runs (a native target's libraries are read
     // through its memory map); the few sites the last drain adds are named after.
     collector.resolve_sites();
+    warn_of_slow_uprobe_detach(probes.uprobes());
     match probes.detach() {
         Ok(gathered) => collector.receive_gathered(&gathered),
         Err(e) => eprintln!("tracer: warning: the last requests may be missing: {e:#}"),
@@ -362,5 +365,16 @@ mod tests {
         }
         assert_eq!(waits, [40, 80, 160, 200, 200, 200]);
         assert_eq!(next_drain_after(1, wait), DRAIN_EVERY);
+    }
+}
+
+/// The kernel removes uprobes one at a time, about 0.1 s each on this VM (see
+/// `Probes::detach`): say so when that makes the stop take a second or more, as it does for
+/// a Go target (its scheduler probes, and crypto/tls's handshake entries and returns).
+fn warn_of_slow_uprobe_detach(uprobes: usize) {
+    if uprobes >= SLOW_UPROBE_DETACH {
+        eprintln!(
+            "tracer: removing {uprobes} uprobes from the target: the kernel takes them one at a time, about 0.1 s each"
+        );
     }
 }
