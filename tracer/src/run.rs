@@ -351,6 +351,17 @@ fn ticks(mut interval: tokio::time::Interval) -> tokio::time::Interval {
     interval
 }
 
+/// The kernel removes uprobes one at a time, about 0.1 s each on this VM (see
+/// `Probes::detach`): say so when that makes the stop take a second or more, as it does for
+/// a Go target (its scheduler probes, and crypto/tls's handshake entries and returns).
+fn warn_of_slow_uprobe_detach(uprobes: usize) {
+    if uprobes >= SLOW_UPROBE_DETACH {
+        eprintln!(
+            "tracer: removing {uprobes} uprobes from the target: the kernel takes them one at a time, about 0.1 s each"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,16 +376,5 @@ mod tests {
         }
         assert_eq!(waits, [40, 80, 160, 200, 200, 200]);
         assert_eq!(next_drain_after(1, wait), DRAIN_EVERY);
-    }
-}
-
-/// The kernel removes uprobes one at a time, about 0.1 s each on this VM (see
-/// `Probes::detach`): say so when that makes the stop take a second or more, as it does for
-/// a Go target (its scheduler probes, and crypto/tls's handshake entries and returns).
-fn warn_of_slow_uprobe_detach(uprobes: usize) {
-    if uprobes >= SLOW_UPROBE_DETACH {
-        eprintln!(
-            "tracer: removing {uprobes} uprobes from the target: the kernel takes them one at a time, about 0.1 s each"
-        );
     }
 }
