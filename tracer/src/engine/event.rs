@@ -203,6 +203,24 @@ pub enum GoSched {
     Exit { goid: u64 },
 }
 
+impl GoSched {
+    /// The goroutine whose own code the event comes from (it runs on the event's thread),
+    /// if the event names one: the waker of a wakeup, not the goroutine woken, nor one
+    /// starting to run.
+    pub fn own_goroutine(&self) -> Option<u64> {
+        match *self {
+            GoSched::Ready { waker, .. } => waker,
+            GoSched::Park { goid, .. }
+            | GoSched::Semacquire { goid, .. }
+            | GoSched::Semrelease { goid, .. }
+            | GoSched::Http2Connection { goid }
+            | GoSched::Http2Handler { goid }
+            | GoSched::Exit { goid } => Some(goid),
+            GoSched::Execute { .. } | GoSched::StopTheWorld | GoSched::StartTheWorld => None,
+        }
+    }
+}
+
 /// Go crypto/tls's handshake probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoProbe {

@@ -6,10 +6,19 @@
 //! answered by a goroutine are timed on it, whichever threads it hops across.
 //!
 //! A goroutine that stops running on a thread without parking (preempted, `Gosched`) is
-//! runnable from the moment another goroutine runs on that thread, or the thread sleeps in
-//! the runtime (a futex: its syscall lost the P and no P was free), until it runs again.
+//! runnable from the moment another goroutine runs on that thread, until it runs again.
 //! Otherwise (work stealing while its old thread spins) it is seen leaving only when it runs
-//! again, and its old thread's time until then counts as its own. A goroutine woken by
+//! again, and its old thread's time until then counts as its own.
+//!
+//! A thread that sleeps in a futex does so in the runtime, never for a goroutine's wait (a
+//! goroutine parks): either its goroutine left it (its syscall lost the P and no P was
+//! free, and the idle thread sleeps in `stopm`), or the goroutine is still on it, waiting
+//! for a contended runtime lock (a channel's, the scheduler's: `lock2` sleeps in a futex,
+//! runtime/lock_futex.go). Which one is known only later: if the thread next runs a
+//! goroutine (`execute`), or the goroutine runs elsewhere, the goroutine left at the
+//! sleep and was runnable from then; if the thread next does the goroutine's socket I/O,
+//! or the goroutine's own scheduler events come from it, the goroutine stayed, and the
+//! futex wait was its own (`lock`). A goroutine woken by
 //! the netpoller is not seen becoming runnable (`netpollready` bypasses `ready`): its whole
 //! wait until it runs again is its park's cause (`IO wait`: `net_io`).
 //!
@@ -125,6 +134,9 @@ impl ReasonMeaning {
 pub(super) struct Goroutines {
     by_goid: HashMap<u64, Goroutine>,
     running: HashMap<Tid, u64>,
+    /// Threads that slept in a futex with a goroutine on them, not yet known to have left
+    /// it or kept it (see the module's doc).
+    slept: HashMap<Tid, ThreadSleep>,
     /// Go's wait-reason strings, by `waitReason` value (from the target's executable).
     wait_reasons: Vec<String>,
     /// What each of them means, worked out once (a park is looked up by its value).
@@ -141,6 +153,14 @@ pub(super) struct Goroutines {
     /// Where the runtime functions that take the GC's own semaphores are in the target's
     /// memory (`runtime.gcStart`, `gcMarkDone`, `stopTheWorld`, `stopTheWorldGC`).
     gc_callers: Vec<std::ops::Range<u64>>,
+}
+
+/// A thread's futex sleep with a goroutine on it: when, the thread's breakdown then, and the
+/// goroutine.
+struct ThreadSleep {
+    goid: u64,
+    ts: u64,
+    thread_at: Option<Snapshot>,
 }
 
 impl Goroutines {
@@ -194,6 +214,47 @@ impl Goroutines {
 
     pub fn forget_thread(&mut self, tid: Tid) {
         self.running.remove(&tid);
+        self.slept.remove(&tid);
+    }
+
+    /// Thread `tid` did what only its goroutine does (its socket I/O): the goroutine it ran
+    /// before a futex sleep is still the one on it.
+    pub fn kept_by_thread(&mut self, tid: Tid) {
+        self.slept.remove(&tid);
+    }
+
+    /// `goid`'s own scheduler event came from `tid`: if `tid` slept with it, it kept it.
+    fn seen_on(&mut self, tid: Tid, goid: u64) {
+        if self.slept.get(&tid).is_some_and(|sleep| sleep.goid == goid) {
+            self.slept.remove(&tid);
+        }
+    }
+
+    /// The goroutine thread `tid` slept with left it at the sleep: it was runnable from
+    /// then, and the thread's time since is not its own.
+    fn left_at_sleep(&mut self, tid: Tid) {
+        let Some(sleep) = self.slept.remove(&tid) else {
+            return;
+        };
+        if self.running.get(&tid) != Some(&sleep.goid) {
+            return;
+        }
+        self.running.remove(&tid);
+        if let Some(g) = self.by_goid.get_mut(&sleep.goid) {
+            if g.timeline.thread() == Some(tid) {
+                g.timeline.leave_thread(sleep.thread_at);
+                self.world.runnable(sleep.ts, sleep.goid, g);
+            }
+        }
+    }
+
+    /// The threads that slept with `goid` on them.
+    fn slept_with(&self, goid: u64) -> Vec<Tid> {
+        self.slept
+            .iter()
+            .filter(|(_, sleep)| sleep.goid == goid)
+            .map(|(tid, _)| *tid)
+            .collect()
     }
 
     /// Events were lost: which goroutine each thread runs is no longer known, nor where the
@@ -201,6 +262,7 @@ impl Goroutines {
     /// semaphore a goroutine entered last.
     pub fn lost(&mut self) {
         self.running.clear();
+        self.slept.clear();
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
             g.semaphore = None;
@@ -320,6 +382,9 @@ impl<R: FdResolver> Engine<R> {
         // A uprobe fired: the thread is on a CPU (its first event, after an attach mid-flight).
         self.threads
             .seen(tid, ts, super::timeline::RunState::Running);
+        if let Some(goid) = event.own_goroutine() {
+            self.goroutines.seen_on(tid, goid);
+        }
         match event {
             GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
             GoSched::Park {
@@ -402,6 +467,12 @@ impl<R: FdResolver> Engine<R> {
     fn go_execute(&mut self, ts: u64, tid: Tid, goid: u64) {
         let thread_now = self.threads.snapshot(tid, ts);
         let gs = &mut self.goroutines;
+        // A thread that slept with a goroutine and now runs one (the same, or another) was
+        // idle: that goroutine had left it. So had `goid` any thread it slept on.
+        gs.left_at_sleep(tid);
+        for old in gs.slept_with(goid) {
+            gs.left_at_sleep(old);
+        }
         if let Some(previous) = gs.running.insert(tid, goid).filter(|&p| p != goid) {
             if let Some(p) = gs.by_goid.get_mut(&previous) {
                 if p.timeline.thread() == Some(tid) {
@@ -460,22 +531,18 @@ impl<R: FdResolver> Engine<R> {
         g.waits_on = semaphore.filter(|s| !s.for_gc).map(|s| s.address);
     }
 
-    /// Thread `tid` went to sleep in a futex at `ts`. A Go thread sleeps in a futex only in
-    /// the runtime (an idle M in `stopm`, a contended runtime lock), never for a goroutine,
-    /// whose waits park: a goroutine still on the thread left it runnable (its syscall lost
-    /// the P and no P was free, it was preempted) and waits for Go's scheduler from now.
+    /// Thread `tid` went to sleep in a futex at `ts`, in the runtime: whether its goroutine
+    /// left it or waits on it for a runtime lock is known later (see the module's doc).
     pub(super) fn go_thread_sleeps(&mut self, ts: u64, tid: Tid) {
-        let Some(goid) = self.goroutines.running.remove(&tid) else {
+        let Some(goid) = self.goroutines.running_on(tid) else {
             return;
         };
-        let thread_now = self.threads.snapshot(tid, ts);
-        let gs = &mut self.goroutines;
-        if let Some(g) = gs.by_goid.get_mut(&goid) {
-            if g.timeline.thread() == Some(tid) {
-                g.timeline.leave_thread(thread_now);
-                gs.world.runnable(ts, goid, g);
-            }
-        }
+        let thread_at = self.threads.snapshot(tid, ts);
+        self.goroutines.slept.entry(tid).or_insert(ThreadSleep {
+            goid,
+            ts,
+            thread_at,
+        });
     }
 
     /// `goid` is runnable from `ts`, readied by `waker` on thread `tid`: its park ends.

@@ -234,6 +234,8 @@ impl<R: FdResolver> Engine<R> {
 
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
+        // Socket I/O is goroutine code: a thread that slept in a futex kept its goroutine.
+        self.goroutines.kept_by_thread(tid);
         let mut kind = self.note_socket(sys.fd, sys.connection, sys.origin);
         if kind == FdKind::Connection
             && self.on_goroutines()

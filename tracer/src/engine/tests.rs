@@ -2219,6 +2219,78 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// Seen under load (Go 1.27, both cores busy): the goroutine waits for a contended
+    /// runtime lock (`lock2` sleeps in a futex) and goes on on the same thread, with no
+    /// `execute`: the request it reads next is its own, not its thread's.
+    #[test]
+    fn a_thread_waiting_for_a_runtime_lock_keeps_its_goroutine() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                block(20, nr::FUTEX, 0xf00), // a runtime lock
+                wake(30),
+                run(35),
+                on_conn(40, T, nr::READ, 100), // the request
+                block(50, nr::FUTEX, 0xf00),   // the runtime lock again, inside it
+                wake(70),
+                run(80),
+                on_conn(100, T, nr::WRITE, 10),
+                on_conn(110, T, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!(r.ctx, ExecCtx::Goroutine(GoroutineId(G)));
+        assert_eq!(r.latency_ns, 60);
+        assert_eq!(
+            cause(r, Cause::Lock),
+            20,
+            "the futex wait is the goroutine's"
+        );
+        assert_eq!(cause(r, Cause::Runqueue), 10);
+        assert_eq!(cause(r, Cause::GoRunqueue), 0);
+        assert_eq!(cause(r, Cause::OnCpu), 10 + 20);
+        assert_sums(r);
+    }
+
+    /// The thread slept in the runtime, then ran another goroutine: its goroutine had left it
+    /// at the sleep, and waited for Go's scheduler from then until it ran again elsewhere.
+    #[test]
+    fn a_thread_that_sleeps_then_runs_another_goroutine_had_left_its_own() {
+        const H: u64 = 9;
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                block(50, nr::FUTEX, 0xf00), // stopm
+                wake(70),
+                run(75),
+                execute(80, T, H),
+                execute(120, U, G),
+                on(U, on_conn(130, U, nr::WRITE, 10)),
+                on(U, on_conn(140, U, nr::READ, -11)),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.ctx, ExecCtx::Goroutine(GoroutineId(G)));
+        assert_eq!(r.latency_ns, 110);
+        assert_eq!(
+            cause(r, Cause::Lock),
+            0,
+            "the idle thread's futex wait is not G's"
+        );
+        assert_eq!(cause(r, Cause::GoRunqueue), 70);
+        assert_eq!(cause(r, Cause::OnCpu), 30 + 10);
+        assert_sums(r);
+    }
+
     /// Seen under load with net/http over TLS: the next request's bytes are read by the
     /// background-read goroutine, which then exits; the connection's goroutine serves it.
     #[test]
