@@ -248,13 +248,13 @@ impl Goroutines {
         }
     }
 
-    /// The threads that slept with `goid` on them.
-    fn slept_with(&self, goid: u64) -> Vec<Tid> {
+    /// The thread that slept with `goid` on it (a goroutine is on one thread at a time:
+    /// its execute elsewhere settles the sleep first).
+    fn slept_with(&self, goid: u64) -> Option<Tid> {
         self.slept
             .iter()
-            .filter(|(_, sleep)| sleep.goid == goid)
+            .find(|(_, sleep)| sleep.goid == goid)
             .map(|(tid, _)| *tid)
-            .collect()
     }
 
     /// Events were lost: which goroutine each thread runs is no longer known, nor where the
@@ -470,7 +470,7 @@ impl<R: FdResolver> Engine<R> {
         // A thread that slept with a goroutine and now runs one (the same, or another) was
         // idle: that goroutine had left it. So had `goid` any thread it slept on.
         gs.left_at_sleep(tid);
-        for old in gs.slept_with(goid) {
+        if let Some(old) = gs.slept_with(goid) {
             gs.left_at_sleep(old);
         }
         if let Some(previous) = gs.running.insert(tid, goid).filter(|&p| p != goid) {
