@@ -9,6 +9,11 @@
 //!   `chan receive` for the reply; the worker parks in `sleep` for 20 ms, then replies, which
 //!   readies the handler: a Ready whose waker is the worker;
 //! - `/sleep?ms=20`: the handler parks in `sleep`.
+//!
+//! The plain builds are probed with `uprobe_multi` links (one per program), the stripped ones
+//! with one perf event per probe point (`TRACER_UPROBE_MULTI=0`, as on a kernel without
+//! `uprobe_multi`). Either way, the probe points are breakpoints in the target's code while
+//! the tracer is attached, and its own bytes again once it has stopped.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -88,10 +93,19 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
         (reason("chan receive"), reason("chan send"), reason("sleep"));
 
     let dump = TempDir::absent(&format!("{name}-dump"));
+    // Stripped builds: perf event uprobes.
+    let multi = if stripped { "0" } else { "1" };
     let tracer = Tracer::attach(server.pid)
         .args(["-i", "1"])
         .env("TRACER_EVENT_DUMP", dump.path())
+        .env("TRACER_UPROBE_MULTI", multi)
         .start();
+    let original = file_byte(&exe, runtime.gopark);
+    assert_eq!(
+        code_byte(server.pid, runtime.gopark),
+        INT3,
+        "{name}: runtime.gopark's probe point is a breakpoint while the tracer is attached"
+    );
     let mut chan_client = server.client();
     let mut sleep_client = server.client();
     let chan_start = monotonic_ns();
@@ -108,6 +122,19 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
     let threads = target_threads(server.pid);
     let done = tracer.stop();
     assert!(done.status.success(), "{name}: {}", done.describe());
+    assert_eq!(
+        code_byte(server.pid, runtime.gopark),
+        original,
+        "{name}: runtime.gopark's code is the executable's own again once the tracer left"
+    );
+    // Only perf event uprobes are removed one at a time, and the tracer says so.
+    assert_eq!(
+        done.stderr
+            .contains("uprobes from the target: the kernel takes them one at a time"),
+        stripped,
+        "{name}: {}",
+        done.stderr
+    );
     let counted = &done.summary().events;
     assert!(
         counted.lost == 0 && counted.malformed == 0,
@@ -282,6 +309,49 @@ fn go_runtime(pid: u32) -> GoRuntime {
         Ok(Some(runtime)) => runtime,
         other => panic!("the Go service's runtime is not found: {other:?}"),
     }
+}
+
+/// The x86 breakpoint instruction a uprobe puts at its probe point.
+const INT3: u8 = 0xcc;
+
+/// The byte at `file_offset` of the executable of process `pid`, as the process's memory
+/// has it now (where its executable is mapped).
+fn code_byte(pid: u32, file_offset: u64) -> u8 {
+    use std::os::unix::fs::FileExt as _;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/PID/exe");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("/proc/PID/maps");
+    let address = maps
+        .lines()
+        .find_map(|line| {
+            // start-end perms offset dev inode path
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 6 || std::path::Path::new(fields[5]) != exe {
+                return None;
+            }
+            let (start, end) = fields[0].split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            let offset = u64::from_str_radix(fields[2], 16).ok()?;
+            (offset..offset + (end - start))
+                .contains(&file_offset)
+                .then(|| start + (file_offset - offset))
+        })
+        .unwrap_or_else(|| panic!("file offset {file_offset:#x} of {exe:?} is not mapped"));
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("/proc/PID/mem");
+    let mut byte = [0u8];
+    mem.read_exact_at(&mut byte, address)
+        .unwrap_or_else(|e| panic!("reading the target's memory at {address:#x}: {e}"));
+    byte[0]
+}
+
+/// The byte at `file_offset` of file `path`.
+fn file_byte(path: &std::path::Path, file_offset: u64) -> u8 {
+    use std::os::unix::fs::FileExt as _;
+    let mut byte = [0u8];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut byte, file_offset))
+        .unwrap_or_else(|e| panic!("reading {path:?} at {file_offset:#x}: {e}"));
+    byte[0]
 }
 
 /// The thread ids of process `pid` now (Go keeps its threads).

@@ -261,7 +261,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     // Named now, while the target surely still runs (a native target's libraries are read
     // through its memory map); the few sites the last drain adds are named after.
     collector.resolve_sites();
-    warn_of_slow_uprobe_detach(probes.uprobes());
+    warn_of_slow_uprobe_detach(probes.perf_event_uprobes());
     match probes.detach() {
         Ok(gathered) => collector.receive_gathered(&gathered),
         Err(e) => eprintln!("tracer: warning: the last requests may be missing: {e:#}"),

@@ -47,10 +47,8 @@ impl Probes {
     /// interrupt arriving during it): those events were never seen. Programs with none are
     /// left out.
     pub fn skipped_runs(&self) -> Vec<(String, u64)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, prog)| {
-                let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+        self.loaded_programs()
+            .filter_map(|(name, fd)| {
                 let misses = prog_info(fd)?.recursion_misses;
                 (misses > 0).then(|| (name.to_string(), misses))
             })
@@ -59,17 +57,30 @@ impl Probes {
 
     /// Per-program run counts and times (non-zero only with `--bpf-stats`).
     pub fn program_stats(&self) -> Vec<ProgramStat> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, prog)| {
-                let info = prog.info().ok()?;
+        self.loaded_programs()
+            .filter_map(|(name, fd)| {
+                let info = prog_info(fd)?;
                 Some(ProgramStat {
                     name: name.to_string(),
-                    run_count: info.run_count(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_cnt,
+                    run_time_ns: info.run_time_ns,
                 })
             })
             .collect()
+    }
+
+    /// Every program loaded, by aya or for `uprobe_multi` links, with its fd.
+    fn loaded_programs(&self) -> impl Iterator<Item = (&str, RawFd)> {
+        let by_aya = self.ebpf.programs().filter_map(|(name, prog)| {
+            let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+            Some((name, fd))
+        });
+        let for_multi = self
+            .multi
+            .iter()
+            .flat_map(|multi| multi.programs())
+            .map(|(name, fd)| (name, fd.as_raw_fd()));
+        by_aya.chain(for_multi)
     }
 }
 

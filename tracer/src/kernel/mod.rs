@@ -11,6 +11,7 @@ mod probes;
 pub mod ring;
 mod seed;
 pub mod stacks;
+mod uprobe_multi;
 pub mod uprobes;
 
 pub use counters::ProgramStat;

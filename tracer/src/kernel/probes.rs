@@ -3,7 +3,11 @@
 
 use std::os::fd::OwnedFd;
 
-use super::stacks::{StackMapSizes, UserStacks};
+use super::{
+    stacks::{StackMapSizes, UserStacks},
+    uprobe_multi::MultiUprobes,
+    uprobes::UprobeLink,
+};
 use crate::target::go::runtime::GOffsets;
 use anyhow::{Context as _, Result};
 use aya::{
@@ -58,7 +62,9 @@ pub struct Probes {
     /// without them.
     interrupt_links: Vec<RawTracePointLink>,
     /// The TLS and Go scheduler uprobes.
-    pub(super) uprobe_links: Vec<aya::programs::uprobe::UProbeLink>,
+    pub(super) uprobe_links: Vec<UprobeLink>,
+    /// Loads and attaches the Go probes as `uprobe_multi` links, while the kernel takes them.
+    pub(super) multi: Option<MultiUprobes>,
     pub threads: usize,
 }
 
@@ -163,6 +169,12 @@ impl Probes {
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;
         super::limits::check(&ebpf, pid)?;
+        // Before any map is taken out of `ebpf`: it loads programs that use them all.
+        let multi = if uprobe_multi_turned_off() {
+            None
+        } else {
+            Some(MultiUprobes::new(&ebpf)?)
+        };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;
         let stacks = UserStacks::take(&mut ebpf)?;
@@ -193,6 +205,7 @@ impl Probes {
             raw_links: Vec::new(),
             interrupt_links: Vec::new(),
             uprobe_links: Vec::new(),
+            multi,
             threads: 0,
         };
         probes.attach_raw("task_newtask", "task_newtask")?;
@@ -232,12 +245,17 @@ impl Probes {
     }
 
     pub fn attached(&self) -> usize {
-        self.raw_links.len() + self.interrupt_links.len() + self.uprobe_links.len()
+        let uprobes: usize = self.uprobe_links.iter().map(UprobeLink::points).sum();
+        self.raw_links.len() + self.interrupt_links.len() + uprobes
     }
 
-    /// The uprobes attached (TLS and Go scheduler), which detaching removes one at a time.
-    pub fn uprobes(&self) -> usize {
-        self.uprobe_links.len()
+    /// The uprobes attached as perf events (OpenSSL's, and Go's where the kernel has no
+    /// `uprobe_multi` links), which detaching removes one at a time.
+    pub fn perf_event_uprobes(&self) -> usize {
+        self.uprobe_links
+            .iter()
+            .filter(|link| matches!(link, UprobeLink::PerfEvent(_)))
+            .count()
     }
 
     /// The user stacks the programs took, to read once they are detached.
@@ -250,12 +268,12 @@ impl Probes {
     /// `self` drops.
     pub fn detach(mut self) -> Result<Gathered> {
         drop(std::mem::take(&mut self.raw_links));
-        // Uprobe links wait in the kernel: closing a uprobe's perf event unregisters it under
-        // the global `event_mutex` and waits for an RCU Tasks Trace grace period there
-        // (`perf_uprobe_destroy()`, `uprobe_unregister_sync()`, Linux 6.18), about 0.1 s on
-        // this VM, one uprobe after the other. 16 Go probes took 1.9 s one by one, 1.3 s in
-        // parallel (what is outside the mutex overlaps), so they are dropped from several
-        // threads at once.
+        // Uprobe links wait in the kernel for an RCU Tasks Trace grace period each (about
+        // 0.1 s on this VM): a `uprobe_multi` link once for all its points, a perf event
+        // uprobe under the global `event_mutex`, so one after the other (see
+        // uprobe_multi.rs). 16 perf event Go probes took 1.9 s one by one, 1.3 s in parallel
+        // (what is outside the mutex overlaps), so all are dropped from several threads at
+        // once.
         let uprobes = chunks(std::mem::take(&mut self.uprobe_links));
         std::thread::scope(|s| {
             for chunk in uprobes {
@@ -316,6 +334,12 @@ pub struct Gathered {
     pub stretch_done: Vec<StretchRequestBatch>,
     /// The requests still kept in the kernel: their thread, and each as handed over.
     pub stretch_kept: Vec<(u32, StretchHandedOver)>,
+}
+
+/// `TRACER_UPROBE_MULTI=0`: Go's probes are perf event uprobes, as on kernels without
+/// `uprobe_multi` links.
+fn uprobe_multi_turned_off() -> bool {
+    std::env::var_os("TRACER_UPROBE_MULTI").is_some_and(|v| v == "0")
 }
 
 /// `TRACER_STRETCH_REQUESTS=0`: no request is kept in the kernel.

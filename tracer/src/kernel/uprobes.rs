@@ -15,7 +15,10 @@ use aya::{
     Ebpf,
 };
 
-use super::probes::{loaded, program_mut, Probes};
+use super::{
+    probes::{loaded, program_mut, Probes},
+    uprobe_multi::{MultiLink, MultiUprobes},
+};
 use crate::target::{
     go::{
         runtime::{
@@ -165,7 +168,7 @@ impl Probes {
     /// see [`Probes::attach`]). All or none: on a failure, the ones attached are
     /// detached and the status says why.
     pub fn attach_go_sched(&mut self, pid: u32, exe: &Path, go: &GoRuntime) -> GoSchedStatus {
-        match attach_go_sched(&mut self.ebpf, pid, exe, go) {
+        match attach_go_sched(&mut self.ebpf, &mut self.multi, pid, exe, go) {
             Ok(links) => {
                 self.uprobe_links.extend(links);
                 GoSchedStatus::Followed {
@@ -202,7 +205,8 @@ impl Probes {
             ),
             Some(ssl) => match attach_openssl(&mut self.ebpf, pid, &ssl, io_probes) {
                 Ok((links, hooked)) if !hooked.is_empty() => {
-                    self.uprobe_links.extend(links);
+                    self.uprobe_links
+                        .extend(links.into_iter().map(UprobeLink::PerfEvent));
                     status.found(format!("OpenSSL {}", ssl.library), hooked);
                 }
                 Ok(_) => not_hooked.push(format!(
@@ -215,7 +219,7 @@ impl Probes {
         }
         match go {
             Ok(None) => not_hooked.push("no Go crypto/tls".to_string()),
-            Ok(Some(go)) => match attach_go(&mut self.ebpf, pid, &go) {
+            Ok(Some(go)) => match attach_go(&mut self.ebpf, &mut self.multi, pid, &go) {
                 Ok((links, hooked)) => {
                     self.uprobe_links.extend(links);
                     status.found(
@@ -301,32 +305,23 @@ fn attach_openssl(
 }
 
 /// Attach the entry and RET probes. Returns the links and the functions hooked.
-fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = one_process(pid)?;
-    let mut links = Vec::new();
+fn attach_go(
+    ebpf: &mut Ebpf,
+    multi: &mut Option<MultiUprobes>,
+    pid: u32,
+    go: &GoTls,
+) -> Result<(Vec<UprobeLink>, Vec<String>)> {
+    let mut probes = ProbePoints::default();
     let mut hooked = Vec::new();
-    for program in [
-        "go_server_handshake_enter",
-        "go_client_handshake_enter",
-        "go_handshake_return",
-    ] {
-        loaded(ebpf, program, UProbe::load)?;
-    }
     for f in &go.functions {
         let enter = if f.name == SERVER_HANDSHAKE {
             "go_server_handshake_enter"
         } else {
             "go_client_handshake_enter"
         };
-        links.push(attach_at(ebpf, enter, &go.path, f.entry, scope)?);
+        probes.add(enter, &f.name, f.entry);
         for ret in &f.returns {
-            links.push(attach_at(
-                ebpf,
-                "go_handshake_return",
-                &go.path,
-                *ret,
-                scope,
-            )?);
+            probes.add("go_handshake_return", &f.name, *ret);
         }
         hooked.push(format!(
             "{} (entry + {} RET)",
@@ -334,34 +329,104 @@ fn attach_go(ebpf: &mut Ebpf, pid: u32, go: &GoTls) -> Result<(Vec<UProbeLink>, 
             f.returns.len()
         ));
     }
+    let links = probes.attach(ebpf, multi, pid, &go.path)?;
     Ok((links, hooked))
 }
 
 /// Attach the Go scheduler probes (all of them, or an error).
 fn attach_go_sched(
     ebpf: &mut Ebpf,
+    multi: &mut Option<MultiUprobes>,
     pid: u32,
     exe: &Path,
     go: &GoRuntime,
-) -> Result<Vec<UProbeLink>> {
-    let scope = one_process(pid)?;
-    let mut links = Vec::new();
-    let http2 = go
-        .http2_connection
-        .iter()
-        .map(|&(function, offset)| (function, "go_http2_connection", offset))
-        .chain(
-            go.http2_handler
-                .iter()
-                .map(|&(function, offset)| (function, "go_http2_handler", offset)),
-        );
-    for (function, program, file_offset) in go_sched_probes(go).into_iter().chain(http2) {
-        loaded(ebpf, program, UProbe::load)?;
-        let link = attach_at(ebpf, program, exe, file_offset, scope)
-            .with_context(|| format!("probing {function}"))?;
-        links.push(link);
+) -> Result<Vec<UprobeLink>> {
+    let mut probes = ProbePoints::default();
+    for (function, program, file_offset) in go_sched_probes(go) {
+        probes.add(program, function, file_offset);
     }
-    Ok(links)
+    for &(function, offset) in &go.http2_connection {
+        probes.add("go_http2_connection", function, offset);
+    }
+    for &(function, offset) in &go.http2_handler {
+        probes.add("go_http2_handler", function, offset);
+    }
+    probes.attach(ebpf, multi, pid, exe)
+}
+
+/// A uprobe attached to the target: a perf event for one probe point (aya's), or a
+/// `uprobe_multi` link for all of a program's.
+pub enum UprobeLink {
+    PerfEvent(UProbeLink),
+    Multi(MultiLink),
+}
+
+impl UprobeLink {
+    /// The probe points it attached.
+    pub fn points(&self) -> usize {
+        match self {
+            UprobeLink::PerfEvent(_) => 1,
+            UprobeLink::Multi(link) => link.probes,
+        }
+    }
+}
+
+/// The probe points of each program in one executable, at file offsets, with the functions
+/// they are in (for errors): attached with one `uprobe_multi` link per program where the
+/// kernel has them (see [`super::uprobe_multi`]), else one perf event uprobe per point.
+#[derive(Default)]
+struct ProbePoints {
+    /// Programs in the order first added, each with its (function, file offset) points.
+    programs: Vec<(&'static str, Vec<(String, u64)>)>,
+}
+
+impl ProbePoints {
+    fn add(&mut self, program: &'static str, function: &str, file_offset: u64) {
+        let point = (function.to_string(), file_offset);
+        match self.programs.iter_mut().find(|(p, _)| *p == program) {
+            Some((_, points)) => points.push(point),
+            None => self.programs.push((program, vec![point])),
+        }
+    }
+
+    /// Attach every program at its points in `exe` for process `pid`: all, or an error.
+    /// `multi` is dropped (for this and later attachments) when the kernel refuses a
+    /// `uprobe_multi` link, and perf event uprobes are used instead.
+    fn attach(
+        self,
+        ebpf: &mut Ebpf,
+        multi: &mut Option<MultiUprobes>,
+        pid: u32,
+        exe: &Path,
+    ) -> Result<Vec<UprobeLink>> {
+        let scope = one_process(pid)?;
+        let mut links = Vec::new();
+        for (program, points) in self.programs {
+            let offsets: Vec<u64> = points.iter().map(|&(_, offset)| offset).collect();
+            if let Some(loader) = multi {
+                match loader.attach(program, exe, &offsets, pid) {
+                    Ok(link) => {
+                        links.push(UprobeLink::Multi(link));
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "tracer: uprobe_multi links unavailable ({e:#}); using one perf \
+                             event per uprobe, which takes the kernel about 0.1 s each to remove"
+                        );
+                        *multi = None;
+                    }
+                }
+            }
+            loaded(ebpf, program, UProbe::load)?;
+            for (function, offset) in points {
+                let link = attach_at(ebpf, program, exe, offset, scope)
+                    .with_context(|| format!("probing {function}"))?;
+                links.push(UprobeLink::PerfEvent(link));
+            }
+        }
+        Ok(links)
+    }
 }
 
 /// Uprobes fire for process `pid` only.
