@@ -1,4 +1,6 @@
-//! Scratch paths under the temp dir, removed when dropped (also when a test fails).
+//! Scratch paths under the temp dir, removed when dropped (also when a test fails, unless
+//! `TRACER_TEST_KEEP=1`: then a failing test's paths are kept, for its tracer output and
+//! the programs it built).
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -56,6 +58,12 @@ impl AsRef<Path> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && std::env::var_os("TRACER_TEST_KEEP").is_some_and(|v| v == "1")
+        {
+            eprintln!("kept {} (TRACER_TEST_KEEP=1)", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
         let _ = std::fs::remove_file(&self.0);
     }

@@ -37,7 +37,10 @@ use std::{collections::BTreeMap, process::Command, sync::Barrier, thread};
 
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
-use tracer_tests::{session::Tracer, Response, TempDir, Workload};
+use tracer_tests::{
+    session::{Finished, Tracer},
+    Response, TempDir, Workload,
+};
 
 const MS: u64 = 1_000_000;
 /// Clients at once, each on its own connection.
@@ -141,6 +144,9 @@ struct Run<'a> {
     /// Each request sent, with its response and its traced record.
     requests: Vec<(&'a Endpoint, Response, RequestRecord)>,
     summary: tracer::output::summary::Summary,
+    /// The tracer's run, whose output files stay until the checks are done (and after a
+    /// failed one, with `TRACER_TEST_KEEP=1`).
+    _tracer: Finished,
 }
 
 /// Traces `service` while [`CLIENTS`] clients, each on its own connection, go through each
@@ -221,7 +227,11 @@ fn traced_run<'a>(name: &str, service: &Workload, phases: &[&'a [Endpoint]]) -> 
             requests.push((endpoint, response, r.clone()));
         }
     }
-    Run { requests, summary }
+    Run {
+        requests,
+        summary,
+        _tracer: done,
+    }
 }
 
 /// Each request's causes add up to its latency, none is incomplete, its dominant cause and
