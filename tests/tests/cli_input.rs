@@ -17,7 +17,8 @@ use tracer::output::summary::StoppedBy;
 use tracer_tests::{
     run_load,
     session::{find_program, read_summary, Tracer},
-    wait_for, Workload,
+    support::go::{build_go_program, go_service_source, GoBuild, Toolchain},
+    wait_for, TempDir, Workload,
 };
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -244,6 +245,56 @@ fn refused_uprobes_name_cap_sys_admin() {
         "no requests traced with CAP_BPF + CAP_PERFMON\n{}",
         ran.describe()
     );
+}
+
+/// A Go target's probes are `uprobe_multi` links, which this kernel lets CAP_BPF + CAP_PERFMON
+/// create (the BPF program's load is what it checks): as `nobody` with those two, the tracer
+/// follows the goroutines of a Go service of its own user. The same probes as perf events
+/// (`TRACER_UPROBE_MULTI=0`) are refused for lack of CAP_SYS_ADMIN, and the line says so.
+#[test]
+#[ignore = "needs root"]
+fn go_probes_need_no_cap_sys_admin() {
+    let dir = TempDir::open_to_all("go-as-nobody");
+    let exe = build_go_program(
+        &go_service_source(),
+        dir.path(),
+        GoBuild::default(),
+        Toolchain::System,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let service = Workload::start(tracer_tests::session::as_nobody("", &exe));
+    for (multi, followed) in [("1", true), ("0", false)] {
+        let tracer = Tracer::attach(service.pid)
+            .output_open_to_all()
+            .as_nobody("+bpf,+perfmon")
+            .env("TRACER_UPROBE_MULTI", multi)
+            .start();
+        let mut client = service.client();
+        for _ in 0..3 {
+            let response = client.get("/chan?ms=1").expect("GET /chan");
+            assert_eq!(response.status, 200, "{response:?}");
+        }
+        let ran = tracer.stop();
+        assert_eq!(ran.status.code(), Some(0), "{}", ran.describe());
+        let line = ran
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("tracer: Go runtime:"))
+            .unwrap_or_else(|| panic!("no Go runtime line\n{}", ran.describe()));
+        let summary = read_summary(ran.out());
+        assert_eq!(summary.requests.count, 3, "{}", ran.describe());
+        if followed {
+            assert!(line.contains("goroutines followed"), "{line}");
+            assert_eq!(summary.attribution.context, "goroutine", "{line}");
+        } else {
+            assert!(
+                line.contains("goroutine attribution is off") && line.contains("CAP_SYS_ADMIN"),
+                "{line}"
+            );
+            assert_eq!(summary.attribution.context, "thread", "{line}");
+        }
+    }
+    assert!(service.alive(), "the Go service is gone");
 }
 
 /// Another user's process: its /proc files are closed to the tracer without CAP_SYS_PTRACE.
