@@ -29,7 +29,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::{maps::Map, Ebpf};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
 
@@ -150,23 +150,24 @@ fn load_program(object: &aya_obj::Object, program: &str) -> Result<OwnedFd> {
         .get(&prog.function_key())
         .context("the program's code missing from the object")?;
     let insns: &[bpf_insn] = &function.instructions;
-    match prog_load(program, insns, &prog.license, None) {
-        Ok(fd) => Ok(fd),
-        Err(first) => {
-            let mut log = vec![0u8; 1 << 20];
-            match prog_load(program, insns, &prog.license, Some(&mut log)) {
-                Ok(fd) => Ok(fd),
-                Err(_) => {
-                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                    let text = String::from_utf8_lossy(&log[..end]);
-                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
-                    bail!(
-                        "{first}; verifier: {}",
-                        tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                    )
-                }
-            }
-        }
+    prog_load(program, insns, &prog.license, None).or_else(|refused| {
+        // Again with the verifier's log, for the error.
+        let mut log = vec![0u8; 1 << 20];
+        prog_load(program, insns, &prog.license, Some(&mut log))
+            .map_err(|_| anyhow::anyhow!("{refused}{}", verifier_log_tail(&log)))
+    })
+}
+
+/// The verifier log's last lines, as `; verifier: ...`, or nothing for an empty log.
+fn verifier_log_tail(log: &[u8]) -> String {
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(5)..];
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; verifier: {}", tail.join(" / "))
     }
 }
 
@@ -253,4 +254,29 @@ fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
         _ => return None,
     };
     Some(data.fd().as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_carries_the_verifier_logs_last_lines() {
+        let mut log =
+            b"0: R1=ctx()\n\n1: (85) call bpf_foo#999\nunknown func bpf_foo#999\n".to_vec();
+        log.resize(64, 0);
+        assert_eq!(
+            verifier_log_tail(&log),
+            "; verifier: 0: R1=ctx() / 1: (85) call bpf_foo#999 / unknown func bpf_foo#999"
+        );
+        assert_eq!(verifier_log_tail(&[0; 16]), "");
+        let long: Vec<u8> = (0..9)
+            .map(|i| format!("line {i}\n"))
+            .collect::<String>()
+            .into();
+        assert_eq!(
+            verifier_log_tail(&long),
+            "; verifier: line 4 / line 5 / line 6 / line 7 / line 8"
+        );
+    }
 }
