@@ -1,5 +1,5 @@
-//! Uprobes attached as one `uprobe_multi` BPF link per program (Linux 6.6+), for the probes
-//! placed at file offsets in a Go executable (the scheduler's and crypto/tls's).
+//! Uprobes attached as one `uprobe_multi` BPF link per program (Linux 6.6+): OpenSSL's, Go's
+//! scheduler's and Go crypto/tls's, all placed at file offsets.
 //!
 //! Why not aya's `UProbe::attach`: it makes one perf event per probe point, and closing a
 //! uprobe perf event unregisters it under the kernel's global `event_mutex` and waits there
@@ -31,7 +31,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{maps::Map, Ebpf};
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::{
+    generated::{
+        bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type, BPF_F_UPROBE_MULTI_RETURN,
+    },
+    ProgramSection,
+};
 
 use super::probes::EBPF_OBJECT;
 
@@ -79,8 +84,13 @@ impl MultiUprobes {
         offsets: &[u64],
         pid: u32,
     ) -> Result<MultiLink> {
+        let flags = if self.is_return_probe(program)? {
+            BPF_F_UPROBE_MULTI_RETURN
+        } else {
+            0
+        };
         let prog_fd = self.loaded(program)?;
-        let link = link_create(prog_fd, path, offsets, pid)
+        let link = link_create(prog_fd, path, offsets, pid, flags)
             .with_context(|| format!("attaching {program} (uprobe_multi link)"))?;
         Ok(MultiLink {
             _fd: link,
@@ -93,6 +103,17 @@ impl MultiUprobes {
         self.programs
             .iter()
             .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+    }
+
+    /// Whether `program` is a return probe (a `uretprobe` section): its link then fires at
+    /// each return of the functions it is attached to, through the kernel's return trampoline.
+    fn is_return_probe(&mut self, program: &str) -> Result<bool> {
+        let prog = self
+            .object()?
+            .programs
+            .get(program)
+            .with_context(|| format!("program {program} missing from the object"))?;
+        Ok(matches!(prog.section, ProgramSection::URetProbe { .. }))
     }
 
     fn loaded(&mut self, program: &str) -> Result<BorrowedFd<'_>> {
@@ -199,12 +220,13 @@ fn prog_load(
 }
 
 /// `BPF_LINK_CREATE` of a `uprobe_multi` link: `prog_fd` at each of `offsets` of `path`, for
-/// process `pid`'s tasks only.
+/// process `pid`'s tasks only; `flags`: `BPF_F_UPROBE_MULTI_RETURN` for return probes.
 fn link_create(
     prog_fd: BorrowedFd<'_>,
     path: &Path,
     offsets: &[u64],
     pid: u32,
+    flags: u32,
 ) -> std::io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -220,6 +242,7 @@ fn link_create(
     multi.offsets = offsets.as_ptr() as u64;
     multi.cnt = offsets.len() as u32;
     multi.pid = pid;
+    multi.flags = flags;
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 

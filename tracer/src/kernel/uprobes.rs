@@ -203,19 +203,20 @@ impl Probes {
             None => not_hooked.push(
                 "no OpenSSL (no libssl mapped, no SSL_* symbols in the executable)".to_string(),
             ),
-            Some(ssl) => match attach_openssl(&mut self.ebpf, pid, &ssl, io_probes) {
-                Ok((links, hooked)) if !hooked.is_empty() => {
-                    self.uprobe_links
-                        .extend(links.into_iter().map(UprobeLink::PerfEvent));
-                    status.found(format!("OpenSSL {}", ssl.library), hooked);
+            Some(ssl) => {
+                match attach_openssl(&mut self.ebpf, &mut self.multi, pid, &ssl, io_probes) {
+                    Ok((links, hooked)) if !hooked.is_empty() => {
+                        self.uprobe_links.extend(links);
+                        status.found(format!("OpenSSL {}", ssl.library), hooked);
+                    }
+                    Ok(_) => not_hooked.push(format!(
+                        "OpenSSL {}: none of the SSL_* functions found in {}",
+                        ssl.library,
+                        ssl.path.display()
+                    )),
+                    Err(e) => not_hooked.push(format!("OpenSSL {}: {}", ssl.library, why(&e))),
                 }
-                Ok(_) => not_hooked.push(format!(
-                    "OpenSSL {}: none of the SSL_* functions found in {}",
-                    ssl.library,
-                    ssl.path.display()
-                )),
-                Err(e) => not_hooked.push(format!("OpenSSL {}: {}", ssl.library, why(&e))),
-            },
+            }
         }
         match go {
             Ok(None) => not_hooked.push("no Go crypto/tls".to_string()),
@@ -247,9 +248,10 @@ fn why(e: &anyhow::Error) -> String {
     }
 }
 
-/// Load the TLS programs and attach them to `ssl` in process `pid`: the handshake function
-/// and `SSL_free`, plus the read and write functions when `io_probes`. Functions the library
-/// lacks (`SSL_read_ex` before OpenSSL 1.1.1) are skipped.
+/// Attach the TLS programs to `ssl` in process `pid`: the handshake function and `SSL_free`,
+/// plus the read and write functions when `io_probes`. Functions the library lacks
+/// (`SSL_read_ex` before OpenSSL 1.1.1) are skipped. Returns the links and the functions
+/// entered (none: no OpenSSL function found, and nothing attached).
 ///
 /// Without `io_probes`, a handshake that a first `SSL_read`/`SSL_write` starts implicitly is
 /// timed by the TLS record framing instead: the read and write functions run on every
@@ -257,51 +259,57 @@ fn why(e: &anyhow::Error) -> String {
 /// HTTPS throughput in the bench.
 fn attach_openssl(
     ebpf: &mut Ebpf,
+    multi: &mut Option<MultiUprobes>,
     pid: u32,
     ssl: &OpenSsl,
     io_probes: bool,
-) -> Result<(Vec<UProbeLink>, Vec<String>)> {
-    let scope = one_process(pid)?;
-    let mut links = Vec::new();
-    let mut entered: Vec<&str> = Vec::new();
-    let mut programs = vec!["ssl_handshake_enter", "ssl_return", "ssl_free"];
+) -> Result<(Vec<UprobeLink>, Vec<String>)> {
+    let mut wanted: Vec<&'static str> = HANDSHAKE_FNS
+        .iter()
+        .chain(HANDSHAKE_FALLBACK_FNS)
+        .chain(["SSL_free"].iter())
+        .copied()
+        .collect();
     if io_probes {
-        programs.extend(["ssl_read_enter", "ssl_write_enter"]);
+        wanted.extend(READ_FNS.iter().chain(WRITE_FNS));
     }
-    for program in programs {
-        loaded(ebpf, program, UProbe::load)?;
-    }
-    let mut hook = |program: &str, functions: &[&'static str]| -> Result<Vec<&'static str>> {
-        let prog: &mut UProbe = program_mut(ebpf, program)?;
-        let mut hooked = Vec::new();
-        for function in functions {
-            let id = match prog.attach(*function, &ssl.path, scope) {
-                Ok(id) => id,
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if uprobe_refused(&e) {
-                        return Err(e.context(format!("attaching {program} to {function}")));
-                    }
-                    continue; // not in this OpenSSL
-                }
-            };
-            links.push(prog.take_link(id)?);
-            hooked.push(*function);
-        }
-        Ok(hooked)
+    let found = openssl::function_offsets(&ssl.path, &wanted)?;
+    let present = |names: &[&'static str]| -> Vec<(&'static str, u64)> {
+        found
+            .iter()
+            .filter(|(name, _)| names.contains(name))
+            .copied()
+            .collect()
     };
-    let mut handshake = hook("ssl_handshake_enter", HANDSHAKE_FNS)?;
+    let mut handshake = present(HANDSHAKE_FNS);
     if handshake.is_empty() {
-        handshake = hook("ssl_handshake_enter", HANDSHAKE_FALLBACK_FNS)?;
+        handshake = present(HANDSHAKE_FALLBACK_FNS);
     }
-    entered.extend(handshake);
+    let mut probes = ProbePoints::default();
+    let mut entered = Vec::new();
+    let mut enter = |program: &'static str, functions: Vec<(&'static str, u64)>| {
+        for (function, offset) in functions {
+            probes.add(program, function, offset);
+            entered.push((function, offset));
+        }
+    };
+    enter("ssl_handshake_enter", handshake);
     if io_probes {
-        entered.extend(hook("ssl_read_enter", READ_FNS)?);
-        entered.extend(hook("ssl_write_enter", WRITE_FNS)?);
+        enter("ssl_read_enter", present(READ_FNS));
+        enter("ssl_write_enter", present(WRITE_FNS));
     }
-    hook("ssl_return", &entered)?;
-    hook("ssl_free", &["SSL_free"])?;
-    Ok((links, entered.iter().map(|f| f.to_string()).collect()))
+    if entered.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    for &(function, offset) in &entered {
+        probes.add("ssl_return", function, offset);
+    }
+    for (function, offset) in present(&["SSL_free"]) {
+        probes.add("ssl_free", function, offset);
+    }
+    let links = probes.attach(ebpf, multi, pid, &ssl.path)?;
+    let hooked = entered.iter().map(|(f, _)| f.to_string()).collect();
+    Ok((links, hooked))
 }
 
 /// Attach the entry and RET probes. Returns the links and the functions hooked.

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context as _, Result};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use procfs::process::{MMapPath, MemoryMap};
 
 use super::Executable;
@@ -51,6 +53,37 @@ pub fn mapped_libssl(maps: &[MemoryMap]) -> Option<&Path> {
         })
 }
 
+/// The functions of `names` that `path`'s symbol tables define (the dynamic symbols, as a
+/// shared library exports them, then the static ones), each with its entry's file offset,
+/// where a uprobe goes; in the order of `names`, the missing ones left out.
+pub fn function_offsets(path: &Path, names: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file =
+        object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
+    let mut found = Vec::new();
+    for &name in names {
+        let symbol = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(name));
+        if let Some(symbol) = symbol {
+            found.push((name, file_offset(&file, &symbol).context(name)?));
+        }
+    }
+    Ok(found)
+}
+
+/// Where `symbol`'s address is in the file: its section's file offset plus its place in the
+/// section.
+fn file_offset(file: &object::File, symbol: &object::Symbol) -> Result<u64> {
+    let index = symbol.section_index().context("not in a section")?;
+    let section = file.section_by_index(index)?;
+    let (start, _) = section
+        .file_range()
+        .context("its section has no file data")?;
+    Ok(symbol.address() - section.address() + start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +121,32 @@ mod tests {
         let me = Executable::from_file(std::env::current_exe().unwrap());
         assert!(!me.defines("SSL_do_handshake"));
         assert!(me.defines("main"));
+    }
+
+    #[no_mangle]
+    #[inline(never)]
+    extern "C" fn tracer_openssl_test_function() -> u32 {
+        std::hint::black_box(7)
+    }
+
+    /// The file offset found for a function is where this process's memory map puts the
+    /// function it runs.
+    #[test]
+    fn a_functions_file_offset_is_where_the_process_maps_it() {
+        let path = std::env::current_exe().unwrap();
+        let found =
+            function_offsets(&path, &["no_such_function", "tracer_openssl_test_function"]).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let address = tracer_openssl_test_function as *const () as usize as u64;
+        assert_eq!(tracer_openssl_test_function(), 7);
+        let me = procfs::process::Process::myself().unwrap();
+        let map = me
+            .maps()
+            .unwrap()
+            .0
+            .into_iter()
+            .find(|m| (m.address.0..m.address.1).contains(&address))
+            .expect("the function is mapped");
+        assert_eq!(found[0].1, address - map.address.0 + map.offset);
     }
 }
