@@ -70,10 +70,13 @@ impl Workload {
         Self::spawn_with_args(&[])
     }
 
-    /// Starts `workload serve --port 0 <args>` found via [`bin_path`]
-    /// (a later `--port` in `args` wins).
+    /// Starts `workload serve --port 0 --task-clock <args>` found via [`bin_path`]
+    /// (a later `--port` in `args` wins). `--task-clock`: each connection's thread opens the
+    /// perf task clock its measurements read before it reads a request (see the workload's
+    /// `measure.rs`).
     pub fn spawn_with_args(args: &[&str]) -> Workload {
-        Self::spawn_exe(&bin_path("workload"), args)
+        let with_clock: Vec<&str> = ["--task-clock"].iter().chain(args).copied().collect();
+        Self::spawn_exe(&bin_path("workload"), &with_clock)
     }
 
     /// Starts `<exe> serve --port 0 <args>` and waits for its `listening` line.

@@ -71,8 +71,9 @@ fn run_delay_ns() -> u64 {
 }
 
 thread_local! {
-    /// The calling thread's perf task clock, opened at its first use on the thread (so the
-    /// benchmark's `/`, which does not measure, runs without one) and closed at its exit.
+    /// The calling thread's perf task clock, opened at its first use on the thread (as its
+    /// connection starts with `serve --task-clock`; else at its first measured request, so
+    /// the benchmark's `/`, which does not measure, runs without one) and closed at its exit.
     static TASK_CLOCK: RefCell<Option<perf_event::Counter>> = const { RefCell::new(None) };
 }
 
