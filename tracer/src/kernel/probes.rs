@@ -173,7 +173,9 @@ impl Probes {
         let multi = if uprobe_multi_turned_off() {
             None
         } else {
-            Some(MultiUprobes::new(&ebpf)?)
+            MultiUprobes::new(&ebpf)
+                .inspect_err(super::uprobe_multi::say_unavailable)
+                .ok()
         };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("map LOSSES")?)?;

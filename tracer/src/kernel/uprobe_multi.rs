@@ -51,6 +51,14 @@ pub struct MultiUprobes {
     programs: HashMap<String, OwnedFd>,
 }
 
+/// Tells the operator that uprobes will be perf events, and why.
+pub fn say_unavailable(why: &anyhow::Error) {
+    eprintln!(
+        "tracer: uprobe_multi links unavailable ({why:#}); using one perf event per uprobe, \
+         which takes the kernel about 0.1 s each to remove"
+    );
+}
+
 /// One program attached at one or more offsets of one file: detached when dropped.
 pub struct MultiLink {
     _fd: OwnedFd,

@@ -418,10 +418,7 @@ impl ProbePoints {
                         continue;
                     }
                     Err(e) => {
-                        eprintln!(
-                            "tracer: uprobe_multi links unavailable ({e:#}); using one perf \
-                             event per uprobe, which takes the kernel about 0.1 s each to remove"
-                        );
+                        super::uprobe_multi::say_unavailable(&e);
                         *multi = None;
                     }
                 }
