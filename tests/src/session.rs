@@ -62,6 +62,15 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// The first stderr line that starts with `prefix` (`tracer: TLS:`); panics with
+    /// everything the tracer printed when there is none.
+    pub fn stderr_line(&self, prefix: &str) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?}\n{}", self.describe()))
+    }
+
     /// Status, stderr and stdout, for a failed assertion's message.
     pub fn describe(&self) -> String {
         format!(

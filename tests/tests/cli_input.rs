@@ -233,11 +233,7 @@ fn refused_uprobes_name_cap_sys_admin() {
             .env("TRACER_UPROBE_MULTI", multi)
             .run();
         assert_eq!(ran.status.code(), Some(0), "{}", ran.describe());
-        let tls = ran
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("tracer: TLS:"))
-            .unwrap_or_else(|| panic!("no TLS line\n{}", ran.describe()));
+        let tls = ran.stderr_line("tracer: TLS:");
         if multi == "1" {
             assert!(
                 tls.contains("libssl") && tls.contains("hooked SSL_do_handshake"),
@@ -289,11 +285,7 @@ fn go_probes_need_no_cap_sys_admin() {
         }
         let ran = tracer.stop();
         assert_eq!(ran.status.code(), Some(0), "{}", ran.describe());
-        let line = ran
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("tracer: Go runtime:"))
-            .unwrap_or_else(|| panic!("no Go runtime line\n{}", ran.describe()));
+        let line = ran.stderr_line("tracer: Go runtime:");
         let summary = read_summary(ran.out());
         assert_eq!(summary.requests.count, 3, "{}", ran.describe());
         if followed {

@@ -154,11 +154,7 @@ fn goroutine_transitions(toolchain: Toolchain, stripped: bool) {
     }
 
     // The start-up line says where the facts came from.
-    let line = done
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("tracer: Go runtime: "))
-        .unwrap_or_else(|| panic!("{name}: no Go runtime line\n{}", done.describe()));
+    let line = done.stderr_line("tracer: Go runtime: ");
     let version = runtime
         .version
         .as_deref()
