@@ -22,6 +22,7 @@ use std::{
 };
 
 use tracer::target::{
+    executable_mappings,
     go::runtime::{find_go_runtime, GoRuntime},
     Executable,
 };
@@ -314,23 +315,15 @@ const INT3: u8 = 0xcc;
 /// has it now (where its executable is mapped).
 fn code_byte(pid: u32, file_offset: u64) -> u8 {
     use std::os::unix::fs::FileExt as _;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/PID/exe");
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("/proc/PID/maps");
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let maps = executable_mappings(pid, &exe).expect("the executable's mappings");
     let address = maps
-        .lines()
-        .find_map(|line| {
-            // start-end perms offset dev inode path
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 6 || std::path::Path::new(fields[5]) != exe {
-                return None;
-            }
-            let (start, end) = fields[0].split_once('-')?;
-            let start = u64::from_str_radix(start, 16).ok()?;
-            let end = u64::from_str_radix(end, 16).ok()?;
-            let offset = u64::from_str_radix(fields[2], 16).ok()?;
-            (offset..offset + (end - start))
+        .iter()
+        .find_map(|m| {
+            let (start, end) = m.address;
+            (m.offset..m.offset + (end - start))
                 .contains(&file_offset)
-                .then(|| start + (file_offset - offset))
+                .then(|| start + (file_offset - m.offset))
         })
         .unwrap_or_else(|| panic!("file offset {file_offset:#x} of {exe:?} is not mapped"));
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("/proc/PID/mem");

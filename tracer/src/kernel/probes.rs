@@ -63,7 +63,7 @@ pub struct Probes {
     interrupt_links: Vec<RawTracePointLink>,
     /// The TLS and Go scheduler uprobes.
     pub(super) uprobe_links: Vec<UprobeLink>,
-    /// Loads and attaches the Go probes as `uprobe_multi` links, while the kernel takes them.
+    /// Loads and attaches the uprobes as `uprobe_multi` links, while the kernel takes them.
     pub(super) multi: Option<MultiUprobes>,
     pub threads: usize,
 }
@@ -338,7 +338,7 @@ pub struct Gathered {
     pub stretch_kept: Vec<(u32, StretchHandedOver)>,
 }
 
-/// `TRACER_UPROBE_MULTI=0`: Go's probes are perf event uprobes, as on kernels without
+/// `TRACER_UPROBE_MULTI=0`: every uprobe is a perf event of its own, as on kernels without
 /// `uprobe_multi` links.
 fn uprobe_multi_turned_off() -> bool {
     std::env::var_os("TRACER_UPROBE_MULTI").is_some_and(|v| v == "0")
