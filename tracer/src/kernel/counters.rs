@@ -94,15 +94,8 @@ fn prog_info(fd: RawFd) -> Option<bpf_prog_info> {
     attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
     attr.info.info = std::ptr::addr_of_mut!(info) as u64;
     // SAFETY: `attr` names a valid program fd and an out-buffer of `info_len` bytes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            std::ptr::addr_of_mut!(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    (ret == 0).then_some(info)
+    let read = unsafe { super::bpf_syscall(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) };
+    read.ok().map(|_| info)
 }
 
 #[cfg(test)]

@@ -256,20 +256,10 @@ fn link_create(
 
 /// The `bpf()` syscall for a command that returns a new fd.
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid `bpf_attr` for `cmd`, and its pointers are live for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: the callers fill `attr` for `cmd`, with pointers live for the call.
+    let fd = unsafe { super::bpf_syscall(cmd, attr) }?;
     // SAFETY: the kernel returned a new fd (close-on-exec) that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The fd of `map`, for the kinds of maps tracer-ebpf has.
