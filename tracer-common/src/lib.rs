@@ -374,12 +374,9 @@ pub struct TcpSocket {
     /// A [`socket_plain`] value, from its first bytes read: a plaintext socket's reads and
     /// writes need no record classification.
     pub plain: u32,
-    /// Requests started on it since the tracer saw it, counted only when requests are
-    /// sampled (`--sample N`): a read after an answer, or its first, starts the next one.
-    pub requests: u32,
     /// 1: a response was written since its last request began (its request was answered).
-    /// Kept when requests are sampled, and when they are kept in the kernel (never both):
-    /// whoever keeps the request, once the kernel side has kept any of its requests.
+    /// Kept when requests are kept in the kernel: whoever keeps the request, once the
+    /// kernel side has kept any of its requests.
     pub answered: u32,
     /// Who keeps its current request: a [`request_keeper`] value.
     pub keeper: u32,
@@ -391,6 +388,7 @@ pub struct TcpSocket {
     pub flags: u32,
     /// Its stretch table's `opened` count once it was opened.
     pub opened_as: u32,
+    pub _pad: u32,
     /// When its first read returned.
     pub start_ns: u64,
     /// When its last response write so far returned (0: not answered).
@@ -839,6 +837,17 @@ pub mod nr {
 }
 
 /// Read-family syscalls: their first argument is the fd read from.
+/// `--sample N`: whether the socket whose kernel `struct sock` is at `sock` is one of the one
+/// in N whose reads and writes are reported. Decided from the address alone, the same way for
+/// every read and write of the socket's life on any thread, before any map lookup: the
+/// lookup is most of what a read or write costs a server, so an unsampled socket costs only
+/// the first checks. Fibonacci hashing: the multiply's high bits depend on every
+/// bit of the address, and slab objects differ in their middle bits only.
+#[inline(always)]
+pub fn connection_sampled(sock: u64, one_in: u32) -> bool {
+    one_in <= 1 || (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(one_in) == 0
+}
+
 pub fn is_read(syscall_nr: u32) -> bool {
     use nr::*;
     matches!(
@@ -1133,6 +1142,33 @@ mod tests {
                 assert!(id >= 0, "{map} {index}");
                 assert_eq!(stack_map_and_index(id as u32), (map as usize, index));
             }
+        }
+    }
+
+    /// `--sample N` picks about one socket in N, whatever the spacing of the kernel's
+    /// `struct sock` objects (a slab's objects are a fixed size apart, slabs a page order
+    /// apart), and every socket with N = 1.
+    #[test]
+    fn about_one_socket_in_n_is_sampled() {
+        for object_size in [1_024u64, 2_304, 2_432] {
+            let sockets = || {
+                (0..4_000u64).map(move |i| {
+                    0xffff_8881_0400_0000 + (i / 13) * 0x8000 + (i % 13) * object_size
+                })
+            };
+            for one_in in [2u32, 3, 10] {
+                let sampled = sockets()
+                    .filter(|&sock| connection_sampled(sock, one_in))
+                    .count() as f64;
+                let share = sampled / 4_000.0;
+                let expected = 1.0 / f64::from(one_in);
+                assert!(
+                    (share - expected).abs() < expected / 5.0,
+                    "object size {object_size}, 1 in {one_in}: {share}"
+                );
+            }
+            assert!(sockets().all(|sock| connection_sampled(sock, 1)));
+            assert!(sockets().all(|sock| connection_sampled(sock, 0)));
         }
     }
 }

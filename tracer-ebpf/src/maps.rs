@@ -254,8 +254,8 @@ fn current_rq() -> u64 {
         .unwrap_or(0)
 }
 
-/// `--sample N`: report one request in N on each plaintext TCP connection (0 or 1: every
-/// request).
+/// `--sample N`: report the reads and writes of one socket in N (0 or 1: every socket's; see
+/// `tracer_common::connection_sampled`).
 #[unsafe(no_mangle)]
 static SAMPLE_ONE_IN: u32 = 0;
 

@@ -76,10 +76,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Stacks::On)]
     pub stacks: Stacks,
 
-    /// Attribute one request in N on each plaintext TCP connection, for very hot servers: the
-    /// others leave no record in the kernel and are neither counted nor attributed (TLS
-    /// connections and Go targets whose goroutines are followed: every request) [default: 1,
-    /// every request]
+    /// Attribute the requests of one connection in N, for very hot servers: the kernel side
+    /// picks a connection by its socket's address and skips the others' reads and writes at
+    /// its first checks, so they cost almost nothing and are neither counted nor attributed
+    /// (Go targets whose goroutines are followed: every request) [default: 1, every request]
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = one_in, allow_negative_numbers = true)]
     pub sample: u32,
 

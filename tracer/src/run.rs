@@ -114,6 +114,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
             args.sample
         );
     }
+    engine.set_connections_sampled(sample_one_in > 1);
     let (mut probes, mut ring) = Probes::attach(
         target.pid,
         args.bpf_stats,
@@ -173,7 +174,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
     if sample_one_in > 1 {
         eprintln!(
-            "tracer: sampling: one request in {sample_one_in} on each plaintext connection is attributed; counts and rates are of those"
+            "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel's socket address); counts and rates are of those"
         );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks
@@ -306,6 +307,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         (output::WAITS_SVG, &svg),
     ]);
     print!("{}", console::final_summary(&summary, collector.totals()));
+    if sample_one_in > 1 && summary.requests.count == 0 {
+        eprintln!(
+            "tracer: no request of a sampled connection was seen: with few connections, sample fewer out (a smaller --sample N)"
+        );
+    }
     // Taken last, so the peak covers the whole run, the final summary included, all but
     // the writing of summary.json itself (bounded: a few hundred kB at most).
     summary.collector = CollectorUsage {

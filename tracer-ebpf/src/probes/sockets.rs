@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain, tcp_state,
-    tls_record, tls_record_and_next, EventHeader, EventKind, Loss, SyscallEvent, TcpSocket, EAGAIN,
-    MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
+    connection_sampled, is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain,
+    tcp_state, tls_record, tls_record_and_next, EventHeader, EventKind, Loss, SyscallEvent,
+    TcpSocket, EAGAIN, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
 use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
@@ -62,6 +62,9 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
     }
     let sock = ctx.arg::<u64>(0);
+    if !connection_sampled(sock, sample_one_in()) {
+        return Ok(()); // `--sample N`: a socket whose requests are not reported
+    }
     let tcp = TCP_SOCKETS.get_ptr_mut(sock);
     let io = match tcp {
         // SAFETY: a valid map value pointer; only the target's own threads write `fd` and
@@ -73,7 +76,6 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
             record,
             connection: sock,
             origin: socket_origin::UNKNOWN,
-            sampled: true,
         }),
     };
     let Some(io) = io else {
@@ -83,9 +85,6 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         note_goroutine_returned(io.nr, io.fd, io.connection, io.origin, ret)?;
     } else {
         note_returned(tid, io.nr, io.fd, io.connection, ret)?;
-    }
-    if !io.sampled {
-        return Ok(());
     }
     let now = now_ns();
     if let Some(tcp) = tcp {
@@ -124,8 +123,6 @@ struct SocketIo {
     record: u32,
     connection: u64,
     origin: u32,
-    /// Part of a request that is reported (always, unless requests are sampled).
-    sampled: bool,
 }
 
 /// A read or write on a TCP socket the kernel side saw open. The first one of the target
@@ -152,7 +149,6 @@ fn tcp_socket_io(
             record: 0,
             connection,
             origin,
-            sampled: sampled(tcp, direction, ret),
         }));
     }
     let Some((nr, fd, record)) = syscall_io(direction, ret)? else {
@@ -177,34 +173,7 @@ fn tcp_socket_io(
         record,
         connection,
         origin,
-        sampled: sampled(tcp, direction, ret),
     }))
-}
-
-/// Whether a read or write that returned `ret` on `tcp` belongs to a reported request. With
-/// `--sample N`, requests are counted on each plaintext connection (a read after an answer,
-/// or its first read, starts the next one) and the first of every N is reported; the reads
-/// and writes of the others leave no record, so neither the collector nor the ring pays for
-/// them. An end of stream or an error always goes out (it ends a reported request too), and
-/// a TLS connection, whose handshake is found in its records, is never sampled.
-#[inline(always)]
-fn sampled(tcp: &mut TcpSocket, direction: Direction, ret: i64) -> bool {
-    let one_in = sample_one_in();
-    let plain = tcp.plain == socket_plain::PLAIN || !tls_records();
-    if one_in <= 1 || !plain || ret <= 0 {
-        return true;
-    }
-    match direction {
-        Direction::Received if tcp.answered != 0 || tcp.requests == 0 => {
-            tcp.requests = tcp.requests.wrapping_add(1);
-            tcp.answered = 0;
-        }
-        Direction::Received => {} // more of the same request
-        Direction::Sent => tcp.answered = 1,
-    }
-    // The connection's requests 1, N + 1, 2N + 1, ... (a write before any request, a
-    // greeting, is no request's).
-    tcp.requests != 0 && (tcp.requests - 1).is_multiple_of(one_in)
 }
 
 /// The syscall moving the bytes, from the thread's saved registers: its number, its fd and

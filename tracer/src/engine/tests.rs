@@ -1330,6 +1330,35 @@ fn a_freed_ssl_forgets_its_unfinished_handshake() {
     assert_eq!(hs[0].start_ns, 1_000, "not the freed connection's start");
 }
 
+/// `--sample N`: a handshake function's probes fire on every connection, the socket reads
+/// and writes of the sampled ones only. A handshake seen on no connection is an unsampled
+/// one's, and counts only when every connection is traced.
+#[test]
+fn a_handshake_on_no_sampled_connection_is_not_counted() {
+    let handshake_on_no_socket = [tls_call(100, SslCall::Handshake), tls_return(800, 1)];
+    let mut every = engine();
+    feed(&mut every, handshake_on_no_socket.clone());
+    assert_eq!(every.take_handshakes().len(), 1);
+
+    let mut sampled = engine();
+    sampled.set_connections_sampled(true);
+    feed(&mut sampled, handshake_on_no_socket);
+    assert!(sampled.take_handshakes().is_empty());
+    // A sampled connection's handshake (its flights seen) counts.
+    feed(
+        &mut sampled,
+        [
+            tls_call(1_000, SslCall::Handshake),
+            read(1_010, CONN, 300),
+            write(1_100, CONN),
+            tls_return(1_200, 1),
+        ],
+    );
+    let hs = sampled.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].fd, Some(CONN));
+}
+
 /// nginx: one worker thread, an epoll event loop, non-blocking sockets.
 mod nginx {
     use super::*;

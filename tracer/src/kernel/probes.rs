@@ -75,8 +75,8 @@ impl Probes {
     /// reads and writes that returned EAGAIN (a Go crypto/tls target's goroutines park there);
     /// `go`: the target Go release's struct offsets, which the Go scheduler probes read
     /// (attached later by [`Probes::attach_go_sched`]); `stacks`: take the user stack where a
-    /// target thread blocks or a goroutine parks; `sample_one_in`: report one request in N
-    /// on each plaintext connection (1: all).
+    /// target thread blocks or a goroutine parks; `sample_one_in`: report the reads and
+    /// writes of one connection in N (1: all).
     pub fn attach(
         pid: u32,
         bpf_stats: bool,
@@ -148,7 +148,6 @@ impl Probes {
         let stretch_requests = u32::from(
             hold_reads == 1
                 && report_eagain == 0
-                && sample_one_in <= 1
                 && arrival.task_last_arrival != 0
                 && arrival.task_nvcsw != 0
                 && !stretch_requests_turned_off(),

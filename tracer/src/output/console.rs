@@ -39,7 +39,7 @@ pub fn final_summary(sum: &Summary, t: &Totals) -> String {
     );
     let sampled = match sum.requests.sampled_one_in {
         0 | 1 => String::new(),
-        n => format!("  (sampled: 1 in {n} per connection)"),
+        n => format!("  (sampled: the requests of 1 connection in {n})"),
     };
     let _ = writeln!(
         s,

@@ -104,8 +104,8 @@ pub struct Requests {
     pub in_kernel: u64,
     /// Lines in requests.jsonl.
     pub slow_logged: u64,
-    /// 1: every request was attributed; N: one request in N on each plaintext connection
-    /// (`--sample N`), and every figure here is of those.
+    /// 1: every request was attributed; N: the requests of one connection in N (`--sample
+    /// N`), and every figure here is of those.
     #[serde(default = "every_request")]
     pub sampled_one_in: u32,
 }

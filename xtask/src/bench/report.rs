@@ -87,8 +87,9 @@ fn print_variant_rows(measured: &Measured, variant: Variant) {
     print_rounds(&variant.label(), &paired_ratios(baseline, loads, |l| l.rps));
     let figures = TracerFigures::of(&measured.variant);
     println!(
-        "    {:<14} collector CPU {}% of a core ({} ns/request), ring records per request attributed {}, lost {}",
+        "    {:<14} requests attributed {}/s, collector CPU {}% of a core ({} ns/request), ring records per request attributed {}, lost {}",
         "",
+        fmt(figures.requests_per_s, 0),
         fmt(figures.cpu_pct, 1),
         fmt(figures.cpu_ns_per_request, 0),
         fmt(figures.records_per_request, 2),
@@ -250,6 +251,8 @@ impl LoadFigures {
 /// from their summaries.
 struct TracerFigures {
     events_per_s: Option<f64>,
+    /// Requests attributed per second (all those served, unless sampled).
+    requests_per_s: Option<f64>,
     /// Ring records received per request reported (the kernel's main cost per request).
     records_per_request: Option<f64>,
     /// The share of requests delimited and timed in the kernel (served in one stretch on a
@@ -301,6 +304,7 @@ impl TracerFigures {
         let per_request = |values: Vec<Option<f64>>| mean_ratio(&values, &requests);
         TracerFigures {
             events_per_s: per_second(field(|s| s.events.received as f64)),
+            requests_per_s: per_second(requests.clone()),
             records_per_request: per_request(field(|s| s.events.received as f64)),
             in_kernel_pct: per_request(field(|s| s.requests.in_kernel as f64))
                 .map(|share| share * 100.0),

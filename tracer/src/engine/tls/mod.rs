@@ -110,6 +110,10 @@ pub(super) struct TlsState {
     /// their next read or write.
     ended_past_finished: HashMap<u32, HandshakeEnd>,
     done: Vec<Handshake>,
+    /// `--sample N`: only the sampled connections' reads and writes are seen, so a
+    /// handshake seen on no connection (its function's probes fire on every connection) is
+    /// an unsampled one's, and is not counted.
+    pub connections_sampled: bool,
 }
 
 impl TlsState {
@@ -164,6 +168,9 @@ impl<R: FdResolver> Engine<R> {
     /// A handshake completed: keep it, with what the record framing said of it; a
     /// server-side connection's first request will carry it.
     fn handshake_done(&mut self, ctx: ExecCtx, fd: Option<u32>, start_ns: u64, phases: TlsPhases) {
+        if fd.is_none() && self.tls.connections_sampled {
+            return;
+        }
         let kind = fd
             .and_then(|fd| self.tls.shapes.remove(&fd))
             .map(|shape| shape.kind())
