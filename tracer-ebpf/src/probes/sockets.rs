@@ -46,6 +46,12 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), Loss> {
+    // `--sample N`: a socket whose requests are not reported, told from its address alone,
+    // before any helper call (the runs of every other process's sockets too).
+    let sock = ctx.arg::<u64>(0);
+    if !connection_sampled(sock, sample_one_in()) {
+        return Ok(());
+    }
     let Some(tid) = current_target_tid() else {
         return Ok(());
     };
@@ -54,16 +60,12 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     if ret == -EAGAIN && !report_eagain() {
         // A non-blocking socket with nothing to do (an event loop's read after each
         // request): no request boundary, and nothing for the conversation, which only bytes
-        // moved change. Returns before any helper call.
+        // moved change. Returns before any other helper call.
         return Ok(());
     }
     let flags = ctx.arg::<u64>(2);
     if direction == Direction::Received && flags & MSG_PEEK != 0 {
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
-    }
-    let sock = ctx.arg::<u64>(0);
-    if !connection_sampled(sock, sample_one_in()) {
-        return Ok(()); // `--sample N`: a socket whose requests are not reported
     }
     let tcp = TCP_SOCKETS.get_ptr_mut(sock);
     let io = match tcp {

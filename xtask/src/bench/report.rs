@@ -45,7 +45,7 @@ pub fn report(scenario: &Scenario, rounds: u32, seconds: u32, measured: &Measure
     );
     print_load_rows(&load);
     print_tool_rows(measured, &load, scenario.compare_variant);
-    print_target_cpu(measured);
+    print_target_cpu(measured, scenario.compare_variant);
     print_tracer_rows(&tracer);
     print_program_costs(&program_costs(stats_summary));
     if let Some(unit) = scenario.target.uprobe_cost_unit() {
@@ -107,8 +107,9 @@ fn print_rounds(name: &str, per_round: &[f64]) {
 }
 
 /// The target's own CPU time per request, each phase's over its paired baseline (see
-/// `targets::with_target_cpu`), for the tracer and the tools.
-fn print_target_cpu(measured: &Measured) {
+/// `targets::with_target_cpu`), for the tracer, the tools and the scenario's other way of
+/// tracing.
+fn print_target_cpu(measured: &Measured, variant: Option<Variant>) {
     let base: Vec<f64> = measured
         .baseline
         .iter()
@@ -133,6 +134,13 @@ fn print_target_cpu(measured: &Measured) {
                 &paired_ratios(&tool.baseline, &tool.loads, |l| l.target_cpu_us),
             );
         }
+    }
+    if let Some(variant) = variant {
+        let loads = measured.variant.iter().map(|t| &t.load);
+        print_rounds(
+            &variant.label(),
+            &paired_ratios(&measured.variant_baseline, loads, |l| l.target_cpu_us),
+        );
     }
 }
 
