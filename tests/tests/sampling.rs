@@ -7,12 +7,15 @@
 //! each sends the same number of requests, which sleep. So the requests attributed, grouped
 //! by their fd, must come in whole connections: a connection picked request by request, or
 //! an unsampled connection's read or write reaching the collector, shows as a group of the
-//! wrong size; none picked, or all of them, as a wrong number of groups.
+//! wrong size; none picked, or all of them, as a wrong number of groups. The workload
+//! serves each connection on a thread of its own, which blocks at every request: the
+//! switches of the threads of connections not picked must not be reported either (the
+//! engine's events, `TRACER_EVENT_DUMP`, name only threads that served a picked request).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
-use tracer_tests::{median, near, session::Tracer, Response, Workload};
+use tracer_tests::{median, near, session::Tracer, Response, TempDir, Workload};
 
 const ONE_IN: u32 = 3;
 /// With 1 in 3, none picked or all picked each happen once in about 10^4 or 10^11 runs.
@@ -20,6 +23,17 @@ const CONNECTIONS: usize = 24;
 const REQUESTS_PER_CONNECTION: usize = 3;
 const MS: u64 = 1_000_000;
 const PATH: &str = "/sleep?ms=10";
+
+/// The thread of a switch in the event dump (`Event { ts: 5, tid: Tid(7), kind: SwitchOut
+/// {...} }`, `SwitchIn` the same).
+fn switching_thread(line: &str) -> Option<u32> {
+    if !(line.contains("kind: SwitchOut") || line.contains("kind: SwitchIn")) {
+        return None;
+    }
+    let (_, rest) = line.split_once("tid: Tid(")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
 
 fn sleep_ns(r: &RequestRecord) -> u64 {
     r.breakdown.get(&Cause::Sleep).copied().unwrap_or(0)
@@ -29,8 +43,10 @@ fn sleep_ns(r: &RequestRecord) -> u64 {
 #[ignore = "needs root"]
 fn the_requests_of_one_connection_in_n_are_attributed() {
     let workload = Workload::spawn();
+    let dump = TempDir::absent("sampling-dump");
     let tracer = Tracer::attach(workload.pid)
         .args(["--sample", &ONE_IN.to_string(), "--slow", "0", "-i", "1"])
+        .env("TRACER_EVENT_DUMP", dump.path())
         .start();
     let mut clients: Vec<_> = (0..CONNECTIONS).map(|_| workload.client()).collect();
     let mut responses: Vec<Response> = Vec::new();
@@ -74,6 +90,16 @@ fn the_requests_of_one_connection_in_n_are_attributed() {
         done.describe()
     );
     assert_eq!(summary.requests.count, done.requests.len() as u64);
+
+    let serving: BTreeSet<u32> = done.requests.iter().map(|r| r.tid).collect();
+    let dumped = std::fs::read_to_string(dump.path()).expect("the event dump");
+    let switching: BTreeSet<u32> = dumped.lines().filter_map(switching_thread).collect();
+    assert!(
+        !switching.is_empty() && switching.is_subset(&serving),
+        "switches reported only of the threads that served picked connections: threads \
+         switching {switching:?}, serving {serving:?}\n{}",
+        done.describe()
+    );
 
     for r in &done.requests {
         assert_eq!(

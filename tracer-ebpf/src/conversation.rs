@@ -108,6 +108,17 @@ pub fn store_running_conversation(tid: u32) -> Option<Conversation> {
     }
 }
 
+/// Thread `tid` has moved socket bytes since the tracer attached: its conversation is in
+/// this CPU's slot (it is the current task) or in `CONVERSATIONS`.
+#[inline(always)]
+pub fn has_conversation(tid: u32) -> bool {
+    let in_slot = CPU_CONVERSATION
+        .get_ptr(0)
+        // SAFETY: this CPU's slot, read once (see the module's documentation).
+        .is_some_and(|slot| unsafe { (*slot).tid } == tid);
+    in_slot || unsafe { CONVERSATIONS.get(tid) }.is_some()
+}
+
 /// The conversation of thread `tid`, off its CPU. `None`: it has moved no socket bytes since
 /// the tracer attached.
 #[inline(always)]

@@ -8,13 +8,15 @@ use tracer_common::{
 
 use super::go_sched::goroutines_followed;
 use super::interrupts::{forget_interrupts, innermost_interrupt};
-use crate::conversation::{goroutine_in_request, store_running_conversation, stored_conversation};
+use crate::conversation::{
+    goroutine_in_request, has_conversation, store_running_conversation, stored_conversation,
+};
 use crate::held_read::send_held;
 use crate::maps::{
     count_loss, cpu_steal_ns, current_comm, current_exit_state, current_ids, current_on_cpu_for_ns,
     current_run_delay_ns, current_syscall_regs, current_target_tid, current_user_g, emit, finish,
     fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns,
-    run_delay_through_now_ns, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
+    run_delay_through_now_ns, sample_one_in, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
 use crate::stretch::leave_stretch;
 
@@ -38,7 +40,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let preempt = ctx.arg::<u64>(0) as u8 != 0;
     let next = ctx.arg::<u64>(2);
     let prev_state = ctx.arg::<u64>(3) as u32;
-    let prev_tid = current_target_tid().filter(|&tid| tid != 0);
+    let prev_tid = current_target_tid().filter(|&tid| tid != 0 && switches_followed(tid));
     // Before this switch-out's record, and whatever fails below: the gathered pairs and the
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
@@ -52,7 +54,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         store_running_conversation(tid)
     });
     let next_pid = task_pid(next)?;
-    let next_is_target = is_target_tid(next_pid);
+    let next_is_target = is_target_tid(next_pid) && switches_followed(next_pid);
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
     }
@@ -129,6 +131,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         let between_requests = if goroutines_followed() {
             current_user_g().is_ok_and(|g| !goroutine_in_request(g))
         } else {
+            // (No conversation: a pool's worker, whose blocks may be inside a request
+            // another thread read. With connections sampled, such a thread's switches are
+            // not reported at all: see `switches_followed`.)
             running_conversation
                 .or_else(|| stored_conversation(prev_tid))
                 .is_some_and(|c| c.between_requests(event.syscall_nr, event.syscall_arg0 as u32))
@@ -141,6 +146,19 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         }
     }
     emit(event)
+}
+
+/// Whether target thread `tid`'s switches are reported. Always, unless connections are
+/// sampled (`--sample N`): then only once it has read or written a picked connection's
+/// bytes (it has a conversation). The others (threads of connections that were not picked,
+/// a pool's workers) serve no reported request: their switches go unreported, and so does
+/// their switch-in (the CPU's `ON_CPU` says no target thread), so that a thread's first read
+/// of a picked connection reports its switch-in then (`report_unseen_switch_in`), and its
+/// timeline starts there. A thread-per-connection server switches at every request: without
+/// this, sampling would save little there.
+#[inline(always)]
+fn switches_followed(tid: u32) -> bool {
+    sample_one_in() <= 1 || has_conversation(tid)
 }
 
 /// Target thread `tid` blocks on a futex inside a request, and its site was taken: the
