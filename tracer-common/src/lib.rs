@@ -845,7 +845,8 @@ pub mod nr {
 /// bit of the address, and slab objects differ in their middle bits only.
 #[inline(always)]
 pub fn connection_sampled(sock: u64, one_in: u32) -> bool {
-    one_in <= 1 || (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(one_in) == 0
+    one_in <= 1
+        || (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(u64::from(one_in))
 }
 
 pub fn is_read(syscall_nr: u32) -> bool {
