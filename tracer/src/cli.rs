@@ -143,7 +143,7 @@ fn one_in(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!(
-            "`{s}` is not a sampling rate: pass N >= 1 to attribute one request in N (1: all)"
+            "`{s}` is not a sampling rate: pass N >= 1 to attribute the requests of one connection in N (1: all)"
         )),
     }
 }
