@@ -872,6 +872,57 @@ fn nginx_event_loop_handshakes_are_carried_by_each_connections_first_request() {
     );
 }
 
+/// `--sample 3` on nginx serving HTTPS: the handshake probes fire on every connection, the
+/// socket programs report the picked connections only. Each picked connection shows as its
+/// two requests, the first carrying its handshake; the handshakes counted are the picked
+/// connections' only (an unpicked one's handshake, seen on no socket, is not counted), and
+/// every handshake counted is carried by a request. 24 connections, one after the other:
+/// none picked, or all, happen once in about 10^4 and 10^11 runs.
+#[test]
+#[ignore = "needs root"]
+fn nginx_sampled_connections_count_their_own_handshakes_only() {
+    require_openssl();
+    const CONNECTIONS: usize = 24;
+    let tls13: &[&str] = &["--tlsv1.3"];
+    let nginx = Nginx::start("sampled");
+    let tracer = Tracer::attach(nginx.worker)
+        .args(["-i", "1", "--slow", "0", "--sample", "3"])
+        .start();
+    for _ in 0..CONNECTIONS {
+        curl_two_requests(nginx.port, tls13);
+    }
+    let done = tracer.stop();
+    drop(nginx);
+    assert!(done.status.success(), "tracer failed: {}", done.stderr);
+
+    let mut reqs: Vec<&RequestRecord> = done.requests.iter().collect();
+    reqs.sort_by_key(|r| r.start_ns);
+    let picked = reqs.iter().filter(|r| tls_ns(r) > 0).count();
+    assert!(
+        (1..CONNECTIONS).contains(&picked),
+        "some connections picked, not all: {picked} of {CONNECTIONS}\n{}",
+        done.describe()
+    );
+    assert_eq!(
+        reqs.len(),
+        2 * picked,
+        "both requests of each picked connection, none of the others: {reqs:#?}"
+    );
+    for pair in reqs.chunks(2) {
+        assert!(
+            tls_ns(pair[0]) > 0 && tls_ns(pair[1]) == 0,
+            "a picked connection's first request carries its handshake: {pair:#?}"
+        );
+    }
+    let t = &done.summary().tls;
+    assert_eq!(
+        t.handshakes.duration_ns.count, picked as u64,
+        "the picked connections' handshakes only: {t:?}"
+    );
+    let carried: u64 = reqs.iter().map(|r| tls_ns(r)).sum();
+    assert_eq!(carried, phases_total(t), "{t:?}");
+}
+
 /// A Go crypto/tls server, plain, stripped, and stripped position-independent: its handshake
 /// functions are found (in the symbol table, or in .gopclntab) and hooked at entry and RETs,
 /// each connection's first request carries its handshake, and the target keeps serving after

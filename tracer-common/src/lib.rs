@@ -837,16 +837,19 @@ pub mod nr {
 }
 
 /// Read-family syscalls: their first argument is the fd read from.
-/// `--sample N`: whether the socket whose kernel `struct sock` is at `sock` is one of the one
-/// in N whose reads and writes are reported. Decided from the address alone, the same way for
-/// every read and write of the socket's life on any thread, before any map lookup: the
-/// lookup is most of what a read or write costs a server, so an unsampled socket costs only
-/// the first checks. Fibonacci hashing: the multiply's high bits depend on every
-/// bit of the address, and slab objects differ in their middle bits only.
+/// `--sample N`: whether the socket whose kernel `struct sock` is at `sock`, with the port
+/// pair `ports` (`skc_portpair`: the remote and local ports; 0 when unknown), is one of the
+/// one in N whose reads and writes are reported. Decided from these alone, the same way for
+/// every read and write of the connection's life on any thread, before any map lookup: the
+/// lookup is most of what a read or write costs a server, so an unpicked socket costs only
+/// the first checks. The ports matter: the slab allocator hands a closed connection's
+/// `struct sock` to the next one, so connections one after another often share an address.
+/// Fibonacci hashing: the multiply's high bits depend on every bit of the key.
 #[inline(always)]
-pub fn connection_sampled(sock: u64, one_in: u32) -> bool {
+pub fn connection_sampled(sock: u64, ports: u32, one_in: u32) -> bool {
     one_in <= 1
-        || (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(u64::from(one_in))
+        || ((sock ^ u64::from(ports)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+            .is_multiple_of(u64::from(one_in))
 }
 
 pub fn is_read(syscall_nr: u32) -> bool {
@@ -1159,7 +1162,7 @@ mod tests {
             };
             for one_in in [2u32, 3, 10] {
                 let sampled = sockets()
-                    .filter(|&sock| connection_sampled(sock, one_in))
+                    .filter(|&sock| connection_sampled(sock, 0, one_in))
                     .count() as f64;
                 let share = sampled / 4_000.0;
                 let expected = 1.0 / f64::from(one_in);
@@ -1168,8 +1171,29 @@ mod tests {
                     "object size {object_size}, 1 in {one_in}: {share}"
                 );
             }
-            assert!(sockets().all(|sock| connection_sampled(sock, 1)));
-            assert!(sockets().all(|sock| connection_sampled(sock, 0)));
+            assert!(sockets().all(|sock| connection_sampled(sock, 0, 1)));
+            assert!(sockets().all(|sock| connection_sampled(sock, 0, 0)));
+        }
+    }
+
+    /// Connections one after another often get the same `struct sock` (the slab's freed
+    /// object is handed out next): their ports still pick about one in N of them.
+    #[test]
+    fn connections_sharing_a_socket_address_are_picked_by_their_ports() {
+        const SOCK: u64 = 0xffff_8881_0400_2300;
+        const SERVER_PORT: u32 = 443 << 16; // `skc_num`, above the remote port
+        for one_in in [2u32, 3, 10] {
+            let picked = (32_768u32..36_768)
+                .filter(|&client| {
+                    connection_sampled(SOCK, SERVER_PORT | client.swap_bytes() >> 16, one_in)
+                })
+                .count() as f64;
+            let share = picked / 4_000.0;
+            let expected = 1.0 / f64::from(one_in);
+            assert!(
+                (share - expected).abs() < expected / 5.0,
+                "1 in {one_in}: {share}"
+            );
         }
     }
 }

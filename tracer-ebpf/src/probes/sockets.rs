@@ -7,7 +7,7 @@
 //! The syscall and its fd come from the thread's saved user registers.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -21,7 +21,7 @@ use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
 use crate::conversation::{note_goroutine_returned, note_returned};
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, finish, now_ns, report_eagain, sample_one_in,
+    current_syscall_regs, current_target_tid, finish, global, now_ns, report_eagain, sample_one_in,
     tls_records, TCP_SOCKETS,
 };
 use crate::stretch::{self, keeps_requests};
@@ -46,12 +46,6 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), Loss> {
-    // `--sample N`: a socket whose requests are not reported, told from its address alone,
-    // before any helper call (the runs of every other process's sockets too).
-    let sock = ctx.arg::<u64>(0);
-    if !connection_sampled(sock, sample_one_in()) {
-        return Ok(());
-    }
     let Some(tid) = current_target_tid() else {
         return Ok(());
     };
@@ -66,6 +60,10 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
     let flags = ctx.arg::<u64>(2);
     if direction == Direction::Received && flags & MSG_PEEK != 0 {
         return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
+    }
+    let sock = ctx.arg::<u64>(0);
+    if !picked(sock) {
+        return Ok(()); // `--sample N`: a connection whose requests are not reported
     }
     let tcp = TCP_SOCKETS.get_ptr_mut(sock);
     let io = match tcp {
@@ -116,6 +114,30 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         Direction::Sent => send_write(event),
     }
 }
+
+/// `--sample N`: whether the target's socket at `sock` is a picked connection's (see
+/// `tracer_common::connection_sampled`), from its address and its ports (one kernel read,
+/// only when sampling, and only for the target's sockets: cheaper than the map lookup it
+/// saves). An unreadable port pair counts as 0.
+#[inline(always)]
+fn picked(sock: u64) -> bool {
+    let one_in = sample_one_in();
+    if one_in <= 1 {
+        return true;
+    }
+    let offset = global(&SOCK_PORTPAIR_OFFSET);
+    let ports = if offset == 0 {
+        0
+    } else {
+        // SAFETY: the helper checks the address; a bad one fails the read.
+        unsafe { bpf_probe_read_kernel((sock + u64::from(offset)) as *const u32) }.unwrap_or(0)
+    };
+    connection_sampled(sock, ports, one_in)
+}
+
+/// Byte offset of `skc_portpair` in `struct sock` (from BTF; 0: unknown, the address alone).
+#[unsafe(no_mangle)]
+static SOCK_PORTPAIR_OFFSET: u32 = 0;
 
 /// What a socket read or write reports.
 struct SocketIo {

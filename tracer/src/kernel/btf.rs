@@ -16,6 +16,10 @@ pub struct KernelOffsets {
     /// `None` when the kernel lacks one of the fields (or the steal path to the run queue):
     /// a switch-in the kernel did not report is then placed where it is first noticed.
     pub arrival: Option<ArrivalOffsets>,
+    /// `struct sock`'s `__sk_common.skc_portpair` (the remote and local ports, 32 bits):
+    /// with the socket's address, what `--sample N` picks a connection by. `None`: the
+    /// address alone.
+    pub sock_portpair: Option<u32>,
 }
 
 /// Where the raw scheduler tracepoints' programs find a task's thread id and exit state, and
@@ -97,10 +101,15 @@ impl KernelOffsets {
                     + StructLayout::of(&btf, "sched_info")?.offset("last_queued")?,
             })
         });
+        let sock_portpair = (|| {
+            let common = StructLayout::of(&btf, "sock")?.offset("__sk_common")?;
+            Some(common + member_offset(&btf, "sock_common", "skc_portpair")?)
+        })();
         Ok(KernelOffsets {
             task,
             steal,
             arrival,
+            sock_portpair,
         })
     }
 }
@@ -114,6 +123,37 @@ fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
             Type::Struct(s) => u32::try_from(s.size()).ok(),
             _ => None,
         })
+}
+
+/// The byte offset of `member` in struct `name`, looked for in its anonymous unions and
+/// structs too (`sock_common`'s ports are in one).
+fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
+    let ty = btf
+        .resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))?;
+    offset_within(btf, &ty, member, 0)
+}
+
+fn offset_within(btf: &Btf, ty: &Type, member: &str, depth: u32) -> Option<u32> {
+    let (Type::Struct(s) | Type::Union(s)) = ty else {
+        return None;
+    };
+    if depth > 4 {
+        return None;
+    }
+    s.members.iter().find_map(|m| {
+        let offset = m.bit_offset() / 8;
+        match btf.resolve_name(m).ok()?.as_str() {
+            "" => {
+                let inner = btf.resolve_chained_type(m).ok()?;
+                Some(offset + offset_within(btf, &inner, member, depth + 1)?)
+            }
+            found if found == member => Some(offset),
+            _ => None,
+        }
+    })
 }
 
 /// A struct's whole-byte members (no bitfields) and their byte offsets.
@@ -177,5 +217,8 @@ mod tests {
         assert!(arrival.task_nvcsw > 0 && arrival.task_nvcsw.is_multiple_of(8));
         assert!(arrival.task_last_queued > 0 && arrival.task_last_queued.is_multiple_of(8));
         assert_ne!(arrival.task_last_queued, arrival.task_last_arrival);
+        // After the two addresses (8 bytes) and the hash (4), in sock_common at the start of
+        // struct sock (include/net/sock.h, Linux 6.18).
+        assert_eq!(found.sock_portpair, Some(12));
     }
 }

@@ -137,6 +137,8 @@ impl Probes {
         let hold_reads = u32::from(go.is_none());
         loader.override_global("HOLD_READS", &hold_reads, true);
         loader.override_global("SAMPLE_ONE_IN", &sample_one_in, true);
+        let sock_portpair = offsets.sock_portpair.unwrap_or(0);
+        loader.override_global("SOCK_PORTPAIR_OFFSET", &sock_portpair, true);
         // The requests a thread serves in one stretch on its CPU are delimited and timed in
         // the kernel (tracer-ebpf's stretch.rs), where reads are held and every request is
         // attributed. `TRACER_STRETCH_REQUESTS=0` sends every read and write instead (to
