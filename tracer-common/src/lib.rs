@@ -1161,15 +1161,8 @@ mod tests {
                 })
             };
             for one_in in [2u32, 3, 10] {
-                let sampled = sockets()
-                    .filter(|&sock| connection_sampled(sock, 0, one_in))
-                    .count() as f64;
-                let share = sampled / 4_000.0;
-                let expected = 1.0 / f64::from(one_in);
-                assert!(
-                    (share - expected).abs() < expected / 5.0,
-                    "object size {object_size}, 1 in {one_in}: {share}"
-                );
+                let picked = sockets().filter(|&sock| connection_sampled(sock, 0, one_in));
+                assert_about_one_in(one_in, picked.count(), 4_000, object_size);
             }
             assert!(sockets().all(|sock| connection_sampled(sock, 0, 1)));
             assert!(sockets().all(|sock| connection_sampled(sock, 0, 0)));
@@ -1183,17 +1176,20 @@ mod tests {
         const SOCK: u64 = 0xffff_8881_0400_2300;
         const SERVER_PORT: u32 = 443 << 16; // `skc_num`, above the remote port
         for one_in in [2u32, 3, 10] {
-            let picked = (32_768u32..36_768)
-                .filter(|&client| {
-                    connection_sampled(SOCK, SERVER_PORT | client.swap_bytes() >> 16, one_in)
-                })
-                .count() as f64;
-            let share = picked / 4_000.0;
-            let expected = 1.0 / f64::from(one_in);
-            assert!(
-                (share - expected).abs() < expected / 5.0,
-                "1 in {one_in}: {share}"
-            );
+            let picked = (32_768u32..36_768).filter(|&client| {
+                connection_sampled(SOCK, SERVER_PORT | client.swap_bytes() >> 16, one_in)
+            });
+            assert_about_one_in(one_in, picked.count(), 4_000, SOCK);
         }
+    }
+
+    /// `picked` of `of` is one in `one_in`, within a fifth.
+    fn assert_about_one_in(one_in: u32, picked: usize, of: usize, case: u64) {
+        let share = picked as f64 / of as f64;
+        let expected = 1.0 / f64::from(one_in);
+        assert!(
+            (share - expected).abs() < expected / 5.0,
+            "case {case:#x}, 1 in {one_in}: {share}"
+        );
     }
 }
