@@ -8,7 +8,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
-    macros::raw_tracepoint,
+    macros::{map, raw_tracepoint},
+    maps::Array,
     programs::RawTracePointContext,
 };
 use tracer_common::{
@@ -116,15 +117,67 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
 }
 
 /// `--sample N`: whether the target's socket at `sock` is a picked connection's (see
-/// `tracer_common::connection_sampled`), from its address and its ports (one kernel read,
-/// only when sampling, and only for the target's sockets: cheaper than the map lookup it
-/// saves). An unreadable port pair counts as 0.
+/// `tracer_common::connection_sampled`), from its address and its ports. The ports take a
+/// kernel read, so the pick is kept in `PICKS` for the socket's next reads and writes.
 #[inline(always)]
 fn picked(sock: u64) -> bool {
     let one_in = sample_one_in();
     if one_in <= 1 {
         return true;
     }
+    let Some(slot) = PICKS.get_ptr_mut(pick_slot(sock)) else {
+        return pick(sock, one_in);
+    };
+    // SAFETY: a valid map value pointer; the entry is one aligned 8-byte word, read and
+    // written whole, so no reader sees one socket's address with another's pick.
+    unsafe {
+        let kept = core::ptr::read_volatile(slot);
+        if kept & !PICKED == sock {
+            return kept & PICKED != 0;
+        }
+        let picked = pick(sock, one_in);
+        core::ptr::write_volatile(slot, sock | if picked { PICKED } else { 0 });
+        picked
+    }
+}
+
+/// `PICKS`: the pick of a few thousand sockets of the host, each in the slot its address
+/// hashes to, as its address (a `struct sock` is aligned, so bit 0 is free) with bit 0 set
+/// when picked. Two live sockets in one slot take turns (the pick is the same function of
+/// each, so they only cost a read more); a closing TCP socket's entry is cleared
+/// (`inet_sock_set_state`), as its `struct sock` may be the next connection's, with other
+/// ports.
+#[map]
+static PICKS: Array<u64> = Array::with_max_entries(PICK_SLOTS, 0);
+
+const PICK_SLOTS: u32 = 4096;
+const PICKED: u64 = 1;
+
+#[inline(always)]
+fn pick_slot(sock: u64) -> u32 {
+    (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32 & (PICK_SLOTS - 1)
+}
+
+/// A closing socket's kept pick is forgotten.
+#[inline(always)]
+fn forget_pick(sock: u64) {
+    if sample_one_in() <= 1 {
+        return;
+    }
+    if let Some(slot) = PICKS.get_ptr_mut(pick_slot(sock)) {
+        // SAFETY: as in `picked`.
+        unsafe {
+            if core::ptr::read_volatile(slot) & !PICKED == sock {
+                core::ptr::write_volatile(slot, 0);
+            }
+        }
+    }
+}
+
+/// The pick of `sock`, from its address and its ports (one kernel read; an unreadable port
+/// pair counts as 0).
+#[inline(always)]
+fn pick(sock: u64, one_in: u32) -> bool {
     let offset = global(&SOCK_PORTPAIR_OFFSET);
     let ports = if offset == 0 {
         0
@@ -245,6 +298,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         tcp_state::SYN_RECV => socket_origin::TCP_SERVER,
         tcp_state::SYN_SENT => socket_origin::TCP_CLIENT,
         tcp_state::CLOSE => {
+            forget_pick(sock);
             if keeps_requests() {
                 // SAFETY: a valid map value, read before its removal.
                 if let Some(tcp) = unsafe { TCP_SOCKETS.get(sock) } {
