@@ -836,7 +836,6 @@ pub mod nr {
     pub const FUTEX_WAITV: u32 = 449;
 }
 
-/// Read-family syscalls: their first argument is the fd read from.
 /// `--sample N`: whether the socket whose kernel `struct sock` is at `sock`, with the port
 /// pair `ports` (`skc_portpair`: the remote and local ports; 0 when unknown), is one of the
 /// one in N whose reads and writes are reported. Decided from these alone, the same way for
@@ -848,10 +847,15 @@ pub mod nr {
 #[inline(always)]
 pub fn connection_sampled(sock: u64, ports: u32, one_in: u32) -> bool {
     one_in <= 1
-        || ((sock ^ u64::from(ports)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+        || ((sock ^ u64::from(ports)).wrapping_mul(FIBONACCI_HASH) >> 32)
             .is_multiple_of(u64::from(one_in))
 }
 
+/// 2^64 divided by the golden ratio: a key multiplied by it has high bits that depend on
+/// every bit of the key (Fibonacci hashing).
+pub const FIBONACCI_HASH: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Read-family syscalls: their first argument is the fd read from.
 pub fn is_read(syscall_nr: u32) -> bool {
     use nr::*;
     matches!(

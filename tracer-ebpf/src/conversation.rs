@@ -116,7 +116,7 @@ pub fn has_conversation(tid: u32) -> bool {
         .get_ptr(0)
         // SAFETY: this CPU's slot, read once (see the module's documentation).
         .is_some_and(|slot| unsafe { (*slot).tid } == tid);
-    in_slot || unsafe { CONVERSATIONS.get(tid) }.is_some()
+    in_slot || stored_conversation(tid).is_some()
 }
 
 /// The conversation of thread `tid`, off its CPU. `None`: it has moved no socket bytes since

@@ -77,7 +77,7 @@ pub struct Args {
     pub stacks: Stacks,
 
     /// Attribute the requests of one connection in N, for very hot servers: the kernel side
-    /// picks a connection by its socket's address and skips the others' reads and writes at
+    /// picks a connection by its socket's address and ports and skips the others' reads and writes at
     /// its first checks, so they cost almost nothing and are neither counted nor attributed
     /// (Go targets whose goroutines are followed: every request) [default: 1, every request]
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = one_in, allow_negative_numbers = true)]

@@ -174,7 +174,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
     if sample_one_in > 1 {
         eprintln!(
-            "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel's socket address); counts and rates are of those"
+            "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel from each socket's address and ports); counts and rates are of those"
         );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks

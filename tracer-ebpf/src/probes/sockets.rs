@@ -15,7 +15,7 @@ use aya_ebpf::{
 use tracer_common::{
     connection_sampled, is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain,
     tcp_state, tls_record, tls_record_and_next, EventHeader, EventKind, Loss, SyscallEvent,
-    TcpSocket, EAGAIN, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
+    TcpSocket, EAGAIN, FIBONACCI_HASH, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
 use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
@@ -155,7 +155,7 @@ const PICKED: u64 = 1;
 
 #[inline(always)]
 fn pick_slot(sock: u64) -> u32 {
-    (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32 & (PICK_SLOTS - 1)
+    (sock.wrapping_mul(FIBONACCI_HASH) >> 52) as u32 & (PICK_SLOTS - 1)
 }
 
 /// A closing socket's kept pick is forgotten.

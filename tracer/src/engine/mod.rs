@@ -98,12 +98,12 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
-    /// Tell the engine what an fd is (sockets found in /proc at attach time).
     /// `--sample N`: the kernel side reports the reads and writes of one connection in N.
     pub fn set_connections_sampled(&mut self, sampled: bool) {
         self.tls.connections_sampled = sampled;
     }
 
+    /// Tell the engine what an fd is (sockets found in /proc at attach time).
     pub fn set_fd_kind(&mut self, fd: u32, kind: FdKind) {
         self.fds.set(fd, kind);
     }

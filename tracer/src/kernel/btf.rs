@@ -103,7 +103,7 @@ impl KernelOffsets {
         });
         let sock_portpair = (|| {
             let common = StructLayout::of(&btf, "sock")?.offset("__sk_common")?;
-            Some(common + member_offset(&btf, "sock_common", "skc_portpair")?)
+            Some(common + StructLayout::of(&btf, "sock_common")?.offset("skc_portpair")?)
         })();
         Ok(KernelOffsets {
             task,
@@ -125,58 +125,20 @@ fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
         })
 }
 
-/// The byte offset of `member` in struct `name`, looked for in its anonymous unions and
-/// structs too (`sock_common`'s ports are in one).
-fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
-    let ty = btf
-        .resolve_types_by_name(name)
-        .ok()?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(_)))?;
-    offset_within(btf, &ty, member, 0)
-}
-
-fn offset_within(btf: &Btf, ty: &Type, member: &str, depth: u32) -> Option<u32> {
-    let (Type::Struct(s) | Type::Union(s)) = ty else {
-        return None;
-    };
-    if depth > 4 {
-        return None;
-    }
-    s.members.iter().find_map(|m| {
-        let offset = m.bit_offset() / 8;
-        match btf.resolve_name(m).ok()?.as_str() {
-            "" => {
-                let inner = btf.resolve_chained_type(m).ok()?;
-                Some(offset + offset_within(btf, &inner, member, depth + 1)?)
-            }
-            found if found == member => Some(offset),
-            _ => None,
-        }
-    })
-}
-
-/// A struct's whole-byte members (no bitfields) and their byte offsets.
+/// A struct's whole-byte members (no bitfields) and their byte offsets, those of its
+/// anonymous unions and structs among them (`sock_common`'s ports are in one).
 struct StructLayout(Vec<(String, u32)>);
 
 impl StructLayout {
     fn of(btf: &Btf, name: &str) -> Option<StructLayout> {
-        let members = btf
+        let found = btf
             .resolve_types_by_name(name)
             .ok()?
             .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) => Some(s.members),
-                _ => None,
-            })?;
-        Some(StructLayout(
-            members
-                .iter()
-                // A struct with any bitfield gives each member a size: 0 for a whole one.
-                .filter(|m| m.bitfield_size().unwrap_or(0) == 0 && m.bit_offset() % 8 == 0)
-                .filter_map(|m| Some((btf.resolve_name(m).ok()?, m.bit_offset() / 8)))
-                .collect(),
-        ))
+            .find(|t| matches!(t, Type::Struct(_)))?;
+        let mut members = Vec::new();
+        add_members(btf, &found, 0, &mut members);
+        Some(StructLayout(members))
     }
 
     fn offset(&self, member: &str) -> Option<u32> {
@@ -184,6 +146,31 @@ impl StructLayout {
             .iter()
             .find(|(name, _)| name == member)
             .map(|&(_, offset)| offset)
+    }
+}
+
+/// The whole-byte members of struct or union `ty`, at `base` bytes, into `members`; an
+/// anonymous member's own members in its place.
+fn add_members(btf: &Btf, ty: &Type, base: u32, members: &mut Vec<(String, u32)>) {
+    let (Type::Struct(s) | Type::Union(s)) = ty else {
+        return;
+    };
+    // A struct with any bitfield gives each member a size: 0 for a whole one.
+    let whole = s
+        .members
+        .iter()
+        .filter(|m| m.bitfield_size().unwrap_or(0) == 0 && m.bit_offset() % 8 == 0);
+    for m in whole {
+        let offset = base + m.bit_offset() / 8;
+        match btf.resolve_name(m) {
+            Ok(name) if name.is_empty() => {
+                if let Ok(inner) = btf.resolve_chained_type(m) {
+                    add_members(btf, &inner, offset, members);
+                }
+            }
+            Ok(name) => members.push((name, offset)),
+            Err(_) => {}
+        }
     }
 }
 
