@@ -28,8 +28,8 @@
 //! - A connection that closes with a request kept ends it here (`inet_sock_set_state`).
 //!
 //! Only plaintext server-side TCP connections the kernel side saw open, of targets that are
-//! not Go (whose requests are their goroutines'), with every request attributed (no
-//! `--sample`), are kept here.
+//! not Go (whose requests are their goroutines'), are kept here (with `--sample`, those of
+//! the picked connections: the others' reads and writes return before).
 //!
 //! Each kept request lives in its connection's `TCP_SOCKETS` entry, which every read and write
 //! looks up anyway; the CPU's stretch table lists the connections its thread keeps, for the

@@ -173,8 +173,13 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         eprintln!("tracer: {line}");
     }
     if sample_one_in > 1 {
+        let chosen_by = if probes.picks_by_ports {
+            "each socket's address and ports"
+        } else {
+            "each socket's address (this kernel's BTF does not place its ports)"
+        };
         eprintln!(
-            "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel from each socket's address and ports); counts and rates are of those"
+            "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel from {chosen_by}); counts and rates are of those"
         );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks
@@ -309,7 +314,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     print!("{}", console::final_summary(&summary, collector.totals()));
     if sample_one_in > 1 && summary.requests.count == 0 {
         eprintln!(
-            "tracer: no request of a sampled connection was seen: with few connections, sample fewer out (a smaller --sample N)"
+            "tracer: no request of a picked connection was seen: if the target served requests, its connections were too few for 1 in {sample_one_in} (use a smaller --sample N)"
         );
     }
     // Taken last, so the peak covers the whole run, the final summary included, all but

@@ -327,7 +327,9 @@ pub fn sched_wakeup_new(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_sched_wakeup_new(ctx: &RawTracePointContext) -> Result<(), Loss> {
-    let Some(pid) = target_wakee(ctx) else {
+    let Some(pid) = target_wakee(ctx).filter(|&pid| switches_followed(pid)) else {
+        // (With connections sampled, a new thread is not followed yet: the collector first
+        // sees it at its first read or write of a picked connection, as a thread that ran.)
         return Ok(());
     };
     emit_wakeup(pid, current_waker(ctx)?)

@@ -144,9 +144,11 @@ fn picked(sock: u64) -> bool {
 /// `PICKS`: the pick of a few thousand sockets of the host, each in the slot its address
 /// hashes to, as its address (a `struct sock` is aligned, so bit 0 is free) with bit 0 set
 /// when picked. Two live sockets in one slot take turns (the pick is the same function of
-/// each, so they only cost a read more); a closing TCP socket's entry is cleared
-/// (`inet_sock_set_state`), as its `struct sock` may be the next connection's, with other
-/// ports.
+/// each, so they only cost a read more). A new TCP connection's entry is cleared
+/// (`inet_sock_set_state` to SYN_RECV or SYN_SENT), as its `struct sock` may be a closed
+/// connection's, with other ports; not at the close, since a read or write may follow it
+/// (a read of the reset, or of the end of a connection closed in TIME_WAIT), when the port
+/// pair is already cleared (`__inet_put_port()` zeroes the local port, Linux 6.18).
 #[map]
 static PICKS: Array<u64> = Array::with_max_entries(PICK_SLOTS, 0);
 
@@ -158,7 +160,7 @@ fn pick_slot(sock: u64) -> u32 {
     (sock.wrapping_mul(FIBONACCI_HASH) >> 52) as u32 & (PICK_SLOTS - 1)
 }
 
-/// A closing socket's kept pick is forgotten.
+/// A new connection's socket forgets the pick kept for an earlier one at its address.
 #[inline(always)]
 fn forget_pick(sock: u64) {
     if sample_one_in() <= 1 {
@@ -298,7 +300,6 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         tcp_state::SYN_RECV => socket_origin::TCP_SERVER,
         tcp_state::SYN_SENT => socket_origin::TCP_CLIENT,
         tcp_state::CLOSE => {
-            forget_pick(sock);
             if keeps_requests() {
                 // SAFETY: a valid map value, read before its removal.
                 if let Some(tcp) = unsafe { TCP_SOCKETS.get(sock) } {
@@ -310,6 +311,8 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), Loss> {
         }
         _ => return Ok(()),
     };
+    // A new connection: its `struct sock` may be a closed one's, whose pick it must not take.
+    forget_pick(sock);
     let socket = TcpSocket {
         opened_ns: unsafe { bpf_ktime_get_ns() },
         origin,

@@ -1357,6 +1357,19 @@ fn a_handshake_on_no_sampled_connection_is_not_counted() {
     let hs = sampled.take_handshakes();
     assert_eq!(hs.len(), 1);
     assert_eq!(hs[0].fd, Some(CONN));
+    // A client handshake on a picked backend socket counts too (it carries no request).
+    feed(
+        &mut sampled,
+        [
+            tls_call(2_000, SslCall::Handshake),
+            write(2_010, BACKEND),
+            read(2_100, BACKEND, 300),
+            tls_return(2_200, 1),
+        ],
+    );
+    let hs = sampled.take_handshakes();
+    assert_eq!(hs.len(), 1);
+    assert_eq!((hs[0].fd, hs[0].start_ns), (None, 2_000));
 }
 
 /// nginx: one worker thread, an epoll event loop, non-blocking sockets.

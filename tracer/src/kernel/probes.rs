@@ -66,6 +66,9 @@ pub struct Probes {
     /// Loads and attaches the uprobes as `uprobe_multi` links, while the kernel takes them.
     pub(super) multi: Option<MultiUprobes>,
     pub threads: usize,
+    /// `--sample N` picks a connection by its socket's port pair too (BTF gave its offset),
+    /// not by its address alone.
+    pub picks_by_ports: bool,
 }
 
 impl Probes {
@@ -210,6 +213,7 @@ impl Probes {
             uprobe_links: Vec::new(),
             multi,
             threads: 0,
+            picks_by_ports: offsets.sock_portpair.is_some(),
         };
         probes.attach_raw("task_newtask", "task_newtask")?;
         probes.attach_raw("sched_process_exit", "sched_process_exit")?;

@@ -290,7 +290,7 @@ impl<R: FdResolver> Engine<R> {
         };
         let phases = TlsPhases::from_breakdown(&end.since(&start));
         let ctx = crate::engine::ExecCtx::Thread(tid);
-        self.handshake_done(ctx, Some(fd), start.ts, phases);
+        self.handshake_done(ctx, Some(fd), true, start.ts, phases);
         self.handshake_pending(fd, start.ts, phases.total());
     }
 }

@@ -190,7 +190,13 @@ impl<R: FdResolver> Engine<R> {
         let total = ts.saturating_sub(h.start_ts);
         let mut phases = TlsPhases::from_breakdown(&h.timeline.accrued());
         phases.fit(total);
-        self.handshake_done(ExecCtx::Goroutine(g), h.fd, h.start_ts, phases);
+        self.handshake_done(
+            ExecCtx::Goroutine(g),
+            h.fd,
+            h.fd.is_some(),
+            h.start_ts,
+            phases,
+        );
         if let Some(fd) =
             h.fd.filter(|fd| self.fds.known(*fd) == Some(FdKind::Connection))
         {

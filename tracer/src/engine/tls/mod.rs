@@ -166,9 +166,18 @@ impl<R: FdResolver> Engine<R> {
     }
 
     /// A handshake completed: keep it, with what the record framing said of it; a
-    /// server-side connection's first request will carry it.
-    fn handshake_done(&mut self, ctx: ExecCtx, fd: Option<u32>, start_ns: u64, phases: TlsPhases) {
-        if fd.is_none() && self.tls.connections_sampled {
+    /// server-side connection's first request will carry it. `socket_seen`: a socket read or
+    /// write was seen during it; with connections sampled, one that saw none is an unpicked
+    /// connection's, and is not counted.
+    fn handshake_done(
+        &mut self,
+        ctx: ExecCtx,
+        fd: Option<u32>,
+        socket_seen: bool,
+        start_ns: u64,
+        phases: TlsPhases,
+    ) {
+        if !socket_seen && self.tls.connections_sampled {
             return;
         }
         let kind = fd

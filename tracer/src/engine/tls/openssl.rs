@@ -31,6 +31,9 @@ struct OpenHandshake {
     /// Its last read went past the client's Finished: the first request may have come
     /// with it.
     read_past_finished: bool,
+    /// A socket read or write was seen during its calls (on any socket: a backend's too).
+    /// With connections sampled, only a picked socket's are.
+    socket_seen: bool,
 }
 
 /// OpenSSL handshakes in progress, by `SSL*`.
@@ -62,6 +65,7 @@ impl<R: FdResolver> Engine<R> {
                     explicit: false,
                     saw_records: false,
                     read_past_finished: false,
+                    socket_seen: false,
                 });
                 h.explicit |= call == SslCall::Handshake;
                 return;
@@ -83,7 +87,8 @@ impl<R: FdResolver> Engine<R> {
                 return;
             };
             let phases = TlsPhases::from_breakdown(&end.since(&h.start));
-            self.handshake_done(ExecCtx::Thread(h.tid), h.fd, h.start.ts, phases);
+            let seen = h.fd.is_some() || h.socket_seen;
+            self.handshake_done(ExecCtx::Thread(h.tid), h.fd, seen, h.start.ts, phases);
             if let Some(fd) = h.fd {
                 self.handshake_pending(fd, h.start.ts, phases.total());
                 // A handshake function returned: the request bytes read with the Finished
@@ -108,8 +113,14 @@ impl<R: FdResolver> Engine<R> {
             return false;
         };
         let fd = sys.fd;
-        if !(is_read(sys.nr) || is_write(sys.nr)) || self.fds.kind(fd) != FdKind::Connection {
+        if !(is_read(sys.nr) || is_write(sys.nr)) {
             return false;
+        }
+        if let Some(h) = self.tls.openssl.0.get_mut(&ssl) {
+            h.socket_seen = true;
+        }
+        if self.fds.kind(fd) != FdKind::Connection {
+            return false; // a client's handshake (a backend call): not a request's flight
         }
         // A handshake flight: it belongs to the handshake, not to a request.
         if let Some(h) = self.tls.openssl.0.get_mut(&ssl) {
