@@ -92,22 +92,32 @@ struct Semaphore {
     for_gc: bool,
 }
 
-/// Whether the world is stopped, and the goroutines made to wait for it to start again.
+/// Whether the world is stopped, since when, its last stop, and the goroutines made to wait
+/// for it to start again.
 #[derive(Default)]
 struct World {
-    stopped: bool,
+    /// `Some(ts)`: stopped since `ts`.
+    stopped_since: Option<u64>,
+    /// The last stop that ended: when it began and ended.
+    last_stop: Option<(u64, u64)>,
     waiting: Vec<u64>,
 }
 
 impl World {
     /// `goid` (`g`) is runnable from `ts`: it waits for Go's scheduler, or for the world to
-    /// start again.
+    /// start again. `ts` may be past: a goroutine found, at its next `execute`, to have left
+    /// its thread when the thread slept (`left_at_sleep`), the usual case of one preempted
+    /// for a stop (its thread then sleeps in `stopm` until the world starts); the part of
+    /// its wait inside the last stop, or inside the current one, is the GC's.
     fn runnable(&mut self, ts: u64, goid: u64, g: &mut Goroutine) {
-        if self.stopped {
-            g.timeline.park(ts, Cause::Gc);
+        g.timeline.park(ts, Cause::GoRunqueue);
+        if let Some((began, ended)) = self.last_stop.filter(|&(_, ended)| ended > ts) {
+            g.timeline.park(began.max(ts), Cause::Gc);
+            g.timeline.park(ended, Cause::GoRunqueue);
+        }
+        if let Some(since) = self.stopped_since {
+            g.timeline.park(since.max(ts), Cause::Gc);
             self.waiting.push(goid);
-        } else {
-            g.timeline.park(ts, Cause::GoRunqueue);
         }
     }
 }
@@ -426,8 +436,12 @@ impl<R: FdResolver> Engine<R> {
     /// The world stops at `ts`: the goroutines waiting for Go's scheduler wait for it to
     /// start again.
     fn stop_the_world(&mut self, ts: u64) {
-        let World { stopped, waiting } = &mut self.goroutines.world;
-        *stopped = true;
+        let World {
+            stopped_since,
+            waiting,
+            ..
+        } = &mut self.goroutines.world;
+        stopped_since.get_or_insert(ts);
         for (goid, g) in self.goroutines.by_goid.iter_mut() {
             if g.timeline.parked_for() == Some(Cause::GoRunqueue) {
                 g.timeline.park(ts, Cause::Gc);
@@ -450,9 +464,11 @@ impl<R: FdResolver> Engine<R> {
 
     /// The world starts again at `ts`: the goroutines that became runnable while it was
     /// stopped wait for Go's scheduler from now.
-    fn start_the_world(&mut self, ts: u64) {
+    pub(super) fn start_the_world(&mut self, ts: u64) {
         let gs = &mut self.goroutines;
-        gs.world.stopped = false;
+        if let Some(began) = gs.world.stopped_since.take() {
+            gs.world.last_stop = Some((began, ts));
+        }
         for goid in std::mem::take(&mut gs.world.waiting) {
             if let Some(g) = gs.by_goid.get_mut(&goid) {
                 if g.timeline.parked_for() == Some(Cause::Gc) && g.parked_for.is_none() {

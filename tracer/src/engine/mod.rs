@@ -207,6 +207,9 @@ impl<R: FdResolver> Engine<R> {
             EventKind::Lost => {
                 self.tls.lost();
                 self.goroutines.lost();
+                // The world's restart may be among the lost records: it runs from here, or
+                // every runnable goroutine would wait for the GC until the next stop ends.
+                self.start_the_world(ts);
                 self.requests.mark_incomplete();
             }
         }
