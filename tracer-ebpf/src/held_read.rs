@@ -150,6 +150,26 @@ pub fn send_pairs_waiting_since(now: u64) {
     }
 }
 
+/// A read or write at `now` that the kernel side kept (`stretch.rs`: no record): a read
+/// held since before a gathered pair may wait goes out, with the pairs gathered before it.
+/// Otherwise a thread serving only kept requests after it (a reader that hands requests to
+/// a pool of writers, on new connections) would hold it past the collector's reorder
+/// window, and a writer's response to it would reach the collector first. (A BPF function
+/// of its own: its copy of the read on the stack must not add to the socket program's.)
+#[inline(never)]
+pub fn release_read_held_since_before(now: u64) {
+    let Some(slot) = HELD_READ.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `release_held_read`.
+    let stale = unsafe {
+        (*slot).held != 0 && now.saturating_sub((*slot).read.hdr.ts_ns) > PAIR_BATCH_MAX_WAIT_NS
+    };
+    if stale {
+        send_held();
+    }
+}
+
 /// Send the read held on this CPU, if any. Its loss is counted here: the caller's own record
 /// goes on.
 #[inline(always)]

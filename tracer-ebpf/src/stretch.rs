@@ -49,7 +49,7 @@ use tracer_common::{
 };
 
 use crate::conversation::unblocked_since_last_stretch;
-use crate::held_read::{send_held, send_pairs_waiting_since};
+use crate::held_read::{release_read_held_since_before, send_held, send_pairs_waiting_since};
 use crate::maps::{
     count_loss, count_losses, current_last_arrival, current_voluntary_switches, emit, global,
     tls_records, EVENTS, TCP_SOCKETS,
@@ -74,9 +74,11 @@ static STRETCH_HANDOVERS: PerCpuArray<StretchHandover> = PerCpuArray::with_max_e
 static STRETCH_DONE: PerCpuArray<StretchRequestBatch> = PerCpuArray::with_max_entries(1, 0);
 
 /// A read or write was kept at `now`: the pairs this CPU gathered for the collector go out if
-/// the oldest has waited long enough (as at a read or write that goes to the collector).
+/// the oldest has waited long enough (as at a read or write that goes to the collector), and
+/// so does a read held as long.
 #[inline(always)]
 pub fn kept(now: u64) {
+    release_read_held_since_before(now);
     send_pairs_waiting_since(now);
 }
 
@@ -357,10 +359,10 @@ fn at_most(value: u64, max: u64) -> u64 {
     value.min(max)
 }
 
-/// Target thread `tid` leaves its CPU (switch-out or exit): the finished requests gathered
-/// on the CPU go out, then the requests its stretch keeps, handed over.
+/// A target thread leaves its CPU (switch-out or exit) at `now`: the finished requests
+/// gathered on the CPU go out, then the requests its stretch keeps, handed over.
 #[inline(always)]
-pub fn leave_stretch(tid: u32, now: u64) {
+pub fn leave_stretch(now: u64) {
     if !keeps_requests() {
         return;
     }
@@ -373,7 +375,9 @@ pub fn leave_stretch(tid: u32, now: u64) {
     };
     // SAFETY: as in `serve`.
     let table = unsafe { &mut *table };
-    if table.owner_tid == tid {
+    // Another target thread's stretch still listed here: its owner left this CPU unseen, so
+    // its stretch is over too.
+    if table.owner_tid != 0 {
         hand_over(table, unsafe { bpf_get_smp_processor_id() }, now);
     }
 }

@@ -49,7 +49,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // than the reorder window, and replay the thread's time since that switch-in.
         // (This switch's own record is timed after it.)
         report_unseen_switch_in(tid, u64::MAX);
-        leave_stretch(tid, now_ns());
+        leave_stretch(now_ns());
         send_held();
         store_running_conversation(tid)
     });

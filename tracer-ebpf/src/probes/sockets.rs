@@ -22,8 +22,8 @@ use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
 use crate::conversation::{note_goroutine_returned, note_returned};
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    current_syscall_regs, current_target_tid, finish, global, now_ns, report_eagain, sample_one_in,
-    tls_records, TCP_SOCKETS,
+    count_loss, current_syscall_regs, current_target_tid, finish, global, now_ns, report_eagain,
+    sample_one_in, tls_records, TCP_SOCKETS,
 };
 use crate::stretch::{self, keeps_requests};
 
@@ -37,18 +37,50 @@ enum Direction {
 /// `TP_PROTO(struct sock *sk, int ret, int flags)` (include/trace/events/sock.h, Linux 6.18).
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
-    finish(try_sock_io(&ctx, Direction::Received))
+    sock_io(&ctx, Direction::Received)
 }
 
 /// Same prototype as `sock_recv_length`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
-    finish(try_sock_io(&ctx, Direction::Sent))
+    sock_io(&ctx, Direction::Sent)
 }
 
-fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), Loss> {
+/// A read or write the kernel side kept (`stretch.rs`), at this time: no record went out.
+struct KeptAt(u64);
+
+#[inline(always)]
+fn sock_io(ctx: &RawTracePointContext, direction: Direction) -> u32 {
+    // What the CPU holds for the collector is looked at after the read or write is handled,
+    // in a function of its own: inside the handling, or inline here, the held read's copy
+    // overflowed the combined stack of the program's calls (512 bytes). So the handling
+    // returns one register, not a `Result` in the caller's stack.
+    let kept_at = handle_sock_io(ctx, direction);
+    if kept_at != 0 {
+        stretch::kept(kept_at);
+    }
+    0
+}
+
+/// Handle a socket read or write, counting a loss if it failed: when the kernel side kept
+/// it, the time (0: it went to the collector, or was not the target's to report).
+#[inline(never)]
+fn handle_sock_io(ctx: &RawTracePointContext, direction: Direction) -> u64 {
+    match try_sock_io(ctx, direction) {
+        Ok(Some(KeptAt(now))) => now,
+        Ok(None) => 0,
+        Err(loss) => {
+            count_loss(loss);
+            0
+        }
+    }
+}
+
+/// `None`: the read or write went to the collector, or was not the target's to report.
+#[inline(always)]
+fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<Option<KeptAt>, Loss> {
     let Some(tid) = current_target_tid() else {
-        return Ok(());
+        return Ok(None);
     };
     // `int ret`, passed as a u64.
     let ret = ctx.arg::<u64>(1) as i32 as i64;
@@ -56,15 +88,15 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         // A non-blocking socket with nothing to do (an event loop's read after each
         // request): no request boundary, and nothing for the conversation, which only bytes
         // moved change. Returns before any other helper call.
-        return Ok(());
+        return Ok(None);
     }
     let flags = ctx.arg::<u64>(2);
     if direction == Direction::Received && flags & MSG_PEEK != 0 {
-        return Ok(()); // a peek moved nothing: the receive that takes the bytes reports them
+        return Ok(None); // a peek moved nothing: the receive that takes the bytes reports them
     }
     let sock = ctx.arg::<u64>(0);
     if !picked(sock) {
-        return Ok(()); // `--sample N`: a connection whose requests are not reported
+        return Ok(None); // `--sample N`: a connection whose requests are not reported
     }
     let tcp = TCP_SOCKETS.get_ptr_mut(sock);
     let io = match tcp {
@@ -80,7 +112,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         }),
     };
     let Some(io) = io else {
-        return Ok(()); // not a read or write syscall of the thread's own
+        return Ok(None); // not a read or write syscall of the thread's own
     };
     if goroutines_followed() {
         note_goroutine_returned(io.nr, io.fd, io.connection, io.origin, ret)?;
@@ -92,8 +124,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         let received = direction == Direction::Received;
         if keeps_requests() && io.record == 0 && stretch::serve(tcp, sock, tid, received, ret, now)
         {
-            stretch::kept(now);
-            return Ok(());
+            return Ok(Some(KeptAt(now)));
         }
     }
     report_unseen_switch_in(tid, now);
@@ -114,6 +145,7 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<(), L
         Direction::Received => send_read(event),
         Direction::Sent => send_write(event),
     }
+    .map(|()| None)
 }
 
 /// `--sample N`: whether the target's socket at `sock` is a picked connection's (see

@@ -66,7 +66,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let _ = set_target_tid(tid, false);
     forget_conversation(tid);
     let _ = WAKERS.remove(tid);
-    leave_stretch(tid, now_ns());
+    leave_stretch(now_ns());
     send_held();
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),

@@ -2543,29 +2543,55 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// G reads a request on T, the world stops at 30 and G stops running on T for it at 40
+    /// (T runs H); then `rest`.
+    fn preempted_for_a_stop(rest: impl IntoIterator<Item = Event>) -> Request {
+        let events = [
+            run(0),
+            on(U, run(0)),
+            execute(10, T, G),
+            on_conn(20, T, nr::READ, 100),
+            go(30, U, GoSched::StopTheWorld),
+            execute(40, T, H),
+        ];
+        let r = feed(&mut go_engine(), events.into_iter().chain(rest)).remove(0);
+        assert_sums(&r);
+        r
+    }
+
     /// A goroutine preempted after the world stopped waits for it to start again.
     #[test]
     fn preempted_for_a_stop_the_world_is_gc() {
-        let mut e = go_engine();
-        let reqs = feed(
-            &mut e,
-            [
-                run(0),
-                on(U, run(0)),
-                execute(10, T, G),
-                on_conn(20, T, nr::READ, 100),
-                go(30, U, GoSched::StopTheWorld),
-                execute(40, T, H), // G stops running for the stop
-                go(100, U, GoSched::StartTheWorld),
-                execute(105, T, G),
-                on_conn(110, T, nr::WRITE, 10),
-                on_conn(120, T, nr::READ, -11),
-            ],
-        );
-        let r = &reqs[0];
-        assert_eq!(cause(r, Cause::Gc), 60, "{r:?}");
-        assert_eq!(cause(r, Cause::GoRunqueue), 5, "{r:?}");
-        assert_sums(r);
+        let r = preempted_for_a_stop([
+            go(100, U, GoSched::StartTheWorld),
+            execute(105, T, G),
+            on_conn(110, T, nr::WRITE, 10),
+            on_conn(120, T, nr::READ, -11),
+        ]);
+        assert_eq!(cause(&r, Cause::Gc), 60, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 5, "{r:?}");
+    }
+
+    /// G reads a request on T; T sleeps in a futex at `sleep`, G back in Go's run queue; the
+    /// world stops at `stop` and starts at 100; G runs on T again at 105 and answers.
+    fn left_at_a_sleep_around_a_stop(sleep: u64, stop: u64) -> Request {
+        let mut events = vec![
+            run(0),
+            on(U, run(0)),
+            execute(10, T, G),
+            on_conn(20, T, nr::READ, 100),
+            block(sleep, nr::FUTEX, 0xf00),
+            go(stop, U, GoSched::StopTheWorld),
+            go(100, U, GoSched::StartTheWorld),
+            run(104),
+            execute(105, T, G),
+            on_conn(110, T, nr::WRITE, 10),
+            on_conn(120, T, nr::READ, -11),
+        ];
+        events.sort_by_key(|e| e.ts);
+        let r = feed(&mut go_engine(), events).remove(0);
+        assert_sums(&r);
+        r
     }
 
     /// A goroutine preempted for a stop is put back in Go's run queue with no `execute` of
@@ -2574,80 +2600,32 @@ mod goroutines {
     /// inside the stop is still the GC's.
     #[test]
     fn preempted_for_a_stop_while_its_thread_sleeps_is_gc() {
-        let mut e = go_engine();
-        let reqs = feed(
-            &mut e,
-            [
-                run(0),
-                on(U, run(0)),
-                execute(10, T, G),
-                on_conn(20, T, nr::READ, 100),
-                go(30, U, GoSched::StopTheWorld),
-                block(40, nr::FUTEX, 0xf00), // T sleeps, G back in the run queue
-                go(100, U, GoSched::StartTheWorld),
-                run(104),
-                execute(105, T, G),
-                on_conn(110, T, nr::WRITE, 10),
-                on_conn(120, T, nr::READ, -11),
-            ],
-        );
-        let r = &reqs[0];
-        assert_eq!(cause(r, Cause::Gc), 60, "{r:?}");
-        assert_eq!(cause(r, Cause::GoRunqueue), 5, "{r:?}");
-        assert_sums(r);
+        let r = left_at_a_sleep_around_a_stop(40, 30);
+        assert_eq!(cause(&r, Cause::Gc), 60, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 5, "{r:?}");
     }
 
     /// The same, its thread's sleep begun before the stop: runnable for Go's scheduler until
     /// the stop, then for the GC.
     #[test]
     fn left_at_a_sleep_before_a_stop_waits_for_the_gc_inside_it() {
-        let mut e = go_engine();
-        let reqs = feed(
-            &mut e,
-            [
-                run(0),
-                on(U, run(0)),
-                execute(10, T, G),
-                on_conn(20, T, nr::READ, 100),
-                block(25, nr::FUTEX, 0xf00), // T sleeps; G left it (known at its execute)
-                go(30, U, GoSched::StopTheWorld),
-                go(100, U, GoSched::StartTheWorld),
-                run(104),
-                execute(105, T, G),
-                on_conn(110, T, nr::WRITE, 10),
-                on_conn(120, T, nr::READ, -11),
-            ],
-        );
-        let r = &reqs[0];
-        assert_eq!(cause(r, Cause::Gc), 70, "{r:?}");
-        assert_eq!(cause(r, Cause::GoRunqueue), 10, "{r:?}");
-        assert_sums(r);
+        let r = left_at_a_sleep_around_a_stop(25, 30);
+        assert_eq!(cause(&r, Cause::Gc), 70, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 10, "{r:?}");
     }
 
     /// A stop whose restart is among lost records ends at the loss: the goroutines waiting
     /// for it then wait for Go's scheduler, not for the GC until the next stop ends.
     #[test]
     fn a_lost_restart_of_the_world_ends_the_stop_at_the_loss() {
-        let mut e = go_engine();
-        let reqs = feed(
-            &mut e,
-            [
-                run(0),
-                on(U, run(0)),
-                execute(10, T, G),
-                on_conn(20, T, nr::READ, 100),
-                go(30, U, GoSched::StopTheWorld),
-                execute(40, T, H), // G stops running for the stop
-                Event::lost(50),   // the restart among the lost records
-                execute(200, T, G),
-                on_conn(210, T, nr::WRITE, 10),
-                on_conn(220, T, nr::READ, -11),
-            ],
-        );
-        let r = &reqs[0];
-        assert_eq!(cause(r, Cause::Gc), 10, "{r:?}");
-        assert_eq!(cause(r, Cause::GoRunqueue), 150, "{r:?}");
-        assert_sums(r);
+        let r = preempted_for_a_stop([
+            Event::lost(50), // the restart among the lost records
+            execute(200, T, G),
+            on_conn(210, T, nr::WRITE, 10),
+            on_conn(220, T, nr::READ, -11),
+        ]);
+        assert_eq!(cause(&r, Cause::Gc), 10, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 150, "{r:?}");
     }
 
     /// A goroutine allocating while the GC runs parks on one of the GC's own semaphores
