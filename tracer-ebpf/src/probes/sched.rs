@@ -157,7 +157,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
 /// timeline starts there. A thread-per-connection server switches at every request: without
 /// this, sampling would save little there.
 #[inline(always)]
-fn switches_followed(tid: u32) -> bool {
+pub(crate) fn switches_followed(tid: u32) -> bool {
     sample_one_in() <= 1 || has_conversation(tid)
 }
 

@@ -3,11 +3,12 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{EventKind, Loss, ThreadEvent};
 
+use super::sched::switches_followed;
 use crate::conversation::forget_conversation;
 use crate::held_read::{release_held_read, send_held};
 use crate::maps::{
-    current_comm, current_target_tid, emit, finish, header, now_ns, sample_one_in, set_target_tid,
-    task_pid, WAKERS,
+    current_comm, current_target_tid, emit, finish, header, now_ns, set_target_tid, task_pid,
+    WAKERS,
 };
 use crate::stretch::leave_stretch;
 
@@ -38,9 +39,9 @@ fn try_task_newtask(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // none to remove, which is no failure).
     let _ = WAKERS.remove(tid);
     set_target_tid(tid, true)?;
-    if sample_one_in() > 1 {
+    if !switches_followed(tid) {
         // Connections sampled: a thread is followed from its first read or write of a picked
-        // connection (`sched::switches_followed`), and the collector first sees it then.
+        // connection, and the collector first sees it then.
         return Ok(());
     }
     // The parent's held read goes before this record. The collector needs only the tid: a

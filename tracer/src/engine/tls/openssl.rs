@@ -31,8 +31,8 @@ struct OpenHandshake {
     /// Its last read went past the client's Finished: the first request may have come
     /// with it.
     read_past_finished: bool,
-    /// A socket read or write was seen during its calls (on any socket: a backend's too).
-    /// With connections sampled, only a picked socket's are.
+    /// A socket read or write was seen during its calls (on any socket: a backend's too;
+    /// so whenever `fd` is set). With connections sampled, only a picked socket's are.
     socket_seen: bool,
 }
 
@@ -87,7 +87,7 @@ impl<R: FdResolver> Engine<R> {
                 return;
             };
             let phases = TlsPhases::from_breakdown(&end.since(&h.start));
-            let seen = h.fd.is_some() || h.socket_seen;
+            let seen = h.socket_seen;
             self.handshake_done(ExecCtx::Thread(h.tid), h.fd, seen, h.start.ts, phases);
             if let Some(fd) = h.fd {
                 self.handshake_pending(fd, h.start.ts, phases.total());
@@ -116,19 +116,21 @@ impl<R: FdResolver> Engine<R> {
         if !(is_read(sys.nr) || is_write(sys.nr)) {
             return false;
         }
+        // On a connection, a handshake flight: it belongs to the handshake, not to a
+        // request. Elsewhere a client's handshake (a backend call): only seen.
+        let on_connection = self.fds.kind(fd) == FdKind::Connection;
         if let Some(h) = self.tls.openssl.0.get_mut(&ssl) {
             h.socket_seen = true;
-        }
-        if self.fds.kind(fd) != FdKind::Connection {
-            return false; // a client's handshake (a backend call): not a request's flight
-        }
-        // A handshake flight: it belongs to the handshake, not to a request.
-        if let Some(h) = self.tls.openssl.0.get_mut(&ssl) {
-            h.fd.get_or_insert(fd);
-            h.saw_records |= record_content(sys.tls_record) == tls_content::HANDSHAKE;
-            if is_read(sys.nr) && sys.ret > 0 && h.fd == Some(fd) {
-                h.read_past_finished = read_past_finished(sys.ret, sys.tls_record);
+            if on_connection {
+                h.fd.get_or_insert(fd);
+                h.saw_records |= record_content(sys.tls_record) == tls_content::HANDSHAKE;
+                if is_read(sys.nr) && sys.ret > 0 && h.fd == Some(fd) {
+                    h.read_past_finished = read_past_finished(sys.ret, sys.tls_record);
+                }
             }
+        }
+        if !on_connection {
+            return false;
         }
         self.tls.timed_by_uprobes(fd);
         true
