@@ -13,7 +13,7 @@ use crate::{
     engine::Tid,
     engine::{Engine, FdKind},
     kernel::{
-        privileges,
+        self, privileges,
         uprobes::{GoSchedStatus, TlsStatus},
         Probes,
     },
@@ -180,6 +180,11 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         };
         eprintln!(
             "tracer: sampling: the requests of one connection in {sample_one_in} are attributed (chosen by the kernel from {chosen_by}); counts and rates are of those"
+        );
+    }
+    if kernel::cost_floor_requested() {
+        eprintln!(
+            "tracer: TRACER_COST_FLOOR=1: the socket programs only look the socket up and read the clock; no request is attributed"
         );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks

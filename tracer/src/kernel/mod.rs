@@ -15,7 +15,7 @@ mod uprobe_multi;
 pub mod uprobes;
 
 pub use counters::ProgramStat;
-pub use probes::{names_wakers_only, Gathered, Probes};
+pub use probes::{cost_floor_requested, names_wakers_only, Gathered, Probes};
 
 /// The `bpf()` syscall: its non-negative result (a new fd, or 0), or the error.
 ///

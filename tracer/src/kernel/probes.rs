@@ -158,6 +158,8 @@ impl Probes {
                 && !stretch_requests_turned_off(),
         );
         loader.override_global("STRETCH_REQUESTS", &stretch_requests, true);
+        let cost_floor = u32::from(cost_floor_requested());
+        loader.override_global("COST_FLOOR", &cost_floor, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
             g_goid: 0,
@@ -352,6 +354,14 @@ fn uprobe_multi_turned_off() -> bool {
 /// `TRACER_STRETCH_REQUESTS=0`: no request is kept in the kernel.
 fn stretch_requests_turned_off() -> bool {
     std::env::var_os("TRACER_STRETCH_REQUESTS").is_some_and(|v| v == "0")
+}
+
+/// `TRACER_COST_FLOOR=1`, for `cargo xtask bench`: the socket programs stop after the least
+/// any design that times every request does on each read and write of the target's (its
+/// socket's entry looked up, the clock read), and nothing is attributed. The bench's
+/// `tracer floor` row: what the tracer cannot cost less than with every request timed.
+pub fn cost_floor_requested() -> bool {
+    std::env::var_os("TRACER_COST_FLOOR").is_some_and(|v| v == "1")
 }
 
 /// The program `name` of the object, as type `P`.

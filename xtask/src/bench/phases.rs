@@ -31,6 +31,13 @@ use crate::workload::Proc;
 /// attaching the programs at all costs the target, the floor under any work they do.
 pub const IDLE_TRACER_ROW: &str = "tracer on idle";
 
+/// The row of the tracer with `TRACER_COST_FLOOR=1` attached to the target: on each read
+/// and write of the target's, its socket programs look the socket up and read the clock, the
+/// least any design that times every request does, and stop there. What is left between this
+/// row and the tracer's is what the tracer's own work costs; what this row costs, no way of
+/// timing every request can save.
+pub const FLOOR_TRACER_ROW: &str = "tracer floor";
+
 /// Quiet time between phases.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -57,12 +64,23 @@ pub struct Measured {
     /// run-time statistics cost time themselves, so throughput is compared without them.
     pub stats: Option<Traced>,
     /// For a scenario that compares them: each round's phase with each of [`TOOLS`] attached,
-    /// by tool, with its own baselines.
+    /// by tool, then the tracer attached to an idle process and with its cost floor, each
+    /// with its own baselines.
     pub tools: Vec<ToolRuns>,
     /// For a scenario that compares one: each round's traced phase run its other way.
     pub variant: Vec<Traced>,
     /// The baselines paired with `variant`.
     pub variant_baseline: Vec<Load>,
+}
+
+impl Measured {
+    /// The comparison row named `name` (one of [`TOOLS`] or the tracer's own rows).
+    fn tool_mut(&mut self, name: &str) -> &mut ToolRuns {
+        self.tools
+            .iter_mut()
+            .find(|tool| tool.name == name)
+            .expect("every comparison row is listed when Measured is made")
+    }
 }
 
 /// A comparison tool's phases, and the baseline phase paired with each.
@@ -111,7 +129,7 @@ impl Bench {
             tools: TOOLS
                 .iter()
                 .map(|tool| tool.name)
-                .chain([IDLE_TRACER_ROW])
+                .chain([IDLE_TRACER_ROW, FLOOR_TRACER_ROW])
                 .map(|name| ToolRuns {
                     name,
                     baseline: Vec::new(),
@@ -177,7 +195,18 @@ impl Bench {
                         let traced = run.traced_phase_of(idle.id(), &phase, &out, Mode::Traced)?;
                         Ok(traced.load)
                     })?;
-                let runs = measured.tools.last_mut().expect("the idle tracer's row");
+                let runs = measured.tool_mut(IDLE_TRACER_ROW);
+                runs.loads.push(load);
+                runs.baseline.push(baseline);
+            }
+            if scenario.compare_tools {
+                let (load, baseline) =
+                    run.paired(&baseline_phase(FLOOR_TRACER_ROW), baseline_first, |run| {
+                        let phase = format!("{name} tracer with TRACER_COST_FLOOR=1 {round}");
+                        let out = format!("{name}-floor-{round}");
+                        Ok(run.traced_phase(&phase, &out, Mode::CostFloor)?.load)
+                    })?;
+                let runs = measured.tool_mut(FLOOR_TRACER_ROW);
                 runs.loads.push(load);
                 runs.baseline.push(baseline);
             }
@@ -199,6 +228,8 @@ enum Mode {
     BpfStats,
     /// The scenario's other way ([`Variant`]).
     Variant(Variant),
+    /// With `TRACER_COST_FLOOR=1` ([`FLOOR_TRACER_ROW`]).
+    CostFloor,
 }
 
 /// A scenario's running target, and the bench it runs in.
@@ -273,6 +304,7 @@ impl ScenarioRun<'_> {
             seconds: self.bench.seconds,
             bpf_stats: mode == Mode::BpfStats,
             stacks: mode != Mode::WithoutStacks,
+            cost_floor: mode == Mode::CostFloor,
             variant: match mode {
                 Mode::Variant(variant) => Some(variant),
                 _ => None,

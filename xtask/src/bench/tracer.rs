@@ -35,6 +35,8 @@ pub struct TracerSpec<'a> {
     pub stacks: bool,
     /// Another way of running it than the default.
     pub variant: Option<Variant>,
+    /// `TRACER_COST_FLOOR=1`: its socket programs do the least work any design could.
+    pub cost_floor: bool,
 }
 
 /// A running tracer, its stderr echoed by a thread that reports when its `attached` line
@@ -63,6 +65,7 @@ impl RunningTracer {
                     .flatten(),
             )
             .args(["--duration", &(spec.seconds + 1).to_string()])
+            .envs(spec.cost_floor.then_some(("TRACER_COST_FLOOR", "1")))
             .arg("--output")
             .arg(out_dir)
             .stdin(Stdio::null())
