@@ -30,7 +30,7 @@
 //! `runtime.semacquire1` was entered with just before; its waiter goroutine, the goroutine
 //! that readied it and how long it waited go to [`super::GoLocks`].
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
     cause::{go_wait_cause, semaphore_wait, Cause, SemaphoreOwner},
@@ -54,6 +54,9 @@ pub(super) struct Goroutine {
     pub open_requests: WaitingRequests,
     /// Go's wait reason of its current park.
     parked_for: Option<u8>,
+    /// Its park began before events were lost: its end may be among them, so the next park
+    /// seen is a new one, not the park probe firing again.
+    parked_before_loss: bool,
     /// The semaphore `runtime.semacquire1` was last entered with (a park for a semaphore
     /// wait reason that follows waits on it).
     semaphore: Option<Semaphore>,
@@ -74,6 +77,7 @@ impl Goroutine {
             timeline: GoroutineTimeline::unseen(),
             open_requests: WaitingRequests::default(),
             parked_for: None,
+            parked_before_loss: false,
             semaphore: None,
             waits_on: None,
             parked_at: None,
@@ -155,6 +159,10 @@ pub(super) struct Goroutines {
     parked_ns: HashMap<u8, u64>,
     /// Any scheduler event was seen: requests are timed on goroutines.
     seen: bool,
+    /// After events were lost (in a Go target): the threads that ran an `execute` since,
+    /// whose goroutine is known again. On any other thread, the goroutine that reads a
+    /// request is not known: the request is timed on its thread, and marked incomplete.
+    executed_since_loss: Option<HashSet<Tid>>,
     world: World,
     /// Go's wait reason of the waits on each semaphore address (the first seen).
     semaphore_reasons: HashMap<u64, u8>,
@@ -225,6 +233,16 @@ impl Goroutines {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.running.remove(&tid);
         self.slept.remove(&tid);
+        if let Some(executed) = &mut self.executed_since_loss {
+            executed.remove(&tid);
+        }
+    }
+
+    /// Whether the goroutine thread `tid` runs has not been known since events were lost.
+    pub fn unknown_since_loss(&self, tid: Tid) -> bool {
+        self.executed_since_loss
+            .as_ref()
+            .is_some_and(|executed| !executed.contains(&tid))
     }
 
     /// Thread `tid` did what only its goroutine does (its socket I/O): the goroutine it ran
@@ -273,9 +291,13 @@ impl Goroutines {
     pub fn lost(&mut self) {
         self.running.clear();
         self.slept.clear();
+        if self.seen {
+            self.executed_since_loss = Some(HashSet::default());
+        }
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
             g.semaphore = None;
+            g.parked_before_loss = g.parked_for.is_some();
         }
     }
 
@@ -320,6 +342,7 @@ impl Goroutines {
         locks: &mut GoLocks,
     ) -> Option<(Cause, u64, Option<StackRef>)> {
         let g = self.by_goid.get_mut(&goid)?;
+        g.parked_before_loss = false;
         let reason = g.parked_for.take()?;
         let waits_on = g.waits_on.take();
         let site = g.parked_at.take();
@@ -483,6 +506,9 @@ impl<R: FdResolver> Engine<R> {
     fn go_execute(&mut self, ts: u64, tid: Tid, goid: u64) {
         let thread_now = self.threads.snapshot(tid, ts);
         let gs = &mut self.goroutines;
+        if let Some(executed) = &mut gs.executed_since_loss {
+            executed.insert(tid);
+        }
         // A thread that slept with a goroutine and now runs one (the same, or another) was
         // idle: that goroutine had left it. So had `goid` any thread it slept on.
         gs.left_at_sleep(tid);
@@ -527,7 +553,14 @@ impl<R: FdResolver> Engine<R> {
             return; // first seen parking: its time before is unknown, and so is this park's
         };
         if g.parked_for.is_some() {
-            return; // the probe again after a morestack re-entry
+            if !g.parked_before_loss {
+                return; // the probe again after a morestack re-entry
+            }
+            // The park before the loss ended among the lost records (its wakeup, and the
+            // run that led to this park): it ends here, as far as is known.
+            let park = gs.end_park(ts, goid, &mut self.go_locks);
+            self.note_park_site(ts, goid, park);
+            return self.go_park(ts, tid, goid, reason, stack);
         }
         // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
         // was last entered with (kept: semacquire1 parks again, without being entered

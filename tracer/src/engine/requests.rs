@@ -307,7 +307,14 @@ impl<R: FdResolver> Engine<R> {
             // read that returned the request, as net/http sees it.
             _ => self.ctx_snapshot(ctx, ts),
         };
-        match start.and_then(|start| self.new_request(ctx, on, start)) {
+        let request = start.and_then(|start| self.new_request(ctx, on, start));
+        // Read by a goroutine not known since events were lost: timed on its thread.
+        let request = request.map(|mut request| {
+            request.incomplete |=
+                matches!(ctx, ExecCtx::Thread(_)) && self.goroutines.unknown_since_loss(tid);
+            request
+        });
+        match request {
             // In place of the answered one (a keep-alive connection's next request).
             Some(request) if next => {
                 if let Some(answered) = self.requests.replace(on, request) {

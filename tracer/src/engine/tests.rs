@@ -2628,6 +2628,62 @@ mod goroutines {
         assert_eq!(cause(&r, Cause::GoRunqueue), 150, "{r:?}");
     }
 
+    /// After lost records, the goroutine a thread runs is not known until its next
+    /// `execute`: a request read on the thread meanwhile is timed on the thread (its other
+    /// goroutines' time included), so it is marked incomplete; one read after the thread's
+    /// next `execute` is the goroutine's again, and complete.
+    #[test]
+    fn a_request_read_before_its_threads_execute_after_a_loss_is_incomplete() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                Event::lost(15),
+                on_conn(20, T, nr::READ, 100), // G's, unknown
+                park(30, T, G, CHAN),
+                ready(80, G),
+                execute(90, T, G),
+                on_conn(100, T, nr::WRITE, 10),
+                on_conn(110, T, nr::READ, 100), // the next request, G's again
+                on_conn(150, T, nr::WRITE, 10),
+                on_conn(160, T, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert!(reqs[0].incomplete, "{:?}", reqs[0]);
+        assert_eq!(reqs[0].ctx, ExecCtx::Thread(Tid(T)));
+        assert!(!reqs[1].incomplete, "{:?}", reqs[1]);
+        assert_eq!(reqs[1].ctx, ExecCtx::Goroutine(GoroutineId(G)));
+    }
+
+    /// A park whose wakeup and next run are among lost records: the goroutine's next park
+    /// is a new one (its own wait reason, from then), not the park probe firing again as
+    /// after a morestack re-entry, which is still one park.
+    #[test]
+    fn a_park_after_lost_records_is_a_new_park() {
+        let mut e = go_engine();
+        feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                park(20, T, G, CHAN),
+                Event::lost(30), // G's wakeup and run
+                park(50, T, G, LOCK),
+                park(51, T, G, LOCK), // the probe again (morestack): the same park
+                ready(150, G),
+                execute(150, T, G),
+            ],
+        );
+        let parked: std::collections::HashMap<String, u64> = e.go_parked_by_reason().collect();
+        assert_eq!(parked["chan receive"], 30, "{parked:?}");
+        assert_eq!(parked["sync.Mutex.Lock"], 100, "{parked:?}");
+    }
+
     /// A goroutine allocating while the GC runs parks on one of the GC's own semaphores
     /// (taken in gcStart, gcMarkDone...), with the wait reason a sync.Mutex had before Go
     /// 1.20: it waits for the GC, and it is no lock of the target's.
