@@ -330,6 +330,9 @@ impl<R: FdResolver> Engine<R> {
     /// Goroutine `goid` starts to run an HTTP/2 stream's handler: its request, from now.
     pub(super) fn stream_handler_started(&mut self, ts: u64, goid: GoroutineId) {
         let ctx = ExecCtx::Goroutine(goid);
+        if self.requests.open.contains_key(&RequestOn::Stream(goid)) {
+            return; // the probe again (a morestack re-entry): the stream is open from the first
+        }
         if let Some(start) = self.ctx_snapshot(ctx, ts) {
             self.open_request(ctx, RequestOn::Stream(goid), start);
         }

@@ -2075,6 +2075,32 @@ mod goroutines {
         assert_sums(second);
     }
 
+    /// The handler probe firing twice for one stream (its function entered again after
+    /// a morestack grew the goroutine's stack) opens its request once, from the first.
+    #[test]
+    fn a_stream_handler_probed_twice_is_one_request() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(60, U, H),
+                go(60, U, GoSched::Http2Handler { goid: H }),
+                go(62, U, GoSched::Http2Handler { goid: H }), // the probe again
+                park(70, U, H, LOCK),
+                ready(270, H),
+                execute(280, U, H),
+                go(300, U, GoSched::Exit { goid: H }),
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!((r.start_ns, r.latency_ns), (60, 240), "{r:?}");
+        assert!(!r.shared_context, "{r:?}");
+        assert_sums(r);
+    }
+
     #[test]
     fn a_request_follows_its_goroutine_across_threads_and_parks() {
         let mut e = go_engine();
