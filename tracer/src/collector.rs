@@ -150,7 +150,13 @@ impl Collector {
             // Straight into the reorder window: an event is moved once less.
             match decode(&item, &mut self.reorder) {
                 Some(Decoded::Events) => {}
-                Some(Decoded::StretchRequests(requests)) => self.engine.stretch_requests(&requests),
+                Some(Decoded::StretchRequests(requests)) => {
+                    self.engine.stretch_requests(&requests);
+                    // Into the aggregates while they are in the cache: a drain's worth of
+                    // requests written out and read back cost a fifth of the collector's
+                    // time (perf, on nginx at 130k requests/s).
+                    self.collect_requests();
+                }
                 None => self.malformed += 1,
             }
             if read.is_multiple_of(RECORDS_PER_RELEASE) {
@@ -241,6 +247,19 @@ impl Collector {
     /// Take finished requests and wait samples from the engine into the aggregates, and
     /// write the slow ones.
     fn collect(&mut self) {
+        self.collect_requests();
+        self.slow.write_out();
+        for w in self.engine.drain_waits() {
+            self.totals.record_wait(w);
+        }
+        for h in self.engine.take_handshakes() {
+            self.totals.tls.record(&h);
+        }
+    }
+
+    /// Take the engine's finished requests into the aggregates (the slow ones are written
+    /// with the next [`Collector::collect`]).
+    fn collect_requests(&mut self) {
         for r in self.engine.drain_requests() {
             self.totals.record_request(&r);
             self.interval.record(&r);
@@ -249,13 +268,6 @@ impl Collector {
             }
             self.slow
                 .offer(&r, self.boot_to_unix_ns, &mut self.site_names);
-        }
-        self.slow.write_out();
-        for w in self.engine.drain_waits() {
-            self.totals.record_wait(w);
-        }
-        for h in self.engine.take_handshakes() {
-            self.totals.tls.record(&h);
         }
     }
 
@@ -266,6 +278,7 @@ impl Collector {
         self.interval.settle();
         self.hlog.write_interval(&self.interval, offset, length);
         self.totals.requests.add(&self.interval);
+        self.totals.add_breakdown(&self.interval_breakdown);
         self.name_threads();
         self.interval.reset();
         self.interval_breakdown = [0; CAUSES];

@@ -3,7 +3,7 @@
 
 use hdrhistogram::Histogram;
 
-use crate::engine::{Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
+use crate::engine::{Breakdown, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
 
 fn histogram() -> Histogram<u64> {
     // 2 significant digits (values within 1%), auto-resizing: nanoseconds up to hours. The
@@ -204,13 +204,18 @@ impl Default for Totals {
 }
 
 impl Totals {
-    /// Count a request; its histograms are added per interval ([`RequestHistograms::add`]).
+    /// Count a request; its histograms and its breakdown are added per interval
+    /// ([`RequestHistograms::add`], [`Totals::add_breakdown`]).
     pub fn record_request(&mut self, r: &Request) {
         self.request_log2_us.record(r.latency_ns / 1000);
-        for c in Cause::ALL {
-            self.breakdown[c.index()] += r.breakdown[c.index()];
-        }
         self.incomplete += r.incomplete as u64;
+    }
+
+    /// Add an interval's summed request breakdown.
+    pub fn add_breakdown(&mut self, interval: &Breakdown) {
+        for (sum, ns) in self.breakdown.iter_mut().zip(interval) {
+            *sum += ns;
+        }
     }
 
     pub fn record_wait(&mut self, w: Wait) {
