@@ -184,7 +184,7 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     }
     if kernel::cost_floor_requested() {
         eprintln!(
-            "tracer: TRACER_COST_FLOOR=1: the socket programs only look the socket up and read the clock; no request is attributed"
+            "tracer: TRACER_COST_FLOOR=1: the socket programs only look the socket up and read the clock; no stack is taken and no request is attributed"
         );
     }
     // Read now, while the target surely runs: its executable and mappings name the stacks

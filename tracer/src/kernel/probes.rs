@@ -129,6 +129,9 @@ impl Probes {
         loader.override_global("TASK_RUN_DELAY_OFFSET", &arrival.task_run_delay, true);
         loader.override_global("TASK_NVCSW_OFFSET", &arrival.task_nvcsw, true);
         loader.override_global("TASK_LAST_QUEUED_OFFSET", &arrival.task_last_queued, true);
+        // The cost floor takes no stack: with its socket programs cut short, no thread has a
+        // conversation, so every block would count as inside a request and take one.
+        let stacks = stacks && !cost_floor_requested();
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // The sites only threads have (a lock's unlocker, a preemption's): not where
@@ -358,7 +361,8 @@ fn stretch_requests_turned_off() -> bool {
 
 /// `TRACER_COST_FLOOR=1`, for `cargo xtask bench`: the socket programs stop after the least
 /// any design that times every request does on each read and write of the target's (its
-/// socket's entry looked up, the clock read), and nothing is attributed. The bench's
+/// socket's entry looked up, the clock read), no stack is taken, and no request is
+/// attributed (the scheduler programs still send the target's switches and wakeups). The bench's
 /// `tracer floor` row: what the tracer cannot cost less than with every request timed.
 pub fn cost_floor_requested() -> bool {
     std::env::var_os("TRACER_COST_FLOOR").is_some_and(|v| v == "1")
