@@ -159,10 +159,13 @@ pub(super) struct Goroutines {
     parked_ns: HashMap<u8, u64>,
     /// Any scheduler event was seen: requests are timed on goroutines.
     seen: bool,
-    /// After events were lost (in a Go target): the threads that ran an `execute` since,
-    /// whose goroutine is known again. On any other thread, the goroutine that reads a
-    /// request is not known: the request is timed on its thread, and marked incomplete.
-    executed_since_loss: Option<HashSet<Tid>>,
+    /// The threads seen running goroutines (Go's scheduler threads, not a cgo or C
+    /// library thread of the target's).
+    scheduler_threads: HashSet<Tid>,
+    /// The scheduler threads that have not run an `execute` since events were lost: the
+    /// goroutine that reads a request there is not known, so the request is timed on its
+    /// thread, and marked incomplete.
+    unknown_since_loss: HashSet<Tid>,
     world: World,
     /// Go's wait reason of the waits on each semaphore address (the first seen).
     semaphore_reasons: HashMap<u64, u8>,
@@ -233,16 +236,14 @@ impl Goroutines {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.running.remove(&tid);
         self.slept.remove(&tid);
-        if let Some(executed) = &mut self.executed_since_loss {
-            executed.remove(&tid);
-        }
+        self.scheduler_threads.remove(&tid);
+        self.unknown_since_loss.remove(&tid);
     }
 
-    /// Whether the goroutine thread `tid` runs has not been known since events were lost.
+    /// Whether `tid` is a scheduler thread whose goroutine has not been known since events
+    /// were lost.
     pub fn unknown_since_loss(&self, tid: Tid) -> bool {
-        self.executed_since_loss
-            .as_ref()
-            .is_some_and(|executed| !executed.contains(&tid))
+        self.unknown_since_loss.contains(&tid)
     }
 
     /// Thread `tid` did what only its goroutine does (its socket I/O): the goroutine it ran
@@ -291,9 +292,7 @@ impl Goroutines {
     pub fn lost(&mut self) {
         self.running.clear();
         self.slept.clear();
-        if self.seen {
-            self.executed_since_loss = Some(HashSet::default());
-        }
+        self.unknown_since_loss.clone_from(&self.scheduler_threads);
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
             g.semaphore = None;
@@ -506,8 +505,8 @@ impl<R: FdResolver> Engine<R> {
     fn go_execute(&mut self, ts: u64, tid: Tid, goid: u64) {
         let thread_now = self.threads.snapshot(tid, ts);
         let gs = &mut self.goroutines;
-        if let Some(executed) = &mut gs.executed_since_loss {
-            executed.insert(tid);
+        if !gs.unknown_since_loss.is_empty() {
+            gs.unknown_since_loss.remove(&tid);
         }
         // A thread that slept with a goroutine and now runs one (the same, or another) was
         // idle: that goroutine had left it. So had `goid` any thread it slept on.
@@ -515,7 +514,11 @@ impl<R: FdResolver> Engine<R> {
         if let Some(old) = gs.slept_with(goid) {
             gs.left_at_sleep(old);
         }
-        if let Some(previous) = gs.running.insert(tid, goid).filter(|&p| p != goid) {
+        let previous = gs.running.insert(tid, goid);
+        if previous.is_none() {
+            gs.scheduler_threads.insert(tid); // from idle: its first goroutine, maybe
+        }
+        if let Some(previous) = previous.filter(|&p| p != goid) {
             if let Some(p) = gs.by_goid.get_mut(&previous) {
                 if p.timeline.thread() == Some(tid) {
                     p.timeline.leave_thread(thread_now);

@@ -2685,6 +2685,28 @@ mod goroutines {
         assert_eq!(reqs[1].ctx, ExecCtx::Goroutine(GoroutineId(G)));
     }
 
+    /// A thread that never ran a goroutine (a cgo or C library thread of a Go target) is
+    /// no goroutine's: its requests after a loss are complete.
+    #[test]
+    fn a_request_of_a_thread_that_runs_no_goroutine_is_complete_after_a_loss() {
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                Event::lost(15),
+                on_conn(20, U, nr::READ, 100),
+                on_conn(30, U, nr::WRITE, 10),
+                on_conn(40, U, nr::READ, -11),
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert!(!reqs[0].incomplete, "{:?}", reqs[0]);
+        assert_eq!(reqs[0].ctx, ExecCtx::Thread(Tid(U)));
+    }
+
     /// A park whose wakeup and next run are among lost records: the goroutine's next park
     /// is a new one (its own wait reason, from then), not the park probe firing again as
     /// after a morestack re-entry, which is still one park.
