@@ -131,7 +131,8 @@ impl Probes {
         loader.override_global("TASK_LAST_QUEUED_OFFSET", &arrival.task_last_queued, true);
         // The cost floor takes no stack: with its socket programs cut short, no thread has a
         // conversation, so every block would count as inside a request and take one.
-        let stacks = stacks && !cost_floor_requested();
+        let cost_floor = cost_floor_requested();
+        let stacks = stacks && !cost_floor;
         let capture_stacks = u32::from(stacks);
         loader.override_global("CAPTURE_STACKS", &capture_stacks, true);
         // The sites only threads have (a lock's unlocker, a preemption's): not where
@@ -161,7 +162,7 @@ impl Probes {
                 && !stretch_requests_turned_off(),
         );
         loader.override_global("STRETCH_REQUESTS", &stretch_requests, true);
-        let cost_floor = u32::from(cost_floor_requested());
+        let cost_floor = u32::from(cost_floor);
         loader.override_global("COST_FLOOR", &cost_floor, true);
         // Zero when the scheduler probes are not attached.
         let go = go.unwrap_or(GOffsets {
