@@ -520,6 +520,18 @@ pub struct StretchRequest {
     pub _pad: u32,
 }
 
+impl StretchRequest {
+    /// Answered before its connection ended (not [`stretch_flags::ABORTED`]).
+    pub fn completed(&self) -> bool {
+        self.flags & stretch_flags::ABORTED == 0
+    }
+
+    /// [`stretch_flags::SHARED`]
+    pub fn shared_context(&self) -> bool {
+        self.flags & stretch_flags::SHARED != 0
+    }
+}
+
 /// How many finished stretch requests a CPU gathers into one record.
 pub const STRETCH_BATCH: usize = 16;
 

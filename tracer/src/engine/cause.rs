@@ -72,7 +72,7 @@ impl Cause {
         Cause::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         self as usize
     }
 

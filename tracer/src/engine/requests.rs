@@ -3,7 +3,7 @@
 //! next read of request bytes, and it ends after its last response write.
 
 use rustc_hash::FxHashMap as HashMap;
-use tracer_common::{stretch_flags, StretchRequest};
+use tracer_common::StretchRequest;
 
 use super::{
     cause::{Breakdown, Cause},
@@ -257,33 +257,37 @@ impl Requests {
     }
 }
 
+/// A request the kernel side delimited and timed, served by its thread in one stretch on a
+/// CPU: all of it on that CPU (a request that ended before its thread's stretch did keeps the
+/// stretch's steal as on-CPU time, as here).
+pub fn stretch_request(r: &StretchRequest) -> Request {
+    let mut breakdown = Breakdown::default();
+    breakdown[Cause::OnCpu.index()] = r.latency_ns;
+    Request {
+        ctx: ExecCtx::Thread(Tid(r.tid)),
+        fd: Some(r.fd),
+        start_ns: r.start_ns,
+        latency_ns: r.latency_ns,
+        breakdown,
+        incomplete: false,
+        shared_context: r.shared_context(),
+        largest_wait: None,
+    }
+}
+
 impl<R: FdResolver> Engine<R> {
-    /// Requests the kernel side delimited and timed itself, each served by its thread in one
-    /// stretch on a CPU: all of it on that CPU (a request that ended before its thread's
-    /// stretch did keeps the stretch's steal as on-CPU time, as here).
-    pub fn stretch_requests(&mut self, requests: &[StretchRequest]) {
+    /// Count requests the kernel side delimited and timed itself. The caller aggregates the
+    /// completed ones (see [`StretchRequest::completed`]) with no [`Request`] built for each:
+    /// a saturated event loop sends almost all its requests this way (see
+    /// [`stretch_request`]).
+    pub fn count_stretch_requests(&mut self, requests: &[StretchRequest]) {
         for r in requests {
             self.requests.in_kernel += 1;
-            if r.flags & stretch_flags::ABORTED != 0 {
+            if !r.completed() {
                 self.requests.aborted += 1;
-                continue;
-            }
-            let shared_context = r.flags & stretch_flags::SHARED != 0;
-            if shared_context {
+            } else if r.shared_context() {
                 self.requests.shared += 1;
             }
-            let mut breakdown = Breakdown::default();
-            breakdown[Cause::OnCpu.index()] = r.latency_ns;
-            self.requests.finished.push(Request {
-                ctx: ExecCtx::Thread(Tid(r.tid)),
-                fd: Some(r.fd),
-                start_ns: r.start_ns,
-                latency_ns: r.latency_ns,
-                breakdown,
-                incomplete: false,
-                shared_context,
-                largest_wait: None,
-            });
         }
     }
 

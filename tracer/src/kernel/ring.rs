@@ -124,12 +124,15 @@ impl EventSink for Reorder {
 
 /// What a record was.
 #[derive(Debug)]
+// Returned by value once per record and matched at once: no allocation is the point.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded {
     /// Events, pushed to the sink.
     Events,
-    /// Requests the kernel side delimited and timed itself: no events, for the engine's
-    /// [`crate::engine::Engine::stretch_requests`].
-    StretchRequests(Vec<StretchRequest>),
+    /// Requests the kernel side delimited and timed itself: no events, for the
+    /// collector's aggregates (its `requests()`). Held whole, not in a `Vec`: a saturated
+    /// event loop sends thousands of these a second, and the allocations showed in perf.
+    StretchRequests(StretchRequestBatch),
 }
 
 /// Decode one record into engine events (a switch between two target threads is a switch-out
@@ -253,12 +256,17 @@ fn counted_head(bytes: &[u8], head: usize, max: usize) -> Option<(usize, &[u8])>
     Some((count, bytes.get(head..)?))
 }
 
-/// The requests of a [`StretchRequestBatch`] record (as long as its requests).
-fn stretch_request_batch(bytes: &[u8]) -> Option<Vec<StretchRequest>> {
+/// A [`StretchRequestBatch`] record (as long as its requests), whole.
+fn stretch_request_batch(bytes: &[u8]) -> Option<StretchRequestBatch> {
     let (count, items) = counted_head(bytes, STRETCH_BATCH_HEAD, STRETCH_BATCH)?;
-    (0..count)
-        .map(|i| read(items.get(i * size_of::<StretchRequest>()..)?))
-        .collect()
+    let mut batch = StretchRequestBatch {
+        count: count as u32,
+        ..Default::default()
+    };
+    for (i, request) in batch.requests[..count].iter_mut().enumerate() {
+        *request = read(items.get(i * size_of::<StretchRequest>()..)?)?;
+    }
+    Some(batch)
 }
 
 /// The requests still kept in the kernel when the programs were detached (thread, request),
@@ -579,7 +587,7 @@ mod tests {
         let mut out = Vec::new();
         match decode(sent, &mut out) {
             Some(Decoded::StretchRequests(got)) => {
-                assert_eq!(got, [request(10, 1), request(20, 2)]);
+                assert_eq!(got.requests(), [request(10, 1), request(20, 2)]);
             }
             other => panic!("{other:?}"),
         }

@@ -3,7 +3,9 @@
 
 use hdrhistogram::Histogram;
 
-use crate::engine::{Breakdown, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
+use crate::engine::{Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
+
+const ON_CPU: usize = Cause::OnCpu.index();
 
 fn histogram() -> Histogram<u64> {
     // 2 significant digits (values within 1%), auto-resizing: nanoseconds up to hours. The
@@ -44,6 +46,20 @@ impl RequestHistograms {
             } else {
                 let _ = h.record(ns);
             }
+        }
+    }
+
+    /// [`RequestHistograms::record`] for a request whose time was all on its CPU, with no
+    /// [`Request`] built (one the kernel side timed).
+    pub fn record_on_cpu(&mut self, latency_ns: u64) {
+        let _ = self.latency.record(latency_ns);
+        for (cause, zeros) in self.zeros.iter_mut().enumerate() {
+            *zeros += u64::from(cause != ON_CPU);
+        }
+        if latency_ns == 0 {
+            self.zeros[ON_CPU] += 1;
+        } else {
+            let _ = self.causes[ON_CPU].record(latency_ns);
         }
     }
 
@@ -207,8 +223,13 @@ impl Totals {
     /// Count a request; its histograms and its breakdown are added per interval
     /// ([`RequestHistograms::add`], [`Totals::add_breakdown`]).
     pub fn record_request(&mut self, r: &Request) {
-        self.request_log2_us.record(r.latency_ns / 1000);
+        self.record_complete(r.latency_ns);
         self.incomplete += r.incomplete as u64;
+    }
+
+    /// Count a request known complete (one the kernel side timed).
+    pub fn record_complete(&mut self, latency_ns: u64) {
+        self.request_log2_us.record(latency_ns / 1000);
     }
 
     /// Add an interval's summed request breakdown.
@@ -242,5 +263,36 @@ mod tests {
         assert!(text.contains("         2 -> 3          : 2 "), "{text}");
         assert!(text.contains("         4 -> 7          : 2 "), "{text}");
         assert!(text.contains("       512 -> 1023       : 1 "), "{text}");
+    }
+
+    /// The kernel side's requests take the fast path; it must leave the histograms as the
+    /// general one does with the same requests built whole (0 ns included).
+    #[test]
+    fn a_request_all_on_cpu_is_recorded_as_the_general_path_records_it() {
+        let latencies = [0, 1, 999, 50_000, 1_234_567, 50_000];
+        let (mut fast, mut general) = (RequestHistograms::default(), RequestHistograms::default());
+        let (mut fast_totals, mut general_totals) = (Totals::default(), Totals::default());
+        for (i, &latency_ns) in latencies.iter().enumerate() {
+            fast.record_on_cpu(latency_ns);
+            fast_totals.record_complete(latency_ns);
+            let r = crate::engine::requests::stretch_request(&tracer_common::StretchRequest {
+                start_ns: i as u64,
+                latency_ns,
+                ..Default::default()
+            });
+            general.record(&r);
+            general_totals.record_request(&r);
+        }
+        fast.settle();
+        general.settle();
+        assert_eq!(fast.latency, general.latency);
+        for (cause, (f, g)) in fast.causes.iter().zip(&general.causes).enumerate() {
+            assert_eq!(f, g, "cause {cause}");
+            assert_eq!(f.len(), latencies.len() as u64, "cause {cause}");
+        }
+        assert_eq!(
+            fast_totals.request_log2_us.slots,
+            general_totals.request_log2_us.slots
+        );
     }
 }

@@ -119,10 +119,15 @@ impl SlowRequests {
         }
     }
 
+    /// Whether a request this long is logged.
+    pub fn takes(&self, latency_ns: u64) -> bool {
+        latency_ns >= self.threshold_ns && self.file.is_writable()
+    }
+
     /// Logs `r` if it is slow; its largest wait's site is named by `names` (each distinct
     /// stack once per run, so only the first slow request waiting there pays for it).
     pub fn offer(&mut self, r: &Request, boot_to_unix_ns: i128, names: &mut SiteNamer) {
-        if r.latency_ns < self.threshold_ns || !self.file.is_writable() {
+        if !self.takes(r.latency_ns) {
             return;
         }
         let record = RequestRecord::new(r, boot_to_unix_ns, names);
