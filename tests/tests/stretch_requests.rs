@@ -170,3 +170,78 @@ fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
         );
     }
 }
+
+/// A request kept in the kernel that a thread on another CPU answers leaves the stretch that
+/// kept it; the next request that stretch keeps does not share its thread with it. Traced
+/// for real: `handoff-server` (`tests/src/bin/handoff_server.rs`) has its event loop read a
+/// request on connection A and a writer thread on the other CPU answer it, then read and
+/// answer connection B's next two requests itself, in each round, without leaving its CPU.
+/// None of B's requests waits for another's answer, so none may count as sharing its
+/// thread (`summary.json` `requests.shared_context`): the kernel side counted the handed-over
+/// request as unanswered for the rest of the stretch before, and flagged every later one.
+#[test]
+#[ignore = "needs root"]
+fn a_request_answered_on_another_cpu_leaves_its_stretchs_unanswered_count() {
+    const ROUNDS: usize = 8;
+    let mut server = Command::new(tracer_tests::bin_path("handoff-server"));
+    server.arg(ROUNDS.to_string());
+    let server = Workload::start(server);
+    pin_this_thread_to_cpu(0);
+    let tracer = Tracer::attach(server.pid).start();
+
+    let request = |connection: char, i: usize| {
+        let request = format!("GET /{connection}{i:03} HTTP/1.1\r\n\r\n");
+        assert_eq!(request.len(), 22, "handoff-server's REQUEST_LEN");
+        request
+    };
+    let mut a = TcpStream::connect(server.addr).expect("connect A");
+    let mut b = TcpStream::connect(server.addr).expect("connect B");
+    let to_a: String = (0..ROUNDS + 1).map(|i| request('a', i)).collect();
+    let to_b: String = (0..2 * ROUNDS).map(|i| request('b', i)).collect();
+    a.write_all(to_a.as_bytes()).expect("send to A");
+    b.write_all(to_b.as_bytes()).expect("send to B");
+    let mut buf = Vec::new();
+    for stream in [&mut a, &mut b] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+    }
+    for _ in 0..ROUNDS + 1 {
+        read_response(&mut a, &mut buf).expect("a response on A");
+    }
+    let mut buf = Vec::new();
+    let held = (0..2 * ROUNDS)
+        .map(|_| read_response(&mut b, &mut buf).expect("a response on B"))
+        .filter(|r| r.header("X-Stretch-Held") == Some("1"))
+        .count();
+
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.describe());
+    let summary = done.summary();
+    // A round whose event loop left its CPU (preempted) ends its stretch, and with it the
+    // count: the case is in the rounds that held.
+    assert!(
+        held >= 2,
+        "the event loop kept its CPU in too few rounds ({held} of B's {} requests): {:?}",
+        2 * ROUNDS,
+        summary.requests
+    );
+    assert_eq!(
+        summary.requests.count,
+        (3 * ROUNDS + 1) as u64,
+        "every request answered counted once: {:?}",
+        summary.requests
+    );
+    assert!(
+        summary.requests.in_kernel >= held as u64 / 2 && summary.requests.aborted == 0,
+        "the kernel side kept B's requests, all answered: {:?}",
+        summary.requests
+    );
+    assert_eq!(
+        summary.requests.shared_context,
+        0,
+        "no request waited for another's answer: {:?}\n{}",
+        summary.requests,
+        done.describe()
+    );
+}

@@ -388,7 +388,9 @@ pub struct TcpSocket {
     pub flags: u32,
     /// Its stretch table's `opened` count once it was opened.
     pub opened_as: u32,
-    pub _pad: u32,
+    /// The table's `opened` count when a count of the stretch's unanswered requests last
+    /// took this one: a connection listed twice in a table is counted once.
+    pub counted_at: u32,
     /// When its first read returned.
     pub start_ns: u64,
     /// When its last response write so far returned (0: not answered).

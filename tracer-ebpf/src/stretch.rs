@@ -146,7 +146,7 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
     }
     let tcp = unsafe { &mut *tcp };
     match (tcp.keeper == request_keeper::STRETCH, received) {
-        (true, true) => read_kept(table, tcp, ret, now),
+        (true, true) => read_kept(table, tcp, sock, ret, now),
         (true, false) => {
             if ret > 0 {
                 answer(table, tcp, ret, now);
@@ -164,12 +164,12 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
 /// A read on a connection whose request this stretch keeps: the next request when that one
 /// was answered (the answered one is finished), more of it when not, or the connection's end.
 #[inline(always)]
-fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) -> bool {
+fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now: u64) -> bool {
     let answered = tcp.last_write_ns != 0;
     if ret > 0 {
         if answered {
             gather(tcp.finished_request(now), now);
-            start(table, tcp, ret, now);
+            start(table, tcp, sock, ret, now);
         }
         return true;
     }
@@ -220,14 +220,20 @@ fn open(
     tcp.keeper = request_keeper::STRETCH;
     tcp.stretch_tid = tid;
     tcp.stretch_cpu = cpu;
-    start(table, tcp, ret, now);
+    start(table, tcp, sock, ret, now);
     true
 }
 
-/// `tcp`'s next request starts with a read that returned `ret` at `now`.
+/// `tcp`'s (`sock`'s) next request starts with a read that returned `ret` at `now`.
 #[inline(always)]
-fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
+fn start(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now: u64) {
     table.opened = table.opened.wrapping_add(1);
+    if table.unanswered > 0 {
+        // Another request would share the thread: counted again, as the running count can
+        // be too high (see `count_unanswered_besides`). Rare: a sequential server answers
+        // each request before it reads the next.
+        count_unanswered_besides(table, sock);
+    }
     table.unanswered += 1;
     tcp.start_ns = now;
     tcp.last_write_ns = 0;
@@ -241,6 +247,48 @@ fn start(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
         0
     };
     tcp.answered = 0;
+}
+
+/// Count again, into the table, the requests its stretch keeps and has not answered,
+/// `sock`'s aside. The running count only errs high: a kept request that another CPU's
+/// thread goes on with (`hand_over_one`), or whose connection closes on another CPU
+/// (`end_on_close`), leaves this CPU's count as it was, since no CPU writes another's table.
+/// Counted by each listed connection's entry, once (a connection handed over and kept again
+/// is listed twice): each counted entry is marked with the table's `opened` count, new at
+/// each call. The count is kept in the table, not in a register, so that every pass through
+/// the loop ends in the same state for the verifier (as in `hand_over`).
+#[inline(always)]
+fn count_unanswered_besides(table: &mut StretchTable, sock: u64) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let (owner, mark, len) = (
+        table.owner_tid,
+        table.opened,
+        (table.len as usize).min(STRETCH_SLOTS),
+    );
+    table.unanswered = 0;
+    for i in 0..STRETCH_SLOTS {
+        if i >= len {
+            break;
+        }
+        let listed = table.socks[i];
+        if listed == sock {
+            continue;
+        }
+        let Some(tcp) = TCP_SOCKETS.get_ptr_mut(listed) else {
+            continue;
+        };
+        // SAFETY: a valid map value pointer; only entries this stretch keeps are marked.
+        let tcp = unsafe { &mut *tcp };
+        if tcp.keeper == request_keeper::STRETCH
+            && tcp.stretch_tid == owner
+            && tcp.stretch_cpu == cpu
+            && tcp.last_write_ns == 0
+            && tcp.counted_at != mark
+        {
+            tcp.counted_at = mark;
+            table.unanswered += 1;
+        }
+    }
 }
 
 /// A response write of `tcp`'s kept request.
