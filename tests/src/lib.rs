@@ -250,6 +250,20 @@ pub fn pin_this_thread_to_cpu(cpu: usize) {
     }
 }
 
+/// A test server's listener on a free loopback port, announced on stdout as
+/// [`Workload::start`] waits for it: `listening 127.0.0.1:PORT pid PID`.
+pub fn listen_and_announce() -> std::io::Result<std::net::TcpListener> {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!(
+        "listening {} pid {}",
+        listener.local_addr()?,
+        std::process::id()
+    );
+    std::io::stdout().flush()?;
+    Ok(listener)
+}
+
 /// The last CPU of the machine.
 pub fn last_cpu() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) - 1

@@ -18,7 +18,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{
         atomic::{AtomicU32, Ordering},
         Arc,
@@ -38,13 +38,7 @@ fn main() -> Result<()> {
         .context("usage: handoff-server ROUNDS")?
         .parse()
         .context("ROUNDS")?;
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
-    println!(
-        "listening {} pid {}",
-        listener.local_addr()?,
-        std::process::id()
-    );
-    std::io::stdout().flush()?;
+    let listener = tracer_tests::listen_and_announce().context("listen")?;
     let (mut a, _) = listener.accept()?;
     let (mut b, _) = listener.accept()?;
     wait_for_bytes(&a, (rounds + 1) * REQUEST_LEN)?;

@@ -7,12 +7,7 @@
 //!
 //! Prints `listening 127.0.0.1:PORT pid PID` once ready.
 
-use std::{
-    io::Write as _,
-    net::{TcpListener, TcpStream},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io::Write as _, net::TcpStream, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
@@ -27,13 +22,7 @@ fn main() -> Result<()> {
     builder.set_certificate_chain_file(cert)?;
     builder.set_private_key_file(key, SslFiletype::PEM)?;
     let acceptor = Arc::new(builder.build());
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
-    println!(
-        "listening {} pid {}",
-        listener.local_addr()?,
-        std::process::id()
-    );
-    std::io::stdout().flush()?;
+    let listener = tracer_tests::listen_and_announce().context("listen")?;
     for stream in listener.incoming().map_while(Result::ok) {
         let acceptor = Arc::clone(&acceptor);
         std::thread::spawn(move || {
