@@ -388,8 +388,8 @@ pub struct TcpSocket {
     pub flags: u32,
     /// Its stretch table's `opened` count once it was opened.
     pub opened_as: u32,
-    /// The table's `opened` count when a count of the stretch's unanswered requests last
-    /// took this one: a connection listed twice in a table is counted once.
+    /// The `opened` count of the stretch table that last started its request or counted it
+    /// among its unanswered ones: a connection listed twice in a table is counted once.
     pub counted_at: u32,
     /// When its first read returned.
     pub start_ns: u64,
@@ -460,6 +460,9 @@ pub struct StretchTable {
     /// Its requests not yet answered, and how many it opened.
     pub unanswered: u32,
     pub opened: u32,
+    /// The count of kept requests that left a stretch from another CPU when `unanswered`
+    /// was last counted again (see tracer-ebpf's `stretch.rs`).
+    pub departures_seen: u64,
     pub socks: [u64; STRETCH_SLOTS],
 }
 
@@ -1005,7 +1008,7 @@ records! {
     SyscallPairEvent = 96,
     SyscallPairBatch = 24 + 96 * PAIR_BATCH,
     TcpSocket = 72,
-    StretchTable = 24 + 8 * STRETCH_SLOTS,
+    StretchTable = 32 + 8 * STRETCH_SLOTS,
     StretchHandedOver = 40,
     StretchHandover = 24 + 40 * STRETCH_SLOTS,
     StretchRequest = 32,

@@ -41,7 +41,11 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
 use tracer_common::{
     nr, request_keeper, socket_origin, socket_plain, stretch_flags, EventHeader, EventKind, Loss,
     StretchHandedOver, StretchHandover, StretchRequest, StretchRequestBatch, StretchTable,
@@ -229,12 +233,20 @@ fn open(
 fn start(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now: u64) {
     table.opened = table.opened.wrapping_add(1);
     if table.unanswered > 0 {
-        // Another request would share the thread: counted again, as the running count can
-        // be too high (see `count_unanswered_besides`). Rare: a sequential server answers
-        // each request before it reads the next.
-        count_unanswered_besides(table, sock);
+        // Another request would share the thread: counted again if the running count may
+        // be too high (see `count_unanswered_besides`), which only a kept request leaving
+        // its stretch unseen makes it (`STRETCH_DEPARTURES`), rarely. A sequential server
+        // answers each request before it reads the next, and never gets here.
+        let departures = departures_from_elsewhere();
+        if departures != table.departures_seen {
+            table.departures_seen = departures;
+            count_unanswered_besides(table, sock);
+        }
     }
     table.unanswered += 1;
+    // Marked as counted by this CPU's table now, so that no later count of it here, with a
+    // newer mark, mistakes a mark another CPU left (or a fresh entry's 0) for its own.
+    tcp.counted_at = table.opened;
     tcp.start_ns = now;
     tcp.last_write_ns = 0;
     tcp.read_ret = ret as i32;
@@ -255,8 +267,9 @@ fn start(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now
 /// (`end_on_close`), leaves this CPU's count as it was, since no CPU writes another's table.
 /// Counted by each listed connection's entry, once (a connection handed over and kept again
 /// is listed twice): each counted entry is marked with the table's `opened` count, new at
-/// each call. The count is kept in the table, not in a register, so that every pass through
-/// the loop ends in the same state for the verifier (as in `hand_over`).
+/// each call (and set on the entry as its request starts, see `start`). The count is kept
+/// in the table, not in a register, so that every pass through the loop ends in the same
+/// state for the verifier (as in `hand_over`).
 #[inline(always)]
 fn count_unanswered_besides(table: &mut StretchTable, sock: u64) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -288,6 +301,50 @@ fn count_unanswered_besides(table: &mut StretchTable, sock: u64) {
             tcp.counted_at = mark;
             table.unanswered += 1;
         }
+    }
+}
+
+/// Kept requests, unanswered, that left their stretch unseen by its table: a thread on
+/// another CPU went on with one (`hand_over_one`), or its connection closed
+/// (`end_on_close`, on any CPU). Each leaves its table counting it, so a table counts again
+/// when this has moved since it last did.
+#[map]
+static STRETCH_DEPARTURES: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn departures_from_elsewhere() -> u64 {
+    STRETCH_DEPARTURES.get(0).copied().unwrap_or(0)
+}
+
+/// `tcp`'s kept request leaves its stretch from wherever this runs: counted when it was
+/// unanswered (see [`STRETCH_DEPARTURES`]).
+#[inline(always)]
+fn note_departure(tcp: &TcpSocket) {
+    if tcp.last_write_ns != 0 {
+        return;
+    }
+    if let Some(departures) = STRETCH_DEPARTURES.get_ptr_mut(0) {
+        atomic_add_one(departures);
+    }
+}
+
+/// `*counter += 1`, atomically: any CPU may add to it at once. (`core`'s atomics have no
+/// read-modify-write for this target; the instruction is BPF's atomic add.)
+#[inline(always)]
+fn atomic_add_one(counter: *mut u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `counter` is a valid, aligned pointer to a map value.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {one}",
+            p = in(reg) counter,
+            one = in(reg) 1u64,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above.
+    unsafe {
+        *counter += 1;
     }
 }
 
@@ -476,6 +533,7 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
 /// Hand `tcp`'s kept request to the collector alone (another thread or CPU goes on with it).
 #[inline(always)]
 fn hand_over_one(tcp: &mut TcpSocket, now: u64) {
+    note_departure(tcp);
     tcp.keeper = request_keeper::COLLECTOR;
     send_held(); // older records of this CPU first
     let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
@@ -515,6 +573,7 @@ pub fn end_on_close(tcp: &TcpSocket, now: u64) {
     if tcp.keeper != request_keeper::STRETCH {
         return;
     }
+    note_departure(tcp);
     let mut record = StretchRequestBatchOfOne {
         hdr: EventHeader {
             ts_ns: now,
