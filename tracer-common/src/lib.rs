@@ -460,8 +460,9 @@ pub struct StretchTable {
     /// Its requests not yet answered, and how many it opened.
     pub unanswered: u32,
     pub opened: u32,
-    /// The count of kept requests that left a stretch from another CPU when `unanswered`
-    /// was last counted again (see tracer-ebpf's `stretch.rs`).
+    /// The count of kept requests that left their stretch unseen by its table (from another
+    /// CPU, or by their connection's close) when `unanswered` was last counted again (see
+    /// tracer-ebpf's `stretch.rs`, `STRETCH_DEPARTURES`).
     pub departures_seen: u64,
     pub socks: [u64; STRETCH_SLOTS],
 }

@@ -243,19 +243,6 @@ impl Collector {
     /// Take finished requests and wait samples from the engine into the aggregates, and
     /// write the slow ones.
     fn collect(&mut self) {
-        self.collect_requests();
-        self.slow.write_out();
-        for w in self.engine.drain_waits() {
-            self.totals.record_wait(w);
-        }
-        for h in self.engine.take_handshakes() {
-            self.totals.tls.record(&h);
-        }
-    }
-
-    /// Take the engine's finished requests into the aggregates (the slow ones are written
-    /// with the next [`Collector::collect`]).
-    fn collect_requests(&mut self) {
         for r in self.engine.drain_requests() {
             self.totals.record_request(&r);
             self.interval.record(&r);
@@ -264,6 +251,13 @@ impl Collector {
             }
             self.slow
                 .offer(&r, self.boot_to_unix_ns, &mut self.site_names);
+        }
+        self.slow.write_out();
+        for w in self.engine.drain_waits() {
+            self.totals.record_wait(w);
+        }
+        for h in self.engine.take_handshakes() {
+            self.totals.tls.record(&h);
         }
     }
 

@@ -90,6 +90,14 @@ pub struct ToolRuns {
     pub loads: Vec<Load>,
 }
 
+impl ToolRuns {
+    /// One round's phase with the tool, and its paired baseline phase.
+    fn push(&mut self, (load, baseline): (Load, Load)) {
+        self.loads.push(load);
+        self.baseline.push(baseline);
+    }
+}
+
 /// What every scenario's phases share, and the tracer's failures so far.
 pub struct Bench {
     /// Length of each load phase.
@@ -174,7 +182,7 @@ impl Bench {
             }
             if scenario.compare_tools {
                 for (tool, runs) in TOOLS.iter().zip(&mut measured.tools) {
-                    let (load, baseline) =
+                    runs.push(
                         run.paired(&baseline_phase(tool.name), baseline_first, |run| {
                             let phase = format!("{name} {} {round}", tool.name);
                             let load = tool
@@ -182,33 +190,28 @@ impl Bench {
                                 .with_context(|| phase.clone())?;
                             println!("{phase}: {}", describe(&load));
                             Ok(load)
-                        })?;
-                    runs.loads.push(load);
-                    runs.baseline.push(baseline);
+                        })?,
+                    );
                 }
             }
             if let Some(idle) = &idle {
-                let (load, baseline) =
+                let paired =
                     run.paired(&baseline_phase(IDLE_TRACER_ROW), baseline_first, |run| {
                         let phase = format!("{name} tracer attached to an idle process {round}");
                         let out = format!("{name}-idle-{round}");
                         let traced = run.traced_phase_of(idle.id(), &phase, &out, Mode::Traced)?;
                         Ok(traced.load)
                     })?;
-                let runs = measured.tool_mut(IDLE_TRACER_ROW);
-                runs.loads.push(load);
-                runs.baseline.push(baseline);
+                measured.tool_mut(IDLE_TRACER_ROW).push(paired);
             }
             if scenario.compare_tools {
-                let (load, baseline) =
+                let paired =
                     run.paired(&baseline_phase(FLOOR_TRACER_ROW), baseline_first, |run| {
                         let phase = format!("{name} tracer with TRACER_COST_FLOOR=1 {round}");
                         let out = format!("{name}-floor-{round}");
                         Ok(run.traced_phase(&phase, &out, Mode::CostFloor)?.load)
                     })?;
-                let runs = measured.tool_mut(FLOOR_TRACER_ROW);
-                runs.loads.push(load);
-                runs.baseline.push(baseline);
+                measured.tool_mut(FLOOR_TRACER_ROW).push(paired);
             }
         }
         let phase = format!("{name} traced with --bpf-stats");
