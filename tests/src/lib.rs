@@ -264,6 +264,43 @@ pub fn listen_and_announce() -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// A process that spins on one CPU until dropped.
+pub struct CpuHog(Child);
+
+impl CpuHog {
+    pub fn on_cpu(cpu: usize) -> CpuHog {
+        Self::niced(cpu, 0)
+    }
+
+    /// At nice `nice` (below 0: it weighs more than the tasks it shares its CPU with, which
+    /// then wait for it rather than preempting it as they wake).
+    pub fn niced(cpu: usize, nice: i32) -> CpuHog {
+        let child = Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "nice", "-n", &nice.to_string()])
+            .args(["sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn taskset");
+        CpuHog(child)
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run every thread of process `pid`, and those it starts later, on `cpu` alone.
+pub fn pin_process_to_cpu(pid: u32, cpu: usize) {
+    let pinned = Command::new("taskset")
+        .args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset");
+    assert!(pinned.success(), "taskset -p {cpu} {pid}");
+}
+
 /// The last CPU of the machine.
 pub fn last_cpu() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) - 1

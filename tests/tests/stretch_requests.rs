@@ -17,9 +17,9 @@ use std::{
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
 use tracer_tests::{
     http::{read_response, Response},
-    last_cpu, median, near, pin_this_thread_to_cpu,
+    last_cpu, median, near, pin_process_to_cpu, pin_this_thread_to_cpu,
     session::Tracer,
-    workspace_root, Workload,
+    workspace_root, CpuHog, Workload,
 };
 
 const MS: u64 = 1_000_000;
@@ -243,5 +243,99 @@ fn a_request_answered_on_another_cpu_leaves_its_stretchs_unanswered_count() {
         "no request waited for another's answer: {:?}\n{}",
         summary.requests,
         done.describe()
+    );
+}
+
+/// A thread per connection blocks in its read between requests: a request it reads after that
+/// block starts at the wakeup its bytes brought, and the kernel side keeps it from there (its
+/// wait for the CPU, then its time on it, to its response) and finishes it when the thread
+/// blocks for the next. Traced for real: the workload's server, every thread on one CPU with
+/// a process spinning there, so that each wakeup waits for the CPU; its `/cpu` requests, one
+/// at a time with pauses between, so that each one's read blocks. The traced run queue and
+/// on-CPU times must agree with the server's own (its scheduler statistics and its thread
+/// clock), whichever side delimited each request, and the kernel side must have kept some.
+#[test]
+#[ignore = "needs root"]
+fn a_request_read_after_blocking_starts_at_the_wakeup_its_bytes_brought() {
+    const REQUESTS: usize = 40;
+    let workload = Workload::spawn_with_args(&["--task-clock"]);
+    pin_process_to_cpu(workload.pid, last_cpu());
+    let _hog = CpuHog::niced(last_cpu(), -10);
+    pin_this_thread_to_cpu(0);
+    let tracer = Tracer::attach(workload.pid).args(["--slow", "0"]).start();
+    let mut client = workload.client();
+    let responses: Vec<Response> = (0..REQUESTS)
+        .map(|_| {
+            let response = client.get("/cpu?ms=1").expect("request");
+            assert_eq!(response.status, 200);
+            std::thread::sleep(Duration::from_millis(3));
+            response
+        })
+        .collect();
+    drop(client);
+    std::thread::sleep(Duration::from_millis(200)); // the server sees the close
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.describe());
+    let summary = done.summary();
+    let mut traced = done.requests.clone();
+    traced.sort_by_key(|r| r.start_ns);
+    assert_eq!(
+        traced.len(),
+        REQUESTS,
+        "one traced request per request sent: {:?}\n{}",
+        summary.requests,
+        done.describe()
+    );
+    assert!(
+        summary.requests.in_kernel >= REQUESTS as u64 / 4 && summary.requests.aborted == 0,
+        "the kernel side kept some requests, all answered: {:?}",
+        summary.requests
+    );
+    for r in &traced {
+        assert_eq!(
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "causes sum to the latency: {r:?}"
+        );
+        assert!(!r.incomplete, "no events lost: {r:?}");
+    }
+    let pairs: Vec<(&Response, &RequestRecord)> = responses.iter().zip(&traced).collect();
+    let describe = || format!("{pairs:#?}");
+    // The run queue: the server's waits for its CPU from its previous response to this one's
+    // write, of which the wait after the wakeup that delivered this request's bytes.
+    let queued = median(
+        pairs
+            .iter()
+            .map(|(_, r)| cause(r, Cause::Runqueue))
+            .collect(),
+    );
+    let measured = median(
+        pairs
+            .iter()
+            .map(|(s, _)| s.queued_before_ns() + s.runqueue_ns() + s.queued_after_ns())
+            .collect(),
+    );
+    assert!(
+        measured >= MS,
+        "the spinning process made the server wait for its CPU: {measured} ns: {}",
+        describe()
+    );
+    assert!(
+        near(queued, measured, 0.15, MS / 2),
+        "traced runqueue median {queued} ns, the server waited {measured} ns: {}",
+        describe()
+    );
+    // On its CPU (or stolen from it by the hypervisor, which its thread clock counts too).
+    let on_cpu = median(
+        pairs
+            .iter()
+            .map(|(_, r)| cause(r, Cause::OnCpu) + cause(r, Cause::Steal))
+            .collect(),
+    );
+    let cpu = median(pairs.iter().map(|(s, _)| s.cpu_ns()).collect());
+    assert!(
+        near(on_cpu, cpu, 0.15, MS / 2),
+        "traced on_cpu + steal median {on_cpu} ns, the server's thread clock {cpu} ns: {}",
+        describe()
     );
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use tracer::engine::Cause;
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
 use tracer_tests::{
+    pin_process_to_cpu,
     session::{trace_requests_with_env, Finished, Tracer},
-    TempDir, Workload,
+    CpuHog, TempDir, Workload,
 };
 
 const ROUNDS: usize = 3;
@@ -265,26 +266,6 @@ fn lock_wait_names_its_site_and_its_unlocker(tracer_env: &[(&str, &str)]) -> Fin
     done
 }
 
-/// A process that spins on one CPU until dropped.
-struct CpuHog(std::process::Child);
-
-impl CpuHog {
-    fn on_cpu(cpu: u32) -> CpuHog {
-        let child = std::process::Command::new("taskset")
-            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
-            .spawn()
-            .expect("spawn taskset");
-        CpuHog(child)
-    }
-}
-
-impl Drop for CpuHog {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The workload's `/cpu` spins while a busy process shares its CPU: the scheduler preempts
 /// the handler again and again, and its time waiting for the CPU back is named at the
 /// workload's spin loop, where it was preempted (in `waits.folded`, which holds every site).
@@ -293,12 +274,7 @@ impl Drop for CpuHog {
 fn a_preempted_request_waits_where_it_was_preempted() {
     let workload = Workload::spawn();
     // Every thread of the server, and the ones it starts, on CPU 0, with the hog.
-    let pinned = std::process::Command::new("taskset")
-        .args(["-a", "-c", "-p", "0", &workload.pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("taskset");
-    assert!(pinned.success());
+    pin_process_to_cpu(workload.pid, 0);
     let _hog = CpuHog::on_cpu(0);
     let tracer = Tracer::attach(workload.pid).start();
     let mut client = workload.client();

@@ -397,17 +397,28 @@ pub struct TcpSocket {
     pub last_write_ns: u64,
     pub read_ret: i32,
     pub write_ret: i32,
+    /// When its request's first read blocked for the bytes: the wakeup that ended the block,
+    /// where the request starts (0: its read did not block).
+    pub woken_ns: u64,
+    /// Of that, the wait for a CPU from the wakeup to the thread's switch-in.
+    pub runqueue_ns: u32,
+    pub _pad: u32,
 }
 
 impl TcpSocket {
-    /// Its request, kept in the kernel, over at `end_ns` (the next request's read, or the
-    /// connection's end).
+    /// Its request, kept in the kernel, over at `end_ns` (the next request's read, the
+    /// reader's block for it, or the connection's end).
     pub fn finished_request(&self, end_ns: u64) -> StretchRequest {
         let answered = self.last_write_ns != 0;
         let end = if answered { self.last_write_ns } else { end_ns };
+        let start = if self.woken_ns != 0 {
+            self.woken_ns
+        } else {
+            self.start_ns
+        };
         StretchRequest {
-            start_ns: self.start_ns,
-            latency_ns: end.saturating_sub(self.start_ns),
+            start_ns: start,
+            latency_ns: end.saturating_sub(start),
             tid: self.stretch_tid,
             fd: self.fd,
             flags: if answered {
@@ -415,7 +426,11 @@ impl TcpSocket {
             } else {
                 self.flags | stretch_flags::ABORTED
             },
-            _pad: 0,
+            runqueue_ns: if self.woken_ns != 0 {
+                self.runqueue_ns
+            } else {
+                0
+            },
         }
     }
 
@@ -464,6 +479,18 @@ pub struct StretchTable {
     /// CPU, or by their connection's close) when `unanswered` was last counted again (see
     /// tracer-ebpf's `stretch.rs`, `STRETCH_DEPARTURES`).
     pub departures_seen: u64,
+    /// The target thread last switched in on this CPU (0: none since a target thread left
+    /// it), when, and the wakeup it carried (0: none seen, or preempted): a request read
+    /// after a block starts at that wakeup.
+    pub arrived_tid: u32,
+    /// 1: `hand_over` found a request to hand over (its scratch, kept here for the
+    /// verifier).
+    pub any_handed: u32,
+    pub arrived_ns: u64,
+    pub arrived_woken_ns: u64,
+    /// The connection whose request the owner last started (its `struct sock *`): the one
+    /// whose reader blocks for the next, in a thread per connection.
+    pub last_started: u64,
     pub socks: [u64; STRETCH_SLOTS],
 }
 
@@ -513,7 +540,9 @@ pub mod stretch_flags {
 /// A request the kernel side delimited and timed itself: read and answered by a thread that
 /// never left its CPU from its first read to its last write, so its time was all on that CPU
 /// (the steal the hypervisor took meanwhile too: the collector counts a stretch's steal only
-/// in the requests still open when it ends, and this one ended before).
+/// in the requests still open when it ends, and this one ended before). A request whose
+/// first read blocked for its bytes starts at the wakeup that ended the block, and its time
+/// from there to the thread's switch-in is its wait for a CPU (`runqueue_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StretchRequest {
@@ -523,7 +552,8 @@ pub struct StretchRequest {
     pub fd: u32,
     /// [`stretch_flags`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Of `latency_ns`, the wait for a CPU (the rest is on its CPU).
+    pub runqueue_ns: u32,
 }
 
 impl StretchRequest {
@@ -535,6 +565,16 @@ impl StretchRequest {
     /// [`stretch_flags::SHARED`]
     pub fn shared_context(&self) -> bool {
         self.flags & stretch_flags::SHARED != 0
+    }
+
+    /// Its wait for a CPU (no longer than it).
+    pub fn waiting_for_cpu_ns(&self) -> u64 {
+        u64::from(self.runqueue_ns).min(self.latency_ns)
+    }
+
+    /// Its time on its CPU.
+    pub fn on_cpu_ns(&self) -> u64 {
+        self.latency_ns - self.waiting_for_cpu_ns()
     }
 }
 
@@ -689,6 +729,13 @@ pub struct Conversation {
     /// I/O began (tracer-ebpf's `stretch.rs`): the same count at the next, and it has not
     /// blocked since.
     pub voluntary_switches: u64,
+    /// Its last block in a read of a socket (tracer-ebpf's `stretch.rs`): the fd, when,
+    /// and its voluntary context switches counting that block ([`NO_FD`]: none noted). The
+    /// same count at a read of that fd, and that read is the one that blocked.
+    pub blocked_read_fd: u32,
+    pub _pad: u32,
+    pub blocked_at_ns: u64,
+    pub blocked_switches: u64,
 }
 
 impl Default for Conversation {
@@ -698,6 +745,10 @@ impl Default for Conversation {
             answered: 0,
             request_connection: 0,
             voluntary_switches: u64::MAX,
+            blocked_read_fd: NO_FD,
+            _pad: 0,
+            blocked_at_ns: 0,
+            blocked_switches: u64::MAX,
         }
     }
 }
@@ -1008,14 +1059,14 @@ records! {
     SyscallEvent = 48,
     SyscallPairEvent = 96,
     SyscallPairBatch = 24 + 96 * PAIR_BATCH,
-    TcpSocket = 72,
-    StretchTable = 32 + 8 * STRETCH_SLOTS,
+    TcpSocket = 88,
+    StretchTable = 64 + 8 * STRETCH_SLOTS,
     StretchHandedOver = 40,
     StretchHandover = 24 + 40 * STRETCH_SLOTS,
     StretchRequest = 32,
     StretchRequestBatch = 24 + 32 * STRETCH_BATCH,
     ThreadEvent = 32,
-    Conversation = 24,
+    Conversation = 48,
     TlsEvent = 40,
     GoSchedEvent = 48,
 }
@@ -1053,6 +1104,39 @@ mod tests {
             (handed.start_ns, handed.last_write_ns, handed.fd),
             (1_000, 1_400, 4)
         );
+    }
+
+    /// A kept request whose read blocked for its bytes starts at the wakeup that ended the
+    /// block, its wait for a CPU from there reported; one whose read did not block reports
+    /// none, whatever its entry held. Handed over, it is its read, as the collector would
+    /// have had it (the collector starts it at the same wakeup).
+    #[test]
+    fn a_kept_request_woken_by_its_bytes_starts_at_the_wakeup() {
+        let woken = TcpSocket {
+            fd: 4,
+            start_ns: 1_000,
+            last_write_ns: 1_400,
+            woken_ns: 700,
+            runqueue_ns: 250,
+            ..Default::default()
+        };
+        let r = woken.finished_request(5_000);
+        assert_eq!((r.start_ns, r.latency_ns, r.runqueue_ns), (700, 700, 250));
+        assert_eq!((r.waiting_for_cpu_ns(), r.on_cpu_ns()), (250, 450));
+        assert_eq!(woken.handed_over().start_ns, 1_000);
+        let not_woken = TcpSocket {
+            woken_ns: 0,
+            ..woken
+        };
+        let r = not_woken.finished_request(5_000);
+        assert_eq!((r.start_ns, r.latency_ns, r.runqueue_ns), (1_000, 400, 0));
+        // A wait longer than the request (never sent so) is cut to it.
+        let r = StretchRequest {
+            latency_ns: 100,
+            runqueue_ns: 250,
+            ..r
+        };
+        assert_eq!((r.waiting_for_cpu_ns(), r.on_cpu_ns()), (100, 0));
     }
 
     #[test]

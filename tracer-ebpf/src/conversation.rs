@@ -90,6 +90,52 @@ pub fn unblocked_since_last_stretch(tid: u32, switches: u64) -> bool {
     }
 }
 
+/// Thread `tid` (the current task) blocks in a read of `fd` at `now`, with `switches`
+/// voluntary context switches counting this one: noted in its conversation, in this CPU's
+/// slot when it holds it (the thread moved socket bytes in this time on the CPU), else in
+/// `CONVERSATIONS` in place (it was preempted after its last socket write, and got the CPU
+/// back only to block). A thread that never moved socket bytes has none: the read that ends
+/// this block is then judged as any other (see [`blocked_in_this_read`]).
+#[inline(always)]
+pub fn note_blocked_reading(tid: u32, fd: u32, switches: u64, now: u64) {
+    let Some(slot) = CPU_CONVERSATION.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `note_returned`; an entry of the map is written only by its thread,
+    // which is this CPU's current task.
+    unsafe {
+        let conversation = if (*slot).tid == tid {
+            (*slot).dirty = 1;
+            &mut (*slot).conversation
+        } else {
+            let Some(stored) = CONVERSATIONS.get_ptr_mut(tid) else {
+                return;
+            };
+            &mut *stored
+        };
+        conversation.blocked_read_fd = fd;
+        conversation.blocked_at_ns = now;
+        conversation.blocked_switches = switches;
+    }
+}
+
+/// Thread `tid` (the current task, its conversation in this CPU's slot) read bytes of `fd`
+/// with `switches` voluntary context switches so far: when its last block noted was in a read
+/// of `fd` and it has not blocked since, this read is the one that blocked, and this is when
+/// it blocked.
+#[inline(always)]
+pub fn blocked_in_this_read(tid: u32, fd: u32, switches: u64) -> Option<u64> {
+    let slot = CPU_CONVERSATION.get_ptr(0)?;
+    // SAFETY: as in `note_returned`.
+    unsafe {
+        let conversation = &(*slot).conversation;
+        ((*slot).tid == tid
+            && conversation.blocked_read_fd == fd
+            && conversation.blocked_switches == switches)
+            .then_some(conversation.blocked_at_ns)
+    }
+}
+
 /// Thread `tid` (the current task) is switching out: when this CPU's slot holds its
 /// conversation, it is stored back to `CONVERSATIONS` (the thread may next run elsewhere) and
 /// returned. `None`: it moved no socket bytes in this time on the CPU; its conversation, if

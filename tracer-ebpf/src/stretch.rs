@@ -10,9 +10,14 @@
 //! (see [`StretchRequest`] for the steal). Every other case goes
 //! to the collector as before, with its exact meaning kept:
 //! - A thread's first socket read or write in a stretch goes to the collector, unless it is a
-//!   read and the thread has not blocked since its last stretch began (it was preempted): a
-//!   read may have blocked, and the collector starts such a request at the wakeup that ended
-//!   the block.
+//!   read and the thread has not blocked since its last stretch began (it was preempted), or
+//!   it is the read the thread blocked in, woken by its bytes (a thread per connection,
+//!   between requests): that request starts at the wakeup, as the collector would start it,
+//!   and its wait for the CPU from there to the stretch's switch-in is its run-queue time
+//!   ([`woken_by_its_bytes`]). A read that blocked in any other way goes to the collector,
+//!   which starts its request at the wakeup that ended the block.
+//! - When the thread blocks in a read of the connection whose request it last started, that
+//!   request, answered, is over: finished here ([`end_answered`]), not handed over.
 //! - When the thread leaves its CPU (switch-out, exit), the requests its stretch still keeps
 //!   are handed to the collector in one record, each as the read that started it and its last
 //!   write so far ([`StretchHandover`]), before the switch-out's own record: it may still write
@@ -49,14 +54,16 @@ use aya_ebpf::{
 use tracer_common::{
     nr, request_keeper, socket_origin, socket_plain, stretch_flags, EventHeader, EventKind, Loss,
     StretchHandedOver, StretchHandover, StretchRequest, StretchRequestBatch, StretchTable,
-    SyscallEvent, TcpSocket, STRETCH_BATCH, STRETCH_SLOTS,
+    SyscallEvent, TcpSocket, NO_FD, STRETCH_BATCH, STRETCH_SLOTS,
 };
 
-use crate::conversation::unblocked_since_last_stretch;
+use crate::conversation::{
+    blocked_in_this_read, note_blocked_reading, unblocked_since_last_stretch,
+};
 use crate::held_read::{release_read_held_since_before, send_held, send_pairs_waiting_since};
 use crate::maps::{
     count_loss, count_losses, current_last_arrival, current_voluntary_switches, emit, global,
-    tls_records, EVENTS, TCP_SOCKETS,
+    now_ns, tls_records, EVENTS, TCP_SOCKETS,
 };
 
 /// 1: keep requests in the kernel (set by the collector at load time).
@@ -126,6 +133,7 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
     // read checks the stretch, by the scheduler's clock when the thread last got the CPU, in
     // case its switch-out went unseen: a request finishes only at a read, so one that spanned
     // such a switch is handed over, never finished here.
+    let mut woken = Woken::NOT;
     let new_stretch = if table.owner_tid != tid {
         Some(current_last_arrival())
     } else if received {
@@ -135,15 +143,23 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
         None
     };
     if let Some(arrival) = new_stretch {
-        hand_over(table, cpu, now);
+        hand_over_out_of_line(table, cpu, now);
         table.owner_tid = tid;
         table.owner_arrival = arrival;
-        // A read that begins the stretch is kept only if it did not block: the thread has
-        // not blocked since its last stretch began (it was preempted, or woke a task that
-        // took its CPU). One that blocked goes to the collector, which starts its request
-        // at the wakeup that ended the block.
-        let unblocked = unblocked_since_last_stretch(tid, current_voluntary_switches());
-        if !(received && ret > 0 && unblocked) {
+        // A read that begins the stretch is kept if it did not block: the thread has not
+        // blocked since its last stretch began (it was preempted, or woke a task that took
+        // its CPU). Or if it is the read that blocked, woken by its bytes: its request
+        // starts at that wakeup, as the collector would start it, and its wait for the CPU
+        // is known (a thread per connection, blocking in its read between requests). Any
+        // other goes to the collector.
+        let switches = current_voluntary_switches();
+        let unblocked = unblocked_since_last_stretch(tid, switches);
+        let read_request = received && ret > 0;
+        if read_request && !unblocked {
+            let fd = unsafe { (*tcp).fd };
+            woken = woken_by_its_bytes(table, tid, fd, switches);
+        }
+        if !(read_request && (unblocked || woken.at_ns != 0)) {
             note_sent(unsafe { &mut *tcp }, received, ret);
             return false;
         }
@@ -157,7 +173,7 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
             }
             true // a failed write changes nothing (as for the collector)
         }
-        (false, true) if ret > 0 => open(table, tcp, sock, tid, cpu, ret, now),
+        (false, true) if ret > 0 => open(table, tcp, sock, tid, cpu, ret, now, woken),
         (false, _) => {
             note_sent(tcp, received, ret);
             false
@@ -172,8 +188,8 @@ fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64,
     let answered = tcp.last_write_ns != 0;
     if ret > 0 {
         if answered {
-            gather(tcp.finished_request(now), now);
-            start(table, tcp, sock, ret, now);
+            gather(tcp, now);
+            start(table, tcp, sock, ret, now, Woken::NOT);
         }
         return true;
     }
@@ -182,16 +198,78 @@ fn read_kept(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64,
         if !answered {
             table.unanswered = table.unanswered.saturating_sub(1);
         }
-        gather(tcp.finished_request(now), now);
+        gather(tcp, now);
         tcp.keeper = request_keeper::NONE;
         tcp.answered = 0;
     }
     true // a failed read changes nothing (as for the collector)
 }
 
-/// A read of request bytes on a connection no stretch keeps: a new request kept here, unless
-/// it continues one the collector holds, or the table is full.
+/// Where a kept request's first read blocked for its bytes: the wakeup that ended the block,
+/// and the wait for a CPU from there to the thread's switch-in.
+#[derive(Clone, Copy)]
+struct Woken {
+    /// 0: the read did not block.
+    at_ns: u64,
+    runqueue_ns: u32,
+}
+
+impl Woken {
+    const NOT: Woken = Woken {
+        at_ns: 0,
+        runqueue_ns: 0,
+    };
+}
+
+/// Thread `tid`, at the first read of its stretch, with `switches` voluntary context
+/// switches, reads bytes of `fd`: when that read is the one it blocked in (see
+/// `blocked_in_this_read`), and the switch-in that began the stretch carried the wakeup that
+/// ended the block, that wakeup. [`Woken::NOT`] otherwise (the wakeup or the switch-in went
+/// unseen, or the wakeup came as the thread went to sleep, before its switch-out: the
+/// collector then starts the request at the switch-out).
 #[inline(always)]
+fn woken_by_its_bytes(table: &StretchTable, tid: u32, fd: u32, switches: u64) -> Woken {
+    let Some(blocked_at) = blocked_in_this_read(tid, fd, switches) else {
+        return Woken::NOT;
+    };
+    let woken = table.arrived_woken_ns;
+    if table.arrived_tid != tid || woken < blocked_at || woken == 0 {
+        return Woken::NOT;
+    }
+    match table
+        .arrived_ns
+        .checked_sub(woken)
+        .and_then(|runqueue| u32::try_from(runqueue).ok())
+    {
+        Some(runqueue_ns) => Woken {
+            at_ns: woken,
+            runqueue_ns,
+        },
+        None => Woken::NOT,
+    }
+}
+
+/// Target thread `tid` gets this CPU at `now`, woken at `woken_ns` (0: no wakeup seen, or
+/// preempted), for a read that blocked (see [`woken_by_its_bytes`]).
+#[inline(always)]
+pub fn note_arrival(tid: u32, woken_ns: u64, now: u64) {
+    if !keeps_requests() {
+        return;
+    }
+    if let Some(table) = STRETCH_TABLES.get_ptr_mut(0) {
+        // SAFETY: as in `serve`.
+        let table = unsafe { &mut *table };
+        table.arrived_tid = tid;
+        table.arrived_ns = now;
+        table.arrived_woken_ns = woken_ns;
+    }
+}
+
+/// A read of request bytes on a connection no stretch keeps: a new request kept here, unless
+/// it continues one the collector holds, or the table is full. `woken`: the read blocked
+/// for them.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn open(
     table: &mut StretchTable,
     tcp: &mut TcpSocket,
@@ -200,6 +278,7 @@ fn open(
     cpu: u32,
     ret: i64,
     now: u64,
+    woken: Woken,
 ) -> bool {
     let collector_holds = tcp.keeper != request_keeper::NONE;
     if collector_holds && tcp.answered == 0 {
@@ -211,12 +290,7 @@ fn open(
         return false;
     }
     if collector_holds {
-        // The collector's request there, answered, is over; what this CPU holds for the
-        // collector goes first (its last write may be among it).
-        send_held();
-        if let Err(loss) = emit(taken_connection(tcp, now)) {
-            count_loss(loss);
-        }
+        take_from_collector(tcp, now);
     }
     // Listed once per stretch: the connection's next requests in it reuse the entry.
     table.socks[len & (STRETCH_SLOTS - 1)] = sock;
@@ -224,14 +298,23 @@ fn open(
     tcp.keeper = request_keeper::STRETCH;
     tcp.stretch_tid = tid;
     tcp.stretch_cpu = cpu;
-    start(table, tcp, sock, ret, now);
+    start(table, tcp, sock, ret, now, woken);
     true
 }
 
-/// `tcp`'s (`sock`'s) next request starts with a read that returned `ret` at `now`.
+/// `tcp`'s (`sock`'s) next request starts with a read that returned `ret` at `now` (after
+/// blocking for its bytes: `woken`).
 #[inline(always)]
-fn start(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now: u64) {
+fn start(
+    table: &mut StretchTable,
+    tcp: &mut TcpSocket,
+    sock: u64,
+    ret: i64,
+    now: u64,
+    woken: Woken,
+) {
     table.opened = table.opened.wrapping_add(1);
+    table.last_started = sock;
     if table.unanswered > 0 {
         // Another request would share the thread: counted again if the running count may
         // be too high (see `count_unanswered_besides`), which only a kept request leaving
@@ -248,6 +331,8 @@ fn start(table: &mut StretchTable, tcp: &mut TcpSocket, sock: u64, ret: i64, now
     // newer mark, mistakes a mark another CPU left (or a fresh entry's 0) for its own.
     tcp.counted_at = table.opened;
     tcp.start_ns = now;
+    tcp.woken_ns = woken.at_ns;
+    tcp.runqueue_ns = woken.runqueue_ns;
     tcp.last_write_ns = 0;
     tcp.read_ret = ret as i32;
     tcp.write_ret = 0;
@@ -363,6 +448,17 @@ fn answer(table: &mut StretchTable, tcp: &mut TcpSocket, ret: i64, now: u64) {
     tcp.answered = 1;
 }
 
+/// Tell the collector that the kernel side takes `tcp`'s requests back: its request there,
+/// answered, is over. What this CPU holds for the collector goes first (its last write may
+/// be among it). A function of its own, as `gather`.
+#[inline(never)]
+fn take_from_collector(tcp: &TcpSocket, now: u64) {
+    send_held();
+    if let Err(loss) = emit(taken_connection(tcp, now)) {
+        count_loss(loss);
+    }
+}
+
 /// The record telling the collector that the kernel side takes `tcp`'s requests back.
 #[inline(always)]
 fn taken_connection(tcp: &TcpSocket, now: u64) -> SyscallEvent {
@@ -395,9 +491,11 @@ fn note_sent(tcp: &mut TcpSocket, received: bool, ret: i64) {
     }
 }
 
-/// A finished request, into this CPU's batch.
-#[inline(always)]
-fn gather(request: StretchRequest, now: u64) {
+/// `tcp`'s kept request, finished at `now`, into this CPU's batch. A function of its own:
+/// inlined into the socket programs, with the handover's, its locals overflowed the stack of
+/// their calls (512 bytes).
+#[inline(never)]
+fn gather(tcp: &TcpSocket, now: u64) {
     let Some(batch) = STRETCH_DONE.get_ptr_mut(0) else {
         return count_losses(Loss::MapFull, 2);
     };
@@ -408,7 +506,7 @@ fn gather(request: StretchRequest, now: u64) {
         batch.hdr.ts_ns = now;
         batch.hdr.kind = EventKind::StretchRequestBatch as u32;
     }
-    batch.requests[count & (STRETCH_BATCH - 1)] = request;
+    batch.requests[count & (STRETCH_BATCH - 1)] = tcp.finished_request(now);
     batch.count = count as u32 + 1;
     if count + 1 >= STRETCH_BATCH || now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
     {
@@ -464,26 +562,78 @@ fn at_most(value: u64, max: u64) -> u64 {
     value.min(max)
 }
 
-/// A target thread leaves its CPU (switch-out or exit) at `now`: the finished requests
-/// gathered on the CPU go out, then the requests its stretch keeps, handed over.
+/// Target thread `tid`, the current task, switches out: blocked in a read of
+/// `blocked_reading` ([`NO_FD`]: not), the CPU going idle or not. Its block is noted in its
+/// conversation (see `woken_by_its_bytes`), and its stretch left (see [`leave_stretch`]).
 #[inline(always)]
-pub fn leave_stretch(now: u64) {
+pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32, cpu_goes_idle: bool) {
     if !keeps_requests() {
         return;
     }
-    if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
-        // SAFETY: as in `gather`.
-        send_done(unsafe { &mut *batch });
+    let now = now_ns();
+    if blocked_reading != NO_FD {
+        note_blocked_reading(tid, blocked_reading, current_voluntary_switches(), now);
+    }
+    let leaving = Leaving {
+        blocked_reading,
+        reader: tid,
+        cpu_goes_idle,
+    };
+    leave_stretch(now, leaving);
+}
+
+/// How a target thread leaves its CPU.
+#[derive(Clone, Copy)]
+pub struct Leaving {
+    /// It blocks in a read of this fd ([`NO_FD`]: it does not), and it is this thread.
+    pub blocked_reading: u32,
+    pub reader: u32,
+    /// The CPU goes idle (nothing else to run).
+    pub cpu_goes_idle: bool,
+}
+
+impl Leaving {
+    /// Preempted, yielding, blocked elsewhere, or exiting, with other tasks to run.
+    pub const OTHERWISE: Leaving = Leaving {
+        blocked_reading: NO_FD,
+        reader: 0,
+        cpu_goes_idle: false,
+    };
+}
+
+/// A target thread leaves its CPU (switch-out or exit) at `now`: the requests its stretch
+/// keeps are handed over, but for an answered one whose reader now blocks for the next
+/// request (see [`Leaving`]): that one is over, finished here. The finished requests
+/// gathered on the CPU go out when it goes idle (so that a quiet server's requests reach the
+/// live view) or the oldest has waited long enough; otherwise they wait for their batch to
+/// fill: a thread per connection finishes one at each of its blocks.
+#[inline(always)]
+pub fn leave_stretch(now: u64, leaving: Leaving) {
+    if !keeps_requests() {
+        return;
     }
     let Some(table) = STRETCH_TABLES.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: as in `serve`.
     let table = unsafe { &mut *table };
+    table.arrived_tid = 0;
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if leaving.blocked_reading != NO_FD && table.owner_tid == leaving.reader {
+        end_answered(table, cpu, leaving.blocked_reading, now);
+    }
     // Another target thread's stretch still listed here: its owner left this CPU unseen, so
     // its stretch is over too.
     if table.owner_tid != 0 {
-        hand_over(table, unsafe { bpf_get_smp_processor_id() }, now);
+        hand_over(table, cpu, now);
+    }
+    if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
+        // SAFETY: as in `gather`.
+        let batch = unsafe { &mut *batch };
+        if leaving.cpu_goes_idle || now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
+        {
+            send_done(batch);
+        }
     }
 }
 
@@ -500,7 +650,6 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
     if len == 0 {
         return;
     }
-    send_held(); // older records of this CPU first
     let Some(record) = STRETCH_HANDOVERS.get_ptr_mut(0) else {
         return count_losses(Loss::MapFull, 2 * len as u64);
     };
@@ -508,7 +657,9 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
     let record = unsafe { &mut *record };
     // Each listed connection has its place in the record, whether kept or left out (a
     // `start_ns` of 0), so that every pass through the loop ends in the same state for the
-    // verifier (a running count of the kept ones multiplied its paths past its limit).
+    // verifier (a running count of the kept ones multiplied its paths past its limit: a
+    // flag in the table says whether any was kept).
+    table.any_handed = 0;
     for i in 0..STRETCH_SLOTS {
         if i >= len {
             break;
@@ -525,9 +676,45 @@ fn hand_over(table: &mut StretchTable, cpu: u32, now: u64) {
         {
             tcp.keeper = request_keeper::COLLECTOR;
             record.requests[i] = tcp.handed_over();
+            table.any_handed = 1;
         }
     }
-    send_handover(record, owner, len, now);
+    // None when every listed request was over (see `end_answered`).
+    if table.any_handed != 0 {
+        send_held(); // older records of this CPU first
+        send_handover(record, owner, len, now);
+    }
+}
+
+/// [`hand_over`] as a function of its own, for the socket programs: inlined there, its locals
+/// overflowed the stack of their calls (512 bytes). (Inlined into `sched_switch`, whose load
+/// it made twice as long as a function of its own.)
+#[inline(never)]
+fn hand_over_out_of_line(table: &mut StretchTable, cpu: u32, now: u64) {
+    hand_over(table, cpu, now);
+}
+
+/// The table's owner blocks in a read of `fd`: when that is the connection whose request it
+/// last started, kept here and answered, that request is over (its reader waits for the
+/// next one), finished here rather than handed over.
+#[inline(always)]
+fn end_answered(table: &mut StretchTable, cpu: u32, fd: u32, now: u64) {
+    let Some(tcp) = TCP_SOCKETS.get_ptr_mut(table.last_started) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer.
+    let tcp = unsafe { &mut *tcp };
+    if tcp.keeper != request_keeper::STRETCH
+        || tcp.stretch_tid != table.owner_tid
+        || tcp.stretch_cpu != cpu
+        || tcp.fd != fd
+        || tcp.last_write_ns == 0
+    {
+        return;
+    }
+    gather(tcp, now);
+    tcp.keeper = request_keeper::NONE;
+    tcp.answered = 0;
 }
 
 /// Hand `tcp`'s kept request to the collector alone (another thread or CPU goes on with it).

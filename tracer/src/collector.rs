@@ -269,8 +269,10 @@ impl Collector {
         self.engine.count_stretch_requests(requests);
         for r in requests.iter().filter(|r| r.completed()) {
             self.totals.record_complete(r.latency_ns);
-            self.interval.record_on_cpu(r.latency_ns);
-            self.interval_breakdown[Cause::OnCpu.index()] += r.latency_ns;
+            self.interval
+                .record_kernel_timed(r.latency_ns, r.waiting_for_cpu_ns());
+            self.interval_breakdown[Cause::OnCpu.index()] += r.on_cpu_ns();
+            self.interval_breakdown[Cause::Runqueue.index()] += r.waiting_for_cpu_ns();
             if self.slow.takes(r.latency_ns) {
                 let request = stretch_request(r);
                 self.slow

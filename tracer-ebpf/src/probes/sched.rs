@@ -2,8 +2,9 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
-    futex_op_waits, nr, switch_state_as_reported, waker_context, EventKind, Loss, PendingWakeup,
-    SwitchEvent, WakerId, WakeupEvent, NO_STACK, NO_SYSCALL, PREEMPT_STATE_BIT, TASK_DEAD,
+    futex_op_waits, is_read, nr, switch_state_as_reported, waker_context, EventKind, Loss,
+    PendingWakeup, SwitchEvent, WakerId, WakeupEvent, NO_FD, NO_STACK, NO_SYSCALL,
+    PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
 use super::go_sched::goroutines_followed;
@@ -18,7 +19,7 @@ use crate::maps::{
     fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns,
     run_delay_through_now_ns, sample_one_in, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
-use crate::stretch::leave_stretch;
+use crate::stretch::{note_arrival, switch_out_of_stretch};
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
 /// struct task_struct *next, unsigned int prev_state)` (include/trace/events/sched.h, Linux
@@ -41,6 +42,13 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     let next = ctx.arg::<u64>(2);
     let prev_state = ctx.arg::<u64>(3) as u32;
     let prev_tid = current_target_tid().filter(|&tid| tid != 0 && switches_followed(tid));
+    // A target thread going to sleep: the syscall it blocks in, read once, for its stretch
+    // and for its record.
+    let blocked_in = match prev_tid {
+        Some(_) if !preempt && prev_state != 0 => blocked_syscall(),
+        _ => BlockedIn::NONE,
+    };
+    let next_pid = task_pid(next);
     // Before this switch-out's record, and whatever fails below: the gathered pairs and the
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
@@ -49,11 +57,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // than the reorder window, and replay the thread's time since that switch-in.
         // (This switch's own record is timed after it.)
         report_unseen_switch_in(tid, u64::MAX);
-        leave_stretch(now_ns());
+        switch_out_of_stretch(tid, blocked_in.read_fd(), next_pid == Ok(0));
         send_held();
         store_running_conversation(tid)
     });
-    let next_pid = task_pid(next)?;
+    let next_pid = next_pid?;
     let next_is_target = is_target_tid(next_pid) && switches_followed(next_pid);
     if prev_tid.is_none() && !next_is_target {
         return Ok(());
@@ -85,6 +93,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
             // wait would count as the cause it blocked on.
             None => event.next_run_delay_ns = run_delay_through_now_ns(next),
         }
+        note_arrival(next_pid, event.woken_at_ns, event.hdr.ts_ns);
     }
     if let Some(prev_tid) = prev_tid {
         event.hdr.tid = prev_tid;
@@ -115,14 +124,8 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // Its total wait for a CPU so far: should the switch-in that ends this block go
         // unreported, with its wakeup, the difference tells how long it waited for its CPU.
         event.run_delay_ns = current_run_delay_ns();
-        // `prev` is current: the syscall it blocks in is in the user registers it entered
-        // the kernel with (unreadable ones name none: a block outside a syscall).
-        if let Ok(regs) = current_syscall_regs() {
-            if let Some(syscall_nr) = regs.syscall() {
-                event.syscall_nr = syscall_nr;
-                event.syscall_arg0 = regs.di;
-            }
-        }
+        event.syscall_nr = blocked_in.syscall_nr;
+        event.syscall_arg0 = blocked_in.arg0;
         // Blocked inside a request: where, in its own code. A thread waiting for its next
         // request takes none (most blocks of a busy server, and no request's time).
         // (The map is looked up only here, for a block: most switch-outs are not.)
@@ -241,7 +244,49 @@ fn emit_unseen_switch_in(tid: u32, not_after: u64) -> Result<(), Loss> {
         event.next_run_delay_ns = current_run_delay_ns();
     }
     event.hdr.ts_ns = at;
+    note_arrival(tid, event.woken_at_ns, at);
     emit(event)
+}
+
+/// The syscall a thread blocks in, and its first argument.
+#[derive(Clone, Copy)]
+struct BlockedIn {
+    /// [`NO_SYSCALL`]: none (not blocked, or its registers unreadable).
+    syscall_nr: u32,
+    arg0: u64,
+}
+
+impl BlockedIn {
+    const NONE: BlockedIn = BlockedIn {
+        syscall_nr: NO_SYSCALL,
+        arg0: 0,
+    };
+
+    /// The fd it reads ([`NO_FD`]: not a read).
+    #[inline(always)]
+    fn read_fd(&self) -> u32 {
+        if is_read(self.syscall_nr) {
+            self.arg0 as u32
+        } else {
+            NO_FD
+        }
+    }
+}
+
+/// The syscall the current task blocks in, from the user registers it entered the kernel
+/// with (unreadable ones name none: a block outside a syscall).
+#[inline(always)]
+fn blocked_syscall() -> BlockedIn {
+    match current_syscall_regs() {
+        Ok(regs) => match regs.syscall() {
+            Some(syscall_nr) => BlockedIn {
+                syscall_nr,
+                arg0: regs.di,
+            },
+            None => BlockedIn::NONE,
+        },
+        Err(_) => BlockedIn::NONE,
+    }
 }
 
 /// The wakeup that made target thread `tid` runnable since it last ran, if its sched_wakeup

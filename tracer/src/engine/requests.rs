@@ -259,10 +259,12 @@ impl Requests {
 
 /// A request the kernel side delimited and timed, served by its thread in one stretch on a
 /// CPU: all of it on that CPU (a request that ended before its thread's stretch did keeps the
-/// stretch's steal as on-CPU time, as here).
+/// stretch's steal as on-CPU time, as here), but for the wait for it after the wakeup that
+/// delivered its bytes, when its read blocked.
 pub fn stretch_request(r: &StretchRequest) -> Request {
     let mut breakdown = Breakdown::default();
-    breakdown[Cause::OnCpu.index()] = r.latency_ns;
+    breakdown[Cause::OnCpu.index()] = r.on_cpu_ns();
+    breakdown[Cause::Runqueue.index()] = r.waiting_for_cpu_ns();
     Request {
         ctx: ExecCtx::Thread(Tid(r.tid)),
         fd: Some(r.fd),

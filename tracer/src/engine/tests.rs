@@ -922,7 +922,7 @@ fn a_request_kept_in_the_kernel_is_all_on_cpu() {
         tid: T,
         fd: CONN,
         flags,
-        _pad: 0,
+        runqueue_ns: 0,
     };
     let requests = [
         kept(100, 50, 0),

@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 use crate::engine::{Breakdown, Cause, Handshake, Request, TlsPhases, TlsVersion, Wait, CAUSES};
 
 const ON_CPU: usize = Cause::OnCpu.index();
+const RUNQUEUE: usize = Cause::Runqueue.index();
 
 fn histogram() -> Histogram<u64> {
     // 2 significant digits (values within 1%), auto-resizing: nanoseconds up to hours. The
@@ -49,17 +50,21 @@ impl RequestHistograms {
         }
     }
 
-    /// [`RequestHistograms::record`] for a request whose time was all on its CPU, with no
-    /// [`Request`] built (one the kernel side timed).
-    pub fn record_on_cpu(&mut self, latency_ns: u64) {
+    /// [`RequestHistograms::record`] for a request the kernel side timed, with no
+    /// [`Request`] built: its time on its CPU, but for `runqueue_ns` waiting for it.
+    pub fn record_kernel_timed(&mut self, latency_ns: u64, runqueue_ns: u64) {
         let _ = self.latency.record(latency_ns);
-        for (cause, zeros) in self.zeros.iter_mut().enumerate() {
-            *zeros += u64::from(cause != ON_CPU);
-        }
-        if latency_ns == 0 {
-            self.zeros[ON_CPU] += 1;
-        } else {
-            let _ = self.causes[ON_CPU].record(latency_ns);
+        for (cause, (h, zeros)) in self.causes.iter_mut().zip(&mut self.zeros).enumerate() {
+            let ns = match cause {
+                ON_CPU => latency_ns.saturating_sub(runqueue_ns),
+                RUNQUEUE => runqueue_ns,
+                _ => 0,
+            };
+            if ns == 0 {
+                *zeros += 1;
+            } else {
+                let _ = h.record(ns);
+            }
         }
     }
 
@@ -268,16 +273,28 @@ mod tests {
     /// The kernel side's requests take the fast path; it must leave the histograms as the
     /// general one does with the same requests built whole (0 ns included).
     #[test]
-    fn a_request_all_on_cpu_is_recorded_as_the_general_path_records_it() {
-        let latencies = [0, 1, 999, 50_000, 1_234_567, 50_000];
+    fn a_kernel_timed_request_is_recorded_as_the_general_path_records_it() {
+        // (latency, of which waiting for a CPU)
+        let requests = [
+            (0, 0),
+            (1, 0),
+            (999, 0),
+            (50_000, 0),
+            (1_234_567, 0),
+            (50_000, 0),
+            (50_000, 7_000),
+            (7_000, 7_000),
+            (2_000_000, 1),
+        ];
         let (mut fast, mut general) = (RequestHistograms::default(), RequestHistograms::default());
         let (mut fast_totals, mut general_totals) = (Totals::default(), Totals::default());
-        for (i, &latency_ns) in latencies.iter().enumerate() {
-            fast.record_on_cpu(latency_ns);
+        for (i, &(latency_ns, runqueue_ns)) in requests.iter().enumerate() {
+            fast.record_kernel_timed(latency_ns, runqueue_ns.min(latency_ns));
             fast_totals.record_complete(latency_ns);
             let r = crate::engine::requests::stretch_request(&tracer_common::StretchRequest {
                 start_ns: i as u64,
                 latency_ns,
+                runqueue_ns: runqueue_ns as u32,
                 ..Default::default()
             });
             general.record(&r);
@@ -288,7 +305,7 @@ mod tests {
         assert_eq!(fast.latency, general.latency);
         for (cause, (f, g)) in fast.causes.iter().zip(&general.causes).enumerate() {
             assert_eq!(f, g, "cause {cause}");
-            assert_eq!(f.len(), latencies.len() as u64, "cause {cause}");
+            assert_eq!(f.len(), requests.len() as u64, "cause {cause}");
         }
         assert_eq!(
             fast_totals.request_log2_us.slots,
