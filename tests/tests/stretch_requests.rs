@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use tracer::{engine::Cause, output::jsonl::RequestRecord};
+use tracer::{
+    engine::Cause,
+    output::{jsonl::RequestRecord, summary::Requests},
+};
 use tracer_tests::{
     http::{read_response, Response},
     last_cpu, median, near, pin_process_to_cpu, pin_this_thread_to_cpu,
@@ -31,6 +34,23 @@ const ROUNDS: usize = 4;
 
 fn cause(r: &RequestRecord, cause: Cause) -> u64 {
     r.breakdown.get(&cause).copied().unwrap_or(0)
+}
+
+/// The kernel side kept at least `kept` of the requests, all answered; each traced request's
+/// causes sum to its latency, with no event lost.
+fn assert_kept_and_whole(requests: &Requests, traced: &[RequestRecord], kept: u64) {
+    assert!(
+        requests.in_kernel >= kept && requests.aborted == 0,
+        "the kernel side kept some requests, all answered: {requests:?}"
+    );
+    for r in traced {
+        assert_eq!(
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "causes sum to the latency: {r:?}"
+        );
+        assert!(!r.incomplete, "no events lost: {r:?}");
+    }
 }
 
 #[test]
@@ -99,19 +119,7 @@ fn requests_kept_in_the_kernel_agree_with_the_servers_own_timing() {
         "{}",
         done.describe()
     );
-    assert!(
-        summary.requests.in_kernel >= 1 && summary.requests.aborted == 0,
-        "the kernel side kept some requests, all answered: {:?}",
-        summary.requests
-    );
-    for r in &traced {
-        assert_eq!(
-            r.latency_ns,
-            r.breakdown.values().sum::<u64>(),
-            "causes sum to the latency: {r:?}"
-        );
-        assert!(!r.incomplete, "no events lost: {r:?}");
-    }
+    assert_kept_and_whole(&summary.requests, &traced, 1);
 
     let rows = |kind: &str| -> Vec<(&Response, &RequestRecord)> {
         kinds
@@ -286,19 +294,7 @@ fn a_request_read_after_blocking_starts_at_the_wakeup_its_bytes_brought() {
         summary.requests,
         done.describe()
     );
-    assert!(
-        summary.requests.in_kernel >= REQUESTS as u64 / 4 && summary.requests.aborted == 0,
-        "the kernel side kept some requests, all answered: {:?}",
-        summary.requests
-    );
-    for r in &traced {
-        assert_eq!(
-            r.latency_ns,
-            r.breakdown.values().sum::<u64>(),
-            "causes sum to the latency: {r:?}"
-        );
-        assert!(!r.incomplete, "no events lost: {r:?}");
-    }
+    assert_kept_and_whole(&summary.requests, &traced, REQUESTS as u64 / 4);
     let pairs: Vec<(&Response, &RequestRecord)> = responses.iter().zip(&traced).collect();
     let describe = || format!("{pairs:#?}");
     // The run queue: the server's waits for its CPU from its previous response to this one's

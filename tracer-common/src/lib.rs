@@ -443,7 +443,7 @@ impl TcpSocket {
             fd: self.fd,
             read_ret: self.read_ret,
             write_ret: self.write_ret,
-            _pad: 0,
+            woken: u32::from(self.woken_ns != 0),
         }
     }
 }
@@ -513,7 +513,9 @@ pub struct StretchHandedOver {
     pub fd: u32,
     pub read_ret: i32,
     pub write_ret: i32,
-    pub _pad: u32,
+    /// 1: its read blocked for its bytes, and it starts at the wakeup that ended the block
+    /// (the collector's, too); 0: at its read, whatever wakeup the collector last saw.
+    pub woken: u32,
 }
 
 /// The requests a thread's stretch kept and left open when it left its CPU, or one that
@@ -730,8 +732,9 @@ pub struct Conversation {
     /// blocked since.
     pub voluntary_switches: u64,
     /// Its last block in a read of a socket (tracer-ebpf's `stretch.rs`): the fd, when,
-    /// and its voluntary context switches counting that block ([`NO_FD`]: none noted). The
-    /// same count at a read of that fd, and that read is the one that blocked.
+    /// and its context switches (blocks and preemptions) counting that block ([`NO_FD`]:
+    /// none noted). The same count at a read of that fd, and that read is the one that
+    /// blocked, and the thread has not been preempted since.
     pub blocked_read_fd: u32,
     pub _pad: u32,
     pub blocked_at_ns: u64,
@@ -1123,7 +1126,10 @@ mod tests {
         let r = woken.finished_request(5_000);
         assert_eq!((r.start_ns, r.latency_ns, r.runqueue_ns), (700, 700, 250));
         assert_eq!((r.waiting_for_cpu_ns(), r.on_cpu_ns()), (250, 450));
-        assert_eq!(woken.handed_over().start_ns, 1_000);
+        assert_eq!(
+            (woken.handed_over().start_ns, woken.handed_over().woken),
+            (1_000, 1)
+        );
         let not_woken = TcpSocket {
             woken_ns: 0,
             ..woken

@@ -91,7 +91,7 @@ pub fn unblocked_since_last_stretch(tid: u32, switches: u64) -> bool {
 }
 
 /// Thread `tid` (the current task) blocks in a read of `fd` at `now`, with `switches`
-/// voluntary context switches counting this one: noted in its conversation, in this CPU's
+/// context switches (blocks and preemptions) counting this one: noted in its conversation, in this CPU's
 /// slot when it holds it (the thread moved socket bytes in this time on the CPU), else in
 /// `CONVERSATIONS` in place (it was preempted after its last socket write, and got the CPU
 /// back only to block). A thread that never moved socket bytes has none: the read that ends
@@ -120,9 +120,9 @@ pub fn note_blocked_reading(tid: u32, fd: u32, switches: u64, now: u64) {
 }
 
 /// Thread `tid` (the current task, its conversation in this CPU's slot) read bytes of `fd`
-/// with `switches` voluntary context switches so far: when its last block noted was in a read
-/// of `fd` and it has not blocked since, this read is the one that blocked, and this is when
-/// it blocked.
+/// with `switches` context switches (blocks and preemptions) so far: when its last block
+/// noted was in a read of `fd` and it has not left its CPU since, this read is the one that
+/// blocked, and this is when it blocked.
 #[inline(always)]
 pub fn blocked_in_this_read(tid: u32, fd: u32, switches: u64) -> Option<u64> {
     let slot = CPU_CONVERSATION.get_ptr(0)?;

@@ -152,6 +152,17 @@ pub fn current_voluntary_switches() -> u64 {
     current_task_u64(&TASK_NVCSW_OFFSET)
 }
 
+/// Byte offset of `task_struct.nivcsw` (0: not found).
+#[unsafe(no_mangle)]
+static TASK_NIVCSW_OFFSET: u32 = 0;
+
+/// The current task's involuntary context switches so far (`nivcsw`: its preemptions, counted
+/// by `__schedule()` as `nvcsw` is); 0 when unknown.
+#[inline(always)]
+pub fn current_involuntary_switches() -> u64 {
+    current_task_u64(&TASK_NIVCSW_OFFSET)
+}
+
 /// The u64 at the byte offset `offset` (a global the collector set; 0: not found) of the
 /// current task's `task_struct`; 0 when unknown or unreadable.
 #[inline(always)]

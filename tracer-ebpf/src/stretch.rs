@@ -62,8 +62,8 @@ use crate::conversation::{
 };
 use crate::held_read::{release_read_held_since_before, send_held, send_pairs_waiting_since};
 use crate::maps::{
-    count_loss, count_losses, current_last_arrival, current_voluntary_switches, emit, global,
-    now_ns, tls_records, EVENTS, TCP_SOCKETS,
+    count_loss, count_losses, current_involuntary_switches, current_last_arrival,
+    current_voluntary_switches, emit, global, now_ns, tls_records, EVENTS, TCP_SOCKETS,
 };
 
 /// 1: keep requests in the kernel (set by the collector at load time).
@@ -157,7 +157,8 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
         let read_request = received && ret > 0;
         if read_request && !unblocked {
             let fd = unsafe { (*tcp).fd };
-            woken = woken_by_its_bytes(table, tid, fd, switches);
+            let all_switches = switches + current_involuntary_switches();
+            woken = woken_by_its_bytes(table, tid, fd, all_switches);
         }
         if !(read_request && (unblocked || woken.at_ns != 0)) {
             note_sent(unsafe { &mut *tcp }, received, ret);
@@ -221,10 +222,12 @@ impl Woken {
     };
 }
 
-/// Thread `tid`, at the first read of its stretch, with `switches` voluntary context
-/// switches, reads bytes of `fd`: when that read is the one it blocked in (see
-/// `blocked_in_this_read`), and the switch-in that began the stretch carried the wakeup that
-/// ended the block, that wakeup. [`Woken::NOT`] otherwise (the wakeup or the switch-in went
+/// Thread `tid`, at the first read of its stretch, with `switches` context switches (blocks
+/// and preemptions), reads bytes of `fd`: when that read is the one it blocked in, with no
+/// switch since (see `blocked_in_this_read`: the stretch's switch-in is the block's first,
+/// so a wakeup it carries is the one that ended the block, not one that came while the
+/// thread was preempted after it), and the switch-in that began the stretch carried the
+/// wakeup that ended the block, that wakeup. [`Woken::NOT`] otherwise (the wakeup or the switch-in went
 /// unseen, or the wakeup came as the thread went to sleep, before its switch-out: the
 /// collector then starts the request at the switch-out).
 #[inline(always)]
@@ -563,23 +566,38 @@ fn at_most(value: u64, max: u64) -> u64 {
 }
 
 /// Target thread `tid`, the current task, switches out: blocked in a read of
-/// `blocked_reading` ([`NO_FD`]: not), the CPU going idle or not. Its block is noted in its
-/// conversation (see `woken_by_its_bytes`), and its stretch left (see [`leave_stretch`]).
+/// `blocked_reading` ([`NO_FD`]: not). Its block is noted in its conversation (see
+/// `woken_by_its_bytes`), and its stretch left (see [`leave_stretch`]).
 #[inline(always)]
-pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32, cpu_goes_idle: bool) {
+pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32) {
     if !keeps_requests() {
         return;
     }
     let now = now_ns();
     if blocked_reading != NO_FD {
-        note_blocked_reading(tid, blocked_reading, current_voluntary_switches(), now);
+        // Counting this block (`__schedule()` counts a switch before sched_switch fires).
+        let switches = current_voluntary_switches() + current_involuntary_switches();
+        note_blocked_reading(tid, blocked_reading, switches, now);
     }
     let leaving = Leaving {
         blocked_reading,
         reader: tid,
-        cpu_goes_idle,
     };
     leave_stretch(now, leaving);
+}
+
+/// This CPU goes idle (any task's switch to its idle task): the finished requests it
+/// gathered go out, so that a quiet server's requests reach the live view at once; a busy
+/// CPU's wait for their batch to fill, or for [`STRETCH_BATCH_MAX_WAIT_NS`].
+#[inline(always)]
+pub fn cpu_goes_idle() {
+    if !keeps_requests() {
+        return;
+    }
+    if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
+        // SAFETY: as in `gather`.
+        send_done(unsafe { &mut *batch });
+    }
 }
 
 /// How a target thread leaves its CPU.
@@ -588,25 +606,22 @@ pub struct Leaving {
     /// It blocks in a read of this fd ([`NO_FD`]: it does not), and it is this thread.
     pub blocked_reading: u32,
     pub reader: u32,
-    /// The CPU goes idle (nothing else to run).
-    pub cpu_goes_idle: bool,
 }
 
 impl Leaving {
-    /// Preempted, yielding, blocked elsewhere, or exiting, with other tasks to run.
+    /// Preempted, yielding, blocked elsewhere, or exiting.
     pub const OTHERWISE: Leaving = Leaving {
         blocked_reading: NO_FD,
         reader: 0,
-        cpu_goes_idle: false,
     };
 }
 
 /// A target thread leaves its CPU (switch-out or exit) at `now`: the requests its stretch
 /// keeps are handed over, but for an answered one whose reader now blocks for the next
 /// request (see [`Leaving`]): that one is over, finished here. The finished requests
-/// gathered on the CPU go out when it goes idle (so that a quiet server's requests reach the
-/// live view) or the oldest has waited long enough; otherwise they wait for their batch to
-/// fill: a thread per connection finishes one at each of its blocks.
+/// gathered on the CPU go out if the oldest has waited long enough; otherwise they wait for
+/// their batch to fill (a thread per connection finishes one at each of its blocks), or for
+/// the CPU to go idle ([`cpu_goes_idle`]).
 #[inline(always)]
 pub fn leave_stretch(now: u64, leaving: Leaving) {
     if !keeps_requests() {
@@ -630,8 +645,7 @@ pub fn leave_stretch(now: u64, leaving: Leaving) {
     if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
         // SAFETY: as in `gather`.
         let batch = unsafe { &mut *batch };
-        if leaving.cpu_goes_idle || now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
-        {
+        if now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS {
             send_done(batch);
         }
     }

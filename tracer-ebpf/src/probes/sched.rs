@@ -19,7 +19,7 @@ use crate::maps::{
     fired_on_task_stack, header, insert, is_target_tid, native_sites, now_ns,
     run_delay_through_now_ns, sample_one_in, target_tgid, task_pid, user_stack_id, ON_CPU, WAKERS,
 };
-use crate::stretch::{note_arrival, switch_out_of_stretch};
+use crate::stretch::{cpu_goes_idle, note_arrival, switch_out_of_stretch};
 
 /// sched:sched_switch, as a raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
 /// struct task_struct *next, unsigned int prev_state)` (include/trace/events/sched.h, Linux
@@ -48,7 +48,6 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         Some(_) if !preempt && prev_state != 0 => blocked_syscall(),
         _ => BlockedIn::NONE,
     };
-    let next_pid = task_pid(next);
     // Before this switch-out's record, and whatever fails below: the gathered pairs and the
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
@@ -57,11 +56,14 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // than the reorder window, and replay the thread's time since that switch-in.
         // (This switch's own record is timed after it.)
         report_unseen_switch_in(tid, u64::MAX);
-        switch_out_of_stretch(tid, blocked_in.read_fd(), next_pid == Ok(0));
+        switch_out_of_stretch(tid, blocked_in.read_fd());
         send_held();
         store_running_conversation(tid)
     });
-    let next_pid = next_pid?;
+    let next_pid = task_pid(next)?;
+    if next_pid == 0 {
+        cpu_goes_idle();
+    }
     let next_is_target = is_target_tid(next_pid) && switches_followed(next_pid);
     if prev_tid.is_none() && !next_is_target {
         return Ok(());

@@ -57,6 +57,15 @@ pub enum EventKind {
     },
     /// A socket read or write returned.
     Syscall(SyscallReturn),
+    /// The read that started a request the kernel side kept, handed over: `woken`, it blocked
+    /// for its bytes and its request starts at the wakeup that ended the block, which the
+    /// thread's timeline holds; otherwise it did not block, and the request starts at the
+    /// read (the kernel side may have kept a read after the thread's last wakeup, unseen
+    /// here).
+    HandedOverRead {
+        read: SyscallReturn,
+        woken: bool,
+    },
     /// The kernel side keeps the requests of connection `fd` from now on (they are served in
     /// stretches on a CPU): the request open there, answered, is over.
     StretchTakesConnection {

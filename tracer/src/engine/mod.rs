@@ -191,6 +191,12 @@ impl<R: FdResolver> Engine<R> {
             }
             EventKind::Wakeup { waker } => self.wakeup(ts, tid, waker, None),
             EventKind::Syscall(sys) => self.syscall(ts, tid, sys),
+            EventKind::HandedOverRead { read, woken } => {
+                if !woken {
+                    self.forget_wakeup(tid);
+                }
+                self.syscall(ts, tid, read);
+            }
             EventKind::StretchTakesConnection { fd, connection } => {
                 if self.note_socket(fd, connection, SocketOrigin::TcpServer) == FdKind::Connection {
                     self.finish(RequestOn::Connection(fd));

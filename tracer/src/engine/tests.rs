@@ -977,6 +977,40 @@ fn a_handed_over_request_ends_when_the_kernel_side_takes_its_connection_back() {
     );
 }
 
+/// The handed-over read of a request the kernel side kept, read without blocking: the kernel
+/// side kept the connection's request before it, read after the thread's last wakeup, and
+/// that read was not seen here. The handed-over request starts at its own read, not at that
+/// wakeup; one whose read blocked (`woken`) starts at the wakeup.
+#[test]
+fn a_handed_over_read_starts_at_the_wakeup_only_if_it_blocked() {
+    let handed_over = |ts, woken| {
+        let EventKind::Syscall(read) = read(ts, CONN, 20).kind else {
+            unreachable!("a read")
+        };
+        Event::new(ts, Tid(T), EventKind::HandedOverRead { read, woken })
+    };
+    for (woken, start) in [(false, 300), (true, 100)] {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(10),
+                block(50, nr::READ, u64::from(CONN)),
+                run_woken(120, 100),
+                // A request kept in the kernel from the wakeup (100) to 250, then:
+                handed_over(300, woken),
+                write(360, CONN),
+                taken(600, CONN),
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!((r.start_ns, r.latency_ns), (start, 360 - start), "{r:?}");
+        assert_eq!(cause(r, Cause::Runqueue), if woken { 20 } else { 0 });
+        assert_sums(r);
+    }
+}
+
 #[test]
 fn syscalls_are_named_for_the_other_detail() {
     assert_eq!(syscall_name(Some(61)), "wait4");

@@ -58,6 +58,8 @@ pub struct ArrivalOffsets {
     pub task_run_delay: u32,
     /// `task_struct.nvcsw`: the task's voluntary context switches so far (its blocks).
     pub task_nvcsw: u32,
+    /// `task_struct.nivcsw`: its involuntary ones (its preemptions).
+    pub task_nivcsw: u32,
     /// `task_struct.sched_info.last_queued`: the run queue's clock when the task was last
     /// queued to run (set in `sched_info_enqueue()`, cleared when it gets its CPU).
     pub task_last_queued: u32,
@@ -97,6 +99,7 @@ impl KernelOffsets {
                 task_run_delay: task_struct.offset("sched_info")?
                     + StructLayout::of(&btf, "sched_info")?.offset("run_delay")?,
                 task_nvcsw: task_struct.offset("nvcsw")?,
+                task_nivcsw: task_struct.offset("nivcsw")?,
                 task_last_queued: task_struct.offset("sched_info")?
                     + StructLayout::of(&btf, "sched_info")?.offset("last_queued")?,
             })
@@ -202,6 +205,8 @@ mod tests {
         assert!(arrival.task_run_delay > 0 && arrival.task_run_delay.is_multiple_of(8));
         assert_ne!(arrival.task_run_delay, arrival.task_last_arrival);
         assert!(arrival.task_nvcsw > 0 && arrival.task_nvcsw.is_multiple_of(8));
+        assert!(arrival.task_nivcsw > 0 && arrival.task_nivcsw.is_multiple_of(8));
+        assert_ne!(arrival.task_nivcsw, arrival.task_nvcsw);
         assert!(arrival.task_last_queued > 0 && arrival.task_last_queued.is_multiple_of(8));
         assert_ne!(arrival.task_last_queued, arrival.task_last_arrival);
         // After the two addresses (8 bytes) and the hash (4), in sock_common at the start of

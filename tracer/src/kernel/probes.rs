@@ -128,6 +128,7 @@ impl Probes {
         loader.override_global("RQ_CLOCK_OFFSET", &arrival.rq_clock, true);
         loader.override_global("TASK_RUN_DELAY_OFFSET", &arrival.task_run_delay, true);
         loader.override_global("TASK_NVCSW_OFFSET", &arrival.task_nvcsw, true);
+        loader.override_global("TASK_NIVCSW_OFFSET", &arrival.task_nivcsw, true);
         loader.override_global("TASK_LAST_QUEUED_OFFSET", &arrival.task_last_queued, true);
         // The cost floor takes no stack: with its socket programs cut short, no thread has a
         // conversation, so every block would count as inside a request and take one.

@@ -290,10 +290,17 @@ fn push_handed_over(tid: Tid, request: &StretchHandedOver, out: &mut impl EventS
             tls_record: 0,
         })
     };
+    let read = match sys(nr::READ, request.read_ret) {
+        EventKind::Syscall(read) => read,
+        _ => unreachable!("a syscall"),
+    };
     out.push(Event::new(
         request.start_ns,
         tid,
-        sys(nr::READ, request.read_ret),
+        EventKind::HandedOverRead {
+            read,
+            woken: request.woken != 0,
+        },
     ));
     if request.last_write_ns != 0 {
         out.push(Event::new(
@@ -602,7 +609,7 @@ mod tests {
             fd: 4,
             read_ret: 22,
             write_ret: 90,
-            _pad: 0,
+            woken: u32::from(start_ns == 300),
         };
         let mut handover = StretchHandover {
             hdr: EventHeader {
@@ -622,19 +629,22 @@ mod tests {
         let sent = &bytes(&handover)[..STRETCH_HANDOVER_HEAD + 3 * size_of::<StretchHandedOver>()];
         let mut out = Vec::new();
         assert!(matches!(decode(sent, &mut out), Some(Decoded::Events)));
-        let seen: Vec<(u64, Tid, u32, i64, u64)> = out
+        let seen: Vec<(u64, Tid, u32, i64, u64, Option<bool>)> = out
             .iter()
             .map(|e| match &e.kind {
-                EventKind::Syscall(s) => (e.ts, e.tid, s.nr, s.ret, s.connection),
+                EventKind::Syscall(s) => (e.ts, e.tid, s.nr, s.ret, s.connection, None),
+                EventKind::HandedOverRead { read: s, woken } => {
+                    (e.ts, e.tid, s.nr, s.ret, s.connection, Some(*woken))
+                }
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(
             seen,
             [
-                (100, Tid(7), nr::READ, 22, 1),
-                (200, Tid(7), nr::WRITE, 90, 1),
-                (300, Tid(7), nr::READ, 22, 3),
+                (100, Tid(7), nr::READ, 22, 1, Some(false)),
+                (200, Tid(7), nr::WRITE, 90, 1, None),
+                (300, Tid(7), nr::READ, 22, 3, Some(true)),
             ]
         );
     }
