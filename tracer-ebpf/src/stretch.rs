@@ -40,8 +40,10 @@
 //! looks up anyway; the CPU's stretch table lists the connections its thread keeps, for the
 //! handover. The table is per CPU and used only by tracepoint programs, which cannot interleave
 //! on it (as `held_read.rs`). Finished requests are gathered [`STRETCH_BATCH`] to a record,
-//! sent when full, when their thread leaves the CPU, or after [`STRETCH_BATCH_MAX_WAIT_NS`];
-//! those still gathered, and the requests still kept, when the tracer detaches are read from
+//! sent when full, when the CPU switches to its idle task, or when the next request finished
+//! on that CPU, or a target thread's switch-out there, finds the oldest older than
+//! [`STRETCH_BATCH_MAX_WAIT_NS`] (a CPU that only runs other tasks from then on keeps them
+//! until one of those, or the detach); those still gathered, and the requests still kept, when the tracer detaches are read from
 //! their maps.
 
 use core::mem::size_of;
