@@ -280,25 +280,19 @@ pub fn decode_kept(kept: &[(u32, StretchHandedOver)], out: &mut impl EventSink) 
 /// A request kept in the kernel, handed over: the read that started it and its last write so
 /// far, as the collector would have had them.
 fn push_handed_over(tid: Tid, request: &StretchHandedOver, out: &mut impl EventSink) {
-    let sys = |nr, ret: i32| {
-        EventKind::Syscall(SyscallReturn {
-            nr,
-            fd: request.fd,
-            ret: i64::from(ret),
-            connection: request.connection,
-            origin: SocketOrigin::TcpServer,
-            tls_record: 0,
-        })
-    };
-    let read = match sys(nr::READ, request.read_ret) {
-        EventKind::Syscall(read) => read,
-        _ => unreachable!("a syscall"),
+    let sys = |nr, ret: i32| SyscallReturn {
+        nr,
+        fd: request.fd,
+        ret: i64::from(ret),
+        connection: request.connection,
+        origin: SocketOrigin::TcpServer,
+        tls_record: 0,
     };
     out.push(Event::new(
         request.start_ns,
         tid,
         EventKind::HandedOverRead {
-            read,
+            read: sys(nr::READ, request.read_ret),
             woken: request.woken != 0,
         },
     ));
@@ -306,7 +300,7 @@ fn push_handed_over(tid: Tid, request: &StretchHandedOver, out: &mut impl EventS
         out.push(Event::new(
             request.last_write_ns,
             tid,
-            sys(nr::WRITE, request.write_ret),
+            EventKind::Syscall(sys(nr::WRITE, request.write_ret)),
         ));
     }
 }
