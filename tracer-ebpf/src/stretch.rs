@@ -513,10 +513,16 @@ fn gather(tcp: &TcpSocket, now: u64) {
     }
     batch.requests[count & (STRETCH_BATCH - 1)] = tcp.finished_request(now);
     batch.count = count as u32 + 1;
-    if count + 1 >= STRETCH_BATCH || now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
-    {
+    if count + 1 >= STRETCH_BATCH || waited_long(batch, now) {
         send_done(batch);
     }
+}
+
+/// The oldest request gathered in `batch` has waited longer than
+/// [`STRETCH_BATCH_MAX_WAIT_NS`] at `now` (an empty batch's time is its last one's).
+#[inline(always)]
+fn waited_long(batch: &StretchRequestBatch, now: u64) -> bool {
+    now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS
 }
 
 /// Send the finished requests gathered in `batch` (a record as long as its requests).
@@ -647,7 +653,7 @@ pub fn leave_stretch(now: u64, leaving: Leaving) {
     if let Some(batch) = STRETCH_DONE.get_ptr_mut(0) {
         // SAFETY: as in `gather`.
         let batch = unsafe { &mut *batch };
-        if now.saturating_sub(batch.hdr.ts_ns) > STRETCH_BATCH_MAX_WAIT_NS {
+        if waited_long(batch, now) {
             send_done(batch);
         }
     }
