@@ -587,11 +587,11 @@ pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32) {
         let switches = current_voluntary_switches() + current_involuntary_switches();
         note_blocked_reading(tid, blocked_reading, switches, now);
     }
-    let leaving = Leaving {
-        blocked_reading,
-        reader: tid,
-    };
-    leave_stretch(now, leaving);
+    let reader = (blocked_reading != NO_FD).then_some(BlockedReader {
+        tid,
+        fd: blocked_reading,
+    });
+    leave_stretch(now, reader);
 }
 
 /// This CPU goes idle (any task's switch to its idle task): the finished requests it
@@ -608,30 +608,22 @@ pub fn cpu_goes_idle() {
     }
 }
 
-/// How a target thread leaves its CPU.
+/// A target thread that leaves its CPU blocked in a read of `fd`.
 #[derive(Clone, Copy)]
-pub struct Leaving {
-    /// It blocks in a read of this fd ([`NO_FD`]: it does not), and it is this thread.
-    pub blocked_reading: u32,
-    pub reader: u32,
-}
-
-impl Leaving {
-    /// Preempted, yielding, blocked elsewhere, or exiting.
-    pub const OTHERWISE: Leaving = Leaving {
-        blocked_reading: NO_FD,
-        reader: 0,
-    };
+pub struct BlockedReader {
+    pub tid: u32,
+    pub fd: u32,
 }
 
 /// A target thread leaves its CPU (switch-out or exit) at `now`: the requests its stretch
 /// keeps are handed over, but for an answered one whose reader now blocks for the next
-/// request (see [`Leaving`]): that one is over, finished here. The finished requests
+/// request (`blocked_reader`: `None` when preempted, yielding, blocked elsewhere or
+/// exiting): that one is over, finished here. The finished requests
 /// gathered on the CPU go out if the oldest has waited long enough; otherwise they wait for
 /// their batch to fill (a thread per connection finishes one at each of its blocks), or for
 /// the CPU to go idle ([`cpu_goes_idle`]).
 #[inline(always)]
-pub fn leave_stretch(now: u64, leaving: Leaving) {
+pub fn leave_stretch(now: u64, blocked_reader: Option<BlockedReader>) {
     if !keeps_requests() {
         return;
     }
@@ -642,8 +634,8 @@ pub fn leave_stretch(now: u64, leaving: Leaving) {
     let table = unsafe { &mut *table };
     table.arrived_tid = 0;
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    if leaving.blocked_reading != NO_FD && table.owner_tid == leaving.reader {
-        end_answered(table, cpu, leaving.blocked_reading, now);
+    if let Some(reader) = blocked_reader.filter(|r| r.tid == table.owner_tid) {
+        end_answered(table, cpu, reader.fd, now);
     }
     // Another target thread's stretch still listed here: its owner left this CPU unseen, so
     // its stretch is over too.

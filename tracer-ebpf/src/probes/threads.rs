@@ -10,7 +10,7 @@ use crate::maps::{
     current_comm, current_target_tid, emit, finish, header, now_ns, set_target_tid, task_pid,
     WAKERS,
 };
-use crate::stretch::{leave_stretch, Leaving};
+use crate::stretch::leave_stretch;
 
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -67,7 +67,7 @@ fn try_sched_process_exit() -> Result<(), Loss> {
     let _ = set_target_tid(tid, false);
     forget_conversation(tid);
     let _ = WAKERS.remove(tid);
-    leave_stretch(now_ns(), Leaving::OTHERWISE);
+    leave_stretch(now_ns(), None); // an exiting thread blocks in no read
     send_held();
     emit(ThreadEvent {
         hdr: header(EventKind::ThreadExit, tid),
