@@ -411,7 +411,7 @@ impl TcpSocket {
     pub fn finished_request(&self, end_ns: u64) -> StretchRequest {
         let answered = self.last_write_ns != 0;
         let end = if answered { self.last_write_ns } else { end_ns };
-        let start = if self.woken_ns != 0 {
+        let start = if self.read_blocked() {
             self.woken_ns
         } else {
             self.start_ns
@@ -426,12 +426,17 @@ impl TcpSocket {
             } else {
                 self.flags | stretch_flags::ABORTED
             },
-            runqueue_ns: if self.woken_ns != 0 {
+            runqueue_ns: if self.read_blocked() {
                 self.runqueue_ns
             } else {
                 0
             },
         }
+    }
+
+    /// Its request's first read blocked for its bytes (it starts at `woken_ns`).
+    pub fn read_blocked(&self) -> bool {
+        self.woken_ns != 0
     }
 
     /// Its request, kept in the kernel, as handed to the collector.
@@ -443,7 +448,7 @@ impl TcpSocket {
             fd: self.fd,
             read_ret: self.read_ret,
             write_ret: self.write_ret,
-            woken: u32::from(self.woken_ns != 0),
+            woken: u32::from(self.read_blocked()),
         }
     }
 }
@@ -480,8 +485,8 @@ pub struct StretchTable {
     /// tracer-ebpf's `stretch.rs`, `STRETCH_DEPARTURES`).
     pub departures_seen: u64,
     /// The target thread last switched in on this CPU (0: none since a target thread left
-    /// it), when, and the wakeup it carried (0: none seen, or preempted): a request read
-    /// after a block starts at that wakeup.
+    /// it), and (`arrived_ns`, `arrived_woken_ns` below) when, and the wakeup it carried
+    /// (0: none seen, or preempted): a request read after a block starts at that wakeup.
     pub arrived_tid: u32,
     /// 1: `hand_over` found a request to hand over (its scratch, kept here for the
     /// verifier).

@@ -91,8 +91,9 @@ pub fn unblocked_since_last_stretch(tid: u32, switches: u64) -> bool {
 }
 
 /// Thread `tid` (the current task) blocks in a read of `fd` at `now`, with `switches`
-/// context switches (blocks and preemptions) counting this one: noted in its conversation, in this CPU's
-/// slot when it holds it (the thread moved socket bytes in this time on the CPU), else in
+/// context switches (blocks and preemptions) counting this one: noted in its conversation,
+/// in this CPU's slot when it holds it (the thread moved socket bytes in this time on the
+/// CPU), else in
 /// `CONVERSATIONS` in place (it was preempted after its last socket write, and got the CPU
 /// back only to block). A thread that never moved socket bytes has none: the read that ends
 /// this block is then judged as any other (see [`blocked_in_this_read`]).

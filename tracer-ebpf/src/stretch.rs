@@ -43,8 +43,8 @@
 //! sent when full, when the CPU switches to its idle task, or when the next request finished
 //! on that CPU, or a target thread's switch-out there, finds the oldest older than
 //! [`STRETCH_BATCH_MAX_WAIT_NS`] (a CPU that only runs other tasks from then on keeps them
-//! until one of those, or the detach); those still gathered, and the requests still kept, when the tracer detaches are read from
-//! their maps.
+//! until one of those, or the detach); those still gathered, and the requests still kept,
+//! when the tracer detaches are read from their maps.
 
 use core::mem::size_of;
 
@@ -229,9 +229,9 @@ impl Woken {
 /// switch since (see `blocked_in_this_read`: the stretch's switch-in is the block's first,
 /// so a wakeup it carries is the one that ended the block, not one that came while the
 /// thread was preempted after it), and the switch-in that began the stretch carried the
-/// wakeup that ended the block, that wakeup. [`Woken::NOT`] otherwise (the wakeup or the switch-in went
-/// unseen, or the wakeup came as the thread went to sleep, before its switch-out: the
-/// collector then starts the request at the switch-out).
+/// wakeup that ended the block, that wakeup. [`Woken::NOT`] otherwise (the wakeup or the
+/// switch-in went unseen, or the wakeup came as the thread went to sleep, before its
+/// switch-out: the collector then starts the request at the switch-out).
 #[inline(always)]
 fn woken_by_its_bytes(table: &StretchTable, tid: u32, fd: u32, switches: u64) -> Woken {
     let Some(blocked_at) = blocked_in_this_read(tid, fd, switches) else {
