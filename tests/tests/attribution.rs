@@ -216,7 +216,10 @@ fn each_endpoint_is_attributed_to_its_cause() {
     // Every request: the time the tracer saw the thread on a CPU (`on_cpu`, and `steal`:
     // the hypervisor took the virtual CPU away meanwhile; a 1 MB write and fsync on this VM's
     // virtual disk steals about a millisecond, sometimes many) is not much more than what the
-    // server's task clock counted in the handler (plus parsing and the response write).
+    // server's task clock counted in the handler, plus the request's time outside the
+    // handler, which the server does not measure (parsing and the response write, and any
+    // steal there: the hypervisor once took 3.9 ms of a `/lock` request outside its handler,
+    // which no task clock counts).
     //
     // And the time the tracer saw the thread on a CPU or waiting for one covers what the
     // server counted of both in the handler (task clock + schedstat run delay). The sum, not
@@ -228,9 +231,10 @@ fn each_endpoint_is_attributed_to_its_cause() {
     for (s, r) in sent.iter().zip(&traced) {
         let traced_cpu = cause(r, Cause::OnCpu) + cause(r, Cause::Steal);
         let server_cpu = s.response.cpu_ns();
+        let outside_handler = r.latency_ns.saturating_sub(s.response.handler_ns());
         assert!(
-            traced_cpu <= server_cpu + 2 * MS,
-            "{}: traced on_cpu + steal {traced_cpu} ns, server task clock {server_cpu} ns: {r:?}",
+            traced_cpu <= server_cpu + outside_handler + 2 * MS,
+            "{}: traced on_cpu + steal {traced_cpu} ns, server task clock {server_cpu} ns, {outside_handler} ns outside the handler: {r:?}",
             s.path
         );
         let traced_on_or_for_cpu = traced_cpu + cause(r, Cause::Runqueue);
