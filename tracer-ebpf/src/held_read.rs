@@ -35,7 +35,7 @@ use tracer_common::{
     EventKind, Loss, SyscallEvent, SyscallPairBatch, SyscallPairEvent, PAIR_BATCH,
 };
 
-use crate::maps::{count_loss, count_losses, emit, global, EVENTS};
+use crate::maps::{count_loss, count_losses, emit, global, EVENTS, RING_FLAGS};
 
 /// How long a gathered pair may wait for its batch to fill: well inside the collector's
 /// reorder window (5 ms), so the batch is never too late to be put in order.
@@ -83,11 +83,11 @@ fn send_pairs() {
         }
         let sent = if count == 1 {
             EVENTS
-                .output::<SyscallPairEvent>(&(*batch).pairs[0], 0)
+                .output::<SyscallPairEvent>(&(*batch).pairs[0], RING_FLAGS)
                 .map_err(|_| Loss::RingFull)
         } else {
             EVENTS
-                .output::<SyscallPairBatch>(&*batch, 0)
+                .output::<SyscallPairBatch>(&*batch, RING_FLAGS)
                 .map_err(|_| Loss::RingFull)
         };
         (*batch).count = 0;

@@ -582,12 +582,18 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The flags every record is submitted or output with: no wakeup. The collector drains the
+/// ring on a timer and never waits on it, and a wakeup (the default when the collector has
+/// caught up) queues an irq_work on the CPU (`bpf_ringbuf_commit()`, kernel/bpf/ringbuf.c,
+/// Linux 6.18): a self-interrupt for nobody.
+pub const RING_FLAGS: u64 = BPF_RB_NO_WAKEUP as u64;
+
 /// Copy `event` into the ring buffer; fails when it is full. Submitted without waking the
 /// collector: it drains the ring on a timer.
 #[inline(always)]
 pub fn emit<T: 'static>(event: T) -> Result<(), Loss> {
     let mut entry = EVENTS.reserve::<T>(0).ok_or(Loss::RingFull)?;
     entry.write(event);
-    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    entry.submit(RING_FLAGS);
     Ok(())
 }

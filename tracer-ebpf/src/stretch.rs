@@ -65,7 +65,7 @@ use crate::conversation::{
 use crate::held_read::{release_read_held_since_before, send_held, send_pairs_waiting_since};
 use crate::maps::{
     count_loss, count_losses, current_involuntary_switches, current_last_arrival,
-    current_voluntary_switches, emit, global, now_ns, tls_records, EVENTS, TCP_SOCKETS,
+    current_voluntary_switches, emit, global, now_ns, tls_records, EVENTS, RING_FLAGS, TCP_SOCKETS,
 };
 
 /// 1: keep requests in the kernel (set by the collector at load time).
@@ -534,7 +534,7 @@ fn send_done(batch: &mut StretchRequestBatch) {
     }
     let bytes =
         head_bytes::<StretchRequestBatch>(batch, RECORD_HEAD + size_of::<StretchRequest>() * count);
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, RING_FLAGS).is_err() {
         count_losses(Loss::RingFull, 2 * count as u64);
     }
     batch.count = 0;
@@ -762,7 +762,7 @@ fn send_handover(record: &mut StretchHandover, tid: u32, count: usize, now: u64)
     record.count = count as u32;
     let bytes =
         head_bytes::<StretchHandover>(record, RECORD_HEAD + size_of::<StretchHandedOver>() * count);
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, RING_FLAGS).is_err() {
         count_losses(Loss::RingFull, 2 * count as u64);
     }
 }
