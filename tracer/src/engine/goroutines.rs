@@ -33,7 +33,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
-    cause::{go_wait_cause, semaphore_wait, Cause, SemaphoreOwner},
+    cause::{go_wait_cause, semaphore_wait, Breakdown, Cause, SemaphoreOwner},
     context::{ExecCtx, GoroutineId, Tid},
     event::GoSched,
     locks::{GoLocks, GoWaker},
@@ -114,15 +114,30 @@ impl World {
     /// for a stop (its thread then sleeps in `stopm` until the world starts); the part of
     /// its wait inside the last stop, or inside the current one, is the GC's.
     fn runnable(&mut self, ts: u64, goid: u64, g: &mut Goroutine) {
-        g.timeline.park(ts, Cause::GoRunqueue);
-        if let Some((began, ended)) = self.last_stop.filter(|&(_, ended)| ended > ts) {
-            g.timeline.park(began.max(ts), Cause::Gc);
-            g.timeline.park(ended, Cause::GoRunqueue);
-        }
-        if let Some(since) = self.stopped_since {
-            g.timeline.park(since.max(ts), Cause::Gc);
+        self.wait_pieces(ts, |at, cause| g.timeline.park(at, cause));
+        if self.stopped_since.is_some() {
             self.waiting.push(goid);
         }
+    }
+
+    /// The pieces of a wait for Go's scheduler from `ts`, as [`World::runnable`] counts it:
+    /// each piece's start and cause, in time order.
+    fn wait_pieces(&self, ts: u64, mut piece: impl FnMut(u64, Cause)) {
+        piece(ts, Cause::GoRunqueue);
+        if let Some((began, ended)) = self.last_stop.filter(|&(_, ended)| ended > ts) {
+            piece(began.max(ts), Cause::Gc);
+            piece(ended, Cause::GoRunqueue);
+        }
+        if let Some(since) = self.stopped_since {
+            piece(since.max(ts), Cause::Gc);
+        }
+    }
+
+    /// What a wait for Go's scheduler from `from` had accrued by `to`, by cause.
+    fn waited(&self, from: u64, to: u64) -> Breakdown {
+        let mut wait = GoroutineTimeline::unseen();
+        self.wait_pieces(from, |at, cause| wait.park(at.clamp(from, to), cause));
+        wait.snapshot(to.max(from), None).at
     }
 }
 
@@ -260,21 +275,23 @@ impl Goroutines {
     }
 
     /// The goroutine thread `tid` slept with left it at the sleep: it was runnable from
-    /// then, and the thread's time since is not its own.
-    fn left_at_sleep(&mut self, tid: Tid) {
-        let Some(sleep) = self.slept.remove(&tid) else {
-            return;
-        };
+    /// then, and the thread's time since is not its own. Returns, when its history since
+    /// the sleep was so rewritten, the goroutine, the sleep's time and what it had accrued
+    /// then.
+    fn left_at_sleep(&mut self, tid: Tid) -> Option<(u64, u64, Breakdown)> {
+        let sleep = self.slept.remove(&tid)?;
         if self.running.get(&tid) != Some(&sleep.goid) {
-            return;
+            return None;
         }
         self.running.remove(&tid);
-        if let Some(g) = self.by_goid.get_mut(&sleep.goid) {
-            if g.timeline.thread() == Some(tid) {
-                g.timeline.leave_thread(sleep.thread_at);
-                self.world.runnable(sleep.ts, sleep.goid, g);
-            }
+        let g = self.by_goid.get_mut(&sleep.goid)?;
+        if g.timeline.thread() != Some(tid) {
+            return None;
         }
+        g.timeline.leave_thread(sleep.thread_at);
+        let at_sleep = g.timeline.accrued();
+        self.world.runnable(sleep.ts, sleep.goid, g);
+        Some((sleep.goid, sleep.ts, at_sleep))
     }
 
     /// The thread that slept with `goid` on it (a goroutine is on one thread at a time:
@@ -510,10 +527,20 @@ impl<R: FdResolver> Engine<R> {
         }
         // A thread that slept with a goroutine and now runs one (the same, or another) was
         // idle: that goroutine had left it. So had `goid` any thread it slept on.
-        gs.left_at_sleep(tid);
-        if let Some(old) = gs.slept_with(goid) {
-            gs.left_at_sleep(old);
+        let left_here = gs.left_at_sleep(tid);
+        let left_there = gs.slept_with(goid).and_then(|old| gs.left_at_sleep(old));
+        // The snapshots its open requests took since the sleep counted the thread's wait
+        // as the goroutine's: taken again in its history as now told, or a wait for Go's
+        // scheduler back-dated to the sleep would count its part before a request started.
+        for (left, since, at_sleep) in left_here.into_iter().chain(left_there) {
+            let world = &gs.world;
+            self.requests
+                .rebase(ExecCtx::Goroutine(GoroutineId(left)), since, |ts| {
+                    let waited = world.waited(since, ts);
+                    std::array::from_fn(|i| at_sleep[i] + waited[i])
+                });
         }
+        let gs = &mut self.goroutines;
         let previous = gs.running.insert(tid, goid);
         if previous.is_none() {
             gs.scheduler_threads.insert(tid); // from idle: its first goroutine, maybe

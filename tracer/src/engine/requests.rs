@@ -161,6 +161,25 @@ impl Requests {
         }
     }
 
+    /// `ctx`'s history since `since` was told anew (a goroutine found to have left its
+    /// thread when the thread slept): the snapshots its open requests took after `since`
+    /// are taken again, `at(ts)` being its breakdown at `ts` as now told.
+    pub fn rebase(&mut self, ctx: ExecCtx, since: u64, at: impl Fn(u64) -> Breakdown) {
+        let Some(keys) = self.open_by_ctx.get(&ctx) else {
+            return;
+        };
+        for on in keys {
+            let Some(req) = self.open.get_mut(on) else {
+                continue;
+            };
+            for snapshot in std::iter::once(&mut req.start).chain(req.last_write.as_mut()) {
+                if snapshot.ts > since {
+                    snapshot.at = at(snapshot.ts);
+                }
+            }
+        }
+    }
+
     /// `ctx` waited `lasted` ns for `cause` until `ts`, at `site`: the longest wait so far of
     /// each open request it serves, for the part inside it. Returns the part inside the
     /// earliest of them (`None`: it serves none).

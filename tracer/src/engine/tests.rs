@@ -2427,6 +2427,43 @@ mod goroutines {
         assert_eq!(e.aborted(), 0);
     }
 
+    /// The connection's goroutine G is found, at its next `execute`, to have left its thread
+    /// when the thread slept in the runtime (`stopm`): it was runnable from the sleep. The
+    /// next request, read meanwhile by the background reader, started after that sleep: its
+    /// start had counted G's time since the sleep as the thread's futex wait, and the
+    /// back-dated runnable wait must not count again the part of it before the request.
+    #[test]
+    fn a_back_dated_sleep_counts_nothing_before_the_request() {
+        const B: u64 = 9; // the background reader
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                on_conn(30, T, nr::WRITE, 10), // the first response
+                block(40, nr::FUTEX, 0xf00),   // stopm: G back in Go's run queue
+                execute(45, U, B),
+                on(U, on_conn(50, U, nr::READ, 100)), // the next request, read by B
+                go(60, U, GoSched::Exit { goid: B }),
+                execute(100, U, G), // G had left T at its sleep
+                on(U, on_conn(120, U, nr::WRITE, 10)),
+                on(U, on_conn(130, U, nr::READ, -11)),
+            ],
+        );
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let r = &reqs[1];
+        assert_eq!(r.ctx, ExecCtx::Goroutine(GoroutineId(G)));
+        assert_eq!(r.start_ns, 50);
+        assert_eq!(r.latency_ns, 120 - 50, "{r:?}");
+        assert_eq!(cause(r, Cause::Lock), 0, "{r:?}");
+        assert_eq!(cause(r, Cause::GoRunqueue), 100 - 50, "{r:?}");
+        assert_eq!(cause(r, Cause::OnCpu), 20, "{r:?}");
+        assert_sums(r);
+    }
+
     /// Seen in Go 1.19 under load: `execute` of the goroutine already running on the thread
     /// (it yielded and was scheduled again at once); its time on the thread goes on.
     #[test]
