@@ -197,6 +197,18 @@ struct ThreadSleep {
     goid: u64,
     ts: u64,
     thread_at: Option<Snapshot>,
+    /// The thread's waits that ended since (the sleep's own, first): the goroutine's if it
+    /// kept the thread, noted as its wait sites then; nobody's if it left at the sleep.
+    waits: Vec<ThreadWait>,
+}
+
+/// A wait of a thread that slept with a goroutine, not yet known to be the goroutine's: its
+/// cause, how long it lasted until `ts`, and where the thread blocked.
+struct ThreadWait {
+    ts: u64,
+    cause: Cause,
+    lasted: u64,
+    site: Option<StackRef>,
 }
 
 impl Goroutines {
@@ -262,16 +274,27 @@ impl Goroutines {
     }
 
     /// Thread `tid` did what only its goroutine does (its socket I/O): the goroutine it ran
-    /// before a futex sleep is still the one on it.
-    pub fn kept_by_thread(&mut self, tid: Tid) {
-        self.slept.remove(&tid);
+    /// before a futex sleep is still the one on it. Returns that sleep.
+    fn kept_by_thread(&mut self, tid: Tid) -> Option<ThreadSleep> {
+        self.slept.remove(&tid)
     }
 
     /// `goid`'s own scheduler event came from `tid`: if `tid` slept with it, it kept it.
-    fn seen_on(&mut self, tid: Tid, goid: u64) {
+    /// Returns that sleep.
+    fn seen_on(&mut self, tid: Tid, goid: u64) -> Option<ThreadSleep> {
         if self.slept.get(&tid).is_some_and(|sleep| sleep.goid == goid) {
-            self.slept.remove(&tid);
+            return self.slept.remove(&tid);
         }
+        None
+    }
+
+    /// The sleep of thread `tid` not yet settled, while the goroutine it slept with is still
+    /// taken to be on it: the waits that end on the thread meanwhile wait with it.
+    fn unsettled_sleep(&mut self, tid: Tid) -> Option<&mut ThreadSleep> {
+        let running = self.running.get(&tid).copied();
+        self.slept
+            .get_mut(&tid)
+            .filter(|sleep| Some(sleep.goid) == running)
     }
 
     /// The goroutine thread `tid` slept with left it at the sleep: it was runnable from
@@ -305,16 +328,18 @@ impl Goroutines {
 
     /// Events were lost: which goroutine each thread runs is no longer known, nor where the
     /// goroutines on a thread stand (their requests are marked incomplete), nor which
-    /// semaphore a goroutine entered last.
-    pub fn lost(&mut self) {
+    /// semaphore a goroutine entered last. Returns the sleeps not settled, left as the
+    /// goroutines' own.
+    fn lost(&mut self) -> Vec<ThreadSleep> {
         self.running.clear();
-        self.slept.clear();
+        let unsettled = self.slept.drain().map(|(_, sleep)| sleep).collect();
         self.unknown_since_loss.clone_from(&self.scheduler_threads);
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
             g.semaphore = None;
             g.parked_before_loss = g.parked_for.is_some();
         }
+        unsettled
     }
 
     fn is_gc_caller(&self, caller: u64) -> bool {
@@ -432,7 +457,8 @@ impl<R: FdResolver> Engine<R> {
         self.threads
             .seen(tid, ts, super::timeline::RunState::Running);
         if let Some(goid) = event.own_goroutine() {
-            self.goroutines.seen_on(tid, goid);
+            let kept = self.goroutines.seen_on(tid, goid);
+            self.kept_at_sleep(kept);
         }
         match event {
             GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
@@ -621,7 +647,65 @@ impl<R: FdResolver> Engine<R> {
             goid,
             ts,
             thread_at,
+            waits: Vec::new(),
         });
+    }
+
+    /// Thread `tid`'s wait for `cause` at `site`, which lasted `lasted` ns until `ts`, while
+    /// it has a sleep not settled: kept with the sleep (returns `true`), to be the
+    /// goroutine's wait if it kept the thread.
+    pub(super) fn wait_with_sleep(
+        &mut self,
+        tid: Tid,
+        ts: u64,
+        cause: Cause,
+        lasted: u64,
+        site: Option<StackRef>,
+    ) -> bool {
+        let Some(sleep) = self.goroutines.unsettled_sleep(tid) else {
+            return false;
+        };
+        sleep.waits.push(ThreadWait {
+            ts,
+            cause,
+            lasted,
+            site,
+        });
+        true
+    }
+
+    /// Thread `tid` did what only its goroutine does (its socket I/O): a sleep it had is
+    /// settled, its waits since are the goroutine's.
+    pub(super) fn kept_by_thread(&mut self, tid: Tid) {
+        let kept = self.goroutines.kept_by_thread(tid);
+        self.kept_at_sleep(kept);
+    }
+
+    /// The goroutine stayed on its thread through `sleep`: the thread's waits since were its
+    /// own, at their sites.
+    fn kept_at_sleep(&mut self, sleep: Option<ThreadSleep>) {
+        let Some(sleep) = sleep else { return };
+        let ctx = ExecCtx::Goroutine(GoroutineId(sleep.goid));
+        for w in sleep.waits {
+            self.note_wait_site(ctx, w.ts, w.cause, w.lasted, w.site);
+        }
+    }
+
+    /// Events were lost (see [`Goroutines::lost`]): the sleeps not settled stay the
+    /// goroutines' own waits, as their timelines tell.
+    pub(super) fn goroutines_lost(&mut self) {
+        for sleep in self.goroutines.lost() {
+            self.kept_at_sleep(Some(sleep));
+        }
+    }
+
+    /// End of trace: the sleeps not settled stay the goroutines' own waits, as their
+    /// timelines tell.
+    pub(super) fn settle_sleeps(&mut self) {
+        let tids: Vec<Tid> = self.goroutines.slept.keys().copied().collect();
+        for tid in tids {
+            self.kept_by_thread(tid);
+        }
     }
 
     /// `goid` is runnable from `ts`, readied by `waker` on thread `tid`: its park ends.

@@ -212,7 +212,7 @@ impl<R: FdResolver> Engine<R> {
             EventKind::Go(event) => self.go_sched(ts, tid, event),
             EventKind::Lost => {
                 self.tls.lost();
-                self.goroutines.lost();
+                self.goroutines_lost();
                 // The world's restart may be among the lost records: it runs from here, or
                 // every runnable goroutine would wait for the GC until the next stop ends.
                 self.start_the_world(ts);
@@ -241,6 +241,7 @@ impl<R: FdResolver> Engine<R> {
 
     /// End of trace: requests that had their response written are complete.
     pub fn finish_all(&mut self) {
+        self.settle_sleeps();
         for on in self.requests.open_keys() {
             self.finish(on);
         }
@@ -249,7 +250,7 @@ impl<R: FdResolver> Engine<R> {
     fn syscall(&mut self, ts: u64, tid: Tid, sys: SyscallReturn) {
         self.syscall_returned(ts, tid);
         // Socket I/O is goroutine code: a thread that slept in a futex kept its goroutine.
-        self.goroutines.kept_by_thread(tid);
+        self.kept_by_thread(tid);
         let mut kind = self.note_socket(sys.fd, sys.connection, sys.origin);
         if kind == FdKind::Connection
             && self.on_goroutines()

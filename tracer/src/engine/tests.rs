@@ -2395,6 +2395,71 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// The thread slept in the runtime (`stopm`) inside G's request and was woken before its
+    /// next `execute` told that G had left it at the sleep: the request's breakdown holds
+    /// none of that futex wait, so neither do its largest wait nor the `lock` wait sites.
+    #[test]
+    fn a_sleep_found_later_to_have_left_its_goroutine_leaves_no_lock_site() {
+        const H: u64 = 9;
+        let stopm = StackRef { id: 3, caller: 0 };
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                block_at(50, nr::FUTEX, 0xf00, stopm),
+                wake(70), // still taken for G's: the execute that tells comes later
+                run(75),
+                execute(80, T, H),
+                execute(120, U, G),
+                on(U, on_conn(130, U, nr::WRITE, 10)),
+                on(U, on_conn(140, U, nr::READ, -11)),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Lock), 0, "{r:?}");
+        assert_eq!(r.largest_wait, None, "{r:?}");
+        let (sites, rest) = e.wait_sites.top(Cause::Lock, 5);
+        assert!(sites.is_empty() && rest.count == 0, "{sites:?}");
+        assert_eq!(e.wait_sites.without_stack(Cause::Lock).count, 0);
+    }
+
+    /// A futex wait the goroutine is found later to have kept (its socket I/O comes from the
+    /// same thread): its request's lock wait, at its site.
+    #[test]
+    fn a_sleep_found_later_to_have_kept_its_goroutine_is_its_lock_wait() {
+        let runtime_lock = StackRef { id: 4, caller: 0 };
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                execute(10, T, G),
+                on_conn(40, T, nr::READ, 100),
+                block_at(50, nr::FUTEX, 0xf00, runtime_lock),
+                wake(70),
+                run(80),
+                on_conn(100, T, nr::WRITE, 10), // G's own I/O: it stayed
+                on_conn(110, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(cause(r, Cause::Lock), 20, "{r:?}");
+        assert_eq!(
+            r.largest_wait,
+            Some(LargestWait {
+                cause: Cause::Lock,
+                ns: 20,
+                site: Some(runtime_lock),
+            })
+        );
+        let (sites, _) = e.wait_sites.top(Cause::Lock, 5);
+        assert_eq!(sites, vec![(runtime_lock, Tally { count: 1, ns: 20 })]);
+    }
+
     /// Seen under load with net/http over TLS: the next request's bytes are read by the
     /// background-read goroutine, which then exits; the connection's goroutine serves it.
     #[test]

@@ -157,9 +157,11 @@ impl<R: FdResolver> Engine<R> {
                     .or_default() += lasted;
             }
             // The thread's wait is the wait of the context it runs (a goroutine in a
-            // blocking syscall).
-            let ctx = self.current_ctx(tid);
-            self.note_wait_site(ctx, ts, cause, lasted, site);
+            // blocking syscall), or, after a futex sleep, maybe of none.
+            if !self.wait_with_sleep(tid, ts, cause, lasted, site) {
+                let ctx = self.current_ctx(tid);
+                self.note_wait_site(ctx, ts, cause, lasted, site);
+            }
         }
         (left, lasted)
     }
@@ -239,7 +241,9 @@ impl<R: FdResolver> Engine<R> {
             // Preempted inside a request: its switch-out's stack, where its code was, names
             // this wait. (A woken thread's blocked site went with its block.)
             let preempted_at = self.threads.get_mut(tid).and_then(|t| t.blocked_at.take());
-            if preempted_at.is_some() {
+            if preempted_at.is_some()
+                && !self.wait_with_sleep(tid, ts, Cause::Runqueue, lasted, preempted_at)
+            {
                 let ctx = self.current_ctx(tid);
                 self.note_wait_site(ctx, ts, Cause::Runqueue, lasted, preempted_at);
             }
