@@ -144,23 +144,47 @@ static TASK_RUN_DELAY_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_NVCSW_OFFSET: u32 = 0;
 
-/// The current task's voluntary context switches so far (`nvcsw`, counted by `__schedule()`
-/// at each switch away from a task that blocked, kernel/sched/core.c, Linux 6.18); 0 when
-/// unknown.
-#[inline(always)]
-pub fn current_voluntary_switches() -> u64 {
-    current_task_u64(&TASK_NVCSW_OFFSET)
-}
-
 /// Byte offset of `task_struct.nivcsw` (0: not found).
 #[unsafe(no_mangle)]
 static TASK_NIVCSW_OFFSET: u32 = 0;
 
-/// The current task's involuntary context switches so far (`nivcsw`: its preemptions, counted
-/// by `__schedule()` as `nvcsw` is); 0 when unknown.
+/// The current task's context switches so far.
+#[derive(Clone, Copy)]
+pub struct Switches {
+    /// `nvcsw`: counted by `__schedule()` at each switch away from the task when it blocked
+    /// (kernel/sched/core.c, Linux 6.18).
+    pub voluntary: u64,
+    /// `nivcsw`: its preemptions, counted there as `nvcsw` is.
+    pub involuntary: u64,
+}
+
+impl Switches {
+    /// Blocks and preemptions.
+    #[inline(always)]
+    pub fn all(&self) -> u64 {
+        self.voluntary + self.involuntary
+    }
+}
+
+/// The current task's [`Switches`]: one kernel read when `nivcsw` follows `nvcsw` in
+/// `task_struct` (as in Linux 6.18, include/linux/sched.h), two otherwise; each 0 when
+/// unknown or unreadable.
 #[inline(always)]
-pub fn current_involuntary_switches() -> u64 {
-    current_task_u64(&TASK_NIVCSW_OFFSET)
+pub fn current_switches() -> Switches {
+    let (voluntary_at, involuntary_at) = (global(&TASK_NVCSW_OFFSET), global(&TASK_NIVCSW_OFFSET));
+    let task = unsafe { bpf_get_current_task() };
+    if voluntary_at != 0 && involuntary_at == voluntary_at + 8 {
+        let [voluntary, involuntary] =
+            read_kernel_at::<[u64; 2]>(task, voluntary_at).unwrap_or([0, 0]);
+        return Switches {
+            voluntary,
+            involuntary,
+        };
+    }
+    Switches {
+        voluntary: task_u64(task, &TASK_NVCSW_OFFSET),
+        involuntary: task_u64(task, &TASK_NIVCSW_OFFSET),
+    }
 }
 
 /// The u64 at the byte offset `offset` (a global the collector set; 0: not found) of the

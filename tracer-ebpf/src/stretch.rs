@@ -64,8 +64,8 @@ use crate::conversation::{
 };
 use crate::held_read::{release_read_held_since_before, send_held, send_pairs_waiting_since};
 use crate::maps::{
-    count_loss, count_losses, current_involuntary_switches, current_last_arrival,
-    current_voluntary_switches, emit, global, now_ns, tls_records, EVENTS, RING_FLAGS, TCP_SOCKETS,
+    count_loss, count_losses, current_last_arrival, current_switches, emit, global, tls_records,
+    EVENTS, RING_FLAGS, TCP_SOCKETS,
 };
 
 /// 1: keep requests in the kernel (set by the collector at load time).
@@ -154,13 +154,12 @@ pub fn serve(tcp: *mut TcpSocket, sock: u64, tid: u32, received: bool, ret: i64,
         // starts at that wakeup, as the collector would start it, and its wait for the CPU
         // is known (a thread per connection, blocking in its read between requests). Any
         // other goes to the collector.
-        let switches = current_voluntary_switches();
-        let unblocked = unblocked_since_last_stretch(tid, switches);
+        let switches = current_switches();
+        let unblocked = unblocked_since_last_stretch(tid, switches.voluntary);
         let read_request = received && ret > 0;
         if read_request && !unblocked {
             let fd = unsafe { (*tcp).fd };
-            let all_switches = switches + current_involuntary_switches();
-            woken = woken_by_its_bytes(table, tid, fd, all_switches);
+            woken = woken_by_its_bytes(table, tid, fd, switches.all());
         }
         if !(read_request && (unblocked || woken.at_ns != 0)) {
             note_sent(unsafe { &mut *tcp }, received, ret);
@@ -573,19 +572,17 @@ fn at_most(value: u64, max: u64) -> u64 {
     value.min(max)
 }
 
-/// Target thread `tid`, the current task, switches out: blocked in a read of
-/// `blocked_reading` ([`NO_FD`]: not). Its block is noted in its conversation (see
+/// Target thread `tid`, the current task, switches out at `now` (the time its switch-out's
+/// record carries): blocked in a read of `blocked_reading` ([`NO_FD`]: not). Its block is noted in its conversation (see
 /// `woken_by_its_bytes`), and its stretch left (see [`leave_stretch`]).
 #[inline(always)]
-pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32) {
+pub fn switch_out_of_stretch(tid: u32, blocked_reading: u32, now: u64) {
     if !keeps_requests() {
         return;
     }
-    let now = now_ns();
     if blocked_reading != NO_FD {
         // Counting this block (`__schedule()` counts a switch before sched_switch fires).
-        let switches = current_voluntary_switches() + current_involuntary_switches();
-        note_blocked_reading(tid, blocked_reading, switches, now);
+        note_blocked_reading(tid, blocked_reading, current_switches().all(), now);
     }
     let reader = (blocked_reading != NO_FD).then_some(BlockedReader {
         tid,
@@ -729,6 +726,11 @@ fn end_answered(table: &mut StretchTable, cpu: u32, fd: u32, now: u64) {
     gather(tcp, now);
     tcp.keeper = request_keeper::NONE;
     tcp.answered = 0;
+    if table.len == 1 {
+        // It was the only connection listed (a thread per connection): nothing is left for
+        // the handover, which need not look it up again.
+        table.len = 0;
+    }
 }
 
 /// Hand `tcp`'s kept request to the collector alone (another thread or CPU goes on with it).

@@ -2,8 +2,8 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext as _};
 use tracer_common::{
-    futex_op_waits, is_read, nr, switch_state_as_reported, waker_context, EventKind, Loss,
-    PendingWakeup, SwitchEvent, WakerId, WakeupEvent, NO_FD, NO_STACK, NO_SYSCALL,
+    futex_op_waits, is_read, nr, switch_state_as_reported, waker_context, EventHeader, EventKind,
+    Loss, PendingWakeup, SwitchEvent, WakerId, WakeupEvent, NO_FD, NO_STACK, NO_SYSCALL,
     PREEMPT_STATE_BIT, TASK_DEAD,
 };
 
@@ -48,6 +48,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         Some(_) if !preempt && prev_state != 0 => blocked_syscall(),
         _ => BlockedIn::NONE,
     };
+    // One clock read for a target's switch-out: its record and the stretch it ends agree on
+    // when the thread left (a switch-in alone reads it below, past the filter).
+    let switched_out_at = prev_tid.map(|_| now_ns());
     // Before this switch-out's record, and whatever fails below: the gathered pairs and the
     // held read go out, and the thread's conversation back to its map (it may next run on
     // another CPU).
@@ -56,7 +59,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         // than the reorder window, and replay the thread's time since that switch-in.
         // (This switch's own record is timed after it.)
         report_unseen_switch_in(tid, u64::MAX);
-        switch_out_of_stretch(tid, blocked_in.read_fd());
+        switch_out_of_stretch(tid, blocked_in.read_fd(), switched_out_at.unwrap_or(0));
         send_held();
         store_running_conversation(tid)
     });
@@ -74,7 +77,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
         unsafe { *on_cpu = if next_is_target { next_pid } else { 0 } };
     }
     let mut event = SwitchEvent {
-        hdr: header(EventKind::Switch, 0),
+        hdr: EventHeader {
+            ts_ns: switched_out_at.unwrap_or_else(now_ns),
+            kind: EventKind::Switch as u32,
+            tid: 0,
+        },
         next_tid: if next_is_target { next_pid } else { 0 },
         syscall_nr: NO_SYSCALL,
         stack_id: NO_STACK,
