@@ -56,10 +56,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), Loss> {
     // another CPU).
     let running_conversation = prev_tid.and_then(|tid| {
         // A switch-in the kernel did not report goes first: the records below may be older
-        // than the reorder window, and replay the thread's time since that switch-in.
-        // (This switch's own record is timed after it.)
-        report_unseen_switch_in(tid, u64::MAX);
-        switch_out_of_stretch(tid, blocked_in.read_fd(), switched_out_at.unwrap_or(0));
+        // than the reorder window, and replay the thread's time since that switch-in. It is
+        // placed no later than this switch's own record, whose time was read before it.
+        let switched_out_at = switched_out_at.unwrap_or(0);
+        report_unseen_switch_in(tid, switched_out_at);
+        switch_out_of_stretch(tid, blocked_in.read_fd(), switched_out_at);
         send_held();
         store_running_conversation(tid)
     });
