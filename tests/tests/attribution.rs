@@ -43,9 +43,8 @@ fn off_run_queue_in_handler(s: &Sent) -> u64 {
 /// them either way.
 fn dominant_by_server(s: &Sent, want: Cause) -> Option<Cause> {
     let work = off_run_queue_in_handler(s);
-    let queued = s.response.queued_before_ns()
-        + s.response.runqueue_ns()
-        + s.response.queued_after_ns();
+    let queued =
+        s.response.queued_before_ns() + s.response.runqueue_ns() + s.response.queued_after_ns();
     if near(work, queued, 0.1, MS) {
         None
     } else if queued > work {
