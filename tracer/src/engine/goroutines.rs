@@ -8,7 +8,9 @@
 //! A goroutine that stops running on a thread without parking (preempted, `Gosched`) is
 //! runnable from the moment another goroutine runs on that thread, until it runs again.
 //! Otherwise (work stealing while its old thread spins) it is seen leaving only when it runs
-//! again, and its old thread's time until then counts as its own.
+//! again, and its old thread's time until then counts as its own. One readied before it
+//! runs again was not runnable: the GC had stopped it to scan its stack (`suspendG`,
+//! `preemptPark`, then `resumeG` readies it), and its wait until the `ready` is `gc`.
 //!
 //! A thread that sleeps in a futex does so in the runtime, never for a goroutine's wait (a
 //! goroutine parks): either its goroutine left it (its syscall lost the P and no P was
@@ -69,6 +71,9 @@ pub(super) struct Goroutine {
     /// It moves an HTTP/2 connection's frames for every stream (net/http's `serve` or
     /// `readFrames`): its socket I/O delimits no request.
     serves_http2: bool,
+    /// It left its thread without a park (runnable, as far as is known): when, and what it
+    /// had accrued then. A `ready` before it runs again tells the GC had suspended it.
+    left_unparked: Option<(u64, Breakdown)>,
 }
 
 impl Goroutine {
@@ -83,6 +88,7 @@ impl Goroutine {
             parked_at: None,
             released: None,
             serves_http2: false,
+            left_unparked: None,
         }
     }
 }
@@ -313,6 +319,7 @@ impl Goroutines {
         }
         g.timeline.leave_thread(sleep.thread_at);
         let at_sleep = g.timeline.accrued();
+        g.left_unparked = Some((sleep.ts, at_sleep));
         self.world.runnable(sleep.ts, sleep.goid, g);
         Some((sleep.goid, sleep.ts, at_sleep))
     }
@@ -337,6 +344,7 @@ impl Goroutines {
         for g in self.by_goid.values_mut() {
             g.timeline.leave_thread(None);
             g.semaphore = None;
+            g.left_unparked = None;
             g.parked_before_loss = g.parked_for.is_some();
         }
         unsettled
@@ -575,6 +583,7 @@ impl<R: FdResolver> Engine<R> {
             if let Some(p) = gs.by_goid.get_mut(&previous) {
                 if p.timeline.thread() == Some(tid) {
                     p.timeline.leave_thread(thread_now);
+                    p.left_unparked = Some((ts, p.timeline.accrued()));
                     gs.world.runnable(ts, previous, p);
                 }
             }
@@ -588,6 +597,7 @@ impl<R: FdResolver> Engine<R> {
             g.timeline.leave_thread(self.threads.snapshot(old, ts));
         }
         g.timeline.run_on(ts, tid, thread_now);
+        g.left_unparked = None;
         if let Some(old) = left.filter(|&old| old != tid) {
             if gs.running.get(&old) == Some(&goid) {
                 gs.running.remove(&old);
@@ -631,6 +641,7 @@ impl<R: FdResolver> Engine<R> {
             g.timeline.leave_thread(self.threads.snapshot(on, ts));
         }
         g.timeline.park(ts, cause);
+        g.left_unparked = None;
         g.parked_for = Some(reason);
         g.parked_at = stack;
         g.waits_on = semaphore.filter(|s| !s.for_gc).map(|s| s.address);
@@ -715,7 +726,7 @@ impl<R: FdResolver> Engine<R> {
             return;
         };
         if g.parked_for.is_none() {
-            return;
+            return self.go_resumed(ts, goid);
         }
         if let Some(address) = g.waits_on {
             self.go_locks.woken(address, GoWaker { goid: waker, tid });
@@ -735,6 +746,37 @@ impl<R: FdResolver> Engine<R> {
             gs.world.runnable(ts, goid, g);
         }
         self.note_park_site(ts, goid, park);
+    }
+
+    /// `goid` is readied at `ts` with no park: `ready` takes only a waiting goroutine (it
+    /// throws otherwise), and one that left its thread without `gopark` waits only when the
+    /// GC stopped it to scan its stack (`suspendG`: `preemptPark` leaves it `_Gpreempted`,
+    /// `waitReasonPreempted`, in no run queue; `resumeG` readies it once the scan is done).
+    /// Its wait since it left its thread is the GC's; from `ts`, Go's scheduler's.
+    fn go_resumed(&mut self, ts: u64, goid: u64) {
+        let gs = &mut self.goroutines;
+        // Still taken to be on a thread that slept: it left it at the sleep (preempted,
+        // nothing else to run, the thread slept in `stopm`).
+        if let Some(tid) = gs.slept_with(goid) {
+            gs.left_at_sleep(tid);
+        }
+        let Some(g) = gs.by_goid.get_mut(&goid) else {
+            return;
+        };
+        let Some((since, at_left)) = g.left_unparked.take() else {
+            return; // the probe again after a morestack re-entry, or a park lost
+        };
+        g.timeline.parked_since(since, at_left, Cause::Gc);
+        let lasted = g.timeline.end_park(ts).map_or(0, |(_, lasted)| lasted);
+        gs.world.runnable(ts, goid, g);
+        // The snapshots its open requests took since it left counted that wait otherwise.
+        let ctx = ExecCtx::Goroutine(GoroutineId(goid));
+        self.requests.rebase(ctx, since, |at| {
+            let mut now = at_left;
+            now[Cause::Gc.index()] += at.min(ts).saturating_sub(since);
+            now
+        });
+        self.note_wait_site(ctx, ts, Cause::Gc, lasted, None);
     }
 
     /// A park of `goid` ended at `ts`: its wait site, if inside a request.

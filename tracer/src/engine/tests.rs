@@ -2707,6 +2707,58 @@ mod goroutines {
         assert_sums(r);
     }
 
+    /// G reads a request on T; at 30 the GC stops it to scan its stack (`suspendG`): it
+    /// leaves T in `preemptPark`, without `gopark` (`leaves`: T runs another goroutine, or
+    /// finds none and sleeps in `stopm`), and stays `_Gpreempted`, then `_Gwaiting`
+    /// (`waitReasonPreempted`), in no run queue, until `resumeG` readies it at 80, the scan
+    /// done; it runs on U at 90 and answers.
+    fn suspended_for_a_stack_scan(leaves: Event) -> Request {
+        const GC_WORKER: u64 = 30;
+        let events = [
+            run(0),
+            on(U, run(0)),
+            execute(10, T, G),
+            on_conn(20, T, nr::READ, 100),
+            leaves,
+            execute(40, U, GC_WORKER),
+            go(
+                80,
+                U,
+                GoSched::Ready {
+                    goid: G,
+                    waker: Some(GC_WORKER),
+                },
+            ),
+            execute(90, U, G),
+            on_conn(100, U, nr::WRITE, 10),
+            on_conn(110, U, nr::READ, -11),
+        ];
+        let r = feed(&mut go_engine(), events).remove(0);
+        assert_sums(&r);
+        r
+    }
+
+    /// A `ready` takes only a waiting goroutine: one readied after it left its thread with
+    /// no park was suspended by the GC until then (`gc`), and waits for Go's scheduler only
+    /// from the `ready`.
+    #[test]
+    fn a_stack_scan_suspension_readied_by_the_gc_is_gc() {
+        let r = suspended_for_a_stack_scan(execute(30, T, H));
+        assert_eq!(r.latency_ns, 80);
+        assert_eq!(cause(&r, Cause::Gc), 50, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 10, "{r:?}");
+        assert_eq!(cause(&r, Cause::OnCpu), 10 + 10, "{r:?}");
+    }
+
+    /// The same, its thread left idle (it sleeps in `stopm`): the `ready` tells G had left
+    /// it at the sleep.
+    #[test]
+    fn a_stack_scan_suspension_while_its_thread_sleeps_is_gc() {
+        let r = suspended_for_a_stack_scan(block(30, nr::FUTEX, 0xf00));
+        assert_eq!(cause(&r, Cause::Gc), 50, "{r:?}");
+        assert_eq!(cause(&r, Cause::GoRunqueue), 10, "{r:?}");
+    }
+
     /// G reads a request on T, the world stops at 30 and G stops running on T for it at 40
     /// (T runs H); then `rest`.
     fn preempted_for_a_stop(rest: impl IntoIterator<Item = Event>) -> Request {

@@ -239,6 +239,13 @@ impl GoroutineTimeline {
         Some((cause, lasted))
     }
 
+    /// Its history since `since` is told anew: it had accrued `accrued` then, and has been
+    /// parked for `cause` since (its stretch on a thread must have been left).
+    pub fn parked_since(&mut self, since: u64, accrued: Breakdown, cause: Cause) {
+        self.cum = accrued;
+        self.now = Hosting::Parked { cause, since };
+    }
+
     /// What it accrued in the stretches and parks that ended.
     pub fn accrued(&self) -> Breakdown {
         self.cum
