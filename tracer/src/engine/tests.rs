@@ -1211,6 +1211,53 @@ fn tls13_finished_with_the_request_in_one_read_starts_it() {
     );
 }
 
+/// A blocking reader (a thread per connection, an unhooked TLS library) woken by the client's
+/// Finished with the request behind it: the handshake runs to that read's return, and the
+/// request starts there, not back at the wakeup, whose wait for the CPU the handshake has
+/// already counted.
+#[test]
+fn a_request_read_with_the_finished_after_a_block_is_not_counted_twice() {
+    // The client's last flight: change_cipher_spec, Finished and the request; or, without
+    // the compatibility change_cipher_spec, the Finished (an application_data record) first.
+    for finished_and_request in [
+        tls_read(760, 6 + 58 + 120, CCS | APP << 8, 1),
+        tls_read(760, 58 + 120, APP, 53),
+    ] {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                block(0, nr::READ, CONN as u64),
+                wake(100),
+                run(110),
+                tls_read(120, 517, HS, 512), // ClientHello
+                tls_write(200, HS, 122),
+                block(210, nr::READ, CONN as u64),
+                wake(700),
+                run(750), // 50 ns waiting for a CPU
+                finished_and_request,
+                tls_write(800, APP, 300), // the response
+                block(900, nr::READ, CONN as u64),
+            ],
+        );
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        let r = &reqs[0];
+        assert_eq!(r.start_ns, 100);
+        assert_eq!(cause(r, Cause::TlsHandshake), 760 - 100);
+        assert_eq!(
+            r.latency_ns,
+            800 - 100,
+            "the handshake, then the request from the read that ended it: {r:?}"
+        );
+        assert_eq!(
+            cause(r, Cause::Runqueue),
+            0,
+            "the handshake's, not again the request's"
+        );
+        assert_sums(r);
+    }
+}
+
 #[test]
 fn a_finished_alone_is_not_read_past_whatever_its_hash() {
     let ccs_then_app = tracer_common::tls_record_and_next(

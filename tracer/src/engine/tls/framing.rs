@@ -192,7 +192,7 @@ impl<R: FdResolver> Engine<R> {
                     wire.rx.left = 0; // the records after it are not tracked
                     self.tls_wire_done(ts, fd);
                     if read_past_finished(ret, header) {
-                        self.request_bytes(ts, tid, fd); // the request came with it
+                        self.request_with_finished(ts, tid, fd); // the request came with it
                     }
                     return true;
                 }
@@ -202,11 +202,19 @@ impl<R: FdResolver> Engine<R> {
                 }
                 self.tls_wire_done(ts, fd);
                 if overflow {
-                    self.request_bytes(ts, tid, fd);
+                    self.request_with_finished(ts, tid, fd);
                 }
                 true
             }
         }
+    }
+
+    /// The read at `ts` that ended the handshake on `fd` also held the first request: it
+    /// starts where the handshake ended, at that read, not at the wakeup before it (the
+    /// handshake counted the wait for the CPU since).
+    fn request_with_finished(&mut self, ts: u64, tid: Tid, fd: u32) {
+        self.forget_wakeup(tid);
+        self.request_bytes(ts, tid, fd);
     }
 
     fn tls_wire_start(&mut self, ts: u64, tid: Tid, fd: u32, ret: i64, record: u32) {
