@@ -1701,6 +1701,51 @@ mod nginx {
         assert_eq!(e.aborted(), 0);
     }
 
+    /// The return of a handshake step (WANT_READ) is among lost records: the worker is out
+    /// of that call, and the requests it serves on its other connections meanwhile are not
+    /// that handshake's flights.
+    #[test]
+    fn a_handshake_call_whose_return_was_lost_does_not_take_other_connections_bytes() {
+        let mut e = Engine::new(Fds);
+        let mut events = Vec::new();
+        events.extend(epoll(10, 100));
+        events.extend([
+            ssl_call(120, SSL),
+            io(130, nr::READ, CONN, 517, HS, 512),
+            io(400, nr::WRITE, CONN, 770, HS, 122),
+            Event::lost(405), // ssl_return(410, SSL, -1) is among the lost records
+        ]);
+        events.extend(epoll(420, 1000));
+        events.extend([
+            // CONN2, a keep-alive connection past its handshake: its next request
+            io(1020, nr::READ, CONN2, 101, APP, 96),
+            io(1100, nr::WRITE, CONN2, 262, APP, 257),
+        ]);
+        events.extend(epoll(1110, 2000));
+        events.extend([
+            // CONN's handshake goes on: the client's Finished, alone
+            ssl_call(2020, SSL),
+            io(2030, nr::READ, CONN, 6 + 58, CCS | APP << 8, 1),
+            ssl_return(2040, SSL, 1),
+            io(2100, nr::READ, CONN2, 0, 0, 0), // CONN2's client closed
+        ]);
+        events.extend(epoll(2110, 3000));
+        events.extend([
+            io(3020, nr::READ, CONN, 101, APP, 96), // CONN's first request
+            io(3100, nr::WRITE, CONN, 262, APP, 257),
+            io(3200, nr::READ, CONN, 0, 0, 0),
+        ]);
+        let mut reqs = feed(&mut e, events);
+        reqs.sort_by_key(|r| r.fd);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let (first, second) = (&reqs[0], &reqs[1]);
+        assert_eq!(first.fd, Some(CONN));
+        assert_eq!(cause(first, Cause::TlsHandshake), 2040 - 120);
+        assert_eq!(second.fd, Some(CONN2));
+        assert_eq!(cause(second, Cause::TlsHandshake), 0);
+        assert_eq!(second.latency_ns, 1100 - 1020);
+    }
+
     /// Two connections' handshakes interleaved in the one event loop, keyed by their `SSL*`:
     /// each connection's first request carries its own handshake.
     #[test]

@@ -119,6 +119,22 @@ impl<R: FdResolver> Engine<R> {
         // On a connection, a handshake flight: it belongs to the handshake, not to a
         // request. Elsewhere a client's handshake (a backend call): only seen.
         let on_connection = self.fds.kind(fd) == FdKind::Connection;
+        // Inside a handshake call a thread moves bytes on that connection only: bytes on
+        // another (or a call whose handshake is no longer followed) show that the call
+        // returned unseen (its return among lost records): the thread is out of it.
+        let left_unseen = on_connection
+            && self
+                .tls
+                .openssl
+                .0
+                .get(&ssl)
+                .is_none_or(|h| h.fd.is_some_and(|own| own != fd));
+        if left_unseen {
+            if let Some(thread) = self.threads.get_mut(tid) {
+                thread.ssl_call = None;
+            }
+            return false;
+        }
         if let Some(h) = self.tls.openssl.0.get_mut(&ssl) {
             h.socket_seen = true;
             if on_connection {
