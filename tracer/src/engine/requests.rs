@@ -88,6 +88,9 @@ struct OpenRequest {
     shared_context: bool,
     tls: Option<HandshakeTime>,
     largest_wait: Option<LargestWait>,
+    /// Answered: its context's longest wait since its last write so far, which is inside it
+    /// only if another write of its response follows.
+    wait_since_write: Option<LargestWait>,
 }
 
 /// Contexts with no open request kept in `Requests::open_by_ctx` beyond twice the open
@@ -181,8 +184,10 @@ impl Requests {
     }
 
     /// `ctx` waited `lasted` ns for `cause` until `ts`, at `site`: the longest wait so far of
-    /// each open request it serves, for the part inside it. Returns the part inside the
-    /// earliest of them (`None`: it serves none).
+    /// each open request it serves, for the part inside it (an answered one ends at its last
+    /// write so far: the part of a wait after that is inside it only once another write of
+    /// its response follows, and is else a wait of its context for another request).
+    /// Returns the part inside the earliest of them (`None`: it serves none).
     pub fn note_wait(
         &mut self,
         ctx: ExecCtx,
@@ -197,9 +202,19 @@ impl Requests {
             let Some(req) = self.open.get_mut(on) else {
                 continue;
             };
-            let ns = lasted.min(ts.saturating_sub(req.start.ts));
+            let from = ts.saturating_sub(lasted).max(req.start.ts).min(ts);
+            let answered_at = req.last_write.map_or(ts, |w| w.ts.clamp(from, ts));
+            let ns = answered_at - from;
             if ns > req.largest_wait.map_or(0, |w| w.ns) {
                 req.largest_wait = Some(LargestWait { cause, ns, site });
+            }
+            let after = ts - answered_at;
+            if after > req.wait_since_write.map_or(0, |w| w.ns) {
+                req.wait_since_write = Some(LargestWait {
+                    cause,
+                    ns: after,
+                    site,
+                });
             }
             inside_earliest = inside_earliest.max(Some(ns));
         }
@@ -452,6 +467,7 @@ impl<R: FdResolver> Engine<R> {
             shared_context,
             tls,
             largest_wait: None,
+            wait_since_write: None,
         })
     }
 
@@ -475,6 +491,12 @@ impl<R: FdResolver> Engine<R> {
         if let Some(req) = self.requests.open.get_mut(&on) {
             req.last_write = Some(now);
             req.shared_context |= opened_meanwhile;
+            // Its response goes on: its context's waits since its last write were its own.
+            if let Some(wait) = req.wait_since_write.take() {
+                if wait.ns > req.largest_wait.map_or(0, |w| w.ns) {
+                    req.largest_wait = Some(wait);
+                }
+            }
         }
     }
 
@@ -543,6 +565,7 @@ mod tests {
             shared_context: false,
             tls: None,
             largest_wait: None,
+            wait_since_write: None,
         }
     }
 

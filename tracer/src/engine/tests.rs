@@ -283,6 +283,85 @@ fn a_request_keeps_its_longest_wait_and_where_it_waited() {
     assert_eq!(reqs[1].largest_wait, None, "{:?}", reqs[1]);
 }
 
+/// A request answered and still open (its connection's next request not read yet) ended at
+/// its last write: a wait of its thread after that, for another connection's request, is not
+/// its wait. (It used to be taken as its largest wait, longer than the request itself.)
+#[test]
+fn an_answered_requests_largest_wait_is_none_of_its_threads_later_waits() {
+    let mut e = engine();
+    e.set_fd_kind(11, FdKind::Connection);
+    let lock_site = StackRef { id: 1, caller: 0 };
+    let mut reqs = feed(
+        &mut e,
+        [
+            read(100, CONN, 50),
+            write(200, CONN), // answered: over at 200, still open until CONN's next read
+            read(300, 11, 50),
+            block_at(400, nr::FUTEX, 0xabc, lock_site), // for 11's request
+            wake(10_000),
+            run(10_000),
+            write(10_100, 11),
+            read(11_000, CONN, 50),
+        ],
+    );
+    e.finish_all();
+    reqs.extend(e.take_requests());
+    let on = |fd| {
+        reqs.iter()
+            .find(|r| r.fd == Some(fd) && r.start_ns < 1_000)
+            .unwrap()
+    };
+    let (first, other) = (on(CONN), on(11));
+    assert_eq!(first.latency_ns, 100);
+    assert!(!first.shared_context && !other.shared_context, "{reqs:?}");
+    assert_eq!(first.largest_wait, None, "{first:?}");
+    assert_eq!(
+        other.largest_wait,
+        Some(LargestWait {
+            cause: Cause::Lock,
+            ns: 9_600,
+            site: Some(lock_site),
+        })
+    );
+    assert_eq!(e.wait_sites.top(Cause::Lock, 1).0[0].1.ns, 9_600);
+}
+
+/// A wait between two writes of a response is inside it: once the next write comes, it is
+/// the request's largest wait, though its thread serves another request meanwhile.
+#[test]
+fn a_wait_between_two_writes_of_a_response_is_its_largest_wait() {
+    let mut e = engine();
+    e.set_fd_kind(11, FdKind::Connection);
+    let write_site = StackRef { id: 3, caller: 0 };
+    let mut reqs = feed(
+        &mut e,
+        [
+            read(100, 11, 50),
+            read(200, CONN, 50),
+            write(300, CONN),                                  // the first part
+            block_at(400, nr::WRITE, CONN as u64, write_site), // socket buffer full
+            wake(900),
+            run(900),
+            write(1_000, CONN), // the rest
+            write(1_100, 11),
+            read(2_000, CONN, 50),
+        ],
+    );
+    e.finish_all();
+    reqs.extend(e.take_requests());
+    let r = reqs.iter().find(|r| r.start_ns == 200).unwrap();
+    assert_eq!(r.latency_ns, 800);
+    assert_eq!(cause(r, Cause::NetIo), 500);
+    assert_eq!(
+        r.largest_wait,
+        Some(LargestWait {
+            cause: Cause::NetIo,
+            ns: 500,
+            site: Some(write_site),
+        })
+    );
+}
+
 /// The thread is preempted (still runnable), with the stack taken there, if any.
 fn preempted(ts: u64, stack: Option<StackRef>) -> Event {
     Event::new(
