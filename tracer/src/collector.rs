@@ -64,6 +64,9 @@ pub struct Collector {
     stacks_not_stored: u64,
     /// A loss was seen while the ring still held a backlog older than it.
     loss_in_backlog: bool,
+    /// The newest event read when the loss counters were last read: a loss they count later
+    /// happened after it.
+    losses_checked_at: u64,
     hlog: HlogWriter,
     slow: SlowRequests,
     /// Names the slow requests' wait sites while tracing, and every site at the end.
@@ -107,6 +110,7 @@ impl Collector {
             skipped_by_program: Vec::new(),
             stacks_not_stored: 0,
             loss_in_backlog: false,
+            losses_checked_at: 0,
             hlog,
             slow,
             site_names,
@@ -163,7 +167,7 @@ impl Collector {
             Some(probes) => self.check_losses(probes, read == budget),
             None if self.loss_in_backlog => {
                 // Detached: this drain read the rest of the backlog.
-                self.reorder.push(Event::lost(self.reorder.newest()));
+                self.lost_since_last_check();
                 self.loss_in_backlog = false;
             }
             None => {}
@@ -225,14 +229,35 @@ impl Collector {
     /// open then too, until one empties the ring.
     fn check_losses(&mut self, probes: &Probes, backlog: bool) {
         let (by_reason, by_cpu) = probes.losses();
+        self.note_losses(by_reason, by_cpu, backlog);
+    }
+
+    /// The loss counters read now (see [`Collector::check_losses`]).
+    fn note_losses(
+        &mut self,
+        by_reason: [u64; LOSS_KINDS as usize],
+        by_cpu: Vec<u64>,
+        backlog: bool,
+    ) {
         let lost = by_reason.iter().sum::<u64>();
         if lost > self.lost_seen || self.loss_in_backlog {
-            self.reorder.push(Event::lost(self.reorder.newest()));
+            self.lost_since_last_check();
             self.lost_seen = lost;
             self.loss_in_backlog = backlog;
         }
+        self.losses_checked_at = self.reorder.newest();
         self.lost_by_reason = by_reason;
         self.lost_by_cpu = by_cpu;
+    }
+
+    /// Events were lost since the counters were last read: when is not known, so every
+    /// request open at any time from the newest event read then to the newest read now is
+    /// marked, not only those still open now (a request that was open during the loss and
+    /// has been answered since, in the events this drain read, is as wrong).
+    fn lost_since_last_check(&mut self) {
+        let newest = self.reorder.newest();
+        self.engine.lost_between(self.losses_checked_at, newest);
+        self.reorder.push(Event::lost(newest));
     }
 
     /// The engine's wait sites, each read from the kernel's stack map and named.
@@ -460,4 +485,135 @@ fn boot_to_unix_ns() -> i128 {
         ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128
     };
     now(ClockId::CLOCK_REALTIME) - now(ClockId::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tracer_common::nr;
+
+    use super::*;
+    use crate::{
+        engine::{FdKind, InSyscall, SocketOrigin, SyscallReturn, Woken},
+        output::files,
+    };
+
+    /// Above the kernel's PID_MAX_LIMIT: no such process or thread exists.
+    const PID: u32 = 4_194_401;
+    const T: Tid = Tid(PID + 1);
+    /// Another thread of the target, busy with no request.
+    const OTHER: Tid = Tid(PID + 2);
+    const CONN: u32 = 7;
+    const MS: u64 = 1_000_000;
+
+    fn io(ts: u64, nr: u32, ret: i64) -> Event {
+        let sys = SyscallReturn {
+            nr,
+            fd: CONN,
+            ret,
+            connection: 0xffff_0000_0007,
+            origin: SocketOrigin::TcpServer,
+            tls_record: 0,
+        };
+        Event::new(ts, T, EventKind::Syscall(sys))
+    }
+
+    fn blocked_reading(ts: u64) -> Event {
+        Event::new(
+            ts,
+            T,
+            EventKind::SwitchOut {
+                run_delay: None,
+                state: 1,
+                syscall: Some(InSyscall {
+                    nr: nr::READ,
+                    arg0: CONN.into(),
+                }),
+                stack: None,
+                cpu_steal: None,
+            },
+        )
+    }
+
+    fn runs(ts: u64, tid: Tid, woken_at: u64) -> Event {
+        let woken = (woken_at != 0).then_some(Woken {
+            at: woken_at,
+            waker: crate::engine::Waker::Unknown,
+            unlocker: None,
+        });
+        Event::new(
+            ts,
+            tid,
+            EventKind::SwitchIn {
+                run_delay: None,
+                cpu_steal: None,
+                woken,
+            },
+        )
+    }
+
+    /// One drain as [`Collector::drain`] does it: the records go into the reorder window,
+    /// which releases what is old enough on the way (every `RECORDS_PER_RELEASE` records),
+    /// then the loss counters are read (`lost` in all), and the rest is released and the
+    /// finished requests collected.
+    fn drain(c: &mut Collector, events: Vec<Event>, lost: u64) {
+        for event in events {
+            c.reorder.push(event);
+        }
+        c.release(false);
+        c.note_losses([lost, 0, 0], vec![lost], false);
+        c.release(false);
+        c.collect();
+    }
+
+    /// The loss counters say how many records were lost, not when: a request open at any
+    /// time since they were last read may have lost its records, not only one still open
+    /// at the newest record read. Here the request read at 2 ms (its thread's block in it
+    /// lost) is answered and finished in the same drain that finds the loss; it used to be
+    /// counted complete, while the one finished before the previous read of the counters
+    /// is.
+    #[test]
+    fn a_loss_marks_every_request_open_since_the_counters_were_last_read() {
+        let dir = std::env::temp_dir().join(format!("tracer-collector-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let mut engine = Engine::new(ProcFds::new(PID));
+        engine.set_fd_kind(CONN, FdKind::Connection);
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        // Before the counters' first read: a request from 0.2 to 0.3 ms, nothing lost.
+        drain(
+            &mut c,
+            vec![
+                runs(0, T, 0),
+                io(MS / 5, nr::READ, 50),
+                io(3 * MS / 10, nr::WRITE, 10),
+                blocked_reading(4 * MS / 10),
+                runs(MS, OTHER, 0),
+            ],
+            0,
+        );
+        // The next drain: a request from 2 to 3 ms, then records to 30 ms; the counters
+        // then say a record was lost.
+        drain(
+            &mut c,
+            vec![
+                runs(2 * MS, T, 2 * MS),
+                io(2 * MS, nr::READ, 50),
+                io(3 * MS, nr::WRITE, 10),
+                blocked_reading(4 * MS),
+                runs(30 * MS, OTHER, 0),
+            ],
+            1,
+        );
+        c.finish();
+        assert_eq!(c.interval().0.latency.len(), 2);
+        assert_eq!(
+            c.totals().incomplete,
+            1,
+            "the request from 2 to 3 ms was open after the counters' first read"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

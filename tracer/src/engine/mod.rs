@@ -239,6 +239,14 @@ impl<R: FdResolver> Engine<R> {
         }
     }
 
+    /// The kernel side lost events at some time from `since` to `until` (found by its loss
+    /// counters, which say how many, not when): every request open then is marked
+    /// incomplete, including those that finished meanwhile and have not been taken, and
+    /// those still to be opened from events up to `until`.
+    pub fn lost_between(&mut self, since: u64, until: u64) {
+        self.requests.lost_between(since, until);
+    }
+
     /// End of trace: requests that had their response written are complete.
     pub fn finish_all(&mut self) {
         self.settle_sleeps();

@@ -110,6 +110,9 @@ pub(super) struct Requests {
     /// The context that served each connection's last request.
     served_by: HashMap<u32, ExecCtx>,
     finished: Vec<Request>,
+    /// Events were lost until this time (the newest the collector had read when it found the
+    /// loss): a request opened later that started by then was open during the loss.
+    lost_until: Option<u64>,
     /// Requests that never got a response (connection closed, thread exited).
     pub aborted: u64,
     /// Requests that shared their context with another open request.
@@ -289,6 +292,18 @@ impl Requests {
             req.incomplete = true;
         }
     }
+
+    /// Events were lost at some time from `since` to `until`: every request open then may be
+    /// wrong, the open ones, those finished since `since` and not taken yet, and those opened
+    /// later that started by `until`.
+    pub fn lost_between(&mut self, since: u64, until: u64) {
+        self.mark_incomplete();
+        for req in &mut self.finished {
+            // Its end: its start (its handshake's, if it had one) and all its time after.
+            req.incomplete |= req.start_ns + req.latency_ns >= since;
+        }
+        self.lost_until = self.lost_until.max(Some(until));
+    }
 }
 
 /// A request the kernel side delimited and timed, served by its thread in one stretch on a
@@ -463,7 +478,10 @@ impl<R: FdResolver> Engine<R> {
             opened_as,
             start,
             last_write: None,
-            incomplete: false,
+            incomplete: self
+                .requests
+                .lost_until
+                .is_some_and(|until| start.ts <= until),
             shared_context,
             tls,
             largest_wait: None,

@@ -777,6 +777,50 @@ fn lost_events_mark_open_requests_incomplete_and_keep_the_identity() {
     );
 }
 
+/// A loss the collector finds later, known only to have happened between two reads of the
+/// loss counters: the requests open at any time in between are marked, the one that ended
+/// before it is not.
+#[test]
+fn a_loss_between_two_times_marks_every_request_open_in_between() {
+    let mut e = engine();
+    e.set_fd_kind(11, FdKind::Connection);
+    for event in [
+        read(0, CONN, 20),
+        write(100, CONN),
+        read(200, CONN, 20), // the first ends at 100, before the loss could have happened
+        write(1_000, CONN),
+        read(1_100, CONN, 20), // the second, answered at 1_000, is not taken yet
+    ] {
+        e.handle(event);
+    }
+    e.lost_between(500, 3_000);
+    // Requests opened from events read before the loss was found.
+    let reqs = feed(
+        &mut e,
+        [
+            read(2_000, 11, 20),
+            write(2_500, 11),
+            read(3_500, 11, 20),
+            write(3_600, 11),
+            write(3_700, CONN),
+        ],
+    );
+    let mut reqs: Vec<_> = reqs.iter().map(|r| (r.start_ns, r.incomplete)).collect();
+    e.finish_all();
+    reqs.extend(e.take_requests().iter().map(|r| (r.start_ns, r.incomplete)));
+    reqs.sort();
+    assert_eq!(
+        reqs,
+        [
+            (0, false),
+            (200, true),
+            (1_100, true),
+            (2_000, true),
+            (3_500, false)
+        ]
+    );
+}
+
 #[test]
 fn blocking_causes_follow_the_syscall_and_the_fd() {
     let cases = [
