@@ -22,6 +22,16 @@ pub enum FdKind {
 /// Finds the kind of an fd the engine has not seen opened.
 pub trait FdResolver {
     fn resolve(&mut self, fd: u32) -> FdKind;
+
+    /// What `fd` is now, asked again because what the table holds for it may be stale (its
+    /// number closed and reused, unseen): any socket is [`FdKind::Socket`] (which socket is
+    /// for the socket records to say), and `None` when `fd` is not open now.
+    fn recheck(&mut self, fd: u32) -> Option<FdKind> {
+        Some(match self.resolve(fd) {
+            FdKind::Connection | FdKind::Http2Connection => FdKind::Socket,
+            kind => kind,
+        })
+    }
 }
 
 /// The kinds of fds seen so far, asking the resolver for the others once, and the connection
@@ -76,6 +86,43 @@ impl<R: FdResolver> FdTable<R> {
     /// What is known of `fd`, without asking the resolver.
     pub fn known(&self, fd: u32) -> Option<FdKind> {
         self.fds.get(&fd).map(|e| e.kind)
+    }
+
+    /// A thread blocked reading or writing `fd`, in uninterruptible sleep or not. Closes are
+    /// not seen, and only a socket's reads and writes say what their fd is, so what the
+    /// table holds for `fd` may be a closed fd's whose number is now another file's. The
+    /// way it sleeps tells when to ask again: a regular file's reads and writes wait for
+    /// the disk uninterruptibly (the page cache, direct I/O, the inode's lock), while
+    /// sockets, pipes, eventfds and ttys wait for their peer interruptibly. A block that
+    /// does not fit the kind held (uninterruptible on a socket or an `other` fd,
+    /// interruptible on a file) asks the resolver what `fd` is now, and a kind of another
+    /// class replaces what was held. Returns whether that replaced a socket with a known
+    /// connection (that connection is gone).
+    pub fn recheck_at_block(&mut self, fd: u32, uninterruptible: bool) -> bool {
+        let Some(entry) = self.fds.get(&fd).copied() else {
+            return false; // asked for the first time by the block itself
+        };
+        if uninterruptible == (entry.kind == FdKind::File) {
+            return false;
+        }
+        let held = match entry.kind {
+            FdKind::Connection | FdKind::Http2Connection => FdKind::Socket,
+            kind => kind,
+        };
+        match self.resolver.recheck(fd) {
+            Some(now) if now != held => {
+                self.fds.insert(
+                    fd,
+                    FdEntry {
+                        kind: now,
+                        connection: None,
+                    },
+                );
+                entry.connection.is_some()
+            }
+            // The same, or closed again by now: nothing better is known.
+            _ => false,
+        }
     }
 
     pub fn set(&mut self, fd: u32, kind: FdKind) {

@@ -307,9 +307,7 @@ impl<R: FdResolver> Engine<R> {
         let seeded = match self.fds.known_connection(fd) {
             Some((kind, Some(known))) if known == connection => return kind,
             Some((_, Some(_))) => {
-                self.finish(RequestOn::Connection(fd)); // its close was not seen
-                self.tls.forget_fd(fd);
-                self.requests.forget_fd(fd);
+                self.connection_gone(fd);
                 false
             }
             Some((kind, None)) => kind == FdKind::Connection,
@@ -327,6 +325,14 @@ impl<R: FdResolver> Engine<R> {
         };
         self.fds.set_connection(fd, connection, kind);
         kind
+    }
+
+    /// The connection last seen behind `fd` was closed (unseen): its number now holds
+    /// another file or connection.
+    fn connection_gone(&mut self, fd: u32) {
+        self.finish(RequestOn::Connection(fd)); // its close was not seen
+        self.tls.forget_fd(fd);
+        self.requests.forget_fd(fd);
     }
 
     /// The thread's last wakeup has been taken by the socket I/O that followed it, or is not

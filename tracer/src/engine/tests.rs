@@ -3414,3 +3414,202 @@ mod wakeup_reported_by_the_switch_in {
         assert!(e.wait_sites.wakers_of(at_socket, 3).is_empty());
     }
 }
+
+thread_local! {
+    /// What each fd is now, for [`FdsNow`] (`None`: not open).
+    static FDS_NOW: std::cell::RefCell<std::collections::HashMap<u32, Option<FdKind>>> =
+        Default::default();
+    /// How many times [`FdsNow`] was asked again about an fd.
+    static RECHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `fd` is `kind` now (`None`: closed), as /proc would say.
+fn fd_now(fd: u32, kind: Option<FdKind>) {
+    FDS_NOW.with(|f| f.borrow_mut().insert(fd, kind));
+}
+
+/// A resolver that says what each fd is at the time it is asked (fds close and their numbers
+/// are reused), and counts the rechecks.
+struct FdsNow;
+impl FdResolver for FdsNow {
+    fn resolve(&mut self, fd: u32) -> FdKind {
+        FDS_NOW.with(|f| {
+            f.borrow()
+                .get(&fd)
+                .copied()
+                .flatten()
+                .unwrap_or(FdKind::Other)
+        })
+    }
+    fn recheck(&mut self, fd: u32) -> Option<FdKind> {
+        RECHECKS.with(|r| r.set(r.get() + 1));
+        FDS_NOW.with(|f| f.borrow().get(&fd).copied().flatten())
+    }
+}
+
+fn engine_now() -> Engine<FdsNow> {
+    let mut e = Engine::new(FdsNow);
+    e.set_fd_kind(CONN, FdKind::Connection);
+    e
+}
+
+/// A blocking switch-out in `state` inside `nr` on `arg0`.
+fn block_in(ts: u64, nr: u32, arg0: u64, state: u32) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::SwitchOut {
+            run_delay: None,
+            state,
+            syscall: Some(InSyscall { nr, arg0 }),
+            stack: None,
+            cpu_steal: None,
+        },
+    )
+}
+
+fn feed_now(e: &mut Engine<FdsNow>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
+    for ev in events {
+        e.handle(ev);
+    }
+    e.take_requests()
+}
+
+/// fds are numbered lowest free first: a connection's number comes back as a file. A
+/// blocking read of that file is disk_io, not net_io as the connection it held, and the
+/// connection, closed unseen, is over.
+#[test]
+fn a_file_read_on_a_closed_connections_fd_number_is_disk_io() {
+    const OLD: u32 = 12;
+    let mut e = engine_now();
+    let reqs = feed_now(&mut e, [read(0, OLD, 5), write(10, OLD), read(20, OLD, 5)]);
+    assert_eq!(reqs.len(), 1);
+    // Its second request is answered, then the connection is closed (unseen) and its
+    // number opened again as a file.
+    feed_now(&mut e, [write(30, OLD)]);
+    fd_now(OLD, Some(FdKind::File));
+    let reqs = feed_now(
+        &mut e,
+        [
+            read(100, CONN, 5),
+            block_in(110, nr::READ, OLD as u64, D),
+            wake(610),
+            run(610),
+            write(620, CONN),
+            read(700, CONN, 5),
+        ],
+    );
+    let on_conn: Vec<_> = reqs.iter().filter(|r| r.fd == Some(CONN)).collect();
+    assert_eq!(on_conn.len(), 1, "{reqs:?}");
+    assert_eq!(cause(on_conn[0], Cause::DiskIo), 500, "{:?}", on_conn[0]);
+    assert_eq!(cause(on_conn[0], Cause::NetIo), 0);
+    assert_sums(on_conn[0]);
+    let on_old: Vec<_> = reqs.iter().filter(|r| r.fd == Some(OLD)).collect();
+    assert_eq!(
+        on_old.len(),
+        1,
+        "the closed connection's request is over: {reqs:?}"
+    );
+    assert_eq!(on_old[0].latency_ns, 10);
+}
+
+/// An fd first looked up after its close (a file read, then closed before the collector got
+/// to its block) is `other`; when its number is a file again, its blocking reads are disk_io.
+#[test]
+fn an_fd_first_looked_up_after_its_close_is_asked_again() {
+    const LATER: u32 = 13;
+    let mut e = engine_now();
+    fd_now(LATER, None);
+    let reqs = feed_now(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            block_in(10, nr::READ, LATER as u64, D),
+            wake(60),
+            run(60),
+            write(70, CONN),
+        ],
+    );
+    assert!(reqs.is_empty());
+    fd_now(LATER, Some(FdKind::File));
+    let reqs = feed_now(
+        &mut e,
+        [
+            read(100, CONN, 5),
+            block_in(110, nr::READ, LATER as u64, D),
+            wake(310),
+            run(310),
+            write(320, CONN),
+            read(400, CONN, 5),
+        ],
+    );
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        cause(&reqs[0], Cause::Other),
+        50,
+        "unknowable: closed when looked up"
+    );
+    assert_eq!(cause(&reqs[1], Cause::DiskIo), 200, "{:?}", reqs[1]);
+}
+
+/// The cost: a socket's, a file's and a pipe's usual blocks ask /proc nothing; a block that
+/// does not fit its fd's kind asks once, and a socket still a socket keeps its connection.
+#[test]
+fn only_blocks_that_do_not_fit_their_fds_kind_ask_again() {
+    const PIPE: u32 = 14;
+    let mut e = engine_now();
+    fd_now(BACKEND, Some(FdKind::Socket));
+    fd_now(FILE, Some(FdKind::File));
+    fd_now(PIPE, Some(FdKind::Other));
+    fd_now(CONN, Some(FdKind::Socket));
+    let reqs = feed_now(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            write(5, BACKEND),
+            block_in(10, nr::READ, BACKEND as u64, S),
+            wake(20),
+            run(20),
+            read(25, BACKEND, 5),
+            block_in(30, nr::READ, FILE as u64, D),
+            wake(40),
+            run(40),
+            block_in(50, nr::READ, FILE as u64, D),
+            wake(60),
+            run(60),
+            block_in(70, nr::READ, PIPE as u64, S),
+            wake(80),
+            run(80),
+            block_in(90, nr::READ, PIPE as u64, S),
+            wake(100),
+            run(100),
+        ],
+    );
+    assert!(reqs.is_empty());
+    assert_eq!(
+        RECHECKS.with(|r| r.get()),
+        0,
+        "the first lookup resolves; the rest fit"
+    );
+    // The connection's own reader waits for its socket's lock (uninterruptible).
+    let reqs = feed_now(
+        &mut e,
+        [
+            block_in(110, nr::WRITE, CONN as u64, D),
+            wake(160),
+            run(160),
+            write(170, CONN),
+            read(200, CONN, 5),
+        ],
+    );
+    assert_eq!(RECHECKS.with(|r| r.get()), 1);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(cause(&reqs[0], Cause::NetIo), 60, "{:?}", reqs[0]);
+    assert_eq!(cause(&reqs[0], Cause::DiskIo), 20);
+    assert_eq!(cause(&reqs[0], Cause::Other), 20);
+    assert_eq!(
+        e.open_requests(),
+        1,
+        "the connection's next request is open"
+    );
+}

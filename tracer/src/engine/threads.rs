@@ -2,7 +2,9 @@
 //! runnable), switch-in, wakeup, thread creation and exit.
 
 use rustc_hash::FxHashMap as HashMap;
-use tracer_common::{is_futex, is_poll, is_read, PREEMPT_STATE_BIT};
+use tracer_common::{
+    is_futex, is_poll, is_read, is_write, PREEMPT_STATE_BIT, STATE_UNINTERRUPTIBLE,
+};
 
 use super::{
     cause::{blocked_cause, Cause},
@@ -193,6 +195,16 @@ impl<R: FdResolver> Engine<R> {
         let next = if still_runnable {
             RunState::Runnable
         } else {
+            // What its fd holds may be a closed fd's, its number reused unseen.
+            if let Some(s) = syscall.filter(|s| is_read(s.nr) || is_write(s.nr)) {
+                let fd = s.arg0 as u32;
+                if self
+                    .fds
+                    .recheck_at_block(fd, state & STATE_UNINTERRUPTIBLE != 0)
+                {
+                    self.connection_gone(fd);
+                }
+            }
             let fds = &mut self.fds;
             RunState::Blocked {
                 cause: blocked_cause(syscall, state, |fd| fds.kind(fd)),

@@ -77,6 +77,21 @@ impl FdResolver for ProcFds {
             _ => FdKind::Other, // pipe:, anon_inode:
         }
     }
+
+    /// One `stat` through the fd's link: a socket's inode is a socket, whichever it is.
+    fn recheck(&mut self, fd: u32) -> Option<FdKind> {
+        let pid = self.process.as_ref()?.pid;
+        let file_type = fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .ok()?
+            .file_type();
+        Some(if file_type.is_socket() {
+            FdKind::Socket
+        } else if file_type.is_file() || file_type.is_block_device() {
+            FdKind::File
+        } else {
+            FdKind::Other
+        })
+    }
 }
 
 /// What of a TCP socket table entry tells a server-side connection.
@@ -147,5 +162,10 @@ mod tests {
         assert!(fds
             .open_connections()
             .contains(&(server.as_raw_fd() as u32)));
+        assert_eq!(fds.recheck(server.as_raw_fd() as u32), Some(FdKind::Socket));
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(fds.recheck(file.as_raw_fd() as u32), Some(FdKind::File));
+        let (reader, _writer) = std::io::pipe().unwrap();
+        assert_eq!(fds.recheck(reader.as_raw_fd() as u32), Some(FdKind::Other));
     }
 }
