@@ -10,8 +10,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     cli::{self, Args, Stacks},
     collector::Collector,
+    engine::Engine,
     engine::Tid,
-    engine::{Engine, FdKind},
     kernel::{
         self, privileges,
         uprobes::{GoSchedStatus, TlsStatus},
@@ -78,8 +78,8 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     let fds = ProcFds::new(target.pid);
     let connections = fds.open_connections();
     let mut engine = Engine::new(fds);
-    for fd in &connections {
-        engine.set_fd_kind(*fd, FdKind::Connection);
+    for &(fd, inode) in &connections {
+        engine.seed_connection(fd, inode);
     }
 
     let tls_on = args.tls == cli::Tls::On;

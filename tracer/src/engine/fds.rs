@@ -23,6 +23,12 @@ pub enum FdKind {
 pub trait FdResolver {
     fn resolve(&mut self, fd: u32) -> FdKind;
 
+    /// Whether `fd` is now the socket whose inode is `inode` (`None`: not known, or `fd` is
+    /// not open).
+    fn is_socket_inode(&mut self, _fd: u32, _inode: u64) -> Option<bool> {
+        None
+    }
+
     /// What `fd` is now, asked again because what the table holds for it may be stale (its
     /// number closed and reused, unseen): any socket is [`FdKind::Socket`] (which socket is
     /// for the socket records to say), and `None` when `fd` is not open now.
@@ -40,6 +46,9 @@ pub trait FdResolver {
 pub struct FdTable<R> {
     resolver: R,
     fds: HashMap<u32, FdEntry>,
+    /// The socket inodes of the connections found open at attach time, until the first
+    /// socket read or write on their fd says which connection is behind it now.
+    seeded: HashMap<u32, u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -54,6 +63,7 @@ impl<R: FdResolver> FdTable<R> {
         FdTable {
             resolver,
             fds: HashMap::default(),
+            seeded: HashMap::default(),
         }
     }
 
@@ -63,8 +73,27 @@ impl<R: FdResolver> FdTable<R> {
         self.fds.get(&fd).map(|e| (e.kind, e.connection))
     }
 
+    /// `fd` is a server-side connection found open at attach time, the socket `inode`.
+    pub fn seed_connection(&mut self, fd: u32, inode: u64) {
+        self.set(fd, FdKind::Connection);
+        self.seeded.insert(fd, inode);
+    }
+
+    /// Whether `fd`, found open as a connection at attach time and not read or written
+    /// since, still holds that connection. Its close is not seen, and the number may be
+    /// another socket's by now, one the kernel side cannot place either (a Unix or UDP
+    /// socket: no origin): asked of the resolver once, at the first socket read or write on
+    /// it. When the resolver cannot tell (closed again by now), it is taken to be.
+    pub fn seeded_connection_still_open(&mut self, fd: u32) -> bool {
+        match self.seeded.remove(&fd) {
+            Some(inode) => self.resolver.is_socket_inode(fd, inode) != Some(false),
+            None => true,
+        }
+    }
+
     /// `fd` is `connection`, of `kind`.
     pub fn set_connection(&mut self, fd: u32, connection: u64, kind: FdKind) {
+        self.seeded.remove(&fd);
         self.fds.insert(
             fd,
             FdEntry {
@@ -111,6 +140,7 @@ impl<R: FdResolver> FdTable<R> {
         };
         match self.resolver.recheck(fd) {
             Some(now) if now != held => {
+                self.seeded.remove(&fd);
                 self.fds.insert(
                     fd,
                     FdEntry {

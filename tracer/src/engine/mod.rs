@@ -103,9 +103,14 @@ impl<R: FdResolver> Engine<R> {
         self.tls.connections_sampled = sampled;
     }
 
-    /// Tell the engine what an fd is (sockets found in /proc at attach time).
+    /// Tell the engine what an fd is.
     pub fn set_fd_kind(&mut self, fd: u32, kind: FdKind) {
         self.fds.set(fd, kind);
+    }
+
+    /// `fd` is a server-side connection found in /proc at attach time, the socket `inode`.
+    pub fn seed_connection(&mut self, fd: u32, inode: u64) {
+        self.fds.seed_connection(fd, inode);
     }
 
     #[cfg(test)]
@@ -310,7 +315,14 @@ impl<R: FdResolver> Engine<R> {
                 self.connection_gone(fd);
                 false
             }
-            Some((kind, None)) => kind == FdKind::Connection,
+            // Found open at attach time (or by a lookup): still that connection, unless
+            // its number was closed unseen and is another socket's now, which the kernel
+            // side could not place either.
+            Some((kind, None)) => {
+                kind == FdKind::Connection
+                    && (origin != SocketOrigin::Unknown
+                        || self.fds.seeded_connection_still_open(fd))
+            }
             // A socket the kernel side never saw created was opened before its hook was
             // attached: /proc says whether it is a connection to serve. The connections
             // listed before attaching are already known; this is one accepted while the

@@ -3419,6 +3419,9 @@ thread_local! {
     /// What each fd is now, for [`FdsNow`] (`None`: not open).
     static FDS_NOW: std::cell::RefCell<std::collections::HashMap<u32, Option<FdKind>>> =
         Default::default();
+    /// The inode of each socket fd now, for [`FdsNow`].
+    static INODES_NOW: std::cell::RefCell<std::collections::HashMap<u32, u64>> =
+        Default::default();
     /// How many times [`FdsNow`] was asked again about an fd.
     static RECHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
@@ -3440,6 +3443,10 @@ impl FdResolver for FdsNow {
                 .flatten()
                 .unwrap_or(FdKind::Other)
         })
+    }
+    fn is_socket_inode(&mut self, fd: u32, inode: u64) -> Option<bool> {
+        FDS_NOW.with(|f| f.borrow().get(&fd).copied().flatten())?;
+        Some(INODES_NOW.with(|i| i.borrow().get(&fd) == Some(&inode)))
     }
     fn recheck(&mut self, fd: u32) -> Option<FdKind> {
         RECHECKS.with(|r| r.set(r.get() + 1));
@@ -3612,4 +3619,65 @@ fn only_blocks_that_do_not_fit_their_fds_kind_ask_again() {
         1,
         "the connection's next request is open"
     );
+}
+
+/// A read or write of `fd` on a socket the kernel side did not see open (a Unix or UDP
+/// socket, or a TCP socket open before the tracer attached): no origin, and the socket's
+/// address as its identity.
+fn unplaced_io(ts: u64, nr: u32, fd: u32, ret: i64) -> Event {
+    Event::new(
+        ts,
+        Tid(T),
+        EventKind::Syscall(SyscallReturn {
+            nr,
+            fd,
+            ret,
+            connection: 0xffff_8880_0000_0000 | u64::from(fd),
+            origin: SocketOrigin::Unknown,
+            tls_record: 0,
+        }),
+    )
+}
+
+/// A connection found open at attach time, closed before any read or write of it was seen
+/// (a keep-alive timeout), its number reused by a Unix socket to a backend: that socket's
+/// reads are the backend's answers, not requests. A connection found open that is still
+/// the same socket at its first read serves requests as before.
+#[test]
+fn a_connection_found_at_attach_and_closed_unseen_leaves_no_connection_behind() {
+    const IDLE: u32 = 20; // closed by the server's keep-alive timeout, unseen
+    const BUSY: u32 = 21; // still open, its next request read after attach
+    let mut e = engine_now();
+    e.seed_connection(IDLE, 5001);
+    e.seed_connection(BUSY, 5002);
+    fd_now(IDLE, Some(FdKind::Socket));
+    INODES_NOW.with(|i| i.borrow_mut().insert(IDLE, 6001)); // the backend's Unix socket
+    fd_now(BUSY, Some(FdKind::Socket));
+    INODES_NOW.with(|i| i.borrow_mut().insert(BUSY, 5002));
+    let reqs = feed_now(
+        &mut e,
+        [
+            read(0, CONN, 5),
+            unplaced_io(10, nr::WRITE, IDLE, 40), // asks the backend
+            unplaced_io(50, nr::READ, IDLE, 80),  // its answer
+            write(60, CONN),
+            unplaced_io(100, nr::READ, BUSY, 5), // a request on the connection still open
+            unplaced_io(150, nr::WRITE, BUSY, 10),
+            read(200, CONN, 5),
+            unplaced_io(210, nr::WRITE, IDLE, 40),
+            unplaced_io(250, nr::READ, IDLE, 80),
+            write(260, CONN),
+        ],
+    );
+    e.finish_all();
+    let reqs: Vec<_> = reqs.into_iter().chain(e.take_requests()).collect();
+    let on = |fd| reqs.iter().filter(|r| r.fd == Some(fd)).count();
+    assert_eq!(
+        on(IDLE),
+        0,
+        "the backend's answers are no requests: {reqs:?}"
+    );
+    assert_eq!(on(BUSY), 1, "{reqs:?}");
+    assert_eq!(on(CONN), 2, "{reqs:?}");
+    assert_eq!(e.aborted(), 0);
 }

@@ -1,7 +1,11 @@
 //! What the target's fds are, from /proc: the connections already open at attach time, and the
 //! kind of an fd first seen in a syscall.
 
-use std::{collections::HashSet, fs, os::unix::fs::FileTypeExt as _};
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _},
+};
 
 use procfs::{
     net::{TcpNetEntry, TcpState},
@@ -35,15 +39,17 @@ impl ProcFds {
         server_side_inodes(&sockets)
     }
 
-    /// Server-side TCP connections open now, by fd.
-    pub fn open_connections(&self) -> Vec<u32> {
+    /// Server-side TCP connections open now: each one's fd and socket inode.
+    pub fn open_connections(&self) -> Vec<(u32, u64)> {
         let inodes = self.server_side_inodes();
         let Some(fds) = self.process.as_ref().and_then(|p| p.fd().ok()) else {
             return Vec::new();
         };
         fds.flatten()
-            .filter(|fd| matches!(fd.target, FDTarget::Socket(inode) if inodes.contains(&inode)))
-            .map(|fd| fd.fd as u32)
+            .filter_map(|fd| match fd.target {
+                FDTarget::Socket(inode) if inodes.contains(&inode) => Some((fd.fd as u32, inode)),
+                _ => None,
+            })
             .collect()
     }
 }
@@ -76,6 +82,13 @@ impl FdResolver for ProcFds {
             }
             _ => FdKind::Other, // pipe:, anon_inode:
         }
+    }
+
+    /// One `stat` through the fd's link.
+    fn is_socket_inode(&mut self, fd: u32, inode: u64) -> Option<bool> {
+        let pid = self.process.as_ref()?.pid;
+        let meta = fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        Some(meta.file_type().is_socket() && meta.ino() == inode)
     }
 
     /// One `stat` through the fd's link: a socket's inode is a socket, whichever it is.
@@ -159,9 +172,21 @@ mod tests {
         use std::os::fd::AsRawFd as _;
         assert_eq!(fds.resolve(server.as_raw_fd() as u32), FdKind::Connection);
         assert_eq!(fds.resolve(client.as_raw_fd() as u32), FdKind::Socket);
+        let inode = fs::metadata(format!("/proc/self/fd/{}", server.as_raw_fd()))
+            .unwrap()
+            .ino();
         assert!(fds
             .open_connections()
-            .contains(&(server.as_raw_fd() as u32)));
+            .contains(&(server.as_raw_fd() as u32, inode)));
+        assert_eq!(
+            fds.is_socket_inode(server.as_raw_fd() as u32, inode),
+            Some(true)
+        );
+        assert_eq!(
+            fds.is_socket_inode(client.as_raw_fd() as u32, inode),
+            Some(false),
+            "another socket"
+        );
         assert_eq!(fds.recheck(server.as_raw_fd() as u32), Some(FdKind::Socket));
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         assert_eq!(fds.recheck(file.as_raw_fd() as u32), Some(FdKind::File));
