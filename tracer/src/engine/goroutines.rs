@@ -26,7 +26,10 @@
 //!
 //! While the world is stopped (`stopTheWorldWithSema` to `startTheWorldWithSema`: the GC's
 //! stop-the-world phases, most often), a runnable goroutine waits for the GC, not for the
-//! scheduler: `gc`, not `go_runqueue`.
+//! scheduler: `gc`, not `go_runqueue`. So does the goroutine that stops it (`gcStart`, from
+//! its allocation): `stopTheWorldWithSema` runs on its thread, which sleeps in a futex
+//! (`notetsleep(&sched.stopnote)`) until the other Ps have stopped; the goroutine cannot
+//! leave the thread meanwhile, and that sleep is `gc`, not a runtime lock's.
 //!
 //! A park for a semaphore (`sync.Mutex`, `RWMutex`, `WaitGroup`) is a wait on the address
 //! `runtime.semacquire1` was entered with just before; its waiter goroutine, the goroutine
@@ -108,6 +111,8 @@ struct Semaphore {
 struct World {
     /// `Some(ts)`: stopped since `ts`.
     stopped_since: Option<u64>,
+    /// The thread that stops it (`stopTheWorldWithSema` runs there), until it starts again.
+    stopper: Option<Tid>,
     /// The last stop that ended: when it began and ended.
     last_stop: Option<(u64, u64)>,
     waiting: Vec<u64>,
@@ -264,6 +269,16 @@ impl Goroutines {
             .get(reason as usize)
             .copied()
             .unwrap_or_else(|| ReasonMeaning::of(&self.reason_name(reason)))
+    }
+
+    /// What thread `tid`'s block for `cause` is: a futex sleep of the thread that stops
+    /// the world, while it does, waits for the other Ps to stop (the GC's), not for a lock.
+    pub fn block_cause(&self, tid: Tid, cause: Cause) -> Cause {
+        if cause == Cause::Lock && self.world.stopper == Some(tid) {
+            Cause::Gc
+        } else {
+            cause
+        }
     }
 
     pub fn forget_thread(&mut self, tid: Tid) {
@@ -501,20 +516,22 @@ impl<R: FdResolver> Engine<R> {
                     g.released = Some((address, stack));
                 }
             }
-            GoSched::StopTheWorld => self.stop_the_world(ts),
+            GoSched::StopTheWorld => self.stop_the_world(ts, tid),
             GoSched::StartTheWorld => self.start_the_world(ts),
         }
     }
 
-    /// The world stops at `ts`: the goroutines waiting for Go's scheduler wait for it to
-    /// start again.
-    fn stop_the_world(&mut self, ts: u64) {
+    /// The world stops at `ts`, stopped by thread `tid`: the goroutines waiting for Go's
+    /// scheduler wait for it to start again.
+    fn stop_the_world(&mut self, ts: u64, tid: Tid) {
         let World {
             stopped_since,
+            stopper,
             waiting,
             ..
         } = &mut self.goroutines.world;
         stopped_since.get_or_insert(ts);
+        *stopper = Some(tid);
         for (goid, g) in self.goroutines.by_goid.iter_mut() {
             if g.timeline.parked_for() == Some(Cause::GoRunqueue) {
                 g.timeline.park(ts, Cause::Gc);
@@ -539,6 +556,7 @@ impl<R: FdResolver> Engine<R> {
     /// stopped wait for Go's scheduler from now.
     pub(super) fn start_the_world(&mut self, ts: u64) {
         let gs = &mut self.goroutines;
+        gs.world.stopper = None;
         if let Some(began) = gs.world.stopped_since.take() {
             gs.world.last_stop = Some((began, ts));
         }

@@ -3105,6 +3105,43 @@ mod goroutines {
         assert_eq!(cause(&r, Cause::GoRunqueue), 150, "{r:?}");
     }
 
+    /// The goroutine that stops the world (`gcStart`, from an allocation inside its request)
+    /// runs `stopTheWorldWithSema` on its own thread, which sleeps in a futex
+    /// (`notetsleep(&sched.stopnote)`) until the other Ps have stopped: that wait is the
+    /// GC's, not a runtime lock's, and the futex table still lists it with its waker.
+    #[test]
+    fn the_goroutine_that_stops_the_world_waits_for_it_in_gc() {
+        const STOPNOTE: u64 = 0xf00;
+        let mut e = go_engine();
+        let reqs = feed(
+            &mut e,
+            [
+                run(0),
+                on(U, run(0)),
+                execute(10, T, G),
+                on_conn(20, T, nr::READ, 100),
+                go(30, T, GoSched::StopTheWorld),
+                block(31, nr::FUTEX, STOPNOTE), // until the other P stops
+                run_woken(85, 80),
+                go(90, T, GoSched::StartTheWorld),
+                block(95, nr::FUTEX, 0xf08), // a runtime lock, once the world runs again
+                run_woken(100, 100),
+                on_conn(110, T, nr::WRITE, 10),
+                on_conn(120, T, nr::READ, -11),
+            ],
+        );
+        let r = &reqs[0];
+        assert_eq!(r.latency_ns, 90, "{r:?}");
+        assert_eq!(cause(r, Cause::Gc), 80 - 31, "{r:?}");
+        assert_eq!(cause(r, Cause::Lock), 100 - 95, "{r:?}");
+        assert_eq!(cause(r, Cause::Runqueue), 5, "{r:?}");
+        assert_eq!(cause(r, Cause::OnCpu), 11 + 10 + 10, "{r:?}");
+        assert_sums(r);
+        let (address, stopnote) = e.locks.top(1)[0];
+        assert_eq!(address, STOPNOTE);
+        assert_eq!((stopnote.waits, stopnote.wakers.top(10).0.len()), (1, 1));
+    }
+
     /// After lost records, the goroutine a thread runs is not known until its next
     /// `execute`: a request read on the thread meanwhile is timed on the thread (its other
     /// goroutines' time included), so it is marked incomplete; one read after the thread's

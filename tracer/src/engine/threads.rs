@@ -206,8 +206,9 @@ impl<R: FdResolver> Engine<R> {
                 }
             }
             let fds = &mut self.fds;
+            let cause = blocked_cause(syscall, state, |fd| fds.kind(fd));
             RunState::Blocked {
-                cause: blocked_cause(syscall, state, |fd| fds.kind(fd)),
+                cause: self.goroutines.block_cause(tid, cause),
                 syscall,
             }
         };
@@ -376,7 +377,9 @@ impl<R: FdResolver> Engine<R> {
         if cause == Cause::NetIo && is_read(s.nr) {
             self.waits.push(Wait::SocketRead(lasted));
         }
-        if cause == Cause::Lock {
+        // Every futex wait is in the futex table, with its waker (a Go thread stopping the
+        // world waits in one for the GC, not for a lock).
+        if is_futex(s.nr) {
             self.locks.woken(s.arg0, waker);
         }
     }
