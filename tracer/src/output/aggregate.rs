@@ -23,6 +23,11 @@ pub struct RequestHistograms {
     pub latency: Histogram<u64>,
     /// Complete once [`RequestHistograms::settle`] has run.
     pub causes: [Histogram<u64>; CAUSES],
+    /// The largest latency recorded, exactly: a histogram's `max()` is the top of its
+    /// bucket (up to 1% more than any request took).
+    pub latency_max: u64,
+    /// The largest ns of each cause in one request, exactly.
+    pub cause_max: [u64; CAUSES],
     /// Requests with none of a cause, not yet in its histogram: most causes of most requests
     /// are zero, and one count per interval costs less than one record per request.
     zeros: [u64; CAUSES],
@@ -33,6 +38,8 @@ impl Default for RequestHistograms {
         RequestHistograms {
             latency: histogram(),
             causes: std::array::from_fn(|_| histogram()),
+            latency_max: 0,
+            cause_max: [0; CAUSES],
             zeros: [0; CAUSES],
         }
     }
@@ -41,11 +48,19 @@ impl Default for RequestHistograms {
 impl RequestHistograms {
     pub fn record(&mut self, r: &Request) {
         let _ = self.latency.record(r.latency_ns);
-        for ((h, zeros), ns) in self.causes.iter_mut().zip(&mut self.zeros).zip(r.breakdown) {
+        self.latency_max = self.latency_max.max(r.latency_ns);
+        for (((h, zeros), max), ns) in self
+            .causes
+            .iter_mut()
+            .zip(&mut self.zeros)
+            .zip(&mut self.cause_max)
+            .zip(r.breakdown)
+        {
             if ns == 0 {
                 *zeros += 1;
             } else {
                 let _ = h.record(ns);
+                *max = (*max).max(ns);
             }
         }
     }
@@ -54,7 +69,14 @@ impl RequestHistograms {
     /// [`Request`] built: its time on its CPU, but for `runqueue_ns` waiting for it.
     pub fn record_kernel_timed(&mut self, latency_ns: u64, runqueue_ns: u64) {
         let _ = self.latency.record(latency_ns);
-        for (cause, (h, zeros)) in self.causes.iter_mut().zip(&mut self.zeros).enumerate() {
+        self.latency_max = self.latency_max.max(latency_ns);
+        for (cause, ((h, zeros), max)) in self
+            .causes
+            .iter_mut()
+            .zip(&mut self.zeros)
+            .zip(&mut self.cause_max)
+            .enumerate()
+        {
             let ns = match cause {
                 ON_CPU => latency_ns.saturating_sub(runqueue_ns),
                 RUNQUEUE => runqueue_ns,
@@ -64,6 +86,7 @@ impl RequestHistograms {
                 *zeros += 1;
             } else {
                 let _ = h.record(ns);
+                *max = (*max).max(ns);
             }
         }
     }
@@ -81,14 +104,20 @@ impl RequestHistograms {
     pub fn add(&mut self, other: &RequestHistograms) {
         debug_assert!(other.zeros.iter().all(|&z| z == 0), "add a settled set");
         let _ = self.latency.add(&other.latency);
+        self.latency_max = self.latency_max.max(other.latency_max);
         for (h, o) in self.causes.iter_mut().zip(&other.causes) {
             let _ = h.add(o);
+        }
+        for (max, o) in self.cause_max.iter_mut().zip(other.cause_max) {
+            *max = (*max).max(o);
         }
     }
 
     pub fn reset(&mut self) {
         self.latency.reset();
         self.causes.iter_mut().for_each(Histogram::reset);
+        self.latency_max = 0;
+        self.cause_max = [0; CAUSES];
         self.zeros = [0; CAUSES];
     }
 }
@@ -303,6 +332,8 @@ mod tests {
         fast.settle();
         general.settle();
         assert_eq!(fast.latency, general.latency);
+        assert_eq!(fast.latency_max, general.latency_max);
+        assert_eq!(fast.cause_max, general.cause_max);
         for (cause, (f, g)) in fast.causes.iter().zip(&general.causes).enumerate() {
             assert_eq!(f, g, "cause {cause}");
             assert_eq!(f.len(), requests.len() as u64, "cause {cause}");
