@@ -28,6 +28,9 @@ pub struct RequestHistograms {
     pub latency_max: u64,
     /// The largest ns of each cause in one request, exactly.
     pub cause_max: [u64; CAUSES],
+    /// The requests' latencies added up, for their exact mean (a histogram's `mean()` takes
+    /// each value as the middle of its bucket).
+    pub latency_sum: u128,
     /// Requests with none of a cause, not yet in its histogram: most causes of most requests
     /// are zero, and one count per interval costs less than one record per request.
     zeros: [u64; CAUSES],
@@ -40,6 +43,7 @@ impl Default for RequestHistograms {
             causes: std::array::from_fn(|_| histogram()),
             latency_max: 0,
             cause_max: [0; CAUSES],
+            latency_sum: 0,
             zeros: [0; CAUSES],
         }
     }
@@ -49,6 +53,7 @@ impl RequestHistograms {
     pub fn record(&mut self, r: &Request) {
         let _ = self.latency.record(r.latency_ns);
         self.latency_max = self.latency_max.max(r.latency_ns);
+        self.latency_sum += u128::from(r.latency_ns);
         for (((h, zeros), max), ns) in self
             .causes
             .iter_mut()
@@ -70,6 +75,7 @@ impl RequestHistograms {
     pub fn record_kernel_timed(&mut self, latency_ns: u64, runqueue_ns: u64) {
         let _ = self.latency.record(latency_ns);
         self.latency_max = self.latency_max.max(latency_ns);
+        self.latency_sum += u128::from(latency_ns);
         for (cause, ((h, zeros), max)) in self
             .causes
             .iter_mut()
@@ -105,6 +111,7 @@ impl RequestHistograms {
         debug_assert!(other.zeros.iter().all(|&z| z == 0), "add a settled set");
         let _ = self.latency.add(&other.latency);
         self.latency_max = self.latency_max.max(other.latency_max);
+        self.latency_sum += other.latency_sum;
         for (h, o) in self.causes.iter_mut().zip(&other.causes) {
             let _ = h.add(o);
         }
@@ -118,6 +125,7 @@ impl RequestHistograms {
         self.causes.iter_mut().for_each(Histogram::reset);
         self.latency_max = 0;
         self.cause_max = [0; CAUSES];
+        self.latency_sum = 0;
         self.zeros = [0; CAUSES];
     }
 }
@@ -334,6 +342,7 @@ mod tests {
         assert_eq!(fast.latency, general.latency);
         assert_eq!(fast.latency_max, general.latency_max);
         assert_eq!(fast.cause_max, general.cause_max);
+        assert_eq!(fast.latency_sum, general.latency_sum);
         for (cause, (f, g)) in fast.causes.iter().zip(&general.causes).enumerate() {
             assert_eq!(f, g, "cause {cause}");
             assert_eq!(f.len(), requests.len() as u64, "cause {cause}");

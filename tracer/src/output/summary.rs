@@ -124,14 +124,17 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// `max` is the largest value recorded, exactly (see [`quantile`]).
-    fn of(h: &Histogram<u64>, max: u64) -> Self {
+    /// `max` is the largest value recorded, exactly (see [`quantile`]), and `sum` all of
+    /// them added up: the mean is exact, not the histogram's (each value taken as the
+    /// middle of its bucket).
+    fn of(h: &Histogram<u64>, max: u64, sum: u128) -> Self {
+        let count = u128::from(h.len());
         Latency {
             p50: quantile(h, 0.50, max),
             p90: quantile(h, 0.90, max),
             p99: quantile(h, 0.99, max),
             max,
-            mean: h.mean().round() as u64,
+            mean: (sum + count / 2).checked_div(count).unwrap_or(0) as u64,
         }
     }
 }
@@ -573,7 +576,11 @@ impl Summary {
             stopped_by: end.stopped_by,
             requests: Requests {
                 count: t.requests.latency.len(),
-                latency_ns: Latency::of(&t.requests.latency, t.requests.latency_max),
+                latency_ns: Latency::of(
+                    &t.requests.latency,
+                    t.requests.latency_max,
+                    t.requests.latency_sum,
+                ),
                 incomplete: t.incomplete,
                 aborted: engine.aborted(),
                 shared_context: engine.shared(),
@@ -1057,6 +1064,20 @@ mod tests {
             assert!(c.per_request_ns.max <= c.total_ns, "{cause:?}");
             assert!(c.per_request_ns.p99 <= c.per_request_ns.max, "{cause:?}");
         }
+    }
+
+    /// The two requests took 6 and 23 us: their mean is 14500 ns, their whole time (the
+    /// causes' totals added up) over their count, not the histogram's 14488 (each latency
+    /// taken as the middle of its bucket).
+    #[test]
+    fn the_mean_latency_is_the_requests_time_over_their_count() {
+        let summary = synthetic_summary();
+        let time: u64 = summary.breakdown.values().map(|c| c.total_ns).sum();
+        assert_eq!(time, 29_000);
+        assert_eq!(
+            summary.requests.latency_ns.mean,
+            time / summary.requests.count
+        );
     }
 
     #[test]
