@@ -306,10 +306,12 @@ impl Collector {
         }
     }
 
-    /// Close the current interval: write it to latency.hlog and start the next one.
+    /// Close the current interval: write it to latency.hlog and start the next one. Once
+    /// stopped, the interval ends at the stop, as its live row does (the final drain and
+    /// the detach after it trace nothing new).
     pub fn end_interval(&mut self) {
         let offset = self.interval_started.duration_since(self.started);
-        let length = self.interval_started.elapsed();
+        let length = self.interval_length();
         self.interval.settle();
         self.hlog.write_interval(&self.interval, offset, length);
         self.totals.requests.add(&self.interval);
@@ -613,6 +615,45 @@ mod tests {
             c.totals().incomplete,
             1,
             "the request from 2 to 3 ms was open after the counters' first read"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The last interval ends at the stop: the final drain, naming the sites and detaching
+    /// (seconds for many uprobes) come after it and trace nothing. Its `latency.hlog`
+    /// length is the live row's (`interval_length`), so the intervals end at `duration_s`;
+    /// it used to run on to when the file was written (300 ms here, for a trace of none).
+    #[test]
+    fn the_last_hlog_interval_ends_at_the_stop() {
+        let dir =
+            std::env::temp_dir().join(format!("tracer-collector-hlog-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let engine = Engine::new(ProcFds::new(PID));
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        c.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        c.finish();
+        let length = c.interval_length().as_secs_f64();
+        c.end_interval();
+        let hlog = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(files::HLOG))
+            .unwrap();
+        let text = std::fs::read_to_string(hlog).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Tag=request,"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let fields: Vec<&str> = line.split(',').collect();
+        let (offset, logged): (f64, f64) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+        assert!(length < 0.1, "{length}");
+        assert_eq!(offset, 0.0, "{line}");
+        assert!(
+            (logged - length).abs() < 0.002,
+            "{line}: {length} s to the stop"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
