@@ -484,7 +484,13 @@ impl<R: FdResolver> Engine<R> {
             self.kept_at_sleep(kept);
         }
         match event {
-            GoSched::Execute { goid } => self.go_execute(ts, tid, goid),
+            GoSched::Execute { goid } => {
+                // A Go handshake's goroutine taken to run on `tid` is not there any more.
+                if self.tls.go.any() {
+                    self.tls.go.thread_runs_another(tid, ts, &self.threads);
+                }
+                self.go_execute(ts, tid, goid);
+            }
             GoSched::Park {
                 goid,
                 reason,

@@ -2249,6 +2249,50 @@ fn lost_events_forget_go_handshakes() {
     assert_eq!(reqs.len(), 1, "the connection's requests are not swallowed");
 }
 
+/// The handshake function's entry probe sits on its stack check, where Go also preempts a
+/// goroutine (`newstack`: `gopreempt_m`, or `preemptPark` for a stack scan): the goroutine
+/// leaves its thread there and, resumed later on any thread, runs the function again from
+/// its entry. That second entry is the same handshake, begun at the first; and the thread
+/// it left runs other goroutines, whose socket I/O is not the handshake's.
+#[test]
+fn a_handshake_preempted_at_its_entry_begins_at_its_first_entry() {
+    let handshake_after = |before: Vec<Event>| {
+        let mut e = engine();
+        let mut events = vec![go_tls(100, T, GoProbe::Enter)];
+        events.extend(before);
+        events.extend([
+            go_tls(600, U, GoProbe::Enter), // resumed on U: its entry again
+            on(U, tls_read(610, 517, tls_content::HANDSHAKE, 512)), // the ClientHello
+            on(U, tls_write(700, tls_content::HANDSHAKE, 1468)),
+            on(U, tls_read(800, 64, tls_content::CHANGE_CIPHER_SPEC, 1)), // CCS + Finished
+            go_tls(900, U, GoProbe::Return { error: 0 }),
+            on(U, read(1000, CONN, 100)), // the request
+            on(U, write(1100, CONN)),
+            on(U, block(1200, nr::READ, CONN as u64)),
+        ]);
+        let reqs = feed(&mut e, events);
+        (reqs, e.take_handshakes())
+    };
+    let another_goroutine = Event::new(200, Tid(T), EventKind::Go(GoSched::Execute { goid: 50 }));
+    for before in [
+        vec![],
+        // T runs another goroutine (Go's scheduler followed), whose read of a backend finds
+        // nothing: not the handshake's first flight.
+        vec![another_goroutine, read(300, BACKEND, -11)],
+    ] {
+        let (reqs, hs) = handshake_after(before);
+        assert_eq!(hs.len(), 1, "{hs:?}");
+        assert_eq!(hs[0].fd, Some(CONN));
+        assert_eq!(hs[0].start_ns, 100, "{hs:?}");
+        assert_eq!(hs[0].phases.total(), 800);
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(reqs[0].start_ns, 100);
+        assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 800, "{reqs:?}");
+        assert_eq!(reqs[0].latency_ns, 800 + 100);
+        assert_sums(&reqs[0]);
+    }
+}
+
 /// Goroutines: requests timed on the goroutine that read them, across threads.
 mod goroutines {
     use super::*;

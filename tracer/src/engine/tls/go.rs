@@ -28,9 +28,6 @@ use super::{
     TlsPhases,
 };
 
-/// How long a morestack re-entry can come after the first entry.
-const REENTRY_NS: u64 = 100_000;
-
 /// A Go handshake in progress.
 struct GoHandshake {
     start_ts: u64,
@@ -72,6 +69,21 @@ impl GoHandshakes {
         self.by_goroutine.clear();
         self.by_thread.clear();
         self.by_fd.clear();
+    }
+
+    /// Thread `tid` runs a goroutine from `ts` (Go's `execute`): the handshake goroutine
+    /// taken to run there has left it (parked, or preempted: at its entry's stack check,
+    /// it enters again wherever it resumes), and the thread's socket I/O is no longer its.
+    pub fn thread_runs_another(&mut self, tid: Tid, ts: u64, threads: &Threads) {
+        let Some(g) = self.by_thread.remove(&tid) else {
+            return;
+        };
+        if let Some(mut h) = self.by_goroutine.remove(&g) {
+            if h.timeline.thread() == Some(tid) {
+                h.timeline.leave_thread(threads.snapshot(tid, ts));
+            }
+            self.by_goroutine.insert(g, h);
+        }
     }
 
     /// End `g`'s stretch on its thread at `ts`.
@@ -136,15 +148,27 @@ impl<R: FdResolver> Engine<R> {
     pub(in crate::engine) fn go_handshake_enter(&mut self, ts: u64, tid: Tid, g: GoroutineId) {
         self.threads.seen(tid, ts, RunState::Running);
         let go = &mut self.tls.go;
-        if let Some(h) = go.by_goroutine.get(&g) {
-            let morestack = h.fd.is_none()
-                && h.timeline.thread() == Some(tid)
-                && ts.saturating_sub(h.start_ts) < REENTRY_NS;
-            if morestack {
-                return; // the entry again after Go grew the goroutine's stack
+        if let Some(mut h) = go.by_goroutine.remove(&g) {
+            if h.fd.is_none() {
+                // The entry again before any socket I/O: the same call, run again from its
+                // entry by `morestack`, after Go grew the goroutine's stack (on the same
+                // thread, at once) or preempted it at this very stack check (`newstack`:
+                // `gopreempt_m`, or `preemptPark` for a stack scan), which resumes it from
+                // its entry later, on any thread. It began at the first entry; its wait
+                // since it left its thread is on no thread's timeline.
+                if h.timeline.thread() != Some(tid) {
+                    if let Some(left) = h.timeline.leave_thread(None) {
+                        if go.by_thread.get(&left) == Some(&g) {
+                            go.by_thread.remove(&left);
+                        }
+                    }
+                    go.run_on(&mut h, g, tid, ts, &self.threads);
+                }
+                go.by_goroutine.insert(g, h);
+                return;
             }
             // A handshake whose RET was never seen (lost, or a panic): forget it.
-            if let Some(fd) = go.by_goroutine.remove(&g).and_then(|h| h.fd) {
+            if let Some(fd) = h.fd {
                 go.by_fd.remove(&fd);
             }
         }
