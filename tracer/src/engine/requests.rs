@@ -473,15 +473,20 @@ impl<R: FdResolver> Engine<R> {
             self.requests.served_by.insert(fd, ctx);
             self.tls.take_pending(fd)
         });
+        // Its connection's handshake lost events: it may start at one of its flights.
+        let after_lost_handshake = on
+            .fd()
+            .is_some_and(|fd| self.tls.first_request_after_loss(fd));
         Some(OpenRequest {
             ctx,
             opened_as,
             start,
             last_write: None,
-            incomplete: self
-                .requests
-                .lost_until
-                .is_some_and(|until| start.ts <= until),
+            incomplete: after_lost_handshake
+                || self
+                    .requests
+                    .lost_until
+                    .is_some_and(|until| start.ts <= until),
             shared_context,
             tls,
             largest_wait: None,

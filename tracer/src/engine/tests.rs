@@ -2249,6 +2249,35 @@ fn lost_events_forget_go_handshakes() {
     assert_eq!(reqs.len(), 1, "the connection's requests are not swallowed");
 }
 
+/// A Go handshake forgotten at a loss leaves the rest of its flights to its connection: the
+/// client's Finished, read after the loss, starts a request there, with the wait for the
+/// real request in it. The loss was in that connection's handshake, before the request
+/// opened: its first request is incomplete.
+#[test]
+fn the_first_request_after_a_loss_in_its_go_handshake_is_incomplete() {
+    let mut e = engine();
+    let reqs = feed(
+        &mut e,
+        [
+            go_tls(100, T, GoProbe::Enter),
+            tls_read(110, 517, tls_content::HANDSHAKE, 512), // the ClientHello
+            tls_write(200, tls_content::HANDSHAKE, 1468),
+            read(210, CONN, -11),
+            Event::lost(300),
+            tls_read(500, 64, tls_content::CHANGE_CIPHER_SPEC, 1), // CCS + Finished
+            // the RET was among the lost records
+            read(1000, CONN, 100), // the request
+            write(1100, CONN),
+            read(2000, CONN, 100), // the next request
+            write(2100, CONN),
+            block(2200, nr::READ, CONN as u64),
+        ],
+    );
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[0].incomplete, "{reqs:?}");
+    assert!(!reqs[1].incomplete, "only the first: {reqs:?}");
+}
+
 /// The handshake function's entry probe sits on its stack check, where Go also preempts a
 /// goroutine (`newstack`: `gopreempt_m`, or `preemptPark` for a stack scan): the goroutine
 /// leaves its thread there and, resumed later on any thread, runs the function again from

@@ -63,6 +63,11 @@ impl GoHandshakes {
         self.by_thread.remove(&tid);
     }
 
+    /// The connections of the handshakes in progress.
+    pub fn connections(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_fd.keys().copied()
+    }
+
     /// Events were lost: a RET may be among them. Forget every Go handshake rather than
     /// keep swallowing a connection's reads and writes as handshake flights.
     pub fn forget_all(&mut self) {

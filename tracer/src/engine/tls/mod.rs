@@ -14,7 +14,7 @@ pub mod go;
 pub mod openssl;
 pub mod shape;
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracer_common::{is_read, is_write, record_content, tls_content};
 
 use super::{
@@ -109,6 +109,10 @@ pub(super) struct TlsState {
     /// Connections whose handshake just ended with a read past the client's Finished, until
     /// their next read or write.
     ended_past_finished: HashMap<u32, HandshakeEnd>,
+    /// Connections whose Go handshake was in progress, or whose handshake had just ended
+    /// past the client's Finished, when events were lost: what follows the loss there may
+    /// be the rest of the handshake, and its first request is not known to be whole.
+    lost_mid_handshake: HashSet<u32>,
     done: Vec<Handshake>,
     /// `--sample N`: only the sampled connections' reads and writes are seen, so a
     /// handshake seen on no connection (its function's probes fire on every connection) is
@@ -120,6 +124,12 @@ impl TlsState {
     /// The handshake of `fd`'s connection, for its first request.
     pub fn take_pending(&mut self, fd: u32) -> Option<HandshakeTime> {
         self.pending.remove(&fd)
+    }
+
+    /// The first request on `fd` since events were lost in its handshake: it may have
+    /// begun at one of the handshake's flights, or late (returns true once).
+    pub fn first_request_after_loss(&mut self, fd: u32) -> bool {
+        !self.lost_mid_handshake.is_empty() && self.lost_mid_handshake.remove(&fd)
     }
 
     pub fn take_done(&mut self) -> Vec<Handshake> {
@@ -134,10 +144,14 @@ impl TlsState {
         self.shapes.remove(&fd);
         self.pending.remove(&fd);
         self.ended_past_finished.remove(&fd);
+        self.lost_mid_handshake.remove(&fd);
     }
 
     /// Events were lost: a handshake's end may be among them.
     pub fn lost(&mut self) {
+        self.lost_mid_handshake.extend(self.go.connections());
+        self.lost_mid_handshake
+            .extend(self.ended_past_finished.keys().copied());
         self.go.forget_all();
         self.ended_past_finished.clear();
     }
