@@ -1495,52 +1495,6 @@ fn openssl_reads_record_headers_then_bodies() {
     assert_eq!(e.take_handshakes().len(), 1);
 }
 
-/// `openssl s_server -www -verify 1` (TLS 1.3, a client certificate asked for): the client's
-/// Certificate and CertificateVerify come before its Finished, encrypted like it, as
-/// application_data records. The handshake ends at the Finished, and neither opens a request
-/// that would carry it: the request does.
-#[test]
-fn tls13_client_certificate_records_are_the_handshakes() {
-    // A certificate and its signature; or the empty Certificate of a client that has none.
-    for before_finished in [&[900, 100][..], &[25]] {
-        let mut e = engine();
-        let body = |ts: u64, ret: i64| read(ts, CONN, ret);
-        let mut events = vec![
-            tls_read(100, 5, HS, 512), // ClientHello header, then body
-            body(110, 512),
-            tls_write(500, HS, 122), // ... CertificateRequest, CertificateVerify, Finished
-            tls_read(1000, 5, CCS, 1),
-            body(1010, 1),
-        ];
-        let mut ts = 1020;
-        for &len in before_finished {
-            events.extend([tls_read(ts, 5, APP, len), body(ts + 5, len.into())]);
-            ts += 10;
-        }
-        events.extend([
-            tls_read(1100, 5, APP, 69), // the client's Finished
-            body(1110, 69),
-            tls_write(1150, APP, 250), // two NewSessionTickets: not responses
-            tls_write(1160, APP, 250),
-            tls_read(1200, 5, APP, 96), // the request
-            body(1210, 96),
-            tls_write(1300, APP, 5195), // the response
-            tls_write(1310, APP, 19),   // the server's close_notify
-            tls_read(1400, 5, APP, 19), // the client's close_notify
-            body(1410, 19),
-            read(1500, CONN, 0),
-        ]);
-        let reqs = feed(&mut e, events);
-        assert_eq!(reqs.len(), 1, "{before_finished:?}: {reqs:?}");
-        let r = &reqs[0];
-        assert_eq!(r.start_ns, 100);
-        assert_eq!(cause(r, Cause::TlsHandshake), 1110 - 100);
-        assert_eq!(r.latency_ns, 1010 + (1300 - 1200));
-        assert_eq!(e.aborted(), 0);
-        assert_eq!(e.take_handshakes().len(), 1);
-    }
-}
-
 #[test]
 fn first_ssl_read_on_an_established_connection_is_not_a_handshake() {
     // Attached to a server with a keep-alive TLS connection open: its next SSL_read is the

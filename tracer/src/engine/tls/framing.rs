@@ -23,19 +23,6 @@ const MAX_FINISHED_RECORD: i64 = 5 + 4 + 48 + 1 + 16;
 /// HMAC-SHA384, padded to the 16-byte block. 45 bytes with AES-GCM.
 const MAX_TLS12_FINISHED_RECORD: i64 = 5 + 16 + 4 + 12 + 48 + 16;
 
-/// The sizes of a TLS 1.3 Finished record's body (RFC 8446: the 4-byte message header, the
-/// verify_data of the suite's hash, the content type and the AEAD tag): 45 bytes with
-/// TLS_AES_128_CCM_8_SHA256 (8-byte tag), 53 with the other SHA-256 suites, 69 with
-/// TLS_AES_256_GCM_SHA384. A client asked for its certificate sends its Certificate and
-/// CertificateVerify before it, also as application_data: an empty Certificate (25 bytes) is
-/// shorter, a certificate or a signature longer.
-const FINISHED_BODY: std::ops::RangeInclusive<u32> =
-    4 + 32 + 1 + 8..=MAX_FINISHED_RECORD as u32 - 5;
-
-/// How many of the client's encrypted records may come before its Finished (its Certificate
-/// and CertificateVerify): the next one ends the handshake whatever its size.
-const MAX_BEFORE_FINISHED: u8 = 2;
-
 /// A TLS 1.3 alert: an application_data record of an alert's encrypted size.
 pub fn is_encrypted_alert(record: u32) -> bool {
     record_content(record) == tls_content::APPLICATION_DATA
@@ -74,8 +61,6 @@ pub fn read_past_finished(ret: i64, record: u32) -> bool {
 #[derive(Debug, Default)]
 pub struct Records {
     content: u32,
-    /// The body length its header gave.
-    len: u32,
     left: i64,
 }
 
@@ -98,8 +83,7 @@ impl Records {
         } else {
             record_content(record)
         };
-        self.len = record_len(record);
-        let whole = 5 + self.len as i64;
+        let whole = 5 + record_len(record) as i64;
         self.left = (whole - ret).max(0);
         (self.content, ret > whole)
     }
@@ -107,11 +91,6 @@ impl Records {
     /// The next read starts a new record.
     pub fn at_record_start(&self) -> bool {
         self.left == 0
-    }
-
-    /// The body length of the record last begun.
-    pub fn body_len(&self) -> u32 {
-        self.len
     }
 }
 
@@ -133,9 +112,6 @@ enum WirePhase {
         client_flight: bool,
         /// The server's last flight: its thread's timeline when it was written.
         server_write: Option<Box<Snapshot>>,
-        /// TLS 1.3: the client's encrypted records read whole so far that were not its
-        /// Finished (its Certificate, CertificateVerify).
-        before_finished: u8,
     },
     Established,
 }
@@ -189,7 +165,6 @@ impl<R: FdResolver> Engine<R> {
                 server_flight,
                 client_flight,
                 server_write,
-                before_finished,
                 ..
             } => {
                 if *client_flight && content == tls_content::APPLICATION_DATA {
@@ -225,16 +200,6 @@ impl<R: FdResolver> Engine<R> {
                 if !wire.rx.at_record_start() {
                     return true; // its body is still to come
                 }
-                // Read record by record: one not of a Finished's size is the client's
-                // Certificate or CertificateVerify, and the Finished is still to come. (A read
-                // past it holds the client's whole flight: it ends the handshake.)
-                if !overflow
-                    && !FINISHED_BODY.contains(&wire.rx.body_len())
-                    && *before_finished < MAX_BEFORE_FINISHED
-                {
-                    *before_finished += 1;
-                    return true;
-                }
                 self.tls_wire_done(ts, fd);
                 if overflow {
                     self.request_with_finished(ts, tid, fd);
@@ -268,7 +233,6 @@ impl<R: FdResolver> Engine<R> {
                 server_flight: false,
                 client_flight: false,
                 server_write: None,
-                before_finished: 0,
             },
             rx: Records::default(),
         };
