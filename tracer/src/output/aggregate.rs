@@ -18,6 +18,13 @@ fn histogram() -> Histogram<u64> {
     h
 }
 
+/// The largest value a latency histogram (latency.hlog's) reports for one whose largest
+/// recorded value is `value`: the top of `value`'s bucket, as every HdrHistogram
+/// implementation reads it back.
+pub fn bucket_top(value: u64) -> u64 {
+    histogram().highest_equivalent(value)
+}
+
 /// A request-latency histogram and one per cause (ns of that cause in each request).
 pub struct RequestHistograms {
     pub latency: Histogram<u64>,
