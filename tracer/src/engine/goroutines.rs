@@ -485,9 +485,10 @@ impl<R: FdResolver> Engine<R> {
         }
         match event {
             GoSched::Execute { goid } => {
-                // A Go handshake's goroutine taken to run on `tid` is not there any more.
+                // A Go handshake's goroutine taken to run on `tid` is not there any more,
+                // unless it is the one `tid` runs now.
                 if self.tls.go.any() {
-                    self.tls.go.thread_runs_another(tid, ts, &self.threads);
+                    self.tls.go.thread_runs(tid, ts, goid, &self.threads);
                 }
                 self.go_execute(ts, tid, goid);
             }

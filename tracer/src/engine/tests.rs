@@ -2276,6 +2276,47 @@ fn a_handshake_preempted_at_its_entry_begins_at_its_first_entry() {
     }
 }
 
+/// A handshake goroutine that leaves its thread before its first socket I/O (a GC assist's
+/// park while it allocates, a stack scan) and runs again, on the same thread after another
+/// goroutine or on another thread (Go's scheduler followed: `execute` names it by its id):
+/// its ClientHello read there is its connection's, and the handshake is timed by the uprobes
+/// alone, once.
+#[test]
+fn a_handshake_goroutine_resumed_before_its_first_io_finds_its_connection() {
+    const HANDSHAKER: u64 = 7;
+    let execute =
+        |ts, tid: u32, goid| Event::new(ts, Tid(tid), EventKind::Go(GoSched::Execute { goid }));
+    for resumed_on in [T, U] {
+        let mut e = engine();
+        let reqs = feed(
+            &mut e,
+            [
+                execute(90, T, HANDSHAKER),
+                go_tls(100, T, GoProbe::Enter),
+                execute(200, T, 50), // another goroutine: the handshake's left T
+                execute(300, resumed_on, HANDSHAKER),
+                on(resumed_on, tls_read(310, 517, tls_content::HANDSHAKE, 512)), // ClientHello
+                on(resumed_on, tls_write(400, tls_content::HANDSHAKE, 1468)),
+                on(
+                    resumed_on,
+                    tls_read(500, 64, tls_content::CHANGE_CIPHER_SPEC, 1),
+                ),
+                go_tls(600, resumed_on, GoProbe::Return { error: 0 }),
+                on(resumed_on, read(700, CONN, 100)), // the request
+                on(resumed_on, write(800, CONN)),
+                on(resumed_on, block(900, nr::READ, CONN as u64)),
+            ],
+        );
+        let hs = e.take_handshakes();
+        assert_eq!(hs.len(), 1, "resumed on {resumed_on}: {hs:?}");
+        assert_eq!(hs[0].fd, Some(CONN), "resumed on {resumed_on}: {hs:?}");
+        assert_eq!(reqs.len(), 1, "resumed on {resumed_on}: {reqs:?}");
+        assert_eq!(reqs[0].start_ns, 100);
+        assert_eq!(cause(&reqs[0], Cause::TlsHandshake), 500, "{reqs:?}");
+        assert_sums(&reqs[0]);
+    }
+}
+
 /// Goroutines: requests timed on the goroutine that read them, across threads.
 mod goroutines {
     use super::*;

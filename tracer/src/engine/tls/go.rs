@@ -33,6 +33,9 @@ struct GoHandshake {
     start_ts: u64,
     fd: Option<u32>,
     timeline: GoroutineTimeline,
+    /// Its goroutine's id, when Go's scheduler is followed (the handshake is keyed by the
+    /// `runtime.g` the entry's r14 held; Go's `execute` reports the goroutine's id).
+    goid: Option<u64>,
     /// The last read that returned data went past the client's Finished: the first request
     /// came with it.
     read_past_finished: bool,
@@ -45,6 +48,9 @@ pub(in crate::engine) struct GoHandshakes {
     by_goroutine: HashMap<GoroutineId, GoHandshake>,
     by_thread: HashMap<Tid, GoroutineId>,
     by_fd: HashMap<u32, GoroutineId>,
+    /// The handshakes' goroutines by id (an entry whose handshake is gone, or is another
+    /// goroutine's since, is stale: checked against the handshake's `goid` on use).
+    by_goid: HashMap<u64, GoroutineId>,
 }
 
 impl GoHandshakes {
@@ -55,7 +61,9 @@ impl GoHandshakes {
     /// The connection `fd` closed: forget its handshake.
     pub fn forget_fd(&mut self, fd: u32) {
         if let Some(g) = self.by_fd.remove(&fd) {
-            self.by_goroutine.remove(&g);
+            if let Some(goid) = self.by_goroutine.remove(&g).and_then(|h| h.goid) {
+                self.by_goid.remove(&goid);
+            }
         }
     }
 
@@ -74,21 +82,39 @@ impl GoHandshakes {
         self.by_goroutine.clear();
         self.by_thread.clear();
         self.by_fd.clear();
+        self.by_goid.clear();
     }
 
-    /// Thread `tid` runs a goroutine from `ts` (Go's `execute`): the handshake goroutine
-    /// taken to run there has left it (parked, or preempted: at its entry's stack check,
-    /// it enters again wherever it resumes), and the thread's socket I/O is no longer its.
-    pub fn thread_runs_another(&mut self, tid: Tid, ts: u64, threads: &Threads) {
-        let Some(g) = self.by_thread.remove(&tid) else {
+    /// Thread `tid` runs goroutine `goid` from `ts` (Go's `execute`). Another goroutine: the
+    /// handshake goroutine taken to run there has left it (parked, or preempted: at its
+    /// entry's stack check, it enters again wherever it resumes), and the thread's socket I/O
+    /// is no longer its. A handshake's own goroutine, resumed before its first socket I/O:
+    /// the thread's socket I/O is its again (its connection is still to be found there).
+    pub fn thread_runs(&mut self, tid: Tid, ts: u64, goid: u64, threads: &Threads) {
+        let own = |h: &GoHandshake| h.goid == Some(goid);
+        if let Some(&g) = self.by_thread.get(&tid) {
+            if self.by_goroutine.get(&g).is_some_and(own) {
+                return; // its own goroutine, on the thread it runs on
+            }
+            self.by_thread.remove(&tid);
+            if let Some(mut h) = self.by_goroutine.remove(&g) {
+                if h.timeline.thread() == Some(tid) {
+                    h.timeline.leave_thread(threads.snapshot(tid, ts));
+                }
+                self.by_goroutine.insert(g, h);
+            }
+        }
+        let Some(&g) = self.by_goid.get(&goid) else {
             return;
         };
-        if let Some(mut h) = self.by_goroutine.remove(&g) {
-            if h.timeline.thread() == Some(tid) {
-                h.timeline.leave_thread(threads.snapshot(tid, ts));
-            }
-            self.by_goroutine.insert(g, h);
+        let Some(mut h) = self.by_goroutine.remove(&g) else {
+            self.by_goid.remove(&goid); // its handshake is over
+            return;
+        };
+        if own(&h) && h.fd.is_none() && h.timeline.thread().is_none() {
+            self.run_on(&mut h, g, tid, ts, threads);
         }
+        self.by_goroutine.insert(g, h);
     }
 
     /// End `g`'s stretch on its thread at `ts`.
@@ -180,12 +206,17 @@ impl<R: FdResolver> Engine<R> {
         let Some(start) = self.threads.snapshot(tid, ts) else {
             return;
         };
+        let goid = self.goroutines.running_on(tid);
+        if let Some(goid) = goid {
+            go.by_goid.insert(goid, g);
+        }
         go.by_goroutine.insert(
             g,
             GoHandshake {
                 start_ts: ts,
                 fd: None,
                 timeline: GoroutineTimeline::running_on(tid, start),
+                goid,
                 read_past_finished: false,
             },
         );
@@ -207,6 +238,9 @@ impl<R: FdResolver> Engine<R> {
         };
         go.leave_thread(&mut h, g, ts, &self.threads);
         h.timeline.end_park(ts);
+        if let Some(goid) = h.goid {
+            go.by_goid.remove(&goid);
+        }
         if go.by_thread.get(&tid) == Some(&g) {
             go.by_thread.remove(&tid);
         }
