@@ -19,6 +19,17 @@ pub enum FdKind {
     Other,
 }
 
+impl FdKind {
+    /// What an fd of this kind is, whichever socket: any socket is [`FdKind::Socket`] (which
+    /// socket, a connection or not, is for the socket records to say).
+    pub fn class(self) -> FdKind {
+        match self {
+            FdKind::Connection | FdKind::Http2Connection => FdKind::Socket,
+            kind => kind,
+        }
+    }
+}
+
 /// Finds the kind of an fd the engine has not seen opened.
 pub trait FdResolver {
     fn resolve(&mut self, fd: u32) -> FdKind;
@@ -33,10 +44,7 @@ pub trait FdResolver {
     /// number closed and reused, unseen): any socket is [`FdKind::Socket`] (which socket is
     /// for the socket records to say), and `None` when `fd` is not open now.
     fn recheck(&mut self, fd: u32) -> Option<FdKind> {
-        Some(match self.resolve(fd) {
-            FdKind::Connection | FdKind::Http2Connection => FdKind::Socket,
-            kind => kind,
-        })
+        Some(self.resolve(fd).class())
     }
 }
 
@@ -134,12 +142,8 @@ impl<R: FdResolver> FdTable<R> {
         if uninterruptible == (entry.kind == FdKind::File) {
             return false;
         }
-        let held = match entry.kind {
-            FdKind::Connection | FdKind::Http2Connection => FdKind::Socket,
-            kind => kind,
-        };
         match self.resolver.recheck(fd) {
-            Some(now) if now != held => {
+            Some(now) if now != entry.kind.class() => {
                 self.seeded.remove(&fd);
                 self.fds.insert(
                     fd,

@@ -129,12 +129,17 @@ fn write(ts: u64, fd: u32) -> Event {
 }
 
 fn block(ts: u64, nr: u32, arg0: u64) -> Event {
+    block_in(ts, nr, arg0, S)
+}
+
+/// A blocking switch-out in `state` inside `nr` on `arg0`.
+fn block_in(ts: u64, nr: u32, arg0: u64, state: u32) -> Event {
     Event::new(
         ts,
         Tid(T),
         EventKind::SwitchOut {
             run_delay: None,
-            state: S,
+            state,
             syscall: Some(InSyscall { nr, arg0 }),
             stack: None,
             cpu_steal: None,
@@ -180,7 +185,7 @@ fn run_woken_by(ts: u64, woken_at: u64, unlocker: Option<StackRef>) -> Event {
     )
 }
 
-fn feed(e: &mut Engine<Fds>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
+fn feed<R: FdResolver>(e: &mut Engine<R>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
     for ev in events {
         e.handle(ev);
     }
@@ -3565,28 +3570,6 @@ fn engine_now() -> Engine<FdsNow> {
     e
 }
 
-/// A blocking switch-out in `state` inside `nr` on `arg0`.
-fn block_in(ts: u64, nr: u32, arg0: u64, state: u32) -> Event {
-    Event::new(
-        ts,
-        Tid(T),
-        EventKind::SwitchOut {
-            run_delay: None,
-            state,
-            syscall: Some(InSyscall { nr, arg0 }),
-            stack: None,
-            cpu_steal: None,
-        },
-    )
-}
-
-fn feed_now(e: &mut Engine<FdsNow>, events: impl IntoIterator<Item = Event>) -> Vec<Request> {
-    for ev in events {
-        e.handle(ev);
-    }
-    e.take_requests()
-}
-
 /// fds are numbered lowest free first: a connection's number comes back as a file. A
 /// blocking read of that file is disk_io, not net_io as the connection it held, and the
 /// connection, closed unseen, is over.
@@ -3594,13 +3577,13 @@ fn feed_now(e: &mut Engine<FdsNow>, events: impl IntoIterator<Item = Event>) -> 
 fn a_file_read_on_a_closed_connections_fd_number_is_disk_io() {
     const OLD: u32 = 12;
     let mut e = engine_now();
-    let reqs = feed_now(&mut e, [read(0, OLD, 5), write(10, OLD), read(20, OLD, 5)]);
+    let reqs = feed(&mut e, [read(0, OLD, 5), write(10, OLD), read(20, OLD, 5)]);
     assert_eq!(reqs.len(), 1);
     // Its second request is answered, then the connection is closed (unseen) and its
     // number opened again as a file.
-    feed_now(&mut e, [write(30, OLD)]);
+    feed(&mut e, [write(30, OLD)]);
     fd_now(OLD, Some(FdKind::File));
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             read(100, CONN, 5),
@@ -3632,7 +3615,7 @@ fn an_fd_first_looked_up_after_its_close_is_asked_again() {
     const LATER: u32 = 13;
     let mut e = engine_now();
     fd_now(LATER, None);
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             read(0, CONN, 5),
@@ -3644,7 +3627,7 @@ fn an_fd_first_looked_up_after_its_close_is_asked_again() {
     );
     assert!(reqs.is_empty());
     fd_now(LATER, Some(FdKind::File));
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             read(100, CONN, 5),
@@ -3674,7 +3657,7 @@ fn only_blocks_that_do_not_fit_their_fds_kind_ask_again() {
     fd_now(FILE, Some(FdKind::File));
     fd_now(PIPE, Some(FdKind::Other));
     fd_now(CONN, Some(FdKind::Socket));
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             read(0, CONN, 5),
@@ -3704,7 +3687,7 @@ fn only_blocks_that_do_not_fit_their_fds_kind_ask_again() {
         "the first lookup resolves; the rest fit"
     );
     // The connection's own reader waits for its socket's lock (uninterruptible).
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             block_in(110, nr::WRITE, CONN as u64, D),
@@ -3759,7 +3742,7 @@ fn a_connection_found_at_attach_and_closed_unseen_leaves_no_connection_behind() 
     INODES_NOW.with(|i| i.borrow_mut().insert(IDLE, 6001)); // the backend's Unix socket
     fd_now(BUSY, Some(FdKind::Socket));
     INODES_NOW.with(|i| i.borrow_mut().insert(BUSY, 5002));
-    let reqs = feed_now(
+    let reqs = feed(
         &mut e,
         [
             read(0, CONN, 5),

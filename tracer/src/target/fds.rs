@@ -70,41 +70,45 @@ impl FdResolver for ProcFds {
                 FdKind::Connection
             }
             FDTarget::Socket(_) => FdKind::Socket,
-            FDTarget::Path(_) => {
-                let path = format!(
-                    "/proc/{}/fd/{fd}",
-                    self.process.as_ref().map_or(0, |p| p.pid)
-                );
-                match fs::metadata(path) {
-                    Ok(m) if m.is_file() || m.file_type().is_block_device() => FdKind::File,
-                    _ => FdKind::Other,
-                }
-            }
+            FDTarget::Path(_) => match self.fd_metadata(fd) {
+                Some(m) if is_file(&m) => FdKind::File,
+                _ => FdKind::Other,
+            },
             _ => FdKind::Other, // pipe:, anon_inode:
         }
     }
 
     /// One `stat` through the fd's link.
     fn is_socket_inode(&mut self, fd: u32, inode: u64) -> Option<bool> {
-        let pid = self.process.as_ref()?.pid;
-        let meta = fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let meta = self.fd_metadata(fd)?;
         Some(meta.file_type().is_socket() && meta.ino() == inode)
     }
 
     /// One `stat` through the fd's link: a socket's inode is a socket, whichever it is.
     fn recheck(&mut self, fd: u32) -> Option<FdKind> {
-        let pid = self.process.as_ref()?.pid;
-        let file_type = fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .ok()?
-            .file_type();
-        Some(if file_type.is_socket() {
+        let meta = self.fd_metadata(fd)?;
+        Some(if meta.file_type().is_socket() {
             FdKind::Socket
-        } else if file_type.is_file() || file_type.is_block_device() {
+        } else if is_file(&meta) {
             FdKind::File
         } else {
             FdKind::Other
         })
     }
+}
+
+impl ProcFds {
+    /// What the target's `fd` refers to, by one `stat` through its /proc link (`None`: not
+    /// open, or the target gone).
+    fn fd_metadata(&self, fd: u32) -> Option<fs::Metadata> {
+        let pid = self.process.as_ref()?.pid;
+        fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()
+    }
+}
+
+/// A regular file or a block device: what waits for the disk.
+fn is_file(meta: &fs::Metadata) -> bool {
+    meta.is_file() || meta.file_type().is_block_device()
 }
 
 /// What of a TCP socket table entry tells a server-side connection.
