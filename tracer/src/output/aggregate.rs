@@ -25,6 +25,17 @@ pub fn bucket_top(value: u64) -> u64 {
     histogram().highest_equivalent(value)
 }
 
+/// A request's `ns` of one cause: counted as a zero (not recorded: most causes are zero in
+/// most requests), or recorded, and the cause's exact maximum kept.
+fn record_cause(h: &mut Histogram<u64>, zeros: &mut u64, max: &mut u64, ns: u64) {
+    if ns == 0 {
+        *zeros += 1;
+    } else {
+        let _ = h.record(ns);
+        *max = (*max).max(ns);
+    }
+}
+
 /// A request-latency histogram and one per cause (ns of that cause in each request).
 pub struct RequestHistograms {
     pub latency: Histogram<u64>,
@@ -58,9 +69,7 @@ impl Default for RequestHistograms {
 
 impl RequestHistograms {
     pub fn record(&mut self, r: &Request) {
-        let _ = self.latency.record(r.latency_ns);
-        self.latency_max = self.latency_max.max(r.latency_ns);
-        self.latency_sum += u128::from(r.latency_ns);
+        self.record_latency(r.latency_ns);
         for (((h, zeros), max), ns) in self
             .causes
             .iter_mut()
@@ -68,21 +77,14 @@ impl RequestHistograms {
             .zip(&mut self.cause_max)
             .zip(r.breakdown)
         {
-            if ns == 0 {
-                *zeros += 1;
-            } else {
-                let _ = h.record(ns);
-                *max = (*max).max(ns);
-            }
+            record_cause(h, zeros, max, ns);
         }
     }
 
     /// [`RequestHistograms::record`] for a request the kernel side timed, with no
     /// [`Request`] built: its time on its CPU, but for `runqueue_ns` waiting for it.
     pub fn record_kernel_timed(&mut self, latency_ns: u64, runqueue_ns: u64) {
-        let _ = self.latency.record(latency_ns);
-        self.latency_max = self.latency_max.max(latency_ns);
-        self.latency_sum += u128::from(latency_ns);
+        self.record_latency(latency_ns);
         for (cause, ((h, zeros), max)) in self
             .causes
             .iter_mut()
@@ -95,13 +97,15 @@ impl RequestHistograms {
                 RUNQUEUE => runqueue_ns,
                 _ => 0,
             };
-            if ns == 0 {
-                *zeros += 1;
-            } else {
-                let _ = h.record(ns);
-                *max = (*max).max(ns);
-            }
+            record_cause(h, zeros, max, ns);
         }
+    }
+
+    /// A request's latency, in the histogram and in the exact maximum and sum beside it.
+    fn record_latency(&mut self, latency_ns: u64) {
+        let _ = self.latency.record(latency_ns);
+        self.latency_max = self.latency_max.max(latency_ns);
+        self.latency_sum += u128::from(latency_ns);
     }
 
     /// Put the zeros counted so far into the cause histograms: before they are read.
