@@ -12,6 +12,9 @@
 //	/io?ms=N     a request to a backend that answers late:                     X-Io-Ns
 //	/cpu?ms=N    spins on a CPU:                                              X-Cpu-Ns
 //	/            answers at once
+//	/upload      reads its request body (a client that sends Expect: 100-continue gets
+//	             net/http's interim "100 Continue" first): X-Body-Ns, the read, and
+//	             X-Body-Bytes, its length
 //	/auth?ms=N   middleware that serializes on a sync.Mutex (held N ms by a holder, as in
 //	             /lock), then a sleep of N/10 ms and a backend call of N/10 ms:
 //	             X-Held-Ns, X-Lock-Ns, X-Sleep-Ns, X-Io-Ns
@@ -52,6 +55,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -404,6 +408,16 @@ func main() {
 		time.Sleep(time.Duration(ms/10) * time.Millisecond)
 		w.Header().Set("X-Sleep-Ns", ns(time.Since(start)))
 		w.Header().Set("X-Io-Ns", ns(callBackend(backendAddr, ms/10)))
+	}))
+	mux.HandleFunc("/upload", timed(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Body-Ns", ns(time.Since(start)))
+		w.Header().Set("X-Body-Bytes", strconv.FormatInt(n, 10))
 	}))
 	mux.HandleFunc("/gc", timed(func(w http.ResponseWriter, r *http.Request) {
 		lowGOGC()

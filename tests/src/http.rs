@@ -1,6 +1,6 @@
 //! Minimal blocking HTTP/1.1 pieces shared by the `workload` server, its load
-//! generator and the integration tests. GET only, no request bodies, responses
-//! always carry `Content-Length`.
+//! generator and the integration tests. Request bodies only with `Content-Length`
+//! (`POST /upload`), responses always carry `Content-Length`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -74,6 +74,29 @@ pub fn parse_request_line(head: &str) -> Option<RequestLine<'_>> {
     })
 }
 
+/// The interim response to a request sent with `Expect: 100-continue`: the server
+/// asks for the body (RFC 9110 section 10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Value of the first header called `name` (case-insensitive) in a message head.
+pub fn head_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// A request head's `Content-Length`, if it has a valid one.
+pub fn content_length(head: &str) -> Option<usize> {
+    head_header(head, "Content-Length").and_then(|v| v.parse().ok())
+}
+
+/// Whether a request head asks for a `100 Continue` before its body is sent.
+pub fn expects_continue(head: &str) -> bool {
+    head_header(head, "Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
 /// Value of `key` in a `a=1&b=2` query string parsed as `u64`; `None` when the
 /// key is absent or its value is not a number.
 pub fn query_param(query: &str, key: &str) -> Option<u64> {
@@ -91,6 +114,8 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         500 => "Internal Server Error",
         _ => "Unknown",
     }
@@ -268,6 +293,37 @@ impl HttpClient {
         read_response(&mut self.stream, &mut self.buf)
     }
 
+    /// Sends `POST path` with `body` the way a client that asks first does: the head with
+    /// `Expect: 100-continue` (one `write_all`), then, once the server's interim `100
+    /// Continue` has come, `pause` (a client slow to send its body), then the body (one
+    /// `write_all`); reads the final response.
+    pub fn post_after_continue(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        pause: Duration,
+    ) -> io::Result<Response> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes())?;
+        let end = read_head(&mut self.stream, &mut self.buf)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "closed before 100 Continue")
+        })?;
+        if &self.buf[..end] != CONTINUE {
+            return Err(invalid_data(format!(
+                "expected a 100 Continue, got {:?}",
+                String::from_utf8_lossy(&self.buf[..end])
+            )));
+        }
+        self.buf.drain(..end);
+        std::thread::sleep(pause);
+        self.stream.write_all(body)?;
+        read_response(&mut self.stream, &mut self.buf)
+    }
+
     /// The underlying socket (e.g. to inspect the local port).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
@@ -292,6 +348,21 @@ mod tests {
         assert_eq!(query_param("ms=abc", "ms"), None);
         assert_eq!(query_param("ms=-1", "ms"), None);
         assert_eq!(query_param("xms=3", "ms"), None);
+    }
+
+    #[test]
+    fn request_heads_with_a_body() {
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\ncontent-length: 12\r\n\
+                    Expect: 100-Continue\r\n\r\n";
+        assert_eq!(content_length(head), Some(12));
+        assert!(expects_continue(head));
+        let plain = "POST /upload HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(content_length(plain), None);
+        assert!(!expects_continue(plain));
+        assert_eq!(
+            head_header("GET /Expect: 1 HTTP/1.1\r\n\r\n", "Expect"),
+            None
+        );
     }
 
     #[test]

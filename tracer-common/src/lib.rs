@@ -976,6 +976,22 @@ pub fn syscall_in_progress(orig_ax: u64, ax: u64) -> Option<u32> {
     (ax as i64 == -ENOSYS && orig_ax < 1024).then_some(orig_ax as u32)
 }
 
+/// The length of HTTP/1.1's interim `100 Continue` response as servers write it, its status
+/// line and the blank line, `HTTP/1.1 100 Continue\r\n\r\n` (Go's net/http, nginx, Python's
+/// http.server, hyper). The kernel side looks at the first bytes of a server's write of exactly
+/// this length, and of no other.
+pub const CONTINUE_RESPONSE_LEN: i64 = 25;
+
+/// Whether a write's first 16 bytes (`first`, as two little-endian words) are an HTTP/1.x
+/// `100 Continue` status line: a server's answer to a client's `Expect: 100-continue` (RFC
+/// 9110 section 10.1.1), which asks for the request's body and does not answer the request.
+/// Only this verdict leaves the kernel, never the bytes.
+pub fn is_continue_response(first: [u64; 2]) -> bool {
+    const VERSION: u64 = u64::from_le_bytes(*b"HTTP/1.\0");
+    const STATUS: u64 = u64::from_le_bytes(*b" 100 \0\0\0");
+    first[0] & 0x00ff_ffff_ffff_ffff == VERSION && first[1] & 0xff_ffff_ffff == STATUS
+}
+
 /// A TLS record header's length: content type, version, body length (RFC 8446 section 5.1).
 pub const TLS_RECORD_HEADER: usize = 5;
 
@@ -1253,6 +1269,36 @@ mod tests {
             0,
             "longer than any record"
         );
+    }
+
+    /// The first 16 bytes of `text` as [`is_continue_response`] gets them.
+    fn first_words(text: &[u8]) -> [u64; 2] {
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&text[..16]);
+        [
+            u64::from_le_bytes(first[..8].try_into().unwrap()),
+            u64::from_le_bytes(first[8..].try_into().unwrap()),
+        ]
+    }
+
+    #[test]
+    fn a_100_continue_is_recognised_and_final_responses_are_not() {
+        let continue_11 = b"HTTP/1.1 100 Continue\r\n\r\n";
+        assert_eq!(continue_11.len() as i64, CONTINUE_RESPONSE_LEN);
+        assert!(is_continue_response(first_words(continue_11)));
+        assert!(is_continue_response(first_words(
+            b"HTTP/1.0 100 Continue\r\n\r\n"
+        )));
+        for other in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 103 Early Hints\r\n",
+            b"HTTP/1.1 1000 Continue\r\n\r\n",
+            b"HTTP/2.0 100 Continue\r\n\r\n",
+            b"POST /x HTTP/1.1\r\n\r\n xxxxxx",
+            b"\x17\x03\x03\x00\x14 encrypted bytes",
+        ] {
+            assert!(!is_continue_response(first_words(other)), "{other:?}");
+        }
     }
 
     #[test]

@@ -13,9 +13,10 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    connection_sampled, is_change_cipher_spec, is_read, is_write, nr, socket_origin, socket_plain,
-    tcp_state, tls_record, tls_record_and_next, EventHeader, EventKind, Loss, SyscallEvent,
-    TcpSocket, EAGAIN, FIBONACCI_HASH, MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
+    connection_sampled, is_change_cipher_spec, is_continue_response, is_read, is_write, nr,
+    socket_origin, socket_plain, tcp_state, tls_record, tls_record_and_next, EventHeader,
+    EventKind, Loss, SyscallEvent, TcpSocket, CONTINUE_RESPONSE_LEN, EAGAIN, FIBONACCI_HASH,
+    MSG_PEEK, NO_FD, TLS_RECORD_HEADER,
 };
 
 use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
@@ -129,6 +130,16 @@ fn try_sock_io(ctx: &RawTracePointContext, direction: Direction) -> Result<Optio
     let Some(io) = io else {
         return Ok(None); // not a read or write syscall of the thread's own
     };
+    if direction == Direction::Sent
+        && ret == CONTINUE_RESPONSE_LEN
+        && io.origin != socket_origin::TCP_CLIENT
+        && writes_continue()
+    {
+        // An interim `100 Continue`: the request goes on (its body comes next), so this
+        // write answers nothing, for the kernel side's requests or the collector's, and the
+        // thread's wait for the body is inside the request.
+        return Ok(None);
+    }
     if goroutines_followed() {
         note_goroutine_returned(io.nr, io.fd, io.connection, io.origin, ret)?;
     } else {
@@ -346,6 +357,45 @@ fn syscall_io(direction: Direction, ret: i64) -> Result<Option<(u32, u32, u32)>,
         0
     };
     Ok(Some((syscall_nr, regs.di as u32, record)))
+}
+
+/// Whether the current write syscall (of [`CONTINUE_RESPONSE_LEN`] bytes) writes an HTTP/1.x
+/// `100 Continue` (see `tracer_common::is_continue_response`): its buffer from the saved
+/// registers (write and sendto: the second argument; writev and sendmsg: the first
+/// `struct iovec`, when it holds the status line). Anything unreadable is no `100 Continue`.
+#[inline(always)]
+fn writes_continue() -> bool {
+    let Ok(regs) = current_syscall_regs() else {
+        return false;
+    };
+    let buf = match regs.syscall() {
+        Some(nr::WRITE | nr::SENDTO) => regs.si,
+        Some(nr::WRITEV) => first_iov_base(regs.si),
+        // `struct msghdr`: `msg_name`, `msg_namelen` (padded to 8), then `msg_iov`.
+        Some(nr::SENDMSG) => read_user_u64(regs.si + 16).map_or(0, first_iov_base),
+        _ => 0,
+    };
+    if buf == 0 {
+        return false;
+    }
+    // SAFETY: the helper checks the address; a bad one fails the read.
+    unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }.is_ok_and(is_continue_response)
+}
+
+/// The base of the `struct iovec` at `iov` when it holds at least 16 bytes (0 otherwise).
+#[inline(always)]
+fn first_iov_base(iov: u64) -> u64 {
+    // SAFETY: as in `writes_continue`.
+    match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+        Ok([base, len]) if len >= 16 => base,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn read_user_u64(addr: u64) -> Option<u64> {
+    // SAFETY: as in `writes_continue`.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`

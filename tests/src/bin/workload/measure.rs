@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 /// it the thread spent runnable, waiting for a CPU (the kernel's schedstat `run_delay`, which
 /// covers every completed wait). So what the thread spent blocked is `wall - runqueue` (less
 /// a few µs of CPU), whatever else the machine is doing.
+#[derive(Clone, Copy)]
 pub struct Span {
     pub wall: Duration,
     pub runqueue_ns: u64,

@@ -140,8 +140,15 @@ impl<'a> Connection<'a> {
         let mut buf = Vec::with_capacity(1024);
         let mut since_last_response = RunDelayMark::now();
         while let Some(end) = http::read_head(&mut stream, &mut buf).context("read request")? {
-            let reply = self.respond(&buf[..end], &since_last_response);
-            buf.drain(..end);
+            let body = match receive_body(&mut stream, &mut buf, end)? {
+                Ok(body) => body,
+                Err(refusal) => {
+                    stream.write_all(&refusal.to_bytes()).ok();
+                    break;
+                }
+            };
+            let reply = self.respond(&buf[..end], body.as_ref(), &since_last_response);
+            buf.drain(..end + body.map_or(0, |body| body.len));
             stream
                 .write_all(&reply.to_bytes())
                 .context("write response")?;
@@ -155,7 +162,12 @@ impl<'a> Connection<'a> {
 
     /// Parses one request head and runs its handler; failures become error replies.
     /// `since_last_response` was marked after this connection's previous response.
-    fn respond(&mut self, head: &[u8], since_last_response: &RunDelayMark) -> Reply {
+    fn respond(
+        &mut self,
+        head: &[u8],
+        body: Option<&Body>,
+        since_last_response: &RunDelayMark,
+    ) -> Reply {
         let Some(req) = std::str::from_utf8(head)
             .ok()
             .and_then(http::parse_request_line)
@@ -163,7 +175,7 @@ impl<'a> Connection<'a> {
             eprintln!("workload: malformed request head, closing connection");
             return Reply::closing(400);
         };
-        if req.method != "GET" {
+        if req.method != "GET" && (req.method, req.path) != ("POST", "/upload") {
             return Reply::closing(405);
         }
         // The clock reads cost syscalls: `/`, the benchmark's endpoint, goes without.
@@ -173,7 +185,7 @@ impl<'a> Connection<'a> {
             Err(e) => return clock_failed(&e),
         };
         let queued_before = measure_cpu.then(|| since_last_response.since());
-        let mut reply = self.route(&req).unwrap_or_else(|e| {
+        let mut reply = self.route(&req, body).unwrap_or_else(|e| {
             eprintln!("workload: {} failed: {e:#}", req.path);
             Reply::closing(500)
         });
@@ -195,7 +207,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Runs the endpoint `req` names.
-    fn route(&mut self, req: &RequestLine) -> Result<Reply> {
+    fn route(&mut self, req: &RequestLine, body: Option<&Body>) -> Result<Reply> {
         let ms = || {
             http::query_param(req.query, "ms")
                 .filter(|&ms| ms <= MAX_MS)
@@ -203,6 +215,10 @@ impl<'a> Connection<'a> {
         };
         let reply = match (req.path, ms()) {
             ("/", _) => Reply::ok(Duration::ZERO),
+            ("/upload", _) => match body {
+                Some(body) => Reply::spanned(body.receipt),
+                None => Reply::status(411),
+            },
             ("/cpu", Some(d)) => Reply::spanned(Span::measure(|| spin(d)).1),
             ("/sleep", Some(d)) => Reply::spanned(Span::measure(|| thread::sleep(d)).1),
             ("/lock", Some(d)) => Reply::spanned(self.server.lock_holder.wait_for_lock(d)?),
@@ -223,6 +239,52 @@ impl<'a> Connection<'a> {
         let (fsync, span) = Span::measure(|| self.scratch.write_and_sync(kb));
         Ok(Reply::synced(span, fsync?))
     }
+}
+
+/// Largest request body accepted (`/upload`).
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A request's body, read.
+struct Body {
+    len: usize,
+    /// Its receipt, as `/upload` reports it: the `100 Continue` written when the client asked
+    /// for one, and the wait for the bytes.
+    receipt: Span,
+}
+
+/// Reads the body of the request whose head ends at `head_end` of `buf` into `buf`, when the
+/// head has a `Content-Length`; when it also has `Expect: 100-continue` and the body has not
+/// come yet, it first writes the interim `100 Continue` (one write) that asks for it. An
+/// oversized body is refused with the reply to send before closing.
+fn receive_body<S: io::Read + Write>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    head_end: usize,
+) -> Result<std::result::Result<Option<Body>, Reply>> {
+    let head = std::str::from_utf8(&buf[..head_end]).unwrap_or_default();
+    let Some(len) = http::content_length(head) else {
+        return Ok(Ok(None));
+    };
+    if len > MAX_BODY {
+        return Ok(Err(Reply::closing(413)));
+    }
+    let ask = http::expects_continue(head) && buf.len() < head_end + len;
+    let (received, receipt) = Span::measure(|| -> io::Result<()> {
+        if ask {
+            stream.write_all(http::CONTINUE)?;
+        }
+        let mut chunk = [0u8; 4096];
+        while buf.len() < head_end + len {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    });
+    received.context("read request body")?;
+    Ok(Ok(Some(Body { len, receipt })))
 }
 
 /// `/cpu`: spins on the CPU for `d` of wall time.
