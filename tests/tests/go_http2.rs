@@ -6,7 +6,13 @@
 //! the goroutine attribution test compares them), and no request made of the connection's
 //! frames.
 
-use std::{collections::BTreeMap, process::Command};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
 
 use tracer::{engine::Cause, output::jsonl::RequestRecord};
 use tracer_support::go::{build_go_program, go_service_source, GoBuild, Toolchain};
@@ -166,6 +172,150 @@ fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
         (again[0].http_version.as_str(), again[0].status),
         ("2", 200)
     );
+}
+
+/// A slow upload's pause: the client sends its body this long after its request's head.
+const UPLOAD_PAUSE: Duration = Duration::from_millis(50);
+const UPLOAD_BODY: &[u8] = b"a slow client's body";
+/// Uploads whose handler waited for the body at least [`SLOW_BODY_NS`].
+const UPLOADS: usize = 3;
+const SLOW_BODY_NS: u64 = UPLOAD_PAUSE.as_nanos() as u64 / 2;
+
+/// What curl reported of an upload, and the headers it was asked for.
+const UPLOAD_HEADERS: [&str; 3] = ["x-handler-ns", "x-body-ns", "x-body-bytes"];
+
+/// `curl --http2` uploads [`UPLOAD_BODY`] to `/upload` (`-T -`, streamed from its standard
+/// input: the request's head goes first), the body written to curl [`UPLOAD_PAUSE`] after
+/// it started; returns curl's HTTP version and status, and [`UPLOAD_HEADERS`]' values.
+fn slow_http2_upload(port: u16) -> (String, u16, Vec<u64>) {
+    let headers: Vec<String> = UPLOAD_HEADERS
+        .iter()
+        .map(|h| format!("%header{{{h}}}"))
+        .collect();
+    let mut curl = Command::new("curl")
+        .args(["--silent", "--show-error", "--insecure", "--http2"])
+        .args([
+            "-X",
+            "POST",
+            "-T",
+            "-",
+            "-H",
+            "Expect:",
+            "--output",
+            "/dev/null",
+        ])
+        .arg("--write-out")
+        .arg(format!(
+            "%{{http_version}} %{{http_code}} {}",
+            headers.join(" ")
+        ))
+        .arg(format!("https://127.0.0.1:{port}/upload"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    let mut stdin = curl.stdin.take().expect("curl's stdin");
+    thread::sleep(UPLOAD_PAUSE);
+    stdin.write_all(UPLOAD_BODY).expect("the body to curl");
+    drop(stdin);
+    let out = curl.wait_with_output().expect("curl's output");
+    assert!(out.status.success(), "curl: {out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("curl's output");
+    let fields: Vec<&str> = stdout.split(' ').collect();
+    assert_eq!(
+        fields.len(),
+        2 + UPLOAD_HEADERS.len(),
+        "curl wrote {stdout:?}"
+    );
+    let values = fields[2..]
+        .iter()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("curl wrote {stdout:?}"))
+        })
+        .collect();
+    (
+        fields[0].to_string(),
+        fields[1].parse().expect("status"),
+        values,
+    )
+}
+
+/// An HTTP/2 handler that reads its request's body waits on a `sync.Cond` inside the
+/// HTTP/2 server's body read until the connection's goroutine brings the client's DATA:
+/// that is a wait for the network (`net_io`), not a lock of the program's.
+fn a_slow_upload_waits_on_the_network(toolchain: Toolchain, build: GoBuild) {
+    let dir = TempDir::new("go-http2-upload");
+    let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let cert = make_cert(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("h2").arg(&cert.cert).arg(&cert.key);
+    let service = Workload::start(cmd);
+    let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
+    // The pause runs from curl's start: on a busy machine its start-up and TLS handshake
+    // can take most of it before the head reaches the handler, which then hardly waits.
+    // Uploads go on until [`UPLOADS`] of them had the handler wait at least half the pause.
+    let mut answers = Vec::new();
+    let slow = |(_, _, headers): &(String, u16, Vec<u64>)| headers[1] >= SLOW_BODY_NS;
+    while answers.iter().filter(|a| slow(a)).count() < UPLOADS {
+        assert!(
+            answers.len() < 4 * UPLOADS,
+            "the set-up: the handler hardly waited for the bodies: {answers:?}"
+        );
+        answers.push(slow_http2_upload(service.addr.port()));
+    }
+    let done = tracer.stop();
+    assert!(done.status.success(), "tracer failed: {}", done.describe());
+    let mut traced: Vec<&RequestRecord> = done.requests.iter().collect();
+    traced.sort_by_key(|r| r.start_ns);
+    assert_eq!(
+        traced.len(),
+        answers.len(),
+        "one request per upload: {traced:#?}"
+    );
+    for ((version, status, headers), r) in answers.iter().zip(&traced) {
+        assert_eq!((version.as_str(), *status), ("2", 200));
+        let [handler_ns, body_ns, body_bytes] = headers[..] else {
+            unreachable!("three headers asked for")
+        };
+        assert_eq!(body_bytes, UPLOAD_BODY.len() as u64);
+        assert_eq!(
+            r.latency_ns,
+            r.breakdown.values().sum::<u64>(),
+            "causes sum to the latency: {r:?}"
+        );
+        // As `each_stream_is_a_request` checks a park against the handler's measure.
+        let outside = r.latency_ns.saturating_sub(handler_ns);
+        let net_io = r.breakdown[&Cause::NetIo];
+        let scheduling = r.breakdown[&Cause::GoRunqueue]
+            + r.breakdown[&Cause::Runqueue]
+            + r.breakdown[&Cause::OnCpu];
+        assert!(
+            net_io <= body_ns + outside + MS && body_ns <= net_io + scheduling + MS,
+            "traced net_io {net_io} ns, the handler's body read took {body_ns} ns (outside \
+             it: {outside} ns; runnable or running: {scheduling} ns): {r:?}"
+        );
+        if body_ns >= SLOW_BODY_NS {
+            assert!(
+                r.breakdown[&Cause::Lock] < body_ns / 2,
+                "the wait for the body is no lock: {r:?}"
+            );
+            assert_eq!(r.dominant_cause(), Some(Cause::NetIo), "{r:?}");
+        }
+    }
+    assert!(service.alive(), "the traced service is gone");
+    let again = http2_requests(service.addr.port(), &["/sleep?ms=1"]);
+    assert_eq!(again[0].status, 200);
+}
+
+tracer_tests::go_tests! {
+    check: a_slow_upload_waits_on_the_network;
+    /// Debian's Go 1.19: net/http's bundled `http2pipe`.
+    go_1_19_http2_upload_waits_on_the_network: Toolchain::System, GoBuild::default();
+    /// The newest Go, stripped: `net/http/internal/http2`'s pipe, found in `.gopclntab`.
+    go_1_27_stripped_http2_upload_waits_on_the_network:
+        Toolchain::GoBin("1.27.3"), GoBuild::STRIPPED;
 }
 
 tracer_tests::go_tests! {

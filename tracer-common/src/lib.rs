@@ -663,6 +663,10 @@ pub mod go_sched {
     /// `runtime.gopark`: goroutine `goid` (the one running on the thread) parks; `detail` is
     /// its wait reason (Go's `waitReason` value, whose numbering changes between releases).
     pub const PARK: u32 = 1;
+    /// Set in a [`PARK`]'s `detail` above the wait reason: the goroutine is an HTTP/2
+    /// handler waiting for its request body (a `sync.Cond` wait inside the HTTP/2 server's
+    /// body read, told by its return addresses).
+    pub const PARK_REQUEST_BODY: u64 = 1 << 8;
     /// `runtime.ready`: goroutine `goid` becomes runnable; `detail` is the goid of the
     /// goroutine that readied it (the thread's current goroutine), 0 when the thread ran
     /// none (a timer or the scheduler itself: no goroutine has id 0), or

@@ -28,7 +28,7 @@ use crate::{
         summary::{CollectorUsage, IncompleteFile, StoppedBy, Summary, TraceEnd},
     },
     symbols::{self, Symbolizer},
-    target::{self, fds::ProcFds, go, Executable, Target},
+    target::{self, fds::ProcFds, go, go::runtime::GoProbeFacts, Executable, Target},
 };
 
 /// How often the ring buffer is drained while records arrive (programs submit without
@@ -96,10 +96,23 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
     } else {
         None
     };
-    let go_offsets = match &go_runtime {
-        Some(Ok(Some(runtime))) => Some(runtime.offsets),
+    // Where the executable is in memory, for the runtime functions' code the probes and the
+    // engine compare return addresses with.
+    let go_load_bias = match (&exe, &go_runtime) {
+        (Some(Ok(exe)), Some(Ok(Some(_)))) => Some(exe.load_bias(target.pid)),
         _ => None,
     };
+    let go_facts = match (&go_runtime, &go_load_bias) {
+        (Some(Ok(Some(runtime))), Some(bias)) => Some(GoProbeFacts {
+            offsets: runtime.offsets,
+            body_reads: bias
+                .as_ref()
+                .map(|&bias| runtime.body_read_waits(bias))
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let go_offsets = go_facts.map(|facts| facts.offsets);
     // A Go program's goroutines park after a read or write that found nothing (EAGAIN):
     // where a handshake's wait for the peer starts, and where a served connection is back
     // to waiting for its next request.
@@ -120,24 +133,25 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         args.bpf_stats,
         tls_on,
         report_eagain,
-        go_offsets,
+        go_facts,
         stacks_on,
         sample_one_in,
     )?;
     let go_sched = match (&exe, go_runtime) {
         (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
             engine.set_go_wait_reasons(runtime.wait_reasons.clone());
-            match exe.load_bias(target.pid) {
-                Ok(bias) => engine.set_go_gc_callers(
+            match go_load_bias {
+                Some(Ok(bias)) => engine.set_go_gc_callers(
                     runtime
                         .gc_semaphore_callers
                         .iter()
                         .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
                         .collect(),
                 ),
-                Err(e) => eprintln!(
-                    "tracer: the GC's own semaphore waits will count as lock: cannot place the \
-                     executable in memory: {e:#}"
+                None => {}
+                Some(Err(e)) => eprintln!(
+                    "tracer: the GC's own semaphore waits and HTTP/2 request body reads will \
+                     count as lock: cannot place the executable in memory: {e:#}"
                 ),
             }
             probes.attach_go_sched(target.pid, &exe.path, &runtime)

@@ -52,6 +52,19 @@ static GO_M_CURG: u32 = 0;
 #[unsafe(no_mangle)]
 static GO_G_SCHEDLINK: u32 = 0;
 
+/// `waitReasonSyncCondWait`'s value in the target's Go release (0: unknown).
+#[unsafe(no_mangle)]
+static GO_COND_WAIT_REASON: u32 = 0;
+/// The code of the HTTP/2 server's request body read (`(*http2pipe).Read`), as loaded: up to
+/// two `[start, end)` ranges (0, 0: none).
+#[unsafe(no_mangle)]
+static GO_BODY_READ: [u64; 4] = [0; 4];
+
+/// Return addresses looked at up a `sync.Cond` wait's stack for the body read: gopark's
+/// caller `notifyListWait` (goparkunlock is inlined), `sync.(*Cond).Wait`, then the body
+/// read (Go 1.19 and 1.27), and one more for a release that inlines differently.
+const BODY_READ_DEPTH: usize = 4;
+
 /// Goroutines of one `injectglist` list reported (a netpoll returns at most 128 events; a
 /// longer list's rest end their parks when they run, as without the probe).
 const MAX_INJECTED: u32 = 32;
@@ -77,14 +90,62 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
         return Ok(());
     };
     // SAFETY: direct loads from the probe context (the user registers at the probe).
-    let (g, reason, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx, (*ctx.regs).rsp) };
+    let (g, reason, sp, fp) = unsafe {
+        let regs = &*ctx.regs;
+        (regs.r14, regs.rcx, regs.rsp, regs.rbp)
+    };
     let goid = goid(g)?;
     let (stack_id, caller) = if goroutine_in_request(g) {
         stack_at_entry(ctx, sp)
     } else {
         (NO_STACK, 0)
     };
-    emit_record(tid, go_sched::PARK, goid, reason & 0xff, stack_id, caller)
+    let reason = reason & 0xff;
+    let detail = if waits_for_request_body(reason, sp, fp) {
+        reason | go_sched::PARK_REQUEST_BODY
+    } else {
+        reason
+    };
+    emit_record(tid, go_sched::PARK, goid, detail, stack_id, caller)
+}
+
+/// Whether a park for `reason`, at gopark's probe with the stack at `sp` and the caller's
+/// frame at `fp`, is an HTTP/2 handler's wait for its request body: a `sync.Cond` wait
+/// inside the body read, which waits on the pipe's Cond until the connection's reader
+/// goroutine brings the client's DATA. Told by one of the first [`BODY_READ_DEPTH`] return
+/// addresses up the stack (the one at `sp`, then each frame's, Go keeping frame pointers).
+#[inline(always)]
+fn waits_for_request_body(reason: u64, sp: u64, fp: u64) -> bool {
+    let cond_wait = u64::from(global(&GO_COND_WAIT_REASON));
+    if cond_wait == 0 || reason != cond_wait {
+        return false;
+    }
+    // SAFETY: a volatile read of a global the collector sets at load time.
+    let code = unsafe { core::ptr::read_volatile(&raw const GO_BODY_READ) };
+    let in_body_read = |address: u64| {
+        (code[0] <= address && address < code[1]) || (code[2] <= address && address < code[3])
+    };
+    let Ok(mut returns_to) = read(sp, 0) else {
+        return false;
+    };
+    let mut frame = fp;
+    for _ in 0..BODY_READ_DEPTH {
+        if in_body_read(returns_to) {
+            return true;
+        }
+        // A frame: the caller's frame pointer, then the return address into the caller.
+        if frame == 0 {
+            return false;
+        }
+        // SAFETY: the helper checks the address; a bad one fails the read.
+        let Ok([caller_frame, address]) =
+            (unsafe { bpf_probe_read_user(frame as *const [u64; 2]) })
+        else {
+            return false;
+        };
+        (frame, returns_to) = (caller_frame, address);
+    }
+    in_body_read(returns_to)
 }
 
 /// `runtime.ready`: a goroutine becomes runnable, readied by this thread's goroutine.

@@ -96,6 +96,15 @@ impl Goroutine {
     }
 }
 
+/// A goroutine's park, as its probe reported it.
+#[derive(Clone, Copy)]
+struct Park {
+    reason: u8,
+    /// An HTTP/2 handler's wait for its request body (see [`GoSched::Park`]).
+    request_body: bool,
+    stack: Option<StackRef>,
+}
+
 /// A semaphore a goroutine takes (`runtime.semacquire1`).
 #[derive(Clone, Copy)]
 struct Semaphore {
@@ -495,12 +504,23 @@ impl<R: FdResolver> Engine<R> {
             GoSched::Park {
                 goid,
                 reason,
+                request_body,
                 stack,
-            } => self.go_park(ts, tid, goid, reason, stack),
+            } => {
+                let park = Park {
+                    reason,
+                    request_body,
+                    stack,
+                };
+                self.go_park(ts, tid, goid, park)
+            }
             GoSched::Ready { goid, waker } => self.go_ready(ts, tid, goid, waker),
             GoSched::Exit { goid } => self.go_exit(ts, tid, goid),
             // The probe fires on the goroutine itself: known or not, it is running.
-            GoSched::Http2Connection { goid } => self.goroutines.entry(goid).serves_http2 = true,
+            GoSched::Http2Connection { goid } => {
+                self.goroutines.entry(goid).serves_http2 = true;
+                self.goroutine_serves_http2(super::GoroutineId(goid));
+            }
             GoSched::Http2Handler { goid } => {
                 self.stream_handler_started(ts, super::GoroutineId(goid));
             }
@@ -631,11 +651,19 @@ impl<R: FdResolver> Engine<R> {
         self.note_park_site(ts, goid, park);
     }
 
-    fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, reason: u8, stack: Option<StackRef>) {
+    fn go_park(&mut self, ts: u64, tid: Tid, goid: u64, park: Park) {
+        let Park {
+            reason,
+            request_body,
+            stack,
+        } = park;
         let ReasonMeaning {
             mut cause,
             on_semaphore,
         } = self.goroutines.meaning_of(reason);
+        if request_body {
+            cause = Cause::NetIo;
+        }
         let gs = &mut self.goroutines;
         if gs.running.get(&tid) == Some(&goid) {
             gs.running.remove(&tid);
@@ -649,9 +677,9 @@ impl<R: FdResolver> Engine<R> {
             }
             // The park before the loss ended among the lost records (its wakeup, and the
             // run that led to this park): it ends here, as far as is known.
-            let park = gs.end_park(ts, goid, &mut self.go_locks);
-            self.note_park_site(ts, goid, park);
-            return self.go_park(ts, tid, goid, reason, stack);
+            let ended = gs.end_park(ts, goid, &mut self.go_locks);
+            self.note_park_site(ts, goid, ended);
+            return self.go_park(ts, tid, goid, park);
         }
         // A semaphore wait parks inside semacquire1, so it is on the address semacquire1
         // was last entered with (kept: semacquire1 parks again, without being entered

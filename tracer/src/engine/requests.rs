@@ -417,6 +417,26 @@ impl<R: FdResolver> Engine<R> {
         self.tls.forget_fd(fd);
     }
 
+    /// Goroutine `goid` serves an HTTP/2 connection (its probe, at the serve loop's entry):
+    /// no request is on a connection it read, and its TLS handshake is left for none. Its
+    /// handshake's last read can carry the client's connection preface with the Finished
+    /// (a busy server reads both at once): that read would open a request at the
+    /// connection's next write, which another goroutine makes (the server's SETTINGS), with
+    /// no read of the marked goroutine in between to say the connection is HTTP/2's.
+    pub(super) fn goroutine_serves_http2(&mut self, goid: GoroutineId) {
+        let ctx = ExecCtx::Goroutine(goid);
+        let mut fds = self.tls.ended_past_finished_by(ctx);
+        for on in self.requests.open_on(ctx) {
+            if let RequestOn::Connection(fd) = on {
+                let _ = self.take_open(on);
+                fds.push(fd);
+            }
+        }
+        for fd in fds {
+            self.tls.forget_fd(fd);
+        }
+    }
+
     /// The request open `on` a connection or stream, no longer open: if it was still
     /// waiting for its response, its context waits for one fewer.
     fn take_open(&mut self, on: RequestOn) -> Option<OpenRequest> {

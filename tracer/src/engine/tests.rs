@@ -2331,10 +2331,17 @@ mod goroutines {
     const LOCK: u8 = 1;
     const CHAN: u8 = 2;
     const IO_WAIT: u8 = 3;
+    const COND_WAIT: u8 = 4;
 
     fn go_engine() -> Engine<Fds> {
         let mut e = engine();
-        let reasons = ["", "sync.Mutex.Lock", "chan receive", "IO wait"];
+        let reasons = [
+            "",
+            "sync.Mutex.Lock",
+            "chan receive",
+            "IO wait",
+            "sync.Cond.Wait",
+        ];
         e.set_go_wait_reasons(reasons.iter().map(|s| s.to_string()).collect());
         e
     }
@@ -2354,6 +2361,7 @@ mod goroutines {
             GoSched::Park {
                 goid,
                 reason,
+                request_body: false,
                 stack: None,
             },
         )
@@ -2445,6 +2453,71 @@ mod goroutines {
         assert_sums(second);
     }
 
+    /// A busy server's connection goroutine reads the client's connection preface with the
+    /// client's Finished, the last read of its TLS handshake, before it enters the HTTP/2
+    /// serve loop: no request is left for that read, which the server's SETTINGS, written
+    /// by a goroutine of its own (not marked), would answer, carrying the handshake (a
+    /// 5.7 ms request of nothing but the handshake, in a test with both cores busy). Nor is
+    /// one opened on the connection when the goroutine reads the preface after the
+    /// handshake, before its probe (it used to go with the goroutine's next read).
+    #[test]
+    fn a_preface_read_before_the_http2_probe_is_no_request() {
+        let finished_then_preface = SyscallReturn {
+            nr: nr::READ,
+            fd: CONN,
+            ret: 218,
+            connection: connection_of(CONN),
+            origin: SocketOrigin::TcpServer,
+            tls_record: tracer_common::tls_record_and_next(
+                tracer_common::tls_record([20, 3, 3, 0, 1]),
+                [23, 3, 3, 0, 53],
+            ),
+        };
+        for preface_in_the_handshake in [true, false] {
+            let mut e = go_engine();
+            let mut events = vec![
+                run(0),
+                execute(10, T, G),
+                go_tls(20, T, GoProbe::Enter),
+                tls_read(30, 300, tls_content::HANDSHAKE, 295), // ClientHello
+                tls_write(40, tls_content::HANDSHAKE, 1200),    // the server's flight
+            ];
+            if preface_in_the_handshake {
+                events.push(Event::new(
+                    50,
+                    Tid(T),
+                    EventKind::Syscall(finished_then_preface),
+                ));
+                events.push(go_tls(60, T, GoProbe::Return { error: 0 }));
+            } else {
+                events.push(on_conn(50, T, nr::READ, 80)); // the Finished alone
+                events.push(go_tls(60, T, GoProbe::Return { error: 0 }));
+                events.push(on_conn(62, T, nr::READ, 100)); // the preface
+            }
+            // Frames written by goroutines of their own (not marked) before the marked
+            // goroutines' next socket I/O, which would find the connection HTTP/2's.
+            const WRITER: u64 = 30;
+            events.extend([
+                go(70, T, GoSched::Http2Connection { goid: G }),
+                park(80, T, G, CHAN),
+                execute(90, T, H), // the SETTINGS' writer
+                on_conn(100, T, nr::WRITE, 67),
+                go(110, T, GoSched::Exit { goid: H }),
+                execute(120, T, WRITER),
+                on_conn(130, T, nr::WRITE, 35),
+                go(140, T, GoSched::Exit { goid: WRITER }),
+            ]);
+            let mut reqs = feed(&mut e, events);
+            e.finish_all(); // the trace ends: what is open is settled
+            reqs.extend(e.take_requests());
+            assert!(
+                reqs.is_empty(),
+                "preface in the handshake {preface_in_the_handshake}: {reqs:?}"
+            );
+            assert_eq!(e.take_handshakes().len(), 1, "the handshake is counted");
+        }
+    }
+
     /// The handler probe firing twice for one stream (its function entered again after
     /// a morestack grew the goroutine's stack) opens its request once, from the first.
     #[test]
@@ -2534,6 +2607,43 @@ mod goroutines {
         assert_eq!(cause(r, Cause::GoRunqueue), 30);
         assert_eq!(cause(r, Cause::NetIo), 100);
         assert_sums(r);
+    }
+
+    /// A `sync.Cond` wait is `lock`, but inside the HTTP/2 server's request body read (the
+    /// probe's `request_body`) it is the handler's wait for the client's DATA: `net_io`.
+    #[test]
+    fn a_cond_wait_for_the_request_body_is_net_io() {
+        for (request_body, expected) in [(false, Cause::Lock), (true, Cause::NetIo)] {
+            let mut e = go_engine();
+            let cond_wait = GoSched::Park {
+                goid: G,
+                reason: COND_WAIT,
+                request_body,
+                stack: None,
+            };
+            let reqs = feed(
+                &mut e,
+                [
+                    run(0),
+                    execute(10, T, G),
+                    on_conn(20, T, nr::READ, 100),
+                    go(30, T, cond_wait),
+                    ready(130, G),
+                    execute(140, T, G),
+                    on_conn(150, T, nr::WRITE, 10),
+                    on_conn(160, T, nr::READ, -11),
+                ],
+            );
+            let r = &reqs[0];
+            assert_eq!(r.latency_ns, 130, "{r:?}");
+            assert_eq!(
+                cause(r, expected),
+                100,
+                "request_body {request_body}: {r:?}"
+            );
+            assert_eq!(cause(r, Cause::GoRunqueue), 10, "{r:?}");
+            assert_sums(r);
+        }
     }
 
     /// The netpoller found a parked goroutine's I/O ready and queued it (`injectglist`: a
@@ -3358,6 +3468,7 @@ mod goroutines {
                     GoSched::Park {
                         goid: G,
                         reason: LOCK,
+                        request_body: false,
                         stack: Some(waiting),
                     },
                 ),

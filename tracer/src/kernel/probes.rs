@@ -8,7 +8,7 @@ use super::{
     uprobe_multi::MultiUprobes,
     uprobes::UprobeLink,
 };
-use crate::target::go::runtime::GOffsets;
+use crate::target::go::runtime::{BodyReadWaits, GOffsets, GoProbeFacts};
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -85,7 +85,7 @@ impl Probes {
         bpf_stats: bool,
         tls: bool,
         report_eagain: bool,
-        go: Option<GOffsets>,
+        go: Option<GoProbeFacts>,
         stacks: bool,
         sample_one_in: u32,
     ) -> Result<(Probes, RingBuf<MapData>)> {
@@ -166,16 +166,24 @@ impl Probes {
         let cost_floor = u32::from(cost_floor);
         loader.override_global("COST_FLOOR", &cost_floor, true);
         // Zero when the scheduler probes are not attached.
-        let go = go.unwrap_or(GOffsets {
-            g_goid: 0,
-            g_m: 0,
-            m_curg: 0,
-            g_schedlink: 0,
+        let GoProbeFacts {
+            offsets: go,
+            body_reads,
+        } = go.unwrap_or(GoProbeFacts {
+            offsets: GOffsets {
+                g_goid: 0,
+                g_m: 0,
+                m_curg: 0,
+                g_schedlink: 0,
+            },
+            body_reads: BodyReadWaits::default(),
         });
         loader.override_global("GO_G_GOID", &go.g_goid, true);
         loader.override_global("GO_G_M", &go.g_m, true);
         loader.override_global("GO_M_CURG", &go.m_curg, true);
         loader.override_global("GO_G_SCHEDLINK", &go.g_schedlink, true);
+        loader.override_global("GO_COND_WAIT_REASON", &body_reads.cond_wait_reason, true);
+        loader.override_global("GO_BODY_READ", &body_reads.code, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the kernel programs (is BPF supported and are you root?)")?;

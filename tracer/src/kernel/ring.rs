@@ -73,6 +73,7 @@ fn go_sched_kind(e: &GoSchedEvent) -> Option<GoSched> {
             goid,
             // A waitReason is a uint8; the kernel side keeps the register's low byte.
             reason: e.detail as u8,
+            request_body: e.detail & go_sched::PARK_REQUEST_BODY != 0,
             stack: stack_ref(e.stack_id, e.caller),
         },
         go_sched::READY => GoSched::Ready {
@@ -781,6 +782,19 @@ mod tests {
             go(GoSched::Park {
                 goid: 18,
                 reason: 14,
+                request_body: false,
+                stack: Some(StackRef {
+                    id: 5,
+                    caller: 0x4567
+                }),
+            })
+        );
+        assert_eq!(
+            decoded(record(go_sched::PARK, 18, go_sched::PARK_REQUEST_BODY | 14)),
+            go(GoSched::Park {
+                goid: 18,
+                reason: 14,
+                request_body: true,
                 stack: Some(StackRef {
                     id: 5,
                     caller: 0x4567

@@ -126,6 +126,16 @@ impl TlsState {
         self.pending.remove(&fd)
     }
 
+    /// The connections whose handshake `ctx` ended with a read past the client's Finished,
+    /// whose first request is still to be opened by their next write.
+    pub fn ended_past_finished_by(&self, ctx: ExecCtx) -> Vec<u32> {
+        self.ended_past_finished
+            .iter()
+            .filter(|(_, end)| end.ctx == ctx)
+            .map(|(&fd, _)| fd)
+            .collect()
+    }
+
     /// The first request on `fd` since events were lost in its handshake: it may have
     /// begun at one of the handshake's flights, or late (returns true once).
     pub fn first_request_after_loss(&mut self, fd: u32) -> bool {

@@ -101,6 +101,17 @@ const GC_SEMAPHORE_CALLERS: [&str; 4] = [
     "runtime.stopTheWorld",
     "runtime.stopTheWorldGC",
 ];
+/// The HTTP/2 server's request body read, `(*pipe).Read`: a handler reading its request's
+/// body waits on the pipe's `sync.Cond` until the connection's reader goroutine brings the
+/// client's DATA (net/http's bundle until Go 1.26, its internal package since 1.27, and
+/// golang.org/x/net/http2).
+const HTTP2_BODY_READ_FUNCTIONS: [&str; 3] = [
+    "net/http.(*http2pipe).Read",
+    "net/http/internal/http2.(*pipe).Read",
+    "golang.org/x/net/http2.(*pipe).Read",
+];
+/// Go's string for `waitReasonSyncCondWait`, the same in every release since 1.17.
+const COND_WAIT_REASON: &str = "sync.Cond.Wait";
 /// `func (w waitReason) String() string`, which indexes `runtime.waitReasonStrings`.
 const WAIT_REASON_STRING: &str = "runtime.waitReason.String";
 
@@ -132,11 +143,51 @@ pub struct GoRuntime {
     /// The code of [`GC_SEMAPHORE_CALLERS`] found, as linked (virtual addresses of the
     /// executable, before any load bias).
     pub gc_semaphore_callers: Vec<std::ops::Range<u64>>,
+    /// The code of [`HTTP2_BODY_READ_FUNCTIONS`] found, as linked.
+    pub body_reads: Vec<std::ops::Range<u64>>,
     pub offsets: GOffsets,
     /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
     /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
     pub wait_reasons: Vec<String>,
     pub found_in: FoundIn,
+}
+
+impl GoRuntime {
+    /// What the kernel side needs to tell an HTTP/2 handler's wait for its request body, in
+    /// the executable loaded at `bias`.
+    pub fn body_read_waits(&self, bias: u64) -> BodyReadWaits {
+        let mut code = [0; 4];
+        for (slot, range) in code.chunks_exact_mut(2).zip(&self.body_reads) {
+            slot.copy_from_slice(&[range.start.wrapping_add(bias), range.end.wrapping_add(bias)]);
+        }
+        let cond_wait_reason = self
+            .wait_reasons
+            .iter()
+            .position(|reason| reason == COND_WAIT_REASON)
+            .map_or(0, |value| value as u32);
+        BodyReadWaits {
+            cond_wait_reason,
+            code,
+        }
+    }
+}
+
+/// How the `gopark` probe tells an HTTP/2 handler's wait for its request body (net_io) from
+/// other `sync.Cond` waits (lock): the wait reason's value, and the body read's code, which
+/// one of the parking goroutine's first return addresses is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyReadWaits {
+    /// `waitReasonSyncCondWait`'s value (0: unknown, nothing is told).
+    pub cond_wait_reason: u32,
+    /// Up to two `[start, end)` ranges of [`HTTP2_BODY_READ_FUNCTIONS`], as loaded (0, 0: none).
+    pub code: [u64; 4],
+}
+
+/// The kernel side's facts of a Go target, set when its programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoProbeFacts {
+    pub offsets: GOffsets,
+    pub body_reads: BodyReadWaits,
 }
 
 /// Byte offsets of the fields the probes read.
@@ -214,6 +265,11 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         .filter_map(|name| functions.get(name).ok())
         .map(|f| f.entry..f.end)
         .collect();
+    let body_reads = HTTP2_BODY_READ_FUNCTIONS
+        .iter()
+        .filter_map(|name| functions.get(name).ok())
+        .map(|f| f.entry..f.end)
+        .collect();
 
     let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
     let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
@@ -240,6 +296,7 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
         http2_connection,
         http2_handler,
         gc_semaphore_callers,
+        body_reads,
         offsets,
         wait_reasons,
         found_in: FoundIn {
@@ -292,6 +349,7 @@ fn find_functions(
         .chain(&GC_SEMAPHORE_CALLERS)
         .chain(&HTTP2_CONNECTION_FUNCTIONS)
         .chain(&HTTP2_HANDLER_FUNCTIONS)
+        .chain(&HTTP2_BODY_READ_FUNCTIONS)
         .copied()
         .collect();
     let from_symbols: Vec<FuncRange> = file
