@@ -52,6 +52,8 @@ pub struct Collector {
     interval: RequestHistograms,
     interval_breakdown: Breakdown,
     interval_events: u64,
+    /// [`Collector::lost`] when this interval began.
+    lost_before_interval: u64,
     received: u64,
     malformed: u64,
     lost_seen: u64,
@@ -102,6 +104,7 @@ impl Collector {
             interval: RequestHistograms::default(),
             interval_breakdown: [0; CAUSES],
             interval_events: 0,
+            lost_before_interval: 0,
             received: 0,
             malformed: 0,
             lost_seen: 0,
@@ -320,6 +323,7 @@ impl Collector {
         self.interval.reset();
         self.interval_breakdown = [0; CAUSES];
         self.interval_events = 0;
+        self.lost_before_interval = self.lost();
         self.interval_started = Instant::now();
     }
 
@@ -369,6 +373,11 @@ impl Collector {
     /// Records read from the ring this interval.
     pub fn interval_events(&self) -> u64 {
         self.interval_events
+    }
+
+    /// Events the kernel counted lost this interval (as far as its counters were read).
+    pub fn interval_lost(&self) -> u64 {
+        self.lost().saturating_sub(self.lost_before_interval)
     }
 
     pub fn received(&self) -> u64 {
@@ -655,6 +664,26 @@ mod tests {
             (logged - length).abs() < 0.002,
             "{line}: {length} s to the stop"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The live row's `lost` is its interval's, beside its interval's events (it was the
+    /// run's total).
+    #[test]
+    fn an_intervals_losses_are_its_own() {
+        let dir =
+            std::env::temp_dir().join(format!("tracer-collector-lost-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let engine = Engine::new(ProcFds::new(PID));
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        c.note_losses([5, 0, 0], vec![5], false);
+        assert_eq!(c.interval_lost(), 5);
+        c.end_interval();
+        assert_eq!(c.interval_lost(), 0);
+        c.note_losses([5, 2, 0], vec![7], false);
+        assert_eq!((c.interval_lost(), c.lost()), (2, 7));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -36,7 +36,7 @@ pub fn row(c: &Collector, interval_s: f64) -> String {
         let share = percent(breakdown[cause.index()], total);
         let _ = write!(s, " {:>w$.1}%", share, w = column_width(cause) - 1);
     }
-    let _ = write!(s, " | {:>6} {:>6}", c.interval_events(), c.lost());
+    let _ = write!(s, " | {:>6} {:>6}", c.interval_events(), c.interval_lost());
     s
 }
 

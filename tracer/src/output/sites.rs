@@ -22,6 +22,9 @@ const SITES_PER_CAUSE: usize = 200;
 const WAKERS_PER_SITE: usize = 3;
 /// The frame under which time with no stack is drawn.
 pub const NO_STACK_FRAME: &str = "[no stack]";
+/// The frame under which time at sites beyond the [`SITES_PER_CAUSE`] heaviest of a cause
+/// is drawn: their stacks were taken, not named.
+pub const LIGHTER_SITES_FRAME: &str = "[lighter sites: not named]";
 /// The frame under which time that is not a blocking wait is drawn (on a CPU, a handshake:
 /// no stack is taken for it).
 pub const NOT_A_WAIT_FRAME: &str = "[not a blocking wait: no stack taken]";
@@ -144,6 +147,19 @@ impl ResolvedSites {
                     cause: cause.name().to_string(),
                     frames: root_to_leaf(site),
                     weight_ns: weight,
+                });
+            }
+            let lighter = self
+                .not_listed
+                .get(&cause)
+                .map_or(0, |&(_, ns)| ns)
+                .min(total.saturating_sub(placed));
+            if lighter > 0 {
+                placed += lighter;
+                stacks.push(WaitStack {
+                    cause: cause.name().to_string(),
+                    frames: vec![LIGHTER_SITES_FRAME.to_string()],
+                    weight_ns: lighter,
                 });
             }
             let rest = total.saturating_sub(placed);
@@ -470,5 +486,23 @@ mod tests {
         assert!(stacks
             .iter()
             .any(|s| s.frames == [NO_STACK_FRAME] && s.cause == "lock" && s.weight_ns == 300));
+
+        // Time at sites beyond the resolved ones is drawn as such, not as time without a stack.
+        let beyond = ResolvedSites {
+            not_listed: BTreeMap::from([(Cause::Lock, (4, 200))]),
+            ..resolved
+        };
+        let stacks = beyond.flame_stacks(&totals);
+        let drawn = |frame: &str| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| s.cause == "lock" && s.frames == [frame])
+                .map(|s| s.weight_ns)
+                .sum()
+        };
+        assert_eq!(
+            (drawn(LIGHTER_SITES_FRAME), drawn(NO_STACK_FRAME)),
+            (200, 100)
+        );
     }
 }
