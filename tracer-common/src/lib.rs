@@ -663,9 +663,9 @@ pub mod go_sched {
     /// `runtime.gopark`: goroutine `goid` (the one running on the thread) parks; `detail` is
     /// its wait reason (Go's `waitReason` value, whose numbering changes between releases).
     pub const PARK: u32 = 1;
-    /// Set in a [`PARK`]'s `detail` above the wait reason: the goroutine is an HTTP/2
-    /// handler waiting for its request body (a `sync.Cond` wait inside the HTTP/2 server's
-    /// body read, told by its return addresses).
+    /// Set in a [`PARK`]'s `detail` above the wait reason: the goroutine waits for an
+    /// HTTP/2 body from the peer (a `sync.Cond` wait inside HTTP/2's body read, told by its
+    /// return addresses): a handler's request body, or a Go client's response body.
     pub const PARK_REQUEST_BODY: u64 = 1 << 8;
     /// `runtime.ready`: goroutine `goid` becomes runnable; `detail` is the goid of the
     /// goroutine that readied it (the thread's current goroutine), 0 when the thread ran

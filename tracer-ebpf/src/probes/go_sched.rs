@@ -55,7 +55,7 @@ static GO_G_SCHEDLINK: u32 = 0;
 /// `waitReasonSyncCondWait`'s value in the target's Go release (0: unknown).
 #[unsafe(no_mangle)]
 static GO_COND_WAIT_REASON: u32 = 0;
-/// The code of the HTTP/2 server's request body read (`(*http2pipe).Read`), as loaded: up to
+/// The code of HTTP/2's body read (`(*http2pipe).Read`), as loaded: up to
 /// two `[start, end)` ranges (0, 0: none).
 #[unsafe(no_mangle)]
 static GO_BODY_READ: [u64; 4] = [0; 4];
@@ -110,9 +110,9 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
 }
 
 /// Whether a park for `reason`, at gopark's probe with the stack at `sp` and the caller's
-/// frame at `fp`, is an HTTP/2 handler's wait for its request body: a `sync.Cond` wait
-/// inside the body read, which waits on the pipe's Cond until the connection's reader
-/// goroutine brings the client's DATA. Told by one of the first [`BODY_READ_DEPTH`] return
+/// frame at `fp`, is a wait for an HTTP/2 body from the peer (a handler's request body, or a
+/// Go client's response body): a `sync.Cond` wait inside HTTP/2's body read, which waits on
+/// the pipe's Cond until the connection's reader goroutine brings the peer's DATA. Told by one of the first [`BODY_READ_DEPTH`] return
 /// addresses up the stack (the one at `sp`, then each frame's, Go keeping frame pointers).
 #[inline(always)]
 fn waits_for_request_body(reason: u64, sp: u64, fp: u64) -> bool {

@@ -173,8 +173,8 @@ pub enum GoSched {
     Park {
         goid: u64,
         reason: u8,
-        /// An HTTP/2 handler's wait for its request body (a `sync.Cond` wait, which is
-        /// otherwise `lock`): `net_io`.
+        /// A wait for an HTTP/2 body from the peer (a `sync.Cond` wait in HTTP/2's body
+        /// read, which is otherwise `lock`): `net_io`.
         request_body: bool,
         /// Where in its code it parked (stacks on).
         stack: Option<StackRef>,

@@ -254,8 +254,9 @@ struct Body {
 
 /// Reads the body of the request whose head ends at `head_end` of `buf` into `buf`, when the
 /// head has a `Content-Length`; when it also has `Expect: 100-continue` and the body has not
-/// come yet, it first writes the interim `100 Continue` (one write) that asks for it. An
-/// oversized body is refused with the reply to send before closing.
+/// come yet, it first writes the interim `100 Continue` that asks for it, in one `send`, or
+/// one `writev` when the query has `continue=writev` (as hyper writes). An oversized body is
+/// refused with the reply to send before closing.
 fn receive_body<S: io::Read + Write>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -269,8 +270,15 @@ fn receive_body<S: io::Read + Write>(
         return Ok(Err(Reply::closing(413)));
     }
     let ask = http::expects_continue(head) && buf.len() < head_end + len;
+    let vectored = http::parse_request_line(head)
+        .is_some_and(|req| req.query.split('&').any(|kv| kv == "continue=writev"));
     let (received, receipt) = Span::measure(|| -> io::Result<()> {
-        if ask {
+        if ask && vectored {
+            let written = stream.write_vectored(&[io::IoSlice::new(http::CONTINUE)])?;
+            if written != http::CONTINUE.len() {
+                return Err(io::Error::other("100 Continue written in part"));
+            }
+        } else if ask {
             stream.write_all(http::CONTINUE)?;
         }
         let mut chunk = [0u8; 4096];

@@ -101,10 +101,10 @@ const GC_SEMAPHORE_CALLERS: [&str; 4] = [
     "runtime.stopTheWorld",
     "runtime.stopTheWorldGC",
 ];
-/// The HTTP/2 server's request body read, `(*pipe).Read`: a handler reading its request's
-/// body waits on the pipe's `sync.Cond` until the connection's reader goroutine brings the
-/// client's DATA (net/http's bundle until Go 1.26, its internal package since 1.27, and
-/// golang.org/x/net/http2).
+/// HTTP/2's body read, `(*pipe).Read`: a server's handler reading its request's body (or a
+/// Go HTTP/2 client reading a response's) waits on the pipe's `sync.Cond` until the
+/// connection's reader goroutine brings the peer's DATA (net/http's bundle until Go 1.26,
+/// its internal package since 1.27, and golang.org/x/net/http2).
 const HTTP2_BODY_READ_FUNCTIONS: [&str; 3] = [
     "net/http.(*http2pipe).Read",
     "net/http/internal/http2.(*pipe).Read",
@@ -160,10 +160,12 @@ impl GoRuntime {
         for (slot, range) in code.chunks_exact_mut(2).zip(&self.body_reads) {
             slot.copy_from_slice(&[range.start.wrapping_add(bias), range.end.wrapping_add(bias)]);
         }
+        // Without a body read in the executable, no sync.Cond park walks its stack.
         let cond_wait_reason = self
             .wait_reasons
             .iter()
             .position(|reason| reason == COND_WAIT_REASON)
+            .filter(|_| !self.body_reads.is_empty())
             .map_or(0, |value| value as u32);
         BodyReadWaits {
             cond_wait_reason,
