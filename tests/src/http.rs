@@ -156,6 +156,14 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Header `name` as a number; panics when it is absent or not one (a test's contract
+    /// with its server).
+    pub fn number(&self, name: &str) -> u64 {
+        self.header(name)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no number {name} in {:?}", self.headers))
+    }
+
     /// `X-Handler-Ns` as a number; 0 when absent or malformed.
     pub fn handler_ns(&self) -> u64 {
         self.header("X-Handler-Ns")

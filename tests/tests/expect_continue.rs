@@ -35,13 +35,6 @@ fn cause(r: &RequestRecord, c: Cause) -> u64 {
     r.breakdown.get(&c).copied().unwrap_or(0)
 }
 
-fn header_ns(response: &Response, name: &str) -> u64 {
-    response
-        .header(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers))
-}
-
 /// Traces `server` while one connection sends [`UPLOADS`] uploads to `path`; returns the
 /// responses and the traced requests in order.
 fn trace_uploads(server: &Workload, path: &str) -> (Vec<Response>, Vec<RequestRecord>) {
@@ -146,14 +139,14 @@ fn a_goroutines_upload_is_one_request(toolchain: Toolchain, build: GoBuild) {
     let (responses, traced) = trace_uploads(&service, "/upload");
     for (response, r) in responses.iter().zip(&traced) {
         assert_eq!(
-            header_ns(response, "X-Body-Bytes"),
+            response.number("X-Body-Bytes"),
             BODY.len() as u64,
             "{response:?}"
         );
         assert_holds_the_wait_for_the_body(
             r,
             response.handler_ns(),
-            header_ns(response, "X-Body-Ns"),
+            response.number("X-Body-Ns"),
             &[
                 Cause::GoRunqueue,
                 Cause::Runqueue,

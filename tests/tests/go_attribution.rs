@@ -132,13 +132,6 @@ fn cause(r: &RequestRecord, c: Cause) -> u64 {
     r.breakdown.get(&c).copied().unwrap_or(0)
 }
 
-fn header_ns(response: &Response, name: &str) -> u64 {
-    response
-        .header(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers))
-}
-
 /// What a traced run of one service instance gave.
 struct Run<'a> {
     /// Each request sent, with its response and its traced record.
@@ -213,7 +206,7 @@ fn traced_run<'a>(name: &str, service: &Workload, phases: &[&'a [Endpoint]]) -> 
     }
     let mut requests = Vec::new();
     for client in sent {
-        let fd = header_ns(&client[0].1, "X-Conn-Fd") as u32;
+        let fd = client[0].1.number("X-Conn-Fd") as u32;
         let mut traced = by_fd.remove(&Some(fd)).unwrap_or_default();
         traced.sort_by_key(|r| r.start_ns);
         assert_eq!(
@@ -223,7 +216,7 @@ fn traced_run<'a>(name: &str, service: &Workload, phases: &[&'a [Endpoint]]) -> 
              connection: {traced:?}"
         );
         for ((endpoint, response), r) in client.into_iter().zip(traced) {
-            assert_eq!(header_ns(&response, "X-Conn-Fd") as u32, fd, "{name}");
+            assert_eq!(response.number("X-Conn-Fd") as u32, fd, "{name}");
             requests.push((endpoint, response, r.clone()));
         }
     }
@@ -250,11 +243,9 @@ fn check_requests(name: &str, run: &Run) {
         }
         let scheduling =
             cause(r, Cause::GoRunqueue) + cause(r, Cause::Runqueue) + cause(r, Cause::OnCpu);
-        let outside = r
-            .latency_ns
-            .saturating_sub(header_ns(response, "X-Handler-Ns"));
+        let outside = r.latency_ns.saturating_sub(response.number("X-Handler-Ns"));
         for &(header, want) in endpoint.waits {
-            let measured = header_ns(response, header);
+            let measured = response.number(header);
             let park = cause(r, want);
             // `scheduling` holds `park` itself when the wait is go_runqueue.
             let others = if want == Cause::GoRunqueue {
@@ -352,7 +343,7 @@ fn attributes_each_wait_to_its_cause(toolchain: Toolchain, build: GoBuild) {
     let measured: u64 = sched
         .requests
         .iter()
-        .map(|(_, response, _)| header_ns(response, "X-Sched-Ns"))
+        .map(|(_, response, _)| response.number("X-Sched-Ns"))
         .sum();
     eprintln!(
         "{name}: {} x{} (GOMAXPROCS=1, two spinners): server measured {:.1} ms in Gosched; \

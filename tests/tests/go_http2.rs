@@ -76,14 +76,20 @@ fn http2_requests(port: u16, paths: &[&str]) -> Vec<Answer> {
     answers
 }
 
-fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
-    let dir = TempDir::new("go-http2");
+/// The Go service built with `toolchain` as `build`, serving HTTPS with HTTP/2 offered
+/// (`go_service h2 CERT KEY`); its build directory goes with it.
+fn start_http2_service(dir: &str, toolchain: Toolchain, build: GoBuild) -> (TempDir, Workload) {
+    let dir = TempDir::new(dir);
     let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let cert = make_cert(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
     let mut cmd = Command::new(&exe);
     cmd.arg("h2").arg(&cert.cert).arg(&cert.key);
-    let service = Workload::start(cmd);
+    (dir, Workload::start(cmd))
+}
+
+fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
+    let (_dir, service) = start_http2_service("go-http2", toolchain, build);
     let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
     let plan: Vec<&str> = (0..ROUNDS)
         .flat_map(|_| PLAN.iter().map(|&(path, _, _)| path))
@@ -258,13 +264,7 @@ fn slow_http2_upload(port: u16) -> (String, u16, Vec<u64>) {
 /// HTTP/2 server's body read until the connection's goroutine brings the client's DATA:
 /// that is a wait for the network (`net_io`), not a lock of the program's.
 fn a_slow_upload_waits_on_the_network(toolchain: Toolchain, build: GoBuild) {
-    let dir = TempDir::new("go-http2-upload");
-    let exe = build_go_program(&go_service_source(), dir.path(), build, toolchain)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let cert = make_cert(dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut cmd = Command::new(&exe);
-    cmd.arg("h2").arg(&cert.cert).arg(&cert.key);
-    let service = Workload::start(cmd);
+    let (_dir, service) = start_http2_service("go-http2-upload", toolchain, build);
     let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
     // The pause runs from when curl sent the head; on a busy machine the handler may still
     // start late. Uploads go on until [`UPLOADS`] of them had the handler wait at least half

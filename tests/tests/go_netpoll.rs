@@ -30,13 +30,6 @@ const DISCOVERY: u64 = 25 * MS;
 /// The handler's own code around the wait, and the clocks.
 const SLACK: u64 = MS;
 
-fn header_ns(response: &Response, name: &str) -> u64 {
-    response
-        .header(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers))
-}
-
 fn cause(r: &RequestRecord, c: Cause) -> u64 {
     r.breakdown.get(&c).copied().unwrap_or(0)
 }
@@ -69,8 +62,8 @@ fn a_netpoll_wakeup_then_waits_for_the_scheduler(toolchain: Toolchain, build: Go
             "causes sum to the latency: {r:?}"
         );
         // From the call's start: the backend's answer, and the read's return.
-        let answered = header_ns(response, "X-Answered-Ns");
-        let read = header_ns(response, "X-Io-Ns");
+        let answered = response.number("X-Answered-Ns");
+        let read = response.number("X-Io-Ns");
         assert!(
             read >= answered + HOG_MS * MS / 2,
             "the set-up: the answer waited for the P ({answered} ns, read at {read} ns)"
