@@ -184,10 +184,12 @@ impl Log2Hist {
     }
 }
 
-/// A per-event wait: HdrHistogram for percentiles, log2 for the console.
+/// A per-event wait: HdrHistogram for percentiles, log2 for the console, and the longest
+/// exactly (the histogram knows it only to its bucket's top).
 pub struct WaitHist {
     pub hdr: Histogram<u64>,
     pub log2_us: Log2Hist,
+    pub max: u64,
 }
 
 impl WaitHist {
@@ -195,18 +197,22 @@ impl WaitHist {
         WaitHist {
             hdr: histogram(),
             log2_us: Log2Hist::default(),
+            max: 0,
         }
     }
 
-    fn record(&mut self, ns: u64) {
+    pub fn record(&mut self, ns: u64) {
         let _ = self.hdr.record(ns);
         self.log2_us.record(ns / 1000);
+        self.max = self.max.max(ns);
     }
 }
 
 /// TLS handshakes: durations, phase totals, versions and resumption.
 pub struct TlsStats {
     pub durations: Histogram<u64>,
+    /// The longest handshake, exactly.
+    pub longest: u64,
     pub phases: TlsPhases,
     /// Handshakes by version: unknown, TLS 1.2, TLS 1.3.
     pub by_version: [u64; 3],
@@ -218,6 +224,7 @@ impl TlsStats {
     fn new() -> Self {
         TlsStats {
             durations: histogram(),
+            longest: 0,
             phases: TlsPhases::default(),
             by_version: [0; 3],
             resumed: 0,
@@ -238,6 +245,7 @@ impl TlsStats {
             None => {}
         }
         let _ = self.durations.record(h.phases.total());
+        self.longest = self.longest.max(h.phases.total());
         self.phases.cpu += h.phases.cpu;
         self.phases.peer_wait += h.phases.peer_wait;
         self.phases.runqueue += h.phases.runqueue;

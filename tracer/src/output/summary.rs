@@ -15,7 +15,7 @@ use crate::{
     },
     kernel::{ring::comm, uprobes::TlsStatus, ProgramStat},
     output::{
-        aggregate::TlsStats,
+        aggregate::{TlsStats, WaitHist},
         files::{self, Outcome, OutputDir},
         sites::{self, ResolvedSites},
     },
@@ -178,13 +178,18 @@ pub struct WaitStats {
 }
 
 impl WaitStats {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// `max` is the longest wait recorded, exactly (see [`quantile`]).
+    fn of(h: &Histogram<u64>, max: u64) -> Self {
         WaitStats {
             count: h.len(),
-            p50: h.value_at_quantile(0.50),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
+            p50: quantile(h, 0.50, max),
+            p99: quantile(h, 0.99, max),
+            max,
         }
+    }
+
+    fn of_waits(w: &WaitHist) -> Self {
+        Self::of(&w.hdr, w.max)
     }
 }
 
@@ -595,9 +600,9 @@ impl Summary {
                 .filter(|(_, ns)| *ns > 0)
                 .collect(),
             waits: Waits {
-                futex_ns: WaitStats::of(&t.futex.hdr),
-                runqueue_ns: WaitStats::of(&t.runqueue.hdr),
-                socket_read_ns: WaitStats::of(&t.socket_read.hdr),
+                futex_ns: WaitStats::of_waits(&t.futex),
+                runqueue_ns: WaitStats::of_waits(&t.runqueue),
+                socket_read_ns: WaitStats::of_waits(&t.socket_read),
             },
             locks: top_locks(c),
             locks_not_listed: not_listed(&engine.locks),
@@ -844,7 +849,7 @@ fn tls(status: &TlsStatus, stats: &TlsStats) -> Tls {
         hooked: status.hooked.clone(),
         not_hooked_because: status.reason.clone(),
         handshakes: Handshakes {
-            duration_ns: WaitStats::of(&stats.durations),
+            duration_ns: WaitStats::of(&stats.durations, stats.longest),
             by_version: ByVersion {
                 tls13: stats.by_version[2],
                 tls12: stats.by_version[1],
@@ -1064,6 +1069,38 @@ mod tests {
             assert!(c.per_request_ns.max <= c.total_ns, "{cause:?}");
             assert!(c.per_request_ns.p99 <= c.per_request_ns.max, "{cause:?}");
         }
+    }
+
+    /// A wait's max (and a TLS handshake's) is the longest recorded, not the top of its
+    /// histogram bucket (23039 for 23000), and no percentile is above it.
+    #[test]
+    fn a_wait_max_is_the_longest_wait() {
+        let mut totals = crate::output::aggregate::Totals::default();
+        for ns in [6_000, 23_000] {
+            totals.futex.record(ns);
+        }
+        let futex = WaitStats::of_waits(&totals.futex);
+        assert_eq!((futex.count, futex.max), (2, 23_000));
+        assert!(
+            futex.p50 <= futex.max && futex.p99 <= futex.max,
+            "{futex:?}"
+        );
+
+        let tls = &mut totals.tls;
+        tls.record(&crate::engine::Handshake {
+            ctx: crate::engine::ExecCtx::Thread(crate::engine::Tid(1)),
+            fd: Some(4),
+            start_ns: 0,
+            phases: crate::engine::TlsPhases {
+                cpu: 20_000,
+                peer_wait: 3_000,
+                ..Default::default()
+            },
+            kind: Default::default(),
+        });
+        let handshakes = WaitStats::of(&tls.durations, tls.longest);
+        assert_eq!(handshakes.max, 23_000);
+        assert!(handshakes.p99 <= handshakes.max, "{handshakes:?}");
     }
 
     /// The two requests took 6 and 23 us: their mean is 14500 ns, their whole time (the
