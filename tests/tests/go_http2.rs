@@ -7,9 +7,10 @@
 //! frames.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
+    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -187,6 +188,9 @@ const UPLOAD_BODY: &[u8] = b"a slow client's body";
 const UPLOADS: usize = 3;
 const SLOW_BODY_NS: u64 = UPLOAD_PAUSE.as_nanos() as u64 / 2;
 
+/// Lines of curl's trace shown when an upload fails.
+const TRACE_LINES_KEPT: usize = 20;
+
 /// What curl reported of an upload, and the headers it was asked for.
 const UPLOAD_HEADERS: [&str; 3] = ["x-handler-ns", "x-body-ns", "x-body-bytes"];
 
@@ -212,6 +216,8 @@ fn slow_http2_upload(port: u16) -> (String, u16, Vec<u64>) {
             "/dev/null",
             "--trace-ascii",
             "%", // to stderr, unbuffered
+            "--max-time",
+            "60",
         ])
         .arg("--write-out")
         .arg(format!(
@@ -225,20 +231,38 @@ fn slow_http2_upload(port: u16) -> (String, u16, Vec<u64>) {
         .spawn()
         .expect("run curl");
     let mut stdin = curl.stdin.take().expect("curl's stdin");
-    let mut trace = BufReader::new(curl.stderr.take().expect("curl's stderr")).lines();
-    let head_sent = trace
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains("=> Send header"));
-    assert!(head_sent, "curl ended before it sent the request's head");
-    // The rest of the trace, read while curl goes on, so that it never waits on the pipe.
-    let rest = thread::spawn(move || trace.count());
-    thread::sleep(UPLOAD_PAUSE);
-    stdin.write_all(UPLOAD_BODY).expect("the body to curl");
+    // curl's trace, read as it comes (so that curl never waits on the pipe): it says when the
+    // head went out, and its last lines say what went wrong if curl fails.
+    let stderr = curl.stderr.take().expect("curl's stderr");
+    let (head_sent_tx, head_sent) = mpsc::channel();
+    let trace = thread::spawn(move || {
+        let mut last = VecDeque::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("=> Send header") {
+                let _ = head_sent_tx.send(());
+            }
+            last.push_back(line);
+            if last.len() > TRACE_LINES_KEPT {
+                last.pop_front();
+            }
+        }
+        Vec::from(last).join("\n")
+    });
+    // Err: curl ended (its --max-time bounds it) without sending the head.
+    let sent = head_sent.recv().is_ok();
+    if sent {
+        thread::sleep(UPLOAD_PAUSE);
+        // A failed write (curl gone) is told by curl's status below.
+        let _ = stdin.write_all(UPLOAD_BODY);
+    }
     drop(stdin);
     let out = curl.wait_with_output().expect("curl's output");
-    rest.join().expect("curl's trace");
-    assert!(out.status.success(), "curl: {out:?}");
+    let trace = trace.join().expect("curl's trace");
+    assert!(
+        sent && out.status.success(),
+        "curl {} (head sent: {sent}); its trace ends:\n{trace}",
+        out.status
+    );
     let stdout = String::from_utf8(out.stdout).expect("curl's output");
     let fields: Vec<&str> = stdout.split(' ').collect();
     assert_eq!(

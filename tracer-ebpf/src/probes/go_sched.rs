@@ -112,8 +112,9 @@ fn try_go_park(ctx: &ProbeContext) -> Result<(), Loss> {
 /// Whether a park for `reason`, at gopark's probe with the stack at `sp` and the caller's
 /// frame at `fp`, is a wait for an HTTP/2 body from the peer (a handler's request body, or a
 /// Go client's response body): a `sync.Cond` wait inside HTTP/2's body read, which waits on
-/// the pipe's Cond until the connection's reader goroutine brings the peer's DATA. Told by one of the first [`BODY_READ_DEPTH`] return
-/// addresses up the stack (the one at `sp`, then each frame's, Go keeping frame pointers).
+/// the pipe's Cond until the connection's reader goroutine brings the peer's DATA. Told by
+/// one of the first [`BODY_READ_DEPTH`] return addresses up the stack (the one at `sp`, then
+/// each frame's, Go keeping frame pointers).
 #[inline(always)]
 fn waits_for_request_body(reason: u64, sp: u64, fp: u64) -> bool {
     let cond_wait = u64::from(global(&GO_COND_WAIT_REASON));
