@@ -89,6 +89,15 @@ fn start_http2_service(dir: &str, toolchain: Toolchain, build: GoBuild) -> (Temp
     (dir, Workload::start(cmd))
 }
 
+/// A request's time runnable (for Go's scheduler or a CPU) or running: what a handler's own
+/// measure of a wait holds besides the park itself.
+fn runnable_or_running(r: &RequestRecord) -> u64 {
+    [Cause::GoRunqueue, Cause::Runqueue, Cause::OnCpu]
+        .iter()
+        .map(|c| r.breakdown[c])
+        .sum()
+}
+
 fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
     let (_dir, service) = start_http2_service("go-http2", toolchain, build);
     let tracer = Tracer::attach(service.pid).args(["--slow", "0"]).start();
@@ -150,9 +159,7 @@ fn each_stream_is_a_request(toolchain: Toolchain, build: GoBuild) {
         let measured = header_ns(header);
         let outside = r.latency_ns.saturating_sub(header_ns("x-handler-ns"));
         let park = r.breakdown[&cause];
-        let scheduling = r.breakdown[&Cause::GoRunqueue]
-            + r.breakdown[&Cause::Runqueue]
-            + r.breakdown[&Cause::OnCpu];
+        let scheduling = runnable_or_running(r);
         assert!(
             park <= measured + outside + MS && measured <= park + scheduling + MS,
             "{path}: traced {} {park} ns, the handler measured {measured} ns (outside it: \
@@ -329,9 +336,7 @@ fn a_slow_upload_waits_on_the_network(toolchain: Toolchain, build: GoBuild) {
         let outside = r.latency_ns.saturating_sub(handler_ns);
         let net_io = r.breakdown[&Cause::NetIo];
         let handing_over = r.breakdown[&Cause::Chan];
-        let scheduling = r.breakdown[&Cause::GoRunqueue]
-            + r.breakdown[&Cause::Runqueue]
-            + r.breakdown[&Cause::OnCpu];
+        let scheduling = runnable_or_running(r);
         assert!(
             net_io <= body_ns + outside + MS && body_ns <= net_io + handing_over + scheduling + MS,
             "traced net_io {net_io} ns, the handler's body read took {body_ns} ns (outside \

@@ -7,7 +7,8 @@ use aya_ebpf::{
     bindings::{pt_regs, BPF_ANY, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -86,6 +87,14 @@ fn read_kernel_at<T>(base: u64, offset: u32) -> Result<T, Loss> {
     let address = base.wrapping_add(u64::from(offset)) as *const T;
     // SAFETY: a checked read; the helper fails on an unreadable address.
     unsafe { bpf_probe_read_kernel(address) }.map_err(|_| Loss::ReadFailed)
+}
+
+/// The value at `address` in the current task's user memory (the target's: a socket
+/// buffer's first bytes, a Go goroutine's fields and frames).
+#[inline(always)]
+pub fn read_user<T>(address: u64) -> Result<T, Loss> {
+    // SAFETY: a checked read; the helper fails on an unreadable address.
+    unsafe { bpf_probe_read_user(address as *const T) }.map_err(|_| Loss::ReadFailed)
 }
 
 /// Byte offsets, found by the collector in the kernel's BTF, of `task_struct.se.cfs_rq`,

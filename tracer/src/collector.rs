@@ -578,6 +578,17 @@ mod tests {
         c.collect();
     }
 
+    /// A collector over `engine` writing its files to a fresh directory named for `test`
+    /// (returned for the test to read and remove).
+    fn collector_for(test: &str, engine: Engine<ProcFds>) -> (Collector, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tracer-{test}-{}", std::process::id()));
+        let out = Arc::new(files::prepare_output(&dir).unwrap());
+        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
+        let slow = SlowRequests::create(&out, u64::MAX);
+        let c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        (c, dir)
+    }
+
     /// The loss counters say how many records were lost, not when: a request open at any
     /// time since they were last read may have lost its records, not only one still open
     /// at the newest record read. Here the request read at 2 ms (its thread's block in it
@@ -586,13 +597,9 @@ mod tests {
     /// is.
     #[test]
     fn a_loss_marks_every_request_open_since_the_counters_were_last_read() {
-        let dir = std::env::temp_dir().join(format!("tracer-collector-{}", std::process::id()));
-        let out = Arc::new(files::prepare_output(&dir).unwrap());
         let mut engine = Engine::new(ProcFds::new(PID));
         engine.set_fd_kind(CONN, FdKind::Connection);
-        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
-        let slow = SlowRequests::create(&out, u64::MAX);
-        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        let (mut c, dir) = collector_for("collector-losses", engine);
         // Before the counters' first read: a request from 0.2 to 0.3 ms, nothing lost.
         drain(
             &mut c,
@@ -634,13 +641,7 @@ mod tests {
     /// it used to run on to when the file was written (300 ms here, for a trace of none).
     #[test]
     fn the_last_hlog_interval_ends_at_the_stop() {
-        let dir =
-            std::env::temp_dir().join(format!("tracer-collector-hlog-{}", std::process::id()));
-        let out = Arc::new(files::prepare_output(&dir).unwrap());
-        let engine = Engine::new(ProcFds::new(PID));
-        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
-        let slow = SlowRequests::create(&out, u64::MAX);
-        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        let (mut c, dir) = collector_for("collector-hlog", Engine::new(ProcFds::new(PID)));
         c.stop();
         std::thread::sleep(Duration::from_millis(300));
         c.finish();
@@ -671,13 +672,7 @@ mod tests {
     /// run's total).
     #[test]
     fn an_intervals_losses_are_its_own() {
-        let dir =
-            std::env::temp_dir().join(format!("tracer-collector-lost-{}", std::process::id()));
-        let out = Arc::new(files::prepare_output(&dir).unwrap());
-        let engine = Engine::new(ProcFds::new(PID));
-        let hlog = HlogWriter::create(&out, std::time::SystemTime::UNIX_EPOCH);
-        let slow = SlowRequests::create(&out, u64::MAX);
-        let mut c = Collector::new(PID, engine, hlog, slow, SiteNamer::none());
+        let (mut c, dir) = collector_for("collector-lost", Engine::new(ProcFds::new(PID)));
         c.note_losses([5, 0, 0], vec![5], false);
         assert_eq!(c.interval_lost(), 5);
         c.end_interval();

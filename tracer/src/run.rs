@@ -141,13 +141,9 @@ async fn trace(args: Args, mut target: Target, out: Arc<OutputDir>) -> Result<()
         (Some(Ok(exe)), Some(Ok(Some(runtime)))) => {
             engine.set_go_wait_reasons(runtime.wait_reasons.clone());
             match go_load_bias {
-                Some(Ok(bias)) => engine.set_go_gc_callers(
-                    runtime
-                        .gc_semaphore_callers
-                        .iter()
-                        .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
-                        .collect(),
-                ),
+                Some(Ok(bias)) => {
+                    engine.set_go_gc_callers(runtime.gc_semaphore_callers_loaded(bias))
+                }
                 None => {}
                 Some(Err(e)) => eprintln!(
                     "tracer: the GC's own semaphore waits and HTTP/2 request body reads will \

@@ -31,12 +31,12 @@
 //! entry, through the probed jump once more. The record is then sent twice, with the same
 //! goroutine and detail; userspace takes the repeat as one transition.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::{go_sched, Conversation, EventKind, GoSchedEvent, Loss, NO_STACK};
 
 use crate::conversation::{forget_goroutine, goroutine_in_request, set_goroutine_conversation};
 use crate::maps::{
-    capture_stacks, current_target_tid, emit, finish, global, header, user_stack_id,
+    capture_stacks, current_target_tid, emit, finish, global, header, read_user, user_stack_id,
 };
 
 /// Byte offset of `runtime.g.goid` in the target's Go release (set at load time).
@@ -138,10 +138,7 @@ fn waits_for_request_body(reason: u64, sp: u64, fp: u64) -> bool {
         if frame == 0 {
             return false;
         }
-        // SAFETY: the helper checks the address; a bad one fails the read.
-        let Ok([caller_frame, address]) =
-            (unsafe { bpf_probe_read_user(frame as *const [u64; 2]) })
-        else {
+        let Ok([caller_frame, address]) = read_user::<[u64; 2]>(frame) else {
             return false;
         };
         (frame, returns_to) = (caller_frame, address);
@@ -359,9 +356,7 @@ fn read(base: u64, offset: u32) -> Result<u64, Loss> {
     if base == 0 {
         return Err(Loss::ReadFailed);
     }
-    let address = base.wrapping_add(u64::from(offset)) as *const u64;
-    // SAFETY: the helper checks the address; a bad one fails the read.
-    unsafe { bpf_probe_read_user(address) }.map_err(|_| Loss::ReadFailed)
+    read_user(base.wrapping_add(u64::from(offset)))
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@
 //! The syscall and its fd come from the thread's saved user registers.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::Array,
     programs::RawTracePointContext,
@@ -23,8 +23,8 @@ use super::{go_sched::goroutines_followed, sched::report_unseen_switch_in};
 use crate::conversation::{note_goroutine_returned, note_returned};
 use crate::held_read::{send_read, send_write};
 use crate::maps::{
-    count_loss, current_syscall_regs, current_target_tid, finish, global, now_ns, report_eagain,
-    sample_one_in, tls_records, TCP_SOCKETS,
+    count_loss, current_syscall_regs, current_target_tid, finish, global, now_ns, read_user,
+    report_eagain, sample_one_in, tls_records, TCP_SOCKETS,
 };
 use crate::stretch::{self, keeps_requests};
 
@@ -372,30 +372,19 @@ fn writes_continue() -> bool {
         Some(nr::WRITE | nr::SENDTO) => regs.si,
         Some(nr::WRITEV) => first_iov_base(regs.si),
         // `struct msghdr`: `msg_name`, `msg_namelen` (padded to 8), then `msg_iov`.
-        Some(nr::SENDMSG) => read_user_u64(regs.si + 16).map_or(0, first_iov_base),
+        Some(nr::SENDMSG) => read_user::<u64>(regs.si + 16).map_or(0, first_iov_base),
         _ => 0,
     };
-    if buf == 0 {
-        return false;
-    }
-    // SAFETY: the helper checks the address; a bad one fails the read.
-    unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }.is_ok_and(is_continue_response)
+    buf != 0 && read_user::<[u64; 2]>(buf).is_ok_and(is_continue_response)
 }
 
 /// The base of the `struct iovec` at `iov` when it holds at least 16 bytes (0 otherwise).
 #[inline(always)]
 fn first_iov_base(iov: u64) -> u64 {
-    // SAFETY: as in `writes_continue`.
-    match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+    match read_user::<[u64; 2]>(iov) {
         Ok([base, len]) if len >= 16 => base,
         _ => 0,
     }
-}
-
-#[inline(always)]
-fn read_user_u64(addr: u64) -> Option<u64> {
-    // SAFETY: as in `writes_continue`.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
@@ -458,6 +447,5 @@ fn record_header(buf: u64, len: i64) -> Result<u32, Loss> {
 /// The first bytes of a record at `addr` in the target's memory.
 #[inline(always)]
 fn read_header(addr: u64) -> Result<[u8; TLS_RECORD_HEADER], Loss> {
-    unsafe { bpf_probe_read_user(addr as *const [u8; TLS_RECORD_HEADER]) }
-        .map_err(|_| Loss::ReadFailed)
+    read_user(addr)
 }

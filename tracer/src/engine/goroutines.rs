@@ -100,7 +100,7 @@ impl Goroutine {
 #[derive(Clone, Copy)]
 struct Park {
     reason: u8,
-    /// An HTTP/2 handler's wait for its request body (see [`GoSched::Park`]).
+    /// A wait for an HTTP/2 body from the peer (see [`GoSched::Park`]).
     request_body: bool,
     stack: Option<StackRef>,
 }

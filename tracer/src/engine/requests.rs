@@ -413,6 +413,12 @@ impl<R: FdResolver> Engine<R> {
     pub(super) fn connection_carries_http2(&mut self, fd: u32, connection: u64) {
         self.fds
             .set_connection(fd, connection, FdKind::Http2Connection);
+        self.no_request_on(fd);
+    }
+
+    /// No request is on connection `fd`: the one open there is none, and what its TLS
+    /// handshake left for a first request goes.
+    fn no_request_on(&mut self, fd: u32) {
         let _ = self.take_open(RequestOn::Connection(fd));
         self.tls.forget_fd(fd);
     }
@@ -425,15 +431,17 @@ impl<R: FdResolver> Engine<R> {
     /// no read of the marked goroutine in between to say the connection is HTTP/2's.
     pub(super) fn goroutine_serves_http2(&mut self, goid: GoroutineId) {
         let ctx = ExecCtx::Goroutine(goid);
-        let mut fds = self.tls.ended_past_finished_by(ctx);
-        for on in self.requests.open_on(ctx) {
-            if let RequestOn::Connection(fd) = on {
-                let _ = self.take_open(on);
-                fds.push(fd);
-            }
-        }
+        let opened = self
+            .requests
+            .open_on(ctx)
+            .into_iter()
+            .filter_map(|on| match on {
+                RequestOn::Connection(fd) => Some(fd),
+                RequestOn::Stream(_) => None,
+            });
+        let fds: Vec<u32> = opened.chain(self.tls.ended_past_finished_by(ctx)).collect();
         for fd in fds {
-            self.tls.forget_fd(fd);
+            self.no_request_on(fd);
         }
     }
 

@@ -154,13 +154,15 @@ impl ResolvedSites {
                 .get(&cause)
                 .map_or(0, |&(_, ns)| ns)
                 .min(total.saturating_sub(placed));
+            // The cause's time at no named site, under one frame that says why.
+            let unnamed = |frame: &str, weight_ns| WaitStack {
+                cause: cause.name().to_string(),
+                frames: vec![frame.to_string()],
+                weight_ns,
+            };
             if lighter > 0 {
                 placed += lighter;
-                stacks.push(WaitStack {
-                    cause: cause.name().to_string(),
-                    frames: vec![LIGHTER_SITES_FRAME.to_string()],
-                    weight_ns: lighter,
-                });
+                stacks.push(unnamed(LIGHTER_SITES_FRAME, lighter));
             }
             let rest = total.saturating_sub(placed);
             if rest > 0 {
@@ -171,11 +173,7 @@ impl ResolvedSites {
                 } else {
                     NOT_A_WAIT_FRAME
                 };
-                stacks.push(WaitStack {
-                    cause: cause.name().to_string(),
-                    frames: vec![frame.to_string()],
-                    weight_ns: rest,
-                });
+                stacks.push(unnamed(frame, rest));
             }
         }
         stacks

@@ -30,7 +30,7 @@ pub(super) mod probe_point;
 mod versions;
 mod wait_reasons;
 
-use std::fmt;
+use std::{fmt, ops::Range};
 
 use anyhow::{bail, Context as _, Result};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -142,9 +142,9 @@ pub struct GoRuntime {
     pub http2_handler: Vec<(&'static str, u64)>,
     /// The code of [`GC_SEMAPHORE_CALLERS`] found, as linked (virtual addresses of the
     /// executable, before any load bias).
-    pub gc_semaphore_callers: Vec<std::ops::Range<u64>>,
+    pub gc_semaphore_callers: Vec<Range<u64>>,
     /// The code of [`HTTP2_BODY_READ_FUNCTIONS`] found, as linked.
-    pub body_reads: Vec<std::ops::Range<u64>>,
+    pub body_reads: Vec<Range<u64>>,
     pub offsets: GOffsets,
     /// Go's string for each wait reason, indexed by the `waitReason` value (`gopark`'s third
     /// argument): `wait_reasons[19] == "chan receive"` in Go 1.26.
@@ -153,12 +153,21 @@ pub struct GoRuntime {
 }
 
 impl GoRuntime {
-    /// What the kernel side needs to tell an HTTP/2 handler's wait for its request body, in
-    /// the executable loaded at `bias`.
+    /// The code of [`GC_SEMAPHORE_CALLERS`] in the executable loaded at `bias`.
+    pub fn gc_semaphore_callers_loaded(&self, bias: u64) -> Vec<Range<u64>> {
+        self.gc_semaphore_callers
+            .iter()
+            .map(|range| loaded(range, bias))
+            .collect()
+    }
+
+    /// What the kernel side needs to tell a wait for an HTTP/2 body from the peer, in the
+    /// executable loaded at `bias`.
     pub fn body_read_waits(&self, bias: u64) -> BodyReadWaits {
         let mut code = [0; 4];
         for (slot, range) in code.chunks_exact_mut(2).zip(&self.body_reads) {
-            slot.copy_from_slice(&[range.start.wrapping_add(bias), range.end.wrapping_add(bias)]);
+            let Range { start, end } = loaded(range, bias);
+            slot.copy_from_slice(&[start, end]);
         }
         // Without a body read in the executable, no sync.Cond park walks its stack.
         let cond_wait_reason = self
@@ -172,6 +181,11 @@ impl GoRuntime {
             code,
         }
     }
+}
+
+/// Linked code `range` in an executable loaded at `bias`.
+fn loaded(range: &Range<u64>, bias: u64) -> Range<u64> {
+    range.start.wrapping_add(bias)..range.end.wrapping_add(bias)
 }
 
 /// How the `gopark` probe tells an HTTP/2 handler's wait for its request body (net_io) from
@@ -262,16 +276,8 @@ pub fn find_go_runtime(exe: &Executable) -> Result<Option<GoRuntime>> {
     };
     let http2_connection = present(&HTTP2_CONNECTION_FUNCTIONS);
     let http2_handler = present(&HTTP2_HANDLER_FUNCTIONS);
-    let gc_semaphore_callers = GC_SEMAPHORE_CALLERS
-        .iter()
-        .filter_map(|name| functions.get(name).ok())
-        .map(|f| f.entry..f.end)
-        .collect();
-    let body_reads = HTTP2_BODY_READ_FUNCTIONS
-        .iter()
-        .filter_map(|name| functions.get(name).ok())
-        .map(|f| f.entry..f.end)
-        .collect();
+    let gc_semaphore_callers = functions.code_of(&GC_SEMAPHORE_CALLERS);
+    let body_reads = functions.code_of(&HTTP2_BODY_READ_FUNCTIONS);
 
     let dwarf = dwarf::read(&file).context("reading the DWARF debug information")?;
     let (offsets, offsets_source) = struct_offsets(dwarf.as_ref(), release, version.as_deref())?;
@@ -331,6 +337,15 @@ fn buildinfo_version(section: &object::Section, memory: &memory::Memory) -> Opti
 struct Functions(Vec<FuncRange>);
 
 impl Functions {
+    /// The code of those of `names` found, as linked.
+    fn code_of(&self, names: &[&str]) -> Vec<Range<u64>> {
+        names
+            .iter()
+            .filter_map(|name| self.get(name).ok())
+            .map(|f| f.entry..f.end)
+            .collect()
+    }
+
     fn get(&self, name: &str) -> Result<&FuncRange> {
         self.0
             .iter()
